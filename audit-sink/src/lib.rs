@@ -1,0 +1,48 @@
+//! # lattice-audit
+//!
+//! Owns the audit trail: the audit event and its canonical encoding, the
+//! bounded pipeline from the request path to the writer, the embedded SQLite
+//! store, the per-node Merkle log (RFC 9162) with Ed25519-signed C2SP
+//! checkpoints and witness export, and verification and proofs.
+//!
+//! Must never: block the request path beyond a bounded, non-blocking enqueue;
+//! accept an event it then drops; or treat the database as the proof — the
+//! signed log is the proof, the rows are checked against it.
+
+pub mod checkpoint;
+pub mod event;
+pub mod merkle;
+pub mod store;
+pub mod verify;
+mod writer;
+
+pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
+pub use event::{now_us, AuditEvent, Phase};
+pub use store::Store;
+pub use verify::{prove_consistency, prove_inclusion, read_witness, verify, Problem, VerifyReport};
+pub use writer::{AuditHandle, AuditPipeline, PipelineConfig};
+
+/// Everything that can go wrong in the audit trail.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit queue is full")]
+    QueueFull,
+    #[error("the audit pipeline is closed")]
+    Closed,
+    #[error("the audit store cannot be written")]
+    WriterFailing,
+    #[error("audit store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("no audit store at {0}")]
+    NoStore(String),
+    #[error("audit store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("encoding: {0}")]
+    Encoding(String),
+    #[error("i/o: {0}")]
+    Io(String),
+}

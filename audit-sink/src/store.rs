@@ -1,0 +1,175 @@
+//! The embedded audit store: one SQLite file (WAL) in the data directory.
+//! `events` holds each event's canonical JSON (the only source of truth;
+//! query columns are generated from it), `log_leaves` the Merkle log, and
+//! `checkpoints` the signed checkpoint notes.
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::Path;
+
+use crate::merkle::Hash;
+use crate::AuditError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    event TEXT NOT NULL,
+    ts_us INTEGER GENERATED ALWAYS AS (json_extract(event, '$.ts_us')) VIRTUAL,
+    tenant TEXT GENERATED ALWAYS AS (json_extract(event, '$.tenant')) VIRTUAL,
+    principal TEXT GENERATED ALWAYS AS (json_extract(event, '$.principal')) VIRTUAL,
+    kind TEXT GENERATED ALWAYS AS (json_extract(event, '$.kind')) VIRTUAL,
+    decision TEXT GENERATED ALWAYS AS (json_extract(event, '$.decision')) VIRTUAL,
+    request_id TEXT GENERATED ALWAYS AS (json_extract(event, '$.request_id')) VIRTUAL
+);
+CREATE INDEX IF NOT EXISTS events_tenant_time ON events (tenant, ts_us);
+CREATE INDEX IF NOT EXISTS events_request ON events (request_id);
+CREATE TABLE IF NOT EXISTS log_leaves (
+    idx INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL
+);
+";
+
+/// A connection to the store.
+pub struct Store {
+    conn: Connection,
+}
+
+/// One stored event row, as read back (bytes unparsed, for verification).
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub json: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store for writing.
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Opens an existing store read-only (for the CLI and queries).
+    pub fn open_read_only(path: &Path) -> Result<Self, AuditError> {
+        if !path.exists() {
+            return Err(AuditError::NoStore(path.display().to_string()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// Appends events and their leaves in one transaction.
+    pub fn append(&mut self, rows: &[(u64, Vec<u8>, Hash)]) -> Result<(), AuditError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ev = tx.prepare_cached("INSERT INTO events (seq, event) VALUES (?1, ?2)")?;
+            let mut lf = tx.prepare_cached("INSERT INTO log_leaves (idx, hash) VALUES (?1, ?2)")?;
+            for (seq, json, leaf) in rows {
+                let text = std::str::from_utf8(json).map_err(|e| AuditError::Encoding(e.to_string()))?;
+                ev.execute(params![*seq as i64, text])?;
+                lf.execute(params![*seq as i64, &leaf[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn put_checkpoint(&self, size: u64, root: &Hash, note: &str) -> Result<(), AuditError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO checkpoints (size, root, note) VALUES (?1, ?2, ?3)",
+            params![size as i64, &root[..], note],
+        )?;
+        Ok(())
+    }
+
+    /// All leaf hashes in index order, with their indexes.
+    pub fn leaves(&self) -> Result<Vec<(u64, Hash)>, AuditError> {
+        let mut stmt = self.conn.prepare("SELECT idx, hash FROM log_leaves ORDER BY idx")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (idx, hash) = row?;
+            let hash: Hash = hash
+                .try_into()
+                .map_err(|_| AuditError::Corrupt(format!("log leaf {idx} is not 32 bytes")))?;
+            out.push((idx as u64, hash));
+        }
+        Ok(out)
+    }
+
+    /// All event rows in `seq` order.
+    pub fn events(&self) -> Result<Vec<StoredEvent>, AuditError> {
+        let mut stmt = self.conn.prepare("SELECT seq, event FROM events ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StoredEvent {
+                seq: r.get::<_, i64>(0)? as u64,
+                json: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The last `n` events, oldest first.
+    pub fn tail(&self, n: usize) -> Result<Vec<StoredEvent>, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, event FROM events ORDER BY seq DESC LIMIT ?1")?;
+        let rows = stmt.query_map([n as i64], |r| {
+            Ok(StoredEvent {
+                seq: r.get::<_, i64>(0)? as u64,
+                json: r.get(1)?,
+            })
+        })?;
+        let mut out: Vec<StoredEvent> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Events of one request, in order.
+    pub fn by_request(&self, request_id: &str) -> Result<Vec<StoredEvent>, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, event FROM events WHERE request_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([request_id], |r| {
+            Ok(StoredEvent {
+                seq: r.get::<_, i64>(0)? as u64,
+                json: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Signed checkpoint notes in size order: (size, note).
+    pub fn checkpoints(&self) -> Result<Vec<(u64, String)>, AuditError> {
+        let mut stmt = self.conn.prepare("SELECT size, note FROM checkpoints ORDER BY size")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The number of leaves in the log.
+    pub fn log_size(&self) -> Result<u64, AuditError> {
+        let n: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(idx) + 1 FROM log_leaves", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    /// Number of events (rows), for tests and status.
+    pub fn count(&self) -> Result<u64, AuditError> {
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+}

@@ -1,0 +1,335 @@
+//! Verification of a stored audit trail and proof generation. `verify`
+//! recomputes every leaf from the stored events, checks the log against
+//! every signed checkpoint (the store's own and a witness's), and names the
+//! first event that was edited, deleted, inserted or reordered.
+
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::checkpoint::{Checkpoint, NoteVerifier};
+use crate::event::parse_canonical;
+use crate::merkle::{self, Frontier, Hash};
+use crate::store::Store;
+use crate::AuditError;
+
+/// One thing wrong with the trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    Edited { seq: u64, event_id: String, detail: String },
+    Deleted { seq: u64 },
+    Inserted { seq: u64, event_id: String },
+    Reordered { seq: u64, event_id: String, belongs_at: u64 },
+    BadCheckpoint { size: u64, detail: String },
+    LogRewritten { size: u64, detail: String },
+    WitnessMismatch { size: u64, detail: String },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Edited { seq, event_id, detail } => {
+                write!(f, "event #{seq} ({event_id}) was edited: {detail}")
+            }
+            Problem::Deleted { seq } => write!(f, "event #{seq} was deleted"),
+            Problem::Inserted { seq, event_id } => {
+                write!(f, "event #{seq} ({event_id}) was inserted: it is not in the signed log")
+            }
+            Problem::Reordered { seq, event_id, belongs_at } => write!(
+                f,
+                "event #{seq} ({event_id}) was reordered: it is event #{belongs_at} of the log"
+            ),
+            Problem::BadCheckpoint { size, detail } => {
+                write!(f, "checkpoint at size {size} is invalid: {detail}")
+            }
+            Problem::LogRewritten { size, detail } => {
+                write!(f, "the log does not match its signed checkpoint at size {size}: {detail}")
+            }
+            Problem::WitnessMismatch { size, detail } => write!(
+                f,
+                "the store does not match the witness checkpoint at size {size}: {detail}"
+            ),
+        }
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub events: u64,
+    pub log_size: u64,
+    pub checkpoints_checked: usize,
+    pub witness_checkpoints_checked: usize,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// A checkpoint exported to a witness: the verifier key it was signed with
+/// and the signed note.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct WitnessEntry {
+    pub vkey: String,
+    pub note: String,
+}
+
+/// Parses a witness file (JSON lines).
+pub fn read_witness(text: &str) -> Result<Vec<WitnessEntry>, AuditError> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| AuditError::Checkpoint(format!("witness line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+enum Expect {
+    Own(Checkpoint),
+    Witness(Checkpoint),
+}
+
+/// Verifies the whole store. `verifier` is the node's verifier key;
+/// `witness` the checkpoints an outside witness holds.
+pub fn verify(
+    store: &Store,
+    verifier: &NoteVerifier,
+    witness: &[WitnessEntry],
+) -> Result<VerifyReport, AuditError> {
+    let mut problems = Vec::new();
+    let leaves = store.leaves()?;
+    let events = store.events()?;
+    let log: Vec<Hash> = leaves.iter().map(|(_, h)| *h).collect();
+    for (pos, (idx, _)) in leaves.iter().enumerate() {
+        if *idx != pos as u64 {
+            problems.push(Problem::LogRewritten {
+                size: pos as u64,
+                detail: format!("log leaf {pos} is missing"),
+            });
+            break;
+        }
+    }
+    let position: HashMap<Hash, u64> = log.iter().enumerate().map(|(i, h)| (*h, i as u64)).collect();
+
+    // 1. Every event row against the log.
+    let mut present = vec![false; log.len()];
+    for row in &events {
+        let bytes = row.json.as_bytes();
+        let leaf = merkle::leaf_hash(bytes);
+        let event = parse_canonical(bytes);
+        let event_id = event.as_ref().map(|e| e.event_id.clone()).unwrap_or_default();
+        match position.get(&leaf) {
+            Some(&i) if i == row.seq => {
+                present[i as usize] = true;
+            }
+            Some(&i) => {
+                problems.push(Problem::Reordered { seq: row.seq, event_id, belongs_at: i });
+                present[i as usize] = true;
+            }
+            None if row.seq >= log.len() as u64 => {
+                problems.push(Problem::Inserted { seq: row.seq, event_id });
+            }
+            None => {
+                let detail = match &event {
+                    Err(e) => e.clone(),
+                    Ok(e) if e.seq != row.seq => {
+                        format!("stored at #{} but says it is #{}", row.seq, e.seq)
+                    }
+                    Ok(_) => "its hash differs from the signed log".into(),
+                };
+                // A row whose content is not in the log, stored where another
+                // event is missing, is an edit of that event; present[] stays
+                // false only for truly absent ones.
+                present[row.seq as usize] = true;
+                problems.push(Problem::Edited { seq: row.seq, event_id, detail });
+            }
+        }
+    }
+    for (i, p) in present.iter().enumerate() {
+        if !p {
+            problems.push(Problem::Deleted { seq: i as u64 });
+        }
+    }
+
+    // 2. The log against every signed checkpoint, in one pass.
+    let mut expected: BTreeMap<u64, Vec<Expect>> = BTreeMap::new();
+    let mut own = 0;
+    for (size, note) in store.checkpoints()? {
+        match verifier.open(&note) {
+            Ok(cp) if cp.size == size => {
+                own += 1;
+                expected.entry(size).or_default().push(Expect::Own(cp));
+            }
+            Ok(cp) => problems.push(Problem::BadCheckpoint {
+                size,
+                detail: format!("stored under size {size} but signs size {}", cp.size),
+            }),
+            Err(e) => problems.push(Problem::BadCheckpoint { size, detail: e.to_string() }),
+        }
+    }
+    let mut witnessed = 0;
+    for entry in witness {
+        let opened = NoteVerifier::from_encoded(&entry.vkey).and_then(|v| {
+            if v != *verifier {
+                return Err(AuditError::Key(
+                    "the witness holds checkpoints signed by a different key than the store's".into(),
+                ));
+            }
+            v.open(&entry.note)
+        });
+        match opened {
+            Ok(cp) => {
+                witnessed += 1;
+                expected.entry(cp.size).or_default().push(Expect::Witness(cp));
+            }
+            Err(e) => problems.push(Problem::WitnessMismatch { size: 0, detail: e.to_string() }),
+        }
+    }
+    let mut frontier = Frontier::new();
+    let mut leaves_iter = log.iter();
+    for (size, checks) in expected {
+        while frontier.size() < size {
+            match leaves_iter.next() {
+                Some(l) => frontier.push(*l),
+                None => break,
+            }
+        }
+        for check in checks {
+            let (cp, witness) = match &check {
+                Expect::Own(cp) => (cp, false),
+                Expect::Witness(cp) => (cp, true),
+            };
+            let detail = if frontier.size() < size {
+                Some(format!("the log has only {} leaves", frontier.size()))
+            } else if frontier.root() != cp.root {
+                Some(format!(
+                    "signed root {} but the log gives {}",
+                    hex::encode(cp.root),
+                    hex::encode(frontier.root())
+                ))
+            } else {
+                None
+            };
+            if let Some(detail) = detail {
+                problems.push(if witness {
+                    Problem::WitnessMismatch { size, detail }
+                } else {
+                    Problem::LogRewritten { size, detail }
+                });
+            }
+        }
+    }
+    problems.sort_by_key(|p| match p {
+        Problem::Edited { seq, .. }
+        | Problem::Deleted { seq }
+        | Problem::Inserted { seq, .. }
+        | Problem::Reordered { seq, .. } => (0, *seq),
+        Problem::BadCheckpoint { size, .. } => (1, *size),
+        Problem::LogRewritten { size, .. } => (2, *size),
+        Problem::WitnessMismatch { size, .. } => (3, *size),
+    });
+    Ok(VerifyReport {
+        events: events.len() as u64,
+        log_size: log.len() as u64,
+        checkpoints_checked: own,
+        witness_checkpoints_checked: witnessed,
+        problems,
+    })
+}
+
+/// An inclusion proof of one event in a signed checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct InclusionProof {
+    pub seq: u64,
+    pub tree_size: u64,
+    pub leaf_hash: String,
+    pub path: Vec<String>,
+    pub root: String,
+    pub checkpoint: String,
+    pub verified: bool,
+}
+
+/// A consistency proof between two signed checkpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsistencyProof {
+    pub first_size: u64,
+    pub second_size: u64,
+    pub path: Vec<String>,
+    pub first_root: String,
+    pub second_root: String,
+    pub verified: bool,
+}
+
+fn signed_checkpoint(
+    store: &Store,
+    verifier: &NoteVerifier,
+    pick: impl Fn(u64) -> bool,
+) -> Result<(Checkpoint, String), AuditError> {
+    let (_, note) = store
+        .checkpoints()?
+        .into_iter()
+        .rev()
+        .find(|(size, _)| pick(*size))
+        .ok_or_else(|| AuditError::Checkpoint("no signed checkpoint covers that".into()))?;
+    Ok((verifier.open(&note)?, note))
+}
+
+/// Proves that event `seq` is in the latest signed checkpoint.
+pub fn prove_inclusion(store: &Store, verifier: &NoteVerifier, seq: u64) -> Result<InclusionProof, AuditError> {
+    let (cp, note) = signed_checkpoint(store, verifier, |size| size > seq)?;
+    let log: Vec<Hash> = store.leaves()?.into_iter().map(|(_, h)| h).collect();
+    let n = cp.size as usize;
+    let tree = log
+        .get(..n)
+        .ok_or_else(|| AuditError::Corrupt("the log is shorter than its checkpoint".into()))?;
+    let path = merkle::inclusion_proof(tree, seq as usize)
+        .ok_or_else(|| AuditError::Corrupt(format!("no event #{seq}")))?;
+    let event = store
+        .events()?
+        .into_iter()
+        .find(|e| e.seq == seq)
+        .ok_or_else(|| AuditError::Corrupt(format!("event #{seq} is not in the store")))?;
+    let leaf = merkle::leaf_hash(event.json.as_bytes());
+    let verified = merkle::verify_inclusion(&leaf, seq, cp.size, &path, &cp.root);
+    Ok(InclusionProof {
+        seq,
+        tree_size: cp.size,
+        leaf_hash: hex::encode(leaf),
+        path: path.iter().map(hex::encode).collect(),
+        root: hex::encode(cp.root),
+        checkpoint: note,
+        verified,
+    })
+}
+
+/// Proves that the signed checkpoint of size `first` is a prefix of the one
+/// of size `second` (or the latest, if `None`).
+pub fn prove_consistency(
+    store: &Store,
+    verifier: &NoteVerifier,
+    first: u64,
+    second: Option<u64>,
+) -> Result<ConsistencyProof, AuditError> {
+    let (a, _) = signed_checkpoint(store, verifier, |s| s == first)?;
+    let (b, _) = signed_checkpoint(store, verifier, |s| second.is_none_or(|want| s == want))?;
+    let log: Vec<Hash> = store.leaves()?.into_iter().map(|(_, h)| h).collect();
+    let tree = log
+        .get(..b.size as usize)
+        .ok_or_else(|| AuditError::Corrupt("the log is shorter than its checkpoint".into()))?;
+    let path = merkle::consistency_proof(tree, a.size as usize)
+        .ok_or_else(|| AuditError::Checkpoint("the first checkpoint must not be larger than the second".into()))?;
+    let verified = merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &path);
+    Ok(ConsistencyProof {
+        first_size: a.size,
+        second_size: b.size,
+        path: path.iter().map(hex::encode).collect(),
+        first_root: hex::encode(a.root),
+        second_root: hex::encode(b.root),
+        verified,
+    })
+}

@@ -1,0 +1,296 @@
+//! The audit pipeline: a bounded queue between the request path and one
+//! writer thread that assigns sequence numbers, appends events and leaves to
+//! the store in batches, advances the Merkle log and signs checkpoints.
+//!
+//! The request path only calls `AuditHandle::record`, a non-blocking enqueue
+//! that fails when the queue is full, the pipeline is closed, or the writer
+//! cannot write: the caller refuses the call (fail closed).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{Checkpoint, NoteSigner};
+use crate::event::AuditEvent;
+use crate::merkle::Frontier;
+use crate::store::Store;
+use crate::AuditError;
+
+/// Settings of the pipeline.
+pub struct PipelineConfig {
+    pub db_path: PathBuf,
+    /// This gateway node's name, written into every event.
+    pub node: String,
+    /// The checkpoint origin line (unique per log).
+    pub origin: String,
+    pub queue_capacity: usize,
+    /// Most events written in one transaction.
+    pub batch_max: usize,
+    /// Sign a checkpoint after this many new events...
+    pub checkpoint_every: u64,
+    /// ...or after this long with new events.
+    pub checkpoint_interval: Duration,
+    /// Where checkpoints are exported for an outside witness (JSON lines).
+    pub witness_file: Option<PathBuf>,
+    pub signer: NoteSigner,
+}
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    Flush(SyncSender<()>),
+    Shutdown,
+}
+
+#[derive(Default)]
+struct Shared {
+    depth: AtomicUsize,
+    closed: AtomicBool,
+    failing: AtomicBool,
+    written: AtomicU64,
+}
+
+/// The cloneable, non-blocking entry point used on the request path.
+#[derive(Clone)]
+pub struct AuditHandle {
+    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl AuditHandle {
+    /// Enqueues an event without blocking. An error means the event was not
+    /// accepted and the caller must not proceed as if it had been.
+    pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(AuditError::Closed);
+        }
+        if self.shared.failing.load(Ordering::Acquire) {
+            return Err(AuditError::WriterFailing);
+        }
+        self.shared.depth.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send(Msg::Event(Box::new(event))) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.depth.fetch_sub(1, Ordering::AcqRel);
+                Err(match e {
+                    TrySendError::Full(_) => AuditError::QueueFull,
+                    TrySendError::Disconnected(_) => AuditError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Events accepted but not yet written.
+    pub fn depth(&self) -> usize {
+        self.shared.depth.load(Ordering::Acquire)
+    }
+
+    /// Events written since start.
+    pub fn written(&self) -> u64 {
+        self.shared.written.load(Ordering::Acquire)
+    }
+
+    /// True while the pipeline accepts events.
+    pub fn healthy(&self) -> bool {
+        !self.shared.closed.load(Ordering::Acquire) && !self.shared.failing.load(Ordering::Acquire)
+    }
+
+    /// Blocks until everything enqueued before this call is written and a
+    /// checkpoint covers it. For the CLI and tests, never the request path.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        let (tx, rx) = sync_channel(1);
+        self.tx.send(Msg::Flush(tx)).map_err(|_| AuditError::Closed)?;
+        rx.recv().map_err(|_| AuditError::Closed)
+    }
+}
+
+/// The running pipeline: owns the writer thread.
+pub struct AuditPipeline {
+    handle: AuditHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AuditPipeline {
+    /// Opens the store, restores the log head and starts the writer.
+    pub fn start(cfg: PipelineConfig) -> Result<Self, AuditError> {
+        let store = Store::open(&cfg.db_path)?;
+        let mut frontier = Frontier::new();
+        for (idx, leaf) in store.leaves()? {
+            if idx != frontier.size() {
+                return Err(AuditError::Corrupt(format!(
+                    "the audit log has a gap at leaf {}; run `lattice audit verify`",
+                    frontier.size()
+                )));
+            }
+            frontier.push(leaf);
+        }
+        let last_checkpoint = store.checkpoints()?.last().map(|(s, _)| *s).unwrap_or(0);
+        let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
+        let shared = Arc::new(Shared::default());
+        let mut writer = Writer {
+            cfg,
+            store,
+            frontier,
+            last_checkpoint,
+            last_checkpoint_at: Instant::now(),
+            shared: shared.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| AuditError::Io(e.to_string()))?;
+        Ok(Self {
+            handle: AuditHandle { tx, shared },
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> AuditHandle {
+        self.handle.clone()
+    }
+
+    /// Stops accepting, writes everything already accepted, signs a final
+    /// checkpoint and joins the writer.
+    pub fn shutdown(mut self) -> Result<(), AuditError> {
+        self.handle.shared.closed.store(true, Ordering::Release);
+        // A blocking send: the writer is draining, so room appears.
+        let _ = self.handle.tx.send(Msg::Shutdown);
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| AuditError::Io("the audit writer panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+struct Writer {
+    cfg: PipelineConfig,
+    store: Store,
+    frontier: Frontier,
+    last_checkpoint: u64,
+    last_checkpoint_at: Instant,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        let mut batch: Vec<AuditEvent> = Vec::with_capacity(self.cfg.batch_max);
+        let mut waiters: Vec<SyncSender<()>> = Vec::new();
+        loop {
+            let mut shutdown = false;
+            match rx.recv_timeout(self.cfg.checkpoint_interval) {
+                Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => shutdown = true,
+            }
+            // Drain what is already queued, up to a batch (everything on shutdown).
+            while shutdown || batch.len() < self.cfg.batch_max {
+                match rx.try_recv() {
+                    Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(&mut batch);
+            let due = self.frontier.size() - self.last_checkpoint >= self.cfg.checkpoint_every
+                || self.last_checkpoint_at.elapsed() >= self.cfg.checkpoint_interval;
+            if due || shutdown || !waiters.is_empty() {
+                self.checkpoint();
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(());
+            }
+            if shutdown {
+                return;
+            }
+        }
+    }
+
+    /// Returns true on shutdown.
+    fn take(&self, msg: Msg, batch: &mut Vec<AuditEvent>, waiters: &mut Vec<SyncSender<()>>) -> bool {
+        match msg {
+            Msg::Event(e) => {
+                batch.push(*e);
+                false
+            }
+            Msg::Flush(w) => {
+                waiters.push(w);
+                false
+            }
+            Msg::Shutdown => true,
+        }
+    }
+
+    /// Writes the batch, retrying until the store accepts it. While it does
+    /// not, the pipeline reports itself failing so new calls are refused.
+    fn write_batch(&mut self, batch: &mut Vec<AuditEvent>) {
+        if batch.is_empty() {
+            return;
+        }
+        let start = self.frontier.size();
+        let rows: Vec<_> = batch
+            .iter_mut()
+            .enumerate()
+            .map(|(i, e)| {
+                e.node.clone_from(&self.cfg.node);
+                e.seq = start + i as u64;
+                let json = e.canonical();
+                let leaf = crate::merkle::leaf_hash(&json);
+                (e.seq, json, leaf)
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.store.append(&rows) {
+                Ok(()) => break,
+                Err(err) => {
+                    self.shared.failing.store(true, Ordering::Release);
+                    tracing::error!(error = %err, events = rows.len(), "audit store write failed; refusing new calls until it recovers");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        self.shared.failing.store(false, Ordering::Release);
+        for (_, _, leaf) in &rows {
+            self.frontier.push(*leaf);
+        }
+        self.shared.depth.fetch_sub(rows.len(), Ordering::AcqRel);
+        self.shared.written.fetch_add(rows.len() as u64, Ordering::AcqRel);
+        batch.clear();
+    }
+
+    fn checkpoint(&mut self) {
+        self.last_checkpoint_at = Instant::now();
+        let size = self.frontier.size();
+        if size == 0 || size == self.last_checkpoint {
+            return;
+        }
+        let cp = Checkpoint {
+            origin: self.cfg.origin.clone(),
+            size,
+            root: self.frontier.root(),
+        };
+        let note = self.cfg.signer.sign(&cp);
+        if let Err(e) = self.store.put_checkpoint(size, &cp.root, &note) {
+            tracing::error!(error = %e, size, "could not store audit checkpoint");
+            return;
+        }
+        if let Some(path) = &self.cfg.witness_file {
+            if let Err(e) = export(path, &self.cfg.signer, &note) {
+                tracing::error!(error = %e, path = %path.display(), "could not export audit checkpoint to the witness file");
+            }
+        }
+        self.last_checkpoint = size;
+    }
+}
+
+/// Appends one checkpoint to the witness file as a JSON line and syncs it.
+fn export(path: &std::path::Path, signer: &NoteSigner, note: &str) -> std::io::Result<()> {
+    let line = serde_json::json!({ "vkey": signer.verifier().encoded(), "note": note });
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(f, "{line}")?;
+    f.sync_data()
+}

@@ -1,0 +1,604 @@
+//! Configuration: one TOML file, parsed into raw types that reject unknown
+//! keys (with the file and line), then validated and resolved into the
+//! runtime `Config` (paths made absolute, upstream URLs parsed, credentials
+//! read from the environment). Nothing here touches the network.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::GatewayError;
+
+// ---------- raw (as written) ----------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    auth: RawAuth,
+    policy: RawPolicy,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    demo_upstream: Option<RawDemo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    #[serde(default = "d_node")]
+    node_id: String,
+    #[serde(default = "d_data_dir")]
+    data_dir: String,
+    #[serde(default = "d_max_body")]
+    max_body_bytes: u64,
+    #[serde(default = "d_max_depth")]
+    max_json_depth: usize,
+    #[serde(default = "d_grace")]
+    grace_period_seconds: u64,
+    #[serde(default = "d_grace")]
+    graceful_shutdown_timeout_seconds: u64,
+    #[serde(default = "d_threads")]
+    threads: usize,
+    #[serde(default = "d_reload_ms")]
+    reload_poll_ms: u64,
+}
+
+fn d_node() -> String {
+    "node-1".into()
+}
+fn d_data_dir() -> String {
+    "lattice-data".into()
+}
+fn d_max_body() -> u64 {
+    1024 * 1024
+}
+fn d_max_depth() -> usize {
+    64
+}
+fn d_grace() -> u64 {
+    5
+}
+fn d_threads() -> usize {
+    2
+}
+fn d_reload_ms() -> u64 {
+    1000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default = "d_true")]
+    api_keys: bool,
+    #[serde(default)]
+    jwt: Vec<RawJwt>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            api_keys: true,
+            jwt: Vec::new(),
+        }
+    }
+}
+
+fn d_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    issuer: String,
+    audiences: Vec<String>,
+    #[serde(default)]
+    jwks_file: Option<String>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default = "d_jwks_refresh")]
+    jwks_refresh_seconds: u64,
+    #[serde(default = "d_algs")]
+    algorithms: Vec<String>,
+    #[serde(default = "d_sub")]
+    agent_claim: String,
+    #[serde(default)]
+    tenant_claim: Option<String>,
+    #[serde(default = "d_tenant")]
+    default_tenant: String,
+    #[serde(default)]
+    roles_claim: Option<String>,
+    #[serde(default)]
+    labels_claim: Option<String>,
+    #[serde(default = "d_leeway")]
+    leeway_seconds: u64,
+}
+
+fn d_jwks_refresh() -> u64 {
+    300
+}
+fn d_algs() -> Vec<String> {
+    vec!["EdDSA".into(), "ES256".into(), "RS256".into()]
+}
+fn d_sub() -> String {
+    "sub".into()
+}
+fn d_tenant() -> String {
+    "default".into()
+}
+fn d_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    files: Vec<String>,
+    #[serde(default)]
+    shadow_files: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "d_queue")]
+    queue_capacity: usize,
+    #[serde(default = "d_batch")]
+    batch_max: usize,
+    #[serde(default)]
+    on_full: OnFull,
+    #[serde(default = "d_cp_every")]
+    checkpoint_every: u64,
+    #[serde(default = "d_cp_ms")]
+    checkpoint_interval_ms: u64,
+    #[serde(default)]
+    witness_file: Option<String>,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            queue_capacity: d_queue(),
+            batch_max: d_batch(),
+            on_full: OnFull::default(),
+            checkpoint_every: d_cp_every(),
+            checkpoint_interval_ms: d_cp_ms(),
+            witness_file: None,
+        }
+    }
+}
+
+fn d_queue() -> usize {
+    10_000
+}
+fn d_batch() -> usize {
+    1_000
+}
+fn d_cp_every() -> u64 {
+    1_000
+}
+fn d_cp_ms() -> u64 {
+    1_000
+}
+
+/// What happens when the audit pipeline cannot accept an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFull {
+    /// Refuse the call with 503 (the default: fail closed).
+    #[default]
+    Deny,
+    /// Let the call through unaudited, with a loud log and metric.
+    Allow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    upstream: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default = "d_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    credential: Option<RawCredential>,
+}
+
+fn d_timeout() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    header: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    env: Option<String>,
+    /// Written before the value, e.g. "Bearer ".
+    #[serde(default)]
+    prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDemo {
+    listen: String,
+}
+
+// ---------- runtime (validated) ----------
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub policy: PolicyConfig,
+    pub audit: AuditConfig,
+    pub routes: Vec<Route>,
+    pub demo_upstream: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: u64,
+    pub max_json_depth: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub threads: usize,
+    pub reload_poll: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub api_keys: bool,
+    pub jwt: Vec<JwtIssuer>,
+}
+
+/// A trusted token issuer.
+#[derive(Debug, Clone)]
+pub struct JwtIssuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks: JwksSource,
+    pub jwks_refresh: Duration,
+    pub algorithms: Vec<String>,
+    pub agent_claim: String,
+    pub tenant_claim: Option<String>,
+    pub default_tenant: String,
+    pub roles_claim: Option<String>,
+    pub labels_claim: Option<String>,
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub files: Vec<PathBuf>,
+    pub shadow_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditConfig {
+    pub db_path: PathBuf,
+    pub key_path: PathBuf,
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+    pub on_full: OnFull,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    pub witness_file: Option<PathBuf>,
+}
+
+/// An HTTP tool route: `/tools/<name>/...` to an upstream REST service.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub upstream: Upstream,
+    pub labels: Vec<String>,
+    pub timeout: Duration,
+    pub credential: Option<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// A parsed upstream URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix on the upstream, without a trailing slash ("" for none).
+    pub base_path: String,
+}
+
+impl Upstream {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err(format!("upstream `{url}` must start with http:// or https://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("upstream `{url}` has no usable host"));
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("upstream `{url}` has a bad port"))?;
+                (h, port)
+            }
+            _ => (authority, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if path.contains('?') || path.contains('#') {
+            return Err(format!("upstream `{url}` must not have a query or fragment"));
+        }
+        Ok(Self {
+            tls,
+            host: host.to_string(),
+            port,
+            base_path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// `host:port` as written (for logs and the audit).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Loads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, GatewayError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| GatewayError::Config(format!("{}: {e}", path.display())))?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` locates relative paths and
+/// names the file in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
+    let file = path.display().to_string();
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let msg = e.message().to_string();
+        GatewayError::Config(match line {
+            Some(l) => format!("{file}:{l}: {msg}"),
+            None => format!("{file}: {msg}"),
+        })
+    })?;
+    let bad = |m: String| GatewayError::Config(format!("{file}: {m}"));
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let resolve = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+
+    let s = raw.server;
+    let listen: SocketAddr = s
+        .listen
+        .parse()
+        .map_err(|_| bad(format!("server.listen `{}` is not an address like 127.0.0.1:8080", s.listen)))?;
+    if s.node_id.is_empty() || !s.node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        return Err(bad("server.node_id must be non-empty and use only letters, digits, '-', '_' and '.'".into()));
+    }
+    if s.max_body_bytes == 0 {
+        return Err(bad("server.max_body_bytes must be positive".into()));
+    }
+    if s.threads == 0 {
+        return Err(bad("server.threads must be positive".into()));
+    }
+    let data_dir = resolve(&s.data_dir);
+    let server = ServerConfig {
+        listen,
+        node_id: s.node_id,
+        data_dir: data_dir.clone(),
+        max_body_bytes: s.max_body_bytes,
+        max_json_depth: s.max_json_depth,
+        grace_period: Duration::from_secs(s.grace_period_seconds),
+        graceful_shutdown_timeout: Duration::from_secs(s.graceful_shutdown_timeout_seconds),
+        threads: s.threads,
+        reload_poll: Duration::from_millis(s.reload_poll_ms.max(50)),
+    };
+
+    let mut jwt = Vec::new();
+    for (i, j) in raw.auth.jwt.into_iter().enumerate() {
+        let jwks = match (j.jwks_file, j.jwks_url) {
+            (Some(f), None) => JwksSource::File(resolve(&f)),
+            (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => JwksSource::Url(u),
+            (None, Some(u)) => return Err(bad(format!("auth.jwt[{i}].jwks_url `{u}` is not an http(s) URL"))),
+            _ => return Err(bad(format!("auth.jwt[{i}] needs exactly one of jwks_file and jwks_url"))),
+        };
+        if j.audiences.is_empty() {
+            return Err(bad(format!("auth.jwt[{i}].audiences must not be empty: audience validation is mandatory")));
+        }
+        for alg in &j.algorithms {
+            if !crate::jwt::SUPPORTED_ALGS.contains(&alg.as_str()) {
+                return Err(bad(format!(
+                    "auth.jwt[{i}].algorithms: `{alg}` is not supported (use {})",
+                    crate::jwt::SUPPORTED_ALGS.join(", ")
+                )));
+            }
+        }
+        jwt.push(JwtIssuer {
+            issuer: j.issuer,
+            audiences: j.audiences,
+            jwks,
+            jwks_refresh: Duration::from_secs(j.jwks_refresh_seconds.max(10)),
+            algorithms: j.algorithms,
+            agent_claim: j.agent_claim,
+            tenant_claim: j.tenant_claim,
+            default_tenant: j.default_tenant,
+            roles_claim: j.roles_claim,
+            labels_claim: j.labels_claim,
+            leeway: Duration::from_secs(j.leeway_seconds),
+        });
+    }
+    if !raw.auth.api_keys && jwt.is_empty() {
+        return Err(bad("auth: enable api_keys or configure at least one [[auth.jwt]] issuer".into()));
+    }
+
+    if raw.policy.files.is_empty() {
+        return Err(bad("policy.files must name at least one policy file".into()));
+    }
+    let policy = PolicyConfig {
+        files: raw.policy.files.iter().map(|f| resolve(f)).collect(),
+        shadow_files: raw.policy.shadow_files.iter().map(|f| resolve(f)).collect(),
+    };
+
+    let a = raw.audit;
+    if a.queue_capacity == 0 || a.batch_max == 0 || a.checkpoint_every == 0 {
+        return Err(bad("audit.queue_capacity, batch_max and checkpoint_every must be positive".into()));
+    }
+    let audit = AuditConfig {
+        db_path: data_dir.join("audit.db"),
+        key_path: data_dir.join("audit-signing.key"),
+        queue_capacity: a.queue_capacity,
+        batch_max: a.batch_max,
+        on_full: a.on_full,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms.max(10)),
+        witness_file: a.witness_file.as_deref().map(resolve),
+    };
+
+    let mut routes: Vec<Route> = Vec::new();
+    for r in raw.routes {
+        if r.name.is_empty() || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(bad(format!("route name `{}` must use only letters, digits, '-' and '_'", r.name)));
+        }
+        if routes.iter().any(|x| x.name == r.name) {
+            return Err(bad(format!("route `{}` is defined twice", r.name)));
+        }
+        let upstream = Upstream::parse(&r.upstream).map_err(|m| bad(format!("route `{}`: {m}", r.name)))?;
+        let credential = match r.credential {
+            None => None,
+            Some(c) => {
+                let secret = match (c.value, c.env) {
+                    (Some(v), None) => v,
+                    (None, Some(var)) => std::env::var(&var).map_err(|_| {
+                        bad(format!("route `{}`: credential environment variable `{var}` is not set", r.name))
+                    })?,
+                    _ => return Err(bad(format!("route `{}`: credential needs exactly one of value and env", r.name))),
+                };
+                let name = http::HeaderName::from_bytes(c.header.as_bytes())
+                    .map_err(|_| bad(format!("route `{}`: `{}` is not a header name", r.name, c.header)))?;
+                let mut value = http::HeaderValue::from_str(&format!("{}{secret}", c.prefix))
+                    .map_err(|_| bad(format!("route `{}`: the credential is not a valid header value", r.name)))?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+        };
+        routes.push(Route {
+            name: r.name,
+            upstream,
+            labels: r.labels,
+            timeout: Duration::from_millis(r.timeout_ms.max(1)),
+            credential,
+        });
+    }
+
+    let demo_upstream = match raw.demo_upstream {
+        None => None,
+        Some(d) => Some(
+            d.listen
+                .parse()
+                .map_err(|_| bad(format!("demo_upstream.listen `{}` is not an address", d.listen)))?,
+        ),
+    };
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        server,
+        auth: AuthConfig { api_keys: raw.auth.api_keys, jwt },
+        policy,
+        audit,
+        routes,
+        demo_upstream,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[policy]\nfiles = [\"p.cedar\"]\n";
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = parse(Path::new("/etc/lattice/lattice.toml"), MINIMAL).unwrap();
+        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.policy.files, vec![PathBuf::from("/etc/lattice/p.cedar")]);
+        assert_eq!(c.audit.on_full, OnFull::Deny);
+        assert!(c.auth.api_keys);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_file_and_line() {
+        let text = format!("{MINIMAL}[audit]\nqueue_capacity = 5\nqueue_capacty = 6\n");
+        let err = parse(Path::new("x/lattice.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("x/lattice.toml:7:"), "{err}");
+        assert!(err.contains("unknown field `queue_capacty`"), "{err}");
+    }
+
+    #[test]
+    fn route_validation() {
+        let text = format!("{MINIMAL}[[routes]]\nname = \"w\"\nupstream = \"ftp://x\"\n");
+        let err = parse(Path::new("l.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("must start with http://"), "{err}");
+        let text = format!("{MINIMAL}[[routes]]\nname = \"w\"\nupstream = \"http://127.0.0.1:9/api/\"\n[routes.credential]\nheader = \"x-api-key\"\nvalue = \"s3cret\"\n");
+        let c = parse(Path::new("l.toml"), &text).unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.upstream.base_path, "/api");
+        assert_eq!(r.upstream.port, 9);
+        assert_eq!(r.credential.as_ref().unwrap().1, "s3cret");
+    }
+
+    #[test]
+    fn jwt_issuer_needs_audience_and_one_key_source() {
+        let text = format!("{MINIMAL}[[auth.jwt]]\nissuer = \"i\"\naudiences = []\njwks_file = \"k\"\n");
+        assert!(parse(Path::new("l.toml"), &text).unwrap_err().to_string().contains("audience"));
+        let text = format!("{MINIMAL}[[auth.jwt]]\nissuer = \"i\"\naudiences = [\"a\"]\n");
+        assert!(parse(Path::new("l.toml"), &text).unwrap_err().to_string().contains("exactly one"));
+    }
+}

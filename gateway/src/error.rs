@@ -1,0 +1,139 @@
+//! Errors and refusals, and the one place that maps them to HTTP responses.
+//! `GatewayError` is what library calls return; `Rejection` is what the
+//! enforcement path answers a caller with (status, JSON body, headers).
+
+use bytes::Bytes;
+use serde_json::json;
+
+/// Errors of the gateway library.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Policy(#[from] lattice_policy::PolicyError),
+    #[error(transparent)]
+    Audit(#[from] lattice_audit::AuditError),
+    #[error("state store: {0}")]
+    State(String),
+    #[error("server: {0}")]
+    Server(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Why a call is refused. Each variant maps to exactly one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Step 1: the body exceeds `server.max_body_bytes`.
+    BodyTooLarge { limit: u64 },
+    /// Step 1: malformed request framing or headers.
+    BadRequest(String),
+    /// Step 2: no or invalid credentials.
+    Unauthenticated(String),
+    /// Step 3: no such (visible) target.
+    NotFound,
+    /// Step 5: the policy denied; names the decision (audit event) id.
+    Forbidden { decision_id: String },
+    /// Step 7: the audit pipeline cannot accept the decision (fail closed).
+    AuditUnavailable,
+    /// Step 8: the upstream failed before answering.
+    UpstreamFailed(String),
+    /// Step 8: the upstream did not answer in time.
+    UpstreamTimeout,
+}
+
+impl Rejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::BodyTooLarge { .. } => 413,
+            Rejection::BadRequest(_) => 400,
+            Rejection::Unauthenticated(_) => 401,
+            Rejection::NotFound => 404,
+            Rejection::Forbidden { .. } => 403,
+            Rejection::AuditUnavailable => 503,
+            Rejection::UpstreamFailed(_) => 502,
+            Rejection::UpstreamTimeout => 504,
+        }
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::BodyTooLarge { .. } => "body_too_large",
+            Rejection::BadRequest(_) => "bad_request",
+            Rejection::Unauthenticated(_) => "unauthenticated",
+            Rejection::NotFound => "not_found",
+            Rejection::Forbidden { .. } => "forbidden",
+            Rejection::AuditUnavailable => "audit_unavailable",
+            Rejection::UpstreamFailed(_) => "upstream_failed",
+            Rejection::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The message the caller reads; the audit reason may say more.
+    pub fn message(&self) -> String {
+        match self {
+            Rejection::BodyTooLarge { limit } => format!("request body exceeds the limit of {limit} bytes"),
+            Rejection::BadRequest(m) => m.clone(),
+            Rejection::Unauthenticated(m) => m.clone(),
+            Rejection::NotFound => "no such route".into(),
+            Rejection::Forbidden { .. } => "denied by policy".into(),
+            Rejection::AuditUnavailable => {
+                "the audit trail cannot record this call right now; it was not forwarded".into()
+            }
+            Rejection::UpstreamFailed(_) => "the upstream failed".into(),
+            Rejection::UpstreamTimeout => "the upstream did not answer in time".into(),
+        }
+    }
+
+    /// The JSON body: `{"error": {"code", "message", "request_id", "decision_id"?}}`.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        let mut err = json!({
+            "code": self.code(),
+            "message": self.message(),
+            "request_id": request_id,
+        });
+        if let Rejection::Forbidden { decision_id } = self {
+            err["decision_id"] = json!(decision_id);
+        }
+        Bytes::from(json!({ "error": err }).to_string())
+    }
+
+    /// Extra response headers.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Rejection::Unauthenticated(m) => vec![(
+                "www-authenticate",
+                format!(
+                    "Bearer realm=\"lattice\", error=\"invalid_token\", error_description=\"{}\"",
+                    m.replace(['"', '\\'], "'")
+                ),
+            )],
+            Rejection::AuditUnavailable => vec![("retry-after", "1".into())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_names_the_decision() {
+        let r = Rejection::Forbidden { decision_id: "d-1".into() };
+        let body: serde_json::Value = serde_json::from_slice(&r.body("r-1")).unwrap();
+        assert_eq!(r.status(), 403);
+        assert_eq!(body["error"]["decision_id"], "d-1");
+        assert_eq!(body["error"]["request_id"], "r-1");
+    }
+
+    #[test]
+    fn unauthenticated_has_www_authenticate_without_quotes_injection() {
+        let r = Rejection::Unauthenticated("bad \"token\"".into());
+        let (name, value) = &r.headers()[0];
+        assert_eq!(*name, "www-authenticate");
+        assert!(value.contains("error_description=\"bad 'token'\""), "{value}");
+    }
+}

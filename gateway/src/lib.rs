@@ -1,0 +1,24 @@
+//! # lattice-gateway
+//!
+//! Owns the runtime gateway: configuration (parse → validate → runtime, hot
+//! reload), identity (API keys in the embedded state store, JWT issuers),
+//! the enforcement path (`enforce`: the ordered steps as data and pure
+//! functions) and its Pingora glue (`proxy`), metrics, and the wiring of a
+//! running node (`server`). The `lattice` binary is a thin CLI over this.
+//!
+//! Must never: forward a call that any step refused, turn an error into an
+//! allow, pass the agent's credentials upstream, or block the request path
+//! on audit I/O (it only enqueues).
+
+pub mod config;
+pub mod demo;
+pub mod enforce;
+pub mod error;
+pub mod jwt;
+pub mod keys;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+
+pub use error::{GatewayError, Rejection};

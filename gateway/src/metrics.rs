@@ -1,0 +1,89 @@
+//! Prometheus metrics served at `/metrics`: requests by kind and status,
+//! decisions by outcome, request latency, audit queue depth and refusals,
+//! config reloads and shadow-policy disagreements.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<Labels, Counter>,
+    pub decisions: Family<Labels, Counter>,
+    pub latency: Histogram,
+    pub audit_queue_depth: Gauge,
+    pub audit_events_written: Gauge,
+    pub audit_refused: Counter,
+    pub audit_bypassed: Counter,
+    pub reloads: Family<Labels, Counter>,
+    pub shadow_disagreements: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lattice");
+        let requests = Family::<Labels, Counter>::default();
+        let decisions = Family::<Labels, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let audit_queue_depth = Gauge::default();
+        let audit_events_written = Gauge::default();
+        let audit_refused = Counter::default();
+        let audit_bypassed = Counter::default();
+        let reloads = Family::<Labels, Counter>::default();
+        let shadow_disagreements = Counter::default();
+        registry.register("requests", "Requests by kind and status", requests.clone());
+        registry.register("decisions", "Policy decisions by outcome", decisions.clone());
+        registry.register("request_duration_seconds", "Time from request to response", latency.clone());
+        registry.register("audit_queue_depth", "Audit events accepted but not yet written", audit_queue_depth.clone());
+        registry.register("audit_events_written", "Audit events written since start", audit_events_written.clone());
+        registry.register("audit_refused", "Calls refused because the audit pipeline could not accept them", audit_refused.clone());
+        registry.register("audit_bypassed", "Calls let through unaudited because audit.on_full = allow", audit_bypassed.clone());
+        registry.register("config_reloads", "Config and policy reloads by result", reloads.clone());
+        registry.register("shadow_disagreements", "Decisions where the shadow policy set disagreed", shadow_disagreements.clone());
+        Self {
+            registry,
+            requests,
+            decisions,
+            latency,
+            audit_queue_depth,
+            audit_events_written,
+            audit_refused,
+            audit_bypassed,
+            reloads,
+            shadow_disagreements,
+        }
+    }
+
+    pub fn request(&self, kind: &str, status: u16) {
+        self.requests
+            .get_or_create(&vec![("kind", kind.to_string()), ("status", status.to_string())])
+            .inc();
+    }
+
+    pub fn decision(&self, outcome: &str) {
+        self.decisions.get_or_create(&vec![("outcome", outcome.to_string())]).inc();
+    }
+
+    pub fn reload(&self, result: &str) {
+        self.reloads.get_or_create(&vec![("result", result.to_string())]).inc();
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,395 @@
+//! The Pingora glue: `Gateway` implements `ProxyHttp` and calls the steps of
+//! `enforce.rs` in their order. Built-in endpoints (`/healthz`, `/readyz`,
+//! `/metrics`) are answered before the enforcement path and not audited.
+//! Every call that enters the path gets exactly one decision event and, when
+//! that was recorded, exactly one outcome event.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lattice_audit::AuditEvent;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{OnFull, Route};
+use crate::enforce::{self, CallFacts};
+use crate::error::Rejection;
+use crate::runtime::{Runtime, Shared};
+
+/// The proxy service.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    facts: CallFacts,
+    traceparent: String,
+    route: Option<Arc<Route>>,
+    upstream_path: String,
+    max_body: u64,
+    body_seen: u64,
+    /// True once the decision event is accepted: an outcome is then owed.
+    decided: bool,
+    /// The status of a refusal we answered ourselves.
+    refused: Option<u16>,
+    /// Why the call failed after the decision, for the outcome event.
+    failure: Option<String>,
+}
+
+fn unix_now() -> i64 {
+    (lattice_audit::now_us() / 1_000_000) as i64
+}
+
+impl Gateway {
+    /// Enqueues an event, honouring `audit.on_full`. Err means refuse (503).
+    fn record(&self, runtime: &Runtime, event: AuditEvent) -> Result<(), Rejection> {
+        match self.shared.audit.record(event) {
+            Ok(()) => Ok(()),
+            Err(e) if runtime.config.audit.on_full == OnFull::Allow => {
+                self.shared.metrics.audit_bypassed.inc();
+                tracing::error!(error = %e, "audit pipeline cannot accept an event; letting the call through UNAUDITED (audit.on_full = allow)");
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.metrics.audit_refused.inc();
+                tracing::error!(error = %e, "audit pipeline cannot accept an event; refusing the call (fail closed)");
+                Err(Rejection::AuditUnavailable)
+            }
+        }
+    }
+
+    /// Steps 1 to 7. Ok means forward; Err is the refusal to send.
+    fn enforce(&self, session: &Session, ctx: &mut Ctx, runtime: &Runtime) -> Result<(), Rejection> {
+        let req = session.req_header();
+        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+
+        // 1. Bound the input.
+        if let Err(r) = enforce::check_content_length(header("content-length"), ctx.max_body) {
+            return self.refuse(ctx, runtime, r.clone(), &r.message());
+        }
+        // 2. Authenticate.
+        let principal = match enforce::authenticate(header("authorization"), runtime, &self.shared.keys) {
+            Ok(p) => p,
+            Err(r) => {
+                let reason = format!("authentication failed: {}", r.message());
+                return self.refuse(ctx, runtime, r, &reason);
+            }
+        };
+        ctx.facts.principal = Some(principal.clone());
+        // 3. Resolve the target.
+        let (route, rest) = match enforce::resolve_route(runtime, req.uri.path()) {
+            Ok(x) => x,
+            Err(r) => return self.refuse(ctx, runtime, r.clone(), &r.message()),
+        };
+        ctx.facts.target.clone_from(&route.name);
+        ctx.facts.upstream = Some(route.upstream.authority());
+        // 4. Request schema: HTTP routes carry none.
+        // 5. Authorize.
+        ctx.facts.action = "http_request".into();
+        let authz = enforce::http_request(
+            &principal,
+            &route,
+            req.method.as_str(),
+            &rest,
+            &ctx.facts.client_addr_ip(),
+            unix_now(),
+        );
+        let evaluation = runtime.policy.evaluate(&authz);
+        if evaluation.shadow_disagrees() {
+            self.shared.metrics.shadow_disagreements.inc();
+        }
+        self.shared.metrics.decision(evaluation.live.outcome.as_str());
+        if !evaluation.live.is_allow() {
+            let placeholder = Rejection::Forbidden { decision_id: String::new() };
+            let event = ctx.facts.refusal_event(&placeholder, "denied by policy", Some(&evaluation));
+            let rejection = Rejection::Forbidden { decision_id: event.event_id.clone() };
+            return self.refuse_with(ctx, runtime, rejection, event);
+        }
+        // 6. Rate limits: none configured for HTTP routes yet.
+        // 7. Record the decision.
+        self.record(runtime, ctx.facts.allow_event(&evaluation))?;
+        ctx.decided = true;
+        ctx.route = Some(route.clone());
+        ctx.upstream_path = match req.uri.query() {
+            Some(q) => format!("{}{rest}?{q}", route.upstream.base_path),
+            None => format!("{}{rest}", route.upstream.base_path),
+        };
+        Ok(())
+    }
+
+    fn refuse(
+        &self,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        rejection: Rejection,
+        reason: &str,
+    ) -> Result<(), Rejection> {
+        let event = ctx.facts.refusal_event(&rejection, reason, None);
+        self.refuse_with(ctx, runtime, rejection, event)
+    }
+
+    /// Records the decision event of a refusal; an outcome is then owed.
+    fn refuse_with(
+        &self,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        rejection: Rejection,
+        event: AuditEvent,
+    ) -> Result<(), Rejection> {
+        self.record(runtime, event)?;
+        ctx.decided = true;
+        Err(rejection)
+    }
+
+    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, rejection: &Rejection) -> Result<()> {
+        let body = rejection.body(&ctx.facts.request_id);
+        ctx.refused = Some(rejection.status());
+        ctx.failure = Some(rejection.message());
+        let mut resp = ResponseHeader::build(rejection.status(), Some(4))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+        for (name, value) in rejection.headers() {
+            resp.insert_header(name, value)?;
+        }
+        if matches!(rejection, Rejection::BodyTooLarge { .. } | Rejection::BadRequest(_)) {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+
+    async fn builtin(&self, session: &mut Session, path: &str) -> Result<bool> {
+        let (status, content_type, body) = match path {
+            "/healthz" => (200, "text/plain", "ok\n".to_string()),
+            "/readyz" => {
+                if self.shared.audit.healthy() {
+                    (200, "text/plain", "ready\n".to_string())
+                } else {
+                    (503, "text/plain", "audit pipeline unavailable\n".to_string())
+                }
+            }
+            "/metrics" => {
+                let m = &self.shared.metrics;
+                m.audit_queue_depth.set(self.shared.audit.depth() as i64);
+                m.audit_events_written.set(self.shared.audit.written() as i64);
+                (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", m.render())
+            }
+            _ => return Ok(false),
+        };
+        let mut resp = ResponseHeader::build(status, Some(2))?;
+        resp.insert_header("content-type", content_type)?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(Bytes::from(body)), true).await?;
+        Ok(true)
+    }
+}
+
+impl CallFacts {
+    fn client_addr_ip(&self) -> String {
+        self.client_addr
+            .parse::<SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| "0.0.0.0".into())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            facts: CallFacts::default(),
+            traceparent: String::new(),
+            route: None,
+            upstream_path: String::new(),
+            max_body: self.shared.startup.server.max_body_bytes,
+            body_seen: 0,
+            decided: false,
+            refused: None,
+            failure: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let path = session.req_header().uri.path().to_string();
+        if self.builtin(session, &path).await? {
+            return Ok(true);
+        }
+        let runtime = self.shared.runtime.load_full();
+        let req = session.req_header();
+        let (trace_id, traceparent) =
+            enforce::trace_context(req.headers.get("traceparent").map(|v| v.as_bytes()));
+        ctx.facts = CallFacts {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            trace_id,
+            kind: "http.request",
+            target: path,
+            client_addr: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            user_agent: req
+                .headers
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .chars()
+                .take(256)
+                .collect(),
+            ..CallFacts::default()
+        };
+        ctx.traceparent = traceparent;
+        match self.enforce(session, ctx, &runtime) {
+            Ok(()) => Ok(false),
+            Err(rejection) => {
+                self.respond(session, ctx, &rejection).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > ctx.max_body {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body exceeds the limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route after enforcement"))?;
+        let up = &route.upstream;
+        let addr: SocketAddr = match up.host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, up.port),
+            Err(_) => tokio::net::lookup_host((up.host.as_str(), up.port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    Error::explain(ErrorType::ConnectNoRoute, format!("cannot resolve upstream host {}", up.host))
+                })?,
+        };
+        let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
+        peer.options.connection_timeout = Some(route.timeout.min(std::time::Duration::from_secs(10)));
+        peer.options.total_connection_timeout = Some(route.timeout);
+        peer.options.read_timeout = Some(route.timeout);
+        peer.options.write_timeout = Some(route.timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let route = ctx
+            .route
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route after enforcement"))?;
+        let uri: http::Uri = ctx
+            .upstream_path
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad upstream path"))?;
+        upstream.set_uri(uri);
+        // The agent's own credentials never travel upstream.
+        upstream.remove_header("authorization");
+        upstream.remove_header("proxy-authorization");
+        upstream.remove_header("x-api-key");
+        upstream.insert_header("host", route.upstream.authority())?;
+        if let Some((name, value)) = &route.credential {
+            upstream.insert_header(name.clone(), value.clone())?;
+        }
+        upstream.insert_header("traceparent", ctx.traceparent.as_str())?;
+        upstream.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, _ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        // Retrying a refused connection to the same upstream helps nobody.
+        e.set_retry(false);
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let rejection = match e.etype() {
+            ErrorType::HTTPStatus(413) => Rejection::BodyTooLarge { limit: ctx.max_body },
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Rejection::UpstreamTimeout
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => Rejection::UpstreamFailed(e.to_string()),
+                ErrorSource::Downstream => Rejection::BadRequest("the client connection failed".into()),
+                ErrorSource::Internal | ErrorSource::Unset => Rejection::UpstreamFailed(e.to_string()),
+            },
+        };
+        let code = rejection.status();
+        ctx.failure = Some(format!("{}: {e}", rejection.code()));
+        let written = session.response_written().is_some();
+        if !written && self.respond(session, ctx, &rejection).await.is_err() {
+            tracing::debug!("could not write the error response; the client is gone");
+        }
+        ctx.failure = Some(format!("{}: {e}", rejection.code()));
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.facts.request_id.is_empty() {
+            return; // a built-in endpoint
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.refused)
+            .unwrap_or(0);
+        let elapsed = ctx.start.elapsed();
+        self.shared.metrics.request(ctx.facts.kind, status);
+        self.shared.metrics.latency.observe(elapsed.as_secs_f64());
+        if !ctx.decided {
+            return; // the decision itself could not be recorded: the caller got 503
+        }
+        let reason = match (&ctx.failure, e) {
+            (Some(f), _) => f.clone(),
+            (None, Some(err)) => err.to_string(),
+            (None, None) => String::new(),
+        };
+        let event = ctx
+            .facts
+            .outcome_event(status, elapsed.as_micros() as u64, &reason);
+        let runtime = self.shared.runtime.load();
+        if self.record(&runtime, event).is_err() {
+            tracing::error!(request_id = %ctx.facts.request_id, "the outcome event of a forwarded call could not be recorded");
+        }
+    }
+}

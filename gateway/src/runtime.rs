@@ -1,0 +1,204 @@
+//! The live state of a running gateway: the hot-reloadable `Runtime` (config,
+//! policy engine, routes, JWT issuers) behind an `ArcSwap`, the key cache,
+//! the audit handle and the metrics. Also the watcher that reloads config and
+//! policies when their files change: a new runtime replaces the old one only
+//! if it builds completely, so an invalid config or policy set is rejected
+//! and logged while the old one keeps serving.
+
+use arc_swap::ArcSwap;
+use lattice_audit::AuditHandle;
+use lattice_policy::{PolicyEngine, PolicySource};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::config::{self, Config, JwksSource, Route};
+use crate::jwt::{parse_jwks, IssuerKeys, JwtVerifier};
+use crate::keys::{KeyCache, StateStore};
+use crate::metrics::Metrics;
+use crate::GatewayError;
+
+/// Everything a config file determines that can change without a restart.
+pub struct Runtime {
+    pub config: Config,
+    pub policy: PolicyEngine,
+    pub routes: HashMap<String, Arc<Route>>,
+    pub jwt: JwtVerifier,
+}
+
+/// Reads policy files into sources.
+pub fn read_policies(files: &[PathBuf]) -> Result<Vec<PolicySource>, GatewayError> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|text| PolicySource::new(f.display().to_string(), text))
+                .map_err(|e| GatewayError::Config(format!("policy file {}: {e}", f.display())))
+        })
+        .collect()
+}
+
+impl Runtime {
+    /// Builds a runtime from a validated config: reads and validates the
+    /// policies and loads file-based JWT keys.
+    pub fn build(config: Config) -> Result<Self, GatewayError> {
+        let live = read_policies(&config.policy.files)?;
+        let shadow = if config.policy.shadow_files.is_empty() {
+            None
+        } else {
+            Some(read_policies(&config.policy.shadow_files)?)
+        };
+        let policy = PolicyEngine::new(&live, shadow.as_deref())?;
+        let mut jwt = JwtVerifier::default();
+        for issuer in &config.auth.jwt {
+            let keys = IssuerKeys::new(issuer.clone()).map_err(GatewayError::Config)?;
+            jwt.issuers.push(Arc::new(keys));
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), Arc::new(r.clone())))
+            .collect();
+        Ok(Self {
+            config,
+            policy,
+            routes,
+            jwt,
+        })
+    }
+
+    /// Files whose change triggers a reload.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.config.path.clone()];
+        files.extend(self.config.policy.files.iter().cloned());
+        files.extend(self.config.policy.shadow_files.iter().cloned());
+        for j in &self.config.auth.jwt {
+            if let JwksSource::File(f) = &j.jwks {
+                files.push(f.clone());
+            }
+        }
+        files
+    }
+}
+
+/// Shared by every request.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub keys: KeyCache,
+    pub audit: AuditHandle,
+    pub metrics: Metrics,
+    /// Settings fixed at start (listener, data dir, audit): a reload that
+    /// changes them is applied for everything else and logged.
+    pub startup: Config,
+}
+
+impl Shared {
+    /// Reloads from the config file. On any error the current runtime stays.
+    pub fn reload(&self) -> Result<(), GatewayError> {
+        let path = self.runtime.load().config.path.clone();
+        let result = config::load(&path).and_then(Runtime::build);
+        match result {
+            Ok(new) => {
+                if new.config.server != self.startup.server || new.config.audit != self.startup.audit {
+                    tracing::warn!("[server] and [audit] changes take effect only after a restart");
+                }
+                self.runtime.store(Arc::new(new));
+                self.metrics.reload("applied");
+                tracing::info!(config = %path.display(), "config and policies reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.reload("rejected");
+                tracing::error!(error = %e, "reload rejected; the previous config and policies keep serving");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+        .collect()
+}
+
+/// Polls the watched files, the key store and JWKS URLs until `stop` is set.
+pub fn spawn_watcher(
+    shared: Arc<Shared>,
+    data_dir: &Path,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, GatewayError> {
+    let store = StateStore::open(data_dir)?;
+    let poll = shared.startup.server.reload_poll;
+    std::thread::Builder::new()
+        .name("lattice-watcher".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "watcher cannot start; hot reload is off");
+                    return;
+                }
+            };
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .ok();
+            let mut last = fingerprint(&shared.runtime.load().watched_files());
+            let mut jwks_fetched: HashMap<usize, Instant> = HashMap::new();
+            while !stop.load(Ordering::Acquire) {
+                let current = fingerprint(&shared.runtime.load().watched_files());
+                if current != last {
+                    let _ = shared.reload();
+                    last = fingerprint(&shared.runtime.load().watched_files());
+                }
+                if let Err(e) = shared.keys.refresh(&store) {
+                    tracing::error!(error = %e, "cannot refresh API keys");
+                }
+                if let Some(client) = &client {
+                    refresh_jwks(&rt, client, &shared.runtime.load(), &mut jwks_fetched);
+                }
+                std::thread::sleep(poll);
+            }
+        })
+        .map_err(|e| GatewayError::Server(e.to_string()))
+}
+
+fn refresh_jwks(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    runtime: &Runtime,
+    fetched: &mut HashMap<usize, Instant>,
+) {
+    for issuer in &runtime.jwt.issuers {
+        let JwksSource::Url(url) = &issuer.config.jwks else {
+            continue;
+        };
+        // Keyed by the issuer object, so a reload (new, empty key set) fetches at once.
+        let id = Arc::as_ptr(issuer) as usize;
+        if fetched
+            .get(&id)
+            .is_some_and(|t| t.elapsed() < issuer.config.jwks_refresh)
+        {
+            continue;
+        }
+        fetched.insert(id, Instant::now());
+        let result = rt.block_on(async {
+            let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("HTTP {}", resp.status()));
+            }
+            resp.text().await.map_err(|e| e.to_string())
+        });
+        match result.and_then(|text| parse_jwks(&text)) {
+            Ok(keys) => {
+                tracing::info!(url, keys = keys.len(), "JWKS refreshed");
+                issuer.set_keys(keys);
+            }
+            Err(e) => tracing::error!(url, error = %e, "JWKS refresh failed; keeping the previous keys"),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Wiring a running gateway: data directory, signing key, key store, policy
+//! runtime, audit pipeline, watcher, and the Pingora server. Returns when the
+//! server has shut down and every accepted audit event is written.
+
+use lattice_audit::{AuditPipeline, NoteSigner, PipelineConfig};
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::keys::{KeyCache, StateStore};
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::runtime::{spawn_watcher, Runtime, Shared};
+use crate::GatewayError;
+
+/// The checkpoint origin and key name of a node's log.
+pub fn log_origin(node_id: &str) -> String {
+    format!("lattice/{node_id}/audit")
+}
+
+/// Loads the node's audit signing key, creating it (and its public verifier
+/// key file beside it) on first start.
+pub fn load_or_create_signer(key_path: &Path, node_id: &str) -> Result<NoteSigner, GatewayError> {
+    let io = |e: std::io::Error| GatewayError::Io(format!("{}: {e}", key_path.display()));
+    if key_path.exists() {
+        let text = std::fs::read_to_string(key_path).map_err(io)?;
+        return Ok(NoteSigner::from_encoded(&text)?);
+    }
+    if let Some(dir) = key_path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let signer = NoteSigner::generate(&log_origin(node_id));
+    write_private(key_path, &signer.encoded()).map_err(io)?;
+    std::fs::write(key_path.with_extension("vkey"), signer.verifier().encoded() + "\n").map_err(io)?;
+    Ok(signer)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Runs the gateway until SIGTERM (graceful) or SIGINT (fast).
+pub fn run(config: Config) -> Result<(), GatewayError> {
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| GatewayError::Io(format!("{}: {e}", data_dir.display())))?;
+    let signer = load_or_create_signer(&config.audit.key_path, &config.server.node_id)?;
+    let store = StateStore::open(&data_dir)?;
+    let keys = KeyCache::load(&store)?;
+    drop(store);
+    let runtime = Runtime::build(config.clone())?;
+    let a = &config.audit;
+    let pipeline = AuditPipeline::start(PipelineConfig {
+        db_path: a.db_path.clone(),
+        node: config.server.node_id.clone(),
+        origin: log_origin(&config.server.node_id),
+        queue_capacity: a.queue_capacity,
+        batch_max: a.batch_max,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: a.checkpoint_interval,
+        witness_file: a.witness_file.clone(),
+        signer,
+    })?;
+    let shared = Arc::new(Shared {
+        runtime: arc_swap::ArcSwap::from_pointee(runtime),
+        keys,
+        audit: pipeline.handle(),
+        metrics: Metrics::new(),
+        startup: config.clone(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = spawn_watcher(shared.clone(), &data_dir, stop.clone())?;
+
+    if let Some(addr) = config.demo_upstream {
+        std::thread::Builder::new()
+            .name("demo-upstream".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                match rt {
+                    Ok(rt) => {
+                        if let Err(e) = rt.block_on(crate::demo::serve_echo(addr)) {
+                            tracing::error!(error = %e, %addr, "demo upstream stopped");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "demo upstream cannot start"),
+                }
+            })
+            .map_err(|e| GatewayError::Server(e.to_string()))?;
+    }
+
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Gateway {
+            shared: shared.clone(),
+        },
+    );
+    service.add_tcp(&config.server.listen.to_string());
+    server.add_service(service);
+    tracing::info!(
+        listen = %config.server.listen,
+        node = %config.server.node_id,
+        data_dir = %data_dir.display(),
+        "lattice gateway starting"
+    );
+    server.run(RunArgs::default());
+
+    tracing::info!("listener closed; draining the audit pipeline");
+    stop.store(true, Ordering::Release);
+    let _ = watcher.join();
+    let written = shared.audit.written();
+    drop(shared);
+    pipeline.shutdown()?;
+    tracing::info!(events = written, "audit pipeline drained; lattice stopped");
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! The policy engine proper: a schema-validated Cedar policy set (plus an
+//! optional shadow set) and the decision function. Pure: no I/O, no clocks,
+//! no globals; callers pass policy text in and get decisions out.
+
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use crate::request::{AuthzRequest, ContextValue, Principal, PrincipalKind, Resource};
+use crate::PolicyError;
+
+/// The Lattice Cedar schema (see `lattice.cedarschema`).
+pub const SCHEMA_SRC: &str = include_str!("lattice.cedarschema");
+const NS: &str = "Lattice";
+
+/// One policy file: a name (its path, for messages) and its text.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    pub name: String,
+    pub text: String,
+}
+
+impl PolicySource {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Allow,
+    Deny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+        }
+    }
+}
+
+/// A decision and why it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// Ids of the policies that decided: the matching permits for an allow,
+    /// the matching forbids for an explicit deny, empty for a default deny.
+    pub policies: Vec<String>,
+    /// Evaluation or request-validation errors. Any error forces a deny.
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+
+    fn deny_with_error(error: String) -> Self {
+        Self {
+            outcome: Outcome::Deny,
+            policies: Vec::new(),
+            errors: vec![error],
+        }
+    }
+
+    /// One line for logs and the CLI.
+    pub fn summary(&self) -> String {
+        let mut s = self.outcome.as_str().to_string();
+        if self.policies.is_empty() && self.errors.is_empty() && !self.is_allow() {
+            s.push_str(" (no policy permits: default deny)");
+        }
+        if !self.policies.is_empty() {
+            s.push_str(&format!(" by [{}]", self.policies.join(", ")));
+        }
+        if !self.errors.is_empty() {
+            s.push_str(&format!(" with errors: {}", self.errors.join("; ")));
+        }
+        s
+    }
+}
+
+/// The live decision and, when a shadow set is loaded, what it would decide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evaluation {
+    pub live: Decision,
+    pub shadow: Option<Decision>,
+}
+
+impl Evaluation {
+    /// True when a shadow set is loaded and decided differently.
+    pub fn shadow_disagrees(&self) -> bool {
+        self.shadow
+            .as_ref()
+            .is_some_and(|s| s.outcome != self.live.outcome)
+    }
+}
+
+/// A validated policy set and the text of each policy, by id.
+#[derive(Debug, Clone)]
+struct CompiledSet {
+    set: PolicySet,
+    texts: Vec<(String, String)>,
+}
+
+/// The loaded engine. Build a new one to reload; an invalid set never
+/// produces an engine, so a caller that swaps only on success keeps the old
+/// policies serving.
+#[derive(Debug, Clone)]
+pub struct PolicyEngine {
+    schema: Schema,
+    live: CompiledSet,
+    shadow: Option<CompiledSet>,
+    authorizer: Authorizer,
+}
+
+/// The Lattice schema, parsed.
+pub fn schema() -> Result<Schema, PolicyError> {
+    let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA_SRC)
+        .map_err(|e| PolicyError::Schema(e.to_string()))?;
+    Ok(schema)
+}
+
+impl PolicyEngine {
+    /// Parses and validates `live` (and `shadow`, if given) against the schema.
+    pub fn new(live: &[PolicySource], shadow: Option<&[PolicySource]>) -> Result<Self, PolicyError> {
+        let schema = schema()?;
+        let live = compile(&schema, live)?;
+        let shadow = shadow.map(|s| compile(&schema, s)).transpose()?;
+        Ok(Self {
+            schema,
+            live,
+            shadow,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// Ids of the live policies, in load order.
+    pub fn policy_ids(&self) -> impl Iterator<Item = &str> {
+        self.live.texts.iter().map(|(id, _)| id.as_str())
+    }
+
+    /// The source text of a live policy.
+    pub fn policy_text(&self, id: &str) -> Option<&str> {
+        self.live
+            .texts
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, t)| t.as_str())
+    }
+
+    pub fn has_shadow(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// Decides a request with the live set (and the shadow set, if any).
+    pub fn evaluate(&self, req: &AuthzRequest) -> Evaluation {
+        let prepared = self.prepare(req);
+        let live = self.decide_with(&prepared, &self.live.set);
+        let shadow = self
+            .shadow
+            .as_ref()
+            .map(|s| self.decide_with(&prepared, &s.set));
+        Evaluation { live, shadow }
+    }
+
+    /// Decides a request with the live set only.
+    pub fn decide(&self, req: &AuthzRequest) -> Decision {
+        let prepared = self.prepare(req);
+        self.decide_with(&prepared, &self.live.set)
+    }
+
+    fn prepare(&self, req: &AuthzRequest) -> Result<(Request, Entities), String> {
+        let principal = principal_entity(&req.principal)?;
+        let resource = resource_entity(&req.resource)?;
+        let request = Request::new(
+            principal.uid(),
+            uid("Action", req.action.as_str())?,
+            resource.uid(),
+            context(req)?,
+            Some(&self.schema),
+        )
+        .map_err(|e| format!("request does not match the schema: {e}"))?;
+        let entities = Entities::from_entities([principal, resource], None)
+            .map_err(|e| format!("entities: {e}"))?;
+        Ok((request, entities))
+    }
+
+    fn decide_with(
+        &self,
+        prepared: &Result<(Request, Entities), String>,
+        set: &PolicySet,
+    ) -> Decision {
+        let (request, entities) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Decision::deny_with_error(e.clone()),
+        };
+        let response = self.authorizer.is_authorized(request, set, entities);
+        let diagnostics = response.diagnostics();
+        let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
+        let mut policies: Vec<String> = diagnostics.reason().map(|p| p.to_string()).collect();
+        policies.sort();
+        // Cedar skips a policy whose evaluation errors; a skipped forbid could
+        // turn into an allow. Lattice denies on any error instead.
+        let outcome = if errors.is_empty() && response.decision() == cedar_policy::Decision::Allow
+        {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        };
+        Decision {
+            outcome,
+            policies,
+            errors,
+        }
+    }
+}
+
+fn compile(schema: &Schema, sources: &[PolicySource]) -> Result<CompiledSet, PolicyError> {
+    let mut set = PolicySet::new();
+    let mut texts = Vec::new();
+    for source in sources {
+        let parsed = PolicySet::from_str(&source.text).map_err(|e| PolicyError::Parse {
+            file: source.name.clone(),
+            message: render(&e),
+        })?;
+        if parsed.templates().next().is_some() {
+            return Err(PolicyError::Invalid {
+                file: source.name.clone(),
+                message: "policy templates are not supported; write static policies".into(),
+            });
+        }
+        for (index, policy) in parsed.policies().enumerate() {
+            let id = policy
+                .annotation("id")
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{}#{index}", source.name));
+            let text = policy.to_string();
+            set.add(policy.new_id(PolicyId::new(&id)))
+                .map_err(|e| PolicyError::Invalid {
+                    file: source.name.clone(),
+                    message: format!("policy `{id}`: {e}"),
+                })?;
+            texts.push((id, text));
+        }
+    }
+    let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+    if !result.validation_passed() {
+        let message = result
+            .validation_errors()
+            .map(|e| format!("policy `{}`: {}", e.policy_id(), render(e)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(PolicyError::Validation(message));
+    }
+    Ok(CompiledSet { set, texts })
+}
+
+/// Renders an error with its help text, if Cedar gives one.
+fn render(e: &dyn Diagnostic) -> String {
+    let mut s = e.to_string();
+    if let Some(help) = e.help() {
+        s.push_str(&format!(" (help: {help})"));
+    }
+    s
+}
+
+fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
+    let t = EntityTypeName::from_str(&format!("{NS}::{type_name}"))
+        .map_err(|e| format!("entity type {type_name}: {e}"))?;
+    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+}
+
+fn string_set(values: &[String]) -> RestrictedExpression {
+    RestrictedExpression::new_set(values.iter().cloned().map(RestrictedExpression::new_string))
+}
+
+fn entity(
+    type_name: &str,
+    id: &str,
+    attrs: Vec<(&str, RestrictedExpression)>,
+    parents: HashSet<EntityUid>,
+) -> Result<Entity, String> {
+    let attrs: HashMap<String, RestrictedExpression> =
+        attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Entity::new(uid(type_name, id)?, attrs, parents).map_err(|e| format!("entity {id}: {e}"))
+}
+
+fn principal_entity(p: &Principal) -> Result<Entity, String> {
+    let mut parents = HashSet::with_capacity(p.roles.len() + 1);
+    for role in &p.roles {
+        parents.insert(uid("Role", role)?);
+    }
+    parents.insert(uid("Tenant", &p.tenant)?);
+    let kind = match p.kind {
+        PrincipalKind::Agent => "Agent",
+        PrincipalKind::Human => "Human",
+    };
+    entity(
+        kind,
+        &p.id,
+        vec![
+            ("tenant", RestrictedExpression::new_string(p.tenant.clone())),
+            ("labels", string_set(&p.labels)),
+            (
+                "auth_method",
+                RestrictedExpression::new_string(p.auth_method.clone()),
+            ),
+        ],
+        parents,
+    )
+}
+
+fn resource_entity(r: &Resource) -> Result<Entity, String> {
+    let s = |v: &String| RestrictedExpression::new_string(v.clone());
+    let (attrs, parents) = match r {
+        Resource::HttpRoute { id, labels }
+        | Resource::McpServer { id, labels }
+        | Resource::Model { id, labels } => (
+            vec![("name", s(id)), ("labels", string_set(labels))],
+            HashSet::new(),
+        ),
+        Resource::Tool {
+            id,
+            server,
+            risk,
+            labels,
+            read_only,
+            destructive,
+        } => (
+            vec![
+                ("name", s(id)),
+                ("server", s(server)),
+                ("risk", s(risk)),
+                ("labels", string_set(labels)),
+                ("read_only", RestrictedExpression::new_bool(*read_only)),
+                ("destructive", RestrictedExpression::new_bool(*destructive)),
+            ],
+            HashSet::from([uid("McpServer", server)?]),
+        ),
+        Resource::Gateway { .. } => (Vec::new(), HashSet::new()),
+    };
+    entity(r.type_name(), r.id(), attrs, parents)
+}
+
+fn context(req: &AuthzRequest) -> Result<Context, String> {
+    let c = &req.context;
+    let mut pairs = Vec::with_capacity(c.extra.len() + 2);
+    pairs.push(("time".to_string(), RestrictedExpression::new_long(c.time)));
+    pairs.push((
+        "client_ip".to_string(),
+        RestrictedExpression::new_ip(&c.client_ip),
+    ));
+    for (k, v) in &c.extra {
+        let value = match v {
+            ContextValue::Bool(b) => RestrictedExpression::new_bool(*b),
+            ContextValue::Long(n) => RestrictedExpression::new_long(*n),
+            ContextValue::String(s) => RestrictedExpression::new_string(s.clone()),
+            ContextValue::Set(items) => string_set(items),
+        };
+        pairs.push((k.clone(), value));
+    }
+    Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))
+}

@@ -1,0 +1,260 @@
+//! The typed authorization request: who (principal), does what (action), to
+//! what (resource), in which circumstances (context). These types are what the
+//! gateway builds per call and what `lattice policy test` files contain; the
+//! engine turns them into Cedar entities.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::PolicyError;
+
+/// Whether a principal is an automated agent or a human (workbench user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrincipalKind {
+    Agent,
+    Human,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    #[serde(rename = "type", default = "default_kind")]
+    pub kind: PrincipalKind,
+    pub id: String,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default = "default_auth_method")]
+    pub auth_method: String,
+}
+
+fn default_kind() -> PrincipalKind {
+    PrincipalKind::Agent
+}
+fn default_tenant() -> String {
+    "default".to_string()
+}
+fn default_auth_method() -> String {
+    "api_key".to_string()
+}
+
+/// Every action Lattice authorizes. The string form is the Cedar action id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    HttpRequest,
+    CallTool,
+    ListTools,
+    ReadResource,
+    GetPrompt,
+    Chat,
+    Embed,
+    RegisterServer,
+    ChangeRoutes,
+    ChangePolicies,
+    ReadAudit,
+    ManageKeys,
+    ApproveTool,
+}
+
+impl Action {
+    pub const ALL: [Action; 13] = [
+        Action::HttpRequest,
+        Action::CallTool,
+        Action::ListTools,
+        Action::ReadResource,
+        Action::GetPrompt,
+        Action::Chat,
+        Action::Embed,
+        Action::RegisterServer,
+        Action::ChangeRoutes,
+        Action::ChangePolicies,
+        Action::ReadAudit,
+        Action::ManageKeys,
+        Action::ApproveTool,
+    ];
+
+    /// The Cedar action id (`Lattice::Action::"<this>"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::HttpRequest => "http_request",
+            Action::CallTool => "call_tool",
+            Action::ListTools => "list_tools",
+            Action::ReadResource => "read_resource",
+            Action::GetPrompt => "get_prompt",
+            Action::Chat => "chat",
+            Action::Embed => "embed",
+            Action::RegisterServer => "admin.register_server",
+            Action::ChangeRoutes => "admin.change_routes",
+            Action::ChangePolicies => "admin.change_policies",
+            Action::ReadAudit => "admin.read_audit",
+            Action::ManageKeys => "admin.manage_keys",
+            Action::ApproveTool => "admin.approve_tool",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| PolicyError::UnknownAction(s.to_string()))
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The target of an action, with the attributes policies may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum Resource {
+    HttpRoute {
+        id: String,
+        #[serde(default)]
+        labels: Vec<String>,
+    },
+    McpServer {
+        id: String,
+        #[serde(default)]
+        labels: Vec<String>,
+    },
+    Tool {
+        /// The federated tool name.
+        id: String,
+        server: String,
+        #[serde(default = "default_risk")]
+        risk: String,
+        #[serde(default)]
+        labels: Vec<String>,
+        #[serde(default)]
+        read_only: bool,
+        #[serde(default)]
+        destructive: bool,
+    },
+    Model {
+        id: String,
+        #[serde(default)]
+        labels: Vec<String>,
+    },
+    Gateway {
+        #[serde(default = "default_gateway")]
+        id: String,
+    },
+}
+
+fn default_risk() -> String {
+    "unknown".to_string()
+}
+fn default_gateway() -> String {
+    "gateway".to_string()
+}
+
+impl Resource {
+    /// The Cedar entity type name, without the namespace.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Resource::HttpRoute { .. } => "HttpRoute",
+            Resource::McpServer { .. } => "McpServer",
+            Resource::Tool { .. } => "Tool",
+            Resource::Model { .. } => "Model",
+            Resource::Gateway { .. } => "Gateway",
+        }
+    }
+
+    /// The entity id.
+    pub fn id(&self) -> &str {
+        match self {
+            Resource::HttpRoute { id, .. }
+            | Resource::McpServer { id, .. }
+            | Resource::Tool { id, .. }
+            | Resource::Model { id, .. }
+            | Resource::Gateway { id } => id,
+        }
+    }
+}
+
+/// One context value. Strings that name an IP address are typed by the
+/// schema (`client_ip` is a Cedar `ipaddr`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ContextValue {
+    Bool(bool),
+    Long(i64),
+    String(String),
+    Set(Vec<String>),
+}
+
+/// The circumstances of a call. `time` (unix seconds) and `client_ip` are
+/// present for every action; the rest depends on the action (see the schema).
+/// Unknown keys are not rejected here (serde cannot combine that with
+/// `flatten`); Cedar's request validation rejects any attribute the schema
+/// does not declare for the action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestContext {
+    #[serde(default)]
+    pub time: i64,
+    #[serde(default = "default_ip")]
+    pub client_ip: String,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, ContextValue>,
+}
+
+fn default_ip() -> String {
+    "127.0.0.1".to_string()
+}
+
+impl RequestContext {
+    pub fn new(time: i64, client_ip: impl Into<String>) -> Self {
+        Self {
+            time,
+            client_ip: client_ip.into(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a string attribute (builder style).
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.extra
+            .insert(key.to_string(), ContextValue::String(value.into()));
+        self
+    }
+}
+
+/// A whole authorization request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzRequest {
+    pub principal: Principal,
+    pub action: Action,
+    pub resource: Resource,
+    #[serde(default = "default_context")]
+    pub context: RequestContext,
+}
+
+fn default_context() -> RequestContext {
+    RequestContext::new(0, default_ip())
+}
