@@ -289,6 +289,9 @@ impl Writer {
 
 /// Appends one checkpoint to the witness file as a JSON line and syncs it.
 fn export(path: &std::path::Path, signer: &NoteSigner, note: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let line = serde_json::json!({ "vkey": signer.verifier().encoded(), "note": note });
     let mut f = OpenOptions::new().create(true).append(true).open(path)?;
     writeln!(f, "{line}")?;

@@ -60,7 +60,7 @@ pub fn authenticate(
     runtime: &Runtime,
     keys: &KeyCache,
 ) -> Result<Principal, Rejection> {
-    let raw = authorization.ok_or_else(|| Rejection::Unauthenticated("missing bearer token".into()))?;
+    let raw = authorization.ok_or(Rejection::NoCredentials)?;
     let value = std::str::from_utf8(raw)
         .map_err(|_| Rejection::Unauthenticated("malformed Authorization header".into()))?;
     let token = value
@@ -140,6 +140,8 @@ pub struct CallFacts {
     pub client_addr: String,
     pub user_agent: String,
     pub upstream: Option<String>,
+    /// The recorded decision, repeated on the outcome event for filtering.
+    pub decision: &'static str,
 }
 
 impl CallFacts {
@@ -158,6 +160,7 @@ impl CallFacts {
         e.client_addr.clone_from(&self.client_addr);
         e.user_agent.clone_from(&self.user_agent);
         e.upstream.clone_from(&self.upstream);
+        e.decision = self.decision.to_string();
         e
     }
 

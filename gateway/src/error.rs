@@ -29,7 +29,9 @@ pub enum Rejection {
     BodyTooLarge { limit: u64 },
     /// Step 1: malformed request framing or headers.
     BadRequest(String),
-    /// Step 2: no or invalid credentials.
+    /// Step 2: no credentials presented.
+    NoCredentials,
+    /// Step 2: invalid credentials.
     Unauthenticated(String),
     /// Step 3: no such (visible) target.
     NotFound,
@@ -48,7 +50,7 @@ impl Rejection {
         match self {
             Rejection::BodyTooLarge { .. } => 413,
             Rejection::BadRequest(_) => 400,
-            Rejection::Unauthenticated(_) => 401,
+            Rejection::NoCredentials | Rejection::Unauthenticated(_) => 401,
             Rejection::NotFound => 404,
             Rejection::Forbidden { .. } => 403,
             Rejection::AuditUnavailable => 503,
@@ -62,7 +64,7 @@ impl Rejection {
         match self {
             Rejection::BodyTooLarge { .. } => "body_too_large",
             Rejection::BadRequest(_) => "bad_request",
-            Rejection::Unauthenticated(_) => "unauthenticated",
+            Rejection::NoCredentials | Rejection::Unauthenticated(_) => "unauthenticated",
             Rejection::NotFound => "not_found",
             Rejection::Forbidden { .. } => "forbidden",
             Rejection::AuditUnavailable => "audit_unavailable",
@@ -76,6 +78,7 @@ impl Rejection {
         match self {
             Rejection::BodyTooLarge { limit } => format!("request body exceeds the limit of {limit} bytes"),
             Rejection::BadRequest(m) => m.clone(),
+            Rejection::NoCredentials => "missing bearer token".into(),
             Rejection::Unauthenticated(m) => m.clone(),
             Rejection::NotFound => "no such route".into(),
             Rejection::Forbidden { .. } => "denied by policy".into(),
@@ -110,6 +113,8 @@ impl Rejection {
                     m.replace(['"', '\\'], "'")
                 ),
             )],
+            // RFC 6750 §3.1: no error code when no credentials were presented.
+            Rejection::NoCredentials => vec![("www-authenticate", "Bearer realm=\"lattice\"".into())],
             Rejection::AuditUnavailable => vec![("retry-after", "1".into())],
             _ => Vec::new(),
         }

@@ -1,1 +1,73 @@
-fn main() {}
+//! `lattice`: the command line. Commands and wiring only; the work is in the
+//! library crates.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "lattice", version, about = "The Lattice gateway: enforced, audited agent traffic")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: cli::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file.
+    Serve {
+        #[arg(short, long, default_value = "lattice.toml")]
+        config: PathBuf,
+    },
+    /// Quick start: create a starter config and data directory if none
+    /// exist, then serve on 127.0.0.1:8080.
+    Up {
+        /// Directory for lattice.toml, policies and data.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Configuration.
+    #[command(subcommand)]
+    Config(cli::ConfigCmd),
+    /// API keys.
+    #[command(subcommand)]
+    Keys(cli::keys::KeysCmd),
+    /// Policies: check, test and explain, offline.
+    #[command(subcommand)]
+    Policy(cli::policy::PolicyCmd),
+    /// The audit trail: tail, verify and prove, offline.
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCmd),
+    /// Run the demo echo upstream on its own.
+    #[command(hide = true)]
+    DemoUpstream {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    cli::init_logging(args.log_format);
+    let result = match args.command {
+        Command::Serve { config } => cli::serve(&config),
+        Command::Up { dir } => cli::up::run(&dir),
+        Command::Config(cmd) => cli::config(cmd),
+        Command::Keys(cmd) => cli::keys::run(cmd),
+        Command::Policy(cmd) => cli::policy::run(cmd),
+        Command::Audit(cmd) => cli::audit::run(cmd),
+        Command::DemoUpstream { listen } => cli::demo_upstream(listen),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -115,6 +115,7 @@ impl Gateway {
         // 7. Record the decision.
         self.record(runtime, ctx.facts.allow_event(&evaluation))?;
         ctx.decided = true;
+        ctx.facts.decision = "allow";
         ctx.route = Some(route.clone());
         ctx.upstream_path = match req.uri.query() {
             Some(q) => format!("{}{rest}?{q}", route.upstream.base_path),
@@ -144,6 +145,7 @@ impl Gateway {
     ) -> Result<(), Rejection> {
         self.record(runtime, event)?;
         ctx.decided = true;
+        ctx.facts.decision = "deny";
         Err(rejection)
     }
 

@@ -1,0 +1,133 @@
+//! `lattice audit tail|verify|prove`: read the embedded store offline (it is
+//! safe to run beside a serving gateway: SQLite WAL readers do not block it).
+
+use anyhow::Context;
+use clap::Subcommand;
+use lattice_audit::{prove_consistency, prove_inclusion, read_witness, verify, NoteVerifier, Store};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::ConfigArg;
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Print the last events as JSON lines.
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+        /// Only the events of this request id.
+        #[arg(long)]
+        request: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Recompute the log from the store and check it against every signed
+    /// checkpoint and the witness; name the first tampered event.
+    Verify {
+        #[command(flatten)]
+        keys: TrustArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an inclusion proof for an event, or a consistency proof
+    /// between two checkpoints.
+    Prove {
+        /// The event's sequence number (leaf index).
+        #[arg(long, conflicts_with = "from")]
+        seq: Option<u64>,
+        /// Size of the older checkpoint.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Size of the newer checkpoint (default: the latest).
+        #[arg(long, requires = "from")]
+        to: Option<u64>,
+        #[command(flatten)]
+        keys: TrustArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct TrustArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The node's verifier key file (default: audit-signing.vkey in the data dir).
+    #[arg(long)]
+    vkey: Option<PathBuf>,
+    /// A witness file of exported checkpoints (default: audit.witness_file).
+    #[arg(long)]
+    witness: Option<PathBuf>,
+}
+
+struct Trust {
+    store: Store,
+    verifier: NoteVerifier,
+    witness: Vec<lattice_audit::verify::WitnessEntry>,
+}
+
+impl TrustArgs {
+    fn open(&self) -> anyhow::Result<Trust> {
+        let cfg = self.config.load()?;
+        let store = Store::open_read_only(&cfg.audit.db_path)?;
+        let vkey_path = self.vkey.clone().unwrap_or_else(|| cfg.audit.key_path.with_extension("vkey"));
+        let vkey = std::fs::read_to_string(&vkey_path).with_context(|| format!("verifier key {}", vkey_path.display()))?;
+        let verifier = NoteVerifier::from_encoded(&vkey)?;
+        let witness_path = self.witness.clone().or(cfg.audit.witness_file);
+        let witness = match witness_path {
+            Some(p) if p.exists() => read_witness(&std::fs::read_to_string(&p).with_context(|| p.display().to_string())?)?,
+            Some(p) if self.witness.is_some() => anyhow::bail!("witness file {} does not exist", p.display()),
+            _ => Vec::new(),
+        };
+        Ok(Trust { store, verifier, witness })
+    }
+}
+
+pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCmd::Tail { count, request, config } => {
+            let store = Store::open_read_only(&config.load()?.audit.db_path)?;
+            let rows = match request {
+                Some(id) => store.by_request(&id)?,
+                None => store.tail(count)?,
+            };
+            for row in rows {
+                println!("{}", row.json);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Verify { keys, json } => {
+            let t = keys.open()?;
+            let report = verify(&t.store, &t.verifier, &t.witness)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.ok() {
+                println!(
+                    "OK: {} events, log size {}, {} signed checkpoints and {} witness checkpoints verified",
+                    report.events, report.log_size, report.checkpoints_checked, report.witness_checkpoints_checked
+                );
+            } else {
+                println!("FAILED: {}", report.problems[0]);
+                for p in report.problems.iter().skip(1).take(20) {
+                    println!("  also: {p}");
+                }
+            }
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        AuditCmd::Prove { seq, from, to, keys } => {
+            let t = keys.open()?;
+            let (text, verified) = match (seq, from) {
+                (Some(seq), _) => {
+                    let p = prove_inclusion(&t.store, &t.verifier, seq)?;
+                    (serde_json::to_string_pretty(&p)?, p.verified)
+                }
+                (None, Some(from)) => {
+                    let p = prove_consistency(&t.store, &t.verifier, from, to)?;
+                    (serde_json::to_string_pretty(&p)?, p.verified)
+                }
+                (None, None) => anyhow::bail!("give --seq N (inclusion) or --from M [--to N] (consistency)"),
+            };
+            println!("{text}");
+            Ok(if verified { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `lattice keys create|list|revoke`: API keys in the data directory's state
+//! store. A running gateway picks changes up within one reload poll.
+
+use clap::Subcommand;
+use lattice_gateway::keys::StateStore;
+use std::process::ExitCode;
+
+use super::ConfigArg;
+
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Create a key for an agent; the key is printed once and stored hashed.
+    Create {
+        #[arg(long)]
+        agent: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// A role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// An operator label such as `confidential` (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeysCmd::Create { agent, tenant, roles, labels, config } => {
+            let store = StateStore::open(&config.load()?.server.data_dir)?;
+            let (key, secret) = store.create_key(&agent, &tenant, &roles, &labels)?;
+            eprintln!(
+                "Created API key {} for agent `{}` (tenant `{}`, roles [{}]). It is shown only now:",
+                key.id,
+                key.agent,
+                key.tenant,
+                key.roles.join(", ")
+            );
+            println!("{secret}");
+        }
+        KeysCmd::List { config } => {
+            let store = StateStore::open(&config.load()?.server.data_dir)?;
+            println!("{:<14} {:<20} {:<12} {:<24} STATUS", "ID", "AGENT", "TENANT", "ROLES");
+            for (_, k) in store.keys()? {
+                let status = if k.revoked_us.is_some() { "revoked" } else { "active" };
+                println!("{:<14} {:<20} {:<12} {:<24} {status}", k.id, k.agent, k.tenant, k.roles.join(","));
+            }
+        }
+        KeysCmd::Revoke { id, config } => {
+            let store = StateStore::open(&config.load()?.server.data_dir)?;
+            store.revoke_key(&id)?;
+            println!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

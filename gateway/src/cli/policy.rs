@@ -1,0 +1,140 @@
+//! `lattice policy check|test|explain`: offline policy work against the same
+//! engine the gateway runs.
+
+use anyhow::Context;
+use clap::Subcommand;
+use lattice_gateway::runtime::read_policies;
+use lattice_policy::{
+    run_cases, Action, AuthzRequest, CaseFile, PolicyEngine, Principal, PrincipalKind,
+    RequestContext, Resource,
+};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::ConfigArg;
+
+#[derive(clap::Args)]
+pub struct PolicySel {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Policy files to use instead of the config's `policy.files`.
+    #[arg(long = "policies", num_args = 1..)]
+    policies: Vec<PathBuf>,
+}
+
+impl PolicySel {
+    fn engine(&self) -> anyhow::Result<PolicyEngine> {
+        let files = if self.policies.is_empty() {
+            self.config.load()?.policy.files
+        } else {
+            self.policies.clone()
+        };
+        Ok(PolicyEngine::new(&read_policies(&files)?, None)?)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Validate policy files against the Lattice schema.
+    Check {
+        #[command(flatten)]
+        sel: PolicySel,
+    },
+    /// Run a file of cases (request → expected decision); exit 1 on any mismatch.
+    Test {
+        file: PathBuf,
+        #[command(flatten)]
+        sel: PolicySel,
+    },
+    /// Decide one request and print the decision with its reasons.
+    Explain {
+        #[command(flatten)]
+        sel: PolicySel,
+        /// Principal id.
+        #[arg(long)]
+        principal: String,
+        #[arg(long, value_enum, default_value = "agent")]
+        principal_type: Kind,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// e.g. http_request, call_tool, chat, admin.read_audit
+        #[arg(long)]
+        action: String,
+        /// The resource as JSON, e.g. '{"type":"HttpRoute","id":"echo","labels":["demo"]}'
+        #[arg(long)]
+        resource: String,
+        /// Context as JSON, e.g. '{"method":"GET","path":"/x"}'
+        #[arg(long, default_value = "{}")]
+        context: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    Agent,
+    Human,
+}
+
+pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCmd::Check { sel } => match sel.engine() {
+            Ok(engine) => {
+                println!("policies valid: {}", engine.policy_ids().collect::<Vec<_>>().join(", "));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        PolicyCmd::Test { file, sel } => {
+            let engine = sel.engine()?;
+            let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let cases = CaseFile::parse(&file.display().to_string(), &text)?;
+            let results = run_cases(&engine, &cases);
+            let failed = results.iter().filter(|r| !r.passed).count();
+            for r in &results {
+                match &r.mismatch {
+                    None => println!("PASS  {}  ({})", r.name, r.decision.summary()),
+                    Some(m) => println!("FAIL  {}  {m}", r.name),
+                }
+            }
+            println!("{} passed, {} failed", results.len() - failed, failed);
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        PolicyCmd::Explain { sel, principal, principal_type, tenant, roles, labels, action, resource, context } => {
+            let engine = sel.engine()?;
+            let resource: Resource = serde_json::from_str(&resource).context("--resource")?;
+            let mut ctx: RequestContext = serde_json::from_str(&context).context("--context")?;
+            if ctx.time == 0 {
+                ctx.time = (lattice_audit::now_us() / 1_000_000) as i64;
+            }
+            let req = AuthzRequest {
+                principal: Principal {
+                    kind: match principal_type {
+                        Kind::Agent => PrincipalKind::Agent,
+                        Kind::Human => PrincipalKind::Human,
+                    },
+                    id: principal,
+                    tenant,
+                    roles,
+                    labels,
+                    auth_method: "cli".into(),
+                },
+                action: action.parse::<Action>()?,
+                resource,
+                context: ctx,
+            };
+            let decision = engine.decide(&req);
+            println!("decision: {}", decision.summary());
+            for id in &decision.policies {
+                println!("\n-- {id}\n{}", engine.policy_text(id).unwrap_or("(text unavailable)"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `lattice up`: the quick start. Writes the starter config, policies and
+//! policy tests (from `examples/quickstart/`) when no `lattice.toml` exists,
+//! creates a demo agent key, prints how to call the gateway, then serves.
+
+use anyhow::Context;
+use lattice_gateway::keys::StateStore;
+use std::path::Path;
+use std::process::ExitCode;
+
+const CONFIG: &str = include_str!("../../../examples/quickstart/lattice.toml");
+const POLICIES: &str = include_str!("../../../examples/quickstart/policies/starter.cedar");
+const POLICY_TESTS: &str = include_str!("../../../examples/quickstart/policies/starter.tests.toml");
+
+pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let config_path = dir.join("lattice.toml");
+    let fresh = !config_path.exists();
+    if fresh {
+        std::fs::create_dir_all(dir.join("policies"))?;
+        std::fs::write(&config_path, CONFIG)?;
+        std::fs::write(dir.join("policies/starter.cedar"), POLICIES)?;
+        std::fs::write(dir.join("policies/starter.tests.toml"), POLICY_TESTS)?;
+        eprintln!("wrote {} and policies/ (starter set)", config_path.display());
+    }
+    let config = lattice_gateway::config::load(&config_path)?;
+    let url = format!("http://{}", config.server.listen);
+    let store = StateStore::open(&config.server.data_dir)?;
+    let has_demo = store.keys()?.iter().any(|(_, k)| k.agent == "demo-agent" && k.revoked_us.is_none());
+    let key = if has_demo {
+        None
+    } else {
+        Some(store.create_key("demo-agent", "default", &["agent".into()], &[])?.1)
+    };
+    drop(store);
+    println!("\nLattice is starting at {url}\n");
+    match &key {
+        Some(k) => {
+            println!("Demo agent API key (shown only now; stored hashed):\n\n  {k}\n");
+            println!("Allowed (the starter policy lets agents GET demo routes):\n");
+            println!("  curl -s -H 'Authorization: Bearer {k}' {url}/tools/echo/hello\n");
+            println!("Denied with 403 (policy `no-deletes`), the body names the decision id:\n");
+            println!("  curl -s -X DELETE -H 'Authorization: Bearer {k}' {url}/tools/echo/orders/1\n");
+        }
+        None => {
+            println!("The demo agent's key was shown when it was created. Make another with:\n");
+            println!("  lattice keys create --agent demo-agent --role agent -c {}\n", config_path.display());
+        }
+    }
+    println!("Audit trail:   lattice audit tail -c {0}   |   lattice audit verify -c {0}", config_path.display());
+    println!("Metrics:       {url}/metrics\n");
+    super::serve(&config_path)
+}
