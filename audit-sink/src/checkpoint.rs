@@ -25,13 +25,21 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The note body that is signed.
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
     }
 
     fn parse_body(body: &str) -> Result<Self, AuditError> {
         let bad = |m: &str| AuditError::Checkpoint(m.to_string());
         let mut lines = body.lines();
-        let origin = lines.next().filter(|l| !l.is_empty()).ok_or_else(|| bad("no origin line"))?;
+        let origin = lines
+            .next()
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| bad("no origin line"))?;
         let size = lines
             .next()
             .and_then(|l| l.parse::<u64>().ok())
@@ -150,7 +158,9 @@ impl NoteVerifier {
         let public: [u8; 32] = public.try_into().map_err(|_| bad())?;
         let key = VerifyingKey::from_bytes(&public).map_err(|_| bad())?;
         if hex::encode(key_id(name, &key)) != id_hex {
-            return Err(AuditError::Key("verifier key id does not match its key".into()));
+            return Err(AuditError::Key(
+                "verifier key id does not match its key".into(),
+            ));
         }
         Ok(Self {
             name: name.to_string(),
@@ -187,7 +197,9 @@ impl NoteVerifier {
             if name != self.name {
                 continue;
             }
-            let blob = B64.decode(sig_b64).map_err(|_| bad("signature is not base64"))?;
+            let blob = B64
+                .decode(sig_b64)
+                .map_err(|_| bad("signature is not base64"))?;
             if blob.len() != 68 || blob[..4] != id {
                 continue;
             }

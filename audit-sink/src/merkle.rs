@@ -225,7 +225,9 @@ mod tests {
     use super::*;
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n).map(|i| leaf_hash(format!("event {i}").as_bytes())).collect()
+        (0..n)
+            .map(|i| leaf_hash(format!("event {i}").as_bytes()))
+            .collect()
     }
 
     #[test]
@@ -262,14 +264,24 @@ mod tests {
                 assert!(verify_inclusion(&all[m], m as u64, n as u64, &proof, &head));
                 let other = (m + 1) % n;
                 if other != m {
-                    assert!(!verify_inclusion(&all[other], m as u64, n as u64, &proof, &head));
+                    assert!(!verify_inclusion(
+                        &all[other],
+                        m as u64,
+                        n as u64,
+                        &proof,
+                        &head
+                    ));
                 }
                 if let Some(first) = proof.first() {
                     let mut forged = proof.clone();
                     forged[0] = node_hash(first, first);
-                    assert!(!verify_inclusion(&all[m], m as u64, n as u64, &forged, &head));
+                    assert!(!verify_inclusion(
+                        &all[m], m as u64, n as u64, &forged, &head
+                    ));
                 }
-                assert!(!verify_inclusion(&all[m], n as u64, n as u64, &proof, &head));
+                assert!(!verify_inclusion(
+                    &all[m], n as u64, n as u64, &proof, &head
+                ));
             }
         }
     }
@@ -282,12 +294,21 @@ mod tests {
             for m in 1..=n {
                 let first = root(&all[..m]);
                 let proof = consistency_proof(&all[..n], m).unwrap_or_default();
-                assert!(verify_consistency(m as u64, n as u64, &first, &second, &proof), "{m} {n}");
+                assert!(
+                    verify_consistency(m as u64, n as u64, &first, &second, &proof),
+                    "{m} {n}"
+                );
                 if m < n {
                     let mut forged = all[..n].to_vec();
                     forged[m - 1] = leaf_hash(b"rewritten");
                     let forged_first = root(&forged[..m]);
-                    assert!(!verify_consistency(m as u64, n as u64, &forged_first, &second, &proof));
+                    assert!(!verify_consistency(
+                        m as u64,
+                        n as u64,
+                        &forged_first,
+                        &second,
+                        &proof
+                    ));
                 }
             }
         }

@@ -76,7 +76,8 @@ impl Store {
             let mut ev = tx.prepare_cached("INSERT INTO events (seq, event) VALUES (?1, ?2)")?;
             let mut lf = tx.prepare_cached("INSERT INTO log_leaves (idx, hash) VALUES (?1, ?2)")?;
             for (seq, json, leaf) in rows {
-                let text = std::str::from_utf8(json).map_err(|e| AuditError::Encoding(e.to_string()))?;
+                let text =
+                    std::str::from_utf8(json).map_err(|e| AuditError::Encoding(e.to_string()))?;
                 ev.execute(params![*seq as i64, text])?;
                 lf.execute(params![*seq as i64, &leaf[..]])?;
             }
@@ -95,7 +96,9 @@ impl Store {
 
     /// All leaf hashes in index order, with their indexes.
     pub fn leaves(&self) -> Result<Vec<(u64, Hash)>, AuditError> {
-        let mut stmt = self.conn.prepare("SELECT idx, hash FROM log_leaves ORDER BY idx")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx, hash FROM log_leaves ORDER BY idx")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
@@ -110,7 +113,9 @@ impl Store {
 
     /// All event rows in `seq` order.
     pub fn events(&self) -> Result<Vec<StoredEvent>, AuditError> {
-        let mut stmt = self.conn.prepare("SELECT seq, event FROM events ORDER BY seq")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, event FROM events ORDER BY seq")?;
         let rows = stmt.query_map([], |r| {
             Ok(StoredEvent {
                 seq: r.get::<_, i64>(0)? as u64,
@@ -152,7 +157,9 @@ impl Store {
 
     /// Signed checkpoint notes in size order: (size, note).
     pub fn checkpoints(&self) -> Result<Vec<(u64, String)>, AuditError> {
-        let mut stmt = self.conn.prepare("SELECT size, note FROM checkpoints ORDER BY size")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT size, note FROM checkpoints ORDER BY size")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -169,7 +176,9 @@ impl Store {
 
     /// Number of events (rows), for tests and status.
     pub fn count(&self) -> Result<u64, AuditError> {
-        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
         Ok(n as u64)
     }
 }

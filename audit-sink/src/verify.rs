@@ -16,26 +16,59 @@ use crate::AuditError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum Problem {
-    Edited { seq: u64, event_id: String, detail: String },
-    Deleted { seq: u64 },
-    Inserted { seq: u64, event_id: String },
-    Reordered { seq: u64, event_id: String, belongs_at: u64 },
-    BadCheckpoint { size: u64, detail: String },
-    LogRewritten { size: u64, detail: String },
-    WitnessMismatch { size: u64, detail: String },
+    Edited {
+        seq: u64,
+        event_id: String,
+        detail: String,
+    },
+    Deleted {
+        seq: u64,
+    },
+    Inserted {
+        seq: u64,
+        event_id: String,
+    },
+    Reordered {
+        seq: u64,
+        event_id: String,
+        belongs_at: u64,
+    },
+    BadCheckpoint {
+        size: u64,
+        detail: String,
+    },
+    LogRewritten {
+        size: u64,
+        detail: String,
+    },
+    WitnessMismatch {
+        size: u64,
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Problem::Edited { seq, event_id, detail } => {
+            Problem::Edited {
+                seq,
+                event_id,
+                detail,
+            } => {
                 write!(f, "event #{seq} ({event_id}) was edited: {detail}")
             }
             Problem::Deleted { seq } => write!(f, "event #{seq} was deleted"),
             Problem::Inserted { seq, event_id } => {
-                write!(f, "event #{seq} ({event_id}) was inserted: it is not in the signed log")
+                write!(
+                    f,
+                    "event #{seq} ({event_id}) was inserted: it is not in the signed log"
+                )
             }
-            Problem::Reordered { seq, event_id, belongs_at } => write!(
+            Problem::Reordered {
+                seq,
+                event_id,
+                belongs_at,
+            } => write!(
                 f,
                 "event #{seq} ({event_id}) was reordered: it is event #{belongs_at} of the log"
             ),
@@ -43,7 +76,10 @@ impl std::fmt::Display for Problem {
                 write!(f, "checkpoint at size {size} is invalid: {detail}")
             }
             Problem::LogRewritten { size, detail } => {
-                write!(f, "the log does not match its signed checkpoint at size {size}: {detail}")
+                write!(
+                    f,
+                    "the log does not match its signed checkpoint at size {size}: {detail}"
+                )
             }
             Problem::WitnessMismatch { size, detail } => write!(
                 f,
@@ -114,7 +150,11 @@ pub fn verify(
             break;
         }
     }
-    let position: HashMap<Hash, u64> = log.iter().enumerate().map(|(i, h)| (*h, i as u64)).collect();
+    let position: HashMap<Hash, u64> = log
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (*h, i as u64))
+        .collect();
 
     // 1. Every event row against the log.
     let mut present = vec![false; log.len()];
@@ -122,17 +162,27 @@ pub fn verify(
         let bytes = row.json.as_bytes();
         let leaf = merkle::leaf_hash(bytes);
         let event = parse_canonical(bytes);
-        let event_id = event.as_ref().map(|e| e.event_id.clone()).unwrap_or_default();
+        let event_id = event
+            .as_ref()
+            .map(|e| e.event_id.clone())
+            .unwrap_or_default();
         match position.get(&leaf) {
             Some(&i) if i == row.seq => {
                 present[i as usize] = true;
             }
             Some(&i) => {
-                problems.push(Problem::Reordered { seq: row.seq, event_id, belongs_at: i });
+                problems.push(Problem::Reordered {
+                    seq: row.seq,
+                    event_id,
+                    belongs_at: i,
+                });
                 present[i as usize] = true;
             }
             None if row.seq >= log.len() as u64 => {
-                problems.push(Problem::Inserted { seq: row.seq, event_id });
+                problems.push(Problem::Inserted {
+                    seq: row.seq,
+                    event_id,
+                });
             }
             None => {
                 let detail = match &event {
@@ -146,7 +196,11 @@ pub fn verify(
                 // event is missing, is an edit of that event; present[] stays
                 // false only for truly absent ones.
                 present[row.seq as usize] = true;
-                problems.push(Problem::Edited { seq: row.seq, event_id, detail });
+                problems.push(Problem::Edited {
+                    seq: row.seq,
+                    event_id,
+                    detail,
+                });
             }
         }
     }
@@ -169,7 +223,10 @@ pub fn verify(
                 size,
                 detail: format!("stored under size {size} but signs size {}", cp.size),
             }),
-            Err(e) => problems.push(Problem::BadCheckpoint { size, detail: e.to_string() }),
+            Err(e) => problems.push(Problem::BadCheckpoint {
+                size,
+                detail: e.to_string(),
+            }),
         }
     }
     let mut witnessed = 0;
@@ -177,7 +234,8 @@ pub fn verify(
         let opened = NoteVerifier::from_encoded(&entry.vkey).and_then(|v| {
             if v != *verifier {
                 return Err(AuditError::Key(
-                    "the witness holds checkpoints signed by a different key than the store's".into(),
+                    "the witness holds checkpoints signed by a different key than the store's"
+                        .into(),
                 ));
             }
             v.open(&entry.note)
@@ -185,9 +243,15 @@ pub fn verify(
         match opened {
             Ok(cp) => {
                 witnessed += 1;
-                expected.entry(cp.size).or_default().push(Expect::Witness(cp));
+                expected
+                    .entry(cp.size)
+                    .or_default()
+                    .push(Expect::Witness(cp));
             }
-            Err(e) => problems.push(Problem::WitnessMismatch { size: 0, detail: e.to_string() }),
+            Err(e) => problems.push(Problem::WitnessMismatch {
+                size: 0,
+                detail: e.to_string(),
+            }),
         }
     }
     let mut frontier = Frontier::new();
@@ -280,7 +344,11 @@ fn signed_checkpoint(
 }
 
 /// Proves that event `seq` is in the latest signed checkpoint.
-pub fn prove_inclusion(store: &Store, verifier: &NoteVerifier, seq: u64) -> Result<InclusionProof, AuditError> {
+pub fn prove_inclusion(
+    store: &Store,
+    verifier: &NoteVerifier,
+    seq: u64,
+) -> Result<InclusionProof, AuditError> {
     let (cp, note) = signed_checkpoint(store, verifier, |size| size > seq)?;
     let log: Vec<Hash> = store.leaves()?.into_iter().map(|(_, h)| h).collect();
     let n = cp.size as usize;
@@ -321,8 +389,9 @@ pub fn prove_consistency(
     let tree = log
         .get(..b.size as usize)
         .ok_or_else(|| AuditError::Corrupt("the log is shorter than its checkpoint".into()))?;
-    let path = merkle::consistency_proof(tree, a.size as usize)
-        .ok_or_else(|| AuditError::Checkpoint("the first checkpoint must not be larger than the second".into()))?;
+    let path = merkle::consistency_proof(tree, a.size as usize).ok_or_else(|| {
+        AuditError::Checkpoint("the first checkpoint must not be larger than the second".into())
+    })?;
     let verified = merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &path);
     Ok(ConsistencyProof {
         first_size: a.size,

@@ -103,7 +103,9 @@ impl AuditHandle {
     /// checkpoint covers it. For the CLI and tests, never the request path.
     pub fn flush(&self) -> Result<(), AuditError> {
         let (tx, rx) = sync_channel(1);
-        self.tx.send(Msg::Flush(tx)).map_err(|_| AuditError::Closed)?;
+        self.tx
+            .send(Msg::Flush(tx))
+            .map_err(|_| AuditError::Closed)?;
         rx.recv().map_err(|_| AuditError::Closed)
     }
 }
@@ -160,7 +162,8 @@ impl AuditPipeline {
         // A blocking send: the writer is draining, so room appears.
         let _ = self.handle.tx.send(Msg::Shutdown);
         if let Some(t) = self.thread.take() {
-            t.join().map_err(|_| AuditError::Io("the audit writer panicked".into()))?;
+            t.join()
+                .map_err(|_| AuditError::Io("the audit writer panicked".into()))?;
         }
         Ok(())
     }
@@ -209,7 +212,12 @@ impl Writer {
     }
 
     /// Returns true on shutdown.
-    fn take(&self, msg: Msg, batch: &mut Vec<AuditEvent>, waiters: &mut Vec<SyncSender<()>>) -> bool {
+    fn take(
+        &self,
+        msg: Msg,
+        batch: &mut Vec<AuditEvent>,
+        waiters: &mut Vec<SyncSender<()>>,
+    ) -> bool {
         match msg {
             Msg::Event(e) => {
                 batch.push(*e);
@@ -258,7 +266,9 @@ impl Writer {
             self.frontier.push(*leaf);
         }
         self.shared.depth.fetch_sub(rows.len(), Ordering::AcqRel);
-        self.shared.written.fetch_add(rows.len() as u64, Ordering::AcqRel);
+        self.shared
+            .written
+            .fetch_add(rows.len() as u64, Ordering::AcqRel);
         batch.clear();
     }
 

@@ -334,7 +334,9 @@ impl Upstream {
         } else if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else {
-            return Err(format!("upstream `{url}` must start with http:// or https://"));
+            return Err(format!(
+                "upstream `{url}` must start with http:// or https://"
+            ));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -355,7 +357,9 @@ impl Upstream {
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if path.contains('?') || path.contains('#') {
-            return Err(format!("upstream `{url}` must not have a query or fragment"));
+            return Err(format!(
+                "upstream `{url}` must not have a query or fragment"
+            ));
         }
         Ok(Self {
             tls,
@@ -416,12 +420,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
     };
 
     let s = raw.server;
-    let listen: SocketAddr = s
-        .listen
-        .parse()
-        .map_err(|_| bad(format!("server.listen `{}` is not an address like 127.0.0.1:8080", s.listen)))?;
-    if s.node_id.is_empty() || !s.node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-        return Err(bad("server.node_id must be non-empty and use only letters, digits, '-', '_' and '.'".into()));
+    let listen: SocketAddr = s.listen.parse().map_err(|_| {
+        bad(format!(
+            "server.listen `{}` is not an address like 127.0.0.1:8080",
+            s.listen
+        ))
+    })?;
+    if s.node_id.is_empty()
+        || !s
+            .node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(bad(
+            "server.node_id must be non-empty and use only letters, digits, '-', '_' and '.'"
+                .into(),
+        ));
     }
     if s.max_body_bytes == 0 {
         return Err(bad("server.max_body_bytes must be positive".into()));
@@ -446,12 +460,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
     for (i, j) in raw.auth.jwt.into_iter().enumerate() {
         let jwks = match (j.jwks_file, j.jwks_url) {
             (Some(f), None) => JwksSource::File(resolve(&f)),
-            (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => JwksSource::Url(u),
-            (None, Some(u)) => return Err(bad(format!("auth.jwt[{i}].jwks_url `{u}` is not an http(s) URL"))),
-            _ => return Err(bad(format!("auth.jwt[{i}] needs exactly one of jwks_file and jwks_url"))),
+            (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => {
+                JwksSource::Url(u)
+            }
+            (None, Some(u)) => {
+                return Err(bad(format!(
+                    "auth.jwt[{i}].jwks_url `{u}` is not an http(s) URL"
+                )))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "auth.jwt[{i}] needs exactly one of jwks_file and jwks_url"
+                )))
+            }
         };
         if j.audiences.is_empty() {
-            return Err(bad(format!("auth.jwt[{i}].audiences must not be empty: audience validation is mandatory")));
+            return Err(bad(format!(
+                "auth.jwt[{i}].audiences must not be empty: audience validation is mandatory"
+            )));
         }
         for alg in &j.algorithms {
             if !crate::jwt::SUPPORTED_ALGS.contains(&alg.as_str()) {
@@ -476,7 +502,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         });
     }
     if !raw.auth.api_keys && jwt.is_empty() {
-        return Err(bad("auth: enable api_keys or configure at least one [[auth.jwt]] issuer".into()));
+        return Err(bad(
+            "auth: enable api_keys or configure at least one [[auth.jwt]] issuer".into(),
+        ));
     }
 
     if raw.policy.files.is_empty() {
@@ -489,7 +517,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
 
     let a = raw.audit;
     if a.queue_capacity == 0 || a.batch_max == 0 || a.checkpoint_every == 0 {
-        return Err(bad("audit.queue_capacity, batch_max and checkpoint_every must be positive".into()));
+        return Err(bad(
+            "audit.queue_capacity, batch_max and checkpoint_every must be positive".into(),
+        ));
     }
     let audit = AuditConfig {
         db_path: data_dir.join("audit.db"),
@@ -504,27 +534,53 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
 
     let mut routes: Vec<Route> = Vec::new();
     for r in raw.routes {
-        if r.name.is_empty() || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(bad(format!("route name `{}` must use only letters, digits, '-' and '_'", r.name)));
+        if r.name.is_empty()
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad(format!(
+                "route name `{}` must use only letters, digits, '-' and '_'",
+                r.name
+            )));
         }
         if routes.iter().any(|x| x.name == r.name) {
             return Err(bad(format!("route `{}` is defined twice", r.name)));
         }
-        let upstream = Upstream::parse(&r.upstream).map_err(|m| bad(format!("route `{}`: {m}", r.name)))?;
+        let upstream =
+            Upstream::parse(&r.upstream).map_err(|m| bad(format!("route `{}`: {m}", r.name)))?;
         let credential = match r.credential {
             None => None,
             Some(c) => {
                 let secret = match (c.value, c.env) {
                     (Some(v), None) => v,
                     (None, Some(var)) => std::env::var(&var).map_err(|_| {
-                        bad(format!("route `{}`: credential environment variable `{var}` is not set", r.name))
+                        bad(format!(
+                            "route `{}`: credential environment variable `{var}` is not set",
+                            r.name
+                        ))
                     })?,
-                    _ => return Err(bad(format!("route `{}`: credential needs exactly one of value and env", r.name))),
+                    _ => {
+                        return Err(bad(format!(
+                            "route `{}`: credential needs exactly one of value and env",
+                            r.name
+                        )))
+                    }
                 };
-                let name = http::HeaderName::from_bytes(c.header.as_bytes())
-                    .map_err(|_| bad(format!("route `{}`: `{}` is not a header name", r.name, c.header)))?;
+                let name = http::HeaderName::from_bytes(c.header.as_bytes()).map_err(|_| {
+                    bad(format!(
+                        "route `{}`: `{}` is not a header name",
+                        r.name, c.header
+                    ))
+                })?;
                 let mut value = http::HeaderValue::from_str(&format!("{}{secret}", c.prefix))
-                    .map_err(|_| bad(format!("route `{}`: the credential is not a valid header value", r.name)))?;
+                    .map_err(|_| {
+                        bad(format!(
+                            "route `{}`: the credential is not a valid header value",
+                            r.name
+                        ))
+                    })?;
                 value.set_sensitive(true);
                 Some((name, value))
             }
@@ -540,17 +596,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
 
     let demo_upstream = match raw.demo_upstream {
         None => None,
-        Some(d) => Some(
-            d.listen
-                .parse()
-                .map_err(|_| bad(format!("demo_upstream.listen `{}` is not an address", d.listen)))?,
-        ),
+        Some(d) => Some(d.listen.parse().map_err(|_| {
+            bad(format!(
+                "demo_upstream.listen `{}` is not an address",
+                d.listen
+            ))
+        })?),
     };
 
     Ok(Config {
         path: path.to_path_buf(),
         server,
-        auth: AuthConfig { api_keys: raw.auth.api_keys, jwt },
+        auth: AuthConfig {
+            api_keys: raw.auth.api_keys,
+            jwt,
+        },
         policy,
         audit,
         routes,
@@ -562,7 +622,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[policy]\nfiles = [\"p.cedar\"]\n";
+    const MINIMAL: &str =
+        "[server]\nlisten = \"127.0.0.1:8080\"\n[policy]\nfiles = [\"p.cedar\"]\n";
 
     #[test]
     fn minimal_config_parses_with_defaults() {
@@ -576,7 +637,9 @@ mod tests {
     #[test]
     fn unknown_key_is_rejected_with_file_and_line() {
         let text = format!("{MINIMAL}[audit]\nqueue_capacity = 5\nqueue_capacty = 6\n");
-        let err = parse(Path::new("x/lattice.toml"), &text).unwrap_err().to_string();
+        let err = parse(Path::new("x/lattice.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("x/lattice.toml:7:"), "{err}");
         assert!(err.contains("unknown field `queue_capacty`"), "{err}");
     }
@@ -596,9 +659,16 @@ mod tests {
 
     #[test]
     fn jwt_issuer_needs_audience_and_one_key_source() {
-        let text = format!("{MINIMAL}[[auth.jwt]]\nissuer = \"i\"\naudiences = []\njwks_file = \"k\"\n");
-        assert!(parse(Path::new("l.toml"), &text).unwrap_err().to_string().contains("audience"));
+        let text =
+            format!("{MINIMAL}[[auth.jwt]]\nissuer = \"i\"\naudiences = []\njwks_file = \"k\"\n");
+        assert!(parse(Path::new("l.toml"), &text)
+            .unwrap_err()
+            .to_string()
+            .contains("audience"));
         let text = format!("{MINIMAL}[[auth.jwt]]\nissuer = \"i\"\naudiences = [\"a\"]\n");
-        assert!(parse(Path::new("l.toml"), &text).unwrap_err().to_string().contains("exactly one"));
+        assert!(parse(Path::new("l.toml"), &text)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one"));
     }
 }

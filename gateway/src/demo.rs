@@ -107,7 +107,8 @@ async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
             buf.extend_from_slice(&chunk[..n]);
         };
         let size_str = String::from_utf8_lossy(&buf[..line_end]).to_string();
-        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
         let need = line_end + 2 + size + 2;
         while buf.len() < need {
             let mut chunk = [0u8; 8192];

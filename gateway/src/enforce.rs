@@ -27,16 +27,66 @@ pub struct Step {
 /// (response validation) have no work on HTTP routes yet; they are listed so
 /// the order stays data as MCP and LLM traffic land.
 pub const STEPS: [Step; 10] = [
-    Step { number: 1, name: "bound the input", owner: "gateway", refusal: "413 / 400" },
-    Step { number: 2, name: "authenticate", owner: "gateway", refusal: "401 + WWW-Authenticate" },
-    Step { number: 3, name: "resolve the target", owner: "gateway", refusal: "404" },
-    Step { number: 4, name: "validate the request schema", owner: "mcp / inference-router", refusal: "400 / isError" },
-    Step { number: 5, name: "authorize", owner: "policy-engine", refusal: "403 naming the decision id" },
-    Step { number: 6, name: "rate limits and budgets", owner: "gateway", refusal: "429 + Retry-After" },
-    Step { number: 7, name: "record the decision", owner: "audit-sink", refusal: "503 (fail closed)" },
-    Step { number: 8, name: "forward with injected credentials", owner: "gateway", refusal: "502 / 504" },
-    Step { number: 9, name: "validate the response", owner: "mcp / inference-router", refusal: "error result" },
-    Step { number: 10, name: "record the outcome", owner: "audit-sink", refusal: "(none: after the fact)" },
+    Step {
+        number: 1,
+        name: "bound the input",
+        owner: "gateway",
+        refusal: "413 / 400",
+    },
+    Step {
+        number: 2,
+        name: "authenticate",
+        owner: "gateway",
+        refusal: "401 + WWW-Authenticate",
+    },
+    Step {
+        number: 3,
+        name: "resolve the target",
+        owner: "gateway",
+        refusal: "404",
+    },
+    Step {
+        number: 4,
+        name: "validate the request schema",
+        owner: "mcp / inference-router",
+        refusal: "400 / isError",
+    },
+    Step {
+        number: 5,
+        name: "authorize",
+        owner: "policy-engine",
+        refusal: "403 naming the decision id",
+    },
+    Step {
+        number: 6,
+        name: "rate limits and budgets",
+        owner: "gateway",
+        refusal: "429 + Retry-After",
+    },
+    Step {
+        number: 7,
+        name: "record the decision",
+        owner: "audit-sink",
+        refusal: "503 (fail closed)",
+    },
+    Step {
+        number: 8,
+        name: "forward with injected credentials",
+        owner: "gateway",
+        refusal: "502 / 504",
+    },
+    Step {
+        number: 9,
+        name: "validate the response",
+        owner: "mcp / inference-router",
+        refusal: "error result",
+    },
+    Step {
+        number: 10,
+        name: "record the outcome",
+        owner: "audit-sink",
+        refusal: "(none: after the fact)",
+    },
 ];
 
 /// Step 1: the declared body size.
@@ -68,7 +118,9 @@ pub fn authenticate(
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Rejection::Unauthenticated("Authorization must be `Bearer <token>`".into()))?;
+        .ok_or_else(|| {
+            Rejection::Unauthenticated("Authorization must be `Bearer <token>`".into())
+        })?;
     if token.starts_with(KEY_PREFIX) {
         if !runtime.config.auth.api_keys {
             return Err(Rejection::Unauthenticated("API keys are disabled".into()));
@@ -86,9 +138,14 @@ pub fn authenticate(
         });
     }
     if runtime.jwt.issuers.is_empty() {
-        return Err(Rejection::Unauthenticated("unknown API key format and no JWT issuer is configured".into()));
+        return Err(Rejection::Unauthenticated(
+            "unknown API key format and no JWT issuer is configured".into(),
+        ));
     }
-    runtime.jwt.verify(token).map_err(Rejection::Unauthenticated)
+    runtime
+        .jwt
+        .verify(token)
+        .map_err(Rejection::Unauthenticated)
 }
 
 /// Step 3: `/tools/<route>/<rest>` to a route and the rest of the path
@@ -99,9 +156,18 @@ pub fn resolve_route(runtime: &Runtime, path: &str) -> Result<(Arc<Route>, Strin
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let route = runtime.routes.get(name).cloned().ok_or(Rejection::NotFound)?;
-    if tail.split('/').any(|seg| seg == ".." || seg.eq_ignore_ascii_case("%2e%2e")) {
-        return Err(Rejection::BadRequest("path traversal is not allowed".into()));
+    let route = runtime
+        .routes
+        .get(name)
+        .cloned()
+        .ok_or(Rejection::NotFound)?;
+    if tail
+        .split('/')
+        .any(|seg| seg == ".." || seg.eq_ignore_ascii_case("%2e%2e"))
+    {
+        return Err(Rejection::BadRequest(
+            "path traversal is not allowed".into(),
+        ));
     }
     Ok((route, tail.to_string()))
 }
@@ -165,7 +231,12 @@ impl CallFacts {
     }
 
     /// The decision event of a call refused before or by policy.
-    pub fn refusal_event(&self, rejection: &Rejection, reason: &str, evaluation: Option<&Evaluation>) -> AuditEvent {
+    pub fn refusal_event(
+        &self,
+        rejection: &Rejection,
+        reason: &str,
+        evaluation: Option<&Evaluation>,
+    ) -> AuditEvent {
         let mut e = self.event(Phase::Decision);
         e.decision = "deny".into();
         e.status = Some(rejection.status());
@@ -215,7 +286,11 @@ pub fn trace_context(incoming: Option<&[u8]>) -> (String, String) {
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| {
             let parts: Vec<&str> = v.trim().split('-').collect();
-            let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            let hex = |s: &str, n: usize| {
+                s.len() == n
+                    && s.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            };
             (parts.len() == 4
                 && hex(parts[0], 2)
                 && parts[0] != "ff"
@@ -248,8 +323,14 @@ mod tests {
     fn content_length_bounds() {
         assert_eq!(check_content_length(None, 10), Ok(None));
         assert_eq!(check_content_length(Some(b"10"), 10), Ok(Some(10)));
-        assert_eq!(check_content_length(Some(b"11"), 10), Err(Rejection::BodyTooLarge { limit: 10 }));
-        assert!(matches!(check_content_length(Some(b"x"), 10), Err(Rejection::BadRequest(_))));
+        assert_eq!(
+            check_content_length(Some(b"11"), 10),
+            Err(Rejection::BodyTooLarge { limit: 10 })
+        );
+        assert!(matches!(
+            check_content_length(Some(b"x"), 10),
+            Err(Rejection::BadRequest(_))
+        ));
     }
 
     #[test]
@@ -258,8 +339,13 @@ mod tests {
         let (trace, tp) = trace_context(Some(incoming));
         assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert!(!tp.contains("00f067aa0ba902b7"), "a new span id is sent upstream");
-        let (fresh, _) = trace_context(Some(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+        assert!(
+            !tp.contains("00f067aa0ba902b7"),
+            "a new span id is sent upstream"
+        );
+        let (fresh, _) = trace_context(Some(
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ));
         assert_ne!(fresh, "00000000000000000000000000000000");
         assert_eq!(fresh.len(), 32);
     }

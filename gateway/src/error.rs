@@ -76,7 +76,9 @@ impl Rejection {
     /// The message the caller reads; the audit reason may say more.
     pub fn message(&self) -> String {
         match self {
-            Rejection::BodyTooLarge { limit } => format!("request body exceeds the limit of {limit} bytes"),
+            Rejection::BodyTooLarge { limit } => {
+                format!("request body exceeds the limit of {limit} bytes")
+            }
             Rejection::BadRequest(m) => m.clone(),
             Rejection::NoCredentials => "missing bearer token".into(),
             Rejection::Unauthenticated(m) => m.clone(),
@@ -114,7 +116,9 @@ impl Rejection {
                 ),
             )],
             // RFC 6750 §3.1: no error code when no credentials were presented.
-            Rejection::NoCredentials => vec![("www-authenticate", "Bearer realm=\"lattice\"".into())],
+            Rejection::NoCredentials => {
+                vec![("www-authenticate", "Bearer realm=\"lattice\"".into())]
+            }
             Rejection::AuditUnavailable => vec![("retry-after", "1".into())],
             _ => Vec::new(),
         }
@@ -127,7 +131,9 @@ mod tests {
 
     #[test]
     fn forbidden_names_the_decision() {
-        let r = Rejection::Forbidden { decision_id: "d-1".into() };
+        let r = Rejection::Forbidden {
+            decision_id: "d-1".into(),
+        };
         let body: serde_json::Value = serde_json::from_slice(&r.body("r-1")).unwrap();
         assert_eq!(r.status(), 403);
         assert_eq!(body["error"]["decision_id"], "d-1");
@@ -139,6 +145,9 @@ mod tests {
         let r = Rejection::Unauthenticated("bad \"token\"".into());
         let (name, value) = &r.headers()[0];
         assert_eq!(*name, "www-authenticate");
-        assert!(value.contains("error_description=\"bad 'token'\""), "{value}");
+        assert!(
+            value.contains("error_description=\"bad 'token'\""),
+            "{value}"
+        );
     }
 }

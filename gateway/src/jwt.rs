@@ -75,7 +75,10 @@ pub fn parse_jwks(text: &str) -> Result<Jwks, String> {
         .ok_or("JWKS has no `keys` array")?;
     let mut out = Vec::new();
     for k in keys {
-        if k.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+        if k.get("use")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u != "sig")
+        {
             continue;
         }
         let kid = k.get("kid").and_then(Value::as_str).map(str::to_string);
@@ -83,9 +86,9 @@ pub fn parse_jwks(text: &str) -> Result<Jwks, String> {
             k.get("kty").and_then(Value::as_str),
             k.get("crv").and_then(Value::as_str),
         ) {
-            (Some("OKP"), Some("Ed25519")) => {
-                VerifyKey::Ed(Ed25519PublicKey::from_bytes(&b64(k, "x")?).map_err(|e| e.to_string())?)
-            }
+            (Some("OKP"), Some("Ed25519")) => VerifyKey::Ed(
+                Ed25519PublicKey::from_bytes(&b64(k, "x")?).map_err(|e| e.to_string())?,
+            ),
             (Some("EC"), Some("P-256")) => {
                 let mut sec1 = vec![4u8];
                 sec1.extend(b64(k, "x")?);
@@ -93,7 +96,8 @@ pub fn parse_jwks(text: &str) -> Result<Jwks, String> {
                 VerifyKey::Es(ES256PublicKey::from_bytes(&sec1).map_err(|e| e.to_string())?)
             }
             (Some("RSA"), _) => VerifyKey::Rs(Box::new(
-                RS256PublicKey::from_components(&b64(k, "n")?, &b64(k, "e")?).map_err(|e| e.to_string())?,
+                RS256PublicKey::from_components(&b64(k, "n")?, &b64(k, "e")?)
+                    .map_err(|e| e.to_string())?,
             )),
             _ => continue,
         };
@@ -147,7 +151,9 @@ pub struct JwtVerifier {
 
 fn payload_issuer(token: &str) -> Result<String, String> {
     let payload = token.split('.').nth(1).ok_or("malformed token")?;
-    let bytes = B64URL.decode(payload).map_err(|_| "malformed token payload")?;
+    let bytes = B64URL
+        .decode(payload)
+        .map_err(|_| "malformed token payload")?;
     let claims: Value = serde_json::from_slice(&bytes).map_err(|_| "malformed token payload")?;
     claims
         .get("iss")
@@ -158,7 +164,11 @@ fn payload_issuer(token: &str) -> Result<String, String> {
 
 fn string_list(v: Option<&Value>) -> Vec<String> {
     match v {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
         _ => Vec::new(),
     }
@@ -206,9 +216,15 @@ impl JwtVerifier {
         let mut last_err = String::from("bad signature");
         for k in candidates {
             let result = match &k.key {
-                VerifyKey::Ed(key) => key.verify_token::<Map<String, Value>>(token, Some(options.clone())),
-                VerifyKey::Es(key) => key.verify_token::<Map<String, Value>>(token, Some(options.clone())),
-                VerifyKey::Rs(key) => key.verify_token::<Map<String, Value>>(token, Some(options.clone())),
+                VerifyKey::Ed(key) => {
+                    key.verify_token::<Map<String, Value>>(token, Some(options.clone()))
+                }
+                VerifyKey::Es(key) => {
+                    key.verify_token::<Map<String, Value>>(token, Some(options.clone()))
+                }
+                VerifyKey::Rs(key) => {
+                    key.verify_token::<Map<String, Value>>(token, Some(options.clone()))
+                }
             };
             match result {
                 Ok(claims) => return principal(cfg, claims),
@@ -241,7 +257,10 @@ fn principal(cfg: &JwtIssuer, claims: JWTClaims<Map<String, Value>>) -> Result<P
     let agent = if cfg.agent_claim == "sub" {
         claims.subject.clone()
     } else {
-        custom.get(&cfg.agent_claim).and_then(Value::as_str).map(str::to_string)
+        custom
+            .get(&cfg.agent_claim)
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
     .filter(|s| !s.is_empty())
     .ok_or_else(|| format!("token has no `{}` claim", cfg.agent_claim))?;

@@ -50,8 +50,10 @@ impl StateStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| GatewayError::State(format!("{}: {e}", data_dir.display())))?;
         let conn = Connection::open(data_dir.join("state.db")).map_err(state_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(state_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(state_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(state_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(state_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS api_keys (
                 id TEXT PRIMARY KEY,
@@ -79,7 +81,9 @@ impl StateStore {
         labels: &[String],
     ) -> Result<(ApiKey, String), GatewayError> {
         if agent.is_empty() || tenant.is_empty() {
-            return Err(GatewayError::State("agent and tenant must not be empty".into()));
+            return Err(GatewayError::State(
+                "agent and tenant must not be empty".into(),
+            ));
         }
         let mut id_bytes = [0u8; 6];
         let mut secret_bytes = [0u8; 32];
@@ -101,7 +105,15 @@ impl StateStore {
             .execute(
                 "INSERT INTO api_keys (id, hash, agent, tenant, roles, labels, created_us)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![id, &hash_key(&secret)[..], agent, tenant, json(roles), json(labels), key.created_us],
+                params![
+                    id,
+                    &hash_key(&secret)[..],
+                    agent,
+                    tenant,
+                    json(roles),
+                    json(labels),
+                    key.created_us
+                ],
             )
             .map_err(state_err)?;
         self.bump()?;
@@ -132,7 +144,9 @@ impl StateStore {
 
     pub fn generation(&self) -> Result<i64, GatewayError> {
         self.conn
-            .query_row("SELECT v FROM meta WHERE k = 'keys_generation'", [], |r| r.get(0))
+            .query_row("SELECT v FROM meta WHERE k = 'keys_generation'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map(|v| v.unwrap_or(0))
             .map_err(state_err)
@@ -225,7 +239,9 @@ mod tests {
     fn create_lookup_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
-        let (key, secret) = store.create_key("a1", "t1", &["agent".into()], &[]).unwrap();
+        let (key, secret) = store
+            .create_key("a1", "t1", &["agent".into()], &[])
+            .unwrap();
         assert!(secret.starts_with("lat_"));
         let cache = KeyCache::load(&store).unwrap();
         assert_eq!(cache.lookup(&secret).unwrap().agent, "a1");

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "lattice", version, about = "The Lattice gateway: enforced, audited agent traffic")]
+#[command(
+    name = "lattice",
+    version,
+    about = "The Lattice gateway: enforced, audited agent traffic"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]

@@ -43,14 +43,46 @@ impl Metrics {
         let reloads = Family::<Labels, Counter>::default();
         let shadow_disagreements = Counter::default();
         registry.register("requests", "Requests by kind and status", requests.clone());
-        registry.register("decisions", "Policy decisions by outcome", decisions.clone());
-        registry.register("request_duration_seconds", "Time from request to response", latency.clone());
-        registry.register("audit_queue_depth", "Audit events accepted but not yet written", audit_queue_depth.clone());
-        registry.register("audit_events_written", "Audit events written since start", audit_events_written.clone());
-        registry.register("audit_refused", "Calls refused because the audit pipeline could not accept them", audit_refused.clone());
-        registry.register("audit_bypassed", "Calls let through unaudited because audit.on_full = allow", audit_bypassed.clone());
-        registry.register("config_reloads", "Config and policy reloads by result", reloads.clone());
-        registry.register("shadow_disagreements", "Decisions where the shadow policy set disagreed", shadow_disagreements.clone());
+        registry.register(
+            "decisions",
+            "Policy decisions by outcome",
+            decisions.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response",
+            latency.clone(),
+        );
+        registry.register(
+            "audit_queue_depth",
+            "Audit events accepted but not yet written",
+            audit_queue_depth.clone(),
+        );
+        registry.register(
+            "audit_events_written",
+            "Audit events written since start",
+            audit_events_written.clone(),
+        );
+        registry.register(
+            "audit_refused",
+            "Calls refused because the audit pipeline could not accept them",
+            audit_refused.clone(),
+        );
+        registry.register(
+            "audit_bypassed",
+            "Calls let through unaudited because audit.on_full = allow",
+            audit_bypassed.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config and policy reloads by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "shadow_disagreements",
+            "Decisions where the shadow policy set disagreed",
+            shadow_disagreements.clone(),
+        );
         Self {
             registry,
             requests,
@@ -67,16 +99,23 @@ impl Metrics {
 
     pub fn request(&self, kind: &str, status: u16) {
         self.requests
-            .get_or_create(&vec![("kind", kind.to_string()), ("status", status.to_string())])
+            .get_or_create(&vec![
+                ("kind", kind.to_string()),
+                ("status", status.to_string()),
+            ])
             .inc();
     }
 
     pub fn decision(&self, outcome: &str) {
-        self.decisions.get_or_create(&vec![("outcome", outcome.to_string())]).inc();
+        self.decisions
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
     }
 
     pub fn reload(&self, result: &str) {
-        self.reloads.get_or_create(&vec![("result", result.to_string())]).inc();
+        self.reloads
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
     }
 
     /// The text exposition.

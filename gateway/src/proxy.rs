@@ -65,7 +65,12 @@ impl Gateway {
     }
 
     /// Steps 1 to 7. Ok means forward; Err is the refusal to send.
-    fn enforce(&self, session: &Session, ctx: &mut Ctx, runtime: &Runtime) -> Result<(), Rejection> {
+    fn enforce(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+    ) -> Result<(), Rejection> {
         let req = session.req_header();
         let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
 
@@ -74,13 +79,14 @@ impl Gateway {
             return self.refuse(ctx, runtime, r.clone(), &r.message());
         }
         // 2. Authenticate.
-        let principal = match enforce::authenticate(header("authorization"), runtime, &self.shared.keys) {
-            Ok(p) => p,
-            Err(r) => {
-                let reason = format!("authentication failed: {}", r.message());
-                return self.refuse(ctx, runtime, r, &reason);
-            }
-        };
+        let principal =
+            match enforce::authenticate(header("authorization"), runtime, &self.shared.keys) {
+                Ok(p) => p,
+                Err(r) => {
+                    let reason = format!("authentication failed: {}", r.message());
+                    return self.refuse(ctx, runtime, r, &reason);
+                }
+            };
         ctx.facts.principal = Some(principal.clone());
         // 3. Resolve the target.
         let (route, rest) = match enforce::resolve_route(runtime, req.uri.path()) {
@@ -104,11 +110,19 @@ impl Gateway {
         if evaluation.shadow_disagrees() {
             self.shared.metrics.shadow_disagreements.inc();
         }
-        self.shared.metrics.decision(evaluation.live.outcome.as_str());
+        self.shared
+            .metrics
+            .decision(evaluation.live.outcome.as_str());
         if !evaluation.live.is_allow() {
-            let placeholder = Rejection::Forbidden { decision_id: String::new() };
-            let event = ctx.facts.refusal_event(&placeholder, "denied by policy", Some(&evaluation));
-            let rejection = Rejection::Forbidden { decision_id: event.event_id.clone() };
+            let placeholder = Rejection::Forbidden {
+                decision_id: String::new(),
+            };
+            let event =
+                ctx.facts
+                    .refusal_event(&placeholder, "denied by policy", Some(&evaluation));
+            let rejection = Rejection::Forbidden {
+                decision_id: event.event_id.clone(),
+            };
             return self.refuse_with(ctx, runtime, rejection, event);
         }
         // 6. Rate limits: none configured for HTTP routes yet.
@@ -149,7 +163,12 @@ impl Gateway {
         Err(rejection)
     }
 
-    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, rejection: &Rejection) -> Result<()> {
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        rejection: &Rejection,
+    ) -> Result<()> {
         let body = rejection.body(&ctx.facts.request_id);
         ctx.refused = Some(rejection.status());
         ctx.failure = Some(rejection.message());
@@ -160,7 +179,10 @@ impl Gateway {
         for (name, value) in rejection.headers() {
             resp.insert_header(name, value)?;
         }
-        if matches!(rejection, Rejection::BodyTooLarge { .. } | Rejection::BadRequest(_)) {
+        if matches!(
+            rejection,
+            Rejection::BodyTooLarge { .. } | Rejection::BadRequest(_)
+        ) {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(resp), false).await?;
@@ -175,14 +197,23 @@ impl Gateway {
                 if self.shared.audit.healthy() {
                     (200, "text/plain", "ready\n".to_string())
                 } else {
-                    (503, "text/plain", "audit pipeline unavailable\n".to_string())
+                    (
+                        503,
+                        "text/plain",
+                        "audit pipeline unavailable\n".to_string(),
+                    )
                 }
             }
             "/metrics" => {
                 let m = &self.shared.metrics;
                 m.audit_queue_depth.set(self.shared.audit.depth() as i64);
-                m.audit_events_written.set(self.shared.audit.written() as i64);
-                (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", m.render())
+                m.audit_events_written
+                    .set(self.shared.audit.written() as i64);
+                (
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    m.render(),
+                )
             }
             _ => return Ok(false),
         };
@@ -190,7 +221,9 @@ impl Gateway {
         resp.insert_header("content-type", content_type)?;
         resp.insert_header("content-length", body.len().to_string())?;
         session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(Bytes::from(body)), true).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
         Ok(true)
     }
 }
@@ -272,17 +305,19 @@ impl ProxyHttp for Gateway {
         if let Some(b) = body {
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > ctx.max_body {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body exceeds the limit");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body exceeds the limit",
+                );
             }
         }
         Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route after enforcement"))?;
+        let route = ctx.route.clone().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "no route after enforcement")
+        })?;
         let up = &route.upstream;
         let addr: SocketAddr = match up.host.parse::<IpAddr>() {
             Ok(ip) => SocketAddr::new(ip, up.port),
@@ -291,11 +326,15 @@ impl ProxyHttp for Gateway {
                 .ok()
                 .and_then(|mut a| a.next())
                 .ok_or_else(|| {
-                    Error::explain(ErrorType::ConnectNoRoute, format!("cannot resolve upstream host {}", up.host))
+                    Error::explain(
+                        ErrorType::ConnectNoRoute,
+                        format!("cannot resolve upstream host {}", up.host),
+                    )
                 })?,
         };
         let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
-        peer.options.connection_timeout = Some(route.timeout.min(std::time::Duration::from_secs(10)));
+        peer.options.connection_timeout =
+            Some(route.timeout.min(std::time::Duration::from_secs(10)));
         peer.options.total_connection_timeout = Some(route.timeout);
         peer.options.read_timeout = Some(route.timeout);
         peer.options.write_timeout = Some(route.timeout);
@@ -308,10 +347,9 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let route = ctx
-            .route
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route after enforcement"))?;
+        let route = ctx.route.clone().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "no route after enforcement")
+        })?;
         let uri: http::Uri = ctx
             .upstream_path
             .parse()
@@ -330,12 +368,23 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
         Ok(())
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, _ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         // Retrying a refused connection to the same upstream helps nobody.
         e.set_retry(false);
         e
@@ -343,14 +392,20 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let rejection = match e.etype() {
-            ErrorType::HTTPStatus(413) => Rejection::BodyTooLarge { limit: ctx.max_body },
+            ErrorType::HTTPStatus(413) => Rejection::BodyTooLarge {
+                limit: ctx.max_body,
+            },
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Rejection::UpstreamTimeout
             }
             _ => match e.esource() {
                 ErrorSource::Upstream => Rejection::UpstreamFailed(e.to_string()),
-                ErrorSource::Downstream => Rejection::BadRequest("the client connection failed".into()),
-                ErrorSource::Internal | ErrorSource::Unset => Rejection::UpstreamFailed(e.to_string()),
+                ErrorSource::Downstream => {
+                    Rejection::BadRequest("the client connection failed".into())
+                }
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    Rejection::UpstreamFailed(e.to_string())
+                }
             },
         };
         let code = rejection.status();

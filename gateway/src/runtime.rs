@@ -101,7 +101,9 @@ impl Shared {
         let result = config::load(&path).and_then(Runtime::build);
         match result {
             Ok(new) => {
-                if new.config.server != self.startup.server || new.config.audit != self.startup.audit {
+                if new.config.server != self.startup.server
+                    || new.config.audit != self.startup.audit
+                {
                     tracing::warn!("[server] and [audit] changes take effect only after a restart");
                 }
                 self.runtime.store(Arc::new(new));
@@ -121,7 +123,11 @@ impl Shared {
 fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
     files
         .iter()
-        .map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
         .collect()
 }
 
@@ -136,7 +142,10 @@ pub fn spawn_watcher(
     std::thread::Builder::new()
         .name("lattice-watcher".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(error = %e, "watcher cannot start; hot reload is off");
@@ -198,7 +207,9 @@ fn refresh_jwks(
                 tracing::info!(url, keys = keys.len(), "JWKS refreshed");
                 issuer.set_keys(keys);
             }
-            Err(e) => tracing::error!(url, error = %e, "JWKS refresh failed; keeping the previous keys"),
+            Err(e) => {
+                tracing::error!(url, error = %e, "JWKS refresh failed; keeping the previous keys")
+            }
         }
     }
 }

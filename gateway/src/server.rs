@@ -34,7 +34,11 @@ pub fn load_or_create_signer(key_path: &Path, node_id: &str) -> Result<NoteSigne
     }
     let signer = NoteSigner::generate(&log_origin(node_id));
     write_private(key_path, &signer.encoded()).map_err(io)?;
-    std::fs::write(key_path.with_extension("vkey"), signer.verifier().encoded() + "\n").map_err(io)?;
+    std::fs::write(
+        key_path.with_extension("vkey"),
+        signer.verifier().encoded() + "\n",
+    )
+    .map_err(io)?;
     Ok(signer)
 }
 
@@ -88,7 +92,9 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         std::thread::Builder::new()
             .name("demo-upstream".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
                 match rt {
                     Ok(rt) => {
                         if let Err(e) = rt.block_on(crate::demo::serve_echo(addr)) {

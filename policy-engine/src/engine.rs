@@ -127,14 +127,17 @@ pub struct PolicyEngine {
 
 /// The Lattice schema, parsed.
 pub fn schema() -> Result<Schema, PolicyError> {
-    let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA_SRC)
-        .map_err(|e| PolicyError::Schema(e.to_string()))?;
+    let (schema, _warnings) =
+        Schema::from_cedarschema_str(SCHEMA_SRC).map_err(|e| PolicyError::Schema(e.to_string()))?;
     Ok(schema)
 }
 
 impl PolicyEngine {
     /// Parses and validates `live` (and `shadow`, if given) against the schema.
-    pub fn new(live: &[PolicySource], shadow: Option<&[PolicySource]>) -> Result<Self, PolicyError> {
+    pub fn new(
+        live: &[PolicySource],
+        shadow: Option<&[PolicySource]>,
+    ) -> Result<Self, PolicyError> {
         let schema = schema()?;
         let live = compile(&schema, live)?;
         let shadow = shadow.map(|s| compile(&schema, s)).transpose()?;
@@ -213,8 +216,7 @@ impl PolicyEngine {
         policies.sort();
         // Cedar skips a policy whose evaluation errors; a skipped forbid could
         // turn into an allow. Lattice denies on any error instead.
-        let outcome = if errors.is_empty() && response.decision() == cedar_policy::Decision::Allow
-        {
+        let outcome = if errors.is_empty() && response.decision() == cedar_policy::Decision::Allow {
             Outcome::Allow
         } else {
             Outcome::Deny

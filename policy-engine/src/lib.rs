@@ -14,9 +14,7 @@ mod engine;
 mod request;
 
 pub use cases::{run_cases, CaseFile, CaseResult};
-pub use engine::{
-    schema, Decision, Evaluation, Outcome, PolicyEngine, PolicySource, SCHEMA_SRC,
-};
+pub use engine::{schema, Decision, Evaluation, Outcome, PolicyEngine, PolicySource, SCHEMA_SRC};
 pub use request::{
     Action, AuthzRequest, ContextValue, Principal, PrincipalKind, RequestContext, Resource,
 };

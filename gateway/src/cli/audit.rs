@@ -3,7 +3,9 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use lattice_audit::{prove_consistency, prove_inclusion, read_witness, verify, NoteVerifier, Store};
+use lattice_audit::{
+    prove_consistency, prove_inclusion, read_witness, verify, NoteVerifier, Store,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,22 +71,38 @@ impl TrustArgs {
     fn open(&self) -> anyhow::Result<Trust> {
         let cfg = self.config.load()?;
         let store = Store::open_read_only(&cfg.audit.db_path)?;
-        let vkey_path = self.vkey.clone().unwrap_or_else(|| cfg.audit.key_path.with_extension("vkey"));
-        let vkey = std::fs::read_to_string(&vkey_path).with_context(|| format!("verifier key {}", vkey_path.display()))?;
+        let vkey_path = self
+            .vkey
+            .clone()
+            .unwrap_or_else(|| cfg.audit.key_path.with_extension("vkey"));
+        let vkey = std::fs::read_to_string(&vkey_path)
+            .with_context(|| format!("verifier key {}", vkey_path.display()))?;
         let verifier = NoteVerifier::from_encoded(&vkey)?;
         let witness_path = self.witness.clone().or(cfg.audit.witness_file);
         let witness = match witness_path {
-            Some(p) if p.exists() => read_witness(&std::fs::read_to_string(&p).with_context(|| p.display().to_string())?)?,
-            Some(p) if self.witness.is_some() => anyhow::bail!("witness file {} does not exist", p.display()),
+            Some(p) if p.exists() => read_witness(
+                &std::fs::read_to_string(&p).with_context(|| p.display().to_string())?,
+            )?,
+            Some(p) if self.witness.is_some() => {
+                anyhow::bail!("witness file {} does not exist", p.display())
+            }
             _ => Vec::new(),
         };
-        Ok(Trust { store, verifier, witness })
+        Ok(Trust {
+            store,
+            verifier,
+            witness,
+        })
     }
 }
 
 pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCmd::Tail { count, request, config } => {
+        AuditCmd::Tail {
+            count,
+            request,
+            config,
+        } => {
             let store = Store::open_read_only(&config.load()?.audit.db_path)?;
             let rows = match request {
                 Some(id) => store.by_request(&id)?,
@@ -111,9 +129,18 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     println!("  also: {p}");
                 }
             }
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        AuditCmd::Prove { seq, from, to, keys } => {
+        AuditCmd::Prove {
+            seq,
+            from,
+            to,
+            keys,
+        } => {
             let t = keys.open()?;
             let (text, verified) = match (seq, from) {
                 (Some(seq), _) => {
@@ -124,10 +151,16 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     let p = prove_consistency(&t.store, &t.verifier, from, to)?;
                     (serde_json::to_string_pretty(&p)?, p.verified)
                 }
-                (None, None) => anyhow::bail!("give --seq N (inclusion) or --from M [--to N] (consistency)"),
+                (None, None) => {
+                    anyhow::bail!("give --seq N (inclusion) or --from M [--to N] (consistency)")
+                }
             };
             println!("{text}");
-            Ok(if verified { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if verified {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -39,7 +39,13 @@ pub enum KeysCmd {
 
 pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        KeysCmd::Create { agent, tenant, roles, labels, config } => {
+        KeysCmd::Create {
+            agent,
+            tenant,
+            roles,
+            labels,
+            config,
+        } => {
             let store = StateStore::open(&config.load()?.server.data_dir)?;
             let (key, secret) = store.create_key(&agent, &tenant, &roles, &labels)?;
             eprintln!(
@@ -53,10 +59,23 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
         }
         KeysCmd::List { config } => {
             let store = StateStore::open(&config.load()?.server.data_dir)?;
-            println!("{:<14} {:<20} {:<12} {:<24} STATUS", "ID", "AGENT", "TENANT", "ROLES");
+            println!(
+                "{:<14} {:<20} {:<12} {:<24} STATUS",
+                "ID", "AGENT", "TENANT", "ROLES"
+            );
             for (_, k) in store.keys()? {
-                let status = if k.revoked_us.is_some() { "revoked" } else { "active" };
-                println!("{:<14} {:<20} {:<12} {:<24} {status}", k.id, k.agent, k.tenant, k.roles.join(","));
+                let status = if k.revoked_us.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<14} {:<20} {:<12} {:<24} {status}",
+                    k.id,
+                    k.agent,
+                    k.tenant,
+                    k.roles.join(",")
+                );
             }
         }
         KeysCmd::Revoke { id, config } => {

@@ -83,7 +83,10 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCmd::Check { sel } => match sel.engine() {
             Ok(engine) => {
-                println!("policies valid: {}", engine.policy_ids().collect::<Vec<_>>().join(", "));
+                println!(
+                    "policies valid: {}",
+                    engine.policy_ids().collect::<Vec<_>>().join(", ")
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -93,7 +96,8 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
         },
         PolicyCmd::Test { file, sel } => {
             let engine = sel.engine()?;
-            let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
             let cases = CaseFile::parse(&file.display().to_string(), &text)?;
             let results = run_cases(&engine, &cases);
             let failed = results.iter().filter(|r| !r.passed).count();
@@ -104,9 +108,23 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 }
             }
             println!("{} passed, {} failed", results.len() - failed, failed);
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        PolicyCmd::Explain { sel, principal, principal_type, tenant, roles, labels, action, resource, context } => {
+        PolicyCmd::Explain {
+            sel,
+            principal,
+            principal_type,
+            tenant,
+            roles,
+            labels,
+            action,
+            resource,
+            context,
+        } => {
             let engine = sel.engine()?;
             let resource: Resource = serde_json::from_str(&resource).context("--resource")?;
             let mut ctx: RequestContext = serde_json::from_str(&context).context("--context")?;
@@ -132,7 +150,10 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             let decision = engine.decide(&req);
             println!("decision: {}", decision.summary());
             for id in &decision.policies {
-                println!("\n-- {id}\n{}", engine.policy_text(id).unwrap_or("(text unavailable)"));
+                println!(
+                    "\n-- {id}\n{}",
+                    engine.policy_text(id).unwrap_or("(text unavailable)")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

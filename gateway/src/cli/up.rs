@@ -20,16 +20,26 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
         std::fs::write(&config_path, CONFIG)?;
         std::fs::write(dir.join("policies/starter.cedar"), POLICIES)?;
         std::fs::write(dir.join("policies/starter.tests.toml"), POLICY_TESTS)?;
-        eprintln!("wrote {} and policies/ (starter set)", config_path.display());
+        eprintln!(
+            "wrote {} and policies/ (starter set)",
+            config_path.display()
+        );
     }
     let config = lattice_gateway::config::load(&config_path)?;
     let url = format!("http://{}", config.server.listen);
     let store = StateStore::open(&config.server.data_dir)?;
-    let has_demo = store.keys()?.iter().any(|(_, k)| k.agent == "demo-agent" && k.revoked_us.is_none());
+    let has_demo = store
+        .keys()?
+        .iter()
+        .any(|(_, k)| k.agent == "demo-agent" && k.revoked_us.is_none());
     let key = if has_demo {
         None
     } else {
-        Some(store.create_key("demo-agent", "default", &["agent".into()], &[])?.1)
+        Some(
+            store
+                .create_key("demo-agent", "default", &["agent".into()], &[])?
+                .1,
+        )
     };
     drop(store);
     println!("\nLattice is starting at {url}\n");
@@ -39,14 +49,22 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
             println!("Allowed (the starter policy lets agents GET demo routes):\n");
             println!("  curl -s -H 'Authorization: Bearer {k}' {url}/tools/echo/hello\n");
             println!("Denied with 403 (policy `no-deletes`), the body names the decision id:\n");
-            println!("  curl -s -X DELETE -H 'Authorization: Bearer {k}' {url}/tools/echo/orders/1\n");
+            println!(
+                "  curl -s -X DELETE -H 'Authorization: Bearer {k}' {url}/tools/echo/orders/1\n"
+            );
         }
         None => {
             println!("The demo agent's key was shown when it was created. Make another with:\n");
-            println!("  lattice keys create --agent demo-agent --role agent -c {}\n", config_path.display());
+            println!(
+                "  lattice keys create --agent demo-agent --role agent -c {}\n",
+                config_path.display()
+            );
         }
     }
-    println!("Audit trail:   lattice audit tail -c {0}   |   lattice audit verify -c {0}", config_path.display());
+    println!(
+        "Audit trail:   lattice audit tail -c {0}   |   lattice audit verify -c {0}",
+        config_path.display()
+    );
     println!("Metrics:       {url}/metrics\n");
     super::serve(&config_path)
 }

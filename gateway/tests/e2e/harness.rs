@@ -1,0 +1,347 @@
+//! Test harness: a real `lattice` process on a free loopback port, the demo
+//! echo upstream as a separate process (so it can be killed), a minimal
+//! blocking HTTP/1.1 client, and readers of the audit store.
+
+use lattice_audit::{AuditEvent, Store};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lattice");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn request_id(&self) -> String {
+        self.header("x-request-id")
+            .expect("x-request-id")
+            .to_string()
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    // The gateway may answer (413) before reading the body; ignore write errors.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Ok(Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).to_string(),
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if size == 0 || b.len() < i + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + size]);
+        b = &b[(i + 4 + size).min(b.len())..];
+    }
+    out
+}
+
+/// The demo echo upstream in its own process.
+pub struct Upstream {
+    pub port: u16,
+    child: Child,
+}
+
+impl Upstream {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["demo-upstream", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the upstream", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { port, child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub const STARTER_POLICY: &str =
+    include_str!("../../../examples/quickstart/policies/starter.cedar");
+
+/// A gateway with its own directory.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Writes `lattice.toml` from `extra` (appended after [server] and
+    /// [policy]) and the starter policy, then starts serving.
+    pub fn start(extra: &str) -> Self {
+        Self::start_with(extra, STARTER_POLICY)
+    }
+
+    pub fn start_with(extra: &str, policy: &str) -> Self {
+        let mut gw = Self::prepare(extra, policy);
+        gw.spawn();
+        gw
+    }
+
+    /// Writes the files without starting.
+    pub fn prepare(extra: &str, policy: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(dir.path().join("policy.cedar"), policy).unwrap();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nnode_id = \"test-node\"\ndata_dir = \"data\"\nmax_body_bytes = 4096\ngrace_period_seconds = 1\ngraceful_shutdown_timeout_seconds = 3\nreload_poll_ms = 100\n\n[policy]\nfiles = [\"policy.cedar\"]\n\n{extra}\n"
+        );
+        std::fs::write(dir.path().join("lattice.toml"), config).unwrap();
+        Self {
+            dir,
+            port,
+            child: None,
+        }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("lattice.toml")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.path("gateway.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(self.config())
+            .env("LATTICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("the gateway", Duration::from_secs(20), || {
+            http(port, "GET", "/healthz", &[], b"")
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
+    pub fn lattice(&self, args: &[&str]) -> Output {
+        let mut full: Vec<&str> = args.to_vec();
+        let config = self.config();
+        full.extend(["-c", config.to_str().unwrap()]);
+        Command::new(BIN).args(&full).output().unwrap()
+    }
+
+    pub fn create_key(&self, agent: &str, roles: &[&str]) -> String {
+        let mut args = vec!["keys", "create", "--agent", agent];
+        for r in roles {
+            args.extend(["--role", r]);
+        }
+        let out = self.lattice(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(key.starts_with("lat_"), "{key}");
+        // The gateway picks up new keys within a reload poll.
+        let port = self.port;
+        wait_for("the key to be active", Duration::from_secs(10), || {
+            http(
+                port,
+                "GET",
+                "/tools/none/x",
+                &[("Authorization", &format!("Bearer {key}"))],
+                b"",
+            )
+            .map(|r| r.status != 401)
+            .unwrap_or(false)
+        });
+        key
+    }
+
+    pub fn store(&self) -> Store {
+        Store::open_read_only(&self.path("data/audit.db")).unwrap()
+    }
+
+    /// All events of a request, once both its decision and outcome are written.
+    pub fn events_of(&self, request_id: &str, expected: usize) -> Vec<AuditEvent> {
+        let mut events = Vec::new();
+        wait_for("audit events", Duration::from_secs(10), || {
+            events = self
+                .store()
+                .by_request(request_id)
+                .unwrap()
+                .into_iter()
+                .map(|e| serde_json::from_str(&e.json).unwrap())
+                .collect();
+            events.len() >= expected
+        });
+        assert_eq!(
+            events.len(),
+            expected,
+            "events of {request_id}: {events:#?}"
+        );
+        events
+    }
+
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        let m = http(self.port, "GET", "/metrics", &[], b"").unwrap().body;
+        m.lines()
+            .find(|l| l.starts_with(name_and_labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn route(upstream_port: u16) -> String {
+    format!(
+        "[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{upstream_port}/base\"\nlabels = [\"demo\"]\ntimeout_ms = 3000\n[routes.credential]\nheader = \"x-upstream-key\"\nvalue = \"upstream-secret\"\n"
+    )
+}
+
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! End-to-end tests of the `lattice` binary: a real gateway process, a real
+//! upstream process, the real audit store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod audit_tamper;
+mod harness;
+mod jwt;
+
+use harness::*;
+use std::time::Duration;
+
+#[test]
+fn http_route_allow_deny_unauthenticated_oversized_each_audited_exactly() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&route(upstream.port));
+    let key = gw.create_key("agent-7", &["agent"]);
+    let auth = bearer(&key);
+
+    // Allowed: forwarded with the injected credential, without the agent's token.
+    let r = http(
+        gw.port,
+        "GET",
+        "/tools/echo/items/42?full=1",
+        &[
+            ("Authorization", &auth),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = r.json();
+    assert_eq!(seen["path"], "/base/items/42?full=1");
+    assert_eq!(seen["headers"]["x-upstream-key"], "upstream-secret");
+    assert!(
+        seen["headers"].get("authorization").is_none(),
+        "the agent's token went upstream: {seen}"
+    );
+    assert!(seen["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(
+        (ev[0].phase, ev[0].decision.as_str()),
+        (lattice_audit::Phase::Decision, "allow")
+    );
+    assert_eq!(ev[0].policies, vec!["agents-read-demo-routes"]);
+    assert_eq!(ev[0].principal, "agent-7");
+    assert_eq!(ev[0].auth_method, "api_key");
+    assert_eq!(ev[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(ev[1].phase, lattice_audit::Phase::Outcome);
+    assert_eq!(ev[1].status, Some(200));
+    assert!(ev[1].latency_us.is_some());
+
+    // Denied by an explicit forbid: 403 naming the decision id.
+    let r = http(
+        gw.port,
+        "DELETE",
+        "/tools/echo/items/42",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+    let decision_id = r.json()["error"]["decision_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(ev[0].event_id, decision_id);
+    assert_eq!(ev[0].decision, "deny");
+    assert_eq!(ev[0].policies, vec!["no-deletes"]);
+    assert_eq!(ev[1].status, Some(403));
+
+    // Default deny: no permit for POST; no policy is named.
+    let r = http(
+        gw.port,
+        "POST",
+        "/tools/echo/items",
+        &[("Authorization", &auth)],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert!(ev[0].policies.is_empty());
+    assert_eq!(ev[0].reason, "no policy permits (default deny)");
+
+    // Unauthenticated.
+    let r = http(gw.port, "GET", "/tools/echo/x", &[], b"").unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"lattice\"")
+    );
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(
+        (
+            ev[0].decision.as_str(),
+            ev[0].auth_method.as_str(),
+            ev[0].status
+        ),
+        ("deny", "none", Some(401))
+    );
+    let r = http(
+        gw.port,
+        "GET",
+        "/tools/echo/x",
+        &[("Authorization", "Bearer lat_0000_forged")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(
+        ev[0].reason,
+        "authentication failed: unknown or revoked API key"
+    );
+
+    // Oversized body (limit 4096 in the test config): refused before anything else.
+    let big = vec![b'x'; 5000];
+    let r = http(
+        gw.port,
+        "POST",
+        "/tools/echo/upload",
+        &[("Authorization", &auth)],
+        &big,
+    )
+    .unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["code"], "body_too_large");
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!((ev[0].decision.as_str(), ev[0].status), ("deny", Some(413)));
+    assert_eq!(
+        ev[0].principal, "",
+        "the body bound comes before authentication"
+    );
+    assert_eq!(ev[1].status, Some(413));
+
+    // Unknown route.
+    let r = http(
+        gw.port,
+        "GET",
+        "/tools/nope/x",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 404);
+    gw.events_of(&r.request_id(), 2);
+
+    // Nothing was dropped: the trail verifies.
+    let out = gw.lattice(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(gw.metric("lattice_decisions_total{outcome=\"allow\"}") >= 1.0);
+}
+
+#[test]
+fn revoked_key_is_refused() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&route(upstream.port));
+    let key = gw.create_key("agent-r", &["agent"]);
+    let list = String::from_utf8(gw.lattice(&["keys", "list"]).stdout).unwrap();
+    let id = list
+        .lines()
+        .find(|l| l.contains("agent-r"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(gw.lattice(&["keys", "revoke", &id]).status.success());
+    let port = gw.port;
+    wait_for("revocation", Duration::from_secs(10), || {
+        http(
+            port,
+            "GET",
+            "/tools/echo/x",
+            &[("Authorization", &bearer(&key))],
+            b"",
+        )
+        .unwrap()
+        .status
+            == 401
+    });
+}
+
+#[test]
+fn reload_rejects_invalid_policy_and_applies_stricter_one() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&route(upstream.port));
+    let key = gw.create_key("agent-1", &["agent"]);
+    let auth = bearer(&key);
+    let get = || {
+        http(
+            gw.port,
+            "GET",
+            "/tools/echo/a",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(get(), 200);
+
+    // An invalid policy (unknown attribute) is rejected; the old set keeps serving.
+    std::fs::write(
+        gw.path("policy.cedar"),
+        "permit (principal, action, resource) when { resource.no_such_attr == 1 };",
+    )
+    .unwrap();
+    wait_for("the rejected reload", Duration::from_secs(10), || {
+        gw.metric("lattice_config_reloads_total{result=\"rejected\"}") >= 1.0
+    });
+    assert!(gw.log().contains("reload rejected"), "{}", gw.log());
+    assert_eq!(get(), 200);
+
+    // A valid, stricter set denies from the next request on.
+    let stricter = harness::STARTER_POLICY.replace("context.method == \"GET\" || ", "");
+    std::fs::write(gw.path("policy.cedar"), stricter).unwrap();
+    wait_for("the applied reload", Duration::from_secs(10), || {
+        gw.metric("lattice_config_reloads_total{result=\"applied\"}") >= 1.0
+    });
+    for _ in 0..5 {
+        assert_eq!(get(), 403);
+    }
+}
+
+#[test]
+fn dead_upstream_gives_502_and_is_audited() {
+    let mut upstream = Upstream::start();
+    let gw = Gateway::start(&route(upstream.port));
+    let key = gw.create_key("agent-2", &["agent"]);
+    let auth = bearer(&key);
+    assert_eq!(
+        http(
+            gw.port,
+            "GET",
+            "/tools/echo/a",
+            &[("Authorization", &auth)],
+            b""
+        )
+        .unwrap()
+        .status,
+        200
+    );
+    upstream.kill();
+    let r = http(
+        gw.port,
+        "GET",
+        "/tools/echo/a",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "upstream_failed");
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(ev[0].decision, "allow");
+    assert_eq!(ev[1].status, Some(502));
+    assert!(
+        ev[1].reason.starts_with("upstream_failed"),
+        "{}",
+        ev[1].reason
+    );
+}
+
+#[test]
+fn policy_test_exits_nonzero_on_a_wrong_expectation() {
+    let gw = Gateway::start("");
+    let good = gw.path("good.toml");
+    std::fs::write(&good, "[[case]]\nname = \"get\"\nprincipal = { type = \"Agent\", id = \"a\", roles = [\"agent\"] }\naction = \"http_request\"\nresource = { type = \"HttpRoute\", id = \"echo\", labels = [\"demo\"] }\ncontext = { method = \"GET\", path = \"/\" }\nexpect = \"allow\"\n").unwrap();
+    let out = gw.lattice(&["policy", "test", good.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let bad = gw.path("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&good)
+            .unwrap()
+            .replace("expect = \"allow\"", "expect = \"deny\""),
+    )
+    .unwrap();
+    let out = gw.lattice(&["policy", "test", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL  get  expected deny, got allow by [agents-read-demo-routes]"),
+        "{stdout}"
+    );
+    // An invalid policy set fails `policy check` with Cedar's message.
+    std::fs::write(
+        gw.path("broken.cedar"),
+        "permit (principal, action == Lattice::Action::\"fly\", resource);",
+    )
+    .unwrap();
+    let out = gw.lattice(&[
+        "policy",
+        "check",
+        "--policies",
+        gw.path("broken.cedar").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fly"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn graceful_shutdown_loses_no_accepted_event() {
+    let upstream = Upstream::start();
+    let mut gw = Gateway::start(&route(upstream.port));
+    let key = gw.create_key("agent-3", &["agent"]);
+    let auth = bearer(&key);
+    let port = gw.port;
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let auth = auth.clone();
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                // Until the gateway goes away (bounded in case it never does).
+                for _ in 0..20_000 {
+                    match http(
+                        port,
+                        "GET",
+                        "/tools/echo/load",
+                        &[("Authorization", &auth)],
+                        b"",
+                    ) {
+                        Ok(r) if r.status == 200 => ids.push(r.request_id()),
+                        _ => break,
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gw.stop().success());
+    let answered: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(!answered.is_empty());
+    assert!(
+        answered.len() < 4 * 20_000,
+        "the shutdown must land mid-run"
+    );
+    let store = gw.store();
+    for id in &answered {
+        let events = store.by_request(id).unwrap();
+        assert_eq!(
+            events.len(),
+            2,
+            "request {id} lost events after a graceful shutdown"
+        );
+    }
+    let out = gw.lattice(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn every_example_config_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut found = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let config = entry.unwrap().path().join("lattice.toml");
+        if config.exists() {
+            found += 1;
+            let out = std::process::Command::new(BIN)
+                .args(["config", "validate", "-c"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                config.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let tests = config.parent().unwrap().join("policies/starter.tests.toml");
+            if tests.exists() {
+                let out = std::process::Command::new(BIN)
+                    .args(["policy", "test"])
+                    .arg(&tests)
+                    .arg("-c")
+                    .arg(&config)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
+    }
+    assert!(found >= 1);
+}
+
+#[test]
+fn unknown_config_key_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lattice.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n[policy]\nfiles = [\"p.cedar\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lattice.toml:3: unknown field `listen_port`"),
+        "{err}"
+    );
+}
