@@ -59,32 +59,87 @@ struct Shared {
 pub struct AuditHandle {
     tx: SyncSender<Msg>,
     shared: Arc<Shared>,
+    capacity: usize,
+}
+
+/// A place reserved in the queue for the outcome event of a call whose
+/// decision was accepted: an owed outcome is never refused, even while the
+/// store is failing (the writer holds it until the store recovers).
+pub struct OutcomeSlot {
+    handle: AuditHandle,
+    used: bool,
+}
+
+impl OutcomeSlot {
+    /// Enqueues the outcome into the reserved place.
+    pub fn record(mut self, event: AuditEvent) -> Result<(), AuditError> {
+        self.used = true;
+        self.handle.send(event).inspect_err(|_| {
+            self.handle.shared.depth.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+}
+
+impl Drop for OutcomeSlot {
+    fn drop(&mut self) {
+        if !self.used {
+            self.handle.shared.depth.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl AuditHandle {
-    /// Enqueues an event without blocking. An error means the event was not
-    /// accepted and the caller must not proceed as if it had been.
-    pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+    /// Reserves `n` places, or refuses when the pipeline is closed, failing
+    /// or full.
+    fn reserve(&self, n: usize) -> Result<(), AuditError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(AuditError::Closed);
         }
         if self.shared.failing.load(Ordering::Acquire) {
             return Err(AuditError::WriterFailing);
         }
-        self.shared.depth.fetch_add(1, Ordering::AcqRel);
-        match self.tx.try_send(Msg::Event(Box::new(event))) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.shared.depth.fetch_sub(1, Ordering::AcqRel);
-                Err(match e {
-                    TrySendError::Full(_) => AuditError::QueueFull,
-                    TrySendError::Disconnected(_) => AuditError::Closed,
-                })
-            }
+        let before = self.shared.depth.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.capacity {
+            self.shared.depth.fetch_sub(n, Ordering::AcqRel);
+            return Err(AuditError::QueueFull);
         }
+        Ok(())
     }
 
-    /// Events accepted but not yet written.
+    /// Sends into an already reserved place.
+    fn send(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.tx
+            .try_send(Msg::Event(Box::new(event)))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => AuditError::QueueFull,
+                TrySendError::Disconnected(_) => AuditError::Closed,
+            })
+    }
+
+    /// Enqueues a standalone event without blocking. An error means the event
+    /// was not accepted and the caller must not proceed as if it had been.
+    pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.reserve(1)?;
+        self.send(event).inspect_err(|_| {
+            self.shared.depth.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
+    /// Enqueues a decision event and reserves the place of its outcome.
+    pub fn record_decision(&self, event: AuditEvent) -> Result<OutcomeSlot, AuditError> {
+        self.reserve(2)?;
+        let slot = OutcomeSlot {
+            handle: self.clone(),
+            used: false,
+        };
+        if let Err(e) = self.send(event) {
+            self.shared.depth.fetch_sub(1, Ordering::AcqRel);
+            return Err(e); // dropping the slot releases the other place
+        }
+        Ok(slot)
+    }
+
+    /// Events accepted (or reserved for owed outcomes) but not yet written.
     pub fn depth(&self) -> usize {
         self.shared.depth.load(Ordering::Acquire)
     }
@@ -131,7 +186,9 @@ impl AuditPipeline {
             frontier.push(leaf);
         }
         let last_checkpoint = store.checkpoints()?.last().map(|(s, _)| *s).unwrap_or(0);
-        let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
+        let capacity = cfg.queue_capacity.max(2);
+        // Room for every reserved event plus control messages (flush, shutdown).
+        let (tx, rx) = sync_channel(capacity + 64);
         let shared = Arc::new(Shared::default());
         let mut writer = Writer {
             cfg,
@@ -146,7 +203,11 @@ impl AuditPipeline {
             .spawn(move || writer.run(rx))
             .map_err(|e| AuditError::Io(e.to_string()))?;
         Ok(Self {
-            handle: AuditHandle { tx, shared },
+            handle: AuditHandle {
+                tx,
+                shared,
+                capacity,
+            },
             thread: Some(thread),
         })
     }

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use lattice_audit::AuditEvent;
+use lattice_audit::{AuditEvent, OutcomeSlot};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -34,8 +34,11 @@ pub struct Ctx {
     upstream_path: String,
     max_body: u64,
     body_seen: u64,
-    /// True once the decision event is accepted: an outcome is then owed.
+    /// True once the decision is settled (recorded, or let through
+    /// unaudited under `audit.on_full = allow`): an outcome is then owed.
     decided: bool,
+    /// The queue place reserved for the outcome event.
+    outcome_slot: Option<OutcomeSlot>,
     /// The status of a refusal we answered ourselves.
     refused: Option<u16>,
     /// Why the call failed after the decision, for the outcome event.
@@ -47,13 +50,24 @@ fn unix_now() -> i64 {
 }
 
 impl Gateway {
-    /// Enqueues an event, honouring `audit.on_full`. Err means refuse (503).
-    fn record(&self, runtime: &Runtime, event: AuditEvent) -> Result<(), Rejection> {
-        match self.shared.audit.record(event) {
-            Ok(()) => Ok(()),
+    /// Enqueues a decision event, reserving its outcome's place, honouring
+    /// `audit.on_full`. Err means refuse (503).
+    fn record_decision(
+        &self,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        event: AuditEvent,
+    ) -> Result<(), Rejection> {
+        match self.shared.audit.record_decision(event) {
+            Ok(slot) => {
+                ctx.outcome_slot = Some(slot);
+                ctx.decided = true;
+                Ok(())
+            }
             Err(e) if runtime.config.audit.on_full == OnFull::Allow => {
                 self.shared.metrics.audit_bypassed.inc();
                 tracing::error!(error = %e, "audit pipeline cannot accept an event; letting the call through UNAUDITED (audit.on_full = allow)");
+                ctx.decided = true;
                 Ok(())
             }
             Err(e) => {
@@ -127,8 +141,7 @@ impl Gateway {
         }
         // 6. Rate limits: none configured for HTTP routes yet.
         // 7. Record the decision.
-        self.record(runtime, ctx.facts.allow_event(&evaluation))?;
-        ctx.decided = true;
+        self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation))?;
         ctx.facts.decision = "allow";
         ctx.route = Some(route.clone());
         ctx.upstream_path = match req.uri.query() {
@@ -157,8 +170,7 @@ impl Gateway {
         rejection: Rejection,
         event: AuditEvent,
     ) -> Result<(), Rejection> {
-        self.record(runtime, event)?;
-        ctx.decided = true;
+        self.record_decision(ctx, runtime, event)?;
         ctx.facts.decision = "deny";
         Err(rejection)
     }
@@ -251,6 +263,7 @@ impl ProxyHttp for Gateway {
             max_body: self.shared.startup.server.max_body_bytes,
             body_seen: 0,
             decided: false,
+            outcome_slot: None,
             refused: None,
             failure: None,
         }
@@ -444,9 +457,13 @@ impl ProxyHttp for Gateway {
         let event = ctx
             .facts
             .outcome_event(status, elapsed.as_micros() as u64, &reason);
-        let runtime = self.shared.runtime.load();
-        if self.record(&runtime, event).is_err() {
-            tracing::error!(request_id = %ctx.facts.request_id, "the outcome event of a forwarded call could not be recorded");
+        let recorded = match ctx.outcome_slot.take() {
+            Some(slot) => slot.record(event),
+            // The decision went unaudited (audit.on_full = allow): best effort.
+            None => self.shared.audit.record(event),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(request_id = %ctx.facts.request_id, error = %e, "the outcome event of a call could not be recorded");
         }
     }
 }

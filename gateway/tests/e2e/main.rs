@@ -442,3 +442,71 @@ fn unknown_config_key_is_refused_with_its_line() {
         "{err}"
     );
 }
+
+#[test]
+fn audit_store_failure_fails_closed_with_503_and_loses_nothing() {
+    let upstream = Upstream::start();
+    let mut gw = Gateway::start(&route(upstream.port));
+    let key = gw.create_key("agent-f", &["agent"]);
+    let auth = bearer(&key);
+    let call = || {
+        http(
+            gw.port,
+            "GET",
+            "/tools/echo/f",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .unwrap()
+    };
+    assert_eq!(call().status, 200);
+
+    // Break the store under the running gateway: its next write fails.
+    let db = rusqlite::Connection::open(gw.path("data/audit.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute_batch("ALTER TABLE log_leaves RENAME TO log_leaves_away;")
+        .unwrap();
+    let mut allowed = Vec::new();
+    let mut refused = None;
+    wait_for("a fail-closed refusal", Duration::from_secs(15), || {
+        let r = call();
+        match r.status {
+            200 => allowed.push(r.request_id()),
+            503 => refused = Some(r),
+            other => panic!("unexpected status {other}: {}", r.body),
+        }
+        refused.is_some()
+    });
+    let refused = refused.unwrap();
+    assert_eq!(refused.json()["error"]["code"], "audit_unavailable");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(gw.metric("lattice_audit_refused_total") >= 1.0);
+
+    // Repair it: the held batch is written, calls flow again, nothing was lost.
+    db.execute_batch("ALTER TABLE log_leaves_away RENAME TO log_leaves;")
+        .unwrap();
+    drop(db);
+    wait_for("recovery", Duration::from_secs(15), || {
+        let r = call();
+        if r.status == 200 {
+            allowed.push(r.request_id());
+        }
+        r.status == 200
+    });
+    assert!(gw.stop().success());
+    let store = gw.store();
+    for id in &allowed {
+        assert_eq!(
+            store.by_request(id).unwrap().len(),
+            2,
+            "an allowed call lost its audit events"
+        );
+    }
+    assert!(store.by_request(&refused.request_id()).unwrap().is_empty());
+    let out = gw.lattice(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
