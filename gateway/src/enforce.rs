@@ -350,3 +350,31 @@ mod tests {
         assert_eq!(fresh.len(), 32);
     }
 }
+
+#[cfg(test)]
+mod chart {
+    use super::STEPS;
+
+    /// ARCHITECTURE.md's chart of the enforcement path must match `STEPS`.
+    #[test]
+    fn architecture_chart_matches_steps() {
+        let doc = include_str!("../../ARCHITECTURE.md");
+        let rows: Vec<&str> = doc
+            .lines()
+            .filter(|l| {
+                l.starts_with("| ")
+                    && l.split('|')
+                        .nth(1)
+                        .is_some_and(|c| c.trim().parse::<u8>().is_ok())
+            })
+            .collect();
+        assert_eq!(rows.len(), STEPS.len(), "chart rows: {rows:#?}");
+        for (row, step) in rows.iter().zip(STEPS.iter()) {
+            let expected = format!(
+                "| {} | {} | {} | {} |",
+                step.number, step.name, step.owner, step.refusal
+            );
+            assert_eq!(*row, expected);
+        }
+    }
+}

@@ -1,6 +1,9 @@
-//! # lattice-load-tests — NOT BUILT YET
+//! # lattice-load-tests
 //!
-//! Purpose: Bounded loopback load scenarios that measure the gateway; results go to docs/benchmarks.md.
+//! Bounded loopback load scenarios that measure the gateway. Each scenario is
+//! a binary that starts what it needs (the `lattice` binary, upstreams) on
+//! 127.0.0.1, sends a bounded number of requests for a bounded time, prints
+//! its results, and stops everything it started. Results and the commands
+//! that produced them go into `docs/benchmarks.md`.
 //!
-//! This crate holds only its purpose today. Nothing here works yet, and
-//! nothing may depend on it until it does.
+//! Must never: send traffic anywhere but loopback, or run unbounded.

@@ -1,1 +1,55 @@
-fn main() {}
+//! Decision time with the quick-start policy set: an allow (a permit
+//! matches), an explicit deny (a forbid matches) and a default deny.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use lattice_policy::{
+    Action, AuthzRequest, PolicyEngine, PolicySource, Principal, PrincipalKind, RequestContext,
+    Resource,
+};
+use std::hint::black_box;
+
+const STARTER: &str = include_str!("../../examples/quickstart/policies/starter.cedar");
+
+fn request(method: &str) -> AuthzRequest {
+    AuthzRequest {
+        principal: Principal {
+            kind: PrincipalKind::Agent,
+            id: "demo-agent".into(),
+            tenant: "default".into(),
+            roles: vec!["agent".into()],
+            labels: vec![],
+            auth_method: "api_key".into(),
+        },
+        action: Action::HttpRequest,
+        resource: Resource::HttpRoute {
+            id: "echo".into(),
+            labels: vec!["demo".into()],
+        },
+        context: RequestContext::new(1_700_000_000, "127.0.0.1")
+            .with("method", method)
+            .with("path", "/orders/1"),
+    }
+}
+
+fn decisions(c: &mut Criterion) {
+    let engine = match PolicyEngine::new(&[PolicySource::new("starter.cedar", STARTER)], None) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("the starter policies do not load: {e}");
+            return;
+        }
+    };
+    for (name, method) in [
+        ("allow", "GET"),
+        ("forbid", "DELETE"),
+        ("default_deny", "POST"),
+    ] {
+        let req = request(method);
+        c.bench_function(&format!("decide/{name}"), |b| {
+            b.iter(|| black_box(engine.decide(black_box(&req))))
+        });
+    }
+}
+
+criterion_group!(benches, decisions);
+criterion_main!(benches);

@@ -1,0 +1,286 @@
+//! HTTP tool route scenario: the latency the gateway adds (authentication,
+//! policy and audit on) over a direct call to the same upstream, at a fixed
+//! rate, and requests/s at saturation, with and without the gateway.
+//!
+//! `cargo run --release -p lattice-load-tests --bin lattice-load-http --
+//!    --lattice target/release/lattice [--rate 1000] [--seconds 10]
+//!    [--saturation-seconds 5] [--concurrency 32]`
+
+use anyhow::{bail, Context, Result};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    lattice: PathBuf,
+    rate: u64,
+    seconds: u64,
+    saturation_seconds: u64,
+    concurrency: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        lattice: PathBuf::from("target/release/lattice"),
+        rate: 1000,
+        seconds: 10,
+        saturation_seconds: 5,
+        concurrency: 32,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = argv.get(i + 1).context("missing value")?;
+        match argv[i].as_str() {
+            "--lattice" => a.lattice = PathBuf::from(value),
+            "--rate" => a.rate = value.parse()?,
+            "--seconds" => a.seconds = value.parse()?,
+            "--saturation-seconds" => a.saturation_seconds = value.parse()?,
+            "--concurrency" => a.concurrency = value.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    if a.seconds > 120 || a.saturation_seconds > 120 || a.rate > 50_000 {
+        bail!("bounded scenario: at most 120 s and 50,000 requests/s");
+    }
+    Ok(a)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ok(client: &reqwest::Client, url: &str, auth: Option<&str>) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let mut req = client.get(url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        if let Ok(r) = req.send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{url} never answered 200")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx].as_secs_f64() * 1000.0
+}
+
+struct Fixed {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    errors: usize,
+    sent: usize,
+}
+
+/// Open-loop load: request i is due at start + i/rate; latency counts from
+/// when it was due (no coordinated omission).
+async fn fixed_rate(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    rate: u64,
+    seconds: u64,
+) -> Fixed {
+    let total = (rate * seconds) as usize;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let mut req = client.get(url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        tasks.push(tokio::spawn(async move {
+            let ok = match req.send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            (due.elapsed(), ok)
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok((d, true)) => lat.push(d),
+            _ => errors += 1,
+        }
+    }
+    lat.sort();
+    Fixed {
+        p50: percentile(&lat, 0.5),
+        p90: percentile(&lat, 0.9),
+        p99: percentile(&lat, 0.99),
+        errors,
+        sent: total,
+    }
+}
+
+/// Closed-loop load: `concurrency` workers back to back for `seconds`.
+async fn saturation(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    concurrency: usize,
+    seconds: u64,
+) -> (f64, usize) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let url = Arc::new(url.to_string());
+    let auth = auth.map(|a| Arc::new(a.to_string()));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut err) = (0usize, 0usize);
+                while Instant::now() < deadline {
+                    let mut req = client.get(url.as_str());
+                    if let Some(a) = &auth {
+                        req = req.header("authorization", a.as_str());
+                    }
+                    let good = match req.send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if good {
+                        ok += 1;
+                    } else {
+                        err += 1;
+                    }
+                }
+                (ok, err)
+            })
+        })
+        .collect();
+    let (mut ok, mut err) = (0, 0);
+    for w in workers {
+        if let Ok((o, e)) = w.await {
+            ok += o;
+            err += e;
+        }
+    }
+    (ok as f64 / seconds as f64, err)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let (up_port, gw_port) = (free_port()?, free_port()?);
+    let _upstream = Proc(
+        Command::new(&args.lattice)
+            .args(["demo-upstream", "--listen", &format!("127.0.0.1:{up_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the demo upstream")?,
+    );
+    let starter = include_str!("../../examples/quickstart/policies/starter.cedar");
+    std::fs::write(dir.path().join("policy.cedar"), starter)?;
+    let config = dir.path().join("lattice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{gw_port}\"\ndata_dir = \"data\"\ngrace_period_seconds = 0\n\n[policy]\nfiles = [\"policy.cedar\"]\n\n[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{up_port}\"\nlabels = [\"demo\"]\n"
+        ),
+    )?;
+    let _gateway = Proc(
+        Command::new(&args.lattice)
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("LATTICE_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the gateway")?,
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    wait_ok(
+        &client,
+        &format!("http://127.0.0.1:{gw_port}/healthz"),
+        None,
+    )
+    .await?;
+    let out = Command::new(&args.lattice)
+        .args(["keys", "create", "--agent", "load", "--role", "agent", "-c"])
+        .arg(&config)
+        .output()?;
+    let auth = format!("Bearer {}", String::from_utf8(out.stdout)?.trim());
+    let direct = format!("http://127.0.0.1:{up_port}/bench");
+    let via = format!("http://127.0.0.1:{gw_port}/tools/echo/bench");
+    wait_ok(&client, &via, Some(&auth)).await?;
+
+    println!(
+        "fixed rate: {} requests/s for {} s each",
+        args.rate, args.seconds
+    );
+    let _ = fixed_rate(&client, &direct, None, args.rate, 1).await; // warm-up
+    let d = fixed_rate(&client, &direct, None, args.rate, args.seconds).await;
+    let _ = fixed_rate(&client, &via, Some(&auth), args.rate, 1).await;
+    let g = fixed_rate(&client, &via, Some(&auth), args.rate, args.seconds).await;
+    println!("| path | sent | errors | p50 ms | p90 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for (name, f) in [("direct", &d), ("through lattice", &g)] {
+        println!(
+            "| {name} | {} | {} | {:.3} | {:.3} | {:.3} |",
+            f.sent, f.errors, f.p50, f.p90, f.p99
+        );
+    }
+    println!(
+        "| added by lattice | | | {:.3} | {:.3} | {:.3} |",
+        g.p50 - d.p50,
+        g.p90 - d.p90,
+        g.p99 - d.p99
+    );
+
+    println!(
+        "\nsaturation: {} concurrent clients for {} s each",
+        args.concurrency, args.saturation_seconds
+    );
+    let (d_rps, d_err) = saturation(
+        &client,
+        &direct,
+        None,
+        args.concurrency,
+        args.saturation_seconds,
+    )
+    .await;
+    let (g_rps, g_err) = saturation(
+        &client,
+        &via,
+        Some(&auth),
+        args.concurrency,
+        args.saturation_seconds,
+    )
+    .await;
+    println!("| path | requests/s | errors |");
+    println!("|---|---|---|");
+    println!("| direct | {d_rps:.0} | {d_err} |");
+    println!("| through lattice | {g_rps:.0} | {g_err} |");
+    Ok(())
+}
