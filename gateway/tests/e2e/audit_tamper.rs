@@ -89,12 +89,26 @@ fn verify_names_edited_deleted_reordered_events_and_the_witness_exposes_a_rebuil
     );
     let proof: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(proof["verified"], true);
-    let out = gw.lattice(&["audit", "prove", "--from", "4"]);
+    let sizes: Vec<u64> = gw
+        .store()
+        .checkpoints()
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(
+        sizes.len() >= 2,
+        "checkpoint_every = 4 over 18+ events: {sizes:?}"
+    );
+    let out = gw.lattice(&["audit", "prove", "--from", &sizes[0].to_string()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let proof: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(proof["verified"], true);
+    assert_eq!(proof["second_size"], *sizes.last().unwrap());
 
     // 1. A row edited in the SQLite file: the deny becomes an allow.
     sqlite(&gw, &format!("UPDATE events SET event = replace(event, '\"decision\":\"deny\"', '\"decision\":\"allow\"') WHERE seq = {deny_seq};"));
