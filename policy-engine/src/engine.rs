@@ -375,3 +375,116 @@ fn context(req: &AuthzRequest) -> Result<Context, String> {
     }
     Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{Action, RequestContext};
+
+    const SET: &str = r#"
+        @id("agents-get")
+        permit (principal in Lattice::Role::"agent", action == Lattice::Action::"http_request", resource)
+        when { context.method == "GET" };
+        @id("no-confidential-routes")
+        forbid (principal, action == Lattice::Action::"http_request", resource)
+        when { resource.labels.contains("confidential") && !principal.labels.contains("cleared") };
+    "#;
+
+    fn req(method: &str, route_labels: &[&str], client_ip: &str) -> AuthzRequest {
+        AuthzRequest {
+            principal: Principal {
+                kind: PrincipalKind::Agent,
+                id: "a1".into(),
+                tenant: "t1".into(),
+                roles: vec!["agent".into()],
+                labels: vec![],
+                auth_method: "api_key".into(),
+            },
+            action: Action::HttpRequest,
+            resource: Resource::HttpRoute {
+                id: "r".into(),
+                labels: route_labels.iter().map(|s| s.to_string()).collect(),
+            },
+            context: RequestContext::new(0, client_ip)
+                .with("method", method)
+                .with("path", "/"),
+        }
+    }
+
+    fn engine(shadow: Option<&str>) -> PolicyEngine {
+        let live = [PolicySource::new("set.cedar", SET)];
+        let shadow = shadow.map(|s| vec![PolicySource::new("shadow.cedar", s)]);
+        PolicyEngine::new(&live, shadow.as_deref()).unwrap()
+    }
+
+    #[test]
+    fn decisions_name_their_policies() {
+        let e = engine(None);
+        let d = e.decide(&req("GET", &[], "10.0.0.1"));
+        assert_eq!(
+            (d.outcome, d.policies.clone()),
+            (Outcome::Allow, vec!["agents-get".to_string()])
+        );
+        let d = e.decide(&req("GET", &["confidential"], "10.0.0.1"));
+        assert_eq!(
+            (d.outcome, d.policies.clone()),
+            (Outcome::Deny, vec!["no-confidential-routes".to_string()])
+        );
+        let d = e.decide(&req("POST", &[], "10.0.0.1"));
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(d.policies.is_empty() && d.errors.is_empty());
+        assert!(d.summary().contains("default deny"));
+    }
+
+    #[test]
+    fn an_invalid_request_is_a_deny_with_the_error() {
+        let d = engine(None).decide(&req("GET", &[], "not-an-ip"));
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.errors.len(), 1, "{d:?}");
+        // A context attribute the schema does not declare is refused too.
+        let mut r = req("GET", &[], "10.0.0.1");
+        r.context = r.context.with("surprise", "x");
+        let d = engine(None).decide(&r);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(!d.errors.is_empty());
+    }
+
+    #[test]
+    fn invalid_policies_are_refused_with_cedars_message() {
+        let typo = r#"permit (principal, action == Lattice::Action::"http_request", resource) when { resource.lables.contains("x") };"#;
+        let err = PolicyEngine::new(&[PolicySource::new("typo.cedar", typo)], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lables"), "{err}");
+        let syntax = "permit (principal action, resource);";
+        let err = PolicyEngine::new(&[PolicySource::new("syntax.cedar", syntax)], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("syntax.cedar: policy does not parse"),
+            "{err}"
+        );
+        let unknown_action = r#"permit (principal, action == Lattice::Action::"fly", resource);"#;
+        assert!(PolicyEngine::new(&[PolicySource::new("a.cedar", unknown_action)], None).is_err());
+    }
+
+    #[test]
+    fn shadow_set_disagreements_are_reported() {
+        let stricter = r#"@id("only-cleared") permit (principal, action == Lattice::Action::"http_request", resource) when { principal.labels.contains("cleared") };"#;
+        let e = engine(Some(stricter));
+        let ev = e.evaluate(&req("GET", &[], "10.0.0.1"));
+        assert_eq!(ev.live.outcome, Outcome::Allow);
+        assert_eq!(ev.shadow.as_ref().map(|s| s.outcome), Some(Outcome::Deny));
+        assert!(ev.shadow_disagrees());
+        let ev = e.evaluate(&req("POST", &[], "10.0.0.1"));
+        assert!(!ev.shadow_disagrees());
+    }
+
+    #[test]
+    fn ip_ranges_work_in_policies() {
+        let set = r#"permit (principal, action == Lattice::Action::"http_request", resource) when { context.client_ip.isInRange(ip("10.0.0.0/8")) };"#;
+        let e = PolicyEngine::new(&[PolicySource::new("ip.cedar", set)], None).unwrap();
+        assert!(e.decide(&req("GET", &[], "10.1.2.3")).is_allow());
+        assert!(!e.decide(&req("GET", &[], "192.168.1.1")).is_allow());
+    }
+}

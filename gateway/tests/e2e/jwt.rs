@@ -127,3 +127,56 @@ fn jwt_valid_tokens_pass_and_every_bad_token_is_refused_and_audited() {
         assert_eq!(ev[1].status, Some(401), "{name}");
     }
 }
+
+#[test]
+fn jwks_is_fetched_from_a_url() {
+    let upstream = Upstream::start();
+    let key = Ed25519KeyPair::generate().with_key_id("u1");
+    let served = tempfile::tempdir().unwrap();
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "u1", "x": B64.encode(key.public_key().to_bytes())}]});
+    std::fs::write(served.path().join("jwks.json"), jwks.to_string()).unwrap();
+    let port = free_port();
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(served.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the JWKS server",
+        std::time::Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let extra = format!(
+        "{}\n[[auth.jwt]]\nissuer = \"https://idp.test\"\naudiences = [\"lattice-gw\"]\njwks_url = \"http://127.0.0.1:{port}/jwks.json\"\nroles_claim = \"roles\"\n",
+        route(upstream.port)
+    );
+    let gw = Gateway::start(&extra);
+    let token = key.sign(claims("https://idp.test", "lattice-gw")).unwrap();
+    wait_for(
+        "keys fetched from the JWKS URL",
+        std::time::Duration::from_secs(10),
+        || {
+            http(
+                gw.port,
+                "GET",
+                "/tools/echo/u",
+                &[("Authorization", &bearer(&token))],
+                b"",
+            )
+            .unwrap()
+            .status
+                == 200
+        },
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
