@@ -37,8 +37,6 @@ struct RawServer {
     data_dir: String,
     #[serde(default = "d_max_body")]
     max_body_bytes: u64,
-    #[serde(default = "d_max_depth")]
-    max_json_depth: usize,
     #[serde(default = "d_grace")]
     grace_period_seconds: u64,
     #[serde(default = "d_grace")]
@@ -57,9 +55,6 @@ fn d_data_dir() -> String {
 }
 fn d_max_body() -> u64 {
     1024 * 1024
-}
-fn d_max_depth() -> usize {
-    64
 }
 fn d_grace() -> u64 {
     5
@@ -254,7 +249,6 @@ pub struct ServerConfig {
     pub node_id: String,
     pub data_dir: PathBuf,
     pub max_body_bytes: u64,
-    pub max_json_depth: usize,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub threads: usize,
@@ -449,7 +443,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         node_id: s.node_id,
         data_dir: data_dir.clone(),
         max_body_bytes: s.max_body_bytes,
-        max_json_depth: s.max_json_depth,
         grace_period: Duration::from_secs(s.grace_period_seconds),
         graceful_shutdown_timeout: Duration::from_secs(s.graceful_shutdown_timeout_seconds),
         threads: s.threads,

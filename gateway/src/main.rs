@@ -34,6 +34,9 @@ enum Command {
         /// Directory for lattice.toml, policies and data.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Listener of a new starter config (the demo upstream takes the next port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// Configuration.
     #[command(subcommand)]
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
     cli::init_logging(args.log_format);
     let result = match args.command {
         Command::Serve { config } => cli::serve(&config),
-        Command::Up { dir } => cli::up::run(&dir),
+        Command::Up { dir, listen } => cli::up::run(&dir, listen),
         Command::Config(cmd) => cli::config(cmd),
         Command::Keys(cmd) => cli::keys::run(cmd),
         Command::Policy(cmd) => cli::policy::run(cmd),

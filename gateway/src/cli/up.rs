@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use lattice_gateway::keys::StateStore;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,13 +12,20 @@ const CONFIG: &str = include_str!("../../../examples/quickstart/lattice.toml");
 const POLICIES: &str = include_str!("../../../examples/quickstart/policies/starter.cedar");
 const POLICY_TESTS: &str = include_str!("../../../examples/quickstart/policies/starter.tests.toml");
 
-pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
+pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let config_path = dir.join("lattice.toml");
     let fresh = !config_path.exists();
     if fresh {
         std::fs::create_dir_all(dir.join("policies"))?;
-        std::fs::write(&config_path, CONFIG)?;
+        let demo = SocketAddr::new(listen.ip(), listen.port().wrapping_add(1));
+        let config = CONFIG
+            .replace(
+                "listen = \"127.0.0.1:8080\"",
+                &format!("listen = \"{listen}\""),
+            )
+            .replace("127.0.0.1:8081", &demo.to_string());
+        std::fs::write(&config_path, config)?;
         std::fs::write(dir.join("policies/starter.cedar"), POLICIES)?;
         std::fs::write(dir.join("policies/starter.tests.toml"), POLICY_TESTS)?;
         eprintln!(

@@ -510,3 +510,98 @@ fn audit_store_failure_fails_closed_with_503_and_loses_nothing() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn up_writes_a_starter_and_its_printed_commands_work() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(BIN)
+        .args(["up", "--dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let mut key = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(k) = line.trim().strip_prefix("lat_") {
+            key = Some(format!("lat_{k}"));
+        }
+        if line.starts_with("Metrics:") {
+            break;
+        }
+    }
+    let key = key.unwrap_or_else(|| panic!("no key printed:\n{printed}"));
+    assert!(
+        printed.contains(&format!(
+            "curl -s -H 'Authorization: Bearer {key}' http://127.0.0.1:{port}/tools/echo/hello"
+        )),
+        "{printed}"
+    );
+    wait_for("the quick-start gateway", Duration::from_secs(20), || {
+        http(port, "GET", "/healthz", &[], b"")
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    });
+    let auth = bearer(&key);
+    let mut ok = None;
+    wait_for("the demo upstream", Duration::from_secs(10), || {
+        let r = http(
+            port,
+            "GET",
+            "/tools/echo/hello",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .unwrap();
+        let done = r.status == 200;
+        ok = Some(r);
+        done
+    });
+    assert!(ok.unwrap().body.contains("lattice demo echo"));
+    let denied = http(
+        port,
+        "DELETE",
+        "/tools/echo/orders/1",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(denied.status, 403);
+    assert!(denied.json()["error"]["decision_id"].is_string());
+    let config = dir.path().join("lattice.toml");
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "test"])
+        .arg(dir.path().join("policies/starter.tests.toml"))
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "verify", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
