@@ -67,18 +67,28 @@ impl Drop for Proc {
 async fn wait_ok(client: &reqwest::Client, url: &str, auth: Option<&str>) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
-        let mut req = client.get(url);
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
-        }
-        if let Ok(r) = req.send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        if send(get(client, url, auth)).await {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("{url} never answered 200")
+}
+
+fn get(client: &reqwest::Client, url: &str, auth: Option<&str>) -> reqwest::RequestBuilder {
+    let req = client.get(url);
+    match auth {
+        Some(a) => req.header("authorization", a),
+        None => req,
+    }
+}
+
+/// Sends one request and reads the whole body; true on a 2xx.
+async fn send(req: reqwest::RequestBuilder) -> bool {
+    match req.send().await {
+        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -112,15 +122,9 @@ async fn fixed_rate(
     for i in 0..total {
         let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let mut req = client.get(url);
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
-        }
+        let req = get(client, url, auth);
         tasks.push(tokio::spawn(async move {
-            let ok = match req.send().await {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
-            };
+            let ok = send(req).await;
             (due.elapsed(), ok)
         }));
     }
@@ -159,15 +163,7 @@ async fn saturation(
             tokio::spawn(async move {
                 let (mut ok, mut err) = (0usize, 0usize);
                 while Instant::now() < deadline {
-                    let mut req = client.get(url.as_str());
-                    if let Some(a) = &auth {
-                        req = req.header("authorization", a.as_str());
-                    }
-                    let good = match req.send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if good {
+                    if send(get(&client, &url, auth.as_deref().map(String::as_str))).await {
                         ok += 1;
                     } else {
                         err += 1;

@@ -37,18 +37,7 @@ fn verify_names_edited_deleted_reordered_events_and_the_witness_exposes_a_rebuil
     let key = gw.create_key("agent-a", &["agent"]);
     let auth = bearer(&key);
     for _ in 0..3 {
-        assert_eq!(
-            http(
-                gw.port,
-                "GET",
-                "/tools/echo/a",
-                &[("Authorization", &auth)],
-                b""
-            )
-            .unwrap()
-            .status,
-            200
-        );
+        assert_eq!(gw.get("/tools/echo/a", &auth).status, 200);
     }
     let denied = http(
         gw.port,
@@ -61,18 +50,7 @@ fn verify_names_edited_deleted_reordered_events_and_the_witness_exposes_a_rebuil
     assert_eq!(denied.status, 403);
     let deny_seq = gw.events_of(&denied.request_id(), 2)[0].seq;
     for _ in 0..3 {
-        assert_eq!(
-            http(
-                gw.port,
-                "GET",
-                "/tools/echo/b",
-                &[("Authorization", &auth)],
-                b""
-            )
-            .unwrap()
-            .status,
-            200
-        );
+        assert_eq!(gw.get("/tools/echo/b", &auth).status, 200);
     }
     assert!(gw.stop().success());
     let (ok, text) = verify(&gw, &[]);

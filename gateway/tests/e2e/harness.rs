@@ -229,6 +229,18 @@ impl Gateway {
         });
     }
 
+    /// `GET path` with an `Authorization` header.
+    pub fn get(&self, path: &str, authorization: &str) -> Resp {
+        http(
+            self.port,
+            "GET",
+            path,
+            &[("Authorization", authorization)],
+            b"",
+        )
+        .unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
     }

@@ -146,14 +146,7 @@ fn http_route_allow_deny_unauthenticated_oversized_each_audited_exactly() {
     assert_eq!(ev[1].status, Some(413));
 
     // Unknown route.
-    let r = http(
-        gw.port,
-        "GET",
-        "/tools/nope/x",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .unwrap();
+    let r = gw.get("/tools/nope/x", &auth);
     assert_eq!(r.status, 404);
     gw.events_of(&r.request_id(), 2);
 
@@ -204,17 +197,7 @@ fn reload_rejects_invalid_policy_and_applies_stricter_one() {
     let gw = Gateway::start(&route(upstream.port));
     let key = gw.create_key("agent-1", &["agent"]);
     let auth = bearer(&key);
-    let get = || {
-        http(
-            gw.port,
-            "GET",
-            "/tools/echo/a",
-            &[("Authorization", &auth)],
-            b"",
-        )
-        .unwrap()
-        .status
-    };
+    let get = || gw.get("/tools/echo/a", &auth).status;
     assert_eq!(get(), 200);
 
     // An invalid policy (unknown attribute) is rejected; the old set keeps serving.
@@ -246,27 +229,9 @@ fn dead_upstream_gives_502_and_is_audited() {
     let gw = Gateway::start(&route(upstream.port));
     let key = gw.create_key("agent-2", &["agent"]);
     let auth = bearer(&key);
-    assert_eq!(
-        http(
-            gw.port,
-            "GET",
-            "/tools/echo/a",
-            &[("Authorization", &auth)],
-            b""
-        )
-        .unwrap()
-        .status,
-        200
-    );
+    assert_eq!(gw.get("/tools/echo/a", &auth).status, 200);
     upstream.kill();
-    let r = http(
-        gw.port,
-        "GET",
-        "/tools/echo/a",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .unwrap();
+    let r = gw.get("/tools/echo/a", &auth);
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "upstream_failed");
     let ev = gw.events_of(&r.request_id(), 2);
@@ -449,16 +414,7 @@ fn audit_store_failure_fails_closed_with_503_and_loses_nothing() {
     let mut gw = Gateway::start(&route(upstream.port));
     let key = gw.create_key("agent-f", &["agent"]);
     let auth = bearer(&key);
-    let call = || {
-        http(
-            gw.port,
-            "GET",
-            "/tools/echo/f",
-            &[("Authorization", &auth)],
-            b"",
-        )
-        .unwrap()
-    };
+    let call = || gw.get("/tools/echo/f", &auth);
     assert_eq!(call().status, 200);
 
     // Break the store under the running gateway: its next write fails.
