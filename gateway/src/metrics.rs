@@ -15,6 +15,9 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<Labels, Counter>,
     pub decisions: Family<Labels, Counter>,
+    // The two decision series, resolved once (no per-call label allocation).
+    allows: Counter,
+    denies: Counter,
     pub latency: Histogram,
     pub audit_queue_depth: Gauge,
     pub audit_events_written: Gauge,
@@ -83,10 +86,18 @@ impl Metrics {
             "Decisions where the shadow policy set disagreed",
             shadow_disagreements.clone(),
         );
+        let allows = decisions
+            .get_or_create(&vec![("outcome", "allow".to_string())])
+            .clone();
+        let denies = decisions
+            .get_or_create(&vec![("outcome", "deny".to_string())])
+            .clone();
         Self {
             registry,
             requests,
             decisions,
+            allows,
+            denies,
             latency,
             audit_queue_depth,
             audit_events_written,
@@ -106,10 +117,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn decision(&self, outcome: &str) {
-        self.decisions
-            .get_or_create(&vec![("outcome", outcome.to_string())])
-            .inc();
+    pub fn decision(&self, outcome: lattice_policy::Outcome) {
+        let counter = match outcome {
+            lattice_policy::Outcome::Allow => &self.allows,
+            lattice_policy::Outcome::Deny => &self.denies,
+        };
+        counter.inc();
     }
 
     pub fn reload(&self, result: &str) {

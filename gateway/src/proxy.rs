@@ -124,9 +124,7 @@ impl Gateway {
         if evaluation.shadow_disagrees() {
             self.shared.metrics.shadow_disagreements.inc();
         }
-        self.shared
-            .metrics
-            .decision(evaluation.live.outcome.as_str());
+        self.shared.metrics.decision(evaluation.live.outcome);
         if !evaluation.live.is_allow() {
             let placeholder = Rejection::Forbidden {
                 decision_id: String::new(),
