@@ -39,6 +39,8 @@ fn decisions(c: &mut Criterion) {
             return;
         }
     };
+    // The gateway's engine: requests typed by construction, not re-validated.
+    let gateway = engine.clone().without_request_validation();
     for (name, method) in [
         ("allow", "GET"),
         ("forbid", "DELETE"),
@@ -46,9 +48,22 @@ fn decisions(c: &mut Criterion) {
     ] {
         let req = request(method);
         c.bench_function(&format!("decide/{name}"), |b| {
+            b.iter(|| black_box(gateway.decide(black_box(&req))))
+        });
+        c.bench_function(&format!("validated/{name}"), |b| {
             b.iter(|| black_box(engine.decide(black_box(&req))))
         });
     }
+    // A new principal every call: the entity cache never hits.
+    let mut n = 0u64;
+    let mut req = request("GET");
+    c.bench_function("decide/allow_new_principal", |b| {
+        b.iter(|| {
+            n += 1;
+            req.principal.id = format!("agent-{n}");
+            black_box(gateway.decide(black_box(&req)))
+        })
+    });
 }
 
 criterion_group!(benches, decisions);

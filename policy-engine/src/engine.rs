@@ -3,20 +3,19 @@
 //! no globals; callers pass policy text in and get decisions out.
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Entities, PolicyId, PolicySet, Request, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
-use crate::request::{AuthzRequest, ContextValue, Principal, PrincipalKind, Resource};
+use crate::build::Builder;
+use crate::request::AuthzRequest;
 use crate::PolicyError;
 
 /// The Lattice Cedar schema (see `lattice.cedarschema`).
 pub const SCHEMA_SRC: &str = include_str!("lattice.cedarschema");
-const NS: &str = "Lattice";
 
 /// One policy file: a name (its path, for messages) and its text.
 #[derive(Debug, Clone)]
@@ -123,6 +122,8 @@ pub struct PolicyEngine {
     live: CompiledSet,
     shadow: Option<CompiledSet>,
     authorizer: Authorizer,
+    builder: Arc<Builder>,
+    validate_requests: bool,
 }
 
 /// The Lattice schema, parsed.
@@ -146,6 +147,8 @@ impl PolicyEngine {
             live,
             shadow,
             authorizer: Authorizer::new(),
+            builder: Arc::new(Builder::new()?),
+            validate_requests: true,
         })
     }
 
@@ -184,20 +187,21 @@ impl PolicyEngine {
         self.decide_with(&prepared, &self.live.set)
     }
 
+    /// Turns off request validation against the schema, for callers whose
+    /// requests are typed by construction (the gateway). Safe because every
+    /// policy was validated strictly against the schema at load, and any
+    /// evaluation error (a missing or mistyped attribute) denies.
+    pub fn without_request_validation(mut self) -> Self {
+        self.validate_requests = false;
+        self
+    }
+
     fn prepare(&self, req: &AuthzRequest) -> Result<(Request, Entities), String> {
-        let principal = principal_entity(&req.principal)?;
-        let resource = resource_entity(&req.resource)?;
-        let request = Request::new(
-            principal.uid(),
-            uid("Action", req.action.as_str())?,
-            resource.uid(),
-            context(req)?,
-            Some(&self.schema),
-        )
-        .map_err(|e| format!("request does not match the schema: {e}"))?;
-        let entities = Entities::from_entities([principal, resource], None)
-            .map_err(|e| format!("entities: {e}"))?;
-        Ok((request, entities))
+        let schema = self.validate_requests.then_some(&self.schema);
+        Ok((
+            self.builder.request(req, schema)?,
+            self.builder.entities(&req.principal, &req.resource)?,
+        ))
     }
 
     fn decide_with(
@@ -278,108 +282,10 @@ fn render(e: &dyn Diagnostic) -> String {
     s
 }
 
-fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
-    let t = EntityTypeName::from_str(&format!("{NS}::{type_name}"))
-        .map_err(|e| format!("entity type {type_name}: {e}"))?;
-    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
-}
-
-fn string_set(values: &[String]) -> RestrictedExpression {
-    RestrictedExpression::new_set(values.iter().cloned().map(RestrictedExpression::new_string))
-}
-
-fn entity(
-    type_name: &str,
-    id: &str,
-    attrs: Vec<(&str, RestrictedExpression)>,
-    parents: HashSet<EntityUid>,
-) -> Result<Entity, String> {
-    let attrs: HashMap<String, RestrictedExpression> =
-        attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    Entity::new(uid(type_name, id)?, attrs, parents).map_err(|e| format!("entity {id}: {e}"))
-}
-
-fn principal_entity(p: &Principal) -> Result<Entity, String> {
-    let mut parents = HashSet::with_capacity(p.roles.len() + 1);
-    for role in &p.roles {
-        parents.insert(uid("Role", role)?);
-    }
-    parents.insert(uid("Tenant", &p.tenant)?);
-    let kind = match p.kind {
-        PrincipalKind::Agent => "Agent",
-        PrincipalKind::Human => "Human",
-    };
-    entity(
-        kind,
-        &p.id,
-        vec![
-            ("tenant", RestrictedExpression::new_string(p.tenant.clone())),
-            ("labels", string_set(&p.labels)),
-            (
-                "auth_method",
-                RestrictedExpression::new_string(p.auth_method.clone()),
-            ),
-        ],
-        parents,
-    )
-}
-
-fn resource_entity(r: &Resource) -> Result<Entity, String> {
-    let s = |v: &String| RestrictedExpression::new_string(v.clone());
-    let (attrs, parents) = match r {
-        Resource::HttpRoute { id, labels }
-        | Resource::McpServer { id, labels }
-        | Resource::Model { id, labels } => (
-            vec![("name", s(id)), ("labels", string_set(labels))],
-            HashSet::new(),
-        ),
-        Resource::Tool {
-            id,
-            server,
-            risk,
-            labels,
-            read_only,
-            destructive,
-        } => (
-            vec![
-                ("name", s(id)),
-                ("server", s(server)),
-                ("risk", s(risk)),
-                ("labels", string_set(labels)),
-                ("read_only", RestrictedExpression::new_bool(*read_only)),
-                ("destructive", RestrictedExpression::new_bool(*destructive)),
-            ],
-            HashSet::from([uid("McpServer", server)?]),
-        ),
-        Resource::Gateway { .. } => (Vec::new(), HashSet::new()),
-    };
-    entity(r.type_name(), r.id(), attrs, parents)
-}
-
-fn context(req: &AuthzRequest) -> Result<Context, String> {
-    let c = &req.context;
-    let mut pairs = Vec::with_capacity(c.extra.len() + 2);
-    pairs.push(("time".to_string(), RestrictedExpression::new_long(c.time)));
-    pairs.push((
-        "client_ip".to_string(),
-        RestrictedExpression::new_ip(&c.client_ip),
-    ));
-    for (k, v) in &c.extra {
-        let value = match v {
-            ContextValue::Bool(b) => RestrictedExpression::new_bool(*b),
-            ContextValue::Long(n) => RestrictedExpression::new_long(*n),
-            ContextValue::String(s) => RestrictedExpression::new_string(s.clone()),
-            ContextValue::Set(items) => string_set(items),
-        };
-        pairs.push((k.clone(), value));
-    }
-    Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{Action, RequestContext};
+    use crate::request::{Action, Principal, PrincipalKind, RequestContext, Resource};
 
     const SET: &str = r#"
         @id("agents-get")

@@ -9,6 +9,7 @@
 //! is a context attribute), or turn an error into an allow — a request that
 //! fails validation or a policy that errors during evaluation yields a deny.
 
+mod build;
 mod cases;
 mod engine;
 mod request;

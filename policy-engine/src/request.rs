@@ -11,14 +11,14 @@ use std::str::FromStr;
 use crate::PolicyError;
 
 /// Whether a principal is an automated agent or a human (workbench user).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PrincipalKind {
     Agent,
     Human,
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Principal {
     #[serde(rename = "type", default = "default_kind")]
@@ -129,7 +129,7 @@ impl<'de> Deserialize<'de> for Action {
 }
 
 /// The target of an action, with the attributes policies may read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum Resource {
     HttpRoute {
