@@ -387,6 +387,27 @@ mod tests {
     }
 
     #[test]
+    fn cached_entities_never_stand_for_changed_attributes() {
+        let e = engine(None).without_request_validation();
+        let mut r = req("GET", &["confidential"], "10.0.0.1");
+        assert_eq!(e.decide(&r).outcome, Outcome::Deny);
+        r.principal.labels = vec!["cleared".into()];
+        assert_eq!(e.decide(&r).outcome, Outcome::Allow, "same id, new labels");
+        r.principal.labels.clear();
+        assert_eq!(e.decide(&r).outcome, Outcome::Deny);
+    }
+
+    #[test]
+    fn without_request_validation_a_missing_attribute_still_denies() {
+        let e = engine(None).without_request_validation();
+        let mut r = req("GET", &[], "10.0.0.1");
+        r.context.extra.remove("method");
+        let d = e.decide(&r);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(!d.errors.is_empty(), "{d:?}");
+    }
+
+    #[test]
     fn ip_ranges_work_in_policies() {
         let set = r#"permit (principal, action == Lattice::Action::"http_request", resource) when { context.client_ip.isInRange(ip("10.0.0.0/8")) };"#;
         let e = PolicyEngine::new(&[PolicySource::new("ip.cedar", set)], None).unwrap();
