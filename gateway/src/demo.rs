@@ -2,26 +2,36 @@
 //! (and of tests that need a REST upstream they can kill). It answers every
 //! request with JSON describing what arrived: method, path, the headers, and
 //! the body length. It is a demo, not a product surface.
+//!
+//! A path ending in `/stream` answers with a server-sent-events stream whose
+//! first event is sent at once and whose last waits (at most 10 s) until some
+//! client requests a path ending in `/release`: a deterministic way to show
+//! that a proxy in front streams instead of buffering.
 
 use serde_json::json;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 const MAX_HEAD: usize = 64 * 1024;
 
 /// Serves until the process ends.
 pub async fn serve_echo(listen: SocketAddr) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
+    let release = Arc::new(Notify::new());
     loop {
         let (stream, _) = listener.accept().await?;
+        let release = release.clone();
         tokio::spawn(async move {
-            let _ = connection(stream).await;
+            let _ = connection(stream, release).await;
         });
     }
 }
 
-async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
+async fn connection(mut stream: TcpStream, release: Arc<Notify>) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         // Read a head.
@@ -49,11 +59,15 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
         let mut echoed = serde_json::Map::new();
         let mut content_length = 0usize;
         let mut chunked = false;
+        let mut close = false;
         for h in req.headers.iter() {
             let value = String::from_utf8_lossy(h.value).to_string();
             let name = h.name.to_ascii_lowercase();
             if name == "content-length" {
                 content_length = value.trim().parse().unwrap_or(0);
+            }
+            if name == "connection" && value.eq_ignore_ascii_case("close") {
+                close = true;
             }
             if name == "transfer-encoding" && value.to_ascii_lowercase().contains("chunked") {
                 chunked = true;
@@ -75,6 +89,22 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             buf.drain(..content_length);
             content_length
         };
+        if path.ends_with("/stream") {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await?;
+            write_chunk(&mut stream, b"data: first\n\n").await?;
+            let _ = tokio::time::timeout(Duration::from_secs(10), release.notified()).await;
+            write_chunk(&mut stream, b"data: last\n\n").await?;
+            stream.write_all(b"0\r\n\r\n").await?;
+            if close {
+                return Ok(());
+            }
+            continue;
+        }
+        if path.ends_with("/release") {
+            release.notify_one();
+        }
         let body = json!({
             "service": "lattice demo echo",
             "method": method,
@@ -88,7 +118,19 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             body.len()
         );
         stream.write_all(resp.as_bytes()).await?;
+        if close {
+            return Ok(());
+        }
     }
+}
+
+async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    stream
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    stream.write_all(data).await?;
+    stream.write_all(b"\r\n").await?;
+    stream.flush().await
 }
 
 /// Reads a chunked body, returning its decoded length.

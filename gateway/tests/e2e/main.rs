@@ -561,3 +561,44 @@ fn up_writes_a_starter_and_its_printed_commands_work() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn responses_stream_through_without_buffering() {
+    use std::io::{Read, Write};
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&route(upstream.port));
+    let key = gw.create_key("agent-s", &["agent"]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(s, "GET /tools/echo/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The first event arrives while the upstream is still holding the last.
+    while !String::from_utf8_lossy(&seen).contains("data: first") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before the first event: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("data: last"));
+    assert!(String::from_utf8_lossy(&seen)
+        .to_lowercase()
+        .contains("content-type: text/event-stream"));
+    assert_eq!(
+        http(upstream.port, "GET", "/release", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("data: last"));
+}
