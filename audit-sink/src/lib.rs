@@ -10,6 +10,7 @@
 //! signed log is the proof, the rows are checked against it.
 
 pub mod checkpoint;
+pub mod clickhouse;
 pub mod event;
 pub mod merkle;
 pub mod store;
@@ -31,6 +32,10 @@ pub enum AuditError {
     Closed,
     #[error("the audit store cannot be written")]
     WriterFailing,
+    #[error("the ClickHouse backlog is full")]
+    BacklogFull,
+    #[error("clickhouse: {0}")]
+    ClickHouse(String),
     #[error("audit store: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("no audit store at {0}")]

@@ -125,6 +125,22 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Up to `limit` events from `from` on, in order, with their leaf hashes.
+    pub fn range(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, Vec<u8>)>, AuditError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT e.seq, e.event, l.hash FROM events e JOIN log_leaves l ON l.idx = e.seq
+             WHERE e.seq >= ?1 ORDER BY e.seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map([from as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The last `n` events, oldest first.
     pub fn tail(&self, n: usize) -> Result<Vec<StoredEvent>, AuditError> {
         let mut stmt = self

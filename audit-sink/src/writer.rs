@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::{Checkpoint, NoteSigner};
+use crate::clickhouse::{run_shipper, ClickHouseConfig, ShipState};
 use crate::event::AuditEvent;
 use crate::merkle::Frontier;
 use crate::store::Store;
@@ -38,6 +39,8 @@ pub struct PipelineConfig {
     /// Where checkpoints are exported for an outside witness (JSON lines).
     pub witness_file: Option<PathBuf>,
     pub signer: NoteSigner,
+    /// Also ship the log to ClickHouse.
+    pub clickhouse: Option<ClickHouseConfig>,
 }
 
 enum Msg {
@@ -52,6 +55,10 @@ struct Shared {
     closed: AtomicBool,
     failing: AtomicBool,
     written: AtomicU64,
+    /// The log's size (next `seq`).
+    log_size: AtomicU64,
+    /// With ClickHouse: the shipper's progress and the backlog bound.
+    ship: Option<(Arc<ShipState>, u64)>,
 }
 
 /// The cloneable, non-blocking entry point used on the request path.
@@ -97,6 +104,16 @@ impl AuditHandle {
         }
         if self.shared.failing.load(Ordering::Acquire) {
             return Err(AuditError::WriterFailing);
+        }
+        if let Some((ship, max)) = &self.shared.ship {
+            let backlog = self
+                .shared
+                .log_size
+                .load(Ordering::Acquire)
+                .saturating_sub(ship.shipped.load(Ordering::Acquire));
+            if backlog >= *max {
+                return Err(AuditError::BacklogFull);
+            }
         }
         let before = self.shared.depth.fetch_add(n, Ordering::AcqRel);
         if before + n > self.capacity {
@@ -165,10 +182,11 @@ impl AuditHandle {
     }
 }
 
-/// The running pipeline: owns the writer thread.
+/// The running pipeline: owns the writer thread (and the ClickHouse shipper).
 pub struct AuditPipeline {
     handle: AuditHandle,
     thread: Option<JoinHandle<()>>,
+    shipper: Option<(Arc<ShipState>, JoinHandle<()>)>,
 }
 
 impl AuditPipeline {
@@ -189,7 +207,33 @@ impl AuditPipeline {
         let capacity = cfg.queue_capacity.max(2);
         // Room for every reserved event plus control messages (flush, shutdown).
         let (tx, rx) = sync_channel(capacity + 64);
-        let shared = Arc::new(Shared::default());
+        let ship_state = cfg.clickhouse.as_ref().map(|c| {
+            let state = Arc::new(ShipState::default());
+            // Until the shipper reports, count the backlog from now on.
+            state.shipped.store(frontier.size(), Ordering::Release);
+            (state, c.max_backlog_events)
+        });
+        let shared = Arc::new(Shared {
+            log_size: AtomicU64::new(frontier.size()),
+            ship: ship_state.clone(),
+            ..Shared::default()
+        });
+        let shipper = match (&cfg.clickhouse, ship_state) {
+            (Some(ch), Some((state, _))) => {
+                let (ch, db, node, st) = (
+                    ch.clone(),
+                    cfg.db_path.clone(),
+                    cfg.node.clone(),
+                    state.clone(),
+                );
+                let handle = std::thread::Builder::new()
+                    .name("audit-clickhouse".into())
+                    .spawn(move || run_shipper(ch, db, node, st))
+                    .map_err(|e| AuditError::Io(e.to_string()))?;
+                Some((state, handle))
+            }
+            _ => None,
+        };
         let mut writer = Writer {
             cfg,
             store,
@@ -209,6 +253,7 @@ impl AuditPipeline {
                 capacity,
             },
             thread: Some(thread),
+            shipper,
         })
     }
 
@@ -225,6 +270,13 @@ impl AuditPipeline {
         if let Some(t) = self.thread.take() {
             t.join()
                 .map_err(|_| AuditError::Io("the audit writer panicked".into()))?;
+        }
+        // Every accepted event is now in the store; give the shipper a last,
+        // bounded chance to catch up (what remains ships at the next start).
+        if let Some((state, t)) = self.shipper.take() {
+            state.stop.store(true, Ordering::Release);
+            t.join()
+                .map_err(|_| AuditError::Io("the ClickHouse shipper panicked".into()))?;
         }
         Ok(())
     }
@@ -330,6 +382,9 @@ impl Writer {
         self.shared
             .written
             .fetch_add(rows.len() as u64, Ordering::AcqRel);
+        self.shared
+            .log_size
+            .store(self.frontier.size(), Ordering::Release);
         batch.clear();
     }
 

@@ -154,6 +154,39 @@ struct RawAudit {
     checkpoint_interval_ms: u64,
     #[serde(default)]
     witness_file: Option<String>,
+    #[serde(default)]
+    clickhouse: Option<RawClickHouse>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClickHouse {
+    url: String,
+    #[serde(default = "d_ch_db")]
+    database: String,
+    #[serde(default = "d_ch_user")]
+    user: String,
+    #[serde(default)]
+    password_env: Option<String>,
+    #[serde(default = "d_ch_batch")]
+    batch_max: usize,
+    #[serde(default = "d_cp_ms")]
+    flush_interval_ms: u64,
+    #[serde(default = "d_ch_backlog")]
+    max_backlog_events: u64,
+}
+
+fn d_ch_db() -> String {
+    "default".into()
+}
+fn d_ch_user() -> String {
+    "default".into()
+}
+fn d_ch_batch() -> usize {
+    10_000
+}
+fn d_ch_backlog() -> u64 {
+    1_000_000
 }
 
 impl Default for RawAudit {
@@ -165,6 +198,7 @@ impl Default for RawAudit {
             checkpoint_every: d_cp_every(),
             checkpoint_interval_ms: d_cp_ms(),
             witness_file: None,
+            clickhouse: None,
         }
     }
 }
@@ -299,6 +333,7 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
     pub witness_file: Option<PathBuf>,
+    pub clickhouse: Option<lattice_audit::clickhouse::ClickHouseConfig>,
 }
 
 /// An HTTP tool route: `/tools/<name>/...` to an upstream REST service.
@@ -523,6 +558,39 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         checkpoint_every: a.checkpoint_every,
         checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms.max(10)),
         witness_file: a.witness_file.as_deref().map(resolve),
+        clickhouse: match a.clickhouse {
+            None => None,
+            Some(c) => {
+                if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                    return Err(bad(format!(
+                        "audit.clickhouse.url `{}` must be an http(s) URL",
+                        c.url
+                    )));
+                }
+                if c.batch_max == 0 || c.max_backlog_events == 0 {
+                    return Err(bad(
+                        "audit.clickhouse.batch_max and max_backlog_events must be positive".into(),
+                    ));
+                }
+                let password = match c.password_env {
+                    None => String::new(),
+                    Some(var) => std::env::var(&var).map_err(|_| {
+                        bad(format!(
+                            "audit.clickhouse: environment variable `{var}` is not set"
+                        ))
+                    })?,
+                };
+                Some(lattice_audit::clickhouse::ClickHouseConfig {
+                    url: c.url.trim_end_matches('/').to_string(),
+                    database: c.database,
+                    user: c.user,
+                    password,
+                    batch_max: c.batch_max,
+                    flush_interval: Duration::from_millis(c.flush_interval_ms.max(10)),
+                    max_backlog_events: c.max_backlog_events,
+                })
+            }
+        },
     };
 
     let mut routes: Vec<Route> = Vec::new();

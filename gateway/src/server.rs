@@ -77,6 +77,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         checkpoint_interval: a.checkpoint_interval,
         witness_file: a.witness_file.clone(),
         signer,
+        clickhouse: a.clickhouse.clone(),
     })?;
     let shared = Arc::new(Shared {
         runtime: arc_swap::ArcSwap::from_pointee(runtime),

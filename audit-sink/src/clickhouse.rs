@@ -1,0 +1,361 @@
+//! Shipping the node's log to ClickHouse. The embedded store is the node's
+//! durable, ordered, append-only log of record (SQLite WAL, `synchronous =
+//! FULL`: every batch is fsynced before the call it records is forwarded);
+//! a shipper thread tails it in `seq` order and inserts batches into
+//! ClickHouse, so an unreachable ClickHouse never blocks or loses anything:
+//! the backlog waits in the store and is replayed in order when ClickHouse
+//! returns. The backlog is bounded (`max_backlog_events`): past it the
+//! pipeline refuses new calls (503), like a full queue.
+//!
+//! Tables are created and migrated by versioned migrations recorded in
+//! `lattice_migrations`. Written for ClickHouse 18.16 (Debian's) and modern
+//! servers alike: plain `MergeTree`, `DateTime`-free integer timestamps, no
+//! `LowCardinality`, no `TTL`, RowBinary inserts without schema fetching.
+
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::store::Store;
+use crate::AuditError;
+
+/// Where and how to ship.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClickHouseConfig {
+    /// `http://host:8123`
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// Most rows per insert.
+    pub batch_max: usize,
+    /// How long the shipper waits for more events before inserting.
+    pub flush_interval: Duration,
+    /// Events written locally but not yet in ClickHouse before new calls are
+    /// refused.
+    pub max_backlog_events: u64,
+}
+
+/// The versioned migrations, applied in order, each once.
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "audit_events",
+        "CREATE TABLE IF NOT EXISTS audit_events (
+            node String,
+            seq UInt64,
+            leaf_hash String,
+            event_id String,
+            ts_us UInt64,
+            day Date MATERIALIZED toDate(toDateTime(intDiv(ts_us, 1000000))),
+            phase String,
+            request_id String,
+            tenant String,
+            principal String,
+            kind String,
+            target String,
+            action String,
+            decision String,
+            status UInt16,
+            latency_us UInt64,
+            tokens_in UInt64,
+            tokens_out UInt64,
+            event String
+        ) ENGINE = MergeTree() PARTITION BY day ORDER BY (tenant, ts_us, principal)",
+    ),
+    (
+        2,
+        "audit_checkpoints",
+        "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+            node String,
+            size UInt64,
+            root String,
+            note String
+        ) ENGINE = MergeTree() ORDER BY (node, size)",
+    ),
+];
+
+/// One row of `audit_events`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct EventRow {
+    pub node: String,
+    pub seq: u64,
+    pub leaf_hash: String,
+    pub event_id: String,
+    pub ts_us: u64,
+    pub phase: String,
+    pub request_id: String,
+    pub tenant: String,
+    pub principal: String,
+    pub kind: String,
+    pub target: String,
+    pub action: String,
+    pub decision: String,
+    pub status: u16,
+    pub latency_us: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub event: String,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+struct CheckpointRow {
+    node: String,
+    size: u64,
+    root: String,
+    note: String,
+}
+
+#[derive(Row, Deserialize)]
+struct Version {
+    v: u32,
+}
+
+#[derive(Row, Deserialize)]
+struct Progress {
+    n: u64,
+    next: u64,
+}
+
+fn ch_err(e: clickhouse::error::Error) -> AuditError {
+    AuditError::ClickHouse(e.to_string())
+}
+
+/// A client for the configured server.
+pub fn client(cfg: &ClickHouseConfig) -> Client {
+    Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_password(&cfg.password)
+        .with_database(&cfg.database)
+        // 18.16 has neither RowBinaryWithNamesAndTypes nor the settings the
+        // validating path sends; `tests` keeps a check of the row layout.
+        .with_validation(false)
+}
+
+/// Applies the migrations not yet recorded. Idempotent.
+pub async fn migrate(client: &Client) -> Result<u32, AuditError> {
+    client
+        .query(
+            "CREATE TABLE IF NOT EXISTS lattice_migrations (v UInt32, name String, applied_us UInt64)
+             ENGINE = MergeTree() ORDER BY v",
+        )
+        .execute()
+        .await
+        .map_err(ch_err)?;
+    let done: Vec<Version> = client
+        .query("SELECT v FROM lattice_migrations")
+        .fetch_all()
+        .await
+        .map_err(ch_err)?;
+    let mut current = done.iter().map(|r| r.v).max().unwrap_or(0);
+    for (v, name, sql) in MIGRATIONS {
+        if *v <= current {
+            continue;
+        }
+        client.query(sql).execute().await.map_err(ch_err)?;
+        client
+            .query("INSERT INTO lattice_migrations (v, name, applied_us) VALUES (?, ?, ?)")
+            .bind(*v)
+            .bind(*name)
+            .bind(crate::now_us())
+            .execute()
+            .await
+            .map_err(ch_err)?;
+        current = *v;
+    }
+    Ok(current)
+}
+
+/// The next `seq` of `node` that ClickHouse does not hold yet.
+pub async fn next_unshipped(client: &Client, node: &str) -> Result<u64, AuditError> {
+    let p: Progress = client
+        .query("SELECT count() AS n, max(seq) + 1 AS next FROM audit_events WHERE node = ?")
+        .bind(node)
+        .fetch_one()
+        .await
+        .map_err(ch_err)?;
+    Ok(if p.n == 0 { 0 } else { p.next })
+}
+
+fn row(node: &str, seq: u64, json: &str, leaf: &[u8]) -> Result<EventRow, AuditError> {
+    let e: crate::AuditEvent = serde_json::from_str(json)
+        .map_err(|e| AuditError::Corrupt(format!("event #{seq}: {e}")))?;
+    Ok(EventRow {
+        node: node.to_string(),
+        seq,
+        leaf_hash: hex::encode(leaf),
+        event_id: e.event_id,
+        ts_us: e.ts_us,
+        phase: match e.phase {
+            crate::Phase::Decision => "decision".into(),
+            crate::Phase::Outcome => "outcome".into(),
+        },
+        request_id: e.request_id,
+        tenant: e.tenant,
+        principal: e.principal,
+        kind: e.kind,
+        target: e.target,
+        action: e.action,
+        decision: e.decision,
+        status: e.status.unwrap_or(0),
+        latency_us: e.latency_us.unwrap_or(0),
+        tokens_in: e.tokens_in.unwrap_or(0),
+        tokens_out: e.tokens_out.unwrap_or(0),
+        event: json.to_string(),
+    })
+}
+
+/// Progress shared between the shipper and the pipeline.
+#[derive(Default)]
+pub struct ShipState {
+    /// Next `seq` not yet in ClickHouse.
+    pub shipped: AtomicU64,
+    /// True while the last attempt failed.
+    pub failing: AtomicBool,
+    pub stop: AtomicBool,
+}
+
+/// Ships until `state.stop` is set, then makes one last bounded attempt.
+pub fn run_shipper(
+    cfg: ClickHouseConfig,
+    db_path: std::path::PathBuf,
+    node: String,
+    state: Arc<ShipState>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "the ClickHouse shipper cannot start");
+            return;
+        }
+    };
+    let client = client(&cfg);
+    let mut next: Option<u64> = None;
+    let mut last_checkpoint = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    let mut final_deadline: Option<Instant> = None;
+    loop {
+        if state.stop.load(Ordering::Acquire) && final_deadline.is_none() {
+            final_deadline = Some(Instant::now() + Duration::from_secs(5));
+        }
+        let attempt = rt.block_on(ship_once(
+            &client,
+            &cfg,
+            &db_path,
+            &node,
+            &mut next,
+            &mut last_checkpoint,
+        ));
+        match attempt {
+            Ok(shipped_rows) => {
+                if state.failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("ClickHouse is reachable again; replaying the backlog in order");
+                }
+                backoff = Duration::from_millis(100);
+                if let Some(n) = next {
+                    state.shipped.store(n, Ordering::Release);
+                }
+                if shipped_rows == 0 {
+                    if final_deadline.is_some() {
+                        return;
+                    }
+                    std::thread::sleep(cfg.flush_interval);
+                }
+            }
+            Err(e) => {
+                if !state.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "cannot ship audit events to ClickHouse; they wait in the local store");
+                }
+                next = None; // re-read progress from the server after a failure
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        if final_deadline.is_some_and(|d| Instant::now() > d) {
+            tracing::warn!(
+                "stopping the ClickHouse shipper with a backlog; it is shipped at the next start"
+            );
+            return;
+        }
+    }
+}
+
+/// One batch. Returns the number of rows shipped.
+async fn ship_once(
+    client: &Client,
+    cfg: &ClickHouseConfig,
+    db_path: &std::path::Path,
+    node: &str,
+    next: &mut Option<u64>,
+    last_checkpoint: &mut u64,
+) -> Result<usize, AuditError> {
+    let from = match *next {
+        Some(n) => n,
+        None => {
+            migrate(client).await?;
+            let n = next_unshipped(client, node).await?;
+            let cp: Progress = client
+                .query(
+                    "SELECT count() AS n, max(size) AS next FROM audit_checkpoints WHERE node = ?",
+                )
+                .bind(node)
+                .fetch_one()
+                .await
+                .map_err(ch_err)?;
+            *last_checkpoint = cp.next;
+            *next = Some(n);
+            n
+        }
+    };
+    let store = Store::open_read_only(db_path)?;
+    let rows = store.range(from, cfg.batch_max)?;
+    if !rows.is_empty() {
+        let mut insert = client
+            .insert::<EventRow>("audit_events")
+            .await
+            .map_err(ch_err)?;
+        let mut last = from;
+        for (seq, json, leaf) in &rows {
+            insert
+                .write(&row(node, *seq, json, leaf)?)
+                .await
+                .map_err(ch_err)?;
+            last = *seq;
+        }
+        insert.end().await.map_err(ch_err)?;
+        *next = Some(last + 1);
+    }
+    let shipped_to = next.unwrap_or(from);
+    let checkpoints: Vec<(u64, String)> = store
+        .checkpoints()?
+        .into_iter()
+        .filter(|(size, _)| *size > *last_checkpoint && *size <= shipped_to)
+        .collect();
+    if !checkpoints.is_empty() {
+        let mut insert = client
+            .insert::<CheckpointRow>("audit_checkpoints")
+            .await
+            .map_err(ch_err)?;
+        for (size, note) in &checkpoints {
+            let root = note.lines().nth(2).unwrap_or_default().to_string();
+            insert
+                .write(&CheckpointRow {
+                    node: node.to_string(),
+                    size: *size,
+                    root,
+                    note: note.clone(),
+                })
+                .await
+                .map_err(ch_err)?;
+            *last_checkpoint = (*last_checkpoint).max(*size);
+        }
+        insert.end().await.map_err(ch_err)?;
+    }
+    Ok(rows.len())
+}

@@ -1,0 +1,211 @@
+//! Audit shipped to a real ClickHouse server (Debian's clickhouse-server,
+//! started here on free ports with its own data directory).
+
+use crate::harness::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct ClickHouse {
+    dir: tempfile::TempDir,
+    pub http_port: u16,
+    child: Option<Child>,
+}
+
+fn server_binary() -> String {
+    for p in [
+        "/usr/bin/clickhouse-server",
+        "/usr/sbin/clickhouse-server",
+        "/usr/bin/clickhouse",
+    ] {
+        if std::path::Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    panic!("clickhouse-server is not installed: run scripts/setup");
+}
+
+impl ClickHouse {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (http_port, tcp_port) = (free_port(), free_port());
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("config.xml"),
+            format!(
+                "<?xml version=\"1.0\"?><yandex>\
+                 <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>\
+                 <http_port>{http_port}</http_port><tcp_port>{tcp_port}</tcp_port><listen_host>127.0.0.1</listen_host>\
+                 <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path><users_config>users.xml</users_config>\
+                 <default_profile>default</default_profile><default_database>default</default_database>\
+                 <mark_cache_size>5368709</mark_cache_size></yandex>"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("users.xml"),
+            "<?xml version=\"1.0\"?><yandex><profiles><default></default></profiles>\
+             <users><default><password></password><networks><ip>127.0.0.1</ip></networks>\
+             <profile>default</profile><quota>default</quota></default></users>\
+             <quotas><default></default></quotas></yandex>",
+        )
+        .unwrap();
+        let mut ch = Self {
+            dir,
+            http_port,
+            child: None,
+        };
+        ch.spawn();
+        ch
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(server_binary())
+            .arg(format!(
+                "--config-file={}",
+                self.dir.path().join("config.xml").display()
+            ))
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.http_port;
+        wait_for("ClickHouse", Duration::from_secs(30), || {
+            http(port, "POST", "/", &[], b"SELECT 1")
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        });
+    }
+
+    /// SIGKILL: no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Runs a query; returns the body (TSV).
+    pub fn query(&self, sql: &str) -> String {
+        let r = http(self.http_port, "POST", "/", &[], sql.as_bytes()).unwrap();
+        assert_eq!(r.status, 200, "{sql}: {}", r.body);
+        r.body.trim().to_string()
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn clickhouse_config(url: &str, backlog: u64) -> String {
+    format!("\n[audit.clickhouse]\nurl = \"{url}\"\nflush_interval_ms = 100\nmax_backlog_events = {backlog}\n")
+}
+
+#[test]
+fn clickhouse_receives_every_event_and_replays_after_an_outage() {
+    let mut ch = ClickHouse::start();
+    let upstream = Upstream::start();
+    let mut gw = Gateway::start(&format!(
+        "{}{}",
+        route(upstream.port),
+        clickhouse_config(&ch.url(), 100_000)
+    ));
+    let key = gw.create_key("agent-ch", &["agent"]);
+    let auth = bearer(&key);
+    let local_count = |gw: &Gateway| gw.store().count().unwrap();
+    let remote = |ch: &ClickHouse| {
+        ch.query(
+            "SELECT count(), uniqExact(seq) FROM audit_events WHERE node = 'test-node' FORMAT TSV",
+        )
+    };
+    for _ in 0..40 {
+        assert_eq!(gw.get("/tools/echo/a", &auth).status, 200);
+    }
+    wait_for("events in ClickHouse", Duration::from_secs(20), || {
+        let n = local_count(&gw);
+        remote(&ch) == format!("{n}\t{n}")
+    });
+
+    // ClickHouse dies; calls go on, their events wait in the local store.
+    ch.kill();
+    for _ in 0..40 {
+        assert_eq!(gw.get("/tools/echo/b", &auth).status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    ch.restart();
+    assert!(gw.stop().success());
+    // Everything accepted is shipped once, in order, after the restart (the
+    // shipper's last pass at shutdown, or the next start's).
+    if remote(&ch) != format!("{0}\t{0}", local_count(&gw)) {
+        gw.spawn();
+        wait_for("the backlog to drain", Duration::from_secs(30), || {
+            let n = local_count(&gw);
+            remote(&ch) == format!("{n}\t{n}")
+        });
+        assert!(gw.stop().success());
+    }
+    let n = local_count(&gw);
+    assert_eq!(remote(&ch), format!("{n}\t{n}"), "every event exactly once");
+    let phases = ch
+        .query("SELECT phase, count() FROM audit_events GROUP BY phase ORDER BY phase FORMAT TSV");
+    let half = n / 2;
+    assert_eq!(phases, format!("decision\t{half}\noutcome\t{half}"));
+    // The same log: every leaf hash in ClickHouse is the local one.
+    let remote_leaves = ch.query("SELECT seq, leaf_hash FROM audit_events ORDER BY seq FORMAT TSV");
+    let local_leaves: Vec<String> = gw
+        .store()
+        .leaves()
+        .unwrap()
+        .iter()
+        .map(|(i, h)| format!("{i}\t{}", hex::encode(h)))
+        .collect();
+    assert_eq!(remote_leaves, local_leaves.join("\n"));
+    assert_ne!(
+        ch.query("SELECT count() FROM audit_checkpoints FORMAT TSV"),
+        "0"
+    );
+    assert_eq!(
+        ch.query("SELECT max(v) FROM lattice_migrations FORMAT TSV"),
+        "2"
+    );
+}
+
+#[test]
+fn a_full_clickhouse_backlog_fails_closed() {
+    let upstream = Upstream::start();
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        route(upstream.port),
+        clickhouse_config(&nowhere, 10)
+    ));
+    let key = gw.create_key("agent-bl", &["agent"]);
+    let auth = bearer(&key);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(gw.get("/tools/echo/a", &auth).status);
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    let r = gw.get("/tools/echo/a", &auth);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["code"], "audit_unavailable");
+    // Nothing accepted was lost: the local log verifies.
+    let out = gw.lattice(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
