@@ -20,7 +20,10 @@ mod writer;
 pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 pub use event::{now_us, AuditEvent, Phase};
 pub use store::Store;
-pub use verify::{prove_consistency, prove_inclusion, read_witness, verify, Problem, VerifyReport};
+pub use verify::{
+    prove_consistency, prove_inclusion, read_witness, verify, verify_log, LogData, Problem,
+    VerifyReport,
+};
 pub use writer::{AuditHandle, AuditPipeline, OutcomeSlot, PipelineConfig};
 
 /// Everything that can go wrong in the audit trail.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::checkpoint::{Checkpoint, NoteVerifier};
 use crate::event::parse_canonical;
 use crate::merkle::{self, Frontier, Hash};
-use crate::store::Store;
+use crate::store::{Store, StoredEvent};
 use crate::AuditError;
 
 /// One thing wrong with the trail.
@@ -96,6 +96,8 @@ pub struct VerifyReport {
     pub log_size: u64,
     pub checkpoints_checked: usize,
     pub witness_checkpoints_checked: usize,
+    /// Identical duplicate rows (tolerated: a retried insert).
+    pub duplicates: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -137,9 +139,34 @@ pub fn verify(
     verifier: &NoteVerifier,
     witness: &[WitnessEntry],
 ) -> Result<VerifyReport, AuditError> {
+    let data = LogData {
+        leaves: store.leaves()?,
+        events: store.events()?,
+        checkpoints: store.checkpoints()?,
+        duplicates: 0,
+    };
+    verify_log(&data, verifier, witness)
+}
+
+/// A node's log as read from a sink: leaves and events in `seq` order and
+/// the signed checkpoints.
+#[derive(Debug, Default)]
+pub struct LogData {
+    pub leaves: Vec<(u64, Hash)>,
+    pub events: Vec<StoredEvent>,
+    pub checkpoints: Vec<(u64, String)>,
+    /// Identical copies of rows dropped while reading (a retried insert).
+    pub duplicates: u64,
+}
+
+/// Verifies a log read from any sink.
+pub fn verify_log(
+    data: &LogData,
+    verifier: &NoteVerifier,
+    witness: &[WitnessEntry],
+) -> Result<VerifyReport, AuditError> {
     let mut problems = Vec::new();
-    let leaves = store.leaves()?;
-    let events = store.events()?;
+    let (leaves, events) = (&data.leaves, &data.events);
     let log: Vec<Hash> = leaves.iter().map(|(_, h)| *h).collect();
     for (pos, (idx, _)) in leaves.iter().enumerate() {
         if *idx != pos as u64 {
@@ -158,7 +185,7 @@ pub fn verify(
 
     // 1. Every event row against the log.
     let mut present = vec![false; log.len()];
-    for row in &events {
+    for row in events.iter() {
         let bytes = row.json.as_bytes();
         let leaf = merkle::leaf_hash(bytes);
         let event = parse_canonical(bytes);
@@ -213,7 +240,7 @@ pub fn verify(
     // 2. The log against every signed checkpoint, in one pass.
     let mut expected: BTreeMap<u64, Vec<Expect>> = BTreeMap::new();
     let mut own = 0;
-    for (size, note) in store.checkpoints()? {
+    for (size, note) in data.checkpoints.iter().cloned() {
         match verifier.open(&note) {
             Ok(cp) if cp.size == size => {
                 own += 1;
@@ -302,6 +329,7 @@ pub fn verify(
         log_size: log.len() as u64,
         checkpoints_checked: own,
         witness_checkpoints_checked: witnessed,
+        duplicates: data.duplicates,
         problems,
     })
 }

@@ -4,7 +4,8 @@
 use anyhow::Context;
 use clap::Subcommand;
 use lattice_audit::{
-    prove_consistency, prove_inclusion, read_witness, verify, NoteVerifier, Store,
+    clickhouse, prove_consistency, prove_inclusion, read_witness, verify, verify_log, NoteVerifier,
+    Store,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ pub enum AuditCmd {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Which copy of the log to verify.
+        #[arg(long, value_enum, default_value = "embedded")]
+        sink: Sink,
     },
     /// Print an inclusion proof for an event, or a consistency proof
     /// between two checkpoints.
@@ -49,6 +53,14 @@ pub enum AuditCmd {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Sink {
+    /// The node's SQLite store.
+    Embedded,
+    /// The node's rows in ClickHouse (`[audit.clickhouse]`).
+    Clickhouse,
+}
+
 #[derive(clap::Args)]
 pub struct TrustArgs {
     #[command(flatten)]
@@ -62,7 +74,7 @@ pub struct TrustArgs {
 }
 
 struct Trust {
-    store: Store,
+    cfg: lattice_gateway::config::Config,
     verifier: NoteVerifier,
     witness: Vec<lattice_audit::verify::WitnessEntry>,
 }
@@ -70,7 +82,6 @@ struct Trust {
 impl TrustArgs {
     fn open(&self) -> anyhow::Result<Trust> {
         let cfg = self.config.load()?;
-        let store = Store::open_read_only(&cfg.audit.db_path)?;
         let vkey_path = self
             .vkey
             .clone()
@@ -78,7 +89,7 @@ impl TrustArgs {
         let vkey = std::fs::read_to_string(&vkey_path)
             .with_context(|| format!("verifier key {}", vkey_path.display()))?;
         let verifier = NoteVerifier::from_encoded(&vkey)?;
-        let witness_path = self.witness.clone().or(cfg.audit.witness_file);
+        let witness_path = self.witness.clone().or(cfg.audit.witness_file.clone());
         let witness = match witness_path {
             Some(p) if p.exists() => read_witness(
                 &std::fs::read_to_string(&p).with_context(|| p.display().to_string())?,
@@ -89,10 +100,16 @@ impl TrustArgs {
             _ => Vec::new(),
         };
         Ok(Trust {
-            store,
+            cfg,
             verifier,
             witness,
         })
+    }
+}
+
+impl Trust {
+    fn store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open_read_only(&self.cfg.audit.db_path)?)
     }
 }
 
@@ -113,9 +130,27 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCmd::Verify { keys, json } => {
+        AuditCmd::Verify { keys, json, sink } => {
             let t = keys.open()?;
-            let report = verify(&t.store, &t.verifier, &t.witness)?;
+            let report = match sink {
+                Sink::Embedded => verify(&t.store()?, &t.verifier, &t.witness)?,
+                Sink::Clickhouse => {
+                    let ch = t
+                        .cfg
+                        .audit
+                        .clickhouse
+                        .as_ref()
+                        .context("no [audit.clickhouse] in the config")?;
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    let data = rt.block_on(clickhouse::load_log(
+                        &clickhouse::client(ch),
+                        &t.cfg.server.node_id,
+                    ))?;
+                    verify_log(&data, &t.verifier, &t.witness)?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.ok() {
@@ -123,6 +158,12 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     "OK: {} events, log size {}, {} signed checkpoints and {} witness checkpoints verified",
                     report.events, report.log_size, report.checkpoints_checked, report.witness_checkpoints_checked
                 );
+                if report.duplicates > 0 {
+                    println!(
+                        "({} identical duplicate rows from retried inserts were ignored)",
+                        report.duplicates
+                    );
+                }
             } else {
                 println!("FAILED: {}", report.problems[0]);
                 for p in report.problems.iter().skip(1).take(20) {
@@ -144,11 +185,11 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             let t = keys.open()?;
             let (text, verified) = match (seq, from) {
                 (Some(seq), _) => {
-                    let p = prove_inclusion(&t.store, &t.verifier, seq)?;
+                    let p = prove_inclusion(&t.store()?, &t.verifier, seq)?;
                     (serde_json::to_string_pretty(&p)?, p.verified)
                 }
                 (None, Some(from)) => {
-                    let p = prove_consistency(&t.store, &t.verifier, from, to)?;
+                    let p = prove_consistency(&t.store()?, &t.verifier, from, to)?;
                     (serde_json::to_string_pretty(&p)?, p.verified)
                 }
                 (None, None) => {

@@ -180,6 +180,34 @@ fn clickhouse_receives_every_event_and_replays_after_an_outage() {
         ch.query("SELECT max(v) FROM lattice_migrations FORMAT TSV"),
         "2"
     );
+
+    // `verify` works against ClickHouse: intact, then with a retried
+    // (duplicate) batch tolerated, then with an edited row named.
+    let verify_ch = || {
+        let out = gw.lattice(&["audit", "verify", "--sink", "clickhouse"]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, text) = verify_ch();
+    assert!(ok, "{text}");
+    let columns = "node, seq, leaf_hash, event_id, ts_us, phase, request_id, tenant, principal, kind, target, action, decision, status, latency_us, tokens_in, tokens_out";
+    ch.query(&format!("INSERT INTO audit_events ({columns}, event) SELECT {columns}, event FROM audit_events WHERE seq < 5"));
+    let (ok, text) = verify_ch();
+    assert!(ok, "{text}");
+    assert!(text.contains("5 identical duplicate rows"), "{text}");
+    let victim =
+        ch.query("SELECT min(seq) FROM audit_events WHERE principal = 'agent-ch' FORMAT TSV");
+    ch.query(&format!(
+        "INSERT INTO audit_events ({columns}, event) SELECT {columns}, replaceAll(event, 'agent-ch', 'agent-xx') FROM audit_events WHERE seq = {victim} LIMIT 1"
+    ));
+    let (ok, text) = verify_ch();
+    assert!(!ok);
+    assert!(
+        text.contains(&format!("FAILED: event #{victim} (")) && text.contains("was edited"),
+        "{text}"
+    );
 }
 
 #[test]
