@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod clickhouse;
 pub mod event;
 pub mod merkle;
+pub mod query;
 pub mod store;
 pub mod verify;
 mod writer;
@@ -37,6 +38,8 @@ pub enum AuditError {
     WriterFailing,
     #[error("the ClickHouse backlog is full")]
     BacklogFull,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("clickhouse: {0}")]
     ClickHouse(String),
     #[error("audit store: {0}")]

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 /// A connection to the store.
 pub struct Store {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 /// One stored event row, as read back (bytes unparsed, for verification).

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
+use lattice_audit::query::{self, AuditQuery, Scope};
 use lattice_audit::{
     clickhouse, prove_consistency, prove_inclusion, read_witness, verify, verify_log, NoteVerifier,
     Store,
@@ -36,6 +37,18 @@ pub enum AuditCmd {
         #[arg(long, value_enum, default_value = "embedded")]
         sink: Sink,
     },
+    /// Filter events or aggregate them, from either sink.
+    Query {
+        #[command(flatten)]
+        filter: QueryArgs,
+        /// Print aggregates instead of events.
+        #[arg(long)]
+        aggregate: bool,
+        #[arg(long, value_enum, default_value = "embedded")]
+        sink: Sink,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Print an inclusion proof for an event, or a consistency proof
     /// between two checkpoints.
     Prove {
@@ -51,6 +64,75 @@ pub enum AuditCmd {
         #[command(flatten)]
         keys: TrustArgs,
     },
+}
+
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// Only events newer than this: 30s, 15m, 2h, 7d.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events at or after this time (µs since the epoch).
+    #[arg(long)]
+    from_us: Option<u64>,
+    /// Only events before this time (µs since the epoch).
+    #[arg(long)]
+    to_us: Option<u64>,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    principal: Option<String>,
+    /// e.g. http.request
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    /// allow or deny
+    #[arg(long)]
+    decision: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Read as an auditor of this tenant only.
+    #[arg(long)]
+    as_tenant: Option<String>,
+}
+
+fn parse_since(s: &str) -> anyhow::Result<u64> {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("--since `{s}`: use 30s, 15m, 2h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("--since `{s}`: use 30s, 15m, 2h or 7d"),
+    };
+    Ok(lattice_audit::now_us().saturating_sub(secs * 1_000_000))
+}
+
+impl QueryArgs {
+    fn build(self) -> anyhow::Result<AuditQuery> {
+        let from_us = match (&self.since, self.from_us) {
+            (Some(s), _) => Some(parse_since(s)?),
+            (None, f) => f,
+        };
+        let scope = match self.as_tenant {
+            Some(t) => Scope::Tenant(t),
+            None => Scope::All,
+        };
+        Ok(AuditQuery {
+            from_us,
+            to_us: self.to_us,
+            tenant: self.tenant,
+            principal: self.principal,
+            kind: self.kind,
+            target: self.target,
+            decision: self.decision,
+            limit: Some(self.limit),
+        }
+        .scoped(&scope)?)
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -127,6 +209,53 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             };
             for row in rows {
                 println!("{}", row.json);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Query {
+            filter,
+            aggregate,
+            sink,
+            config,
+        } => {
+            let cfg = config.load()?;
+            let q = filter.build()?;
+            let (events, aggregates) = match sink {
+                Sink::Embedded => {
+                    let store = Store::open_read_only(&cfg.audit.db_path)?;
+                    if aggregate {
+                        (Vec::new(), Some(store.aggregate(&q)?))
+                    } else {
+                        (store.query(&q)?, None)
+                    }
+                }
+                Sink::Clickhouse => {
+                    let ch = cfg
+                        .audit
+                        .clickhouse
+                        .as_ref()
+                        .context("no [audit.clickhouse] in the config")?;
+                    let client = clickhouse::client(ch);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    if aggregate {
+                        (
+                            Vec::new(),
+                            Some(rt.block_on(query::aggregate_clickhouse(&client, &q))?),
+                        )
+                    } else {
+                        (rt.block_on(query::query_clickhouse(&client, &q))?, None)
+                    }
+                }
+            };
+            match aggregates {
+                Some(a) => println!("{}", serde_json::to_string_pretty(&a)?),
+                None => {
+                    for e in events {
+                        println!("{}", e.json);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -264,7 +264,11 @@ impl Gateway {
     }
 
     pub fn create_key(&self, agent: &str, roles: &[&str]) -> String {
-        let mut args = vec!["keys", "create", "--agent", agent];
+        self.create_key_in(agent, "default", roles)
+    }
+
+    pub fn create_key_in(&self, agent: &str, tenant: &str, roles: &[&str]) -> String {
+        let mut args = vec!["keys", "create", "--agent", agent, "--tenant", tenant];
         for r in roles {
             args.extend(["--role", r]);
         }
