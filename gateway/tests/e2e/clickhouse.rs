@@ -330,3 +330,128 @@ fn queries_are_tenant_scoped_and_aggregates_agree_across_sinks() {
         }
     }
 }
+
+/// Sends `per_thread` keep-alive GETs from each of `threads` threads; each
+/// thread stops early on the first error (the gateway going away).
+fn load(
+    port: u16,
+    auth: &str,
+    threads: usize,
+    per_thread: usize,
+) -> Vec<std::thread::JoinHandle<Vec<String>>> {
+    (0..threads)
+        .map(|_| {
+            let auth = auth.to_string();
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(port);
+                let mut ids = Vec::with_capacity(per_thread);
+                for _ in 0..per_thread {
+                    match conn.get("/tools/echo/load", &auth) {
+                        Ok((200, id)) => ids.push(id),
+                        _ => break,
+                    }
+                }
+                ids
+            })
+        })
+        .collect()
+}
+
+fn drained(ch: &ClickHouse, gw: &mut Gateway) {
+    let n = gw.store().count().unwrap();
+    let remote =
+        || ch.query("SELECT uniqExact(seq) FROM audit_events WHERE node = 'test-node' FORMAT TSV");
+    if remote() != n.to_string() {
+        gw.spawn();
+        wait_for("the backlog to drain", Duration::from_secs(60), || {
+            remote() == n.to_string()
+        });
+        assert!(gw.stop().success());
+    }
+}
+
+#[test]
+fn hundred_thousand_calls_through_a_clickhouse_outage_lose_nothing() {
+    let mut ch = ClickHouse::start();
+    let upstream = Upstream::start();
+    let mut gw = Gateway::start(&format!(
+        "{}{}",
+        route(upstream.port),
+        clickhouse_config(&ch.url(), 1_000_000)
+    ));
+    let auth = bearer(&gw.create_key("agent-load", &["agent"]));
+    let workers = load(gw.port, &auth, 8, 12_500);
+    // ClickHouse is killed for 10 s while the load runs.
+    wait_for("the load to get going", Duration::from_secs(60), || {
+        ch.query("SELECT count() FROM audit_events FORMAT TSV")
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 20_000
+    });
+    ch.kill();
+    std::thread::sleep(Duration::from_secs(10));
+    ch.restart();
+    let answered: usize = workers.into_iter().map(|w| w.join().unwrap().len()).sum();
+    assert_eq!(answered, 100_000, "every call was answered 200");
+    assert!(gw.stop().success());
+    drained(&ch, &mut gw);
+    let counts = ch.query(
+        "SELECT phase, count() FROM (SELECT * FROM audit_events WHERE principal = 'agent-load' AND target = 'echo' LIMIT 1 BY node, seq) GROUP BY phase ORDER BY phase FORMAT TSV",
+    );
+    assert_eq!(counts, "decision\t100000\noutcome\t100000");
+    let out = gw.lattice(&["audit", "verify", "--sink", "clickhouse"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_graceful_stop_mid_run_loses_no_accepted_event_in_clickhouse() {
+    let ch = ClickHouse::start();
+    let upstream = Upstream::start();
+    let mut gw = Gateway::start(&format!(
+        "{}{}",
+        route(upstream.port),
+        clickhouse_config(&ch.url(), 1_000_000)
+    ));
+    let auth = bearer(&gw.create_key("agent-stop", &["agent"]));
+    let workers = load(gw.port, &auth, 4, 50_000);
+    wait_for("the load to get going", Duration::from_secs(60), || {
+        gw.store().count().unwrap() > 5_000
+    });
+    assert!(gw.stop().success());
+    let answered: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(answered.len() < 200_000, "the stop must land mid-run");
+    drained(&ch, &mut gw);
+    // Every answered call has its decision and its outcome in ClickHouse.
+    let in_ch = ch.query(
+        "SELECT count() FROM (SELECT * FROM audit_events WHERE principal = 'agent-stop' AND target = 'echo' LIMIT 1 BY node, seq) FORMAT TSV",
+    );
+    let in_ch: usize = in_ch.parse().unwrap();
+    assert!(
+        in_ch >= 2 * answered.len(),
+        "{in_ch} events for {} answered calls",
+        answered.len()
+    );
+    let sample: Vec<&String> = answered
+        .iter()
+        .step_by((answered.len() / 50).max(1))
+        .collect();
+    for id in sample {
+        let n = ch.query(&format!(
+            "SELECT uniqExact(seq) FROM audit_events WHERE request_id = '{id}' FORMAT TSV"
+        ));
+        assert_eq!(n, "2", "request {id}");
+    }
+    let out = gw.lattice(&["audit", "verify", "--sink", "clickhouse"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

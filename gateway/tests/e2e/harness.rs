@@ -362,3 +362,60 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A keep-alive HTTP/1.1 connection for many requests (load-style tests).
+pub struct Conn {
+    stream: std::io::BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Self {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Self {
+            stream: std::io::BufReader::new(s),
+        }
+    }
+
+    /// `GET path`; returns (status, x-request-id). Bodies must carry a
+    /// Content-Length (the gateway's and the demo upstream's do).
+    pub fn get(&mut self, path: &str, authorization: &str) -> std::io::Result<(u16, String)> {
+        use std::io::BufRead;
+        write!(
+            self.stream.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\n\r\n"
+        )?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line)?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("bad status line {line:?}"),
+                )
+            })?;
+        let (mut length, mut request_id) = (0usize, String::new());
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.trim().parse().unwrap_or(0),
+                    "x-request-id" => request_id = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body)?;
+        Ok((status, request_id))
+    }
+}
