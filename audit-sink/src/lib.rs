@@ -15,6 +15,7 @@ pub mod event;
 pub mod merkle;
 pub mod query;
 pub mod store;
+pub mod testkit;
 pub mod verify;
 mod writer;
 

@@ -2,110 +2,38 @@
 //! started here on free ports with its own data directory).
 
 use crate::harness::*;
-use std::process::{Child, Command, Stdio};
+use lattice_audit::testkit::ClickHouseServer;
 use std::time::Duration;
 
+/// The test server (lattice_audit::testkit) with asserting helpers.
 pub struct ClickHouse {
-    dir: tempfile::TempDir,
-    pub http_port: u16,
-    child: Option<Child>,
-}
-
-fn server_binary() -> String {
-    for p in [
-        "/usr/bin/clickhouse-server",
-        "/usr/sbin/clickhouse-server",
-        "/usr/bin/clickhouse",
-    ] {
-        if std::path::Path::new(p).exists() {
-            return p.to_string();
-        }
-    }
-    panic!("clickhouse-server is not installed: run scripts/setup");
+    server: ClickHouseServer,
+    _dir: tempfile::TempDir,
 }
 
 impl ClickHouse {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (http_port, tcp_port) = (free_port(), free_port());
-        let d = dir.path().display();
-        std::fs::write(
-            dir.path().join("config.xml"),
-            format!(
-                "<?xml version=\"1.0\"?><yandex>\
-                 <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>\
-                 <http_port>{http_port}</http_port><tcp_port>{tcp_port}</tcp_port><listen_host>127.0.0.1</listen_host>\
-                 <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path><users_config>users.xml</users_config>\
-                 <default_profile>default</default_profile><default_database>default</default_database>\
-                 <mark_cache_size>5368709</mark_cache_size></yandex>"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("users.xml"),
-            "<?xml version=\"1.0\"?><yandex><profiles><default></default></profiles>\
-             <users><default><password></password><networks><ip>127.0.0.1</ip></networks>\
-             <profile>default</profile><quota>default</quota></default></users>\
-             <quotas><default></default></quotas></yandex>",
-        )
-        .unwrap();
-        let mut ch = Self {
-            dir,
-            http_port,
-            child: None,
-        };
-        ch.spawn();
-        ch
+        let server = ClickHouseServer::start(dir.path().to_path_buf()).unwrap();
+        Self { server, _dir: dir }
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new(server_binary())
-            .arg(format!(
-                "--config-file={}",
-                self.dir.path().join("config.xml").display()
-            ))
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let port = self.http_port;
-        wait_for("ClickHouse", Duration::from_secs(30), || {
-            http(port, "POST", "/", &[], b"SELECT 1")
-                .map(|r| r.status == 200)
-                .unwrap_or(false)
-        });
-    }
-
-    /// SIGKILL: no goodbye.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.kill();
     }
 
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+        self.server.kill();
+        self.server.spawn().unwrap();
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        self.server.url()
     }
 
     /// Runs a query; returns the body (TSV).
     pub fn query(&self, sql: &str) -> String {
-        let r = http(self.http_port, "POST", "/", &[], sql.as_bytes()).unwrap();
-        assert_eq!(r.status, 200, "{sql}: {}", r.body);
-        r.body.trim().to_string()
-    }
-}
-
-impl Drop for ClickHouse {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.query(sql).unwrap()
     }
 }
 

@@ -1,0 +1,158 @@
+//! A throwaway local ClickHouse server for tests and benchmarks: Debian's
+//! `clickhouse-server` on free loopback ports with its own data directory,
+//! killed on drop. Not used by the gateway itself.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::AuditError;
+
+/// A running test server.
+pub struct ClickHouseServer {
+    dir: PathBuf,
+    pub http_port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> Result<u16, AuditError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| AuditError::Io(e.to_string()))?;
+    Ok(l.local_addr()
+        .map_err(|e| AuditError::Io(e.to_string()))?
+        .port())
+}
+
+fn binary() -> Result<&'static str, AuditError> {
+    ["/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .ok_or_else(|| {
+            AuditError::Io("clickhouse-server is not installed (scripts/setup installs it)".into())
+        })
+}
+
+impl ClickHouseServer {
+    /// Starts a server with its data under `dir` (which must exist).
+    pub fn start(dir: PathBuf) -> Result<Self, AuditError> {
+        let (http_port, tcp_port) = (free_port()?, free_port()?);
+        let d = dir.display();
+        let io = |e: std::io::Error| AuditError::Io(e.to_string());
+        std::fs::write(
+            dir.join("config.xml"),
+            format!(
+                "<?xml version=\"1.0\"?><yandex>\
+                 <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>\
+                 <http_port>{http_port}</http_port><tcp_port>{tcp_port}</tcp_port><listen_host>127.0.0.1</listen_host>\
+                 <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path><users_config>users.xml</users_config>\
+                 <default_profile>default</default_profile><default_database>default</default_database>\
+                 <mark_cache_size>5368709</mark_cache_size></yandex>"
+            ),
+        )
+        .map_err(io)?;
+        std::fs::write(
+            dir.join("users.xml"),
+            "<?xml version=\"1.0\"?><yandex><profiles><default></default></profiles>\
+             <users><default><password></password><networks><ip>127.0.0.1</ip></networks>\
+             <profile>default</profile><quota>default</quota></default></users>\
+             <quotas><default></default></quotas></yandex>",
+        )
+        .map_err(io)?;
+        let mut server = Self {
+            dir,
+            http_port,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts (again) on the same ports and data.
+    pub fn spawn(&mut self) -> Result<(), AuditError> {
+        let child = Command::new(binary()?)
+            .arg(format!(
+                "--config-file={}",
+                self.dir.join("config.xml").display()
+            ))
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| AuditError::Io(e.to_string()))?;
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if self.query("SELECT 1").is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(AuditError::Io(
+            "clickhouse-server did not start within 30 s".into(),
+        ))
+    }
+
+    /// SIGKILL: no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Runs a query over the HTTP interface; returns the body, trimmed.
+    pub fn query(&self, sql: &str) -> Result<String, AuditError> {
+        let io = |e: std::io::Error| AuditError::Io(e.to_string());
+        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).map_err(io)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(io)?;
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{sql}",
+            sql.len()
+        )
+        .map_err(io)?;
+        let mut raw = Vec::new();
+        // A local test server's bounded answer.
+        #[allow(clippy::disallowed_methods)]
+        s.read_to_end(&mut raw).map_err(io)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(AuditError::ClickHouse(format!("{sql}: {}", body.trim())));
+        }
+        Ok(body.trim().to_string())
+    }
+}
+
+fn dechunk(mut b: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = b.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        b = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

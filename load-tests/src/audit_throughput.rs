@@ -1,0 +1,149 @@
+//! Audit throughput: events/s the embedded store sustains, events/s the
+//! ClickHouse shipper moves from the store into a local ClickHouse server,
+//! and the two together, through the same pipeline the gateway uses.
+//!
+//! `cargo run --release -p lattice-load-tests --bin lattice-load-audit --
+//!    [--events 200000] [--producers 2]`
+
+use anyhow::{bail, Context, Result};
+use lattice_audit::clickhouse::ClickHouseConfig;
+use lattice_audit::testkit::ClickHouseServer;
+use lattice_audit::{AuditEvent, AuditPipeline, NoteSigner, Phase, PipelineConfig};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn pipeline(db: &Path, clickhouse: Option<ClickHouseConfig>) -> Result<AuditPipeline> {
+    Ok(AuditPipeline::start(PipelineConfig {
+        db_path: db.to_path_buf(),
+        node: "bench".into(),
+        origin: "lattice/bench/audit".into(),
+        queue_capacity: 100_000,
+        batch_max: 10_000,
+        checkpoint_every: 100_000,
+        checkpoint_interval: Duration::from_secs(1),
+        witness_file: None,
+        signer: NoteSigner::generate("lattice/bench/audit"),
+        clickhouse,
+    })?)
+}
+
+/// Pushes `events` events (half decisions, half outcomes) from `producers`
+/// threads as fast as the queue accepts them; returns when all are written.
+fn push(p: &AuditPipeline, events: u64, producers: u64) -> Result<Duration> {
+    let start = Instant::now();
+    let calls = events / 2 / producers;
+    let threads: Vec<_> = (0..producers)
+        .map(|t| {
+            let h = p.handle();
+            std::thread::spawn(move || {
+                for i in 0..calls {
+                    let id = format!("r-{t}-{i}");
+                    let mut e = AuditEvent::new(Phase::Decision, &id, "http.request");
+                    e.tenant = "bench".into();
+                    e.principal = format!("agent-{}", i % 50);
+                    e.target = "echo".into();
+                    e.decision = "allow".into();
+                    let slot = loop {
+                        match h.record_decision(e.clone()) {
+                            Ok(s) => break s,
+                            Err(_) => std::thread::yield_now(),
+                        }
+                    };
+                    let mut o = AuditEvent::new(Phase::Outcome, &id, "http.request");
+                    o.status = Some(200);
+                    o.latency_us = Some(300);
+                    let _ = slot.record(o);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a producer panicked"))?;
+    }
+    p.handle().flush()?;
+    Ok(start.elapsed())
+}
+
+fn wait_count(ch: &ClickHouseServer, n: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        // The table appears when the shipper first connects.
+        let count = ch.query("SELECT count() FROM audit_events").ok();
+        if count.and_then(|c| c.parse::<u64>().ok()).unwrap_or(0) >= n {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("ClickHouse never reached {n} rows")
+}
+
+fn main() -> Result<()> {
+    let mut events: u64 = 200_000;
+    let mut producers: u64 = 2;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).context("missing value")?;
+        match pair[0].as_str() {
+            "--events" => events = value.parse()?,
+            "--producers" => producers = value.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if events > 5_000_000 || producers == 0 {
+        bail!("bounded scenario: at most 5,000,000 events, at least one producer");
+    }
+    let dir = tempfile::tempdir()?;
+    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+
+    // 1. The embedded store alone.
+    let db = dir.path().join("embedded.db");
+    let p = pipeline(&db, None)?;
+    let took = push(&p, events, producers)?;
+    p.shutdown()?;
+    println!(
+        "| embedded store (SQLite, fsync per batch) | {events} | {:.2} s | {:.0} |",
+        took.as_secs_f64(),
+        rate(events, took)
+    );
+
+    // 2. Shipping a backlog of that store into ClickHouse.
+    let ch_dir = dir.path().join("clickhouse");
+    std::fs::create_dir_all(&ch_dir)?;
+    let ch = ClickHouseServer::start(ch_dir)?;
+    let config = ClickHouseConfig {
+        url: ch.url(),
+        database: "default".into(),
+        user: "default".into(),
+        password: String::new(),
+        batch_max: 100_000,
+        flush_interval: Duration::from_millis(50),
+        max_backlog_events: u64::MAX,
+    };
+    let start = Instant::now();
+    let p = pipeline(&db, Some(config.clone()))?;
+    wait_count(&ch, events)?;
+    let took = start.elapsed();
+    p.shutdown()?;
+    println!(
+        "| ClickHouse shipper, from a backlog | {events} | {:.2} s | {:.0} |",
+        took.as_secs_f64(),
+        rate(events, took)
+    );
+
+    // 3. Both at once: written locally and shipped as it arrives.
+    ch.query("TRUNCATE TABLE audit_events")?;
+    let db2 = dir.path().join("both.db");
+    let p = pipeline(&db2, Some(config))?;
+    let start = Instant::now();
+    push(&p, events, producers)?;
+    wait_count(&ch, events)?;
+    let took = start.elapsed();
+    p.shutdown()?;
+    println!(
+        "| embedded + ClickHouse, end to end | {events} | {:.2} s | {:.0} |",
+        took.as_secs_f64(),
+        rate(events, took)
+    );
+    Ok(())
+}
