@@ -231,15 +231,16 @@ impl CallFacts {
     }
 
     /// The decision event of a call refused before or by policy.
+    /// `status` is what the caller gets.
     pub fn refusal_event(
         &self,
-        rejection: &Rejection,
+        status: u16,
         reason: &str,
         evaluation: Option<&Evaluation>,
     ) -> AuditEvent {
         let mut e = self.event(Phase::Decision);
         e.decision = "deny".into();
-        e.status = Some(rejection.status());
+        e.status = Some(status);
         e.reason = reason.to_string();
         if let Some(ev) = evaluation {
             apply_evaluation(&mut e, ev);

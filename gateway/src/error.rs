@@ -43,6 +43,8 @@ pub enum Rejection {
     UpstreamFailed(String),
     /// Step 8: the upstream did not answer in time.
     UpstreamTimeout,
+    /// A fault of the gateway itself.
+    Internal(String),
 }
 
 impl Rejection {
@@ -56,6 +58,7 @@ impl Rejection {
             Rejection::AuditUnavailable => 503,
             Rejection::UpstreamFailed(_) => 502,
             Rejection::UpstreamTimeout => 504,
+            Rejection::Internal(_) => 500,
         }
     }
 
@@ -70,6 +73,7 @@ impl Rejection {
             Rejection::AuditUnavailable => "audit_unavailable",
             Rejection::UpstreamFailed(_) => "upstream_failed",
             Rejection::UpstreamTimeout => "upstream_timeout",
+            Rejection::Internal(_) => "internal_error",
         }
     }
 
@@ -89,6 +93,7 @@ impl Rejection {
             }
             Rejection::UpstreamFailed(_) => "the upstream failed".into(),
             Rejection::UpstreamTimeout => "the upstream did not answer in time".into(),
+            Rejection::Internal(_) => "the gateway failed; the call was not completed".into(),
         }
     }
 

@@ -126,12 +126,9 @@ impl Gateway {
         }
         self.shared.metrics.decision(evaluation.live.outcome);
         if !evaluation.live.is_allow() {
-            let placeholder = Rejection::Forbidden {
-                decision_id: String::new(),
-            };
-            let event =
-                ctx.facts
-                    .refusal_event(&placeholder, "denied by policy", Some(&evaluation));
+            let event = ctx
+                .facts
+                .refusal_event(403, "denied by policy", Some(&evaluation));
             let rejection = Rejection::Forbidden {
                 decision_id: event.event_id.clone(),
             };
@@ -156,7 +153,7 @@ impl Gateway {
         rejection: Rejection,
         reason: &str,
     ) -> Result<(), Rejection> {
-        let event = ctx.facts.refusal_event(&rejection, reason, None);
+        let event = ctx.facts.refusal_event(rejection.status(), reason, None);
         self.refuse_with(ctx, runtime, rejection, event)
     }
 
@@ -414,13 +411,10 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Downstream => {
                     Rejection::BadRequest("the client connection failed".into())
                 }
-                ErrorSource::Internal | ErrorSource::Unset => {
-                    Rejection::UpstreamFailed(e.to_string())
-                }
+                ErrorSource::Internal | ErrorSource::Unset => Rejection::Internal(e.to_string()),
             },
         };
         let code = rejection.status();
-        ctx.failure = Some(format!("{}: {e}", rejection.code()));
         let written = session.response_written().is_some();
         if !written && self.respond(session, ctx, &rejection).await.is_err() {
             tracing::debug!("could not write the error response; the client is gone");

@@ -603,3 +603,34 @@ fn responses_stream_through_without_buffering() {
     }
     assert!(String::from_utf8_lossy(&seen).contains("data: last"));
 }
+
+#[test]
+fn a_silent_upstream_times_out_with_504_and_is_audited() {
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(held);
+    });
+    let gw = Gateway::start(&format!(
+        "[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{port}\"\nlabels = [\"demo\"]\ntimeout_ms = 300\n"
+    ));
+    let auth = bearer(&gw.create_key("agent-t", &["agent"]));
+    let r = gw.get("/tools/echo/slow", &auth);
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(
+        (ev[0].decision.as_str(), ev[1].status),
+        ("allow", Some(504))
+    );
+    assert!(
+        ev[1].reason.starts_with("upstream_timeout"),
+        "{}",
+        ev[1].reason
+    );
+    drop(gw);
+    holder.join().unwrap();
+}
