@@ -1,6 +1,42 @@
-//! # lattice-mcp — NOT BUILT YET
+//! # lattice-mcp
 //!
-//! Purpose: MCP federation: upstream MCP servers (stdio, streamable HTTP, legacy SSE), one federated endpoint, per-call schema validation, tool pinning. See issue #3.
+//! Owns Lattice's side of the Model Context Protocol: JSON-RPC message
+//! parsing with bounds (`jsonrpc`), upstream MCP servers spoken to over
+//! stdio (`stdio`: spawned, initialized, correlated, killed with the
+//! gateway), and the tool model the gateway federates (`tools`: the stable
+//! federated naming scheme, canonical definition hashes for pinning, and
+//! argument validation against a tool's `inputSchema`).
 //!
-//! This crate holds only its purpose today. Nothing here works yet, and
-//! nothing may depend on it until it does.
+//! Status: the foundation of issue #3. Not yet built: the downstream
+//! `/mcp` endpoint in the gateway, streamable-HTTP and SSE upstreams,
+//! sessions, supervision with restart, pinning and quarantine.
+//!
+//! Must never: dereference a network `$ref` in a schema, block on an
+//! upstream without a timeout, or pass an agent's credentials upstream.
+
+pub mod jsonrpc;
+pub mod stdio;
+pub mod tools;
+
+/// Everything that can go wrong speaking MCP.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    #[error("parse error: {0}")]
+    Parse(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("upstream `{server}`: {message}")]
+    Upstream { server: String, message: String },
+    #[error("upstream `{server}` did not answer within {timeout_ms} ms")]
+    Timeout { server: String, timeout_ms: u64 },
+    #[error("upstream `{server}` answered with error {code}: {message}")]
+    UpstreamError {
+        server: String,
+        code: i64,
+        message: String,
+    },
+    #[error("invalid name: {0}")]
+    Name(String),
+    #[error("invalid schema: {0}")]
+    Schema(String),
+}

@@ -1,0 +1,299 @@
+//! An upstream MCP server spoken to over stdio: the gateway spawns the
+//! command (killed when the upstream is dropped), sends newline-delimited
+//! JSON-RPC on its stdin, and a reader task matches responses on stdout to
+//! pending requests by id. The server's stderr goes to the logs. Every
+//! request has a timeout; a dead server fails its pending requests at once.
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{oneshot, Mutex};
+
+use crate::jsonrpc::{self, Message};
+use crate::McpError;
+
+/// The protocol version Lattice asks stdio upstreams for.
+pub const PROTOCOL_VERSION: &str = "2025-06-18";
+/// Longest line accepted from an upstream.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// How to start a stdio server.
+#[derive(Debug, Clone)]
+pub struct StdioConfig {
+    pub name: String,
+    pub command: String,
+    pub args: Vec<String>,
+    /// Extra environment (secrets are injected here, never from the agent).
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>>;
+
+/// A running stdio upstream.
+pub struct StdioUpstream {
+    name: String,
+    timeout: Duration,
+    child: Mutex<Child>,
+    stdin: Mutex<ChildStdin>,
+    pending: Pending,
+    next_id: AtomicU64,
+    alive: Arc<AtomicBool>,
+    tools_changed: Arc<AtomicBool>,
+    server_info: Value,
+}
+
+fn upstream_err(server: &str, message: impl Into<String>) -> McpError {
+    McpError::Upstream {
+        server: server.to_string(),
+        message: message.into(),
+    }
+}
+
+impl StdioUpstream {
+    /// Spawns the server and completes the `initialize` handshake.
+    pub async fn start(cfg: StdioConfig) -> Result<Self, McpError> {
+        crate::tools::check_server_name(&cfg.name)?;
+        let name = cfg.name.clone();
+        let mut child = Command::new(&cfg.command)
+            .args(&cfg.args)
+            .envs(cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| upstream_err(&name, format!("cannot start `{}`: {e}", cfg.command)))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(upstream_err(&name, "no stdio pipes"));
+        };
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let tools_changed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(log_stderr(name.clone(), stderr));
+        tokio::spawn(read_stdout(
+            name.clone(),
+            stdout,
+            pending.clone(),
+            alive.clone(),
+            tools_changed.clone(),
+        ));
+        let mut upstream = Self {
+            name,
+            timeout: cfg.timeout,
+            child: Mutex::new(child),
+            stdin: Mutex::new(stdin),
+            pending,
+            next_id: AtomicU64::new(1),
+            alive,
+            tools_changed,
+            server_info: Value::Null,
+        };
+        let init = upstream
+            .request(
+                "initialize",
+                json!({
+                    "protocolVersion": PROTOCOL_VERSION,
+                    "capabilities": {},
+                    "clientInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
+                }),
+            )
+            .await?;
+        upstream.server_info = init;
+        upstream
+            .notify("notifications/initialized", json!({}))
+            .await?;
+        Ok(upstream)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The `initialize` result (protocol version, capabilities, server info).
+    pub fn server_info(&self) -> &Value {
+        &self.server_info
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// True once since the server said its tool list changed.
+    pub fn take_tools_changed(&self) -> bool {
+        self.tools_changed.swap(false, Ordering::AcqRel)
+    }
+
+    async fn write(&self, message: &Value) -> Result<(), McpError> {
+        if !self.is_alive() {
+            return Err(upstream_err(&self.name, "the server has exited"));
+        }
+        let mut line = message.to_string();
+        line.push('\n');
+        let mut stdin = self.stdin.lock().await;
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| upstream_err(&self.name, e.to_string()))?;
+        stdin
+            .flush()
+            .await
+            .map_err(|e| upstream_err(&self.name, e.to_string()))
+    }
+
+    pub async fn notify(&self, method: &str, params: Value) -> Result<(), McpError> {
+        self.write(&json!({"jsonrpc": "2.0", "method": method, "params": params}))
+            .await
+    }
+
+    /// Sends a request and waits (bounded) for its result.
+    pub async fn request(&self, method: &str, params: Value) -> Result<Value, McpError> {
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().await.insert(id, tx);
+        if let Err(e) = self
+            .write(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await
+        {
+            self.pending.lock().await.remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Err(error))) => Err(McpError::UpstreamError {
+                server: self.name.clone(),
+                code: error
+                    .get("code")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(jsonrpc::INTERNAL_ERROR),
+                message: error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            }),
+            Ok(Err(_)) => Err(upstream_err(
+                &self.name,
+                "the server exited before answering",
+            )),
+            Err(_) => {
+                self.pending.lock().await.remove(&id);
+                Err(McpError::Timeout {
+                    server: self.name.clone(),
+                    timeout_ms: self.timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Every tool, following `nextCursor` pages (at most 100 pages).
+    pub async fn list_tools(&self) -> Result<Vec<Value>, McpError> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let page = self.request("tools/list", params).await?;
+            let items = page.get("tools").and_then(Value::as_array).ok_or_else(|| {
+                upstream_err(&self.name, "tools/list result has no `tools` array")
+            })?;
+            tools.extend(items.iter().cloned());
+            cursor = page
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if cursor.is_none() {
+                return Ok(tools);
+            }
+        }
+        Err(upstream_err(&self.name, "tools/list pages never end"))
+    }
+
+    pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {
+        self.request("tools/call", json!({"name": name, "arguments": arguments}))
+            .await
+    }
+
+    /// Kills the server process.
+    pub async fn kill(&self) {
+        let _ = self.child.lock().await.kill().await;
+        self.alive.store(false, Ordering::Release);
+    }
+
+    /// The server's process id, while it runs.
+    pub async fn pid(&self) -> Option<u32> {
+        self.child.lock().await.id()
+    }
+}
+
+async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(upstream = %name, "{}", line.chars().take(2000).collect::<String>());
+    }
+}
+
+async fn read_stdout(
+    name: String,
+    stdout: tokio::process::ChildStdout,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    tools_changed: Arc<AtomicBool>,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) if n > MAX_LINE => {
+                tracing::error!(upstream = %name, "a line longer than {MAX_LINE} bytes; dropping the connection");
+                break;
+            }
+            Ok(_) => {}
+        }
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        match jsonrpc::parse(text, MAX_LINE) {
+            Ok(Message::Response { id, outcome }) => {
+                if let Some(id) = id.as_u64() {
+                    if let Some(tx) = pending.lock().await.remove(&id) {
+                        let _ = tx.send(outcome);
+                    }
+                }
+            }
+            Ok(Message::Notification { method, .. }) => {
+                if method == "notifications/tools/list_changed" {
+                    tools_changed.store(true, Ordering::Release);
+                }
+            }
+            Ok(Message::Request { method, .. }) => {
+                // Server-to-client requests (sampling, roots, elicitation) are
+                // not offered: the capabilities sent at initialize are empty.
+                tracing::debug!(upstream = %name, method, "ignoring a server-initiated request");
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %name, error = %e, "unparseable line from the server")
+            }
+        }
+    }
+    alive.store(false, Ordering::Release);
+    // Fail whatever is still waiting: dropping the senders wakes them.
+    pending.lock().await.clear();
+    tracing::warn!(upstream = %name, "the server's output closed");
+}
