@@ -158,12 +158,7 @@ fn a_full_clickhouse_backlog_fails_closed() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["code"], "audit_unavailable");
     // Nothing accepted was lost: the local log verifies.
-    let out = gw.lattice(&["audit", "verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    gw.assert_verifies(&[]);
 }
 
 #[test]
@@ -327,12 +322,7 @@ fn hundred_thousand_calls_through_a_clickhouse_outage_lose_nothing() {
         "SELECT phase, count() FROM (SELECT * FROM audit_events WHERE principal = 'agent-load' AND target = 'echo' LIMIT 1 BY node, seq) GROUP BY phase ORDER BY phase FORMAT TSV",
     );
     assert_eq!(counts, "decision\t100000\noutcome\t100000");
-    let out = gw.lattice(&["audit", "verify", "--sink", "clickhouse"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    gw.assert_verifies(&["--sink", "clickhouse"]);
 }
 
 #[test]
@@ -376,10 +366,5 @@ fn a_graceful_stop_mid_run_loses_no_accepted_event_in_clickhouse() {
         ));
         assert_eq!(n, "2", "request {id}");
     }
-    let out = gw.lattice(&["audit", "verify", "--sink", "clickhouse"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    gw.assert_verifies(&["--sink", "clickhouse"]);
 }

@@ -229,6 +229,19 @@ impl Gateway {
         });
     }
 
+    /// `lattice audit verify` (plus `extra` arguments) must pass.
+    pub fn assert_verifies(&self, extra: &[&str]) {
+        let mut args = vec!["audit", "verify"];
+        args.extend_from_slice(extra);
+        let out = self.lattice(&args);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `GET path` with an `Authorization` header.
     pub fn get(&self, path: &str, authorization: &str) -> Resp {
         http(

@@ -152,13 +152,7 @@ fn http_route_allow_deny_unauthenticated_oversized_each_audited_exactly() {
     gw.events_of(&r.request_id(), 2);
 
     // Nothing was dropped: the trail verifies.
-    let out = gw.lattice(&["audit", "verify"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gw.assert_verifies(&[]);
     assert!(gw.metric("lattice_decisions_total{outcome=\"allow\"}") >= 1.0);
 }
 
@@ -340,12 +334,7 @@ fn graceful_shutdown_loses_no_accepted_event() {
             "request {id} lost events after a graceful shutdown"
         );
     }
-    let out = gw.lattice(&["audit", "verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    gw.assert_verifies(&[]);
 }
 
 #[test]
@@ -460,12 +449,7 @@ fn audit_store_failure_fails_closed_with_503_and_loses_nothing() {
         );
     }
     assert!(store.by_request(&refused.request_id()).unwrap().is_empty());
-    let out = gw.lattice(&["audit", "verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    gw.assert_verifies(&[]);
 }
 
 #[test]
