@@ -25,6 +25,27 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     demo_upstream: Option<RawDemo>,
+    #[serde(default)]
+    mcp_servers: Vec<RawMcpServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMcpServer {
+    name: String,
+    command: String,
+    #[serde(default)]
+    args: Vec<String>,
+    /// Literal environment for the server.
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    /// Environment read from the gateway's own: NAME = "GATEWAY_VAR".
+    #[serde(default)]
+    env_from: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default = "d_timeout")]
+    timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +296,18 @@ pub struct Config {
     pub audit: AuditConfig,
     pub routes: Vec<Route>,
     pub demo_upstream: Option<SocketAddr>,
+    pub mcp_servers: Vec<McpServerConfig>,
+}
+
+/// A stdio MCP server the gateway spawns.
+#[derive(Debug, Clone)]
+pub struct McpServerConfig {
+    pub name: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub labels: Vec<String>,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -671,6 +704,38 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         })?),
     };
 
+    let mut mcp_servers: Vec<McpServerConfig> = Vec::new();
+    for m in raw.mcp_servers {
+        lattice_mcp::tools::check_server_name(&m.name)
+            .map_err(|e| bad(format!("mcp_servers: {e}")))?;
+        if mcp_servers.iter().any(|x| x.name == m.name) {
+            return Err(bad(format!("MCP server `{}` is defined twice", m.name)));
+        }
+        let mut env: Vec<(String, String)> = m.env.into_iter().collect();
+        for (name, var) in m.env_from {
+            let value = std::env::var(&var).map_err(|_| {
+                bad(format!(
+                    "MCP server `{}`: environment variable `{var}` is not set",
+                    m.name
+                ))
+            })?;
+            env.push((name, value));
+        }
+        let command = if m.command.contains('/') {
+            resolve(&m.command).display().to_string()
+        } else {
+            m.command
+        };
+        mcp_servers.push(McpServerConfig {
+            name: m.name,
+            command,
+            args: m.args,
+            env,
+            labels: m.labels,
+            timeout: Duration::from_millis(m.timeout_ms.max(1)),
+        });
+    }
+
     Ok(Config {
         path: path.to_path_buf(),
         server,
@@ -682,6 +747,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         audit,
         routes,
         demo_upstream,
+        mcp_servers,
     })
 }
 

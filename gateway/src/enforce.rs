@@ -208,6 +208,8 @@ pub struct CallFacts {
     pub upstream: Option<String>,
     /// The recorded decision, repeated on the outcome event for filtering.
     pub decision: &'static str,
+    /// Hash of the call's arguments (MCP tools), on both events.
+    pub args_hash: Option<String>,
 }
 
 impl CallFacts {
@@ -227,6 +229,7 @@ impl CallFacts {
         e.user_agent.clone_from(&self.user_agent);
         e.upstream.clone_from(&self.upstream);
         e.decision = self.decision.to_string();
+        e.args_hash.clone_from(&self.args_hash);
         e
     }
 

@@ -35,6 +35,8 @@ pub enum Rejection {
     Unauthenticated(String),
     /// Step 3: no such (visible) target.
     NotFound,
+    /// The target does not take this method.
+    MethodNotAllowed,
     /// Step 5: the policy denied; names the decision (audit event) id.
     Forbidden { decision_id: String },
     /// Step 7: the audit pipeline cannot accept the decision (fail closed).
@@ -54,6 +56,7 @@ impl Rejection {
             Rejection::BadRequest(_) => 400,
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => 401,
             Rejection::NotFound => 404,
+            Rejection::MethodNotAllowed => 405,
             Rejection::Forbidden { .. } => 403,
             Rejection::AuditUnavailable => 503,
             Rejection::UpstreamFailed(_) => 502,
@@ -69,6 +72,7 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad_request",
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => "unauthenticated",
             Rejection::NotFound => "not_found",
+            Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::Forbidden { .. } => "forbidden",
             Rejection::AuditUnavailable => "audit_unavailable",
             Rejection::UpstreamFailed(_) => "upstream_failed",
@@ -87,6 +91,7 @@ impl Rejection {
             Rejection::NoCredentials => "missing bearer token".into(),
             Rejection::Unauthenticated(m) => m.clone(),
             Rejection::NotFound => "no such route".into(),
+            Rejection::MethodNotAllowed => "method not allowed".into(),
             Rejection::Forbidden { .. } => "denied by policy".into(),
             Rejection::AuditUnavailable => {
                 "the audit trail cannot record this call right now; it was not forwarded".into()

@@ -16,6 +16,8 @@ pub mod enforce;
 pub mod error;
 pub mod jwt;
 pub mod keys;
+pub mod mcp_endpoint;
+pub mod mcp_hub;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -28,12 +28,14 @@ pub struct Gateway {
 /// Per-request state.
 pub struct Ctx {
     start: Instant,
-    facts: CallFacts,
+    pub(crate) facts: CallFacts,
     traceparent: String,
     route: Option<Arc<Route>>,
     upstream_path: String,
-    max_body: u64,
+    pub(crate) max_body: u64,
     body_seen: u64,
+    /// Hash of an MCP tool result, for the outcome event.
+    pub(crate) result_hash: Option<String>,
     /// True once the decision is settled (recorded, or let through
     /// unaudited under `audit.on_full = allow`): an outcome is then owed.
     decided: bool,
@@ -42,7 +44,7 @@ pub struct Ctx {
     /// The status of a refusal we answered ourselves.
     refused: Option<u16>,
     /// Why the call failed after the decision, for the outcome event.
-    failure: Option<String>,
+    pub(crate) failure: Option<String>,
 }
 
 fn unix_now() -> i64 {
@@ -52,7 +54,7 @@ fn unix_now() -> i64 {
 impl Gateway {
     /// Enqueues a decision event, reserving its outcome's place, honouring
     /// `audit.on_full`. Err means refuse (503).
-    fn record_decision(
+    pub(crate) fn record_decision(
         &self,
         ctx: &mut Ctx,
         runtime: &Runtime,
@@ -146,7 +148,7 @@ impl Gateway {
         Ok(())
     }
 
-    fn refuse(
+    pub(crate) fn refuse(
         &self,
         ctx: &mut Ctx,
         runtime: &Runtime,
@@ -170,7 +172,7 @@ impl Gateway {
         Err(rejection)
     }
 
-    async fn respond(
+    pub(crate) async fn respond(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
@@ -236,7 +238,7 @@ impl Gateway {
 }
 
 impl CallFacts {
-    fn client_addr_ip(&self) -> String {
+    pub(crate) fn client_addr_ip(&self) -> String {
         self.client_addr
             .parse::<SocketAddr>()
             .map(|a| a.ip().to_string())
@@ -257,6 +259,7 @@ impl ProxyHttp for Gateway {
             upstream_path: String::new(),
             max_body: self.shared.startup.server.max_body_bytes,
             body_seen: 0,
+            result_hash: None,
             decided: false,
             outcome_slot: None,
             refused: None,
@@ -294,6 +297,9 @@ impl ProxyHttp for Gateway {
             ..CallFacts::default()
         };
         ctx.traceparent = traceparent;
+        if ctx.facts.target == "/mcp" {
+            return self.serve_mcp(session, ctx, &runtime).await;
+        }
         match self.enforce(session, ctx, &runtime) {
             Ok(()) => Ok(false),
             Err(rejection) => {
@@ -446,9 +452,10 @@ impl ProxyHttp for Gateway {
             (None, Some(err)) => err.to_string(),
             (None, None) => String::new(),
         };
-        let event = ctx
+        let mut event = ctx
             .facts
             .outcome_event(status, elapsed.as_micros() as u64, &reason);
+        event.result_hash = ctx.result_hash.take();
         let recorded = match ctx.outcome_slot.take() {
             Some(slot) => slot.record(event),
             // The decision went unaudited (audit.on_full = allow): best effort.

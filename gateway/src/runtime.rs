@@ -91,6 +91,9 @@ pub struct Shared {
     pub keys: KeyCache,
     pub audit: AuditHandle,
     pub metrics: Metrics,
+    /// MCP upstreams and their tools (started at boot; `[[mcp_servers]]`
+    /// changes need a restart).
+    pub mcp: Option<Arc<crate::mcp_hub::McpHub>>,
     /// Settings fixed at start (listener, data dir, audit): a reload that
     /// changes them is applied for everything else and logged.
     pub startup: Config,

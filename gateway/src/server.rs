@@ -84,6 +84,13 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         keys,
         audit: pipeline.handle(),
         metrics: Metrics::new(),
+        mcp: if config.mcp_servers.is_empty() {
+            None
+        } else {
+            Some(Arc::new(crate::mcp_hub::McpHub::start(
+                &config.mcp_servers,
+            )?))
+        },
         startup: config.clone(),
     });
     let stop = Arc::new(AtomicBool::new(false));

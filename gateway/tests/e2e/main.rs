@@ -6,6 +6,7 @@ mod audit_tamper;
 mod clickhouse;
 mod harness;
 mod jwt;
+mod mcp;
 
 use harness::*;
 use std::time::Duration;

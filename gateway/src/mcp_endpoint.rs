@@ -1,0 +1,468 @@
+//! The downstream MCP endpoint, `POST /mcp`: one JSON-RPC message per
+//! request, answered with `application/json` (the streamable-HTTP transport
+//! without sessions or server-sent events). Every message walks the
+//! enforcement path: bounded body, authentication, JSON-RPC parsing, then
+//! per method — `tools/list` shows only the tools the principal may call,
+//! and `tools/call` resolves the federated name, validates the arguments
+//! against the tool's `inputSchema` (a violation is an `isError` result that
+//! never reaches the upstream), authorizes `call_tool`, records the decision,
+//! forwards and records the outcome with argument and result hashes.
+//!
+//! A tool that does not exist and a tool the principal may not call are
+//! answered identically (`-32602 Unknown tool`); the audit tells them apart.
+
+use bytes::Bytes;
+use lattice_mcp::jsonrpc::{self, Message};
+use lattice_mcp::tools::{canonical_json, split_federated};
+use lattice_policy::{Action, AuthzRequest, Principal, RequestContext, Resource};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::enforce;
+use crate::error::Rejection;
+use crate::mcp_hub::ToolEntry;
+use crate::proxy::{Ctx, Gateway};
+use crate::runtime::Runtime;
+
+/// Protocol versions this endpoint speaks; the first is preferred.
+pub const VERSIONS: [&str; 3] = ["2025-06-18", "2025-03-26", "2024-11-05"];
+
+fn hash(v: &Value) -> String {
+    hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
+}
+
+fn tool_resource(entry: &ToolEntry, name: &str) -> Resource {
+    let hint = |k: &str| {
+        entry.definition["annotations"][k]
+            .as_bool()
+            .unwrap_or(false)
+    };
+    let risk = entry
+        .server_labels
+        .iter()
+        .find_map(|l| l.strip_prefix("risk:"))
+        .unwrap_or("unknown")
+        .to_string();
+    Resource::Tool {
+        id: name.to_string(),
+        server: entry.server.clone(),
+        risk,
+        labels: entry.server_labels.clone(),
+        read_only: hint("readOnlyHint"),
+        destructive: hint("destructiveHint"),
+    }
+}
+
+impl Gateway {
+    /// Answers `POST /mcp`. Returns Ok(true): the response is written.
+    pub(crate) async fn serve_mcp(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+    ) -> Result<bool> {
+        ctx.facts.kind = "mcp.request";
+        ctx.facts.target = "mcp".into();
+        if session.req_header().method != http::Method::POST {
+            let r = Rejection::MethodNotAllowed;
+            return self
+                .refuse_and_respond(session, ctx, runtime, r, "the MCP endpoint takes POST")
+                .await;
+        }
+        // 1. Bound the input, and read it whole (MCP routes on the body).
+        let headers = session.req_header().headers.clone();
+        let header = |n: &str| headers.get(n).map(|v| v.as_bytes().to_vec());
+        if let Err(r) =
+            enforce::check_content_length(header("content-length").as_deref(), ctx.max_body)
+        {
+            return self
+                .refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
+                .await;
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > ctx.max_body {
+                let r = Rejection::BodyTooLarge {
+                    limit: ctx.max_body,
+                };
+                return self
+                    .refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
+                    .await;
+            }
+        }
+        // 2. Authenticate.
+        let principal = match enforce::authenticate(
+            header("authorization").as_deref(),
+            runtime,
+            &self.shared.keys,
+        ) {
+            Ok(p) => p,
+            Err(r) => {
+                let reason = format!("authentication failed: {}", r.message());
+                return self
+                    .refuse_and_respond(session, ctx, runtime, r, &reason)
+                    .await;
+            }
+        };
+        ctx.facts.principal = Some(principal.clone());
+        // 3. The message.
+        let message = match jsonrpc::parse(&body, ctx.max_body as usize) {
+            Ok(m) => m,
+            Err(e) => {
+                let code = match e {
+                    lattice_mcp::McpError::Parse(_) => jsonrpc::PARSE_ERROR,
+                    _ => jsonrpc::INVALID_REQUEST,
+                };
+                let reply = jsonrpc::error_response(&Value::Null, code, &e.to_string(), None);
+                return self
+                    .answer_refused(
+                        session,
+                        ctx,
+                        runtime,
+                        400,
+                        &format!("malformed JSON-RPC: {e}"),
+                        reply,
+                    )
+                    .await;
+            }
+        };
+        let (id, method, params) = match message {
+            Message::Request { id, method, params } => (id, method, params),
+            Message::Notification { method, .. } => {
+                ctx.facts.kind = "mcp.notification";
+                ctx.facts.target = method;
+                return self.answer_protocol(session, ctx, runtime, 202, None).await;
+            }
+            Message::Response { .. } => {
+                ctx.facts.kind = "mcp.response";
+                return self.answer_protocol(session, ctx, runtime, 202, None).await;
+            }
+        };
+        ctx.facts.target.clone_from(&method);
+        match method.as_str() {
+            "initialize" => {
+                ctx.facts.kind = "mcp.initialize";
+                let asked = params["protocolVersion"].as_str().unwrap_or("");
+                let version = VERSIONS
+                    .iter()
+                    .find(|v| **v == asked)
+                    .unwrap_or(&VERSIONS[0]);
+                let result = json!({
+                    "protocolVersion": version,
+                    "capabilities": {"tools": {"listChanged": false}},
+                    "serverInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
+                });
+                self.answer_protocol(
+                    session,
+                    ctx,
+                    runtime,
+                    200,
+                    Some(jsonrpc::result_response(&id, result)),
+                )
+                .await
+            }
+            "ping" => {
+                ctx.facts.kind = "mcp.ping";
+                self.answer_protocol(
+                    session,
+                    ctx,
+                    runtime,
+                    200,
+                    Some(jsonrpc::result_response(&id, json!({}))),
+                )
+                .await
+            }
+            "tools/list" => self.list_tools(session, ctx, runtime, &principal, id).await,
+            "tools/call" => {
+                self.call_tool(session, ctx, runtime, &principal, id, params)
+                    .await
+            }
+            other => {
+                let reply = jsonrpc::error_response(
+                    &id,
+                    jsonrpc::METHOD_NOT_FOUND,
+                    &format!("method `{other}` is not supported"),
+                    None,
+                );
+                self.answer_refused(
+                    session,
+                    ctx,
+                    runtime,
+                    200,
+                    &format!("unsupported method `{other}`"),
+                    reply,
+                )
+                .await
+            }
+        }
+    }
+
+    fn authorize_tool(
+        &self,
+        runtime: &Runtime,
+        principal: &Principal,
+        entry: &ToolEntry,
+        name: &str,
+        ip: &str,
+    ) -> lattice_policy::Evaluation {
+        runtime.policy.evaluate(&AuthzRequest {
+            principal: principal.clone(),
+            action: Action::CallTool,
+            resource: tool_resource(entry, name),
+            context: RequestContext::new((lattice_audit::now_us() / 1_000_000) as i64, ip),
+        })
+    }
+
+    async fn list_tools(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        id: Value,
+    ) -> Result<bool> {
+        ctx.facts.kind = "mcp.list_tools";
+        ctx.facts.action = "list_tools".into();
+        let ip = ctx.facts.client_addr_ip();
+        let tools: Vec<Value> = match &self.shared.mcp {
+            Some(hub) => hub
+                .tools
+                .iter()
+                .filter(|(name, entry)| {
+                    self.authorize_tool(runtime, principal, entry, name, &ip)
+                        .live
+                        .is_allow()
+                })
+                .map(|(_, entry)| entry.definition.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        let total = self.shared.mcp.as_ref().map_or(0, |h| h.tools.len());
+        let mut event = ctx.facts.allow_event(&lattice_policy::Evaluation {
+            live: lattice_policy::Decision {
+                outcome: lattice_policy::Outcome::Allow,
+                policies: vec![],
+                errors: vec![],
+            },
+            shadow: None,
+        });
+        event.reason = format!("{} of {total} tools visible", tools.len());
+        if let Err(r) = self.record_decision(ctx, runtime, event) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        self.write_json(
+            session,
+            ctx,
+            200,
+            &jsonrpc::result_response(&id, json!({"tools": tools})),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_tool(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        id: Value,
+        params: Value,
+    ) -> Result<bool> {
+        ctx.facts.kind = "mcp.call_tool";
+        ctx.facts.action = "call_tool".into();
+        let name = params["name"].as_str().unwrap_or("").to_string();
+        let arguments = params
+            .get("arguments")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        ctx.facts.target.clone_from(&name);
+        ctx.facts.args_hash = Some(hash(&arguments));
+        let unknown = |decision_id: &str| {
+            jsonrpc::error_response(
+                &id,
+                jsonrpc::INVALID_PARAMS,
+                &format!("Unknown tool: {name}"),
+                Some(json!({"decision_id": decision_id})),
+            )
+        };
+        // 3. Resolve the tool.
+        let entry = split_federated(&name)
+            .and_then(|_| self.shared.mcp.as_ref()?.tools.get(&name).cloned());
+        let Some(entry) = entry else {
+            let event = ctx.facts.refusal_event(200, "no such tool", None);
+            let reply = unknown(&event.event_id);
+            return self
+                .answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await;
+        };
+        ctx.facts.upstream = Some(entry.server.clone());
+        // 5. Authorize (before validating: a tool the principal may not call
+        //    reveals nothing, not even its schema's complaints).
+        let ip = ctx.facts.client_addr_ip();
+        let evaluation = self.authorize_tool(runtime, principal, &entry, &name, &ip);
+        self.shared.metrics.decision(evaluation.live.outcome);
+        if !evaluation.live.is_allow() {
+            let event = ctx
+                .facts
+                .refusal_event(200, "denied by policy", Some(&evaluation));
+            let reply = unknown(&event.event_id);
+            return self
+                .answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await;
+        }
+        // 4. Validate the arguments: a violation is a tool error, never forwarded.
+        if let Some(schema) = &entry.schema {
+            if let Err(errors) = schema.check(&arguments) {
+                let text = format!("Invalid arguments for {name}: {}", errors.join("; "));
+                let mut event = ctx.facts.refusal_event(
+                    200,
+                    "arguments violate the tool's inputSchema",
+                    Some(&evaluation),
+                );
+                event.decision = "deny".into();
+                event.schema_result = Some(format!("invalid: {}", errors.join("; ")));
+                let reply = jsonrpc::result_response(
+                    &id,
+                    json!({"content": [{"type": "text", "text": text}], "isError": true}),
+                );
+                return self
+                    .answer_with_event(session, ctx, runtime, event, 200, reply)
+                    .await;
+            }
+        }
+        // 7. Record the decision.
+        let mut event = ctx.facts.allow_event(&evaluation);
+        event.schema_result = Some("valid".into());
+        if let Err(r) = self.record_decision(ctx, runtime, event) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        // 8. Forward.
+        let Some(hub) = &self.shared.mcp else {
+            return Ok(true);
+        };
+        let reply = match hub.call(&entry, arguments).await {
+            Ok(result) => {
+                ctx.result_hash = Some(hash(&result));
+                jsonrpc::result_response(&id, result)
+            }
+            Err(e) => {
+                ctx.failure = Some(format!("upstream_failed: {e}"));
+                jsonrpc::error_response(
+                    &id,
+                    jsonrpc::INTERNAL_ERROR,
+                    &format!("the upstream failed: {e}"),
+                    None,
+                )
+            }
+        };
+        self.write_json(session, ctx, 200, &reply).await
+    }
+
+    /// Protocol messages (initialize, ping, notifications): no action to
+    /// authorize, recorded all the same.
+    async fn answer_protocol(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        status: u16,
+        reply: Option<Value>,
+    ) -> Result<bool> {
+        let mut event = ctx.facts.allow_event(&lattice_policy::Evaluation {
+            live: lattice_policy::Decision {
+                outcome: lattice_policy::Outcome::Allow,
+                policies: vec![],
+                errors: vec![],
+            },
+            shadow: None,
+        });
+        event.reason = "protocol message: no action to authorize".into();
+        if let Err(r) = self.record_decision(ctx, runtime, event) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        match reply {
+            Some(v) => self.write_json(session, ctx, status, &v).await,
+            None => {
+                let resp = ResponseHeader::build(status, Some(2))?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn answer_refused(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        status: u16,
+        reason: &str,
+        reply: Value,
+    ) -> Result<bool> {
+        let event = ctx.facts.refusal_event(status, reason, None);
+        self.answer_with_event(session, ctx, runtime, event, status, reply)
+            .await
+    }
+
+    async fn answer_with_event(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        event: lattice_audit::AuditEvent,
+        status: u16,
+        reply: Value,
+    ) -> Result<bool> {
+        ctx.failure = Some(event.reason.clone());
+        if let Err(r) = self.record_decision(ctx, runtime, event) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "deny";
+        self.write_json(session, ctx, status, &reply).await
+    }
+
+    async fn refuse_and_respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        r: Rejection,
+        reason: &str,
+    ) -> Result<bool> {
+        let sent = match self.refuse(ctx, runtime, r, reason) {
+            Err(sent) => sent,
+            Ok(()) => Rejection::Internal("refusal not recorded".into()),
+        };
+        self.respond(session, ctx, &sent).await?;
+        Ok(true)
+    }
+
+    async fn write_json(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        body: &Value,
+    ) -> Result<bool> {
+        let body = Bytes::from(body.to_string());
+        let mut resp = ResponseHeader::build(status, Some(3))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,189 @@
+//! `POST /mcp` in front of the real `@modelcontextprotocol/server-everything`
+//! (stdio), with policy, argument validation and audit.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+
+const POLICY: &str = r#"
+@id("agents-call-tools")
+permit (principal in Lattice::Role::"agent", action == Lattice::Action::"call_tool", resource);
+
+@id("no-sums")
+forbid (principal, action == Lattice::Action::"call_tool", resource)
+when { resource.name == "everything__get-sum" };
+"#;
+
+fn rpc(gw: &Gateway, auth: Option<&str>, body: &Value) -> Resp {
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    if let Some(a) = auth {
+        headers.push(("Authorization", a));
+    }
+    http(
+        gw.port,
+        "POST",
+        "/mcp",
+        &headers,
+        body.to_string().as_bytes(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn mcp_tools_are_filtered_validated_enforced_and_audited() {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../test-peers/node_modules/.bin/mcp-server-everything");
+    assert!(bin.exists(), "run scripts/setup");
+    let gw = Gateway::start_with(
+        &format!(
+            "[[mcp_servers]]\nname = \"everything\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n",
+            bin.display()
+        ),
+        POLICY,
+    );
+    let key = bearer(&gw.create_key("mcp-agent", &["agent"]));
+    let auth = Some(key.as_str());
+
+    let r = rpc(
+        &gw,
+        auth,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["result"]["protocolVersion"], "2025-06-18");
+    let r = rpc(
+        &gw,
+        auth,
+        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    );
+    assert_eq!(r.status, 202);
+
+    // Only the tools the agent may call are listed, under federated names.
+    let r = rpc(
+        &gw,
+        auth,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    );
+    let names: Vec<String> = r.json()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"everything__echo".to_string()), "{names:?}");
+    assert!(
+        !names.contains(&"everything__get-sum".to_string()),
+        "a forbidden tool is listed: {names:?}"
+    );
+
+    // An allowed call reaches the upstream; both events carry the hashes.
+    let r = rpc(
+        &gw,
+        auth,
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "everything__echo", "arguments": {"message": "hi"}}}),
+    );
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "Echo: hi",
+        "{}",
+        r.body
+    );
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(
+        (
+            ev[0].kind.as_str(),
+            ev[0].decision.as_str(),
+            ev[0].target.as_str()
+        ),
+        ("mcp.call_tool", "allow", "everything__echo")
+    );
+    assert_eq!(ev[0].policies, vec!["agents-call-tools"]);
+    assert_eq!(ev[0].schema_result.as_deref(), Some("valid"));
+    assert_eq!(ev[0].args_hash.as_ref().map(String::len), Some(64));
+    assert_eq!(ev[1].result_hash.as_ref().map(String::len), Some(64));
+
+    // A forbidden tool looks exactly like a missing one; the audit tells them apart.
+    let forbidden = rpc(
+        &gw,
+        auth,
+        &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "everything__get-sum", "arguments": {"a": 1, "b": 2}}}),
+    );
+    let missing = rpc(
+        &gw,
+        auth,
+        &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "everything__nope", "arguments": {}}}),
+    );
+    assert_eq!(forbidden.json()["error"]["code"], -32602);
+    assert_eq!(missing.json()["error"]["code"], -32602);
+    assert_eq!(
+        forbidden.json()["error"]["message"],
+        "Unknown tool: everything__get-sum"
+    );
+    let ev = gw.events_of(&forbidden.request_id(), 2);
+    assert_eq!(
+        (ev[0].decision.as_str(), ev[0].policies.clone()),
+        ("deny", vec!["no-sums".to_string()])
+    );
+    assert_eq!(
+        forbidden.json()["error"]["data"]["decision_id"],
+        ev[0].event_id
+    );
+    let ev = gw.events_of(&missing.request_id(), 2);
+    assert_eq!(
+        (ev[0].decision.as_str(), ev[0].reason.as_str()),
+        ("deny", "no such tool")
+    );
+
+    // Arguments that violate the inputSchema come back as a tool error, unforwarded.
+    let r = rpc(
+        &gw,
+        auth,
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "everything__echo", "arguments": {"message": 5}}}),
+    );
+    let result = &r.json()["result"];
+    assert_eq!(result["isError"], true, "{}", r.body);
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("/message"),
+        "{result}"
+    );
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(ev[0].decision, "deny");
+    assert!(
+        ev[0]
+            .schema_result
+            .as_deref()
+            .unwrap()
+            .starts_with("invalid: /message"),
+        "{:?}",
+        ev[0].schema_result
+    );
+    assert!(
+        ev[1].result_hash.is_none(),
+        "nothing came back from an upstream"
+    );
+
+    // Bad input: malformed JSON-RPC and no credentials.
+    let r = http(
+        gw.port,
+        "POST",
+        "/mcp",
+        &[("Authorization", key.as_str())],
+        b"{not json",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], -32700);
+    gw.events_of(&r.request_id(), 2);
+    let r = rpc(
+        &gw,
+        None,
+        &json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"}),
+    );
+    assert_eq!(r.status, 401);
+    gw.assert_verifies(&[]);
+}
