@@ -73,11 +73,15 @@ impl Gateway {
                 .await;
         }
         // 1. Bound the input, and read it whole (MCP routes on the body).
-        let headers = session.req_header().headers.clone();
-        let header = |n: &str| headers.get(n).map(|v| v.as_bytes().to_vec());
-        if let Err(r) =
-            enforce::check_content_length(header("content-length").as_deref(), ctx.max_body)
-        {
+        let header = |n: &str| {
+            session
+                .req_header()
+                .headers
+                .get(n)
+                .map(|v| v.as_bytes().to_vec())
+        };
+        let (content_length, authorization) = (header("content-length"), header("authorization"));
+        if let Err(r) = enforce::check_content_length(content_length.as_deref(), ctx.max_body) {
             return self
                 .refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
                 .await;
@@ -95,19 +99,16 @@ impl Gateway {
             }
         }
         // 2. Authenticate.
-        let principal = match enforce::authenticate(
-            header("authorization").as_deref(),
-            runtime,
-            &self.shared.keys,
-        ) {
-            Ok(p) => p,
-            Err(r) => {
-                let reason = format!("authentication failed: {}", r.message());
-                return self
-                    .refuse_and_respond(session, ctx, runtime, r, &reason)
-                    .await;
-            }
-        };
+        let principal =
+            match enforce::authenticate(authorization.as_deref(), runtime, &self.shared.keys) {
+                Ok(p) => p,
+                Err(r) => {
+                    let reason = format!("authentication failed: {}", r.message());
+                    return self
+                        .refuse_and_respond(session, ctx, runtime, r, &reason)
+                        .await;
+                }
+            };
         ctx.facts.principal = Some(principal.clone());
         // 3. The message.
         let message = match jsonrpc::parse(&body, ctx.max_body as usize) {
