@@ -187,3 +187,49 @@ fn mcp_tools_are_filtered_validated_enforced_and_audited() {
     assert_eq!(r.status, 401);
     gw.assert_verifies(&[]);
 }
+
+#[test]
+fn the_official_python_sdk_client_works_through_the_gateway() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let (bin, python) = (
+        root.join("node_modules/.bin/mcp-server-everything"),
+        root.join(".venv/bin/python"),
+    );
+    assert!(bin.exists() && python.exists(), "run scripts/setup");
+    let gw = Gateway::start_with(
+        &format!(
+            "[[mcp_servers]]\nname = \"everything\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n",
+            bin.display()
+        ),
+        POLICY,
+    );
+    let key = gw.create_key("py-agent", &["agent"]);
+    let out = std::process::Command::new(python)
+        .arg(root.join("mcp_client.py"))
+        .arg(format!("http://127.0.0.1:{}/mcp", gw.port))
+        .arg(&key)
+        .args(["everything__echo", r#"{"message": "from the python sdk"}"#])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["server"], "lattice");
+    let tools: Vec<&str> = report["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tools.contains(&"everything__echo") && !tools.contains(&"everything__get-sum"),
+        "{tools:?}"
+    );
+    assert_eq!(
+        report["result"]["content"][0]["text"],
+        "Echo: from the python sdk"
+    );
+}
