@@ -231,7 +231,7 @@ impl Gateway {
         let ip = ctx.facts.client_addr_ip();
         let tools: Vec<Value> = match &self.shared.mcp {
             Some(hub) => hub
-                .tools
+                .tools()
                 .iter()
                 .filter(|(name, entry)| {
                     self.authorize_tool(runtime, principal, entry, name, &ip)
@@ -242,7 +242,7 @@ impl Gateway {
                 .collect(),
             None => Vec::new(),
         };
-        let total = self.shared.mcp.as_ref().map_or(0, |h| h.tools.len());
+        let total = self.shared.mcp.as_ref().map_or(0, |h| h.tools().len());
         let mut event = ctx.facts.allow_event(&lattice_policy::Evaluation {
             live: lattice_policy::Decision {
                 outcome: lattice_policy::Outcome::Allow,
@@ -295,7 +295,7 @@ impl Gateway {
         };
         // 3. Resolve the tool.
         let entry = split_federated(&name)
-            .and_then(|_| self.shared.mcp.as_ref()?.tools.get(&name).cloned());
+            .and_then(|_| self.shared.mcp.as_ref()?.tools().get(&name).cloned());
         let Some(entry) = entry else {
             let event = ctx.facts.refusal_event(200, "no such tool", None);
             let reply = unknown(&event.event_id);

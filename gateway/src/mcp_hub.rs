@@ -1,15 +1,18 @@
 //! The gateway's MCP upstreams: started at boot on a runtime of their own
-//! (their pipes are driven there, whatever thread a request runs on), their
-//! tools listed once and indexed by federated name with compiled argument
-//! schemas and definition hashes. A server that fails to start is logged and
-//! left out; the others serve.
+//! (their pipes are driven there, whatever thread a request runs on) and
+//! supervised — a server that exits or fails to start is restarted with
+//! exponential backoff, and meanwhile the others keep serving. Tools are
+//! indexed by federated name with compiled argument schemas and definition
+//! hashes; a restart re-lists its server's tools.
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use lattice_mcp::stdio::{StdioConfig, StdioUpstream};
 use lattice_mcp::tools::{definition_hash, federated_name, ArgumentSchema};
 use lattice_mcp::McpError;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::McpServerConfig;
 use crate::GatewayError;
@@ -26,91 +29,166 @@ pub struct ToolEntry {
     pub server_labels: Vec<String>,
 }
 
+type ToolMap = BTreeMap<String, Arc<ToolEntry>>;
+
+struct Server {
+    config: McpServerConfig,
+    current: ArcSwapOption<StdioUpstream>,
+}
+
 /// The upstreams and their tools.
 pub struct McpHub {
     runtime: tokio::runtime::Runtime,
-    upstreams: BTreeMap<String, Arc<StdioUpstream>>,
-    pub tools: BTreeMap<String, Arc<ToolEntry>>,
+    servers: BTreeMap<String, Arc<Server>>,
+    tools: Arc<ArcSwap<ToolMap>>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+fn entries(config: &McpServerConfig, listed: Vec<Value>) -> Vec<(String, Arc<ToolEntry>)> {
+    let mut out = Vec::new();
+    for def in listed {
+        let Some(tool) = def.get("name").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        let schema = match def.get("inputSchema").map(ArgumentSchema::compile) {
+            Some(Ok(s)) => Some(Arc::new(s)),
+            Some(Err(e)) => {
+                tracing::warn!(server = %config.name, tool, error = %e, "tool left out: its inputSchema is refused");
+                continue;
+            }
+            None => None,
+        };
+        let name = federated_name(&config.name, &tool);
+        let mut definition = def.clone();
+        definition["name"] = Value::String(name.clone());
+        out.push((
+            name,
+            Arc::new(ToolEntry {
+                server: config.name.clone(),
+                tool,
+                hash: definition_hash(&def),
+                definition,
+                schema,
+                server_labels: config.labels.clone(),
+            }),
+        ));
+    }
+    out
+}
+
+/// Starts a server and lists its tools.
+async fn launch(config: &McpServerConfig) -> Result<(StdioUpstream, Vec<Value>), McpError> {
+    let up = StdioUpstream::start(StdioConfig {
+        name: config.name.clone(),
+        command: config.command.clone(),
+        args: config.args.clone(),
+        env: config.env.clone(),
+        timeout: config.timeout,
+    })
+    .await?;
+    let listed = up.list_tools().await?;
+    Ok((up, listed))
+}
+
+/// Replaces one server's tools in the shared map.
+fn publish(tools: &ArcSwap<ToolMap>, server: &str, new: Vec<(String, Arc<ToolEntry>)>) {
+    let mut map: ToolMap = tools.load().as_ref().clone();
+    map.retain(|_, e| e.server != server);
+    map.extend(new);
+    tools.store(Arc::new(map));
+}
+
+/// Keeps one server running: restarts it with backoff whenever it exits.
+async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let alive = server.current.load().as_ref().is_some_and(|u| u.is_alive());
+        if alive {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if server.current.load().is_some() {
+            tracing::error!(server = %server.config.name, "MCP server exited; restarting");
+            server.current.store(None);
+        }
+        tokio::time::sleep(backoff).await;
+        match launch(&server.config).await {
+            Ok((up, listed)) => {
+                let started = Instant::now();
+                publish(&tools, &server.config.name, entries(&server.config, listed));
+                server.current.store(Some(Arc::new(up)));
+                tracing::info!(server = %server.config.name, "MCP server restarted");
+                // Healthy for a while: forget past failures.
+                while server.current.load().as_ref().is_some_and(|u| u.is_alive()) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff = BACKOFF_MIN;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(server = %server.config.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "MCP server cannot start");
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
 }
 
 impl McpHub {
-    /// Starts every configured server and lists its tools.
-    pub fn start(servers: &[McpServerConfig]) -> Result<Self, GatewayError> {
+    /// Starts every configured server (waiting for each once) and their
+    /// supervisors.
+    pub fn start(configs: &[McpServerConfig]) -> Result<Self, GatewayError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mcp-upstreams")
             .enable_all()
             .build()
             .map_err(|e| GatewayError::Server(e.to_string()))?;
-        let mut upstreams = BTreeMap::new();
-        let mut tools = BTreeMap::new();
-        for s in servers {
-            let cfg = StdioConfig {
-                name: s.name.clone(),
-                command: s.command.clone(),
-                args: s.args.clone(),
-                env: s.env.clone(),
-                timeout: s.timeout,
-            };
-            let started = runtime.block_on(async {
-                let up = StdioUpstream::start(cfg).await?;
-                let listed = up.list_tools().await?;
-                Ok::<_, McpError>((up, listed))
+        let tools: Arc<ArcSwap<ToolMap>> = Arc::default();
+        let mut servers = BTreeMap::new();
+        for config in configs {
+            let server = Arc::new(Server {
+                config: config.clone(),
+                current: ArcSwapOption::empty(),
             });
-            let (up, listed) = match started {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::error!(server = %s.name, error = %e, "MCP server unavailable; the others keep serving");
-                    continue;
+            match runtime.block_on(launch(config)) {
+                Ok((up, listed)) => {
+                    publish(&tools, &config.name, entries(config, listed));
+                    server.current.store(Some(Arc::new(up)));
+                    tracing::info!(server = %config.name, "MCP server ready");
                 }
-            };
-            for def in listed {
-                let Some(tool) = def.get("name").and_then(Value::as_str).map(str::to_string) else {
-                    continue;
-                };
-                let schema = match def.get("inputSchema").map(ArgumentSchema::compile) {
-                    Some(Ok(s)) => Some(Arc::new(s)),
-                    Some(Err(e)) => {
-                        tracing::warn!(server = %s.name, tool, error = %e, "tool left out: its inputSchema is refused");
-                        continue;
-                    }
-                    None => None,
-                };
-                let name = federated_name(&s.name, &tool);
-                let mut definition = def.clone();
-                definition["name"] = Value::String(name.clone());
-                tools.insert(
-                    name,
-                    Arc::new(ToolEntry {
-                        server: s.name.clone(),
-                        tool,
-                        hash: definition_hash(&def),
-                        definition,
-                        schema,
-                        server_labels: s.labels.clone(),
-                    }),
-                );
+                Err(e) => {
+                    tracing::error!(server = %config.name, error = %e, "MCP server unavailable; retrying, the others serve meanwhile");
+                }
             }
-            tracing::info!(server = %s.name, tools = tools.len(), "MCP server ready");
-            upstreams.insert(s.name.clone(), Arc::new(up));
+            runtime.spawn(supervise(server.clone(), tools.clone()));
+            servers.insert(config.name.clone(), server);
         }
         Ok(Self {
             runtime,
-            upstreams,
+            servers,
             tools,
         })
     }
 
+    /// The federated tools as of now.
+    pub fn tools(&self) -> Arc<ToolMap> {
+        self.tools.load_full()
+    }
+
     /// Calls a tool on its upstream (on the hub's runtime).
     pub async fn call(&self, entry: &ToolEntry, arguments: Value) -> Result<Value, McpError> {
+        let down = || McpError::Upstream {
+            server: entry.server.clone(),
+            message: "not running (restarting)".into(),
+        };
         let up = self
-            .upstreams
+            .servers
             .get(&entry.server)
-            .cloned()
-            .ok_or_else(|| McpError::Upstream {
-                server: entry.server.clone(),
-                message: "not running".into(),
-            })?;
+            .and_then(|s| s.current.load_full())
+            .ok_or_else(down)?;
         let tool = entry.tool.clone();
         self.runtime
             .spawn(async move { up.call_tool(&tool, arguments).await })

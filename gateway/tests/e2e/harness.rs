@@ -254,6 +254,24 @@ impl Gateway {
         .unwrap()
     }
 
+    /// Process ids of the gateway's children whose environment holds `marker`.
+    pub fn children_with_env(&self, marker: &str) -> Vec<u32> {
+        let pid = self.child.as_ref().expect("running").id();
+        let out = Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
     }

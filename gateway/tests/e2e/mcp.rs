@@ -233,3 +233,48 @@ fn the_official_python_sdk_client_works_through_the_gateway() {
         "Echo: from the python sdk"
     );
 }
+
+#[test]
+fn a_killed_stdio_server_is_restarted_while_the_others_keep_serving() {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../test-peers/node_modules/.bin/mcp-server-everything");
+    let server = |name: &str| {
+        format!(
+            "[[mcp_servers]]\nname = \"{name}\"\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ LATTICE_TEST_SERVER = \"{name}\" }}\n",
+            bin.display()
+        )
+    };
+    let gw = Gateway::start_with(&format!("{}{}", server("alpha"), server("beta")), POLICY);
+    let key = bearer(&gw.create_key("mcp-agent", &["agent"]));
+    let echo = |tool: &str| {
+        let r = rpc(
+            &gw,
+            Some(&key),
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"message": "x"}}}),
+        );
+        r.json()["result"]["content"][0]["text"] == "Echo: x"
+    };
+    assert!(echo("alpha__echo") && echo("beta__echo"));
+    let alpha = gw.children_with_env("LATTICE_TEST_SERVER=alpha");
+    assert_eq!(alpha.len(), 1, "{alpha:?}");
+    std::process::Command::new("kill")
+        .args(["-KILL", &alpha[0].to_string()])
+        .status()
+        .unwrap();
+    // The other server serves throughout.
+    assert!(echo("beta__echo"));
+    // The killed one comes back, as a new process.
+    wait_for(
+        "alpha to be restarted",
+        std::time::Duration::from_secs(20),
+        || echo("alpha__echo"),
+    );
+    let again = gw.children_with_env("LATTICE_TEST_SERVER=alpha");
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0], alpha[0]);
+    assert!(
+        gw.log().contains("MCP server exited; restarting"),
+        "{}",
+        gw.log()
+    );
+}
