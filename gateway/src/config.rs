@@ -26,7 +26,22 @@ struct RawConfig {
     #[serde(default)]
     demo_upstream: Option<RawDemo>,
     #[serde(default)]
+    mcp: RawMcp,
+    #[serde(default)]
     mcp_servers: Vec<RawMcpServer>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMcp {
+    /// Browser origins allowed to call `/mcp` (requests without `Origin` are
+    /// not browsers and pass; any other origin gets 403).
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    /// The endpoint's public URL, named in the RFC 9728 metadata. Default:
+    /// `http://<Host>/mcp` from each request.
+    #[serde(default)]
+    resource_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +312,14 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub demo_upstream: Option<SocketAddr>,
     pub mcp_servers: Vec<McpServerConfig>,
+    pub mcp: McpConfig,
+}
+
+/// Settings of the downstream MCP endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct McpConfig {
+    pub allowed_origins: Vec<String>,
+    pub resource_url: Option<String>,
 }
 
 /// A stdio MCP server the gateway spawns.
@@ -748,6 +771,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         routes,
         demo_upstream,
         mcp_servers,
+        mcp: McpConfig {
+            allowed_origins: raw.mcp.allowed_origins,
+            resource_url: raw.mcp.resource_url,
+        },
     })
 }
 

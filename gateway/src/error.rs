@@ -37,6 +37,8 @@ pub enum Rejection {
     NotFound,
     /// The target does not take this method.
     MethodNotAllowed,
+    /// A browser origin that may not call the MCP endpoint (DNS rebinding).
+    OriginNotAllowed,
     /// Step 5: the policy denied; names the decision (audit event) id.
     Forbidden { decision_id: String },
     /// Step 7: the audit pipeline cannot accept the decision (fail closed).
@@ -57,6 +59,7 @@ impl Rejection {
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => 401,
             Rejection::NotFound => 404,
             Rejection::MethodNotAllowed => 405,
+            Rejection::OriginNotAllowed => 403,
             Rejection::Forbidden { .. } => 403,
             Rejection::AuditUnavailable => 503,
             Rejection::UpstreamFailed(_) => 502,
@@ -73,6 +76,7 @@ impl Rejection {
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => "unauthenticated",
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::OriginNotAllowed => "origin_not_allowed",
             Rejection::Forbidden { .. } => "forbidden",
             Rejection::AuditUnavailable => "audit_unavailable",
             Rejection::UpstreamFailed(_) => "upstream_failed",
@@ -92,6 +96,7 @@ impl Rejection {
             Rejection::Unauthenticated(m) => m.clone(),
             Rejection::NotFound => "no such route".into(),
             Rejection::MethodNotAllowed => "method not allowed".into(),
+            Rejection::OriginNotAllowed => "this origin may not call the MCP endpoint".into(),
             Rejection::Forbidden { .. } => "denied by policy".into(),
             Rejection::AuditUnavailable => {
                 "the audit trail cannot record this call right now; it was not forwarded".into()

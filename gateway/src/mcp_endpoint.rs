@@ -56,6 +56,47 @@ fn tool_resource(entry: &ToolEntry, name: &str) -> Resource {
     }
 }
 
+/// The endpoint's public URL: configured, or from the request's `Host`.
+fn resource_url(session: &Session, runtime: &Runtime) -> String {
+    if let Some(url) = &runtime.config.mcp.resource_url {
+        return url.clone();
+    }
+    let host = session
+        .req_header()
+        .headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}/mcp")
+}
+
+/// RFC 9728 §3.1: `<scheme>://<authority>/.well-known/oauth-protected-resource<path>`.
+pub fn metadata_url(resource: &str) -> String {
+    let (scheme, rest) = resource.split_once("://").unwrap_or(("http", resource));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    format!(
+        "{scheme}://{authority}/.well-known/oauth-protected-resource{}",
+        path.trim_end_matches('/')
+    )
+}
+
+/// RFC 9728 protected-resource metadata for the MCP endpoint.
+pub fn protected_resource_metadata(session: &Session, runtime: &Runtime) -> Value {
+    json!({
+        "resource": resource_url(session, runtime),
+        "authorization_servers": runtime.jwt.issuers.iter().map(|i| i.config.issuer.clone()).collect::<Vec<_>>(),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Lattice MCP gateway",
+    })
+}
+
 impl Gateway {
     /// Answers `POST /mcp`. Returns Ok(true): the response is written.
     pub(crate) async fn serve_mcp(
@@ -66,6 +107,28 @@ impl Gateway {
     ) -> Result<bool> {
         ctx.facts.kind = "mcp.request";
         ctx.facts.target = "mcp".into();
+        let url = resource_url(session, runtime);
+        ctx.resource_metadata = Some(metadata_url(&url));
+        // DNS rebinding: a browser origin must be listed.
+        let origin = session
+            .req_header()
+            .headers
+            .get("origin")
+            .map(|o| o.to_str().unwrap_or("").to_string());
+        if let Some(origin) = origin {
+            if !runtime
+                .config
+                .mcp
+                .allowed_origins
+                .iter()
+                .any(|o| *o == origin)
+            {
+                let reason = format!("origin `{origin}` is not allowed");
+                return self
+                    .refuse_and_respond(session, ctx, runtime, Rejection::OriginNotAllowed, &reason)
+                    .await;
+            }
+        }
         if session.req_header().method != http::Method::POST {
             let r = Rejection::MethodNotAllowed;
             return self
@@ -465,5 +528,26 @@ impl Gateway {
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metadata_url;
+
+    #[test]
+    fn metadata_urls_follow_rfc_9728() {
+        assert_eq!(
+            metadata_url("https://mcp.example.com/mcp"),
+            "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            metadata_url("http://127.0.0.1:8080/mcp/"),
+            "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            metadata_url("https://gw.example.com"),
+            "https://gw.example.com/.well-known/oauth-protected-resource"
+        );
     }
 }

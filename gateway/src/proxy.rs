@@ -36,6 +36,8 @@ pub struct Ctx {
     body_seen: u64,
     /// Hash of an MCP tool result, for the outcome event.
     pub(crate) result_hash: Option<String>,
+    /// The RFC 9728 metadata URL named in a 401 from `/mcp`.
+    pub(crate) resource_metadata: Option<String>,
     /// True once the decision is settled (recorded, or let through
     /// unaudited under `audit.on_full = allow`): an outcome is then owed.
     decided: bool,
@@ -185,7 +187,11 @@ impl Gateway {
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
-        for (name, value) in rejection.headers() {
+        for (name, mut value) in rejection.headers() {
+            // MCP clients find the authorization metadata from the 401 (RFC 9728).
+            if let (true, Some(url)) = (name == "www-authenticate", &ctx.resource_metadata) {
+                value.push_str(&format!(", resource_metadata=\"{url}\""));
+            }
             resp.insert_header(name, value)?;
         }
         if matches!(
@@ -201,6 +207,12 @@ impl Gateway {
 
     async fn builtin(&self, session: &mut Session, path: &str) -> Result<bool> {
         let (status, content_type, body) = match path {
+            "/.well-known/oauth-protected-resource"
+            | "/.well-known/oauth-protected-resource/mcp" => {
+                let runtime = self.shared.runtime.load();
+                let metadata = crate::mcp_endpoint::protected_resource_metadata(session, &runtime);
+                (200, "application/json", metadata.to_string())
+            }
             "/healthz" => (200, "text/plain", "ok\n".to_string()),
             "/readyz" => {
                 if self.shared.audit.healthy() {
@@ -260,6 +272,7 @@ impl ProxyHttp for Gateway {
             max_body: self.shared.startup.server.max_body_bytes,
             body_seen: 0,
             result_hash: None,
+            resource_metadata: None,
             decided: false,
             outcome_slot: None,
             refused: None,

@@ -278,3 +278,64 @@ fn a_killed_stdio_server_is_restarted_while_the_others_keep_serving() {
         gw.log()
     );
 }
+
+#[test]
+fn mcp_authorization_metadata_and_origin_checks() {
+    let gw = Gateway::start_with(
+        "[mcp]\nallowed_origins = [\"https://console.example\"]\n",
+        POLICY,
+    );
+    let key = bearer(&gw.create_key("o-agent", &["agent"]));
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+    // A 401 points the client at the RFC 9728 metadata.
+    let r = http(gw.port, "POST", "/mcp", &[], list.as_bytes()).unwrap();
+    assert_eq!(r.status, 401);
+    let www = r.header("www-authenticate").unwrap();
+    let want = format!(
+        "resource_metadata=\"http://127.0.0.1:{}/.well-known/oauth-protected-resource/mcp\"",
+        gw.port
+    );
+    assert!(www.starts_with("Bearer ") && www.contains(&want), "{www}");
+    let meta = http(
+        gw.port,
+        "GET",
+        "/.well-known/oauth-protected-resource/mcp",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(meta.status, 200);
+    assert_eq!(
+        meta.json()["resource"],
+        format!("http://127.0.0.1:{}/mcp", gw.port)
+    );
+    assert_eq!(meta.json()["bearer_methods_supported"], json!(["header"]));
+    // DNS rebinding: an unlisted browser origin is refused, a listed one passes.
+    let r = http(
+        gw.port,
+        "POST",
+        "/mcp",
+        &[("Authorization", &key), ("Origin", "http://evil.example")],
+        list.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "origin_not_allowed");
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(ev[0].reason, "origin `http://evil.example` is not allowed");
+    let r = http(
+        gw.port,
+        "POST",
+        "/mcp",
+        &[
+            ("Authorization", &key),
+            ("Origin", "https://console.example"),
+        ],
+        list.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // GET (the server-sent-events stream) is not offered: 405, as the spec allows.
+    let r = http(gw.port, "GET", "/mcp", &[("Authorization", &key)], b"").unwrap();
+    assert_eq!(r.status, 405);
+}
