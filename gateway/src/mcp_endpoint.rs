@@ -116,13 +116,7 @@ impl Gateway {
             .get("origin")
             .map(|o| o.to_str().unwrap_or("").to_string());
         if let Some(origin) = origin {
-            if !runtime
-                .config
-                .mcp
-                .allowed_origins
-                .iter()
-                .any(|o| *o == origin)
-            {
+            if !runtime.config.mcp.allowed_origins.contains(&origin) {
                 let reason = format!("origin `{origin}` is not allowed");
                 return self
                     .refuse_and_respond(session, ctx, runtime, Rejection::OriginNotAllowed, &reason)
