@@ -34,6 +34,21 @@ fn hash(v: &Value) -> String {
     hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
 }
 
+/// A tool that declares an `outputSchema` must return conforming
+/// `structuredContent` (tool errors are passed through as they are).
+fn check_output(entry: &ToolEntry, result: &Value) -> Result<(), String> {
+    let Some(schema) = &entry.output_schema else {
+        return Ok(());
+    };
+    if result["isError"] == json!(true) {
+        return Ok(());
+    }
+    let Some(structured) = result.get("structuredContent") else {
+        return Err("no structuredContent".into());
+    };
+    schema.check(structured).map_err(|errors| errors.join("; "))
+}
+
 fn tool_resource(entry: &ToolEntry, name: &str) -> Resource {
     let hint = |k: &str| {
         entry.definition["annotations"][k]
@@ -410,7 +425,19 @@ impl Gateway {
         let reply = match hub.call(&entry, arguments).await {
             Ok(result) => {
                 ctx.result_hash = Some(hash(&result));
-                jsonrpc::result_response(&id, result)
+                // 9. Validate the response against the declared outputSchema.
+                match check_output(&entry, &result) {
+                    Ok(()) => jsonrpc::result_response(&id, result),
+                    Err(problem) => {
+                        ctx.failure = Some(format!("output_invalid: {problem}"));
+                        let text =
+                            format!("The tool's result does not match its outputSchema: {problem}");
+                        jsonrpc::result_response(
+                            &id,
+                            json!({"content": [{"type": "text", "text": text}], "isError": true}),
+                        )
+                    }
+                }
             }
             Err(e) => {
                 ctx.failure = Some(format!("upstream_failed: {e}"));

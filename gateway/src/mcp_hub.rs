@@ -25,6 +25,8 @@ pub struct ToolEntry {
     /// The definition as the agent sees it (federated name).
     pub definition: Value,
     pub schema: Option<Arc<ArgumentSchema>>,
+    /// The compiled `outputSchema`, when the tool declares one.
+    pub output_schema: Option<Arc<ArgumentSchema>>,
     pub hash: String,
     pub server_labels: Vec<String>,
 }
@@ -60,6 +62,14 @@ fn entries(config: &McpServerConfig, listed: Vec<Value>) -> Vec<(String, Arc<Too
             }
             None => None,
         };
+        let output_schema = match def.get("outputSchema").map(ArgumentSchema::compile) {
+            Some(Ok(s)) => Some(Arc::new(s)),
+            Some(Err(e)) => {
+                tracing::warn!(server = %config.name, tool, error = %e, "tool left out: its outputSchema is refused");
+                continue;
+            }
+            None => None,
+        };
         let name = federated_name(&config.name, &tool);
         let mut definition = def.clone();
         definition["name"] = Value::String(name.clone());
@@ -71,6 +81,7 @@ fn entries(config: &McpServerConfig, listed: Vec<Value>) -> Vec<(String, Arc<Too
                 hash: definition_hash(&def),
                 definition,
                 schema,
+                output_schema,
                 server_labels: config.labels.clone(),
             }),
         ));

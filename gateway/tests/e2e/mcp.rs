@@ -339,3 +339,53 @@ fn mcp_authorization_metadata_and_origin_checks() {
     let r = http(gw.port, "GET", "/mcp", &[("Authorization", &key)], b"").unwrap();
     assert_eq!(r.status, 405);
 }
+
+#[test]
+fn results_are_checked_against_the_output_schema() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let everything = root.join("node_modules/.bin/mcp-server-everything");
+    let config = format!(
+        "[[mcp_servers]]\nname = \"everything\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n\n[[mcp_servers]]\nname = \"liar\"\ncommand = \"python3\"\nargs = [\"{}\"]\n",
+        everything.display(),
+        root.join("lying_server.py").display()
+    );
+    let gw = Gateway::start_with(&config, POLICY);
+    let key = bearer(&gw.create_key("out-agent", &["agent"]));
+    let call = |tool: &str, arguments: Value| {
+        rpc(
+            &gw,
+            Some(&key),
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}),
+        )
+    };
+    // A conforming structured result passes untouched.
+    let r = call(
+        "everything__get-structured-content",
+        json!({"location": "Chicago"}),
+    );
+    let ok = call_result(&r);
+    assert_ne!(ok["isError"], true, "{}", r.body);
+    // A non-conforming one becomes a tool error, and the audit says why.
+    let r = call("liar__count", json!({}));
+    let bad = call_result(&r);
+    assert_eq!(bad["isError"], true, "{}", r.body);
+    assert!(
+        bad["content"][0]["text"].as_str().unwrap().contains("/n"),
+        "{bad}"
+    );
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(ev[0].decision, "allow");
+    assert!(
+        ev[1].reason.starts_with("output_invalid: /n"),
+        "{}",
+        ev[1].reason
+    );
+    assert!(
+        ev[1].result_hash.is_some(),
+        "the upstream's real answer is hashed"
+    );
+}
+
+fn call_result(r: &Resp) -> Value {
+    r.json()["result"].clone()
+}
