@@ -31,7 +31,7 @@ struct RawConfig {
     mcp_servers: Vec<RawMcpServer>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMcp {
     /// Browser origins allowed to call `/mcp` (requests without `Origin` are
@@ -42,6 +42,10 @@ struct RawMcp {
     /// `http://<Host>/mcp` from each request.
     #[serde(default)]
     resource_url: Option<String>,
+    /// Approve a tool's definition the first time it is seen (later changes
+    /// are quarantined either way).
+    #[serde(default = "d_true")]
+    auto_approve_first_seen: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +153,16 @@ struct RawJwt {
     labels_claim: Option<String>,
     #[serde(default = "d_leeway")]
     leeway_seconds: u64,
+}
+
+impl Default for RawMcp {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            resource_url: None,
+            auto_approve_first_seen: true,
+        }
+    }
 }
 
 fn d_jwks_refresh() -> u64 {
@@ -316,10 +330,11 @@ pub struct Config {
 }
 
 /// Settings of the downstream MCP endpoint.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct McpConfig {
     pub allowed_origins: Vec<String>,
     pub resource_url: Option<String>,
+    pub auto_approve_first_seen: bool,
 }
 
 /// A stdio MCP server the gateway spawns.
@@ -774,6 +789,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         mcp: McpConfig {
             allowed_origins: raw.mcp.allowed_origins,
             resource_url: raw.mcp.resource_url,
+            auto_approve_first_seen: raw.mcp.auto_approve_first_seen,
         },
     })
 }

@@ -34,7 +34,7 @@ pub struct ApiKey {
 
 /// The embedded state store.
 pub struct StateStore {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 fn hash_key(secret: &str) -> [u8; 32] {

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod mcp_endpoint;
 pub mod mcp_hub;
 pub mod metrics;
+pub mod pins;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

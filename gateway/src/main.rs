@@ -44,6 +44,9 @@ enum Command {
     /// API keys.
     #[command(subcommand)]
     Keys(cli::keys::KeysCmd),
+    /// MCP tool pinning: pending changes and approvals.
+    #[command(subcommand)]
+    Mcp(cli::mcp::McpCmd),
     /// Policies: check, test and explain, offline.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCmd),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => cli::config(cmd),
         Command::Keys(cmd) => cli::keys::run(cmd),
         Command::Policy(cmd) => cli::policy::run(cmd),
+        Command::Mcp(cmd) => cli::mcp::run(cmd),
         Command::Audit(cmd) => cli::audit::run(cmd),
         Command::DemoUpstream { listen } => cli::demo_upstream(listen),
     };

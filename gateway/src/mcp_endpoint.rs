@@ -306,9 +306,11 @@ impl Gateway {
                 .tools()
                 .iter()
                 .filter(|(name, entry)| {
-                    self.authorize_tool(runtime, principal, entry, name, &ip)
-                        .live
-                        .is_allow()
+                    hub.visible(entry)
+                        && self
+                            .authorize_tool(runtime, principal, entry, name, &ip)
+                            .live
+                            .is_allow()
                 })
                 .map(|(_, entry)| entry.definition.clone())
                 .collect(),
@@ -376,6 +378,22 @@ impl Gateway {
                 .await;
         };
         ctx.facts.upstream = Some(entry.server.clone());
+        if !self
+            .shared
+            .mcp
+            .as_ref()
+            .is_some_and(|hub| hub.visible(&entry))
+        {
+            let event = ctx.facts.refusal_event(
+                200,
+                "quarantined: the tool's definition changed and awaits approval",
+                None,
+            );
+            let reply = unknown(&event.event_id);
+            return self
+                .answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await;
+        }
         // 5. Authorize (before validating: a tool the principal may not call
         //    reveals nothing, not even its schema's complaints).
         let ip = ctx.facts.client_addr_ip();

@@ -14,7 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lattice_audit::{AuditEvent, AuditHandle, Phase};
+
 use crate::config::McpServerConfig;
+use crate::keys::StateStore;
+use crate::pins::{PinCache, Seen};
 use crate::GatewayError;
 
 /// One federated tool.
@@ -38,11 +42,77 @@ struct Server {
     current: ArcSwapOption<StdioUpstream>,
 }
 
+/// Where pins live and how new definitions are treated.
+#[derive(Clone)]
+pub struct Pinning {
+    pub data_dir: std::path::PathBuf,
+    pub auto_approve: bool,
+    pub audit: AuditHandle,
+    pub cache: Arc<PinCache>,
+}
+
+impl Pinning {
+    /// Records each listed definition against its pin; audits first pins
+    /// and quarantines.
+    fn observe(&self, entries: &[(String, Arc<ToolEntry>)]) {
+        let store = match StateStore::open(&self.data_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read tool pins; new definitions stay quarantined");
+                return;
+            }
+        };
+        for (name, entry) in entries {
+            let definition = lattice_mcp::tools::canonical_json(&entry.definition);
+            match store.observe_tool(
+                &entry.server,
+                &entry.tool,
+                &entry.hash,
+                &definition,
+                self.auto_approve,
+            ) {
+                Ok(Seen::Approved) => {}
+                Ok(Seen::FirstApproved) => self.event(
+                    "mcp.tool_pinned",
+                    name,
+                    "allow",
+                    &format!("first definition pinned: {}", entry.hash),
+                ),
+                Ok(Seen::Quarantined) => {
+                    tracing::warn!(tool = %name, hash = %entry.hash, "tool definition changed upstream: quarantined until approved (lattice mcp approve)");
+                    self.event(
+                        "mcp.tool_quarantined",
+                        name,
+                        "deny",
+                        &format!("definition {} is not the approved one", entry.hash),
+                    );
+                }
+                Err(e) => tracing::error!(tool = %name, error = %e, "cannot record the tool's pin"),
+            }
+        }
+        if let Err(e) = self.cache.refresh(&store) {
+            tracing::error!(error = %e, "cannot refresh tool pins");
+        }
+    }
+
+    fn event(&self, kind: &str, target: &str, decision: &str, reason: &str) {
+        let mut e = AuditEvent::new(Phase::Decision, &uuid::Uuid::now_v7().to_string(), kind);
+        e.target = target.to_string();
+        e.decision = decision.to_string();
+        e.reason = reason.to_string();
+        e.auth_method = "none".into();
+        if let Err(err) = self.audit.record(e) {
+            tracing::error!(error = %err, kind, target, "could not audit a tool pin change");
+        }
+    }
+}
+
 /// The upstreams and their tools.
 pub struct McpHub {
     runtime: tokio::runtime::Runtime,
     servers: BTreeMap<String, Arc<Server>>,
     tools: Arc<ArcSwap<ToolMap>>,
+    pins: Arc<PinCache>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -112,7 +182,7 @@ fn publish(tools: &ArcSwap<ToolMap>, server: &str, new: Vec<(String, Arc<ToolEnt
 }
 
 /// Keeps one server running: restarts it with backoff whenever it exits.
-async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>) {
+async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: Pinning) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let alive = server.current.load().as_ref().is_some_and(|u| u.is_alive());
@@ -128,7 +198,9 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>) {
         match launch(&server.config).await {
             Ok((up, listed)) => {
                 let started = Instant::now();
-                publish(&tools, &server.config.name, entries(&server.config, listed));
+                let new = entries(&server.config, listed);
+                pinning.observe(&new);
+                publish(&tools, &server.config.name, new);
                 server.current.store(Some(Arc::new(up)));
                 tracing::info!(server = %server.config.name, "MCP server restarted");
                 // Healthy for a while: forget past failures.
@@ -147,10 +219,35 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>) {
     }
 }
 
+/// Notices approvals made with `lattice mcp approve` and audits them.
+async fn watch_approvals(pinning: Pinning) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok(store) = StateStore::open(&pinning.data_dir) else {
+            continue;
+        };
+        match pinning.cache.refresh(&store) {
+            Ok(changed) => {
+                for (server, tool) in changed {
+                    let name = federated_name(&server, &tool);
+                    tracing::info!(tool = %name, "tool definition approved");
+                    pinning.event(
+                        "mcp.tool_approved",
+                        &name,
+                        "allow",
+                        "definition approved by an admin",
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot refresh tool pins"),
+        }
+    }
+}
+
 impl McpHub {
     /// Starts every configured server (waiting for each once) and their
     /// supervisors.
-    pub fn start(configs: &[McpServerConfig]) -> Result<Self, GatewayError> {
+    pub fn start(configs: &[McpServerConfig], pinning: Pinning) -> Result<Self, GatewayError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mcp-upstreams")
@@ -166,7 +263,9 @@ impl McpHub {
             });
             match runtime.block_on(launch(config)) {
                 Ok((up, listed)) => {
-                    publish(&tools, &config.name, entries(config, listed));
+                    let new = entries(config, listed);
+                    pinning.observe(&new);
+                    publish(&tools, &config.name, new);
                     server.current.store(Some(Arc::new(up)));
                     tracing::info!(server = %config.name, "MCP server ready");
                 }
@@ -174,14 +273,21 @@ impl McpHub {
                     tracing::error!(server = %config.name, error = %e, "MCP server unavailable; retrying, the others serve meanwhile");
                 }
             }
-            runtime.spawn(supervise(server.clone(), tools.clone()));
+            runtime.spawn(supervise(server.clone(), tools.clone(), pinning.clone()));
             servers.insert(config.name.clone(), server);
         }
+        runtime.spawn(watch_approvals(pinning.clone()));
         Ok(Self {
             runtime,
             servers,
             tools,
+            pins: pinning.cache,
         })
+    }
+
+    /// Whether a tool's current definition is the approved one.
+    pub fn visible(&self, entry: &ToolEntry) -> bool {
+        self.pins.approved(&entry.server, &entry.tool, &entry.hash)
     }
 
     /// The federated tools as of now.

@@ -87,8 +87,15 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         mcp: if config.mcp_servers.is_empty() {
             None
         } else {
+            let pinning = crate::mcp_hub::Pinning {
+                data_dir: data_dir.clone(),
+                auto_approve: config.mcp.auto_approve_first_seen,
+                audit: pipeline.handle(),
+                cache: Arc::default(),
+            };
             Some(Arc::new(crate::mcp_hub::McpHub::start(
                 &config.mcp_servers,
+                pinning,
             )?))
         },
         startup: config.clone(),

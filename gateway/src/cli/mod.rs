@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod keys;
+pub mod mcp;
 pub mod policy;
 pub mod up;
 
