@@ -251,6 +251,15 @@ impl CallFacts {
         e
     }
 
+    /// The decision event of a message with no action to authorize: MCP
+    /// protocol messages, and listings (filtered per item instead).
+    pub fn protocol_event(&self, reason: &str) -> AuditEvent {
+        let mut e = self.event(Phase::Decision);
+        e.decision = "allow".into();
+        e.reason = reason.to_string();
+        e
+    }
+
     /// The decision event of an allowed call.
     pub fn allow_event(&self, evaluation: &Evaluation) -> AuditEvent {
         let mut e = self.event(Phase::Decision);

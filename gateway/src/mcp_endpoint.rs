@@ -317,15 +317,9 @@ impl Gateway {
             None => Vec::new(),
         };
         let total = self.shared.mcp.as_ref().map_or(0, |h| h.tools().len());
-        let mut event = ctx.facts.allow_event(&lattice_policy::Evaluation {
-            live: lattice_policy::Decision {
-                outcome: lattice_policy::Outcome::Allow,
-                policies: vec![],
-                errors: vec![],
-            },
-            shadow: None,
-        });
-        event.reason = format!("{} of {total} tools visible", tools.len());
+        let event = ctx
+            .facts
+            .protocol_event(&format!("{} of {total} tools visible", tools.len()));
         if let Err(r) = self.record_decision(ctx, runtime, event) {
             self.respond(session, ctx, &r).await?;
             return Ok(true);
@@ -480,15 +474,9 @@ impl Gateway {
         status: u16,
         reply: Option<Value>,
     ) -> Result<bool> {
-        let mut event = ctx.facts.allow_event(&lattice_policy::Evaluation {
-            live: lattice_policy::Decision {
-                outcome: lattice_policy::Outcome::Allow,
-                policies: vec![],
-                errors: vec![],
-            },
-            shadow: None,
-        });
-        event.reason = "protocol message: no action to authorize".into();
+        let event = ctx
+            .facts
+            .protocol_event("protocol message: no action to authorize");
         if let Err(r) = self.record_decision(ctx, runtime, event) {
             self.respond(session, ctx, &r).await?;
             return Ok(true);
