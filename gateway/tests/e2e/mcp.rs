@@ -485,3 +485,40 @@ fn a_tool_whose_definition_changes_is_quarantined_until_approved() {
         );
     }
 }
+
+#[test]
+fn a_schema_violating_call_never_reaches_the_upstream() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let dir = tempfile::tempdir().unwrap();
+    let (description, calls) = (dir.path().join("d.txt"), dir.path().join("calls.jsonl"));
+    std::fs::write(&description, "Greets someone by name.").unwrap();
+    let config = format!(
+        "[[mcp_servers]]\nname = \"greeter\"\ncommand = \"python3\"\nargs = [\"{}\", \"{}\", \"{}\"]\n",
+        root.join("drifting_server.py").display(),
+        description.display(),
+        calls.display()
+    );
+    let gw = Gateway::start_with(&config, POLICY);
+    let key = bearer(&gw.create_key("v-agent", &["agent"]));
+    let call = |arguments: Value| {
+        rpc(
+            &gw,
+            Some(&key),
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "greeter__greet", "arguments": arguments}}),
+        )
+    };
+    let bad = call(json!({"name": 42}));
+    assert_eq!(bad.json()["result"]["isError"], true, "{}", bad.body);
+    let good = call(json!({"name": "Ada"}));
+    assert_eq!(good.json()["result"]["content"][0]["text"], "hello");
+    // The upstream saw exactly the valid call.
+    let seen = std::fs::read_to_string(&calls).unwrap();
+    let seen: Vec<Value> = seen
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        seen,
+        vec![json!({"name": "greet", "arguments": {"name": "Ada"}})]
+    );
+}
