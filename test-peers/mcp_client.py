@@ -1,8 +1,8 @@
 """A real MCP client (the official Python SDK) against a Lattice gateway.
 
-usage: mcp_client.py URL TOKEN TOOL ARGUMENTS_JSON
-Prints one JSON object: the protocol version, the listed tool names and the
-call's result.
+usage: mcp_client.py URL TOKEN CALLS_JSON
+CALLS_JSON is a list of [tool, arguments] pairs. Prints one JSON object: the
+protocol version, the listed tool names and each call's result.
 """
 import asyncio
 import json
@@ -12,20 +12,23 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
 
-async def main(url, token, tool, arguments):
+async def main(url, token, calls):
     headers = {"Authorization": f"Bearer {token}"}
     async with streamablehttp_client(url, headers=headers) as (read, write, _):
         async with ClientSession(read, write) as session:
             init = await session.initialize()
             tools = await session.list_tools()
-            result = await session.call_tool(tool, arguments)
+            results = []
+            for tool, arguments in calls:
+                result = await session.call_tool(tool, arguments)
+                results.append(result.model_dump(mode="json", exclude_none=True))
             print(json.dumps({
                 "protocolVersion": init.protocolVersion,
                 "server": init.serverInfo.name,
                 "tools": [t.name for t in tools.tools],
-                "result": result.model_dump(mode="json", exclude_none=True),
+                "results": results,
             }))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))

@@ -52,7 +52,21 @@ struct RawMcp {
 #[serde(deny_unknown_fields)]
 struct RawMcpServer {
     name: String,
-    command: String,
+    /// A stdio server: the command to spawn...
+    #[serde(default)]
+    command: Option<String>,
+    /// ...or a streamable-HTTP server's endpoint.
+    #[serde(default)]
+    url: Option<String>,
+    /// HTTP headers sent to an HTTP server (its credentials).
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    /// HTTP headers read from the gateway's environment: NAME = "GATEWAY_VAR".
+    #[serde(default)]
+    headers_from: std::collections::BTreeMap<String, String>,
+    /// Allow an HTTP server on a loopback, private or link-local address.
+    #[serde(default)]
+    allow_private_network: bool,
     #[serde(default)]
     args: Vec<String>,
     /// Literal environment for the server.
@@ -337,15 +351,51 @@ pub struct McpConfig {
     pub auto_approve_first_seen: bool,
 }
 
-/// A stdio MCP server the gateway spawns.
+/// An upstream MCP server.
 #[derive(Debug, Clone)]
 pub struct McpServerConfig {
     pub name: String,
-    pub command: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
+    pub transport: McpTransport,
     pub labels: Vec<String>,
     pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum McpTransport {
+    /// Spawned and supervised by the gateway.
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+    /// Streamable HTTP.
+    Http {
+        url: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// Egress check: loopback, private (RFC 1918, ULA) and link-local
+/// addresses, and `localhost`.
+pub fn is_private_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
+        }
+        Err(_) => false,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -749,26 +799,70 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         if mcp_servers.iter().any(|x| x.name == m.name) {
             return Err(bad(format!("MCP server `{}` is defined twice", m.name)));
         }
-        let mut env: Vec<(String, String)> = m.env.into_iter().collect();
-        for (name, var) in m.env_from {
-            let value = std::env::var(&var).map_err(|_| {
-                bad(format!(
-                    "MCP server `{}`: environment variable `{var}` is not set",
+        let from_env = |pairs: std::collections::BTreeMap<String, String>,
+                        vars: std::collections::BTreeMap<String, String>|
+         -> Result<Vec<(String, String)>, GatewayError> {
+            let mut out: Vec<(String, String)> = pairs.into_iter().collect();
+            for (name, var) in vars {
+                let value = std::env::var(&var).map_err(|_| {
+                    bad(format!(
+                        "MCP server `{}`: environment variable `{var}` is not set",
+                        m.name
+                    ))
+                })?;
+                out.push((name, value));
+            }
+            Ok(out)
+        };
+        let transport = match (m.command, m.url) {
+            (Some(command), None) => {
+                if !m.headers.is_empty() || !m.headers_from.is_empty() {
+                    return Err(bad(format!(
+                        "MCP server `{}`: headers apply to url servers only",
+                        m.name
+                    )));
+                }
+                let command = if command.contains('/') {
+                    resolve(&command).display().to_string()
+                } else {
+                    command
+                };
+                McpTransport::Stdio {
+                    command,
+                    args: m.args,
+                    env: from_env(m.env, m.env_from)?,
+                }
+            }
+            (None, Some(url)) => {
+                if !m.env.is_empty() || !m.env_from.is_empty() || !m.args.is_empty() {
+                    return Err(bad(format!(
+                        "MCP server `{}`: args and env apply to command servers only",
+                        m.name
+                    )));
+                }
+                let parsed = Upstream::parse(&url)
+                    .map_err(|e| bad(format!("MCP server `{}`: {e}", m.name)))?;
+                if !m.allow_private_network && is_private_host(&parsed.host) {
+                    return Err(bad(format!(
+                        "MCP server `{}`: `{}` is a loopback, private or link-local address; set allow_private_network = true to allow it",
+                        m.name, parsed.host
+                    )));
+                }
+                McpTransport::Http {
+                    url,
+                    headers: from_env(m.headers, m.headers_from)?,
+                }
+            }
+            _ => {
+                return Err(bad(format!(
+                    "MCP server `{}` needs exactly one of command and url",
                     m.name
-                ))
-            })?;
-            env.push((name, value));
-        }
-        let command = if m.command.contains('/') {
-            resolve(&m.command).display().to_string()
-        } else {
-            m.command
+                )))
+            }
         };
         mcp_servers.push(McpServerConfig {
             name: m.name,
-            command,
-            args: m.args,
-            env,
+            transport,
             labels: m.labels,
             timeout: Duration::from_millis(m.timeout_ms.max(1)),
         });
@@ -831,6 +925,54 @@ mod tests {
         assert_eq!(r.upstream.base_path, "/api");
         assert_eq!(r.upstream.port, 9);
         assert_eq!(r.credential.as_ref().unwrap().1, "s3cret");
+    }
+
+    #[test]
+    fn mcp_servers_need_one_transport_and_pass_the_egress_check() {
+        let with = |server: &str| format!("{MINIMAL}[[mcp_servers]]\nname = \"s\"\n{server}");
+        let err = |server: &str| {
+            parse(Path::new("l.toml"), &with(server))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("").contains("exactly one of command and url"));
+        assert!(err("command = \"x\"\nurl = \"http://a.example/mcp\"\n").contains("exactly one"));
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.5",
+            "169.254.169.254",
+            "localhost",
+            "[::1]",
+            "[fd00::1]",
+        ] {
+            let e = err(&format!("url = \"http://{private}:8080/mcp\"\n"));
+            assert!(e.contains("allow_private_network"), "{private}: {e}");
+        }
+        let ok = parse(
+            Path::new("l.toml"),
+            &with("url = \"http://127.0.0.1:9/mcp\"\nallow_private_network = true\n"),
+        )
+        .unwrap();
+        assert!(matches!(
+            ok.mcp_servers[0].transport,
+            McpTransport::Http { .. }
+        ));
+        let ok = parse(
+            Path::new("l.toml"),
+            &with("url = \"https://mcp.example.com/mcp\"\n"),
+        )
+        .unwrap();
+        assert!(matches!(
+            ok.mcp_servers[0].transport,
+            McpTransport::Http { .. }
+        ));
+        assert!(err("command = \"x\"\nheaders = { a = \"b\" }\n").contains("url servers only"));
+        let bad_name = format!("{MINIMAL}[[mcp_servers]]\nname = \"Bad_Name\"\ncommand = \"x\"\n");
+        assert!(parse(Path::new("l.toml"), &bad_name)
+            .unwrap_err()
+            .to_string()
+            .contains("must be 1-32"));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! hashes; a restart re-lists its server's tools.
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use lattice_mcp::http::{HttpConfig, HttpUpstream};
 use lattice_mcp::stdio::{StdioConfig, StdioUpstream};
 use lattice_mcp::tools::{definition_hash, federated_name, ArgumentSchema};
+use lattice_mcp::upstream::Upstream;
 use lattice_mcp::McpError;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use lattice_audit::{AuditEvent, AuditHandle, Phase};
 
-use crate::config::McpServerConfig;
+use crate::config::{McpServerConfig, McpTransport};
 use crate::keys::StateStore;
 use crate::pins::{PinCache, Seen};
 use crate::GatewayError;
@@ -39,7 +41,7 @@ type ToolMap = BTreeMap<String, Arc<ToolEntry>>;
 
 struct Server {
     config: McpServerConfig,
-    current: ArcSwapOption<StdioUpstream>,
+    current: ArcSwapOption<Upstream>,
 }
 
 /// Where pins live and how new definitions are treated.
@@ -159,16 +161,29 @@ fn entries(config: &McpServerConfig, listed: Vec<Value>) -> Vec<(String, Arc<Too
     out
 }
 
-/// Starts a server and lists its tools.
-async fn launch(config: &McpServerConfig) -> Result<(StdioUpstream, Vec<Value>), McpError> {
-    let up = StdioUpstream::start(StdioConfig {
-        name: config.name.clone(),
-        command: config.command.clone(),
-        args: config.args.clone(),
-        env: config.env.clone(),
-        timeout: config.timeout,
-    })
-    .await?;
+/// Starts (or connects to) a server and lists its tools.
+async fn launch(config: &McpServerConfig) -> Result<(Upstream, Vec<Value>), McpError> {
+    let up = match &config.transport {
+        McpTransport::Stdio { command, args, env } => Upstream::Stdio(Box::new(
+            StdioUpstream::start(StdioConfig {
+                name: config.name.clone(),
+                command: command.clone(),
+                args: args.clone(),
+                env: env.clone(),
+                timeout: config.timeout,
+            })
+            .await?,
+        )),
+        McpTransport::Http { url, headers } => Upstream::Http(Box::new(
+            HttpUpstream::start(HttpConfig {
+                name: config.name.clone(),
+                url: url.clone(),
+                headers: headers.clone(),
+                timeout: config.timeout,
+            })
+            .await?,
+        )),
+    };
     let listed = up.list_tools().await?;
     Ok((up, listed))
 }

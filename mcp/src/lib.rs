@@ -14,9 +14,11 @@
 //! Must never: dereference a network `$ref` in a schema, block on an
 //! upstream without a timeout, or pass an agent's credentials upstream.
 
+pub mod http;
 pub mod jsonrpc;
 pub mod stdio;
 pub mod tools;
+pub mod upstream;
 
 /// Everything that can go wrong speaking MCP.
 #[derive(Debug, thiserror::Error)]

@@ -189,28 +189,55 @@ fn mcp_tools_are_filtered_validated_enforced_and_audited() {
 }
 
 #[test]
-fn the_official_python_sdk_client_works_through_the_gateway() {
+fn the_official_python_sdk_client_uses_stdio_and_http_servers_through_one_endpoint() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
-    let (bin, python) = (
-        root.join("node_modules/.bin/mcp-server-everything"),
-        root.join(".venv/bin/python"),
+    let bins = root.join("node_modules/.bin");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        bins.join("mcp-server-memory").exists() && python.exists(),
+        "run scripts/setup"
     );
-    assert!(bin.exists() && python.exists(), "run scripts/setup");
-    let gw = Gateway::start_with(
-        &format!(
-            "[[mcp_servers]]\nname = \"everything\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n",
-            bin.display()
-        ),
-        POLICY,
+    let memory = tempfile::tempdir().unwrap();
+    // server-everything over streamable HTTP, as its own process.
+    let port = free_port();
+    let mut http_server = std::process::Command::new(bins.join("mcp-server-everything"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the HTTP MCP server",
+        std::time::Duration::from_secs(20),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
     );
+    let config = format!(
+        "[[mcp_servers]]\nname = \"everything\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n\n\
+         [[mcp_servers]]\nname = \"everything-http\"\nurl = \"http://127.0.0.1:{port}/mcp\"\nallow_private_network = true\n\n\
+         [[mcp_servers]]\nname = \"memory\"\ncommand = \"{}\"\nenv = {{ MEMORY_FILE_PATH = \"{}\" }}\n",
+        bins.join("mcp-server-everything").display(),
+        bins.join("mcp-server-memory").display(),
+        memory.path().join("memory.jsonl").display(),
+    );
+    let gw = Gateway::start_with(&config, POLICY);
     let key = gw.create_key("py-agent", &["agent"]);
+    let calls = json!([
+        ["everything__echo", {"message": "over stdio"}],
+        ["everything-http__echo", {"message": "over http"}],
+        ["memory__create_entities", {"entities": [{"name": "lattice", "entityType": "project", "observations": ["audited"]}]}],
+        ["memory__read_graph", {}],
+    ]);
     let out = std::process::Command::new(python)
         .arg(root.join("mcp_client.py"))
         .arg(format!("http://127.0.0.1:{}/mcp", gw.port))
         .arg(&key)
-        .args(["everything__echo", r#"{"message": "from the python sdk"}"#])
+        .arg(calls.to_string())
+        .current_dir(gw.path(""))
         .output()
         .unwrap();
+    let _ = http_server.kill();
+    let _ = http_server.wait();
     assert!(
         out.status.success(),
         "{}",
@@ -224,14 +251,29 @@ fn the_official_python_sdk_client_works_through_the_gateway() {
         .iter()
         .map(|t| t.as_str().unwrap())
         .collect();
+    for t in [
+        "everything__echo",
+        "everything-http__echo",
+        "memory__read_graph",
+    ] {
+        assert!(tools.contains(&t), "{t} not in {tools:?}");
+    }
+    assert!(!tools.contains(&"everything__get-sum"), "{tools:?}");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results[0]["content"][0]["text"], "Echo: over stdio");
+    assert_eq!(results[1]["content"][0]["text"], "Echo: over http");
+    assert_ne!(results[2]["isError"], true, "{}", results[2]);
     assert!(
-        tools.contains(&"everything__echo") && !tools.contains(&"everything__get-sum"),
-        "{tools:?}"
+        results[3]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("lattice"),
+        "{}",
+        results[3]
     );
-    assert_eq!(
-        report["result"]["content"][0]["text"],
-        "Echo: from the python sdk"
-    );
+    // The write reached the real memory server's own store.
+    let stored = std::fs::read_to_string(memory.path().join("memory.jsonl")).unwrap();
+    assert!(stored.contains("\"lattice\""), "{stored}");
 }
 
 #[test]

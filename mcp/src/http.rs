@@ -1,0 +1,258 @@
+//! An upstream MCP server spoken to over streamable HTTP (protocol
+//! 2025-03-26 and later): one endpoint, POST per message, answers as JSON or
+//! as a server-sent-events stream, a session id assigned at `initialize`
+//! and sent back on every request (re-initialized once if the server says
+//! the session ended). Credentials for the upstream come from the gateway's
+//! config, never from the agent.
+
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+use crate::jsonrpc::{self, Message};
+use crate::stdio::PROTOCOL_VERSION;
+use crate::McpError;
+
+/// Largest upstream answer accepted.
+pub const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// How to reach a streamable-HTTP server.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub name: String,
+    pub url: String,
+    /// Injected on every request (e.g. the upstream's own API key).
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// A connected streamable-HTTP upstream.
+pub struct HttpUpstream {
+    cfg: HttpConfig,
+    client: reqwest::Client,
+    session: Mutex<Option<String>>,
+    next_id: AtomicU64,
+    server_info: Value,
+}
+
+fn err(cfg: &HttpConfig, message: impl Into<String>) -> McpError {
+    McpError::Upstream {
+        server: cfg.name.clone(),
+        message: message.into(),
+    }
+}
+
+/// The JSON-RPC response with `id` in a JSON or SSE body.
+fn find_response(body: &str, sse: bool, id: u64) -> Option<Result<Value, Value>> {
+    let candidates: Vec<String> = if sse {
+        body.split("\n\n")
+            .map(|event| {
+                event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .filter(|d| !d.is_empty())
+            .collect()
+    } else {
+        vec![body.to_string()]
+    };
+    candidates
+        .iter()
+        .find_map(|c| match jsonrpc::parse(c.as_bytes(), MAX_RESPONSE) {
+            Ok(Message::Response { id: got, outcome }) if got.as_u64() == Some(id) => Some(outcome),
+            _ => None,
+        })
+}
+
+impl HttpUpstream {
+    /// Connects and completes the `initialize` handshake.
+    pub async fn start(cfg: HttpConfig) -> Result<Self, McpError> {
+        crate::tools::check_server_name(&cfg.name)?;
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .build()
+            .map_err(|e| err(&cfg, e.to_string()))?;
+        let mut up = Self {
+            cfg,
+            client,
+            session: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            server_info: Value::Null,
+        };
+        up.server_info = up.initialize().await?;
+        Ok(up)
+    }
+
+    async fn initialize(&self) -> Result<Value, McpError> {
+        *self.session.lock().await = None;
+        let result = self
+            .send(
+                "initialize",
+                json!({
+                    "protocolVersion": PROTOCOL_VERSION,
+                    "capabilities": {},
+                    "clientInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
+                }),
+            )
+            .await?;
+        self.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await?;
+        Ok(result)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn server_info(&self) -> &Value {
+        &self.server_info
+    }
+
+    /// POSTs one message; returns (status, is SSE, body).
+    async fn post(&self, message: &Value) -> Result<(u16, bool, String), McpError> {
+        let mut req = self
+            .client
+            .post(&self.cfg.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", PROTOCOL_VERSION);
+        if let Some(s) = self.session.lock().await.as_ref() {
+            req = req.header("mcp-session-id", s);
+        }
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k, v);
+        }
+        let resp = req.body(message.to_string()).send().await.map_err(|e| {
+            if e.is_timeout() {
+                McpError::Timeout {
+                    server: self.cfg.name.clone(),
+                    timeout_ms: self.cfg.timeout.as_millis() as u64,
+                }
+            } else {
+                err(&self.cfg, e.to_string())
+            }
+        })?;
+        if let Some(s) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            *self.session.lock().await = Some(s.to_string());
+        }
+        let status = resp.status().as_u16();
+        let sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if resp
+            .content_length()
+            .is_some_and(|n| n as usize > MAX_RESPONSE)
+        {
+            return Err(err(&self.cfg, "the answer is too large"));
+        }
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| err(&self.cfg, e.to_string()))?;
+        if body.len() > MAX_RESPONSE {
+            return Err(err(&self.cfg, "the answer is too large"));
+        }
+        Ok((status, sse, body))
+    }
+
+    async fn send(&self, method: &str, params: Value) -> Result<Value, McpError> {
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        let (status, sse, body) = self
+            .post(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await?;
+        if status == 404 && method != "initialize" {
+            return Err(err(&self.cfg, "session ended"));
+        }
+        if !(200..300).contains(&status) {
+            return Err(err(
+                &self.cfg,
+                format!(
+                    "HTTP {status}: {}",
+                    body.chars().take(200).collect::<String>()
+                ),
+            ));
+        }
+        match find_response(&body, sse, id) {
+            Some(Ok(result)) => Ok(result),
+            Some(Err(error)) => Err(McpError::UpstreamError {
+                server: self.cfg.name.clone(),
+                code: error
+                    .get("code")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(jsonrpc::INTERNAL_ERROR),
+                message: error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            }),
+            None => Err(err(&self.cfg, "no response to the request in the answer")),
+        }
+    }
+
+    /// Sends a request; if the server ended the session, starts a new one
+    /// and tries once more.
+    pub async fn request(&self, method: &str, params: Value) -> Result<Value, McpError> {
+        match self.send(method, params.clone()).await {
+            Err(McpError::Upstream { message, .. }) if message == "session ended" => {
+                self.initialize().await?;
+                self.send(method, params).await
+            }
+            other => other,
+        }
+    }
+
+    /// Every tool, following `nextCursor` pages (at most 100 pages).
+    pub async fn list_tools(&self) -> Result<Vec<Value>, McpError> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let params = cursor
+                .as_ref()
+                .map_or_else(|| json!({}), |c| json!({"cursor": c}));
+            let page = self.request("tools/list", params).await?;
+            let items = page
+                .get("tools")
+                .and_then(Value::as_array)
+                .ok_or_else(|| err(&self.cfg, "tools/list result has no `tools` array"))?;
+            tools.extend(items.iter().cloned());
+            cursor = page
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if cursor.is_none() {
+                return Ok(tools);
+            }
+        }
+        Err(err(&self.cfg, "tools/list pages never end"))
+    }
+
+    pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {
+        self.request("tools/call", json!({"name": name, "arguments": arguments}))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_response;
+
+    #[test]
+    fn finds_the_response_in_json_and_sse_bodies() {
+        let json = r#"{"jsonrpc":"2.0","id":3,"result":{"ok":true}}"#;
+        assert_eq!(find_response(json, false, 3).unwrap().unwrap()["ok"], true);
+        assert!(find_response(json, false, 4).is_none());
+        let sse = "event: message\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"error\":{\"code\":-1,\"message\":\"x\"}}\n\n";
+        assert!(find_response(sse, true, 7).unwrap().is_err());
+    }
+}
