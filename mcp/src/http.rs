@@ -216,20 +216,13 @@ impl HttpUpstream {
     pub async fn list_tools(&self) -> Result<Vec<Value>, McpError> {
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
-        for _ in 0..100 {
-            let params = cursor
-                .as_ref()
-                .map_or_else(|| json!({}), |c| json!({"cursor": c}));
-            let page = self.request("tools/list", params).await?;
-            let items = page
-                .get("tools")
-                .and_then(Value::as_array)
-                .ok_or_else(|| err(&self.cfg, "tools/list result has no `tools` array"))?;
-            tools.extend(items.iter().cloned());
-            cursor = page
-                .get("nextCursor")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+        for _ in 0..crate::tools::MAX_PAGES {
+            let page = self
+                .request("tools/list", crate::tools::list_params(cursor.as_deref()))
+                .await?;
+            let (items, next) = crate::tools::read_page(&page).map_err(|e| err(&self.cfg, e))?;
+            tools.extend(items);
+            cursor = next;
             if cursor.is_none() {
                 return Ok(tools);
             }

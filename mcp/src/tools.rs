@@ -47,6 +47,30 @@ pub fn split_federated(name: &str) -> Option<(&str, &str)> {
     (check_server_name(server).is_ok() && !tool.is_empty()).then_some((server, tool))
 }
 
+/// Most `tools/list` pages read from one upstream.
+pub const MAX_PAGES: usize = 100;
+
+/// `tools/list` params for a page.
+pub fn list_params(cursor: Option<&str>) -> Value {
+    match cursor {
+        Some(c) => serde_json::json!({ "cursor": c }),
+        None => serde_json::json!({}),
+    }
+}
+
+/// One `tools/list` result page: its tools and the next cursor.
+pub fn read_page(page: &Value) -> Result<(Vec<Value>, Option<String>), String> {
+    let tools = page
+        .get("tools")
+        .and_then(Value::as_array)
+        .ok_or("tools/list result has no `tools` array")?;
+    let next = page
+        .get("nextCursor")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok((tools.clone(), next))
+}
+
 /// Writes `v` as JSON with object keys sorted at every level.
 fn canonical_into(v: &Value, out: &mut String) {
     match v {
