@@ -1,0 +1,468 @@
+//! The route table and the client. `Router::configure` swaps in a new table
+//! (a reload keeps the live state of every backend whose spec is unchanged);
+//! `Router::send` runs one attempt on one backend on the router's own runtime
+//! and hands back the response head and a channel of body chunks. Dropping
+//! that channel (the agent went away) drops the backend connection, which is
+//! how a cancellation reaches the backend. A background loop runs each
+//! backend's active health check and reads vLLM's load gauges.
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::{parse_vllm_load, BackendSpec, BackendState};
+use crate::openai::Endpoint;
+use crate::select::{choose, Strategy};
+use crate::InferenceError;
+
+/// A model name and its aliases → backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRoute {
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// Backend names, in priority order.
+    pub backends: Vec<String>,
+    pub strategy: Strategy,
+    /// The name sent to backends (default: the route's name).
+    pub upstream_model: Option<String>,
+    /// Operator labels: the Model entity's `labels` in policies.
+    pub labels: Vec<String>,
+}
+
+impl ModelRoute {
+    pub fn upstream_model(&self) -> &str {
+        self.upstream_model.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A route with its backends' live state.
+#[derive(Debug)]
+pub struct Resolved {
+    pub route: ModelRoute,
+    pub backends: Vec<Arc<BackendState>>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_name: HashMap<String, Arc<Resolved>>,
+    routes: Vec<Arc<Resolved>>,
+    backends: Vec<Arc<BackendState>>,
+}
+
+fn build_table(
+    old: Option<&Table>,
+    backends: &[BackendSpec],
+    routes: &[ModelRoute],
+) -> Result<Table, InferenceError> {
+    let mut states: HashMap<String, Arc<BackendState>> = HashMap::new();
+    let mut ordered = Vec::new();
+    for spec in backends {
+        if states.contains_key(&spec.name) {
+            return Err(InferenceError::Config(format!(
+                "backend `{}` is defined twice",
+                spec.name
+            )));
+        }
+        let state = old
+            .and_then(|t| t.backends.iter().find(|b| b.spec == *spec).cloned())
+            .unwrap_or_else(|| Arc::new(BackendState::new(spec.clone())));
+        states.insert(spec.name.clone(), state.clone());
+        ordered.push(state);
+    }
+    let mut by_name = HashMap::new();
+    let mut list = Vec::new();
+    for route in routes {
+        if route.backends.is_empty() {
+            return Err(InferenceError::Config(format!(
+                "model `{}` has no backends",
+                route.name
+            )));
+        }
+        let mut seen = HashSet::new();
+        let mut members = Vec::new();
+        for name in &route.backends {
+            let Some(state) = states.get(name) else {
+                return Err(InferenceError::Config(format!(
+                    "model `{}` names backend `{name}`, which is not defined",
+                    route.name
+                )));
+            };
+            if !seen.insert(name) {
+                return Err(InferenceError::Config(format!(
+                    "model `{}` lists backend `{name}` twice",
+                    route.name
+                )));
+            }
+            members.push(state.clone());
+        }
+        let resolved = Arc::new(Resolved {
+            route: route.clone(),
+            backends: members,
+        });
+        for name in std::iter::once(&route.name).chain(&route.aliases) {
+            if by_name.insert(name.clone(), resolved.clone()).is_some() {
+                return Err(InferenceError::Config(format!(
+                    "model name or alias `{name}` is used twice"
+                )));
+            }
+        }
+        list.push(resolved);
+    }
+    Ok(Table {
+        by_name,
+        routes: list,
+        backends: ordered,
+    })
+}
+
+/// Checks a route table without building live state (config validation).
+pub fn validate(backends: &[BackendSpec], routes: &[ModelRoute]) -> Result<(), InferenceError> {
+    build_table(None, backends, routes).map(|_| ())
+}
+
+/// A backend's response head and its body, chunk by chunk.
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub backend: Arc<BackendState>,
+    chunks: mpsc::Receiver<Result<Bytes, InferenceError>>,
+}
+
+impl UpstreamResponse {
+    /// The next chunk; None at the end of the body.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, InferenceError>> {
+        self.chunks.recv().await
+    }
+}
+
+struct Head {
+    status: u16,
+    content_type: String,
+}
+
+/// Decrements the outstanding count when an attempt ends, however it ends.
+struct InFlight(Arc<BackendState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end_request();
+    }
+}
+
+/// The most of an error body kept from a backend.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The inference router.
+pub struct Router {
+    table: Arc<ArcSwap<Table>>,
+    client: reqwest::Client,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    turn: AtomicU64,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Router {
+    /// Starts the router's runtime and its health loop, with no routes.
+    pub fn start() -> Result<Self, InferenceError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lattice-inference")
+            .enable_all()
+            .build()
+            .map_err(|e| InferenceError::Runtime(e.to_string()))?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| InferenceError::Runtime(e.to_string()))?;
+        let table: Arc<ArcSwap<Table>> = Arc::default();
+        let handle = runtime.handle().clone();
+        handle.spawn(health_loop(table.clone(), client.clone()));
+        Ok(Self {
+            table,
+            client,
+            runtime: Some(runtime),
+            handle,
+            turn: AtomicU64::new(0),
+        })
+    }
+
+    /// Replaces the route table. Backends whose spec is unchanged keep their
+    /// live state.
+    pub fn configure(
+        &self,
+        backends: &[BackendSpec],
+        routes: &[ModelRoute],
+    ) -> Result<(), InferenceError> {
+        let old = self.table.load();
+        let table = build_table(Some(&old), backends, routes)?;
+        self.table.store(Arc::new(table));
+        Ok(())
+    }
+
+    /// The route a model name or alias names.
+    pub fn resolve(&self, model: &str) -> Option<Arc<Resolved>> {
+        self.table.load().by_name.get(model).cloned()
+    }
+
+    /// Every route, in configuration order.
+    pub fn routes(&self) -> Vec<Arc<Resolved>> {
+        self.table.load().routes.clone()
+    }
+
+    /// Every backend.
+    pub fn backends(&self) -> Vec<Arc<BackendState>> {
+        self.table.load().backends.clone()
+    }
+
+    /// Picks the next backend to try among `candidates` (already allowed by
+    /// policy), skipping the indexes in `tried`.
+    pub fn choose(
+        &self,
+        strategy: Strategy,
+        candidates: &[Arc<BackendState>],
+        tried: &[usize],
+    ) -> Option<usize> {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        choose(strategy, candidates, tried, turn)
+    }
+
+    /// One attempt on one backend: resolves when the response head arrived
+    /// (a success status) and fails when the backend cannot be reached, does
+    /// not answer in time, or answers with an error status (the body of which
+    /// is kept). Faults are recorded on the backend (ejection); successes
+    /// feed its latency EWMA.
+    pub async fn send(
+        &self,
+        backend: &Arc<BackendState>,
+        endpoint: Endpoint,
+        body: Bytes,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<UpstreamResponse, InferenceError> {
+        let (head_tx, head_rx) = oneshot::channel::<Result<Head, InferenceError>>();
+        let (tx, rx) = mpsc::channel(32);
+        let b = backend.clone();
+        let mut request = self
+            .client
+            .post(format!("{}{}", b.spec.url, endpoint.path()))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        if let Some(key) = &b.spec.api_key {
+            request = request.bearer_auth(key);
+        }
+        self.handle.spawn(async move {
+            b.start_request();
+            let _in_flight = InFlight(b.clone());
+            let timeout = b.spec.timeout;
+            let name = b.spec.name.clone();
+            let started = Instant::now();
+            let fault = |message: String| InferenceError::Backend {
+                backend: name.clone(),
+                message,
+            };
+            let timed_out = || InferenceError::Timeout {
+                backend: name.clone(),
+                timeout_ms: timeout.as_millis() as u64,
+            };
+            let mut response = match tokio::time::timeout(timeout, request.send()).await {
+                Err(_) => Err(timed_out()),
+                Ok(Err(e)) => Err(fault(describe(&e))),
+                Ok(Ok(r)) => Ok(r),
+            };
+            if let Ok(r) = &mut response {
+                let status = r.status().as_u16();
+                if !(200..300).contains(&status) {
+                    let mut kept = Vec::new();
+                    while let Ok(Ok(Some(c))) = tokio::time::timeout(timeout, r.chunk()).await {
+                        kept.extend_from_slice(&c[..c.len().min(MAX_ERROR_BODY - kept.len())]);
+                        if kept.len() >= MAX_ERROR_BODY {
+                            break;
+                        }
+                    }
+                    response = Err(InferenceError::Status {
+                        backend: name.clone(),
+                        status,
+                        body: Bytes::from(kept),
+                    });
+                }
+            }
+            let mut response = match response {
+                Ok(r) => r,
+                Err(e) => {
+                    if e.is_backend_fault() {
+                        b.record_failure();
+                    }
+                    let _ = head_tx.send(Err(e));
+                    return;
+                }
+            };
+            b.record_success(started.elapsed());
+            let head = Head {
+                status: response.status().as_u16(),
+                content_type: response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json")
+                    .to_string(),
+            };
+            if head_tx.send(Ok(head)).is_err() {
+                return; // the gateway gave up: dropping the response cancels upstream
+            }
+            loop {
+                let next = match tokio::time::timeout(timeout, response.chunk()).await {
+                    Err(_) => Err(timed_out()),
+                    Ok(Err(e)) => Err(fault(describe(&e))),
+                    Ok(Ok(None)) => break,
+                    Ok(Ok(Some(c))) => Ok(c),
+                };
+                let failed = next.is_err();
+                if failed {
+                    b.record_failure();
+                }
+                if tx.send(next).await.is_err() || failed {
+                    break; // the agent went away, or the backend did
+                }
+            }
+        });
+        let head = head_rx
+            .await
+            .map_err(|_| InferenceError::Runtime("the backend task ended".into()))??;
+        Ok(UpstreamResponse {
+            status: head.status,
+            content_type: head.content_type,
+            backend: backend.clone(),
+            chunks: rx,
+        })
+    }
+}
+
+/// reqwest's error with its causes (the top level alone says little).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+async fn health_loop(table: Arc<ArcSwap<Table>>, client: reqwest::Client) {
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = Instant::now();
+        let current = table.load_full();
+        due.retain(|name, _| current.backends.iter().any(|b| &b.spec.name == name));
+        for b in &current.backends {
+            if due.get(&b.spec.name).is_some_and(|t| *t > now) {
+                continue;
+            }
+            due.insert(b.spec.name.clone(), now + b.spec.health_interval);
+            tokio::spawn(check(b.clone(), client.clone()));
+        }
+    }
+}
+
+async fn check(b: Arc<BackendState>, client: reqwest::Client) {
+    let limit = b.spec.health_interval.clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let get = |path: &str| {
+        let mut r = client.get(format!("{}{path}", b.spec.url)).timeout(limit);
+        if let Some(key) = &b.spec.api_key {
+            r = r.bearer_auth(key);
+        }
+        r.send()
+    };
+    let ok = matches!(get(b.spec.kind.health_path()).await, Ok(r) if r.status().is_success());
+    b.set_health(ok);
+    if ok && b.spec.kind.has_metrics() {
+        if let Ok(r) = get("/metrics").await {
+            if let Ok(text) = r.text().await {
+                if let Some(load) = parse_vllm_load(&text) {
+                    b.set_reported_load(load);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+
+    fn spec(name: &str) -> BackendSpec {
+        BackendSpec {
+            name: name.into(),
+            kind: BackendKind::Vllm,
+            url: format!("http://127.0.0.1:1/{name}"),
+            location: "on_prem".into(),
+            weight: 1,
+            api_key: None,
+            timeout: Duration::from_secs(1),
+            health_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn route(name: &str, aliases: &[&str], backends: &[&str]) -> ModelRoute {
+        ModelRoute {
+            name: name.into(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            backends: backends.iter().map(|s| s.to_string()).collect(),
+            strategy: Strategy::default(),
+            upstream_model: None,
+            labels: vec![],
+        }
+    }
+
+    #[test]
+    fn tables_are_validated() {
+        let b = [spec("a"), spec("b")];
+        assert!(validate(&b, &[route("m", &["alias"], &["a", "b"])]).is_ok());
+        let err = validate(&b, &[route("m", &[], &["c"])]).unwrap_err();
+        assert!(err.to_string().contains("backend `c`"), "{err}");
+        let err = validate(&b, &[route("m", &[], &["a"]), route("n", &["m"], &["b"])])
+            .unwrap_err();
+        assert!(err.to_string().contains("`m` is used twice"), "{err}");
+        assert!(validate(&[spec("a"), spec("a")], &[]).is_err());
+        assert!(validate(&b, &[route("m", &[], &[])]).is_err());
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_unchanged_backends() {
+        let router = Router::start().unwrap();
+        router
+            .configure(&[spec("a"), spec("b")], &[route("m", &["x"], &["a", "b"])])
+            .unwrap();
+        let a = router.resolve("x").unwrap().backends[0].clone();
+        a.record_failure();
+        let mut changed = spec("b");
+        changed.weight = 5;
+        router
+            .configure(&[spec("a"), changed], &[route("m", &[], &["a", "b"])])
+            .unwrap();
+        let r = router.resolve("m").unwrap();
+        assert!(Arc::ptr_eq(&r.backends[0], &a));
+        assert!(r.backends[0].ejected());
+        assert_eq!(r.backends[1].spec.weight, 5);
+        assert!(router.resolve("x").is_none());
+    }
+}
