@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::merkle::{leaf_hash, Hash};
 
 /// Version of the canonical encoding, carried in every event.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Whether an event records a decision (before forwarding) or an outcome
 /// (after).
@@ -66,6 +66,10 @@ pub struct AuditEvent {
     pub result_hash: Option<String>,
     pub client_addr: String,
     pub user_agent: String,
+    /// Time to the first byte of a streamed answer, µs (format 2). Absent
+    /// fields are not encoded, so format-1 events re-encode unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_us: Option<u64>,
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -109,6 +113,7 @@ impl AuditEvent {
             result_hash: None,
             client_addr: String::new(),
             user_agent: String::new(),
+            ttft_us: None,
         }
     }
 

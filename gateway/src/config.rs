@@ -29,6 +29,12 @@ struct RawConfig {
     mcp: RawMcp,
     #[serde(default)]
     mcp_servers: Vec<RawMcpServer>,
+    #[serde(default)]
+    backends: Vec<crate::llm_config::RawBackend>,
+    #[serde(default)]
+    models: Vec<crate::llm_config::RawModel>,
+    #[serde(default)]
+    limits: Vec<crate::llm_config::RawLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,6 +347,8 @@ pub struct Config {
     pub demo_upstream: Option<SocketAddr>,
     pub mcp_servers: Vec<McpServerConfig>,
     pub mcp: McpConfig,
+    /// Model routes, backends and limits.
+    pub llm: crate::llm_config::LlmConfig,
 }
 
 /// Settings of the downstream MCP endpoint.
@@ -868,6 +876,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         });
     }
 
+    let llm = crate::llm_config::build(raw.backends, raw.models, raw.limits, &bad)?;
+
     Ok(Config {
         path: path.to_path_buf(),
         server,
@@ -885,6 +895,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
             resource_url: raw.mcp.resource_url,
             auto_approve_first_seen: raw.mcp.auto_approve_first_seen,
         },
+        llm,
     })
 }
 

@@ -35,6 +35,19 @@ pub enum Rejection {
     Unauthenticated(String),
     /// Step 3: no such (visible) target.
     NotFound,
+    /// Step 3: no such (visible) model; unknown and forbidden look alike.
+    UnknownModel(String),
+    /// Step 4: the request does not have the target's shape.
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    /// Step 6: a rate limit or token budget is spent.
+    RateLimited {
+        limit: String,
+        what: &'static str,
+        retry_after_s: u64,
+    },
     /// The target does not take this method.
     MethodNotAllowed,
     /// A browser origin that may not call the MCP endpoint (DNS rebinding).
@@ -57,7 +70,9 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => 413,
             Rejection::BadRequest(_) => 400,
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => 401,
-            Rejection::NotFound => 404,
+            Rejection::NotFound | Rejection::UnknownModel(_) => 404,
+            Rejection::InvalidRequest { .. } => 400,
+            Rejection::RateLimited { .. } => 429,
             Rejection::MethodNotAllowed => 405,
             Rejection::OriginNotAllowed => 403,
             Rejection::Forbidden { .. } => 403,
@@ -75,6 +90,9 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad_request",
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => "unauthenticated",
             Rejection::NotFound => "not_found",
+            Rejection::UnknownModel(_) => "model_not_found",
+            Rejection::InvalidRequest { .. } => "invalid_request",
+            Rejection::RateLimited { .. } => "rate_limit_exceeded",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::OriginNotAllowed => "origin_not_allowed",
             Rejection::Forbidden { .. } => "forbidden",
@@ -95,6 +113,17 @@ impl Rejection {
             Rejection::NoCredentials => "missing bearer token".into(),
             Rejection::Unauthenticated(m) => m.clone(),
             Rejection::NotFound => "no such route".into(),
+            Rejection::UnknownModel(m) => {
+                format!("The model `{m}` does not exist or you do not have access to it.")
+            }
+            Rejection::InvalidRequest { message, .. } => message.clone(),
+            Rejection::RateLimited {
+                limit,
+                what,
+                retry_after_s,
+            } => format!(
+                "Rate limit reached: the {what} allowed by limit `{limit}` are spent; retry after {retry_after_s} s."
+            ),
             Rejection::MethodNotAllowed => "method not allowed".into(),
             Rejection::OriginNotAllowed => "this origin may not call the MCP endpoint".into(),
             Rejection::Forbidden { .. } => "denied by policy".into(),
@@ -120,6 +149,39 @@ impl Rejection {
         Bytes::from(json!({ "error": err }).to_string())
     }
 
+    /// The body in OpenAI's error format, for the `/v1` API:
+    /// `{"error": {"message", "type", "param", "code", "request_id"}}`.
+    pub fn openai_body(&self, request_id: &str) -> Bytes {
+        let kind = match self.status() {
+            400 | 404 | 405 | 413 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            _ => "server_error",
+        };
+        let param = match self {
+            Rejection::InvalidRequest { param, .. } => param.as_deref(),
+            Rejection::UnknownModel(_) => Some("model"),
+            _ => None,
+        };
+        let code = match self {
+            Rejection::Unauthenticated(_) | Rejection::NoCredentials => "invalid_api_key",
+            other => other.code(),
+        };
+        let decision = match self {
+            Rejection::Forbidden { decision_id } => Some(decision_id.as_str()),
+            _ => None,
+        };
+        lattice_inference_router::openai::error_body(
+            &self.message(),
+            kind,
+            param,
+            Some(code),
+            request_id,
+            decision,
+        )
+    }
+
     /// Extra response headers.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
@@ -135,6 +197,9 @@ impl Rejection {
                 vec![("www-authenticate", "Bearer realm=\"lattice\"".into())]
             }
             Rejection::AuditUnavailable => vec![("retry-after", "1".into())],
+            Rejection::RateLimited { retry_after_s, .. } => {
+                vec![("retry-after", retry_after_s.to_string())]
+            }
             _ => Vec::new(),
         }
     }

@@ -524,7 +524,7 @@ impl Gateway {
         self.write_json(session, ctx, status, &reply).await
     }
 
-    async fn refuse_and_respond(
+    pub(crate) async fn refuse_and_respond(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,

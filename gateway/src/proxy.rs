@@ -27,9 +27,9 @@ pub struct Gateway {
 
 /// Per-request state.
 pub struct Ctx {
-    start: Instant,
+    pub(crate) start: Instant,
     pub(crate) facts: CallFacts,
-    traceparent: String,
+    pub(crate) traceparent: String,
     route: Option<Arc<Route>>,
     upstream_path: String,
     pub(crate) max_body: u64,
@@ -47,6 +47,12 @@ pub struct Ctx {
     refused: Option<u16>,
     /// Why the call failed after the decision, for the outcome event.
     pub(crate) failure: Option<String>,
+    /// The `/v1` API: refusals in OpenAI's error format.
+    pub(crate) openai: bool,
+    /// Token usage a backend reported.
+    pub(crate) usage: Option<lattice_inference_router::Usage>,
+    /// Time to the first byte of a streamed answer.
+    pub(crate) ttft_us: Option<u64>,
 }
 
 fn unix_now() -> i64 {
@@ -162,7 +168,7 @@ impl Gateway {
     }
 
     /// Records the decision event of a refusal; an outcome is then owed.
-    fn refuse_with(
+    pub(crate) fn refuse_with(
         &self,
         ctx: &mut Ctx,
         runtime: &Runtime,
@@ -180,7 +186,11 @@ impl Gateway {
         ctx: &mut Ctx,
         rejection: &Rejection,
     ) -> Result<()> {
-        let body = rejection.body(&ctx.facts.request_id);
+        let body = if ctx.openai {
+            rejection.openai_body(&ctx.facts.request_id)
+        } else {
+            rejection.body(&ctx.facts.request_id)
+        };
         ctx.refused = Some(rejection.status());
         ctx.failure = Some(rejection.message());
         let mut resp = ResponseHeader::build(rejection.status(), Some(4))?;
@@ -277,6 +287,9 @@ impl ProxyHttp for Gateway {
             outcome_slot: None,
             refused: None,
             failure: None,
+            openai: false,
+            usage: None,
+            ttft_us: None,
         }
     }
 
@@ -312,6 +325,9 @@ impl ProxyHttp for Gateway {
         ctx.traceparent = traceparent;
         if ctx.facts.target == "/mcp" {
             return self.serve_mcp(session, ctx, &runtime).await;
+        }
+        if ctx.facts.target.starts_with("/v1/") {
+            return self.serve_llm(session, ctx, &runtime).await;
         }
         match self.enforce(session, ctx, &runtime) {
             Ok(()) => Ok(false),
@@ -469,6 +485,11 @@ impl ProxyHttp for Gateway {
             .facts
             .outcome_event(status, elapsed.as_micros() as u64, &reason);
         event.result_hash = ctx.result_hash.take();
+        if let Some(u) = &ctx.usage {
+            event.tokens_in = Some(u.prompt_tokens);
+            event.tokens_out = Some(u.completion_tokens);
+        }
+        event.ttft_us = ctx.ttft_us;
         let recorded = match ctx.outcome_slot.take() {
             Some(slot) => slot.record(event),
             // The decision went unaudited (audit.on_full = allow): best effort.

@@ -94,6 +94,11 @@ pub struct Shared {
     /// MCP upstreams and their tools (started at boot; `[[mcp_servers]]`
     /// changes need a restart).
     pub mcp: Option<Arc<crate::mcp_hub::McpHub>>,
+    /// Model routes and backends (their table follows reloads; each
+    /// backend's live state survives them).
+    pub inference: Arc<lattice_inference_router::Router>,
+    /// Rate-limit and budget counters (survive reloads).
+    pub limiter: crate::limits::Limiter,
     /// Settings fixed at start (listener, data dir, audit): a reload that
     /// changes them is applied for everything else and logged.
     pub startup: Config,
@@ -106,6 +111,14 @@ impl Shared {
         let result = config::load(&path).and_then(Runtime::build);
         match result {
             Ok(new) => {
+                if let Err(e) = self
+                    .inference
+                    .configure(&new.config.llm.backends, &new.config.llm.models)
+                {
+                    self.metrics.reload("rejected");
+                    tracing::error!(error = %e, "model routes rejected; the previous config stays in force");
+                    return Err(GatewayError::Config(e.to_string()));
+                }
                 if new.config.server != self.startup.server
                     || new.config.audit != self.startup.audit
                 {

@@ -79,7 +79,14 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         signer,
         clickhouse: a.clickhouse.clone(),
     })?;
+    let inference = lattice_inference_router::Router::start()
+        .map_err(|e| GatewayError::Server(e.to_string()))?;
+    inference
+        .configure(&config.llm.backends, &config.llm.models)
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
     let shared = Arc::new(Shared {
+        inference: Arc::new(inference),
+        limiter: crate::limits::Limiter::default(),
         runtime: arc_swap::ArcSwap::from_pointee(runtime),
         keys,
         audit: pipeline.handle(),

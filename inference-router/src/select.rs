@@ -71,7 +71,10 @@ pub fn choose(
         &available
     };
     let n = pool.len();
-    let rotated = |k: usize| pool[(k + turn as usize) % n];
+    // Ties start from a scrambled offset: a plain counter would hand the same
+    // parity to two callers that alternate (and starve one backend of one).
+    let offset = (splitmix64(turn) % n as u64) as usize;
+    let rotated = |k: usize| pool[(k + offset) % n];
     let pick = match strategy {
         Strategy::Priority => pool[0],
         Strategy::LeastOutstanding => (0..n)
@@ -106,6 +109,14 @@ pub fn choose(
     Some(pick)
 }
 
+/// SplitMix64: a well-mixed 64-bit value from a counter.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,12 +149,16 @@ mod tests {
     }
 
     #[test]
-    fn ties_rotate() {
+    fn ties_are_spread_even_over_every_other_turn() {
         let c = vec![backend("a", 1), backend("b", 1)];
-        let picks: Vec<_> = (0..4)
-            .map(|t| choose(Strategy::LeastOutstanding, &c, &[], t))
-            .collect();
-        assert_eq!(picks, vec![Some(0), Some(1), Some(0), Some(1)]);
+        // Two callers alternating on one counter: each still reaches both.
+        for parity in 0..2u64 {
+            let picks: Vec<_> = (0..32)
+                .map(|k| choose(Strategy::LeastOutstanding, &c, &[], 2 * k + parity))
+                .collect();
+            let to_a = picks.iter().filter(|p| **p == Some(0)).count();
+            assert!((8..=24).contains(&to_a), "parity {parity}: {picks:?}");
+        }
     }
 
     #[test]

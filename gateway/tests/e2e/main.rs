@@ -6,6 +6,7 @@ mod audit_tamper;
 mod clickhouse;
 mod harness;
 mod jwt;
+mod llm;
 mod mcp;
 
 use harness::*;

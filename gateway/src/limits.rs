@@ -1,0 +1,222 @@
+//! Step 6 of the enforcement path: request rate limits and token budgets per
+//! agent or per tenant, in fixed windows aligned to the Unix epoch. A call is
+//! admitted only if every limit that applies to its principal has room; it
+//! then counts against all of them. Tokens are charged after the call, from
+//! the usage the backend reported, so a call in flight can overshoot a
+//! budget by its own size; every call after that is refused until the
+//! window turns. Counters live in this process: they survive a config
+//! reload (a limit is identified by its name) but not a restart, and each
+//! replica counts for itself.
+
+use lattice_policy::Principal;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Whom a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Per {
+    Agent,
+    Tenant,
+}
+
+/// A configured limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSpec {
+    pub name: String,
+    pub per: Per,
+    /// Agent or tenant ids it applies to; empty: every one.
+    pub only: Vec<String>,
+    /// Requests per window.
+    pub requests: Option<u64>,
+    /// Tokens (prompt + completion) per window.
+    pub tokens: Option<u64>,
+    pub window: Duration,
+}
+
+impl LimitSpec {
+    fn subject<'a>(&self, p: &'a Principal) -> Option<&'a str> {
+        let id = match self.per {
+            Per::Agent => p.id.as_str(),
+            Per::Tenant => p.tenant.as_str(),
+        };
+        (self.only.is_empty() || self.only.iter().any(|o| o == id)).then_some(id)
+    }
+}
+
+/// A refusal: which limit, and when to come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exceeded {
+    pub limit: String,
+    /// `requests` or `tokens`.
+    pub what: &'static str,
+    pub retry_after_s: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    start_s: u64,
+    requests: u64,
+    tokens: u64,
+}
+
+/// The counters.
+#[derive(Default)]
+pub struct Limiter {
+    windows: tokio::sync::Mutex<HashMap<(String, String), Window>>,
+}
+
+fn window_start(now_s: u64, window: Duration) -> u64 {
+    let w = window.as_secs().max(1);
+    now_s - now_s % w
+}
+
+impl Limiter {
+    /// Admits a call (counting one request against every applicable limit)
+    /// or names the first limit it would exceed.
+    pub async fn admit(
+        &self,
+        specs: &[LimitSpec],
+        principal: &Principal,
+        now_s: u64,
+    ) -> Result<(), Exceeded> {
+        let applicable: Vec<(&LimitSpec, &str)> = specs
+            .iter()
+            .filter_map(|s| s.subject(principal).map(|id| (s, id)))
+            .collect();
+        if applicable.is_empty() {
+            return Ok(());
+        }
+        let mut windows = self.windows.lock().await;
+        for (spec, id) in &applicable {
+            let start = window_start(now_s, spec.window);
+            let w = windows
+                .get(&(spec.name.clone(), id.to_string()))
+                .copied()
+                .filter(|w| w.start_s == start)
+                .unwrap_or_default();
+            let what = if spec.requests.is_some_and(|r| w.requests >= r) {
+                Some("requests")
+            } else if spec.tokens.is_some_and(|t| w.tokens >= t) {
+                Some("tokens")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(Exceeded {
+                    limit: spec.name.clone(),
+                    what,
+                    retry_after_s: (start + spec.window.as_secs().max(1) - now_s).max(1),
+                });
+            }
+        }
+        for (spec, id) in applicable {
+            let start = window_start(now_s, spec.window);
+            let w = windows
+                .entry((spec.name.clone(), id.to_string()))
+                .or_default();
+            if w.start_s != start {
+                *w = Window {
+                    start_s: start,
+                    ..Window::default()
+                };
+            }
+            w.requests += 1;
+        }
+        Ok(())
+    }
+
+    /// Charges the tokens a call used against every applicable budget.
+    pub async fn charge(&self, specs: &[LimitSpec], principal: &Principal, tokens: u64, now_s: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let mut windows = self.windows.lock().await;
+        for spec in specs.iter().filter(|s| s.tokens.is_some()) {
+            let Some(id) = spec.subject(principal) else {
+                continue;
+            };
+            let start = window_start(now_s, spec.window);
+            let w = windows
+                .entry((spec.name.clone(), id.to_string()))
+                .or_default();
+            if w.start_s != start {
+                *w = Window {
+                    start_s: start,
+                    ..Window::default()
+                };
+            }
+            w.tokens += tokens;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: &str, tenant: &str) -> Principal {
+        Principal {
+            kind: lattice_policy::PrincipalKind::Agent,
+            id: id.into(),
+            tenant: tenant.into(),
+            roles: vec![],
+            labels: vec![],
+            auth_method: "api_key".into(),
+        }
+    }
+
+    fn spec(name: &str, per: Per, requests: Option<u64>, tokens: Option<u64>) -> LimitSpec {
+        LimitSpec {
+            name: name.into(),
+            per,
+            only: vec![],
+            requests,
+            tokens,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_are_limited_per_agent_and_the_window_turns() {
+        let l = Limiter::default();
+        let specs = [spec("rpm", Per::Agent, Some(2), None)];
+        let (a, b) = (agent("a", "t"), agent("b", "t"));
+        assert!(l.admit(&specs, &a, 600).await.is_ok());
+        assert!(l.admit(&specs, &a, 601).await.is_ok());
+        let e = l.admit(&specs, &a, 615).await.unwrap_err();
+        assert_eq!((e.what, e.retry_after_s), ("requests", 45));
+        assert!(l.admit(&specs, &b, 615).await.is_ok(), "another agent has its own count");
+        assert!(l.admit(&specs, &a, 660).await.is_ok(), "a new window");
+    }
+
+    #[tokio::test]
+    async fn token_budgets_refuse_once_spent_and_tenants_share() {
+        let l = Limiter::default();
+        let specs = [spec("tenant-tokens", Per::Tenant, None, Some(100))];
+        let (a, b, other) = (agent("a", "t"), agent("b", "t"), agent("c", "u"));
+        assert!(l.admit(&specs, &a, 0).await.is_ok());
+        l.charge(&specs, &a, 60, 0).await;
+        assert!(l.admit(&specs, &b, 1).await.is_ok());
+        l.charge(&specs, &b, 60, 1).await;
+        let e = l.admit(&specs, &a, 2).await.unwrap_err();
+        assert_eq!(e.what, "tokens");
+        assert!(l.admit(&specs, &b, 3).await.is_err());
+        assert!(l.admit(&specs, &other, 3).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_does_not_count_and_only_narrows() {
+        let l = Limiter::default();
+        let mut narrow = spec("vip", Per::Agent, Some(1), None);
+        narrow.only = vec!["a".into()];
+        let specs = [narrow, spec("all", Per::Agent, Some(3), None)];
+        let (a, b) = (agent("a", "t"), agent("b", "t"));
+        assert!(l.admit(&specs, &a, 0).await.is_ok());
+        assert!(l.admit(&specs, &a, 0).await.is_err());
+        assert!(l.admit(&specs, &a, 0).await.is_err());
+        for _ in 0..3 {
+            assert!(l.admit(&specs, &b, 0).await.is_ok());
+        }
+        assert!(l.admit(&specs, &b, 0).await.is_err());
+    }
+}

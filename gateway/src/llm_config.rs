@@ -1,0 +1,195 @@
+//! The `[[backends]]`, `[[models]]` and `[[limits]]` sections: raw types
+//! (unknown keys rejected with their line, like the rest of the file) and
+//! their validation into the inference router's specs and the limiter's.
+
+use lattice_inference_router::{BackendKind, BackendSpec, ModelRoute, Strategy};
+use serde::Deserialize;
+use std::time::Duration;
+
+use crate::limits::{LimitSpec, Per};
+use crate::GatewayError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    name: String,
+    /// `vllm`, `mlx`, `lattice` or `openai`.
+    kind: String,
+    /// The server's root, without `/v1`.
+    url: String,
+    #[serde(default = "d_location")]
+    location: String,
+    #[serde(default = "d_weight")]
+    weight: u32,
+    /// The backend's API key, read from this environment variable.
+    #[serde(default)]
+    api_key_env: Option<String>,
+    #[serde(default = "d_llm_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "d_health")]
+    health_interval_ms: u64,
+}
+
+fn d_location() -> String {
+    "on_prem".into()
+}
+fn d_weight() -> u32 {
+    1
+}
+fn d_llm_timeout() -> u64 {
+    60_000
+}
+fn d_health() -> u64 {
+    2_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawModel {
+    name: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    backends: Vec<String>,
+    #[serde(default = "d_strategy")]
+    strategy: String,
+    #[serde(default)]
+    upstream_model: Option<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+fn d_strategy() -> String {
+    "least_outstanding".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimit {
+    name: String,
+    /// `agent` or `tenant`.
+    per: String,
+    #[serde(default)]
+    only: Vec<String>,
+    #[serde(default)]
+    requests: Option<u64>,
+    #[serde(default)]
+    tokens: Option<u64>,
+    window_seconds: u64,
+}
+
+/// The validated inference sections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LlmConfig {
+    pub backends: Vec<BackendSpec>,
+    pub models: Vec<ModelRoute>,
+    pub limits: Vec<LimitSpec>,
+}
+
+pub(crate) fn build(
+    backends: Vec<RawBackend>,
+    models: Vec<RawModel>,
+    limits: Vec<RawLimit>,
+    bad: &dyn Fn(String) -> GatewayError,
+) -> Result<LlmConfig, GatewayError> {
+    let mut specs = Vec::new();
+    for b in backends {
+        let kind = BackendKind::parse(&b.kind).ok_or_else(|| {
+            bad(format!(
+                "backend `{}`: kind `{}` is not one of vllm, mlx, lattice, openai",
+                b.name, b.kind
+            ))
+        })?;
+        let url = b.url.trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(bad(format!(
+                "backend `{}`: url `{}` is not an http(s) URL",
+                b.name, b.url
+            )));
+        }
+        if url.ends_with("/v1") {
+            return Err(bad(format!(
+                "backend `{}`: give the server's root without `/v1` (`{}`)",
+                b.name,
+                url.trim_end_matches("/v1")
+            )));
+        }
+        let api_key = match b.api_key_env {
+            Some(var) => Some(std::env::var(&var).map_err(|_| {
+                bad(format!(
+                    "backend `{}`: environment variable `{var}` is not set",
+                    b.name
+                ))
+            })?),
+            None => None,
+        };
+        if b.weight == 0 {
+            return Err(bad(format!("backend `{}`: weight must be positive", b.name)));
+        }
+        specs.push(BackendSpec {
+            name: b.name,
+            kind,
+            url,
+            location: b.location,
+            weight: b.weight,
+            api_key,
+            timeout: Duration::from_millis(b.timeout_ms.max(1)),
+            health_interval: Duration::from_millis(b.health_interval_ms.max(100)),
+        });
+    }
+    let mut routes = Vec::new();
+    for m in models {
+        let strategy = Strategy::parse(&m.strategy).ok_or_else(|| {
+            bad(format!(
+                "model `{}`: strategy `{}` is not one of least_outstanding, latency_ewma, weighted, priority",
+                m.name, m.strategy
+            ))
+        })?;
+        routes.push(ModelRoute {
+            name: m.name,
+            aliases: m.aliases,
+            backends: m.backends,
+            strategy,
+            upstream_model: m.upstream_model,
+            labels: m.labels,
+        });
+    }
+    lattice_inference_router::router::validate(&specs, &routes).map_err(|e| bad(e.to_string()))?;
+    let mut limit_specs: Vec<LimitSpec> = Vec::new();
+    for l in limits {
+        let per = match l.per.as_str() {
+            "agent" => Per::Agent,
+            "tenant" => Per::Tenant,
+            other => {
+                return Err(bad(format!(
+                    "limit `{}`: per = `{other}` is not agent or tenant",
+                    l.name
+                )))
+            }
+        };
+        if l.requests.is_none() && l.tokens.is_none() {
+            return Err(bad(format!(
+                "limit `{}` sets neither requests nor tokens",
+                l.name
+            )));
+        }
+        if l.window_seconds == 0 {
+            return Err(bad(format!("limit `{}`: window_seconds must be positive", l.name)));
+        }
+        if limit_specs.iter().any(|x| x.name == l.name) {
+            return Err(bad(format!("limit `{}` is defined twice", l.name)));
+        }
+        limit_specs.push(LimitSpec {
+            name: l.name,
+            per,
+            only: l.only,
+            requests: l.requests,
+            tokens: l.tokens,
+            window: Duration::from_secs(l.window_seconds),
+        });
+    }
+    Ok(LlmConfig {
+        backends: specs,
+        models: routes,
+        limits: limit_specs,
+    })
+}

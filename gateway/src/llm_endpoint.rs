@@ -1,0 +1,551 @@
+//! The agent-facing OpenAI API: `POST /v1/chat/completions`,
+//! `/v1/completions`, `/v1/embeddings` and `GET /v1/models`. Every call walks
+//! the enforcement path: bounded body, authentication, the OpenAI request
+//! shape, the model route, policy (`chat` or `embed` on the Model, evaluated
+//! once per backend with that backend's name and location in the context, so
+//! a deployment constraint narrows the backends a principal may reach), rate
+//! limits and token budgets, the decision recorded, then forwarded by the
+//! inference router with a retry on another allowed backend only while no
+//! byte has reached the agent. Usage read from the backend (asked for on
+//! every stream, and removed from the stream when the agent did not ask) is
+//! recorded on the outcome event and charged to the budgets.
+//!
+//! Errors are in OpenAI's format. A model that does not exist and a model the
+//! principal may not use are answered identically (404 `model_not_found`);
+//! the audit tells them apart.
+
+use bytes::Bytes;
+use lattice_inference_router::openai::{self, usage_of, Endpoint, Usage};
+use lattice_inference_router::{BackendState, InferenceError, Resolved, UsageFilter};
+use lattice_policy::{Action, AuthzRequest, Evaluation, Principal, RequestContext, Resource};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+use crate::enforce;
+use crate::error::Rejection;
+use crate::proxy::{Ctx, Gateway};
+use crate::runtime::Runtime;
+
+/// The most of a non-streamed backend answer the gateway holds.
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+/// At most this many backends are tried for one call.
+const MAX_ATTEMPTS: usize = 3;
+
+fn now_s() -> u64 {
+    lattice_audit::now_us() / 1_000_000
+}
+
+/// Resolves when the agent closes its connection (the request body having
+/// been read); never otherwise.
+async fn client_gone(session: &mut Session) {
+    if session
+        .as_downstream_mut()
+        .read_body_or_idle(true)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
+}
+
+fn authorize(
+    runtime: &Runtime,
+    principal: &Principal,
+    action: Action,
+    resolved: &Resolved,
+    backend: &BackendState,
+    ip: &str,
+) -> Evaluation {
+    runtime.policy.evaluate(&AuthzRequest {
+        principal: principal.clone(),
+        action,
+        resource: Resource::Model {
+            id: resolved.route.name.clone(),
+            labels: resolved.route.labels.clone(),
+        },
+        context: RequestContext::new(now_s() as i64, ip)
+            .with("backend", backend.spec.name.clone())
+            .with("backend_location", backend.spec.location.clone()),
+    })
+}
+
+impl Gateway {
+    /// Answers `/v1/...`. Returns Ok(true): the response is written.
+    pub(crate) async fn serve_llm(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+    ) -> Result<bool> {
+        ctx.openai = true;
+        ctx.facts.kind = "llm.request";
+        let path = ctx.facts.target.clone();
+        let endpoint = Endpoint::from_path(&path);
+        let method = session.req_header().method.clone();
+        if endpoint.is_none() && path != "/v1/models" {
+            return self
+                .refuse_and_respond(session, ctx, runtime, Rejection::NotFound, "no such API path")
+                .await;
+        }
+        let wanted = if endpoint.is_some() {
+            http::Method::POST
+        } else {
+            http::Method::GET
+        };
+        if method != wanted {
+            let reason = format!("{path} takes {wanted}");
+            return self
+                .refuse_and_respond(session, ctx, runtime, Rejection::MethodNotAllowed, &reason)
+                .await;
+        }
+        // 1. Bound the input, and read it whole (routing depends on `model`).
+        let header = |n: &str| {
+            session
+                .req_header()
+                .headers
+                .get(n)
+                .map(|v| v.as_bytes().to_vec())
+        };
+        let (content_length, authorization) = (header("content-length"), header("authorization"));
+        if let Err(r) = enforce::check_content_length(content_length.as_deref(), ctx.max_body) {
+            return self
+                .refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
+                .await;
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > ctx.max_body {
+                let r = Rejection::BodyTooLarge {
+                    limit: ctx.max_body,
+                };
+                return self
+                    .refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
+                    .await;
+            }
+        }
+        // 2. Authenticate.
+        let principal =
+            match enforce::authenticate(authorization.as_deref(), runtime, &self.shared.keys) {
+                Ok(p) => p,
+                Err(r) => {
+                    let reason = format!("authentication failed: {}", r.message());
+                    return self
+                        .refuse_and_respond(session, ctx, runtime, r, &reason)
+                        .await;
+                }
+            };
+        ctx.facts.principal = Some(principal.clone());
+        let Some(endpoint) = endpoint else {
+            return self.list_models(session, ctx, runtime, &principal).await;
+        };
+        ctx.facts.kind = endpoint.kind();
+        let action = if endpoint.is_embedding() {
+            Action::Embed
+        } else {
+            Action::Chat
+        };
+        ctx.facts.action = action.as_str().into();
+        // 4. The request's shape (checked first: without a model name there
+        //    is nothing to resolve).
+        let prepared = match openai::check_request(endpoint, &body) {
+            Ok(p) => p,
+            Err(e) => {
+                let param = match &e {
+                    InferenceError::BadRequest { param, .. } => param.clone(),
+                    _ => None,
+                };
+                let r = Rejection::InvalidRequest {
+                    message: e.to_string(),
+                    param,
+                };
+                let reason = format!("invalid request: {e}");
+                return self
+                    .refuse_and_respond(session, ctx, runtime, r, &reason)
+                    .await;
+            }
+        };
+        ctx.facts.target.clone_from(&prepared.model);
+        // 3. Resolve the model.
+        let Some(resolved) = self.shared.inference.resolve(&prepared.model) else {
+            let r = Rejection::UnknownModel(prepared.model.clone());
+            return self
+                .refuse_and_respond(session, ctx, runtime, r, "no such model")
+                .await;
+        };
+        ctx.facts.target.clone_from(&resolved.route.name);
+        // 5. Authorize, once per backend: the allowed ones are the candidates.
+        let ip = ctx.facts.client_addr_ip();
+        let mut allowed: Vec<(Arc<BackendState>, Evaluation)> = Vec::new();
+        let mut first_denial: Option<Evaluation> = None;
+        for b in &resolved.backends {
+            let evaluation = authorize(runtime, &principal, action, &resolved, b, &ip);
+            if evaluation.shadow_disagrees() {
+                self.shared.metrics.shadow_disagreements.inc();
+            }
+            if evaluation.live.is_allow() {
+                allowed.push((b.clone(), evaluation));
+            } else if first_denial.is_none() {
+                first_denial = Some(evaluation);
+            }
+        }
+        if allowed.is_empty() {
+            let evaluation = first_denial;
+            if let Some(ev) = &evaluation {
+                self.shared.metrics.decision(ev.live.outcome);
+            }
+            let mut event = ctx.facts.refusal_event(
+                404,
+                "denied by policy on every backend of the model",
+                evaluation.as_ref(),
+            );
+            if event.reason.is_empty() {
+                event.reason = "denied by policy on every backend of the model".into();
+            }
+            return self
+                .refuse_event_and_respond(
+                    session,
+                    ctx,
+                    runtime,
+                    Rejection::UnknownModel(prepared.model.clone()),
+                    event,
+                )
+                .await;
+        }
+        let candidates: Vec<Arc<BackendState>> = allowed.iter().map(|(b, _)| b.clone()).collect();
+        // 6. Rate limits and budgets.
+        let limits = &runtime.config.llm.limits;
+        if let Err(exceeded) = self.shared.limiter.admit(limits, &principal, now_s()).await {
+            let reason = format!(
+                "limit `{}` reached ({}); retry after {} s",
+                exceeded.limit, exceeded.what, exceeded.retry_after_s
+            );
+            let r = Rejection::RateLimited {
+                limit: exceeded.limit,
+                what: exceeded.what,
+                retry_after_s: exceeded.retry_after_s,
+            };
+            return self
+                .refuse_and_respond(session, ctx, runtime, r, &reason)
+                .await;
+        }
+        // Pick the first backend, then 7. record the decision.
+        let strategy = resolved.route.strategy;
+        let Some(mut index) = self.shared.inference.choose(strategy, &candidates, &[]) else {
+            return self
+                .refuse_and_respond(
+                    session,
+                    ctx,
+                    runtime,
+                    Rejection::Internal("no candidate backend".into()),
+                    "no candidate backend",
+                )
+                .await;
+        };
+        self.shared.metrics.decision(allowed[index].1.live.outcome);
+        ctx.facts.upstream = Some(candidates[index].spec.name.clone());
+        if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&allowed[index].1))
+        {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        // 8. Forward: another backend only while nothing reached the agent.
+        let upstream_body = prepared.upstream_body(resolved.route.upstream_model());
+        let headers = vec![
+            ("traceparent", ctx.traceparent.clone()),
+            ("x-request-id", ctx.facts.request_id.clone()),
+        ];
+        let mut tried = Vec::new();
+        let mut last_failure: Option<InferenceError> = None;
+        while tried.len() < MAX_ATTEMPTS {
+            tried.push(index);
+            let backend = candidates[index].clone();
+            ctx.facts.upstream = Some(backend.spec.name.clone());
+            let attempt = tokio::select! {
+                r = self.shared.inference.send(&backend, endpoint, upstream_body.clone(), headers.clone()) => r,
+                _ = client_gone(session) => {
+                    ctx.failure = Some("client_closed: the agent went away before an answer".into());
+                    return Ok(true);
+                }
+            };
+            let failure = match attempt {
+                Ok(mut upstream) => {
+                    let outcome = if prepared.stream {
+                        self.relay_stream(session, ctx, &mut upstream, prepared.strip_usage)
+                            .await
+                    } else {
+                        self.relay_whole(session, ctx, &mut upstream).await
+                    };
+                    match outcome {
+                        Ok(Relayed::Done) => {
+                            self.charge(runtime, &principal, ctx).await;
+                            return Ok(true);
+                        }
+                        Ok(Relayed::NothingSent(e)) => e,
+                        Err(e) => {
+                            self.charge(runtime, &principal, ctx).await;
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(InferenceError::Status { status, body, .. }) if status < 500 && status != 429 => {
+                    // The request's own fault: the agent sees the backend's answer.
+                    ctx.failure = Some(format!("backend answered {status}"));
+                    self.write_bytes(session, ctx, status, "application/json", body)
+                        .await?;
+                    return Ok(true);
+                }
+                Err(e) => e,
+            };
+            tracing::warn!(request_id = %ctx.facts.request_id, backend = %backend.spec.name, error = %failure, "backend attempt failed before the first byte");
+            last_failure = Some(failure);
+            match self.shared.inference.choose(strategy, &candidates, &tried) {
+                Some(next) => index = next,
+                None => break,
+            }
+        }
+        let rejection = match &last_failure {
+            Some(InferenceError::Timeout { .. }) => Rejection::UpstreamTimeout,
+            Some(e) => Rejection::UpstreamFailed(e.to_string()),
+            None => Rejection::UpstreamFailed("no backend tried".into()),
+        };
+        self.respond(session, ctx, &rejection).await?;
+        ctx.failure = Some(format!(
+            "{}: {} backend(s) tried: {}",
+            rejection.code(),
+            tried.len(),
+            last_failure.map(|e| e.to_string()).unwrap_or_default()
+        ));
+        Ok(true)
+    }
+
+    /// Charges the call's reported usage to the budgets (a call whose usage
+    /// never arrived, e.g. a stream cut short, charges nothing).
+    async fn charge(&self, runtime: &Runtime, principal: &Principal, ctx: &Ctx) {
+        if let Some(u) = &ctx.usage {
+            let limits = &runtime.config.llm.limits;
+            self.shared
+                .limiter
+                .charge(limits, principal, total(u), now_s())
+                .await;
+        }
+    }
+
+    async fn refuse_event_and_respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        rejection: Rejection,
+        event: lattice_audit::AuditEvent,
+    ) -> Result<bool> {
+        let sent = match self.refuse_with(ctx, runtime, rejection, event) {
+            Err(sent) => sent,
+            Ok(()) => Rejection::Internal("refusal not recorded".into()),
+        };
+        self.respond(session, ctx, &sent).await?;
+        Ok(true)
+    }
+
+    async fn list_models(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+    ) -> Result<bool> {
+        ctx.facts.kind = "llm.models";
+        ctx.facts.target = "models".into();
+        let ip = ctx.facts.client_addr_ip();
+        let routes = self.shared.inference.routes();
+        let mut data = Vec::new();
+        for r in &routes {
+            let visible = r.backends.iter().any(|b| {
+                [Action::Chat, Action::Embed]
+                    .into_iter()
+                    .any(|a| authorize(runtime, principal, a, r, b, &ip).live.is_allow())
+            });
+            if !visible {
+                continue;
+            }
+            data.push(json!({"id": r.route.name, "object": "model", "created": 0, "owned_by": "lattice"}));
+            for alias in &r.route.aliases {
+                data.push(json!({"id": alias, "object": "model", "created": 0, "owned_by": "lattice", "root": r.route.name}));
+            }
+        }
+        let visible = data
+            .iter()
+            .filter(|d| d.get("root").is_none())
+            .count();
+        let event = ctx
+            .facts
+            .protocol_event(&format!("{visible} of {} models visible", routes.len()));
+        if let Err(r) = self.record_decision(ctx, runtime, event) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        let body = Bytes::from(json!({"object": "list", "data": data}).to_string());
+        self.write_bytes(session, ctx, 200, "application/json", body)
+            .await?;
+        Ok(true)
+    }
+
+    /// A non-streamed answer: held whole (a failure before its end may still
+    /// go to another backend), usage read, then written.
+    async fn relay_whole(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        upstream: &mut lattice_inference_router::UpstreamResponse,
+    ) -> Result<Relayed> {
+        let mut answer = Vec::new();
+        loop {
+            let next = tokio::select! {
+                c = upstream.next_chunk() => c,
+                _ = client_gone(session) => {
+                    ctx.failure = Some("client_closed: the agent went away before the answer".into());
+                    return Ok(Relayed::Done);
+                }
+            };
+            match next {
+                None => break,
+                Some(Ok(c)) => {
+                    answer.extend_from_slice(&c);
+                    if answer.len() > MAX_ANSWER {
+                        return Ok(Relayed::NothingSent(InferenceError::Backend {
+                            backend: upstream.backend.spec.name.clone(),
+                            message: format!("answer larger than {MAX_ANSWER} bytes"),
+                        }));
+                    }
+                }
+                Some(Err(e)) => return Ok(Relayed::NothingSent(e)),
+            }
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(&answer) {
+            ctx.usage = usage_of(&v);
+        }
+        let content_type = upstream.content_type.clone();
+        self.write_bytes(session, ctx, upstream.status, &content_type, Bytes::from(answer))
+            .await?;
+        Ok(Relayed::Done)
+    }
+
+    /// A stream: the agent's response starts with the first chunk (a backend
+    /// that fails before it can still be replaced); then chunks pass through
+    /// the usage filter as they come.
+    async fn relay_stream(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        upstream: &mut lattice_inference_router::UpstreamResponse,
+        strip_usage: bool,
+    ) -> Result<Relayed> {
+        let mut filter = UsageFilter::new(strip_usage);
+        let mut started = false;
+        loop {
+            let next = tokio::select! {
+                c = upstream.next_chunk() => c,
+                _ = client_gone(session) => {
+                    ctx.failure = Some("client_closed: the agent went away mid-stream; the backend request was cancelled".into());
+                    break;
+                }
+            };
+            let chunk = match next {
+                Some(Ok(c)) => c,
+                None if !started => {
+                    return Ok(Relayed::NothingSent(InferenceError::Backend {
+                        backend: upstream.backend.spec.name.clone(),
+                        message: "the stream ended before its first byte".into(),
+                    }))
+                }
+                Some(Err(e)) if !started => return Ok(Relayed::NothingSent(e)),
+                None => {
+                    let rest = filter.finish();
+                    if !rest.is_empty() {
+                        session.write_response_body(Some(rest), false).await?;
+                    }
+                    if !filter.done {
+                        ctx.failure = Some("stream_incomplete: the backend closed the stream without [DONE]".into());
+                    }
+                    break;
+                }
+                Some(Err(e)) => {
+                    // Bytes already reached the agent: no retry; say why in-band.
+                    let event = format!(
+                        "data: {}\n\n",
+                        json!({"error": {"message": format!("the backend failed mid-stream: {e}"), "type": "server_error", "code": "upstream_failed", "request_id": ctx.facts.request_id}})
+                    );
+                    session
+                        .write_response_body(Some(Bytes::from(event)), false)
+                        .await?;
+                    ctx.failure = Some(format!("upstream_failed mid-stream: {e}"));
+                    break;
+                }
+            };
+            let out = filter.push(&chunk);
+            if !started {
+                ctx.ttft_us = Some(ctx.start.elapsed().as_micros() as u64);
+                let mut resp = ResponseHeader::build(upstream.status, Some(4))?;
+                resp.insert_header("content-type", upstream.content_type.as_str())?;
+                resp.insert_header("cache-control", "no-cache")?;
+                resp.insert_header("transfer-encoding", "chunked")?;
+                resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+                session.write_response_header(Box::new(resp), false).await?;
+                started = true;
+            }
+            if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                ctx.failure = Some("client_closed: the agent went away mid-stream; the backend request was cancelled".into());
+                break;
+            }
+        }
+        ctx.usage = filter.usage;
+        if let Some(e) = filter.error {
+            ctx.failure.get_or_insert(format!("backend error event: {e}"));
+        }
+        let agent_gone = ctx
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.starts_with("client_closed"));
+        if !agent_gone {
+            // Ends the chunked body; the agent may be gone by now.
+            let _ = session.write_response_body(None, true).await;
+        }
+        Ok(Relayed::Done)
+    }
+
+    async fn write_bytes(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(3))?;
+        resp.insert_header("content-type", content_type)?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+}
+
+/// How a relay ended.
+enum Relayed {
+    /// The answer (or as much as could be) was written.
+    Done,
+    /// The backend failed before a byte reached the agent: another may try.
+    NothingSent(InferenceError),
+}
+
+/// Tokens of a usage, prompt + completion.
+pub fn total(u: &Usage) -> u64 {
+    u.prompt_tokens + u.completion_tokens
+}

@@ -1,0 +1,413 @@
+//! The OpenAI-compatible API in front of two `lattice-mock-vllm` backends
+//! (vLLM's API surface, started as processes so they can be killed), driven
+//! by the real OpenAI Python SDK: routing, failover, deployment constraints
+//! by policy, token budgets, usage in the audit, cancellation.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const POLICY: &str = r#"
+@id("agents-use-models")
+permit (principal in Lattice::Role::"agent", action in [Lattice::Action::"chat", Lattice::Action::"embed"], resource);
+
+@id("confidential-stays-on-prem")
+forbid (principal, action in [Lattice::Action::"chat", Lattice::Action::"embed"], resource)
+when { principal.labels.contains("confidential") && context.backend_location != "on_prem" };
+"#;
+
+/// A `lattice-mock-vllm` process.
+pub struct MockVllm {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl MockVllm {
+    pub fn start(name: &str, models: &[&str], token_ms: u64) -> Self {
+        let bin = Path::new(BIN).with_file_name("lattice-mock-vllm");
+        assert!(
+            bin.exists(),
+            "{} is missing: build the workspace first (cargo build --workspace)",
+            bin.display()
+        );
+        let mut cmd = Command::new(bin);
+        cmd.args(["--name", name, "--token-ms", &token_ms.to_string()]);
+        for m in models {
+            cmd.args(["--model", m]);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    /// SIGKILL: connections reset, nothing answers any more.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        http(self.port, "GET", "/metrics", &[], b"")
+            .map(|r| r.body)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for MockVllm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn backends(a: &MockVllm, b: &MockVllm) -> String {
+    format!(
+        r#"
+[[backends]]
+name = "onprem-a"
+kind = "vllm"
+url = "http://127.0.0.1:{}"
+location = "on_prem"
+timeout_ms = 5000
+health_interval_ms = 300
+
+[[backends]]
+name = "cloud-b"
+kind = "vllm"
+url = "http://127.0.0.1:{}"
+location = "cloud"
+timeout_ms = 5000
+health_interval_ms = 300
+
+[[models]]
+name = "chat-model"
+aliases = ["chat"]
+backends = ["onprem-a", "cloud-b"]
+
+[[models]]
+name = "embed-model"
+backends = ["onprem-a"]
+"#,
+        a.port, b.port
+    )
+}
+
+fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers/.venv/bin/python");
+    assert!(p.exists(), "run scripts/setup (the OpenAI Python SDK)");
+    p
+}
+
+fn sdk_command(gw: &Gateway, key: &str, args: &[&str]) -> Command {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers/openai_client.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(script)
+        .arg(format!("http://127.0.0.1:{}", gw.port))
+        .arg(key)
+        .args(args);
+    cmd
+}
+
+fn sdk(gw: &Gateway, key: &str, args: &[&str]) -> Value {
+    let out = sdk_command(gw, key, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openai_client.py {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn key_with(gw: &Gateway, agent: &str, labels: &[&str]) -> String {
+    let mut args = vec!["keys", "create", "--agent", agent, "--role", "agent"];
+    for l in labels {
+        args.extend(["--label", l]);
+    }
+    let out = gw.lattice(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let port = gw.port;
+    wait_for("the key to be active", Duration::from_secs(10), || {
+        http(port, "GET", "/v1/models", &[("Authorization", &bearer(&key))], b"")
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    });
+    key
+}
+
+/// The error object of an SDK error body (the SDK hands over `error`'s
+/// content or the whole body, depending on the version).
+fn error_object(e: &Value) -> &Value {
+    let body = &e["body"];
+    if body.get("error").is_some() {
+        &body["error"]
+    } else {
+        body
+    }
+}
+
+fn outcome(gw: &Gateway, request_id: &str) -> (lattice_audit::AuditEvent, lattice_audit::AuditEvent) {
+    let events = gw.events_of(request_id, 2);
+    (events[0].clone(), events[1].clone())
+}
+
+#[test]
+fn openai_sdk_chat_stream_completion_embeddings_and_errors_with_usage_audited() {
+    let a = MockVllm::start("onprem-a", &["chat-model", "embed-model"], 0);
+    let b = MockVllm::start("cloud-b", &["chat-model"], 0);
+    let gw = Gateway::start_with(&backends(&a, &b), POLICY);
+    let key = key_with(&gw, "sdk-agent", &[]);
+    let t = sdk(&gw, &key, &["tour", "chat", "embed-model"]);
+
+    let models: Vec<&str> = t["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(models, vec!["chat-model", "chat", "embed-model"]);
+
+    // Plain chat through the alias; the audit's tokens are the backend's usage.
+    assert_eq!(t["chat"]["content"], "echo: hello there gateway");
+    let (decision, out) = outcome(&gw, t["chat"]["request_id"].as_str().unwrap());
+    assert_eq!(
+        (decision.kind.as_str(), decision.target.as_str(), decision.decision.as_str()),
+        ("llm.chat", "chat-model", "allow")
+    );
+    assert_eq!(decision.policies, vec!["agents-use-models".to_string()]);
+    assert_eq!(out.status, Some(200));
+    assert_eq!(out.tokens_in, t["chat"]["usage"]["prompt_tokens"].as_u64());
+    assert_eq!(out.tokens_out, t["chat"]["usage"]["completion_tokens"].as_u64());
+    assert_eq!(out.upstream.as_deref(), t["chat"]["backend"].as_str());
+
+    // A stream the agent asked no usage for: the gateway asked, recorded it,
+    // and removed the usage chunk from what the agent got.
+    assert_eq!(t["stream"]["content"], "echo: hello there gateway");
+    assert_eq!(t["stream"]["usage_chunks"], json!([]));
+    let (_, out) = outcome(&gw, t["stream"]["request_id"].as_str().unwrap());
+    assert_eq!((out.tokens_in, out.tokens_out), (Some(3), Some(4)));
+    assert!(out.ttft_us.is_some_and(|t| t > 0), "{out:?}");
+    // One that asked gets it, and the audit agrees with it.
+    let usage = &t["stream_usage"]["usage_chunks"][0];
+    let (_, out) = outcome(&gw, t["stream_usage"]["request_id"].as_str().unwrap());
+    assert_eq!(out.tokens_in, usage["prompt_tokens"].as_u64());
+    assert_eq!(out.tokens_out, usage["completion_tokens"].as_u64());
+    assert_eq!(t["stream_usage"]["usage_chunks"].as_array().unwrap().len(), 1);
+
+    assert_eq!(t["completion"]["text"], "echo: one two");
+    let (d, out) = outcome(&gw, t["completion"]["request_id"].as_str().unwrap());
+    assert_eq!(d.kind, "llm.completion");
+    assert_eq!(out.tokens_out, t["completion"]["usage"]["completion_tokens"].as_u64());
+
+    assert_eq!((t["embeddings"]["count"].as_u64(), t["embeddings"]["dims"].as_u64()), (Some(2), Some(8)));
+    let (d, out) = outcome(&gw, t["embeddings"]["request_id"].as_str().unwrap());
+    assert_eq!((d.kind.as_str(), d.action.as_str()), ("llm.embed", "embed"));
+    assert_eq!(out.upstream.as_deref(), Some("onprem-a"));
+    assert_eq!(out.tokens_in, t["embeddings"]["usage"]["prompt_tokens"].as_u64());
+
+    // Errors, in OpenAI's format, as the SDK raises them.
+    let e = &t["unknown_model"];
+    assert_eq!((e["status"].as_u64(), e["type"].as_str()), (Some(404), Some("NotFoundError")));
+    assert_eq!(error_object(e)["code"], "model_not_found");
+    assert_eq!(error_object(e)["param"], "model");
+    let e = &t["empty_messages"];
+    assert_eq!(e["status"].as_u64(), Some(400));
+    assert_eq!(error_object(e)["param"], "messages");
+    assert_eq!(error_object(e)["type"], "invalid_request_error");
+    let e = &t["bad_key"];
+    assert_eq!((e["status"].as_u64(), e["type"].as_str()), (Some(401), Some("AuthenticationError")));
+    assert_eq!(error_object(e)["code"], "invalid_api_key");
+    // Each refusal is audited too.
+    let rid = error_object(&t["unknown_model"])["request_id"].as_str().unwrap().to_string();
+    let (d, _) = outcome(&gw, &rid);
+    assert_eq!((d.decision.as_str(), d.status, d.reason.as_str()), ("deny", Some(404), "no such model"));
+    gw.assert_verifies(&[]);
+}
+
+#[test]
+fn a_confidential_agent_is_kept_to_on_prem_backends_by_policy() {
+    let mut a = MockVllm::start("onprem-a", &["chat-model", "embed-model"], 0);
+    let b = MockVllm::start("cloud-b", &["chat-model"], 0);
+    let gw = Gateway::start_with(&backends(&a, &b), POLICY);
+    let secret = key_with(&gw, "secret-agent", &["confidential"]);
+    let plain = key_with(&gw, "plain-agent", &[]);
+    let chat = |key: &str| {
+        let body = json!({"model": "chat-model", "messages": [{"role": "user", "content": "hi"}]});
+        http(
+            gw.port,
+            "POST",
+            "/v1/chat/completions",
+            &[("Authorization", &bearer(key)), ("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+    };
+    let mut used = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let r = chat(&secret);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["system_fingerprint"], "onprem-a");
+        let (d, _) = outcome(&gw, &r.request_id());
+        assert_eq!(d.upstream.as_deref(), Some("onprem-a"));
+        let r = chat(&plain);
+        assert_eq!(r.status, 200, "{}", r.body);
+        used.insert(r.json()["system_fingerprint"].as_str().unwrap().to_string());
+    }
+    assert_eq!(used.len(), 2, "the plain agent is spread over both backends: {used:?}");
+
+    // With the on-prem backend gone, the confidential agent is refused
+    // rather than sent to the cloud; the plain agent moves to the cloud.
+    a.kill();
+    let r = chat(&secret);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    let (d, out) = outcome(&gw, &r.request_id());
+    assert_eq!(d.upstream.as_deref(), Some("onprem-a"));
+    assert_eq!(out.upstream.as_deref(), Some("onprem-a"));
+    let served_by_b = b.metric("mock_requests_total");
+    for _ in 0..3 {
+        let r = chat(&plain);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["system_fingerprint"], "cloud-b");
+    }
+    assert_eq!(b.metric("mock_requests_total"), served_by_b + 3.0);
+    // The confidential agent does not see a model it cannot use at all.
+    let models = gw.get("/v1/models", &bearer(&secret)).json();
+    assert_eq!(models["data"].as_array().unwrap().len(), 3);
+    gw.assert_verifies(&[]);
+}
+
+#[test]
+fn a_backend_killed_mid_run_loses_only_streams_already_started() {
+    let mut a = MockVllm::start("onprem-a", &["chat-model", "embed-model"], 40);
+    let b = MockVllm::start("cloud-b", &["chat-model"], 40);
+    let gw = Gateway::start_with(&backends(&a, &b), POLICY);
+    let key = key_with(&gw, "load-agent", &[]);
+    let child = sdk_command(&gw, &key, &["load", "chat-model", "48", "6"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("traffic on backend a", Duration::from_secs(20), || {
+        a.metric("mock_requests_total") >= 6.0
+    });
+    a.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results.len(), 48);
+    let failed: Vec<&Value> = results.iter().filter(|r| r["ok"] != true).collect();
+    for f in &failed {
+        assert_eq!(f["started"], true, "a call failed before streaming: {f}");
+    }
+    assert!(failed.len() <= 6, "at most the streams in flight on a: {failed:#?}");
+    let by_b = results.iter().filter(|r| r["backend"] == "cloud-b" && r["ok"] == true).count();
+    assert!(by_b >= 48 - 6 - 6 - failed.len(), "traffic moved to b: {by_b}");
+    // Every call is audited with exactly a decision and an outcome.
+    for r in &results {
+        let rid = r["request_id"].as_str().expect("request id");
+        let (_, out) = outcome(&gw, rid);
+        if r["ok"] == true {
+            assert_eq!(out.reason, "", "{out:?}");
+        } else {
+            assert!(out.reason.contains("mid-stream"), "{out:?}");
+        }
+    }
+    gw.assert_verifies(&[]);
+}
+
+#[test]
+fn a_token_budget_spent_mid_run_answers_429_from_then_on() {
+    let a = MockVllm::start("onprem-a", &["chat-model", "embed-model"], 0);
+    let b = MockVllm::start("cloud-b", &["chat-model"], 0);
+    let limits = "\n[[limits]]\nname = \"daily-tokens\"\nper = \"agent\"\ntokens = 30\nwindow_seconds = 31536000\n";
+    let gw = Gateway::start_with(&(backends(&a, &b) + limits), POLICY);
+    let key = key_with(&gw, "budget-agent", &[]);
+    let calls: Vec<Value> = serde_json::from_value(sdk(&gw, &key, &["until429", "chat", "7"])).unwrap();
+    let statuses: Vec<u64> = calls.iter().map(|c| c["status"].as_u64().unwrap()).collect();
+    // 4 prompt + 5 completion tokens a call: 27 < 30 after three, 36 after four.
+    assert_eq!(statuses, vec![200, 200, 200, 200, 429, 429, 429]);
+    let spent: u64 = calls[..4]
+        .iter()
+        .map(|c| c["usage"]["prompt_tokens"].as_u64().unwrap() + c["usage"]["completion_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(spent, 36);
+    let refused = &calls[4];
+    assert_eq!(refused["type"], "RateLimitError");
+    assert!(refused["retry_after"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert_eq!(error_object(refused)["code"], "rate_limit_exceeded");
+    // The audit holds the same token counts as the backend reported.
+    for c in &calls[..4] {
+        let (_, out) = outcome(&gw, c["request_id"].as_str().unwrap());
+        assert_eq!(out.tokens_in, c["usage"]["prompt_tokens"].as_u64());
+        assert_eq!(out.tokens_out, c["usage"]["completion_tokens"].as_u64());
+    }
+    let rid = error_object(refused)["request_id"].as_str().unwrap().to_string();
+    let (d, _) = outcome(&gw, &rid);
+    assert_eq!((d.decision.as_str(), d.status), ("deny", Some(429)));
+    assert!(d.reason.contains("daily-tokens"), "{}", d.reason);
+    // The budget is per agent: another agent is still served.
+    let other = key_with(&gw, "other-agent", &[]);
+    let calls: Vec<Value> = serde_json::from_value(sdk(&gw, &other, &["until429", "chat", "1"])).unwrap();
+    assert_eq!(calls[0]["status"], 200);
+}
+
+#[test]
+fn an_agent_that_disconnects_mid_stream_cancels_the_backend_request() {
+    let a = MockVllm::start("onprem-a", &["chat-model", "embed-model"], 150);
+    let b = MockVllm::start("cloud-b", &["chat-model"], 150);
+    let gw = Gateway::start_with(&backends(&a, &b), POLICY);
+    let key = key_with(&gw, "impatient-agent", &[]);
+    let body = json!({"model": "embed-model", "stream": true, "messages": [{"role": "user", "content": "one two three four five six seven eight nine ten"}]});
+    // embed-model lives on backend a only; chat on it is allowed by policy.
+    let body = body.to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        bearer(&key),
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 256];
+    let n = s.read(&mut first).unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let rid = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    drop(s);
+    wait_for("the backend to see the cancellation", Duration::from_secs(5), || {
+        a.metric("mock_cancelled_total") >= 1.0
+    });
+    assert_eq!(a.metric("vllm:num_requests_running"), 0.0);
+    let (_, out) = outcome(&gw, &rid);
+    assert!(out.reason.starts_with("client_closed"), "{out:?}");
+    gw.assert_verifies(&[]);
+}
