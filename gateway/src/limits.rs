@@ -126,7 +126,13 @@ impl Limiter {
     }
 
     /// Charges the tokens a call used against every applicable budget.
-    pub async fn charge(&self, specs: &[LimitSpec], principal: &Principal, tokens: u64, now_s: u64) {
+    pub async fn charge(
+        &self,
+        specs: &[LimitSpec],
+        principal: &Principal,
+        tokens: u64,
+        now_s: u64,
+    ) {
         if tokens == 0 {
             return;
         }
@@ -185,7 +191,10 @@ mod tests {
         assert!(l.admit(&specs, &a, 601).await.is_ok());
         let e = l.admit(&specs, &a, 615).await.unwrap_err();
         assert_eq!((e.what, e.retry_after_s), ("requests", 45));
-        assert!(l.admit(&specs, &b, 615).await.is_ok(), "another agent has its own count");
+        assert!(
+            l.admit(&specs, &b, 615).await.is_ok(),
+            "another agent has its own count"
+        );
         assert!(l.admit(&specs, &a, 660).await.is_ok(), "a new window");
     }
 

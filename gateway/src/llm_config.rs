@@ -123,7 +123,10 @@ pub(crate) fn build(
             None => None,
         };
         if b.weight == 0 {
-            return Err(bad(format!("backend `{}`: weight must be positive", b.name)));
+            return Err(bad(format!(
+                "backend `{}`: weight must be positive",
+                b.name
+            )));
         }
         specs.push(BackendSpec {
             name: b.name,
@@ -173,7 +176,10 @@ pub(crate) fn build(
             )));
         }
         if l.window_seconds == 0 {
-            return Err(bad(format!("limit `{}`: window_seconds must be positive", l.name)));
+            return Err(bad(format!(
+                "limit `{}`: window_seconds must be positive",
+                l.name
+            )));
         }
         if limit_specs.iter().any(|x| x.name == l.name) {
             return Err(bad(format!("limit `{}` is defined twice", l.name)));

@@ -88,7 +88,13 @@ impl Gateway {
         let method = session.req_header().method.clone();
         if endpoint.is_none() && path != "/v1/models" {
             return self
-                .refuse_and_respond(session, ctx, runtime, Rejection::NotFound, "no such API path")
+                .refuse_and_respond(
+                    session,
+                    ctx,
+                    runtime,
+                    Rejection::NotFound,
+                    "no such API path",
+                )
                 .await;
         }
         let wanted = if endpoint.is_some() {
@@ -293,7 +299,9 @@ impl Gateway {
                         }
                     }
                 }
-                Err(InferenceError::Status { status, body, .. }) if status < 500 && status != 429 => {
+                Err(InferenceError::Status { status, body, .. })
+                    if status < 500 && status != 429 =>
+                {
                     // The request's own fault: the agent sees the backend's answer.
                     ctx.failure = Some(format!("backend answered {status}"));
                     self.write_bytes(session, ctx, status, "application/json", body)
@@ -373,15 +381,14 @@ impl Gateway {
             if !visible {
                 continue;
             }
-            data.push(json!({"id": r.route.name, "object": "model", "created": 0, "owned_by": "lattice"}));
+            data.push(
+                json!({"id": r.route.name, "object": "model", "created": 0, "owned_by": "lattice"}),
+            );
             for alias in &r.route.aliases {
                 data.push(json!({"id": alias, "object": "model", "created": 0, "owned_by": "lattice", "root": r.route.name}));
             }
         }
-        let visible = data
-            .iter()
-            .filter(|d| d.get("root").is_none())
-            .count();
+        let visible = data.iter().filter(|d| d.get("root").is_none()).count();
         let event = ctx
             .facts
             .protocol_event(&format!("{visible} of {} models visible", routes.len()));
@@ -431,8 +438,14 @@ impl Gateway {
             ctx.usage = usage_of(&v);
         }
         let content_type = upstream.content_type.clone();
-        self.write_bytes(session, ctx, upstream.status, &content_type, Bytes::from(answer))
-            .await?;
+        self.write_bytes(
+            session,
+            ctx,
+            upstream.status,
+            &content_type,
+            Bytes::from(answer),
+        )
+        .await?;
         Ok(Relayed::Done)
     }
 
@@ -471,7 +484,10 @@ impl Gateway {
                         session.write_response_body(Some(rest), false).await?;
                     }
                     if !filter.done {
-                        ctx.failure = Some("stream_incomplete: the backend closed the stream without [DONE]".into());
+                        ctx.failure = Some(
+                            "stream_incomplete: the backend closed the stream without [DONE]"
+                                .into(),
+                        );
                     }
                     break;
                 }
@@ -506,7 +522,8 @@ impl Gateway {
         }
         ctx.usage = filter.usage;
         if let Some(e) = filter.error {
-            ctx.failure.get_or_insert(format!("backend error event: {e}"));
+            ctx.failure
+                .get_or_insert(format!("backend error event: {e}"));
         }
         let agent_gone = ctx
             .failure

@@ -62,7 +62,14 @@ pub struct Prepared {
     body: Value,
 }
 
-const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 fn bad(message: impl Into<String>, param: Option<&str>) -> InferenceError {
     InferenceError::BadRequest {
@@ -85,12 +92,7 @@ pub fn check_request(endpoint: Endpoint, body: &[u8]) -> Result<Prepared, Infere
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(_) => return Err(bad("`model` must be a non-empty string.", Some("model"))),
-        None => {
-            return Err(bad(
-                "You must provide a model parameter.",
-                Some("model"),
-            ))
-        }
+        None => return Err(bad("You must provide a model parameter.", Some("model"))),
     };
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
@@ -118,12 +120,7 @@ pub fn check_request(endpoint: Endpoint, body: &[u8]) -> Result<Prepared, Infere
                             Some(&param),
                         ))
                     }
-                    None => {
-                        return Err(bad(
-                            "Each message needs a string `role`.",
-                            Some(&param),
-                        ))
-                    }
+                    None => return Err(bad("Each message needs a string `role`.", Some(&param))),
                 }
             }
         }
@@ -186,7 +183,10 @@ impl Prepared {
         let mut body = self.body.clone();
         body["model"] = json!(upstream_model);
         if self.stream {
-            match body.get_mut("stream_options").and_then(Value::as_object_mut) {
+            match body
+                .get_mut("stream_options")
+                .and_then(Value::as_object_mut)
+            {
                 Some(o) => {
                     o.insert("include_usage".into(), json!(true));
                 }
@@ -271,7 +271,10 @@ mod tests {
             Some("model".into())
         );
         assert_eq!(
-            param_of(check(Endpoint::ChatCompletions, r#"{"model":"m","messages":[]}"#)),
+            param_of(check(
+                Endpoint::ChatCompletions,
+                r#"{"model":"m","messages":[]}"#
+            )),
             Some("messages".into())
         );
         assert_eq!(
@@ -288,10 +291,19 @@ mod tests {
             )),
             Some("max_tokens".into())
         );
-        assert_eq!(param_of(check(Endpoint::ChatCompletions, "{not json")), None);
-        assert_eq!(param_of(check(Endpoint::Embeddings, r#"{"model":"e"}"#)), Some("input".into()));
         assert_eq!(
-            param_of(check(Endpoint::Embeddings, r#"{"model":"e","input":"x","stream":true}"#)),
+            param_of(check(Endpoint::ChatCompletions, "{not json")),
+            None
+        );
+        assert_eq!(
+            param_of(check(Endpoint::Embeddings, r#"{"model":"e"}"#)),
+            Some("input".into())
+        );
+        assert_eq!(
+            param_of(check(
+                Endpoint::Embeddings,
+                r#"{"model":"e","input":"x","stream":true}"#
+            )),
             Some("stream".into())
         );
     }

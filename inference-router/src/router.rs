@@ -1,10 +1,10 @@
 //! The route table and the client. `Router::configure` swaps in a new table
 //! (a reload keeps the live state of every backend whose spec is unchanged);
-//! `Router::send` runs one attempt on one backend on the router's own runtime
-//! and hands back the response head and a channel of body chunks. Dropping
-//! that channel (the agent went away) drops the backend connection, which is
-//! how a cancellation reaches the backend. A background loop runs each
-//! backend's active health check and reads vLLM's load gauges.
+//! `Router::send` runs one attempt on one backend on the caller's task and
+//! hands back the response head and its body; dropping either (the agent
+//! went away) drops the backend connection, which is how a cancellation
+//! reaches the backend. A background loop on the router's own runtime runs
+//! each backend's active health check and reads vLLM's load gauges.
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -12,7 +12,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{parse_vllm_load, BackendSpec, BackendState};
 use crate::openai::Endpoint;
@@ -129,19 +128,26 @@ pub struct UpstreamResponse {
     pub status: u16,
     pub content_type: String,
     pub backend: Arc<BackendState>,
-    chunks: mpsc::Receiver<Result<Bytes, InferenceError>>,
+    response: reqwest::Response,
+    _in_flight: InFlight,
 }
 
 impl UpstreamResponse {
-    /// The next chunk; None at the end of the body.
+    /// The next chunk; None at the end of the body. A failure or a silence
+    /// longer than the backend's timeout is recorded on the backend.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, InferenceError>> {
-        self.chunks.recv().await
+        let next =
+            match tokio::time::timeout(self.backend.spec.timeout, self.response.chunk()).await {
+                Err(_) => Err(timed_out(&self.backend)),
+                Ok(Err(e)) => Err(fault(&self.backend, describe(&e))),
+                Ok(Ok(None)) => return None,
+                Ok(Ok(Some(c))) => Ok(c),
+            };
+        if next.is_err() {
+            self.backend.record_failure();
+        }
+        Some(next)
     }
-}
-
-struct Head {
-    status: u16,
-    content_type: String,
 }
 
 /// Decrements the outstanding count when an attempt ends, however it ends.
@@ -161,7 +167,6 @@ pub struct Router {
     table: Arc<ArcSwap<Table>>,
     client: reqwest::Client,
     runtime: Option<tokio::runtime::Runtime>,
-    handle: tokio::runtime::Handle,
     turn: AtomicU64,
 }
 
@@ -189,13 +194,17 @@ impl Router {
             .build()
             .map_err(|e| InferenceError::Runtime(e.to_string()))?;
         let table: Arc<ArcSwap<Table>> = Arc::default();
-        let handle = runtime.handle().clone();
-        handle.spawn(health_loop(table.clone(), client.clone()));
+        // Health checks get their own client: a pooled connection is driven
+        // by the runtime that opened it, and requests should not hop runtimes.
+        let health_client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| InferenceError::Runtime(e.to_string()))?;
+        runtime.spawn(health_loop(table.clone(), health_client));
         Ok(Self {
             table,
             client,
             runtime: Some(runtime),
-            handle,
             turn: AtomicU64::new(0),
         })
     }
@@ -240,11 +249,12 @@ impl Router {
         choose(strategy, candidates, tried, turn)
     }
 
-    /// One attempt on one backend: resolves when the response head arrived
-    /// (a success status) and fails when the backend cannot be reached, does
-    /// not answer in time, or answers with an error status (the body of which
-    /// is kept). Faults are recorded on the backend (ejection); successes
-    /// feed its latency EWMA.
+    /// One attempt on one backend, on the caller's task: resolves when the
+    /// response head arrived (a success status) and fails when the backend
+    /// cannot be reached, does not answer in time, or answers with an error
+    /// status (the body of which is kept). Faults are recorded on the backend
+    /// (ejection); successes feed its latency EWMA. Dropping the future or
+    /// the response closes the connection: the backend sees the cancel.
     pub async fn send(
         &self,
         backend: &Arc<BackendState>,
@@ -252,8 +262,6 @@ impl Router {
         body: Bytes,
         headers: Vec<(&'static str, String)>,
     ) -> Result<UpstreamResponse, InferenceError> {
-        let (head_tx, head_rx) = oneshot::channel::<Result<Head, InferenceError>>();
-        let (tx, rx) = mpsc::channel(32);
         let b = backend.clone();
         let mut request = self
             .client
@@ -266,90 +274,69 @@ impl Router {
         if let Some(key) = &b.spec.api_key {
             request = request.bearer_auth(key);
         }
-        self.handle.spawn(async move {
-            b.start_request();
-            let _in_flight = InFlight(b.clone());
-            let timeout = b.spec.timeout;
-            let name = b.spec.name.clone();
-            let started = Instant::now();
-            let fault = |message: String| InferenceError::Backend {
-                backend: name.clone(),
-                message,
-            };
-            let timed_out = || InferenceError::Timeout {
-                backend: name.clone(),
-                timeout_ms: timeout.as_millis() as u64,
-            };
-            let mut response = match tokio::time::timeout(timeout, request.send()).await {
-                Err(_) => Err(timed_out()),
-                Ok(Err(e)) => Err(fault(describe(&e))),
-                Ok(Ok(r)) => Ok(r),
-            };
-            if let Ok(r) = &mut response {
-                let status = r.status().as_u16();
-                if !(200..300).contains(&status) {
-                    let mut kept = Vec::new();
-                    while let Ok(Ok(Some(c))) = tokio::time::timeout(timeout, r.chunk()).await {
-                        kept.extend_from_slice(&c[..c.len().min(MAX_ERROR_BODY - kept.len())]);
-                        if kept.len() >= MAX_ERROR_BODY {
-                            break;
-                        }
-                    }
-                    response = Err(InferenceError::Status {
-                        backend: name.clone(),
-                        status,
-                        body: Bytes::from(kept),
-                    });
+        b.start_request();
+        let in_flight = InFlight(b.clone());
+        let timeout = b.spec.timeout;
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, request.send()).await {
+            Err(_) => Err(timed_out(&b)),
+            Ok(Err(e)) => Err(fault(&b, describe(&e))),
+            Ok(Ok(r)) => Ok(r),
+        };
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                b.record_failure();
+                return Err(e);
+            }
+        };
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let mut kept = Vec::new();
+            while let Ok(Ok(Some(c))) = tokio::time::timeout(timeout, response.chunk()).await {
+                kept.extend_from_slice(&c[..c.len().min(MAX_ERROR_BODY - kept.len())]);
+                if kept.len() >= MAX_ERROR_BODY {
+                    break;
                 }
             }
-            let mut response = match response {
-                Ok(r) => r,
-                Err(e) => {
-                    if e.is_backend_fault() {
-                        b.record_failure();
-                    }
-                    let _ = head_tx.send(Err(e));
-                    return;
-                }
+            let e = InferenceError::Status {
+                backend: b.spec.name.clone(),
+                status,
+                body: Bytes::from(kept),
             };
-            b.record_success(started.elapsed());
-            let head = Head {
-                status: response.status().as_u16(),
-                content_type: response
-                    .headers()
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("application/json")
-                    .to_string(),
-            };
-            if head_tx.send(Ok(head)).is_err() {
-                return; // the gateway gave up: dropping the response cancels upstream
+            if e.is_backend_fault() {
+                b.record_failure();
             }
-            loop {
-                let next = match tokio::time::timeout(timeout, response.chunk()).await {
-                    Err(_) => Err(timed_out()),
-                    Ok(Err(e)) => Err(fault(describe(&e))),
-                    Ok(Ok(None)) => break,
-                    Ok(Ok(Some(c))) => Ok(c),
-                };
-                let failed = next.is_err();
-                if failed {
-                    b.record_failure();
-                }
-                if tx.send(next).await.is_err() || failed {
-                    break; // the agent went away, or the backend did
-                }
-            }
-        });
-        let head = head_rx
-            .await
-            .map_err(|_| InferenceError::Runtime("the backend task ended".into()))??;
+            return Err(e);
+        }
+        b.record_success(started.elapsed());
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
         Ok(UpstreamResponse {
-            status: head.status,
-            content_type: head.content_type,
-            backend: backend.clone(),
-            chunks: rx,
+            status,
+            content_type,
+            backend: b,
+            response,
+            _in_flight: in_flight,
         })
+    }
+}
+
+fn fault(b: &BackendState, message: String) -> InferenceError {
+    InferenceError::Backend {
+        backend: b.spec.name.clone(),
+        message,
+    }
+}
+
+fn timed_out(b: &BackendState) -> InferenceError {
+    InferenceError::Timeout {
+        backend: b.spec.name.clone(),
+        timeout_ms: b.spec.timeout.as_millis() as u64,
     }
 }
 
@@ -383,7 +370,10 @@ async fn health_loop(table: Arc<ArcSwap<Table>>, client: reqwest::Client) {
 }
 
 async fn check(b: Arc<BackendState>, client: reqwest::Client) {
-    let limit = b.spec.health_interval.clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let limit = b
+        .spec
+        .health_interval
+        .clamp(Duration::from_millis(200), Duration::from_secs(5));
     let get = |path: &str| {
         let mut r = client.get(format!("{}{path}", b.spec.url)).timeout(limit);
         if let Some(key) = &b.spec.api_key {
@@ -439,8 +429,7 @@ mod tests {
         assert!(validate(&b, &[route("m", &["alias"], &["a", "b"])]).is_ok());
         let err = validate(&b, &[route("m", &[], &["c"])]).unwrap_err();
         assert!(err.to_string().contains("backend `c`"), "{err}");
-        let err = validate(&b, &[route("m", &[], &["a"]), route("n", &["m"], &["b"])])
-            .unwrap_err();
+        let err = validate(&b, &[route("m", &[], &["a"]), route("n", &["m"], &["b"])]).unwrap_err();
         assert!(err.to_string().contains("`m` is used twice"), "{err}");
         assert!(validate(&[spec("a"), spec("a")], &[]).is_err());
         assert!(validate(&b, &[route("m", &[], &[])]).is_err());

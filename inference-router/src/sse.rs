@@ -148,8 +148,13 @@ mod tests {
     #[test]
     fn an_incomplete_event_waits_and_errors_are_seen() {
         let mut f = UsageFilter::new(true);
-        assert!(f.push(b"data: {\"error\":{\"message\":\"boom\"}}").is_empty());
-        assert_eq!(&f.push(b"\r\n\r\n")[..], b"data: {\"error\":{\"message\":\"boom\"}}\r\n\r\n");
+        assert!(f
+            .push(b"data: {\"error\":{\"message\":\"boom\"}}")
+            .is_empty());
+        assert_eq!(
+            &f.push(b"\r\n\r\n")[..],
+            b"data: {\"error\":{\"message\":\"boom\"}}\r\n\r\n"
+        );
         assert_eq!(f.error.as_deref(), Some("boom"));
         assert!(!f.done);
     }

@@ -7,9 +7,9 @@
 //!    [--saturation-seconds 5] [--concurrency 32]`
 
 use anyhow::{bail, Context, Result};
-use std::net::TcpListener;
+use lattice_load_tests::{free_port, percentile, Proc};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,21 +49,6 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 async fn wait_ok(client: &reqwest::Client, url: &str, auth: Option<&str>) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
@@ -89,14 +74,6 @@ async fn send(req: reqwest::RequestBuilder) -> bool {
         Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
         Err(_) => false,
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx].as_secs_f64() * 1000.0
 }
 
 struct Fixed {

@@ -99,6 +99,13 @@ fn words(v: &Value) -> Vec<String> {
     }
 }
 
+/// Sleeps, except for zero: tokio rounds every sleep up to its 1 ms timer.
+async fn pause(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
 fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -119,9 +126,15 @@ async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>,
             let data: Vec<Value> = s
                 .models
                 .iter()
-                .map(|m| json!({"id": m, "object": "model", "created": now_s(), "owned_by": "vllm"}))
+                .map(
+                    |m| json!({"id": m, "object": "model", "created": now_s(), "owned_by": "vllm"}),
+                )
                 .collect();
-            full(200, "application/json", json!({"object": "list", "data": data}).to_string())
+            full(
+                200,
+                "application/json",
+                json!({"object": "list", "data": data}).to_string(),
+            )
         }
         ("GET", "/metrics") => full(200, "text/plain; version=0.0.4", metrics(&s)),
         ("POST", "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
@@ -205,15 +218,20 @@ async fn completion(s: Arc<State>, req: &Value, model: String, chat: bool) -> Re
         s.name,
         s.next_id.fetch_add(1, Ordering::Relaxed)
     );
-    let object = if chat { "chat.completion" } else { "text_completion" };
+    let object = if chat {
+        "chat.completion"
+    } else {
+        "text_completion"
+    };
     let created = now_s();
     let stream = req["stream"].as_bool().unwrap_or(false);
     if !stream {
         let _running = Running::new(&s);
         let wait = s.first_token + s.per_token * (reply.len().saturating_sub(1) as u32);
-        tokio::time::sleep(wait).await;
+        pause(wait).await;
         s.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
-        s.generation_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
+        s.generation_tokens
+            .fetch_add(completion_tokens, Ordering::Relaxed);
         let text = reply.join(" ");
         let choice = if chat {
             json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
@@ -226,9 +244,15 @@ async fn completion(s: Arc<State>, req: &Value, model: String, chat: bool) -> Re
         });
         return full(200, "application/json", body.to_string());
     }
-    let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let chunk_object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let chunk_object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
     let running = Running::new(&s);
     tokio::spawn(async move {
         let _running = running;
@@ -239,12 +263,16 @@ async fn completion(s: Arc<State>, req: &Value, model: String, chat: bool) -> Re
             }
             Bytes::from(format!("data: {v}\n\n"))
         };
-        tokio::time::sleep(s.first_token).await;
+        pause(s.first_token).await;
         for (i, word) in reply.iter().enumerate() {
             if i > 0 {
-                tokio::time::sleep(s.per_token).await;
+                pause(s.per_token).await;
             }
-            let text = if i == 0 { word.clone() } else { format!(" {word}") };
+            let text = if i == 0 {
+                word.clone()
+            } else {
+                format!(" {word}")
+            };
             let choice = if chat {
                 let mut delta = json!({"content": text});
                 if i == 0 {
@@ -276,7 +304,8 @@ async fn completion(s: Arc<State>, req: &Value, model: String, chat: bool) -> Re
             }
         }
         s.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
-        s.generation_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
+        s.generation_tokens
+            .fetch_add(completion_tokens, Ordering::Relaxed);
     });
     let mut r = Response::new(ChannelBody(rx).boxed());
     if let Ok(v) = "text/event-stream".parse() {
@@ -317,7 +346,10 @@ fn main() -> anyhow::Result<()> {
     let mut models = Vec::new();
     let (mut first_ms, mut token_ms) = (0u64, 0u64);
     while let Some(a) = args.next() {
-        let mut value = || args.next().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
+        };
         match a.as_str() {
             "--listen" => listen = value()?,
             "--name" => name = value()?,

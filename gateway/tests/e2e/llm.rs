@@ -147,13 +147,23 @@ fn key_with(gw: &Gateway, agent: &str, labels: &[&str]) -> String {
         args.extend(["--label", l]);
     }
     let out = gw.lattice(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let port = gw.port;
     wait_for("the key to be active", Duration::from_secs(10), || {
-        http(port, "GET", "/v1/models", &[("Authorization", &bearer(&key))], b"")
-            .map(|r| r.status == 200)
-            .unwrap_or(false)
+        http(
+            port,
+            "GET",
+            "/v1/models",
+            &[("Authorization", &bearer(&key))],
+            b"",
+        )
+        .map(|r| r.status == 200)
+        .unwrap_or(false)
     });
     key
 }
@@ -169,7 +179,10 @@ fn error_object(e: &Value) -> &Value {
     }
 }
 
-fn outcome(gw: &Gateway, request_id: &str) -> (lattice_audit::AuditEvent, lattice_audit::AuditEvent) {
+fn outcome(
+    gw: &Gateway,
+    request_id: &str,
+) -> (lattice_audit::AuditEvent, lattice_audit::AuditEvent) {
     let events = gw.events_of(request_id, 2);
     (events[0].clone(), events[1].clone())
 }
@@ -194,13 +207,20 @@ fn openai_sdk_chat_stream_completion_embeddings_and_errors_with_usage_audited() 
     assert_eq!(t["chat"]["content"], "echo: hello there gateway");
     let (decision, out) = outcome(&gw, t["chat"]["request_id"].as_str().unwrap());
     assert_eq!(
-        (decision.kind.as_str(), decision.target.as_str(), decision.decision.as_str()),
+        (
+            decision.kind.as_str(),
+            decision.target.as_str(),
+            decision.decision.as_str()
+        ),
         ("llm.chat", "chat-model", "allow")
     );
     assert_eq!(decision.policies, vec!["agents-use-models".to_string()]);
     assert_eq!(out.status, Some(200));
     assert_eq!(out.tokens_in, t["chat"]["usage"]["prompt_tokens"].as_u64());
-    assert_eq!(out.tokens_out, t["chat"]["usage"]["completion_tokens"].as_u64());
+    assert_eq!(
+        out.tokens_out,
+        t["chat"]["usage"]["completion_tokens"].as_u64()
+    );
     assert_eq!(out.upstream.as_deref(), t["chat"]["backend"].as_str());
 
     // A stream the agent asked no usage for: the gateway asked, recorded it,
@@ -215,22 +235,40 @@ fn openai_sdk_chat_stream_completion_embeddings_and_errors_with_usage_audited() 
     let (_, out) = outcome(&gw, t["stream_usage"]["request_id"].as_str().unwrap());
     assert_eq!(out.tokens_in, usage["prompt_tokens"].as_u64());
     assert_eq!(out.tokens_out, usage["completion_tokens"].as_u64());
-    assert_eq!(t["stream_usage"]["usage_chunks"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        t["stream_usage"]["usage_chunks"].as_array().unwrap().len(),
+        1
+    );
 
     assert_eq!(t["completion"]["text"], "echo: one two");
     let (d, out) = outcome(&gw, t["completion"]["request_id"].as_str().unwrap());
     assert_eq!(d.kind, "llm.completion");
-    assert_eq!(out.tokens_out, t["completion"]["usage"]["completion_tokens"].as_u64());
+    assert_eq!(
+        out.tokens_out,
+        t["completion"]["usage"]["completion_tokens"].as_u64()
+    );
 
-    assert_eq!((t["embeddings"]["count"].as_u64(), t["embeddings"]["dims"].as_u64()), (Some(2), Some(8)));
+    assert_eq!(
+        (
+            t["embeddings"]["count"].as_u64(),
+            t["embeddings"]["dims"].as_u64()
+        ),
+        (Some(2), Some(8))
+    );
     let (d, out) = outcome(&gw, t["embeddings"]["request_id"].as_str().unwrap());
     assert_eq!((d.kind.as_str(), d.action.as_str()), ("llm.embed", "embed"));
     assert_eq!(out.upstream.as_deref(), Some("onprem-a"));
-    assert_eq!(out.tokens_in, t["embeddings"]["usage"]["prompt_tokens"].as_u64());
+    assert_eq!(
+        out.tokens_in,
+        t["embeddings"]["usage"]["prompt_tokens"].as_u64()
+    );
 
     // Errors, in OpenAI's format, as the SDK raises them.
     let e = &t["unknown_model"];
-    assert_eq!((e["status"].as_u64(), e["type"].as_str()), (Some(404), Some("NotFoundError")));
+    assert_eq!(
+        (e["status"].as_u64(), e["type"].as_str()),
+        (Some(404), Some("NotFoundError"))
+    );
     assert_eq!(error_object(e)["code"], "model_not_found");
     assert_eq!(error_object(e)["param"], "model");
     let e = &t["empty_messages"];
@@ -238,12 +276,21 @@ fn openai_sdk_chat_stream_completion_embeddings_and_errors_with_usage_audited() 
     assert_eq!(error_object(e)["param"], "messages");
     assert_eq!(error_object(e)["type"], "invalid_request_error");
     let e = &t["bad_key"];
-    assert_eq!((e["status"].as_u64(), e["type"].as_str()), (Some(401), Some("AuthenticationError")));
+    assert_eq!(
+        (e["status"].as_u64(), e["type"].as_str()),
+        (Some(401), Some("AuthenticationError"))
+    );
     assert_eq!(error_object(e)["code"], "invalid_api_key");
     // Each refusal is audited too.
-    let rid = error_object(&t["unknown_model"])["request_id"].as_str().unwrap().to_string();
+    let rid = error_object(&t["unknown_model"])["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (d, _) = outcome(&gw, &rid);
-    assert_eq!((d.decision.as_str(), d.status, d.reason.as_str()), ("deny", Some(404), "no such model"));
+    assert_eq!(
+        (d.decision.as_str(), d.status, d.reason.as_str()),
+        ("deny", Some(404), "no such model")
+    );
     gw.assert_verifies(&[]);
 }
 
@@ -260,7 +307,10 @@ fn a_confidential_agent_is_kept_to_on_prem_backends_by_policy() {
             gw.port,
             "POST",
             "/v1/chat/completions",
-            &[("Authorization", &bearer(key)), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &bearer(key)),
+                ("Content-Type", "application/json"),
+            ],
             body.to_string().as_bytes(),
         )
         .unwrap()
@@ -276,7 +326,11 @@ fn a_confidential_agent_is_kept_to_on_prem_backends_by_policy() {
         assert_eq!(r.status, 200, "{}", r.body);
         used.insert(r.json()["system_fingerprint"].as_str().unwrap().to_string());
     }
-    assert_eq!(used.len(), 2, "the plain agent is spread over both backends: {used:?}");
+    assert_eq!(
+        used.len(),
+        2,
+        "the plain agent is spread over both backends: {used:?}"
+    );
 
     // With the on-prem backend gone, the confidential agent is refused
     // rather than sent to the cloud; the plain agent moves to the cloud.
@@ -316,16 +370,29 @@ fn a_backend_killed_mid_run_loses_only_streams_already_started() {
     });
     a.kill();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(results.len(), 48);
     let failed: Vec<&Value> = results.iter().filter(|r| r["ok"] != true).collect();
     for f in &failed {
         assert_eq!(f["started"], true, "a call failed before streaming: {f}");
     }
-    assert!(failed.len() <= 6, "at most the streams in flight on a: {failed:#?}");
-    let by_b = results.iter().filter(|r| r["backend"] == "cloud-b" && r["ok"] == true).count();
-    assert!(by_b >= 48 - 6 - 6 - failed.len(), "traffic moved to b: {by_b}");
+    assert!(
+        failed.len() <= 6,
+        "at most the streams in flight on a: {failed:#?}"
+    );
+    let by_b = results
+        .iter()
+        .filter(|r| r["backend"] == "cloud-b" && r["ok"] == true)
+        .count();
+    assert!(
+        by_b >= 48 - 6 - 6 - failed.len(),
+        "traffic moved to b: {by_b}"
+    );
     // Every call is audited with exactly a decision and an outcome.
     for r in &results {
         let rid = r["request_id"].as_str().expect("request id");
@@ -346,18 +413,32 @@ fn a_token_budget_spent_mid_run_answers_429_from_then_on() {
     let limits = "\n[[limits]]\nname = \"daily-tokens\"\nper = \"agent\"\ntokens = 30\nwindow_seconds = 31536000\n";
     let gw = Gateway::start_with(&(backends(&a, &b) + limits), POLICY);
     let key = key_with(&gw, "budget-agent", &[]);
-    let calls: Vec<Value> = serde_json::from_value(sdk(&gw, &key, &["until429", "chat", "7"])).unwrap();
-    let statuses: Vec<u64> = calls.iter().map(|c| c["status"].as_u64().unwrap()).collect();
+    let calls: Vec<Value> =
+        serde_json::from_value(sdk(&gw, &key, &["until429", "chat", "7"])).unwrap();
+    let statuses: Vec<u64> = calls
+        .iter()
+        .map(|c| c["status"].as_u64().unwrap())
+        .collect();
     // 4 prompt + 5 completion tokens a call: 27 < 30 after three, 36 after four.
     assert_eq!(statuses, vec![200, 200, 200, 200, 429, 429, 429]);
     let spent: u64 = calls[..4]
         .iter()
-        .map(|c| c["usage"]["prompt_tokens"].as_u64().unwrap() + c["usage"]["completion_tokens"].as_u64().unwrap())
+        .map(|c| {
+            c["usage"]["prompt_tokens"].as_u64().unwrap()
+                + c["usage"]["completion_tokens"].as_u64().unwrap()
+        })
         .sum();
     assert_eq!(spent, 36);
     let refused = &calls[4];
     assert_eq!(refused["type"], "RateLimitError");
-    assert!(refused["retry_after"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert!(
+        refused["retry_after"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
     assert_eq!(error_object(refused)["code"], "rate_limit_exceeded");
     // The audit holds the same token counts as the backend reported.
     for c in &calls[..4] {
@@ -365,13 +446,17 @@ fn a_token_budget_spent_mid_run_answers_429_from_then_on() {
         assert_eq!(out.tokens_in, c["usage"]["prompt_tokens"].as_u64());
         assert_eq!(out.tokens_out, c["usage"]["completion_tokens"].as_u64());
     }
-    let rid = error_object(refused)["request_id"].as_str().unwrap().to_string();
+    let rid = error_object(refused)["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (d, _) = outcome(&gw, &rid);
     assert_eq!((d.decision.as_str(), d.status), ("deny", Some(429)));
     assert!(d.reason.contains("daily-tokens"), "{}", d.reason);
     // The budget is per agent: another agent is still served.
     let other = key_with(&gw, "other-agent", &[]);
-    let calls: Vec<Value> = serde_json::from_value(sdk(&gw, &other, &["until429", "chat", "1"])).unwrap();
+    let calls: Vec<Value> =
+        serde_json::from_value(sdk(&gw, &other, &["until429", "chat", "1"])).unwrap();
     assert_eq!(calls[0]["status"], 200);
 }
 
@@ -403,9 +488,11 @@ fn an_agent_that_disconnects_mid_stream_cancels_the_backend_request() {
         .trim()
         .to_string();
     drop(s);
-    wait_for("the backend to see the cancellation", Duration::from_secs(5), || {
-        a.metric("mock_cancelled_total") >= 1.0
-    });
+    wait_for(
+        "the backend to see the cancellation",
+        Duration::from_secs(5),
+        || a.metric("mock_cancelled_total") >= 1.0,
+    );
     assert_eq!(a.metric("vllm:num_requests_running"), 0.0);
     let (_, out) = outcome(&gw, &rid);
     assert!(out.reason.starts_with("client_closed"), "{out:?}");

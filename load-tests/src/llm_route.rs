@@ -1,0 +1,334 @@
+//! LLM route scenario: what the gateway adds (authentication, policy per
+//! backend, limits, audit with usage) to a streamed chat completion's time to
+//! first token and per chunk, against a zero-latency `lattice-mock-vllm`
+//! backend, and requests/s at saturation, each with and without the gateway.
+//!
+//! `cargo run --release -p lattice-load-tests --bin lattice-load-llm --
+//!    --lattice target/release/lattice [--rate 1000] [--seconds 10]
+//!    [--chunks 200] [--streams 200] [--saturation-seconds 5] [--concurrency 32]`
+//! (`lattice-mock-vllm` is expected beside `lattice`).
+
+use anyhow::{bail, Context, Result};
+use lattice_load_tests::{free_port, percentile, Proc};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    lattice: PathBuf,
+    rate: u64,
+    seconds: u64,
+    chunks: usize,
+    streams: usize,
+    saturation_seconds: u64,
+    concurrency: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        lattice: PathBuf::from("target/release/lattice"),
+        rate: 1000,
+        seconds: 10,
+        chunks: 200,
+        streams: 200,
+        saturation_seconds: 5,
+        concurrency: 32,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = argv.get(i + 1).context("missing value")?;
+        match argv[i].as_str() {
+            "--lattice" => a.lattice = PathBuf::from(value),
+            "--rate" => a.rate = value.parse()?,
+            "--seconds" => a.seconds = value.parse()?,
+            "--chunks" => a.chunks = value.parse()?,
+            "--streams" => a.streams = value.parse()?,
+            "--saturation-seconds" => a.saturation_seconds = value.parse()?,
+            "--concurrency" => a.concurrency = value.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    if a.seconds > 120 || a.saturation_seconds > 120 || a.rate > 20_000 || a.streams > 10_000 {
+        bail!("bounded scenario: at most 120 s, 20,000 requests/s, 10,000 streams");
+    }
+    Ok(a)
+}
+
+fn chat(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    words: usize,
+    stream: bool,
+) -> reqwest::RequestBuilder {
+    let content = vec!["w"; words].join(" ");
+    let body = format!(
+        r#"{{"model":"bench-model","stream":{stream},"max_tokens":100000,"messages":[{{"role":"user","content":"{content}"}}]}}"#
+    );
+    let req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    match auth {
+        Some(a) => req.header("authorization", a),
+        None => req,
+    }
+}
+
+/// Sends a streamed chat; returns (time to the first body chunk, time from
+/// the first chunk to the end, chunks read) or None on any failure.
+async fn stream_once(req: reqwest::RequestBuilder) -> Option<(Duration, Duration, usize)> {
+    let sent = Instant::now();
+    let mut r = req.send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let first = r.chunk().await.ok()??;
+    let ttft = sent.elapsed();
+    let mut events = first.windows(2).filter(|w| w == b"\n\n").count();
+    while let Some(c) = r.chunk().await.ok()? {
+        events += c.windows(2).filter(|w| w == b"\n\n").count();
+    }
+    Some((ttft, sent.elapsed() - ttft, events))
+}
+
+struct Fixed {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    errors: usize,
+    sent: usize,
+}
+
+/// Open-loop streamed chats at `rate`; time to first token.
+async fn ttft_at_rate(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    rate: u64,
+    seconds: u64,
+) -> Fixed {
+    let total = (rate * seconds) as usize;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        tokio::time::sleep_until(
+            (start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate)).into(),
+        )
+        .await;
+        let req = chat(client, url, auth, 4, true);
+        tasks.push(tokio::spawn(stream_once(req)));
+    }
+    let mut lat = Vec::with_capacity(total);
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Some((ttft, _, _))) => lat.push(ttft),
+            _ => errors += 1,
+        }
+    }
+    lat.sort();
+    Fixed {
+        p50: percentile(&lat, 0.5),
+        p90: percentile(&lat, 0.9),
+        p99: percentile(&lat, 0.99),
+        errors,
+        sent: total,
+    }
+}
+
+/// Sequential long streams: median microseconds per chunk after the first.
+async fn per_chunk(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    chunks: usize,
+    streams: usize,
+) -> Result<(f64, usize)> {
+    let mut per = Vec::with_capacity(streams);
+    let mut events = 0;
+    for _ in 0..streams {
+        let (_, rest, n) = stream_once(chat(client, url, auth, chunks, true))
+            .await
+            .context("a stream failed")?;
+        events = n;
+        per.push(rest / n.max(1) as u32);
+    }
+    per.sort();
+    Ok((percentile(&per, 0.5) * 1000.0, events))
+}
+
+async fn saturation(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    concurrency: usize,
+    seconds: u64,
+) -> (f64, usize) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let url = Arc::new(url.to_string());
+    let auth = auth.map(|a| Arc::new(a.to_string()));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut err) = (0usize, 0usize);
+                while Instant::now() < deadline {
+                    let req = chat(&client, &url, auth.as_deref().map(String::as_str), 4, false);
+                    let fine = match req.send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if fine {
+                        ok += 1;
+                    } else {
+                        err += 1;
+                    }
+                }
+                (ok, err)
+            })
+        })
+        .collect();
+    let (mut ok, mut err) = (0, 0);
+    for w in workers {
+        if let Ok((o, e)) = w.await {
+            ok += o;
+            err += e;
+        }
+    }
+    (ok as f64 / seconds as f64, err)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let gw_port = free_port()?;
+    let mut mock = Command::new(args.lattice.with_file_name("lattice-mock-vllm"))
+        .args(["--name", "bench", "--model", "bench-model"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start lattice-mock-vllm (beside the lattice binary)")?;
+    let mut line = String::new();
+    BufReader::new(mock.stdout.take().context("mock stdout")?).read_line(&mut line)?;
+    let _mock = Proc(mock);
+    let backend = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .context("mock address")?
+        .to_string();
+    std::fs::write(
+        dir.path().join("policy.cedar"),
+        "permit (principal in Lattice::Role::\"agent\", action in [Lattice::Action::\"chat\", Lattice::Action::\"embed\"], resource);\n",
+    )?;
+    let config = dir.path().join("lattice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{gw_port}\"\ndata_dir = \"data\"\ngrace_period_seconds = 0\n\n[policy]\nfiles = [\"policy.cedar\"]\n\n[[backends]]\nname = \"bench\"\nkind = \"vllm\"\nurl = \"http://{backend}\"\n\n[[models]]\nname = \"bench-model\"\nbackends = [\"bench\"]\n"
+        ),
+    )?;
+    let _gateway = Proc(
+        Command::new(&args.lattice)
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("LATTICE_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the gateway")?,
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let healthz = format!("http://127.0.0.1:{gw_port}/healthz");
+    let started = Instant::now();
+    while !matches!(client.get(&healthz).send().await, Ok(r) if r.status().is_success()) {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the gateway did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new(&args.lattice)
+        .args(["keys", "create", "--agent", "load", "--role", "agent", "-c"])
+        .arg(&config)
+        .output()?;
+    let auth = format!("Bearer {}", String::from_utf8(out.stdout)?.trim());
+    let direct = format!("http://{backend}/v1/chat/completions");
+    let via = format!("http://127.0.0.1:{gw_port}/v1/chat/completions");
+    let started = Instant::now();
+    while stream_once(chat(&client, &via, Some(&auth), 1, true))
+        .await
+        .is_none()
+    {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the gateway never served the model (is the key active?)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    println!(
+        "time to first token: streamed chats at {} requests/s for {} s each",
+        args.rate, args.seconds
+    );
+    let _ = ttft_at_rate(&client, &direct, None, args.rate, 1).await;
+    let d = ttft_at_rate(&client, &direct, None, args.rate, args.seconds).await;
+    let _ = ttft_at_rate(&client, &via, Some(&auth), args.rate, 1).await;
+    let g = ttft_at_rate(&client, &via, Some(&auth), args.rate, args.seconds).await;
+    println!("| path | sent | errors | p50 ms | p90 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for (name, f) in [("direct", &d), ("through lattice", &g)] {
+        println!(
+            "| {name} | {} | {} | {:.3} | {:.3} | {:.3} |",
+            f.sent, f.errors, f.p50, f.p90, f.p99
+        );
+    }
+    println!(
+        "| added by lattice | | | {:.3} | {:.3} | {:.3} |",
+        g.p50 - d.p50,
+        g.p90 - d.p90,
+        g.p99 - d.p99
+    );
+
+    println!(
+        "\nper chunk: {} sequential streams of {} tokens each way",
+        args.streams, args.chunks
+    );
+    let (dc, n) = per_chunk(&client, &direct, None, args.chunks, args.streams).await?;
+    let (gc, _) = per_chunk(&client, &via, Some(&auth), args.chunks, args.streams).await?;
+    println!("| path | events per stream | median µs per chunk |");
+    println!("|---|---|---|");
+    println!("| direct | {n} | {dc:.2} |");
+    println!("| through lattice | {n} | {gc:.2} |");
+    println!("| added by lattice | | {:.2} |", gc - dc);
+
+    println!(
+        "\nsaturation: {} concurrent clients, plain chats, {} s each",
+        args.concurrency, args.saturation_seconds
+    );
+    let (d_rps, d_err) = saturation(
+        &client,
+        &direct,
+        None,
+        args.concurrency,
+        args.saturation_seconds,
+    )
+    .await;
+    let (g_rps, g_err) = saturation(
+        &client,
+        &via,
+        Some(&auth),
+        args.concurrency,
+        args.saturation_seconds,
+    )
+    .await;
+    println!("| path | requests/s | errors |");
+    println!("|---|---|---|");
+    println!("| direct | {d_rps:.0} | {d_err} |");
+    println!("| through lattice | {g_rps:.0} | {g_err} |");
+    Ok(())
+}
