@@ -876,7 +876,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         });
     }
 
-    let llm = crate::llm_config::build(raw.backends, raw.models, raw.limits, &bad)?;
+    let llm = crate::llm_config::build(raw.backends, raw.models, raw.limits, &bad, &[])?;
 
     Ok(Config {
         path: path.to_path_buf(),

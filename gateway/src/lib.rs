@@ -10,6 +10,7 @@
 //! allow, pass the agent's credentials upstream, or block the request path
 //! on audit I/O (it only enqueues).
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod enforce;
@@ -22,6 +23,7 @@ pub mod llm_endpoint;
 pub mod mcp_endpoint;
 pub mod mcp_hub;
 pub mod metrics;
+pub mod model_store;
 pub mod pins;
 pub mod proxy;
 pub mod runtime;

@@ -3,15 +3,15 @@
 //! their validation into the inference router's specs and the limiter's.
 
 use lattice_inference_router::{BackendKind, BackendSpec, ModelRoute, Strategy};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use crate::limits::{LimitSpec, Per};
 use crate::GatewayError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawBackend {
+pub struct RawBackend {
     name: String,
     /// `vllm`, `mlx`, `lattice` or `openai`.
     kind: String,
@@ -43,9 +43,9 @@ fn d_health() -> u64 {
     2_000
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawModel {
+pub struct RawModel {
     name: String,
     #[serde(default)]
     aliases: Vec<String>,
@@ -58,13 +58,19 @@ pub(crate) struct RawModel {
     labels: Vec<String>,
 }
 
+impl RawModel {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 fn d_strategy() -> String {
     "least_outstanding".into()
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawLimit {
+pub struct RawLimit {
     name: String,
     /// `agent` or `tenant`.
     per: String,
@@ -85,11 +91,15 @@ pub struct LlmConfig {
     pub limits: Vec<LimitSpec>,
 }
 
+/// Validates raw sections. `known` backends (already validated, e.g. the
+/// config file's when adding a run-time route) may be named by the models
+/// besides the ones defined here.
 pub(crate) fn build(
     backends: Vec<RawBackend>,
     models: Vec<RawModel>,
     limits: Vec<RawLimit>,
     bad: &dyn Fn(String) -> GatewayError,
+    known: &[BackendSpec],
 ) -> Result<LlmConfig, GatewayError> {
     let mut specs = Vec::new();
     for b in backends {
@@ -156,7 +166,8 @@ pub(crate) fn build(
             labels: m.labels,
         });
     }
-    lattice_inference_router::router::validate(&specs, &routes).map_err(|e| bad(e.to_string()))?;
+    let all: Vec<BackendSpec> = known.iter().chain(&specs).cloned().collect();
+    lattice_inference_router::router::validate(&all, &routes).map_err(|e| bad(e.to_string()))?;
     let mut limit_specs: Vec<LimitSpec> = Vec::new();
     for l in limits {
         let per = match l.per.as_str() {

@@ -24,7 +24,6 @@ use pingora::Result;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use crate::enforce;
 use crate::error::Rejection;
 use crate::proxy::{Ctx, Gateway};
 use crate::runtime::Runtime;
@@ -108,44 +107,11 @@ impl Gateway {
                 .refuse_and_respond(session, ctx, runtime, Rejection::MethodNotAllowed, &reason)
                 .await;
         }
-        // 1. Bound the input, and read it whole (routing depends on `model`).
-        let header = |n: &str| {
-            session
-                .req_header()
-                .headers
-                .get(n)
-                .map(|v| v.as_bytes().to_vec())
+        // 1 and 2. Bound and read the body (routing depends on `model`), authenticate.
+        let Some((body, principal)) = self.read_and_authenticate(session, ctx, runtime).await?
+        else {
+            return Ok(true);
         };
-        let (content_length, authorization) = (header("content-length"), header("authorization"));
-        if let Err(r) = enforce::check_content_length(content_length.as_deref(), ctx.max_body) {
-            return self
-                .refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
-                .await;
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            body.extend_from_slice(&chunk);
-            if body.len() as u64 > ctx.max_body {
-                let r = Rejection::BodyTooLarge {
-                    limit: ctx.max_body,
-                };
-                return self
-                    .refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
-                    .await;
-            }
-        }
-        // 2. Authenticate.
-        let principal =
-            match enforce::authenticate(authorization.as_deref(), runtime, &self.shared.keys) {
-                Ok(p) => p,
-                Err(r) => {
-                    let reason = format!("authentication failed: {}", r.message());
-                    return self
-                        .refuse_and_respond(session, ctx, runtime, r, &reason)
-                        .await;
-                }
-            };
-        ctx.facts.principal = Some(principal.clone());
         let Some(endpoint) = endpoint else {
             return self.list_models(session, ctx, runtime, &principal).await;
         };
@@ -465,7 +431,10 @@ impl Gateway {
             let next = tokio::select! {
                 c = upstream.next_chunk() => c,
                 _ = client_gone(session) => {
-                    ctx.failure = Some("client_closed: the agent went away mid-stream; the backend request was cancelled".into());
+                    // After `[DONE]` the agent has everything: closing is no failure.
+                    if !filter.done {
+                        ctx.failure = Some("client_closed: the agent went away mid-stream; the backend request was cancelled".into());
+                    }
                     break;
                 }
             };
@@ -481,7 +450,7 @@ impl Gateway {
                 None => {
                     let rest = filter.finish();
                     if !rest.is_empty() {
-                        session.write_response_body(Some(rest), false).await?;
+                        let _ = session.write_response_body(Some(rest), false).await;
                     }
                     if !filter.done {
                         ctx.failure = Some(
@@ -515,7 +484,10 @@ impl Gateway {
                 session.write_response_header(Box::new(resp), false).await?;
                 started = true;
             }
-            if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+            if !out.is_empty()
+                && session.write_response_body(Some(out), false).await.is_err()
+                && !filter.done
+            {
                 ctx.failure = Some("client_closed: the agent went away mid-stream; the backend request was cancelled".into());
                 break;
             }

@@ -47,6 +47,9 @@ enum Command {
     /// MCP tool pinning: pending changes and approvals.
     #[command(subcommand)]
     Mcp(cli::mcp::McpCmd),
+    /// Model routes: list, and add or remove run-time routes.
+    #[command(subcommand)]
+    Models(cli::models::ModelsCmd),
     /// Policies: check, test and explain, offline.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCmd),
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => cli::keys::run(cmd),
         Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Mcp(cmd) => cli::mcp::run(cmd),
+        Command::Models(cmd) => cli::models::run(cmd),
         Command::Audit(cmd) => cli::audit::run(cmd),
         Command::DemoUpstream { listen } => cli::demo_upstream(listen),
     };

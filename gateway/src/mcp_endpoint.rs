@@ -21,7 +21,6 @@ use pingora::Result;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::enforce;
 use crate::error::Rejection;
 use crate::mcp_hub::ToolEntry;
 use crate::proxy::{Ctx, Gateway};
@@ -144,44 +143,11 @@ impl Gateway {
                 .refuse_and_respond(session, ctx, runtime, r, "the MCP endpoint takes POST")
                 .await;
         }
-        // 1. Bound the input, and read it whole (MCP routes on the body).
-        let header = |n: &str| {
-            session
-                .req_header()
-                .headers
-                .get(n)
-                .map(|v| v.as_bytes().to_vec())
+        // 1 and 2. Bound and read the body (MCP routes on it), authenticate.
+        let Some((body, principal)) = self.read_and_authenticate(session, ctx, runtime).await?
+        else {
+            return Ok(true);
         };
-        let (content_length, authorization) = (header("content-length"), header("authorization"));
-        if let Err(r) = enforce::check_content_length(content_length.as_deref(), ctx.max_body) {
-            return self
-                .refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
-                .await;
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            body.extend_from_slice(&chunk);
-            if body.len() as u64 > ctx.max_body {
-                let r = Rejection::BodyTooLarge {
-                    limit: ctx.max_body,
-                };
-                return self
-                    .refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
-                    .await;
-            }
-        }
-        // 2. Authenticate.
-        let principal =
-            match enforce::authenticate(authorization.as_deref(), runtime, &self.shared.keys) {
-                Ok(p) => p,
-                Err(r) => {
-                    let reason = format!("authentication failed: {}", r.message());
-                    return self
-                        .refuse_and_respond(session, ctx, runtime, r, &reason)
-                        .await;
-                }
-            };
-        ctx.facts.principal = Some(principal.clone());
         // 3. The message.
         let message = match jsonrpc::parse(&body, ctx.max_body as usize) {
             Ok(m) => m,

@@ -156,6 +156,53 @@ impl Gateway {
         Ok(())
     }
 
+    /// Steps 1 and 2 for endpoints that route on the body: bounds and reads
+    /// it whole, then authenticates. None: a refusal was recorded and sent.
+    pub(crate) async fn read_and_authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+    ) -> Result<Option<(Vec<u8>, lattice_policy::Principal)>> {
+        let header = |n: &str| {
+            session
+                .req_header()
+                .headers
+                .get(n)
+                .map(|v| v.as_bytes().to_vec())
+        };
+        let (content_length, authorization) = (header("content-length"), header("authorization"));
+        if let Err(r) = enforce::check_content_length(content_length.as_deref(), ctx.max_body) {
+            self.refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
+                .await?;
+            return Ok(None);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > ctx.max_body {
+                let r = Rejection::BodyTooLarge {
+                    limit: ctx.max_body,
+                };
+                self.refuse_and_respond(session, ctx, runtime, r.clone(), &r.message())
+                    .await?;
+                return Ok(None);
+            }
+        }
+        match enforce::authenticate(authorization.as_deref(), runtime, &self.shared.keys) {
+            Ok(p) => {
+                ctx.facts.principal = Some(p.clone());
+                Ok(Some((body, p)))
+            }
+            Err(r) => {
+                let reason = format!("authentication failed: {}", r.message());
+                self.refuse_and_respond(session, ctx, runtime, r, &reason)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
     pub(crate) fn refuse(
         &self,
         ctx: &mut Ctx,
@@ -325,6 +372,9 @@ impl ProxyHttp for Gateway {
         ctx.traceparent = traceparent;
         if ctx.facts.target == "/mcp" {
             return self.serve_mcp(session, ctx, &runtime).await;
+        }
+        if ctx.facts.target.starts_with("/admin/") {
+            return self.serve_admin(session, ctx, &runtime).await;
         }
         if ctx.facts.target.starts_with("/v1/") {
             return self.serve_llm(session, ctx, &runtime).await;

@@ -26,6 +26,8 @@ pub struct Runtime {
     pub policy: PolicyEngine,
     pub routes: HashMap<String, Arc<Route>>,
     pub jwt: JwtVerifier,
+    /// The config file's own model routes (`config.llm` adds the run-time ones).
+    pub file_llm: crate::llm_config::LlmConfig,
 }
 
 /// Reads policy files into sources.
@@ -43,7 +45,11 @@ pub fn read_policies(files: &[PathBuf]) -> Result<Vec<PolicySource>, GatewayErro
 impl Runtime {
     /// Builds a runtime from a validated config: reads and validates the
     /// policies and loads file-based JWT keys.
-    pub fn build(config: Config) -> Result<Self, GatewayError> {
+    pub fn build(mut config: Config) -> Result<Self, GatewayError> {
+        // Model routes added at run time join the config file's.
+        let extra = crate::model_store::stored(&config)?;
+        let file_llm = config.llm.clone();
+        config.llm = crate::model_store::merged(&config, &extra)?;
         let live = read_policies(&config.policy.files)?;
         let shadow = if config.policy.shadow_files.is_empty() {
             None
@@ -68,6 +74,7 @@ impl Runtime {
             policy,
             routes,
             jwt,
+            file_llm,
         })
     }
 
@@ -175,12 +182,15 @@ pub fn spawn_watcher(
                 .build()
                 .ok();
             let mut last = fingerprint(&shared.runtime.load().watched_files());
+            let mut models_generation = store.models_generation().unwrap_or(0);
             let mut jwks_fetched: HashMap<usize, Instant> = HashMap::new();
             while !stop.load(Ordering::Acquire) {
                 let current = fingerprint(&shared.runtime.load().watched_files());
-                if current != last {
+                let generation = store.models_generation().unwrap_or(models_generation);
+                if current != last || generation != models_generation {
                     let _ = shared.reload();
                     last = fingerprint(&shared.runtime.load().watched_files());
+                    models_generation = generation;
                 }
                 if let Err(e) = shared.keys.refresh(&store) {
                     tracing::error!(error = %e, "cannot refresh API keys");

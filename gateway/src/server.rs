@@ -82,7 +82,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
     let inference = lattice_inference_router::Router::start()
         .map_err(|e| GatewayError::Server(e.to_string()))?;
     inference
-        .configure(&config.llm.backends, &config.llm.models)
+        .configure(&runtime.config.llm.backends, &runtime.config.llm.models)
         .map_err(|e| GatewayError::Config(e.to_string()))?;
     let shared = Arc::new(Shared {
         inference: Arc::new(inference),

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod keys;
 pub mod mcp;
+pub mod models;
 pub mod policy;
 pub mod up;
 

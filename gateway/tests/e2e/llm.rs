@@ -498,3 +498,151 @@ fn an_agent_that_disconnects_mid_stream_cancels_the_backend_request() {
     assert!(out.reason.starts_with("client_closed"), "{out:?}");
     gw.assert_verifies(&[]);
 }
+
+#[test]
+fn model_routes_change_at_run_time_through_the_cli_and_the_admin_api() {
+    let a = MockVllm::start("onprem-a", &["chat-model", "embed-model"], 0);
+    let b = MockVllm::start("cloud-b", &["chat-model"], 0);
+    let policy = format!(
+        "{POLICY}\n@id(\"admins-change-routes\")\npermit (principal in Lattice::Role::\"admin\", action == Lattice::Action::\"admin.change_routes\", resource);\n"
+    );
+    let gw = Gateway::start_with(&backends(&a, &b), &policy);
+    let agent = key_with(&gw, "route-agent", &[]);
+    let admin = bearer(&gw.create_key("ops", &["admin"]));
+    let chat = |model: &str| {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        http(
+            gw.port,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Authorization", &bearer(&agent)),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+    };
+    let admin_call = |method: &str, path: &str, auth: &str, body: &str| {
+        http(
+            gw.port,
+            method,
+            path,
+            &[
+                ("Authorization", auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap()
+    };
+
+    // The CLI adds a route on a backend of the config file; the running
+    // gateway serves it after its next reload poll.
+    let out = gw.lattice(&[
+        "models",
+        "add",
+        "extra-model",
+        "--use-backend",
+        "onprem-a",
+        "--upstream-model",
+        "chat-model",
+        "--alias",
+        "extra",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the run-time route", Duration::from_secs(10), || {
+        chat("extra").status == 200
+    });
+    assert_eq!(chat("extra").json()["system_fingerprint"], "onprem-a");
+    let list = String::from_utf8(gw.lattice(&["models", "list"]).stdout).unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("extra-model\t") && l.contains("source=run-time")),
+        "{list}"
+    );
+    // A route that names an unknown backend is refused by the CLI.
+    let out = gw.lattice(&["models", "add", "broken", "--use-backend", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`nowhere`"),
+        "{out:?}"
+    );
+
+    // The admin API: policy decides who may use it.
+    let r = admin_call("GET", "/admin/v1/models", &bearer(&agent), "");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = admin_call("GET", "/admin/v1/models", &admin, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let models = r.json()["models"].as_array().unwrap().clone();
+    let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["chat-model", "embed-model", "extra-model"]);
+    assert_eq!(models[2]["source"], "run-time");
+    assert_eq!(models[0]["backends"][0]["healthy"], true);
+    assert!(models[0]["backends"][0]["requests"].as_u64().is_some());
+
+    // Add a route with its own backend: served at once.
+    let posted = json!({
+        "backends": [{"name": "b-direct", "kind": "vllm", "url": format!("http://127.0.0.1:{}", b.port), "location": "cloud"}],
+        "models": [{"name": "posted-model", "backends": ["b-direct"], "upstream_model": "chat-model"}],
+    });
+    let r = admin_call("POST", "/admin/v1/models", &admin, &posted.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = chat("posted-model");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["system_fingerprint"], "cloud-b");
+    let bad = json!({"models": [{"name": "orphan", "backends": ["missing"]}]});
+    let r = admin_call("POST", "/admin/v1/models", &admin, &bad.to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`missing`"),
+        "{}",
+        r.body
+    );
+    let r = admin_call("POST", "/admin/v1/models", &admin, "{not json");
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Removal: config routes are the file's; run-time ones go at once.
+    let r = admin_call("DELETE", "/admin/v1/models/chat-model", &admin, "");
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = admin_call("DELETE", "/admin/v1/models/posted-model", &admin, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(chat("posted-model").status, 404);
+    let out = gw.lattice(&["models", "remove", "extra-model"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the route to go", Duration::from_secs(10), || {
+        chat("extra").status == 404
+    });
+
+    // Every admin call is audited under its own kind.
+    let store = gw.store();
+    let kinds: Vec<String> = store
+        .tail(500)
+        .unwrap()
+        .into_iter()
+        .map(|e| serde_json::from_str::<lattice_audit::AuditEvent>(&e.json).unwrap())
+        .filter(|e| e.kind.starts_with("admin."))
+        .map(|e| format!("{}:{}", e.kind, e.decision))
+        .collect();
+    for k in [
+        "admin.models.list:deny",
+        "admin.models.list:allow",
+        "admin.models.add:allow",
+        "admin.models.add:deny",
+        "admin.models.remove:allow",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    gw.assert_verifies(&[]);
+}
