@@ -210,3 +210,51 @@ pub(crate) fn build(
         limits: limit_specs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+    use std::path::Path;
+
+    const BASE: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[policy]\nfiles = [\"p.cedar\"]\n";
+
+    fn check(extra: &str) -> Result<crate::config::Config, String> {
+        parse(Path::new("/etc/lattice.toml"), &format!("{BASE}{extra}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn routes_backends_and_limits_are_validated() {
+        let ok = check(
+            "[[backends]]\nname = \"a\"\nkind = \"vllm\"\nurl = \"http://10.0.0.5:8000/\"\n\
+             [[models]]\nname = \"m\"\naliases = [\"x\"]\nbackends = [\"a\"]\nstrategy = \"latency_ewma\"\n\
+             [[limits]]\nname = \"rpm\"\nper = \"agent\"\nrequests = 60\nwindow_seconds = 60\n",
+        )
+        .unwrap();
+        assert_eq!(ok.llm.backends[0].url, "http://10.0.0.5:8000");
+        assert_eq!(ok.llm.backends[0].location, "on_prem");
+        assert_eq!(ok.llm.models[0].aliases, vec!["x".to_string()]);
+        assert_eq!(ok.llm.limits[0].requests, Some(60));
+
+        let cases = [
+            ("[[backends]]\nname = \"a\"\nkind = \"tgi\"\nurl = \"http://h\"\n", "kind `tgi`"),
+            ("[[backends]]\nname = \"a\"\nkind = \"vllm\"\nurl = \"http://h/v1\"\n", "without `/v1`"),
+            ("[[backends]]\nname = \"a\"\nkind = \"vllm\"\nurl = \"ftp://h\"\n", "not an http(s) URL"),
+            (
+                "[[backends]]\nname = \"a\"\nkind = \"openai\"\nurl = \"https://h\"\napi_key_env = \"LATTICE_SURELY_UNSET_VAR\"\n",
+                "`LATTICE_SURELY_UNSET_VAR` is not set",
+            ),
+            ("[[models]]\nname = \"m\"\nbackends = [\"ghost\"]\n", "`ghost`"),
+            (
+                "[[backends]]\nname = \"a\"\nkind = \"vllm\"\nurl = \"http://h\"\n[[models]]\nname = \"m\"\nbackends = [\"a\"]\nstrategy = \"random\"\n",
+                "strategy `random`",
+            ),
+            ("[[limits]]\nname = \"l\"\nper = \"agent\"\nwindow_seconds = 60\n", "neither requests nor tokens"),
+            ("[[limits]]\nname = \"l\"\nper = \"team\"\ntokens = 5\nwindow_seconds = 60\n", "not agent or tenant"),
+            ("[[backends]]\nname = \"a\"\nkind = \"vllm\"\nurl = \"http://h\"\nweight = 1\ncolour = \"red\"\n", ":10: unknown field `colour`"),
+        ];
+        for (extra, expected) in cases {
+            let e = check(extra).unwrap_err();
+            assert!(e.contains(expected), "{extra}\n→ {e}\n(expected {expected})");
+        }
+    }
+}

@@ -8,7 +8,8 @@
 //! can tell which backend answered.
 //!
 //! `lattice-mock-vllm --name a --model m [--model m2] [--listen 127.0.0.1:0]
-//!  [--first-token-ms N] [--token-ms N]` prints `mock-vllm listening on ADDR`.
+//!  [--first-token-ms N] [--token-ms N] [--api-key K]` prints
+//! `mock-vllm listening on ADDR`.
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -32,6 +33,9 @@ type Body = BoxBody<Bytes, Infallible>;
 
 struct State {
     name: String,
+    /// When set, API calls need `Authorization: Bearer <this>` (as vLLM's
+    /// `--api-key`); `/health` and `/metrics` stay open.
+    api_key: Option<String>,
     models: Vec<String>,
     first_token: Duration,
     per_token: Duration,
@@ -116,6 +120,16 @@ fn now_s() -> u64 {
 async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    if let Some(key) = &s.api_key {
+        let presented = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if path.starts_with("/v1/") && presented != Some(key.as_str()) {
+            return Ok(error(401, "invalid API key"));
+        }
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(error(400, "could not read the body")),
@@ -343,6 +357,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut listen = "127.0.0.1:0".to_string();
     let mut name = "mock".to_string();
+    let mut api_key = None;
     let mut models = Vec::new();
     let (mut first_ms, mut token_ms) = (0u64, 0u64);
     while let Some(a) = args.next() {
@@ -353,6 +368,7 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--listen" => listen = value()?,
             "--name" => name = value()?,
+            "--api-key" => api_key = Some(value()?),
             "--model" => models.push(value()?),
             "--first-token-ms" => first_ms = value()?.parse()?,
             "--token-ms" => token_ms = value()?.parse()?,
@@ -364,6 +380,7 @@ fn main() -> anyhow::Result<()> {
     }
     let state = Arc::new(State {
         name,
+        api_key,
         models,
         first_token: Duration::from_millis(first_ms),
         per_token: Duration::from_millis(token_ms),

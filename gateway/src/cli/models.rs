@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use super::ConfigArg;
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum ModelsCmd {
     /// Every model route: the config file's, then the run-time ones.
     List {

@@ -28,6 +28,10 @@ pub struct MockVllm {
 
 impl MockVllm {
     pub fn start(name: &str, models: &[&str], token_ms: u64) -> Self {
+        Self::start_with(name, models, token_ms, &[])
+    }
+
+    pub fn start_with(name: &str, models: &[&str], token_ms: u64, extra: &[&str]) -> Self {
         let bin = Path::new(BIN).with_file_name("lattice-mock-vllm");
         assert!(
             bin.exists(),
@@ -39,6 +43,7 @@ impl MockVllm {
         for m in models {
             cmd.args(["--model", m]);
         }
+        cmd.args(extra);
         let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
@@ -645,4 +650,112 @@ fn model_routes_change_at_run_time_through_the_cli_and_the_admin_api() {
         assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
     }
     gw.assert_verifies(&[]);
+}
+
+#[test]
+fn backends_are_health_checked_and_get_their_own_key_never_the_agents() {
+    let keyed = MockVllm::start_with("keyed", &["gpt-x"], 0, &["--api-key", "sk-backend-secret"]);
+    let mut local = MockVllm::start("local", &["gpt-x"], 0);
+    let local_port = local.port;
+    // The gateway inherits this; the config names the variable, not the key.
+    std::env::set_var("LATTICE_TEST_BACKEND_KEY", "sk-backend-secret");
+    let config = format!(
+        r#"
+[[backends]]
+name = "local"
+kind = "mlx"
+url = "http://127.0.0.1:{local_port}"
+health_interval_ms = 200
+
+[[backends]]
+name = "keyed"
+kind = "openai"
+url = "http://127.0.0.1:{}"
+location = "cloud"
+api_key_env = "LATTICE_TEST_BACKEND_KEY"
+health_interval_ms = 200
+
+[[models]]
+name = "gpt-x"
+strategy = "priority"
+backends = ["local", "keyed"]
+"#,
+        keyed.port
+    );
+    let policy = format!(
+        "{POLICY}\npermit (principal in Lattice::Role::\"admin\", action == Lattice::Action::\"admin.change_routes\", resource);\n"
+    );
+    let gw = Gateway::start_with(&config, &policy);
+    let agent = key_with(&gw, "priority-agent", &[]);
+    let admin = bearer(&gw.create_key("ops", &["admin"]));
+    let chat = || {
+        let body = json!({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]});
+        http(
+            gw.port,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Authorization", &bearer(&agent)),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+    };
+    let healthy = |backend: &str| -> bool {
+        let view = http(
+            gw.port,
+            "GET",
+            "/admin/v1/models",
+            &[("Authorization", &admin)],
+            b"",
+        )
+        .unwrap()
+        .json();
+        view["models"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == backend)
+            .map(|b| b["healthy"] == true)
+            .unwrap()
+    };
+    // Priority: the first backend serves while it is up.
+    let r = chat();
+    assert_eq!(
+        (r.status, r.json()["system_fingerprint"].as_str()),
+        (200, Some("local")),
+        "{}",
+        r.body
+    );
+    // Down: the health check takes it out; the keyed backend serves, which
+    // it does only when it gets its own key (the agent's would be refused).
+    local.kill();
+    wait_for(
+        "the health check to mark local down",
+        Duration::from_secs(5),
+        || !healthy("local"),
+    );
+    let r = chat();
+    assert_eq!(
+        (r.status, r.json()["system_fingerprint"].as_str()),
+        (200, Some("keyed")),
+        "{}",
+        r.body
+    );
+    assert_eq!(keyed.metric("mock_requests_total"), 1.0);
+    // Back up on the same port: marked healthy again, and preferred again.
+    let _local = MockVllm::start_with(
+        "local",
+        &["gpt-x"],
+        0,
+        &["--listen", &format!("127.0.0.1:{local_port}")],
+    );
+    wait_for(
+        "the health check to mark local up",
+        Duration::from_secs(5),
+        || healthy("local"),
+    );
+    let r = chat();
+    assert_eq!(r.json()["system_fingerprint"], "local", "{}", r.body);
 }
