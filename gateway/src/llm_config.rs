@@ -254,7 +254,10 @@ mod tests {
         ];
         for (extra, expected) in cases {
             let e = check(extra).unwrap_err();
-            assert!(e.contains(expected), "{extra}\n→ {e}\n(expected {expected})");
+            assert!(
+                e.contains(expected),
+                "{extra}\n→ {e}\n(expected {expected})"
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics served at `/metrics`: requests by kind and status,
 //! decisions by outcome, request latency, audit queue depth and refusals,
-//! config reloads and shadow-policy disagreements.
+//! config reloads and shadow-policy disagreements, inference backends'
+//! availability and requests in flight, and tokens by model.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +26,11 @@ pub struct Metrics {
     pub audit_bypassed: Counter,
     pub reloads: Family<Labels, Counter>,
     pub shadow_disagreements: Counter,
+    /// Per backend, set at each scrape: 1 when available (healthy, not ejected).
+    pub backend_available: Family<Labels, Gauge>,
+    pub backend_outstanding: Family<Labels, Gauge>,
+    /// Tokens reported by backends, by model and direction (in/out).
+    pub llm_tokens: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -45,6 +51,24 @@ impl Metrics {
         let audit_bypassed = Counter::default();
         let reloads = Family::<Labels, Counter>::default();
         let shadow_disagreements = Counter::default();
+        let backend_available = Family::<Labels, Gauge>::default();
+        let backend_outstanding = Family::<Labels, Gauge>::default();
+        let llm_tokens = Family::<Labels, Counter>::default();
+        registry.register(
+            "backend_available",
+            "1 when an inference backend is healthy and not ejected",
+            backend_available.clone(),
+        );
+        registry.register(
+            "backend_outstanding_requests",
+            "Requests in flight to an inference backend",
+            backend_outstanding.clone(),
+        );
+        registry.register(
+            "llm_tokens",
+            "Tokens reported by inference backends, by model and direction",
+            llm_tokens.clone(),
+        );
         registry.register("requests", "Requests by kind and status", requests.clone());
         registry.register(
             "decisions",
@@ -105,6 +129,9 @@ impl Metrics {
             audit_bypassed,
             reloads,
             shadow_disagreements,
+            backend_available,
+            backend_outstanding,
+            llm_tokens,
         }
     }
 
@@ -123,6 +150,39 @@ impl Metrics {
             lattice_policy::Outcome::Deny => &self.denies,
         };
         counter.inc();
+    }
+
+    /// Refreshes the per-backend gauges (backends removed since vanish).
+    pub fn backends(&self, backends: &[std::sync::Arc<lattice_inference_router::BackendState>]) {
+        self.backend_available.clear();
+        self.backend_outstanding.clear();
+        for b in backends {
+            let labels = vec![
+                ("backend", b.spec.name.clone()),
+                ("kind", b.spec.kind.as_str().to_string()),
+                ("location", b.spec.location.clone()),
+            ];
+            self.backend_available
+                .get_or_create(&labels)
+                .set(i64::from(b.available()));
+            self.backend_outstanding
+                .get_or_create(&labels)
+                .set(b.outstanding() as i64);
+        }
+    }
+
+    pub fn tokens(&self, model: &str, usage: &lattice_inference_router::Usage) {
+        for (direction, n) in [
+            ("in", usage.prompt_tokens),
+            ("out", usage.completion_tokens),
+        ] {
+            self.llm_tokens
+                .get_or_create(&vec![
+                    ("model", model.to_string()),
+                    ("direction", direction.to_string()),
+                ])
+                .inc_by(n);
+        }
     }
 
     pub fn reload(&self, result: &str) {

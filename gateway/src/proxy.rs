@@ -287,6 +287,7 @@ impl Gateway {
                 m.audit_queue_depth.set(self.shared.audit.depth() as i64);
                 m.audit_events_written
                     .set(self.shared.audit.written() as i64);
+                m.backends(&self.shared.inference.backends());
                 (
                     200,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -536,6 +537,7 @@ impl ProxyHttp for Gateway {
             .outcome_event(status, elapsed.as_micros() as u64, &reason);
         event.result_hash = ctx.result_hash.take();
         if let Some(u) = &ctx.usage {
+            self.shared.metrics.tokens(&ctx.facts.target, u);
             event.tokens_in = Some(u.prompt_tokens);
             event.tokens_out = Some(u.completion_tokens);
         }

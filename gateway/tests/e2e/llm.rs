@@ -744,6 +744,20 @@ backends = ["local", "keyed"]
         r.body
     );
     assert_eq!(keyed.metric("mock_requests_total"), 1.0);
+    let metrics = http(gw.port, "GET", "/metrics", &[], b"").unwrap().body;
+    assert!(
+        metrics.contains(
+            "lattice_backend_available{backend=\"local\",kind=\"mlx\",location=\"on_prem\"} 0\n"
+        ),
+        "{metrics}"
+    );
+    assert_eq!(
+        gw.metric(
+            "lattice_backend_available{backend=\"keyed\",kind=\"openai\",location=\"cloud\"}"
+        ),
+        1.0
+    );
+    assert!(gw.metric("lattice_llm_tokens_total{model=\"gpt-x\",direction=\"out\"}") >= 2.0);
     // Back up on the same port: marked healthy again, and preferred again.
     let _local = MockVllm::start_with(
         "local",
