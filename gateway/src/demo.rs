@@ -3,6 +3,10 @@
 //! request with JSON describing what arrived: method, path, the headers, and
 //! the body length. It is a demo, not a product surface.
 //!
+//! `POST /v1/chat/completions` answers as a demo model in the OpenAI format
+//! (echoing the last user message; streamed when asked), the quick start's
+//! stand-in for an inference backend.
+//!
 //! A path ending in `/stream` answers with a server-sent-events stream whose
 //! first event is sent at once and whose last waits (at most 10 s) until some
 //! client requests a path ending in `/release`: a deterministic way to show
@@ -75,6 +79,7 @@ async fn connection(mut stream: TcpStream, release: Arc<Notify>) -> std::io::Res
             echoed.insert(name, json!(value));
         }
         buf.drain(..head_end);
+        let mut body: Vec<u8> = Vec::new();
         let body_len = if chunked {
             read_chunked(&mut stream, &mut buf).await?
         } else {
@@ -86,9 +91,17 @@ async fn connection(mut stream: TcpStream, release: Arc<Notify>) -> std::io::Res
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
-            buf.drain(..content_length);
+            body = buf.drain(..content_length).collect();
             content_length
         };
+        if method == "POST" && path == "/v1/chat/completions" {
+            let resp = chat_echo(&body);
+            stream.write_all(resp.as_bytes()).await?;
+            if close {
+                return Ok(());
+            }
+            continue;
+        }
         if path.ends_with("/stream") {
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -122,6 +135,68 @@ async fn connection(mut stream: TcpStream, release: Arc<Notify>) -> std::io::Res
             return Ok(());
         }
     }
+}
+
+/// The demo model: a chat completion in the OpenAI format that echoes the
+/// last user message (streamed as server-sent events when asked), with usage
+/// counted in words.
+fn chat_echo(body: &[u8]) -> String {
+    let req: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let last = req["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let text = format!("echo: {last}");
+    let prompt: usize = req["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m["content"].as_str())
+                .map(|c| c.split_whitespace().count())
+                .sum()
+        })
+        .unwrap_or(0);
+    let completion = text.split_whitespace().count();
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    let model = req["model"].as_str().unwrap_or("demo").to_string();
+    if req["stream"] == json!(true) {
+        let mut events = String::new();
+        let chunk = |choices: serde_json::Value| json!({"id": "chatcmpl-demo", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": choices});
+        for (i, word) in text.split(' ').enumerate() {
+            let piece = if i == 0 {
+                word.to_string()
+            } else {
+                format!(" {word}")
+            };
+            let c =
+                chunk(json!([{"index": 0, "delta": {"content": piece}, "finish_reason": null}]));
+            events.push_str(&format!("data: {c}\n\n"));
+        }
+        let c = chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]));
+        events.push_str(&format!("data: {c}\n\n"));
+        if req["stream_options"]["include_usage"] == json!(true) {
+            let mut c = chunk(json!([]));
+            c["usage"] = usage;
+            events.push_str(&format!("data: {c}\n\n"));
+        }
+        events.push_str("data: [DONE]\n\n");
+        return format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
+            events.len()
+        );
+    }
+    let answer = json!({
+        "id": "chatcmpl-demo", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": usage,
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+        answer.len()
+    )
 }
 
 async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {

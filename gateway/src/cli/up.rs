@@ -60,6 +60,10 @@ pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<ExitCode> {
             println!(
                 "  curl -s -X DELETE -H 'Authorization: Bearer {k}' {url}/tools/echo/orders/1\n"
             );
+            println!("Chat with the demo model through the OpenAI-compatible API (any OpenAI SDK works):\n");
+            println!(
+                "  curl -s -H 'Authorization: Bearer {k}' -H 'Content-Type: application/json' {url}/v1/chat/completions -d '{{\"model\":\"demo-echo\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'\n"
+            );
         }
         None => {
             println!("The demo agent's key was shown when it was created. Make another with:\n");

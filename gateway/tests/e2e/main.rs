@@ -519,6 +519,25 @@ fn up_writes_a_starter_and_its_printed_commands_work() {
     .unwrap();
     assert_eq!(denied.status, 403);
     assert!(denied.json()["error"]["decision_id"].is_string());
+    // The printed chat command's request, against the demo model.
+    let chat_body = r#"{"model":"demo-echo","messages":[{"role":"user","content":"hello"}]}"#;
+    assert!(printed.contains(chat_body), "{printed}");
+    let chat = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        chat_body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(chat.status, 200, "{}", chat.body);
+    assert_eq!(
+        chat.json()["choices"][0]["message"]["content"],
+        "echo: hello"
+    );
     let config = dir.path().join("lattice.toml");
     let out = std::process::Command::new(BIN)
         .args(["policy", "test"])
