@@ -5,7 +5,8 @@
 //!
 //! `cargo run --release -p lattice-load-tests --bin lattice-load-llm --
 //!    --lattice target/release/lattice [--rate 1000] [--seconds 10]
-//!    [--chunks 200] [--streams 200] [--saturation-seconds 5] [--concurrency 32]`
+//!    [--chunks 200] [--streams 200] [--saturation-seconds 5] [--concurrency 32]
+//!    [--keep DIR]` (`--keep`: leave the gateway's config and audit store in DIR)
 //! (`lattice-mock-vllm` is expected beside `lattice`).
 
 use anyhow::{bail, Context, Result};
@@ -24,6 +25,8 @@ struct Args {
     streams: usize,
     saturation_seconds: u64,
     concurrency: usize,
+    /// Keep the gateway's config and data (audit store) here for inspection.
+    keep: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -35,6 +38,7 @@ fn parse_args() -> Result<Args> {
         streams: 200,
         saturation_seconds: 5,
         concurrency: 32,
+        keep: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -48,6 +52,7 @@ fn parse_args() -> Result<Args> {
             "--streams" => a.streams = value.parse()?,
             "--saturation-seconds" => a.saturation_seconds = value.parse()?,
             "--concurrency" => a.concurrency = value.parse()?,
+            "--keep" => a.keep = Some(PathBuf::from(value)),
             other => bail!("unknown argument {other}"),
         }
         i += 2;
@@ -206,7 +211,14 @@ async fn saturation(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    let dir = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = match &args.keep {
+        Some(p) => {
+            std::fs::create_dir_all(p)?;
+            p.clone()
+        }
+        None => tmp.path().to_path_buf(),
+    };
     let gw_port = free_port()?;
     let mut mock = Command::new(args.lattice.with_file_name("lattice-mock-vllm"))
         .args(["--name", "bench", "--model", "bench-model"])
@@ -223,10 +235,10 @@ async fn main() -> Result<()> {
         .context("mock address")?
         .to_string();
     std::fs::write(
-        dir.path().join("policy.cedar"),
+        dir.join("policy.cedar"),
         "permit (principal in Lattice::Role::\"agent\", action in [Lattice::Action::\"chat\", Lattice::Action::\"embed\"], resource);\n",
     )?;
-    let config = dir.path().join("lattice.toml");
+    let config = dir.join("lattice.toml");
     std::fs::write(
         &config,
         format!(
