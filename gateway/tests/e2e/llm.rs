@@ -773,3 +773,136 @@ backends = ["local", "keyed"]
     let r = chat();
     assert_eq!(r.json()["system_fingerprint"], "local", "{}", r.body);
 }
+
+#[test]
+fn slow_backends_time_out_and_bad_requests_get_openai_errors_each_audited() {
+    // `slow` takes 3 s to answer; its timeout is 300 ms. `fast` answers at once.
+    let slow = MockVllm::start_with("slow", &["m"], 0, &["--first-token-ms", "3000"]);
+    let fast = MockVllm::start("fast", &["m"], 0);
+    let config = format!(
+        r#"
+[[backends]]
+name = "slow"
+kind = "vllm"
+url = "http://127.0.0.1:{}"
+timeout_ms = 300
+
+[[backends]]
+name = "fast"
+kind = "vllm"
+url = "http://127.0.0.1:{}"
+
+[[models]]
+name = "m"
+strategy = "priority"
+backends = ["slow", "fast"]
+
+[[models]]
+name = "only-slow"
+upstream_model = "m"
+backends = ["slow"]
+"#,
+        slow.port, fast.port
+    );
+    let gw = Gateway::start_with(&config, POLICY);
+    let key = bearer(&key_with(&gw, "timing-agent", &[]));
+    let post = |body: &[u8]| {
+        http(
+            gw.port,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Authorization", &key),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+        .unwrap()
+    };
+    let chat = |model: &str| {
+        post(
+            json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    // The slow backend times out before answering: the call moves on.
+    let r = chat("m");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["system_fingerprint"], "fast");
+    let (d, out) = outcome(&gw, &r.request_id());
+    assert_eq!(
+        (d.upstream.as_deref(), out.upstream.as_deref()),
+        (Some("slow"), Some("fast"))
+    );
+    // With nowhere else to go: 504 in OpenAI's format.
+    let r = chat("only-slow");
+    assert_eq!(r.status, 504, "{}", r.body);
+    let e = &r.json()["error"];
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("server_error"), Some("upstream_timeout"))
+    );
+    let (_, out) = outcome(&gw, &r.request_id());
+    assert!(
+        out.reason.contains("did not answer within 300 ms"),
+        "{out:?}"
+    );
+
+    // Malformed JSON, a wrong shape, an oversized body (max 4096 bytes here),
+    // a wrong method, an unknown path: each gets its OpenAI error and is
+    // audited with exactly one decision and one outcome.
+    let mut refused = Vec::new();
+    let r = post(b"{\"model\": ");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("could not parse the JSON body"));
+    refused.push(r);
+    let r = post(br#"{"model": "m", "messages": "hello"}"#);
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].as_str()),
+        (400, Some("messages")),
+        "{}",
+        r.body
+    );
+    refused.push(r);
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]})
+        .to_string();
+    let r = post(big.as_bytes());
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "body_too_large");
+    refused.push(r);
+    let r = http(
+        gw.port,
+        "GET",
+        "/v1/chat/completions",
+        &[("Authorization", &key)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 405, "{}", r.body);
+    refused.push(r);
+    let r = http(
+        gw.port,
+        "POST",
+        "/v1/images/generations",
+        &[("Authorization", &key)],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    refused.push(r);
+    for r in &refused {
+        let (d, out) = outcome(&gw, &r.request_id());
+        assert_eq!(
+            (d.decision.as_str(), d.status, out.status),
+            ("deny", Some(r.status), Some(r.status)),
+            "{d:?}"
+        );
+    }
+    gw.assert_verifies(&[]);
+}
