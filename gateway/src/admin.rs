@@ -12,9 +12,7 @@
 //!
 //! `GET` and both changes need `admin.change_routes`.
 
-use bytes::Bytes;
 use lattice_policy::{Action, AuthzRequest, RequestContext, Resource};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Value};
@@ -87,17 +85,9 @@ impl Gateway {
         });
         self.shared.metrics.decision(evaluation.live.outcome);
         if !evaluation.live.is_allow() {
-            let event = ctx
-                .facts
-                .refusal_event(403, "denied by policy", Some(&evaluation));
-            let rejection = Rejection::Forbidden {
-                decision_id: event.event_id.clone(),
-            };
-            let sent = match self.refuse_with(ctx, runtime, rejection, event) {
-                Err(sent) => sent,
-                Ok(()) => Rejection::Internal("refusal not recorded".into()),
-            };
-            self.respond(session, ctx, &sent).await?;
+            if let Err(sent) = self.forbid(ctx, runtime, &evaluation) {
+                self.respond(session, ctx, &sent).await?;
+            }
             return Ok(true);
         }
         // A change is checked before its decision is recorded: an invalid
@@ -147,14 +137,7 @@ impl Gateway {
         if status >= 400 {
             ctx.failure = Some(reply.to_string());
         }
-        let body = Bytes::from(reply.to_string());
-        let mut resp = ResponseHeader::build(status, Some(3))?;
-        resp.insert_header("content-type", "application/json")?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(true)
+        self.write_json(session, ctx, status, &reply).await
     }
 
     fn check_new_route(&self, runtime: &Runtime, body: &[u8]) -> Result<RuntimeRoute, String> {

@@ -70,6 +70,26 @@ fn window_start(now_s: u64, window: Duration) -> u64 {
     now_s - now_s % w
 }
 
+/// The counters of `spec` for `id` in the window that holds `now_s`.
+fn current<'a>(
+    windows: &'a mut HashMap<(String, String), Window>,
+    spec: &LimitSpec,
+    id: &str,
+    now_s: u64,
+) -> &'a mut Window {
+    let start = window_start(now_s, spec.window);
+    let w = windows
+        .entry((spec.name.clone(), id.to_string()))
+        .or_default();
+    if w.start_s != start {
+        *w = Window {
+            start_s: start,
+            ..Window::default()
+        };
+    }
+    w
+}
+
 impl Limiter {
     /// Admits a call (counting one request against every applicable limit)
     /// or names the first limit it would exceed.
@@ -110,17 +130,7 @@ impl Limiter {
             }
         }
         for (spec, id) in applicable {
-            let start = window_start(now_s, spec.window);
-            let w = windows
-                .entry((spec.name.clone(), id.to_string()))
-                .or_default();
-            if w.start_s != start {
-                *w = Window {
-                    start_s: start,
-                    ..Window::default()
-                };
-            }
-            w.requests += 1;
+            current(&mut windows, spec, id, now_s).requests += 1;
         }
         Ok(())
     }
@@ -141,17 +151,7 @@ impl Limiter {
             let Some(id) = spec.subject(principal) else {
                 continue;
             };
-            let start = window_start(now_s, spec.window);
-            let w = windows
-                .entry((spec.name.clone(), id.to_string()))
-                .or_default();
-            if w.start_s != start {
-                *w = Window {
-                    start_s: start,
-                    ..Window::default()
-                };
-            }
-            w.tokens += tokens;
+            current(&mut windows, spec, id, now_s).tokens += tokens;
         }
     }
 }

@@ -506,7 +506,7 @@ impl Gateway {
         Ok(true)
     }
 
-    async fn write_json(
+    pub(crate) async fn write_json(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,

@@ -136,13 +136,7 @@ impl Gateway {
         }
         self.shared.metrics.decision(evaluation.live.outcome);
         if !evaluation.live.is_allow() {
-            let event = ctx
-                .facts
-                .refusal_event(403, "denied by policy", Some(&evaluation));
-            let rejection = Rejection::Forbidden {
-                decision_id: event.event_id.clone(),
-            };
-            return self.refuse_with(ctx, runtime, rejection, event);
+            return self.forbid(ctx, runtime, &evaluation);
         }
         // 6. Rate limits: none configured for HTTP routes yet.
         // 7. Record the decision.
@@ -211,6 +205,23 @@ impl Gateway {
         reason: &str,
     ) -> Result<(), Rejection> {
         let event = ctx.facts.refusal_event(rejection.status(), reason, None);
+        self.refuse_with(ctx, runtime, rejection, event)
+    }
+
+    /// Step 5's refusal: 403 naming the decision event, which records the
+    /// deciding policies.
+    pub(crate) fn forbid(
+        &self,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        evaluation: &lattice_policy::Evaluation,
+    ) -> Result<(), Rejection> {
+        let event = ctx
+            .facts
+            .refusal_event(403, "denied by policy", Some(evaluation));
+        let rejection = Rejection::Forbidden {
+            decision_id: event.event_id.clone(),
+        };
         self.refuse_with(ctx, runtime, rejection, event)
     }
 

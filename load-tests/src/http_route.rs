@@ -7,7 +7,7 @@
 //!    [--saturation-seconds 5] [--concurrency 32]`
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::{free_port, percentile, Proc};
+use lattice_load_tests::{closed_loop, free_port, percentile, Proc};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -126,7 +126,7 @@ async fn fixed_rate(
     }
 }
 
-/// Closed-loop load: `concurrency` workers back to back for `seconds`.
+/// Closed-loop GETs.
 async fn saturation(
     client: &reqwest::Client,
     url: &str,
@@ -134,33 +134,13 @@ async fn saturation(
     concurrency: usize,
     seconds: u64,
 ) -> (f64, usize) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let url = Arc::new(url.to_string());
+    let (client, url) = (client.clone(), Arc::new(url.to_string()));
     let auth = auth.map(|a| Arc::new(a.to_string()));
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut err) = (0usize, 0usize);
-                while Instant::now() < deadline {
-                    if send(get(&client, &url, auth.as_deref().map(String::as_str))).await {
-                        ok += 1;
-                    } else {
-                        err += 1;
-                    }
-                }
-                (ok, err)
-            })
-        })
-        .collect();
-    let (mut ok, mut err) = (0, 0);
-    for w in workers {
-        if let Ok((o, e)) = w.await {
-            ok += o;
-            err += e;
-        }
-    }
-    (ok as f64 / seconds as f64, err)
+    closed_loop(concurrency, seconds, move || {
+        let req = get(&client, &url, auth.as_deref().map(String::as_str));
+        send(req)
+    })
+    .await
 }
 
 #[tokio::main]

@@ -38,3 +38,37 @@ pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx].as_secs_f64() * 1000.0
 }
+
+/// Closed-loop load: `concurrency` workers call `call` back to back for
+/// `seconds`; returns (successful calls per second, failed calls).
+pub async fn closed_loop<F, Fut>(concurrency: usize, seconds: u64, call: F) -> (f64, usize)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut err) = (0usize, 0usize);
+                while std::time::Instant::now() < deadline {
+                    if call().await {
+                        ok += 1;
+                    } else {
+                        err += 1;
+                    }
+                }
+                (ok, err)
+            })
+        })
+        .collect();
+    let (mut ok, mut err) = (0, 0);
+    for w in workers {
+        if let Ok((o, e)) = w.await {
+            ok += o;
+            err += e;
+        }
+    }
+    (ok as f64 / seconds.max(1) as f64, err)
+}

@@ -10,7 +10,7 @@
 //! (`lattice-mock-vllm` is expected beside `lattice`).
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::{free_port, percentile, Proc};
+use lattice_load_tests::{closed_loop, free_port, percentile, Proc};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -167,6 +167,7 @@ async fn per_chunk(
     Ok((percentile(&per, 0.5) * 1000.0, events))
 }
 
+/// Closed-loop plain chats.
 async fn saturation(
     client: &reqwest::Client,
     url: &str,
@@ -174,38 +175,18 @@ async fn saturation(
     concurrency: usize,
     seconds: u64,
 ) -> (f64, usize) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let url = Arc::new(url.to_string());
+    let (client, url) = (client.clone(), Arc::new(url.to_string()));
     let auth = auth.map(|a| Arc::new(a.to_string()));
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut err) = (0usize, 0usize);
-                while Instant::now() < deadline {
-                    let req = chat(&client, &url, auth.as_deref().map(String::as_str), 4, false);
-                    let fine = match req.send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if fine {
-                        ok += 1;
-                    } else {
-                        err += 1;
-                    }
-                }
-                (ok, err)
-            })
-        })
-        .collect();
-    let (mut ok, mut err) = (0, 0);
-    for w in workers {
-        if let Ok((o, e)) = w.await {
-            ok += o;
-            err += e;
+    closed_loop(concurrency, seconds, move || {
+        let req = chat(&client, &url, auth.as_deref().map(String::as_str), 4, false);
+        async move {
+            match req.send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            }
         }
-    }
-    (ok as f64 / seconds as f64, err)
+    })
+    .await
 }
 
 #[tokio::main]

@@ -184,6 +184,22 @@ fn error_object(e: &Value) -> &Value {
     }
 }
 
+/// A one-message chat completion with this `Authorization` value.
+fn chat_as(gw: &Gateway, authorization: &str, model: &str) -> Resp {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    http(
+        gw.port,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("Authorization", authorization),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .unwrap()
+}
+
 fn outcome(
     gw: &Gateway,
     request_id: &str,
@@ -306,20 +322,7 @@ fn a_confidential_agent_is_kept_to_on_prem_backends_by_policy() {
     let gw = Gateway::start_with(&backends(&a, &b), POLICY);
     let secret = key_with(&gw, "secret-agent", &["confidential"]);
     let plain = key_with(&gw, "plain-agent", &[]);
-    let chat = |key: &str| {
-        let body = json!({"model": "chat-model", "messages": [{"role": "user", "content": "hi"}]});
-        http(
-            gw.port,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("Authorization", &bearer(key)),
-                ("Content-Type", "application/json"),
-            ],
-            body.to_string().as_bytes(),
-        )
-        .unwrap()
-    };
+    let chat = |key: &str| chat_as(&gw, &bearer(key), "chat-model");
     let mut used = std::collections::BTreeSet::new();
     for _ in 0..8 {
         let r = chat(&secret);
@@ -514,20 +517,7 @@ fn model_routes_change_at_run_time_through_the_cli_and_the_admin_api() {
     let gw = Gateway::start_with(&backends(&a, &b), &policy);
     let agent = key_with(&gw, "route-agent", &[]);
     let admin = bearer(&gw.create_key("ops", &["admin"]));
-    let chat = |model: &str| {
-        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
-        http(
-            gw.port,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("Authorization", &bearer(&agent)),
-                ("Content-Type", "application/json"),
-            ],
-            body.to_string().as_bytes(),
-        )
-        .unwrap()
-    };
+    let chat = |model: &str| chat_as(&gw, &bearer(&agent), model);
     let admin_call = |method: &str, path: &str, auth: &str, body: &str| {
         http(
             gw.port,
@@ -688,20 +678,7 @@ backends = ["local", "keyed"]
     let gw = Gateway::start_with(&config, &policy);
     let agent = key_with(&gw, "priority-agent", &[]);
     let admin = bearer(&gw.create_key("ops", &["admin"]));
-    let chat = || {
-        let body = json!({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]});
-        http(
-            gw.port,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("Authorization", &bearer(&agent)),
-                ("Content-Type", "application/json"),
-            ],
-            body.to_string().as_bytes(),
-        )
-        .unwrap()
-    };
+    let chat = || chat_as(&gw, &bearer(&agent), "gpt-x");
     let healthy = |backend: &str| -> bool {
         let view = http(
             gw.port,
@@ -819,13 +796,7 @@ backends = ["slow"]
         )
         .unwrap()
     };
-    let chat = |model: &str| {
-        post(
-            json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-                .to_string()
-                .as_bytes(),
-        )
-    };
+    let chat = |model: &str| chat_as(&gw, &key, model);
     // The slow backend times out before answering: the call moves on.
     let r = chat("m");
     assert_eq!(r.status, 200, "{}", r.body);
