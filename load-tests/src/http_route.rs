@@ -7,7 +7,7 @@
 //!    [--saturation-seconds 5] [--concurrency 32]`
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::{closed_loop, free_port, percentile, Proc};
+use lattice_load_tests::{closed_loop, free_port, print_added, print_saturation, Fixed, Proc};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -76,14 +76,6 @@ async fn send(req: reqwest::RequestBuilder) -> bool {
     }
 }
 
-struct Fixed {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    errors: usize,
-    sent: usize,
-}
-
 /// Open-loop load: request i is sent at start + i/rate.
 async fn fixed_rate(
     client: &reqwest::Client,
@@ -116,14 +108,7 @@ async fn fixed_rate(
             _ => errors += 1,
         }
     }
-    lat.sort();
-    Fixed {
-        p50: percentile(&lat, 0.5),
-        p90: percentile(&lat, 0.9),
-        p99: percentile(&lat, 0.99),
-        errors,
-        sent: total,
-    }
+    Fixed::from_samples(lat, errors, total)
 }
 
 /// Closed-loop GETs.
@@ -199,26 +184,13 @@ async fn main() -> Result<()> {
     let d = fixed_rate(&client, &direct, None, args.rate, args.seconds).await;
     let _ = fixed_rate(&client, &via, Some(&auth), args.rate, 1).await;
     let g = fixed_rate(&client, &via, Some(&auth), args.rate, args.seconds).await;
-    println!("| path | sent | errors | p50 ms | p90 ms | p99 ms |");
-    println!("|---|---|---|---|---|---|");
-    for (name, f) in [("direct", &d), ("through lattice", &g)] {
-        println!(
-            "| {name} | {} | {} | {:.3} | {:.3} | {:.3} |",
-            f.sent, f.errors, f.p50, f.p90, f.p99
-        );
-    }
-    println!(
-        "| added by lattice | | | {:.3} | {:.3} | {:.3} |",
-        g.p50 - d.p50,
-        g.p90 - d.p90,
-        g.p99 - d.p99
-    );
+    print_added(&d, &g);
 
     println!(
         "\nsaturation: {} concurrent clients for {} s each",
         args.concurrency, args.saturation_seconds
     );
-    let (d_rps, d_err) = saturation(
+    let direct_sat = saturation(
         &client,
         &direct,
         None,
@@ -226,7 +198,7 @@ async fn main() -> Result<()> {
         args.saturation_seconds,
     )
     .await;
-    let (g_rps, g_err) = saturation(
+    let via_sat = saturation(
         &client,
         &via,
         Some(&auth),
@@ -234,9 +206,6 @@ async fn main() -> Result<()> {
         args.saturation_seconds,
     )
     .await;
-    println!("| path | requests/s | errors |");
-    println!("|---|---|---|");
-    println!("| direct | {d_rps:.0} | {d_err} |");
-    println!("| through lattice | {g_rps:.0} | {g_err} |");
+    print_saturation(direct_sat, via_sat);
     Ok(())
 }

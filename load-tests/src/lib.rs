@@ -72,3 +72,53 @@ where
     }
     (ok as f64 / seconds.max(1) as f64, err)
 }
+
+/// Latency percentiles of a fixed-rate run.
+pub struct Fixed {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub errors: usize,
+    pub sent: usize,
+}
+
+impl Fixed {
+    /// From the successful calls' latencies (any order).
+    pub fn from_samples(mut latencies: Vec<Duration>, errors: usize, sent: usize) -> Self {
+        latencies.sort();
+        Self {
+            p50: percentile(&latencies, 0.5),
+            p90: percentile(&latencies, 0.9),
+            p99: percentile(&latencies, 0.99),
+            errors,
+            sent,
+        }
+    }
+}
+
+/// Prints the direct and gateway runs and what the gateway adds, as a
+/// Markdown table.
+pub fn print_added(direct: &Fixed, via: &Fixed) {
+    println!("| path | sent | errors | p50 ms | p90 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for (name, f) in [("direct", direct), ("through lattice", via)] {
+        println!(
+            "| {name} | {} | {} | {:.3} | {:.3} | {:.3} |",
+            f.sent, f.errors, f.p50, f.p90, f.p99
+        );
+    }
+    println!(
+        "| added by lattice | | | {:.3} | {:.3} | {:.3} |",
+        via.p50 - direct.p50,
+        via.p90 - direct.p90,
+        via.p99 - direct.p99
+    );
+}
+
+/// Prints two saturation results as a Markdown table.
+pub fn print_saturation(direct: (f64, usize), via: (f64, usize)) {
+    println!("| path | requests/s | errors |");
+    println!("|---|---|---|");
+    println!("| direct | {:.0} | {} |", direct.0, direct.1);
+    println!("| through lattice | {:.0} | {} |", via.0, via.1);
+}

@@ -10,7 +10,9 @@
 //! (`lattice-mock-vllm` is expected beside `lattice`).
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::{closed_loop, free_port, percentile, Proc};
+use lattice_load_tests::{
+    closed_loop, free_port, percentile, print_added, print_saturation, Fixed, Proc,
+};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -101,14 +103,6 @@ async fn stream_once(req: reqwest::RequestBuilder) -> Option<(Duration, Duration
     Some((ttft, sent.elapsed() - ttft, events))
 }
 
-struct Fixed {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    errors: usize,
-    sent: usize,
-}
-
 /// Open-loop streamed chats at `rate`; time to first token.
 async fn ttft_at_rate(
     client: &reqwest::Client,
@@ -136,14 +130,7 @@ async fn ttft_at_rate(
             _ => errors += 1,
         }
     }
-    lat.sort();
-    Fixed {
-        p50: percentile(&lat, 0.5),
-        p90: percentile(&lat, 0.9),
-        p99: percentile(&lat, 0.99),
-        errors,
-        sent: total,
-    }
+    Fixed::from_samples(lat, errors, total)
 }
 
 /// Sequential long streams: median microseconds per chunk after the first.
@@ -272,20 +259,7 @@ async fn main() -> Result<()> {
     let d = ttft_at_rate(&client, &direct, None, args.rate, args.seconds).await;
     let _ = ttft_at_rate(&client, &via, Some(&auth), args.rate, 1).await;
     let g = ttft_at_rate(&client, &via, Some(&auth), args.rate, args.seconds).await;
-    println!("| path | sent | errors | p50 ms | p90 ms | p99 ms |");
-    println!("|---|---|---|---|---|---|");
-    for (name, f) in [("direct", &d), ("through lattice", &g)] {
-        println!(
-            "| {name} | {} | {} | {:.3} | {:.3} | {:.3} |",
-            f.sent, f.errors, f.p50, f.p90, f.p99
-        );
-    }
-    println!(
-        "| added by lattice | | | {:.3} | {:.3} | {:.3} |",
-        g.p50 - d.p50,
-        g.p90 - d.p90,
-        g.p99 - d.p99
-    );
+    print_added(&d, &g);
 
     println!(
         "\nper chunk: {} sequential streams of {} tokens each way",
@@ -303,7 +277,7 @@ async fn main() -> Result<()> {
         "\nsaturation: {} concurrent clients, plain chats, {} s each",
         args.concurrency, args.saturation_seconds
     );
-    let (d_rps, d_err) = saturation(
+    let direct_sat = saturation(
         &client,
         &direct,
         None,
@@ -311,7 +285,7 @@ async fn main() -> Result<()> {
         args.saturation_seconds,
     )
     .await;
-    let (g_rps, g_err) = saturation(
+    let via_sat = saturation(
         &client,
         &via,
         Some(&auth),
@@ -319,9 +293,6 @@ async fn main() -> Result<()> {
         args.saturation_seconds,
     )
     .await;
-    println!("| path | requests/s | errors |");
-    println!("|---|---|---|");
-    println!("| direct | {d_rps:.0} | {d_err} |");
-    println!("| through lattice | {g_rps:.0} | {g_err} |");
+    print_saturation(direct_sat, via_sat);
     Ok(())
 }
