@@ -120,7 +120,33 @@ impl Gateway {
         runtime: &Runtime,
     ) -> Result<bool> {
         ctx.facts.kind = "mcp.request";
+        // `/mcp/<server>`: one server's tools under their own names.
+        let scope = ctx
+            .facts
+            .target
+            .strip_prefix("/mcp/")
+            .map(|s| s.trim_end_matches('/').to_string());
         ctx.facts.target = "mcp".into();
+        if let Some(server) = &scope {
+            let known = self
+                .shared
+                .mcp
+                .as_ref()
+                .is_some_and(|hub| hub.tools().values().any(|t| &t.server == server))
+                || runtime.config.mcp_servers.iter().any(|m| &m.name == server);
+            if !known {
+                return self
+                    .refuse_and_respond(
+                        session,
+                        ctx,
+                        runtime,
+                        Rejection::NotFound,
+                        "no such MCP server",
+                    )
+                    .await;
+            }
+            ctx.mcp_scope = Some(server.clone());
+        }
         let url = resource_url(session, runtime);
         ctx.resource_metadata = Some(metadata_url(&url));
         // DNS rebinding: a browser origin must be listed.
@@ -267,10 +293,12 @@ impl Gateway {
         ctx.facts.kind = "mcp.list_tools";
         ctx.facts.action = "list_tools".into();
         let ip = ctx.facts.client_addr_ip();
+        let scope = ctx.mcp_scope.clone();
         let tools: Vec<Value> = match &self.shared.mcp {
             Some(hub) => hub
                 .tools()
                 .iter()
+                .filter(|(_, entry)| scope.as_ref().is_none_or(|s| &entry.server == s))
                 .filter(|(name, entry)| {
                     hub.visible(entry)
                         && self
@@ -278,7 +306,13 @@ impl Gateway {
                             .live
                             .is_allow()
                 })
-                .map(|(_, entry)| entry.definition.clone())
+                .map(|(_, entry)| {
+                    let mut d = entry.definition.clone();
+                    if scope.is_some() {
+                        d["name"] = json!(entry.tool);
+                    }
+                    d
+                })
                 .collect(),
             None => Vec::new(),
         };
@@ -312,7 +346,12 @@ impl Gateway {
     ) -> Result<bool> {
         ctx.facts.kind = "mcp.call_tool";
         ctx.facts.action = "call_tool".into();
-        let name = params["name"].as_str().unwrap_or("").to_string();
+        let asked = params["name"].as_str().unwrap_or("");
+        // Policies and the audit always see the federated name.
+        let name = match &ctx.mcp_scope {
+            Some(server) => lattice_mcp::tools::federated_name(server, asked),
+            None => asked.to_string(),
+        };
         let arguments = params
             .get("arguments")
             .cloned()

@@ -47,6 +47,8 @@ pub struct Ctx {
     refused: Option<u16>,
     /// Why the call failed after the decision, for the outcome event.
     pub(crate) failure: Option<String>,
+    /// `/mcp/<server>`: the one server this MCP request is scoped to.
+    pub(crate) mcp_scope: Option<String>,
     /// The `/v1` API: refusals in OpenAI's error format.
     pub(crate) openai: bool,
     /// Token usage a backend reported.
@@ -346,6 +348,7 @@ impl ProxyHttp for Gateway {
             outcome_slot: None,
             refused: None,
             failure: None,
+            mcp_scope: None,
             openai: false,
             usage: None,
             ttft_us: None,
@@ -382,7 +385,7 @@ impl ProxyHttp for Gateway {
             ..CallFacts::default()
         };
         ctx.traceparent = traceparent;
-        if ctx.facts.target == "/mcp" {
+        if ctx.facts.target == "/mcp" || ctx.facts.target.starts_with("/mcp/") {
             return self.serve_mcp(session, ctx, &runtime).await;
         }
         if ctx.facts.target.starts_with("/admin/") {

@@ -4,6 +4,7 @@
 
 mod audit_tamper;
 mod clickhouse;
+mod conformance;
 mod harness;
 mod jwt;
 mod llm;

