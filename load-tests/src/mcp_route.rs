@@ -1,0 +1,259 @@
+//! MCP scenario: the latency a `tools/call` gains through the gateway
+//! (authentication, policy, argument validation against the tool's
+//! `inputSchema`, two audit events) over a direct call to the same
+//! streamable-HTTP upstream's `echo` tool, at a fixed rate, and calls/s at
+//! saturation. The upstream is `lattice-mock-mcp` (beside `lattice`; low
+//! jitter) or, with `--everything PATH`, the real
+//! `@modelcontextprotocol/server-everything`.
+//!
+//! `cargo run --release -p lattice-load-tests --bin lattice-load-mcp --
+//!    --lattice target/release/lattice [--everything PATH] [--rate 500]
+//!    [--seconds 10] [--saturation-seconds 5] [--concurrency 16]`
+
+use anyhow::{bail, Context, Result};
+use lattice_load_tests::{closed_loop, free_port, print_added, print_saturation, Fixed, Proc};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    lattice: PathBuf,
+    everything: Option<PathBuf>,
+    rate: u64,
+    seconds: u64,
+    saturation_seconds: u64,
+    concurrency: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        lattice: PathBuf::from("target/release/lattice"),
+        everything: None,
+        rate: 500,
+        seconds: 10,
+        saturation_seconds: 5,
+        concurrency: 16,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = argv.get(i + 1).context("missing value")?;
+        match argv[i].as_str() {
+            "--lattice" => a.lattice = PathBuf::from(value),
+            "--everything" => a.everything = Some(PathBuf::from(value)),
+            "--rate" => a.rate = value.parse()?,
+            "--seconds" => a.seconds = value.parse()?,
+            "--saturation-seconds" => a.saturation_seconds = value.parse()?,
+            "--concurrency" => a.concurrency = value.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    if a.seconds > 120 || a.saturation_seconds > 120 || a.rate > 10_000 {
+        bail!("bounded scenario: at most 120 s and 10,000 calls/s");
+    }
+    Ok(a)
+}
+
+/// Where a call goes and with which headers.
+#[derive(Clone)]
+struct Target {
+    url: Arc<String>,
+    headers: Arc<Vec<(String, String)>>,
+    tool: Arc<String>,
+}
+
+fn call(client: &reqwest::Client, t: &Target, id: u64) -> reqwest::RequestBuilder {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{}","arguments":{{"message":"load {id}"}}}}}}"#,
+        t.tool
+    );
+    let mut req = client
+        .post(t.url.as_str())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body);
+    for (k, v) in t.headers.iter() {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    req
+}
+
+/// One call; true when the answer holds the echoed result.
+async fn send(req: reqwest::RequestBuilder, id: u64) -> bool {
+    match req.send().await {
+        Ok(r) if r.status().is_success() => match r.text().await {
+            Ok(text) => text.contains(&format!("Echo: load {id}")),
+            Err(_) => false,
+        },
+        _ => false,
+    }
+}
+
+async fn fixed_rate(client: &reqwest::Client, t: &Target, rate: u64, seconds: u64) -> Fixed {
+    let total = (rate * seconds) as usize;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let req = call(client, t, i as u64);
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let ok = send(req, i as u64).await;
+            (sent.elapsed(), ok)
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    let mut errors = 0;
+    for task in tasks {
+        match task.await {
+            Ok((d, true)) => lat.push(d),
+            _ => errors += 1,
+        }
+    }
+    Fixed::from_samples(lat, errors, total)
+}
+
+/// Opens a session on the upstream directly (initialize, initialized).
+async fn direct_session(client: &reqwest::Client, url: &str) -> Result<String> {
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"lattice-load-mcp","version":"0"}}}"#;
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(init)
+        .send()
+        .await?;
+    let session = r
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .context("no mcp-session-id from the upstream")?
+        .to_string();
+    r.text().await?;
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .send()
+        .await?;
+    Ok(session)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let (up_port, gw_port) = (free_port()?, free_port()?);
+    let _upstream = Proc(match &args.everything {
+        Some(everything) => Command::new(everything)
+            .arg("streamableHttp")
+            .env("PORT", up_port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start mcp-server-everything (run scripts/setup)")?,
+        None => Command::new(args.lattice.with_file_name("lattice-mock-mcp"))
+            .args(["--listen", &format!("127.0.0.1:{up_port}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start lattice-mock-mcp (beside the lattice binary)")?,
+    });
+    std::fs::write(
+        dir.path().join("policy.cedar"),
+        "permit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n",
+    )?;
+    let config = dir.path().join("lattice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{gw_port}\"\ndata_dir = \"data\"\ngrace_period_seconds = 0\n\n[policy]\nfiles = [\"policy.cedar\"]\n\n[[mcp_servers]]\nname = \"everything\"\nurl = \"http://127.0.0.1:{up_port}/mcp\"\nallow_private_network = true\n"
+        ),
+    )?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let upstream_url = format!("http://127.0.0.1:{up_port}/mcp");
+    let started = Instant::now();
+    let session = loop {
+        match direct_session(&client, &upstream_url).await {
+            Ok(s) => break s,
+            Err(e) if started.elapsed() > Duration::from_secs(30) => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let _gateway = Proc(
+        Command::new(&args.lattice)
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("LATTICE_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the gateway")?,
+    );
+    let out = Command::new(&args.lattice)
+        .args(["keys", "create", "--agent", "load", "--role", "agent", "-c"])
+        .arg(&config)
+        .output()?;
+    let auth = format!("Bearer {}", String::from_utf8(out.stdout)?.trim());
+    let direct = Target {
+        url: Arc::new(upstream_url),
+        headers: Arc::new(vec![
+            ("mcp-session-id".into(), session),
+            ("mcp-protocol-version".into(), "2025-06-18".into()),
+        ]),
+        tool: Arc::new("echo".into()),
+    };
+    let via = Target {
+        url: Arc::new(format!("http://127.0.0.1:{gw_port}/mcp")),
+        headers: Arc::new(vec![("authorization".into(), auth)]),
+        tool: Arc::new("everything__echo".into()),
+    };
+    let started = Instant::now();
+    while !send(call(&client, &via, 1), 1).await {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the gateway never served everything__echo");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    println!(
+        "tools/call at {} calls/s for {} s each ({} `echo` over streamable HTTP)",
+        args.rate,
+        args.seconds,
+        if args.everything.is_some() {
+            "server-everything"
+        } else {
+            "lattice-mock-mcp"
+        }
+    );
+    let _ = fixed_rate(&client, &direct, args.rate, 1).await;
+    let d = fixed_rate(&client, &direct, args.rate, args.seconds).await;
+    let _ = fixed_rate(&client, &via, args.rate, 1).await;
+    let g = fixed_rate(&client, &via, args.rate, args.seconds).await;
+    print_added(&d, &g);
+
+    println!(
+        "\nsaturation: {} concurrent clients for {} s each",
+        args.concurrency, args.saturation_seconds
+    );
+    let mut results = Vec::new();
+    for t in [&direct, &via] {
+        let (client, t) = (client.clone(), t.clone());
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(10_000_000));
+        results.push(
+            closed_loop(args.concurrency, args.saturation_seconds, move || {
+                let id = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                send(call(&client, &t, id), id)
+            })
+            .await,
+        );
+    }
+    print_saturation(results[0], results[1]);
+    Ok(())
+}
