@@ -52,6 +52,10 @@ struct RawMcp {
     /// are quarantined either way).
     #[serde(default = "d_true")]
     auto_approve_first_seen: bool,
+    /// The key that signs session ids; replicas sharing it accept each
+    /// other's sessions. Default: `<data_dir>/mcp-session.key`, created.
+    #[serde(default)]
+    session_key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +185,7 @@ impl Default for RawMcp {
             allowed_origins: Vec::new(),
             resource_url: None,
             auto_approve_first_seen: true,
+            session_key_file: None,
         }
     }
 }
@@ -357,6 +362,7 @@ pub struct McpConfig {
     pub allowed_origins: Vec<String>,
     pub resource_url: Option<String>,
     pub auto_approve_first_seen: bool,
+    pub session_key_file: PathBuf,
 }
 
 /// An upstream MCP server.
@@ -894,6 +900,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
             allowed_origins: raw.mcp.allowed_origins,
             resource_url: raw.mcp.resource_url,
             auto_approve_first_seen: raw.mcp.auto_approve_first_seen,
+            session_key_file: match &raw.mcp.session_key_file {
+                Some(f) => resolve(f),
+                None => data_dir.join("mcp-session.key"),
+            },
         },
         llm,
     })

@@ -22,6 +22,7 @@ pub mod llm_config;
 pub mod llm_endpoint;
 pub mod mcp_endpoint;
 pub mod mcp_hub;
+pub mod mcp_session;
 pub mod metrics;
 pub mod model_store;
 pub mod pins;

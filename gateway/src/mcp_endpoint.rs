@@ -23,11 +23,13 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Rejection;
 use crate::mcp_hub::ToolEntry;
+use crate::mcp_session::{self, EraHeaders};
 use crate::proxy::{Ctx, Gateway};
 use crate::runtime::Runtime;
 
-/// Protocol versions this endpoint speaks; the first is preferred.
-pub const VERSIONS: [&str; 3] = ["2025-06-18", "2025-03-26", "2024-11-05"];
+/// Protocol versions with `initialize`, preferred first (the stateless
+/// 2026-07-28 is served too: `mcp_session.rs`).
+pub const VERSIONS: [&str; 4] = crate::mcp_session::SESSION_VERSIONS;
 
 fn hash(v: &Value) -> String {
     hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
@@ -163,10 +165,17 @@ impl Gateway {
                     .await;
             }
         }
-        if session.req_header().method != http::Method::POST {
+        let method = session.req_header().method.clone();
+        if method != http::Method::POST && method != http::Method::DELETE {
             let r = Rejection::MethodNotAllowed;
             return self
-                .refuse_and_respond(session, ctx, runtime, r, "the MCP endpoint takes POST")
+                .refuse_and_respond(
+                    session,
+                    ctx,
+                    runtime,
+                    r,
+                    "the MCP endpoint takes POST and DELETE",
+                )
                 .await;
         }
         // 1 and 2. Bound and read the body (MCP routes on it), authenticate.
@@ -174,6 +183,52 @@ impl Gateway {
         else {
             return Ok(true);
         };
+        let header = |n: &str| {
+            session
+                .req_header()
+                .headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let era_headers = EraHeaders {
+            protocol_version: header("mcp-protocol-version"),
+            method: header("mcp-method"),
+            name: header("mcp-name"),
+        };
+        // A session of a stateful era must be one this gateway (or one
+        // sharing its key) issued to this principal, and not ended.
+        let claims = match header("mcp-session-id") {
+            None => None,
+            Some(token) => match self.shared.mcp_sessions.verify(&token, &principal) {
+                Some(c) => Some(c),
+                None => {
+                    let reply =
+                        jsonrpc::error_response(&Value::Null, -32001, "Session not found", None);
+                    return self
+                        .answer_refused(
+                            session,
+                            ctx,
+                            runtime,
+                            404,
+                            "unknown, ended or foreign MCP session",
+                            reply,
+                        )
+                        .await;
+                }
+            },
+        };
+        if method == http::Method::DELETE {
+            ctx.facts.kind = "mcp.session_end";
+            let Some(c) = claims else {
+                let r = Rejection::BadRequest("DELETE needs an Mcp-Session-Id".into());
+                return self
+                    .refuse_and_respond(session, ctx, runtime, r, "DELETE without a session")
+                    .await;
+            };
+            self.shared.mcp_sessions.end(&c.sid);
+            return self.answer_protocol(session, ctx, runtime, 204, None).await;
+        }
         // 3. The message.
         let message = match jsonrpc::parse(&body, ctx.max_body as usize) {
             Ok(m) => m,
@@ -208,7 +263,48 @@ impl Gateway {
             }
         };
         ctx.facts.target.clone_from(&method);
+        // The protocol era's own rules.
+        if mcp_session::is_stateless(&method, &params, &era_headers) && method != "initialize" {
+            if let Err((code, message)) =
+                mcp_session::check_stateless(&method, &params, &era_headers)
+            {
+                let data = (code == mcp_session::UNSUPPORTED_PROTOCOL_VERSION)
+                    .then(|| json!({"supported": [mcp_session::STATELESS], "requested": mcp_session::meta_version(&params)}));
+                let reply = jsonrpc::error_response(&id, code, &message, data);
+                let reason = format!("stateless request refused: {message}");
+                return self
+                    .answer_refused(session, ctx, runtime, 400, &reason, reply)
+                    .await;
+            }
+            ctx.mcp_stateless = true;
+        } else if let Some(v) = &era_headers.protocol_version {
+            if method != "initialize" && !VERSIONS.contains(&v.as_str()) {
+                let message = format!("Unsupported MCP-Protocol-Version: {v}");
+                let reply = jsonrpc::error_response(&id, jsonrpc::INVALID_REQUEST, &message, None);
+                return self
+                    .answer_refused(session, ctx, runtime, 400, &message, reply)
+                    .await;
+            }
+        }
         match method.as_str() {
+            "server/discover" => {
+                ctx.facts.kind = "mcp.discover";
+                let result = json!({
+                    "supportedVersions": std::iter::once(mcp_session::STATELESS).chain(VERSIONS).collect::<Vec<_>>(),
+                    "capabilities": {"tools": {"listChanged": false}},
+                    "ttlMs": 0,
+                    "cacheScope": "private",
+                    "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")}},
+                });
+                self.answer_protocol(
+                    session,
+                    ctx,
+                    runtime,
+                    200,
+                    Some(jsonrpc::result_response(&id, result)),
+                )
+                .await
+            }
             "initialize" => {
                 ctx.facts.kind = "mcp.initialize";
                 let asked = params["protocolVersion"].as_str().unwrap_or("");
@@ -216,6 +312,7 @@ impl Gateway {
                     .iter()
                     .find(|v| **v == asked)
                     .unwrap_or(&VERSIONS[0]);
+                ctx.mcp_session_id = Some(self.shared.mcp_sessions.issue(&principal, version));
                 let result = json!({
                     "protocolVersion": version,
                     "capabilities": {"tools": {"listChanged": false}},
@@ -253,11 +350,13 @@ impl Gateway {
                     &format!("method `{other}` is not supported"),
                     None,
                 );
+                // The stateless era answers an unknown method with HTTP 404.
+                let status = if ctx.mcp_stateless { 404 } else { 200 };
                 self.answer_refused(
                     session,
                     ctx,
                     runtime,
-                    200,
+                    status,
                     &format!("unsupported method `{other}`"),
                     reply,
                 )
@@ -325,13 +424,14 @@ impl Gateway {
             return Ok(true);
         }
         ctx.facts.decision = "allow";
-        self.write_json(
-            session,
-            ctx,
-            200,
-            &jsonrpc::result_response(&id, json!({"tools": tools})),
-        )
-        .await
+        let mut listing = json!({"tools": tools});
+        if ctx.mcp_stateless {
+            // What an agent may see depends on who it is: never share it.
+            listing["ttlMs"] = json!(0);
+            listing["cacheScope"] = json!("private");
+        }
+        self.write_json(session, ctx, 200, &jsonrpc::result_response(&id, listing))
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -552,11 +652,25 @@ impl Gateway {
         status: u16,
         body: &Value,
     ) -> Result<bool> {
+        // Stateless-era results say they are complete.
+        let shaped;
+        let body = match body.get("result") {
+            Some(Value::Object(r)) if ctx.mcp_stateless && !r.contains_key("resultType") => {
+                let mut b = body.clone();
+                b["result"]["resultType"] = json!("complete");
+                shaped = b;
+                &shaped
+            }
+            _ => body,
+        };
         let body = Bytes::from(body.to_string());
-        let mut resp = ResponseHeader::build(status, Some(3))?;
+        let mut resp = ResponseHeader::build(status, Some(4))?;
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+        if let Some(sid) = &ctx.mcp_session_id {
+            resp.insert_header("mcp-session-id", sid.as_str())?;
+        }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await?;
         Ok(true)

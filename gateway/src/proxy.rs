@@ -49,6 +49,10 @@ pub struct Ctx {
     pub(crate) failure: Option<String>,
     /// `/mcp/<server>`: the one server this MCP request is scoped to.
     pub(crate) mcp_scope: Option<String>,
+    /// A stateless-era (2026-07-28) MCP request.
+    pub(crate) mcp_stateless: bool,
+    /// The session id an MCP `initialize` answer carries.
+    pub(crate) mcp_session_id: Option<String>,
     /// The `/v1` API: refusals in OpenAI's error format.
     pub(crate) openai: bool,
     /// Token usage a backend reported.
@@ -349,6 +353,8 @@ impl ProxyHttp for Gateway {
             refused: None,
             failure: None,
             mcp_scope: None,
+            mcp_stateless: false,
+            mcp_session_id: None,
             openai: false,
             usage: None,
             ttft_us: None,

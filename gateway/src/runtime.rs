@@ -106,6 +106,8 @@ pub struct Shared {
     pub inference: Arc<lattice_inference_router::Router>,
     /// Rate-limit and budget counters (survive reloads).
     pub limiter: crate::limits::Limiter,
+    /// MCP session signing (stateful protocol eras).
+    pub mcp_sessions: crate::mcp_session::Sessions,
     /// Settings fixed at start (listener, data dir, audit): a reload that
     /// changes them is applied for everything else and logged.
     pub startup: Config,

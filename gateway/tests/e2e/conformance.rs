@@ -75,6 +75,7 @@ fn the_official_conformance_suite_passes_but_for_its_documented_baseline() {
         "tools-call-embedded-resource",
         "tools-call-mixed-content",
         "tools-call-error",
+        "server-sse-multiple-streams",
         "dns-rebinding-protection",
     ] {
         assert!(

@@ -9,6 +9,7 @@ mod harness;
 mod jwt;
 mod llm;
 mod mcp;
+mod mcp_eras;
 
 use harness::*;
 use std::time::Duration;
