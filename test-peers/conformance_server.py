@@ -1,13 +1,18 @@
-"""A stdio MCP server with the tools the official conformance suite's server
-scenarios call (written from each scenario's stated requirements), so the
-suite can run against the gateway fronting it (`/mcp/<server>`).
+"""A stdio MCP server with the tools, prompts and resources the official
+conformance suite's server scenarios use (written from each scenario's
+stated requirements), so the suite can run against the gateway fronting it
+(`/mcp/<server>`).
 
 Built with the official MCP Python SDK's low-level server, for full control
 of the listed schemas and the returned content.
 """
+import base64
+import re
+
 import anyio
 import mcp.types as types
 from mcp.server.lowlevel import Server
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.stdio import stdio_server
 
 # A 1x1 red PNG and a tiny WAV header with no samples.
@@ -66,6 +71,82 @@ async def call_tool(name: str, arguments: dict):
     if name == "json_schema_2020_12_tool":
         return [types.TextContent(type="text", text=f"received {arguments}")]
     raise ValueError(f"Unknown tool: {name}")
+
+
+PROMPTS = [
+    types.Prompt(name="test_simple_prompt", description="A simple prompt"),
+    types.Prompt(name="test_prompt_with_arguments", description="A prompt with arguments", arguments=[
+        types.PromptArgument(name="arg1", description="First test argument", required=True),
+        types.PromptArgument(name="arg2", description="Second test argument", required=True),
+    ]),
+    types.Prompt(name="test_prompt_with_embedded_resource", description="A prompt embedding a resource", arguments=[
+        types.PromptArgument(name="resourceUri", description="URI of the resource to embed", required=True),
+    ]),
+    types.Prompt(name="test_prompt_with_image", description="A prompt with an image"),
+]
+
+
+def user(content):
+    return types.PromptMessage(role="user", content=content)
+
+
+@server.list_prompts()
+async def list_prompts() -> list[types.Prompt]:
+    return PROMPTS
+
+
+@server.get_prompt()
+async def get_prompt(name: str, arguments: dict | None) -> types.GetPromptResult:
+    args = arguments or {}
+    if name == "test_simple_prompt":
+        messages = [user(types.TextContent(type="text", text="This is a simple prompt for testing."))]
+    elif name == "test_prompt_with_arguments":
+        text = f"Prompt with arguments: arg1='{args.get('arg1')}', arg2='{args.get('arg2')}'"
+        messages = [user(types.TextContent(type="text", text=text))]
+    elif name == "test_prompt_with_embedded_resource":
+        messages = [
+            user(types.EmbeddedResource(type="resource", resource=types.TextResourceContents(
+                uri=args.get("resourceUri", "test://example-resource"), mimeType="text/plain",
+                text="Embedded resource content for testing."))),
+            user(types.TextContent(type="text", text="Please process the embedded resource above.")),
+        ]
+    elif name == "test_prompt_with_image":
+        messages = [
+            user(types.ImageContent(type="image", data=PNG, mimeType="image/png")),
+            user(types.TextContent(type="text", text="Please analyze the image above.")),
+        ]
+    else:
+        raise ValueError(f"Unknown prompt: {name}")
+    return types.GetPromptResult(messages=messages)
+
+
+@server.list_resources()
+async def list_resources() -> list[types.Resource]:
+    return [
+        types.Resource(uri="test://static-text", name="static-text", description="A static text resource", mimeType="text/plain"),
+        types.Resource(uri="test://static-binary", name="static-binary", description="A static binary resource", mimeType="image/png"),
+    ]
+
+
+@server.list_resource_templates()
+async def list_resource_templates() -> list[types.ResourceTemplate]:
+    return [types.ResourceTemplate(uriTemplate="test://template/{id}/data", name="template",
+                                   description="Data for an id", mimeType="application/json")]
+
+
+@server.read_resource()
+async def read_resource(uri):
+    uri = str(uri)
+    if uri == "test://static-text":
+        return [ReadResourceContents(content="This is the content of the static text resource.", mime_type="text/plain")]
+    if uri == "test://static-binary":
+        return [ReadResourceContents(content=base64.b64decode(PNG), mime_type="image/png")]
+    m = re.fullmatch(r"test://template/([^/]+)/data", uri)
+    if m:
+        i = m.group(1)
+        return [ReadResourceContents(content=f'{{"id":"{i}","templateTest":true,"data":"Data for ID: {i}"}}',
+                                     mime_type="application/json")]
+    raise ValueError(f"Resource not found: {uri}")
 
 
 async def main():

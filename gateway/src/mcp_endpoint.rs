@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::Rejection;
+use crate::mcp_catalog::Listing;
 use crate::mcp_hub::ToolEntry;
 use crate::mcp_session::{self, EraHeaders};
 use crate::proxy::{Ctx, Gateway};
@@ -31,7 +32,17 @@ use crate::runtime::Runtime;
 /// 2026-07-28 is served too: `mcp_session.rs`).
 pub const VERSIONS: [&str; 4] = crate::mcp_session::SESSION_VERSIONS;
 
-fn hash(v: &Value) -> String {
+/// What the endpoint serves (no list-changed or subscriptions: there is no
+/// stream back to the client yet).
+static CAPABILITIES: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+    json!({
+        "tools": {"listChanged": false},
+        "prompts": {"listChanged": false},
+        "resources": {"subscribe": false, "listChanged": false},
+    })
+});
+
+pub(crate) fn hash(v: &Value) -> String {
     hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
 }
 
@@ -291,7 +302,7 @@ impl Gateway {
                 ctx.facts.kind = "mcp.discover";
                 let result = json!({
                     "supportedVersions": std::iter::once(mcp_session::STATELESS).chain(VERSIONS).collect::<Vec<_>>(),
-                    "capabilities": {"tools": {"listChanged": false}},
+                    "capabilities": CAPABILITIES.clone(),
                     "ttlMs": 0,
                     "cacheScope": "private",
                     "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")}},
@@ -315,7 +326,7 @@ impl Gateway {
                 ctx.mcp_session_id = Some(self.shared.mcp_sessions.issue(&principal, version));
                 let result = json!({
                     "protocolVersion": version,
-                    "capabilities": {"tools": {"listChanged": false}},
+                    "capabilities": CAPABILITIES.clone(),
                     "serverInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
                 });
                 self.answer_protocol(
@@ -339,6 +350,26 @@ impl Gateway {
                 .await
             }
             "tools/list" => self.list_tools(session, ctx, runtime, &principal, id).await,
+            "prompts/list" => {
+                self.list_catalog(session, ctx, runtime, &principal, id, Listing::Prompts)
+                    .await
+            }
+            "resources/list" => {
+                self.list_catalog(session, ctx, runtime, &principal, id, Listing::Resources)
+                    .await
+            }
+            "resources/templates/list" => {
+                self.list_catalog(session, ctx, runtime, &principal, id, Listing::Templates)
+                    .await
+            }
+            "prompts/get" => {
+                self.get_catalog_item(session, ctx, runtime, &principal, id, params, true)
+                    .await
+            }
+            "resources/read" => {
+                self.get_catalog_item(session, ctx, runtime, &principal, id, params, false)
+                    .await
+            }
             "tools/call" => {
                 self.call_tool(session, ctx, runtime, &principal, id, params)
                     .await
@@ -571,7 +602,7 @@ impl Gateway {
 
     /// Protocol messages (initialize, ping, notifications): no action to
     /// authorize, recorded all the same.
-    async fn answer_protocol(
+    pub(crate) async fn answer_protocol(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
@@ -597,7 +628,7 @@ impl Gateway {
         }
     }
 
-    async fn answer_refused(
+    pub(crate) async fn answer_refused(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
@@ -611,7 +642,7 @@ impl Gateway {
             .await
     }
 
-    async fn answer_with_event(
+    pub(crate) async fn answer_with_event(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,

@@ -310,6 +310,77 @@ impl McpHub {
         self.tools.load_full()
     }
 
+    /// Every configured server: (name, operator labels).
+    pub fn servers(&self) -> Vec<(String, Vec<String>)> {
+        self.servers
+            .values()
+            .map(|s| (s.config.name.clone(), s.config.labels.clone()))
+            .collect()
+    }
+
+    fn running(&self, server: &str) -> Result<Arc<Upstream>, McpError> {
+        self.servers
+            .get(server)
+            .and_then(|s| s.current.load_full())
+            .ok_or_else(|| McpError::Upstream {
+                server: server.to_string(),
+                message: "not running (restarting)".into(),
+            })
+    }
+
+    /// Any request to one server (on the hub's runtime).
+    pub async fn request(
+        &self,
+        server: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, McpError> {
+        let up = self.running(server)?;
+        let method = method.to_string();
+        self.runtime
+            .spawn(async move { up.request(&method, params).await })
+            .await
+            .map_err(|e| McpError::Upstream {
+                server: server.to_string(),
+                message: e.to_string(),
+            })?
+    }
+
+    /// A paged list (`prompts/list` → `prompts`, ...) from each of `servers`
+    /// at once. A server that did not declare `capability` lists nothing; one
+    /// that is down or fails is reported as an error, the others still list.
+    pub async fn list_each(
+        &self,
+        servers: &[String],
+        method: &'static str,
+        key: &'static str,
+        capability: &'static str,
+    ) -> Vec<(String, Result<Vec<Value>, McpError>)> {
+        let mut tasks = Vec::new();
+        for server in servers {
+            let up = self.running(server);
+            let task = self.runtime.spawn(async move {
+                let up = up?;
+                if up.capabilities().get(capability).is_none() {
+                    return Ok(Vec::new());
+                }
+                up.list_all(method, key).await
+            });
+            tasks.push((server.clone(), task));
+        }
+        let mut out = Vec::new();
+        for (server, task) in tasks {
+            let result = task.await.unwrap_or_else(|e| {
+                Err(McpError::Upstream {
+                    server: server.clone(),
+                    message: e.to_string(),
+                })
+            });
+            out.push((server, result));
+        }
+        out
+    }
+
     /// Calls a tool on its upstream (on the hub's runtime).
     pub async fn call(&self, entry: &ToolEntry, arguments: Value) -> Result<Value, McpError> {
         let down = || McpError::Upstream {

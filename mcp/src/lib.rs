@@ -7,13 +7,16 @@
 //! federated naming scheme, canonical definition hashes for pinning, and
 //! argument validation against a tool's `inputSchema`).
 //!
-//! Status: the foundation of issue #3. Not yet built: the downstream
-//! `/mcp` endpoint in the gateway, streamable-HTTP and SSE upstreams,
-//! sessions, supervision with restart, pinning and quarantine.
+//! Also: streamable-HTTP upstreams (`http`), one enum over both transports
+//! (`upstream`), and prompts and resources as they are federated
+//! (`catalog`: names, URI rewriting). The downstream endpoint, supervision
+//! and pinning live in the gateway. Not built yet: legacy HTTP+SSE
+//! upstreams.
 //!
 //! Must never: dereference a network `$ref` in a schema, block on an
 //! upstream without a timeout, or pass an agent's credentials upstream.
 
+pub mod catalog;
 pub mod http;
 pub mod jsonrpc;
 pub mod stdio;

@@ -35,6 +35,49 @@ impl Upstream {
         }
     }
 
+    /// Any request.
+    pub async fn request(&self, method: &str, params: Value) -> Result<Value, McpError> {
+        match self {
+            Upstream::Stdio(u) => u.request(method, params).await,
+            Upstream::Http(u) => u.request(method, params).await,
+        }
+    }
+
+    /// The capabilities the server declared at `initialize`.
+    pub fn capabilities(&self) -> Value {
+        let info = match self {
+            Upstream::Stdio(u) => u.server_info(),
+            Upstream::Http(u) => u.server_info(),
+        };
+        info.get("capabilities").cloned().unwrap_or(Value::Null)
+    }
+
+    /// Every item of a paged list (`prompts/list` → `prompts`, ...),
+    /// following `nextCursor` (at most `MAX_PAGES` pages).
+    pub async fn list_all(&self, method: &str, key: &str) -> Result<Vec<Value>, McpError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..crate::tools::MAX_PAGES {
+            let page = self
+                .request(method, crate::tools::list_params(cursor.as_deref()))
+                .await?;
+            let (got, next) =
+                crate::catalog::read_list(&page, key).map_err(|message| McpError::Upstream {
+                    server: self.name().to_string(),
+                    message,
+                })?;
+            items.extend(got);
+            cursor = next;
+            if cursor.is_none() {
+                return Ok(items);
+            }
+        }
+        Err(McpError::Upstream {
+            server: self.name().to_string(),
+            message: format!("{method} pages never end"),
+        })
+    }
+
     pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {
         match self {
             Upstream::Stdio(u) => u.call_tool(name, arguments).await,

@@ -28,7 +28,7 @@ fn the_official_conformance_suite_passes_but_for_its_documented_baseline() {
             python.display(),
             peers.join("conformance_server.py").display()
         ),
-        "@id(\"agents-call-tools\")\npermit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n",
+        "@id(\"agents-use-mcp\")\npermit (principal in Lattice::Role::\"agent\", action in [Lattice::Action::\"call_tool\", Lattice::Action::\"get_prompt\", Lattice::Action::\"read_resource\"], resource);\n",
     );
     let key = gw.create_key("conformance", &["agent"]);
     let mut proxy = Command::new(&python)
@@ -76,6 +76,15 @@ fn the_official_conformance_suite_passes_but_for_its_documented_baseline() {
         "tools-call-mixed-content",
         "tools-call-error",
         "server-sse-multiple-streams",
+        "resources-list",
+        "resources-read-text",
+        "resources-read-binary",
+        "resources-templates-read",
+        "prompts-list",
+        "prompts-get-simple",
+        "prompts-get-with-args",
+        "prompts-get-embedded-resource",
+        "prompts-get-with-image",
         "dns-rebinding-protection",
     ] {
         assert!(
@@ -174,4 +183,134 @@ fn a_server_endpoint_shows_one_servers_tools_under_their_own_names() {
     );
     let r = rpc("/mcp/nope", list);
     assert_eq!(r.status, 404, "{}", r.body);
+}
+
+#[test]
+fn prompts_and_resources_are_federated_with_policy_per_server() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let gw = Gateway::start_with(
+        &format!(
+            "[[mcp_servers]]\nname = \"conf\"\ncommand = \"{}\"\nargs = [\"{}\"]\n\n[[mcp_servers]]\nname = \"everything\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n",
+            peers.join(".venv/bin/python").display(),
+            peers.join("conformance_server.py").display(),
+            peers.join("node_modules/.bin/mcp-server-everything").display()
+        ),
+        "@id(\"conf-only\")\npermit (principal in Lattice::Role::\"agent\", action in [Lattice::Action::\"get_prompt\", Lattice::Action::\"read_resource\"], resource == Lattice::McpServer::\"conf\");\n",
+    );
+    let key = bearer(&gw.create_key("catalog-agent", &["agent"]));
+    let rpc = |method: &str, params: serde_json::Value| {
+        http(
+            gw.port,
+            "POST",
+            "/mcp",
+            &[
+                ("Authorization", &key),
+                ("Content-Type", "application/json"),
+            ],
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
+    };
+    let mut prompts = Vec::new();
+    wait_for("the prompts", std::time::Duration::from_secs(20), || {
+        prompts = rpc("prompts/list", serde_json::json!({})).json()["result"]["prompts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        !prompts.is_empty()
+    });
+    let names: Vec<&str> = prompts
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"conf__test_simple_prompt"), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("conf__")),
+        "everything's prompts are not allowed: {names:?}"
+    );
+
+    let r = rpc(
+        "prompts/get",
+        serde_json::json!({"name": "conf__test_prompt_with_embedded_resource", "arguments": {"resourceUri": "test://x"}}),
+    );
+    assert_eq!(
+        r.json()["result"]["messages"][0]["content"]["resource"]["uri"],
+        "lattice+mcp://conf/test%3A%2F%2Fx",
+        "{}",
+        r.body
+    );
+
+    let listed = rpc("resources/list", serde_json::json!({})).json();
+    let uris: Vec<&str> = listed["result"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uri"].as_str().unwrap())
+        .collect();
+    assert!(
+        uris.contains(&"lattice+mcp://conf/test%3A%2F%2Fstatic-text"),
+        "{uris:?}"
+    );
+    let r = rpc(
+        "resources/read",
+        serde_json::json!({"uri": "lattice+mcp://conf/test%3A%2F%2Fstatic-text"}),
+    );
+    let content = &r.json()["result"]["contents"][0];
+    assert_eq!(
+        content["uri"], "lattice+mcp://conf/test%3A%2F%2Fstatic-text",
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        content["text"],
+        "This is the content of the static text resource."
+    );
+    let events = gw.events_of(&r.request_id(), 2);
+    assert_eq!(
+        (events[0].kind.as_str(), events[0].decision.as_str()),
+        ("mcp.read_resource", "allow")
+    );
+    assert_eq!(events[0].policies, vec!["conf-only".to_string()]);
+    assert!(events[1].result_hash.is_some());
+
+    let templates = rpc("resources/templates/list", serde_json::json!({})).json();
+    let template = templates["result"]["resourceTemplates"][0]["uriTemplate"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        template,
+        "lattice+mcp://conf/test%3A%2F%2Ftemplate%2F{id}%2Fdata"
+    );
+    let r = rpc(
+        "resources/read",
+        serde_json::json!({"uri": template.replace("{id}", "7")}),
+    );
+    assert!(
+        r.json()["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Data for ID: 7"),
+        "{}",
+        r.body
+    );
+
+    // Another server's resource and a malformed URI answer alike: not found.
+    for uri in [
+        "lattice+mcp://everything/demo%3A%2F%2Fresource%2Fstatic%2Fdocument%2Farchitecture.md",
+        "test://static-text",
+    ] {
+        let r = rpc("resources/read", serde_json::json!({"uri": uri}));
+        assert_eq!(r.json()["error"]["code"], -32002, "{}", r.body);
+        let events = gw.events_of(&r.request_id(), 2);
+        assert_eq!(events[0].decision, "deny");
+    }
+    let r = rpc(
+        "prompts/get",
+        serde_json::json!({"name": "everything__simple-prompt"}),
+    );
+    assert_eq!(r.json()["error"]["code"], -32602, "{}", r.body);
+    gw.assert_verifies(&[]);
 }

@@ -1,0 +1,326 @@
+//! Prompts and resources through the MCP endpoint: `prompts/list`,
+//! `prompts/get`, `resources/list`, `resources/templates/list` and
+//! `resources/read`, federated over every upstream that declares the
+//! capability. On `/mcp` prompt names are `<server>__<prompt>` and resource
+//! URIs `lattice+mcp://<server>/<encoded URI>` (`lattice_mcp::catalog`); on
+//! `/mcp/<server>` both keep the server's own. Policy decides per server:
+//! `get_prompt` and `read_resource` on the `McpServer`. A server the
+//! principal may not use lists nothing, and its prompts and resources answer
+//! exactly like missing ones (the audit tells them apart). A failing
+//! upstream is left out of a listing and named in the audit; the others
+//! still list.
+
+use lattice_mcp::catalog::{federated_template, federated_uri, split_uri};
+use lattice_mcp::jsonrpc;
+use lattice_mcp::tools::{federated_name, split_federated};
+use lattice_mcp::McpError;
+use lattice_policy::{Action, AuthzRequest, Evaluation, Principal, RequestContext, Resource};
+use pingora::proxy::Session;
+use pingora::Result;
+use serde_json::{json, Value};
+
+use crate::mcp_endpoint::hash;
+use crate::proxy::{Ctx, Gateway};
+use crate::runtime::Runtime;
+
+/// A listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listing {
+    Prompts,
+    Resources,
+    Templates,
+}
+
+impl Listing {
+    fn method(self) -> &'static str {
+        match self {
+            Listing::Prompts => "prompts/list",
+            Listing::Resources => "resources/list",
+            Listing::Templates => "resources/templates/list",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Listing::Prompts => "prompts",
+            Listing::Resources => "resources",
+            Listing::Templates => "resourceTemplates",
+        }
+    }
+    fn capability(self) -> &'static str {
+        match self {
+            Listing::Prompts => "prompts",
+            Listing::Resources | Listing::Templates => "resources",
+        }
+    }
+    fn action(self) -> Action {
+        match self {
+            Listing::Prompts => Action::GetPrompt,
+            Listing::Resources | Listing::Templates => Action::ReadResource,
+        }
+    }
+    fn kind(self) -> &'static str {
+        match self {
+            Listing::Prompts => "mcp.list_prompts",
+            Listing::Resources => "mcp.list_resources",
+            Listing::Templates => "mcp.list_resource_templates",
+        }
+    }
+}
+
+/// MCP's "resource not found".
+const RESOURCE_NOT_FOUND: i64 = -32002;
+
+fn upstream_error(id: &Value, e: &McpError) -> Value {
+    let (code, message) = match e {
+        McpError::UpstreamError { code, message, .. } => (*code, message.clone()),
+        other => (
+            jsonrpc::INTERNAL_ERROR,
+            format!("the upstream failed: {other}"),
+        ),
+    };
+    jsonrpc::error_response(id, code, &message, None)
+}
+
+impl Gateway {
+    fn authorize_server(
+        &self,
+        runtime: &Runtime,
+        principal: &Principal,
+        action: Action,
+        server: &str,
+        labels: &[String],
+        ip: &str,
+    ) -> Evaluation {
+        runtime.policy.evaluate(&AuthzRequest {
+            principal: principal.clone(),
+            action,
+            resource: Resource::McpServer {
+                id: server.to_string(),
+                labels: labels.to_vec(),
+            },
+            context: RequestContext::new((lattice_audit::now_us() / 1_000_000) as i64, ip),
+        })
+    }
+
+    /// The servers in scope the principal may use for `action`.
+    fn allowed_servers(
+        &self,
+        ctx: &Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        action: Action,
+    ) -> (Vec<String>, usize) {
+        let Some(hub) = &self.shared.mcp else {
+            return (Vec::new(), 0);
+        };
+        let ip = ctx.facts.client_addr_ip();
+        let in_scope: Vec<(String, Vec<String>)> = hub
+            .servers()
+            .into_iter()
+            .filter(|(name, _)| ctx.mcp_scope.as_ref().is_none_or(|s| s == name))
+            .collect();
+        let total = in_scope.len();
+        let allowed = in_scope
+            .into_iter()
+            .filter(|(name, labels)| {
+                self.authorize_server(runtime, principal, action, name, labels, &ip)
+                    .live
+                    .is_allow()
+            })
+            .map(|(name, _)| name)
+            .collect();
+        (allowed, total)
+    }
+
+    pub(crate) async fn list_catalog(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        id: Value,
+        listing: Listing,
+    ) -> Result<bool> {
+        ctx.facts.kind = listing.kind();
+        ctx.facts.action = listing.action().as_str().into();
+        let (allowed, total) = self.allowed_servers(ctx, runtime, principal, listing.action());
+        let results = match &self.shared.mcp {
+            Some(hub) => {
+                hub.list_each(
+                    &allowed,
+                    listing.method(),
+                    listing.key(),
+                    listing.capability(),
+                )
+                .await
+            }
+            None => Vec::new(),
+        };
+        let scoped = ctx.mcp_scope.is_some();
+        let mut items = Vec::new();
+        let mut failures = Vec::new();
+        for (server, result) in results {
+            match result {
+                Ok(list) => {
+                    for mut item in list {
+                        if !scoped {
+                            rename(&mut item, listing, &server);
+                        }
+                        items.push(item);
+                    }
+                }
+                Err(e) => failures.push(format!("{server}: {e}")),
+            }
+        }
+        let mut reason = format!("{} of {total} servers may be used", allowed.len());
+        if !failures.is_empty() {
+            reason.push_str(&format!("; left out: {}", failures.join("; ")));
+        }
+        let event = ctx.facts.protocol_event(&reason);
+        if let Err(r) = self.record_decision(ctx, runtime, event) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        let mut result = json!({ listing.key(): items });
+        if ctx.mcp_stateless {
+            result["ttlMs"] = json!(0);
+            result["cacheScope"] = json!("private");
+        }
+        self.write_json(session, ctx, 200, &jsonrpc::result_response(&id, result))
+            .await
+    }
+
+    /// `prompts/get` or `resources/read`: one named target on one server.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn get_catalog_item(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        id: Value,
+        params: Value,
+        prompt: bool,
+    ) -> Result<bool> {
+        let (action, key, method) = if prompt {
+            ctx.facts.kind = "mcp.get_prompt";
+            (Action::GetPrompt, "name", "prompts/get")
+        } else {
+            ctx.facts.kind = "mcp.read_resource";
+            (Action::ReadResource, "uri", "resources/read")
+        };
+        ctx.facts.action = action.as_str().into();
+        let asked = params[key].as_str().unwrap_or("").to_string();
+        // Policies and the audit see the federated name.
+        let target = match (&ctx.mcp_scope, prompt) {
+            (Some(s), true) => Some((s.clone(), asked.clone())),
+            (Some(s), false) => Some((s.clone(), asked.clone())),
+            (None, true) => split_federated(&asked).map(|(s, n)| (s.to_string(), n.to_string())),
+            (None, false) => split_uri(&asked),
+        };
+        ctx.facts.target = match &target {
+            Some((s, n)) if prompt => federated_name(s, n),
+            Some((s, u)) => federated_uri(s, u),
+            None => asked.clone(),
+        };
+        let missing = |decision_id: &str| {
+            let (code, message) = if prompt {
+                (jsonrpc::INVALID_PARAMS, format!("Unknown prompt: {asked}"))
+            } else {
+                (RESOURCE_NOT_FOUND, format!("Resource not found: {asked}"))
+            };
+            jsonrpc::error_response(
+                &id,
+                code,
+                &message,
+                Some(json!({"decision_id": decision_id})),
+            )
+        };
+        let labels = target.as_ref().and_then(|(s, _)| {
+            self.shared
+                .mcp
+                .as_ref()?
+                .servers()
+                .into_iter()
+                .find(|(name, _)| name == s)
+                .map(|(_, l)| l)
+        });
+        let (Some((server, original)), Some(labels)) = (target, labels) else {
+            let event = ctx.facts.refusal_event(200, "no such server", None);
+            let reply = missing(&event.event_id);
+            return self
+                .answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await;
+        };
+        ctx.facts.upstream = Some(server.clone());
+        let ip = ctx.facts.client_addr_ip();
+        let evaluation = self.authorize_server(runtime, principal, action, &server, &labels, &ip);
+        self.shared.metrics.decision(evaluation.live.outcome);
+        if !evaluation.live.is_allow() {
+            let event = ctx
+                .facts
+                .refusal_event(200, "denied by policy", Some(&evaluation));
+            let reply = missing(&event.event_id);
+            return self
+                .answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await;
+        }
+        if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation)) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        let Some(hub) = &self.shared.mcp else {
+            return Ok(true);
+        };
+        let mut forwarded = params.clone();
+        forwarded[key] = json!(original);
+        let reply = match hub.request(&server, method, forwarded).await {
+            Ok(mut result) => {
+                ctx.result_hash = Some(hash(&result));
+                if ctx.mcp_scope.is_none() {
+                    if prompt {
+                        rewrite_prompt_resources(&mut result, &server);
+                    } else {
+                        lattice_mcp::catalog::rewrite_uris(&mut result, "contents", &|u| {
+                            federated_uri(&server, u)
+                        });
+                    }
+                }
+                jsonrpc::result_response(&id, result)
+            }
+            Err(e) => {
+                ctx.failure = Some(format!("upstream_failed: {e}"));
+                upstream_error(&id, &e)
+            }
+        };
+        self.write_json(session, ctx, 200, &reply).await
+    }
+}
+
+/// Gives a listed item its federated name or URI.
+fn rename(item: &mut Value, listing: Listing, server: &str) {
+    let (key, f): (&str, &dyn Fn(&str) -> String) = match listing {
+        Listing::Prompts => ("name", &|n| federated_name(server, n)),
+        Listing::Resources => ("uri", &|u| federated_uri(server, u)),
+        Listing::Templates => ("uriTemplate", &|t| federated_template(server, t)),
+    };
+    if let Some(v) = item.get(key).and_then(Value::as_str).map(f) {
+        item[key] = Value::String(v);
+    }
+}
+
+/// Embedded resources in a prompt's messages get federated URIs.
+fn rewrite_prompt_resources(result: &mut Value, server: &str) {
+    if let Some(messages) = result.get_mut("messages").and_then(Value::as_array_mut) {
+        for m in messages {
+            let content = &mut m["content"];
+            if content["type"] == "resource" {
+                if let Some(uri) = content["resource"]["uri"].as_str() {
+                    content["resource"]["uri"] = Value::String(federated_uri(server, uri));
+                }
+            }
+        }
+    }
+}
