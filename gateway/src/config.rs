@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use crate::GatewayError;
 
+pub use crate::mcp_config::{
+    build_mcp_server, is_private_host, McpServerConfig, McpTransport, RawMcpServer,
+};
+
 // ---------- raw (as written) ----------
 
 #[derive(Debug, Deserialize)]
@@ -56,39 +60,6 @@ struct RawMcp {
     /// other's sessions. Default: `<data_dir>/mcp-session.key`, created.
     #[serde(default)]
     session_key_file: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMcpServer {
-    name: String,
-    /// A stdio server: the command to spawn...
-    #[serde(default)]
-    command: Option<String>,
-    /// ...or a streamable-HTTP server's endpoint.
-    #[serde(default)]
-    url: Option<String>,
-    /// HTTP headers sent to an HTTP server (its credentials).
-    #[serde(default)]
-    headers: std::collections::BTreeMap<String, String>,
-    /// HTTP headers read from the gateway's environment: NAME = "GATEWAY_VAR".
-    #[serde(default)]
-    headers_from: std::collections::BTreeMap<String, String>,
-    /// Allow an HTTP server on a loopback, private or link-local address.
-    #[serde(default)]
-    allow_private_network: bool,
-    #[serde(default)]
-    args: Vec<String>,
-    /// Literal environment for the server.
-    #[serde(default)]
-    env: std::collections::BTreeMap<String, String>,
-    /// Environment read from the gateway's own: NAME = "GATEWAY_VAR".
-    #[serde(default)]
-    env_from: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    labels: Vec<String>,
-    #[serde(default = "d_timeout")]
-    timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -363,53 +334,6 @@ pub struct McpConfig {
     pub resource_url: Option<String>,
     pub auto_approve_first_seen: bool,
     pub session_key_file: PathBuf,
-}
-
-/// An upstream MCP server.
-#[derive(Debug, Clone)]
-pub struct McpServerConfig {
-    pub name: String,
-    pub transport: McpTransport,
-    pub labels: Vec<String>,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub enum McpTransport {
-    /// Spawned and supervised by the gateway.
-    Stdio {
-        command: String,
-        args: Vec<String>,
-        env: Vec<(String, String)>,
-    },
-    /// Streamable HTTP.
-    Http {
-        url: String,
-        headers: Vec<(String, String)>,
-    },
-}
-
-/// Egress check: loopback, private (RFC 1918, ULA) and link-local
-/// addresses, and `localhost`.
-pub fn is_private_host(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost") {
-        return true;
-    }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        Ok(std::net::IpAddr::V6(ip)) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
-        }
-        Err(_) => false,
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -808,78 +732,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
 
     let mut mcp_servers: Vec<McpServerConfig> = Vec::new();
     for m in raw.mcp_servers {
-        lattice_mcp::tools::check_server_name(&m.name)
-            .map_err(|e| bad(format!("mcp_servers: {e}")))?;
-        if mcp_servers.iter().any(|x| x.name == m.name) {
-            return Err(bad(format!("MCP server `{}` is defined twice", m.name)));
+        let built = build_mcp_server(m, &resolve, &bad)?;
+        if mcp_servers.iter().any(|x| x.name == built.name) {
+            return Err(bad(format!("MCP server `{}` is defined twice", built.name)));
         }
-        let from_env = |pairs: std::collections::BTreeMap<String, String>,
-                        vars: std::collections::BTreeMap<String, String>|
-         -> Result<Vec<(String, String)>, GatewayError> {
-            let mut out: Vec<(String, String)> = pairs.into_iter().collect();
-            for (name, var) in vars {
-                let value = std::env::var(&var).map_err(|_| {
-                    bad(format!(
-                        "MCP server `{}`: environment variable `{var}` is not set",
-                        m.name
-                    ))
-                })?;
-                out.push((name, value));
-            }
-            Ok(out)
-        };
-        let transport = match (m.command, m.url) {
-            (Some(command), None) => {
-                if !m.headers.is_empty() || !m.headers_from.is_empty() {
-                    return Err(bad(format!(
-                        "MCP server `{}`: headers apply to url servers only",
-                        m.name
-                    )));
-                }
-                let command = if command.contains('/') {
-                    resolve(&command).display().to_string()
-                } else {
-                    command
-                };
-                McpTransport::Stdio {
-                    command,
-                    args: m.args,
-                    env: from_env(m.env, m.env_from)?,
-                }
-            }
-            (None, Some(url)) => {
-                if !m.env.is_empty() || !m.env_from.is_empty() || !m.args.is_empty() {
-                    return Err(bad(format!(
-                        "MCP server `{}`: args and env apply to command servers only",
-                        m.name
-                    )));
-                }
-                let parsed = Upstream::parse(&url)
-                    .map_err(|e| bad(format!("MCP server `{}`: {e}", m.name)))?;
-                if !m.allow_private_network && is_private_host(&parsed.host) {
-                    return Err(bad(format!(
-                        "MCP server `{}`: `{}` is a loopback, private or link-local address; set allow_private_network = true to allow it",
-                        m.name, parsed.host
-                    )));
-                }
-                McpTransport::Http {
-                    url,
-                    headers: from_env(m.headers, m.headers_from)?,
-                }
-            }
-            _ => {
-                return Err(bad(format!(
-                    "MCP server `{}` needs exactly one of command and url",
-                    m.name
-                )))
-            }
-        };
-        mcp_servers.push(McpServerConfig {
-            name: m.name,
-            transport,
-            labels: m.labels,
-            timeout: Duration::from_millis(m.timeout_ms.max(1)),
-        });
+        mcp_servers.push(built);
     }
 
     let llm = crate::llm_config::build(raw.backends, raw.models, raw.limits, &bad, &[])?;

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod llm_config;
 pub mod llm_endpoint;
 pub mod mcp_catalog;
+pub mod mcp_config;
 pub mod mcp_endpoint;
 pub mod mcp_hub;
 pub mod mcp_session;
