@@ -9,19 +9,33 @@
 //!   `[[models]]` entry and the `[[backends]]` it brings), validated against
 //!   the running config, applied at once.
 //! - `DELETE /admin/v1/models/<name>`: remove a run-time route.
+//! - `GET /admin/v1/mcp/servers`: every MCP server, running or not, with its
+//!   tool count and source; `POST` registers one (the JSON form of a
+//!   `[[mcp_servers]]` entry), started at once; `DELETE .../<name>` stops
+//!   and removes a run-time one.
 //!
-//! `GET` and both changes need `admin.change_routes`.
+//! Model routes need `admin.change_routes`; MCP servers
+//! `admin.register_server`.
 
 use lattice_policy::{Action, AuthzRequest, RequestContext, Resource};
 use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Value};
 
+use crate::config::{McpTransport, RawMcpServer};
 use crate::error::Rejection;
 use crate::keys::StateStore;
+use crate::mcp_registry;
 use crate::model_store::{self, RuntimeRoute};
 use crate::proxy::{Ctx, Gateway};
 use crate::runtime::Runtime;
+
+/// A change an admin call makes, checked before its decision is recorded.
+enum Change {
+    None,
+    Route(RuntimeRoute),
+    Server(RawMcpServer),
+}
 
 impl Gateway {
     /// Answers `/admin/v1/...`. Returns Ok(true): the response is written.
@@ -38,25 +52,37 @@ impl Gateway {
         else {
             return Ok(true);
         };
-        let route_name = path.strip_prefix("/admin/v1/models/").map(str::to_string);
-        let (kind, action) = match (method.as_str(), path.as_str(), &route_name) {
-            ("GET", "/admin/v1/models", _) => ("admin.models.list", Action::ChangeRoutes),
-            ("POST", "/admin/v1/models", _) => ("admin.models.add", Action::ChangeRoutes),
-            ("DELETE", _, Some(n)) if !n.is_empty() && !n.contains('/') => {
-                ("admin.models.remove", Action::ChangeRoutes)
-            }
-            (_, "/admin/v1/models", _) | (_, _, Some(_)) => {
+        // (collection, item): `/admin/v1/<collection>[/<item>]`.
+        let (collection, rest) = if let Some(r) = path.strip_prefix("/admin/v1/models") {
+            ("models", r)
+        } else if let Some(r) = path.strip_prefix("/admin/v1/mcp/servers") {
+            ("mcp", r)
+        } else {
+            return self
+                .refuse_and_respond(
+                    session,
+                    ctx,
+                    runtime,
+                    Rejection::NotFound,
+                    "no such admin path",
+                )
+                .await;
+        };
+        let route_name = match rest.strip_prefix('/') {
+            Some(n) if !n.is_empty() && !n.contains('/') => Some(n.to_string()),
+            Some(_) => {
                 return self
                     .refuse_and_respond(
                         session,
                         ctx,
                         runtime,
-                        Rejection::MethodNotAllowed,
-                        "method not allowed on this admin path",
+                        Rejection::NotFound,
+                        "no such admin path",
                     )
                     .await
             }
-            _ => {
+            None if rest.is_empty() => None,
+            None => {
                 return self
                     .refuse_and_respond(
                         session,
@@ -68,9 +94,28 @@ impl Gateway {
                     .await
             }
         };
+        let (kind, action) = match (collection, method.as_str(), route_name.is_some()) {
+            ("models", "GET", false) => ("admin.models.list", Action::ChangeRoutes),
+            ("models", "POST", false) => ("admin.models.add", Action::ChangeRoutes),
+            ("models", "DELETE", true) => ("admin.models.remove", Action::ChangeRoutes),
+            ("mcp", "GET", false) => ("admin.mcp.list", Action::RegisterServer),
+            ("mcp", "POST", false) => ("admin.mcp.add", Action::RegisterServer),
+            ("mcp", "DELETE", true) => ("admin.mcp.remove", Action::RegisterServer),
+            _ => {
+                return self
+                    .refuse_and_respond(
+                        session,
+                        ctx,
+                        runtime,
+                        Rejection::MethodNotAllowed,
+                        "method not allowed on this admin path",
+                    )
+                    .await
+            }
+        };
         ctx.facts.kind = kind;
         ctx.facts.action = action.as_str().into();
-        ctx.facts.target = route_name.clone().unwrap_or_else(|| "models".into());
+        ctx.facts.target = route_name.clone().unwrap_or_else(|| collection.into());
         // 5. Authorize.
         let evaluation = runtime.policy.evaluate(&AuthzRequest {
             principal: principal.clone(),
@@ -92,20 +137,22 @@ impl Gateway {
         }
         // A change is checked before its decision is recorded: an invalid
         // route is a 400, not an allowed call that failed.
-        let change = match kind {
-            "admin.models.add" => match self.check_new_route(runtime, &body) {
-                Ok(route) => Some(route),
-                Err(message) => {
-                    let r = Rejection::InvalidRequest {
-                        message: message.clone(),
-                        param: None,
-                    };
-                    return self
-                        .refuse_and_respond(session, ctx, runtime, r, &message)
-                        .await;
-                }
-            },
-            _ => None,
+        let checked = match kind {
+            "admin.models.add" => self.check_new_route(runtime, &body).map(Change::Route),
+            "admin.mcp.add" => self.check_new_server(runtime, &body).map(Change::Server),
+            _ => Ok(Change::None),
+        };
+        let change = match checked {
+            Ok(c) => c,
+            Err(message) => {
+                let r = Rejection::InvalidRequest {
+                    message: message.clone(),
+                    param: None,
+                };
+                return self
+                    .refuse_and_respond(session, ctx, runtime, r, &message)
+                    .await;
+            }
         };
         // 7. Record the decision.
         if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation)) {
@@ -113,21 +160,49 @@ impl Gateway {
             return Ok(true);
         }
         ctx.facts.decision = "allow";
+        let conflict = |name: &str| {
+            (
+                409,
+                json!({"error": {"code": "conflict", "message": format!("`{name}` is defined in the config file; edit the file to change it")}}),
+            )
+        };
+        let missing = |name: &str| {
+            (
+                404,
+                json!({"error": {"code": "not_found", "message": format!("no run-time `{name}`")}}),
+            )
+        };
         let (status, reply) = match (kind, change, route_name) {
             ("admin.models.list", _, _) => (200, self.models_view(runtime)),
-            ("admin.models.add", Some(route), _) => self.apply(|store| {
+            ("admin.models.add", Change::Route(route), _) => self.apply(|store| {
                 store.add_model_route(&route)?;
                 Ok(json!({"added": route.name()?}))
             }),
             ("admin.models.remove", _, Some(name)) => {
                 if runtime.file_llm.models.iter().any(|m| m.name == name) {
-                    (
-                        409,
-                        json!({"error": {"code": "conflict", "message": format!("`{name}` is defined in the config file; edit the file to change it")}}),
-                    )
+                    conflict(&name)
+                } else if !runtime.config.llm.models.iter().any(|m| m.name == name) {
+                    missing(&name)
                 } else {
                     self.apply(|store| {
                         store.remove_model_route(&name)?;
+                        Ok(json!({"removed": name}))
+                    })
+                }
+            }
+            ("admin.mcp.list", _, _) => (200, self.servers_view(runtime)),
+            ("admin.mcp.add", Change::Server(server), _) => self.apply(|store| {
+                store.add_mcp_server(&server)?;
+                Ok(json!({"added": server.name()}))
+            }),
+            ("admin.mcp.remove", _, Some(name)) => {
+                if runtime.file_mcp_servers.contains(&name) {
+                    conflict(&name)
+                } else if !runtime.config.mcp_servers.iter().any(|s| s.name == name) {
+                    missing(&name)
+                } else {
+                    self.apply(|store| {
+                        store.remove_mcp_server(&name)?;
                         Ok(json!({"removed": name}))
                     })
                 }
@@ -150,6 +225,59 @@ impl Gateway {
         base.llm = runtime.file_llm.clone();
         model_store::merged(&base, &all).map_err(|e| e.to_string())?;
         Ok(route)
+    }
+
+    fn check_new_server(&self, runtime: &Runtime, body: &[u8]) -> Result<RawMcpServer, String> {
+        let server: RawMcpServer =
+            serde_json::from_slice(body).map_err(|e| format!("invalid MCP server: {e}"))?;
+        let mut all = mcp_registry::stored(&runtime.config).map_err(|e| e.to_string())?;
+        all.push(server.clone());
+        let file: Vec<_> = runtime
+            .config
+            .mcp_servers
+            .iter()
+            .filter(|s| runtime.file_mcp_servers.contains(&s.name))
+            .cloned()
+            .collect();
+        let dir = runtime
+            .config
+            .path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        mcp_registry::merged(&dir, &file, &all).map_err(|e| e.to_string())?;
+        Ok(server)
+    }
+
+    fn servers_view(&self, runtime: &Runtime) -> Value {
+        let status = self
+            .shared
+            .mcp
+            .as_ref()
+            .map(|h| h.status())
+            .unwrap_or_default();
+        let servers: Vec<Value> = runtime
+            .config
+            .mcp_servers
+            .iter()
+            .map(|s| {
+                let (running, tools) = status
+                    .iter()
+                    .find(|(n, _, _)| n == &s.name)
+                    .map(|(_, r, t)| (*r, *t))
+                    .unwrap_or((false, 0));
+                let transport = match &s.transport {
+                    McpTransport::Stdio { command, .. } => json!({"stdio": command}),
+                    McpTransport::Http { url, .. } => json!({"http": url}),
+                };
+                json!({
+                    "name": s.name, "transport": transport, "labels": s.labels,
+                    "running": running, "tools": tools,
+                    "source": if runtime.file_mcp_servers.contains(&s.name) { "config" } else { "run-time" },
+                })
+            })
+            .collect();
+        json!({"servers": servers})
     }
 
     /// Changes the state store and reloads at once.

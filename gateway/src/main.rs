@@ -44,7 +44,7 @@ enum Command {
     /// API keys.
     #[command(subcommand)]
     Keys(cli::keys::KeysCmd),
-    /// MCP tool pinning: pending changes and approvals.
+    /// MCP servers (run-time registration) and tool pinning.
     #[command(subcommand)]
     Mcp(cli::mcp::McpCmd),
     /// Model routes: list, and add or remove run-time routes.

@@ -48,8 +48,14 @@ pub struct RawMcpServer {
     timeout_ms: u64,
 }
 
+impl RawMcpServer {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// An upstream MCP server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpServerConfig {
     pub name: String,
     pub transport: McpTransport,
@@ -57,7 +63,7 @@ pub struct McpServerConfig {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum McpTransport {
     /// Spawned and supervised by the gateway.
     Stdio {

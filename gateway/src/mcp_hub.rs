@@ -42,6 +42,22 @@ type ToolMap = BTreeMap<String, Arc<ToolEntry>>;
 struct Server {
     config: McpServerConfig,
     current: ArcSwapOption<Upstream>,
+    /// Set when the server is removed: its supervisor stops and kills it.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Server {
+    fn new(config: McpServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            current: ArcSwapOption::empty(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Where pins live and how new definitions are treated.
@@ -112,9 +128,10 @@ impl Pinning {
 /// The upstreams and their tools.
 pub struct McpHub {
     runtime: tokio::runtime::Runtime,
-    servers: BTreeMap<String, Arc<Server>>,
+    servers: ArcSwap<BTreeMap<String, Arc<Server>>>,
     tools: Arc<ArcSwap<ToolMap>>,
     pins: Arc<PinCache>,
+    pinning: Pinning,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -200,6 +217,10 @@ fn publish(tools: &ArcSwap<ToolMap>, server: &str, new: Vec<(String, Arc<ToolEnt
 async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: Pinning) {
     let mut backoff = BACKOFF_MIN;
     loop {
+        if server.is_stopped() {
+            retire(&server, &tools).await;
+            return;
+        }
         let alive = server.current.load().as_ref().is_some_and(|u| u.is_alive());
         if alive {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -219,7 +240,9 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: P
                 server.current.store(Some(Arc::new(up)));
                 tracing::info!(server = %server.config.name, "MCP server restarted");
                 // Healthy for a while: forget past failures.
-                while server.current.load().as_ref().is_some_and(|u| u.is_alive()) {
+                while !server.is_stopped()
+                    && server.current.load().as_ref().is_some_and(|u| u.is_alive())
+                {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if started.elapsed() > Duration::from_secs(60) {
                         backoff = BACKOFF_MIN;
@@ -232,6 +255,17 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: P
             }
         }
     }
+}
+
+/// A removed server: its tools go, its process is killed.
+async fn retire(server: &Server, tools: &ArcSwap<ToolMap>) {
+    publish(tools, &server.config.name, Vec::new());
+    if let Some(up) = server.current.swap(None) {
+        if let Upstream::Stdio(s) = up.as_ref() {
+            s.kill().await;
+        }
+    }
+    tracing::info!(server = %server.config.name, "MCP server removed");
 }
 
 /// Notices approvals made with `lattice mcp approve` and audits them.
@@ -272,10 +306,7 @@ impl McpHub {
         let tools: Arc<ArcSwap<ToolMap>> = Arc::default();
         let mut servers = BTreeMap::new();
         for config in configs {
-            let server = Arc::new(Server {
-                config: config.clone(),
-                current: ArcSwapOption::empty(),
-            });
+            let server = Server::new(config.clone());
             match runtime.block_on(launch(config)) {
                 Ok((up, listed)) => {
                     let new = entries(config, listed);
@@ -294,10 +325,59 @@ impl McpHub {
         runtime.spawn(watch_approvals(pinning.clone()));
         Ok(Self {
             runtime,
-            servers,
+            servers: ArcSwap::from_pointee(servers),
             tools,
-            pins: pinning.cache,
+            pins: pinning.cache.clone(),
+            pinning,
         })
+    }
+
+    /// Makes the running servers match `configs`: new ones are started (in
+    /// the background, like a restart), removed ones stopped and their tools
+    /// withdrawn, changed ones replaced. Unchanged ones are not touched.
+    pub fn sync(&self, configs: &[McpServerConfig]) {
+        let current = self.servers.load_full();
+        let mut next = BTreeMap::new();
+        for config in configs {
+            match current.get(&config.name) {
+                Some(s) if s.config == *config => {
+                    next.insert(config.name.clone(), s.clone());
+                }
+                _ => {
+                    let server = Server::new(config.clone());
+                    self.runtime.spawn(supervise(
+                        server.clone(),
+                        self.tools.clone(),
+                        self.pinning.clone(),
+                    ));
+                    tracing::info!(server = %config.name, "MCP server registered");
+                    next.insert(config.name.clone(), server);
+                }
+            }
+        }
+        for (name, server) in current.iter() {
+            let kept = next.get(name).is_some_and(|s| Arc::ptr_eq(s, server));
+            if !kept {
+                server
+                    .stopped
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        self.servers.store(Arc::new(next));
+    }
+
+    /// Each server: (name, running, tools published).
+    pub fn status(&self) -> Vec<(String, bool, usize)> {
+        let tools = self.tools.load();
+        self.servers
+            .load()
+            .values()
+            .map(|s| {
+                let running = s.current.load().as_ref().is_some_and(|u| u.is_alive());
+                let n = tools.values().filter(|t| t.server == s.config.name).count();
+                (s.config.name.clone(), running, n)
+            })
+            .collect()
     }
 
     /// Whether a tool's current definition is the approved one.
@@ -313,6 +393,7 @@ impl McpHub {
     /// Every configured server: (name, operator labels).
     pub fn servers(&self) -> Vec<(String, Vec<String>)> {
         self.servers
+            .load()
             .values()
             .map(|s| (s.config.name.clone(), s.config.labels.clone()))
             .collect()
@@ -320,6 +401,7 @@ impl McpHub {
 
     fn running(&self, server: &str) -> Result<Arc<Upstream>, McpError> {
         self.servers
+            .load()
             .get(server)
             .and_then(|s| s.current.load_full())
             .ok_or_else(|| McpError::Upstream {
@@ -389,6 +471,7 @@ impl McpHub {
         };
         let up = self
             .servers
+            .load()
             .get(&entry.server)
             .and_then(|s| s.current.load_full())
             .ok_or_else(down)?;

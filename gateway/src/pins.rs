@@ -34,6 +34,17 @@ pub struct Pending {
     pub pending_definition: String,
 }
 
+/// A tool's pin.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pinned {
+    pub server: String,
+    pub tool: String,
+    pub approved_hash: Option<String>,
+    pub pending_hash: Option<String>,
+    /// A changed (or, without auto-approval, new) definition waits.
+    pub quarantined: bool,
+}
+
 fn err(e: rusqlite::Error) -> GatewayError {
     GatewayError::State(e.to_string())
 }
@@ -150,6 +161,29 @@ impl StateStore {
                     approved_hash: r.get(2)?,
                     pending_hash: r.get(3)?,
                     pending_definition: r.get(4)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
+    }
+
+    /// Every tool seen so far: its approved hash, and a pending one when a
+    /// changed definition waits for approval.
+    pub fn pinned_tools(&self) -> Result<Vec<Pinned>, GatewayError> {
+        self.pins_schema()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT server, tool, approved_hash, pending_hash FROM tool_pins ORDER BY server, tool")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let pending: Option<String> = r.get(3)?;
+                Ok(Pinned {
+                    server: r.get(0)?,
+                    tool: r.get(1)?,
+                    approved_hash: r.get(2)?,
+                    quarantined: pending.is_some(),
+                    pending_hash: pending,
                 })
             })
             .map_err(err)?;

@@ -28,6 +28,9 @@ pub struct Runtime {
     pub jwt: JwtVerifier,
     /// The config file's own model routes (`config.llm` adds the run-time ones).
     pub file_llm: crate::llm_config::LlmConfig,
+    /// Names of the config file's own MCP servers (`config.mcp_servers`
+    /// adds the run-time ones).
+    pub file_mcp_servers: Vec<String>,
 }
 
 /// Reads policy files into sources.
@@ -50,6 +53,16 @@ impl Runtime {
         let extra = crate::model_store::stored(&config)?;
         let file_llm = config.llm.clone();
         config.llm = crate::model_store::merged(&config, &extra)?;
+        // MCP servers registered at run time join the file's.
+        let file_mcp_servers = config.mcp_servers.iter().map(|s| s.name.clone()).collect();
+        let config_dir = config
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let extra_mcp = crate::mcp_registry::stored(&config)?;
+        config.mcp_servers =
+            crate::mcp_registry::merged(&config_dir, &config.mcp_servers, &extra_mcp)?;
         let live = read_policies(&config.policy.files)?;
         let shadow = if config.policy.shadow_files.is_empty() {
             None
@@ -75,6 +88,7 @@ impl Runtime {
             routes,
             jwt,
             file_llm,
+            file_mcp_servers,
         })
     }
 
@@ -98,8 +112,8 @@ pub struct Shared {
     pub keys: KeyCache,
     pub audit: AuditHandle,
     pub metrics: Metrics,
-    /// MCP upstreams and their tools (started at boot; `[[mcp_servers]]`
-    /// changes need a restart).
+    /// MCP upstreams and their tools (kept in step with the config and the
+    /// run-time registrations on every reload).
     pub mcp: Option<Arc<crate::mcp_hub::McpHub>>,
     /// Model routes and backends (their table follows reloads; each
     /// backend's live state survives them).
@@ -127,6 +141,9 @@ impl Shared {
                     self.metrics.reload("rejected");
                     tracing::error!(error = %e, "model routes rejected; the previous config stays in force");
                     return Err(GatewayError::Config(e.to_string()));
+                }
+                if let Some(hub) = &self.mcp {
+                    hub.sync(&new.config.mcp_servers);
                 }
                 if new.config.server != self.startup.server
                     || new.config.audit != self.startup.audit
@@ -185,14 +202,17 @@ pub fn spawn_watcher(
                 .ok();
             let mut last = fingerprint(&shared.runtime.load().watched_files());
             let mut models_generation = store.models_generation().unwrap_or(0);
+            let mut mcp_generation = store.mcp_generation().unwrap_or(0);
             let mut jwks_fetched: HashMap<usize, Instant> = HashMap::new();
             while !stop.load(Ordering::Acquire) {
                 let current = fingerprint(&shared.runtime.load().watched_files());
                 let generation = store.models_generation().unwrap_or(models_generation);
-                if current != last || generation != models_generation {
+                let mcp = store.mcp_generation().unwrap_or(mcp_generation);
+                if current != last || generation != models_generation || mcp != mcp_generation {
                     let _ = shared.reload();
                     last = fingerprint(&shared.runtime.load().watched_files());
                     models_generation = generation;
+                    mcp_generation = mcp;
                 }
                 if let Err(e) = shared.keys.refresh(&store) {
                     tracing::error!(error = %e, "cannot refresh API keys");

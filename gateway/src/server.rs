@@ -79,6 +79,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         signer,
         clickhouse: a.clickhouse.clone(),
     })?;
+    let runtime_mcp_servers = runtime.config.mcp_servers.clone();
     let inference = lattice_inference_router::Router::start()
         .map_err(|e| GatewayError::Server(e.to_string()))?;
     inference
@@ -92,20 +93,16 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         keys,
         audit: pipeline.handle(),
         metrics: Metrics::new(),
-        mcp: if config.mcp_servers.is_empty() {
-            None
-        } else {
-            let pinning = crate::mcp_hub::Pinning {
+        // Always running: servers can be registered at run time.
+        mcp: Some(Arc::new(crate::mcp_hub::McpHub::start(
+            &runtime_mcp_servers,
+            crate::mcp_hub::Pinning {
                 data_dir: data_dir.clone(),
                 auto_approve: config.mcp.auto_approve_first_seen,
                 audit: pipeline.handle(),
                 cache: Arc::default(),
-            };
-            Some(Arc::new(crate::mcp_hub::McpHub::start(
-                &config.mcp_servers,
-                pinning,
-            )?))
-        },
+            },
+        )?)),
         startup: config.clone(),
     });
     let stop = Arc::new(AtomicBool::new(false));

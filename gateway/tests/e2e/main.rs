@@ -10,6 +10,7 @@ mod jwt;
 mod llm;
 mod mcp;
 mod mcp_eras;
+mod mcp_registry;
 
 use harness::*;
 use std::time::Duration;

@@ -1,0 +1,230 @@
+//! MCP servers registered and removed while the gateway runs, through
+//! `lattice mcp add|list|remove|tools` and the admin API.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+const POLICY: &str = "permit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n\
+@id(\"admins-register\")\npermit (principal in Lattice::Role::\"admin\", action == Lattice::Action::\"admin.register_server\", resource);\n";
+
+fn tool_names(gw: &Gateway, key: &str) -> Vec<String> {
+    let r = http(
+        gw.port,
+        "POST",
+        "/mcp",
+        &[("Authorization", key), ("Content-Type", "application/json")],
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    )
+    .unwrap();
+    r.json()["result"]["tools"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| t["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn call(gw: &Gateway, key: &str, name: &str, arguments: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": name, "arguments": arguments}});
+    http(
+        gw.port,
+        "POST",
+        "/mcp",
+        &[("Authorization", key), ("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .unwrap()
+    .json()
+}
+
+#[test]
+fn mcp_servers_are_registered_and_removed_at_run_time() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let python = peers.join(".venv/bin/python");
+    let everything = peers.join("node_modules/.bin/mcp-server-everything");
+    assert!(python.exists() && everything.exists(), "run scripts/setup");
+    let gw = Gateway::start_with("", POLICY);
+    let agent = bearer(&gw.create_key("tool-agent", &["agent"]));
+    let admin = bearer(&gw.create_key("ops", &["admin"]));
+    assert!(tool_names(&gw, &agent).is_empty());
+
+    // The CLI registers a stdio server; the running gateway starts it.
+    let script = peers.join("conformance_server.py");
+    let out = gw.lattice(&[
+        "mcp",
+        "add",
+        "conf",
+        "--command",
+        python.to_str().unwrap(),
+        "--arg",
+        script.to_str().unwrap(),
+        "--label",
+        "risk:low",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the registered server's tools",
+        Duration::from_secs(20),
+        || tool_names(&gw, &agent).contains(&"conf__test_simple_text".to_string()),
+    );
+    let r = call(&gw, &agent, "conf__test_simple_text", json!({}));
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        "This is a simple text response for testing."
+    );
+    let list = String::from_utf8(gw.lattice(&["mcp", "list"]).stdout).unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("conf\tstdio ") && l.ends_with("source=run-time")),
+        "{list}"
+    );
+    let tools =
+        String::from_utf8(gw.lattice(&["mcp", "tools", "--server", "conf"]).stdout).unwrap();
+    let pinned: Vec<Value> = tools
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        pinned.iter().any(|t| t["tool"] == "test_simple_text"
+            && t["approved_hash"].is_string()
+            && t["quarantined"] == false),
+        "{tools}"
+    );
+    // A second server by the same name, or a bad one, is refused offline.
+    let out = gw.lattice(&["mcp", "add", "conf", "--command", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gw.lattice(&["mcp", "add", "bad_name", "--command", "true"]);
+    assert!(!out.status.success());
+
+    // The admin API: who may use it is policy.
+    let get = |auth: &str| {
+        http(
+            gw.port,
+            "GET",
+            "/admin/v1/mcp/servers",
+            &[("Authorization", auth)],
+            b"",
+        )
+        .unwrap()
+    };
+    assert_eq!(get(&agent).status, 403);
+    let view = get(&admin).json();
+    assert_eq!(view["servers"][0]["name"], "conf");
+    assert_eq!(
+        (
+            view["servers"][0]["running"].as_bool(),
+            view["servers"][0]["source"].as_str()
+        ),
+        (Some(true), Some("run-time"))
+    );
+    assert!(view["servers"][0]["tools"].as_u64().unwrap() >= 6);
+
+    let post = |body: Value| {
+        http(
+            gw.port,
+            "POST",
+            "/admin/v1/mcp/servers",
+            &[
+                ("Authorization", &admin),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+    };
+    let r = post(
+        json!({"name": "everything", "command": everything.to_str().unwrap(), "args": ["stdio"], "env": {"LATTICE_REGISTRY_TEST": "1"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("everything's tools", Duration::from_secs(20), || {
+        tool_names(&gw, &agent).contains(&"everything__echo".to_string())
+    });
+    assert_eq!(
+        call(&gw, &agent, "everything__echo", json!({"message": "hi"}))["result"]["content"][0]
+            ["text"],
+        "Echo: hi"
+    );
+    assert_eq!(gw.children_with_env("LATTICE_REGISTRY_TEST=1").len(), 1);
+    let r = post(json!({"name": "remote", "url": "http://127.0.0.1:9/mcp"}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allow_private_network"),
+        "{}",
+        r.body
+    );
+    let r = post(json!({"name": "conf", "command": "true"}));
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Removal stops the server and withdraws its tools.
+    let r = http(
+        gw.port,
+        "DELETE",
+        "/admin/v1/mcp/servers/everything",
+        &[("Authorization", &admin)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("everything's tools to go", Duration::from_secs(10), || {
+        !tool_names(&gw, &agent)
+            .iter()
+            .any(|n| n.starts_with("everything__"))
+    });
+    wait_for("the process to be stopped", Duration::from_secs(10), || {
+        gw.children_with_env("LATTICE_REGISTRY_TEST=1").is_empty()
+    });
+    let out = gw.lattice(&["mcp", "remove", "conf"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("conf's tools to go", Duration::from_secs(10), || {
+        tool_names(&gw, &agent).is_empty()
+    });
+    let r = http(
+        gw.port,
+        "DELETE",
+        "/admin/v1/mcp/servers/conf",
+        &[("Authorization", &admin)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    // Every admin call is audited.
+    let kinds: Vec<String> = gw
+        .store()
+        .tail(300)
+        .unwrap()
+        .into_iter()
+        .map(|e| serde_json::from_str::<lattice_audit::AuditEvent>(&e.json).unwrap())
+        .filter(|e| e.kind.starts_with("admin.mcp.") && e.phase == lattice_audit::Phase::Decision)
+        .map(|e| format!("{}:{}", e.kind, e.decision))
+        .collect();
+    for k in [
+        "admin.mcp.list:deny",
+        "admin.mcp.list:allow",
+        "admin.mcp.add:allow",
+        "admin.mcp.add:deny",
+        "admin.mcp.remove:allow",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    gw.assert_verifies(&[]);
+}
