@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod model_store;
 pub mod pins;
 pub mod proxy;
+pub mod registry_store;
 pub mod runtime;
 pub mod server;
 

@@ -7,103 +7,32 @@
 //! environment variables), not literal values: the state store is not a
 //! secret store.
 
-use rusqlite::{params, OptionalExtension};
 use std::path::{Path, PathBuf};
 
 use crate::config::{build_mcp_server, Config, McpServerConfig, RawMcpServer};
 use crate::keys::StateStore;
+use crate::registry_store::MCP_SERVERS;
 use crate::GatewayError;
 
-fn err(e: rusqlite::Error) -> GatewayError {
-    GatewayError::State(e.to_string())
-}
-
 impl StateStore {
-    fn mcp_schema(&self) -> Result<(), GatewayError> {
-        self.conn
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS mcp_servers (
-                    name TEXT PRIMARY KEY,
-                    spec TEXT NOT NULL,
-                    created_us INTEGER NOT NULL
-                );
-                INSERT OR IGNORE INTO meta (k, v) VALUES ('mcp_generation', 0);",
-            )
-            .map_err(err)
-    }
-
     /// Stores a server (validated against the config by the caller).
     pub fn add_mcp_server(&self, server: &RawMcpServer) -> Result<(), GatewayError> {
-        self.mcp_schema()?;
-        let spec = serde_json::to_string(server).map_err(|e| GatewayError::State(e.to_string()))?;
-        let n = self
-            .conn
-            .execute(
-                "INSERT OR IGNORE INTO mcp_servers (name, spec, created_us) VALUES (?1, ?2, ?3)",
-                params![server.name(), spec, lattice_audit::now_us() as i64],
-            )
-            .map_err(err)?;
-        if n == 0 {
-            return Err(GatewayError::State(format!(
-                "a run-time MCP server `{}` exists already; remove it first",
-                server.name()
-            )));
-        }
-        self.bump_mcp()
+        self.registry_add(&MCP_SERVERS, server.name(), server)
     }
 
     /// Removes a run-time server. Errors if there is none by that name.
     pub fn remove_mcp_server(&self, name: &str) -> Result<(), GatewayError> {
-        self.mcp_schema()?;
-        let n = self
-            .conn
-            .execute("DELETE FROM mcp_servers WHERE name = ?1", params![name])
-            .map_err(err)?;
-        if n == 0 {
-            return Err(GatewayError::State(format!(
-                "no run-time MCP server `{name}`"
-            )));
-        }
-        self.bump_mcp()
+        self.registry_remove(&MCP_SERVERS, name)
     }
 
     /// Every run-time server, oldest first.
     pub fn mcp_servers(&self) -> Result<Vec<RawMcpServer>, GatewayError> {
-        self.mcp_schema()?;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT spec FROM mcp_servers ORDER BY created_us, name")
-            .map_err(err)?;
-        let specs = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err)?;
-        specs
-            .iter()
-            .map(|s| {
-                serde_json::from_str(s)
-                    .map_err(|e| GatewayError::State(format!("a stored MCP server: {e}")))
-            })
-            .collect()
+        self.registry_list(&MCP_SERVERS)
     }
 
-    /// Bumped by every change (read-only: the watcher polls it).
+    /// Bumped by every change.
     pub fn mcp_generation(&self) -> Result<i64, GatewayError> {
-        self.conn
-            .query_row("SELECT v FROM meta WHERE k = 'mcp_generation'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map(|v| v.unwrap_or(0))
-            .map_err(err)
-    }
-
-    fn bump_mcp(&self) -> Result<(), GatewayError> {
-        self.conn
-            .execute("UPDATE meta SET v = v + 1 WHERE k = 'mcp_generation'", [])
-            .map_err(err)?;
-        Ok(())
+        self.registry_generation(&MCP_SERVERS)
     }
 }
 

@@ -461,7 +461,11 @@ fn audit_store_failure_fails_closed_with_503_and_loses_nothing() {
 fn up_writes_a_starter_and_its_printed_commands_work() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    // `up` puts the demo upstream on the next port: both must be free.
+    let port = (0..50)
+        .map(|_| free_port())
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok())
+        .unwrap();
     let mut child = std::process::Command::new(BIN)
         .args(["up", "--dir"])
         .arg(dir.path())
