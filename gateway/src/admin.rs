@@ -269,6 +269,7 @@ impl Gateway {
                 let transport = match &s.transport {
                     McpTransport::Stdio { command, .. } => json!({"stdio": command}),
                     McpTransport::Http { url, .. } => json!({"http": url}),
+                    McpTransport::Sse { url, .. } => json!({"sse": url}),
                 };
                 json!({
                     "name": s.name, "transport": transport, "labels": s.labels,

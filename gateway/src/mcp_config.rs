@@ -25,6 +25,10 @@ pub struct RawMcpServer {
     /// ...or a streamable-HTTP server's endpoint.
     #[serde(default)]
     url: Option<String>,
+    /// For a `url` server: `streamable-http` (the default) or `sse` (the
+    /// legacy HTTP+SSE transport of protocol 2024-11-05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transport: Option<String>,
     /// HTTP headers sent to an HTTP server (its credentials).
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
@@ -73,6 +77,11 @@ pub enum McpTransport {
     },
     /// Streamable HTTP.
     Http {
+        url: String,
+        headers: Vec<(String, String)>,
+    },
+    /// The legacy HTTP+SSE transport: `url` is the SSE stream.
+    Sse {
         url: String,
         headers: Vec<(String, String)>,
     },
@@ -127,6 +136,12 @@ pub fn build_mcp_server(
     };
     let transport = match (m.command, m.url) {
         (Some(command), None) => {
+            if m.transport.is_some() {
+                return Err(bad(format!(
+                    "MCP server `{}`: transport applies to url servers only",
+                    m.name
+                )));
+            }
             if !m.headers.is_empty() || !m.headers_from.is_empty() {
                 return Err(bad(format!(
                     "MCP server `{}`: headers apply to url servers only",
@@ -159,9 +174,16 @@ pub fn build_mcp_server(
                     m.name, parsed.host
                 )));
             }
-            McpTransport::Http {
-                url,
-                headers: from_env(m.headers, m.headers_from)?,
+            let headers = from_env(m.headers, m.headers_from)?;
+            match m.transport.as_deref() {
+                None | Some("streamable-http") => McpTransport::Http { url, headers },
+                Some("sse") => McpTransport::Sse { url, headers },
+                Some(other) => {
+                    return Err(bad(format!(
+                        "MCP server `{}`: transport `{other}` is not streamable-http or sse",
+                        m.name
+                    )))
+                }
             }
         }
         _ => {

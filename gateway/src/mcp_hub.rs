@@ -191,6 +191,15 @@ async fn launch(config: &McpServerConfig) -> Result<(Upstream, Vec<Value>), McpE
             })
             .await?,
         )),
+        McpTransport::Sse { url, headers } => Upstream::Sse(Box::new(
+            lattice_mcp::sse::SseUpstream::start(HttpConfig {
+                name: config.name.clone(),
+                url: url.clone(),
+                headers: headers.clone(),
+                timeout: config.timeout,
+            })
+            .await?,
+        )),
         McpTransport::Http { url, headers } => Upstream::Http(Box::new(
             HttpUpstream::start(HttpConfig {
                 name: config.name.clone(),

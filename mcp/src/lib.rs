@@ -10,8 +10,7 @@
 //! Also: streamable-HTTP upstreams (`http`), one enum over both transports
 //! (`upstream`), and prompts and resources as they are federated
 //! (`catalog`: names, URI rewriting). The downstream endpoint, supervision
-//! and pinning live in the gateway. Not built yet: legacy HTTP+SSE
-//! upstreams.
+//! and pinning live in the gateway. Legacy HTTP+SSE upstreams: `sse`.
 //!
 //! Must never: dereference a network `$ref` in a schema, block on an
 //! upstream without a timeout, or pass an agent's credentials upstream.
@@ -19,6 +18,7 @@
 pub mod catalog;
 pub mod http;
 pub mod jsonrpc;
+pub mod sse;
 pub mod stdio;
 pub mod tools;
 pub mod upstream;

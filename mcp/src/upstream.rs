@@ -3,12 +3,14 @@
 use serde_json::Value;
 
 use crate::http::HttpUpstream;
+use crate::sse::SseUpstream;
 use crate::stdio::StdioUpstream;
 use crate::McpError;
 
 pub enum Upstream {
     Stdio(Box<StdioUpstream>),
     Http(Box<HttpUpstream>),
+    Sse(Box<SseUpstream>),
 }
 
 impl Upstream {
@@ -16,6 +18,7 @@ impl Upstream {
         match self {
             Upstream::Stdio(u) => u.name(),
             Upstream::Http(u) => u.name(),
+            Upstream::Sse(u) => u.name(),
         }
     }
 
@@ -25,6 +28,7 @@ impl Upstream {
         match self {
             Upstream::Stdio(u) => u.is_alive(),
             Upstream::Http(_) => true,
+            Upstream::Sse(u) => u.is_alive(),
         }
     }
 
@@ -32,6 +36,7 @@ impl Upstream {
         match self {
             Upstream::Stdio(u) => u.list_tools().await,
             Upstream::Http(u) => u.list_tools().await,
+            Upstream::Sse(_) => self.list_all("tools/list", "tools").await,
         }
     }
 
@@ -40,6 +45,7 @@ impl Upstream {
         match self {
             Upstream::Stdio(u) => u.request(method, params).await,
             Upstream::Http(u) => u.request(method, params).await,
+            Upstream::Sse(u) => u.request(method, params).await,
         }
     }
 
@@ -48,6 +54,7 @@ impl Upstream {
         let info = match self {
             Upstream::Stdio(u) => u.server_info(),
             Upstream::Http(u) => u.server_info(),
+            Upstream::Sse(u) => u.server_info(),
         };
         info.get("capabilities").cloned().unwrap_or(Value::Null)
     }
@@ -82,6 +89,13 @@ impl Upstream {
         match self {
             Upstream::Stdio(u) => u.call_tool(name, arguments).await,
             Upstream::Http(u) => u.call_tool(name, arguments).await,
+            Upstream::Sse(u) => {
+                u.request(
+                    "tools/call",
+                    serde_json::json!({"name": name, "arguments": arguments}),
+                )
+                .await
+            }
         }
     }
 }

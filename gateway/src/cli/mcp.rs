@@ -34,6 +34,9 @@ pub enum McpCmd {
         /// Allow a URL on a loopback, private or link-local address.
         #[arg(long)]
         allow_private_network: bool,
+        /// The URL is a legacy HTTP+SSE server's stream.
+        #[arg(long, requires = "url")]
+        sse: bool,
         /// NAME=GATEWAY_VAR: environment for a stdio server, read from the
         /// gateway's (repeatable).
         #[arg(long = "env-from")]
@@ -104,6 +107,7 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
             args,
             url,
             allow_private_network,
+            sse,
             env_from,
             headers_from,
             labels,
@@ -121,6 +125,9 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
                 (None, Some(u)) => {
                     spec["url"] = u.into();
                     spec["allow_private_network"] = allow_private_network.into();
+                    if sse {
+                        spec["transport"] = "sse".into();
+                    }
                     spec["headers_from"] = pairs(&headers_from, "--header-from")?.into();
                 }
                 _ => bail!("give --command or --url"),
@@ -150,6 +157,7 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
                     lattice_gateway::config::McpTransport::Http { url, .. } => {
                         format!("http {url}")
                     }
+                    lattice_gateway::config::McpTransport::Sse { url, .. } => format!("sse {url}"),
                 };
                 let source = if file.contains(&s.name) {
                     "config"

@@ -228,3 +228,58 @@ fn mcp_servers_are_registered_and_removed_at_run_time() {
     }
     gw.assert_verifies(&[]);
 }
+
+#[test]
+fn a_legacy_sse_server_is_federated_and_reconnected() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let everything = peers.join("node_modules/.bin/mcp-server-everything");
+    let port = free_port();
+    let spawn = || {
+        std::process::Command::new(&everything)
+            .arg("sse")
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut server = spawn();
+    wait_for("the SSE server", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let gw = Gateway::start_with(
+        &format!(
+            "[[mcp_servers]]\nname = \"legacy\"\nurl = \"http://127.0.0.1:{port}/sse\"\ntransport = \"sse\"\nallow_private_network = true\n"
+        ),
+        POLICY,
+    );
+    let agent = bearer(&gw.create_key("sse-agent", &["agent"]));
+    wait_for("the SSE server's tools", Duration::from_secs(20), || {
+        tool_names(&gw, &agent).contains(&"legacy__echo".to_string())
+    });
+    let r = call(&gw, &agent, "legacy__echo", json!({"message": "over sse"}));
+    assert_eq!(r["result"]["content"][0]["text"], "Echo: over sse", "{r}");
+    let r = call(&gw, &agent, "legacy__get-sum", json!({"a": 2, "b": 3}));
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains('5'),
+        "{r}"
+    );
+    // The server goes away and comes back: the stream is reopened.
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut server = spawn();
+    wait_for(
+        "a call through the reconnected stream",
+        Duration::from_secs(30),
+        || {
+            call(&gw, &agent, "legacy__echo", json!({"message": "again"}))["result"]["content"][0]
+                ["text"]
+                == "Echo: again"
+        },
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
