@@ -27,6 +27,7 @@ TOOLS = [
     types.Tool(name="test_embedded_resource", description="Returns an embedded resource", inputSchema=EMPTY),
     types.Tool(name="test_multiple_content_types", description="Returns text, image and resource", inputSchema=EMPTY),
     types.Tool(name="test_error_handling", description="Always fails", inputSchema=EMPTY),
+    types.Tool(name="test_tool_with_progress", description="Reports progress 0, 50, 100", inputSchema=EMPTY),
     types.Tool(
         name="json_schema_2020_12_tool",
         description="Tool with JSON Schema 2020-12 features",
@@ -66,6 +67,15 @@ async def call_tool(name: str, arguments: dict):
             types.EmbeddedResource(type="resource", resource=types.TextResourceContents(
                 uri="test://mixed-content-resource", mimeType="application/json", text='{"test":"data","value":123}')),
         ]
+    if name == "test_tool_with_progress":
+        ctx = server.request_context
+        token = ctx.meta.progressToken if ctx.meta else None
+        for step in (0, 50, 100):
+            if token is not None:
+                await ctx.session.send_progress_notification(token, step, 100)
+            if step < 100:
+                await anyio.sleep(0.05)
+        return [types.TextContent(type="text", text="Progress test completed")]
     if name == "test_error_handling":
         raise RuntimeError("This tool intentionally returns an error for testing")
     if name == "json_schema_2020_12_tool":

@@ -61,6 +61,54 @@ fn check_output(entry: &ToolEntry, result: &Value) -> Result<(), String> {
     schema.check(structured).map_err(|errors| errors.join("; "))
 }
 
+/// The answer to a forwarded `tools/call`: the result checked against the
+/// tool's `outputSchema` (step 9), or the upstream's failure.
+fn tool_reply(
+    ctx: &mut Ctx,
+    entry: &ToolEntry,
+    id: &Value,
+    result: Result<Value, lattice_mcp::McpError>,
+) -> Value {
+    match result {
+        Ok(result) => {
+            ctx.result_hash = Some(hash(&result));
+            match check_output(entry, &result) {
+                Ok(()) => jsonrpc::result_response(id, result),
+                Err(problem) => {
+                    ctx.failure = Some(format!("output_invalid: {problem}"));
+                    let text =
+                        format!("The tool's result does not match its outputSchema: {problem}");
+                    jsonrpc::result_response(
+                        id,
+                        json!({"content": [{"type": "text", "text": text}], "isError": true}),
+                    )
+                }
+            }
+        }
+        Err(e) => {
+            ctx.failure = Some(format!("upstream_failed: {e}"));
+            jsonrpc::error_response(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                &format!("the upstream failed: {e}"),
+                None,
+            )
+        }
+    }
+}
+
+/// A stateless-era result says it is complete.
+fn shaped(ctx: &Ctx, body: &Value) -> Option<Value> {
+    match body.get("result") {
+        Some(Value::Object(r)) if ctx.mcp_stateless && !r.contains_key("resultType") => {
+            let mut b = body.clone();
+            b["result"]["resultType"] = json!("complete");
+            Some(b)
+        }
+        _ => None,
+    }
+}
+
 fn tool_resource(entry: &ToolEntry, name: &str) -> Resource {
     let hint = |k: &str| {
         entry.definition["annotations"][k]
@@ -570,34 +618,81 @@ impl Gateway {
         let Some(hub) = &self.shared.mcp else {
             return Ok(true);
         };
-        let reply = match hub.call(&entry, arguments).await {
-            Ok(result) => {
-                ctx.result_hash = Some(hash(&result));
-                // 9. Validate the response against the declared outputSchema.
-                match check_output(&entry, &result) {
-                    Ok(()) => jsonrpc::result_response(&id, result),
-                    Err(problem) => {
-                        ctx.failure = Some(format!("output_invalid: {problem}"));
-                        let text =
-                            format!("The tool's result does not match its outputSchema: {problem}");
-                        jsonrpc::result_response(
-                            &id,
-                            json!({"content": [{"type": "text", "text": text}], "isError": true}),
-                        )
-                    }
+        // A caller that asked for progress and takes an event stream gets
+        // the upstream's progress notifications as they come.
+        let token = params
+            .get("_meta")
+            .and_then(|m| m.get("progressToken"))
+            .cloned();
+        let takes_stream = session
+            .req_header()
+            .headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream"));
+        if let (Some(token), true) = (token, takes_stream && hub.relays_progress(&entry.server)) {
+            return self
+                .relay_progress(session, ctx, &entry, arguments, id, token)
+                .await;
+        }
+        let result = hub.call(&entry, arguments).await;
+        let reply = tool_reply(ctx, &entry, &id, result);
+        self.write_json(session, ctx, 200, &reply).await
+    }
+
+    /// A `tools/call` answered as an event stream: the upstream's progress
+    /// notifications (under the caller's own token; the upstream got one the
+    /// gateway made, so callers cannot see each other's), then the result.
+    async fn relay_progress(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        entry: &ToolEntry,
+        arguments: Value,
+        id: Value,
+        token: Value,
+    ) -> Result<bool> {
+        let Some(hub) = self.shared.mcp.clone() else {
+            return Ok(true);
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let own_token = json!(format!("lattice-{}", ctx.facts.request_id));
+        let mut resp = ResponseHeader::build(200, Some(5))?;
+        resp.insert_header("content-type", "text/event-stream")?;
+        resp.insert_header("cache-control", "no-cache")?;
+        resp.insert_header("transfer-encoding", "chunked")?;
+        resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+        if let Some(sid) = &ctx.mcp_session_id {
+            resp.insert_header("mcp-session-id", sid.as_str())?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        let event = |message: &Value| Bytes::from(format!("event: message\ndata: {message}\n\n"));
+        let progress = |mut p: Value| {
+            p["progressToken"] = token.clone();
+            json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": p})
+        };
+        let call = hub.call_with_progress(entry, arguments, own_token, tx);
+        tokio::pin!(call);
+        let result = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                Some(p) = rx.recv() => {
+                    session.write_response_body(Some(event(&progress(p))), false).await?;
                 }
             }
-            Err(e) => {
-                ctx.failure = Some(format!("upstream_failed: {e}"));
-                jsonrpc::error_response(
-                    &id,
-                    jsonrpc::INTERNAL_ERROR,
-                    &format!("the upstream failed: {e}"),
-                    None,
-                )
-            }
         };
-        self.write_json(session, ctx, 200, &reply).await
+        while let Ok(p) = rx.try_recv() {
+            session
+                .write_response_body(Some(event(&progress(p))), false)
+                .await?;
+        }
+        let reply = tool_reply(ctx, entry, &id, result);
+        let reply = shaped(ctx, &reply).unwrap_or(reply);
+        session
+            .write_response_body(Some(event(&reply)), false)
+            .await?;
+        session.write_response_body(None, true).await?;
+        Ok(true)
     }
 
     /// Protocol messages (initialize, ping, notifications): no action to
@@ -683,17 +778,8 @@ impl Gateway {
         status: u16,
         body: &Value,
     ) -> Result<bool> {
-        // Stateless-era results say they are complete.
-        let shaped;
-        let body = match body.get("result") {
-            Some(Value::Object(r)) if ctx.mcp_stateless && !r.contains_key("resultType") => {
-                let mut b = body.clone();
-                b["result"]["resultType"] = json!("complete");
-                shaped = b;
-                &shaped
-            }
-            _ => body,
-        };
+        let reshaped = shaped(ctx, body);
+        let body = reshaped.as_ref().unwrap_or(body);
         let body = Bytes::from(body.to_string());
         let mut resp = ResponseHeader::build(status, Some(4))?;
         resp.insert_header("content-type", "application/json")?;

@@ -472,6 +472,34 @@ impl McpHub {
         out
     }
 
+    /// Whether a server's transport can relay progress notifications.
+    pub fn relays_progress(&self, server: &str) -> bool {
+        self.running(server).is_ok_and(|u| u.relays_progress())
+    }
+
+    /// Calls a tool with a progress token; the upstream's progress
+    /// notifications for it go to `sink` while the call runs.
+    pub async fn call_with_progress(
+        &self,
+        entry: &ToolEntry,
+        arguments: Value,
+        token: Value,
+        sink: tokio::sync::mpsc::UnboundedSender<Value>,
+    ) -> Result<Value, McpError> {
+        let up = self.running(&entry.server)?;
+        let tool = entry.tool.clone();
+        self.runtime
+            .spawn(async move {
+                up.call_tool_with_progress(&tool, arguments, token, sink)
+                    .await
+            })
+            .await
+            .map_err(|e| McpError::Upstream {
+                server: entry.server.clone(),
+                message: e.to_string(),
+            })?
+    }
+
     /// Calls a tool on its upstream (on the hub's runtime).
     pub async fn call(&self, entry: &ToolEntry, arguments: Value) -> Result<Value, McpError> {
         let down = || McpError::Upstream {

@@ -35,6 +35,10 @@ pub struct StdioConfig {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>>;
 
+/// Where a call's progress notifications go, by the progress token the
+/// gateway gave the upstream (its canonical JSON text).
+pub type ProgressSinks = Arc<Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Value>>>>;
+
 /// A running stdio upstream.
 pub struct StdioUpstream {
     name: String,
@@ -45,6 +49,7 @@ pub struct StdioUpstream {
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
     tools_changed: Arc<AtomicBool>,
+    progress: ProgressSinks,
     server_info: Value,
 }
 
@@ -78,12 +83,14 @@ impl StdioUpstream {
         let alive = Arc::new(AtomicBool::new(true));
         let tools_changed = Arc::new(AtomicBool::new(false));
         tokio::spawn(log_stderr(name.clone(), stderr));
+        let progress: ProgressSinks = Arc::default();
         tokio::spawn(read_stdout(
             name.clone(),
             stdout,
             pending.clone(),
             alive.clone(),
             tools_changed.clone(),
+            progress.clone(),
         ));
         let mut upstream = Self {
             name,
@@ -94,6 +101,7 @@ impl StdioUpstream {
             next_id: AtomicU64::new(1),
             alive,
             tools_changed,
+            progress,
             server_info: Value::Null,
         };
         let init = upstream
@@ -217,6 +225,28 @@ impl StdioUpstream {
             .await
     }
 
+    /// Calls a tool with a progress token: the upstream's
+    /// `notifications/progress` for it go to `sink` until the call ends. The
+    /// token must be unique to this call (the gateway makes its own).
+    pub async fn call_tool_with_progress(
+        &self,
+        name: &str,
+        arguments: Value,
+        token: Value,
+        sink: tokio::sync::mpsc::UnboundedSender<Value>,
+    ) -> Result<Value, McpError> {
+        let key = token.to_string();
+        self.progress.lock().await.insert(key.clone(), sink);
+        let result = self
+            .request(
+                "tools/call",
+                json!({"name": name, "arguments": arguments, "_meta": {"progressToken": token}}),
+            )
+            .await;
+        self.progress.lock().await.remove(&key);
+        result
+    }
+
     /// Kills the server process.
     pub async fn kill(&self) {
         let _ = self.child.lock().await.kill().await;
@@ -242,6 +272,7 @@ async fn read_stdout(
     pending: Pending,
     alive: Arc<AtomicBool>,
     tools_changed: Arc<AtomicBool>,
+    progress: ProgressSinks,
 ) {
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
@@ -271,9 +302,16 @@ async fn read_stdout(
                     }
                 }
             }
-            Ok(Message::Notification { method, .. }) => {
+            Ok(Message::Notification { method, params }) => {
                 if method == "notifications/tools/list_changed" {
                     tools_changed.store(true, Ordering::Release);
+                } else if method == "notifications/progress" {
+                    if let Some(key) = params.get("progressToken").map(Value::to_string) {
+                        let sink = progress.lock().await.get(&key).cloned();
+                        if let Some(sink) = sink {
+                            let _ = sink.send(params);
+                        }
+                    }
                 }
             }
             Ok(Message::Request { method, .. }) => {

@@ -85,6 +85,31 @@ impl Upstream {
         })
     }
 
+    /// Whether progress notifications can be relayed from this transport
+    /// (stdio today: its notifications arrive on the one stream the gateway
+    /// reads).
+    pub fn relays_progress(&self) -> bool {
+        matches!(self, Upstream::Stdio(_))
+    }
+
+    /// A tool call whose progress notifications go to `sink` (stdio); on
+    /// other transports a plain call.
+    pub async fn call_tool_with_progress(
+        &self,
+        name: &str,
+        arguments: Value,
+        token: Value,
+        sink: tokio::sync::mpsc::UnboundedSender<Value>,
+    ) -> Result<Value, McpError> {
+        match self {
+            Upstream::Stdio(u) => {
+                u.call_tool_with_progress(name, arguments, token, sink)
+                    .await
+            }
+            _ => self.call_tool(name, arguments).await,
+        }
+    }
+
     pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {
         match self {
             Upstream::Stdio(u) => u.call_tool(name, arguments).await,

@@ -75,6 +75,7 @@ fn the_official_conformance_suite_passes_but_for_its_documented_baseline() {
         "tools-call-embedded-resource",
         "tools-call-mixed-content",
         "tools-call-error",
+        "tools-call-with-progress",
         "server-sse-multiple-streams",
         "resources-list",
         "resources-read-text",
@@ -313,4 +314,81 @@ fn prompts_and_resources_are_federated_with_policy_per_server() {
     );
     assert_eq!(r.json()["error"]["code"], -32602, "{}", r.body);
     gw.assert_verifies(&[]);
+}
+
+#[test]
+fn progress_is_relayed_as_an_event_stream_under_the_callers_token() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let gw = Gateway::start_with(
+        &format!(
+            "[[mcp_servers]]\nname = \"conf\"\ncommand = \"{}\"\nargs = [\"{}\"]\n",
+            peers.join(".venv/bin/python").display(),
+            peers.join("conformance_server.py").display()
+        ),
+        "permit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n",
+    );
+    let key = bearer(&gw.create_key("progress-agent", &["agent"]));
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "conf__test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "mine"}}}).to_string();
+    let post = |accept: &str| {
+        http(
+            gw.port,
+            "POST",
+            "/mcp",
+            &[
+                ("Authorization", &key),
+                ("Content-Type", "application/json"),
+                ("Accept", accept),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap()
+    };
+    let mut r = post("application/json, text/event-stream");
+    wait_for(
+        "the fixture's tools",
+        std::time::Duration::from_secs(20),
+        || {
+            r = post("application/json, text/event-stream");
+            r.status == 200 && r.body.contains("Progress test completed")
+        },
+    );
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let messages: Vec<serde_json::Value> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let progress: Vec<f64> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| {
+            assert_eq!(
+                m["params"]["progressToken"], "mine",
+                "the caller's own token"
+            );
+            m["params"]["progress"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(progress, vec![0.0, 50.0, 100.0]);
+    let last = messages.last().unwrap();
+    assert_eq!(
+        (
+            last["id"].as_i64(),
+            last["result"]["content"][0]["text"].as_str()
+        ),
+        (Some(9), Some("Progress test completed"))
+    );
+    let events = gw.events_of(&r.request_id(), 2);
+    assert_eq!(
+        (events[0].decision.as_str(), events[1].status),
+        ("allow", Some(200))
+    );
+    // A caller that takes only JSON gets the result alone.
+    let r = post("application/json");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "Progress test completed"
+    );
 }
