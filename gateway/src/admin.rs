@@ -34,7 +34,7 @@ use crate::runtime::Runtime;
 enum Change {
     None,
     Route(RuntimeRoute),
-    Server(RawMcpServer),
+    Server(Box<RawMcpServer>),
 }
 
 impl Gateway {
@@ -139,7 +139,7 @@ impl Gateway {
         // route is a 400, not an allowed call that failed.
         let checked = match kind {
             "admin.models.add" => self.check_new_route(runtime, &body).map(Change::Route),
-            "admin.mcp.add" => self.check_new_server(runtime, &body).map(Change::Server),
+            "admin.mcp.add" => self.check_new_server(runtime, &body).map(|s| Change::Server(Box::new(s))),
             _ => Ok(Change::None),
         };
         let change = match checked {
