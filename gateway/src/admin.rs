@@ -139,7 +139,9 @@ impl Gateway {
         // route is a 400, not an allowed call that failed.
         let checked = match kind {
             "admin.models.add" => self.check_new_route(runtime, &body).map(Change::Route),
-            "admin.mcp.add" => self.check_new_server(runtime, &body).map(|s| Change::Server(Box::new(s))),
+            "admin.mcp.add" => self
+                .check_new_server(runtime, &body)
+                .map(|s| Change::Server(Box::new(s))),
             _ => Ok(Change::None),
         };
         let change = match checked {

@@ -1,5 +1,6 @@
-//! Step 6 of the enforcement path: request rate limits and token budgets per
-//! agent or per tenant, in fixed windows aligned to the Unix epoch. A call is
+//! Step 6 of the enforcement path: request rate limits (on LLM, MCP and HTTP
+//! route calls, as each limit says) and token budgets (LLM) per agent or per
+//! tenant, in fixed windows aligned to the Unix epoch. A call is
 //! admitted only if every limit that applies to its principal has room; it
 //! then counts against all of them. Tokens are charged after the call, from
 //! the usage the backend reported, so a call in flight can overshoot a
@@ -19,6 +20,28 @@ pub enum Per {
     Tenant,
 }
 
+/// What kind of call a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// `/v1` (the only kind that spends tokens).
+    Llm,
+    /// MCP `tools/call`, `prompts/get`, `resources/read`.
+    Mcp,
+    /// HTTP tool routes.
+    Http,
+}
+
+impl CallKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "llm" => Some(Self::Llm),
+            "mcp" => Some(Self::Mcp),
+            "http" => Some(Self::Http),
+            _ => None,
+        }
+    }
+}
+
 /// A configured limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitSpec {
@@ -31,6 +54,8 @@ pub struct LimitSpec {
     /// Tokens (prompt + completion) per window.
     pub tokens: Option<u64>,
     pub window: Duration,
+    /// The kinds of calls it counts.
+    pub kinds: Vec<CallKind>,
 }
 
 impl LimitSpec {
@@ -97,10 +122,12 @@ impl Limiter {
         &self,
         specs: &[LimitSpec],
         principal: &Principal,
+        kind: CallKind,
         now_s: u64,
     ) -> Result<(), Exceeded> {
         let applicable: Vec<(&LimitSpec, &str)> = specs
             .iter()
+            .filter(|s| s.kinds.contains(&kind))
             .filter_map(|s| s.subject(principal).map(|id| (s, id)))
             .collect();
         if applicable.is_empty() {
@@ -179,6 +206,7 @@ mod tests {
             requests,
             tokens,
             window: Duration::from_secs(60),
+            kinds: vec![CallKind::Llm, CallKind::Mcp, CallKind::Http],
         }
     }
 
@@ -187,15 +215,18 @@ mod tests {
         let l = Limiter::default();
         let specs = [spec("rpm", Per::Agent, Some(2), None)];
         let (a, b) = (agent("a", "t"), agent("b", "t"));
-        assert!(l.admit(&specs, &a, 600).await.is_ok());
-        assert!(l.admit(&specs, &a, 601).await.is_ok());
-        let e = l.admit(&specs, &a, 615).await.unwrap_err();
+        assert!(l.admit(&specs, &a, CallKind::Llm, 600).await.is_ok());
+        assert!(l.admit(&specs, &a, CallKind::Llm, 601).await.is_ok());
+        let e = l.admit(&specs, &a, CallKind::Llm, 615).await.unwrap_err();
         assert_eq!((e.what, e.retry_after_s), ("requests", 45));
         assert!(
-            l.admit(&specs, &b, 615).await.is_ok(),
+            l.admit(&specs, &b, CallKind::Llm, 615).await.is_ok(),
             "another agent has its own count"
         );
-        assert!(l.admit(&specs, &a, 660).await.is_ok(), "a new window");
+        assert!(
+            l.admit(&specs, &a, CallKind::Llm, 660).await.is_ok(),
+            "a new window"
+        );
     }
 
     #[tokio::test]
@@ -203,14 +234,28 @@ mod tests {
         let l = Limiter::default();
         let specs = [spec("tenant-tokens", Per::Tenant, None, Some(100))];
         let (a, b, other) = (agent("a", "t"), agent("b", "t"), agent("c", "u"));
-        assert!(l.admit(&specs, &a, 0).await.is_ok());
+        assert!(l.admit(&specs, &a, CallKind::Llm, 0).await.is_ok());
         l.charge(&specs, &a, 60, 0).await;
-        assert!(l.admit(&specs, &b, 1).await.is_ok());
+        assert!(l.admit(&specs, &b, CallKind::Llm, 1).await.is_ok());
         l.charge(&specs, &b, 60, 1).await;
-        let e = l.admit(&specs, &a, 2).await.unwrap_err();
+        let e = l.admit(&specs, &a, CallKind::Llm, 2).await.unwrap_err();
         assert_eq!(e.what, "tokens");
-        assert!(l.admit(&specs, &b, 3).await.is_err());
-        assert!(l.admit(&specs, &other, 3).await.is_ok());
+        assert!(l.admit(&specs, &b, CallKind::Llm, 3).await.is_err());
+        assert!(l.admit(&specs, &other, CallKind::Llm, 3).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_limit_counts_only_its_kinds_of_calls() {
+        let l = Limiter::default();
+        let mut mcp_only = spec("mcp", Per::Agent, Some(1), None);
+        mcp_only.kinds = vec![CallKind::Mcp];
+        let specs = [mcp_only];
+        let a = agent("a", "t");
+        for _ in 0..3 {
+            assert!(l.admit(&specs, &a, CallKind::Http, 0).await.is_ok());
+        }
+        assert!(l.admit(&specs, &a, CallKind::Mcp, 0).await.is_ok());
+        assert!(l.admit(&specs, &a, CallKind::Mcp, 0).await.is_err());
     }
 
     #[tokio::test]
@@ -220,12 +265,12 @@ mod tests {
         narrow.only = vec!["a".into()];
         let specs = [narrow, spec("all", Per::Agent, Some(3), None)];
         let (a, b) = (agent("a", "t"), agent("b", "t"));
-        assert!(l.admit(&specs, &a, 0).await.is_ok());
-        assert!(l.admit(&specs, &a, 0).await.is_err());
-        assert!(l.admit(&specs, &a, 0).await.is_err());
+        assert!(l.admit(&specs, &a, CallKind::Llm, 0).await.is_ok());
+        assert!(l.admit(&specs, &a, CallKind::Llm, 0).await.is_err());
+        assert!(l.admit(&specs, &a, CallKind::Llm, 0).await.is_err());
         for _ in 0..3 {
-            assert!(l.admit(&specs, &b, 0).await.is_ok());
+            assert!(l.admit(&specs, &b, CallKind::Llm, 0).await.is_ok());
         }
-        assert!(l.admit(&specs, &b, 0).await.is_err());
+        assert!(l.admit(&specs, &b, CallKind::Llm, 0).await.is_err());
     }
 }

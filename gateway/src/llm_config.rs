@@ -6,7 +6,7 @@ use lattice_inference_router::{BackendKind, BackendSpec, ModelRoute, Strategy};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use crate::limits::{LimitSpec, Per};
+use crate::limits::{CallKind, LimitSpec, Per};
 use crate::GatewayError;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -81,6 +81,9 @@ pub struct RawLimit {
     #[serde(default)]
     tokens: Option<u64>,
     window_seconds: u64,
+    /// `llm`, `mcp`, `http`: the calls it counts (default: all).
+    #[serde(default)]
+    kinds: Option<Vec<String>>,
 }
 
 /// The validated inference sections.
@@ -195,6 +198,26 @@ pub(crate) fn build(
         if limit_specs.iter().any(|x| x.name == l.name) {
             return Err(bad(format!("limit `{}` is defined twice", l.name)));
         }
+        let kinds = match l.kinds {
+            None => vec![CallKind::Llm, CallKind::Mcp, CallKind::Http],
+            Some(names) => names
+                .iter()
+                .map(|k| {
+                    CallKind::parse(k).ok_or_else(|| {
+                        bad(format!(
+                            "limit `{}`: kind `{k}` is not llm, mcp or http",
+                            l.name
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if l.tokens.is_some() && !kinds.contains(&CallKind::Llm) {
+            return Err(bad(format!(
+                "limit `{}`: tokens are spent by llm calls only",
+                l.name
+            )));
+        }
         limit_specs.push(LimitSpec {
             name: l.name,
             per,
@@ -202,6 +225,7 @@ pub(crate) fn build(
             requests: l.requests,
             tokens: l.tokens,
             window: Duration::from_secs(l.window_seconds),
+            kinds,
         });
     }
     Ok(LlmConfig {
@@ -250,6 +274,8 @@ mod tests {
             ),
             ("[[limits]]\nname = \"l\"\nper = \"agent\"\nwindow_seconds = 60\n", "neither requests nor tokens"),
             ("[[limits]]\nname = \"l\"\nper = \"team\"\ntokens = 5\nwindow_seconds = 60\n", "not agent or tenant"),
+            ("[[limits]]\nname = \"l\"\nper = \"agent\"\ntokens = 5\nwindow_seconds = 60\nkinds = [\"mcp\"]\n", "tokens are spent by llm calls only"),
+            ("[[limits]]\nname = \"l\"\nper = \"agent\"\nrequests = 5\nwindow_seconds = 60\nkinds = [\"sql\"]\n", "kind `sql`"),
             ("[[backends]]\nname = \"a\"\nkind = \"vllm\"\nurl = \"http://h\"\nweight = 1\ncolour = \"red\"\n", ":10: unknown field `colour`"),
         ];
         for (extra, expected) in cases {

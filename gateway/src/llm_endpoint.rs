@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 use crate::error::Rejection;
+use crate::limits::CallKind;
 use crate::proxy::{Ctx, Gateway};
 use crate::runtime::Runtime;
 
@@ -191,16 +192,7 @@ impl Gateway {
         let candidates: Vec<Arc<BackendState>> = allowed.iter().map(|(b, _)| b.clone()).collect();
         // 6. Rate limits and budgets.
         let limits = &runtime.config.llm.limits;
-        if let Err(exceeded) = self.shared.limiter.admit(limits, &principal, now_s()).await {
-            let reason = format!(
-                "limit `{}` reached ({}); retry after {} s",
-                exceeded.limit, exceeded.what, exceeded.retry_after_s
-            );
-            let r = Rejection::RateLimited {
-                limit: exceeded.limit,
-                what: exceeded.what,
-                retry_after_s: exceeded.retry_after_s,
-            };
+        if let Err((r, reason)) = self.admit(limits, &principal, CallKind::Llm).await {
             return self
                 .refuse_and_respond(session, ctx, runtime, r, &reason)
                 .await;

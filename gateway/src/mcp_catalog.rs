@@ -266,6 +266,15 @@ impl Gateway {
                 .answer_with_event(session, ctx, runtime, event, 200, reply)
                 .await;
         }
+        let limits = &runtime.config.llm.limits;
+        if let Err((r, reason)) = self
+            .admit(limits, principal, crate::limits::CallKind::Mcp)
+            .await
+        {
+            return self
+                .refuse_and_respond(session, ctx, runtime, r, &reason)
+                .await;
+        }
         if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation)) {
             self.respond(session, ctx, &r).await?;
             return Ok(true);

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::Rejection;
+use crate::limits::CallKind;
 use crate::mcp_catalog::Listing;
 use crate::mcp_hub::ToolEntry;
 use crate::mcp_session::{self, EraHeaders};
@@ -605,6 +606,13 @@ impl Gateway {
                     .answer_with_event(session, ctx, runtime, event, 200, reply)
                     .await;
             }
+        }
+        // 6. Rate limits.
+        let limits = &runtime.config.llm.limits;
+        if let Err((r, reason)) = self.admit(limits, principal, CallKind::Mcp).await {
+            return self
+                .refuse_and_respond(session, ctx, runtime, r, &reason)
+                .await;
         }
         // 7. Record the decision.
         let mut event = ctx.facts.allow_event(&evaluation);

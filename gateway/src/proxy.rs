@@ -95,7 +95,7 @@ impl Gateway {
     }
 
     /// Steps 1 to 7. Ok means forward; Err is the refusal to send.
-    fn enforce(
+    async fn enforce(
         &self,
         session: &Session,
         ctx: &mut Ctx,
@@ -144,7 +144,14 @@ impl Gateway {
         if !evaluation.live.is_allow() {
             return self.forbid(ctx, runtime, &evaluation);
         }
-        // 6. Rate limits: none configured for HTTP routes yet.
+        // 6. Rate limits.
+        let limits = &runtime.config.llm.limits;
+        if let Err((r, reason)) = self
+            .admit(limits, &principal, crate::limits::CallKind::Http)
+            .await
+        {
+            return self.refuse(ctx, runtime, r, &reason);
+        }
         // 7. Record the decision.
         self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation))?;
         ctx.facts.decision = "allow";
@@ -201,6 +208,33 @@ impl Gateway {
                 Ok(None)
             }
         }
+    }
+
+    /// Step 6: the limits that apply to this principal and kind of call.
+    /// Err: the refusal (429) and the audit reason.
+    pub(crate) async fn admit(
+        &self,
+        limits: &[crate::limits::LimitSpec],
+        principal: &lattice_policy::Principal,
+        kind: crate::limits::CallKind,
+    ) -> Result<(), (Rejection, String)> {
+        let now = lattice_audit::now_us() / 1_000_000;
+        self.shared
+            .limiter
+            .admit(limits, principal, kind, now)
+            .await
+            .map_err(|e| {
+                let reason = format!(
+                    "limit `{}` reached ({}); retry after {} s",
+                    e.limit, e.what, e.retry_after_s
+                );
+                let r = Rejection::RateLimited {
+                    limit: e.limit,
+                    what: e.what,
+                    retry_after_s: e.retry_after_s,
+                };
+                (r, reason)
+            })
     }
 
     pub(crate) fn refuse(
@@ -400,7 +434,7 @@ impl ProxyHttp for Gateway {
         if ctx.facts.target.starts_with("/v1/") {
             return self.serve_llm(session, ctx, &runtime).await;
         }
-        match self.enforce(session, ctx, &runtime) {
+        match self.enforce(session, ctx, &runtime).await {
             Ok(()) => Ok(false),
             Err(rejection) => {
                 self.respond(session, ctx, &rejection).await?;

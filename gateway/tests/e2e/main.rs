@@ -7,6 +7,7 @@ mod clickhouse;
 mod conformance;
 mod harness;
 mod jwt;
+mod limits;
 mod llm;
 mod mcp;
 mod mcp_eras;
