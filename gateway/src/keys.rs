@@ -225,6 +225,13 @@ impl KeyCache {
         Ok(true)
     }
 
+    /// Every active key, ordered by id.
+    pub fn active(&self) -> Vec<ApiKey> {
+        let mut keys: Vec<ApiKey> = self.by_hash.load().values().cloned().collect();
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        keys
+    }
+
     /// The active key for a presented secret.
     pub fn lookup(&self, secret: &str) -> Option<ApiKey> {
         self.by_hash.load().get(&hash_key(secret)).cloned()

@@ -11,6 +11,7 @@
 //! on audit I/O (it only enqueues).
 
 pub mod admin;
+pub mod change_audit;
 pub mod config;
 pub mod demo;
 pub mod enforce;

@@ -31,6 +31,8 @@ pub struct Runtime {
     /// Names of the config file's own MCP servers (`config.mcp_servers`
     /// adds the run-time ones).
     pub file_mcp_servers: Vec<String>,
+    /// A digest of the policy texts, so a reload can say what changed.
+    pub policy_digest: String,
 }
 
 /// Reads policy files into sources.
@@ -71,6 +73,7 @@ impl Runtime {
         };
         // Requests built by the gateway are typed by construction; see
         // `without_request_validation` for why skipping re-validation is safe.
+        let policy_digest = crate::change_audit::policy_digest(&live, shadow.as_deref());
         let policy = PolicyEngine::new(&live, shadow.as_deref())?.without_request_validation();
         let mut jwt = JwtVerifier::default();
         for issuer in &config.auth.jwt {
@@ -89,6 +92,7 @@ impl Runtime {
             jwt,
             file_llm,
             file_mcp_servers,
+            policy_digest,
         })
     }
 
@@ -150,6 +154,17 @@ impl Shared {
                 {
                     tracing::warn!("[server] and [audit] changes take effect only after a restart");
                 }
+                if let Some(summary) =
+                    crate::change_audit::reload_summary(&self.runtime.load(), &new)
+                {
+                    crate::change_audit::record(
+                        &self.audit,
+                        "admin.config.applied",
+                        "config",
+                        "allow",
+                        &summary,
+                    );
+                }
                 self.runtime.store(Arc::new(new));
                 self.metrics.reload("applied");
                 tracing::info!(config = %path.display(), "config and policies reloaded");
@@ -158,6 +173,14 @@ impl Shared {
             Err(e) => {
                 self.metrics.reload("rejected");
                 tracing::error!(error = %e, "reload rejected; the previous config and policies keep serving");
+                let reason = format!("rejected, the previous config keeps serving: {e}");
+                crate::change_audit::record(
+                    &self.audit,
+                    "admin.config.rejected",
+                    "config",
+                    "deny",
+                    &reason,
+                );
                 Err(e)
             }
         }
@@ -214,8 +237,24 @@ pub fn spawn_watcher(
                     models_generation = generation;
                     mcp_generation = mcp;
                 }
-                if let Err(e) = shared.keys.refresh(&store) {
-                    tracing::error!(error = %e, "cannot refresh API keys");
+                let before = shared.keys.active();
+                match shared.keys.refresh(&store) {
+                    Ok(true) => {
+                        let after = shared.keys.active();
+                        for (kind, target, reason) in
+                            crate::change_audit::key_changes(&before, &after)
+                        {
+                            crate::change_audit::record(
+                                &shared.audit,
+                                kind,
+                                &target,
+                                "allow",
+                                &reason,
+                            );
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot refresh API keys"),
                 }
                 if let Some(client) = &client {
                     refresh_jwks(&rt, client, &shared.runtime.load(), &mut jwks_fetched);

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit_tamper;
+mod change_audit;
 mod clickhouse;
 mod conformance;
 mod harness;

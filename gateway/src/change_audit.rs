@@ -1,0 +1,162 @@
+//! Audit events for changes the gateway applies to itself, whoever made
+//! them: every reload (the config file, policies, model routes and MCP
+//! servers, including run-time registrations) and every change of the API
+//! key store (`lattice keys` writes it directly). Requests to the admin API
+//! are audited as calls too; these events record what the gateway actually
+//! applied. A rejected reload is recorded as well: someone tried.
+
+use lattice_audit::{AuditEvent, AuditHandle, Phase};
+use lattice_policy::PolicySource;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+
+use crate::keys::ApiKey;
+use crate::runtime::Runtime;
+
+/// A short digest of a policy set (names and texts).
+pub fn policy_digest(live: &[PolicySource], shadow: Option<&[PolicySource]>) -> String {
+    let mut h = Sha256::new();
+    for p in live.iter().chain(shadow.unwrap_or_default()) {
+        h.update(p.name.as_bytes());
+        h.update([0]);
+        h.update(p.text.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+fn diff(what: &str, old: BTreeSet<String>, new: BTreeSet<String>) -> Option<String> {
+    let added: Vec<&String> = new.difference(&old).collect();
+    let removed: Vec<&String> = old.difference(&new).collect();
+    if added.is_empty() && removed.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("added {added:?}"));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed {removed:?}"));
+    }
+    Some(format!("{what} {}", parts.join(", ")))
+}
+
+/// What a reload changed, in words; None when nothing an auditor follows did.
+pub fn reload_summary(old: &Runtime, new: &Runtime) -> Option<String> {
+    let names = |it: &mut dyn Iterator<Item = String>| it.collect::<BTreeSet<String>>();
+    let mut changes = Vec::new();
+    if old.policy_digest != new.policy_digest {
+        changes.push(format!(
+            "policies {} → {}",
+            old.policy_digest, new.policy_digest
+        ));
+    }
+    changes.extend(diff(
+        "routes",
+        names(&mut old.routes.keys().cloned()),
+        names(&mut new.routes.keys().cloned()),
+    ));
+    changes.extend(diff(
+        "models",
+        names(&mut old.config.llm.models.iter().map(|m| m.name.clone())),
+        names(&mut new.config.llm.models.iter().map(|m| m.name.clone())),
+    ));
+    changes.extend(diff(
+        "backends",
+        names(&mut old.config.llm.backends.iter().map(|b| b.name.clone())),
+        names(&mut new.config.llm.backends.iter().map(|b| b.name.clone())),
+    ));
+    changes.extend(diff(
+        "MCP servers",
+        names(&mut old.config.mcp_servers.iter().map(|s| s.name.clone())),
+        names(&mut new.config.mcp_servers.iter().map(|s| s.name.clone())),
+    ));
+    if old.config.llm.limits != new.config.llm.limits {
+        changes.push("limits changed".into());
+    }
+    (!changes.is_empty()).then(|| changes.join("; "))
+}
+
+/// Records one change event (best effort: a full queue is logged).
+pub fn record(audit: &AuditHandle, kind: &str, target: &str, decision: &str, reason: &str) {
+    let mut e = AuditEvent::new(Phase::Decision, &uuid::Uuid::now_v7().to_string(), kind);
+    e.target = target.to_string();
+    e.decision = decision.to_string();
+    e.reason = reason.to_string();
+    e.auth_method = "local".into();
+    if let Err(err) = audit.record(e) {
+        tracing::error!(error = %err, kind, target, "could not audit a change");
+    }
+}
+
+/// Events for the difference between two views of the active keys.
+pub fn key_changes(before: &[ApiKey], after: &[ApiKey]) -> Vec<(&'static str, String, String)> {
+    let ids = |keys: &[ApiKey]| keys.iter().map(|k| k.id.clone()).collect::<BTreeSet<_>>();
+    let (old, new) = (ids(before), ids(after));
+    let mut out = Vec::new();
+    for k in after.iter().filter(|k| !old.contains(&k.id)) {
+        out.push((
+            "admin.keys.created",
+            k.id.clone(),
+            format!(
+                "API key for agent `{}` (tenant `{}`, roles {:?}, labels {:?}) is active",
+                k.agent, k.tenant, k.roles, k.labels
+            ),
+        ));
+    }
+    for k in before.iter().filter(|k| !new.contains(&k.id)) {
+        out.push((
+            "admin.keys.revoked",
+            k.id.clone(),
+            format!(
+                "API key of agent `{}` (tenant `{}`) is no longer accepted",
+                k.agent, k.tenant
+            ),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> ApiKey {
+        ApiKey {
+            id: id.into(),
+            agent: format!("agent-{id}"),
+            tenant: "t".into(),
+            roles: vec!["agent".into()],
+            labels: vec![],
+            created_us: 0,
+            revoked_us: None,
+        }
+    }
+
+    #[test]
+    fn key_changes_name_created_and_revoked_keys() {
+        let changes = key_changes(&[key("a"), key("b")], &[key("b"), key("c")]);
+        let kinds: Vec<(&str, &str)> = changes.iter().map(|(k, t, _)| (*k, t.as_str())).collect();
+        assert_eq!(
+            kinds,
+            vec![("admin.keys.created", "c"), ("admin.keys.revoked", "a")]
+        );
+        assert!(changes[0].2.contains("agent-c"));
+        assert!(key_changes(&[key("a")], &[key("a")]).is_empty());
+    }
+
+    #[test]
+    fn policy_digests_follow_the_text() {
+        let a = [PolicySource::new(
+            "p.cedar",
+            "permit(principal, action, resource);",
+        )];
+        let b = [PolicySource::new(
+            "p.cedar",
+            "forbid(principal, action, resource);",
+        )];
+        assert_eq!(policy_digest(&a, None), policy_digest(&a, None));
+        assert_ne!(policy_digest(&a, None), policy_digest(&b, None));
+        assert_eq!(policy_digest(&a, None).len(), 16);
+    }
+}
