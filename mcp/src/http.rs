@@ -27,6 +27,34 @@ pub struct HttpConfig {
     pub timeout: Duration,
 }
 
+/// Where one call's progress notifications go: the token the upstream was
+/// given (its JSON text) and the sink.
+pub struct Progress {
+    pub token: String,
+    pub sink: tokio::sync::mpsc::UnboundedSender<Value>,
+}
+
+impl Progress {
+    /// Relays one SSE event if it is this call's progress.
+    fn relay(&self, event: &str) {
+        let data: String = event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if let Ok(Message::Notification { method, params }) =
+            jsonrpc::parse(data.as_bytes(), MAX_RESPONSE)
+        {
+            let mine = params.get("progressToken").map(Value::to_string).as_deref()
+                == Some(self.token.as_str());
+            if method == "notifications/progress" && mine {
+                let _ = self.sink.send(params);
+            }
+        }
+    }
+}
+
 /// A connected streamable-HTTP upstream.
 pub struct HttpUpstream {
     cfg: HttpConfig,
@@ -90,7 +118,7 @@ impl HttpUpstream {
     async fn initialize(&self) -> Result<Value, McpError> {
         *self.session.lock().await = None;
         let result = self
-            .send(
+            .send_plain(
                 "initialize",
                 json!({
                     "protocolVersion": PROTOCOL_VERSION,
@@ -99,8 +127,11 @@ impl HttpUpstream {
                 }),
             )
             .await?;
-        self.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await?;
+        self.post(
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            None,
+        )
+        .await?;
         Ok(result)
     }
 
@@ -112,8 +143,14 @@ impl HttpUpstream {
         &self.server_info
     }
 
-    /// POSTs one message; returns (status, is SSE, body).
-    async fn post(&self, message: &Value) -> Result<(u16, bool, String), McpError> {
+    /// POSTs one message; returns (status, is SSE, body). With `progress`,
+    /// the `notifications/progress` events for that token in an SSE answer
+    /// go to the sink as they arrive.
+    async fn post(
+        &self,
+        message: &Value,
+        progress: Option<&Progress>,
+    ) -> Result<(u16, bool, String), McpError> {
         let mut req = self
             .client
             .post(&self.cfg.url)
@@ -155,20 +192,48 @@ impl HttpUpstream {
         {
             return Err(err(&self.cfg, "the answer is too large"));
         }
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| err(&self.cfg, e.to_string()))?;
-        if body.len() > MAX_RESPONSE {
-            return Err(err(&self.cfg, "the answer is too large"));
+        let mut resp = resp;
+        let mut body: Vec<u8> = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| {
+                if e.is_timeout() {
+                    McpError::Timeout {
+                        server: self.cfg.name.clone(),
+                        timeout_ms: self.cfg.timeout.as_millis() as u64,
+                    }
+                } else {
+                    err(&self.cfg, e.to_string())
+                }
+            })?;
+            let Some(chunk) = chunk else { break };
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_RESPONSE {
+                return Err(err(&self.cfg, "the answer is too large"));
+            }
+            if let (true, Some(p)) = (sse, progress) {
+                while let Some(end) = body[scanned..].windows(2).position(|w| w == b"\n\n") {
+                    let event = String::from_utf8_lossy(&body[scanned..scanned + end]).to_string();
+                    scanned += end + 2;
+                    p.relay(&event);
+                }
+            }
         }
-        Ok((status, sse, body))
+        Ok((status, sse, String::from_utf8_lossy(&body).into_owned()))
     }
 
-    async fn send(&self, method: &str, params: Value) -> Result<Value, McpError> {
+    async fn send(
+        &self,
+        method: &str,
+        params: Value,
+        progress: Option<&Progress>,
+    ) -> Result<Value, McpError> {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
         let (status, sse, body) = self
-            .post(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .post(
+                &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+                progress,
+            )
             .await?;
         if status == 404 && method != "initialize" {
             return Err(err(&self.cfg, "session ended"));
@@ -200,13 +265,44 @@ impl HttpUpstream {
         }
     }
 
+    async fn send_plain(&self, method: &str, params: Value) -> Result<Value, McpError> {
+        self.send(method, params, None).await
+    }
+
+    /// Calls a tool with a progress token; the upstream's progress
+    /// notifications for it (in its SSE answer) go to `sink` as they come.
+    pub async fn call_tool_with_progress(
+        &self,
+        name: &str,
+        arguments: Value,
+        token: Value,
+        sink: tokio::sync::mpsc::UnboundedSender<Value>,
+    ) -> Result<Value, McpError> {
+        let progress = Progress {
+            token: token.to_string(),
+            sink,
+        };
+        let params =
+            json!({"name": name, "arguments": arguments, "_meta": {"progressToken": token}});
+        match self
+            .send("tools/call", params.clone(), Some(&progress))
+            .await
+        {
+            Err(McpError::Upstream { message, .. }) if message == "session ended" => {
+                self.initialize().await?;
+                self.send("tools/call", params, Some(&progress)).await
+            }
+            other => other,
+        }
+    }
+
     /// Sends a request; if the server ended the session, starts a new one
     /// and tries once more.
     pub async fn request(&self, method: &str, params: Value) -> Result<Value, McpError> {
-        match self.send(method, params.clone()).await {
+        match self.send(method, params.clone(), None).await {
             Err(McpError::Upstream { message, .. }) if message == "session ended" => {
                 self.initialize().await?;
-                self.send(method, params).await
+                self.send(method, params, None).await
             }
             other => other,
         }

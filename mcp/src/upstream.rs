@@ -86,14 +86,14 @@ impl Upstream {
     }
 
     /// Whether progress notifications can be relayed from this transport
-    /// (stdio today: its notifications arrive on the one stream the gateway
-    /// reads).
+    /// (stdio, and streamable HTTP when the server answers with an event
+    /// stream; not the legacy SSE transport yet).
     pub fn relays_progress(&self) -> bool {
-        matches!(self, Upstream::Stdio(_))
+        matches!(self, Upstream::Stdio(_) | Upstream::Http(_))
     }
 
-    /// A tool call whose progress notifications go to `sink` (stdio); on
-    /// other transports a plain call.
+    /// A tool call whose progress notifications go to `sink` (stdio,
+    /// streamable HTTP); on the legacy SSE transport a plain call.
     pub async fn call_tool_with_progress(
         &self,
         name: &str,
@@ -103,6 +103,10 @@ impl Upstream {
     ) -> Result<Value, McpError> {
         match self {
             Upstream::Stdio(u) => {
+                u.call_tool_with_progress(name, arguments, token, sink)
+                    .await
+            }
+            Upstream::Http(u) => {
                 u.call_tool_with_progress(name, arguments, token, sink)
                     .await
             }

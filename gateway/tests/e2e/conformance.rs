@@ -392,3 +392,77 @@ fn progress_is_relayed_as_an_event_stream_under_the_callers_token() {
         "Progress test completed"
     );
 }
+
+#[test]
+fn progress_is_relayed_from_a_streamable_http_upstream() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let port = free_port();
+    let mut server = Command::new(peers.join("node_modules/.bin/mcp-server-everything"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the HTTP MCP server",
+        std::time::Duration::from_secs(20),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let gw = Gateway::start_with(
+        &format!("[[mcp_servers]]\nname = \"remote\"\nurl = \"http://127.0.0.1:{port}/mcp\"\nallow_private_network = true\n"),
+        "permit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n",
+    );
+    let key = bearer(&gw.create_key("progress-agent", &["agent"]));
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "remote__trigger-long-running-operation", "arguments": {"duration": 0.3, "steps": 3}, "_meta": {"progressToken": 77}}}).to_string();
+    let post = || {
+        http(
+            gw.port,
+            "POST",
+            "/mcp",
+            &[
+                ("Authorization", &key),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap()
+    };
+    let mut r = post();
+    wait_for(
+        "the upstream's tools",
+        std::time::Duration::from_secs(20),
+        || {
+            r = post();
+            r.body.contains("Long running operation completed")
+        },
+    );
+    let messages: Vec<serde_json::Value> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let progress: Vec<(f64, serde_json::Value)> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| {
+            (
+                m["params"]["progress"].as_f64().unwrap(),
+                m["params"]["progressToken"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        vec![
+            (1.0, serde_json::json!(77)),
+            (2.0, serde_json::json!(77)),
+            (3.0, serde_json::json!(77))
+        ]
+    );
+    assert_eq!(messages.last().unwrap()["id"], 3);
+    let _ = server.kill();
+    let _ = server.wait();
+}
