@@ -183,6 +183,10 @@ struct RawPolicy {
     files: Vec<String>,
     #[serde(default)]
     shadow_files: Vec<String>,
+    /// Cedar schema text declaring `type ToolInput` (namespace `Lattice`):
+    /// the type of `context.input` on `call_tool`.
+    #[serde(default)]
+    tool_input_schema: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -380,6 +384,7 @@ pub enum JwksSource {
 pub struct PolicyConfig {
     pub files: Vec<PathBuf>,
     pub shadow_files: Vec<PathBuf>,
+    pub tool_input_schema: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -600,6 +605,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
     let policy = PolicyConfig {
         files: raw.policy.files.iter().map(|f| resolve(f)).collect(),
         shadow_files: raw.policy.shadow_files.iter().map(|f| resolve(f)).collect(),
+        tool_input_schema: raw.policy.tool_input_schema.as_deref().map(resolve),
     };
 
     let a = raw.audit;

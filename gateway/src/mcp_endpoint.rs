@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use lattice_mcp::jsonrpc::{self, Message};
 use lattice_mcp::tools::{canonical_json, split_federated};
-use lattice_policy::{Action, AuthzRequest, Principal, RequestContext, Resource};
+use lattice_policy::{Action, AuthzRequest, ContextValue, Principal, RequestContext, Resource};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -445,6 +445,8 @@ impl Gateway {
         }
     }
 
+    /// `call_tool` on a tool; `input` is `context.input` (the validated
+    /// arguments; empty when only the tool's visibility is asked).
     fn authorize_tool(
         &self,
         runtime: &Runtime,
@@ -452,12 +454,19 @@ impl Gateway {
         entry: &ToolEntry,
         name: &str,
         ip: &str,
+        input: Option<&Value>,
     ) -> lattice_policy::Evaluation {
+        let mut context = RequestContext::new((lattice_audit::now_us() / 1_000_000) as i64, ip);
+        if let Some(value) = input.and_then(ContextValue::from_json) {
+            if matches!(value, ContextValue::Record(_)) {
+                context = context.with_value("input", value);
+            }
+        }
         runtime.policy.evaluate(&AuthzRequest {
             principal: principal.clone(),
             action: Action::CallTool,
             resource: tool_resource(entry, name),
-            context: RequestContext::new((lattice_audit::now_us() / 1_000_000) as i64, ip),
+            context,
         })
     }
 
@@ -481,7 +490,7 @@ impl Gateway {
                 .filter(|(name, entry)| {
                     hub.visible(entry)
                         && self
-                            .authorize_tool(runtime, principal, entry, name, &ip)
+                            .authorize_tool(runtime, principal, entry, name, &ip, None)
                             .live
                             .is_allow()
                 })
@@ -576,12 +585,12 @@ impl Gateway {
         // 5. Authorize (before validating: a tool the principal may not call
         //    reveals nothing, not even its schema's complaints).
         let ip = ctx.facts.client_addr_ip();
-        let evaluation = self.authorize_tool(runtime, principal, &entry, &name, &ip);
-        self.shared.metrics.decision(evaluation.live.outcome);
-        if !evaluation.live.is_allow() {
+        let visible = self.authorize_tool(runtime, principal, &entry, &name, &ip, None);
+        self.shared.metrics.decision(visible.live.outcome);
+        if !visible.live.is_allow() {
             let event = ctx
                 .facts
-                .refusal_event(200, "denied by policy", Some(&evaluation));
+                .refusal_event(200, "denied by policy", Some(&visible));
             let reply = unknown(&event.event_id);
             return self
                 .answer_with_event(session, ctx, runtime, event, 200, reply)
@@ -594,7 +603,7 @@ impl Gateway {
                 let mut event = ctx.facts.refusal_event(
                     200,
                     "arguments violate the tool's inputSchema",
-                    Some(&evaluation),
+                    Some(&visible),
                 );
                 event.decision = "deny".into();
                 event.schema_result = Some(format!("invalid: {}", errors.join("; ")));
@@ -606,6 +615,29 @@ impl Gateway {
                     .answer_with_event(session, ctx, runtime, event, 200, reply)
                     .await;
             }
+        }
+        // 5 again, with the validated arguments as `context.input`:
+        // argument-level rules are ordinary policies. The tool is visible, so
+        // a refusal here is a tool error naming the decision.
+        let evaluation =
+            self.authorize_tool(runtime, principal, &entry, &name, &ip, Some(&arguments));
+        if !evaluation.live.is_allow() {
+            let event = ctx.facts.refusal_event(
+                200,
+                "denied by policy for these arguments",
+                Some(&evaluation),
+            );
+            let text = format!(
+                "Denied by policy for these arguments (decision {}).",
+                event.event_id
+            );
+            let reply = jsonrpc::result_response(
+                &id,
+                json!({"content": [{"type": "text", "text": text}], "isError": true}),
+            );
+            return self
+                .answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await;
         }
         // 6. Rate limits.
         let limits = &runtime.config.llm.limits;

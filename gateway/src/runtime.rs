@@ -47,6 +47,20 @@ pub fn read_policies(files: &[PathBuf]) -> Result<Vec<PolicySource>, GatewayErro
         .collect()
 }
 
+/// The operator's `ToolInput` schema fragment, if the config names one.
+pub fn read_tool_input(config: &Config) -> Result<Option<String>, GatewayError> {
+    config
+        .policy
+        .tool_input_schema
+        .as_ref()
+        .map(|f| {
+            std::fs::read_to_string(f).map_err(|e| {
+                GatewayError::Config(format!("tool input schema {}: {e}", f.display()))
+            })
+        })
+        .transpose()
+}
+
 impl Runtime {
     /// Builds a runtime from a validated config: reads and validates the
     /// policies and loads file-based JWT keys.
@@ -74,7 +88,10 @@ impl Runtime {
         // Requests built by the gateway are typed by construction; see
         // `without_request_validation` for why skipping re-validation is safe.
         let policy_digest = crate::change_audit::policy_digest(&live, shadow.as_deref());
-        let policy = PolicyEngine::new(&live, shadow.as_deref())?.without_request_validation();
+        let tool_input = read_tool_input(&config)?;
+        let policy =
+            PolicyEngine::with_tool_input(&live, shadow.as_deref(), tool_input.as_deref())?
+                .without_request_validation();
         let mut jwt = JwtVerifier::default();
         for issuer in &config.auth.jwt {
             let keys = IssuerKeys::new(issuer.clone()).map_err(GatewayError::Config)?;
@@ -101,6 +118,7 @@ impl Runtime {
         let mut files = vec![self.config.path.clone()];
         files.extend(self.config.policy.files.iter().cloned());
         files.extend(self.config.policy.shadow_files.iter().cloned());
+        files.extend(self.config.policy.tool_input_schema.iter().cloned());
         for j in &self.config.auth.jwt {
             if let JwksSource::File(f) = &j.jwks {
                 files.push(f.clone());

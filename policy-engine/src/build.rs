@@ -226,18 +226,37 @@ impl Builder {
 
     fn context(&self, req: &AuthzRequest) -> Result<Context, String> {
         let c = &req.context;
-        let mut pairs = Vec::with_capacity(c.extra.len() + 2);
+        let mut pairs = Vec::with_capacity(c.extra.len() + 3);
         pairs.push(("time".to_string(), RestrictedExpression::new_long(c.time)));
         pairs.push(("client_ip".to_string(), self.ip(&c.client_ip)));
         for (k, v) in &c.extra {
-            let value = match v {
-                ContextValue::Bool(b) => RestrictedExpression::new_bool(*b),
-                ContextValue::Long(n) => RestrictedExpression::new_long(*n),
-                ContextValue::String(s) => RestrictedExpression::new_string(s.clone()),
-                ContextValue::Set(items) => string_set(items),
-            };
-            pairs.push((k.clone(), value));
+            pairs.push((k.clone(), value(v)?));
+        }
+        // Every `call_tool` has an `input`, empty when none was given.
+        if req.action == crate::Action::CallTool && !c.extra.contains_key("input") {
+            pairs.push(("input".to_string(), empty_record()?));
         }
         Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))
     }
+}
+
+fn empty_record() -> Result<RestrictedExpression, String> {
+    RestrictedExpression::new_record(Vec::<(String, RestrictedExpression)>::new())
+        .map_err(|e| format!("context: {e}"))
+}
+
+fn value(v: &ContextValue) -> Result<RestrictedExpression, String> {
+    Ok(match v {
+        ContextValue::Bool(b) => RestrictedExpression::new_bool(*b),
+        ContextValue::Long(n) => RestrictedExpression::new_long(*n),
+        ContextValue::String(s) => RestrictedExpression::new_string(s.clone()),
+        ContextValue::Set(items) => string_set(items),
+        ContextValue::Record(fields) => RestrictedExpression::new_record(
+            fields
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), value(v)?)))
+                .collect::<Result<Vec<_>, String>>()?,
+        )
+        .map_err(|e| format!("context: {e}"))?,
+    })
 }

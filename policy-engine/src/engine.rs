@@ -126,11 +126,28 @@ pub struct PolicyEngine {
     validate_requests: bool,
 }
 
-/// The Lattice schema, parsed.
+/// The `ToolInput` fragment used when the operator declares none.
+pub const DEFAULT_TOOL_INPUT: &str = "namespace Lattice { type ToolInput = {}; }";
+
+/// The Lattice schema, parsed, with the default `ToolInput`.
 pub fn schema() -> Result<Schema, PolicyError> {
-    let (schema, _warnings) =
-        Schema::from_cedarschema_str(SCHEMA_SRC).map_err(|e| PolicyError::Schema(e.to_string()))?;
-    Ok(schema)
+    schema_with(None)
+}
+
+/// The Lattice schema with an operator's `ToolInput` fragment (Cedar schema
+/// text declaring `type ToolInput` in namespace `Lattice`).
+pub fn schema_with(tool_input: Option<&str>) -> Result<Schema, PolicyError> {
+    let fragment = |name: &str, text: &str| {
+        cedar_policy::SchemaFragment::from_cedarschema_str(text)
+            .map(|(f, _warnings)| f)
+            .map_err(|e| PolicyError::Schema(format!("{name}: {e}")))
+    };
+    let base = fragment("lattice.cedarschema", SCHEMA_SRC)?;
+    let input = fragment(
+        "tool input schema",
+        tool_input.unwrap_or(DEFAULT_TOOL_INPUT),
+    )?;
+    Schema::from_schema_fragments([base, input]).map_err(|e| PolicyError::Schema(e.to_string()))
 }
 
 impl PolicyEngine {
@@ -139,7 +156,17 @@ impl PolicyEngine {
         live: &[PolicySource],
         shadow: Option<&[PolicySource]>,
     ) -> Result<Self, PolicyError> {
-        let schema = schema()?;
+        Self::with_tool_input(live, shadow, None)
+    }
+
+    /// As `new`, with the operator's `ToolInput` schema fragment (the type of
+    /// `context.input` on `call_tool`).
+    pub fn with_tool_input(
+        live: &[PolicySource],
+        shadow: Option<&[PolicySource]>,
+        tool_input: Option<&str>,
+    ) -> Result<Self, PolicyError> {
+        let schema = schema_with(tool_input)?;
         let live = compile(&schema, live)?;
         let shadow = shadow.map(|s| compile(&schema, s)).transpose()?;
         Ok(Self {
@@ -413,5 +440,74 @@ mod tests {
         let e = PolicyEngine::new(&[PolicySource::new("ip.cedar", set)], None).unwrap();
         assert!(e.decide(&req("GET", &[], "10.1.2.3")).is_allow());
         assert!(!e.decide(&req("GET", &[], "192.168.1.1")).is_allow());
+    }
+    #[test]
+    fn argument_level_rules_read_the_tool_input() {
+        let rules = r#"
+            @id("agents-call")
+            permit (principal in Lattice::Role::"agent", action == Lattice::Action::"call_tool", resource);
+            @id("small-transfers-only")
+            forbid (principal, action == Lattice::Action::"call_tool", resource)
+            when { resource.name == "bank__transfer" && context.input has amount && context.input.amount >= 1000 };
+        "#;
+        let types = "namespace Lattice { type ToolInput = { amount?: Long, to?: String }; }";
+        // An unguarded attribute never validates (every tool has its own input).
+        let unguarded = r#"forbid (principal, action == Lattice::Action::"call_tool", resource) when { context.input.amount >= 1000 };"#;
+        for t in [None, Some(types)] {
+            let err =
+                PolicyEngine::with_tool_input(&[PolicySource::new("u.cedar", unguarded)], None, t);
+            assert!(err.is_err(), "{t:?}");
+        }
+        // Declared types catch a misuse at load.
+        let misuse = r#"forbid (principal, action == Lattice::Action::"call_tool", resource) when { context.input has amount && context.input.amount like "1*" };"#;
+        assert!(PolicyEngine::with_tool_input(
+            &[PolicySource::new("m.cedar", misuse)],
+            None,
+            Some(types)
+        )
+        .is_err());
+        let e = PolicyEngine::with_tool_input(
+            &[PolicySource::new("r.cedar", rules)],
+            None,
+            Some(types),
+        )
+        .unwrap()
+        .without_request_validation();
+        let call = |input: serde_json::Value| {
+            let mut r = req("GET", &[], "10.0.0.1");
+            r.action = Action::CallTool;
+            r.resource = Resource::Tool {
+                id: "bank__transfer".into(),
+                server: "bank".into(),
+                risk: "high".into(),
+                labels: vec![],
+                read_only: false,
+                destructive: true,
+            };
+            r.context = RequestContext::new(0, "10.0.0.1").with_value(
+                "input",
+                crate::request::ContextValue::from_json(&input).unwrap(),
+            );
+            e.decide(&r)
+        };
+        assert!(call(serde_json::json!({"amount": 5, "to": "x"})).is_allow());
+        let d = call(serde_json::json!({"amount": 5000}));
+        assert!(!d.is_allow());
+        assert_eq!(d.policies, vec!["small-transfers-only".to_string()]);
+        // A fractional amount is no number to Cedar: the comparison errors and denies.
+        assert!(!call(serde_json::json!({"amount": 5000.5})).is_allow());
+        // No `input` given: an empty one, and `has` keeps the rule quiet.
+        let mut r = req("GET", &[], "10.0.0.1");
+        r.action = Action::CallTool;
+        r.resource = Resource::Tool {
+            id: "other__tool".into(),
+            server: "other".into(),
+            risk: "low".into(),
+            labels: vec![],
+            read_only: true,
+            destructive: false,
+        };
+        r.context = RequestContext::new(0, "10.0.0.1");
+        assert!(e.decide(&r).is_allow());
     }
 }

@@ -206,6 +206,42 @@ pub enum ContextValue {
     Long(i64),
     String(String),
     Set(Vec<String>),
+    /// A record (a tool call's `input`).
+    Record(BTreeMap<String, ContextValue>),
+}
+
+impl ContextValue {
+    /// A JSON value as Cedar can hold it: objects become records, integers
+    /// `Long`, arrays of strings sets. Numbers that are not integers become
+    /// strings and other arrays sets of their JSON texts, so a policy that
+    /// compares them as numbers meets a type error, which denies. `null`s
+    /// are left out (as absent attributes).
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        use serde_json::Value;
+        Some(match v {
+            Value::Null => return None,
+            Value::Bool(b) => Self::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Self::Long(i),
+                None => Self::String(n.to_string()),
+            },
+            Value::String(s) => Self::String(s.clone()),
+            Value::Array(items) => Self::Set(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect(),
+            ),
+            Value::Object(o) => Self::Record(
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), Self::from_json(v)?)))
+                    .collect(),
+            ),
+        })
+    }
 }
 
 /// The circumstances of a call. `time` (unix seconds) and `client_ip` are
@@ -234,6 +270,12 @@ impl RequestContext {
             client_ip: client_ip.into(),
             extra: BTreeMap::new(),
         }
+    }
+
+    /// Adds any attribute (builder style).
+    pub fn with_value(mut self, key: &str, value: ContextValue) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
     }
 
     /// Adds a string attribute (builder style).

@@ -24,12 +24,24 @@ pub struct PolicySel {
 
 impl PolicySel {
     fn engine(&self) -> anyhow::Result<PolicyEngine> {
+        let config = self.config.load().ok();
         let files = if self.policies.is_empty() {
-            self.config.load()?.policy.files
+            match &config {
+                Some(c) => c.policy.files.clone(),
+                None => self.config.load()?.policy.files,
+            }
         } else {
             self.policies.clone()
         };
-        Ok(PolicyEngine::new(&read_policies(&files)?, None)?)
+        let tool_input = match &config {
+            Some(c) => lattice_gateway::runtime::read_tool_input(c)?,
+            None => None,
+        };
+        Ok(PolicyEngine::with_tool_input(
+            &read_policies(&files)?,
+            None,
+            tool_input.as_deref(),
+        )?)
     }
 }
 

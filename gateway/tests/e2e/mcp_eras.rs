@@ -270,3 +270,86 @@ fn the_stateless_era_discovers_and_checks_mirrored_headers() {
     );
     gw.assert_verifies(&[]);
 }
+
+#[test]
+fn argument_level_rules_are_ordinary_policies_on_context_input() {
+    let policy = "@id(\"agents-call-tools\")\npermit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n\
+        @id(\"small-sums-only\")\nforbid (principal, action == Lattice::Action::\"call_tool\", resource == Lattice::Tool::\"everything__get-sum\")\n\
+        when { context.input has a && context.input.a >= 100 };\n";
+    let mut gw = Gateway::prepare(&everything(), policy);
+    std::fs::write(
+        gw.path("tool-input.cedarschema"),
+        "namespace Lattice { type ToolInput = { a?: Long, b?: Long, message?: String }; }\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(gw.config()).unwrap().replace(
+        "files = [\"policy.cedar\"]",
+        "files = [\"policy.cedar\"]\ntool_input_schema = \"tool-input.cedarschema\"",
+    );
+    std::fs::write(gw.config(), config).unwrap();
+    gw.spawn();
+    let key = bearer(&gw.create_key("summing-agent", &["agent"]));
+    let call = |a: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "everything__get-sum", "arguments": {"a": a, "b": 1}}});
+        post(gw.port, &key, &[], &body)
+    };
+    let mut r = call(json!(2));
+    wait_for("the tool", std::time::Duration::from_secs(20), || {
+        r = call(json!(2));
+        r.json()["result"]["content"].is_array()
+    });
+    assert!(
+        r.json()["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains('3'),
+        "{}",
+        r.body
+    );
+    // Over the limit: a tool error naming the decision, never forwarded.
+    let r = call(json!(150));
+    let result = &r.json()["result"];
+    assert_eq!(result["isError"], true, "{}", r.body);
+    let text = result["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Denied by policy for these arguments"),
+        "{text}"
+    );
+    let events = gw.events_of(&r.request_id(), 2);
+    assert_eq!(events[0].decision, "deny");
+    assert_eq!(events[0].policies, vec!["small-sums-only".to_string()]);
+    assert!(text.contains(&events[0].event_id), "{text}");
+    // A fraction is no Long to Cedar: the rule errors, and an error denies.
+    let r = call(json!(150.5));
+    assert_eq!(r.json()["result"]["isError"], true, "{}", r.body);
+    // Another tool is untouched by the rule.
+    let echo = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "everything__echo", "arguments": {"message": "still fine"}}});
+    assert_eq!(
+        post(gw.port, &key, &[], &echo).json()["result"]["content"][0]["text"],
+        "Echo: still fine"
+    );
+
+    // The same rule, tested offline with `lattice policy test`.
+    std::fs::write(
+        gw.path("sums.tests.toml"),
+        "[[case]]\nname = \"big sums are refused\"\nprincipal = { type = \"Agent\", id = \"a\", roles = [\"agent\"] }\naction = \"call_tool\"\n\
+         resource = { type = \"Tool\", id = \"everything__get-sum\", server = \"everything\" }\ncontext = { input = { a = 150, b = 1 } }\n\
+         expect = \"deny\"\nexpect_policies = [\"small-sums-only\"]\n\n\
+         [[case]]\nname = \"small sums pass\"\nprincipal = { type = \"Agent\", id = \"a\", roles = [\"agent\"] }\naction = \"call_tool\"\n\
+         resource = { type = \"Tool\", id = \"everything__get-sum\", server = \"everything\" }\ncontext = { input = { a = 2, b = 1 } }\n\
+         expect = \"allow\"\n",
+    )
+    .unwrap();
+    let out = gw.lattice(&[
+        "policy",
+        "test",
+        gw.path("sums.tests.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.assert_verifies(&[]);
+}
