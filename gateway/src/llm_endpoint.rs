@@ -38,19 +38,7 @@ fn now_s() -> u64 {
     lattice_audit::now_us() / 1_000_000
 }
 
-/// Resolves when the agent closes its connection (the request body having
-/// been read); never otherwise.
-async fn client_gone(session: &mut Session) {
-    if session
-        .as_downstream_mut()
-        .read_body_or_idle(true)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    std::future::pending::<()>().await;
-}
+use crate::proxy::client_gone;
 
 fn authorize(
     runtime: &Runtime,

@@ -33,11 +33,12 @@ use crate::runtime::Runtime;
 /// 2026-07-28 is served too: `mcp_session.rs`).
 pub const VERSIONS: [&str; 4] = crate::mcp_session::SESSION_VERSIONS;
 
-/// What the endpoint serves (no list-changed or subscriptions: there is no
-/// stream back to the client yet).
+/// What the endpoint serves: tool list changes are announced on a session's
+/// GET stream; prompts and resources are fetched live (no change
+/// notifications, no subscriptions).
 static CAPABILITIES: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
     json!({
-        "tools": {"listChanged": false},
+        "tools": {"listChanged": true},
         "prompts": {"listChanged": false},
         "resources": {"subscribe": false, "listChanged": false},
     })
@@ -226,7 +227,10 @@ impl Gateway {
             }
         }
         let method = session.req_header().method.clone();
-        if method != http::Method::POST && method != http::Method::DELETE {
+        if method != http::Method::POST
+            && method != http::Method::DELETE
+            && method != http::Method::GET
+        {
             let r = Rejection::MethodNotAllowed;
             return self
                 .refuse_and_respond(
@@ -234,7 +238,7 @@ impl Gateway {
                     ctx,
                     runtime,
                     r,
-                    "the MCP endpoint takes POST and DELETE",
+                    "the MCP endpoint takes POST, GET and DELETE",
                 )
                 .await;
         }
@@ -278,6 +282,16 @@ impl Gateway {
                 }
             },
         };
+        if method == http::Method::GET {
+            ctx.facts.kind = "mcp.stream";
+            if claims.is_none() {
+                let r = Rejection::BadRequest("the GET stream needs an Mcp-Session-Id".into());
+                return self
+                    .refuse_and_respond(session, ctx, runtime, r, "GET without a session")
+                    .await;
+            }
+            return self.serve_stream(session, ctx, runtime).await;
+        }
         if method == http::Method::DELETE {
             ctx.facts.kind = "mcp.session_end";
             let Some(c) = claims else {
@@ -732,6 +746,59 @@ impl Gateway {
             .write_response_body(Some(event(&reply)), false)
             .await?;
         session.write_response_body(None, true).await?;
+        Ok(true)
+    }
+
+    /// The GET stream of a session: `notifications/tools/list_changed`
+    /// whenever the approved tools change, a comment every 15 s to keep
+    /// intermediaries from closing it, until the client goes away.
+    async fn serve_stream(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+    ) -> Result<bool> {
+        let event = ctx.facts.protocol_event("server-to-client stream opened");
+        if let Err(r) = self.record_decision(ctx, runtime, event) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        let Some(hub) = self.shared.mcp.clone() else {
+            return Ok(true);
+        };
+        let mut changes = hub.subscribe();
+        changes.borrow_and_update();
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header("content-type", "text/event-stream")?;
+        resp.insert_header("cache-control", "no-cache")?;
+        resp.insert_header("transfer-encoding", "chunked")?;
+        resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        let mut keepalive = tokio::time::interval(std::time::Duration::from_secs(15));
+        keepalive.tick().await;
+        loop {
+            let chunk = tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let n = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+                    format!("event: message\ndata: {n}\n\n")
+                }
+                _ = keepalive.tick() => ": keepalive\n\n".to_string(),
+                _ = crate::proxy::client_gone(session) => break,
+            };
+            if session
+                .write_response_body(Some(Bytes::from(chunk)), false)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        ctx.failure = Some("stream closed".into());
+        let _ = session.write_response_body(None, true).await;
         Ok(true)
     }
 

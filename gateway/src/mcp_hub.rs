@@ -132,6 +132,8 @@ pub struct McpHub {
     tools: Arc<ArcSwap<ToolMap>>,
     pins: Arc<PinCache>,
     pinning: Pinning,
+    /// Bumped whenever the set of approved tools changes.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -266,6 +268,36 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: P
     }
 }
 
+/// Bumps `changes` whenever the approved tools (names and definitions)
+/// change: a server came or went, restarted with other tools, or a pin
+/// changed.
+async fn watch_tools(
+    tools: Arc<ArcSwap<ToolMap>>,
+    pins: Arc<PinCache>,
+    changes: tokio::sync::watch::Sender<u64>,
+) {
+    use std::hash::{Hash, Hasher};
+    let digest = || {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (name, entry) in tools.load().iter() {
+            if pins.approved(&entry.server, &entry.tool, &entry.hash) {
+                name.hash(&mut h);
+                entry.hash.hash(&mut h);
+            }
+        }
+        h.finish()
+    };
+    let mut last = digest();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = digest();
+        if now != last {
+            last = now;
+            changes.send_modify(|g| *g += 1);
+        }
+    }
+}
+
 /// A removed server: its tools go, its process is killed.
 async fn retire(server: &Server, tools: &ArcSwap<ToolMap>) {
     publish(tools, &server.config.name, Vec::new());
@@ -332,12 +364,19 @@ impl McpHub {
             servers.insert(config.name.clone(), server);
         }
         runtime.spawn(watch_approvals(pinning.clone()));
+        let (changes, _) = tokio::sync::watch::channel(0u64);
+        runtime.spawn(watch_tools(
+            tools.clone(),
+            pinning.cache.clone(),
+            changes.clone(),
+        ));
         Ok(Self {
             runtime,
             servers: ArcSwap::from_pointee(servers),
             tools,
             pins: pinning.cache.clone(),
             pinning,
+            changes,
         })
     }
 
@@ -373,6 +412,11 @@ impl McpHub {
             }
         }
         self.servers.store(Arc::new(next));
+    }
+
+    /// Notified whenever the approved tools change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Each server: (name, running, tools published).

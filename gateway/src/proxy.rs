@@ -61,6 +61,20 @@ pub struct Ctx {
     pub(crate) ttft_us: Option<u64>,
 }
 
+/// Resolves when the caller closes its connection (the request body having
+/// been read); never otherwise.
+pub(crate) async fn client_gone(session: &mut Session) {
+    if session
+        .as_downstream_mut()
+        .read_body_or_idle(true)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
+}
+
 fn unix_now() -> i64 {
     (lattice_audit::now_us() / 1_000_000) as i64
 }

@@ -377,8 +377,11 @@ fn mcp_authorization_metadata_and_origin_checks() {
     )
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    // GET (the server-sent-events stream) is not offered: 405, as the spec allows.
+    // GET (the server-to-client stream) belongs to a session: 400 without one;
+    // other methods are 405.
     let r = http(gw.port, "GET", "/mcp", &[("Authorization", &key)], b"").unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = http(gw.port, "PUT", "/mcp", &[("Authorization", &key)], b"").unwrap();
     assert_eq!(r.status, 405);
 }
 

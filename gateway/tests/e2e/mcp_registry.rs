@@ -283,3 +283,71 @@ fn a_legacy_sse_server_is_federated_and_reconnected() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn a_sessions_get_stream_announces_tool_list_changes() {
+    use std::io::{Read, Write};
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let gw = Gateway::start_with("", POLICY);
+    let agent = bearer(&gw.create_key("watching-agent", &["agent"]));
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let r = http(
+        gw.port,
+        "POST",
+        "/mcp",
+        &[
+            ("Authorization", &agent),
+            ("Content-Type", "application/json"),
+        ],
+        init.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        r.json()["result"]["capabilities"]["tools"]["listChanged"],
+        true
+    );
+    let sid = r.header("mcp-session-id").unwrap().to_string();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: {agent}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 1024];
+    let n = stream.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"),
+        "{head}"
+    );
+    // A server registered at run time changes the tool list.
+    let out = gw.lattice(&[
+        "mcp",
+        "add",
+        "conf",
+        "--command",
+        peers.join(".venv/bin/python").to_str().unwrap(),
+        "--arg",
+        peers.join("conformance_server.py").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("notifications/tools/list_changed") {
+        let n = stream
+            .read(&mut buf)
+            .expect("the stream to announce the change");
+        assert!(n > 0, "the stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(tool_names(&gw, &agent)
+        .iter()
+        .any(|t| t.starts_with("conf__")));
+}
