@@ -750,8 +750,9 @@ impl Gateway {
     }
 
     /// The GET stream of a session: `notifications/tools/list_changed`
-    /// whenever the approved tools change, a comment every 15 s to keep
-    /// intermediaries from closing it, until the client goes away.
+    /// whenever the approved tools change (resumable with `Last-Event-ID`),
+    /// a comment every 15 s to keep intermediaries from closing it, until
+    /// the client goes away.
     async fn serve_stream(
         &self,
         session: &mut Session,
@@ -768,13 +769,30 @@ impl Gateway {
             return Ok(true);
         };
         let mut changes = hub.subscribe();
-        changes.borrow_and_update();
+        let current = *changes.borrow_and_update();
+        // Resumption: events carry the tool set's digest as their id; a
+        // client that saw an older set is told at once that it changed.
+        let last_seen = session
+            .req_header()
+            .headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let announce = |digest: u64| {
+            let n = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+            format!("id: {digest:016x}\nevent: message\ndata: {n}\n\n")
+        };
         let mut resp = ResponseHeader::build(200, Some(4))?;
         resp.insert_header("content-type", "text/event-stream")?;
         resp.insert_header("cache-control", "no-cache")?;
         resp.insert_header("transfer-encoding", "chunked")?;
         resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
         session.write_response_header(Box::new(resp), false).await?;
+        if last_seen.is_some_and(|id| id != format!("{current:016x}")) {
+            session
+                .write_response_body(Some(Bytes::from(announce(current))), false)
+                .await?;
+        }
         let mut keepalive = tokio::time::interval(std::time::Duration::from_secs(15));
         keepalive.tick().await;
         loop {
@@ -783,8 +801,7 @@ impl Gateway {
                     if changed.is_err() {
                         break;
                     }
-                    let n = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
-                    format!("event: message\ndata: {n}\n\n")
+                    announce(*changes.borrow_and_update())
                 }
                 _ = keepalive.tick() => ": keepalive\n\n".to_string(),
                 _ = crate::proxy::client_gone(session) => break,

@@ -132,7 +132,8 @@ pub struct McpHub {
     tools: Arc<ArcSwap<ToolMap>>,
     pins: Arc<PinCache>,
     pinning: Pinning,
-    /// Bumped whenever the set of approved tools changes.
+    /// A digest of the approved tools (names and definitions), updated
+    /// when they change.
     changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -268,9 +269,10 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: P
     }
 }
 
-/// Bumps `changes` whenever the approved tools (names and definitions)
-/// change: a server came or went, restarted with other tools, or a pin
-/// changed.
+/// Keeps `changes` at the digest of the approved tools (names and
+/// definitions): it moves when a server comes or goes, restarts with other
+/// tools, or a pin changes. The digest is the same on every gateway serving
+/// the same tools, so a client can resume a stream on another replica.
 async fn watch_tools(
     tools: Arc<ArcSwap<ToolMap>>,
     pins: Arc<PinCache>,
@@ -287,13 +289,12 @@ async fn watch_tools(
         }
         h.finish()
     };
-    let mut last = digest();
+    changes.send_replace(digest());
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let now = digest();
-        if now != last {
-            last = now;
-            changes.send_modify(|g| *g += 1);
+        if now != *changes.borrow() {
+            changes.send_replace(now);
         }
     }
 }
@@ -414,7 +415,7 @@ impl McpHub {
         self.servers.store(Arc::new(next));
     }
 
-    /// Notified whenever the approved tools change.
+    /// The digest of the approved tools, notified whenever it changes.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }

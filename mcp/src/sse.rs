@@ -29,6 +29,7 @@ pub struct SseUpstream {
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
+    progress: crate::stdio::ProgressSinks,
     server_info: Value,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -84,6 +85,7 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
 async fn read_stream(
     mut response: reqwest::Response,
     pending: Pending,
+    progress: crate::stdio::ProgressSinks,
     alive: Arc<AtomicBool>,
     mut endpoint: Option<oneshot::Sender<String>>,
     name: String,
@@ -103,14 +105,25 @@ async fn read_stream(
                 }
                 continue;
             }
-            if let Ok(Message::Response { id, outcome }) =
-                jsonrpc::parse(data.as_bytes(), MAX_RESPONSE)
-            {
-                if let Some(i) = id.as_u64() {
-                    if let Some(tx) = pending.lock().await.remove(&i) {
-                        let _ = tx.send(outcome);
+            match jsonrpc::parse(data.as_bytes(), MAX_RESPONSE) {
+                Ok(Message::Response { id, outcome }) => {
+                    if let Some(i) = id.as_u64() {
+                        if let Some(tx) = pending.lock().await.remove(&i) {
+                            let _ = tx.send(outcome);
+                        }
                     }
                 }
+                Ok(Message::Notification { method, params })
+                    if method == "notifications/progress" =>
+                {
+                    if let Some(key) = params.get("progressToken").map(Value::to_string) {
+                        let sink = progress.lock().await.get(&key).cloned();
+                        if let Some(sink) = sink {
+                            let _ = sink.send(params);
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -142,11 +155,13 @@ impl SseUpstream {
             Ok(Ok(r)) => r,
         };
         let pending: Pending = Arc::default();
+        let progress: crate::stdio::ProgressSinks = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let (tx, rx) = oneshot::channel();
         let reader = tokio::spawn(read_stream(
             response,
             pending.clone(),
+            progress.clone(),
             alive.clone(),
             Some(tx),
             cfg.name.clone(),
@@ -175,6 +190,7 @@ impl SseUpstream {
             pending,
             next_id: AtomicU64::new(1),
             alive,
+            progress,
             server_info: Value::Null,
             reader,
         };
@@ -225,6 +241,27 @@ impl SseUpstream {
             return Err(err(&self.cfg, format!("POST answered {}", r.status())));
         }
         Ok(())
+    }
+
+    /// Calls a tool with a progress token; the progress notifications for it
+    /// that arrive on the stream go to `sink` until the call ends.
+    pub async fn call_tool_with_progress(
+        &self,
+        name: &str,
+        arguments: Value,
+        token: Value,
+        sink: tokio::sync::mpsc::UnboundedSender<Value>,
+    ) -> Result<Value, McpError> {
+        let key = token.to_string();
+        self.progress.lock().await.insert(key.clone(), sink);
+        let result = self
+            .request(
+                "tools/call",
+                json!({"name": name, "arguments": arguments, "_meta": {"progressToken": token}}),
+            )
+            .await;
+        self.progress.lock().await.remove(&key);
+        result
     }
 
     /// Sends a request and waits (bounded) for its answer on the stream.

@@ -86,14 +86,13 @@ impl Upstream {
     }
 
     /// Whether progress notifications can be relayed from this transport
-    /// (stdio, and streamable HTTP when the server answers with an event
-    /// stream; not the legacy SSE transport yet).
+    /// (all three: stdio and legacy SSE deliver them on the stream the
+    /// gateway reads, streamable HTTP in the call's event-stream answer).
     pub fn relays_progress(&self) -> bool {
-        matches!(self, Upstream::Stdio(_) | Upstream::Http(_))
+        true
     }
 
-    /// A tool call whose progress notifications go to `sink` (stdio,
-    /// streamable HTTP); on the legacy SSE transport a plain call.
+    /// A tool call whose progress notifications go to `sink`.
     pub async fn call_tool_with_progress(
         &self,
         name: &str,
@@ -110,7 +109,10 @@ impl Upstream {
                 u.call_tool_with_progress(name, arguments, token, sink)
                     .await
             }
-            _ => self.call_tool(name, arguments).await,
+            Upstream::Sse(u) => {
+                u.call_tool_with_progress(name, arguments, token, sink)
+                    .await
+            }
         }
     }
 

@@ -267,6 +267,35 @@ fn a_legacy_sse_server_is_federated_and_reconnected() {
             .contains('5'),
         "{r}"
     );
+    // Progress arrives on the SSE stream and is relayed to the caller.
+    let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "legacy__trigger-long-running-operation", "arguments": {"duration": 0.3, "steps": 3}, "_meta": {"progressToken": "p"}}});
+    let r = http(
+        gw.port,
+        "POST",
+        "/mcp",
+        &[
+            ("Authorization", &agent),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    let progress = r
+        .body
+        .lines()
+        .filter(|l| {
+            l.starts_with("data: ")
+                && l.contains("notifications/progress")
+                && l.contains("\"progressToken\":\"p\"")
+        })
+        .count();
+    assert_eq!(progress, 3, "{}", r.body);
+    assert!(
+        r.body.contains("Long running operation completed"),
+        "{}",
+        r.body
+    );
     // The server goes away and comes back: the stream is reopened.
     let _ = server.kill();
     let _ = server.wait();
@@ -350,4 +379,36 @@ fn a_sessions_get_stream_announces_tool_list_changes() {
     assert!(tool_names(&gw, &agent)
         .iter()
         .any(|t| t.starts_with("conf__")));
+    let id = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("events carry ids")
+        .trim()
+        .to_string();
+    drop(stream);
+    // Resuming: a client that saw an older tool set hears at once that it
+    // changed; one that saw the current set hears nothing new.
+    let open = |last: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        write!(
+            s,
+            "GET /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: {agent}\r\nMcp-Session-Id: {sid}\r\nLast-Event-ID: {last}\r\n\r\n"
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        got
+    };
+    assert!(open("0000000000000000").contains("notifications/tools/list_changed"));
+    let current = open(&id);
+    assert!(current.starts_with("HTTP/1.1 200"), "{current}");
+    assert!(!current.contains("list_changed"), "{current}");
 }
