@@ -138,6 +138,9 @@ pub struct McpHub {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Tools are listed again this often even when a server never says they
+/// changed (HTTP servers cannot tell us), so drift is still caught.
+const RELIST_EVERY: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 fn entries(config: &McpServerConfig, listed: Vec<Value>) -> Vec<(String, Arc<ToolEntry>)> {
@@ -225,9 +228,39 @@ fn publish(tools: &ArcSwap<ToolMap>, server: &str, new: Vec<(String, Arc<ToolEnt
     tools.store(Arc::new(map));
 }
 
+/// Lists a running server's tools again when it said they changed, or
+/// every `RELIST_EVERY`: new and changed definitions go through pinning
+/// (a changed one is quarantined), so a server cannot swap a description
+/// in without a restart going unnoticed.
+async fn relist_if_due(
+    server: &Server,
+    tools: &ArcSwap<ToolMap>,
+    pinning: &Pinning,
+    last: &mut Instant,
+) {
+    let Some(up) = server.current.load_full() else {
+        return;
+    };
+    if !(up.take_tools_changed() || last.elapsed() >= RELIST_EVERY) {
+        return;
+    }
+    *last = Instant::now();
+    match up.list_tools().await {
+        Ok(listed) => {
+            let new = entries(&server.config, listed);
+            pinning.observe(&new);
+            publish(tools, &server.config.name, new);
+        }
+        Err(e) => {
+            tracing::warn!(server = %server.config.name, error = %e, "listing the tools again failed")
+        }
+    }
+}
+
 /// Keeps one server running: restarts it with backoff whenever it exits.
 async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: Pinning) {
     let mut backoff = BACKOFF_MIN;
+    let mut listed_at = Instant::now();
     loop {
         if server.is_stopped() {
             retire(&server, &tools).await;
@@ -235,6 +268,7 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: P
         }
         let alive = server.current.load().as_ref().is_some_and(|u| u.is_alive());
         if alive {
+            relist_if_due(&server, &tools, &pinning, &mut listed_at).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
@@ -252,9 +286,11 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: P
                 server.current.store(Some(Arc::new(up)));
                 tracing::info!(server = %server.config.name, "MCP server restarted");
                 // Healthy for a while: forget past failures.
+                listed_at = Instant::now();
                 while !server.is_stopped()
                     && server.current.load().as_ref().is_some_and(|u| u.is_alive())
                 {
+                    relist_if_due(&server, &tools, &pinning, &mut listed_at).await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if started.elapsed() > Duration::from_secs(60) {
                         backoff = BACKOFF_MIN;

@@ -30,6 +30,7 @@ pub struct SseUpstream {
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
     progress: crate::stdio::ProgressSinks,
+    tools_changed: Arc<AtomicBool>,
     server_info: Value,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -87,6 +88,7 @@ async fn read_stream(
     pending: Pending,
     progress: crate::stdio::ProgressSinks,
     alive: Arc<AtomicBool>,
+    tools_changed: Arc<AtomicBool>,
     mut endpoint: Option<oneshot::Sender<String>>,
     name: String,
 ) {
@@ -123,6 +125,11 @@ async fn read_stream(
                         }
                     }
                 }
+                Ok(Message::Notification { method, .. })
+                    if method == "notifications/tools/list_changed" =>
+                {
+                    tools_changed.store(true, Ordering::Release);
+                }
                 _ => {}
             }
         }
@@ -157,12 +164,14 @@ impl SseUpstream {
         let pending: Pending = Arc::default();
         let progress: crate::stdio::ProgressSinks = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
+        let tools_changed = Arc::new(AtomicBool::new(false));
         let (tx, rx) = oneshot::channel();
         let reader = tokio::spawn(read_stream(
             response,
             pending.clone(),
             progress.clone(),
             alive.clone(),
+            tools_changed.clone(),
             Some(tx),
             cfg.name.clone(),
         ));
@@ -191,6 +200,7 @@ impl SseUpstream {
             next_id: AtomicU64::new(1),
             alive,
             progress,
+            tools_changed,
             server_info: Value::Null,
             reader,
         };
@@ -216,6 +226,11 @@ impl SseUpstream {
     /// The `initialize` result.
     pub fn server_info(&self) -> &Value {
         &self.server_info
+    }
+
+    /// True once since the server said its tool list changed.
+    pub fn take_tools_changed(&self) -> bool {
+        self.tools_changed.swap(false, Ordering::AcqRel)
     }
 
     /// Alive while its stream is open.

@@ -40,6 +40,17 @@ impl Upstream {
         }
     }
 
+    /// True once since the server said its tool list changed (stdio and
+    /// legacy SSE; a streamable-HTTP server would say so on a stream the
+    /// gateway does not open).
+    pub fn take_tools_changed(&self) -> bool {
+        match self {
+            Upstream::Stdio(u) => u.take_tools_changed(),
+            Upstream::Sse(u) => u.take_tools_changed(),
+            Upstream::Http(_) => false,
+        }
+    }
+
     /// Any request.
     pub async fn request(&self, method: &str, params: Value) -> Result<Value, McpError> {
         match self {
