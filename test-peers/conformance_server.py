@@ -159,6 +159,13 @@ async def read_resource(uri):
     raise ValueError(f"Resource not found: {uri}")
 
 
+@server.completion()
+async def complete(ref, argument, context):
+    words = ["paris", "park", "party", "test", "testing"]
+    values = [w for w in words if w.startswith(argument.value)]
+    return types.Completion(values=values, total=len(values), hasMore=False)
+
+
 async def main():
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())

@@ -308,6 +308,97 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// `completion/complete`: suggestions for a prompt's or a resource
+    /// template's argument, from the server that owns the referenced prompt
+    /// or template, authorized like using it (`get_prompt` / `read_resource`).
+    pub(crate) async fn complete(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        id: Value,
+        params: Value,
+    ) -> Result<bool> {
+        ctx.facts.kind = "mcp.complete";
+        let prompt = params["ref"]["type"] == "ref/prompt";
+        let (action, key) = if prompt {
+            (Action::GetPrompt, "name")
+        } else {
+            (Action::ReadResource, "uri")
+        };
+        ctx.facts.action = action.as_str().into();
+        let asked = params["ref"][key].as_str().unwrap_or("").to_string();
+        let target = match (&ctx.mcp_scope, prompt) {
+            (Some(s), _) => Some((s.clone(), asked.clone())),
+            (None, true) => split_federated(&asked).map(|(s, n)| (s.to_string(), n.to_string())),
+            (None, false) => split_uri(&asked),
+        };
+        ctx.facts.target.clone_from(&asked);
+        let labels = target.as_ref().and_then(|(s, _)| {
+            self.shared
+                .mcp
+                .as_ref()?
+                .servers()
+                .into_iter()
+                .find(|(name, _)| name == s)
+                .map(|(_, l)| l)
+        });
+        let missing = |decision_id: &str| {
+            let (code, message) = if prompt {
+                (jsonrpc::INVALID_PARAMS, format!("Unknown prompt: {asked}"))
+            } else {
+                (RESOURCE_NOT_FOUND, format!("Resource not found: {asked}"))
+            };
+            jsonrpc::error_response(
+                &id,
+                code,
+                &message,
+                Some(json!({"decision_id": decision_id})),
+            )
+        };
+        let (Some((server, original)), Some(labels)) = (target, labels) else {
+            let event = ctx.facts.refusal_event(200, "no such server", None);
+            let reply = missing(&event.event_id);
+            return self
+                .answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await;
+        };
+        ctx.facts.upstream = Some(server.clone());
+        let ip = ctx.facts.client_addr_ip();
+        let evaluation = self.authorize_server(runtime, principal, action, &server, &labels, &ip);
+        self.shared.metrics.decision(evaluation.live.outcome);
+        if !evaluation.live.is_allow() {
+            let event = ctx
+                .facts
+                .refusal_event(200, "denied by policy", Some(&evaluation));
+            let reply = missing(&event.event_id);
+            return self
+                .answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await;
+        }
+        if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation)) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        let Some(hub) = &self.shared.mcp else {
+            return Ok(true);
+        };
+        let mut forwarded = params.clone();
+        forwarded["ref"][key] = json!(original);
+        let reply = match hub.request(&server, "completion/complete", forwarded).await {
+            Ok(result) => jsonrpc::result_response(&id, result),
+            Err(e) => {
+                ctx.failure = Some(format!("upstream_failed: {e}"));
+                upstream_error(&id, &e)
+            }
+        };
+        self.write_json(session, ctx, 200, &reply).await
+    }
+}
+
 /// Gives a listed item its federated name or URI.
 fn rename(item: &mut Value, listing: Listing, server: &str) {
     let (key, f): (&str, &dyn Fn(&str) -> String) = match listing {

@@ -41,6 +41,7 @@ static CAPABILITIES: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
         "tools": {"listChanged": true},
         "prompts": {"listChanged": false},
         "resources": {"subscribe": false, "listChanged": false},
+        "completions": {},
     })
 });
 
@@ -423,6 +424,10 @@ impl Gateway {
             }
             "resources/templates/list" => {
                 self.list_catalog(session, ctx, runtime, &principal, id, Listing::Templates)
+                    .await
+            }
+            "completion/complete" => {
+                self.complete(session, ctx, runtime, &principal, id, params)
                     .await
             }
             "prompts/get" => {

@@ -77,6 +77,7 @@ fn the_official_conformance_suite_passes_but_for_its_documented_baseline() {
         "tools-call-error",
         "tools-call-with-progress",
         "server-sse-multiple-streams",
+        "completion-complete",
         "resources-list",
         "resources-read-text",
         "resources-read-binary",
@@ -311,6 +312,22 @@ fn prompts_and_resources_are_federated_with_policy_per_server() {
     let r = rpc(
         "prompts/get",
         serde_json::json!({"name": "everything__simple-prompt"}),
+    );
+    assert_eq!(r.json()["error"]["code"], -32602, "{}", r.body);
+    // Completions come from the server that owns the prompt, authorized alike.
+    let r = rpc(
+        "completion/complete",
+        serde_json::json!({"ref": {"type": "ref/prompt", "name": "conf__test_prompt_with_arguments"}, "argument": {"name": "arg1", "value": "par"}}),
+    );
+    assert_eq!(
+        r.json()["result"]["completion"]["values"],
+        serde_json::json!(["paris", "park", "party"]),
+        "{}",
+        r.body
+    );
+    let r = rpc(
+        "completion/complete",
+        serde_json::json!({"ref": {"type": "ref/prompt", "name": "everything__complex_prompt"}, "argument": {"name": "temperature", "value": "1"}}),
     );
     assert_eq!(r.json()["error"]["code"], -32602, "{}", r.body);
     gw.assert_verifies(&[]);
