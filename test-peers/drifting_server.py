@@ -3,7 +3,8 @@ every tools/list, so a test can change a tool's definition upstream (the
 rug pull that tool pinning exists to catch). Every tools/call it receives is
 appended to the call log (argv[2], optional; "-" for none), so a test can
 show from the upstream's side what reached it. With "--notify" (argv[3]) it
-says notifications/tools/list_changed when the file changes. Standard
+says notifications/{tools,prompts,resources}/list_changed when the file
+changes. Standard
 library only."""
 import json
 import os
@@ -30,7 +31,8 @@ def watch():
         now = os.stat(DESCRIPTION_FILE).st_mtime_ns
         if now != last:
             last = now
-            send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+            for kind in ("tools", "prompts", "resources"):
+                send({"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"})
 
 
 if NOTIFY:

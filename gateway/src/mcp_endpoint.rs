@@ -33,14 +33,14 @@ use crate::runtime::Runtime;
 /// 2026-07-28 is served too: `mcp_session.rs`).
 pub const VERSIONS: [&str; 4] = crate::mcp_session::SESSION_VERSIONS;
 
-/// What the endpoint serves: tool list changes are announced on a session's
-/// GET stream; prompts and resources are fetched live (no change
-/// notifications, no subscriptions).
+/// What the endpoint serves: list changes are announced on a session's GET
+/// stream (tools from the gateway's own view; prompts and resources as the
+/// servers announce them); no resource subscriptions.
 static CAPABILITIES: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
     json!({
         "tools": {"listChanged": true},
-        "prompts": {"listChanged": false},
-        "resources": {"subscribe": false, "listChanged": false},
+        "prompts": {"listChanged": true},
+        "resources": {"subscribe": false, "listChanged": true},
         "completions": {},
     })
 });
@@ -775,6 +775,8 @@ impl Gateway {
         };
         let mut changes = hub.subscribe();
         let current = *changes.borrow_and_update();
+        let mut catalog = hub.subscribe_catalog();
+        let mut catalog_seen = *catalog.borrow_and_update();
         // Resumption: events carry the tool set's digest as their id; a
         // client that saw an older set is told at once that it changed.
         let last_seen = session
@@ -807,6 +809,21 @@ impl Gateway {
                         break;
                     }
                     announce(*changes.borrow_and_update())
+                }
+                changed = catalog.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let now = *catalog.borrow_and_update();
+                    let mut out = String::new();
+                    for (moved, list) in [(now.0 != catalog_seen.0, "prompts"), (now.1 != catalog_seen.1, "resources")] {
+                        if moved {
+                            let n = json!({"jsonrpc": "2.0", "method": format!("notifications/{list}/list_changed")});
+                            out.push_str(&format!("event: message\ndata: {n}\n\n"));
+                        }
+                    }
+                    catalog_seen = now;
+                    out
                 }
                 _ = keepalive.tick() => ": keepalive\n\n".to_string(),
                 _ = crate::proxy::client_gone(session) => break,

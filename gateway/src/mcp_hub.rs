@@ -135,6 +135,8 @@ pub struct McpHub {
     /// A digest of the approved tools (names and definitions), updated
     /// when they change.
     changes: tokio::sync::watch::Sender<u64>,
+    /// (prompt lists, resource lists) changes servers announced, counted.
+    catalog: tokio::sync::watch::Sender<(u64, u64)>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -236,11 +238,20 @@ async fn relist_if_due(
     server: &Server,
     tools: &ArcSwap<ToolMap>,
     pinning: &Pinning,
+    catalog: &tokio::sync::watch::Sender<(u64, u64)>,
     last: &mut Instant,
 ) {
     let Some(up) = server.current.load_full() else {
         return;
     };
+    // Prompt and resource lists are fetched live: only pass the word on.
+    let (prompts, resources) = up.take_catalog_changed();
+    if prompts || resources {
+        catalog.send_modify(|(p, r)| {
+            *p += u64::from(prompts);
+            *r += u64::from(resources);
+        });
+    }
     if !(up.take_tools_changed() || last.elapsed() >= RELIST_EVERY) {
         return;
     }
@@ -258,7 +269,12 @@ async fn relist_if_due(
 }
 
 /// Keeps one server running: restarts it with backoff whenever it exits.
-async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: Pinning) {
+async fn supervise(
+    server: Arc<Server>,
+    tools: Arc<ArcSwap<ToolMap>>,
+    pinning: Pinning,
+    catalog: tokio::sync::watch::Sender<(u64, u64)>,
+) {
     let mut backoff = BACKOFF_MIN;
     let mut listed_at = Instant::now();
     loop {
@@ -268,7 +284,7 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: P
         }
         let alive = server.current.load().as_ref().is_some_and(|u| u.is_alive());
         if alive {
-            relist_if_due(&server, &tools, &pinning, &mut listed_at).await;
+            relist_if_due(&server, &tools, &pinning, &catalog, &mut listed_at).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
@@ -290,7 +306,7 @@ async fn supervise(server: Arc<Server>, tools: Arc<ArcSwap<ToolMap>>, pinning: P
                 while !server.is_stopped()
                     && server.current.load().as_ref().is_some_and(|u| u.is_alive())
                 {
-                    relist_if_due(&server, &tools, &pinning, &mut listed_at).await;
+                    relist_if_due(&server, &tools, &pinning, &catalog, &mut listed_at).await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if started.elapsed() > Duration::from_secs(60) {
                         backoff = BACKOFF_MIN;
@@ -382,6 +398,7 @@ impl McpHub {
             .build()
             .map_err(|e| GatewayError::Server(e.to_string()))?;
         let tools: Arc<ArcSwap<ToolMap>> = Arc::default();
+        let (catalog, _) = tokio::sync::watch::channel((0u64, 0u64));
         let mut servers = BTreeMap::new();
         for config in configs {
             let server = Server::new(config.clone());
@@ -397,7 +414,12 @@ impl McpHub {
                     tracing::error!(server = %config.name, error = %e, "MCP server unavailable; retrying, the others serve meanwhile");
                 }
             }
-            runtime.spawn(supervise(server.clone(), tools.clone(), pinning.clone()));
+            runtime.spawn(supervise(
+                server.clone(),
+                tools.clone(),
+                pinning.clone(),
+                catalog.clone(),
+            ));
             servers.insert(config.name.clone(), server);
         }
         runtime.spawn(watch_approvals(pinning.clone()));
@@ -414,6 +436,7 @@ impl McpHub {
             pins: pinning.cache.clone(),
             pinning,
             changes,
+            catalog,
         })
     }
 
@@ -434,6 +457,7 @@ impl McpHub {
                         server.clone(),
                         self.tools.clone(),
                         self.pinning.clone(),
+                        self.catalog.clone(),
                     ));
                     tracing::info!(server = %config.name, "MCP server registered");
                     next.insert(config.name.clone(), server);
@@ -449,6 +473,11 @@ impl McpHub {
             }
         }
         self.servers.store(Arc::new(next));
+    }
+
+    /// Counts of prompt-list and resource-list changes servers announced.
+    pub fn subscribe_catalog(&self) -> tokio::sync::watch::Receiver<(u64, u64)> {
+        self.catalog.subscribe()
     }
 
     /// The digest of the approved tools, notified whenever it changes.

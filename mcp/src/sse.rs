@@ -31,6 +31,7 @@ pub struct SseUpstream {
     alive: Arc<AtomicBool>,
     progress: crate::stdio::ProgressSinks,
     tools_changed: Arc<AtomicBool>,
+    catalog_changed: Arc<crate::stdio::CatalogChanged>,
     server_info: Value,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -83,12 +84,14 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
+#[allow(clippy::too_many_arguments)] // the reader's share of the upstream's state
 async fn read_stream(
     mut response: reqwest::Response,
     pending: Pending,
     progress: crate::stdio::ProgressSinks,
     alive: Arc<AtomicBool>,
     tools_changed: Arc<AtomicBool>,
+    catalog_changed: Arc<crate::stdio::CatalogChanged>,
     mut endpoint: Option<oneshot::Sender<String>>,
     name: String,
 ) {
@@ -130,6 +133,7 @@ async fn read_stream(
                 {
                     tools_changed.store(true, Ordering::Release);
                 }
+                Ok(Message::Notification { method, .. }) if catalog_changed.note(&method) => {}
                 _ => {}
             }
         }
@@ -165,6 +169,7 @@ impl SseUpstream {
         let progress: crate::stdio::ProgressSinks = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let tools_changed = Arc::new(AtomicBool::new(false));
+        let catalog_changed: Arc<crate::stdio::CatalogChanged> = Arc::default();
         let (tx, rx) = oneshot::channel();
         let reader = tokio::spawn(read_stream(
             response,
@@ -172,6 +177,7 @@ impl SseUpstream {
             progress.clone(),
             alive.clone(),
             tools_changed.clone(),
+            catalog_changed.clone(),
             Some(tx),
             cfg.name.clone(),
         ));
@@ -201,6 +207,7 @@ impl SseUpstream {
             alive,
             progress,
             tools_changed,
+            catalog_changed,
             server_info: Value::Null,
             reader,
         };
@@ -231,6 +238,11 @@ impl SseUpstream {
     /// True once since the server said its tool list changed.
     pub fn take_tools_changed(&self) -> bool {
         self.tools_changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// (prompts, resources) changed since last asked.
+    pub fn take_catalog_changed(&self) -> (bool, bool) {
+        self.catalog_changed.take()
     }
 
     /// Alive while its stream is open.

@@ -35,6 +35,34 @@ pub struct StdioConfig {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>>;
 
+/// A server said its prompt or resource list changed.
+#[derive(Debug, Default)]
+pub struct CatalogChanged {
+    prompts: AtomicBool,
+    resources: AtomicBool,
+}
+
+impl CatalogChanged {
+    /// Notes a list-changed notification; false for other methods.
+    pub fn note(&self, method: &str) -> bool {
+        let flag = match method {
+            "notifications/prompts/list_changed" => &self.prompts,
+            "notifications/resources/list_changed" => &self.resources,
+            _ => return false,
+        };
+        flag.store(true, Ordering::Release);
+        true
+    }
+
+    /// (prompts, resources) changed since last asked.
+    pub fn take(&self) -> (bool, bool) {
+        (
+            self.prompts.swap(false, Ordering::AcqRel),
+            self.resources.swap(false, Ordering::AcqRel),
+        )
+    }
+}
+
 /// Where a call's progress notifications go, by the progress token the
 /// gateway gave the upstream (its canonical JSON text).
 pub type ProgressSinks = Arc<Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Value>>>>;
@@ -49,6 +77,7 @@ pub struct StdioUpstream {
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
     tools_changed: Arc<AtomicBool>,
+    catalog_changed: Arc<CatalogChanged>,
     progress: ProgressSinks,
     server_info: Value,
 }
@@ -84,12 +113,14 @@ impl StdioUpstream {
         let tools_changed = Arc::new(AtomicBool::new(false));
         tokio::spawn(log_stderr(name.clone(), stderr));
         let progress: ProgressSinks = Arc::default();
+        let catalog_changed: Arc<CatalogChanged> = Arc::default();
         tokio::spawn(read_stdout(
             name.clone(),
             stdout,
             pending.clone(),
             alive.clone(),
             tools_changed.clone(),
+            catalog_changed.clone(),
             progress.clone(),
         ));
         let mut upstream = Self {
@@ -101,6 +132,7 @@ impl StdioUpstream {
             next_id: AtomicU64::new(1),
             alive,
             tools_changed,
+            catalog_changed,
             progress,
             server_info: Value::Null,
         };
@@ -137,6 +169,11 @@ impl StdioUpstream {
     /// True once since the server said its tool list changed.
     pub fn take_tools_changed(&self) -> bool {
         self.tools_changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// (prompts, resources) changed since last asked.
+    pub fn take_catalog_changed(&self) -> (bool, bool) {
+        self.catalog_changed.take()
     }
 
     async fn write(&self, message: &Value) -> Result<(), McpError> {
@@ -272,6 +309,7 @@ async fn read_stdout(
     pending: Pending,
     alive: Arc<AtomicBool>,
     tools_changed: Arc<AtomicBool>,
+    catalog_changed: Arc<CatalogChanged>,
     progress: ProgressSinks,
 ) {
     let mut reader = BufReader::new(stdout);
@@ -305,6 +343,7 @@ async fn read_stdout(
             Ok(Message::Notification { method, params }) => {
                 if method == "notifications/tools/list_changed" {
                     tools_changed.store(true, Ordering::Release);
+                } else if catalog_changed.note(&method) {
                 } else if method == "notifications/progress" {
                     if let Some(key) = params.get("progressToken").map(Value::to_string) {
                         let sink = progress.lock().await.get(&key).cloned();

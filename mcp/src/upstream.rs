@@ -51,6 +51,16 @@ impl Upstream {
         }
     }
 
+    /// (prompts, resources): the server said the list changed since last
+    /// asked (stdio and legacy SSE).
+    pub fn take_catalog_changed(&self) -> (bool, bool) {
+        match self {
+            Upstream::Stdio(u) => u.take_catalog_changed(),
+            Upstream::Sse(u) => u.take_catalog_changed(),
+            Upstream::Http(_) => (false, false),
+        }
+    }
+
     /// Any request.
     pub async fn request(&self, method: &str, params: Value) -> Result<Value, McpError> {
         match self {

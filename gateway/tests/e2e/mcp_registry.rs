@@ -467,8 +467,11 @@ fn a_server_that_says_its_tools_changed_is_listed_again_and_drift_is_quarantined
     .unwrap();
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
-    while !seen.contains("notifications/tools/list_changed") {
-        let n = stream.read(&mut buf).expect("a list_changed notification");
+    while !["tools", "prompts", "resources"]
+        .iter()
+        .all(|k| seen.contains(&format!("notifications/{k}/list_changed")))
+    {
+        let n = stream.read(&mut buf).expect("list_changed notifications");
         assert!(n > 0);
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
