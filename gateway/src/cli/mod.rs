@@ -67,9 +67,13 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<ExitCode> {
             match lattice_gateway::runtime::Runtime::build(cfg) {
                 Ok(rt) => {
                     println!(
-                        "{}: valid ({} routes, {} policies, {} JWT issuers)",
+                        "{}: valid ({} routes, {} models, {} backends, {} MCP servers, {} limits, {} policies, {} JWT issuers)",
                         config.config.display(),
                         rt.routes.len(),
+                        rt.config.llm.models.len(),
+                        rt.config.llm.backends.len(),
+                        rt.config.mcp_servers.len(),
+                        rt.config.llm.limits.len(),
                         rt.policy.policy_ids().count(),
                         rt.jwt.issuers.len()
                     );
