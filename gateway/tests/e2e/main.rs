@@ -363,8 +363,20 @@ fn every_example_config_validates() {
                 config.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
-            let tests = config.parent().unwrap().join("policies/starter.tests.toml");
-            if tests.exists() {
+            let policies = config.parent().unwrap().join("policies");
+            let test_files: Vec<_> = std::fs::read_dir(&policies)
+                .map(|d| {
+                    d.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.to_string_lossy().ends_with(".tests.toml"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(
+                !test_files.is_empty(),
+                "{} has no policy tests",
+                config.display()
+            );
+            for tests in test_files {
                 let out = std::process::Command::new(BIN)
                     .args(["policy", "test"])
                     .arg(&tests)
@@ -380,7 +392,7 @@ fn every_example_config_validates() {
             }
         }
     }
-    assert!(found >= 1);
+    assert!(found >= 2);
 }
 
 #[test]
