@@ -60,6 +60,13 @@ struct RawMcp {
     /// other's sessions. Default: `<data_dir>/mcp-session.key`, created.
     #[serde(default)]
     session_key_file: Option<String>,
+    /// How long an MCP session lives after `initialize`.
+    #[serde(default = "d_session_ttl")]
+    session_ttl_seconds: u64,
+}
+
+fn d_session_ttl() -> u64 {
+    crate::mcp_session::DEFAULT_TTL_S
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +164,7 @@ impl Default for RawMcp {
             resource_url: None,
             auto_approve_first_seen: true,
             session_key_file: None,
+            session_ttl_seconds: d_session_ttl(),
         }
     }
 }
@@ -338,6 +346,7 @@ pub struct McpConfig {
     pub resource_url: Option<String>,
     pub auto_approve_first_seen: bool,
     pub session_key_file: PathBuf,
+    pub session_ttl_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -763,6 +772,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
             allowed_origins: raw.mcp.allowed_origins,
             resource_url: raw.mcp.resource_url,
             auto_approve_first_seen: raw.mcp.auto_approve_first_seen,
+            session_ttl_seconds: raw.mcp.session_ttl_seconds,
             session_key_file: match &raw.mcp.session_key_file {
                 Some(f) => resolve(f),
                 None => data_dir.join("mcp-session.key"),

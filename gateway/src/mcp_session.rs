@@ -74,7 +74,12 @@ pub struct SessionClaims {
 pub struct Sessions {
     key: [u8; 32],
     ended: ArcSwap<HashSet<String>>,
+    /// How long a session lives after `initialize`.
+    ttl_s: u64,
 }
+
+/// A session's default lifetime: a day.
+pub const DEFAULT_TTL_S: u64 = 24 * 3600;
 
 impl Sessions {
     /// Reads the key, creating it (32 random bytes, mode 0600) on first use.
@@ -108,7 +113,15 @@ impl Sessions {
         Self {
             key,
             ended: ArcSwap::from_pointee(HashSet::new()),
+            ttl_s: DEFAULT_TTL_S,
         }
+    }
+
+    /// Sessions live `ttl_s` seconds after `initialize` (also what bounds
+    /// how long a session ended on one replica stays usable on another).
+    pub fn with_ttl(mut self, ttl_s: u64) -> Self {
+        self.ttl_s = ttl_s;
+        self
     }
 
     /// A new session's token.
@@ -137,7 +150,9 @@ impl Sessions {
         let claims: SessionClaims =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
         let owner = claims.sub == principal.id && claims.ten == principal.tenant;
-        (owner && !self.ended.load().contains(&claims.sid)).then_some(claims)
+        let age = (lattice_audit::now_us() / 1_000_000).saturating_sub(claims.iat);
+        let live = age < self.ttl_s && !self.ended.load().contains(&claims.sid);
+        (owner && live).then_some(claims)
     }
 
     /// Ends a session on this gateway.
@@ -299,6 +314,11 @@ mod tests {
         assert!(s.verify(&forged, &agent("a")).is_none());
         s.end(&claims.sid);
         assert!(s.verify(&token, &agent("a")).is_none());
+        // Sessions expire.
+        let short = Sessions::with_key([7; 32]).with_ttl(0);
+        assert!(short
+            .verify(&s.issue(&agent("a"), "2025-06-18"), &agent("a"))
+            .is_none());
     }
 
     #[test]

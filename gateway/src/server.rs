@@ -88,7 +88,8 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
     let shared = Arc::new(Shared {
         inference: Arc::new(inference),
         limiter: crate::limits::Limiter::default(),
-        mcp_sessions: crate::mcp_session::Sessions::load_or_create(&config.mcp.session_key_file)?,
+        mcp_sessions: crate::mcp_session::Sessions::load_or_create(&config.mcp.session_key_file)?
+            .with_ttl(config.mcp.session_ttl_seconds),
         runtime: arc_swap::ArcSwap::from_pointee(runtime),
         keys,
         audit: pipeline.handle(),
