@@ -44,18 +44,19 @@ impl UsageFilter {
 
     /// Takes a chunk from the backend; returns the bytes to forward now.
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        self.buf.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(self.buf.len());
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.extend_from_slice(chunk);
+        let mut out = Vec::with_capacity(buf.len());
         let mut start = 0;
-        while let Some((at, sep)) = event_end(&self.buf[start..]) {
+        while let Some((at, sep)) = event_end(&buf[start..]) {
             let end = start + at + sep;
-            let event = self.buf[start..end].to_vec();
-            if self.keep(&event[..at]) {
-                out.extend_from_slice(&event);
+            if self.keep(&buf[start..start + at]) {
+                out.extend_from_slice(&buf[start..end]);
             }
             start = end;
         }
-        self.buf.drain(..start);
+        buf.drain(..start);
+        self.buf = buf;
         Bytes::from(out)
     }
 
@@ -69,6 +70,10 @@ impl UsageFilter {
         let Ok(text) = std::str::from_utf8(event) else {
             return true;
         };
+        // Most events are content chunks: pass them without parsing.
+        if !text.contains("[DONE]") && !text.contains("\"usage\"") && !text.contains("\"error\"") {
+            return true;
+        }
         let data: String = text
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
