@@ -689,7 +689,7 @@ impl Gateway {
             .get("accept")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/event-stream"));
-        if let (Some(token), true) = (token, takes_stream && hub.relays_progress(&entry.server)) {
+        if let (Some(token), true) = (token, takes_stream && hub.is_running(&entry.server)) {
             return self
                 .relay_progress(session, ctx, &entry, arguments, id, token)
                 .await;

@@ -582,9 +582,9 @@ impl McpHub {
         out
     }
 
-    /// Whether a server's transport can relay progress notifications.
-    pub fn relays_progress(&self, server: &str) -> bool {
-        self.running(server).is_ok_and(|u| u.relays_progress())
+    /// Whether a server is up now.
+    pub fn is_running(&self, server: &str) -> bool {
+        self.running(server).is_ok()
     }
 
     /// Calls a tool with a progress token; the upstream's progress

@@ -143,6 +143,18 @@ impl HttpUpstream {
         &self.server_info
     }
 
+    /// A failed send or read: a timeout, or any other transport error.
+    fn transport_err(&self, e: reqwest::Error) -> McpError {
+        if e.is_timeout() {
+            McpError::Timeout {
+                server: self.cfg.name.clone(),
+                timeout_ms: self.cfg.timeout.as_millis() as u64,
+            }
+        } else {
+            err(&self.cfg, e.to_string())
+        }
+    }
+
     /// POSTs one message; returns (status, is SSE, body). With `progress`,
     /// the `notifications/progress` events for that token in an SSE answer
     /// go to the sink as they arrive.
@@ -163,16 +175,11 @@ impl HttpUpstream {
         for (k, v) in &self.cfg.headers {
             req = req.header(k, v);
         }
-        let resp = req.body(message.to_string()).send().await.map_err(|e| {
-            if e.is_timeout() {
-                McpError::Timeout {
-                    server: self.cfg.name.clone(),
-                    timeout_ms: self.cfg.timeout.as_millis() as u64,
-                }
-            } else {
-                err(&self.cfg, e.to_string())
-            }
-        })?;
+        let resp = req
+            .body(message.to_string())
+            .send()
+            .await
+            .map_err(|e| self.transport_err(e))?;
         if let Some(s) = resp
             .headers()
             .get("mcp-session-id")
@@ -196,16 +203,7 @@ impl HttpUpstream {
         let mut body: Vec<u8> = Vec::new();
         let mut scanned = 0;
         loop {
-            let chunk = resp.chunk().await.map_err(|e| {
-                if e.is_timeout() {
-                    McpError::Timeout {
-                        server: self.cfg.name.clone(),
-                        timeout_ms: self.cfg.timeout.as_millis() as u64,
-                    }
-                } else {
-                    err(&self.cfg, e.to_string())
-                }
-            })?;
+            let chunk = resp.chunk().await.map_err(|e| self.transport_err(e))?;
             let Some(chunk) = chunk else { break };
             body.extend_from_slice(&chunk);
             if body.len() > MAX_RESPONSE {
@@ -249,18 +247,7 @@ impl HttpUpstream {
         }
         match find_response(&body, sse, id) {
             Some(Ok(result)) => Ok(result),
-            Some(Err(error)) => Err(McpError::UpstreamError {
-                server: self.cfg.name.clone(),
-                code: error
-                    .get("code")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(jsonrpc::INTERNAL_ERROR),
-                message: error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            }),
+            Some(Err(error)) => Err(McpError::from_rpc(&self.cfg.name, &error)),
             None => Err(err(&self.cfg, "no response to the request in the answer")),
         }
     }
@@ -282,8 +269,7 @@ impl HttpUpstream {
             token: token.to_string(),
             sink,
         };
-        let params =
-            json!({"name": name, "arguments": arguments, "_meta": {"progressToken": token}});
+        let params = crate::progress::call_params(name, arguments, &token);
         match self
             .send("tools/call", params.clone(), Some(&progress))
             .await

@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod http;
 pub mod jsonrpc;
+pub mod progress;
 pub mod sse;
 pub mod stdio;
 pub mod tools;
@@ -44,4 +45,22 @@ pub enum McpError {
     Name(String),
     #[error("invalid schema: {0}")]
     Schema(String),
+}
+
+impl McpError {
+    /// An upstream's JSON-RPC `error` object.
+    pub fn from_rpc(server: &str, error: &serde_json::Value) -> Self {
+        McpError::UpstreamError {
+            server: server.to_string(),
+            code: error
+                .get("code")
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(jsonrpc::INTERNAL_ERROR),
+            message: error
+                .get("message")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        }
+    }
 }

@@ -29,7 +29,7 @@ pub struct SseUpstream {
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
-    progress: crate::stdio::ProgressSinks,
+    progress: crate::progress::ProgressSinks,
     tools_changed: Arc<AtomicBool>,
     catalog_changed: Arc<crate::stdio::CatalogChanged>,
     server_info: Value,
@@ -88,7 +88,7 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
 async fn read_stream(
     mut response: reqwest::Response,
     pending: Pending,
-    progress: crate::stdio::ProgressSinks,
+    progress: crate::progress::ProgressSinks,
     alive: Arc<AtomicBool>,
     tools_changed: Arc<AtomicBool>,
     catalog_changed: Arc<crate::stdio::CatalogChanged>,
@@ -121,12 +121,7 @@ async fn read_stream(
                 Ok(Message::Notification { method, params })
                     if method == "notifications/progress" =>
                 {
-                    if let Some(key) = params.get("progressToken").map(Value::to_string) {
-                        let sink = progress.lock().await.get(&key).cloned();
-                        if let Some(sink) = sink {
-                            let _ = sink.send(params);
-                        }
-                    }
+                    progress.deliver(params).await;
                 }
                 Ok(Message::Notification { method, .. })
                     if method == "notifications/tools/list_changed" =>
@@ -166,7 +161,7 @@ impl SseUpstream {
             Ok(Ok(r)) => r,
         };
         let pending: Pending = Arc::default();
-        let progress: crate::stdio::ProgressSinks = Arc::default();
+        let progress = crate::progress::ProgressSinks::default();
         let alive = Arc::new(AtomicBool::new(true));
         let tools_changed = Arc::new(AtomicBool::new(false));
         let catalog_changed: Arc<crate::stdio::CatalogChanged> = Arc::default();
@@ -279,16 +274,10 @@ impl SseUpstream {
         token: Value,
         sink: tokio::sync::mpsc::UnboundedSender<Value>,
     ) -> Result<Value, McpError> {
-        let key = token.to_string();
-        self.progress.lock().await.insert(key.clone(), sink);
-        let result = self
-            .request(
-                "tools/call",
-                json!({"name": name, "arguments": arguments, "_meta": {"progressToken": token}}),
-            )
-            .await;
-        self.progress.lock().await.remove(&key);
-        result
+        let params = crate::progress::call_params(name, arguments, &token);
+        self.progress
+            .during(&token, sink, self.request("tools/call", params))
+            .await
     }
 
     /// Sends a request and waits (bounded) for its answer on the stream.
@@ -303,18 +292,7 @@ impl SseUpstream {
         }
         match tokio::time::timeout(self.cfg.timeout, rx).await {
             Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(error))) => Err(McpError::UpstreamError {
-                server: self.cfg.name.clone(),
-                code: error
-                    .get("code")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(jsonrpc::INTERNAL_ERROR),
-                message: error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            }),
+            Ok(Ok(Err(error))) => Err(McpError::from_rpc(&self.cfg.name, &error)),
             Ok(Err(_)) => Err(err(&self.cfg, "the SSE stream ended before the answer")),
             Err(_) => {
                 self.pending.lock().await.remove(&id);

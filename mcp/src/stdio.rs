@@ -15,6 +15,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{oneshot, Mutex};
 
 use crate::jsonrpc::{self, Message};
+use crate::progress::ProgressSinks;
 use crate::McpError;
 
 /// The protocol version Lattice asks stdio upstreams for.
@@ -63,10 +64,6 @@ impl CatalogChanged {
     }
 }
 
-/// Where a call's progress notifications go, by the progress token the
-/// gateway gave the upstream (its canonical JSON text).
-pub type ProgressSinks = Arc<Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Value>>>>;
-
 /// A running stdio upstream.
 pub struct StdioUpstream {
     name: String,
@@ -112,7 +109,7 @@ impl StdioUpstream {
         let alive = Arc::new(AtomicBool::new(true));
         let tools_changed = Arc::new(AtomicBool::new(false));
         tokio::spawn(log_stderr(name.clone(), stderr));
-        let progress: ProgressSinks = Arc::default();
+        let progress = ProgressSinks::default();
         let catalog_changed: Arc<CatalogChanged> = Arc::default();
         tokio::spawn(read_stdout(
             name.clone(),
@@ -212,18 +209,7 @@ impl StdioUpstream {
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(error))) => Err(McpError::UpstreamError {
-                server: self.name.clone(),
-                code: error
-                    .get("code")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(jsonrpc::INTERNAL_ERROR),
-                message: error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            }),
+            Ok(Ok(Err(error))) => Err(McpError::from_rpc(&self.name, &error)),
             Ok(Err(_)) => Err(upstream_err(
                 &self.name,
                 "the server exited before answering",
@@ -272,16 +258,10 @@ impl StdioUpstream {
         token: Value,
         sink: tokio::sync::mpsc::UnboundedSender<Value>,
     ) -> Result<Value, McpError> {
-        let key = token.to_string();
-        self.progress.lock().await.insert(key.clone(), sink);
-        let result = self
-            .request(
-                "tools/call",
-                json!({"name": name, "arguments": arguments, "_meta": {"progressToken": token}}),
-            )
-            .await;
-        self.progress.lock().await.remove(&key);
-        result
+        let params = crate::progress::call_params(name, arguments, &token);
+        self.progress
+            .during(&token, sink, self.request("tools/call", params))
+            .await
     }
 
     /// Kills the server process.
@@ -345,12 +325,7 @@ async fn read_stdout(
                     tools_changed.store(true, Ordering::Release);
                 } else if catalog_changed.note(&method) {
                 } else if method == "notifications/progress" {
-                    if let Some(key) = params.get("progressToken").map(Value::to_string) {
-                        let sink = progress.lock().await.get(&key).cloned();
-                        if let Some(sink) = sink {
-                            let _ = sink.send(params);
-                        }
-                    }
+                    progress.deliver(params).await;
                 }
             }
             Ok(Message::Request { method, .. }) => {

@@ -106,14 +106,9 @@ impl Upstream {
         })
     }
 
-    /// Whether progress notifications can be relayed from this transport
-    /// (all three: stdio and legacy SSE deliver them on the stream the
-    /// gateway reads, streamable HTTP in the call's event-stream answer).
-    pub fn relays_progress(&self) -> bool {
-        true
-    }
-
-    /// A tool call whose progress notifications go to `sink`.
+    /// A tool call whose progress notifications go to `sink` (stdio and
+    /// legacy SSE deliver them on the stream the gateway reads, streamable
+    /// HTTP in the call's event-stream answer).
     pub async fn call_tool_with_progress(
         &self,
         name: &str,
