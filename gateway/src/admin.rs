@@ -30,6 +30,21 @@ use crate::model_store::{self, RuntimeRoute};
 use crate::proxy::{Ctx, Gateway};
 use crate::runtime::Runtime;
 
+/// `/admin/v1/<collection>[/<item>]` → (collection, item); None for any
+/// other path.
+fn parse_path(path: &str) -> Option<(&'static str, Option<String>)> {
+    let (collection, rest) = if let Some(r) = path.strip_prefix("/admin/v1/models") {
+        ("models", r)
+    } else {
+        ("mcp", path.strip_prefix("/admin/v1/mcp/servers")?)
+    };
+    match rest.strip_prefix('/') {
+        None if rest.is_empty() => Some((collection, None)),
+        Some(n) if !n.is_empty() && !n.contains('/') => Some((collection, Some(n.to_string()))),
+        _ => None,
+    }
+}
+
 /// A change an admin call makes, checked before its decision is recorded.
 enum Change {
     None,
@@ -52,12 +67,7 @@ impl Gateway {
         else {
             return Ok(true);
         };
-        // (collection, item): `/admin/v1/<collection>[/<item>]`.
-        let (collection, rest) = if let Some(r) = path.strip_prefix("/admin/v1/models") {
-            ("models", r)
-        } else if let Some(r) = path.strip_prefix("/admin/v1/mcp/servers") {
-            ("mcp", r)
-        } else {
+        let Some((collection, route_name)) = parse_path(&path) else {
             return self
                 .refuse_and_respond(
                     session,
@@ -67,32 +77,6 @@ impl Gateway {
                     "no such admin path",
                 )
                 .await;
-        };
-        let route_name = match rest.strip_prefix('/') {
-            Some(n) if !n.is_empty() && !n.contains('/') => Some(n.to_string()),
-            Some(_) => {
-                return self
-                    .refuse_and_respond(
-                        session,
-                        ctx,
-                        runtime,
-                        Rejection::NotFound,
-                        "no such admin path",
-                    )
-                    .await
-            }
-            None if rest.is_empty() => None,
-            None => {
-                return self
-                    .refuse_and_respond(
-                        session,
-                        ctx,
-                        runtime,
-                        Rejection::NotFound,
-                        "no such admin path",
-                    )
-                    .await
-            }
         };
         let (kind, action) = match (collection, method.as_str(), route_name.is_some()) {
             ("models", "GET", false) => ("admin.models.list", Action::ChangeRoutes),
@@ -330,5 +314,31 @@ impl Gateway {
             })
             .collect();
         json!({"models": models})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_path;
+
+    #[test]
+    fn admin_paths_name_a_collection_and_maybe_an_item() {
+        assert_eq!(parse_path("/admin/v1/models"), Some(("models", None)));
+        assert_eq!(
+            parse_path("/admin/v1/models/m1"),
+            Some(("models", Some("m1".into())))
+        );
+        assert_eq!(
+            parse_path("/admin/v1/mcp/servers/x"),
+            Some(("mcp", Some("x".into())))
+        );
+        for bad in [
+            "/admin/v1/modelsx",
+            "/admin/v1/models/",
+            "/admin/v1/models/a/b",
+            "/admin/v1/keys",
+        ] {
+            assert_eq!(parse_path(bad), None, "{bad}");
+        }
     }
 }

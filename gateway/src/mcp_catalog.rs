@@ -191,6 +191,76 @@ impl Gateway {
             .await
     }
 
+    /// Resolves the prompt (`prompt`) or resource a request names to (its
+    /// server, the server's own name for it) and authorizes `get_prompt` /
+    /// `read_resource` on that server. Policies and the audit see the
+    /// federated name. None: the refusal was recorded and answered — an
+    /// unknown and a forbidden target answer alike.
+    #[allow(clippy::too_many_arguments)]
+    async fn authorize_item(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        id: &Value,
+        prompt: bool,
+        asked: &str,
+    ) -> Result<Option<(String, String, Evaluation)>> {
+        let target = match (&ctx.mcp_scope, prompt) {
+            (Some(s), _) => Some((s.clone(), asked.to_string())),
+            (None, true) => split_federated(asked).map(|(s, n)| (s.to_string(), n.to_string())),
+            (None, false) => split_uri(asked),
+        };
+        ctx.facts.target = match &target {
+            Some((s, n)) if prompt => federated_name(s, n),
+            Some((s, u)) => federated_uri(s, u),
+            None => asked.to_string(),
+        };
+        let missing = |decision_id: &str| {
+            let (code, message) = if prompt {
+                (jsonrpc::INVALID_PARAMS, format!("Unknown prompt: {asked}"))
+            } else {
+                (RESOURCE_NOT_FOUND, format!("Resource not found: {asked}"))
+            };
+            jsonrpc::error_response(
+                id,
+                code,
+                &message,
+                Some(json!({"decision_id": decision_id})),
+            )
+        };
+        let labels = target
+            .as_ref()
+            .and_then(|(s, _)| self.shared.mcp.as_ref()?.labels(s));
+        let (Some((server, original)), Some(labels)) = (target, labels) else {
+            let event = ctx.facts.refusal_event(200, "no such server", None);
+            let reply = missing(&event.event_id);
+            self.answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await?;
+            return Ok(None);
+        };
+        ctx.facts.upstream = Some(server.clone());
+        let action = if prompt {
+            Action::GetPrompt
+        } else {
+            Action::ReadResource
+        };
+        let ip = ctx.facts.client_addr_ip();
+        let evaluation = self.authorize_server(runtime, principal, action, &server, &labels, &ip);
+        self.shared.metrics.decision(evaluation.live.outcome);
+        if !evaluation.live.is_allow() {
+            let event = ctx
+                .facts
+                .refusal_event(200, "denied by policy", Some(&evaluation));
+            let reply = missing(&event.event_id);
+            self.answer_with_event(session, ctx, runtime, event, 200, reply)
+                .await?;
+            return Ok(None);
+        }
+        Ok(Some((server, original, evaluation)))
+    }
+
     /// `prompts/get` or `resources/read`: one named target on one server.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn get_catalog_item(
@@ -212,60 +282,12 @@ impl Gateway {
         };
         ctx.facts.action = action.as_str().into();
         let asked = params[key].as_str().unwrap_or("").to_string();
-        // Policies and the audit see the federated name.
-        let target = match (&ctx.mcp_scope, prompt) {
-            (Some(s), true) => Some((s.clone(), asked.clone())),
-            (Some(s), false) => Some((s.clone(), asked.clone())),
-            (None, true) => split_federated(&asked).map(|(s, n)| (s.to_string(), n.to_string())),
-            (None, false) => split_uri(&asked),
+        let Some((server, original, evaluation)) = self
+            .authorize_item(session, ctx, runtime, principal, &id, prompt, &asked)
+            .await?
+        else {
+            return Ok(true);
         };
-        ctx.facts.target = match &target {
-            Some((s, n)) if prompt => federated_name(s, n),
-            Some((s, u)) => federated_uri(s, u),
-            None => asked.clone(),
-        };
-        let missing = |decision_id: &str| {
-            let (code, message) = if prompt {
-                (jsonrpc::INVALID_PARAMS, format!("Unknown prompt: {asked}"))
-            } else {
-                (RESOURCE_NOT_FOUND, format!("Resource not found: {asked}"))
-            };
-            jsonrpc::error_response(
-                &id,
-                code,
-                &message,
-                Some(json!({"decision_id": decision_id})),
-            )
-        };
-        let labels = target.as_ref().and_then(|(s, _)| {
-            self.shared
-                .mcp
-                .as_ref()?
-                .servers()
-                .into_iter()
-                .find(|(name, _)| name == s)
-                .map(|(_, l)| l)
-        });
-        let (Some((server, original)), Some(labels)) = (target, labels) else {
-            let event = ctx.facts.refusal_event(200, "no such server", None);
-            let reply = missing(&event.event_id);
-            return self
-                .answer_with_event(session, ctx, runtime, event, 200, reply)
-                .await;
-        };
-        ctx.facts.upstream = Some(server.clone());
-        let ip = ctx.facts.client_addr_ip();
-        let evaluation = self.authorize_server(runtime, principal, action, &server, &labels, &ip);
-        self.shared.metrics.decision(evaluation.live.outcome);
-        if !evaluation.live.is_allow() {
-            let event = ctx
-                .facts
-                .refusal_event(200, "denied by policy", Some(&evaluation));
-            let reply = missing(&event.event_id);
-            return self
-                .answer_with_event(session, ctx, runtime, event, 200, reply)
-                .await;
-        }
         let limits = &runtime.config.llm.limits;
         if let Err((r, reason)) = self
             .admit(limits, principal, crate::limits::CallKind::Mcp)
@@ -330,54 +352,12 @@ impl Gateway {
         };
         ctx.facts.action = action.as_str().into();
         let asked = params["ref"][key].as_str().unwrap_or("").to_string();
-        let target = match (&ctx.mcp_scope, prompt) {
-            (Some(s), _) => Some((s.clone(), asked.clone())),
-            (None, true) => split_federated(&asked).map(|(s, n)| (s.to_string(), n.to_string())),
-            (None, false) => split_uri(&asked),
+        let Some((server, original, evaluation)) = self
+            .authorize_item(session, ctx, runtime, principal, &id, prompt, &asked)
+            .await?
+        else {
+            return Ok(true);
         };
-        ctx.facts.target.clone_from(&asked);
-        let labels = target.as_ref().and_then(|(s, _)| {
-            self.shared
-                .mcp
-                .as_ref()?
-                .servers()
-                .into_iter()
-                .find(|(name, _)| name == s)
-                .map(|(_, l)| l)
-        });
-        let missing = |decision_id: &str| {
-            let (code, message) = if prompt {
-                (jsonrpc::INVALID_PARAMS, format!("Unknown prompt: {asked}"))
-            } else {
-                (RESOURCE_NOT_FOUND, format!("Resource not found: {asked}"))
-            };
-            jsonrpc::error_response(
-                &id,
-                code,
-                &message,
-                Some(json!({"decision_id": decision_id})),
-            )
-        };
-        let (Some((server, original)), Some(labels)) = (target, labels) else {
-            let event = ctx.facts.refusal_event(200, "no such server", None);
-            let reply = missing(&event.event_id);
-            return self
-                .answer_with_event(session, ctx, runtime, event, 200, reply)
-                .await;
-        };
-        ctx.facts.upstream = Some(server.clone());
-        let ip = ctx.facts.client_addr_ip();
-        let evaluation = self.authorize_server(runtime, principal, action, &server, &labels, &ip);
-        self.shared.metrics.decision(evaluation.live.outcome);
-        if !evaluation.live.is_allow() {
-            let event = ctx
-                .facts
-                .refusal_event(200, "denied by policy", Some(&evaluation));
-            let reply = missing(&event.event_id);
-            return self
-                .answer_with_event(session, ctx, runtime, event, 200, reply)
-                .await;
-        }
         if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation)) {
             self.respond(session, ctx, &r).await?;
             return Ok(true);

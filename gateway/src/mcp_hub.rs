@@ -518,6 +518,14 @@ impl McpHub {
             .collect()
     }
 
+    /// A configured server's operator labels.
+    pub fn labels(&self, server: &str) -> Option<Vec<String>> {
+        self.servers
+            .load()
+            .get(server)
+            .map(|s| s.config.labels.clone())
+    }
+
     fn running(&self, server: &str) -> Result<Arc<Upstream>, McpError> {
         self.servers
             .load()

@@ -103,7 +103,7 @@ impl Sessions {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
-            write_private(path, &(STANDARD.encode(key) + "\n")).map_err(io)?;
+            crate::server::write_private(path, &(STANDARD.encode(key) + "\n")).map_err(io)?;
             key
         };
         Ok(Self::with_key(key))
@@ -163,20 +163,6 @@ impl Sessions {
             Arc::new(set)
         });
     }
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
 }
 
 /// The headers a stateless request is checked against.

@@ -42,7 +42,8 @@ pub fn load_or_create_signer(key_path: &Path, node_id: &str) -> Result<NoteSigne
     Ok(signer)
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes a new file readable only by its owner (keys).
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
