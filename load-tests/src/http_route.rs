@@ -7,7 +7,9 @@
 //!    [--saturation-seconds 5] [--concurrency 32]`
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::{closed_loop, free_port, print_added, print_saturation, Fixed, Proc};
+use lattice_load_tests::{
+    closed_loop, free_port, print_added, print_saturation, start_gateway, Fixed, Proc,
+};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -132,7 +134,7 @@ async fn saturation(
 async fn main() -> Result<()> {
     let args = parse_args()?;
     let dir = tempfile::tempdir()?;
-    let (up_port, gw_port) = (free_port()?, free_port()?);
+    let up_port = free_port()?;
     let _upstream = Proc(
         Command::new(&args.lattice)
             .args(["demo-upstream", "--listen", &format!("127.0.0.1:{up_port}")])
@@ -141,37 +143,14 @@ async fn main() -> Result<()> {
             .context("start the demo upstream")?,
     );
     let starter = include_str!("../../examples/quickstart/policies/starter.cedar");
-    std::fs::write(dir.path().join("policy.cedar"), starter)?;
-    let config = dir.path().join("lattice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{gw_port}\"\ndata_dir = \"data\"\ngrace_period_seconds = 0\n\n[policy]\nfiles = [\"policy.cedar\"]\n\n[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{up_port}\"\nlabels = [\"demo\"]\n"
-        ),
-    )?;
-    let _gateway = Proc(
-        Command::new(&args.lattice)
-            .args(["serve", "-c"])
-            .arg(&config)
-            .env("LATTICE_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start the gateway")?,
+    let route = format!(
+        "[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{up_port}\"\nlabels = [\"demo\"]\n"
     );
+    let gateway = start_gateway(&args.lattice, dir.path(), starter, &route).await?;
+    let (gw_port, auth) = (gateway.port, gateway.auth.clone());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
-    wait_ok(
-        &client,
-        &format!("http://127.0.0.1:{gw_port}/healthz"),
-        None,
-    )
-    .await?;
-    let out = Command::new(&args.lattice)
-        .args(["keys", "create", "--agent", "load", "--role", "agent", "-c"])
-        .arg(&config)
-        .output()?;
-    let auth = format!("Bearer {}", String::from_utf8(out.stdout)?.trim());
     let direct = format!("http://127.0.0.1:{up_port}/bench");
     let via = format!("http://127.0.0.1:{gw_port}/tools/echo/bench");
     wait_ok(&client, &via, Some(&auth)).await?;

@@ -122,3 +122,60 @@ pub fn print_saturation(direct: (f64, usize), via: (f64, usize)) {
     println!("| direct | {:.0} | {} |", direct.0, direct.1);
     println!("| through lattice | {:.0} | {} |", via.0, via.1);
 }
+
+/// A `lattice serve` started for a scenario.
+pub struct Gateway {
+    pub port: u16,
+    /// `Bearer <key>` of an agent with the `agent` role.
+    pub auth: String,
+    _proc: Proc,
+}
+
+/// Writes `policy.cedar` and `lattice.toml` (a `[server]` on a free loopback
+/// port, `[policy]`, then `extra`) into `dir`, starts `lattice serve`, waits
+/// until it answers `/healthz` (at most 30 s) and creates an agent's key.
+pub async fn start_gateway(
+    lattice: &std::path::Path,
+    dir: &std::path::Path,
+    policy: &str,
+    extra: &str,
+) -> anyhow::Result<Gateway> {
+    use anyhow::Context;
+    let port = free_port()?;
+    std::fs::write(dir.join("policy.cedar"), policy)?;
+    let config = dir.join("lattice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\ngrace_period_seconds = 0\n\n[policy]\nfiles = [\"policy.cedar\"]\n\n{extra}"
+        ),
+    )?;
+    let proc = Proc(
+        Command::new(lattice)
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("LATTICE_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start the gateway")?,
+    );
+    let client = reqwest::Client::new();
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let started = std::time::Instant::now();
+    while !matches!(client.get(&healthz).send().await, Ok(r) if r.status().is_success()) {
+        if started.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("the gateway did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new(lattice)
+        .args(["keys", "create", "--agent", "load", "--role", "agent", "-c"])
+        .arg(&config)
+        .output()?;
+    let auth = format!("Bearer {}", String::from_utf8(out.stdout)?.trim());
+    Ok(Gateway {
+        port,
+        auth,
+        _proc: proc,
+    })
+}

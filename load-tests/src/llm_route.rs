@@ -11,7 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use lattice_load_tests::{
-    closed_loop, free_port, percentile, print_added, print_saturation, Fixed, Proc,
+    closed_loop, percentile, print_added, print_saturation, start_gateway, Fixed, Proc,
 };
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -187,7 +187,6 @@ async fn main() -> Result<()> {
         }
         None => tmp.path().to_path_buf(),
     };
-    let gw_port = free_port()?;
     let mut mock = Command::new(args.lattice.with_file_name("lattice-mock-vllm"))
         .args(["--name", "bench", "--model", "bench-model"])
         .stdout(Stdio::piped())
@@ -202,42 +201,19 @@ async fn main() -> Result<()> {
         .next()
         .context("mock address")?
         .to_string();
-    std::fs::write(
-        dir.join("policy.cedar"),
+    let gateway = start_gateway(
+        &args.lattice,
+        &dir,
         "permit (principal in Lattice::Role::\"agent\", action in [Lattice::Action::\"chat\", Lattice::Action::\"embed\"], resource);\n",
-    )?;
-    let config = dir.join("lattice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{gw_port}\"\ndata_dir = \"data\"\ngrace_period_seconds = 0\n\n[policy]\nfiles = [\"policy.cedar\"]\n\n[[backends]]\nname = \"bench\"\nkind = \"vllm\"\nurl = \"http://{backend}\"\n\n[[models]]\nname = \"bench-model\"\nbackends = [\"bench\"]\n"
+        &format!(
+            "[[backends]]\nname = \"bench\"\nkind = \"vllm\"\nurl = \"http://{backend}\"\n\n[[models]]\nname = \"bench-model\"\nbackends = [\"bench\"]\n"
         ),
-    )?;
-    let _gateway = Proc(
-        Command::new(&args.lattice)
-            .args(["serve", "-c"])
-            .arg(&config)
-            .env("LATTICE_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start the gateway")?,
-    );
+    )
+    .await?;
+    let (gw_port, auth) = (gateway.port, gateway.auth.clone());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
-    let healthz = format!("http://127.0.0.1:{gw_port}/healthz");
-    let started = Instant::now();
-    while !matches!(client.get(&healthz).send().await, Ok(r) if r.status().is_success()) {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the gateway did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let out = Command::new(&args.lattice)
-        .args(["keys", "create", "--agent", "load", "--role", "agent", "-c"])
-        .arg(&config)
-        .output()?;
-    let auth = format!("Bearer {}", String::from_utf8(out.stdout)?.trim());
     let direct = format!("http://{backend}/v1/chat/completions");
     let via = format!("http://127.0.0.1:{gw_port}/v1/chat/completions");
     let started = Instant::now();

@@ -11,7 +11,9 @@
 //!    [--seconds 10] [--saturation-seconds 5] [--concurrency 16]`
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::{closed_loop, free_port, print_added, print_saturation, Fixed, Proc};
+use lattice_load_tests::{
+    closed_loop, free_port, print_added, print_saturation, start_gateway, Fixed, Proc,
+};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -149,7 +151,7 @@ async fn direct_session(client: &reqwest::Client, url: &str) -> Result<String> {
 async fn main() -> Result<()> {
     let args = parse_args()?;
     let dir = tempfile::tempdir()?;
-    let (up_port, gw_port) = (free_port()?, free_port()?);
+    let up_port = free_port()?;
     let _upstream = Proc(match &args.everything {
         Some(everything) => Command::new(everything)
             .arg("streamableHttp")
@@ -164,17 +166,6 @@ async fn main() -> Result<()> {
             .spawn()
             .context("start lattice-mock-mcp (beside the lattice binary)")?,
     });
-    std::fs::write(
-        dir.path().join("policy.cedar"),
-        "permit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n",
-    )?;
-    let config = dir.path().join("lattice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{gw_port}\"\ndata_dir = \"data\"\ngrace_period_seconds = 0\n\n[policy]\nfiles = [\"policy.cedar\"]\n\n[[mcp_servers]]\nname = \"everything\"\nurl = \"http://127.0.0.1:{up_port}/mcp\"\nallow_private_network = true\n"
-        ),
-    )?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
@@ -187,20 +178,16 @@ async fn main() -> Result<()> {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    let _gateway = Proc(
-        Command::new(&args.lattice)
-            .args(["serve", "-c"])
-            .arg(&config)
-            .env("LATTICE_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start the gateway")?,
-    );
-    let out = Command::new(&args.lattice)
-        .args(["keys", "create", "--agent", "load", "--role", "agent", "-c"])
-        .arg(&config)
-        .output()?;
-    let auth = format!("Bearer {}", String::from_utf8(out.stdout)?.trim());
+    let gateway = start_gateway(
+        &args.lattice,
+        dir.path(),
+        "permit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n",
+        &format!(
+            "[[mcp_servers]]\nname = \"everything\"\nurl = \"http://127.0.0.1:{up_port}/mcp\"\nallow_private_network = true\n"
+        ),
+    )
+    .await?;
+    let (gw_port, auth) = (gateway.port, gateway.auth.clone());
     let direct = Target {
         url: Arc::new(upstream_url),
         headers: Arc::new(vec![
