@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod clickhouse;
 pub mod event;
+pub mod export;
 pub mod merkle;
 pub mod query;
 pub mod store;

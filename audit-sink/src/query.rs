@@ -86,6 +86,9 @@ pub struct Aggregates {
     pub latency_p99_us: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Outcome events, and those with a 5xx status (the error rate).
+    pub outcomes: u64,
+    pub server_errors: u64,
 }
 
 const TOP: usize = 10;
@@ -180,14 +183,16 @@ impl Store {
             latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
         };
         (a.latency_p50_us, a.latency_p95_us, a.latency_p99_us) = (pct(0.5), pct(0.95), pct(0.99));
-        let (tin, tout): (i64, i64) = self.conn.query_row(
+        let (tin, tout, n, errors): (i64, i64, i64, i64) = self.conn.query_row(
             &format!(
-                "SELECT COALESCE(SUM(json_extract(event, '$.tokens_in')), 0), COALESCE(SUM(json_extract(event, '$.tokens_out')), 0) FROM events WHERE {outcome}"
+                "SELECT COALESCE(SUM(json_extract(event, '$.tokens_in')), 0), COALESCE(SUM(json_extract(event, '$.tokens_out')), 0), \
+                 COUNT(*), COALESCE(SUM(json_extract(event, '$.status') >= 500), 0) FROM events WHERE {outcome}"
             ),
             rusqlite::params_from_iter(args),
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
         (a.tokens_in, a.tokens_out) = (tin as u64, tout as u64);
+        (a.outcomes, a.server_errors) = (n as u64, errors as u64);
         Ok(a)
     }
 }
@@ -236,6 +241,7 @@ struct Totals {
     tin: u64,
     tout: u64,
     n: u64,
+    errors: u64,
 }
 
 #[derive(Row, Deserialize)]
@@ -314,7 +320,8 @@ pub async fn aggregate_clickhouse(
     let t: Totals = bind_all(
         client.query(&format!(
             "SELECT quantileExact(0.5)(toFloat64(latency_us)) AS p50, quantileExact(0.95)(toFloat64(latency_us)) AS p95, \
-             quantileExact(0.99)(toFloat64(latency_us)) AS p99, sum(tokens_in) AS tin, sum(tokens_out) AS tout, count() AS n FROM {outcome}"
+             quantileExact(0.99)(toFloat64(latency_us)) AS p99, sum(tokens_in) AS tin, sum(tokens_out) AS tout, count() AS n, \
+             countIf(status >= 500) AS errors FROM {outcome}"
         )),
         &args,
     )
@@ -326,6 +333,7 @@ pub async fn aggregate_clickhouse(
             (t.p50 as u64, t.p95 as u64, t.p99 as u64);
     }
     (a.tokens_in, a.tokens_out) = (t.tin, t.tout);
+    (a.outcomes, a.server_errors) = (t.n, t.errors);
     Ok(a)
 }
 

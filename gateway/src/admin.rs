@@ -1,27 +1,32 @@
-//! The admin API, on the agents' listener under `/admin/v1/`. Callers
-//! authenticate like agents (API key or JWT); every admin action is a Cedar
-//! action on the `Gateway` resource, so who may administer is an ordinary
-//! policy, and every call is audited (`admin.*` kinds).
+//! The admin API, on the agents' listener under `/admin/v1/`: what the
+//! workbench and the CLI's remote commands call. Callers authenticate like
+//! agents (API key or JWT; humans have `Lattice::Human` principals); every
+//! admin action is a Cedar action, so who may administer is an ordinary
+//! policy, and every call is audited (`admin.*` kinds), reads included.
 //!
-//! - `GET /admin/v1/models`: every route with each backend's live state
-//!   (health, ejection, requests in flight, reported load, latency EWMA).
-//! - `POST /admin/v1/models`: add a run-time route (the JSON form of one
-//!   `[[models]]` entry and the `[[backends]]` it brings), validated against
-//!   the running config, applied at once.
-//! - `DELETE /admin/v1/models/<name>`: remove a run-time route.
-//! - `GET /admin/v1/mcp/servers`: every MCP server, running or not, with its
-//!   tool count and source; `POST` registers one (the JSON form of a
-//!   `[[mcp_servers]]` entry), started at once; `DELETE .../<name>` stops
-//!   and removes a run-time one.
-//!
-//! Model routes need `admin.change_routes`; MCP servers
-//! `admin.register_server`.
+//! - `GET whoami`: the caller and what it may do (no action needed).
+//! - `GET|POST models`, `DELETE models/<name>`: model routes with each
+//!   backend's live state; add or remove a run-time route
+//!   (`admin.change_routes`).
+//! - `GET|POST mcp/servers`, `DELETE mcp/servers/<name>`: MCP servers
+//!   (`admin.register_server`).
+//! - `GET mcp/tools`, `POST mcp/tools/<server>__<tool>/approve`: pinned
+//!   tools with the diff of a quarantined change; approve it
+//!   (`admin.approve_tool`).
+//! - `GET audit` (JSON or `format=csv`), `GET audit/verify`, `GET stats`:
+//!   the trail, its verification, and live aggregates (`admin.read_audit`,
+//!   on `Gateway` for every tenant or on the caller's `Tenant` for its own).
+//! - `GET policies`, `POST policies/validate`, `POST policies/whatif`: the
+//!   active set, a candidate set's errors, a hypothetical decision
+//!   (`admin.read_policies`).
 
-use lattice_policy::{Action, AuthzRequest, RequestContext, Resource};
+use lattice_policy::{Action, AuthzRequest, Evaluation, Principal, RequestContext, Resource};
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Value};
 
+use crate::admin_views::{AuditScope, Reply};
 use crate::config::{McpTransport, RawMcpServer};
 use crate::error::Rejection;
 use crate::keys::StateStore;
@@ -30,18 +35,87 @@ use crate::model_store::{self, RuntimeRoute};
 use crate::proxy::{Ctx, Gateway};
 use crate::runtime::Runtime;
 
-/// `/admin/v1/<collection>[/<item>]` → (collection, item); None for any
-/// other path.
-fn parse_path(path: &str) -> Option<(&'static str, Option<String>)> {
-    let (collection, rest) = if let Some(r) = path.strip_prefix("/admin/v1/models") {
-        ("models", r)
-    } else {
-        ("mcp", path.strip_prefix("/admin/v1/mcp/servers")?)
-    };
-    match rest.strip_prefix('/') {
-        None if rest.is_empty() => Some((collection, None)),
-        Some(n) if !n.is_empty() && !n.contains('/') => Some((collection, Some(n.to_string()))),
-        _ => None,
+/// One admin endpoint, with the item its path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Whoami,
+    Models,
+    AddModel,
+    RemoveModel(String),
+    Servers,
+    AddServer,
+    RemoveServer(String),
+    Tools,
+    ApproveTool(String),
+    Audit,
+    AuditVerify,
+    Stats,
+    Policies,
+    ValidatePolicies,
+    WhatIf,
+}
+
+impl Endpoint {
+    /// The endpoint a method and path name, or the refusal: 404 for an
+    /// unknown path, 405 for a known path and another method.
+    pub(crate) fn route(method: &str, path: &str) -> Result<Self, Rejection> {
+        let rest = path.strip_prefix("/admin/v1/").ok_or(Rejection::NotFound)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(Rejection::NotFound);
+        }
+        let item = |i: usize| parts[i].to_string();
+        let (get, post, delete) = (method == "GET", method == "POST", method == "DELETE");
+        let found = match parts.as_slice() {
+            ["whoami"] => get.then_some(Endpoint::Whoami),
+            ["models"] if get => Some(Endpoint::Models),
+            ["models"] => post.then_some(Endpoint::AddModel),
+            ["models", _] => delete.then(|| Endpoint::RemoveModel(item(1))),
+            ["mcp", "servers"] if get => Some(Endpoint::Servers),
+            ["mcp", "servers"] => post.then_some(Endpoint::AddServer),
+            ["mcp", "servers", _] => delete.then(|| Endpoint::RemoveServer(item(2))),
+            ["mcp", "tools"] => get.then_some(Endpoint::Tools),
+            ["mcp", "tools", _, "approve"] => post.then(|| Endpoint::ApproveTool(item(2))),
+            ["audit"] => get.then_some(Endpoint::Audit),
+            ["audit", "verify"] => get.then_some(Endpoint::AuditVerify),
+            ["stats"] => get.then_some(Endpoint::Stats),
+            ["policies"] => get.then_some(Endpoint::Policies),
+            ["policies", "validate"] => post.then_some(Endpoint::ValidatePolicies),
+            ["policies", "whatif"] => post.then_some(Endpoint::WhatIf),
+            _ => return Err(Rejection::NotFound),
+        };
+        found.ok_or(Rejection::MethodNotAllowed)
+    }
+
+    /// The audit kind and the Cedar action (None: authentication is enough).
+    fn kind_action(&self) -> (&'static str, Option<Action>) {
+        use Endpoint::*;
+        match self {
+            Whoami => ("admin.whoami", None),
+            Models => ("admin.models.list", Some(Action::ChangeRoutes)),
+            AddModel => ("admin.models.add", Some(Action::ChangeRoutes)),
+            RemoveModel(_) => ("admin.models.remove", Some(Action::ChangeRoutes)),
+            Servers => ("admin.mcp.list", Some(Action::RegisterServer)),
+            AddServer => ("admin.mcp.add", Some(Action::RegisterServer)),
+            RemoveServer(_) => ("admin.mcp.remove", Some(Action::RegisterServer)),
+            Tools => ("admin.tools.list", Some(Action::ApproveTool)),
+            ApproveTool(_) => ("admin.tools.approve", Some(Action::ApproveTool)),
+            Audit => ("admin.audit.query", Some(Action::ReadAudit)),
+            AuditVerify => ("admin.audit.verify", Some(Action::ReadAudit)),
+            Stats => ("admin.audit.stats", Some(Action::ReadAudit)),
+            Policies => ("admin.policies.list", Some(Action::ReadPolicies)),
+            ValidatePolicies => ("admin.policies.validate", Some(Action::ReadPolicies)),
+            WhatIf => ("admin.policies.whatif", Some(Action::ReadPolicies)),
+        }
+    }
+
+    /// The audit target: the named item, or the collection.
+    fn target(&self, path: &str) -> String {
+        use Endpoint::*;
+        match self {
+            RemoveModel(n) | RemoveServer(n) | ApproveTool(n) => n.clone(),
+            _ => path.trim_start_matches("/admin/v1/").to_string(),
+        }
     }
 }
 
@@ -50,6 +124,8 @@ enum Change {
     None,
     Route(RuntimeRoute),
     Server(Box<RawMcpServer>),
+    WhatIf(Box<AuthzRequest>),
+    Candidate(String),
 }
 
 impl Gateway {
@@ -63,55 +139,28 @@ impl Gateway {
         ctx.facts.kind = "admin.request";
         let path = ctx.facts.target.clone();
         let method = session.req_header().method.clone();
+        let query = session.req_header().uri.query().unwrap_or("").to_string();
         let Some((body, principal)) = self.read_and_authenticate(session, ctx, runtime).await?
         else {
             return Ok(true);
         };
-        let Some((collection, route_name)) = parse_path(&path) else {
-            return self
-                .refuse_and_respond(
-                    session,
-                    ctx,
-                    runtime,
-                    Rejection::NotFound,
-                    "no such admin path",
-                )
-                .await;
-        };
-        let (kind, action) = match (collection, method.as_str(), route_name.is_some()) {
-            ("models", "GET", false) => ("admin.models.list", Action::ChangeRoutes),
-            ("models", "POST", false) => ("admin.models.add", Action::ChangeRoutes),
-            ("models", "DELETE", true) => ("admin.models.remove", Action::ChangeRoutes),
-            ("mcp", "GET", false) => ("admin.mcp.list", Action::RegisterServer),
-            ("mcp", "POST", false) => ("admin.mcp.add", Action::RegisterServer),
-            ("mcp", "DELETE", true) => ("admin.mcp.remove", Action::RegisterServer),
-            _ => {
+        let endpoint = match Endpoint::route(method.as_str(), &path) {
+            Ok(e) => e,
+            Err(r) => {
+                let reason = r.message();
                 return self
-                    .refuse_and_respond(
-                        session,
-                        ctx,
-                        runtime,
-                        Rejection::MethodNotAllowed,
-                        "method not allowed on this admin path",
-                    )
-                    .await
+                    .refuse_and_respond(session, ctx, runtime, r, &reason)
+                    .await;
             }
         };
+        let (kind, action) = endpoint.kind_action();
         ctx.facts.kind = kind;
-        ctx.facts.action = action.as_str().into();
-        ctx.facts.target = route_name.clone().unwrap_or_else(|| collection.into());
+        ctx.facts.target = endpoint.target(&path);
+        if let Some(a) = action {
+            ctx.facts.action = a.as_str().into();
+        }
         // 5. Authorize.
-        let evaluation = runtime.policy.evaluate(&AuthzRequest {
-            principal: principal.clone(),
-            action,
-            resource: Resource::Gateway {
-                id: "gateway".into(),
-            },
-            context: RequestContext::new(
-                (lattice_audit::now_us() / 1_000_000) as i64,
-                ctx.facts.client_addr_ip(),
-            ),
-        });
+        let (evaluation, scope) = self.authorize_admin(ctx, runtime, &principal, action);
         self.shared.metrics.decision(evaluation.live.outcome);
         if !evaluation.live.is_allow() {
             if let Err(sent) = self.forbid(ctx, runtime, &evaluation) {
@@ -121,11 +170,16 @@ impl Gateway {
         }
         // A change is checked before its decision is recorded: an invalid
         // route is a 400, not an allowed call that failed.
-        let checked = match kind {
-            "admin.models.add" => self.check_new_route(runtime, &body).map(Change::Route),
-            "admin.mcp.add" => self
+        let checked = match &endpoint {
+            Endpoint::AddModel => self.check_new_route(runtime, &body).map(Change::Route),
+            Endpoint::AddServer => self
                 .check_new_server(runtime, &body)
                 .map(|s| Change::Server(Box::new(s))),
+            Endpoint::WhatIf => crate::admin_views::check_whatif(&body)
+                .map(|r| Change::WhatIf(Box::new(r))),
+            Endpoint::ValidatePolicies => {
+                crate::admin_views::check_candidate(&body).map(Change::Candidate)
+            }
             _ => Ok(Change::None),
         };
         let change = match checked {
@@ -146,25 +200,122 @@ impl Gateway {
             return Ok(true);
         }
         ctx.facts.decision = "allow";
+        let reply = self
+            .admin_reply(runtime, &principal, endpoint, change, scope, &query)
+            .await;
+        let (status, content_type, body, attachment) = match reply {
+            Reply::Json(status, v) => (status, "application/json", v.to_string(), None),
+            Reply::Csv(text) => (200, "text/csv; charset=utf-8", text, Some("audit.csv")),
+        };
+        if status >= 400 {
+            ctx.failure = Some(body.clone());
+        }
+        let mut resp = ResponseHeader::build(status, Some(5))?;
+        resp.insert_header("content-type", content_type)?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+        resp.insert_header("cache-control", "no-store")?;
+        if let Some(name) = attachment {
+            resp.insert_header(
+                "content-disposition",
+                format!("attachment; filename=\"{name}\""),
+            )?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(bytes::Bytes::from(body)), true)
+            .await?;
+        Ok(true)
+    }
+
+    /// The decision on an admin call. Reading the audit trail is allowed on
+    /// the whole gateway (every tenant) or, failing that, on the caller's
+    /// own tenant; `whoami` needs no permission beyond authentication.
+    fn authorize_admin(
+        &self,
+        ctx: &Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        action: Option<Action>,
+    ) -> (Evaluation, AuditScope) {
+        let decide = |action: Action, resource: Resource| {
+            runtime.policy.evaluate(&AuthzRequest {
+                principal: principal.clone(),
+                action,
+                resource,
+                context: RequestContext::new(
+                    (lattice_audit::now_us() / 1_000_000) as i64,
+                    ctx.facts.client_addr_ip(),
+                ),
+            })
+        };
+        let gateway = || Resource::Gateway {
+            id: "gateway".into(),
+        };
+        match action {
+            None => (
+                Evaluation {
+                    live: lattice_policy::Decision {
+                        outcome: lattice_policy::Outcome::Allow,
+                        policies: Vec::new(),
+                        errors: Vec::new(),
+                    },
+                    shadow: None,
+                },
+                AuditScope::None,
+            ),
+            Some(Action::ReadAudit) => {
+                let all = decide(Action::ReadAudit, gateway());
+                if all.live.is_allow() {
+                    return (all, AuditScope::All);
+                }
+                let own = decide(
+                    Action::ReadAudit,
+                    Resource::Tenant {
+                        id: principal.tenant.clone(),
+                    },
+                );
+                let scope = if own.live.is_allow() {
+                    AuditScope::Tenant(principal.tenant.clone())
+                } else {
+                    AuditScope::None
+                };
+                (own, scope)
+            }
+            Some(a) => (decide(a, gateway()), AuditScope::None),
+        }
+    }
+
+    /// What an allowed admin call answers.
+    async fn admin_reply(
+        &self,
+        runtime: &Runtime,
+        principal: &Principal,
+        endpoint: Endpoint,
+        change: Change,
+        scope: AuditScope,
+        query: &str,
+    ) -> Reply {
         let conflict = |name: &str| {
-            (
+            Reply::Json(
                 409,
                 json!({"error": {"code": "conflict", "message": format!("`{name}` is defined in the config file; edit the file to change it")}}),
             )
         };
         let missing = |name: &str| {
-            (
+            Reply::Json(
                 404,
                 json!({"error": {"code": "not_found", "message": format!("no run-time `{name}`")}}),
             )
         };
-        let (status, reply) = match (kind, change, route_name) {
-            ("admin.models.list", _, _) => (200, self.models_view(runtime)),
-            ("admin.models.add", Change::Route(route), _) => self.apply(|store| {
+        match (endpoint, change) {
+            (Endpoint::Whoami, _) => Reply::Json(200, self.whoami(runtime, principal)),
+            (Endpoint::Models, _) => Reply::Json(200, self.models_view(runtime)),
+            (Endpoint::AddModel, Change::Route(route)) => self.apply(|store| {
                 store.add_model_route(&route)?;
                 Ok(json!({"added": route.name()?}))
             }),
-            ("admin.models.remove", _, Some(name)) => {
+            (Endpoint::RemoveModel(name), _) => {
                 if runtime.file_llm.models.iter().any(|m| m.name == name) {
                     conflict(&name)
                 } else if !runtime.config.llm.models.iter().any(|m| m.name == name) {
@@ -176,12 +327,12 @@ impl Gateway {
                     })
                 }
             }
-            ("admin.mcp.list", _, _) => (200, self.servers_view(runtime)),
-            ("admin.mcp.add", Change::Server(server), _) => self.apply(|store| {
+            (Endpoint::Servers, _) => Reply::Json(200, self.servers_view(runtime)),
+            (Endpoint::AddServer, Change::Server(server)) => self.apply(|store| {
                 store.add_mcp_server(&server)?;
                 Ok(json!({"added": server.name()}))
             }),
-            ("admin.mcp.remove", _, Some(name)) => {
+            (Endpoint::RemoveServer(name), _) => {
                 if runtime.file_mcp_servers.contains(&name) {
                     conflict(&name)
                 } else if !runtime.config.mcp_servers.iter().any(|s| s.name == name) {
@@ -193,12 +344,20 @@ impl Gateway {
                     })
                 }
             }
-            _ => (500, json!({"error": {"code": "internal_error"}})),
-        };
-        if status >= 400 {
-            ctx.failure = Some(reply.to_string());
+            (Endpoint::Tools, _) => self.tools_view(),
+            (Endpoint::ApproveTool(name), _) => self.approve_tool(&name),
+            (Endpoint::Audit, _) => self.audit_view(runtime, &scope, query).await,
+            (Endpoint::AuditVerify, _) => self.verify_view(runtime).await,
+            (Endpoint::Stats, _) => self.stats_view(runtime, &scope, query).await,
+            (Endpoint::Policies, _) => Reply::Json(200, self.policies_view(runtime)),
+            (Endpoint::ValidatePolicies, Change::Candidate(text)) => {
+                Reply::Json(200, crate::admin_views::validate_candidate(runtime, &text))
+            }
+            (Endpoint::WhatIf, Change::WhatIf(req)) => {
+                Reply::Json(200, crate::admin_views::what_if(runtime, *req))
+            }
+            _ => Reply::Json(500, json!({"error": {"code": "internal_error"}})),
         }
-        self.write_json(session, ctx, status, &reply).await
     }
 
     fn check_new_route(&self, runtime: &Runtime, body: &[u8]) -> Result<RuntimeRoute, String> {
@@ -271,13 +430,13 @@ impl Gateway {
     fn apply(
         &self,
         change: impl FnOnce(&StateStore) -> Result<Value, crate::GatewayError>,
-    ) -> (u16, Value) {
+    ) -> Reply {
         let result = StateStore::open(&self.shared.startup.server.data_dir)
             .and_then(|store| change(&store))
             .and_then(|v| self.shared.reload().map(|()| v));
         match result {
-            Ok(v) => (200, v),
-            Err(e) => (
+            Ok(v) => Reply::Json(200, v),
+            Err(e) => Reply::Json(
                 409,
                 json!({"error": {"code": "conflict", "message": e.to_string()}}),
             ),
@@ -319,26 +478,44 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_path;
+    use super::Endpoint;
+    use crate::error::Rejection;
 
     #[test]
-    fn admin_paths_name_a_collection_and_maybe_an_item() {
-        assert_eq!(parse_path("/admin/v1/models"), Some(("models", None)));
+    fn admin_paths_name_an_endpoint_and_maybe_an_item() {
+        assert_eq!(Endpoint::route("GET", "/admin/v1/models"), Ok(Endpoint::Models));
         assert_eq!(
-            parse_path("/admin/v1/models/m1"),
-            Some(("models", Some("m1".into())))
+            Endpoint::route("DELETE", "/admin/v1/models/m1"),
+            Ok(Endpoint::RemoveModel("m1".into()))
         );
         assert_eq!(
-            parse_path("/admin/v1/mcp/servers/x"),
-            Some(("mcp", Some("x".into())))
+            Endpoint::route("DELETE", "/admin/v1/mcp/servers/x"),
+            Ok(Endpoint::RemoveServer("x".into()))
         );
+        assert_eq!(
+            Endpoint::route("POST", "/admin/v1/mcp/tools/s__t/approve"),
+            Ok(Endpoint::ApproveTool("s__t".into()))
+        );
+        assert_eq!(Endpoint::route("GET", "/admin/v1/audit/verify"), Ok(Endpoint::AuditVerify));
+        assert_eq!(Endpoint::route("POST", "/admin/v1/policies/whatif"), Ok(Endpoint::WhatIf));
         for bad in [
             "/admin/v1/modelsx",
             "/admin/v1/models/",
             "/admin/v1/models/a/b",
             "/admin/v1/keys",
+            "/admin/v1//models",
+            "/admin/v2/models",
         ] {
-            assert_eq!(parse_path(bad), None, "{bad}");
+            assert_eq!(Endpoint::route("GET", bad), Err(Rejection::NotFound), "{bad}");
         }
+        // A known path with another method is a 405, not a 404.
+        assert_eq!(
+            Endpoint::route("DELETE", "/admin/v1/models"),
+            Err(Rejection::MethodNotAllowed)
+        );
+        assert_eq!(
+            Endpoint::route("GET", "/admin/v1/mcp/tools/s__t/approve"),
+            Err(Rejection::MethodNotAllowed)
+        );
     }
 }

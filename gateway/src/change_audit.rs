@@ -99,8 +99,12 @@ pub fn key_changes(before: &[ApiKey], after: &[ApiKey]) -> Vec<(&'static str, St
             "admin.keys.created",
             k.id.clone(),
             format!(
-                "API key for agent `{}` (tenant `{}`, roles {:?}, labels {:?}) is active",
-                k.agent, k.tenant, k.roles, k.labels
+                "API key for {} `{}` (tenant `{}`, roles {:?}, labels {:?}) is active",
+                crate::keys::kind_name(k.kind),
+                k.agent,
+                k.tenant,
+                k.roles,
+                k.labels
             ),
         ));
     }
@@ -109,8 +113,10 @@ pub fn key_changes(before: &[ApiKey], after: &[ApiKey]) -> Vec<(&'static str, St
             "admin.keys.revoked",
             k.id.clone(),
             format!(
-                "API key of agent `{}` (tenant `{}`) is no longer accepted",
-                k.agent, k.tenant
+                "API key of {} `{}` (tenant `{}`) is no longer accepted",
+                crate::keys::kind_name(k.kind),
+                k.agent,
+                k.tenant
             ),
         ));
     }
@@ -124,6 +130,7 @@ mod tests {
     fn key(id: &str) -> ApiKey {
         ApiKey {
             id: id.into(),
+            kind: lattice_policy::PrincipalKind::Agent,
             agent: format!("agent-{id}"),
             tenant: "t".into(),
             roles: vec!["agent".into()],

@@ -155,6 +155,10 @@ struct RawJwt {
     labels_claim: Option<String>,
     #[serde(default = "d_leeway")]
     leeway_seconds: u64,
+    /// `agent` (default) or `human`: an identity provider for people (the
+    /// workbench) makes `Lattice::Human` principals.
+    #[serde(default)]
+    principal_type: Option<String>,
 }
 
 impl Default for RawMcp {
@@ -381,6 +385,7 @@ pub struct JwtIssuer {
     pub roles_claim: Option<String>,
     pub labels_claim: Option<String>,
     pub leeway: Duration,
+    pub principal_kind: lattice_policy::PrincipalKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -600,6 +605,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
             roles_claim: j.roles_claim,
             labels_claim: j.labels_claim,
             leeway: Duration::from_secs(j.leeway_seconds),
+            principal_kind: match j.principal_type.as_deref() {
+                None | Some("agent") => lattice_policy::PrincipalKind::Agent,
+                Some("human") => lattice_policy::PrincipalKind::Human,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "auth.jwt[{i}].principal_type: `{other}` is not `agent` or `human`"
+                    )))
+                }
+            },
         });
     }
     if !raw.auth.api_keys && jwt.is_empty() {

@@ -129,7 +129,7 @@ pub fn authenticate(
             .lookup(token)
             .ok_or_else(|| Rejection::Unauthenticated("unknown or revoked API key".into()))?;
         return Ok(Principal {
-            kind: lattice_policy::PrincipalKind::Agent,
+            kind: key.kind,
             id: key.agent,
             tenant: key.tenant,
             roles: key.roles,

@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use jwt_simple::prelude::*;
-use lattice_policy::{Principal, PrincipalKind};
+use lattice_policy::Principal;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -272,7 +272,7 @@ fn principal(cfg: &JwtIssuer, claims: JWTClaims<Map<String, Value>>) -> Result<P
         .map(str::to_string)
         .unwrap_or_else(|| cfg.default_tenant.clone());
     Ok(Principal {
-        kind: PrincipalKind::Agent,
+        kind: cfg.principal_kind,
         id: agent,
         tenant,
         roles: string_list(cfg.roles_claim.as_ref().and_then(|c| custom.get(c))),

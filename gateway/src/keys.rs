@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use crate::GatewayError;
+use lattice_policy::PrincipalKind;
 
 /// Every API key starts with this.
 pub const KEY_PREFIX: &str = "lat_";
@@ -24,6 +25,9 @@ pub const KEY_PREFIX: &str = "lat_";
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ApiKey {
     pub id: String,
+    /// An agent's or a human's (workbench user's) key.
+    pub kind: PrincipalKind,
+    /// The principal id (an agent's or a human's name).
     pub agent: String,
     pub tenant: String,
     pub roles: Vec<String>,
@@ -69,12 +73,26 @@ impl StateStore {
             INSERT OR IGNORE INTO meta (k, v) VALUES ('keys_generation', 0);",
         )
         .map_err(state_err)?;
+        // Stores made before human keys existed hold agents' keys only.
+        let has_kind: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('api_keys') WHERE name = 'kind'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(state_err)?
+            > 0;
+        if !has_kind {
+            conn.execute_batch("ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'")
+                .map_err(state_err)?;
+        }
         Ok(Self { conn })
     }
 
     /// Creates a key and returns it with its secret, which is not stored.
     pub fn create_key(
         &self,
+        kind: PrincipalKind,
         agent: &str,
         tenant: &str,
         roles: &[String],
@@ -93,6 +111,7 @@ impl StateStore {
         let secret = format!("{KEY_PREFIX}{id}_{}", B64URL.encode(secret_bytes));
         let key = ApiKey {
             id: id.clone(),
+            kind,
             agent: agent.to_string(),
             tenant: tenant.to_string(),
             roles: roles.to_vec(),
@@ -103,8 +122,8 @@ impl StateStore {
         let json = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
         self.conn
             .execute(
-                "INSERT INTO api_keys (id, hash, agent, tenant, roles, labels, created_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO api_keys (id, hash, agent, tenant, roles, labels, created_us, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     id,
                     &hash_key(&secret)[..],
@@ -112,7 +131,8 @@ impl StateStore {
                     tenant,
                     json(roles),
                     json(labels),
-                    key.created_us
+                    key.created_us,
+                    kind_name(kind)
                 ],
             )
             .map_err(state_err)?;
@@ -156,7 +176,7 @@ impl StateStore {
     pub fn keys(&self) -> Result<Vec<([u8; 32], ApiKey)>, GatewayError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT hash, id, agent, tenant, roles, labels, created_us, revoked_us FROM api_keys ORDER BY created_us")
+            .prepare("SELECT hash, id, agent, tenant, roles, labels, created_us, revoked_us, kind FROM api_keys ORDER BY created_us")
             .map_err(state_err)?;
         let rows = stmt
             .query_map([], |r| {
@@ -167,6 +187,11 @@ impl StateStore {
                     hash,
                     ApiKey {
                         id: r.get(1)?,
+                        kind: if r.get::<_, String>(8)? == "human" {
+                            PrincipalKind::Human
+                        } else {
+                            PrincipalKind::Agent
+                        },
                         agent: r.get(2)?,
                         tenant: r.get(3)?,
                         roles: serde_json::from_str(&roles).unwrap_or_default(),
@@ -186,6 +211,14 @@ impl StateStore {
             out.push((hash, key));
         }
         Ok(out)
+    }
+}
+
+/// The stored (and printed) name of a principal kind.
+pub fn kind_name(kind: PrincipalKind) -> &'static str {
+    match kind {
+        PrincipalKind::Agent => "agent",
+        PrincipalKind::Human => "human",
     }
 }
 
@@ -247,11 +280,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         let (key, secret) = store
-            .create_key("a1", "t1", &["agent".into()], &[])
+            .create_key(PrincipalKind::Agent, "a1", "t1", &["agent".into()], &[])
+            .unwrap();
+        let (_, human) = store
+            .create_key(PrincipalKind::Human, "alice", "t1", &["admin".into()], &[])
             .unwrap();
         assert!(secret.starts_with("lat_"));
         let cache = KeyCache::load(&store).unwrap();
         assert_eq!(cache.lookup(&secret).unwrap().agent, "a1");
+        assert_eq!(cache.lookup(&secret).unwrap().kind, PrincipalKind::Agent);
+        assert_eq!(cache.lookup(&human).unwrap().kind, PrincipalKind::Human);
         assert!(cache.lookup("lat_nope").is_none());
         // The secret itself is not stored.
         for f in std::fs::read_dir(dir.path()).unwrap() {

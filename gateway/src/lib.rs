@@ -11,6 +11,7 @@
 //! on audit I/O (it only enqueues).
 
 pub mod admin;
+pub mod admin_views;
 pub mod change_audit;
 pub mod config;
 pub mod demo;
@@ -34,5 +35,6 @@ pub mod proxy;
 pub mod registry_store;
 pub mod runtime;
 pub mod server;
+pub mod ui;
 
 pub use error::{GatewayError, Rejection};

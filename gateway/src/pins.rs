@@ -43,6 +43,10 @@ pub struct Pinned {
     pub pending_hash: Option<String>,
     /// A changed (or, without auto-approval, new) definition waits.
     pub quarantined: bool,
+    /// The canonical definitions (JSON text) behind the two hashes; the
+    /// approved one is unknown for pins made before it was kept.
+    pub approved_definition: Option<String>,
+    pub pending_definition: Option<String>,
 }
 
 fn err(e: rusqlite::Error) -> GatewayError {
@@ -64,7 +68,22 @@ impl StateStore {
                 );
                 INSERT OR IGNORE INTO meta (k, v) VALUES ('pins_generation', 0);",
             )
-            .map_err(err)
+            .map_err(err)?;
+        // Pins made before approved definitions were kept have only a hash.
+        let kept: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('tool_pins') WHERE name = 'approved_definition'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if kept == 0 {
+            self.conn
+                .execute_batch("ALTER TABLE tool_pins ADD COLUMN approved_definition TEXT")
+                .map_err(err)?;
+        }
+        Ok(())
     }
 
     fn bump_pins(&self) -> Result<(), GatewayError> {
@@ -99,8 +118,8 @@ impl StateStore {
             None if auto_approve => {
                 self.conn
                     .execute(
-                        "INSERT INTO tool_pins (server, tool, approved_hash, updated_us) VALUES (?1, ?2, ?3, ?4)",
-                        params![server, tool, hash, now],
+                        "INSERT INTO tool_pins (server, tool, approved_hash, approved_definition, updated_us) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![server, tool, hash, definition, now],
                     )
                     .map_err(err)?;
                 Seen::FirstApproved
@@ -126,7 +145,7 @@ impl StateStore {
         let n = self
             .conn
             .execute(
-                "UPDATE tool_pins SET approved_hash = pending_hash, pending_hash = NULL, pending_definition = NULL, updated_us = ?3
+                "UPDATE tool_pins SET approved_hash = pending_hash, approved_definition = pending_definition, pending_hash = NULL, pending_definition = NULL, updated_us = ?3
                  WHERE server = ?1 AND tool = ?2 AND pending_hash IS NOT NULL",
                 params![server, tool, lattice_audit::now_us() as i64],
             )
@@ -173,7 +192,7 @@ impl StateStore {
         self.pins_schema()?;
         let mut stmt = self
             .conn
-            .prepare("SELECT server, tool, approved_hash, pending_hash FROM tool_pins ORDER BY server, tool")
+            .prepare("SELECT server, tool, approved_hash, pending_hash, approved_definition, pending_definition FROM tool_pins ORDER BY server, tool")
             .map_err(err)?;
         let rows = stmt
             .query_map([], |r| {
@@ -184,6 +203,8 @@ impl StateStore {
                     approved_hash: r.get(2)?,
                     quarantined: pending.is_some(),
                     pending_hash: pending,
+                    approved_definition: r.get(4)?,
+                    pending_definition: r.get(5)?,
                 })
             })
             .map_err(err)?;

@@ -414,6 +414,10 @@ impl ProxyHttp for Gateway {
         if self.builtin(session, &path).await? {
             return Ok(true);
         }
+        if path == "/ui" || path.starts_with("/ui/") {
+            crate::ui::serve(session, &path).await?;
+            return Ok(true);
+        }
         let runtime = self.shared.runtime.load_full();
         let req = session.req_header();
         let (trace_id, traceparent) =

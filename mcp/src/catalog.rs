@@ -25,7 +25,8 @@ fn encode(s: &str, keep_braces: bool) -> String {
     out
 }
 
-fn decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes; None when an escape or the UTF-8 is malformed.
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -57,7 +58,7 @@ pub fn split_uri(federated: &str) -> Option<(String, String)> {
     let rest = federated.strip_prefix(SCHEME)?;
     let (server, encoded) = rest.split_once('/')?;
     crate::tools::check_server_name(server).ok()?;
-    Some((server.to_string(), decode(encoded)?))
+    Some((server.to_string(), percent_decode(encoded)?))
 }
 
 /// Rewrites every `uri` in a `resources/read` result (or a list of

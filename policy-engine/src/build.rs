@@ -219,7 +219,7 @@ impl Builder {
                 ],
                 HashSet::from([self.uid("McpServer", server)?]),
             ),
-            Resource::Gateway { .. } => (Vec::new(), HashSet::new()),
+            Resource::Gateway { .. } | Resource::Tenant { .. } => (Vec::new(), HashSet::new()),
         };
         self.entity(r.type_name(), r.id(), attrs, parents)
     }

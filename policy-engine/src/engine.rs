@@ -510,4 +510,32 @@ mod tests {
         r.context = RequestContext::new(0, "10.0.0.1");
         assert!(e.decide(&r).is_allow());
     }
+
+    #[test]
+    fn a_tenant_scoped_auditor_reads_only_its_own_tenant() {
+        let set = r#"
+            @id("tenant-auditors")
+            permit (principal in Lattice::Role::"auditor",
+                    action == Lattice::Action::"admin.read_audit",
+                    resource is Lattice::Tenant) when { principal in resource };
+        "#;
+        let e = PolicyEngine::new(&[PolicySource::new("a.cedar", set)], None).unwrap();
+        let mut r = req("GET", &[], "10.0.0.1");
+        r.principal.kind = PrincipalKind::Human;
+        r.principal.roles = vec!["auditor".into()];
+        r.action = Action::ReadAudit;
+        r.context = RequestContext::new(0, "10.0.0.1");
+        r.resource = Resource::Tenant { id: "t1".into() };
+        assert!(e.decide(&r).is_allow());
+        r.resource = Resource::Tenant { id: "t2".into() };
+        assert!(!e.decide(&r).is_allow());
+        // Every tenant (the whole gateway) is not theirs to read.
+        r.resource = Resource::Gateway { id: "gateway".into() };
+        assert!(!e.decide(&r).is_allow());
+        // The other admin actions take only the gateway.
+        r.action = Action::ReadPolicies;
+        r.resource = Resource::Tenant { id: "t1".into() };
+        assert!(!e.decide(&r).is_allow());
+        assert!(!e.decide(&r).errors.is_empty());
+    }
 }

@@ -60,10 +60,11 @@ pub enum Action {
     ReadAudit,
     ManageKeys,
     ApproveTool,
+    ReadPolicies,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::HttpRequest,
         Action::CallTool,
         Action::ListTools,
@@ -77,6 +78,7 @@ impl Action {
         Action::ReadAudit,
         Action::ManageKeys,
         Action::ApproveTool,
+        Action::ReadPolicies,
     ];
 
     /// The Cedar action id (`Lattice::Action::"<this>"`).
@@ -95,6 +97,7 @@ impl Action {
             Action::ReadAudit => "admin.read_audit",
             Action::ManageKeys => "admin.manage_keys",
             Action::ApproveTool => "admin.approve_tool",
+            Action::ReadPolicies => "admin.read_policies",
         }
     }
 }
@@ -164,6 +167,9 @@ pub enum Resource {
         #[serde(default = "default_gateway")]
         id: String,
     },
+    /// A tenant as the object of an admin action: `admin.read_audit` on
+    /// `Tenant::"acme"` is reading that tenant's part of the trail.
+    Tenant { id: String },
 }
 
 fn default_risk() -> String {
@@ -182,6 +188,7 @@ impl Resource {
             Resource::Tool { .. } => "Tool",
             Resource::Model { .. } => "Model",
             Resource::Gateway { .. } => "Gateway",
+            Resource::Tenant { .. } => "Tenant",
         }
     }
 
@@ -192,7 +199,8 @@ impl Resource {
             | Resource::McpServer { id, .. }
             | Resource::Tool { id, .. }
             | Resource::Model { id, .. }
-            | Resource::Gateway { id } => id,
+            | Resource::Gateway { id }
+            | Resource::Tenant { id } => id,
         }
     }
 }

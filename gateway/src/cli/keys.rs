@@ -3,16 +3,21 @@
 
 use clap::Subcommand;
 use lattice_gateway::keys::StateStore;
+use lattice_policy::PrincipalKind;
 use std::process::ExitCode;
 
 use super::ConfigArg;
 
 #[derive(Subcommand)]
 pub enum KeysCmd {
-    /// Create a key for an agent; the key is printed once and stored hashed.
+    /// Create a key for an agent (or, with --human, for a person using the
+    /// workbench); the key is printed once and stored hashed.
     Create {
+        #[arg(long, required_unless_present = "human", conflicts_with = "human")]
+        agent: Option<String>,
+        /// A human principal (`Lattice::Human`), e.g. an operator or auditor.
         #[arg(long)]
-        agent: String,
+        human: Option<String>,
         #[arg(long, default_value = "default")]
         tenant: String,
         /// A role (repeatable).
@@ -41,16 +46,23 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         KeysCmd::Create {
             agent,
+            human,
             tenant,
             roles,
             labels,
             config,
         } => {
             let store = StateStore::open(&config.load()?.server.data_dir)?;
-            let (key, secret) = store.create_key(&agent, &tenant, &roles, &labels)?;
+            let (kind, name) = match (agent, human) {
+                (_, Some(h)) => (PrincipalKind::Human, h),
+                (Some(a), None) => (PrincipalKind::Agent, a),
+                (None, None) => anyhow::bail!("give --agent NAME or --human NAME"),
+            };
+            let (key, secret) = store.create_key(kind, &name, &tenant, &roles, &labels)?;
             eprintln!(
-                "Created API key {} for agent `{}` (tenant `{}`, roles [{}]). It is shown only now:",
+                "Created API key {} for {} `{}` (tenant `{}`, roles [{}]). It is shown only now:",
                 key.id,
+                lattice_gateway::keys::kind_name(key.kind),
                 key.agent,
                 key.tenant,
                 key.roles.join(", ")
@@ -60,8 +72,8 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
         KeysCmd::List { config } => {
             let store = StateStore::open(&config.load()?.server.data_dir)?;
             println!(
-                "{:<14} {:<20} {:<12} {:<24} STATUS",
-                "ID", "AGENT", "TENANT", "ROLES"
+                "{:<14} {:<6} {:<20} {:<12} {:<24} STATUS",
+                "ID", "KIND", "PRINCIPAL", "TENANT", "ROLES"
             );
             for (_, k) in store.keys()? {
                 let status = if k.revoked_us.is_some() {
@@ -70,8 +82,9 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                     "active"
                 };
                 println!(
-                    "{:<14} {:<20} {:<12} {:<24} {status}",
+                    "{:<14} {:<6} {:<20} {:<12} {:<24} {status}",
                     k.id,
+                    lattice_gateway::keys::kind_name(k.kind),
                     k.agent,
                     k.tenant,
                     k.roles.join(",")

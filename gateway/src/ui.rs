@@ -1,0 +1,92 @@
+//! Serves the workbench (the yew console, `workbench/`) at `/ui/`: static
+//! files embedded at build time, with a strict Content-Security-Policy (own
+//! scripts and WebAssembly only, no inline script, no framing). The files
+//! hold no data: everything the console shows comes from the admin API and
+//! `/v1/`, authenticated and authorized per call.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+include!(concat!(env!("OUT_DIR"), "/workbench_assets.rs"));
+
+const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
+img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next().unwrap_or_default() {
+        "html" => "text/html; charset=utf-8",
+        "js" => "text/javascript; charset=utf-8",
+        "wasm" => "application/wasm",
+        "css" => "text/css; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "json" => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The response to a `/ui` path: (status, content type, body, redirect).
+pub(crate) fn lookup(path: &str) -> (u16, &'static str, Bytes, Option<&'static str>) {
+    if path == "/ui" {
+        return (308, "text/plain", Bytes::from_static(b"/ui/\n"), Some("/ui/"));
+    }
+    let name = match path.strip_prefix("/ui/") {
+        Some("") => "index.html",
+        Some(n) => n,
+        None => return (404, "text/plain", Bytes::from_static(b"not found\n"), None),
+    };
+    if ASSETS.is_empty() {
+        return (
+            503,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(
+                b"The workbench is not built into this binary: run scripts/build-workbench, then rebuild lattice.\n",
+            ),
+            None,
+        );
+    }
+    match ASSETS.iter().find(|(n, _)| *n == name) {
+        Some((n, bytes)) => (200, content_type(n), Bytes::from_static(bytes), None),
+        None => (404, "text/plain", Bytes::from_static(b"not found\n"), None),
+    }
+}
+
+/// Writes the answer to a `/ui` request.
+pub(crate) async fn serve(session: &mut Session, path: &str) -> Result<()> {
+    let (status, ctype, body, location) = lookup(path);
+    let mut resp = ResponseHeader::build(status, Some(8))?;
+    resp.insert_header("content-type", ctype)?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("content-security-policy", CSP)?;
+    resp.insert_header("x-content-type-options", "nosniff")?;
+    resp.insert_header("x-frame-options", "DENY")?;
+    resp.insert_header("referrer-policy", "no-referrer")?;
+    resp.insert_header("cache-control", "no-cache")?;
+    if let Some(l) = location {
+        resp.insert_header("location", l)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lookup;
+
+    #[test]
+    fn ui_paths() {
+        assert_eq!(lookup("/ui").0, 308);
+        assert_eq!(lookup("/ui").3, Some("/ui/"));
+        let (status, ctype, _, _) = lookup("/ui/");
+        if super::ASSETS.is_empty() {
+            assert_eq!(status, 503);
+        } else {
+            assert_eq!((status, ctype), (200, "text/html; charset=utf-8"));
+            assert_eq!(lookup("/ui/nope.js").0, 404);
+            assert_eq!(lookup("/ui/../Cargo.toml").0, 404);
+        }
+    }
+}
