@@ -36,10 +36,28 @@ pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let config = lattice_gateway::config::load(&config_path)?;
     let url = format!("http://{}", config.server.listen);
     let store = StateStore::open(&config.server.data_dir)?;
-    let has_demo = store
-        .keys()?
-        .iter()
-        .any(|(_, k)| k.agent == "demo-agent" && k.revoked_us.is_none());
+    let active = |name: &str| -> anyhow::Result<bool> {
+        Ok(store
+            .keys()?
+            .iter()
+            .any(|(_, k)| k.agent == name && k.revoked_us.is_none()))
+    };
+    let has_demo = active("demo-agent")?;
+    let admin_key = if active("admin")? {
+        None
+    } else {
+        Some(
+            store
+                .create_key(
+                    lattice_policy::PrincipalKind::Human,
+                    "admin",
+                    "default",
+                    &["admin".into()],
+                    &[],
+                )?
+                .1,
+        )
+    };
     let key = if has_demo {
         None
     } else {
@@ -78,5 +96,14 @@ pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<ExitCode> {
         config_path.display()
     );
     println!("Metrics:       {url}/metrics\n");
+    match &admin_key {
+        Some(k) => println!(
+            "Workbench:     {url}/ui/  (log in as the human `admin` with this key, shown only now:)\n\n  {k}\n"
+        ),
+        None => println!(
+            "Workbench:     {url}/ui/  (make a login key with: lattice keys create --human NAME --role admin -c {})\n",
+            config_path.display()
+        ),
+    }
     super::serve(&config_path)
 }
