@@ -175,8 +175,9 @@ impl Gateway {
             Endpoint::AddServer => self
                 .check_new_server(runtime, &body)
                 .map(|s| Change::Server(Box::new(s))),
-            Endpoint::WhatIf => crate::admin_views::check_whatif(&body)
-                .map(|r| Change::WhatIf(Box::new(r))),
+            Endpoint::WhatIf => {
+                crate::admin_views::check_whatif(&body).map(|r| Change::WhatIf(Box::new(r)))
+            }
             Endpoint::ValidatePolicies => {
                 crate::admin_views::check_candidate(&body).map(Change::Candidate)
             }
@@ -483,7 +484,10 @@ mod tests {
 
     #[test]
     fn admin_paths_name_an_endpoint_and_maybe_an_item() {
-        assert_eq!(Endpoint::route("GET", "/admin/v1/models"), Ok(Endpoint::Models));
+        assert_eq!(
+            Endpoint::route("GET", "/admin/v1/models"),
+            Ok(Endpoint::Models)
+        );
         assert_eq!(
             Endpoint::route("DELETE", "/admin/v1/models/m1"),
             Ok(Endpoint::RemoveModel("m1".into()))
@@ -496,8 +500,14 @@ mod tests {
             Endpoint::route("POST", "/admin/v1/mcp/tools/s__t/approve"),
             Ok(Endpoint::ApproveTool("s__t".into()))
         );
-        assert_eq!(Endpoint::route("GET", "/admin/v1/audit/verify"), Ok(Endpoint::AuditVerify));
-        assert_eq!(Endpoint::route("POST", "/admin/v1/policies/whatif"), Ok(Endpoint::WhatIf));
+        assert_eq!(
+            Endpoint::route("GET", "/admin/v1/audit/verify"),
+            Ok(Endpoint::AuditVerify)
+        );
+        assert_eq!(
+            Endpoint::route("POST", "/admin/v1/policies/whatif"),
+            Ok(Endpoint::WhatIf)
+        );
         for bad in [
             "/admin/v1/modelsx",
             "/admin/v1/models/",
@@ -506,7 +516,11 @@ mod tests {
             "/admin/v1//models",
             "/admin/v2/models",
         ] {
-            assert_eq!(Endpoint::route("GET", bad), Err(Rejection::NotFound), "{bad}");
+            assert_eq!(
+                Endpoint::route("GET", bad),
+                Err(Rejection::NotFound),
+                "{bad}"
+            );
         }
         // A known path with another method is a 405, not a 404.
         assert_eq!(

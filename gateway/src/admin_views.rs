@@ -124,8 +124,7 @@ pub(crate) fn check_whatif(body: &[u8]) -> Result<AuthzRequest, String> {
 
 /// A candidate policy set: `{"policies": "<Cedar text>"}`.
 pub(crate) fn check_candidate(body: &[u8]) -> Result<String, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("invalid candidate: {e}"))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid candidate: {e}"))?;
     v.get("policies")
         .and_then(Value::as_str)
         .map(str::to_string)
@@ -267,7 +266,9 @@ impl Gateway {
             )
         })?;
         if p.clickhouse && runtime.config.audit.clickhouse.is_none() {
-            return Err(bad("sink `clickhouse`: no [audit.clickhouse] is configured"));
+            return Err(bad(
+                "sink `clickhouse`: no [audit.clickhouse] is configured",
+            ));
         }
         Ok(p)
     }
@@ -377,7 +378,11 @@ impl Gateway {
             kind: Some(kind.into()),
             ..p.query.clone()
         };
-        let queries = [p.query.clone(), of_kind("mcp.call_tool"), of_kind("llm.chat")];
+        let queries = [
+            p.query.clone(),
+            of_kind("mcp.call_tool"),
+            of_kind("llm.chat"),
+        ];
         let result = match &runtime.config.audit.clickhouse {
             Some(ch) if p.clickhouse => {
                 let client = lattice_audit::clickhouse::client(ch);
@@ -491,8 +496,11 @@ mod tests {
     #[test]
     fn audit_filters_parse_and_refuse_what_they_do_not_know() {
         let now = 10_000_000_000;
-        let p = parse_audit_params("since=15m&principal=alice%40acme&kind=llm.chat&format=csv", now)
-            .unwrap();
+        let p = parse_audit_params(
+            "since=15m&principal=alice%40acme&kind=llm.chat&format=csv",
+            now,
+        )
+        .unwrap();
         assert_eq!(p.query.from_us, Some(now - 900_000_000));
         assert_eq!(p.query.principal.as_deref(), Some("alice@acme"));
         assert_eq!(p.query.kind.as_deref(), Some("llm.chat"));
@@ -531,7 +539,10 @@ mod tests {
     fn what_if_bodies_are_checked() {
         let r = check_whatif(br#"{"principal": {"id": "a", "type": "Human"}, "action": "admin.read_audit", "resource": {"type": "Tenant", "id": "t"}}"#).unwrap();
         assert!(r.context.time > 0);
-        let e = check_whatif(br#"{"principal": {"id": "a"}, "action": "fly", "resource": {"type": "Gateway"}}"#).unwrap_err();
+        let e = check_whatif(
+            br#"{"principal": {"id": "a"}, "action": "fly", "resource": {"type": "Gateway"}}"#,
+        )
+        .unwrap_err();
         assert!(e.contains("fly"), "{e}");
         assert!(check_candidate(b"{}").unwrap_err().contains("policies"));
         assert_eq!(check_candidate(br#"{"policies": "x"}"#).unwrap(), "x");

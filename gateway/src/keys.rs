@@ -83,8 +83,10 @@ impl StateStore {
             .map_err(state_err)?
             > 0;
         if !has_kind {
-            conn.execute_batch("ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'")
-                .map_err(state_err)?;
+            conn.execute_batch(
+                "ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'",
+            )
+            .map_err(state_err)?;
         }
         Ok(Self { conn })
     }

@@ -28,9 +28,14 @@ fn content_type(name: &str) -> &'static str {
 }
 
 /// The response to a `/ui` path: (status, content type, body, redirect).
-pub(crate) fn lookup(path: &str) -> (u16, &'static str, Bytes, Option<&'static str>) {
+pub fn lookup(path: &str) -> (u16, &'static str, Bytes, Option<&'static str>) {
     if path == "/ui" {
-        return (308, "text/plain", Bytes::from_static(b"/ui/\n"), Some("/ui/"));
+        return (
+            308,
+            "text/plain",
+            Bytes::from_static(b"/ui/\n"),
+            Some("/ui/"),
+        );
     }
     let name = match path.strip_prefix("/ui/") {
         Some("") => "index.html",

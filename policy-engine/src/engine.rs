@@ -530,7 +530,9 @@ mod tests {
         r.resource = Resource::Tenant { id: "t2".into() };
         assert!(!e.decide(&r).is_allow());
         // Every tenant (the whole gateway) is not theirs to read.
-        r.resource = Resource::Gateway { id: "gateway".into() };
+        r.resource = Resource::Gateway {
+            id: "gateway".into(),
+        };
         assert!(!e.decide(&r).is_allow());
         // The other admin actions take only the gateway.
         r.action = Action::ReadPolicies;

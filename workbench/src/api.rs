@@ -36,7 +36,12 @@ pub fn save_token(token: Option<&str>) {
     }
 }
 
-async fn fetch(token: &str, method: &str, url: &str, body: Option<&Value>) -> Result<Response, String> {
+async fn fetch(
+    token: &str,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<Response, String> {
     let init = RequestInit::new();
     init.set_method(method);
     let headers = Headers::new().map_err(js_err)?;
@@ -44,7 +49,9 @@ async fn fetch(token: &str, method: &str, url: &str, body: Option<&Value>) -> Re
         .set("authorization", &format!("Bearer {token}"))
         .map_err(js_err)?;
     if let Some(b) = body {
-        headers.set("content-type", "application/json").map_err(js_err)?;
+        headers
+            .set("content-type", "application/json")
+            .map_err(js_err)?;
         init.set_body(&JsValue::from_str(&b.to_string()));
     }
     init.set_headers(&headers);
@@ -68,7 +75,12 @@ fn parse(t: &str) -> Value {
 }
 
 /// A JSON call; a non-2xx reply is an error with the gateway's message.
-pub async fn call(token: &str, method: &str, url: &str, body: Option<&Value>) -> Result<Value, String> {
+pub async fn call(
+    token: &str,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<Value, String> {
     let resp = fetch(token, method, url, body).await?;
     let t = text(&resp).await?;
     let v = parse(&t);
@@ -102,10 +114,7 @@ pub async fn download(token: &str, url: &str, filename: &str, mime: &str) -> Res
     let doc = web_sys::window()
         .and_then(|w| w.document())
         .ok_or("no document")?;
-    let a: web_sys::HtmlAnchorElement = doc
-        .create_element("a")
-        .map_err(js_err)?
-        .unchecked_into();
+    let a: web_sys::HtmlAnchorElement = doc.create_element("a").map_err(js_err)?.unchecked_into();
     a.set_href(&href);
     a.set_download(filename);
     a.click();

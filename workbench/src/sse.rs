@@ -55,7 +55,10 @@ pub fn chat_delta(data: &str) -> Result<Delta, String> {
     let v: Value =
         serde_json::from_str(data).map_err(|e| format!("unreadable stream event: {e}"))?;
     if let Some(err) = v.get("error") {
-        return Err(crate::view::error_text(502, &serde_json::json!({"error": err})));
+        return Err(crate::view::error_text(
+            502,
+            &serde_json::json!({"error": err}),
+        ));
     }
     Ok(v.pointer("/choices/0/delta/content")
         .and_then(Value::as_str)
@@ -83,7 +86,9 @@ mod tests {
 
     #[test]
     fn an_in_band_error_event_is_an_error() {
-        let e = chat_delta(r#"{"error":{"message":"backend failed mid-stream","type":"upstream_error"}}"#);
+        let e = chat_delta(
+            r#"{"error":{"message":"backend failed mid-stream","type":"upstream_error"}}"#,
+        );
         assert_eq!(e, Err("502: backend failed mid-stream".to_string()));
         assert_eq!(
             chat_delta(r#"{"choices":[{"delta":{"role":"assistant"}}]}"#),

@@ -71,10 +71,16 @@ mod tests {
     #[test]
     fn helpers() {
         assert_eq!(
-            error_text(403, &json!({"error": {"code": "forbidden", "message": "denied by policy"}})),
+            error_text(
+                403,
+                &json!({"error": {"code": "forbidden", "message": "denied by policy"}})
+            ),
             "403: denied by policy"
         );
-        assert_eq!(error_text(404, &json!({"error": {"code": "not_found"}})), "404: not_found");
+        assert_eq!(
+            error_text(404, &json!({"error": {"code": "not_found"}})),
+            "404: not_found"
+        );
         assert_eq!(error_text(500, &json!("boom")), "500: boom");
         assert_eq!(
             query_string(&[("principal", "alice@acme"), ("kind", ""), ("since", "15m")]),

@@ -63,7 +63,13 @@ pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     } else {
         Some(
             store
-                .create_key(lattice_policy::PrincipalKind::Agent, "demo-agent", "default", &["agent".into()], &[])?
+                .create_key(
+                    lattice_policy::PrincipalKind::Agent,
+                    "demo-agent",
+                    "default",
+                    &["agent".into()],
+                    &[],
+                )?
                 .1,
         )
     };

@@ -299,7 +299,16 @@ impl Gateway {
     }
 
     pub fn create_key_in(&self, agent: &str, tenant: &str, roles: &[&str]) -> String {
-        let mut args = vec!["keys", "create", "--agent", agent, "--tenant", tenant];
+        self.create_principal_key("--agent", agent, tenant, roles)
+    }
+
+    /// A key for a human (`Lattice::Human`): a workbench user.
+    pub fn create_human_key(&self, name: &str, tenant: &str, roles: &[&str]) -> String {
+        self.create_principal_key("--human", name, tenant, roles)
+    }
+
+    fn create_principal_key(&self, kind: &str, name: &str, tenant: &str, roles: &[&str]) -> String {
+        let mut args = vec!["keys", "create", kind, name, "--tenant", tenant];
         for r in roles {
             args.extend(["--role", r]);
         }

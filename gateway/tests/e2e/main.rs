@@ -13,6 +13,7 @@ mod llm;
 mod mcp;
 mod mcp_eras;
 mod mcp_registry;
+mod workbench;
 
 use harness::*;
 use std::time::Duration;

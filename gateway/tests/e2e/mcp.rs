@@ -13,7 +13,7 @@ forbid (principal, action == Lattice::Action::"call_tool", resource)
 when { resource.name == "everything__get-sum" };
 "#;
 
-fn rpc(gw: &Gateway, auth: Option<&str>, body: &Value) -> Resp {
+pub(crate) fn rpc(gw: &Gateway, auth: Option<&str>, body: &Value) -> Resp {
     let mut headers = vec![
         ("Content-Type", "application/json"),
         ("Accept", "application/json, text/event-stream"),

@@ -67,8 +67,12 @@ pub fn audit(props: &PageProps) -> Html {
     };
     {
         // First load: the last hour, the chain's status, the policy texts.
-        let (search, verify, policies, token) =
-            (search.clone(), verify.clone(), policies.clone(), token.clone());
+        let (search, verify, policies, token) = (
+            search.clone(),
+            verify.clone(),
+            policies.clone(),
+            token.clone(),
+        );
         use_effect_with(allowed, move |allowed| {
             if *allowed {
                 search.emit(());
@@ -97,9 +101,17 @@ pub fn audit(props: &PageProps) -> Html {
             let (token, filter, error) = (token.clone(), filter.clone(), error.clone());
             yew::platform::spawn_local(async move {
                 let (url, name, mime) = if format == "csv" {
-                    (format!("/admin/v1/audit?{filter}&format=csv"), "lattice-audit.csv", "text/csv")
+                    (
+                        format!("/admin/v1/audit?{filter}&format=csv"),
+                        "lattice-audit.csv",
+                        "text/csv",
+                    )
                 } else {
-                    (format!("/admin/v1/audit?{filter}"), "lattice-audit.json", "application/json")
+                    (
+                        format!("/admin/v1/audit?{filter}"),
+                        "lattice-audit.json",
+                        "application/json",
+                    )
                 };
                 if let Err(e) = api::download(&token, &url, name, mime).await {
                     error.set(Some(format!("Export failed: {e}")));
@@ -113,8 +125,12 @@ pub fn audit(props: &PageProps) -> Html {
             <span class="ok" id="chain-status">{format!("Chain verified: {} events, log size {}, {} signed checkpoints, {} witness checkpoints",
                 v["events"], v["log_size"], v["checkpoints_checked"], v["witness_checkpoints_checked"])}</span>
         },
-        Some(Ok(v)) => html! { <span class="error" id="chain-status">{format!("Chain verification FAILED: {}", v["problems"][0])}</span> },
-        Some(Err(e)) => html! { <span class="error" id="chain-status">{format!("Cannot verify: {e}")}</span> },
+        Some(Ok(v)) => {
+            html! { <span class="error" id="chain-status">{format!("Chain verification FAILED: {}", v["problems"][0])}</span> }
+        }
+        Some(Err(e)) => {
+            html! { <span class="error" id="chain-status">{format!("Cannot verify: {e}")}</span> }
+        }
     };
     let rows: Html = match &*events {
         None => html! {},
@@ -125,15 +141,19 @@ pub fn audit(props: &PageProps) -> Html {
                     let (selected, e) = (selected.clone(), e.clone());
                     Callback::from(move |_: MouseEvent| selected.set(Some(e.clone())))
                 };
-                let is_sel = selected.as_ref().map(|s| s["event_id"] == e["event_id"]).unwrap_or(false);
+                let is_sel = selected
+                    .as_ref()
+                    .map(|s| s["event_id"] == e["event_id"])
+                    .unwrap_or(false);
                 let decision = e["decision"].as_str().unwrap_or("").to_string();
                 html! {
                     <tr class={classes!("row", is_sel.then_some("selected"))} {onclick}>
                         <td>{iso(e["ts_us"].as_u64().unwrap_or(0))}</td>
                         <td>{e["phase"].as_str().unwrap_or("")}</td>
-                        <td>{e["principal"].as_str().unwrap_or("")}</td>
-                        <td>{e["kind"].as_str().unwrap_or("")}</td>
-                        <td>{e["target"].as_str().unwrap_or("")}</td>
+                        <td class="tenant">{e["tenant"].as_str().unwrap_or("")}</td>
+                        <td class="principal">{e["principal"].as_str().unwrap_or("")}</td>
+                        <td class="kind">{e["kind"].as_str().unwrap_or("")}</td>
+                        <td class="target">{e["target"].as_str().unwrap_or("")}</td>
                         <td class={decision.clone()}>{decision}</td>
                         <td>{e["status"].as_u64().map(|s| s.to_string()).unwrap_or_default()}</td>
                     </tr>
@@ -155,7 +175,9 @@ pub fn audit(props: &PageProps) -> Html {
                         .and_then(|p| p["policies"].as_array().cloned())
                         .and_then(|ps| ps.into_iter().find(|p| p["id"] == id))
                         .and_then(|p| p["text"].as_str().map(str::to_string))
-                        .unwrap_or_else(|| "(text not available to you, or no longer active)".into());
+                        .unwrap_or_else(|| {
+                            "(text not available to you, or no longer active)".into()
+                        });
                     html! { <div><b>{id}</b><pre>{text}</pre></div> }
                 })
                 .collect();
@@ -189,7 +211,7 @@ pub fn audit(props: &PageProps) -> Html {
                 { error_line(&error) }
                 <p class="muted">{format!("{} events", events.as_ref().map(|e| e.len()).unwrap_or(0))}</p>
                 <table id="audit-table">
-                    <tr><th>{"time"}</th><th>{"phase"}</th><th>{"principal"}</th><th>{"kind"}</th><th>{"target"}</th><th>{"decision"}</th><th>{"status"}</th></tr>
+                    <tr><th>{"time"}</th><th>{"phase"}</th><th>{"tenant"}</th><th>{"principal"}</th><th>{"kind"}</th><th>{"target"}</th><th>{"decision"}</th><th>{"status"}</th></tr>
                     {rows}
                 </table>
             </section>

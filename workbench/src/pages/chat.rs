@@ -80,7 +80,10 @@ pub fn chat(props: &PageProps) -> Html {
                 cols.retain(|c| chosen.contains(&c.model));
                 for m in chosen.iter() {
                     if !cols.iter().any(|c| &c.model == m) {
-                        cols.push(Column { model: m.clone(), ..Column::default() });
+                        cols.push(Column {
+                            model: m.clone(),
+                            ..Column::default()
+                        });
                     }
                 }
             }

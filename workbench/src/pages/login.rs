@@ -31,7 +31,10 @@ pub fn login(props: &LoginProps) -> Html {
                 return;
             }
             if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                error.set(Some("A token has no spaces or line breaks: paste it whole, without `Bearer`.".into()));
+                error.set(Some(
+                    "A token has no spaces or line breaks: paste it whole, without `Bearer`."
+                        .into(),
+                ));
                 return;
             }
             let (error, busy, on_login) = (error.clone(), busy.clone(), on_login.clone());
@@ -51,7 +54,10 @@ pub fn login(props: &LoginProps) -> Html {
     let oninput = {
         let token = token.clone();
         Callback::from(move |e: InputEvent| {
-            token.set(e.target_unchecked_into::<web_sys::HtmlInputElement>().value());
+            token.set(
+                e.target_unchecked_into::<web_sys::HtmlInputElement>()
+                    .value(),
+            );
         })
     };
     html! {

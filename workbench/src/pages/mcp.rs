@@ -47,10 +47,16 @@ pub fn mcp(props: &PageProps) -> Html {
         });
     }
     let approve = |tool: String| {
-        let (token, notice, error, tick) = (token.clone(), notice.clone(), error.clone(), tick.clone());
+        let (token, notice, error, tick) =
+            (token.clone(), notice.clone(), error.clone(), tick.clone());
         Callback::from(move |_: MouseEvent| {
-            let (token, notice, error, tick, tool) =
-                (token.clone(), notice.clone(), error.clone(), tick.clone(), tool.clone());
+            let (token, notice, error, tick, tool) = (
+                token.clone(),
+                notice.clone(),
+                error.clone(),
+                tick.clone(),
+                tool.clone(),
+            );
             yew::platform::spawn_local(async move {
                 let url = format!("/admin/v1/mcp/tools/{tool}/approve");
                 match api::post(&token, &url, &json!({})).await {
@@ -68,14 +74,22 @@ pub fn mcp(props: &PageProps) -> Html {
         })
     };
     let register = {
-        let (token, notice, error, tick) = (token.clone(), notice.clone(), error.clone(), tick.clone());
-        let (name, transport, target, args) = (name.clone(), transport.clone(), target.clone(), args.clone());
+        let (token, notice, error, tick) =
+            (token.clone(), notice.clone(), error.clone(), tick.clone());
+        let (name, transport, target, args) = (
+            name.clone(),
+            transport.clone(),
+            target.clone(),
+            args.clone(),
+        );
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
             let n = name.trim().to_string();
             let t = target.trim().to_string();
             if n.is_empty() || t.is_empty() {
-                error.set(Some("A server needs a name and a command (stdio) or a URL.".into()));
+                error.set(Some(
+                    "A server needs a name and a command (stdio) or a URL.".into(),
+                ));
                 return;
             }
             let mut body = Map::new();
@@ -93,7 +107,8 @@ pub fn mcp(props: &PageProps) -> Html {
                     }
                 }
             }
-            let (token, notice, error, tick) = (token.clone(), notice.clone(), error.clone(), tick.clone());
+            let (token, notice, error, tick) =
+                (token.clone(), notice.clone(), error.clone(), tick.clone());
             yew::platform::spawn_local(async move {
                 match api::post(&token, "/admin/v1/mcp/servers", &Value::Object(body)).await {
                     Ok(_) => {

@@ -25,7 +25,10 @@ pub fn input(label: &str, id: &str, value: &UseStateHandle<String>, placeholder:
     let oninput = {
         let value = value.clone();
         Callback::from(move |e: InputEvent| {
-            value.set(e.target_unchecked_into::<web_sys::HtmlInputElement>().value());
+            value.set(
+                e.target_unchecked_into::<web_sys::HtmlInputElement>()
+                    .value(),
+            );
         })
     };
     html! {
@@ -36,11 +39,19 @@ pub fn input(label: &str, id: &str, value: &UseStateHandle<String>, placeholder:
 }
 
 /// A select bound to a state handle: (value, label) options.
-pub fn select(label: &str, id: &str, value: &UseStateHandle<String>, options: &[(&str, &str)]) -> Html {
+pub fn select(
+    label: &str,
+    id: &str,
+    value: &UseStateHandle<String>,
+    options: &[(&str, &str)],
+) -> Html {
     let onchange = {
         let value = value.clone();
         Callback::from(move |e: Event| {
-            value.set(e.target_unchecked_into::<web_sys::HtmlSelectElement>().value());
+            value.set(
+                e.target_unchecked_into::<web_sys::HtmlSelectElement>()
+                    .value(),
+            );
         })
     };
     let current = (**value).clone();
@@ -60,7 +71,10 @@ pub fn textarea(id: &str, value: &UseStateHandle<String>, placeholder: &str) -> 
     let oninput = {
         let value = value.clone();
         Callback::from(move |e: InputEvent| {
-            value.set(e.target_unchecked_into::<web_sys::HtmlTextAreaElement>().value());
+            value.set(
+                e.target_unchecked_into::<web_sys::HtmlTextAreaElement>()
+                    .value(),
+            );
         })
     };
     html! {

@@ -35,20 +35,28 @@ pub fn models(props: &PageProps) -> Html {
         return html! { <section>{ not_allowed("admin.change_routes") }</section> };
     }
     let add = {
-        let (token, error, notice, tick) = (token.clone(), error.clone(), notice.clone(), tick.clone());
+        let (token, error, notice, tick) =
+            (token.clone(), error.clone(), notice.clone(), tick.clone());
         let (name, backend, kind, url) = (name.clone(), backend.clone(), kind.clone(), url.clone());
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
-            let (n, b, u) = (name.trim().to_string(), backend.trim().to_string(), url.trim().to_string());
+            let (n, b, u) = (
+                name.trim().to_string(),
+                backend.trim().to_string(),
+                url.trim().to_string(),
+            );
             if n.is_empty() || b.is_empty() || u.is_empty() {
-                error.set(Some("A route needs a model name, a backend name and the backend's URL.".into()));
+                error.set(Some(
+                    "A route needs a model name, a backend name and the backend's URL.".into(),
+                ));
                 return;
             }
             let body = json!({
                 "backends": [{"name": b, "kind": *kind, "url": u}],
                 "models": [{"name": n, "backends": [b]}],
             });
-            let (token, error, notice, tick) = (token.clone(), error.clone(), notice.clone(), tick.clone());
+            let (token, error, notice, tick) =
+                (token.clone(), error.clone(), notice.clone(), tick.clone());
             yew::platform::spawn_local(async move {
                 match api::post(&token, "/admin/v1/models", &body).await {
                     Ok(_) => {

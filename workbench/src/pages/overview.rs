@@ -28,7 +28,13 @@ fn top(title: &str, id: &str, pairs: &Value) -> Html {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|p| html! { <tr><td>{p[0].as_str().unwrap_or("")}</td><td>{p[1].as_u64().unwrap_or(0)}</td></tr> })
+        .map(|p| {
+            let name = match p[0].as_str().unwrap_or("") {
+                "" => "(unauthenticated)",
+                n => n,
+            };
+            html! { <tr><td>{name}</td><td>{p[1].as_u64().unwrap_or(0)}</td></tr> }
+        })
         .collect();
     html! {
         <div>
@@ -157,8 +163,10 @@ pub fn overview(props: &PageProps) -> Html {
         .iter()
         .map(|d| count(decisions, d))
         .sum::<u64>();
-    let tile = |id: &str, k: &str, val: String| html! {
-        <div class="tile" id={id.to_string()}><div class="v">{val}</div><div class="k">{k.to_string()}</div></div>
+    let tile = |id: &str, k: &str, val: String| {
+        html! {
+            <div class="tile" id={id.to_string()}><div class="v">{val}</div><div class="k">{k.to_string()}</div></div>
+        }
     };
     html! {
         <>

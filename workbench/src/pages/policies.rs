@@ -9,19 +9,36 @@ use super::{error_line, input, not_allowed, select, textarea, PageProps};
 use crate::api;
 
 const ACTIONS: [&str; 14] = [
-    "call_tool", "list_tools", "read_resource", "get_prompt", "chat", "embed", "http_request",
-    "admin.read_audit", "admin.read_policies", "admin.approve_tool", "admin.register_server",
-    "admin.change_routes", "admin.change_policies", "admin.manage_keys",
+    "call_tool",
+    "list_tools",
+    "read_resource",
+    "get_prompt",
+    "chat",
+    "embed",
+    "http_request",
+    "admin.read_audit",
+    "admin.read_policies",
+    "admin.approve_tool",
+    "admin.register_server",
+    "admin.change_routes",
+    "admin.change_policies",
+    "admin.manage_keys",
 ];
 
 fn list(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_string).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The what-if resource as the policy engine's JSON.
 fn resource(kind: &str, id: &str, server: &str, risk: &str, labels: &str) -> Value {
     match kind {
-        "Tool" => json!({"type": "Tool", "id": id, "server": server, "risk": if risk.is_empty() { "unknown" } else { risk }, "labels": list(labels)}),
+        "Tool" => {
+            json!({"type": "Tool", "id": id, "server": server, "risk": if risk.is_empty() { "unknown" } else { risk }, "labels": list(labels)})
+        }
         "Gateway" => json!({"type": "Gateway"}),
         "Tenant" => json!({"type": "Tenant", "id": id}),
         other => json!({"type": other, "id": id, "labels": list(labels)}),
@@ -44,6 +61,7 @@ pub fn policies(props: &PageProps) -> Html {
     let r_server = use_state(String::new);
     let r_risk = use_state(String::new);
     let r_labels = use_state(String::new);
+    let context = use_state(String::new);
     let answer = use_state(|| None::<Value>);
     let error = use_state(|| None::<String>);
     let token = props.auth.token.clone();
@@ -67,35 +85,86 @@ pub fn policies(props: &PageProps) -> Html {
             e.prevent_default();
             let text = (*candidate).clone();
             if text.trim().is_empty() {
-                validation.set(Some(Err("Paste a candidate policy set (Cedar) to validate.".into())));
+                validation.set(Some(Err(
+                    "Paste a candidate policy set (Cedar) to validate.".into(),
+                )));
                 return;
             }
             let (token, validation) = (token.clone(), validation.clone());
             yew::platform::spawn_local(async move {
-                validation.set(Some(api::post(&token, "/admin/v1/policies/validate", &json!({"policies": text})).await));
+                validation.set(Some(
+                    api::post(
+                        &token,
+                        "/admin/v1/policies/validate",
+                        &json!({"policies": text}),
+                    )
+                    .await,
+                ));
             });
         })
     };
     let whatif = {
         let (token, answer, error) = (token.clone(), answer.clone(), error.clone());
-        let fields = (p_id.clone(), p_type.clone(), p_tenant.clone(), p_roles.clone(), p_labels.clone(),
-            action.clone(), r_type.clone(), r_id.clone(), r_server.clone(), r_risk.clone(), r_labels.clone());
+        let fields = (
+            p_id.clone(),
+            p_type.clone(),
+            p_tenant.clone(),
+            p_roles.clone(),
+            p_labels.clone(),
+            action.clone(),
+            r_type.clone(),
+            r_id.clone(),
+            r_server.clone(),
+            r_risk.clone(),
+            r_labels.clone(),
+            context.clone(),
+        );
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
-            let (p_id, p_type, p_tenant, p_roles, p_labels, action, r_type, r_id, r_server, r_risk, r_labels) = &fields;
+            let (
+                p_id,
+                p_type,
+                p_tenant,
+                p_roles,
+                p_labels,
+                action,
+                r_type,
+                r_id,
+                r_server,
+                r_risk,
+                r_labels,
+                context,
+            ) = &fields;
             if p_id.trim().is_empty() {
-                error.set(Some("Name the principal (an agent's or a human's id).".into()));
+                error.set(Some(
+                    "Name the principal (an agent's or a human's id).".into(),
+                ));
                 return;
             }
             if r_id.trim().is_empty() && r_type.as_str() != "Gateway" {
-                error.set(Some(format!("Name the {} the action is on.", r_type.as_str())));
+                error.set(Some(format!(
+                    "Name the {} the action is on.",
+                    r_type.as_str()
+                )));
                 return;
             }
             if r_type.as_str() == "Tool" && r_server.trim().is_empty() {
                 error.set(Some("A tool belongs to a server: name the server.".into()));
                 return;
             }
+            let ctx: Value = if context.trim().is_empty() {
+                json!({})
+            } else {
+                match serde_json::from_str(context) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => {
+                        error.set(Some("Context must be a JSON object, e.g. {\"method\": \"GET\", \"path\": \"/x\"}.".into()));
+                        return;
+                    }
+                }
+            };
             let body = json!({
+                "context": ctx,
                 "principal": {"type": p_type.as_str(), "id": p_id.trim(), "tenant": p_tenant.trim(),
                     "roles": list(p_roles), "labels": list(p_labels)},
                 "action": action.as_str(),
@@ -128,7 +197,9 @@ pub fn policies(props: &PageProps) -> Html {
             <p class="ok" id="validation">{format!("Valid: {} policies; adds {}, removes {}.",
                 v["policies"].as_array().map(|a| a.len()).unwrap_or(0), v["added"], v["removed"])}</p>
         },
-        Some(Ok(v)) => html! { <div id="validation" class="error"><p>{"Invalid:"}</p><pre>{v["errors"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).collect::<Vec<_>>().join("\n")}</pre></div> },
+        Some(Ok(v)) => {
+            html! { <div id="validation" class="error"><p>{"Invalid:"}</p><pre>{v["errors"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).collect::<Vec<_>>().join("\n")}</pre></div> }
+        }
         Some(Err(e)) => html! { <p class="error" id="validation">{e}</p> },
         None => html! {},
     };
@@ -149,7 +220,14 @@ pub fn policies(props: &PageProps) -> Html {
     };
     let ptypes = [("Agent", "agent"), ("Human", "human")];
     let actions: Vec<(&str, &str)> = ACTIONS.iter().map(|a| (*a, *a)).collect();
-    let rtypes = [("Tool", "Tool"), ("McpServer", "MCP server"), ("Model", "Model"), ("HttpRoute", "HTTP route"), ("Gateway", "Gateway"), ("Tenant", "Tenant")];
+    let rtypes = [
+        ("Tool", "Tool"),
+        ("McpServer", "MCP server"),
+        ("Model", "Model"),
+        ("HttpRoute", "HTTP route"),
+        ("Gateway", "Gateway"),
+        ("Tenant", "Tenant"),
+    ];
     html! {
         <>
             <section>
@@ -169,6 +247,7 @@ pub fn policies(props: &PageProps) -> Html {
                         { input("Server (tools)", "wi-server", &r_server, "e.g. files") }
                         { input("Risk (tools)", "wi-risk", &r_risk, "low / high") }
                         { input("Resource labels", "wi-rlabels", &r_labels, "comma-separated") }
+                        { input("Context (JSON)", "wi-context", &context, "{\"method\": \"GET\", \"path\": \"/x\"}") }
                         <label>{"\u{a0}"}<button type="submit" id="wi-submit">{"Decide"}</button></label>
                     </div>
                 </form>
