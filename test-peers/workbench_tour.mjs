@@ -32,6 +32,7 @@ try {
   const page = await context.newPage();
   page.on('pageerror', (e) => report.console_errors.push(String(e)));
   page.on('console', (m) => { if (m.type() === 'error') report.console_errors.push(`${m.text()} @ ${m.location().url}`); });
+  page.on('response', (r) => { if (r.url().endsWith('.wasm')) report.wasm_encoding = r.headers()['content-encoding'] ?? null; });
   page.on('response', (r) => { if (r.status() >= 400) (report.http_errors ??= []).push(`${r.status()} ${r.request().method()} ${r.url()}`); });
 
   const shot = async (name) => {

@@ -27,6 +27,16 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
+/// The gzip copy of a file, when the build made one.
+pub fn gzipped(path: &str) -> Option<Bytes> {
+    let name = path.strip_prefix("/ui/")?;
+    let gz = format!("{name}.gz");
+    ASSETS
+        .iter()
+        .find(|(n, _)| *n == gz)
+        .map(|(_, b)| Bytes::from_static(b))
+}
+
 /// The response to a `/ui` path: (status, content type, body, redirect).
 pub fn lookup(path: &str) -> (u16, &'static str, Bytes, Option<&'static str>) {
     if path == "/ui" {
@@ -60,8 +70,24 @@ pub fn lookup(path: &str) -> (u16, &'static str, Bytes, Option<&'static str>) {
 
 /// Writes the answer to a `/ui` request.
 pub(crate) async fn serve(session: &mut Session, path: &str) -> Result<()> {
-    let (status, ctype, body, location) = lookup(path);
-    let mut resp = ResponseHeader::build(status, Some(8))?;
+    let (status, ctype, mut body, location) = lookup(path);
+    let accepts_gzip = session
+        .req_header()
+        .headers
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let mut gzip = false;
+    if status == 200 && accepts_gzip {
+        if let Some(gz) = gzipped(path) {
+            (body, gzip) = (gz, true);
+        }
+    }
+    let mut resp = ResponseHeader::build(status, Some(10))?;
+    if gzip {
+        resp.insert_header("content-encoding", "gzip")?;
+    }
+    resp.insert_header("vary", "accept-encoding")?;
     resp.insert_header("content-type", ctype)?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("content-security-policy", CSP)?;
@@ -91,6 +117,12 @@ mod tests {
         } else {
             assert_eq!((status, ctype), (200, "text/html; charset=utf-8"));
             assert_eq!(lookup("/ui/nope.js").0, 404);
+            // The wasm has a gzip copy (the browser test loads it).
+            let (_, ctype, wasm, _) = lookup("/ui/lattice_workbench_bg.wasm");
+            assert_eq!(ctype, "application/wasm");
+            let gz = super::gzipped("/ui/lattice_workbench_bg.wasm").unwrap();
+            assert!(gz.len() < wasm.len() / 2);
+            assert_eq!(&gz[..2], &[0x1f, 0x8b]);
             assert_eq!(lookup("/ui/../Cargo.toml").0, 404);
         }
     }

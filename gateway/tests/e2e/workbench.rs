@@ -149,6 +149,10 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
 
     // What the browser saw.
     assert_eq!(report["console_errors"], json!([]), "{report}");
+    assert_eq!(
+        report["wasm_encoding"], "gzip",
+        "the browser gets the gzip copy"
+    );
     assert_eq!(report["screenshots"].as_array().unwrap().len(), 9);
     for s in report["screenshots"].as_array().unwrap() {
         let len = std::fs::metadata(s.as_str().unwrap()).unwrap().len();
