@@ -180,3 +180,48 @@ fn jwks_is_fetched_from_a_url() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn an_identity_provider_for_people_makes_human_principals() {
+    // Two issuers: one for agents, one for people (`principal_type = "human"`).
+    let agents = Ed25519KeyPair::generate().with_key_id("a1");
+    let people = Ed25519KeyPair::generate().with_key_id("p1");
+    let jwks = |k: &Ed25519KeyPair, kid: &str| {
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": B64.encode(k.public_key().to_bytes())}]}).to_string()
+    };
+    let extra = "[auth]\napi_keys = true\n\
+        [[auth.jwt]]\nissuer = \"https://agents.test\"\naudiences = [\"lattice-gw\"]\njwks_file = \"agents.json\"\ntenant_claim = \"tenant\"\nroles_claim = \"roles\"\n\
+        [[auth.jwt]]\nissuer = \"https://sso.test\"\naudiences = [\"lattice-gw\"]\njwks_file = \"people.json\"\ntenant_claim = \"tenant\"\nroles_claim = \"roles\"\nprincipal_type = \"human\"\n";
+    let policy = r#"
+        @id("people-read-their-tenant")
+        permit (principal is Lattice::Human, action == Lattice::Action::"admin.read_audit", resource is Lattice::Tenant)
+        when { principal in resource };
+    "#;
+    let mut gw = Gateway::prepare(extra, policy);
+    std::fs::write(gw.path("agents.json"), jwks(&agents, "a1")).unwrap();
+    std::fs::write(gw.path("people.json"), jwks(&people, "p1")).unwrap();
+    gw.spawn();
+    let token = |k: &Ed25519KeyPair, iss: &str| {
+        let mut c = claims(iss, "lattice-gw");
+        c.subject = Some("pat".into());
+        bearer(&k.sign(c).unwrap())
+    };
+    let person = token(&people, "https://sso.test");
+    let me: serde_json::Value = serde_json::from_str(&gw.get("/admin/v1/whoami", &person).body).unwrap();
+    assert_eq!(
+        (&me["principal"], &me["type"], &me["tenant"], &me["auth_method"], &me["audit_scope"]),
+        (&json!("pat"), &json!("human"), &json!("acme"), &json!("jwt"), &json!("tenant"))
+    );
+    let r = gw.get("/admin/v1/audit", &person);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["scope"], "tenant:acme");
+    // The same claims from the agents' issuer are an agent: not a reader.
+    let agent = token(&agents, "https://agents.test");
+    let me: serde_json::Value = serde_json::from_str(&gw.get("/admin/v1/whoami", &agent).body).unwrap();
+    assert_eq!(me["type"], "agent");
+    let r = gw.get("/admin/v1/audit", &agent);
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Both calls are audited under the principal's kind of login.
+    let events = gw.events_of(&r.request_id(), 2);
+    assert_eq!((events[0].principal.as_str(), events[0].decision.as_str()), ("pat", "deny"));
+}

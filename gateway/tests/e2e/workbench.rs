@@ -153,7 +153,7 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
         report["wasm_encoding"], "gzip",
         "the browser gets the gzip copy"
     );
-    assert_eq!(report["screenshots"].as_array().unwrap().len(), 9);
+    assert_eq!(report["screenshots"].as_array().unwrap().len(), 10);
     for s in report["screenshots"].as_array().unwrap() {
         let len = std::fs::metadata(s.as_str().unwrap()).unwrap().len();
         assert!(len > 10_000, "{s} is {len} bytes");
@@ -210,6 +210,11 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
         .as_str()
         .unwrap()
         .contains("approved"));
+    let refused = report["register_refused"].as_str().unwrap();
+    assert!(refused.contains("private") || refused.contains("10.1.2.3"), "{refused}");
+    assert!(report["route_refused"].as_str().unwrap().contains("url"), "{report}");
+    let routes = report["routes"].as_str().unwrap();
+    assert!(routes.contains("llama") && routes.contains("qwen") && routes.contains("available"), "{routes}");
     assert!(report["whatif_other"].as_str().unwrap().contains("deny"));
     let own = report["whatif_own"].as_str().unwrap();
     assert!(
