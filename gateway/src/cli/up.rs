@@ -36,43 +36,23 @@ pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let config = lattice_gateway::config::load(&config_path)?;
     let url = format!("http://{}", config.server.listen);
     let store = StateStore::open(&config.server.data_dir)?;
-    let active = |name: &str| -> anyhow::Result<bool> {
-        Ok(store
+    // A key for `name` unless one is active: the new secret, shown once.
+    let ensure = |kind, name: &str, role: &str| -> anyhow::Result<Option<String>> {
+        let active = store
             .keys()?
             .iter()
-            .any(|(_, k)| k.agent == name && k.revoked_us.is_none()))
-    };
-    let has_demo = active("demo-agent")?;
-    let admin_key = if active("admin")? {
-        None
-    } else {
-        Some(
+            .any(|(_, k)| k.agent == name && k.revoked_us.is_none());
+        if active {
+            return Ok(None);
+        }
+        Ok(Some(
             store
-                .create_key(
-                    lattice_policy::PrincipalKind::Human,
-                    "admin",
-                    "default",
-                    &["admin".into()],
-                    &[],
-                )?
+                .create_key(kind, name, "default", &[role.into()], &[])?
                 .1,
-        )
+        ))
     };
-    let key = if has_demo {
-        None
-    } else {
-        Some(
-            store
-                .create_key(
-                    lattice_policy::PrincipalKind::Agent,
-                    "demo-agent",
-                    "default",
-                    &["agent".into()],
-                    &[],
-                )?
-                .1,
-        )
-    };
+    let key = ensure(lattice_policy::PrincipalKind::Agent, "demo-agent", "agent")?;
+    let admin_key = ensure(lattice_policy::PrincipalKind::Human, "admin", "admin")?;
     drop(store);
     println!("\nLattice is starting at {url}\n");
     match &key {

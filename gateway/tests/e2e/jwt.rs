@@ -207,21 +207,38 @@ fn an_identity_provider_for_people_makes_human_principals() {
         bearer(&k.sign(c).unwrap())
     };
     let person = token(&people, "https://sso.test");
-    let me: serde_json::Value = serde_json::from_str(&gw.get("/admin/v1/whoami", &person).body).unwrap();
+    let me: serde_json::Value =
+        serde_json::from_str(&gw.get("/admin/v1/whoami", &person).body).unwrap();
     assert_eq!(
-        (&me["principal"], &me["type"], &me["tenant"], &me["auth_method"], &me["audit_scope"]),
-        (&json!("pat"), &json!("human"), &json!("acme"), &json!("jwt"), &json!("tenant"))
+        (
+            &me["principal"],
+            &me["type"],
+            &me["tenant"],
+            &me["auth_method"],
+            &me["audit_scope"]
+        ),
+        (
+            &json!("pat"),
+            &json!("human"),
+            &json!("acme"),
+            &json!("jwt"),
+            &json!("tenant")
+        )
     );
     let r = gw.get("/admin/v1/audit", &person);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["scope"], "tenant:acme");
     // The same claims from the agents' issuer are an agent: not a reader.
     let agent = token(&agents, "https://agents.test");
-    let me: serde_json::Value = serde_json::from_str(&gw.get("/admin/v1/whoami", &agent).body).unwrap();
+    let me: serde_json::Value =
+        serde_json::from_str(&gw.get("/admin/v1/whoami", &agent).body).unwrap();
     assert_eq!(me["type"], "agent");
     let r = gw.get("/admin/v1/audit", &agent);
     assert_eq!(r.status, 403, "{}", r.body);
     // Both calls are audited under the principal's kind of login.
     let events = gw.events_of(&r.request_id(), 2);
-    assert_eq!((events[0].principal.as_str(), events[0].decision.as_str()), ("pat", "deny"));
+    assert_eq!(
+        (events[0].principal.as_str(), events[0].decision.as_str()),
+        ("pat", "deny")
+    );
 }

@@ -491,19 +491,25 @@ fn up_writes_a_starter_and_its_printed_commands_work() {
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut printed = String::new();
-    let mut key = None;
+    // The demo agent's key comes first, the workbench admin's after it.
+    let mut keys = Vec::new();
     for line in stdout.lines() {
         let line = line.unwrap();
         printed.push_str(&line);
         printed.push('\n');
         if let Some(k) = line.trim().strip_prefix("lat_") {
-            key = Some(format!("lat_{k}"));
+            keys.push(format!("lat_{k}"));
         }
-        if line.starts_with("Metrics:") {
+        if keys.len() == 2 {
             break;
         }
     }
-    let key = key.unwrap_or_else(|| panic!("no key printed:\n{printed}"));
+    assert_eq!(keys.len(), 2, "two keys printed:\n{printed}");
+    let (key, admin) = (keys[0].clone(), keys[1].clone());
+    assert!(
+        printed.contains(&format!("Workbench:     http://127.0.0.1:{port}/ui/")),
+        "{printed}"
+    );
     assert!(
         printed.contains(&format!(
             "curl -s -H 'Authorization: Bearer {key}' http://127.0.0.1:{port}/tools/echo/hello"
@@ -516,6 +522,23 @@ fn up_writes_a_starter_and_its_printed_commands_work() {
             .unwrap_or(false)
     });
     let auth = bearer(&key);
+    // The workbench is served, and the printed admin key logs in as a human admin.
+    let ui = http(port, "GET", "/ui/", &[], b"").unwrap();
+    assert_eq!(ui.status, 200);
+    assert!(ui.body.contains("boot.js"), "{}", ui.body);
+    let me = http(
+        port,
+        "GET",
+        "/admin/v1/whoami",
+        &[("Authorization", &bearer(&admin))],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(
+        (me.json()["type"].clone(), me.json()["audit_scope"].clone()),
+        (serde_json::json!("human"), serde_json::json!("all"))
+    );
     let mut ok = None;
     wait_for("the demo upstream", Duration::from_secs(10), || {
         let r = http(

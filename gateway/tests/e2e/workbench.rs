@@ -211,10 +211,19 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
         .unwrap()
         .contains("approved"));
     let refused = report["register_refused"].as_str().unwrap();
-    assert!(refused.contains("private") || refused.contains("10.1.2.3"), "{refused}");
-    assert!(report["route_refused"].as_str().unwrap().contains("url"), "{report}");
+    assert!(
+        refused.contains("private") || refused.contains("10.1.2.3"),
+        "{refused}"
+    );
+    assert!(
+        report["route_refused"].as_str().unwrap().contains("url"),
+        "{report}"
+    );
     let routes = report["routes"].as_str().unwrap();
-    assert!(routes.contains("llama") && routes.contains("qwen") && routes.contains("available"), "{routes}");
+    assert!(
+        routes.contains("llama") && routes.contains("qwen") && routes.contains("available"),
+        "{routes}"
+    );
     assert!(report["whatif_other"].as_str().unwrap().contains("deny"));
     let own = report["whatif_own"].as_str().unwrap();
     assert!(

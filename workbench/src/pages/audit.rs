@@ -9,6 +9,15 @@ use super::{error_line, input, select, PageProps};
 use crate::api;
 use crate::view::query_string;
 
+/// A `datetime-local` value (the browser's local time) in µs since the epoch.
+fn local_to_us(value: &str) -> Option<String> {
+    if value.trim().is_empty() {
+        return None;
+    }
+    let ms = js_sys::Date::parse(value);
+    (ms.is_finite() && ms > 0.0).then(|| format!("{}", (ms as u64) * 1000))
+}
+
 fn iso(ts_us: u64) -> String {
     let d = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64((ts_us / 1000) as f64));
     String::from(d.to_iso_string())
@@ -21,6 +30,10 @@ pub fn audit(props: &PageProps) -> Html {
     let kind = use_state(String::new);
     let target = use_state(String::new);
     let decision = use_state(String::new);
+    let from = use_state(String::new);
+    let to = use_state(String::new);
+    // Paging back: the oldest event shown so far bounds the next page.
+    let older_than = use_state(|| None::<u64>);
     let events = use_state(|| None::<Vec<Value>>);
     let selected = use_state(|| None::<Value>);
     let policies = use_state(|| None::<Value>);
@@ -29,8 +42,16 @@ pub fn audit(props: &PageProps) -> Html {
     let token = props.auth.token.clone();
     let allowed = props.auth.can("admin.read_audit");
     let can_read_policies = props.auth.can("admin.read_policies");
+    let from_us = local_to_us(&from).unwrap_or_default();
+    let to_us = older_than
+        .map(|t| t.to_string())
+        .or_else(|| local_to_us(&to))
+        .unwrap_or_default();
+    let since_value = if from_us.is_empty() { since.as_str() } else { "" };
     let filter = query_string(&[
-        ("since", since.as_str()),
+        ("since", since_value),
+        ("from_us", &from_us),
+        ("to_us", &to_us),
         ("principal", principal.as_str()),
         ("kind", kind.as_str()),
         ("target", target.as_str()),
@@ -89,10 +110,35 @@ pub fn audit(props: &PageProps) -> Html {
         return html! { <section>{ super::not_allowed("admin.read_audit") }</section> };
     }
     let onsubmit = {
-        let search = search.clone();
+        let (search, older_than) = (search.clone(), older_than.clone());
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
-            search.emit(());
+            if older_than.is_some() {
+                // Back to the newest page: the search runs when the bound clears.
+                older_than.set(None);
+            } else {
+                search.emit(());
+            }
+        })
+    };
+    {
+        // Paging changes the filter; search again when it does.
+        let search = search.clone();
+        use_effect_with(*older_than, move |o| {
+            if o.is_some() {
+                search.emit(());
+            }
+        });
+    }
+    let older = {
+        let (older_than, events) = (older_than.clone(), events.clone());
+        Callback::from(move |_: MouseEvent| {
+            let oldest = events
+                .as_ref()
+                .and_then(|l| l.iter().filter_map(|e| e["ts_us"].as_u64()).min());
+            if let Some(t) = oldest {
+                older_than.set(Some(t));
+            }
         })
     };
     let export = |format: &'static str| {
@@ -204,12 +250,22 @@ pub fn audit(props: &PageProps) -> Html {
                     { input("Kind", "f-kind", &kind, "e.g. llm.chat") }
                     { input("Target", "f-target", &target, "tool, model, route") }
                     { select("Decision", "f-decision", &decision, &[("", "any"), ("allow", "allow"), ("deny", "deny"), ("error", "error")]) }
+                    <label>{"From (overrides Since)"}<input type="datetime-local" id="f-from" value={(*from).clone()}
+                        oninput={let from = from.clone(); Callback::from(move |e: InputEvent| from.set(e.target_unchecked_into::<web_sys::HtmlInputElement>().value()))} /></label>
+                    <label>{"To"}<input type="datetime-local" id="f-to" value={(*to).clone()}
+                        oninput={let to = to.clone(); Callback::from(move |e: InputEvent| to.set(e.target_unchecked_into::<web_sys::HtmlInputElement>().value()))} /></label>
                     <label>{"\u{a0}"}<button id="f-search" type="submit">{"Search"}</button></label>
                     <label>{"\u{a0}"}<button class="secondary" type="button" id="export-csv" onclick={export("csv")}>{"Export CSV"}</button></label>
                     <label>{"\u{a0}"}<button class="secondary" type="button" id="export-json" onclick={export("json")}>{"Export JSON"}</button></label>
                 </form>
                 { error_line(&error) }
-                <p class="muted">{format!("{} events", events.as_ref().map(|e| e.len()).unwrap_or(0))}</p>
+                <p class="muted">
+                    {format!("{} events{} ", events.as_ref().map(|e| e.len()).unwrap_or(0),
+                        if older_than.is_some() { " (an older page)" } else { "" })}
+                    { if events.as_ref().map(|e| e.len() >= 500).unwrap_or(false) {
+                        html! { <button class="secondary" id="older" onclick={older}>{"Older events"}</button> }
+                    } else { html! {} } }
+                </p>
                 <table id="audit-table">
                     <tr><th>{"time"}</th><th>{"phase"}</th><th>{"tenant"}</th><th>{"principal"}</th><th>{"kind"}</th><th>{"target"}</th><th>{"decision"}</th><th>{"status"}</th></tr>
                     {rows}
