@@ -241,6 +241,7 @@ impl Gateway {
             "principal": p.id, "type": kind_name(p.kind), "tenant": p.tenant,
             "roles": p.roles, "labels": p.labels, "auth_method": p.auth_method,
             "can": can, "audit_scope": audit,
+            "audit_sinks": if runtime.config.audit.clickhouse.is_some() { json!(["embedded", "clickhouse"]) } else { json!(["embedded"]) },
         })
     }
 

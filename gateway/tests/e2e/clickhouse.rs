@@ -376,3 +376,90 @@ fn a_graceful_stop_mid_run_loses_no_accepted_event_in_clickhouse() {
     }
     gw.assert_verifies(&["--sink", "clickhouse"]);
 }
+
+#[test]
+fn the_admin_api_reads_clickhouse_under_the_same_scope_and_says_when_it_is_down() {
+    let mut ch = ClickHouse::start();
+    let upstream = Upstream::start();
+    // The starter policies: `admin` reads every tenant, `auditor` its own.
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        route(upstream.port),
+        clickhouse_config(&ch.url(), 100_000)
+    ));
+    let admin = bearer(&gw.create_human_key("olga", "default", &["admin"]));
+    let auditor = bearer(&gw.create_human_key("ann", "acme", &["auditor"]));
+    let acme = bearer(&gw.create_key_in("agent-a", "acme", &["agent"]));
+    let globex = bearer(&gw.create_key_in("agent-g", "globex", &["agent"]));
+    for _ in 0..4 {
+        assert_eq!(gw.get("/tools/echo/a", &acme).status, 200);
+        assert_eq!(gw.get("/tools/echo/g", &globex).status, 200);
+    }
+    wait_for("events in ClickHouse", Duration::from_secs(20), || {
+        let local = gw.store().count().unwrap();
+        ch.query("SELECT count() FROM audit_events FORMAT TSV") == local.to_string()
+    });
+    let read = |path: &str, auth: &str| {
+        let r = gw.get(path, auth);
+        (r.status, r.json())
+    };
+    // The auditor's scope is forced on ClickHouse too.
+    let (status, body) = read("/admin/v1/audit?sink=clickhouse&limit=1000", &auditor);
+    assert_eq!(status, 200, "{body}");
+    let events = body["events"].as_array().unwrap();
+    assert!(events.len() >= 8, "{}", events.len());
+    assert!(events.iter().all(|e| e["tenant"] == "acme"), "{body}");
+    let (status, _) = read("/admin/v1/audit?sink=clickhouse&tenant=globex", &auditor);
+    assert_eq!(status, 403);
+    // The operator sees both tenants, and the stats of both sinks agree.
+    let (status, body) = read(
+        "/admin/v1/audit?sink=clickhouse&target=echo&limit=1000",
+        &admin,
+    );
+    assert_eq!(status, 200, "{body}");
+    let tenants: std::collections::BTreeSet<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["acme", "globex"].into_iter().collect());
+    let stats = |sink: &str| {
+        let (status, body) = read(
+            &format!("/admin/v1/stats?since=1h&tenant=globex&sink={sink}"),
+            &admin,
+        );
+        assert_eq!(status, 200, "{body}");
+        body["overall"].clone()
+    };
+    assert_eq!(stats("embedded"), stats("clickhouse"));
+    // Only globex's agent (its calls and the key-activation probe) is in globex.
+    let top = stats("embedded")["top_principals"].clone();
+    assert_eq!(top[0][0], "agent-g", "{top}");
+    assert!(
+        top[0][1].as_u64().unwrap() >= 4 && top.as_array().unwrap().len() == 1,
+        "{top}"
+    );
+
+    // ClickHouse dies: reading it is a 503 naming the cause; the embedded
+    // store still answers, and the refused read is itself audited.
+    ch.kill();
+    let r = gw.get("/admin/v1/audit?sink=clickhouse", &admin);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "audit_unavailable");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("clickhouse"),
+        "{}",
+        r.body
+    );
+    let ev = gw.events_of(&r.request_id(), 2);
+    assert_eq!(
+        (ev[0].kind.as_str(), ev[1].status),
+        ("admin.audit.query", Some(503))
+    );
+    let (status, body) = read("/admin/v1/audit?limit=5", &admin);
+    assert_eq!(status, 200, "{body}");
+}

@@ -30,6 +30,10 @@ pub fn audit(props: &PageProps) -> Html {
     let kind = use_state(String::new);
     let target = use_state(String::new);
     let decision = use_state(String::new);
+    let sink = use_state(|| "embedded".to_string());
+    let has_clickhouse = props.auth.me["audit_sinks"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|x| x == "clickhouse"));
     let from = use_state(String::new);
     let to = use_state(String::new);
     // Paging back: the oldest event shown so far bounds the next page.
@@ -47,7 +51,11 @@ pub fn audit(props: &PageProps) -> Html {
         .map(|t| t.to_string())
         .or_else(|| local_to_us(&to))
         .unwrap_or_default();
-    let since_value = if from_us.is_empty() { since.as_str() } else { "" };
+    let since_value = if from_us.is_empty() {
+        since.as_str()
+    } else {
+        ""
+    };
     let filter = query_string(&[
         ("since", since_value),
         ("from_us", &from_us),
@@ -57,6 +65,14 @@ pub fn audit(props: &PageProps) -> Html {
         ("target", target.as_str()),
         ("decision", decision.as_str()),
         ("limit", "500"),
+        (
+            "sink",
+            if sink.as_str() == "clickhouse" {
+                "clickhouse"
+            } else {
+                ""
+            },
+        ),
     ]);
     let search = {
         let (events, error, selected, token, filter) = (
@@ -250,6 +266,9 @@ pub fn audit(props: &PageProps) -> Html {
                     { input("Kind", "f-kind", &kind, "e.g. llm.chat") }
                     { input("Target", "f-target", &target, "tool, model, route") }
                     { select("Decision", "f-decision", &decision, &[("", "any"), ("allow", "allow"), ("deny", "deny"), ("error", "error")]) }
+                    { if has_clickhouse {
+                        select("Source", "f-sink", &sink, &[("embedded", "this node (embedded)"), ("clickhouse", "all nodes (ClickHouse)")])
+                    } else { html! {} } }
                     <label>{"From (overrides Since)"}<input type="datetime-local" id="f-from" value={(*from).clone()}
                         oninput={let from = from.clone(); Callback::from(move |e: InputEvent| from.set(e.target_unchecked_into::<web_sys::HtmlInputElement>().value()))} /></label>
                     <label>{"To"}<input type="datetime-local" id="f-to" value={(*to).clone()}
