@@ -28,6 +28,7 @@ TOOLS = [
     types.Tool(name="test_multiple_content_types", description="Returns text, image and resource", inputSchema=EMPTY),
     types.Tool(name="test_error_handling", description="Always fails", inputSchema=EMPTY),
     types.Tool(name="test_tool_with_progress", description="Reports progress 0, 50, 100", inputSchema=EMPTY),
+    types.Tool(name="test_tool_with_logging", description="Logs three messages while it runs", inputSchema=EMPTY),
     types.Tool(
         name="json_schema_2020_12_tool",
         description="Tool with JSON Schema 2020-12 features",
@@ -76,6 +77,13 @@ async def call_tool(name: str, arguments: dict):
             if step < 100:
                 await anyio.sleep(0.05)
         return [types.TextContent(type="text", text="Progress test completed")]
+    if name == "test_tool_with_logging":
+        session = server.request_context.session
+        for i, text in enumerate(("Tool execution started", "Tool processing data", "Tool execution completed")):
+            if i:
+                await anyio.sleep(0.05)
+            await session.send_log_message(level="info", data=text, logger="conformance")
+        return [types.TextContent(type="text", text="Logging test completed")]
     if name == "test_error_handling":
         raise RuntimeError("This tool intentionally returns an error for testing")
     if name == "json_schema_2020_12_tool":
@@ -157,6 +165,12 @@ async def read_resource(uri):
         return [ReadResourceContents(content=f'{{"id":"{i}","templateTest":true,"data":"Data for ID: {i}"}}',
                                      mime_type="application/json")]
     raise ValueError(f"Resource not found: {uri}")
+
+
+@server.set_logging_level()
+async def set_logging_level(level):
+    # The gateway asks for every message and filters per client session.
+    return None
 
 
 @server.completion()

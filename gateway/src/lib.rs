@@ -27,6 +27,7 @@ pub mod mcp_config;
 pub mod mcp_endpoint;
 pub mod mcp_hub;
 pub mod mcp_registry;
+pub mod mcp_relay;
 pub mod mcp_session;
 pub mod metrics;
 pub mod model_store;

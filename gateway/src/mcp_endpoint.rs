@@ -42,6 +42,7 @@ static CAPABILITIES: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
         "prompts": {"listChanged": true},
         "resources": {"subscribe": false, "listChanged": true},
         "completions": {},
+        "logging": {},
     })
 });
 
@@ -66,7 +67,7 @@ fn check_output(entry: &ToolEntry, result: &Value) -> Result<(), String> {
 
 /// The answer to a forwarded `tools/call`: the result checked against the
 /// tool's `outputSchema` (step 9), or the upstream's failure.
-fn tool_reply(
+pub(crate) fn tool_reply(
     ctx: &mut Ctx,
     entry: &ToolEntry,
     id: &Value,
@@ -101,7 +102,7 @@ fn tool_reply(
 }
 
 /// A stateless-era result says it is complete.
-fn shaped(ctx: &Ctx, body: &Value) -> Option<Value> {
+pub(crate) fn shaped(ctx: &Ctx, body: &Value) -> Option<Value> {
     match body.get("result") {
         Some(Value::Object(r)) if ctx.mcp_stateless && !r.contains_key("resultType") => {
             let mut b = body.clone();
@@ -283,6 +284,7 @@ impl Gateway {
                 }
             },
         };
+        ctx.mcp_sid = claims.as_ref().map(|c| c.sid.clone());
         if method == http::Method::GET {
             ctx.facts.kind = "mcp.stream";
             if claims.is_none() {
@@ -414,6 +416,7 @@ impl Gateway {
                 .await
             }
             "tools/list" => self.list_tools(session, ctx, runtime, &principal, id).await,
+            "logging/setLevel" => self.set_log_level(session, ctx, runtime, id, &params).await,
             "prompts/list" => {
                 self.list_catalog(session, ctx, runtime, &principal, id, Listing::Prompts)
                     .await
@@ -677,81 +680,32 @@ impl Gateway {
         let Some(hub) = &self.shared.mcp else {
             return Ok(true);
         };
-        // A caller that asked for progress and takes an event stream gets
-        // the upstream's progress notifications as they come.
+        // A caller that takes an event stream and asked for progress, or set
+        // a log level, gets the upstream's notifications for this call as
+        // they come.
         let token = params
             .get("_meta")
             .and_then(|m| m.get("progressToken"))
             .cloned();
+        let log_level = ctx
+            .mcp_sid
+            .as_deref()
+            .and_then(|sid| self.shared.mcp_sessions.log_level(sid));
         let takes_stream = session
             .req_header()
             .headers
             .get("accept")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/event-stream"));
-        if let (Some(token), true) = (token, takes_stream && hub.is_running(&entry.server)) {
+        let wants = token.is_some() || log_level.is_some();
+        if wants && takes_stream && hub.is_running(&entry.server) {
             return self
-                .relay_progress(session, ctx, &entry, arguments, id, token)
+                .relay_call(session, ctx, &entry, arguments, id, token, log_level)
                 .await;
         }
         let result = hub.call(&entry, arguments).await;
         let reply = tool_reply(ctx, &entry, &id, result);
         self.write_json(session, ctx, 200, &reply).await
-    }
-
-    /// A `tools/call` answered as an event stream: the upstream's progress
-    /// notifications (under the caller's own token; the upstream got one the
-    /// gateway made, so callers cannot see each other's), then the result.
-    async fn relay_progress(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        entry: &ToolEntry,
-        arguments: Value,
-        id: Value,
-        token: Value,
-    ) -> Result<bool> {
-        let Some(hub) = self.shared.mcp.clone() else {
-            return Ok(true);
-        };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-        let own_token = json!(format!("lattice-{}", ctx.facts.request_id));
-        let mut resp = ResponseHeader::build(200, Some(5))?;
-        resp.insert_header("content-type", "text/event-stream")?;
-        resp.insert_header("cache-control", "no-cache")?;
-        resp.insert_header("transfer-encoding", "chunked")?;
-        resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
-        if let Some(sid) = &ctx.mcp_session_id {
-            resp.insert_header("mcp-session-id", sid.as_str())?;
-        }
-        session.write_response_header(Box::new(resp), false).await?;
-        let event = |message: &Value| Bytes::from(format!("event: message\ndata: {message}\n\n"));
-        let progress = |mut p: Value| {
-            p["progressToken"] = token.clone();
-            json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": p})
-        };
-        let call = hub.call_with_progress(entry, arguments, own_token, tx);
-        tokio::pin!(call);
-        let result = loop {
-            tokio::select! {
-                r = &mut call => break r,
-                Some(p) = rx.recv() => {
-                    session.write_response_body(Some(event(&progress(p))), false).await?;
-                }
-            }
-        };
-        while let Ok(p) = rx.try_recv() {
-            session
-                .write_response_body(Some(event(&progress(p))), false)
-                .await?;
-        }
-        let reply = tool_reply(ctx, entry, &id, result);
-        let reply = shaped(ctx, &reply).unwrap_or(reply);
-        session
-            .write_response_body(Some(event(&reply)), false)
-            .await?;
-        session.write_response_body(None, true).await?;
-        Ok(true)
     }
 
     /// The GET stream of a session: `notifications/tools/list_changed`

@@ -21,7 +21,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -74,6 +74,10 @@ pub struct SessionClaims {
 pub struct Sessions {
     key: [u8; 32],
     ended: ArcSwap<HashSet<String>>,
+    /// `logging/setLevel` per session id: (rank in `LOG_LEVELS`, set at, s).
+    /// Per process, like `ended`: a session served by another replica logs
+    /// at the default level there until it sets one again.
+    log_levels: ArcSwap<HashMap<String, (usize, u64)>>,
     /// How long a session lives after `initialize`.
     ttl_s: u64,
 }
@@ -113,6 +117,7 @@ impl Sessions {
         Self {
             key,
             ended: ArcSwap::from_pointee(HashSet::new()),
+            log_levels: ArcSwap::from_pointee(HashMap::new()),
             ttl_s: DEFAULT_TTL_S,
         }
     }
@@ -162,6 +167,32 @@ impl Sessions {
             set.insert(sid.to_string());
             Arc::new(set)
         });
+        self.log_levels.rcu(|levels| {
+            let mut levels = HashMap::clone(levels);
+            levels.remove(sid);
+            Arc::new(levels)
+        });
+    }
+
+    /// Records a session's `logging/setLevel` (a rank in `LOG_LEVELS`).
+    /// Levels older than a session's lifetime are dropped as others are set.
+    pub fn set_log_level(&self, sid: &str, rank: usize) {
+        let now = lattice_audit::now_us() / 1_000_000;
+        let ttl = self.ttl_s;
+        self.log_levels.rcu(|levels| {
+            let mut levels: HashMap<String, (usize, u64)> = levels
+                .iter()
+                .filter(|(_, (_, at))| now.saturating_sub(*at) < ttl)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            levels.insert(sid.to_string(), (rank, now));
+            Arc::new(levels)
+        });
+    }
+
+    /// The level a session set, if it set one (on this gateway).
+    pub fn log_level(&self, sid: &str) -> Option<usize> {
+        self.log_levels.load().get(sid).map(|(rank, _)| *rank)
     }
 }
 

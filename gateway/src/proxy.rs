@@ -53,6 +53,8 @@ pub struct Ctx {
     pub(crate) mcp_stateless: bool,
     /// The session id an MCP `initialize` answer carries.
     pub(crate) mcp_session_id: Option<String>,
+    /// The id inside a valid `Mcp-Session-Id` the request came with.
+    pub(crate) mcp_sid: Option<String>,
     /// The `/v1` API: refusals in OpenAI's error format.
     pub(crate) openai: bool,
     /// Token usage a backend reported.
@@ -403,6 +405,7 @@ impl ProxyHttp for Gateway {
             mcp_scope: None,
             mcp_stateless: false,
             mcp_session_id: None,
+            mcp_sid: None,
             openai: false,
             usage: None,
             ttft_us: None,

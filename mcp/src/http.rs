@@ -27,15 +27,17 @@ pub struct HttpConfig {
     pub timeout: Duration,
 }
 
-/// Where one call's progress notifications go: the token the upstream was
-/// given (its JSON text) and the sink.
+/// Where one call's notifications go: the token the upstream was given (its
+/// JSON text) and the sink, which gets whole notifications (`{"method",
+/// "params"}`): this call's progress, and the log messages sent in the
+/// answer to its POST.
 pub struct Progress {
     pub token: String,
     pub sink: tokio::sync::mpsc::UnboundedSender<Value>,
 }
 
 impl Progress {
-    /// Relays one SSE event if it is this call's progress.
+    /// Relays one SSE event if it is this call's progress or log message.
     fn relay(&self, event: &str) {
         let data: String = event
             .lines()
@@ -48,8 +50,9 @@ impl Progress {
         {
             let mine = params.get("progressToken").map(Value::to_string).as_deref()
                 == Some(self.token.as_str());
-            if method == "notifications/progress" && mine {
-                let _ = self.sink.send(params);
+            // A log message in the answer to this call's POST is this call's.
+            if (method == "notifications/progress" && mine) || method == "notifications/message" {
+                let _ = self.sink.send(json!({"method": method, "params": params}));
             }
         }
     }
@@ -112,6 +115,11 @@ impl HttpUpstream {
             server_info: Value::Null,
         };
         up.server_info = up.initialize().await?;
+        if crate::wants_all_logs(&up.server_info) {
+            let _ = up
+                .request("logging/setLevel", crate::ALL_LOGS.clone())
+                .await;
+        }
         Ok(up)
     }
 

@@ -64,3 +64,31 @@ impl McpError {
         }
     }
 }
+
+/// The params of the `logging/setLevel` the gateway sends an upstream that
+/// offers logging: every message. The gateway filters them per session at
+/// the level each client set (`logging/setLevel` downstream).
+pub static ALL_LOGS: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| serde_json::json!({"level": "debug"}));
+
+/// Whether an upstream's `initialize` result offers logging.
+pub fn wants_all_logs(server_info: &serde_json::Value) -> bool {
+    server_info["capabilities"].get("logging").is_some()
+}
+
+/// MCP log levels, least severe first (RFC 5424's, as the spec names them).
+pub const LOG_LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+/// A level's rank in `LOG_LEVELS`, or None for an unknown level.
+pub fn log_rank(level: &str) -> Option<usize> {
+    LOG_LEVELS.iter().position(|l| *l == level)
+}

@@ -1,10 +1,12 @@
-//! Progress notifications of calls in flight: which call's sink a
+//! Notifications of calls in flight on the transports whose notifications
+//! arrive on one shared stream (stdio, legacy SSE): which call's sink a
 //! `notifications/progress` goes to, by the progress token the gateway gave
-//! the upstream (unique per call). Shared by the transports whose
-//! notifications arrive on one stream the gateway reads (stdio, legacy SSE).
+//! the upstream (unique per call), and when a `notifications/message` (a log
+//! message, which names no call) can be attributed at all.
 
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Mutex;
@@ -14,23 +16,70 @@ pub fn call_params(name: &str, arguments: Value, token: &Value) -> Value {
     json!({"name": name, "arguments": arguments, "_meta": {"progressToken": token}})
 }
 
-/// Sinks of the calls in flight, by token (its JSON text).
+/// Sinks of the calls in flight, by token (its JSON text), and how many
+/// tool calls are in flight on the upstream in all.
 #[derive(Clone, Default)]
-pub struct ProgressSinks(Arc<Mutex<HashMap<String, UnboundedSender<Value>>>>);
+pub struct ProgressSinks {
+    sinks: Arc<Mutex<HashMap<String, UnboundedSender<Value>>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+/// Counts a tool call in flight for as long as it lives (even if its
+/// future is dropped).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(calls: &Arc<AtomicUsize>) -> Self {
+        calls.fetch_add(1, Ordering::AcqRel);
+        Self(calls.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl ProgressSinks {
-    /// Passes a `notifications/progress`'s params to its call's sink, if any.
+    /// Passes a `notifications/progress` to its call's sink, if any (the
+    /// sink gets the whole notification: `{"method", "params"}`).
     pub async fn deliver(&self, params: Value) {
         let Some(key) = params.get("progressToken").map(Value::to_string) else {
             return;
         };
-        let sink = self.0.lock().await.get(&key).cloned();
+        let sink = self.sinks.lock().await.get(&key).cloned();
         if let Some(sink) = sink {
-            let _ = sink.send(params);
+            let _ = sink.send(json!({"method": "notifications/progress", "params": params}));
         }
     }
 
-    /// Runs `call` with `sink` registered under `token`.
+    /// Passes a `notifications/message` (a log message) to the one call it
+    /// can belong to: only when exactly one tool call is in flight on this
+    /// upstream and it has a sink. Log messages carry no request id on a
+    /// shared stream, so with calls of several callers in flight a message
+    /// could be anyone's: it is dropped rather than shown to the wrong
+    /// caller. Returns whether it was delivered.
+    pub async fn deliver_log(&self, params: Value) -> bool {
+        if self.calls.load(Ordering::Acquire) != 1 {
+            return false;
+        }
+        let sinks = self.sinks.lock().await;
+        match (sinks.len(), sinks.values().next()) {
+            (1, Some(sink)) => sink
+                .send(json!({"method": "notifications/message", "params": params}))
+                .is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Runs a tool call without a sink, counted as in flight.
+    pub async fn counted<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        let _in_flight = InFlight::new(&self.calls);
+        call.await
+    }
+
+    /// Runs `call` with `sink` registered under `token`, counted in flight.
     pub async fn during<T>(
         &self,
         token: &Value,
@@ -38,9 +87,47 @@ impl ProgressSinks {
         call: impl std::future::Future<Output = T>,
     ) -> T {
         let key = token.to_string();
-        self.0.lock().await.insert(key.clone(), sink);
+        let _in_flight = InFlight::new(&self.calls);
+        self.sinks.lock().await.insert(key.clone(), sink);
         let result = call.await;
-        self.0.lock().await.remove(&key);
+        self.sinks.lock().await.remove(&key);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_log_message_goes_only_to_the_one_call_in_flight() {
+        let sinks = ProgressSinks::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let token = json!("t1");
+        let log = json!({"level": "info", "data": "step 1"});
+        // Nothing in flight: dropped.
+        assert!(!sinks.deliver_log(log.clone()).await);
+        let s = sinks.clone();
+        let l = log.clone();
+        let delivered = sinks
+            .during(&token, tx, async move {
+                let alone = s.deliver_log(l.clone()).await;
+                // A second call (without a sink) in flight: ambiguous, dropped.
+                let (s2, l2) = (s.clone(), l.clone());
+                let crowded = s.counted(async move { s2.deliver_log(l2).await }).await;
+                s.deliver(json!({"progressToken": "t1", "progress": 1}))
+                    .await;
+                (alone, crowded)
+            })
+            .await;
+        assert_eq!(delivered, (true, false));
+        assert_eq!(rx.recv().await.unwrap()["method"], "notifications/message");
+        let p = rx.recv().await.unwrap();
+        assert_eq!(
+            (p["method"].clone(), p["params"]["progress"].clone()),
+            (json!("notifications/progress"), json!(1))
+        );
+        assert!(rx.try_recv().is_err());
+        assert_eq!(sinks.calls.load(Ordering::Acquire), 0);
     }
 }

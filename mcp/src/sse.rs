@@ -123,6 +123,14 @@ async fn read_stream(
                 {
                     progress.deliver(params).await;
                 }
+                Ok(Message::Notification { method, params })
+                    if method == "notifications/message" =>
+                {
+                    let delivered = progress.deliver_log(params).await;
+                    if !delivered {
+                        tracing::debug!(upstream = %name, "a log message no single call can own; not relayed");
+                    }
+                }
                 Ok(Message::Notification { method, .. })
                     if method == "notifications/tools/list_changed" =>
                 {
@@ -218,6 +226,11 @@ impl SseUpstream {
             .await?;
         up.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
             .await?;
+        if crate::wants_all_logs(&up.server_info) {
+            let _ = up
+                .request("logging/setLevel", crate::ALL_LOGS.clone())
+                .await;
+        }
         Ok(up)
     }
 
@@ -263,6 +276,12 @@ impl SseUpstream {
             return Err(err(&self.cfg, format!("POST answered {}", r.status())));
         }
         Ok(())
+    }
+
+    pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {
+        self.progress
+            .counted(self.request("tools/call", json!({"name": name, "arguments": arguments})))
+            .await
     }
 
     /// Calls a tool with a progress token; the progress notifications for it

@@ -147,6 +147,11 @@ impl StdioUpstream {
         upstream
             .notify("notifications/initialized", json!({}))
             .await?;
+        if crate::wants_all_logs(&upstream.server_info) {
+            let _ = upstream
+                .request("logging/setLevel", crate::ALL_LOGS.clone())
+                .await;
+        }
         Ok(upstream)
     }
 
@@ -244,7 +249,8 @@ impl StdioUpstream {
     }
 
     pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {
-        self.request("tools/call", json!({"name": name, "arguments": arguments}))
+        self.progress
+            .counted(self.request("tools/call", json!({"name": name, "arguments": arguments})))
             .await
     }
 
@@ -326,6 +332,8 @@ async fn read_stdout(
                 } else if catalog_changed.note(&method) {
                 } else if method == "notifications/progress" {
                     progress.deliver(params).await;
+                } else if method == "notifications/message" && !progress.deliver_log(params).await {
+                    tracing::debug!(upstream = %name, "a log message no single call can own; not relayed");
                 }
             }
             Ok(Message::Request { method, .. }) => {

@@ -106,9 +106,12 @@ impl Upstream {
         })
     }
 
-    /// A tool call whose progress notifications go to `sink` (stdio and
-    /// legacy SSE deliver them on the stream the gateway reads, streamable
-    /// HTTP in the call's event-stream answer).
+    /// A tool call whose notifications go to `sink` as whole notifications:
+    /// its progress (stdio and legacy SSE deliver them on the stream the
+    /// gateway reads, streamable HTTP in the call's event-stream answer), and
+    /// its log messages where they can be attributed to it (always on
+    /// streamable HTTP; on a shared stream only while it is the one call in
+    /// flight).
     pub async fn call_tool_with_progress(
         &self,
         name: &str,
@@ -136,13 +139,7 @@ impl Upstream {
         match self {
             Upstream::Stdio(u) => u.call_tool(name, arguments).await,
             Upstream::Http(u) => u.call_tool(name, arguments).await,
-            Upstream::Sse(u) => {
-                u.request(
-                    "tools/call",
-                    serde_json::json!({"name": name, "arguments": arguments}),
-                )
-                .await
-            }
+            Upstream::Sse(u) => u.call_tool(name, arguments).await,
         }
     }
 }

@@ -279,7 +279,11 @@ fn load(
                 for _ in 0..per_thread {
                     match conn.get("/tools/echo/load", &auth) {
                         Ok((200, id)) => ids.push(id),
-                        _ => break,
+                        // Shown when an assertion on the count fails.
+                        other => {
+                            eprintln!("load stopped after {} calls: {other:?}", ids.len());
+                            break;
+                        }
                     }
                 }
                 ids
