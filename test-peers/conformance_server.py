@@ -29,6 +29,8 @@ TOOLS = [
     types.Tool(name="test_error_handling", description="Always fails", inputSchema=EMPTY),
     types.Tool(name="test_tool_with_progress", description="Reports progress 0, 50, 100", inputSchema=EMPTY),
     types.Tool(name="test_tool_with_logging", description="Logs three messages while it runs", inputSchema=EMPTY),
+    types.Tool(name="test_update_watched_resource",
+               description="Says test://watched-resource changed, if anyone subscribed", inputSchema=EMPTY),
     types.Tool(
         name="json_schema_2020_12_tool",
         description="Tool with JSON Schema 2020-12 features",
@@ -84,6 +86,11 @@ async def call_tool(name: str, arguments: dict):
                 await anyio.sleep(0.05)
             await session.send_log_message(level="info", data=text, logger="conformance")
         return [types.TextContent(type="text", text="Logging test completed")]
+    if name == "test_update_watched_resource":
+        if WATCHED not in SUBSCRIBED:
+            return [types.TextContent(type="text", text="not subscribed")]
+        await server.request_context.session.send_resource_updated(WATCHED)
+        return [types.TextContent(type="text", text="update sent")]
     if name == "test_error_handling":
         raise RuntimeError("This tool intentionally returns an error for testing")
     if name == "json_schema_2020_12_tool":
@@ -167,6 +174,21 @@ async def read_resource(uri):
     raise ValueError(f"Resource not found: {uri}")
 
 
+WATCHED = "test://watched-resource"
+# The URIs this server's one client (the gateway) subscribed to.
+SUBSCRIBED = set()
+
+
+@server.subscribe_resource()
+async def subscribe_resource(uri):
+    SUBSCRIBED.add(str(uri))
+
+
+@server.unsubscribe_resource()
+async def unsubscribe_resource(uri):
+    SUBSCRIBED.discard(str(uri))
+
+
 @server.set_logging_level()
 async def set_logging_level(level):
     # The gateway asks for every message and filters per client session.
@@ -182,7 +204,11 @@ async def complete(ref, argument, context):
 
 async def main():
     async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+        options = server.create_initialization_options()
+        # The SDK's low-level server never advertises subscriptions, though
+        # it routes them to the handlers above.
+        options.capabilities.resources.subscribe = True
+        await server.run(read, write, options)
 
 
 if __name__ == "__main__":

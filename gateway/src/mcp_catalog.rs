@@ -261,6 +261,77 @@ impl Gateway {
         Ok(Some((server, original, evaluation)))
     }
 
+    /// `resources/subscribe` / `resources/unsubscribe`: authorized like
+    /// reading the resource; the session's GET stream then gets
+    /// `notifications/resources/updated` for it (under the URI the client
+    /// used). The gateway subscribes upstream once per resource, however
+    /// many sessions want it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn subscribe_resource(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        id: Value,
+        params: Value,
+        subscribe: bool,
+    ) -> Result<bool> {
+        ctx.facts.kind = if subscribe {
+            "mcp.subscribe_resource"
+        } else {
+            "mcp.unsubscribe_resource"
+        };
+        ctx.facts.action = Action::ReadResource.as_str().into();
+        let asked = params["uri"].as_str().unwrap_or("").to_string();
+        let Some(sid) = ctx.mcp_sid.clone() else {
+            let message = "resource subscriptions need a session (initialize first, then send its Mcp-Session-Id)";
+            let reply = jsonrpc::error_response(&id, jsonrpc::INVALID_REQUEST, message, None);
+            return self
+                .answer_refused(session, ctx, runtime, 200, message, reply)
+                .await;
+        };
+        let Some((server, original, evaluation)) = self
+            .authorize_item(session, ctx, runtime, principal, &id, false, &asked)
+            .await?
+        else {
+            return Ok(true);
+        };
+        if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation)) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(true);
+        }
+        ctx.facts.decision = "allow";
+        let Some(hub) = &self.shared.mcp else {
+            return Ok(true);
+        };
+        let sessions = &self.shared.mcp_sessions;
+        let outcome = if !subscribe {
+            if sessions.remove_subscription(&sid, &server, &original) {
+                hub.resource_unsubscribe(&server, &original).await;
+            }
+            Ok(())
+        } else if sessions.subscribed_as(&sid, &server, &original).is_some() {
+            Ok(())
+        } else {
+            match hub.resource_subscribe(&server, &original).await {
+                Ok(()) => {
+                    sessions.add_subscription(&sid, &server, &original, &asked);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let reply = match outcome {
+            Ok(()) => jsonrpc::result_response(&id, json!({})),
+            Err(e) => {
+                ctx.failure = Some(format!("upstream_failed: {e}"));
+                upstream_error(&id, &e)
+            }
+        };
+        self.write_json(session, ctx, 200, &reply).await
+    }
+
     /// `prompts/get` or `resources/read`: one named target on one server.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn get_catalog_item(

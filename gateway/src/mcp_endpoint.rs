@@ -40,7 +40,7 @@ static CAPABILITIES: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
     json!({
         "tools": {"listChanged": true},
         "prompts": {"listChanged": true},
-        "resources": {"subscribe": false, "listChanged": true},
+        "resources": {"subscribe": true, "listChanged": true},
         "completions": {},
         "logging": {},
     })
@@ -304,6 +304,11 @@ impl Gateway {
                     .await;
             };
             self.shared.mcp_sessions.end(&c.sid);
+            if let Some(hub) = &self.shared.mcp {
+                for (server, uri) in self.shared.mcp_sessions.take_subscriptions(&c.sid) {
+                    hub.resource_unsubscribe(&server, &uri).await;
+                }
+            }
             return self.answer_protocol(session, ctx, runtime, 204, None).await;
         }
         // 3. The message.
@@ -435,6 +440,11 @@ impl Gateway {
             }
             "prompts/get" => {
                 self.get_catalog_item(session, ctx, runtime, &principal, id, params, true)
+                    .await
+            }
+            "resources/subscribe" | "resources/unsubscribe" => {
+                let subscribe = method == "resources/subscribe";
+                self.subscribe_resource(session, ctx, runtime, &principal, id, params, subscribe)
                     .await
             }
             "resources/read" => {
@@ -730,6 +740,8 @@ impl Gateway {
         let mut changes = hub.subscribe();
         let current = *changes.borrow_and_update();
         let mut catalog = hub.subscribe_catalog();
+        let mut updates = hub.subscribe_updates();
+        let sid = ctx.mcp_sid.clone().unwrap_or_default();
         let mut catalog_seen = *catalog.borrow_and_update();
         // Resumption: events carry the tool set's digest as their id; a
         // client that saw an older set is told at once that it changed.
@@ -779,6 +791,18 @@ impl Gateway {
                     catalog_seen = now;
                     out
                 }
+                update = updates.recv() => match update {
+                    Ok((server, uri)) => match self.shared.mcp_sessions.subscribed_as(&sid, &server, &uri) {
+                        Some(as_named) => {
+                            let n = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": as_named}});
+                            format!("event: message\ndata: {n}\n\n")
+                        }
+                        None => continue,
+                    },
+                    // Fell behind: some updates were lost; the client re-reads on the next.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                },
                 _ = keepalive.tick() => ": keepalive\n\n".to_string(),
                 _ = crate::proxy::client_gone(session) => break,
             };

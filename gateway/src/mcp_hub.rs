@@ -11,7 +11,7 @@ use lattice_mcp::stdio::{StdioConfig, StdioUpstream};
 use lattice_mcp::tools::{definition_hash, federated_name, ArgumentSchema};
 use lattice_mcp::upstream::Upstream;
 use lattice_mcp::McpError;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +44,17 @@ struct Server {
     current: ArcSwapOption<Upstream>,
     /// Set when the server is removed: its supervisor stops and kills it.
     stopped: std::sync::atomic::AtomicBool,
+    /// Resource URIs the gateway subscribed to upstream, with how many
+    /// sessions want each (subscribed again after a restart).
+    subscriptions: tokio::sync::Mutex<BTreeMap<String, usize>>,
+}
+
+/// What servers announce, passed on to the sessions' GET streams: list
+/// changes (counted) and updated resources (`(server, uri)`).
+#[derive(Clone)]
+struct Announce {
+    catalog: tokio::sync::watch::Sender<(u64, u64)>,
+    updates: tokio::sync::broadcast::Sender<(String, String)>,
 }
 
 impl Server {
@@ -52,6 +63,7 @@ impl Server {
             config,
             current: ArcSwapOption::empty(),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            subscriptions: tokio::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -135,8 +147,9 @@ pub struct McpHub {
     /// A digest of the approved tools (names and definitions), updated
     /// when they change.
     changes: tokio::sync::watch::Sender<u64>,
-    /// (prompt lists, resource lists) changes servers announced, counted.
-    catalog: tokio::sync::watch::Sender<(u64, u64)>,
+    /// (prompt lists, resource lists) changes servers announced, counted,
+    /// and the resources they said were updated.
+    announce: Announce,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -238,16 +251,19 @@ async fn relist_if_due(
     server: &Server,
     tools: &ArcSwap<ToolMap>,
     pinning: &Pinning,
-    catalog: &tokio::sync::watch::Sender<(u64, u64)>,
+    announce: &Announce,
     last: &mut Instant,
 ) {
     let Some(up) = server.current.load_full() else {
         return;
     };
+    for uri in up.take_resource_updates().await {
+        let _ = announce.updates.send((server.config.name.clone(), uri));
+    }
     // Prompt and resource lists are fetched live: only pass the word on.
     let (prompts, resources) = up.take_catalog_changed();
     if prompts || resources {
-        catalog.send_modify(|(p, r)| {
+        announce.catalog.send_modify(|(p, r)| {
             *p += u64::from(prompts);
             *r += u64::from(resources);
         });
@@ -273,7 +289,7 @@ async fn supervise(
     server: Arc<Server>,
     tools: Arc<ArcSwap<ToolMap>>,
     pinning: Pinning,
-    catalog: tokio::sync::watch::Sender<(u64, u64)>,
+    announce: Announce,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut listed_at = Instant::now();
@@ -284,7 +300,7 @@ async fn supervise(
         }
         let alive = server.current.load().as_ref().is_some_and(|u| u.is_alive());
         if alive {
-            relist_if_due(&server, &tools, &pinning, &catalog, &mut listed_at).await;
+            relist_if_due(&server, &tools, &pinning, &announce, &mut listed_at).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
@@ -296,6 +312,12 @@ async fn supervise(
         match launch(&server.config).await {
             Ok((up, listed)) => {
                 let started = Instant::now();
+                // The sessions' subscriptions outlive the process.
+                for uri in server.subscriptions.lock().await.keys() {
+                    if let Err(e) = up.request("resources/subscribe", json!({"uri": uri})).await {
+                        tracing::warn!(server = %server.config.name, uri, error = %e, "subscribing again after a restart failed");
+                    }
+                }
                 let new = entries(&server.config, listed);
                 pinning.observe(&new);
                 publish(&tools, &server.config.name, new);
@@ -306,7 +328,7 @@ async fn supervise(
                 while !server.is_stopped()
                     && server.current.load().as_ref().is_some_and(|u| u.is_alive())
                 {
-                    relist_if_due(&server, &tools, &pinning, &catalog, &mut listed_at).await;
+                    relist_if_due(&server, &tools, &pinning, &announce, &mut listed_at).await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if started.elapsed() > Duration::from_secs(60) {
                         backoff = BACKOFF_MIN;
@@ -399,6 +421,8 @@ impl McpHub {
             .map_err(|e| GatewayError::Server(e.to_string()))?;
         let tools: Arc<ArcSwap<ToolMap>> = Arc::default();
         let (catalog, _) = tokio::sync::watch::channel((0u64, 0u64));
+        let (updates, _) = tokio::sync::broadcast::channel(1024);
+        let announce = Announce { catalog, updates };
         let mut servers = BTreeMap::new();
         for config in configs {
             let server = Server::new(config.clone());
@@ -418,7 +442,7 @@ impl McpHub {
                 server.clone(),
                 tools.clone(),
                 pinning.clone(),
-                catalog.clone(),
+                announce.clone(),
             ));
             servers.insert(config.name.clone(), server);
         }
@@ -436,7 +460,7 @@ impl McpHub {
             pins: pinning.cache.clone(),
             pinning,
             changes,
-            catalog,
+            announce,
         })
     }
 
@@ -457,7 +481,7 @@ impl McpHub {
                         server.clone(),
                         self.tools.clone(),
                         self.pinning.clone(),
-                        self.catalog.clone(),
+                        self.announce.clone(),
                     ));
                     tracing::info!(server = %config.name, "MCP server registered");
                     next.insert(config.name.clone(), server);
@@ -477,7 +501,65 @@ impl McpHub {
 
     /// Counts of prompt-list and resource-list changes servers announced.
     pub fn subscribe_catalog(&self) -> tokio::sync::watch::Receiver<(u64, u64)> {
-        self.catalog.subscribe()
+        self.announce.catalog.subscribe()
+    }
+
+    /// Resources servers said were updated: `(server, uri)`.
+    pub fn subscribe_updates(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
+        self.announce.updates.subscribe()
+    }
+
+    /// One more session wants `uri`'s updates: the first subscribes
+    /// upstream. Errors when the server is down or offers no subscriptions.
+    pub async fn resource_subscribe(&self, server: &str, uri: &str) -> Result<(), McpError> {
+        let up = self.running(server)?;
+        let refused = |message: &str| McpError::Upstream {
+            server: server.to_string(),
+            message: message.to_string(),
+        };
+        if up.capabilities()["resources"]["subscribe"] != json!(true) {
+            return Err(refused("the server does not offer resource subscriptions"));
+        }
+        let Some(srv) = self.servers.load().get(server).cloned() else {
+            return Err(refused("not registered"));
+        };
+        let mut subs = srv.subscriptions.lock().await;
+        if !subs.contains_key(uri) {
+            let params = json!({"uri": uri});
+            self.runtime
+                .spawn(async move { up.request("resources/subscribe", params).await })
+                .await
+                .map_err(|e| refused(&e.to_string()))??;
+        }
+        *subs.entry(uri.to_string()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// One session less wants `uri`'s updates: the last unsubscribes
+    /// upstream (best effort: a server that is down has forgotten it).
+    pub async fn resource_unsubscribe(&self, server: &str, uri: &str) {
+        let Some(srv) = self.servers.load().get(server).cloned() else {
+            return;
+        };
+        let mut subs = srv.subscriptions.lock().await;
+        let last = match subs.get_mut(uri) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if last {
+            subs.remove(uri);
+            if let Ok(up) = self.running(server) {
+                let params = json!({"uri": uri});
+                let _ = self
+                    .runtime
+                    .spawn(async move { up.request("resources/unsubscribe", params).await })
+                    .await;
+            }
+        }
     }
 
     /// The digest of the approved tools, notified whenever it changes.

@@ -21,7 +21,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -78,9 +78,17 @@ pub struct Sessions {
     /// Per process, like `ended`: a session served by another replica logs
     /// at the default level there until it sets one again.
     log_levels: ArcSwap<HashMap<String, (usize, u64)>>,
+    /// Resource subscriptions per session id: (server, the server's URI) →
+    /// the URI as the client named it. Per process, like the levels: the
+    /// updates reach the session's GET stream on this gateway.
+    subscriptions: ArcSwap<HashMap<String, Subscriptions>>,
     /// How long a session lives after `initialize`.
     ttl_s: u64,
 }
+
+/// One session's resource subscriptions: (server, the server's URI) → the
+/// URI as the client named it.
+type Subscriptions = BTreeMap<(String, String), String>;
 
 /// A session's default lifetime: a day.
 pub const DEFAULT_TTL_S: u64 = 24 * 3600;
@@ -118,6 +126,7 @@ impl Sessions {
             key,
             ended: ArcSwap::from_pointee(HashSet::new()),
             log_levels: ArcSwap::from_pointee(HashMap::new()),
+            subscriptions: ArcSwap::from_pointee(HashMap::new()),
             ttl_s: DEFAULT_TTL_S,
         }
     }
@@ -188,6 +197,75 @@ impl Sessions {
             levels.insert(sid.to_string(), (rank, now));
             Arc::new(levels)
         });
+    }
+
+    /// Records a session's subscription; false when it already had it.
+    pub fn add_subscription(&self, sid: &str, server: &str, uri: &str, as_named: &str) -> bool {
+        let key = (server.to_string(), uri.to_string());
+        if self
+            .subscriptions
+            .load()
+            .get(sid)
+            .is_some_and(|s| s.contains_key(&key))
+        {
+            return false;
+        }
+        self.subscriptions.rcu(|all| {
+            let mut all = HashMap::clone(all);
+            all.entry(sid.to_string())
+                .or_default()
+                .insert(key.clone(), as_named.to_string());
+            Arc::new(all)
+        });
+        true
+    }
+
+    /// Drops a session's subscription; false when it had none.
+    pub fn remove_subscription(&self, sid: &str, server: &str, uri: &str) -> bool {
+        let key = (server.to_string(), uri.to_string());
+        let had = self
+            .subscriptions
+            .load()
+            .get(sid)
+            .is_some_and(|s| s.contains_key(&key));
+        if had {
+            self.subscriptions.rcu(|all| {
+                let mut all = HashMap::clone(all);
+                if let Some(s) = all.get_mut(sid) {
+                    s.remove(&key);
+                    if s.is_empty() {
+                        all.remove(sid);
+                    }
+                }
+                Arc::new(all)
+            });
+        }
+        had
+    }
+
+    /// The URI a session subscribed to a server's `uri` as, if it did.
+    pub fn subscribed_as(&self, sid: &str, server: &str, uri: &str) -> Option<String> {
+        self.subscriptions
+            .load()
+            .get(sid)?
+            .get(&(server.to_string(), uri.to_string()))
+            .cloned()
+    }
+
+    /// Removes and returns all of a session's subscriptions (it ended).
+    pub fn take_subscriptions(&self, sid: &str) -> Vec<(String, String)> {
+        let taken = self
+            .subscriptions
+            .load()
+            .get(sid)
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        self.subscriptions.rcu(|all| {
+            let mut all = HashMap::clone(all);
+            all.remove(sid);
+            Arc::new(all)
+        });
+        taken
     }
 
     /// The level a session set, if it set one (on this gateway).

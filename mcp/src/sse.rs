@@ -136,6 +136,11 @@ async fn read_stream(
                 {
                     tools_changed.store(true, Ordering::Release);
                 }
+                Ok(Message::Notification { method, params })
+                    if method == "notifications/resources/updated" =>
+                {
+                    catalog_changed.note_updated(&params).await;
+                }
                 Ok(Message::Notification { method, .. }) if catalog_changed.note(&method) => {}
                 _ => {}
             }
@@ -249,6 +254,11 @@ impl SseUpstream {
     }
 
     /// (prompts, resources) changed since last asked.
+    /// URIs the server said were updated since last asked.
+    pub async fn take_resource_updates(&self) -> Vec<String> {
+        self.catalog_changed.take_updated().await
+    }
+
     pub fn take_catalog_changed(&self) -> (bool, bool) {
         self.catalog_changed.take()
     }

@@ -41,7 +41,13 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>>;
 pub struct CatalogChanged {
     prompts: AtomicBool,
     resources: AtomicBool,
+    /// URIs of `notifications/resources/updated` not yet taken (bounded).
+    updated: Mutex<Vec<String>>,
 }
+
+/// Most resource updates held between two takes; more are dropped (a
+/// subscriber re-reads the resource anyway).
+const MAX_UPDATES: usize = 1024;
 
 impl CatalogChanged {
     /// Notes a list-changed notification; false for other methods.
@@ -61,6 +67,21 @@ impl CatalogChanged {
             self.prompts.swap(false, Ordering::AcqRel),
             self.resources.swap(false, Ordering::AcqRel),
         )
+    }
+
+    /// Notes a `notifications/resources/updated`'s URI.
+    pub async fn note_updated(&self, params: &Value) {
+        if let Some(uri) = params.get("uri").and_then(Value::as_str) {
+            let mut updated = self.updated.lock().await;
+            if updated.len() < MAX_UPDATES && !updated.iter().any(|u| u == uri) {
+                updated.push(uri.to_string());
+            }
+        }
+    }
+
+    /// The URIs updated since last asked.
+    pub async fn take_updated(&self) -> Vec<String> {
+        std::mem::take(&mut *self.updated.lock().await)
     }
 }
 
@@ -174,6 +195,11 @@ impl StdioUpstream {
     }
 
     /// (prompts, resources) changed since last asked.
+    /// URIs the server said were updated since last asked.
+    pub async fn take_resource_updates(&self) -> Vec<String> {
+        self.catalog_changed.take_updated().await
+    }
+
     pub fn take_catalog_changed(&self) -> (bool, bool) {
         self.catalog_changed.take()
     }
@@ -330,6 +356,8 @@ async fn read_stdout(
                 if method == "notifications/tools/list_changed" {
                     tools_changed.store(true, Ordering::Release);
                 } else if catalog_changed.note(&method) {
+                } else if method == "notifications/resources/updated" {
+                    catalog_changed.note_updated(&params).await;
                 } else if method == "notifications/progress" {
                     progress.deliver(params).await;
                 } else if method == "notifications/message" && !progress.deliver_log(params).await {

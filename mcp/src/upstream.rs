@@ -53,6 +53,17 @@ impl Upstream {
 
     /// (prompts, resources): the server said the list changed since last
     /// asked (stdio and legacy SSE).
+    /// URIs of resources the server said were updated since last asked
+    /// (stdio and legacy SSE; the gateway opens no stream to a
+    /// streamable-HTTP server).
+    pub async fn take_resource_updates(&self) -> Vec<String> {
+        match self {
+            Upstream::Stdio(u) => u.take_resource_updates().await,
+            Upstream::Sse(u) => u.take_resource_updates().await,
+            Upstream::Http(_) => Vec::new(),
+        }
+    }
+
     pub fn take_catalog_changed(&self) -> (bool, bool) {
         match self {
             Upstream::Stdio(u) => u.take_catalog_changed(),
