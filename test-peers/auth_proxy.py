@@ -27,15 +27,36 @@ class Handler(BaseHTTPRequestHandler):
         conn = http.client.HTTPConnection("127.0.0.1", UPSTREAM, timeout=60)
         conn.request(self.command, self.path, body=body, headers=headers)
         resp = conn.getresponse()
-        data = resp.read()
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in HOP and k.lower() != "content-length":
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        streaming = (resp.getheader("content-type") or "").startswith("text/event-stream")
+        if not streaming:
+            data = resp.read()
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            conn.close()
+            return
+        # Event streams pass through as they come (chunked): a server's
+        # request in the middle of a call must reach the client before the
+        # call ends.
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        self.wfile.write(data)
-        conn.close()
+        try:
+            while True:
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            conn.close()
 
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_OPTIONS = forward
 

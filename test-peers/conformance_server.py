@@ -29,6 +29,12 @@ TOOLS = [
     types.Tool(name="test_error_handling", description="Always fails", inputSchema=EMPTY),
     types.Tool(name="test_tool_with_progress", description="Reports progress 0, 50, 100", inputSchema=EMPTY),
     types.Tool(name="test_tool_with_logging", description="Logs three messages while it runs", inputSchema=EMPTY),
+    types.Tool(name="test_sampling", description="Asks the client's LLM",
+               inputSchema={"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}),
+    types.Tool(name="test_elicitation", description="Asks the user",
+               inputSchema={"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}),
+    types.Tool(name="test_elicitation_sep1034_defaults", description="Asks with defaults", inputSchema=EMPTY),
+    types.Tool(name="test_elicitation_sep1330_enums", description="Asks with every enum form", inputSchema=EMPTY),
     types.Tool(name="test_update_watched_resource",
                description="Says test://watched-resource changed, if anyone subscribed", inputSchema=EMPTY),
     types.Tool(
@@ -86,6 +92,18 @@ async def call_tool(name: str, arguments: dict):
                 await anyio.sleep(0.05)
             await session.send_log_message(level="info", data=text, logger="conformance")
         return [types.TextContent(type="text", text="Logging test completed")]
+    if name == "test_sampling":
+        result = await server.request_context.session.create_message(
+            messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text=arguments["prompt"]))],
+            max_tokens=100,
+        )
+        text = result.content.text if isinstance(result.content, types.TextContent) else str(result.content)
+        return [types.TextContent(type="text", text=f"LLM response: {text}")]
+    if name in ELICITATIONS:
+        message, schema = ELICITATIONS[name](arguments)
+        result = await server.request_context.session.elicit(message, schema)
+        prefix = "User response" if name == "test_elicitation" else "Elicitation completed"
+        return [types.TextContent(type="text", text=f"{prefix}: action={result.action}, content={result.content}")]
     if name == "test_update_watched_resource":
         if WATCHED not in SUBSCRIBED:
             return [types.TextContent(type="text", text="not subscribed")]
@@ -173,6 +191,45 @@ async def read_resource(uri):
                                      mime_type="application/json")]
     raise ValueError(f"Resource not found: {uri}")
 
+
+# Elicitation tools: arguments → (message, requested schema).
+ELICITATIONS = {
+    "test_elicitation": lambda a: (a["message"], {
+        "type": "object",
+        "properties": {
+            "username": {"type": "string", "description": "User's response"},
+            "email": {"type": "string", "description": "User's email address"},
+        },
+        "required": ["username", "email"],
+    }),
+    "test_elicitation_sep1034_defaults": lambda a: ("Please review your details", {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "default": "John Doe"},
+            "age": {"type": "integer", "default": 30},
+            "score": {"type": "number", "default": 95.5},
+            "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+            "verified": {"type": "boolean", "default": True},
+        },
+    }),
+    "test_elicitation_sep1330_enums": lambda a: ("Pick your options", {
+        "type": "object",
+        "properties": {
+            "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+            "titledSingle": {"type": "string", "oneOf": [
+                {"const": "value1", "title": "First Option"},
+                {"const": "value2", "title": "Second Option"},
+                {"const": "value3", "title": "Third Option"}]},
+            "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
+                           "enumNames": ["Option One", "Option Two", "Option Three"]},
+            "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+            "titledMulti": {"type": "array", "items": {"anyOf": [
+                {"const": "value1", "title": "First Choice"},
+                {"const": "value2", "title": "Second Choice"},
+                {"const": "value3", "title": "Third Choice"}]}},
+        },
+    }),
+}
 
 WATCHED = "test://watched-resource"
 # The URIs this server's one client (the gateway) subscribed to.

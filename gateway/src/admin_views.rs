@@ -249,7 +249,7 @@ impl Gateway {
         Store::open_read_only(&runtime.config.audit.db_path).map_err(|e| e.to_string())
     }
 
-    async fn scoped_params(
+    fn scoped_params(
         runtime: &Runtime,
         scope: &AuditScope,
         query: &str,
@@ -281,7 +281,7 @@ impl Gateway {
         scope: &AuditScope,
         query: &str,
     ) -> Reply {
-        let p = match Self::scoped_params(runtime, scope, query).await {
+        let p = match Self::scoped_params(runtime, scope, query) {
             Ok(p) => p,
             Err(r) => return r,
         };
@@ -371,7 +371,7 @@ impl Gateway {
         } else {
             format!("since=300&{query}")
         };
-        let p = match Self::scoped_params(runtime, scope, &query).await {
+        let p = match Self::scoped_params(runtime, scope, &query) {
             Ok(p) => p,
             Err(r) => return r,
         };

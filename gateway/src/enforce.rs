@@ -213,7 +213,7 @@ pub struct CallFacts {
 }
 
 impl CallFacts {
-    fn event(&self, phase: Phase) -> AuditEvent {
+    pub(crate) fn event(&self, phase: Phase) -> AuditEvent {
         let mut e = AuditEvent::new(phase, &self.request_id, self.kind);
         e.trace_id.clone_from(&self.trace_id);
         if let Some(p) = &self.principal {

@@ -291,17 +291,12 @@ impl Gateway {
                 .answer_refused(session, ctx, runtime, 200, message, reply)
                 .await;
         };
-        let Some((server, original, evaluation)) = self
-            .authorize_item(session, ctx, runtime, principal, &id, false, &asked)
+        let Some((server, original)) = self
+            .admit_item(session, ctx, runtime, principal, &id, false, &asked)
             .await?
         else {
             return Ok(true);
         };
-        if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation)) {
-            self.respond(session, ctx, &r).await?;
-            return Ok(true);
-        }
-        ctx.facts.decision = "allow";
         let Some(hub) = &self.shared.mcp else {
             return Ok(true);
         };
@@ -330,6 +325,33 @@ impl Gateway {
             }
         };
         self.write_json(session, ctx, 200, &reply).await
+    }
+
+    /// `authorize_item`, then the allow decision recorded: (server, the
+    /// server's own name or URI), or None when a refusal was answered.
+    #[allow(clippy::too_many_arguments)]
+    async fn admit_item(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        principal: &Principal,
+        id: &Value,
+        prompt: bool,
+        asked: &str,
+    ) -> Result<Option<(String, String)>> {
+        let Some((server, original, evaluation)) = self
+            .authorize_item(session, ctx, runtime, principal, id, prompt, asked)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation)) {
+            self.respond(session, ctx, &r).await?;
+            return Ok(None);
+        }
+        ctx.facts.decision = "allow";
+        Ok(Some((server, original)))
     }
 
     /// `prompts/get` or `resources/read`: one named target on one server.
@@ -423,17 +445,12 @@ impl Gateway {
         };
         ctx.facts.action = action.as_str().into();
         let asked = params["ref"][key].as_str().unwrap_or("").to_string();
-        let Some((server, original, evaluation)) = self
-            .authorize_item(session, ctx, runtime, principal, &id, prompt, &asked)
+        let Some((server, original)) = self
+            .admit_item(session, ctx, runtime, principal, &id, prompt, &asked)
             .await?
         else {
             return Ok(true);
         };
-        if let Err(r) = self.record_decision(ctx, runtime, ctx.facts.allow_event(&evaluation)) {
-            self.respond(session, ctx, &r).await?;
-            return Ok(true);
-        }
-        ctx.facts.decision = "allow";
         let Some(hub) = &self.shared.mcp else {
             return Ok(true);
         };

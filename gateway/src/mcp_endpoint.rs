@@ -285,6 +285,7 @@ impl Gateway {
             },
         };
         ctx.mcp_sid = claims.as_ref().map(|c| c.sid.clone());
+        ctx.mcp_caps = claims.as_ref().map(|c| c.caps.clone()).unwrap_or_default();
         if method == http::Method::GET {
             ctx.facts.kind = "mcp.stream";
             if claims.is_none() {
@@ -339,8 +340,33 @@ impl Gateway {
                 ctx.facts.target = method;
                 return self.answer_protocol(session, ctx, runtime, 202, None).await;
             }
-            Message::Response { .. } => {
+            Message::Response { id, outcome } => {
+                // A client answering a request a server made during its call.
                 ctx.facts.kind = "mcp.response";
+                let answered = match (id.as_str(), &ctx.mcp_sid) {
+                    (Some(id), Some(sid)) => {
+                        self.shared.server_requests.complete(id, sid, outcome).await
+                    }
+                    _ => false,
+                };
+                if !answered {
+                    let reply = jsonrpc::error_response(
+                        &id,
+                        jsonrpc::INVALID_REQUEST,
+                        "no request of this session waits for that answer",
+                        None,
+                    );
+                    return self
+                        .answer_refused(
+                            session,
+                            ctx,
+                            runtime,
+                            400,
+                            "an answer to no pending request",
+                            reply,
+                        )
+                        .await;
+                }
                 return self.answer_protocol(session, ctx, runtime, 202, None).await;
             }
         };
@@ -394,7 +420,17 @@ impl Gateway {
                     .iter()
                     .find(|v| **v == asked)
                     .unwrap_or(&VERSIONS[0]);
-                ctx.mcp_session_id = Some(self.shared.mcp_sessions.issue(&principal, version));
+                // The client's capabilities the gateway relays requests for.
+                let caps = ["sampling", "elicitation", "roots"]
+                    .into_iter()
+                    .filter(|c| params["capabilities"].get(*c).is_some())
+                    .map(str::to_string)
+                    .collect();
+                ctx.mcp_session_id = Some(
+                    self.shared
+                        .mcp_sessions
+                        .issue_with(&principal, version, caps),
+                );
                 let result = json!({
                     "protocolVersion": version,
                     "capabilities": CAPABILITIES.clone(),
@@ -707,13 +743,14 @@ impl Gateway {
             .get("accept")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/event-stream"));
-        let wants = token.is_some() || log_level.is_some();
+        // A client that can answer a server's requests gets the stream too.
+        let wants = token.is_some() || log_level.is_some() || !ctx.mcp_caps.is_empty();
         if wants && takes_stream && hub.is_running(&entry.server) {
             return self
                 .relay_call(session, ctx, &entry, arguments, id, token, log_level)
                 .await;
         }
-        let result = hub.call(&entry, arguments).await;
+        let result = self.call_unstreamed(ctx, &entry, arguments).await;
         let reply = tool_reply(ctx, &entry, &id, result);
         self.write_json(session, ctx, 200, &reply).await
     }

@@ -504,6 +504,18 @@ impl McpHub {
         self.announce.catalog.subscribe()
     }
 
+    /// Sends a server the answer to a request it made.
+    pub async fn respond(&self, server: &str, response: Value) -> Result<(), McpError> {
+        let up = self.running(server)?;
+        self.runtime
+            .spawn(async move { up.respond(&response).await })
+            .await
+            .map_err(|e| McpError::Upstream {
+                server: server.to_string(),
+                message: e.to_string(),
+            })?
+    }
+
     /// Resources servers said were updated: `(server, uri)`.
     pub fn subscribe_updates(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
         self.announce.updates.subscribe()
@@ -683,7 +695,7 @@ impl McpHub {
         &self,
         entry: &ToolEntry,
         arguments: Value,
-        token: Value,
+        token: Option<Value>,
         sink: tokio::sync::mpsc::UnboundedSender<Value>,
     ) -> Result<Value, McpError> {
         let up = self.running(&entry.server)?;
@@ -693,28 +705,6 @@ impl McpHub {
                 up.call_tool_with_progress(&tool, arguments, token, sink)
                     .await
             })
-            .await
-            .map_err(|e| McpError::Upstream {
-                server: entry.server.clone(),
-                message: e.to_string(),
-            })?
-    }
-
-    /// Calls a tool on its upstream (on the hub's runtime).
-    pub async fn call(&self, entry: &ToolEntry, arguments: Value) -> Result<Value, McpError> {
-        let down = || McpError::Upstream {
-            server: entry.server.clone(),
-            message: "not running (restarting)".into(),
-        };
-        let up = self
-            .servers
-            .load()
-            .get(&entry.server)
-            .and_then(|s| s.current.load_full())
-            .ok_or_else(down)?;
-        let tool = entry.tool.clone();
-        self.runtime
-            .spawn(async move { up.call_tool(&tool, arguments).await })
             .await
             .map_err(|e| McpError::Upstream {
                 server: entry.server.clone(),

@@ -9,6 +9,14 @@
 //! shared stream (stdio, legacy SSE) it names no call, so it is relayed only
 //! while this is the one tool call in flight on that upstream
 //! (`lattice_mcp::progress`) — never shown to another caller.
+//!
+//! Requests a server makes during the call (`sampling/createMessage`,
+//! `elicitation/create`, `roots/list`), attributed by the same rule, go to
+//! the caller under an id the gateway makes, if its client declared that
+//! capability at `initialize`; the client's answer (a POST of a JSON-RPC
+//! response in the same session) is sent back to the server under the
+//! server's own id. Each relayed request is audited (`mcp.server_request`).
+//! Waiting requests live in the gateway process that relayed them.
 
 use bytes::Bytes;
 use lattice_mcp::jsonrpc;
@@ -16,6 +24,10 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Value};
+
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::oneshot;
 
 use crate::mcp_endpoint::{shaped, tool_reply};
 use crate::mcp_hub::ToolEntry;
@@ -49,7 +61,190 @@ pub(crate) fn downstream(
     }
 }
 
+/// How long a server's request waits for the client's answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(120);
+
+/// Where a client's answer (a result or an error) goes.
+type Answer = oneshot::Sender<Result<Value, Value>>;
+
+/// Server requests relayed to a client, waiting for its answer: by the id
+/// the gateway gave them, with the session that may answer.
+#[derive(Default)]
+pub struct ServerRequests(tokio::sync::Mutex<HashMap<String, (String, Answer)>>);
+
+impl ServerRequests {
+    async fn wait_for(&self, sid: &str) -> (String, oneshot::Receiver<Result<Value, Value>>) {
+        let id = format!("lattice-{}", uuid::Uuid::now_v7());
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .lock()
+            .await
+            .insert(id.clone(), (sid.to_string(), tx));
+        (id, rx)
+    }
+
+    async fn forget(&self, id: &str) {
+        self.0.lock().await.remove(id);
+    }
+
+    /// A client's answer: true when a request of its session waited for it.
+    pub async fn complete(&self, id: &str, sid: &str, outcome: Result<Value, Value>) -> bool {
+        let mut waiting = self.0.lock().await;
+        match waiting.get(id) {
+            Some((owner, _)) if owner == sid => {}
+            _ => return false,
+        }
+        match waiting.remove(id) {
+            Some((_, tx)) => tx.send(outcome).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Why a server request cannot go to the caller's client, if it cannot.
+fn refusal(ctx: &Ctx, method: &str, streamed: bool) -> Option<String> {
+    match (needed_capability(method), &ctx.mcp_sid) {
+        (None, _) => Some(format!("`{method}` is not a request the gateway relays")),
+        (Some(_), None) => Some("the call has no session to answer in".to_string()),
+        (Some(cap), Some(_)) if !ctx.mcp_caps.iter().any(|c| c == cap) => {
+            Some(format!("the client did not declare the `{cap}` capability"))
+        }
+        _ if !streamed => Some(
+            "the call was not made accepting an event stream, so nothing can reach the client"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// The audit event of a server's request during `ctx`'s call (its own
+/// request id; the caller as principal; the method as target).
+fn server_request_event(
+    ctx: &Ctx,
+    entry: &ToolEntry,
+    request: &Value,
+) -> lattice_audit::AuditEvent {
+    let mut event = ctx.facts.event(lattice_audit::Phase::Decision);
+    event.request_id = uuid::Uuid::now_v7().to_string();
+    event.kind = "mcp.server_request".into();
+    event.target = request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    event.upstream = Some(entry.server.clone());
+    event
+}
+
+/// The client capability a server request needs.
+fn needed_capability(method: &str) -> Option<&'static str> {
+    match method {
+        "sampling/createMessage" => Some("sampling"),
+        "elicitation/create" => Some("elicitation"),
+        "roots/list" => Some("roots"),
+        _ => None,
+    }
+}
+
 impl Gateway {
+    /// A request the server made during `ctx`'s call: relayed to the
+    /// client when it can answer (the returned message goes on the call's
+    /// stream), otherwise answered to the server with an error at once.
+    async fn relay_server_request(
+        &self,
+        ctx: &Ctx,
+        entry: &ToolEntry,
+        request: &Value,
+    ) -> Option<Value> {
+        let hub = self.shared.mcp.clone()?;
+        let upstream_id = request.get("id").cloned().unwrap_or(Value::Null);
+        let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+        if let Some(why) = refusal(ctx, method, true) {
+            self.refuse_server_request(ctx, entry, &hub, request, &why)
+                .await;
+            return None;
+        }
+        let mut event = server_request_event(ctx, entry, request);
+        let sid = ctx.mcp_sid.clone().unwrap_or_default();
+        let (id, answer) = self.shared.server_requests.wait_for(&sid).await;
+        event.decision = "allow".into();
+        event.reason = format!("relayed to the client as `{id}`");
+        let _ = self.shared.audit.record(event);
+        // The answer goes back to the server whenever it comes.
+        let (shared, server) = (self.shared.clone(), entry.server.clone());
+        let gateway_id = id.clone();
+        tokio::spawn(async move {
+            let response = match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+                Ok(Ok(Ok(result))) => {
+                    json!({"jsonrpc": "2.0", "id": upstream_id, "result": result})
+                }
+                Ok(Ok(Err(error))) => json!({"jsonrpc": "2.0", "id": upstream_id, "error": error}),
+                _ => {
+                    shared.server_requests.forget(&gateway_id).await;
+                    lattice_mcp::refuse_server_request(
+                        &upstream_id,
+                        "the client did not answer in time",
+                    )
+                }
+            };
+            if let Err(e) = hub.respond(&server, response).await {
+                tracing::warn!(server, error = %e, "could not pass a client's answer to the server");
+            }
+        });
+        let params = request.get("params").cloned().unwrap_or(Value::Null);
+        Some(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+    }
+
+    /// A `tools/call` answered with plain JSON. The upstream's requests
+    /// during it cannot reach the client: each is refused to the server
+    /// with the reason, and audited.
+    pub(crate) async fn call_unstreamed(
+        &self,
+        ctx: &Ctx,
+        entry: &ToolEntry,
+        arguments: Value,
+    ) -> Result<Value, lattice_mcp::McpError> {
+        let Some(hub) = self.shared.mcp.clone() else {
+            return Err(lattice_mcp::McpError::Upstream {
+                server: entry.server.clone(),
+                message: "MCP is not running".into(),
+            });
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let call = hub.call_with_progress(entry, arguments, None, tx);
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                r = &mut call => return r,
+                Some(n) = rx.recv() => {
+                    if n.get("id").is_some() {
+                        let method = n.get("method").and_then(Value::as_str).unwrap_or("");
+                        let why = refusal(ctx, method, false).unwrap_or_default();
+                        self.refuse_server_request(ctx, entry, &hub, &n, &why).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a server's request with an error, audited as a denial.
+    async fn refuse_server_request(
+        &self,
+        ctx: &Ctx,
+        entry: &ToolEntry,
+        hub: &crate::mcp_hub::McpHub,
+        request: &Value,
+        why: &str,
+    ) {
+        let upstream_id = request.get("id").cloned().unwrap_or(Value::Null);
+        let mut event = server_request_event(ctx, entry, request);
+        event.decision = "deny".into();
+        event.reason = format!("{why}; the server was answered with an error");
+        let _ = self.shared.audit.record(event);
+        let answer = lattice_mcp::refuse_server_request(&upstream_id, why);
+        let _ = hub.respond(&entry.server, answer).await;
+    }
+
     /// `logging/setLevel`: remembered for the session (a stateful era's);
     /// the answer is `{}`.
     pub(crate) async fn set_log_level(
@@ -119,7 +314,11 @@ impl Gateway {
             return Ok(true);
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-        let own_token = json!(format!("lattice-{}", ctx.facts.request_id));
+        // The upstream gets a token of the gateway's only if the caller
+        // asked for progress.
+        let own_token = token
+            .as_ref()
+            .map(|_| json!(format!("lattice-{}", ctx.facts.request_id)));
         let mut resp = ResponseHeader::build(200, Some(5))?;
         resp.insert_header("content-type", "text/event-stream")?;
         resp.insert_header("cache-control", "no-cache")?;
@@ -136,14 +335,24 @@ impl Gateway {
             tokio::select! {
                 r = &mut call => break r,
                 Some(n) = rx.recv() => {
-                    if let Some(m) = downstream(&n, token.as_ref(), min_rank) {
+                    let m = if n.get("id").is_some() {
+                        self.relay_server_request(ctx, entry, &n).await
+                    } else {
+                        downstream(&n, token.as_ref(), min_rank)
+                    };
+                    if let Some(m) = m {
                         session.write_response_body(Some(event(&m)), false).await?;
                     }
                 }
             }
         };
         while let Ok(n) = rx.try_recv() {
-            if let Some(m) = downstream(&n, token.as_ref(), min_rank) {
+            let m = if n.get("id").is_some() {
+                self.relay_server_request(ctx, entry, &n).await
+            } else {
+                downstream(&n, token.as_ref(), min_rank)
+            };
+            if let Some(m) = m {
                 session.write_response_body(Some(event(&m)), false).await?;
             }
         }

@@ -68,6 +68,11 @@ pub struct SessionClaims {
     pub ten: String,
     pub pv: String,
     pub iat: u64,
+    /// The client's capabilities that the gateway relays requests for
+    /// (`sampling`, `elicitation`, `roots`), as it declared them at
+    /// `initialize`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<String>,
 }
 
 /// The session signing key and the sessions ended here.
@@ -140,12 +145,19 @@ impl Sessions {
 
     /// A new session's token.
     pub fn issue(&self, principal: &Principal, version: &str) -> String {
+        self.issue_with(principal, version, Vec::new())
+    }
+
+    /// A session token that also records the client's relayable
+    /// capabilities.
+    pub fn issue_with(&self, principal: &Principal, version: &str, caps: Vec<String>) -> String {
         let claims = SessionClaims {
             sid: uuid::Uuid::now_v7().to_string(),
             sub: principal.id.clone(),
             ten: principal.tenant.clone(),
             pv: version.to_string(),
             iat: lattice_audit::now_us() / 1_000_000,
+            caps,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let mac = URL_SAFE_NO_PAD.encode(hmac_sha256(&self.key, payload.as_bytes()));

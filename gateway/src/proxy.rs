@@ -55,6 +55,8 @@ pub struct Ctx {
     pub(crate) mcp_session_id: Option<String>,
     /// The id inside a valid `Mcp-Session-Id` the request came with.
     pub(crate) mcp_sid: Option<String>,
+    /// The relayable capabilities that session's client declared.
+    pub(crate) mcp_caps: Vec<String>,
     /// The `/v1` API: refusals in OpenAI's error format.
     pub(crate) openai: bool,
     /// Token usage a backend reported.
@@ -406,6 +408,7 @@ impl ProxyHttp for Gateway {
             mcp_stateless: false,
             mcp_session_id: None,
             mcp_sid: None,
+            mcp_caps: Vec::new(),
             openai: false,
             usage: None,
             ttft_us: None,

@@ -144,6 +144,8 @@ pub struct Shared {
     pub limiter: crate::limits::Limiter,
     /// MCP session signing (stateful protocol eras).
     pub mcp_sessions: crate::mcp_session::Sessions,
+    /// Requests upstream servers made that wait for a client's answer.
+    pub server_requests: crate::mcp_relay::ServerRequests,
     /// Settings fixed at start (listener, data dir, audit): a reload that
     /// changes them is applied for everything else and logged.
     pub startup: Config,

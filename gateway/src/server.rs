@@ -91,6 +91,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         limiter: crate::limits::Limiter::default(),
         mcp_sessions: crate::mcp_session::Sessions::load_or_create(&config.mcp.session_key_file)?
             .with_ttl(config.mcp.session_ttl_seconds),
+        server_requests: crate::mcp_relay::ServerRequests::default(),
         runtime: arc_swap::ArcSwap::from_pointee(runtime),
         keys,
         audit: pipeline.handle(),

@@ -45,15 +45,23 @@ impl Progress {
             .map(|d| d.strip_prefix(' ').unwrap_or(d))
             .collect::<Vec<_>>()
             .join("\n");
-        if let Ok(Message::Notification { method, params }) =
-            jsonrpc::parse(data.as_bytes(), MAX_RESPONSE)
-        {
-            let mine = params.get("progressToken").map(Value::to_string).as_deref()
-                == Some(self.token.as_str());
-            // A log message in the answer to this call's POST is this call's.
-            if (method == "notifications/progress" && mine) || method == "notifications/message" {
-                let _ = self.sink.send(json!({"method": method, "params": params}));
+        match jsonrpc::parse(data.as_bytes(), MAX_RESPONSE) {
+            Ok(Message::Notification { method, params }) => {
+                let mine = params.get("progressToken").map(Value::to_string).as_deref()
+                    == Some(self.token.as_str());
+                // A log message in the answer to this call's POST is this call's.
+                if (method == "notifications/progress" && mine) || method == "notifications/message"
+                {
+                    let _ = self.sink.send(json!({"method": method, "params": params}));
+                }
             }
+            // So is a request (sampling, elicitation) sent in that answer.
+            Ok(Message::Request { id, method, params }) => {
+                let _ = self
+                    .sink
+                    .send(json!({"id": id, "method": method, "params": params}));
+            }
+            _ => {}
         }
     }
 }
@@ -130,7 +138,7 @@ impl HttpUpstream {
                 "initialize",
                 json!({
                     "protocolVersion": PROTOCOL_VERSION,
-                    "capabilities": {},
+                    "capabilities": crate::CLIENT_CAPABILITIES.clone(),
                     "clientInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
                 }),
             )
@@ -270,14 +278,15 @@ impl HttpUpstream {
         &self,
         name: &str,
         arguments: Value,
-        token: Value,
+        token: Option<Value>,
         sink: tokio::sync::mpsc::UnboundedSender<Value>,
     ) -> Result<Value, McpError> {
         let progress = Progress {
-            token: token.to_string(),
+            // No token: no progress event is this call's.
+            token: token.as_ref().map(Value::to_string).unwrap_or_default(),
             sink,
         };
-        let params = crate::progress::call_params(name, arguments, &token);
+        let params = crate::progress::call_params(name, arguments, token.as_ref());
         match self
             .send("tools/call", params.clone(), Some(&progress))
             .await
@@ -318,6 +327,11 @@ impl HttpUpstream {
             }
         }
         Err(err(&self.cfg, "tools/list pages never end"))
+    }
+
+    /// Sends the answer to a request the server made.
+    pub async fn respond(&self, response: &Value) -> Result<(), McpError> {
+        self.post(response, None).await.map(|_| ())
     }
 
     pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {

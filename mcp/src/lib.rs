@@ -92,3 +92,15 @@ pub const LOG_LEVELS: [&str; 8] = [
 pub fn log_rank(level: &str) -> Option<usize> {
     LOG_LEVELS.iter().position(|l| *l == level)
 }
+
+/// The capabilities the gateway declares to every upstream: it can relay
+/// sampling and elicitation requests to the client whose call made them
+/// (and answers for a client that did not declare them).
+pub static CLIENT_CAPABILITIES: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| serde_json::json!({"sampling": {}, "elicitation": {}}));
+
+/// The error the gateway answers a server's request with when no client can
+/// take it.
+pub fn refuse_server_request(id: &serde_json::Value, why: &str) -> serde_json::Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": why}})
+}

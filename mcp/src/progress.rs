@@ -11,9 +11,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Mutex;
 
-/// The params of a `tools/call` that asks for progress under `token`.
-pub fn call_params(name: &str, arguments: Value, token: &Value) -> Value {
-    json!({"name": name, "arguments": arguments, "_meta": {"progressToken": token}})
+/// The params of a `tools/call`, asking for progress under `token` if any.
+pub fn call_params(name: &str, arguments: Value, token: Option<&Value>) -> Value {
+    match token {
+        Some(t) => json!({"name": name, "arguments": arguments, "_meta": {"progressToken": t}}),
+        None => json!({"name": name, "arguments": arguments}),
+    }
 }
 
 /// Sinks of the calls in flight, by token (its JSON text), and how many
@@ -22,6 +25,8 @@ pub fn call_params(name: &str, arguments: Value, token: &Value) -> Value {
 pub struct ProgressSinks {
     sinks: Arc<Mutex<HashMap<String, UnboundedSender<Value>>>>,
     calls: Arc<AtomicUsize>,
+    /// Keys of sinks of calls that asked for no progress.
+    quiet: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Counts a tool call in flight for as long as it lives (even if its
@@ -73,20 +78,42 @@ impl ProgressSinks {
         }
     }
 
+    /// Passes a request the server sent (sampling, elicitation, roots) to the
+    /// one call it can belong to, by the rule of `deliver_log`; the sink gets
+    /// `{"id", "method", "params"}`, and whoever holds it must answer the
+    /// server. Returns whether it was delivered (if not, the transport
+    /// answers the server with an error).
+    pub async fn deliver_request(&self, id: Value, method: &str, params: Value) -> bool {
+        if self.calls.load(Ordering::Acquire) != 1 {
+            return false;
+        }
+        let sinks = self.sinks.lock().await;
+        match (sinks.len(), sinks.values().next()) {
+            (1, Some(sink)) => sink
+                .send(json!({"id": id, "method": method, "params": params}))
+                .is_ok(),
+            _ => false,
+        }
+    }
+
     /// Runs a tool call without a sink, counted as in flight.
     pub async fn counted<T>(&self, call: impl std::future::Future<Output = T>) -> T {
         let _in_flight = InFlight::new(&self.calls);
         call.await
     }
 
-    /// Runs `call` with `sink` registered under `token`, counted in flight.
+    /// Runs `call` with `sink` registered under `token` (or, for a call
+    /// that asked for no progress, a key of its own), counted in flight.
     pub async fn during<T>(
         &self,
-        token: &Value,
+        token: Option<&Value>,
         sink: UnboundedSender<Value>,
         call: impl std::future::Future<Output = T>,
     ) -> T {
-        let key = token.to_string();
+        let key = match token {
+            Some(t) => t.to_string(),
+            None => format!("quiet-{}", self.quiet.fetch_add(1, Ordering::AcqRel)),
+        };
         let _in_flight = InFlight::new(&self.calls);
         self.sinks.lock().await.insert(key.clone(), sink);
         let result = call.await;
@@ -110,7 +137,7 @@ mod tests {
         let s = sinks.clone();
         let l = log.clone();
         let delivered = sinks
-            .during(&token, tx, async move {
+            .during(Some(&token), tx, async move {
                 let alone = s.deliver_log(l.clone()).await;
                 // A second call (without a sink) in flight: ambiguous, dropped.
                 let (s2, l2) = (s.clone(), l.clone());

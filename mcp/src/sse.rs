@@ -136,6 +136,14 @@ async fn read_stream(
                 {
                     tools_changed.store(true, Ordering::Release);
                 }
+                Ok(Message::Request { id, method, params }) => {
+                    // Answered by the call's client through `respond`; one
+                    // no single call can own waits for the server's timeout.
+                    let delivered = progress.deliver_request(id, &method, params).await;
+                    if !delivered {
+                        tracing::debug!(upstream = %name, method, "a server request no single call can own; not relayed");
+                    }
+                }
                 Ok(Message::Notification { method, params })
                     if method == "notifications/resources/updated" =>
                 {
@@ -224,7 +232,7 @@ impl SseUpstream {
                 "initialize",
                 json!({
                     "protocolVersion": SSE_PROTOCOL_VERSION,
-                    "capabilities": {},
+                    "capabilities": crate::CLIENT_CAPABILITIES.clone(),
                     "clientInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
                 }),
             )
@@ -288,6 +296,11 @@ impl SseUpstream {
         Ok(())
     }
 
+    /// Sends the answer to a request the server made.
+    pub async fn respond(&self, response: &Value) -> Result<(), McpError> {
+        self.post(response).await
+    }
+
     pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {
         self.progress
             .counted(self.request("tools/call", json!({"name": name, "arguments": arguments})))
@@ -300,12 +313,12 @@ impl SseUpstream {
         &self,
         name: &str,
         arguments: Value,
-        token: Value,
+        token: Option<Value>,
         sink: tokio::sync::mpsc::UnboundedSender<Value>,
     ) -> Result<Value, McpError> {
-        let params = crate::progress::call_params(name, arguments, &token);
+        let params = crate::progress::call_params(name, arguments, token.as_ref());
         self.progress
-            .during(&token, sink, self.request("tools/call", params))
+            .during(token.as_ref(), sink, self.request("tools/call", params))
             .await
     }
 

@@ -90,7 +90,7 @@ pub struct StdioUpstream {
     name: String,
     timeout: Duration,
     child: Mutex<Child>,
-    stdin: Mutex<ChildStdin>,
+    stdin: Arc<Mutex<ChildStdin>>,
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
@@ -132,9 +132,11 @@ impl StdioUpstream {
         tokio::spawn(log_stderr(name.clone(), stderr));
         let progress = ProgressSinks::default();
         let catalog_changed: Arc<CatalogChanged> = Arc::default();
+        let stdin = Arc::new(Mutex::new(stdin));
         tokio::spawn(read_stdout(
             name.clone(),
             stdout,
+            stdin.clone(),
             pending.clone(),
             alive.clone(),
             tools_changed.clone(),
@@ -145,7 +147,7 @@ impl StdioUpstream {
             name,
             timeout: cfg.timeout,
             child: Mutex::new(child),
-            stdin: Mutex::new(stdin),
+            stdin,
             pending,
             next_id: AtomicU64::new(1),
             alive,
@@ -159,7 +161,7 @@ impl StdioUpstream {
                 "initialize",
                 json!({
                     "protocolVersion": PROTOCOL_VERSION,
-                    "capabilities": {},
+                    "capabilities": crate::CLIENT_CAPABILITIES.clone(),
                     "clientInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
                 }),
             )
@@ -287,13 +289,18 @@ impl StdioUpstream {
         &self,
         name: &str,
         arguments: Value,
-        token: Value,
+        token: Option<Value>,
         sink: tokio::sync::mpsc::UnboundedSender<Value>,
     ) -> Result<Value, McpError> {
-        let params = crate::progress::call_params(name, arguments, &token);
+        let params = crate::progress::call_params(name, arguments, token.as_ref());
         self.progress
-            .during(&token, sink, self.request("tools/call", params))
+            .during(token.as_ref(), sink, self.request("tools/call", params))
             .await
+    }
+
+    /// Sends the answer to a request the server made.
+    pub async fn respond(&self, response: &Value) -> Result<(), McpError> {
+        self.write(response).await
     }
 
     /// Kills the server process.
@@ -315,9 +322,11 @@ async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the reader's share of the upstream's state
 async fn read_stdout(
     name: String,
     stdout: tokio::process::ChildStdout,
+    stdin: Arc<Mutex<ChildStdin>>,
     pending: Pending,
     alive: Arc<AtomicBool>,
     tools_changed: Arc<AtomicBool>,
@@ -364,10 +373,18 @@ async fn read_stdout(
                     tracing::debug!(upstream = %name, "a log message no single call can own; not relayed");
                 }
             }
-            Ok(Message::Request { method, .. }) => {
-                // Server-to-client requests (sampling, roots, elicitation) are
-                // not offered: the capabilities sent at initialize are empty.
-                tracing::debug!(upstream = %name, method, "ignoring a server-initiated request");
+            Ok(Message::Request { id, method, params }) => {
+                // Sampling, elicitation, roots: to the one call in flight,
+                // whose client answers; otherwise no client can.
+                if !progress.deliver_request(id.clone(), &method, params).await {
+                    tracing::debug!(upstream = %name, method, "a server request no single call can own; refused");
+                    let why = format!("no client can answer `{method}` now (it is only relayed during a tool call, alone in flight on this server)");
+                    let mut line = crate::refuse_server_request(&id, &why).to_string();
+                    line.push('\n');
+                    let mut stdin = stdin.lock().await;
+                    let _ = stdin.write_all(line.as_bytes()).await;
+                    let _ = stdin.flush().await;
+                }
             }
             Err(e) => {
                 tracing::warn!(upstream = %name, error = %e, "unparseable line from the server")

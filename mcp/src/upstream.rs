@@ -127,7 +127,7 @@ impl Upstream {
         &self,
         name: &str,
         arguments: Value,
-        token: Value,
+        token: Option<Value>,
         sink: tokio::sync::mpsc::UnboundedSender<Value>,
     ) -> Result<Value, McpError> {
         match self {
@@ -143,6 +143,15 @@ impl Upstream {
                 u.call_tool_with_progress(name, arguments, token, sink)
                     .await
             }
+        }
+    }
+
+    /// Sends the answer to a request the server made (a JSON-RPC response).
+    pub async fn respond(&self, response: &Value) -> Result<(), McpError> {
+        match self {
+            Upstream::Stdio(u) => u.respond(response).await,
+            Upstream::Http(u) => u.respond(response).await,
+            Upstream::Sse(u) => u.respond(response).await,
         }
     }
 

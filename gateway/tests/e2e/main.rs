@@ -13,6 +13,7 @@ mod llm;
 mod mcp;
 mod mcp_eras;
 mod mcp_registry;
+mod mcp_server_requests;
 mod mcp_subscriptions;
 mod workbench;
 
