@@ -1,5 +1,6 @@
-"""A stdio MCP server with the tools, prompts and resources the official
-conformance suite's server scenarios use (written from each scenario's
+"""An MCP server (stdio, or streamable HTTP with `--http PORT`) with the
+tools, prompts and resources the official conformance suite's server
+scenarios use (written from each scenario's
 stated requirements), so the suite can run against the gateway fronting it
 (`/mcp/<server>`).
 
@@ -259,14 +260,48 @@ async def complete(ref, argument, context):
     return types.Completion(values=values, total=len(values), hasMore=False)
 
 
+def options():
+    opts = Server.create_initialization_options(server)
+    # The SDK's low-level server never advertises subscriptions, though it
+    # routes them to the handlers above.
+    opts.capabilities.resources.subscribe = True
+    return opts
+
+
 async def main():
     async with stdio_server() as (read, write):
-        options = server.create_initialization_options()
-        # The SDK's low-level server never advertises subscriptions, though
-        # it routes them to the handlers above.
-        options.capabilities.resources.subscribe = True
-        await server.run(read, write, options)
+        await server.run(read, write, options())
+
+
+def serve_http(port):
+    """Streamable HTTP at http://127.0.0.1:PORT/mcp/ (prints "ready")."""
+    import contextlib
+
+    import uvicorn
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    server.create_initialization_options = lambda *a, **k: options()
+    manager = StreamableHTTPSessionManager(app=server)
+
+    async def handle(scope, receive, send):
+        await manager.handle_request(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async with manager.run():
+            print("ready", flush=True)
+            yield
+
+    app = Starlette(routes=[Mount("/mcp", app=handle)], lifespan=lifespan)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    import sys
+
+    if "--http" in sys.argv:
+        serve_http(int(sys.argv[sys.argv.index("--http") + 1]))
+    else:
+        anyio.run(main)

@@ -3,10 +3,14 @@
 //! as a server-sent-events stream, a session id assigned at `initialize`
 //! and sent back on every request (re-initialized once if the server says
 //! the session ended). Credentials for the upstream come from the gateway's
-//! config, never from the agent.
+//! config, never from the agent. A background task holds the server's GET
+//! stream open (reconnecting with backoff; a server answering 405 offers
+//! none) for what it announces outside any call: list changes and resource
+//! updates.
 
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -66,13 +70,104 @@ impl Progress {
     }
 }
 
+/// What the server announced on its GET stream.
+#[derive(Default)]
+struct Announced {
+    tools_changed: AtomicBool,
+    catalog: crate::stdio::CatalogChanged,
+}
+
 /// A connected streamable-HTTP upstream.
 pub struct HttpUpstream {
     cfg: HttpConfig,
     client: reqwest::Client,
-    session: Mutex<Option<String>>,
+    session: Arc<Mutex<Option<String>>>,
     next_id: AtomicU64,
     server_info: Value,
+    announced: Arc<Announced>,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        if let Some(l) = &self.listener {
+            l.abort();
+        }
+    }
+}
+
+/// How long one GET stream is held before it is opened again.
+const STREAM_SPAN: Duration = Duration::from_secs(300);
+
+/// Holds the server's GET stream open and notes what it announces.
+async fn listen(
+    client: reqwest::Client,
+    cfg: HttpConfig,
+    session: Arc<Mutex<Option<String>>>,
+    announced: Arc<Announced>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut req = client
+            .get(&cfg.url)
+            .timeout(STREAM_SPAN)
+            .header("accept", "text/event-stream")
+            .header("mcp-protocol-version", PROTOCOL_VERSION);
+        if let Some(s) = session.lock().await.as_ref() {
+            req = req.header("mcp-session-id", s);
+        }
+        for (k, v) in &cfg.headers {
+            req = req.header(k, v);
+        }
+        match req.send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => {
+                tracing::debug!(upstream = %cfg.name, "the server offers no GET stream");
+                return;
+            }
+            Ok(mut r) if r.status().is_success() => {
+                backoff = Duration::from_millis(500);
+                let mut buf: Vec<u8> = Vec::new();
+                while let Ok(Some(chunk)) = r.chunk().await {
+                    // Events end with a blank line, `\n\n` or `\r\n\r\n`.
+                    buf.extend(chunk.iter().filter(|b| **b != b'\r'));
+                    if buf.len() > MAX_RESPONSE {
+                        break;
+                    }
+                    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                        let event: Vec<u8> = buf.drain(..end + 2).collect();
+                        note(&announced, &String::from_utf8_lossy(&event)).await;
+                    }
+                }
+            }
+            Ok(r) => {
+                tracing::debug!(upstream = %cfg.name, status = %r.status(), "the GET stream was refused")
+            }
+            Err(e) => tracing::debug!(upstream = %cfg.name, error = %e, "the GET stream failed"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Notes one event of the GET stream.
+async fn note(announced: &Announced, event: &str) {
+    let data: String = event
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if let Ok(Message::Notification { method, params }) =
+        jsonrpc::parse(data.as_bytes(), MAX_RESPONSE)
+    {
+        if method == "notifications/tools/list_changed" {
+            announced.tools_changed.store(true, Ordering::Release);
+        } else if method == "notifications/resources/updated" {
+            announced.catalog.note_updated(&params).await;
+        } else {
+            announced.catalog.note(&method);
+        }
+    }
 }
 
 fn err(cfg: &HttpConfig, message: impl Into<String>) -> McpError {
@@ -118,9 +213,11 @@ impl HttpUpstream {
         let mut up = Self {
             cfg,
             client,
-            session: Mutex::new(None),
+            session: Arc::new(Mutex::new(None)),
             next_id: AtomicU64::new(1),
             server_info: Value::Null,
+            announced: Arc::default(),
+            listener: None,
         };
         up.server_info = up.initialize().await?;
         if crate::wants_all_logs(&up.server_info) {
@@ -128,6 +225,12 @@ impl HttpUpstream {
                 .request("logging/setLevel", crate::ALL_LOGS.clone())
                 .await;
         }
+        up.listener = Some(tokio::spawn(listen(
+            up.client.clone(),
+            up.cfg.clone(),
+            up.session.clone(),
+            up.announced.clone(),
+        )));
         Ok(up)
     }
 
@@ -153,6 +256,21 @@ impl HttpUpstream {
 
     pub fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    /// Whether the server said its tools changed since last asked.
+    pub fn take_tools_changed(&self) -> bool {
+        self.announced.tools_changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// (prompts, resources) lists the server said changed since last asked.
+    pub fn take_catalog_changed(&self) -> (bool, bool) {
+        self.announced.catalog.take()
+    }
+
+    /// URIs the server said were updated since last asked.
+    pub async fn take_resource_updates(&self) -> Vec<String> {
+        self.announced.catalog.take_updated().await
     }
 
     pub fn server_info(&self) -> &Value {
@@ -221,7 +339,12 @@ impl HttpUpstream {
         loop {
             let chunk = resp.chunk().await.map_err(|e| self.transport_err(e))?;
             let Some(chunk) = chunk else { break };
-            body.extend_from_slice(&chunk);
+            if sse {
+                // Events end with a blank line, `\n\n` or `\r\n\r\n`.
+                body.extend(chunk.iter().filter(|b| **b != b'\r'));
+            } else {
+                body.extend_from_slice(&chunk);
+            }
             if body.len() > MAX_RESPONSE {
                 return Err(err(&self.cfg, "the answer is too large"));
             }
@@ -342,7 +465,23 @@ impl HttpUpstream {
 
 #[cfg(test)]
 mod tests {
-    use super::find_response;
+    use super::{find_response, note, Announced};
+
+    #[tokio::test]
+    async fn the_get_stream_notes_list_changes_and_updates() {
+        let a = Announced::default();
+        note(&a, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}").await;
+        note(&a, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"x://1\"}}").await;
+        note(
+            &a,
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/prompts/list_changed\"}",
+        )
+        .await;
+        note(&a, ": a comment").await;
+        assert!(a.tools_changed.load(std::sync::atomic::Ordering::Acquire));
+        assert_eq!(a.catalog.take(), (true, false));
+        assert_eq!(a.catalog.take_updated().await, vec!["x://1".to_string()]);
+    }
 
     #[test]
     fn finds_the_response_in_json_and_sse_bodies() {

@@ -40,27 +40,25 @@ impl Upstream {
         }
     }
 
-    /// True once since the server said its tool list changed (stdio and
-    /// legacy SSE; a streamable-HTTP server would say so on a stream the
-    /// gateway does not open).
+    /// True once since the server said its tool list changed (on its
+    /// stream: stdout, the legacy SSE stream, or the streamable-HTTP GET
+    /// stream).
     pub fn take_tools_changed(&self) -> bool {
         match self {
             Upstream::Stdio(u) => u.take_tools_changed(),
             Upstream::Sse(u) => u.take_tools_changed(),
-            Upstream::Http(_) => false,
+            Upstream::Http(u) => u.take_tools_changed(),
         }
     }
 
     /// (prompts, resources): the server said the list changed since last
-    /// asked (stdio and legacy SSE).
-    /// URIs of resources the server said were updated since last asked
-    /// (stdio and legacy SSE; the gateway opens no stream to a
-    /// streamable-HTTP server).
+    /// asked.
+    /// URIs of resources the server said were updated since last asked.
     pub async fn take_resource_updates(&self) -> Vec<String> {
         match self {
             Upstream::Stdio(u) => u.take_resource_updates().await,
             Upstream::Sse(u) => u.take_resource_updates().await,
-            Upstream::Http(_) => Vec::new(),
+            Upstream::Http(u) => u.take_resource_updates().await,
         }
     }
 
@@ -68,7 +66,7 @@ impl Upstream {
         match self {
             Upstream::Stdio(u) => u.take_catalog_changed(),
             Upstream::Sse(u) => u.take_catalog_changed(),
-            Upstream::Http(_) => (false, false),
+            Upstream::Http(u) => u.take_catalog_changed(),
         }
     }
 

@@ -134,8 +134,42 @@ fn resource_updates_reach_only_the_sessions_that_subscribed() {
         ),
         POLICY,
     );
-    let watcher = start_session(&gw, bearer(&gw.create_key("watcher", &["agent"])));
-    let bystander = start_session(&gw, bearer(&gw.create_key("bystander", &["agent"])));
+    check_subscriptions(&gw);
+}
+
+/// The same through a streamable-HTTP upstream: its updates come on the
+/// GET stream the gateway holds open to it.
+#[test]
+fn resource_updates_from_a_streamable_http_server_arrive_too() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let port = free_port();
+    let mut server = std::process::Command::new(peers.join(".venv/bin/python"))
+        .arg(peers.join("conformance_server.py"))
+        .args(["--http", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let gw = Gateway::start_with(
+        &format!(
+            "[[mcp_servers]]\nname = \"conf\"\nurl = \"http://127.0.0.1:{port}/mcp/\"\nallow_private_network = true\n"
+        ),
+        POLICY,
+    );
+    check_subscriptions(&gw);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+fn check_subscriptions(gw: &Gateway) {
+    let watcher = start_session(gw, bearer(&gw.create_key("watcher", &["agent"])));
+    let bystander = start_session(gw, bearer(&gw.create_key("bystander", &["agent"])));
     let outsider_key = {
         let out = gw.lattice(&[
             "keys", "create", "--agent", "outsider", "--role", "agent", "--label", "outsider",
@@ -144,14 +178,14 @@ fn resource_updates_reach_only_the_sessions_that_subscribed() {
         bearer(String::from_utf8(out.stdout).unwrap().trim())
     };
     wait_for("the server", Duration::from_secs(20), || {
-        touch(&gw, &bystander) == "not subscribed"
+        touch(gw, &bystander) == "not subscribed"
     });
-    let mut watching = open_stream(&gw, &watcher);
-    let mut bystanding = open_stream(&gw, &bystander);
+    let mut watching = open_stream(gw, &watcher);
+    let mut bystanding = open_stream(gw, &bystander);
     let uri = json!({"uri": "test://watched-resource"});
     let subscribe = |s: &McpSession, method: &str| {
         post(
-            &gw,
+            gw,
             s,
             &json!({"jsonrpc": "2.0", "id": 2, "method": method, "params": uri}),
         )
@@ -175,14 +209,14 @@ fn resource_updates_reach_only_the_sessions_that_subscribed() {
     wait_for("the outsider's key", Duration::from_secs(10), || {
         gw.get("/tools/none/x", &outsider_key).status != 401
     });
-    let outsider = start_session(&gw, outsider_key);
+    let outsider = start_session(gw, outsider_key);
     let r = subscribe(&outsider, "resources/subscribe");
     assert_eq!(r.json()["error"]["code"], -32002, "{}", r.body);
 
     // The watcher subscribes: the gateway subscribes upstream.
     let r = subscribe(&watcher, "resources/subscribe");
     assert_eq!(r.json()["result"], json!({}), "{}", r.body);
-    assert_eq!(touch(&gw, &bystander), "update sent");
+    assert_eq!(touch(gw, &bystander), "update sent");
     wait_for(
         "the update on the watcher's stream",
         Duration::from_secs(10),
@@ -200,7 +234,7 @@ fn resource_updates_reach_only_the_sessions_that_subscribed() {
     // Unsubscribing: the last one out unsubscribes upstream.
     let r = subscribe(&watcher, "resources/unsubscribe");
     assert_eq!(r.json()["result"], json!({}), "{}", r.body);
-    assert_eq!(touch(&gw, &bystander), "not subscribed");
+    assert_eq!(touch(gw, &bystander), "not subscribed");
     // Both decisions are audited under the watcher, as reads of the server.
     let kinds: Vec<Value> = gw
         .store()
