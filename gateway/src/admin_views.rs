@@ -366,15 +366,12 @@ impl Gateway {
         query: &str,
     ) -> Reply {
         let now = lattice_audit::now_us();
-        let query = if query.contains("since=") || query.contains("from_us=") {
-            query.to_string()
-        } else {
-            format!("since=300&{query}")
-        };
-        let p = match Self::scoped_params(runtime, scope, &query) {
+        let mut p = match Self::scoped_params(runtime, scope, query) {
             Ok(p) => p,
             Err(r) => return r,
         };
+        // No window given: the last five minutes.
+        p.query.from_us.get_or_insert(now.saturating_sub(300_000_000));
         let of_kind = |kind: &str| AuditQuery {
             kind: Some(kind.into()),
             ..p.query.clone()
