@@ -151,6 +151,14 @@ try {
   await waitText('.error', 'Registration refused: 400', 'a private-network server');
   report.register_refused = await textOf('.error');
   expectRefused('400', '/admin/v1/mcp/servers');
+  // A valid one is registered and starts.
+  await page.fill('#srv-name', 'memo');
+  await page.selectOption('#srv-transport', 'stdio');
+  await page.fill('#srv-target', process.env.WB_SERVER_CMD);
+  await page.fill('#srv-args', process.env.WB_SERVER_ARGS);
+  await page.click('#srv-add');
+  await waitText('#notice', 'Registered memo', 'a registered server');
+  await waitText('#servers tr', 'memo', 'the new server in the table');
 
   // Models: routes with their backends; bad input on the add form.
   await page.click('#nav-models');
@@ -165,6 +173,11 @@ try {
   await waitText('.error', 'Route refused: 400', 'a route with a bad URL');
   report.route_refused = await textOf('.error');
   expectRefused('400', '/admin/v1/models');
+  await page.fill('#route-url', process.env.WB_BACKEND_URL);
+  await page.click('#route-add');
+  await waitText('main .ok', 'Added route mistral', 'an added route');
+  await waitText('#routes td', 'mistral', 'the new route in the table');
+  report.routes_after = await textOf('#routes');
   await shot('07-models');
 
   // 6. What-if: a tenant auditor on their own tenant, then on another.

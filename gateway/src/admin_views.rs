@@ -371,7 +371,9 @@ impl Gateway {
             Err(r) => return r,
         };
         // No window given: the last five minutes.
-        p.query.from_us.get_or_insert(now.saturating_sub(300_000_000));
+        p.query
+            .from_us
+            .get_or_insert(now.saturating_sub(300_000_000));
         let of_kind = |kind: &str| AuditQuery {
             kind: Some(kind.into()),
             ..p.query.clone()

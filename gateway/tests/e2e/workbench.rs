@@ -132,6 +132,9 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/workbench");
     let _ = std::fs::remove_dir_all(&out_dir);
     let run = Command::new(&node)
+        .env("WB_SERVER_CMD", peers.join(".venv/bin/python"))
+        .env("WB_SERVER_ARGS", peers.join("conformance_server.py"))
+        .env("WB_BACKEND_URL", format!("http://127.0.0.1:{}", vllm.port))
         .arg(peers.join("workbench_tour.mjs"))
         .args([&format!("http://127.0.0.1:{}", gw.port), &admin, &auditor])
         .arg(&out_dir)
@@ -219,6 +222,11 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
         report["route_refused"].as_str().unwrap().contains("url"),
         "{report}"
     );
+    let after = report["routes_after"].as_str().unwrap();
+    assert!(
+        after.contains("mistral") && after.contains("gpu-b"),
+        "{after}"
+    );
     let routes = report["routes"].as_str().unwrap();
     assert!(
         routes.contains("llama") && routes.contains("qwen") && routes.contains("available"),
@@ -277,6 +285,27 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
         .iter()
         .any(|e| e["principal"] == "ann" && e["kind"] == "admin.audit.query"));
     assert!(events.iter().any(|e| e["kind"] == "mcp.tool_approved"));
+    for (kind, target) in [
+        ("admin.mcp.add", "mcp/servers"),
+        ("admin.models.add", "models"),
+    ] {
+        assert!(find("alice", kind, target), "no allowed {kind} by alice");
+    }
+    // The server registered from the page runs; its tools reach agents.
+    wait_for(
+        "the registered server's tools",
+        Duration::from_secs(20),
+        || {
+            rpc(
+                &gw,
+                Some(&globex_agent),
+                &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}),
+            )
+            .json()["result"]["tools"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["name"] == "memo__test_simple_text"))
+        },
+    );
     // The approved tool is served to agents again.
     wait_for("the approval to apply", Duration::from_secs(10), || {
         listed(&globex_agent)
