@@ -301,6 +301,10 @@ impl Gateway {
             return Ok(true);
         };
         let sessions = &self.shared.mcp_sessions;
+        // Sessions that expired without a DELETE release theirs.
+        for (server, uri) in sessions.expired_subscriptions() {
+            hub.resource_unsubscribe(&server, &uri).await;
+        }
         let outcome = if !subscribe {
             if sessions.remove_subscription(&sid, &server, &original) {
                 hub.resource_unsubscribe(&server, &original).await;

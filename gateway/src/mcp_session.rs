@@ -91,9 +91,9 @@ pub struct Sessions {
     ttl_s: u64,
 }
 
-/// One session's resource subscriptions: (server, the server's URI) → the
-/// URI as the client named it.
-type Subscriptions = BTreeMap<(String, String), String>;
+/// One session's resource subscriptions: (server, the server's URI) → (the
+/// URI as the client named it, when it subscribed, s).
+type Subscriptions = BTreeMap<(String, String), (String, u64)>;
 
 /// A session's default lifetime: a day.
 pub const DEFAULT_TTL_S: u64 = 24 * 3600;
@@ -224,9 +224,10 @@ impl Sessions {
         }
         self.subscriptions.rcu(|all| {
             let mut all = HashMap::clone(all);
-            all.entry(sid.to_string())
-                .or_default()
-                .insert(key.clone(), as_named.to_string());
+            all.entry(sid.to_string()).or_default().insert(
+                key.clone(),
+                (as_named.to_string(), lattice_audit::now_us() / 1_000_000),
+            );
             Arc::new(all)
         });
         true
@@ -261,7 +262,36 @@ impl Sessions {
             .load()
             .get(sid)?
             .get(&(server.to_string(), uri.to_string()))
-            .cloned()
+            .map(|(as_named, _)| as_named.clone())
+    }
+
+    /// Removes the subscriptions older than a session's lifetime (their
+    /// sessions expired without a `DELETE`) and returns them as (server,
+    /// URI), so the upstream subscriptions can be released.
+    pub fn expired_subscriptions(&self) -> Vec<(String, String)> {
+        let now = lattice_audit::now_us() / 1_000_000;
+        let old = |at: u64| now.saturating_sub(at) >= self.ttl_s;
+        let expired: Vec<(String, String)> = self
+            .subscriptions
+            .load()
+            .values()
+            .flat_map(|s| {
+                s.iter()
+                    .filter(|(_, (_, at))| old(*at))
+                    .map(|(k, _)| k.clone())
+            })
+            .collect();
+        if !expired.is_empty() {
+            self.subscriptions.rcu(|all| {
+                let mut all = HashMap::clone(all);
+                for s in all.values_mut() {
+                    s.retain(|_, (_, at)| !old(*at));
+                }
+                all.retain(|_, s| !s.is_empty());
+                Arc::new(all)
+            });
+        }
+        expired
     }
 
     /// Removes and returns all of a session's subscriptions (it ended).
@@ -426,6 +456,38 @@ mod tests {
         assert!(short
             .verify(&s.issue(&agent("a"), "2025-06-18"), &agent("a"))
             .is_none());
+    }
+
+    #[test]
+    fn subscriptions_are_per_session_and_expire_with_it() {
+        let s = Sessions::with_key([7; 32]);
+        assert!(s.add_subscription(
+            "s1",
+            "conf",
+            "test://a",
+            "lattice+mcp://conf/test%3A%2F%2Fa"
+        ));
+        assert!(
+            !s.add_subscription("s1", "conf", "test://a", "x"),
+            "already held"
+        );
+        assert!(s.add_subscription("s2", "conf", "test://a", "test://a"));
+        assert_eq!(
+            s.subscribed_as("s1", "conf", "test://a").as_deref(),
+            Some("lattice+mcp://conf/test%3A%2F%2Fa")
+        );
+        assert_eq!(s.subscribed_as("s3", "conf", "test://a"), None);
+        assert!(s.remove_subscription("s2", "conf", "test://a"));
+        assert!(!s.remove_subscription("s2", "conf", "test://a"));
+        // Within the lifetime nothing expires; past it, everything does.
+        assert!(s.expired_subscriptions().is_empty());
+        let s = s.with_ttl(0);
+        assert_eq!(
+            s.expired_subscriptions(),
+            vec![("conf".to_string(), "test://a".to_string())]
+        );
+        assert_eq!(s.subscribed_as("s1", "conf", "test://a"), None);
+        assert!(s.take_subscriptions("s1").is_empty());
     }
 
     #[test]
