@@ -245,6 +245,23 @@ impl Gateway {
         let _ = hub.respond(&entry.server, answer).await;
     }
 
+    /// What the caller gets for one message from the upstream: a server
+    /// request relayed (or refused), or a notification as it asked.
+    async fn for_caller(
+        &self,
+        ctx: &Ctx,
+        entry: &ToolEntry,
+        message: &Value,
+        token: Option<&Value>,
+        min_rank: Option<usize>,
+    ) -> Option<Value> {
+        if message.get("id").is_some() {
+            self.relay_server_request(ctx, entry, message).await
+        } else {
+            downstream(message, token, min_rank)
+        }
+    }
+
     /// `logging/setLevel`: remembered for the session (a stateful era's);
     /// the answer is `{}`.
     pub(crate) async fn set_log_level(
@@ -335,24 +352,17 @@ impl Gateway {
             tokio::select! {
                 r = &mut call => break r,
                 Some(n) = rx.recv() => {
-                    let m = if n.get("id").is_some() {
-                        self.relay_server_request(ctx, entry, &n).await
-                    } else {
-                        downstream(&n, token.as_ref(), min_rank)
-                    };
-                    if let Some(m) = m {
+                    if let Some(m) = self.for_caller(ctx, entry, &n, token.as_ref(), min_rank).await {
                         session.write_response_body(Some(event(&m)), false).await?;
                     }
                 }
             }
         };
         while let Ok(n) = rx.try_recv() {
-            let m = if n.get("id").is_some() {
-                self.relay_server_request(ctx, entry, &n).await
-            } else {
-                downstream(&n, token.as_ref(), min_rank)
-            };
-            if let Some(m) = m {
+            if let Some(m) = self
+                .for_caller(ctx, entry, &n, token.as_ref(), min_rank)
+                .await
+            {
                 session.write_response_body(Some(event(&m)), false).await?;
             }
         }

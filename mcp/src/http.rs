@@ -43,12 +43,7 @@ pub struct Progress {
 impl Progress {
     /// Relays one SSE event if it is this call's progress or log message.
     fn relay(&self, event: &str) {
-        let data: String = event
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let data = event_data(event);
         match jsonrpc::parse(data.as_bytes(), MAX_RESPONSE) {
             Ok(Message::Notification { method, params }) => {
                 let mine = params.get("progressToken").map(Value::to_string).as_deref()
@@ -68,6 +63,16 @@ impl Progress {
             _ => {}
         }
     }
+}
+
+/// The data of one server-sent event (its `data:` lines joined).
+fn event_data(event: &str) -> String {
+    event
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// What the server announced on its GET stream.
@@ -151,12 +156,7 @@ async fn listen(
 
 /// Notes one event of the GET stream.
 async fn note(announced: &Announced, event: &str) {
-    let data: String = event
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let data = event_data(event);
     if let Ok(Message::Notification { method, params }) =
         jsonrpc::parse(data.as_bytes(), MAX_RESPONSE)
     {
@@ -181,14 +181,7 @@ fn err(cfg: &HttpConfig, message: impl Into<String>) -> McpError {
 fn find_response(body: &str, sse: bool, id: u64) -> Option<Result<Value, Value>> {
     let candidates: Vec<String> = if sse {
         body.split("\n\n")
-            .map(|event| {
-                event
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
+            .map(event_data)
             .filter(|d| !d.is_empty())
             .collect()
     } else {
