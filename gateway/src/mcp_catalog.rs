@@ -176,19 +176,15 @@ impl Gateway {
         if !failures.is_empty() {
             reason.push_str(&format!("; left out: {}", failures.join("; ")));
         }
-        let event = ctx.facts.protocol_event(&reason);
-        if let Err(r) = self.record_decision(ctx, runtime, event) {
-            self.respond(session, ctx, &r).await?;
-            return Ok(true);
-        }
-        ctx.facts.decision = "allow";
-        let mut result = json!({ listing.key(): items });
-        if ctx.mcp_stateless {
-            result["ttlMs"] = json!(0);
-            result["cacheScope"] = json!("private");
-        }
-        self.write_json(session, ctx, 200, &jsonrpc::result_response(&id, result))
-            .await
+        self.answer_listing(
+            session,
+            ctx,
+            runtime,
+            &reason,
+            id,
+            json!({ listing.key(): items }),
+        )
+        .await
     }
 
     /// Resolves the prompt (`prompt`) or resource a request names to (its

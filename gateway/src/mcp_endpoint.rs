@@ -573,21 +573,34 @@ impl Gateway {
             None => Vec::new(),
         };
         let total = self.shared.mcp.as_ref().map_or(0, |h| h.tools().len());
-        let event = ctx
-            .facts
-            .protocol_event(&format!("{} of {total} tools visible", tools.len()));
+        let reason = format!("{} of {total} tools visible", tools.len());
+        self.answer_listing(session, ctx, runtime, &reason, id, json!({"tools": tools}))
+            .await
+    }
+
+    /// Answers a list (tools, prompts, resources) after recording its
+    /// decision (`reason` says what the agent was shown).
+    pub(crate) async fn answer_listing(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        reason: &str,
+        id: Value,
+        mut result: Value,
+    ) -> Result<bool> {
+        let event = ctx.facts.protocol_event(reason);
         if let Err(r) = self.record_decision(ctx, runtime, event) {
             self.respond(session, ctx, &r).await?;
             return Ok(true);
         }
         ctx.facts.decision = "allow";
-        let mut listing = json!({"tools": tools});
         if ctx.mcp_stateless {
             // What an agent may see depends on who it is: never share it.
-            listing["ttlMs"] = json!(0);
-            listing["cacheScope"] = json!("private");
+            result["ttlMs"] = json!(0);
+            result["cacheScope"] = json!("private");
         }
-        self.write_json(session, ctx, 200, &jsonrpc::result_response(&id, listing))
+        self.write_json(session, ctx, 200, &jsonrpc::result_response(&id, result))
             .await
     }
 

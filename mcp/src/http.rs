@@ -9,7 +9,7 @@
 //! updates.
 
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -75,13 +75,6 @@ fn event_data(event: &str) -> String {
         .join("\n")
 }
 
-/// What the server announced on its GET stream.
-#[derive(Default)]
-struct Announced {
-    tools_changed: AtomicBool,
-    catalog: crate::stdio::CatalogChanged,
-}
-
 /// A connected streamable-HTTP upstream.
 pub struct HttpUpstream {
     cfg: HttpConfig,
@@ -89,7 +82,7 @@ pub struct HttpUpstream {
     session: Arc<Mutex<Option<String>>>,
     next_id: AtomicU64,
     server_info: Value,
-    announced: Arc<Announced>,
+    announced: Arc<crate::stdio::Announced>,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -109,7 +102,7 @@ async fn listen(
     client: reqwest::Client,
     cfg: HttpConfig,
     session: Arc<Mutex<Option<String>>>,
-    announced: Arc<Announced>,
+    announced: Arc<crate::stdio::Announced>,
 ) {
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -155,18 +148,12 @@ async fn listen(
 }
 
 /// Notes one event of the GET stream.
-async fn note(announced: &Announced, event: &str) {
+async fn note(announced: &crate::stdio::Announced, event: &str) {
     let data = event_data(event);
     if let Ok(Message::Notification { method, params }) =
         jsonrpc::parse(data.as_bytes(), MAX_RESPONSE)
     {
-        if method == "notifications/tools/list_changed" {
-            announced.tools_changed.store(true, Ordering::Release);
-        } else if method == "notifications/resources/updated" {
-            announced.catalog.note_updated(&params).await;
-        } else {
-            announced.catalog.note(&method);
-        }
+        announced.note(&method, &params).await;
     }
 }
 
@@ -253,17 +240,17 @@ impl HttpUpstream {
 
     /// Whether the server said its tools changed since last asked.
     pub fn take_tools_changed(&self) -> bool {
-        self.announced.tools_changed.swap(false, Ordering::AcqRel)
+        self.announced.take_tools()
     }
 
     /// (prompts, resources) lists the server said changed since last asked.
     pub fn take_catalog_changed(&self) -> (bool, bool) {
-        self.announced.catalog.take()
+        self.announced.take()
     }
 
     /// URIs the server said were updated since last asked.
     pub async fn take_resource_updates(&self) -> Vec<String> {
-        self.announced.catalog.take_updated().await
+        self.announced.take_updated().await
     }
 
     pub fn server_info(&self) -> &Value {
@@ -458,7 +445,8 @@ impl HttpUpstream {
 
 #[cfg(test)]
 mod tests {
-    use super::{find_response, note, Announced};
+    use super::{find_response, note};
+    use crate::stdio::Announced;
 
     #[tokio::test]
     async fn the_get_stream_notes_list_changes_and_updates() {
@@ -471,9 +459,9 @@ mod tests {
         )
         .await;
         note(&a, ": a comment").await;
-        assert!(a.tools_changed.load(std::sync::atomic::Ordering::Acquire));
-        assert_eq!(a.catalog.take(), (true, false));
-        assert_eq!(a.catalog.take_updated().await, vec!["x://1".to_string()]);
+        assert!(a.take_tools());
+        assert_eq!(a.take(), (true, false));
+        assert_eq!(a.take_updated().await, vec!["x://1".to_string()]);
     }
 
     #[test]

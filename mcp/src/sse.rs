@@ -30,8 +30,7 @@ pub struct SseUpstream {
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
     progress: crate::progress::ProgressSinks,
-    tools_changed: Arc<AtomicBool>,
-    catalog_changed: Arc<crate::stdio::CatalogChanged>,
+    announced: Arc<crate::stdio::Announced>,
     server_info: Value,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -90,8 +89,7 @@ async fn read_stream(
     pending: Pending,
     progress: crate::progress::ProgressSinks,
     alive: Arc<AtomicBool>,
-    tools_changed: Arc<AtomicBool>,
-    catalog_changed: Arc<crate::stdio::CatalogChanged>,
+    announced: Arc<crate::stdio::Announced>,
     mut endpoint: Option<oneshot::Sender<String>>,
     name: String,
 ) {
@@ -131,11 +129,6 @@ async fn read_stream(
                         tracing::debug!(upstream = %name, "a log message no single call can own; not relayed");
                     }
                 }
-                Ok(Message::Notification { method, .. })
-                    if method == "notifications/tools/list_changed" =>
-                {
-                    tools_changed.store(true, Ordering::Release);
-                }
                 Ok(Message::Request { id, method, params }) => {
                     // Answered by the call's client through `respond`; one
                     // no single call can own waits for the server's timeout.
@@ -144,12 +137,9 @@ async fn read_stream(
                         tracing::debug!(upstream = %name, method, "a server request no single call can own; not relayed");
                     }
                 }
-                Ok(Message::Notification { method, params })
-                    if method == "notifications/resources/updated" =>
-                {
-                    catalog_changed.note_updated(&params).await;
+                Ok(Message::Notification { method, params }) => {
+                    announced.note(&method, &params).await;
                 }
-                Ok(Message::Notification { method, .. }) if catalog_changed.note(&method) => {}
                 _ => {}
             }
         }
@@ -184,16 +174,14 @@ impl SseUpstream {
         let pending: Pending = Arc::default();
         let progress = crate::progress::ProgressSinks::default();
         let alive = Arc::new(AtomicBool::new(true));
-        let tools_changed = Arc::new(AtomicBool::new(false));
-        let catalog_changed: Arc<crate::stdio::CatalogChanged> = Arc::default();
+        let announced: Arc<crate::stdio::Announced> = Arc::default();
         let (tx, rx) = oneshot::channel();
         let reader = tokio::spawn(read_stream(
             response,
             pending.clone(),
             progress.clone(),
             alive.clone(),
-            tools_changed.clone(),
-            catalog_changed.clone(),
+            announced.clone(),
             Some(tx),
             cfg.name.clone(),
         ));
@@ -222,8 +210,7 @@ impl SseUpstream {
             next_id: AtomicU64::new(1),
             alive,
             progress,
-            tools_changed,
-            catalog_changed,
+            announced,
             server_info: Value::Null,
             reader,
         };
@@ -258,17 +245,17 @@ impl SseUpstream {
 
     /// True once since the server said its tool list changed.
     pub fn take_tools_changed(&self) -> bool {
-        self.tools_changed.swap(false, Ordering::AcqRel)
+        self.announced.take_tools()
     }
 
     /// (prompts, resources) changed since last asked.
     /// URIs the server said were updated since last asked.
     pub async fn take_resource_updates(&self) -> Vec<String> {
-        self.catalog_changed.take_updated().await
+        self.announced.take_updated().await
     }
 
     pub fn take_catalog_changed(&self) -> (bool, bool) {
-        self.catalog_changed.take()
+        self.announced.take()
     }
 
     /// Alive while its stream is open.

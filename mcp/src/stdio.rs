@@ -36,9 +36,11 @@ pub struct StdioConfig {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>>;
 
-/// A server said its prompt or resource list changed.
+/// What a server announced outside any call (on stdout, its legacy SSE
+/// stream or its streamable-HTTP GET stream), until the hub asks.
 #[derive(Debug, Default)]
-pub struct CatalogChanged {
+pub struct Announced {
+    tools: AtomicBool,
     prompts: AtomicBool,
     resources: AtomicBool,
     /// URIs of `notifications/resources/updated` not yet taken (bounded).
@@ -49,16 +51,26 @@ pub struct CatalogChanged {
 /// subscriber re-reads the resource anyway).
 const MAX_UPDATES: usize = 1024;
 
-impl CatalogChanged {
-    /// Notes a list-changed notification; false for other methods.
-    pub fn note(&self, method: &str) -> bool {
+impl Announced {
+    /// Notes a list change or a resource update; false for other methods.
+    pub async fn note(&self, method: &str, params: &Value) -> bool {
         let flag = match method {
+            "notifications/tools/list_changed" => &self.tools,
             "notifications/prompts/list_changed" => &self.prompts,
             "notifications/resources/list_changed" => &self.resources,
+            "notifications/resources/updated" => {
+                self.note_updated(params).await;
+                return true;
+            }
             _ => return false,
         };
         flag.store(true, Ordering::Release);
         true
+    }
+
+    /// Whether the tool list changed since last asked.
+    pub fn take_tools(&self) -> bool {
+        self.tools.swap(false, Ordering::AcqRel)
     }
 
     /// (prompts, resources) changed since last asked.
@@ -70,7 +82,7 @@ impl CatalogChanged {
     }
 
     /// Notes a `notifications/resources/updated`'s URI.
-    pub async fn note_updated(&self, params: &Value) {
+    async fn note_updated(&self, params: &Value) {
         if let Some(uri) = params.get("uri").and_then(Value::as_str) {
             let mut updated = self.updated.lock().await;
             if updated.len() < MAX_UPDATES && !updated.iter().any(|u| u == uri) {
@@ -94,8 +106,7 @@ pub struct StdioUpstream {
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
-    tools_changed: Arc<AtomicBool>,
-    catalog_changed: Arc<CatalogChanged>,
+    announced: Arc<Announced>,
     progress: ProgressSinks,
     server_info: Value,
 }
@@ -128,10 +139,9 @@ impl StdioUpstream {
         };
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        let tools_changed = Arc::new(AtomicBool::new(false));
         tokio::spawn(log_stderr(name.clone(), stderr));
         let progress = ProgressSinks::default();
-        let catalog_changed: Arc<CatalogChanged> = Arc::default();
+        let announced: Arc<Announced> = Arc::default();
         let stdin = Arc::new(Mutex::new(stdin));
         tokio::spawn(read_stdout(
             name.clone(),
@@ -139,8 +149,7 @@ impl StdioUpstream {
             stdin.clone(),
             pending.clone(),
             alive.clone(),
-            tools_changed.clone(),
-            catalog_changed.clone(),
+            announced.clone(),
             progress.clone(),
         ));
         let mut upstream = Self {
@@ -151,8 +160,7 @@ impl StdioUpstream {
             pending,
             next_id: AtomicU64::new(1),
             alive,
-            tools_changed,
-            catalog_changed,
+            announced,
             progress,
             server_info: Value::Null,
         };
@@ -193,17 +201,17 @@ impl StdioUpstream {
 
     /// True once since the server said its tool list changed.
     pub fn take_tools_changed(&self) -> bool {
-        self.tools_changed.swap(false, Ordering::AcqRel)
+        self.announced.take_tools()
     }
 
     /// (prompts, resources) changed since last asked.
     /// URIs the server said were updated since last asked.
     pub async fn take_resource_updates(&self) -> Vec<String> {
-        self.catalog_changed.take_updated().await
+        self.announced.take_updated().await
     }
 
     pub fn take_catalog_changed(&self) -> (bool, bool) {
-        self.catalog_changed.take()
+        self.announced.take()
     }
 
     async fn write(&self, message: &Value) -> Result<(), McpError> {
@@ -329,8 +337,7 @@ async fn read_stdout(
     stdin: Arc<Mutex<ChildStdin>>,
     pending: Pending,
     alive: Arc<AtomicBool>,
-    tools_changed: Arc<AtomicBool>,
-    catalog_changed: Arc<CatalogChanged>,
+    announced: Arc<Announced>,
     progress: ProgressSinks,
 ) {
     let mut reader = BufReader::new(stdout);
@@ -362,11 +369,7 @@ async fn read_stdout(
                 }
             }
             Ok(Message::Notification { method, params }) => {
-                if method == "notifications/tools/list_changed" {
-                    tools_changed.store(true, Ordering::Release);
-                } else if catalog_changed.note(&method) {
-                } else if method == "notifications/resources/updated" {
-                    catalog_changed.note_updated(&params).await;
+                if announced.note(&method, &params).await {
                 } else if method == "notifications/progress" {
                     progress.deliver(params).await;
                 } else if method == "notifications/message" && !progress.deliver_log(params).await {
