@@ -6,24 +6,11 @@
 //! applied. A rejected reload is recorded as well: someone tried.
 
 use lattice_audit::{AuditEvent, AuditHandle, Phase};
-use lattice_policy::PolicySource;
-use sha2::{Digest, Sha256};
+
 use std::collections::BTreeSet;
 
-use crate::keys::ApiKey;
 use crate::runtime::Runtime;
-
-/// A short digest of a policy set (names and texts).
-pub fn policy_digest(live: &[PolicySource], shadow: Option<&[PolicySource]>) -> String {
-    let mut h = Sha256::new();
-    for p in live.iter().chain(shadow.unwrap_or_default()) {
-        h.update(p.name.as_bytes());
-        h.update([0]);
-        h.update(p.text.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(&h.finalize()[..8])
-}
+use crate::state::ApiKey;
 
 fn diff(what: &str, old: BTreeSet<String>, new: BTreeSet<String>) -> Option<String> {
     let added: Vec<&String> = new.difference(&old).collect();
@@ -100,7 +87,7 @@ pub fn key_changes(before: &[ApiKey], after: &[ApiKey]) -> Vec<(&'static str, St
             k.id.clone(),
             format!(
                 "API key for {} `{}` (tenant `{}`, roles {:?}, labels {:?}) is active",
-                crate::keys::kind_name(k.kind),
+                crate::state::kind_name(k.kind),
                 k.agent,
                 k.tenant,
                 k.roles,
@@ -114,7 +101,7 @@ pub fn key_changes(before: &[ApiKey], after: &[ApiKey]) -> Vec<(&'static str, St
             k.id.clone(),
             format!(
                 "API key of {} `{}` (tenant `{}`) is no longer accepted",
-                crate::keys::kind_name(k.kind),
+                crate::state::kind_name(k.kind),
                 k.agent,
                 k.tenant
             ),
@@ -126,6 +113,8 @@ pub fn key_changes(before: &[ApiKey], after: &[ApiKey]) -> Vec<(&'static str, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::policy_digest;
+    use lattice_policy::PolicySource;
 
     fn key(id: &str) -> ApiKey {
         ApiKey {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::config::Route;
 use crate::error::Rejection;
-use crate::keys::{KeyCache, KEY_PREFIX};
 use crate::runtime::Runtime;
+use crate::{identity::KeyCache, state::KEY_PREFIX};
 
 /// One step of the enforcement path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +319,16 @@ pub fn trace_context(incoming: Option<&[u8]>) -> (String, String) {
     let span = hex::encode(rand::random::<[u8; 8]>());
     let traceparent = format!("00-{trace_id}-{span}-{flags}");
     (trace_id, traceparent)
+}
+
+impl CallFacts {
+    /// The caller's IP address, for policy context.
+    pub fn client_addr_ip(&self) -> String {
+        self.client_addr
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| "0.0.0.0".into())
+    }
 }
 
 #[cfg(test)]

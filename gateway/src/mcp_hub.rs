@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use lattice_audit::{AuditEvent, AuditHandle, Phase};
 
 use crate::config::{McpServerConfig, McpTransport};
-use crate::keys::StateStore;
-use crate::pins::{PinCache, Seen};
+use crate::state::pins::{PinCache, Seen};
+use crate::state::StateStore;
 use crate::GatewayError;
 
 /// One federated tool.

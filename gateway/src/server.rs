@@ -2,19 +2,23 @@
 //! runtime, audit pipeline, watcher, and the Pingora server. Returns when the
 //! server has shut down and every accepted audit event is written.
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use lattice_audit::{AuditPipeline, NoteSigner, PipelineConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use rand::RngCore;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::keys::{KeyCache, StateStore};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::runtime::{spawn_watcher, Runtime, Shared};
+use crate::reload::spawn_watcher;
+use crate::runtime::{Runtime, Shared};
 use crate::GatewayError;
+use crate::{identity::KeyCache, state::StateStore};
 
 /// The checkpoint origin and key name of a node's log.
 pub fn log_origin(node_id: &str) -> String {
@@ -57,6 +61,33 @@ pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The key that signs MCP session ids: read, or created (32 random bytes, mode 0600) on first use.
+/// Replicas that share the file accept each other's sessions.
+pub(crate) fn session_key(path: &Path) -> Result<[u8; 32], GatewayError> {
+    let io = |e: std::io::Error| GatewayError::Io(format!("{}: {e}", path.display()));
+    let key = if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let bytes = STANDARD
+            .decode(text.trim())
+            .map_err(|e| GatewayError::Config(format!("{}: {e}", path.display())))?;
+        <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+            GatewayError::Config(format!(
+                "{}: the session key must be 32 bytes",
+                path.display()
+            ))
+        })?
+    } else {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        write_private(path, &(STANDARD.encode(key) + "\n")).map_err(io)?;
+        key
+    };
+    Ok(key)
+}
+
 /// Runs the gateway until SIGTERM (graceful) or SIGINT (fast).
 pub fn run(config: Config) -> Result<(), GatewayError> {
     let data_dir = config.server.data_dir.clone();
@@ -89,9 +120,11 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
     let shared = Arc::new(Shared {
         inference: Arc::new(inference),
         limiter: crate::limits::Limiter::default(),
-        mcp_sessions: crate::mcp_session::Sessions::load_or_create(&config.mcp.session_key_file)?
-            .with_ttl(config.mcp.session_ttl_seconds),
-        server_requests: crate::mcp_relay::ServerRequests::default(),
+        mcp_sessions: lattice_mcp::session::Sessions::with_key(session_key(
+            &config.mcp.session_key_file,
+        )?)
+        .with_ttl(config.mcp.session_ttl_seconds),
+        server_requests: Arc::default(),
         runtime: arc_swap::ArcSwap::from_pointee(runtime),
         keys,
         audit: pipeline.handle(),
@@ -162,4 +195,31 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
     pipeline.shutdown()?;
     tracing::info!(events = written, "audit pipeline drained; lattice stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lattice_mcp::session::Sessions;
+
+    fn agent() -> lattice_policy::Principal {
+        lattice_policy::Principal {
+            kind: lattice_policy::PrincipalKind::Agent,
+            id: "x".into(),
+            tenant: "t".into(),
+            roles: vec![],
+            labels: vec![],
+            auth_method: "api_key".into(),
+        }
+    }
+
+    #[test]
+    fn the_session_key_file_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let a = Sessions::with_key(session_key(&path).unwrap());
+        let b = Sessions::with_key(session_key(&path).unwrap());
+        let token = a.issue(&agent(), "2025-11-25");
+        assert!(b.verify(&token, &agent()).is_some());
+    }
 }

@@ -11,6 +11,9 @@
 //! (`upstream`), and prompts and resources as they are federated
 //! (`catalog`: names, URI rewriting). The downstream endpoint, supervision
 //! and pinning live in the gateway. Legacy HTTP+SSE upstreams: `sse`.
+//! The server side's protocol state: signed session tokens and era checks
+//! (`session`), server requests awaiting a client's answer
+//! (`server_requests`).
 //!
 //! Must never: dereference a network `$ref` in a schema, block on an
 //! upstream without a timeout, or pass an agent's credentials upstream.
@@ -19,6 +22,8 @@ pub mod catalog;
 pub mod http;
 pub mod jsonrpc;
 pub mod progress;
+pub mod server_requests;
+pub mod session;
 pub mod sse;
 pub mod stdio;
 pub mod tools;

@@ -1,19 +1,24 @@
-//! API keys: creation (shown once), storage as SHA-256 hashes in the embedded
-//! state store (`state.db` in the data directory), revocation, and the
-//! in-memory cache the request path reads. The cache is refreshed when the
-//! store's generation counter changes, so a key revoked from the CLI stops
-//! working within one reload poll.
+//! The embedded state store, `state.db` in the data directory: API keys
+//! (created once and shown once, stored as SHA-256 hashes, revoked), tool
+//! pins (`pins`), and what is registered at run time — MCP servers
+//! (`mcp_servers`) and model routes (`models`) — in one table per kind
+//! (`registry`). Every change bumps a generation that running gateways poll.
+//!
+//! This module alone opens `state.db` (the layer test checks it). Must
+//! never: store a secret in the clear, or serve the request path directly
+//! (the path reads caches: `identity::KeyCache`, `state::pins::PinCache`).
 
-use arc_swap::ArcSwap;
+pub mod mcp_servers;
+pub mod models;
+pub mod pins;
+pub mod registry;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 
 use crate::GatewayError;
 use lattice_policy::PrincipalKind;
@@ -41,7 +46,7 @@ pub struct StateStore {
     pub(crate) conn: Connection,
 }
 
-fn hash_key(secret: &str) -> [u8; 32] {
+pub(crate) fn hash_key(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
@@ -226,81 +231,4 @@ pub fn kind_name(kind: PrincipalKind) -> &'static str {
 
 fn state_err(e: rusqlite::Error) -> GatewayError {
     GatewayError::State(e.to_string())
-}
-
-/// The request path's view of the active keys.
-pub struct KeyCache {
-    by_hash: ArcSwap<HashMap<[u8; 32], ApiKey>>,
-    generation: AtomicI64,
-}
-
-impl KeyCache {
-    pub fn load(store: &StateStore) -> Result<Self, GatewayError> {
-        let cache = Self {
-            by_hash: ArcSwap::from_pointee(HashMap::new()),
-            generation: AtomicI64::new(-1),
-        };
-        cache.refresh(store)?;
-        Ok(cache)
-    }
-
-    /// Reloads the keys if the store changed. Returns true if it reloaded.
-    pub fn refresh(&self, store: &StateStore) -> Result<bool, GatewayError> {
-        let generation = store.generation()?;
-        if generation == self.generation.load(Ordering::Acquire) {
-            return Ok(false);
-        }
-        let active: HashMap<[u8; 32], ApiKey> = store
-            .keys()?
-            .into_iter()
-            .filter(|(_, k)| k.revoked_us.is_none())
-            .collect();
-        self.by_hash.store(Arc::new(active));
-        self.generation.store(generation, Ordering::Release);
-        Ok(true)
-    }
-
-    /// Every active key, ordered by id.
-    pub fn active(&self) -> Vec<ApiKey> {
-        let mut keys: Vec<ApiKey> = self.by_hash.load().values().cloned().collect();
-        keys.sort_by(|a, b| a.id.cmp(&b.id));
-        keys
-    }
-
-    /// The active key for a presented secret.
-    pub fn lookup(&self, secret: &str) -> Option<ApiKey> {
-        self.by_hash.load().get(&hash_key(secret)).cloned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn create_lookup_revoke() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
-        let (key, secret) = store
-            .create_key(PrincipalKind::Agent, "a1", "t1", &["agent".into()], &[])
-            .unwrap();
-        let (_, human) = store
-            .create_key(PrincipalKind::Human, "alice", "t1", &["admin".into()], &[])
-            .unwrap();
-        assert!(secret.starts_with("lat_"));
-        let cache = KeyCache::load(&store).unwrap();
-        assert_eq!(cache.lookup(&secret).unwrap().agent, "a1");
-        assert_eq!(cache.lookup(&secret).unwrap().kind, PrincipalKind::Agent);
-        assert_eq!(cache.lookup(&human).unwrap().kind, PrincipalKind::Human);
-        assert!(cache.lookup("lat_nope").is_none());
-        // The secret itself is not stored.
-        for f in std::fs::read_dir(dir.path()).unwrap() {
-            let raw = std::fs::read(f.unwrap().path()).unwrap();
-            assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()));
-        }
-        store.revoke_key(&key.id).unwrap();
-        assert!(cache.refresh(&store).unwrap());
-        assert!(cache.lookup(&secret).is_none());
-        assert!(store.revoke_key(&key.id).is_err());
-    }
 }

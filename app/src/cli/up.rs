@@ -3,7 +3,7 @@
 //! creates a demo agent key, prints how to call the gateway, then serves.
 
 use anyhow::Context;
-use lattice_gateway::keys::StateStore;
+use lattice_gateway::state::StateStore;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;

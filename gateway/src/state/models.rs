@@ -8,9 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::keys::StateStore;
-use crate::llm_config::{self, LlmConfig, RawBackend, RawModel};
-use crate::registry_store::MODEL_ROUTES;
+use crate::config::{build_llm, LlmConfig, RawBackend, RawModel};
+use crate::state::registry::MODEL_ROUTES;
+use crate::state::StateStore;
 use crate::GatewayError;
 
 /// One run-time route: a model and the backends it defines (it may also
@@ -63,7 +63,7 @@ pub fn merged(config: &Config, extra: &[RuntimeRoute]) -> Result<LlmConfig, Gate
     let bad = |m: String| GatewayError::Config(format!("run-time model routes: {m}"));
     let mut all = config.llm.clone();
     for route in extra {
-        let built = llm_config::build(
+        let built = build_llm(
             route.backends.clone(),
             route.models.clone(),
             Vec::new(),

@@ -2,7 +2,7 @@
 //! store. A running gateway picks changes up within one reload poll.
 
 use clap::Subcommand;
-use lattice_gateway::keys::StateStore;
+use lattice_gateway::state::StateStore;
 use lattice_policy::PrincipalKind;
 use std::process::ExitCode;
 
@@ -62,7 +62,7 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "Created API key {} for {} `{}` (tenant `{}`, roles [{}]). It is shown only now:",
                 key.id,
-                lattice_gateway::keys::kind_name(key.kind),
+                lattice_gateway::state::kind_name(key.kind),
                 key.agent,
                 key.tenant,
                 key.roles.join(", ")
@@ -84,7 +84,7 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 println!(
                     "{:<14} {:<6} {:<20} {:<12} {:<24} {status}",
                     k.id,
-                    lattice_gateway::keys::kind_name(k.kind),
+                    lattice_gateway::state::kind_name(k.kind),
                     k.agent,
                     k.tenant,
                     k.roles.join(",")

@@ -3,327 +3,28 @@
 //! runtime `Config` (paths made absolute, upstream URLs parsed, credentials
 //! read from the environment). Nothing here touches the network.
 
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::GatewayError;
 
-pub use crate::mcp_config::{
-    build_mcp_server, is_private_host, McpServerConfig, McpTransport, RawMcpServer,
-};
+mod limits;
+mod llm;
+mod mcp;
+mod raw;
 
-// ---------- raw (as written) ----------
+pub use limits::{CallKind, LimitSpec, Per};
+pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
+pub use mcp::{build_mcp_server, is_private_host, McpServerConfig, McpTransport, RawMcpServer};
+pub use raw::OnFull;
+use raw::*;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    server: RawServer,
-    #[serde(default)]
-    auth: RawAuth,
-    policy: RawPolicy,
-    #[serde(default)]
-    audit: RawAudit,
-    #[serde(default)]
-    routes: Vec<RawRoute>,
-    #[serde(default)]
-    demo_upstream: Option<RawDemo>,
-    #[serde(default)]
-    mcp: RawMcp,
-    #[serde(default)]
-    mcp_servers: Vec<RawMcpServer>,
-    #[serde(default)]
-    backends: Vec<crate::llm_config::RawBackend>,
-    #[serde(default)]
-    models: Vec<crate::llm_config::RawModel>,
-    #[serde(default)]
-    limits: Vec<crate::llm_config::RawLimit>,
-}
+/// The JWT signature algorithms Lattice verifies.
+pub const SUPPORTED_JWT_ALGS: &[&str] = &["EdDSA", "ES256", "RS256"];
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMcp {
-    /// Browser origins allowed to call `/mcp` (requests without `Origin` are
-    /// not browsers and pass; any other origin gets 403).
-    #[serde(default)]
-    allowed_origins: Vec<String>,
-    /// The endpoint's public URL, named in the RFC 9728 metadata. Default:
-    /// `http://<Host>/mcp` from each request.
-    #[serde(default)]
-    resource_url: Option<String>,
-    /// Approve a tool's definition the first time it is seen (later changes
-    /// are quarantined either way).
-    #[serde(default = "d_true")]
-    auto_approve_first_seen: bool,
-    /// The key that signs session ids; replicas sharing it accept each
-    /// other's sessions. Default: `<data_dir>/mcp-session.key`, created.
-    #[serde(default)]
-    session_key_file: Option<String>,
-    /// How long an MCP session lives after `initialize`.
-    #[serde(default = "d_session_ttl")]
-    session_ttl_seconds: u64,
-}
-
-fn d_session_ttl() -> u64 {
-    crate::mcp_session::DEFAULT_TTL_S
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: String,
-    #[serde(default = "d_node")]
-    node_id: String,
-    #[serde(default = "d_data_dir")]
-    data_dir: String,
-    #[serde(default = "d_max_body")]
-    max_body_bytes: u64,
-    #[serde(default = "d_grace")]
-    grace_period_seconds: u64,
-    #[serde(default = "d_grace")]
-    graceful_shutdown_timeout_seconds: u64,
-    #[serde(default = "d_threads")]
-    threads: usize,
-    #[serde(default = "d_reload_ms")]
-    reload_poll_ms: u64,
-}
-
-fn d_node() -> String {
-    "node-1".into()
-}
-fn d_data_dir() -> String {
-    "lattice-data".into()
-}
-fn d_max_body() -> u64 {
-    1024 * 1024
-}
-fn d_grace() -> u64 {
-    5
-}
-fn d_threads() -> usize {
-    2
-}
-fn d_reload_ms() -> u64 {
-    1000
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    #[serde(default = "d_true")]
-    api_keys: bool,
-    #[serde(default)]
-    jwt: Vec<RawJwt>,
-}
-
-impl Default for RawAuth {
-    fn default() -> Self {
-        Self {
-            api_keys: true,
-            jwt: Vec::new(),
-        }
-    }
-}
-
-fn d_true() -> bool {
-    true
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJwt {
-    issuer: String,
-    audiences: Vec<String>,
-    #[serde(default)]
-    jwks_file: Option<String>,
-    #[serde(default)]
-    jwks_url: Option<String>,
-    #[serde(default = "d_jwks_refresh")]
-    jwks_refresh_seconds: u64,
-    #[serde(default = "d_algs")]
-    algorithms: Vec<String>,
-    #[serde(default = "d_sub")]
-    agent_claim: String,
-    #[serde(default)]
-    tenant_claim: Option<String>,
-    #[serde(default = "d_tenant")]
-    default_tenant: String,
-    #[serde(default)]
-    roles_claim: Option<String>,
-    #[serde(default)]
-    labels_claim: Option<String>,
-    #[serde(default = "d_leeway")]
-    leeway_seconds: u64,
-    /// `agent` (default) or `human`: an identity provider for people (the
-    /// workbench) makes `Lattice::Human` principals.
-    #[serde(default)]
-    principal_type: Option<String>,
-}
-
-impl Default for RawMcp {
-    fn default() -> Self {
-        Self {
-            allowed_origins: Vec::new(),
-            resource_url: None,
-            auto_approve_first_seen: true,
-            session_key_file: None,
-            session_ttl_seconds: d_session_ttl(),
-        }
-    }
-}
-
-fn d_jwks_refresh() -> u64 {
-    300
-}
-fn d_algs() -> Vec<String> {
-    vec!["EdDSA".into(), "ES256".into(), "RS256".into()]
-}
-fn d_sub() -> String {
-    "sub".into()
-}
-fn d_tenant() -> String {
-    "default".into()
-}
-fn d_leeway() -> u64 {
-    30
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    files: Vec<String>,
-    #[serde(default)]
-    shadow_files: Vec<String>,
-    /// Cedar schema text declaring `type ToolInput` (namespace `Lattice`):
-    /// the type of `context.input` on `call_tool`.
-    #[serde(default)]
-    tool_input_schema: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAudit {
-    #[serde(default = "d_queue")]
-    queue_capacity: usize,
-    #[serde(default = "d_batch")]
-    batch_max: usize,
-    #[serde(default)]
-    on_full: OnFull,
-    #[serde(default = "d_cp_every")]
-    checkpoint_every: u64,
-    #[serde(default = "d_cp_ms")]
-    checkpoint_interval_ms: u64,
-    #[serde(default)]
-    witness_file: Option<String>,
-    #[serde(default)]
-    clickhouse: Option<RawClickHouse>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClickHouse {
-    url: String,
-    #[serde(default = "d_ch_db")]
-    database: String,
-    #[serde(default = "d_ch_user")]
-    user: String,
-    #[serde(default)]
-    password_env: Option<String>,
-    #[serde(default = "d_ch_batch")]
-    batch_max: usize,
-    #[serde(default = "d_cp_ms")]
-    flush_interval_ms: u64,
-    #[serde(default = "d_ch_backlog")]
-    max_backlog_events: u64,
-}
-
-fn d_ch_db() -> String {
-    "default".into()
-}
-fn d_ch_user() -> String {
-    "default".into()
-}
-fn d_ch_batch() -> usize {
-    10_000
-}
-fn d_ch_backlog() -> u64 {
-    1_000_000
-}
-
-impl Default for RawAudit {
-    fn default() -> Self {
-        Self {
-            queue_capacity: d_queue(),
-            batch_max: d_batch(),
-            on_full: OnFull::default(),
-            checkpoint_every: d_cp_every(),
-            checkpoint_interval_ms: d_cp_ms(),
-            witness_file: None,
-            clickhouse: None,
-        }
-    }
-}
-
-fn d_queue() -> usize {
-    10_000
-}
-fn d_batch() -> usize {
-    1_000
-}
-fn d_cp_every() -> u64 {
-    1_000
-}
-fn d_cp_ms() -> u64 {
-    1_000
-}
-
-/// What happens when the audit pipeline cannot accept an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OnFull {
-    /// Refuse the call with 503 (the default: fail closed).
-    #[default]
-    Deny,
-    /// Let the call through unaudited, with a loud log and metric.
-    Allow,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: String,
-    upstream: String,
-    #[serde(default)]
-    labels: Vec<String>,
-    #[serde(default = "d_timeout")]
-    timeout_ms: u64,
-    #[serde(default)]
-    credential: Option<RawCredential>,
-}
-
-fn d_timeout() -> u64 {
-    30_000
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCredential {
-    header: String,
-    #[serde(default)]
-    value: Option<String>,
-    #[serde(default)]
-    env: Option<String>,
-    /// Written before the value, e.g. "Bearer ".
-    #[serde(default)]
-    prefix: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDemo {
-    listen: String,
-}
+/// How long an MCP session lives after `initialize`, unless configured.
+pub const DEFAULT_MCP_SESSION_TTL_S: u64 = 24 * 3600;
 
 // ---------- runtime (validated) ----------
 
@@ -340,7 +41,7 @@ pub struct Config {
     pub mcp_servers: Vec<McpServerConfig>,
     pub mcp: McpConfig,
     /// Model routes, backends and limits.
-    pub llm: crate::llm_config::LlmConfig,
+    pub llm: llm::LlmConfig,
 }
 
 /// Settings of the downstream MCP endpoint.
@@ -586,10 +287,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
             )));
         }
         for alg in &j.algorithms {
-            if !crate::jwt::SUPPORTED_ALGS.contains(&alg.as_str()) {
+            if !SUPPORTED_JWT_ALGS.contains(&alg.as_str()) {
                 return Err(bad(format!(
                     "auth.jwt[{i}].algorithms: `{alg}` is not supported (use {})",
-                    crate::jwt::SUPPORTED_ALGS.join(", ")
+                    SUPPORTED_JWT_ALGS.join(", ")
                 )));
             }
         }
@@ -768,7 +469,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         mcp_servers.push(built);
     }
 
-    let llm = crate::llm_config::build(raw.backends, raw.models, raw.limits, &bad, &[])?;
+    let llm = llm::build(raw.backends, raw.models, raw.limits, &bad, &[])?;
 
     Ok(Config {
         path: path.to_path_buf(),

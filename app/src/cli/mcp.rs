@@ -7,8 +7,8 @@
 use anyhow::bail;
 use clap::Subcommand;
 use lattice_gateway::config::RawMcpServer;
-use lattice_gateway::keys::StateStore;
-use lattice_gateway::mcp_registry;
+use lattice_gateway::state::mcp_servers;
+use lattice_gateway::state::StateStore;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -134,10 +134,10 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
             }
             let raw: RawMcpServer = serde_json::from_value(spec)?;
             let cfg = config.load()?;
-            let mut all = mcp_registry::stored(&cfg)?;
+            let mut all = mcp_servers::stored(&cfg)?;
             all.push(raw.clone());
             let dir = config.config.parent().unwrap_or(Path::new("."));
-            if let Err(e) = mcp_registry::merged(dir, &cfg.mcp_servers, &all) {
+            if let Err(e) = mcp_servers::merged(dir, &cfg.mcp_servers, &all) {
                 eprintln!("{e}");
                 return Ok(ExitCode::FAILURE);
             }
@@ -146,10 +146,10 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
         }
         McpCmd::List { config } => {
             let cfg = config.load()?;
-            let extra = mcp_registry::stored(&cfg)?;
+            let extra = mcp_servers::stored(&cfg)?;
             let dir = config.config.parent().unwrap_or(Path::new("."));
             let file: Vec<String> = cfg.mcp_servers.iter().map(|s| s.name.clone()).collect();
-            for s in mcp_registry::merged(dir, &cfg.mcp_servers, &extra)? {
+            for s in mcp_servers::merged(dir, &cfg.mcp_servers, &extra)? {
                 let transport = match &s.transport {
                     lattice_gateway::config::McpTransport::Stdio { command, .. } => {
                         format!("stdio {command}")

@@ -5,8 +5,8 @@
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use lattice_gateway::keys::StateStore;
-use lattice_gateway::model_store::{self, RuntimeRoute};
+use lattice_gateway::state::models::{self, RuntimeRoute};
+use lattice_gateway::state::StateStore;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,8 +71,8 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelsCmd::List { config } => {
             let cfg = config.load()?;
-            let extra = model_store::stored(&cfg)?;
-            let all = model_store::merged(&cfg, &extra)?;
+            let extra = models::stored(&cfg)?;
+            let all = models::merged(&cfg, &extra)?;
             let runtime_names: Vec<&str> = extra.iter().filter_map(|r| r.name().ok()).collect();
             for m in &all.models {
                 let source = if runtime_names.contains(&m.name.as_str()) {
@@ -146,9 +146,9 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<ExitCode> {
                 }
             };
             let cfg = config.load()?;
-            let mut all = model_store::stored(&cfg)?;
+            let mut all = models::stored(&cfg)?;
             all.push(route.clone());
-            if let Err(e) = model_store::merged(&cfg, &all) {
+            if let Err(e) = models::merged(&cfg, &all) {
                 eprintln!("{e}");
                 return Ok(ExitCode::FAILURE);
             }

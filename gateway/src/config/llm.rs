@@ -6,7 +6,7 @@ use lattice_inference_router::{BackendKind, BackendSpec, ModelRoute, Strategy};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use crate::limits::{CallKind, LimitSpec, Per};
+use super::limits::{CallKind, LimitSpec, Per};
 use crate::GatewayError;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -97,7 +97,7 @@ pub struct LlmConfig {
 /// Validates raw sections. `known` backends (already validated, e.g. the
 /// config file's when adding a run-time route) may be named by the models
 /// besides the ones defined here.
-pub(crate) fn build(
+pub fn build(
     backends: Vec<RawBackend>,
     models: Vec<RawModel>,
     limits: Vec<RawLimit>,

@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{build_mcp_server, Config, McpServerConfig, RawMcpServer};
-use crate::keys::StateStore;
-use crate::registry_store::MCP_SERVERS;
+use crate::state::registry::MCP_SERVERS;
+use crate::state::StateStore;
 use crate::GatewayError;
 
 impl StateStore {

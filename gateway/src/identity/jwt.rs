@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::config::{JwksSource, JwtIssuer};
 
 /// The signature algorithms Lattice accepts.
-pub const SUPPORTED_ALGS: &[&str] = &["EdDSA", "ES256", "RS256"];
+pub use crate::config::SUPPORTED_JWT_ALGS as SUPPORTED_ALGS;
 
 #[derive(Clone)]
 enum VerifyKey {

@@ -9,7 +9,7 @@ use rusqlite::{params, OptionalExtension};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::keys::StateStore;
+use crate::state::StateStore;
 use crate::GatewayError;
 
 /// What the pin store says about a definition just seen.

@@ -1,4 +1,5 @@
-//! The MCP protocol eras at the downstream endpoint.
+//! The MCP protocol eras as a server (the gateway's downstream side) keeps
+//! them: session tokens, per-session state and the stateless era's checks.
 //!
 //! Stateful eras (2024-11-05 to 2025-11-25): `initialize` opens a session
 //! whose `Mcp-Session-Id` is a token the gateway signs (HMAC-SHA256 over the
@@ -17,15 +18,11 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use lattice_policy::Principal;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
-
-use crate::GatewayError;
 
 /// The stateless protocol version.
 pub const STATELESS: &str = "2026-07-28";
@@ -37,6 +34,14 @@ pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 /// JSON-RPC error codes of the stateless era.
 pub const HEADER_MISMATCH: i64 = -32020;
 pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+
+/// Seconds since the Unix epoch.
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
     let mut ipad = [0x36u8; 64];
@@ -99,33 +104,6 @@ type Subscriptions = BTreeMap<(String, String), (String, u64)>;
 pub const DEFAULT_TTL_S: u64 = 24 * 3600;
 
 impl Sessions {
-    /// Reads the key, creating it (32 random bytes, mode 0600) on first use.
-    /// Replicas that share the file accept each other's sessions.
-    pub fn load_or_create(path: &Path) -> Result<Self, GatewayError> {
-        let io = |e: std::io::Error| GatewayError::Io(format!("{}: {e}", path.display()));
-        let key = if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(io)?;
-            let bytes = STANDARD
-                .decode(text.trim())
-                .map_err(|e| GatewayError::Config(format!("{}: {e}", path.display())))?;
-            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-                GatewayError::Config(format!(
-                    "{}: the session key must be 32 bytes",
-                    path.display()
-                ))
-            })?
-        } else {
-            let mut key = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut key);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            crate::server::write_private(path, &(STANDARD.encode(key) + "\n")).map_err(io)?;
-            key
-        };
-        Ok(Self::with_key(key))
-    }
-
     pub fn with_key(key: [u8; 32]) -> Self {
         Self {
             key,
@@ -156,7 +134,7 @@ impl Sessions {
             sub: principal.id.clone(),
             ten: principal.tenant.clone(),
             pv: version.to_string(),
-            iat: lattice_audit::now_us() / 1_000_000,
+            iat: now_s(),
             caps,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
@@ -176,7 +154,7 @@ impl Sessions {
         let claims: SessionClaims =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
         let owner = claims.sub == principal.id && claims.ten == principal.tenant;
-        let age = (lattice_audit::now_us() / 1_000_000).saturating_sub(claims.iat);
+        let age = (now_s()).saturating_sub(claims.iat);
         let live = age < self.ttl_s && !self.ended.load().contains(&claims.sid);
         (owner && live).then_some(claims)
     }
@@ -198,7 +176,7 @@ impl Sessions {
     /// Records a session's `logging/setLevel` (a rank in `LOG_LEVELS`).
     /// Levels older than a session's lifetime are dropped as others are set.
     pub fn set_log_level(&self, sid: &str, rank: usize) {
-        let now = lattice_audit::now_us() / 1_000_000;
+        let now = now_s();
         let ttl = self.ttl_s;
         self.log_levels.rcu(|levels| {
             let mut levels: HashMap<String, (usize, u64)> = levels
@@ -224,10 +202,9 @@ impl Sessions {
         }
         self.subscriptions.rcu(|all| {
             let mut all = HashMap::clone(all);
-            all.entry(sid.to_string()).or_default().insert(
-                key.clone(),
-                (as_named.to_string(), lattice_audit::now_us() / 1_000_000),
-            );
+            all.entry(sid.to_string())
+                .or_default()
+                .insert(key.clone(), (as_named.to_string(), now_s()));
             Arc::new(all)
         });
         true
@@ -269,7 +246,7 @@ impl Sessions {
     /// sessions expired without a `DELETE`) and returns them as (server,
     /// URI), so the upstream subscriptions can be released.
     pub fn expired_subscriptions(&self) -> Vec<(String, String)> {
-        let now = lattice_audit::now_us() / 1_000_000;
+        let now = now_s();
         let old = |at: u64| now.saturating_sub(at) >= self.ttl_s;
         let expired: Vec<(String, String)> = self
             .subscriptions
@@ -488,16 +465,6 @@ mod tests {
         );
         assert_eq!(s.subscribed_as("s1", "conf", "test://a"), None);
         assert!(s.take_subscriptions("s1").is_empty());
-    }
-
-    #[test]
-    fn the_key_file_is_created_once_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k");
-        let a = Sessions::load_or_create(&path).unwrap();
-        let b = Sessions::load_or_create(&path).unwrap();
-        let token = a.issue(&agent("x"), "2025-11-25");
-        assert!(b.verify(&token, &agent("x")).is_some());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Upstream;
+use super::Upstream;
 use crate::GatewayError;
 
 fn d_timeout() -> u64 {

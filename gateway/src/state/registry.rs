@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::keys::StateStore;
+use crate::state::StateStore;
 use crate::GatewayError;
 
 /// One kind of registered thing. The names are constants, never input.

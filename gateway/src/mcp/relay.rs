@@ -1,0 +1,365 @@
+//! What the gateway relays to an MCP client while its `tools/call` runs:
+//! the upstream's progress notifications (under the caller's own token; the
+//! upstream got one the gateway made, so callers cannot see each other's)
+//! and log messages (`notifications/message`) at or above the level the
+//! session set with `logging/setLevel`, which the gateway answers itself.
+//!
+//! A log message is relayed only when it belongs to this call: on a
+//! streamable-HTTP upstream it came in the answer to this call's POST; on a
+//! shared stream (stdio, legacy SSE) it names no call, so it is relayed only
+//! while this is the one tool call in flight on that upstream
+//! (`lattice_mcp::progress`) — never shown to another caller.
+//!
+//! Requests a server makes during the call (`sampling/createMessage`,
+//! `elicitation/create`, `roots/list`), attributed by the same rule, go to
+//! the caller under an id the gateway makes, if its client declared that
+//! capability at `initialize`; the client's answer (a POST of a JSON-RPC
+//! response in the same session) is sent back to the server under the
+//! server's own id. Each relayed request is audited (`mcp.server_request`).
+//! Waiting requests live in the gateway process that relayed them.
+
+use bytes::Bytes;
+use lattice_mcp::jsonrpc;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use serde_json::{json, Value};
+
+use super::results::tool_reply;
+use crate::call::Call;
+use crate::mcp_hub::ToolEntry;
+use crate::respond::shaped;
+use crate::runtime::{Runtime, Shared};
+
+/// The message sent to the caller for one upstream notification, if any:
+/// progress under the caller's token (when it gave one), a log message at
+/// or above the session's level (when it set one).
+pub(crate) fn downstream(
+    notification: &Value,
+    token: Option<&Value>,
+    min_rank: Option<usize>,
+) -> Option<Value> {
+    let mut params = notification.get("params").cloned().unwrap_or(Value::Null);
+    match notification.get("method").and_then(Value::as_str)? {
+        "notifications/progress" => {
+            params["progressToken"] = token?.clone();
+            Some(json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params}))
+        }
+        "notifications/message" => {
+            let rank = params
+                .get("level")
+                .and_then(Value::as_str)
+                .and_then(lattice_mcp::log_rank)?;
+            (rank >= min_rank?).then(
+                || json!({"jsonrpc": "2.0", "method": "notifications/message", "params": params}),
+            )
+        }
+        _ => None,
+    }
+}
+
+use lattice_mcp::server_requests::ANSWER_WITHIN;
+
+/// Why a server request cannot go to the caller's client, if it cannot.
+fn refusal(ctx: &Call, method: &str, streamed: bool) -> Option<String> {
+    match (needed_capability(method), &ctx.mcp.sid) {
+        (None, _) => Some(format!("`{method}` is not a request the gateway relays")),
+        (Some(_), None) => Some("the call has no session to answer in".to_string()),
+        (Some(cap), Some(_)) if !ctx.mcp.caps.iter().any(|c| c == cap) => {
+            Some(format!("the client did not declare the `{cap}` capability"))
+        }
+        _ if !streamed => Some(
+            "the call was not made accepting an event stream, so nothing can reach the client"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// The audit event of a server's request during `ctx`'s call (its own
+/// request id; the caller as principal; the method as target).
+fn server_request_event(
+    ctx: &Call,
+    entry: &ToolEntry,
+    request: &Value,
+) -> lattice_audit::AuditEvent {
+    let mut event = ctx.facts.event(lattice_audit::Phase::Decision);
+    event.request_id = uuid::Uuid::now_v7().to_string();
+    event.kind = "mcp.server_request".into();
+    event.target = request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    event.upstream = Some(entry.server.clone());
+    event
+}
+
+/// The client capability a server request needs.
+fn needed_capability(method: &str) -> Option<&'static str> {
+    match method {
+        "sampling/createMessage" => Some("sampling"),
+        "elicitation/create" => Some("elicitation"),
+        "roots/list" => Some("roots"),
+        _ => None,
+    }
+}
+
+/// A request the server made during `ctx`'s call: relayed to the
+/// client when it can answer (the returned message goes on the call's
+/// stream), otherwise answered to the server with an error at once.
+async fn relay_server_request(
+    node: &Shared,
+    ctx: &Call,
+    entry: &ToolEntry,
+    request: &Value,
+) -> Option<Value> {
+    let hub = node.mcp.clone()?;
+    let upstream_id = request.get("id").cloned().unwrap_or(Value::Null);
+    let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+    if let Some(why) = refusal(ctx, method, true) {
+        refuse_server_request(node, ctx, entry, &hub, request, &why).await;
+        return None;
+    }
+    let mut event = server_request_event(ctx, entry, request);
+    let sid = ctx.mcp.sid.clone().unwrap_or_default();
+    let (id, answer) = node.server_requests.wait_for(&sid).await;
+    event.decision = "allow".into();
+    event.reason = format!("relayed to the client as `{id}`");
+    let _ = node.audit.record(event);
+    // The answer goes back to the server whenever it comes.
+    let (requests, server) = (
+        std::sync::Arc::clone(&node.server_requests),
+        entry.server.clone(),
+    );
+    let gateway_id = id.clone();
+    tokio::spawn(async move {
+        let response = match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+            Ok(Ok(Ok(result))) => {
+                json!({"jsonrpc": "2.0", "id": upstream_id, "result": result})
+            }
+            Ok(Ok(Err(error))) => json!({"jsonrpc": "2.0", "id": upstream_id, "error": error}),
+            _ => {
+                requests.forget(&gateway_id).await;
+                lattice_mcp::refuse_server_request(
+                    &upstream_id,
+                    "the client did not answer in time",
+                )
+            }
+        };
+        if let Err(e) = hub.respond(&server, response).await {
+            tracing::warn!(server, error = %e, "could not pass a client's answer to the server");
+        }
+    });
+    let params = request.get("params").cloned().unwrap_or(Value::Null);
+    Some(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+}
+
+/// A `tools/call` answered with plain JSON. The upstream's requests
+/// during it cannot reach the client: each is refused to the server
+/// with the reason, and audited.
+pub(crate) async fn call_unstreamed(
+    node: &Shared,
+    ctx: &Call,
+    entry: &ToolEntry,
+    arguments: Value,
+) -> Result<Value, lattice_mcp::McpError> {
+    let Some(hub) = node.mcp.clone() else {
+        return Err(lattice_mcp::McpError::Upstream {
+            server: entry.server.clone(),
+            message: "MCP is not running".into(),
+        });
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let call = hub.call_with_progress(entry, arguments, None, tx);
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            r = &mut call => return r,
+            Some(n) = rx.recv() => {
+                if n.get("id").is_some() {
+                    let method = n.get("method").and_then(Value::as_str).unwrap_or("");
+                    let why = refusal(ctx, method, false).unwrap_or_default();
+                    refuse_server_request(node, ctx, entry, &hub, &n, &why).await;
+                }
+            }
+        }
+    }
+}
+
+/// Answers a server's request with an error, audited as a denial.
+async fn refuse_server_request(
+    node: &Shared,
+    ctx: &Call,
+    entry: &ToolEntry,
+    hub: &crate::mcp_hub::McpHub,
+    request: &Value,
+    why: &str,
+) {
+    let upstream_id = request.get("id").cloned().unwrap_or(Value::Null);
+    let mut event = server_request_event(ctx, entry, request);
+    event.decision = "deny".into();
+    event.reason = format!("{why}; the server was answered with an error");
+    let _ = node.audit.record(event);
+    let answer = lattice_mcp::refuse_server_request(&upstream_id, why);
+    let _ = hub.respond(&entry.server, answer).await;
+}
+
+/// What the caller gets for one message from the upstream: a server
+/// request relayed (or refused), or a notification as it asked.
+async fn for_caller(
+    node: &Shared,
+    ctx: &Call,
+    entry: &ToolEntry,
+    message: &Value,
+    token: Option<&Value>,
+    min_rank: Option<usize>,
+) -> Option<Value> {
+    if message.get("id").is_some() {
+        relay_server_request(node, ctx, entry, message).await
+    } else {
+        downstream(message, token, min_rank)
+    }
+}
+
+/// `logging/setLevel`: remembered for the session (a stateful era's);
+/// the answer is `{}`.
+pub(crate) async fn set_log_level(
+    node: &Shared,
+    session: &mut Session,
+    ctx: &mut Call,
+    runtime: &Runtime,
+    id: Value,
+    params: &Value,
+) -> Result<bool> {
+    ctx.facts.kind = "mcp.set_log_level";
+    let level = params.get("level").and_then(Value::as_str).unwrap_or("");
+    let refuse = |code: i64, message: String| {
+        let reply = jsonrpc::error_response(&id, code, &message, None);
+        (message, reply)
+    };
+    let problem = match (lattice_mcp::log_rank(level), &ctx.mcp.sid) {
+        (None, _) => Some(refuse(
+            jsonrpc::INVALID_PARAMS,
+            format!(
+                "`level` must be one of {}",
+                lattice_mcp::LOG_LEVELS.join(", ")
+            ),
+        )),
+        (Some(_), None) => Some(refuse(
+            jsonrpc::INVALID_REQUEST,
+            "logging/setLevel needs a session (initialize first, then send its Mcp-Session-Id)"
+                .into(),
+        )),
+        (Some(rank), Some(sid)) => {
+            node.mcp_sessions.set_log_level(sid, rank);
+            None
+        }
+    };
+    match problem {
+        Some((message, reply)) => {
+            crate::respond::jsonrpc_refusal(node, session, ctx, runtime, 200, &message, reply).await
+        }
+        None => {
+            crate::respond::protocol(
+                node,
+                session,
+                ctx,
+                runtime,
+                200,
+                Some(jsonrpc::result_response(&id, json!({}))),
+            )
+            .await
+        }
+    }
+}
+
+/// A `tools/call` answered as an event stream: the notifications the
+/// caller asked for as they come, then the result.
+#[allow(clippy::too_many_arguments)] // one call's parts
+pub(crate) async fn relay_call(
+    node: &Shared,
+    session: &mut Session,
+    ctx: &mut Call,
+    entry: &ToolEntry,
+    arguments: Value,
+    id: Value,
+    token: Option<Value>,
+    min_rank: Option<usize>,
+) -> Result<bool> {
+    let Some(hub) = node.mcp.clone() else {
+        return Ok(true);
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    // The upstream gets a token of the gateway's only if the caller
+    // asked for progress.
+    let own_token = token
+        .as_ref()
+        .map(|_| json!(format!("lattice-{}", ctx.facts.request_id)));
+    let mut resp = ResponseHeader::build(200, Some(5))?;
+    resp.insert_header("content-type", "text/event-stream")?;
+    resp.insert_header("cache-control", "no-cache")?;
+    resp.insert_header("transfer-encoding", "chunked")?;
+    resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
+    if let Some(sid) = &ctx.mcp.session_id {
+        resp.insert_header("mcp-session-id", sid.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    let event = |message: &Value| Bytes::from(format!("event: message\ndata: {message}\n\n"));
+    let call = hub.call_with_progress(entry, arguments, own_token, tx);
+    tokio::pin!(call);
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            Some(n) = rx.recv() => {
+                if let Some(m) = for_caller(node, ctx, entry, &n, token.as_ref(), min_rank).await {
+                    session.write_response_body(Some(event(&m)), false).await?;
+                }
+            }
+        }
+    };
+    while let Ok(n) = rx.try_recv() {
+        if let Some(m) = for_caller(node, ctx, entry, &n, token.as_ref(), min_rank).await {
+            session.write_response_body(Some(event(&m)), false).await?;
+        }
+    }
+    let reply = tool_reply(ctx, entry, &id, result);
+    let reply = shaped(ctx, &reply).unwrap_or(reply);
+    session
+        .write_response_body(Some(event(&reply)), false)
+        .await?;
+    session.write_response_body(None, true).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::downstream;
+    use serde_json::json;
+
+    #[test]
+    fn notifications_reach_the_caller_as_it_asked() {
+        let progress = json!({"method": "notifications/progress", "params": {"progressToken": "lattice-x", "progress": 5}});
+        let mine = json!("client-7");
+        let out = downstream(&progress, Some(&mine), None).unwrap();
+        assert_eq!(out["params"]["progressToken"], "client-7");
+        // No token given: the upstream's progress is not the caller's business.
+        assert_eq!(downstream(&progress, None, Some(0)), None);
+        let log = |level: &str| json!({"method": "notifications/message", "params": {"level": level, "data": "x"}});
+        let info = 1;
+        assert!(downstream(&log("warning"), None, Some(info)).is_some());
+        assert!(downstream(&log("info"), None, Some(info)).is_some());
+        assert_eq!(downstream(&log("debug"), None, Some(info)), None);
+        // No level set: no logs. An unknown level: dropped.
+        assert_eq!(downstream(&log("error"), Some(&mine), None), None);
+        assert_eq!(downstream(&log("loud"), None, Some(0)), None);
+        assert_eq!(
+            downstream(
+                &json!({"method": "notifications/other"}),
+                Some(&mine),
+                Some(0)
+            ),
+            None
+        );
+    }
+}
