@@ -174,6 +174,7 @@ impl Call {
         runtime: &Runtime,
         event: AuditEvent,
     ) -> Result<(), Rejection> {
+        self.enter(7)?;
         self.record(node, runtime, event)?;
         self.facts.decision = "allow";
         Ok(())

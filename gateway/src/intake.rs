@@ -29,6 +29,9 @@ pub async fn read_and_authenticate(
             .map(|v| v.as_bytes().to_vec())
     };
     let (content_length, authorization) = (header("content-length"), header("authorization"));
+    if !respond::step(node, session, call, runtime, 1).await? {
+        return Ok(None);
+    }
     if let Err(r) = enforce::check_content_length(content_length.as_deref(), call.max_body) {
         respond::refusal(node, session, call, runtime, r.clone(), &r.message()).await?;
         return Ok(None);
@@ -43,6 +46,9 @@ pub async fn read_and_authenticate(
             respond::refusal(node, session, call, runtime, r.clone(), &r.message()).await?;
             return Ok(None);
         }
+    }
+    if !respond::step(node, session, call, runtime, 2).await? {
+        return Ok(None);
     }
     match enforce::authenticate(authorization.as_deref(), runtime, &node.keys) {
         Ok(p) => {

@@ -75,6 +75,30 @@ pub async fn refusal(
     Ok(true)
 }
 
+/// Enters enforcement step `number` of `STEPS` (`Call::enter`). Ok(true):
+/// go on. Ok(false): the door broke the order (a bug); the call was refused
+/// as an internal error, recorded unless its decision already was, and
+/// answered.
+pub async fn step(
+    node: &Shared,
+    session: &mut Session,
+    call: &mut Call,
+    runtime: &Runtime,
+    number: u8,
+) -> Result<bool> {
+    let Err(r) = call.enter(number) else {
+        return Ok(true);
+    };
+    tracing::error!(request_id = %call.facts.request_id, error = %r.message(), "enforcement order broken");
+    if call.decided {
+        rejection(session, call, &r).await?;
+    } else {
+        let reason = r.message();
+        refusal(node, session, call, runtime, r, &reason).await?;
+    }
+    Ok(false)
+}
+
 /// Records a refusal with its own decision event and writes it.
 pub async fn refusal_event(
     node: &Shared,

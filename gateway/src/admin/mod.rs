@@ -160,6 +160,9 @@ pub async fn serve(
         ctx.facts.action = a.as_str().into();
     }
     // 5. Authorize.
+    if !crate::respond::step(node, session, ctx, runtime, 5).await? {
+        return Ok(true);
+    }
     let (evaluation, scope) = authorize_admin(ctx, runtime, &principal, action);
     node.metrics.decision(evaluation.live.outcome);
     if !evaluation.live.is_allow() {
@@ -190,6 +193,9 @@ pub async fn serve(
         }
     };
     // 7. Record the decision.
+    if !crate::respond::step(node, session, ctx, runtime, 7).await? {
+        return Ok(true);
+    }
     if !crate::respond::allowed(
         node,
         session,

@@ -118,6 +118,9 @@ pub async fn serve(
     ctx.facts.action = action.as_str().into();
     // 4. The request's shape (checked first: without a model name there
     //    is nothing to resolve).
+    if !crate::respond::step(node, session, ctx, runtime, 4).await? {
+        return Ok(true);
+    }
     let prepared = match openai::check_request(endpoint, &body) {
         Ok(p) => p,
         Err(e) => {
@@ -134,18 +137,52 @@ pub async fn serve(
         }
     };
     ctx.facts.target.clone_from(&prepared.model);
+    let Some(admitted) =
+        admit_call(node, session, ctx, runtime, &principal, action, &prepared).await?
+    else {
+        return Ok(true);
+    };
+    forward(node, session, ctx, runtime, &principal, &prepared, admitted).await
+}
+
+/// A call past step 7: its route, the allowed backends, the one to try first.
+struct Admitted {
+    resolved: Arc<Resolved>,
+    candidates: Vec<Arc<BackendState>>,
+    index: usize,
+}
+
+/// Steps 3, 5, 6 and 7: the model resolved, policy per backend (the allowed
+/// ones are the candidates), limits, the first backend chosen and the
+/// decision recorded. None: a refusal was recorded and answered.
+async fn admit_call(
+    node: &Shared,
+    session: &mut Session,
+    ctx: &mut Call,
+    runtime: &Runtime,
+    principal: &Principal,
+    action: Action,
+    prepared: &openai::Prepared,
+) -> Result<Option<Admitted>> {
     // 3. Resolve the model.
+    if !crate::respond::step(node, session, ctx, runtime, 3).await? {
+        return Ok(None);
+    }
     let Some(resolved) = node.inference.resolve(&prepared.model) else {
         let r = Rejection::UnknownModel(prepared.model.clone());
-        return crate::respond::refusal(node, session, ctx, runtime, r, "no such model").await;
+        crate::respond::refusal(node, session, ctx, runtime, r, "no such model").await?;
+        return Ok(None);
     };
     ctx.facts.target.clone_from(&resolved.route.name);
     // 5. Authorize, once per backend: the allowed ones are the candidates.
+    if !crate::respond::step(node, session, ctx, runtime, 5).await? {
+        return Ok(None);
+    }
     let ip = ctx.facts.client_addr_ip();
     let mut allowed: Vec<(Arc<BackendState>, Evaluation)> = Vec::new();
     let mut first_denial: Option<Evaluation> = None;
     for b in &resolved.backends {
-        let evaluation = authorize(runtime, &principal, action, &resolved, b, &ip);
+        let evaluation = authorize(runtime, principal, action, &resolved, b, &ip);
         if evaluation.shadow_disagrees() {
             node.metrics.shadow_disagreements.inc();
         }
@@ -168,7 +205,7 @@ pub async fn serve(
         if event.reason.is_empty() {
             event.reason = "denied by policy on every backend of the model".into();
         }
-        return crate::respond::refusal_event(
+        crate::respond::refusal_event(
             node,
             session,
             ctx,
@@ -176,18 +213,23 @@ pub async fn serve(
             Rejection::UnknownModel(prepared.model.clone()),
             event,
         )
-        .await;
+        .await?;
+        return Ok(None);
     }
     let candidates: Vec<Arc<BackendState>> = allowed.iter().map(|(b, _)| b.clone()).collect();
     // 6. Rate limits and budgets.
+    if !crate::respond::step(node, session, ctx, runtime, 6).await? {
+        return Ok(None);
+    }
     let limits = &runtime.config.llm.limits;
-    if let Err((r, reason)) = crate::call::admit(node, limits, &principal, CallKind::Llm).await {
-        return crate::respond::refusal(node, session, ctx, runtime, r, &reason).await;
+    if let Err((r, reason)) = crate::call::admit(node, limits, principal, CallKind::Llm).await {
+        crate::respond::refusal(node, session, ctx, runtime, r, &reason).await?;
+        return Ok(None);
     }
     // Pick the first backend, then 7. record the decision.
     let strategy = resolved.route.strategy;
-    let Some(mut index) = node.inference.choose(strategy, &candidates, &[]) else {
-        return crate::respond::refusal(
+    let Some(index) = node.inference.choose(strategy, &candidates, &[]) else {
+        crate::respond::refusal(
             node,
             session,
             ctx,
@@ -195,7 +237,8 @@ pub async fn serve(
             Rejection::Internal("no candidate backend".into()),
             "no candidate backend",
         )
-        .await;
+        .await?;
+        return Ok(None);
     };
     node.metrics.decision(allowed[index].1.live.outcome);
     ctx.facts.upstream = Some(candidates[index].spec.name.clone());
@@ -208,9 +251,36 @@ pub async fn serve(
     )
     .await?
     {
+        return Ok(None);
+    }
+    Ok(Some(Admitted {
+        resolved,
+        candidates,
+        index,
+    }))
+}
+
+/// Step 8: the first backend, then another allowed one only while no byte
+/// has reached the agent; usage charged to the budgets after the answer.
+async fn forward(
+    node: &Shared,
+    session: &mut Session,
+    ctx: &mut Call,
+    runtime: &Runtime,
+    principal: &Principal,
+    prepared: &openai::Prepared,
+    admitted: Admitted,
+) -> Result<bool> {
+    let Admitted {
+        resolved,
+        candidates,
+        mut index,
+    } = admitted;
+    let (endpoint, strategy) = (prepared.endpoint, resolved.route.strategy);
+    // 8. Forward: another backend only while nothing reached the agent.
+    if !crate::respond::step(node, session, ctx, runtime, 8).await? {
         return Ok(true);
     }
-    // 8. Forward: another backend only while nothing reached the agent.
     let upstream_body = prepared.upstream_body(resolved.route.upstream_model());
     let headers = vec![
         ("traceparent", ctx.traceparent.clone()),
@@ -238,12 +308,12 @@ pub async fn serve(
                 };
                 match outcome {
                     Ok(Relayed::Done) => {
-                        charge(node, runtime, &principal, ctx).await;
+                        charge(node, runtime, principal, ctx).await;
                         return Ok(true);
                     }
                     Ok(Relayed::NothingSent(e)) => e,
                     Err(e) => {
-                        charge(node, runtime, &principal, ctx).await;
+                        charge(node, runtime, principal, ctx).await;
                         return Err(e);
                     }
                 }

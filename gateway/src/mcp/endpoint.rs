@@ -1,41 +1,31 @@
-//! The downstream MCP endpoint, `POST /mcp`: one JSON-RPC message per
-//! request, answered with `application/json` (the streamable-HTTP transport
-//! without sessions or server-sent events). Every message walks the
-//! enforcement path: bounded body, authentication, JSON-RPC parsing, then
-//! per method — `tools/list` shows only the tools the principal may call,
-//! and `tools/call` resolves the federated name, validates the arguments
-//! against the tool's `inputSchema` (a violation is an `isError` result that
-//! never reaches the upstream), authorizes `call_tool`, records the decision,
-//! forwards and records the outcome with argument and result hashes.
-//!
-//! A tool that does not exist and a tool the principal may not call are
-//! answered identically (`-32602 Unknown tool`); the audit tells them apart.
+//! The MCP door's entry, `/mcp` and `/mcp/<server>`: the HTTP side of the
+//! streamable-HTTP transport (scope, allowed origins, methods, steps 1 and
+//! 2, the session a stateful era's `Mcp-Session-Id` names, GET streams and
+//! DELETE), then each JSON-RPC message (`message`: parsing, answers to
+//! server requests, the protocol era's rules) and its method (`dispatch`):
+//! protocol messages are answered here, tools by `tools`, prompts,
+//! resources and completions by `catalog`. Also the RFC 9728 metadata the
+//! 401 points to.
 
-use bytes::Bytes;
 use lattice_mcp::jsonrpc::{self, Message};
-use lattice_mcp::tools::split_federated;
-use lattice_policy::{Action, AuthzRequest, ContextValue, Principal, RequestContext, Resource};
-use pingora::http::ResponseHeader;
+use lattice_policy::Principal;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Value};
 
 use super::catalog::Listing;
-use super::results::{hash, tool_reply};
 use crate::call::Call;
 use crate::error::Rejection;
-use crate::limits::CallKind;
-use crate::mcp_hub::ToolEntry;
 use crate::runtime::{Runtime, Shared};
 use lattice_mcp::session::EraHeaders;
 
 /// Protocol versions with `initialize`, preferred first (the stateless
-/// 2026-07-28 is served too: `mcp_session.rs`).
+/// 2026-07-28 is served too: `lattice_mcp::session`).
 pub const VERSIONS: [&str; 4] = lattice_mcp::session::SESSION_VERSIONS;
 
 /// What the endpoint serves: list changes are announced on a session's GET
 /// stream (tools from the gateway's own view; prompts and resources as the
-/// servers announce them); no resource subscriptions.
+/// servers announce them), and resources can be subscribed to.
 static CAPABILITIES: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
     json!({
         "tools": {"listChanged": true},
@@ -45,28 +35,6 @@ static CAPABILITIES: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
         "logging": {},
     })
 });
-
-fn tool_resource(entry: &ToolEntry, name: &str) -> Resource {
-    let hint = |k: &str| {
-        entry.definition["annotations"][k]
-            .as_bool()
-            .unwrap_or(false)
-    };
-    let risk = entry
-        .server_labels
-        .iter()
-        .find_map(|l| l.strip_prefix("risk:"))
-        .unwrap_or("unknown")
-        .to_string();
-    Resource::Tool {
-        id: name.to_string(),
-        server: entry.server.clone(),
-        risk,
-        labels: entry.server_labels.clone(),
-        read_only: hint("readOnlyHint"),
-        destructive: hint("destructiveHint"),
-    }
-}
 
 /// The endpoint's public URL: configured, or from the request's `Host`.
 fn resource_url(session: &Session, runtime: &Runtime) -> String {
@@ -222,6 +190,22 @@ pub async fn serve(
     };
     ctx.mcp.sid = claims.as_ref().map(|c| c.sid.clone());
     ctx.mcp.caps = claims.as_ref().map(|c| c.caps.clone()).unwrap_or_default();
+    if method != http::Method::POST {
+        return stream_or_end(node, session, ctx, runtime, &method, claims).await;
+    }
+    message(node, session, ctx, runtime, &body, principal, &era_headers).await
+}
+
+/// GET (a session's event stream) and DELETE (the session ends, its
+/// resource subscriptions with it): both need a session.
+async fn stream_or_end(
+    node: &Shared,
+    session: &mut Session,
+    ctx: &mut Call,
+    runtime: &Runtime,
+    method: &http::Method,
+    claims: Option<lattice_mcp::session::SessionClaims>,
+) -> Result<bool> {
     if method == http::Method::GET {
         ctx.facts.kind = "mcp.stream";
         if claims.is_none() {
@@ -236,32 +220,40 @@ pub async fn serve(
             )
             .await;
         }
-        return serve_stream(node, session, ctx, runtime).await;
+        return super::stream::serve_stream(node, session, ctx, runtime).await;
     }
-    if method == http::Method::DELETE {
-        ctx.facts.kind = "mcp.session_end";
-        let Some(c) = claims else {
-            let r = Rejection::BadRequest("DELETE needs an Mcp-Session-Id".into());
-            return crate::respond::refusal(
-                node,
-                session,
-                ctx,
-                runtime,
-                r,
-                "DELETE without a session",
-            )
+    ctx.facts.kind = "mcp.session_end";
+    let Some(c) = claims else {
+        let r = Rejection::BadRequest("DELETE needs an Mcp-Session-Id".into());
+        return crate::respond::refusal(node, session, ctx, runtime, r, "DELETE without a session")
             .await;
-        };
-        node.mcp_sessions.end(&c.sid);
-        if let Some(hub) = &node.mcp {
-            for (server, uri) in node.mcp_sessions.take_subscriptions(&c.sid) {
-                hub.resource_unsubscribe(&server, &uri).await;
-            }
+    };
+    node.mcp_sessions.end(&c.sid);
+    if let Some(hub) = &node.mcp {
+        for (server, uri) in node.mcp_sessions.take_subscriptions(&c.sid) {
+            hub.resource_unsubscribe(&server, &uri).await;
         }
-        return crate::respond::protocol(node, session, ctx, runtime, 204, None).await;
     }
+    crate::respond::protocol(node, session, ctx, runtime, 204, None).await
+}
+
+/// Step 3 for one JSON-RPC message: parsed with bounds; a notification or
+/// a client's answer to a server request is answered here; a request must
+/// keep its protocol era's rules, then goes to `dispatch`.
+async fn message(
+    node: &Shared,
+    session: &mut Session,
+    ctx: &mut Call,
+    runtime: &Runtime,
+    body: &[u8],
+    principal: Principal,
+    era_headers: &EraHeaders,
+) -> Result<bool> {
     // 3. The message.
-    let message = match jsonrpc::parse(&body, ctx.max_body as usize) {
+    if !crate::respond::step(node, session, ctx, runtime, 3).await? {
+        return Ok(true);
+    }
+    let message = match jsonrpc::parse(body, ctx.max_body as usize) {
         Ok(m) => m,
         Err(e) => {
             let code = match e {
@@ -318,10 +310,9 @@ pub async fn serve(
     };
     ctx.facts.target.clone_from(&method);
     // The protocol era's own rules.
-    if lattice_mcp::session::is_stateless(&method, &params, &era_headers) && method != "initialize"
-    {
+    if lattice_mcp::session::is_stateless(&method, &params, era_headers) && method != "initialize" {
         if let Err((code, message)) =
-            lattice_mcp::session::check_stateless(&method, &params, &era_headers)
+            lattice_mcp::session::check_stateless(&method, &params, era_headers)
         {
             let data = (code == lattice_mcp::session::UNSUPPORTED_PROTOCOL_VERSION)
                 .then(|| json!({"supported": [lattice_mcp::session::STATELESS], "requested": lattice_mcp::session::meta_version(&params)}));
@@ -343,6 +334,21 @@ pub async fn serve(
             .await;
         }
     }
+    dispatch(node, session, ctx, runtime, principal, id, method, params).await
+}
+
+/// One request, by method.
+#[allow(clippy::too_many_arguments)] // one call's parts
+async fn dispatch(
+    node: &Shared,
+    session: &mut Session,
+    ctx: &mut Call,
+    runtime: &Runtime,
+    principal: Principal,
+    id: Value,
+    method: String,
+    params: Value,
+) -> Result<bool> {
     match method.as_str() {
         "server/discover" => {
             ctx.facts.kind = "mcp.discover";
@@ -404,10 +410,59 @@ pub async fn serve(
             )
             .await
         }
-        "tools/list" => list_tools(node, session, ctx, runtime, &principal, id).await,
+        "tools/list" => super::tools::list_tools(node, session, ctx, runtime, &principal, id).await,
         "logging/setLevel" => {
             super::relay::set_log_level(node, session, ctx, runtime, id, &params).await
         }
+        "prompts/list"
+        | "resources/list"
+        | "resources/templates/list"
+        | "completion/complete"
+        | "prompts/get"
+        | "resources/subscribe"
+        | "resources/unsubscribe"
+        | "resources/read" => {
+            catalog(node, session, ctx, runtime, principal, id, method, params).await
+        }
+        "tools/call" => {
+            super::tools::call_tool(node, session, ctx, runtime, &principal, id, params).await
+        }
+        other => {
+            let reply = jsonrpc::error_response(
+                &id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!("method `{other}` is not supported"),
+                None,
+            );
+            // The stateless era answers an unknown method with HTTP 404.
+            let status = if ctx.mcp.stateless { 404 } else { 200 };
+            crate::respond::jsonrpc_refusal(
+                node,
+                session,
+                ctx,
+                runtime,
+                status,
+                &format!("unsupported method `{other}`"),
+                reply,
+            )
+            .await
+        }
+    }
+}
+
+/// Prompts, resources and completions, federated by `catalog`.
+#[allow(clippy::too_many_arguments)] // one call's parts
+async fn catalog(
+    node: &Shared,
+    session: &mut Session,
+    ctx: &mut Call,
+    runtime: &Runtime,
+    principal: Principal,
+    id: Value,
+    method: String,
+    params: Value,
+) -> Result<bool> {
+    match method.as_str() {
         "prompts/list" => {
             super::catalog::list_catalog(
                 node,
@@ -460,364 +515,13 @@ pub async fn serve(
             )
             .await
         }
-        "resources/read" => {
+        _ => {
             super::catalog::get_catalog_item(
                 node, session, ctx, runtime, &principal, id, params, false,
             )
             .await
         }
-        "tools/call" => call_tool(node, session, ctx, runtime, &principal, id, params).await,
-        other => {
-            let reply = jsonrpc::error_response(
-                &id,
-                jsonrpc::METHOD_NOT_FOUND,
-                &format!("method `{other}` is not supported"),
-                None,
-            );
-            // The stateless era answers an unknown method with HTTP 404.
-            let status = if ctx.mcp.stateless { 404 } else { 200 };
-            crate::respond::jsonrpc_refusal(
-                node,
-                session,
-                ctx,
-                runtime,
-                status,
-                &format!("unsupported method `{other}`"),
-                reply,
-            )
-            .await
-        }
     }
-}
-
-/// `call_tool` on a tool; `input` is `context.input` (the validated
-/// arguments; empty when only the tool's visibility is asked).
-fn authorize_tool(
-    runtime: &Runtime,
-    principal: &Principal,
-    entry: &ToolEntry,
-    name: &str,
-    ip: &str,
-    input: Option<&Value>,
-) -> lattice_policy::Evaluation {
-    let mut context = RequestContext::new((lattice_audit::now_us() / 1_000_000) as i64, ip);
-    if let Some(value) = input.and_then(ContextValue::from_json) {
-        if matches!(value, ContextValue::Record(_)) {
-            context = context.with_value("input", value);
-        }
-    }
-    runtime.policy.evaluate(&AuthzRequest {
-        principal: principal.clone(),
-        action: Action::CallTool,
-        resource: tool_resource(entry, name),
-        context,
-    })
-}
-
-async fn list_tools(
-    node: &Shared,
-    session: &mut Session,
-    ctx: &mut Call,
-    runtime: &Runtime,
-    principal: &Principal,
-    id: Value,
-) -> Result<bool> {
-    ctx.facts.kind = "mcp.list_tools";
-    ctx.facts.action = "list_tools".into();
-    let ip = ctx.facts.client_addr_ip();
-    let scope = ctx.mcp.scope.clone();
-    let tools: Vec<Value> = match &node.mcp {
-        Some(hub) => hub
-            .tools()
-            .iter()
-            .filter(|(_, entry)| scope.as_ref().is_none_or(|s| &entry.server == s))
-            .filter(|(name, entry)| {
-                hub.visible(entry)
-                    && authorize_tool(runtime, principal, entry, name, &ip, None)
-                        .live
-                        .is_allow()
-            })
-            .map(|(_, entry)| {
-                let mut d = entry.definition.clone();
-                if scope.is_some() {
-                    d["name"] = json!(entry.tool);
-                }
-                d
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    let total = node.mcp.as_ref().map_or(0, |h| h.tools().len());
-    let reason = format!("{} of {total} tools visible", tools.len());
-    crate::respond::listing(
-        node,
-        session,
-        ctx,
-        runtime,
-        &reason,
-        id,
-        json!({"tools": tools}),
-    )
-    .await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn call_tool(
-    node: &Shared,
-    session: &mut Session,
-    ctx: &mut Call,
-    runtime: &Runtime,
-    principal: &Principal,
-    id: Value,
-    params: Value,
-) -> Result<bool> {
-    ctx.facts.kind = "mcp.call_tool";
-    ctx.facts.action = "call_tool".into();
-    let asked = params["name"].as_str().unwrap_or("");
-    // Policies and the audit always see the federated name.
-    let name = match &ctx.mcp.scope {
-        Some(server) => lattice_mcp::tools::federated_name(server, asked),
-        None => asked.to_string(),
-    };
-    let arguments = params
-        .get("arguments")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    ctx.facts.target.clone_from(&name);
-    ctx.facts.args_hash = Some(hash(&arguments));
-    let unknown = |decision_id: &str| {
-        jsonrpc::error_response(
-            &id,
-            jsonrpc::INVALID_PARAMS,
-            &format!("Unknown tool: {name}"),
-            Some(json!({"decision_id": decision_id})),
-        )
-    };
-    // 3. Resolve the tool.
-    let entry = split_federated(&name).and_then(|_| node.mcp.as_ref()?.tools().get(&name).cloned());
-    let Some(entry) = entry else {
-        let event = ctx.facts.refusal_event(200, "no such tool", None);
-        let reply = unknown(&event.event_id);
-        return crate::respond::jsonrpc_refusal_event(
-            node, session, ctx, runtime, event, 200, reply,
-        )
-        .await;
-    };
-    ctx.facts.upstream = Some(entry.server.clone());
-    if !node.mcp.as_ref().is_some_and(|hub| hub.visible(&entry)) {
-        let event = ctx.facts.refusal_event(
-            200,
-            "quarantined: the tool's definition changed and awaits approval",
-            None,
-        );
-        let reply = unknown(&event.event_id);
-        return crate::respond::jsonrpc_refusal_event(
-            node, session, ctx, runtime, event, 200, reply,
-        )
-        .await;
-    }
-    // 5. Authorize (before validating: a tool the principal may not call
-    //    reveals nothing, not even its schema's complaints).
-    let ip = ctx.facts.client_addr_ip();
-    let visible = authorize_tool(runtime, principal, &entry, &name, &ip, None);
-    node.metrics.decision(visible.live.outcome);
-    if !visible.live.is_allow() {
-        let event = ctx
-            .facts
-            .refusal_event(200, "denied by policy", Some(&visible));
-        let reply = unknown(&event.event_id);
-        return crate::respond::jsonrpc_refusal_event(
-            node, session, ctx, runtime, event, 200, reply,
-        )
-        .await;
-    }
-    // 4. Validate the arguments: a violation is a tool error, never forwarded.
-    if let Some(schema) = &entry.schema {
-        if let Err(errors) = schema.check(&arguments) {
-            let text = format!("Invalid arguments for {name}: {}", errors.join("; "));
-            let mut event = ctx.facts.refusal_event(
-                200,
-                "arguments violate the tool's inputSchema",
-                Some(&visible),
-            );
-            event.decision = "deny".into();
-            event.schema_result = Some(format!("invalid: {}", errors.join("; ")));
-            let reply = jsonrpc::result_response(
-                &id,
-                json!({"content": [{"type": "text", "text": text}], "isError": true}),
-            );
-            return crate::respond::jsonrpc_refusal_event(
-                node, session, ctx, runtime, event, 200, reply,
-            )
-            .await;
-        }
-    }
-    // 5 again, with the validated arguments as `context.input`:
-    // argument-level rules are ordinary policies. The tool is visible, so
-    // a refusal here is a tool error naming the decision.
-    let evaluation = authorize_tool(runtime, principal, &entry, &name, &ip, Some(&arguments));
-    if !evaluation.live.is_allow() {
-        let event = ctx.facts.refusal_event(
-            200,
-            "denied by policy for these arguments",
-            Some(&evaluation),
-        );
-        let text = format!(
-            "Denied by policy for these arguments (decision {}).",
-            event.event_id
-        );
-        let reply = jsonrpc::result_response(
-            &id,
-            json!({"content": [{"type": "text", "text": text}], "isError": true}),
-        );
-        return crate::respond::jsonrpc_refusal_event(
-            node, session, ctx, runtime, event, 200, reply,
-        )
-        .await;
-    }
-    // 6. Rate limits.
-    let limits = &runtime.config.llm.limits;
-    if let Err((r, reason)) = crate::call::admit(node, limits, principal, CallKind::Mcp).await {
-        return crate::respond::refusal(node, session, ctx, runtime, r, &reason).await;
-    }
-    // 7. Record the decision.
-    let mut event = ctx.facts.allow_event(&evaluation);
-    event.schema_result = Some("valid".into());
-    if !crate::respond::allowed(node, session, ctx, runtime, event).await? {
-        return Ok(true);
-    }
-    // 8. Forward.
-    let Some(hub) = &node.mcp else {
-        return Ok(true);
-    };
-    // A caller that takes an event stream and asked for progress, or set
-    // a log level, gets the upstream's notifications for this call as
-    // they come.
-    let token = params
-        .get("_meta")
-        .and_then(|m| m.get("progressToken"))
-        .cloned();
-    let log_level = ctx
-        .mcp
-        .sid
-        .as_deref()
-        .and_then(|sid| node.mcp_sessions.log_level(sid));
-    let takes_stream = session
-        .req_header()
-        .headers
-        .get("accept")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/event-stream"));
-    // A client that can answer a server's requests gets the stream too.
-    let wants = token.is_some() || log_level.is_some() || !ctx.mcp.caps.is_empty();
-    if wants && takes_stream && hub.is_running(&entry.server) {
-        return super::relay::relay_call(
-            node, session, ctx, &entry, arguments, id, token, log_level,
-        )
-        .await;
-    }
-    let result = super::relay::call_unstreamed(node, ctx, &entry, arguments).await;
-    let reply = tool_reply(ctx, &entry, &id, result);
-    crate::respond::json(session, ctx, 200, &reply).await
-}
-
-/// The GET stream of a session: `notifications/tools/list_changed`
-/// whenever the approved tools change (resumable with `Last-Event-ID`),
-/// a comment every 15 s to keep intermediaries from closing it, until
-/// the client goes away.
-async fn serve_stream(
-    node: &Shared,
-    session: &mut Session,
-    ctx: &mut Call,
-    runtime: &Runtime,
-) -> Result<bool> {
-    let event = ctx.facts.protocol_event("server-to-client stream opened");
-    if !crate::respond::allowed(node, session, ctx, runtime, event).await? {
-        return Ok(true);
-    }
-    let Some(hub) = node.mcp.clone() else {
-        return Ok(true);
-    };
-    let mut changes = hub.subscribe();
-    let current = *changes.borrow_and_update();
-    let mut catalog = hub.subscribe_catalog();
-    let mut updates = hub.subscribe_updates();
-    let sid = ctx.mcp.sid.clone().unwrap_or_default();
-    let mut catalog_seen = *catalog.borrow_and_update();
-    // Resumption: events carry the tool set's digest as their id; a
-    // client that saw an older set is told at once that it changed.
-    let last_seen = session
-        .req_header()
-        .headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let announce = |digest: u64| {
-        let n = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
-        format!("id: {digest:016x}\nevent: message\ndata: {n}\n\n")
-    };
-    let mut resp = ResponseHeader::build(200, Some(4))?;
-    resp.insert_header("content-type", "text/event-stream")?;
-    resp.insert_header("cache-control", "no-cache")?;
-    resp.insert_header("transfer-encoding", "chunked")?;
-    resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    if last_seen.is_some_and(|id| id != format!("{current:016x}")) {
-        session
-            .write_response_body(Some(Bytes::from(announce(current))), false)
-            .await?;
-    }
-    let mut keepalive = tokio::time::interval(std::time::Duration::from_secs(15));
-    keepalive.tick().await;
-    loop {
-        let chunk = tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                announce(*changes.borrow_and_update())
-            }
-            changed = catalog.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let now = *catalog.borrow_and_update();
-                let mut out = String::new();
-                for (moved, list) in [(now.0 != catalog_seen.0, "prompts"), (now.1 != catalog_seen.1, "resources")] {
-                    if moved {
-                        let n = json!({"jsonrpc": "2.0", "method": format!("notifications/{list}/list_changed")});
-                        out.push_str(&format!("event: message\ndata: {n}\n\n"));
-                    }
-                }
-                catalog_seen = now;
-                out
-            }
-            update = updates.recv() => match update {
-                Ok((server, uri)) => match node.mcp_sessions.subscribed_as(&sid, &server, &uri) {
-                    Some(as_named) => {
-                        let n = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": as_named}});
-                        format!("event: message\ndata: {n}\n\n")
-                    }
-                    None => continue,
-                },
-                // Fell behind: some updates were lost; the client re-reads on the next.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => break,
-            },
-            _ = keepalive.tick() => ": keepalive\n\n".to_string(),
-            _ = crate::intake::client_gone(session) => break,
-        };
-        if session
-            .write_response_body(Some(Bytes::from(chunk)), false)
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    ctx.failure = Some("stream closed".into());
-    let _ = session.write_response_body(None, true).await;
-    Ok(true)
 }
 
 #[cfg(test)]
