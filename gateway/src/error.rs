@@ -1,25 +1,84 @@
-//! Errors and refusals, and the one place that maps them to HTTP responses.
+//! Errors and refusals, and the one place that maps them to answers.
 //! `GatewayError` is what library calls return; `Rejection` is what the
-//! enforcement path answers a caller with (status, JSON body, headers).
+//! enforcement path answers a caller with over HTTP (status, JSON body or
+//! OpenAI's error body, headers); `McpRefusal` is its JSON-RPC twin, what
+//! the MCP door answers a message it refuses with (HTTP status, JSON-RPC
+//! error code, message, data, and the audit reason). Both are tables, and
+//! tested as tables.
 
 use bytes::Bytes;
 use serde_json::json;
 
-/// Errors of the gateway library.
+/// Errors of the gateway library. Each says whether trying again, unchanged,
+/// can help (`retryable`); the variants that wrap another error keep it as
+/// their `source()` (its message is in theirs too, so a one-line report
+/// reads whole).
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// The config or a file it names is wrong: fix it first.
     #[error("config: {0}")]
     Config(String),
     #[error(transparent)]
     Policy(#[from] lattice_policy::PolicyError),
     #[error(transparent)]
     Audit(#[from] lattice_audit::AuditError),
+    /// The state store refused a change (no such key, a duplicate name...).
     #[error("state store: {0}")]
     State(String),
+    /// The state database itself failed.
+    #[error("state store: {source}")]
+    Database {
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("server: {0}")]
     Server(String),
-    #[error("{0}")]
-    Io(String),
+    /// A file or socket failed; `context` names it.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl GatewayError {
+    /// An I/O error with the path or operation it concerns.
+    pub fn io(context: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.to_string(),
+            source,
+        }
+    }
+
+    /// True when the same operation may succeed if tried again unchanged: a
+    /// busy or locked database, an interrupted or timed-out I/O, a full or
+    /// failing audit pipeline. Config, policy and refused changes need a fix.
+    pub fn retryable(&self) -> bool {
+        use lattice_audit::AuditError as A;
+        use std::io::ErrorKind as K;
+        match self {
+            Self::Database { source } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                K::Interrupted | K::WouldBlock | K::TimedOut | K::ConnectionRefused
+            ),
+            Self::Audit(a) => matches!(
+                a,
+                A::QueueFull | A::WriterFailing | A::BacklogFull | A::ClickHouse(_)
+            ),
+            Self::Config(_) | Self::Policy(_) | Self::State(_) | Self::Server(_) => false,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for GatewayError {
+    fn from(source: rusqlite::Error) -> Self {
+        Self::Database { source }
+    }
 }
 
 /// Why a call is refused. Each variant maps to exactly one status.
@@ -62,6 +121,100 @@ pub enum Rejection {
     UpstreamTimeout,
     /// A fault of the gateway itself.
     Internal(String),
+}
+
+/// A JSON-RPC message the MCP door refuses, answered as a JSON-RPC error.
+/// Each variant maps to exactly one HTTP status and one error code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum McpRefusal {
+    /// An `Mcp-Session-Id` that is unknown, ended or another principal's.
+    SessionNotFound,
+    /// The body is not one JSON-RPC message (`parse`: not even JSON).
+    Malformed { parse: bool, message: String },
+    /// A client's answer that no server request of its session waits for.
+    NoPendingRequest,
+    /// A stateless-era request whose headers disagree with its body, or
+    /// that names a version this gateway does not speak (`data` says which).
+    Stateless {
+        code: i64,
+        message: String,
+        data: Option<serde_json::Value>,
+    },
+    /// A stateful-era `MCP-Protocol-Version` this gateway does not speak.
+    UnsupportedVersion(String),
+    /// A method the gateway does not serve (HTTP 404 in the stateless era).
+    UnknownMethod { method: String, stateless: bool },
+    /// A method that needs a session, sent without one.
+    NeedsSession(String),
+    /// Parameters the method cannot take.
+    InvalidParams(String),
+}
+
+impl McpRefusal {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::SessionNotFound => 404,
+            Self::Malformed { .. }
+            | Self::NoPendingRequest
+            | Self::Stateless { .. }
+            | Self::UnsupportedVersion(_) => 400,
+            Self::UnknownMethod {
+                stateless: true, ..
+            } => 404,
+            Self::UnknownMethod { .. } | Self::NeedsSession(_) | Self::InvalidParams(_) => 200,
+        }
+    }
+
+    /// The JSON-RPC error code.
+    pub fn code(&self) -> i64 {
+        use lattice_mcp::jsonrpc as rpc;
+        match self {
+            Self::SessionNotFound => -32001,
+            Self::Malformed { parse: true, .. } => rpc::PARSE_ERROR,
+            Self::Malformed { .. }
+            | Self::NoPendingRequest
+            | Self::UnsupportedVersion(_)
+            | Self::NeedsSession(_) => rpc::INVALID_REQUEST,
+            Self::Stateless { code, .. } => *code,
+            Self::UnknownMethod { .. } => rpc::METHOD_NOT_FOUND,
+            Self::InvalidParams(_) => rpc::INVALID_PARAMS,
+        }
+    }
+
+    /// The error message the client reads.
+    pub fn message(&self) -> String {
+        match self {
+            Self::SessionNotFound => "Session not found".into(),
+            Self::Malformed { message, .. } => message.clone(),
+            Self::NoPendingRequest => "no request of this session waits for that answer".into(),
+            Self::Stateless { message, .. } => message.clone(),
+            Self::UnsupportedVersion(v) => format!("Unsupported MCP-Protocol-Version: {v}"),
+            Self::UnknownMethod { method, .. } => format!("method `{method}` is not supported"),
+            Self::NeedsSession(m) | Self::InvalidParams(m) => m.clone(),
+        }
+    }
+
+    /// Why the audit trail says it was refused.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::SessionNotFound => "unknown, ended or foreign MCP session".into(),
+            Self::Malformed { message, .. } => format!("malformed JSON-RPC: {message}"),
+            Self::NoPendingRequest => "an answer to no pending request".into(),
+            Self::Stateless { message, .. } => format!("stateless request refused: {message}"),
+            Self::UnknownMethod { method, .. } => format!("unsupported method `{method}`"),
+            other => other.message(),
+        }
+    }
+
+    /// The JSON-RPC error response to request `id`.
+    pub fn reply(&self, id: &serde_json::Value) -> serde_json::Value {
+        let data = match self {
+            Self::Stateless { data, .. } => data.clone(),
+            _ => None,
+        };
+        lattice_mcp::jsonrpc::error_response(id, self.code(), &self.message(), data)
+    }
 }
 
 impl Rejection {
@@ -229,5 +382,287 @@ mod tests {
             value.contains("error_description=\"bad 'token'\""),
             "{value}"
         );
+    }
+
+    /// Every refusal → (HTTP status, code, extra header names, OpenAI type).
+    #[test]
+    fn refusals_map_to_one_answer_each() {
+        let table: Vec<(Rejection, u16, &str, Vec<&str>, &str)> = vec![
+            (
+                Rejection::BodyTooLarge { limit: 9 },
+                413,
+                "body_too_large",
+                vec![],
+                "invalid_request_error",
+            ),
+            (
+                Rejection::BadRequest("x".into()),
+                400,
+                "bad_request",
+                vec![],
+                "invalid_request_error",
+            ),
+            (
+                Rejection::NoCredentials,
+                401,
+                "unauthenticated",
+                vec!["www-authenticate"],
+                "authentication_error",
+            ),
+            (
+                Rejection::Unauthenticated("x".into()),
+                401,
+                "unauthenticated",
+                vec!["www-authenticate"],
+                "authentication_error",
+            ),
+            (
+                Rejection::NotFound,
+                404,
+                "not_found",
+                vec![],
+                "invalid_request_error",
+            ),
+            (
+                Rejection::UnknownModel("m".into()),
+                404,
+                "model_not_found",
+                vec![],
+                "invalid_request_error",
+            ),
+            (
+                Rejection::InvalidRequest {
+                    message: "x".into(),
+                    param: None,
+                },
+                400,
+                "invalid_request",
+                vec![],
+                "invalid_request_error",
+            ),
+            (
+                Rejection::RateLimited {
+                    limit: "l".into(),
+                    what: "requests",
+                    retry_after_s: 7,
+                },
+                429,
+                "rate_limit_exceeded",
+                vec!["retry-after"],
+                "rate_limit_error",
+            ),
+            (
+                Rejection::MethodNotAllowed,
+                405,
+                "method_not_allowed",
+                vec![],
+                "invalid_request_error",
+            ),
+            (
+                Rejection::OriginNotAllowed,
+                403,
+                "origin_not_allowed",
+                vec![],
+                "permission_error",
+            ),
+            (
+                Rejection::Forbidden {
+                    decision_id: "d".into(),
+                },
+                403,
+                "forbidden",
+                vec![],
+                "permission_error",
+            ),
+            (
+                Rejection::AuditUnavailable,
+                503,
+                "audit_unavailable",
+                vec!["retry-after"],
+                "server_error",
+            ),
+            (
+                Rejection::UpstreamFailed("x".into()),
+                502,
+                "upstream_failed",
+                vec![],
+                "server_error",
+            ),
+            (
+                Rejection::UpstreamTimeout,
+                504,
+                "upstream_timeout",
+                vec![],
+                "server_error",
+            ),
+            (
+                Rejection::Internal("x".into()),
+                500,
+                "internal_error",
+                vec![],
+                "server_error",
+            ),
+        ];
+        for (r, status, code, headers, openai_type) in table {
+            assert_eq!(r.status(), status, "{r:?}");
+            assert_eq!(r.code(), code, "{r:?}");
+            let names: Vec<&str> = r.headers().into_iter().map(|(n, _)| n).collect();
+            assert_eq!(names, headers, "{r:?}");
+            let body: serde_json::Value = serde_json::from_slice(&r.body("r")).unwrap();
+            assert_eq!(body["error"]["code"], code, "{r:?}");
+            assert_eq!(body["error"]["message"], r.message(), "{r:?}");
+            let openai: serde_json::Value = serde_json::from_slice(&r.openai_body("r")).unwrap();
+            assert_eq!(openai["error"]["type"], openai_type, "{r:?}");
+        }
+    }
+
+    /// Every MCP refusal → (HTTP status, JSON-RPC code, message, audit reason).
+    #[test]
+    fn mcp_refusals_map_to_one_json_rpc_error_each() {
+        let table: Vec<(McpRefusal, u16, i64, &str, &str)> = vec![
+            (
+                McpRefusal::SessionNotFound,
+                404,
+                -32001,
+                "Session not found",
+                "unknown, ended or foreign MCP session",
+            ),
+            (
+                McpRefusal::Malformed {
+                    parse: true,
+                    message: "eof".into(),
+                },
+                400,
+                -32700,
+                "eof",
+                "malformed JSON-RPC: eof",
+            ),
+            (
+                McpRefusal::Malformed {
+                    parse: false,
+                    message: "no method".into(),
+                },
+                400,
+                -32600,
+                "no method",
+                "malformed JSON-RPC: no method",
+            ),
+            (
+                McpRefusal::NoPendingRequest,
+                400,
+                -32600,
+                "no request of this session waits for that answer",
+                "an answer to no pending request",
+            ),
+            (
+                McpRefusal::Stateless {
+                    code: -32020,
+                    message: "header mismatch".into(),
+                    data: None,
+                },
+                400,
+                -32020,
+                "header mismatch",
+                "stateless request refused: header mismatch",
+            ),
+            (
+                McpRefusal::UnsupportedVersion("1999-01-01".into()),
+                400,
+                -32600,
+                "Unsupported MCP-Protocol-Version: 1999-01-01",
+                "Unsupported MCP-Protocol-Version: 1999-01-01",
+            ),
+            (
+                McpRefusal::UnknownMethod {
+                    method: "x/y".into(),
+                    stateless: false,
+                },
+                200,
+                -32601,
+                "method `x/y` is not supported",
+                "unsupported method `x/y`",
+            ),
+            (
+                McpRefusal::UnknownMethod {
+                    method: "x/y".into(),
+                    stateless: true,
+                },
+                404,
+                -32601,
+                "method `x/y` is not supported",
+                "unsupported method `x/y`",
+            ),
+            (
+                McpRefusal::NeedsSession("initialize first".into()),
+                200,
+                -32600,
+                "initialize first",
+                "initialize first",
+            ),
+            (
+                McpRefusal::InvalidParams("bad level".into()),
+                200,
+                -32602,
+                "bad level",
+                "bad level",
+            ),
+        ];
+        for (r, status, code, message, reason) in table {
+            assert_eq!(r.status(), status, "{r:?}");
+            assert_eq!(r.code(), code, "{r:?}");
+            assert_eq!(r.message(), message, "{r:?}");
+            assert_eq!(r.reason(), reason, "{r:?}");
+            let reply = r.reply(&serde_json::json!(7));
+            assert_eq!(reply["id"], 7);
+            assert_eq!(reply["error"]["code"], code);
+            assert_eq!(reply["error"]["message"], message);
+        }
+        let data = serde_json::json!({"supported": ["2026-07-28"]});
+        let r = McpRefusal::Stateless {
+            code: -32022,
+            message: "v".into(),
+            data: Some(data.clone()),
+        };
+        assert_eq!(r.reply(&serde_json::Value::Null)["error"]["data"], data);
+    }
+
+    /// Which errors a retry can help: (error, retryable).
+    #[test]
+    fn errors_say_whether_a_retry_can_help() {
+        use lattice_audit::AuditError;
+        use std::io::{Error, ErrorKind};
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let corrupt = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            None,
+        );
+        let table: Vec<(GatewayError, bool)> = vec![
+            (GatewayError::from(busy), true),
+            (GatewayError::from(corrupt), false),
+            (
+                GatewayError::io("state.db", Error::from(ErrorKind::Interrupted)),
+                true,
+            ),
+            (
+                GatewayError::io("state.db", Error::from(ErrorKind::PermissionDenied)),
+                false,
+            ),
+            (GatewayError::Audit(AuditError::QueueFull), true),
+            (GatewayError::Audit(AuditError::WriterFailing), true),
+            (GatewayError::Audit(AuditError::Corrupt("x".into())), false),
+            (GatewayError::Config("x".into()), false),
+            (GatewayError::State("no such key".into()), false),
+            (GatewayError::Server("x".into()), false),
+        ];
+        for (e, retryable) in table {
+            assert_eq!(e.retryable(), retryable, "{e}");
+        }
+        // The wrapped error stays reachable.
+        let e = GatewayError::io("k", Error::from(ErrorKind::NotFound));
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.to_string(), "k: entity not found");
     }
 }

@@ -48,4 +48,4 @@ pub mod server;
 pub mod state;
 pub mod ui;
 
-pub use error::{GatewayError, Rejection};
+pub use error::{GatewayError, McpRefusal, Rejection};

@@ -19,7 +19,7 @@ use pingora::Result;
 use serde_json::{json, Value};
 
 use crate::call::{Call, Door};
-use crate::error::Rejection;
+use crate::error::{McpRefusal, Rejection};
 use crate::runtime::{Runtime, Shared};
 
 /// Writes a refusal (its decision already recorded, or the 503 that says it
@@ -161,18 +161,20 @@ pub async fn protocol(
     }
 }
 
-/// The JSON-RPC twin of `refusal`: records a refusal (`status` and
-/// `reason` in its decision event) and answers the JSON-RPC `reply`.
+/// The JSON-RPC twin of `refusal`: records the refusal (its status and
+/// reason from `McpRefusal`'s one mapping) and answers its JSON-RPC error
+/// to request `id`.
 pub async fn jsonrpc_refusal(
     node: &Shared,
     session: &mut Session,
     call: &mut Call,
     runtime: &Runtime,
-    status: u16,
-    reason: &str,
-    reply: Value,
+    id: &Value,
+    refusal: &McpRefusal,
 ) -> Result<bool> {
-    let event = call.facts.refusal_event(status, reason, None);
+    let status = refusal.status();
+    let event = call.facts.refusal_event(status, &refusal.reason(), None);
+    let reply = refusal.reply(id);
     jsonrpc_refusal_event(node, session, call, runtime, event, status, reply).await
 }
 

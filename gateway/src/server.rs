@@ -28,7 +28,7 @@ pub fn log_origin(node_id: &str) -> String {
 /// Loads the node's audit signing key, creating it (and its public verifier
 /// key file beside it) on first start.
 pub fn load_or_create_signer(key_path: &Path, node_id: &str) -> Result<NoteSigner, GatewayError> {
-    let io = |e: std::io::Error| GatewayError::Io(format!("{}: {e}", key_path.display()));
+    let io = |e: std::io::Error| GatewayError::io(key_path.display(), e);
     if key_path.exists() {
         let text = std::fs::read_to_string(key_path).map_err(io)?;
         return Ok(NoteSigner::from_encoded(&text)?);
@@ -64,7 +64,7 @@ pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// The key that signs MCP session ids: read, or created (32 random bytes, mode 0600) on first use.
 /// Replicas that share the file accept each other's sessions.
 pub(crate) fn session_key(path: &Path) -> Result<[u8; 32], GatewayError> {
-    let io = |e: std::io::Error| GatewayError::Io(format!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| GatewayError::io(path.display(), e);
     let key = if path.exists() {
         let text = std::fs::read_to_string(path).map_err(io)?;
         let bytes = STANDARD
@@ -91,8 +91,7 @@ pub(crate) fn session_key(path: &Path) -> Result<[u8; 32], GatewayError> {
 /// Runs the gateway until SIGTERM (graceful) or SIGINT (fast).
 pub fn run(config: Config) -> Result<(), GatewayError> {
     let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| GatewayError::Io(format!("{}: {e}", data_dir.display())))?;
+    std::fs::create_dir_all(&data_dir).map_err(|e| GatewayError::io(data_dir.display(), e))?;
     let signer = load_or_create_signer(&config.audit.key_path, &config.server.node_id)?;
     let store = StateStore::open(&data_dir)?;
     let keys = KeyCache::load(&store)?;

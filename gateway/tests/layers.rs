@@ -46,6 +46,18 @@ const DOORS: &[&str] = &["route", "mcp", "llm", "admin", "ui"];
 /// What `config` may import: only the error type.
 const CONFIG_MAY_IMPORT: &[&str] = &["error"];
 
+/// Modules on the request path, whose functions stay short enough to read.
+const REQUEST_PATH: &[&str] = &[
+    "call", "respond", "intake", "enforce", "route", "mcp", "llm", "admin", "ui", "proxy",
+    "limits", "identity",
+];
+
+/// The longest a request-path function may be, in lines.
+const MAX_FN_LINES: usize = 120;
+
+/// The longest a source file may be, tests not counted, in lines.
+const MAX_FILE_LINES: usize = 700;
+
 /// Library crates must not depend on these packages.
 const FORBIDDEN_DEPS: &[&str] = &["lattice", "lattice-gpu-kernels", "cudarc"];
 
@@ -220,6 +232,55 @@ fn violations(sources: &[Source]) -> Vec<String> {
     out
 }
 
+/// Files over `MAX_FILE_LINES` and request-path functions over
+/// `MAX_FN_LINES` (a function runs from its `fn` line to the closing brace
+/// at its own indentation, as rustfmt writes it).
+fn size_violations(sources: &[Source], request_path: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for src in sources {
+        let lines: Vec<&str> = src.text.lines().collect();
+        let end = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with("#[cfg(test)]"))
+            .unwrap_or(lines.len());
+        if end > MAX_FILE_LINES {
+            out.push(format!(
+                "{}: {end} lines (at most {MAX_FILE_LINES})",
+                src.rel
+            ));
+        }
+        if !request_path || !REQUEST_PATH.contains(&top_module(&src.rel)) {
+            continue;
+        }
+        for (i, line) in lines[..end].iter().enumerate() {
+            let trimmed = line.trim_start();
+            let indent = &line[..line.len() - trimmed.len()];
+            let sig = ["pub(crate) ", "pub(super) ", "pub ", ""]
+                .iter()
+                .filter_map(|vis| trimmed.strip_prefix(vis))
+                .map(|rest| rest.strip_prefix("async ").unwrap_or(rest))
+                .find_map(|rest| rest.strip_prefix("fn "));
+            let Some(sig) = sig else { continue };
+            let name: String = sig
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let close = format!("{indent}}}");
+            let Some(len) = lines[i + 1..end].iter().position(|l| *l == close) else {
+                continue; // a declaration without a body
+            };
+            if len + 2 > MAX_FN_LINES {
+                out.push(format!(
+                    "{}: fn {name} is {} lines (at most {MAX_FN_LINES})",
+                    src.rel,
+                    len + 2
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// A cycle in a directed graph, as `a → b → a`, if there is one.
 fn find_cycle(edges: &BTreeMap<&str, BTreeSet<String>>) -> Option<String> {
     fn visit<'a>(
@@ -328,6 +389,26 @@ fn the_gateway_keeps_its_layers() {
             "LAYERS names `{module}`, which is not a module of the gateway"
         );
     }
+}
+
+#[test]
+fn files_and_request_path_functions_stay_readable() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    let mut read = 0;
+    for entry in std::fs::read_dir(&root).expect("workspace") {
+        let src = entry.expect("entry").path().join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        let mut sources = Vec::new();
+        read_sources(&src, &src, &mut sources);
+        read += sources.len();
+        let is_gateway = src.ends_with("gateway/src");
+        found.extend(size_violations(&sources, is_gateway));
+    }
+    assert!(read > 60, "read the workspace's sources ({read})");
+    assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
 #[test]
@@ -464,6 +545,36 @@ fn a_library_depending_on_the_binary_or_gpu_code_is_caught() {
         [
             "gateway/Cargo.toml: library crate `lattice-gateway` depends on `lattice`",
             "mcp/Cargo.toml: library crate `lattice-mcp` depends on `cudarc`",
+        ]
+    );
+}
+
+#[test]
+fn a_long_file_and_a_long_request_path_function_are_caught() {
+    let long_fn = format!(
+        "pub async fn serve() {{\n{}}}\n\nfn short() {{\n}}\n",
+        "    x();\n".repeat(MAX_FN_LINES)
+    );
+    let long_file = "// x\n".repeat(MAX_FILE_LINES + 1) + "#[cfg(test)]\nmod tests {}\n";
+    let found = size_violations(
+        &[
+            src("mcp/endpoint.rs", &long_fn),
+            src("config/mod.rs", &long_fn),
+            src("state/mod.rs", &long_file),
+        ],
+        true,
+    );
+    assert_eq!(
+        found,
+        [
+            format!(
+                "mcp/endpoint.rs: fn serve is {} lines (at most {MAX_FN_LINES})",
+                MAX_FN_LINES + 2
+            ),
+            format!(
+                "state/mod.rs: {} lines (at most {MAX_FILE_LINES})",
+                MAX_FILE_LINES + 1
+            ),
         ]
     );
 }

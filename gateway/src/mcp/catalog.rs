@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::results::hash;
 use crate::call::Call;
+use crate::error::McpRefusal;
 use crate::runtime::{Runtime, Shared};
 
 /// A listing.
@@ -281,9 +282,8 @@ pub(crate) async fn subscribe_resource(
     let asked = params["uri"].as_str().unwrap_or("").to_string();
     let Some(sid) = ctx.mcp.sid.clone() else {
         let message = "resource subscriptions need a session (initialize first, then send its Mcp-Session-Id)";
-        let reply = jsonrpc::error_response(&id, jsonrpc::INVALID_REQUEST, message, None);
-        return crate::respond::jsonrpc_refusal(node, session, ctx, runtime, 200, message, reply)
-            .await;
+        let refusal = McpRefusal::NeedsSession(message.into());
+        return crate::respond::jsonrpc_refusal(node, session, ctx, runtime, &id, &refusal).await;
     };
     let Some((server, original)) =
         admit_item(node, session, ctx, runtime, principal, &id, false, &asked).await?

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::catalog::Listing;
 use crate::call::Call;
-use crate::error::Rejection;
+use crate::error::{McpRefusal, Rejection};
 use crate::runtime::{Runtime, Shared};
 use lattice_mcp::session::EraHeaders;
 
@@ -173,16 +173,14 @@ pub async fn serve(
         Some(token) => match node.mcp_sessions.verify(&token, &principal) {
             Some(c) => Some(c),
             None => {
-                let reply =
-                    jsonrpc::error_response(&Value::Null, -32001, "Session not found", None);
+                let refusal = McpRefusal::SessionNotFound;
                 return crate::respond::jsonrpc_refusal(
                     node,
                     session,
                     ctx,
                     runtime,
-                    404,
-                    "unknown, ended or foreign MCP session",
-                    reply,
+                    &Value::Null,
+                    &refusal,
                 )
                 .await;
             }
@@ -256,19 +254,17 @@ async fn message(
     let message = match jsonrpc::parse(body, ctx.max_body as usize) {
         Ok(m) => m,
         Err(e) => {
-            let code = match e {
-                lattice_mcp::McpError::Parse(_) => jsonrpc::PARSE_ERROR,
-                _ => jsonrpc::INVALID_REQUEST,
+            let refusal = McpRefusal::Malformed {
+                parse: matches!(e, lattice_mcp::McpError::Parse(_)),
+                message: e.to_string(),
             };
-            let reply = jsonrpc::error_response(&Value::Null, code, &e.to_string(), None);
             return crate::respond::jsonrpc_refusal(
                 node,
                 session,
                 ctx,
                 runtime,
-                400,
-                &format!("malformed JSON-RPC: {e}"),
-                reply,
+                &Value::Null,
+                &refusal,
             )
             .await;
         }
@@ -288,22 +284,9 @@ async fn message(
                 _ => false,
             };
             if !answered {
-                let reply = jsonrpc::error_response(
-                    &id,
-                    jsonrpc::INVALID_REQUEST,
-                    "no request of this session waits for that answer",
-                    None,
-                );
-                return crate::respond::jsonrpc_refusal(
-                    node,
-                    session,
-                    ctx,
-                    runtime,
-                    400,
-                    "an answer to no pending request",
-                    reply,
-                )
-                .await;
+                let refusal = McpRefusal::NoPendingRequest;
+                return crate::respond::jsonrpc_refusal(node, session, ctx, runtime, &id, &refusal)
+                    .await;
             }
             return crate::respond::protocol(node, session, ctx, runtime, 202, None).await;
         }
@@ -316,22 +299,20 @@ async fn message(
         {
             let data = (code == lattice_mcp::session::UNSUPPORTED_PROTOCOL_VERSION)
                 .then(|| json!({"supported": [lattice_mcp::session::STATELESS], "requested": lattice_mcp::session::meta_version(&params)}));
-            let reply = jsonrpc::error_response(&id, code, &message, data);
-            let reason = format!("stateless request refused: {message}");
-            return crate::respond::jsonrpc_refusal(
-                node, session, ctx, runtime, 400, &reason, reply,
-            )
-            .await;
+            let refusal = McpRefusal::Stateless {
+                code,
+                message,
+                data,
+            };
+            return crate::respond::jsonrpc_refusal(node, session, ctx, runtime, &id, &refusal)
+                .await;
         }
         ctx.mcp.stateless = true;
     } else if let Some(v) = &era_headers.protocol_version {
         if method != "initialize" && !VERSIONS.contains(&v.as_str()) {
-            let message = format!("Unsupported MCP-Protocol-Version: {v}");
-            let reply = jsonrpc::error_response(&id, jsonrpc::INVALID_REQUEST, &message, None);
-            return crate::respond::jsonrpc_refusal(
-                node, session, ctx, runtime, 400, &message, reply,
-            )
-            .await;
+            let refusal = McpRefusal::UnsupportedVersion(v.clone());
+            return crate::respond::jsonrpc_refusal(node, session, ctx, runtime, &id, &refusal)
+                .await;
         }
     }
     dispatch(node, session, ctx, runtime, principal, id, method, params).await
@@ -428,24 +409,11 @@ async fn dispatch(
             super::tools::call_tool(node, session, ctx, runtime, &principal, id, params).await
         }
         other => {
-            let reply = jsonrpc::error_response(
-                &id,
-                jsonrpc::METHOD_NOT_FOUND,
-                &format!("method `{other}` is not supported"),
-                None,
-            );
-            // The stateless era answers an unknown method with HTTP 404.
-            let status = if ctx.mcp.stateless { 404 } else { 200 };
-            crate::respond::jsonrpc_refusal(
-                node,
-                session,
-                ctx,
-                runtime,
-                status,
-                &format!("unsupported method `{other}`"),
-                reply,
-            )
-            .await
+            let refusal = McpRefusal::UnknownMethod {
+                method: other.to_string(),
+                stateless: ctx.mcp.stateless,
+            };
+            crate::respond::jsonrpc_refusal(node, session, ctx, runtime, &id, &refusal).await
         }
     }
 }

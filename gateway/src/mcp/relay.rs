@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 
 use super::results::tool_reply;
 use crate::call::Call;
+use crate::error::McpRefusal;
 use crate::mcp_hub::ToolEntry;
 use crate::respond::shaped;
 use crate::runtime::{Runtime, Shared};
@@ -234,20 +235,12 @@ pub(crate) async fn set_log_level(
 ) -> Result<bool> {
     ctx.facts.kind = "mcp.set_log_level";
     let level = params.get("level").and_then(Value::as_str).unwrap_or("");
-    let refuse = |code: i64, message: String| {
-        let reply = jsonrpc::error_response(&id, code, &message, None);
-        (message, reply)
-    };
     let problem = match (lattice_mcp::log_rank(level), &ctx.mcp.sid) {
-        (None, _) => Some(refuse(
-            jsonrpc::INVALID_PARAMS,
-            format!(
-                "`level` must be one of {}",
-                lattice_mcp::LOG_LEVELS.join(", ")
-            ),
-        )),
-        (Some(_), None) => Some(refuse(
-            jsonrpc::INVALID_REQUEST,
+        (None, _) => Some(McpRefusal::InvalidParams(format!(
+            "`level` must be one of {}",
+            lattice_mcp::LOG_LEVELS.join(", ")
+        ))),
+        (Some(_), None) => Some(McpRefusal::NeedsSession(
             "logging/setLevel needs a session (initialize first, then send its Mcp-Session-Id)"
                 .into(),
         )),
@@ -257,8 +250,8 @@ pub(crate) async fn set_log_level(
         }
     };
     match problem {
-        Some((message, reply)) => {
-            crate::respond::jsonrpc_refusal(node, session, ctx, runtime, 200, &message, reply).await
+        Some(refusal) => {
+            crate::respond::jsonrpc_refusal(node, session, ctx, runtime, &id, &refusal).await
         }
         None => {
             crate::respond::protocol(

@@ -230,5 +230,5 @@ pub fn kind_name(kind: PrincipalKind) -> &'static str {
 }
 
 fn state_err(e: rusqlite::Error) -> GatewayError {
-    GatewayError::State(e.to_string())
+    GatewayError::from(e)
 }

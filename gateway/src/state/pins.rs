@@ -50,7 +50,7 @@ pub struct Pinned {
 }
 
 fn err(e: rusqlite::Error) -> GatewayError {
-    GatewayError::State(e.to_string())
+    GatewayError::from(e)
 }
 
 impl StateStore {

@@ -30,7 +30,7 @@ pub const MCP_SERVERS: Registry = Registry {
 };
 
 fn err(e: rusqlite::Error) -> GatewayError {
-    GatewayError::State(e.to_string())
+    GatewayError::from(e)
 }
 
 impl StateStore {
