@@ -1,0 +1,250 @@
+//! Tamper detection at the crate level: a real pipeline writes a trail
+//! (writer, store, Merkle log, signed checkpoints, witness file), then each
+//! row of a table tampers with a fresh copy of the store the way an
+//! attacker with write access to the disk would, and `verify` must name
+//! what was done. Also: the writer's sequence and a closed pipeline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use lattice_audit::verify::{read_witness, verify, Problem, VerifyReport};
+use lattice_audit::{
+    merkle, AuditEvent, AuditPipeline, Checkpoint, NoteSigner, Phase, PipelineConfig, Store,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ORIGIN: &str = "lattice/test-node/audit";
+
+/// A trail of `n` decision/outcome pairs; the decision of call 2 is a deny.
+struct Trail {
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    witness: PathBuf,
+    signer: NoteSigner,
+}
+
+fn write_trail(calls: usize) -> Trail {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let witness = dir.path().join("witness.jsonl");
+    let signer = NoteSigner::generate("test-node");
+    let pipeline = AuditPipeline::start(PipelineConfig {
+        db_path: db.clone(),
+        node: "test-node".into(),
+        origin: ORIGIN.into(),
+        queue_capacity: 64,
+        batch_max: 8,
+        checkpoint_every: 4,
+        checkpoint_interval: Duration::from_secs(3600),
+        witness_file: Some(witness.clone()),
+        signer: NoteSigner::from_encoded(&signer.encoded()).unwrap(),
+        clickhouse: None,
+    })
+    .unwrap();
+    let audit = pipeline.handle();
+    for i in 0..calls {
+        let request = format!("r-{i}");
+        let mut decision = AuditEvent::new(Phase::Decision, &request, "http.request");
+        decision.principal = "agent-a".into();
+        decision.decision = if i == 2 { "deny" } else { "allow" }.into();
+        let slot = audit.record_decision(decision).unwrap();
+        let mut outcome = AuditEvent::new(Phase::Outcome, &request, "http.request");
+        outcome.status = Some(if i == 2 { 403 } else { 200 });
+        slot.record(outcome).unwrap();
+    }
+    pipeline.shutdown().unwrap();
+    Trail {
+        _dir: dir,
+        db,
+        witness,
+        signer,
+    }
+}
+
+impl Trail {
+    /// A copy of the store to tamper with.
+    fn copy(&self, name: &str) -> PathBuf {
+        let to = self.db.with_file_name(format!("{name}.db"));
+        std::fs::copy(&self.db, &to).unwrap();
+        to
+    }
+
+    fn verify(&self, db: &Path) -> VerifyReport {
+        let witness = read_witness(&std::fs::read_to_string(&self.witness).unwrap()).unwrap();
+        verify(
+            &Store::open_read_only(db).unwrap(),
+            &self.signer.verifier(),
+            &witness,
+        )
+        .unwrap()
+    }
+}
+
+fn sql(db: &Path, statements: &str) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(statements)
+        .unwrap();
+}
+
+#[test]
+fn an_untouched_trail_verifies_in_order_with_its_checkpoints() {
+    let trail = write_trail(9);
+    let store = Store::open_read_only(&trail.db).unwrap();
+    let events = store.events().unwrap();
+    assert_eq!(events.len(), 18, "a decision and an outcome per call");
+    for (i, e) in events.iter().enumerate() {
+        let event: AuditEvent = serde_json::from_str(&e.json).unwrap();
+        assert_eq!(event.seq, i as u64, "the writer numbers events in order");
+        assert_eq!(event.node, "test-node");
+    }
+    let report = trail.verify(&trail.db);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.log_size, 18);
+    let sizes: Vec<u64> = store
+        .checkpoints()
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(
+        sizes.len() >= 2,
+        "at least every batch past 4 events: {sizes:?}"
+    );
+    assert_eq!(sizes.last(), Some(&18), "a final checkpoint at shutdown");
+    assert_eq!(report.checkpoints_checked, sizes.len());
+    assert_eq!(
+        report.witness_checkpoints_checked,
+        report.checkpoints_checked
+    );
+}
+
+/// (what the attacker does, SQL on a copy of the store, what verify must say)
+type Tamper = (&'static str, &'static str, fn(&Problem) -> bool);
+
+#[test]
+fn each_kind_of_tampering_is_named() {
+    let trail = write_trail(6);
+    let table: &[Tamper] = &[
+        (
+            "edited: the deny becomes an allow",
+            "UPDATE events SET event = replace(event, '\"decision\":\"deny\"', '\"decision\":\"allow\"') WHERE seq = 4;",
+            |p| matches!(p, Problem::Edited { seq: 4, .. }),
+        ),
+        (
+            "deleted",
+            "DELETE FROM events WHERE seq = 4;",
+            |p| matches!(p, Problem::Deleted { seq: 4 }),
+        ),
+        (
+            "reordered: two rows swapped",
+            "UPDATE events SET seq = -1 WHERE seq = 1; UPDATE events SET seq = 1 WHERE seq = 2; UPDATE events SET seq = 2 WHERE seq = -1;",
+            |p| matches!(p, Problem::Reordered { seq: 1, belongs_at: 2, .. }),
+        ),
+        (
+            "inserted: an event the signed log never had",
+            "INSERT INTO events (seq, event) SELECT 100, replace(event, 'r-0', 'r-forged') FROM events WHERE seq = 0;",
+            |p| matches!(p, Problem::Inserted { seq: 100, .. }),
+        ),
+        (
+            "a checkpoint's signature broken",
+            "UPDATE checkpoints SET note = replace(note, '— ', '— x') WHERE size = (SELECT min(size) FROM checkpoints);",
+            |p| matches!(p, Problem::BadCheckpoint { .. }),
+        ),
+        (
+            "a leaf of the log replaced",
+            "UPDATE log_leaves SET hash = zeroblob(32) WHERE idx = 3;",
+            |p| matches!(p, Problem::LogRewritten { .. } | Problem::Edited { seq: 3, .. }),
+        ),
+    ];
+    for (i, (what, statements, expected)) in table.iter().enumerate() {
+        let db = trail.copy(&format!("tampered-{i}"));
+        sql(&db, statements);
+        let report = trail.verify(&db);
+        assert!(!report.ok(), "{what}: not detected");
+        assert!(
+            report.problems.iter().any(expected),
+            "{what}: {:?}",
+            report.problems
+        );
+    }
+}
+
+#[test]
+fn a_store_rebuilt_and_re_signed_with_the_node_key_is_exposed_only_by_the_witness() {
+    let trail = write_trail(6);
+    let original = Store::open_read_only(&trail.db).unwrap();
+    let mut events: Vec<AuditEvent> = original
+        .events()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str(&e.json).unwrap())
+        .collect();
+    let sizes: Vec<u64> = original
+        .checkpoints()
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    events[4].decision = "allow".into();
+    let forged_path = trail.db.with_file_name("forged.db");
+    let mut forged = Store::open(&forged_path).unwrap();
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| (e.seq, e.canonical(), e.leaf()))
+        .collect();
+    forged.append(&rows).unwrap();
+    let leaves: Vec<_> = rows.iter().map(|r| r.2).collect();
+    for size in sizes {
+        let cp = Checkpoint {
+            origin: ORIGIN.into(),
+            size,
+            root: merkle::root(&leaves[..size as usize]),
+        };
+        forged
+            .put_checkpoint(size, &cp.root, &trail.signer.sign(&cp))
+            .unwrap();
+    }
+    drop(forged);
+    let store = Store::open_read_only(&forged_path).unwrap();
+    let alone = verify(&store, &trail.signer.verifier(), &[]).unwrap();
+    assert!(
+        alone.ok(),
+        "self-consistent without a witness: {:?}",
+        alone.problems
+    );
+    let report = trail.verify(&forged_path);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::WitnessMismatch { .. })),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn a_closed_pipeline_refuses_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = AuditPipeline::start(PipelineConfig {
+        db_path: dir.path().join("audit.db"),
+        node: "n".into(),
+        origin: "lattice/n/audit".into(),
+        queue_capacity: 4,
+        batch_max: 4,
+        checkpoint_every: 100,
+        checkpoint_interval: Duration::from_secs(3600),
+        witness_file: None,
+        signer: NoteSigner::generate("n"),
+        clickhouse: None,
+    })
+    .unwrap();
+    let audit = pipeline.handle();
+    pipeline.shutdown().unwrap();
+    let refused = audit.record_decision(AuditEvent::new(Phase::Decision, "r", "http.request"));
+    assert!(
+        refused.is_err(),
+        "a closed pipeline must refuse, never drop silently"
+    );
+}
