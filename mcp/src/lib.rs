@@ -1,19 +1,31 @@
 //! # lattice-mcp
 //!
-//! Owns Lattice's side of the Model Context Protocol: JSON-RPC message
-//! parsing with bounds (`jsonrpc`), upstream MCP servers spoken to over
-//! stdio (`stdio`: spawned, initialized, correlated, killed with the
-//! gateway), and the tool model the gateway federates (`tools`: the stable
-//! federated naming scheme, canonical definition hashes for pinning, and
-//! argument validation against a tool's `inputSchema`).
+//! Owns MCP as a protocol, with no enforcement in it (that is the
+//! gateway's): JSON-RPC message parsing with bounds (`jsonrpc`); the gateway
+//! as a server (`server`: versions spoken and negotiated, capabilities and
+//! server info, the client capabilities it can relay for — in the official
+//! Rust SDK's model types, `rmcp::model`); the server side's state
+//! (`session`: signed session tokens, per-session log levels and
+//! subscriptions, the stateless era's header rules; `server_requests`:
+//! server requests awaiting a client's answer); the tool model the gateway
+//! federates (`tools`: the federated naming scheme, canonical definition
+//! hashes for pinning, argument validation against `inputSchema`) and
+//! prompts and resources (`catalog`: names, URI rewriting); upstream
+//! servers over stdio (`stdio`), streamable HTTP (`http`) and legacy
+//! HTTP+SSE (`sse`), one enum over them (`upstream`), and the attribution
+//! of their notifications and requests to the call they belong to
+//! (`progress`).
 //!
-//! Also: streamable-HTTP upstreams (`http`), one enum over both transports
-//! (`upstream`), and prompts and resources as they are federated
-//! (`catalog`: names, URI rewriting). The downstream endpoint, supervision
-//! and pinning live in the gateway. Legacy HTTP+SSE upstreams: `sse`.
-//! The server side's protocol state: signed session tokens and era checks
-//! (`session`), server requests awaiting a client's answer
-//! (`server_requests`).
+//! What stays hand-written, and why: the upstream transports. The gateway
+//! needs from them what rmcp's client service does not give it today —
+//! every notification and server request attributed to the one call in
+//! flight it belongs to (`progress`), a GET stream held open per
+//! streamable-HTTP upstream, resource subscriptions counted across
+//! sessions, and a kill of the child's whole process group with the
+//! gateway. The legacy HTTP+SSE client exists because rmcp no longer has
+//! one. Moving stdio and streamable HTTP onto rmcp's child-process and
+//! streamable-HTTP client transports, behind one transport trait, is the
+//! next step of issue #11; the conformance suite (31/31) is its gate.
 //!
 //! Must never: dereference a network `$ref` in a schema, block on an
 //! upstream without a timeout, or pass an agent's credentials upstream.
@@ -22,6 +34,7 @@ pub mod catalog;
 pub mod http;
 pub mod jsonrpc;
 pub mod progress;
+pub mod server;
 pub mod server_requests;
 pub mod session;
 pub mod sse;

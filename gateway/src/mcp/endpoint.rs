@@ -21,20 +21,7 @@ use lattice_mcp::session::EraHeaders;
 
 /// Protocol versions with `initialize`, preferred first (the stateless
 /// 2026-07-28 is served too: `lattice_mcp::session`).
-pub const VERSIONS: [&str; 4] = lattice_mcp::session::SESSION_VERSIONS;
-
-/// What the endpoint serves: list changes are announced on a session's GET
-/// stream (tools from the gateway's own view; prompts and resources as the
-/// servers announce them), and resources can be subscribed to.
-static CAPABILITIES: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
-    json!({
-        "tools": {"listChanged": true},
-        "prompts": {"listChanged": true},
-        "resources": {"subscribe": true, "listChanged": true},
-        "completions": {},
-        "logging": {},
-    })
-});
+use lattice_mcp::session::SESSION_VERSIONS as VERSIONS;
 
 /// The endpoint's public URL: configured, or from the request's `Host`.
 fn resource_url(session: &Session, runtime: &Runtime) -> String {
@@ -333,13 +320,7 @@ async fn dispatch(
     match method.as_str() {
         "server/discover" => {
             ctx.facts.kind = "mcp.discover";
-            let result = json!({
-                "supportedVersions": std::iter::once(lattice_mcp::session::STATELESS).chain(VERSIONS).collect::<Vec<_>>(),
-                "capabilities": CAPABILITIES.clone(),
-                "ttlMs": 0,
-                "cacheScope": "private",
-                "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")}},
-            });
+            let result = lattice_mcp::server::discover_result(env!("CARGO_PKG_VERSION"));
             crate::respond::protocol(
                 node,
                 session,
@@ -353,22 +334,14 @@ async fn dispatch(
         "initialize" => {
             ctx.facts.kind = "mcp.initialize";
             let asked = params["protocolVersion"].as_str().unwrap_or("");
-            let version = VERSIONS
-                .iter()
-                .find(|v| **v == asked)
-                .unwrap_or(&VERSIONS[0]);
+            let result = lattice_mcp::server::initialize_result(asked, env!("CARGO_PKG_VERSION"));
+            let version = lattice_mcp::server::negotiate(asked);
             // The client's capabilities the gateway relays requests for.
-            let caps = ["sampling", "elicitation", "roots"]
-                .into_iter()
-                .filter(|c| params["capabilities"].get(*c).is_some())
-                .map(str::to_string)
-                .collect();
-            ctx.mcp.session_id = Some(node.mcp_sessions.issue_with(&principal, version, caps));
-            let result = json!({
-                "protocolVersion": version,
-                "capabilities": CAPABILITIES.clone(),
-                "serverInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
-            });
+            let caps = lattice_mcp::server::relayable_capabilities(&params);
+            let token = node
+                .mcp_sessions
+                .issue_with(&principal, version.as_str(), caps);
+            ctx.mcp.session_id = Some(token);
             crate::respond::protocol(
                 node,
                 session,
