@@ -1,6 +1,6 @@
 //! A throwaway local ClickHouse server for tests and benchmarks: Debian's
 //! `clickhouse-server` on free loopback ports with its own data directory,
-//! killed on drop. Not used by the gateway itself.
+//! killed on drop, and `free_port`. Not used by the gateway itself.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,11 +17,10 @@ pub struct ClickHouseServer {
     child: Option<Child>,
 }
 
-fn free_port() -> Result<u16, AuditError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| AuditError::Io(e.to_string()))?;
-    Ok(l.local_addr()
-        .map_err(|e| AuditError::Io(e.to_string()))?
-        .port())
+/// A free loopback port: the one helper every test and load scenario of
+/// the workspace uses (this crate is the lowest that has test peers).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn binary() -> Result<&'static str, AuditError> {
@@ -36,7 +35,10 @@ fn binary() -> Result<&'static str, AuditError> {
 impl ClickHouseServer {
     /// Starts a server with its data under `dir` (which must exist).
     pub fn start(dir: PathBuf) -> Result<Self, AuditError> {
-        let (http_port, tcp_port) = (free_port()?, free_port()?);
+        let (http_port, tcp_port) = (
+            free_port().map_err(|e| AuditError::Io(e.to_string()))?,
+            free_port().map_err(|e| AuditError::Io(e.to_string()))?,
+        );
         let d = dir.display();
         let io = |e: std::io::Error| AuditError::Io(e.to_string());
         std::fs::write(

@@ -11,12 +11,7 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
-/// A free loopback port.
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+pub use lattice_audit::testkit::free_port;
 
 /// A child process stopped with SIGTERM when dropped.
 pub struct Proc(pub Child);

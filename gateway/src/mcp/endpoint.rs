@@ -403,43 +403,17 @@ async fn catalog(
     method: String,
     params: Value,
 ) -> Result<bool> {
+    let listing = match method.as_str() {
+        "prompts/list" => Some(Listing::Prompts),
+        "resources/list" => Some(Listing::Resources),
+        "resources/templates/list" => Some(Listing::Templates),
+        _ => None,
+    };
+    if let Some(listing) = listing {
+        return super::catalog::list_catalog(node, session, ctx, runtime, &principal, id, listing)
+            .await;
+    }
     match method.as_str() {
-        "prompts/list" => {
-            super::catalog::list_catalog(
-                node,
-                session,
-                ctx,
-                runtime,
-                &principal,
-                id,
-                Listing::Prompts,
-            )
-            .await
-        }
-        "resources/list" => {
-            super::catalog::list_catalog(
-                node,
-                session,
-                ctx,
-                runtime,
-                &principal,
-                id,
-                Listing::Resources,
-            )
-            .await
-        }
-        "resources/templates/list" => {
-            super::catalog::list_catalog(
-                node,
-                session,
-                ctx,
-                runtime,
-                &principal,
-                id,
-                Listing::Templates,
-            )
-            .await
-        }
         "completion/complete" => {
             super::catalog::complete(node, session, ctx, runtime, &principal, id, params).await
         }
