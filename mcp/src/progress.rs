@@ -122,6 +122,33 @@ impl ProgressSinks {
     }
 }
 
+/// The message sent to the caller for one upstream notification, if any:
+/// progress under the caller's token (when it gave one), a log message at
+/// or above the session's level (when it set one).
+pub fn for_caller(
+    notification: &Value,
+    token: Option<&Value>,
+    min_rank: Option<usize>,
+) -> Option<Value> {
+    let mut params = notification.get("params").cloned().unwrap_or(Value::Null);
+    match notification.get("method").and_then(Value::as_str)? {
+        "notifications/progress" => {
+            params["progressToken"] = token?.clone();
+            Some(json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params}))
+        }
+        "notifications/message" => {
+            let rank = params
+                .get("level")
+                .and_then(Value::as_str)
+                .and_then(crate::log_rank)?;
+            (rank >= min_rank?).then(
+                || json!({"jsonrpc": "2.0", "method": "notifications/message", "params": params}),
+            )
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +183,37 @@ mod tests {
         );
         assert!(rx.try_recv().is_err());
         assert_eq!(sinks.calls.load(Ordering::Acquire), 0);
+    }
+}
+
+#[cfg(test)]
+mod for_caller_tests {
+    use super::for_caller;
+    use serde_json::json;
+
+    #[test]
+    fn notifications_reach_the_caller_as_it_asked() {
+        let progress = json!({"method": "notifications/progress", "params": {"progressToken": "lattice-x", "progress": 5}});
+        let mine = json!("client-7");
+        let out = for_caller(&progress, Some(&mine), None).unwrap();
+        assert_eq!(out["params"]["progressToken"], "client-7");
+        // No token given: the upstream's progress is not the caller's business.
+        assert_eq!(for_caller(&progress, None, Some(0)), None);
+        let log = |level: &str| json!({"method": "notifications/message", "params": {"level": level, "data": "x"}});
+        let info = 1;
+        assert!(for_caller(&log("warning"), None, Some(info)).is_some());
+        assert!(for_caller(&log("info"), None, Some(info)).is_some());
+        assert_eq!(for_caller(&log("debug"), None, Some(info)), None);
+        // No level set: no logs. An unknown level: dropped.
+        assert_eq!(for_caller(&log("error"), Some(&mine), None), None);
+        assert_eq!(for_caller(&log("loud"), None, Some(0)), None);
+        assert_eq!(
+            for_caller(
+                &json!({"method": "notifications/other"}),
+                Some(&mine),
+                Some(0)
+            ),
+            None
+        );
     }
 }

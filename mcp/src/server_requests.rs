@@ -51,3 +51,94 @@ impl ServerRequests {
         }
     }
 }
+
+/// The client capability a server request needs.
+pub fn needed_capability(method: &str) -> Option<&'static str> {
+    match method {
+        "sampling/createMessage" => Some("sampling"),
+        "elicitation/create" => Some("elicitation"),
+        "roots/list" => Some("roots"),
+        _ => None,
+    }
+}
+
+/// Why a server request made during a call cannot go to the caller's
+/// client, if it cannot: a method the gateway does not relay, a call
+/// without a session to answer in, a capability the client did not declare
+/// (`caps`), or a call not made accepting an event stream.
+pub fn why_not_relayed(
+    method: &str,
+    has_session: bool,
+    caps: &[String],
+    streamed: bool,
+) -> Option<String> {
+    match (needed_capability(method), has_session) {
+        (None, _) => Some(format!("`{method}` is not a request the gateway relays")),
+        (Some(_), false) => Some("the call has no session to answer in".to_string()),
+        (Some(cap), true) if !caps.iter().any(|c| c == cap) => {
+            Some(format!("the client did not declare the `{cap}` capability"))
+        }
+        _ if !streamed => Some(
+            "the call was not made accepting an event stream, so nothing can reach the client"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::why_not_relayed;
+
+    /// (method, has a session, declared capabilities, streamed, refused because)
+    #[test]
+    fn server_requests_reach_only_a_client_that_can_answer() {
+        let sampling = vec!["sampling".to_string()];
+        let table: &[(&str, bool, &[String], bool, Option<&str>)] = &[
+            ("sampling/createMessage", true, &sampling, true, None),
+            (
+                "sampling/createMessage",
+                true,
+                &sampling,
+                false,
+                Some("not made accepting an event stream"),
+            ),
+            (
+                "sampling/createMessage",
+                false,
+                &sampling,
+                true,
+                Some("no session"),
+            ),
+            (
+                "elicitation/create",
+                true,
+                &sampling,
+                true,
+                Some("did not declare the `elicitation` capability"),
+            ),
+            (
+                "roots/list",
+                true,
+                &[],
+                true,
+                Some("did not declare the `roots` capability"),
+            ),
+            (
+                "tools/call",
+                true,
+                &sampling,
+                true,
+                Some("is not a request the gateway relays"),
+            ),
+        ];
+        for (method, session, caps, streamed, why) in table {
+            let got = why_not_relayed(method, *session, caps, *streamed);
+            match (why, &got) {
+                (None, None) => {}
+                (Some(part), Some(text)) => assert!(text.contains(part), "{method}: {text}"),
+                _ => panic!("{method}: {got:?}"),
+            }
+        }
+    }
+}

@@ -32,49 +32,16 @@ use crate::mcp_hub::ToolEntry;
 use crate::respond::shaped;
 use crate::runtime::{Runtime, Shared};
 
-/// The message sent to the caller for one upstream notification, if any:
-/// progress under the caller's token (when it gave one), a log message at
-/// or above the session's level (when it set one).
-pub(crate) fn downstream(
-    notification: &Value,
-    token: Option<&Value>,
-    min_rank: Option<usize>,
-) -> Option<Value> {
-    let mut params = notification.get("params").cloned().unwrap_or(Value::Null);
-    match notification.get("method").and_then(Value::as_str)? {
-        "notifications/progress" => {
-            params["progressToken"] = token?.clone();
-            Some(json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params}))
-        }
-        "notifications/message" => {
-            let rank = params
-                .get("level")
-                .and_then(Value::as_str)
-                .and_then(lattice_mcp::log_rank)?;
-            (rank >= min_rank?).then(
-                || json!({"jsonrpc": "2.0", "method": "notifications/message", "params": params}),
-            )
-        }
-        _ => None,
-    }
-}
-
 use lattice_mcp::server_requests::ANSWER_WITHIN;
 
 /// Why a server request cannot go to the caller's client, if it cannot.
 fn refusal(ctx: &Call, method: &str, streamed: bool) -> Option<String> {
-    match (needed_capability(method), &ctx.mcp.sid) {
-        (None, _) => Some(format!("`{method}` is not a request the gateway relays")),
-        (Some(_), None) => Some("the call has no session to answer in".to_string()),
-        (Some(cap), Some(_)) if !ctx.mcp.caps.iter().any(|c| c == cap) => {
-            Some(format!("the client did not declare the `{cap}` capability"))
-        }
-        _ if !streamed => Some(
-            "the call was not made accepting an event stream, so nothing can reach the client"
-                .into(),
-        ),
-        _ => None,
-    }
+    lattice_mcp::server_requests::why_not_relayed(
+        method,
+        ctx.mcp.sid.is_some(),
+        &ctx.mcp.caps,
+        streamed,
+    )
 }
 
 /// The audit event of a server's request during `ctx`'s call (its own
@@ -94,16 +61,6 @@ fn server_request_event(
         .to_string();
     event.upstream = Some(entry.server.clone());
     event
-}
-
-/// The client capability a server request needs.
-fn needed_capability(method: &str) -> Option<&'static str> {
-    match method {
-        "sampling/createMessage" => Some("sampling"),
-        "elicitation/create" => Some("elicitation"),
-        "roots/list" => Some("roots"),
-        _ => None,
-    }
 }
 
 /// A request the server made during `ctx`'s call: relayed to the
@@ -219,7 +176,7 @@ async fn for_caller(
     if message.get("id").is_some() {
         relay_server_request(node, ctx, entry, message).await
     } else {
-        downstream(message, token, min_rank)
+        lattice_mcp::progress::for_caller(message, token, min_rank)
     }
 }
 
@@ -323,36 +280,4 @@ pub(crate) async fn relay_call(
         .await?;
     session.write_response_body(None, true).await?;
     Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::downstream;
-    use serde_json::json;
-
-    #[test]
-    fn notifications_reach_the_caller_as_it_asked() {
-        let progress = json!({"method": "notifications/progress", "params": {"progressToken": "lattice-x", "progress": 5}});
-        let mine = json!("client-7");
-        let out = downstream(&progress, Some(&mine), None).unwrap();
-        assert_eq!(out["params"]["progressToken"], "client-7");
-        // No token given: the upstream's progress is not the caller's business.
-        assert_eq!(downstream(&progress, None, Some(0)), None);
-        let log = |level: &str| json!({"method": "notifications/message", "params": {"level": level, "data": "x"}});
-        let info = 1;
-        assert!(downstream(&log("warning"), None, Some(info)).is_some());
-        assert!(downstream(&log("info"), None, Some(info)).is_some());
-        assert_eq!(downstream(&log("debug"), None, Some(info)), None);
-        // No level set: no logs. An unknown level: dropped.
-        assert_eq!(downstream(&log("error"), Some(&mine), None), None);
-        assert_eq!(downstream(&log("loud"), None, Some(0)), None);
-        assert_eq!(
-            downstream(
-                &json!({"method": "notifications/other"}),
-                Some(&mine),
-                Some(0)
-            ),
-            None
-        );
-    }
 }
