@@ -91,10 +91,12 @@ mod tests {
     use super::why_not_relayed;
 
     /// (method, has a session, declared capabilities, streamed, refused because)
+    type Case<'a> = (&'a str, bool, &'a [String], bool, Option<&'a str>);
+
     #[test]
     fn server_requests_reach_only_a_client_that_can_answer() {
         let sampling = vec!["sampling".to_string()];
-        let table: &[(&str, bool, &[String], bool, Option<&str>)] = &[
+        let table: &[Case] = &[
             ("sampling/createMessage", true, &sampling, true, None),
             (
                 "sampling/createMessage",
