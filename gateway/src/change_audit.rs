@@ -4,6 +4,8 @@
 //! key store (`lattice keys` writes it directly). Requests to the admin API
 //! are audited as calls too; these events record what the gateway actually
 //! applied. A rejected reload is recorded as well: someone tried.
+//!
+//! Must never: let a change that was applied or rejected go unaudited.
 
 use lattice_audit::{AuditEvent, AuditHandle, Phase};
 

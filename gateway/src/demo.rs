@@ -11,6 +11,8 @@
 //! first event is sent at once and whose last waits (at most 10 s) until some
 //! client requests a path ending in `/release`: a deterministic way to show
 //! that a proxy in front streams instead of buffering.
+//!
+//! Must never: run unless the config asks for it (`[demo_upstream]`).
 
 use serde_json::json;
 use std::net::SocketAddr;

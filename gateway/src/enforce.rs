@@ -1,7 +1,10 @@
 //! The enforcement path as data and as pure functions. `STEPS` is the order
 //! every call follows (ARCHITECTURE.md's chart is checked against it by a
 //! test); the functions below do each step's work without a socket, so the
-//! proxy glue (`proxy.rs`) only moves bytes and calls them in order.
+//! doors (`route`, `mcp`, `llm`, `admin`) run them in order, entering each
+//! by its number (`Call::enter`).
+//!
+//! Must never: do I/O, or turn an error into an allow.
 
 use lattice_audit::{AuditEvent, Phase};
 use lattice_policy::{Action, AuthzRequest, Evaluation, Principal, RequestContext, Resource};

@@ -5,6 +5,9 @@
 //! the MCP door answers a message it refuses with (HTTP status, JSON-RPC
 //! error code, message, data, and the audit reason). Both are tables, and
 //! tested as tables.
+//!
+//! Must never: map one refusal to two answers, or leak an internal
+//! error's detail to the caller.
 
 use bytes::Bytes;
 use serde_json::json;

@@ -8,6 +8,8 @@
 //! window turns. Counters live in this process: they survive a config
 //! reload (a limit is identified by its name) but not a restart, and each
 //! replica counts for itself.
+//!
+//! Must never: admit a call that a limit applying to it has no room for.
 
 use lattice_policy::Principal;
 use std::collections::HashMap;

@@ -2,6 +2,8 @@
 //! decisions by outcome, request latency, audit queue depth and refusals,
 //! config reloads and shadow-policy disagreements, inference backends'
 //! availability and requests in flight, and tokens by model.
+//!
+//! Must never: put a secret, a prompt or an argument in a label.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;

@@ -1,6 +1,9 @@
 //! Wiring a running gateway: data directory, signing key, key store, policy
 //! runtime, audit pipeline, watcher, and the Pingora server. Returns when the
 //! server has shut down and every accepted audit event is written.
+//!
+//! Must never: serve before the audit pipeline is open, or stop
+//! without draining it.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

@@ -3,6 +3,8 @@
 //! scripts and WebAssembly only, no inline script, no framing). The files
 //! hold no data: everything the console shows comes from the admin API and
 //! `/v1/`, authenticated and authorized per call.
+//!
+//! Must never: serve a file without its CSP, or hold data.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;

@@ -197,6 +197,18 @@ fn violations(sources: &[Source]) -> Vec<String> {
                 ));
             }
         }
+        let header: Vec<&str> = src
+            .text
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!").trim())
+            .collect();
+        if header.is_empty() || !header.join(" ").contains("Must never") {
+            out.push(format!(
+                "{}: no `//!` header saying what it owns and what it must never do",
+                src.rel
+            ));
+        }
         if module != "state" && (code.contains("state.db") || code.contains("Connection::open")) {
             out.push(format!(
                 "{}: only `state` opens the state database",
@@ -441,8 +453,18 @@ fn no_library_crate_depends_on_the_binary_or_gpu_code() {
 fn src(rel: &str, text: &str) -> Source {
     Source {
         rel: rel.into(),
-        text: text.into(),
+        text: format!("//! A module. Must never: break a rule.\n{text}"),
     }
+}
+
+#[test]
+fn a_module_without_a_header_is_caught() {
+    let mut s = src("call.rs", "");
+    s.text = "//! Owns calls.\nfn f() {}\n".into();
+    assert_eq!(
+        violations(&[s]),
+        ["call.rs: no `//!` header saying what it owns and what it must never do"]
+    );
 }
 
 #[test]
@@ -560,7 +582,10 @@ fn a_long_file_and_a_long_request_path_function_are_caught() {
         &[
             src("mcp/endpoint.rs", &long_fn),
             src("config/mod.rs", &long_fn),
-            src("state/mod.rs", &long_file),
+            Source {
+                rel: "state/mod.rs".into(),
+                text: long_file,
+            },
         ],
         true,
     );

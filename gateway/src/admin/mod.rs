@@ -19,6 +19,9 @@
 //! - `GET policies`, `POST policies/validate`, `POST policies/whatif`: the
 //!   active set, a candidate set's errors, a hypothetical decision
 //!   (`admin.read_policies`).
+//!
+//! Must never: answer an admin call whose Cedar admin action was not
+//! authorized and recorded, or change state outside `state`.
 
 use lattice_policy::{Action, AuthzRequest, Evaluation, Principal, RequestContext, Resource};
 use pingora::http::ResponseHeader;

@@ -2,8 +2,10 @@
 //! caller's identity and permissions, the audit trail under the caller's
 //! scope, its verification, live aggregates, pinned tools with the diff of a
 //! quarantined change, and the policy set with validation and what-if.
-//! Routing, authorization and auditing are in `admin.rs`; this module only
+//! Routing, authorization and auditing are in `admin/mod.rs`; this module only
 //! builds replies, so a reply can never skip the decision made there.
+//!
+//! Must never: widen the caller's audit scope, or write anything.
 
 use lattice_audit::query::{AuditQuery, Scope};
 use lattice_audit::{AuditEvent, Store};

@@ -1,6 +1,8 @@
 //! The `[[limits]]` section as the gateway uses it: whom a limit counts,
 //! which kinds of calls, and how much per window. The counting itself is
 //! `crate::limits`.
+//!
+//! Must never: import anything of the gateway above `config`.
 
 use lattice_policy::Principal;
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The `[[backends]]`, `[[models]]` and `[[limits]]` sections: raw types
 //! (unknown keys rejected with their line, like the rest of the file) and
 //! their validation into the inference router's specs and the limiter's.
+//!
+//! Must never: accept a route whose backends do not exist, or read a
+//! secret from anywhere but the environment.
 
 use lattice_inference_router::{BackendKind, BackendSpec, ModelRoute, Strategy};
 use serde::{Deserialize, Serialize};

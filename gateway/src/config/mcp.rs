@@ -1,6 +1,9 @@
 //! The `[[mcp_servers]]` section: the raw entry (also the JSON form of a
 //! server registered at run time), its validation (name, one transport, the
 //! egress check, secrets from the environment) and the validated form.
+//!
+//! Must never: accept an entry that fails the one validation every
+//! registration path shares.
 
 use serde::Deserialize;
 use std::path::PathBuf;

@@ -1,7 +1,12 @@
 //! Configuration: one TOML file, parsed into raw types that reject unknown
 //! keys (with the file and line), then validated and resolved into the
 //! runtime `Config` (paths made absolute, upstream URLs parsed, credentials
-//! read from the environment). Nothing here touches the network.
+//! read from the environment). Nothing here touches the network. Split by
+//! section: `raw` (the file as written), `mcp` (`[[mcp_servers]]`), `llm`
+//! (`[[backends]]`, `[[models]]`, `[[limits]]`), `limits` (what a limit
+//! counts). A leaf: it imports nothing of the gateway but `error`.
+//!
+//! Must never: accept an unknown key, or touch the network.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! The config file as written: serde types that reject unknown keys (the
 //! file and line come from the TOML parser), with their defaults. Only
 //! `config::parse` reads them; nothing else in the gateway sees raw values.
+//!
+//! Must never: default a value silently where the file is wrong.
 
 use serde::Deserialize;
 

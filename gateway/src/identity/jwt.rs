@@ -2,6 +2,9 @@
 //! (parsed here: RSA, P-256 and Ed25519 JWKs), verification with jwt-simple,
 //! and the mapping of claims to a principal. `alg: none`, unknown issuers,
 //! wrong audiences, expired or exp-less tokens and bad signatures are refused.
+//!
+//! Must never: accept a token without checking its issuer, audience,
+//! algorithm and expiry.
 
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;

@@ -3,6 +3,8 @@
 //! a presented credential into a `lattice_policy::Principal`; never decides
 //! what that principal may do (that is policy) and never writes the state
 //! store.
+//!
+//! Must never: decide what a principal may do.
 
 pub mod jwt;
 pub mod keys;

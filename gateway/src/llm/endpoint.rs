@@ -13,6 +13,9 @@
 //! Errors are in OpenAI's format. A model that does not exist and a model the
 //! principal may not use are answered identically (404 `model_not_found`);
 //! the audit tells them apart.
+//!
+//! Must never: retry after the first byte, or send a backend the agent's
+//! credentials.
 
 use bytes::Bytes;
 use lattice_inference_router::openai::{self, usage_of, Endpoint, Usage};

@@ -9,6 +9,8 @@
 //! exactly like missing ones (the audit tells them apart). A failing
 //! upstream is left out of a listing and named in the audit; the others
 //! still list.
+//!
+//! Must never: list or serve a server the principal may not use.
 
 use lattice_mcp::catalog::{federated_template, federated_uri, split_uri};
 use lattice_mcp::jsonrpc;

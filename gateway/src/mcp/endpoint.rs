@@ -6,6 +6,8 @@
 //! protocol messages are answered here, tools by `tools`, prompts,
 //! resources and completions by `catalog`. Also the RFC 9728 metadata the
 //! 401 points to.
+//!
+//! Must never: answer a method without recording its decision.
 
 use lattice_mcp::jsonrpc::{self, Message};
 use lattice_policy::Principal;

@@ -17,6 +17,8 @@
 //! response in the same session) is sent back to the server under the
 //! server's own id. Each relayed request is audited (`mcp.server_request`).
 //! Waiting requests live in the gateway process that relayed them.
+//!
+//! Must never: show one caller another call's notifications or requests.
 
 use bytes::Bytes;
 use lattice_mcp::jsonrpc;

@@ -2,6 +2,8 @@
 //! (for the outcome event and pinning), the result checked against the
 //! tool's `outputSchema` (step 9), or the upstream's failure as a JSON-RPC
 //! error. Pure: no I/O.
+//!
+//! Must never: pass a result that breaks its `outputSchema` as valid.
 
 use lattice_mcp::jsonrpc;
 use lattice_mcp::tools::canonical_json;

@@ -2,6 +2,8 @@
 //! gateway's own approved view; prompts and resources as the servers
 //! announce them) and updates of the resources the session subscribed to,
 //! as server-sent events, until the client goes away.
+//!
+//! Must never: send a session another session's resource updates.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;

@@ -10,6 +10,8 @@
 //! A tool that does not exist, a quarantined one and one the principal may
 //! not call are answered identically (`-32602 Unknown tool`); the audit
 //! tells them apart.
+//!
+//! Must never: forward arguments that failed the schema or the policy.
 
 use lattice_mcp::jsonrpc;
 use lattice_mcp::tools::split_federated;

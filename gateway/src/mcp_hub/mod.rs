@@ -5,6 +5,9 @@
 //! indexed by federated name with compiled argument schemas and definition
 //! hashes; a restart re-lists its server's tools. Supervision itself
 //! (launch, restart, re-list, retire, pin approvals) is `supervise`.
+//!
+//! Must never: expose a quarantined tool, or block a request on a
+//! server's restart.
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use lattice_mcp::tools::ArgumentSchema;

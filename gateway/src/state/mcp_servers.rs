@@ -6,6 +6,8 @@
 //! match. Store secrets as `env_from`/`headers_from` (names of the gateway's
 //! environment variables), not literal values: the state store is not a
 //! secret store.
+//!
+//! Must never: store a server that fails the config's own validation.
 
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,8 @@
 //! model, the backends it brings), validated by the same code, and merged
 //! after the config file's routes whenever the runtime is built. A change
 //! bumps a generation the watcher polls, so running gateways reload.
+//!
+//! Must never: store a route that fails the config's own validation.
 
 use serde::{Deserialize, Serialize};
 

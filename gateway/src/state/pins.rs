@@ -3,6 +3,8 @@
 //! is quarantined — invisible and uncallable — until an admin approves the
 //! new version (`lattice mcp approve`). Pins live in the state store; the
 //! gateway reads them through a cache refreshed when they change.
+//!
+//! Must never: approve a changed definition without an admin.
 
 use arc_swap::ArcSwap;
 use rusqlite::{params, OptionalExtension};

@@ -1,6 +1,8 @@
 //! Things registered at run time (model routes, MCP servers) in the state
 //! store: one table per kind of thing, rows of (name, JSON spec), and a
 //! generation in `meta` bumped by every change so running gateways notice.
+//!
+//! Must never: take a table name from input.
 
 use rusqlite::{params, OptionalExtension};
 use serde::de::DeserializeOwned;
