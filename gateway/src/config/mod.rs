@@ -18,6 +18,7 @@ mod limits;
 mod llm;
 mod mcp;
 mod raw;
+mod sections;
 
 pub use limits::{CallKind, LimitSpec, Per};
 pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
@@ -232,96 +233,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         }
     };
 
-    let s = raw.server;
-    let listen: SocketAddr = s.listen.parse().map_err(|_| {
-        bad(format!(
-            "server.listen `{}` is not an address like 127.0.0.1:8080",
-            s.listen
-        ))
-    })?;
-    if s.node_id.is_empty()
-        || !s
-            .node_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-    {
-        return Err(bad(
-            "server.node_id must be non-empty and use only letters, digits, '-', '_' and '.'"
-                .into(),
-        ));
-    }
-    if s.max_body_bytes == 0 {
-        return Err(bad("server.max_body_bytes must be positive".into()));
-    }
-    if s.threads == 0 {
-        return Err(bad("server.threads must be positive".into()));
-    }
-    let data_dir = resolve(&s.data_dir);
-    let server = ServerConfig {
-        listen,
-        node_id: s.node_id,
-        data_dir: data_dir.clone(),
-        max_body_bytes: s.max_body_bytes,
-        grace_period: Duration::from_secs(s.grace_period_seconds),
-        graceful_shutdown_timeout: Duration::from_secs(s.graceful_shutdown_timeout_seconds),
-        threads: s.threads,
-        reload_poll: Duration::from_millis(s.reload_poll_ms.max(50)),
-    };
-
-    let mut jwt = Vec::new();
-    for (i, j) in raw.auth.jwt.into_iter().enumerate() {
-        let jwks = match (j.jwks_file, j.jwks_url) {
-            (Some(f), None) => JwksSource::File(resolve(&f)),
-            (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => {
-                JwksSource::Url(u)
-            }
-            (None, Some(u)) => {
-                return Err(bad(format!(
-                    "auth.jwt[{i}].jwks_url `{u}` is not an http(s) URL"
-                )))
-            }
-            _ => {
-                return Err(bad(format!(
-                    "auth.jwt[{i}] needs exactly one of jwks_file and jwks_url"
-                )))
-            }
-        };
-        if j.audiences.is_empty() {
-            return Err(bad(format!(
-                "auth.jwt[{i}].audiences must not be empty: audience validation is mandatory"
-            )));
-        }
-        for alg in &j.algorithms {
-            if !SUPPORTED_JWT_ALGS.contains(&alg.as_str()) {
-                return Err(bad(format!(
-                    "auth.jwt[{i}].algorithms: `{alg}` is not supported (use {})",
-                    SUPPORTED_JWT_ALGS.join(", ")
-                )));
-            }
-        }
-        jwt.push(JwtIssuer {
-            issuer: j.issuer,
-            audiences: j.audiences,
-            jwks,
-            jwks_refresh: Duration::from_secs(j.jwks_refresh_seconds.max(10)),
-            algorithms: j.algorithms,
-            agent_claim: j.agent_claim,
-            tenant_claim: j.tenant_claim,
-            default_tenant: j.default_tenant,
-            roles_claim: j.roles_claim,
-            labels_claim: j.labels_claim,
-            leeway: Duration::from_secs(j.leeway_seconds),
-            principal_kind: match j.principal_type.as_deref() {
-                None | Some("agent") => lattice_policy::PrincipalKind::Agent,
-                Some("human") => lattice_policy::PrincipalKind::Human,
-                Some(other) => {
-                    return Err(bad(format!(
-                        "auth.jwt[{i}].principal_type: `{other}` is not `agent` or `human`"
-                    )))
-                }
-            },
-        });
-    }
+    let server = sections::server(raw.server, &resolve, &bad)?;
+    let data_dir = server.data_dir.clone();
+    let jwt = sections::jwt_issuers(raw.auth.jwt, &resolve, &bad)?;
     if !raw.auth.api_keys && jwt.is_empty() {
         return Err(bad(
             "auth: enable api_keys or configure at least one [[auth.jwt]] issuer".into(),
@@ -337,123 +251,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         tool_input_schema: raw.policy.tool_input_schema.as_deref().map(resolve),
     };
 
-    let a = raw.audit;
-    if a.queue_capacity == 0 || a.batch_max == 0 || a.checkpoint_every == 0 {
-        return Err(bad(
-            "audit.queue_capacity, batch_max and checkpoint_every must be positive".into(),
-        ));
-    }
-    let audit = AuditConfig {
-        db_path: data_dir.join("audit.db"),
-        key_path: data_dir.join("audit-signing.key"),
-        queue_capacity: a.queue_capacity,
-        batch_max: a.batch_max,
-        on_full: a.on_full,
-        checkpoint_every: a.checkpoint_every,
-        checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms.max(10)),
-        witness_file: a.witness_file.as_deref().map(resolve),
-        clickhouse: match a.clickhouse {
-            None => None,
-            Some(c) => {
-                if c.url.starts_with("https://") {
-                    return Err(bad(format!(
-                        "audit.clickhouse.url `{}`: TLS to ClickHouse is not supported yet; use http:// on a trusted network",
-                        c.url
-                    )));
-                }
-                if !c.url.starts_with("http://") {
-                    return Err(bad(format!(
-                        "audit.clickhouse.url `{}` must be an http:// URL",
-                        c.url
-                    )));
-                }
-                if c.batch_max == 0 || c.max_backlog_events == 0 {
-                    return Err(bad(
-                        "audit.clickhouse.batch_max and max_backlog_events must be positive".into(),
-                    ));
-                }
-                let password = match c.password_env {
-                    None => String::new(),
-                    Some(var) => std::env::var(&var).map_err(|_| {
-                        bad(format!(
-                            "audit.clickhouse: environment variable `{var}` is not set"
-                        ))
-                    })?,
-                };
-                Some(lattice_audit::clickhouse::ClickHouseConfig {
-                    url: c.url.trim_end_matches('/').to_string(),
-                    database: c.database,
-                    user: c.user,
-                    password,
-                    batch_max: c.batch_max,
-                    flush_interval: Duration::from_millis(c.flush_interval_ms.max(10)),
-                    max_backlog_events: c.max_backlog_events,
-                })
-            }
-        },
-    };
-
-    let mut routes: Vec<Route> = Vec::new();
-    for r in raw.routes {
-        if r.name.is_empty()
-            || !r
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(bad(format!(
-                "route name `{}` must use only letters, digits, '-' and '_'",
-                r.name
-            )));
-        }
-        if routes.iter().any(|x| x.name == r.name) {
-            return Err(bad(format!("route `{}` is defined twice", r.name)));
-        }
-        let upstream =
-            Upstream::parse(&r.upstream).map_err(|m| bad(format!("route `{}`: {m}", r.name)))?;
-        let credential = match r.credential {
-            None => None,
-            Some(c) => {
-                let secret = match (c.value, c.env) {
-                    (Some(v), None) => v,
-                    (None, Some(var)) => std::env::var(&var).map_err(|_| {
-                        bad(format!(
-                            "route `{}`: credential environment variable `{var}` is not set",
-                            r.name
-                        ))
-                    })?,
-                    _ => {
-                        return Err(bad(format!(
-                            "route `{}`: credential needs exactly one of value and env",
-                            r.name
-                        )))
-                    }
-                };
-                let name = http::HeaderName::from_bytes(c.header.as_bytes()).map_err(|_| {
-                    bad(format!(
-                        "route `{}`: `{}` is not a header name",
-                        r.name, c.header
-                    ))
-                })?;
-                let mut value = http::HeaderValue::from_str(&format!("{}{secret}", c.prefix))
-                    .map_err(|_| {
-                        bad(format!(
-                            "route `{}`: the credential is not a valid header value",
-                            r.name
-                        ))
-                    })?;
-                value.set_sensitive(true);
-                Some((name, value))
-            }
-        };
-        routes.push(Route {
-            name: r.name,
-            upstream,
-            labels: r.labels,
-            timeout: Duration::from_millis(r.timeout_ms.max(1)),
-            credential,
-        });
-    }
+    let audit = sections::audit(raw.audit, &data_dir, &resolve, &bad)?;
+    let routes = sections::routes(raw.routes, &bad)?;
 
     let demo_upstream = match raw.demo_upstream {
         None => None,
