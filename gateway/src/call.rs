@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{OnFull, Route};
-use crate::enforce::{CallFacts, Step, STEPS};
+use crate::enforce::{CallFacts, STEPS};
 use crate::error::Rejection;
 use crate::limits::{CallKind, LimitSpec};
 use crate::runtime::{Runtime, Shared};
@@ -118,8 +118,21 @@ impl Call {
     /// forward (a step may be entered again, e.g. step 5 after step 4 on
     /// MCP, but never one before the last step that precedes it in the
     /// table); a door that tries otherwise is refused as an internal error,
-    /// never let through.
-    pub fn enter(&mut self, number: u8) -> Result<&'static Step, Rejection> {
+    /// recorded unless its decision already was, never let through.
+    pub fn enter(&mut self, node: &Shared, runtime: &Runtime, number: u8) -> Result<(), Rejection> {
+        let Err(r) = self.advance(number) else {
+            return Ok(());
+        };
+        tracing::error!(request_id = %self.facts.request_id, error = %r.message(), "enforcement order broken");
+        if self.decided {
+            return Err(r);
+        }
+        let reason = r.message();
+        self.refuse(node, runtime, r, &reason)
+    }
+
+    /// The order check of `enter`, without the refusal.
+    fn advance(&mut self, number: u8) -> Result<(), Rejection> {
         let step = STEPS
             .iter()
             .find(|s| s.number == number)
@@ -131,12 +144,7 @@ impl Call {
             )));
         }
         self.step = self.step.max(number);
-        Ok(step)
-    }
-
-    /// The last step entered.
-    pub fn step(&self) -> u8 {
-        self.step
+        Ok(())
     }
 
     /// Step 7: enqueues a decision event, reserving its outcome's place,
@@ -174,7 +182,7 @@ impl Call {
         runtime: &Runtime,
         event: AuditEvent,
     ) -> Result<(), Rejection> {
-        self.enter(7)?;
+        self.enter(node, runtime, 7)?;
         self.record(node, runtime, event)?;
         self.facts.decision = "allow";
         Ok(())
@@ -243,7 +251,7 @@ impl Call {
 /// the schema check (4) before target resolution (3) on `/v1` — each
 /// documented in ARCHITECTURE.md.
 pub fn step_may_follow(last: u8, next: u8) -> bool {
-    next >= last || (next == 3 && last == 4) || (next == 4 && last == 5) || (next == 5 && last == 5)
+    next >= last || (next == 3 && last == 4) || (next == 4 && last == 5)
 }
 
 /// Step 6: the limits that apply to this principal and kind of call.

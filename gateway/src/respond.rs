@@ -76,9 +76,8 @@ pub async fn refusal(
 }
 
 /// Enters enforcement step `number` of `STEPS` (`Call::enter`). Ok(true):
-/// go on. Ok(false): the door broke the order (a bug); the call was refused
-/// as an internal error, recorded unless its decision already was, and
-/// answered.
+/// go on. Ok(false): the door broke the order (a bug); the refusal `enter`
+/// recorded was answered.
 pub async fn step(
     node: &Shared,
     session: &mut Session,
@@ -86,17 +85,13 @@ pub async fn step(
     runtime: &Runtime,
     number: u8,
 ) -> Result<bool> {
-    let Err(r) = call.enter(number) else {
-        return Ok(true);
-    };
-    tracing::error!(request_id = %call.facts.request_id, error = %r.message(), "enforcement order broken");
-    if call.decided {
-        rejection(session, call, &r).await?;
-    } else {
-        let reason = r.message();
-        refusal(node, session, call, runtime, r, &reason).await?;
+    match call.enter(node, runtime, number) {
+        Ok(()) => Ok(true),
+        Err(r) => {
+            rejection(session, call, &r).await?;
+            Ok(false)
+        }
     }
-    Ok(false)
 }
 
 /// Records a refusal with its own decision event and writes it.
@@ -133,6 +128,18 @@ pub async fn allowed(
             Ok(false)
         }
     }
+}
+
+/// `allowed` for the `allow` event of a policy evaluation.
+pub async fn allowed_by(
+    node: &Shared,
+    session: &mut Session,
+    call: &mut Call,
+    runtime: &Runtime,
+    evaluation: &lattice_policy::Evaluation,
+) -> Result<bool> {
+    let event = call.facts.allow_event(evaluation);
+    allowed(node, session, call, runtime, event).await
 }
 
 /// Protocol messages (initialize, ping, notifications): no action to

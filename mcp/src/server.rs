@@ -63,12 +63,12 @@ pub fn server_info(version: &str) -> Implementation {
     Implementation::new(SERVER_NAME, version)
 }
 
-/// The `initialize` result for the version asked (`gateway_version`: the
-/// running gateway's own version).
-pub fn initialize_result(asked: &str, gateway_version: &str) -> Value {
+/// The `initialize` result for the negotiated `version` (`gateway_version`:
+/// the running gateway's own version).
+pub fn initialize_result(version: ProtocolVersion, gateway_version: &str) -> Value {
     let result = InitializeResult::new(capabilities())
         .with_server_info(server_info(gateway_version))
-        .with_protocol_version(negotiate(asked));
+        .with_protocol_version(version);
     serde_json::to_value(result).unwrap_or(Value::Null)
 }
 
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn initialize_announces_what_the_gateway_serves() {
-        let r = initialize_result("2025-03-26", "9.9.9");
+        let r = initialize_result(negotiate("2025-03-26"), "9.9.9");
         assert_eq!(r["protocolVersion"], "2025-03-26");
         assert_eq!(
             r["capabilities"],

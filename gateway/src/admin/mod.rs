@@ -195,19 +195,8 @@ pub async fn serve(
             return crate::respond::refusal(node, session, ctx, runtime, r, &message).await;
         }
     };
-    // 7. Record the decision.
-    if !crate::respond::step(node, session, ctx, runtime, 7).await? {
-        return Ok(true);
-    }
-    if !crate::respond::allowed(
-        node,
-        session,
-        ctx,
-        runtime,
-        ctx.facts.allow_event(&evaluation),
-    )
-    .await?
-    {
+    // 7. Record the decision (`Call::allow` enters the step).
+    if !crate::respond::allowed_by(node, session, ctx, runtime, &evaluation).await? {
         return Ok(true);
     }
     let reply = admin_reply(node, runtime, &principal, endpoint, change, scope, &query).await;

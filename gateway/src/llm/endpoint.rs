@@ -245,15 +245,7 @@ async fn admit_call(
     };
     node.metrics.decision(allowed[index].1.live.outcome);
     ctx.facts.upstream = Some(candidates[index].spec.name.clone());
-    if !crate::respond::allowed(
-        node,
-        session,
-        ctx,
-        runtime,
-        ctx.facts.allow_event(&allowed[index].1),
-    )
-    .await?
-    {
+    if !crate::respond::allowed_by(node, session, ctx, runtime, &allowed[index].1).await? {
         return Ok(None);
     }
     Ok(Some(Admitted {

@@ -344,15 +344,7 @@ async fn admit_item(
     else {
         return Ok(None);
     };
-    if !crate::respond::allowed(
-        node,
-        session,
-        ctx,
-        runtime,
-        ctx.facts.allow_event(&evaluation),
-    )
-    .await?
-    {
+    if !crate::respond::allowed_by(node, session, ctx, runtime, &evaluation).await? {
         return Ok(None);
     }
     Ok(Some((server, original)))
@@ -390,15 +382,7 @@ pub(crate) async fn get_catalog_item(
     {
         return crate::respond::refusal(node, session, ctx, runtime, r, &reason).await;
     }
-    if !crate::respond::allowed(
-        node,
-        session,
-        ctx,
-        runtime,
-        ctx.facts.allow_event(&evaluation),
-    )
-    .await?
-    {
+    if !crate::respond::allowed_by(node, session, ctx, runtime, &evaluation).await? {
         return Ok(true);
     }
     let Some(hub) = &node.mcp else {

@@ -21,10 +21,6 @@ use crate::error::{McpRefusal, Rejection};
 use crate::runtime::{Runtime, Shared};
 use lattice_mcp::session::EraHeaders;
 
-/// Protocol versions with `initialize`, preferred first (the stateless
-/// 2026-07-28 is served too: `lattice_mcp::session`).
-use lattice_mcp::session::SESSION_VERSIONS as VERSIONS;
-
 /// The endpoint's public URL: configured, or from the request's `Host`.
 fn resource_url(session: &Session, runtime: &Runtime) -> String {
     if let Some(url) = &runtime.config.mcp.resource_url {
@@ -298,7 +294,7 @@ async fn message(
         }
         ctx.mcp.stateless = true;
     } else if let Some(v) = &era_headers.protocol_version {
-        if method != "initialize" && !VERSIONS.contains(&v.as_str()) {
+        if method != "initialize" && !lattice_mcp::session::SESSION_VERSIONS.contains(&v.as_str()) {
             let refusal = McpRefusal::UnsupportedVersion(v.clone());
             return crate::respond::jsonrpc_refusal(node, session, ctx, runtime, &id, &refusal)
                 .await;
@@ -320,51 +316,10 @@ async fn dispatch(
     params: Value,
 ) -> Result<bool> {
     match method.as_str() {
-        "server/discover" => {
-            ctx.facts.kind = "mcp.discover";
-            let result = lattice_mcp::server::discover_result(env!("CARGO_PKG_VERSION"));
-            crate::respond::protocol(
-                node,
-                session,
-                ctx,
-                runtime,
-                200,
-                Some(jsonrpc::result_response(&id, result)),
-            )
-            .await
-        }
-        "initialize" => {
-            ctx.facts.kind = "mcp.initialize";
-            let asked = params["protocolVersion"].as_str().unwrap_or("");
-            let result = lattice_mcp::server::initialize_result(asked, env!("CARGO_PKG_VERSION"));
-            let version = lattice_mcp::server::negotiate(asked);
-            // The client's capabilities the gateway relays requests for.
-            let caps = lattice_mcp::server::relayable_capabilities(&params);
-            let token = node
-                .mcp_sessions
-                .issue_with(&principal, version.as_str(), caps);
-            ctx.mcp.session_id = Some(token);
-            crate::respond::protocol(
-                node,
-                session,
-                ctx,
-                runtime,
-                200,
-                Some(jsonrpc::result_response(&id, result)),
-            )
-            .await
-        }
-        "ping" => {
-            ctx.facts.kind = "mcp.ping";
-            crate::respond::protocol(
-                node,
-                session,
-                ctx,
-                runtime,
-                200,
-                Some(jsonrpc::result_response(&id, json!({}))),
-            )
-            .await
+        "server/discover" | "initialize" | "ping" => {
+            let result = protocol_result(node, ctx, &principal, &method, &params);
+            let reply = jsonrpc::result_response(&id, result);
+            crate::respond::protocol(node, session, ctx, runtime, 200, Some(reply)).await
         }
         "tools/list" => super::tools::list_tools(node, session, ctx, runtime, &principal, id).await,
         "logging/setLevel" => {
@@ -389,6 +344,40 @@ async fn dispatch(
                 stateless: ctx.mcp.stateless,
             };
             crate::respond::jsonrpc_refusal(node, session, ctx, runtime, &id, &refusal).await
+        }
+    }
+}
+
+/// The result of a protocol method the gateway answers itself
+/// (`server/discover`, `initialize`, `ping`); `initialize` opens a session.
+fn protocol_result(
+    node: &Shared,
+    ctx: &mut Call,
+    principal: &Principal,
+    method: &str,
+    params: &Value,
+) -> Value {
+    let gateway_version = env!("CARGO_PKG_VERSION");
+    match method {
+        "server/discover" => {
+            ctx.facts.kind = "mcp.discover";
+            lattice_mcp::server::discover_result(gateway_version)
+        }
+        "initialize" => {
+            ctx.facts.kind = "mcp.initialize";
+            let asked = params["protocolVersion"].as_str().unwrap_or("");
+            let version = lattice_mcp::server::negotiate(asked);
+            // The client's capabilities the gateway relays requests for.
+            let caps = lattice_mcp::server::relayable_capabilities(params);
+            let token = node
+                .mcp_sessions
+                .issue_with(principal, version.as_str(), caps);
+            ctx.mcp.session_id = Some(token);
+            lattice_mcp::server::initialize_result(version, gateway_version)
+        }
+        _ => {
+            ctx.facts.kind = "mcp.ping";
+            json!({})
         }
     }
 }

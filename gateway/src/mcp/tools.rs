@@ -300,10 +300,7 @@ async fn forward_call(
     if let Err((r, reason)) = crate::call::admit(node, limits, principal, CallKind::Mcp).await {
         return crate::respond::refusal(node, session, ctx, runtime, r, &reason).await;
     }
-    // 7. Record the decision.
-    if !crate::respond::step(node, session, ctx, runtime, 7).await? {
-        return Ok(true);
-    }
+    // 7. Record the decision (`Call::allow` enters the step).
     let mut event = ctx.facts.allow_event(&evaluation);
     event.schema_result = Some("valid".into());
     if !crate::respond::allowed(node, session, ctx, runtime, event).await? {

@@ -36,11 +36,11 @@ pub async fn enforce(
     let req = session.req_header();
     let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
 
-    call.enter(1)?;
+    call.enter(node, runtime, 1)?;
     if let Err(r) = enforce::check_content_length(header("content-length"), call.max_body) {
         return call.refuse(node, runtime, r.clone(), &r.message());
     }
-    call.enter(2)?;
+    call.enter(node, runtime, 2)?;
     let principal = match enforce::authenticate(header("authorization"), runtime, &node.keys) {
         Ok(p) => p,
         Err(r) => {
@@ -49,7 +49,7 @@ pub async fn enforce(
         }
     };
     call.facts.principal = Some(principal.clone());
-    call.enter(3)?;
+    call.enter(node, runtime, 3)?;
     let (route, rest) = match enforce::resolve_route(runtime, req.uri.path()) {
         Ok(x) => x,
         Err(r) => return call.refuse(node, runtime, r.clone(), &r.message()),
@@ -57,7 +57,7 @@ pub async fn enforce(
     call.facts.target.clone_from(&route.name);
     call.facts.upstream = Some(route.upstream.authority());
     // Step 4, the request schema: HTTP routes carry none.
-    call.enter(5)?;
+    call.enter(node, runtime, 5)?;
     call.facts.action = "http_request".into();
     let authz = enforce::http_request(
         &principal,
@@ -75,12 +75,11 @@ pub async fn enforce(
     if !evaluation.live.is_allow() {
         return call.forbid(node, runtime, &evaluation);
     }
-    call.enter(6)?;
+    call.enter(node, runtime, 6)?;
     let limits = &runtime.config.llm.limits;
     if let Err((r, reason)) = admit(node, limits, &principal, CallKind::Http).await {
         return call.refuse(node, runtime, r, &reason);
     }
-    call.enter(7)?;
     call.allow(node, runtime, call.facts.allow_event(&evaluation))?;
     let upstream_path = match req.uri.query() {
         Some(q) => format!("{}{rest}?{q}", route.upstream.base_path),
@@ -90,7 +89,7 @@ pub async fn enforce(
         route: Arc::clone(&route),
         upstream_path,
     });
-    call.enter(8)?;
+    call.enter(node, runtime, 8)?;
     Ok(())
 }
 
