@@ -235,16 +235,24 @@ fn check_subscriptions(gw: &Gateway) {
     let r = subscribe(&watcher, "resources/unsubscribe");
     assert_eq!(r.json()["result"], json!({}), "{}", r.body);
     assert_eq!(touch(gw, &bystander), "not subscribed");
-    // Both decisions are audited under the watcher, as reads of the server.
-    let kinds: Vec<Value> = gw
-        .store()
-        .tail(10_000)
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(&e.json).unwrap())
-        .filter(|e: &Value| e["principal"] == "watcher" && e["phase"] == "decision")
-        .map(|e| json!([e["kind"], e["decision"], e["action"]]))
-        .collect();
+    // Both decisions are audited under the watcher, as reads of the server
+    // (recorded before the answer; written by the audit writer soon after).
+    let kinds = || -> Vec<Value> {
+        gw.store()
+            .tail(10_000)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str(&e.json).unwrap())
+            .filter(|e: &Value| e["principal"] == "watcher" && e["phase"] == "decision")
+            .map(|e| json!([e["kind"], e["decision"], e["action"]]))
+            .collect()
+    };
+    wait_for(
+        "the unsubscribe decision in the store",
+        Duration::from_secs(5),
+        || kinds().iter().any(|k| k[0] == "mcp.unsubscribe_resource"),
+    );
+    let kinds = kinds();
     for kind in ["mcp.subscribe_resource", "mcp.unsubscribe_resource"] {
         assert!(
             kinds.contains(&json!([kind, "allow", "read_resource"])),
