@@ -62,7 +62,7 @@ impl Gateway {
             }
             _ => return Ok(false),
         };
-        respond::plain(session, status, content_type, body).await?;
+        respond::plain(session, status, content_type, body, &[]).await?;
         Ok(true)
     }
 }

@@ -5,7 +5,9 @@
 //! error object under the status the refusal maps to), JSON and byte
 //! bodies, and the combined steps "record the decision, else answer 503"
 //! (`allowed`, `protocol`) that every door uses instead of writing them
-//! out. Streamed answers (SSE relays) are written by their doors.
+//! out; and answers written as they come (`stream_open`, `stream_write`,
+//! `sse_message`, `stream_end`: the MCP event streams and the LLM relay).
+//! Doors decide what to say; only this module writes it.
 //!
 //! Must never: write an answer for a call whose decision should have been
 //! recorded and was not (the 503 goes out instead), or forward anything.
@@ -261,37 +263,89 @@ pub async fn json(
     Ok(true)
 }
 
-/// A whole body of any type.
+/// A whole body of any type, with the door's own extra headers.
 pub async fn bytes(
     session: &mut Session,
     call: &mut Call,
     status: u16,
     content_type: &str,
     body: Bytes,
+    extra: &[(&'static str, String)],
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    let mut headers = vec![("x-request-id", call.facts.request_id.clone())];
+    headers.extend_from_slice(extra);
+    whole(session, status, content_type, body, &headers).await
+}
+
+/// A built-in endpoint's answer (health, metrics, metadata, the workbench's
+/// files): no call, no audit.
+pub async fn plain(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: impl Into<Bytes>,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    whole(session, status, content_type, body.into(), extra).await
+}
+
+async fn whole(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(2 + extra.len()))?;
     resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("x-request-id", call.facts.request_id.as_str())?;
+    for (name, value) in extra {
+        resp.insert_header(*name, value.as_str())?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
 }
 
-/// A built-in endpoint's answer (health, metrics, metadata): no call, no
-/// audit.
-pub async fn plain(
+/// Starts an answer written as it comes: the status, the content type, no
+/// caching, chunked, the request id and an MCP session id `initialize`
+/// issued.
+pub async fn stream_open(
     session: &mut Session,
+    call: &Call,
     status: u16,
     content_type: &str,
-    body: String,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(2))?;
+    let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header("content-type", content_type)?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await?;
-    Ok(())
+    resp.insert_header("cache-control", "no-cache")?;
+    resp.insert_header("transfer-encoding", "chunked")?;
+    resp.insert_header("x-request-id", call.facts.request_id.as_str())?;
+    if let Some(sid) = &call.mcp.session_id {
+        resp.insert_header("mcp-session-id", sid.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), false).await
+}
+
+/// One chunk of a started stream.
+pub async fn stream_write(session: &mut Session, chunk: Bytes) -> Result<()> {
+    session.write_response_body(Some(chunk), false).await
+}
+
+/// Ends a started stream (the agent may be gone by now: nothing to report).
+pub async fn stream_end(session: &mut Session) {
+    let _ = session.write_response_body(None, true).await;
+}
+
+/// One JSON-RPC message as a server-sent event, with an event id if any.
+pub fn sse_message(message: &Value, id: Option<&str>) -> Bytes {
+    match id {
+        Some(id) => Bytes::from(format!("id: {id}\nevent: message\ndata: {message}\n\n")),
+        None => Bytes::from(format!("event: message\ndata: {message}\n\n")),
+    }
+}
+
+/// One `data:` event (OpenAI's stream format).
+pub fn sse_data(data: &Value) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
 }

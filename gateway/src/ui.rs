@@ -7,7 +7,6 @@
 //! Must never: serve a file without its CSP, or hold data.
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -85,24 +84,21 @@ pub(crate) async fn serve(session: &mut Session, path: &str) -> Result<()> {
             (body, gzip) = (gz, true);
         }
     }
-    let mut resp = ResponseHeader::build(status, Some(10))?;
+    let mut extra = vec![
+        ("vary", "accept-encoding".to_string()),
+        ("content-security-policy", CSP.to_string()),
+        ("x-content-type-options", "nosniff".to_string()),
+        ("x-frame-options", "DENY".to_string()),
+        ("referrer-policy", "no-referrer".to_string()),
+        ("cache-control", "no-cache".to_string()),
+    ];
     if gzip {
-        resp.insert_header("content-encoding", "gzip")?;
+        extra.push(("content-encoding", "gzip".to_string()));
     }
-    resp.insert_header("vary", "accept-encoding")?;
-    resp.insert_header("content-type", ctype)?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("content-security-policy", CSP)?;
-    resp.insert_header("x-content-type-options", "nosniff")?;
-    resp.insert_header("x-frame-options", "DENY")?;
-    resp.insert_header("referrer-policy", "no-referrer")?;
-    resp.insert_header("cache-control", "no-cache")?;
     if let Some(l) = location {
-        resp.insert_header("location", l)?;
+        extra.push(("location", l.to_string()));
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(())
+    crate::respond::plain(session, status, ctype, body, &extra).await
 }
 
 #[cfg(test)]

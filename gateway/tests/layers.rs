@@ -1,7 +1,8 @@
 //! The layer rules of ARCHITECTURE.md, checked on the source: every
 //! `crate::` path a gateway module names points to a strictly lower layer;
 //! doors never import `proxy`, `server` or each other; `config` imports
-//! nothing of the gateway but `error`; only `state` opens `state.db`; the
+//! nothing of the gateway but `error`; only `state` opens `state.db`; only
+//! `respond` writes an answer to the agent; the
 //! files of one folder do not import each other in a circle; no library
 //! crate depends on the `lattice` binary package or on GPU code. The
 //! checker is plain functions over source text, so its own tests feed it
@@ -212,6 +213,12 @@ fn violations(sources: &[Source]) -> Vec<String> {
         if module != "state" && (code.contains("state.db") || code.contains("Connection::open")) {
             out.push(format!(
                 "{}: only `state` opens the state database",
+                src.rel
+            ));
+        }
+        if module != "respond" && code.contains("write_response_") {
+            out.push(format!(
+                "{}: only `respond` writes an answer to the agent",
                 src.rel
             ));
         }
@@ -524,6 +531,24 @@ fn opening_the_state_database_outside_state_is_caught() {
     assert_eq!(
         found,
         ["admin/mod.rs: only `state` opens the state database"]
+    );
+}
+
+#[test]
+fn a_door_writing_its_own_answer_is_caught() {
+    let found = violations(&[
+        src(
+            "llm/endpoint.rs",
+            "async fn f(s: &mut Session) { s.write_response_body(None, true).await; }\n",
+        ),
+        src(
+            "respond.rs",
+            "async fn f(s: &mut Session) { s.write_response_body(None, true).await; }\n",
+        ),
+    ]);
+    assert_eq!(
+        found,
+        ["llm/endpoint.rs: only `respond` writes an answer to the agent"]
     );
 }
 

@@ -1,27 +1,36 @@
-//! An upstream MCP server spoken to over streamable HTTP (protocol
-//! 2025-03-26 and later): one endpoint, POST per message, answers as JSON or
-//! as a server-sent-events stream, a session id assigned at `initialize`
-//! and sent back on every request (re-initialized once if the server says
-//! the session ended). Credentials for the upstream come from the gateway's
-//! config, never from the agent. A background task holds the server's GET
-//! stream open (reconnecting with backoff; a server answering 405 offers
-//! none) for what it announces outside any call: list changes and resource
-//! updates.
+//! The streamable-HTTP transport (protocol 2025-03-26 and later): one
+//! endpoint, POST per message, answers as JSON or as a server-sent-events
+//! stream, a session id assigned at `initialize` and sent back on every
+//! request (a 404 means the server ended the session: the client starts a
+//! new one). Credentials for the upstream come from the gateway's config,
+//! never from the agent. A background task holds the server's GET stream
+//! open (reconnecting with backoff; a server answering 405 offers none) for
+//! what it announces outside any call: list changes and resource updates.
+//!
+//! Hand-written rather than rmcp's streamable-HTTP client transport:
+//! rmcp's transports carry its typed messages, and re-serializing an
+//! upstream's answer through them drops what its types do not name
+//! (measured in `tests/rmcp_fit.rs`) — a relaying gateway must pass the
+//! server's answer as sent.
+//!
+//! Must never: read an answer without a bound, or send an agent's
+//! credentials upstream.
 
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
 use crate::jsonrpc::{self, Message};
 use crate::stdio::PROTOCOL_VERSION;
+use crate::transport::{Announced, Answer, BoxFuture, CallSink, Kind, Transport};
+use crate::upstream::Upstream;
 use crate::McpError;
 
 /// Largest upstream answer accepted.
 pub const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 
-/// How to reach a streamable-HTTP server.
+/// How to reach a streamable-HTTP (or legacy SSE) server.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub name: String,
@@ -31,37 +40,25 @@ pub struct HttpConfig {
     pub timeout: Duration,
 }
 
-/// Where one call's notifications go: the token the upstream was given (its
-/// JSON text) and the sink, which gets whole notifications (`{"method",
-/// "params"}`): this call's progress, and the log messages sent in the
-/// answer to its POST.
-pub struct Progress {
-    pub token: String,
-    pub sink: tokio::sync::mpsc::UnboundedSender<Value>,
-}
-
-impl Progress {
-    /// Relays one SSE event if it is this call's progress or log message.
-    fn relay(&self, event: &str) {
-        let data = event_data(event);
-        match jsonrpc::parse(data.as_bytes(), MAX_RESPONSE) {
-            Ok(Message::Notification { method, params }) => {
-                let mine = params.get("progressToken").map(Value::to_string).as_deref()
-                    == Some(self.token.as_str());
-                // A log message in the answer to this call's POST is this call's.
-                if (method == "notifications/progress" && mine) || method == "notifications/message"
-                {
-                    let _ = self.sink.send(json!({"method": method, "params": params}));
-                }
+/// Relays one SSE event of a call's answer to its sink if it is this
+/// call's progress (by its token's JSON text), a log message (one in the
+/// answer to this call's POST is this call's) or a server request (so is a
+/// request — sampling, elicitation — sent in that answer).
+fn relay(call: &CallSink, token: &str, event: &str) {
+    let data = event_data(event);
+    match jsonrpc::parse(data.as_bytes(), MAX_RESPONSE) {
+        Ok(Message::Notification { method, params }) => {
+            let mine = params.get("progressToken").map(Value::to_string).as_deref() == Some(token);
+            if (method == "notifications/progress" && mine) || method == "notifications/message" {
+                let _ = call.sink.send(json!({"method": method, "params": params}));
             }
-            // So is a request (sampling, elicitation) sent in that answer.
-            Ok(Message::Request { id, method, params }) => {
-                let _ = self
-                    .sink
-                    .send(json!({"id": id, "method": method, "params": params}));
-            }
-            _ => {}
         }
+        Ok(Message::Request { id, method, params }) => {
+            let _ = call
+                .sink
+                .send(json!({"id": id, "method": method, "params": params}));
+        }
+        _ => {}
     }
 }
 
@@ -75,22 +72,18 @@ fn event_data(event: &str) -> String {
         .join("\n")
 }
 
-/// A connected streamable-HTTP upstream.
-pub struct HttpUpstream {
+/// A connected streamable-HTTP server.
+pub struct HttpTransport {
     cfg: HttpConfig,
     client: reqwest::Client,
     session: Arc<Mutex<Option<String>>>,
-    next_id: AtomicU64,
-    server_info: Value,
-    announced: Arc<crate::stdio::Announced>,
-    listener: Option<tokio::task::JoinHandle<()>>,
+    announced: Arc<Announced>,
+    listener: arc_swap::ArcSwapOption<tokio::task::AbortHandle>,
 }
 
-impl Drop for HttpUpstream {
+impl Drop for HttpTransport {
     fn drop(&mut self) {
-        if let Some(l) = &self.listener {
-            l.abort();
-        }
+        self.stop_listening();
     }
 }
 
@@ -102,7 +95,7 @@ async fn listen(
     client: reqwest::Client,
     cfg: HttpConfig,
     session: Arc<Mutex<Option<String>>>,
-    announced: Arc<crate::stdio::Announced>,
+    announced: Arc<Announced>,
 ) {
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -148,7 +141,7 @@ async fn listen(
 }
 
 /// Notes one event of the GET stream.
-async fn note(announced: &crate::stdio::Announced, event: &str) {
+async fn note(announced: &Announced, event: &str) {
     let data = event_data(event);
     if let Ok(Message::Notification { method, params }) =
         jsonrpc::parse(data.as_bytes(), MAX_RESPONSE)
@@ -165,7 +158,7 @@ fn err(cfg: &HttpConfig, message: impl Into<String>) -> McpError {
 }
 
 /// The JSON-RPC response with `id` in a JSON or SSE body.
-fn find_response(body: &str, sse: bool, id: u64) -> Option<Result<Value, Value>> {
+fn find_response(body: &str, sse: bool, id: u64) -> Option<Answer> {
     let candidates: Vec<String> = if sse {
         body.split("\n\n")
             .map(event_data)
@@ -182,100 +175,47 @@ fn find_response(body: &str, sse: bool, id: u64) -> Option<Result<Value, Value>>
         })
 }
 
-impl HttpUpstream {
-    /// Connects and completes the `initialize` handshake.
-    pub async fn start(cfg: HttpConfig) -> Result<Self, McpError> {
-        crate::tools::check_server_name(&cfg.name)?;
+/// Connects, completes the `initialize` handshake, and starts listening on
+/// the server's GET stream.
+pub async fn start(cfg: HttpConfig) -> Result<Upstream, McpError> {
+    crate::tools::check_server_name(&cfg.name)?;
+    let (name, timeout) = (cfg.name.clone(), cfg.timeout);
+    let transport = HttpTransport::new(cfg)?;
+    Upstream::connect(&name, timeout, Box::new(transport)).await
+}
+
+impl HttpTransport {
+    pub fn new(cfg: HttpConfig) -> Result<Self, McpError> {
         let client = reqwest::Client::builder()
-            .timeout(cfg.timeout)
             .build()
             .map_err(|e| err(&cfg, e.to_string()))?;
-        let mut up = Self {
+        Ok(Self {
             cfg,
             client,
             session: Arc::new(Mutex::new(None)),
-            next_id: AtomicU64::new(1),
-            server_info: Value::Null,
             announced: Arc::default(),
-            listener: None,
-        };
-        up.server_info = up.initialize().await?;
-        if crate::wants_all_logs(&up.server_info) {
-            let _ = up
-                .request("logging/setLevel", crate::ALL_LOGS.clone())
-                .await;
+            listener: arc_swap::ArcSwapOption::empty(),
+        })
+    }
+
+    fn stop_listening(&self) {
+        if let Some(l) = self.listener.swap(None) {
+            l.abort();
         }
-        up.listener = Some(tokio::spawn(listen(
-            up.client.clone(),
-            up.cfg.clone(),
-            up.session.clone(),
-            up.announced.clone(),
-        )));
-        Ok(up)
     }
 
-    async fn initialize(&self) -> Result<Value, McpError> {
-        *self.session.lock().await = None;
-        let result = self
-            .send_plain(
-                "initialize",
-                json!({
-                    "protocolVersion": PROTOCOL_VERSION,
-                    "capabilities": crate::CLIENT_CAPABILITIES.clone(),
-                    "clientInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
-                }),
-            )
-            .await?;
-        self.post(
-            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            None,
-        )
-        .await?;
-        Ok(result)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.cfg.name
-    }
-
-    /// Whether the server said its tools changed since last asked.
-    pub fn take_tools_changed(&self) -> bool {
-        self.announced.take_tools()
-    }
-
-    /// (prompts, resources) lists the server said changed since last asked.
-    pub fn take_catalog_changed(&self) -> (bool, bool) {
-        self.announced.take()
-    }
-
-    /// URIs the server said were updated since last asked.
-    pub async fn take_resource_updates(&self) -> Vec<String> {
-        self.announced.take_updated().await
-    }
-
-    pub fn server_info(&self) -> &Value {
-        &self.server_info
-    }
-
-    /// A failed send or read: a timeout, or any other transport error.
+    /// A failed send or read: any transport error.
     fn transport_err(&self, e: reqwest::Error) -> McpError {
-        if e.is_timeout() {
-            McpError::Timeout {
-                server: self.cfg.name.clone(),
-                timeout_ms: self.cfg.timeout.as_millis() as u64,
-            }
-        } else {
-            err(&self.cfg, e.to_string())
-        }
+        err(&self.cfg, e.to_string())
     }
 
-    /// POSTs one message; returns (status, is SSE, body). With `progress`,
-    /// the `notifications/progress` events for that token in an SSE answer
-    /// go to the sink as they arrive.
+    /// POSTs one message; returns (status, is SSE, body). With `call`, the
+    /// events of an SSE answer that are that call's go to its sink as they
+    /// arrive.
     async fn post(
         &self,
         message: &Value,
-        progress: Option<&Progress>,
+        call: Option<&CallSink>,
     ) -> Result<(u16, bool, String), McpError> {
         let mut req = self
             .client
@@ -289,7 +229,7 @@ impl HttpUpstream {
         for (k, v) in &self.cfg.headers {
             req = req.header(k, v);
         }
-        let resp = req
+        let mut resp = req
             .body(message.to_string())
             .send()
             .await
@@ -313,12 +253,14 @@ impl HttpUpstream {
         {
             return Err(err(&self.cfg, "the answer is too large"));
         }
-        let mut resp = resp;
+        // No token: no progress event is this call's.
+        let token = call
+            .and_then(|c| c.token.as_ref())
+            .map(Value::to_string)
+            .unwrap_or_default();
         let mut body: Vec<u8> = Vec::new();
         let mut scanned = 0;
-        loop {
-            let chunk = resp.chunk().await.map_err(|e| self.transport_err(e))?;
-            let Some(chunk) = chunk else { break };
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_err(e))? {
             if sse {
                 // Events end with a blank line, `\n\n` or `\r\n\r\n`.
                 body.extend(chunk.iter().filter(|b| **b != b'\r'));
@@ -328,125 +270,106 @@ impl HttpUpstream {
             if body.len() > MAX_RESPONSE {
                 return Err(err(&self.cfg, "the answer is too large"));
             }
-            if let (true, Some(p)) = (sse, progress) {
+            if let (true, Some(c)) = (sse, call) {
                 while let Some(end) = body[scanned..].windows(2).position(|w| w == b"\n\n") {
                     let event = String::from_utf8_lossy(&body[scanned..scanned + end]).to_string();
                     scanned += end + 2;
-                    p.relay(&event);
+                    relay(c, &token, &event);
                 }
             }
         }
         Ok((status, sse, String::from_utf8_lossy(&body).into_owned()))
     }
 
-    async fn send(
-        &self,
-        method: &str,
-        params: Value,
-        progress: Option<&Progress>,
-    ) -> Result<Value, McpError> {
-        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let (status, sse, body) = self
-            .post(
-                &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
-                progress,
-            )
-            .await?;
-        if status == 404 && method != "initialize" {
-            return Err(err(&self.cfg, "session ended"));
+    /// A status other than 2xx is an error showing the body's start.
+    fn success(&self, status: u16, body: &str) -> Result<(), McpError> {
+        if (200..300).contains(&status) {
+            return Ok(());
         }
-        if !(200..300).contains(&status) {
-            return Err(err(
-                &self.cfg,
-                format!(
-                    "HTTP {status}: {}",
-                    body.chars().take(200).collect::<String>()
-                ),
-            ));
-        }
-        match find_response(&body, sse, id) {
-            Some(Ok(result)) => Ok(result),
-            Some(Err(error)) => Err(McpError::from_rpc(&self.cfg.name, &error)),
-            None => Err(err(&self.cfg, "no response to the request in the answer")),
-        }
+        let start: String = body.chars().take(200).collect();
+        Err(err(&self.cfg, format!("HTTP {status}: {start}")))
     }
 
-    async fn send_plain(&self, method: &str, params: Value) -> Result<Value, McpError> {
-        self.send(method, params, None).await
+    async fn exchange(
+        &self,
+        id: u64,
+        message: &Value,
+        call: Option<&CallSink>,
+    ) -> Result<Answer, McpError> {
+        let (status, sse, body) = self.post(message, call).await?;
+        if status == 404 && message["method"] != "initialize" {
+            return Err(McpError::SessionEnded {
+                server: self.cfg.name.clone(),
+            });
+        }
+        self.success(status, &body)?;
+        find_response(&body, sse, id)
+            .ok_or_else(|| err(&self.cfg, "no response to the request in the answer"))
+    }
+}
+
+impl Transport for HttpTransport {
+    fn protocol_version(&self) -> &'static str {
+        PROTOCOL_VERSION
     }
 
-    /// Calls a tool with a progress token; the upstream's progress
-    /// notifications for it (in its SSE answer) go to `sink` as they come.
-    pub async fn call_tool_with_progress(
-        &self,
-        name: &str,
-        arguments: Value,
-        token: Option<Value>,
-        sink: tokio::sync::mpsc::UnboundedSender<Value>,
-    ) -> Result<Value, McpError> {
-        let progress = Progress {
-            // No token: no progress event is this call's.
-            token: token.as_ref().map(Value::to_string).unwrap_or_default(),
-            sink,
+    fn request<'a>(
+        &'a self,
+        id: u64,
+        message: Value,
+        kind: Kind<'a>,
+    ) -> BoxFuture<'a, Result<Answer, McpError>> {
+        let call = match kind {
+            Kind::Tool(call) => call,
+            Kind::Plain => None,
         };
-        let params = crate::progress::call_params(name, arguments, token.as_ref());
-        match self
-            .send("tools/call", params.clone(), Some(&progress))
-            .await
-        {
-            Err(McpError::Upstream { message, .. }) if message == "session ended" => {
-                self.initialize().await?;
-                self.send("tools/call", params, Some(&progress)).await
-            }
-            other => other,
+        Box::pin(async move { self.exchange(id, &message, call).await })
+    }
+
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), McpError>> {
+        Box::pin(async move {
+            let (status, _, body) = self.post(&message, None).await?;
+            self.success(status, &body)
+        })
+    }
+
+    fn announced(&self) -> &Announced {
+        &self.announced
+    }
+
+    /// Judged per request.
+    fn is_alive(&self) -> bool {
+        true
+    }
+
+    /// The session exists: hold the server's GET stream open from now on.
+    fn connected(&self) {
+        let task = tokio::spawn(listen(
+            self.client.clone(),
+            self.cfg.clone(),
+            self.session.clone(),
+            self.announced.clone(),
+        ));
+        if let Some(old) = self.listener.swap(Some(Arc::new(task.abort_handle()))) {
+            old.abort();
         }
     }
 
-    /// Sends a request; if the server ended the session, starts a new one
-    /// and tries once more.
-    pub async fn request(&self, method: &str, params: Value) -> Result<Value, McpError> {
-        match self.send(method, params.clone(), None).await {
-            Err(McpError::Upstream { message, .. }) if message == "session ended" => {
-                self.initialize().await?;
-                self.send(method, params, None).await
-            }
-            other => other,
-        }
+    fn end_session(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            *self.session.lock().await = None;
+        })
     }
 
-    /// Every tool, following `nextCursor` pages (at most 100 pages).
-    pub async fn list_tools(&self) -> Result<Vec<Value>, McpError> {
-        let mut tools = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..crate::tools::MAX_PAGES {
-            let page = self
-                .request("tools/list", crate::tools::list_params(cursor.as_deref()))
-                .await?;
-            let (items, next) = crate::tools::read_page(&page).map_err(|e| err(&self.cfg, e))?;
-            tools.extend(items);
-            cursor = next;
-            if cursor.is_none() {
-                return Ok(tools);
-            }
-        }
-        Err(err(&self.cfg, "tools/list pages never end"))
-    }
-
-    /// Sends the answer to a request the server made.
-    pub async fn respond(&self, response: &Value) -> Result<(), McpError> {
-        self.post(response, None).await.map(|_| ())
-    }
-
-    pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {
-        self.request("tools/call", json!({"name": name, "arguments": arguments}))
-            .await
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.stop_listening() })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::{find_response, note};
-    use crate::stdio::Announced;
+    use crate::transport::Announced;
 
     #[tokio::test]
     async fn the_get_stream_notes_list_changes_and_updates() {

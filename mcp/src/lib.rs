@@ -10,22 +10,25 @@
 //! server requests awaiting a client's answer); the tool model the gateway
 //! federates (`tools`: the federated naming scheme, canonical definition
 //! hashes for pinning, argument validation against `inputSchema`) and
-//! prompts and resources (`catalog`: names, URI rewriting); upstream
-//! servers over stdio (`stdio`), streamable HTTP (`http`) and legacy
-//! HTTP+SSE (`sse`), one enum over them (`upstream`), and the attribution
-//! of their notifications and requests to the call they belong to
-//! (`progress`).
+//! prompts and resources (`catalog`: names, URI rewriting); and the
+//! gateway as a client of upstream servers: one client (`upstream`: the
+//! `initialize` handshake, paging, calls, timeouts, new sessions) over one
+//! `transport::Transport` trait, implemented for stdio (`stdio`),
+//! streamable HTTP (`http`) and legacy HTTP+SSE (`sse`), with the routing
+//! the two stream transports share (`transport::Inbox`) and the
+//! attribution of notifications and server requests to the call they
+//! belong to (`progress`).
 //!
-//! What stays hand-written, and why: the upstream transports. The gateway
-//! needs from them what rmcp's client service does not give it today —
-//! every notification and server request attributed to the one call in
-//! flight it belongs to (`progress`), a GET stream held open per
-//! streamable-HTTP upstream, resource subscriptions counted across
-//! sessions, and a kill of the child's whole process group with the
-//! gateway. The legacy HTTP+SSE client exists because rmcp no longer has
-//! one. Moving stdio and streamable HTTP onto rmcp's child-process and
-//! streamable-HTTP client transports, behind one transport trait, is the
-//! next step of issue #11; the conformance suite (31/31) is its gate.
+//! On rmcp, and what stays hand-written: rmcp's model types are used for
+//! what the gateway writes itself (`server`). The transports are not
+//! rmcp's: its client transports carry its typed messages, and an
+//! upstream's answer re-serialized through them loses the fields its types
+//! do not name and turns integers into floats (`tests/rmcp_fit.rs` measures
+//! it, and fails the day rmcp keeps them) — a gateway that relays and pins
+//! what servers send must pass it as sent. They move raw JSON-RPC instead,
+//! on the crates rmcp's own transports use: `process-wrap` (the child in a
+//! process group of its own, killed whole) and `reqwest`. The legacy
+//! HTTP+SSE client exists because rmcp no longer has one.
 //!
 //! Must never: dereference a network `$ref` in a schema, block on an
 //! upstream without a timeout, or pass an agent's credentials upstream.
@@ -40,6 +43,7 @@ pub mod session;
 pub mod sse;
 pub mod stdio;
 pub mod tools;
+pub mod transport;
 pub mod upstream;
 
 /// Everything that can go wrong speaking MCP.
@@ -51,6 +55,8 @@ pub enum McpError {
     InvalidRequest(String),
     #[error("upstream `{server}`: {message}")]
     Upstream { server: String, message: String },
+    #[error("upstream `{server}` ended the session")]
+    SessionEnded { server: String },
     #[error("upstream `{server}` did not answer within {timeout_ms} ms")]
     Timeout { server: String, timeout_ms: u64 },
     #[error("upstream `{server}` answered with error {code}: {message}")]

@@ -1,41 +1,64 @@
-//! An upstream MCP server spoken to over the legacy HTTP+SSE transport
-//! (protocol 2024-11-05): a long-lived `GET` stream whose first `endpoint`
-//! event names the URL to `POST` messages to; answers come back as `message`
-//! events on the stream and are matched to requests by id. The stream's end
-//! marks the upstream dead (the gateway's supervisor reconnects). The POST
-//! URL must have the configured URL's origin: a server cannot send the
-//! gateway's requests (and injected credentials) elsewhere.
+//! The legacy HTTP+SSE transport (protocol 2024-11-05): a long-lived `GET`
+//! stream whose first `endpoint` event names the URL to `POST` messages to;
+//! every message the server sends comes back as a `message` event on the
+//! stream and is routed through the `Inbox`. The stream's end marks the
+//! upstream dead (the gateway's supervisor reconnects). Hand-written
+//! because rmcp no longer has this client.
+//!
+//! Must never: POST anywhere but the configured URL's origin (a server
+//! cannot send the gateway's requests and injected credentials elsewhere).
 
-use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use serde_json::Value;
 use std::sync::Arc;
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::oneshot;
 
 use crate::http::{HttpConfig, MAX_RESPONSE};
-use crate::jsonrpc::{self, Message};
+use crate::jsonrpc;
+use crate::transport::{Announced, Answer, BoxFuture, Inbox, Kind, Transport};
+use crate::upstream::Upstream;
 use crate::McpError;
 
 /// The protocol version of the SSE transport's era.
 pub const SSE_PROTOCOL_VERSION: &str = "2024-11-05";
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>>;
-
-/// A connected legacy-SSE upstream.
-pub struct SseUpstream {
-    cfg: HttpConfig,
+/// Where messages are POSTed, with what.
+#[derive(Clone)]
+struct Poster {
     client: reqwest::Client,
-    endpoint: String,
-    pending: Pending,
-    next_id: AtomicU64,
-    alive: Arc<AtomicBool>,
-    progress: crate::progress::ProgressSinks,
-    announced: Arc<crate::stdio::Announced>,
-    server_info: Value,
+    endpoint: reqwest::Url,
+    cfg: HttpConfig,
+}
+
+impl Poster {
+    async fn post(&self, message: &Value) -> Result<(), McpError> {
+        let mut req = self
+            .client
+            .post(self.endpoint.clone())
+            .timeout(self.cfg.timeout)
+            .header("content-type", "application/json")
+            .body(message.to_string());
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let r = req
+            .send()
+            .await
+            .map_err(|e| err(&self.cfg, e.to_string()))?;
+        if !r.status().is_success() {
+            return Err(err(&self.cfg, format!("POST answered {}", r.status())));
+        }
+        Ok(())
+    }
+}
+
+/// A connected legacy-SSE server.
+pub struct SseTransport {
+    poster: Poster,
+    inbox: Arc<Inbox>,
     reader: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for SseUpstream {
+impl Drop for SseTransport {
     fn drop(&mut self) {
         self.reader.abort();
     }
@@ -83,76 +106,76 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-#[allow(clippy::too_many_arguments)] // the reader's share of the upstream's state
+/// The POST endpoint an `endpoint` event names, if on the configured origin.
+fn endpoint_of(base: &reqwest::Url, data: &str) -> Result<reqwest::Url, String> {
+    let endpoint = base.join(data.trim()).map_err(|e| e.to_string())?;
+    if !same_origin(base, &endpoint) {
+        return Err(format!(
+            "the endpoint {endpoint} is not on the configured origin"
+        ));
+    }
+    Ok(endpoint)
+}
+
+/// Reads the stream: the first `endpoint` event sets up the poster (sent
+/// back through `ready`), then every message goes through the inbox; the
+/// answer to a server request no call can own is POSTed back.
 async fn read_stream(
     mut response: reqwest::Response,
-    pending: Pending,
-    progress: crate::progress::ProgressSinks,
-    alive: Arc<AtomicBool>,
-    announced: Arc<crate::stdio::Announced>,
-    mut endpoint: Option<oneshot::Sender<String>>,
-    name: String,
+    inbox: Arc<Inbox>,
+    base: Poster,
+    ready: oneshot::Sender<Result<Poster, String>>,
 ) {
+    let mut ready = Some(ready);
+    let mut poster: Option<Poster> = None;
     let mut buf = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
+    'stream: while let Ok(Some(chunk)) = response.chunk().await {
         buf.extend_from_slice(&chunk);
         if buf.len() > MAX_RESPONSE {
-            tracing::error!(upstream = %name, "SSE event too large; dropping the stream");
+            tracing::error!(upstream = %base.cfg.name, "SSE event too large; dropping the stream");
             break;
         }
         while let Some(event) = next_event(&mut buf) {
             let (kind, data) = parse_event(&event);
             if kind == "endpoint" {
-                if let Some(tx) = endpoint.take() {
-                    let _ = tx.send(data);
+                if let Some(tx) = ready.take() {
+                    let found = endpoint_of(&base.endpoint, &data).map(|endpoint| Poster {
+                        endpoint,
+                        ..base.clone()
+                    });
+                    poster = found.as_ref().ok().cloned();
+                    let refused = found.is_err();
+                    let _ = tx.send(found);
+                    if refused {
+                        break 'stream;
+                    }
                 }
                 continue;
             }
-            match jsonrpc::parse(data.as_bytes(), MAX_RESPONSE) {
-                Ok(Message::Response { id, outcome }) => {
-                    if let Some(i) = id.as_u64() {
-                        if let Some(tx) = pending.lock().await.remove(&i) {
-                            let _ = tx.send(outcome);
-                        }
-                    }
-                }
-                Ok(Message::Notification { method, params })
-                    if method == "notifications/progress" =>
-                {
-                    progress.deliver(params).await;
-                }
-                Ok(Message::Notification { method, params })
-                    if method == "notifications/message" =>
-                {
-                    let delivered = progress.deliver_log(params).await;
-                    if !delivered {
-                        tracing::debug!(upstream = %name, "a log message no single call can own; not relayed");
-                    }
-                }
-                Ok(Message::Request { id, method, params }) => {
-                    // Answered by the call's client through `respond`; one
-                    // no single call can own waits for the server's timeout.
-                    let delivered = progress.deliver_request(id, &method, params).await;
-                    if !delivered {
-                        tracing::debug!(upstream = %name, method, "a server request no single call can own; not relayed");
-                    }
-                }
-                Ok(Message::Notification { method, params }) => {
-                    announced.note(&method, &params).await;
-                }
-                _ => {}
+            let Ok(message) = jsonrpc::parse(data.as_bytes(), MAX_RESPONSE) else {
+                continue;
+            };
+            if let (Some(reply), Some(p)) = (inbox.dispatch(message).await, &poster) {
+                let p = p.clone();
+                tokio::spawn(async move { p.post(&reply).await });
             }
         }
     }
-    alive.store(false, Ordering::Release);
-    pending.lock().await.clear(); // dropped senders fail the waiting requests
-    tracing::warn!(upstream = %name, "SSE stream ended");
+    inbox.close().await;
+    tracing::warn!(upstream = %base.cfg.name, "SSE stream ended");
 }
 
-impl SseUpstream {
-    /// Opens the stream, learns the POST endpoint, and initializes.
-    pub async fn start(cfg: HttpConfig) -> Result<Self, McpError> {
-        crate::tools::check_server_name(&cfg.name)?;
+/// Opens the stream, learns the POST endpoint, and initializes.
+pub async fn start(cfg: HttpConfig) -> Result<Upstream, McpError> {
+    crate::tools::check_server_name(&cfg.name)?;
+    let (name, timeout) = (cfg.name.clone(), cfg.timeout);
+    let transport = SseTransport::open(cfg).await?;
+    Upstream::connect(&name, timeout, Box::new(transport)).await
+}
+
+impl SseTransport {
+    /// Opens the stream and waits for its `endpoint` event.
+    pub async fn open(cfg: HttpConfig) -> Result<Self, McpError> {
         let base = reqwest::Url::parse(&cfg.url).map_err(|e| err(&cfg, e.to_string()))?;
         let client = reqwest::Client::builder()
             .build()
@@ -171,166 +194,72 @@ impl SseUpstream {
             }
             Ok(Ok(r)) => r,
         };
-        let pending: Pending = Arc::default();
-        let progress = crate::progress::ProgressSinks::default();
-        let alive = Arc::new(AtomicBool::new(true));
-        let announced: Arc<crate::stdio::Announced> = Arc::default();
-        let (tx, rx) = oneshot::channel();
-        let reader = tokio::spawn(read_stream(
-            response,
-            pending.clone(),
-            progress.clone(),
-            alive.clone(),
-            announced.clone(),
-            Some(tx),
-            cfg.name.clone(),
+        let inbox = Arc::new(Inbox::new(
+            &cfg.name,
+            "the SSE stream ended before the answer",
         ));
-        let endpoint = match tokio::time::timeout(cfg.timeout, rx).await {
-            Ok(Ok(e)) => e,
+        let (tx, rx) = oneshot::channel();
+        let base = Poster {
+            client,
+            endpoint: base,
+            cfg: cfg.clone(),
+        };
+        let reader = tokio::spawn(read_stream(response, inbox.clone(), base, tx));
+        let poster = match tokio::time::timeout(cfg.timeout, rx).await {
+            Ok(Ok(Ok(poster))) => poster,
+            Ok(Ok(Err(why))) => {
+                reader.abort();
+                return Err(err(&cfg, why));
+            }
             _ => {
                 reader.abort();
                 return Err(err(&cfg, "no `endpoint` event on the SSE stream"));
             }
         };
-        let endpoint = base
-            .join(endpoint.trim())
-            .map_err(|e| err(&cfg, e.to_string()))?;
-        if !same_origin(&base, &endpoint) {
-            reader.abort();
-            return Err(err(
-                &cfg,
-                format!("the endpoint {endpoint} is not on the configured origin"),
-            ));
-        }
-        let mut up = Self {
-            cfg,
-            client,
-            endpoint: endpoint.to_string(),
-            pending,
-            next_id: AtomicU64::new(1),
-            alive,
-            progress,
-            announced,
-            server_info: Value::Null,
+        Ok(Self {
+            poster,
+            inbox,
             reader,
-        };
-        up.server_info = up
-            .request(
-                "initialize",
-                json!({
-                    "protocolVersion": SSE_PROTOCOL_VERSION,
-                    "capabilities": crate::CLIENT_CAPABILITIES.clone(),
-                    "clientInfo": {"name": "lattice", "version": env!("CARGO_PKG_VERSION")},
-                }),
-            )
-            .await?;
-        up.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await?;
-        if crate::wants_all_logs(&up.server_info) {
-            let _ = up
-                .request("logging/setLevel", crate::ALL_LOGS.clone())
-                .await;
-        }
-        Ok(up)
+        })
+    }
+}
+
+impl Transport for SseTransport {
+    fn protocol_version(&self) -> &'static str {
+        SSE_PROTOCOL_VERSION
     }
 
-    pub fn name(&self) -> &str {
-        &self.cfg.name
+    fn request<'a>(
+        &'a self,
+        id: u64,
+        message: Value,
+        kind: Kind<'a>,
+    ) -> BoxFuture<'a, Result<Answer, McpError>> {
+        Box::pin(async move {
+            self.inbox
+                .exchange(id, kind, self.poster.post(&message))
+                .await
+        })
     }
 
-    /// The `initialize` result.
-    pub fn server_info(&self) -> &Value {
-        &self.server_info
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), McpError>> {
+        Box::pin(async move { self.poster.post(&message).await })
     }
 
-    /// True once since the server said its tool list changed.
-    pub fn take_tools_changed(&self) -> bool {
-        self.announced.take_tools()
-    }
-
-    /// (prompts, resources) changed since last asked.
-    /// URIs the server said were updated since last asked.
-    pub async fn take_resource_updates(&self) -> Vec<String> {
-        self.announced.take_updated().await
-    }
-
-    pub fn take_catalog_changed(&self) -> (bool, bool) {
-        self.announced.take()
+    fn announced(&self) -> &Announced {
+        self.inbox.announced()
     }
 
     /// Alive while its stream is open.
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+    fn is_alive(&self) -> bool {
+        self.inbox.is_alive()
     }
 
-    async fn post(&self, message: &Value) -> Result<(), McpError> {
-        let mut req = self
-            .client
-            .post(&self.endpoint)
-            .timeout(self.cfg.timeout)
-            .header("content-type", "application/json")
-            .body(message.to_string());
-        for (k, v) in &self.cfg.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let r = req
-            .send()
-            .await
-            .map_err(|e| err(&self.cfg, e.to_string()))?;
-        if !r.status().is_success() {
-            return Err(err(&self.cfg, format!("POST answered {}", r.status())));
-        }
-        Ok(())
-    }
-
-    /// Sends the answer to a request the server made.
-    pub async fn respond(&self, response: &Value) -> Result<(), McpError> {
-        self.post(response).await
-    }
-
-    pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, McpError> {
-        self.progress
-            .counted(self.request("tools/call", json!({"name": name, "arguments": arguments})))
-            .await
-    }
-
-    /// Calls a tool with a progress token; the progress notifications for it
-    /// that arrive on the stream go to `sink` until the call ends.
-    pub async fn call_tool_with_progress(
-        &self,
-        name: &str,
-        arguments: Value,
-        token: Option<Value>,
-        sink: tokio::sync::mpsc::UnboundedSender<Value>,
-    ) -> Result<Value, McpError> {
-        let params = crate::progress::call_params(name, arguments, token.as_ref());
-        self.progress
-            .during(token.as_ref(), sink, self.request("tools/call", params))
-            .await
-    }
-
-    /// Sends a request and waits (bounded) for its answer on the stream.
-    pub async fn request(&self, method: &str, params: Value) -> Result<Value, McpError> {
-        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().await.insert(id, tx);
-        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        if let Err(e) = self.post(&message).await {
-            self.pending.lock().await.remove(&id);
-            return Err(e);
-        }
-        match tokio::time::timeout(self.cfg.timeout, rx).await {
-            Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(error))) => Err(McpError::from_rpc(&self.cfg.name, &error)),
-            Ok(Err(_)) => Err(err(&self.cfg, "the SSE stream ended before the answer")),
-            Err(_) => {
-                self.pending.lock().await.remove(&id);
-                Err(McpError::Timeout {
-                    server: self.cfg.name.clone(),
-                    timeout_ms: self.cfg.timeout.as_millis() as u64,
-                })
-            }
-        }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.reader.abort();
+            self.inbox.close().await;
+        })
     }
 }
 
@@ -366,5 +295,13 @@ mod tests {
             &base,
             &base.join("http://127.0.0.1:3002/message").unwrap()
         ));
+        assert_eq!(
+            endpoint_of(&base, " /message?s=1\n").unwrap().as_str(),
+            "http://127.0.0.1:3001/message?s=1"
+        );
+        assert_eq!(
+            endpoint_of(&base, "http://169.254.169.254/latest").unwrap_err(),
+            "the endpoint http://169.254.169.254/latest is not on the configured origin"
+        );
     }
 }

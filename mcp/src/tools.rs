@@ -58,19 +58,6 @@ pub fn list_params(cursor: Option<&str>) -> Value {
     }
 }
 
-/// One `tools/list` result page: its tools and the next cursor.
-pub fn read_page(page: &Value) -> Result<(Vec<Value>, Option<String>), String> {
-    let tools = page
-        .get("tools")
-        .and_then(Value::as_array)
-        .ok_or("tools/list result has no `tools` array")?;
-    let next = page
-        .get("nextCursor")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    Ok((tools.clone(), next))
-}
-
 /// Writes `v` as JSON with object keys sorted at every level.
 fn canonical_into(v: &Value, out: &mut String) {
     match v {

@@ -2,7 +2,7 @@
 //! (installed into test-peers/ by scripts/setup).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use lattice_mcp::stdio::{StdioConfig, StdioUpstream};
+use lattice_mcp::stdio::{self, StdioConfig};
 use lattice_mcp::tools::{definition_hash, federated_name, ArgumentSchema};
 use serde_json::json;
 use std::time::Duration;
@@ -26,9 +26,7 @@ fn everything(name: &str) -> StdioConfig {
 
 #[tokio::test]
 async fn lists_and_calls_tools_of_a_real_stdio_server() {
-    let up = StdioUpstream::start(everything("everything"))
-        .await
-        .unwrap();
+    let up = stdio::start(everything("everything")).await.unwrap();
     assert_eq!(
         up.server_info()["serverInfo"]["name"],
         "mcp-servers/everything"
@@ -83,7 +81,7 @@ async fn lists_and_calls_tools_of_a_real_stdio_server() {
 
 #[tokio::test]
 async fn a_killed_server_fails_fast_with_a_clear_error() {
-    let up = StdioUpstream::start(everything("doomed")).await.unwrap();
+    let up = stdio::start(everything("doomed")).await.unwrap();
     assert!(up.is_alive());
     up.kill().await;
     let err = up
@@ -101,9 +99,49 @@ async fn a_killed_server_fails_fast_with_a_clear_error() {
 async fn a_command_that_does_not_exist_is_a_clear_error() {
     let mut cfg = everything("missing");
     cfg.command = "/nonexistent/mcp-server".into();
-    let err = StdioUpstream::start(cfg).await.err().unwrap().to_string();
+    let err = stdio::start(cfg).await.err().unwrap().to_string();
     assert!(
         err.contains("cannot start `/nonexistent/mcp-server`"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn killing_a_server_kills_its_whole_process_group() {
+    // A launcher (here a shell; in life `npx`, `uvx`) whose child is the
+    // real server: killing only the launcher would leave the child running.
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child.pid");
+    let mut cfg = everything("grouped");
+    cfg.args = vec![
+        "-c".into(),
+        format!(
+            "sleep 600 & echo $! > {}; exec {} stdio",
+            pidfile.display(),
+            cfg.command
+        ),
+    ];
+    cfg.command = "/bin/sh".into();
+    let up = stdio::start(cfg).await.unwrap();
+    let child: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+    };
+    assert!(running(child));
+    assert!(up.pid().await.is_some());
+    up.kill().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running(child) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !running(child),
+        "the launcher's child {child} outlived the kill"
+    );
+    assert!(!up.is_alive());
 }

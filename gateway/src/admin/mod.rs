@@ -24,7 +24,6 @@
 //! authorized and recorded, or change state outside `state`.
 
 use lattice_policy::{Action, AuthzRequest, Evaluation, Principal, RequestContext, Resource};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Value};
@@ -207,21 +206,14 @@ pub async fn serve(
     if status >= 400 {
         ctx.failure = Some(body.clone());
     }
-    let mut resp = ResponseHeader::build(status, Some(5))?;
-    resp.insert_header("content-type", content_type)?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
-    resp.insert_header("cache-control", "no-store")?;
+    let mut extra = vec![("cache-control", "no-store".to_string())];
     if let Some(name) = attachment {
-        resp.insert_header(
+        extra.push((
             "content-disposition",
             format!("attachment; filename=\"{name}\""),
-        )?;
+        ));
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(bytes::Bytes::from(body)), true)
-        .await?;
+    crate::respond::bytes(session, ctx, status, content_type, body.into(), &extra).await?;
     Ok(true)
 }
 

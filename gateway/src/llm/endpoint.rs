@@ -21,7 +21,6 @@ use bytes::Bytes;
 use lattice_inference_router::openai::{self, usage_of, Endpoint, Usage};
 use lattice_inference_router::{BackendState, InferenceError, Resolved, UsageFilter};
 use lattice_policy::{Action, AuthzRequest, Evaluation, Principal, RequestContext, Resource};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Value};
@@ -316,7 +315,7 @@ async fn forward(
             Err(InferenceError::Status { status, body, .. }) if status < 500 && status != 429 => {
                 // The request's own fault: the agent sees the backend's answer.
                 ctx.failure = Some(format!("backend answered {status}"));
-                crate::respond::bytes(session, ctx, status, "application/json", body).await?;
+                crate::respond::bytes(session, ctx, status, "application/json", body, &[]).await?;
                 return Ok(true);
             }
             Err(e) => e,
@@ -390,7 +389,7 @@ async fn list_models(
         return Ok(true);
     }
     let body = Bytes::from(json!({"object": "list", "data": data}).to_string());
-    crate::respond::bytes(session, ctx, 200, "application/json", body).await?;
+    crate::respond::bytes(session, ctx, 200, "application/json", body, &[]).await?;
     Ok(true)
 }
 
@@ -434,6 +433,7 @@ async fn relay_whole(
         upstream.status,
         &content_type,
         Bytes::from(answer),
+        &[],
     )
     .await?;
     Ok(Relayed::Done)
@@ -473,7 +473,7 @@ async fn relay_stream(
             None => {
                 let rest = filter.finish();
                 if !rest.is_empty() {
-                    let _ = session.write_response_body(Some(rest), false).await;
+                    let _ = crate::respond::stream_write(session, rest).await;
                 }
                 if !filter.done {
                     ctx.failure = Some(
@@ -484,13 +484,10 @@ async fn relay_stream(
             }
             Some(Err(e)) => {
                 // Bytes already reached the agent: no retry; say why in-band.
-                let event = format!(
-                    "data: {}\n\n",
-                    json!({"error": {"message": format!("the backend failed mid-stream: {e}"), "type": "server_error", "code": "upstream_failed", "request_id": ctx.facts.request_id}})
+                let event = crate::respond::sse_data(
+                    &json!({"error": {"message": format!("the backend failed mid-stream: {e}"), "type": "server_error", "code": "upstream_failed", "request_id": ctx.facts.request_id}}),
                 );
-                session
-                    .write_response_body(Some(Bytes::from(event)), false)
-                    .await?;
+                crate::respond::stream_write(session, event).await?;
                 ctx.failure = Some(format!("upstream_failed mid-stream: {e}"));
                 break;
             }
@@ -498,16 +495,12 @@ async fn relay_stream(
         let out = filter.push(&chunk);
         if !started {
             ctx.llm.ttft_us = Some(ctx.start.elapsed().as_micros() as u64);
-            let mut resp = ResponseHeader::build(upstream.status, Some(4))?;
-            resp.insert_header("content-type", upstream.content_type.as_str())?;
-            resp.insert_header("cache-control", "no-cache")?;
-            resp.insert_header("transfer-encoding", "chunked")?;
-            resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
-            session.write_response_header(Box::new(resp), false).await?;
+            crate::respond::stream_open(session, ctx, upstream.status, &upstream.content_type)
+                .await?;
             started = true;
         }
         if !out.is_empty()
-            && session.write_response_body(Some(out), false).await.is_err()
+            && crate::respond::stream_write(session, out).await.is_err()
             && !filter.done
         {
             ctx.failure = Some(
@@ -527,8 +520,7 @@ async fn relay_stream(
         .as_deref()
         .is_some_and(|f| f.starts_with("client_closed"));
     if !agent_gone {
-        // Ends the chunked body; the agent may be gone by now.
-        let _ = session.write_response_body(None, true).await;
+        crate::respond::stream_end(session).await;
     }
     Ok(Relayed::Done)
 }

@@ -20,9 +20,8 @@
 //!
 //! Must never: show one caller another call's notifications or requests.
 
-use bytes::Bytes;
+use crate::respond;
 use lattice_mcp::jsonrpc;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Value};
@@ -248,16 +247,8 @@ pub(crate) async fn relay_call(
     let own_token = token
         .as_ref()
         .map(|_| json!(format!("lattice-{}", ctx.facts.request_id)));
-    let mut resp = ResponseHeader::build(200, Some(5))?;
-    resp.insert_header("content-type", "text/event-stream")?;
-    resp.insert_header("cache-control", "no-cache")?;
-    resp.insert_header("transfer-encoding", "chunked")?;
-    resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
-    if let Some(sid) = &ctx.mcp.session_id {
-        resp.insert_header("mcp-session-id", sid.as_str())?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    let event = |message: &Value| Bytes::from(format!("event: message\ndata: {message}\n\n"));
+    respond::stream_open(session, ctx, 200, "text/event-stream").await?;
+    let event = |message: &Value| respond::sse_message(message, None);
     let call = hub.call_with_progress(entry, arguments, own_token, tx);
     tokio::pin!(call);
     let result = loop {
@@ -265,21 +256,19 @@ pub(crate) async fn relay_call(
             r = &mut call => break r,
             Some(n) = rx.recv() => {
                 if let Some(m) = for_caller(node, ctx, entry, &n, token.as_ref(), min_rank).await {
-                    session.write_response_body(Some(event(&m)), false).await?;
+                    respond::stream_write(session, event(&m)).await?;
                 }
             }
         }
     };
     while let Ok(n) = rx.try_recv() {
         if let Some(m) = for_caller(node, ctx, entry, &n, token.as_ref(), min_rank).await {
-            session.write_response_body(Some(event(&m)), false).await?;
+            respond::stream_write(session, event(&m)).await?;
         }
     }
     let reply = tool_reply(ctx, entry, &id, result);
     let reply = shaped(ctx, &reply).unwrap_or(reply);
-    session
-        .write_response_body(Some(event(&reply)), false)
-        .await?;
-    session.write_response_body(None, true).await?;
+    respond::stream_write(session, event(&reply)).await?;
+    respond::stream_end(session).await;
     Ok(true)
 }

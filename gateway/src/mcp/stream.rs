@@ -5,8 +5,8 @@
 //!
 //! Must never: send a session another session's resource updates.
 
+use crate::respond;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::json;
@@ -47,18 +47,11 @@ pub(super) async fn serve_stream(
         .map(str::to_string);
     let announce = |digest: u64| {
         let n = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
-        format!("id: {digest:016x}\nevent: message\ndata: {n}\n\n")
+        respond::sse_message(&n, Some(&format!("{digest:016x}")))
     };
-    let mut resp = ResponseHeader::build(200, Some(4))?;
-    resp.insert_header("content-type", "text/event-stream")?;
-    resp.insert_header("cache-control", "no-cache")?;
-    resp.insert_header("transfer-encoding", "chunked")?;
-    resp.insert_header("x-request-id", ctx.facts.request_id.as_str())?;
-    session.write_response_header(Box::new(resp), false).await?;
+    respond::stream_open(session, ctx, 200, "text/event-stream").await?;
     if last_seen.is_some_and(|id| id != format!("{current:016x}")) {
-        session
-            .write_response_body(Some(Bytes::from(announce(current))), false)
-            .await?;
+        respond::stream_write(session, announce(current)).await?;
     }
     let mut keepalive = tokio::time::interval(std::time::Duration::from_secs(15));
     keepalive.tick().await;
@@ -75,21 +68,21 @@ pub(super) async fn serve_stream(
                     break;
                 }
                 let now = *catalog.borrow_and_update();
-                let mut out = String::new();
+                let mut out = Vec::new();
                 for (moved, list) in [(now.0 != catalog_seen.0, "prompts"), (now.1 != catalog_seen.1, "resources")] {
                     if moved {
                         let n = json!({"jsonrpc": "2.0", "method": format!("notifications/{list}/list_changed")});
-                        out.push_str(&format!("event: message\ndata: {n}\n\n"));
+                        out.extend_from_slice(&respond::sse_message(&n, None));
                     }
                 }
                 catalog_seen = now;
-                out
+                Bytes::from(out)
             }
             update = updates.recv() => match update {
                 Ok((server, uri)) => match node.mcp_sessions.subscribed_as(&sid, &server, &uri) {
                     Some(as_named) => {
                         let n = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": as_named}});
-                        format!("event: message\ndata: {n}\n\n")
+                        respond::sse_message(&n, None)
                     }
                     None => continue,
                 },
@@ -97,18 +90,14 @@ pub(super) async fn serve_stream(
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => break,
             },
-            _ = keepalive.tick() => ": keepalive\n\n".to_string(),
+            _ = keepalive.tick() => Bytes::from_static(b": keepalive\n\n"),
             _ = crate::intake::client_gone(session) => break,
         };
-        if session
-            .write_response_body(Some(Bytes::from(chunk)), false)
-            .await
-            .is_err()
-        {
+        if respond::stream_write(session, chunk).await.is_err() {
             break;
         }
     }
     ctx.failure = Some("stream closed".into());
-    let _ = session.write_response_body(None, true).await;
+    respond::stream_end(session).await;
     Ok(true)
 }

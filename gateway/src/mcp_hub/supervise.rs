@@ -9,8 +9,8 @@ use crate::config::{McpServerConfig, McpTransport};
 use crate::state::pins::PinCache;
 use crate::state::StateStore;
 use arc_swap::ArcSwap;
-use lattice_mcp::http::{HttpConfig, HttpUpstream};
-use lattice_mcp::stdio::{StdioConfig, StdioUpstream};
+use lattice_mcp::http::HttpConfig;
+use lattice_mcp::stdio::StdioConfig;
 use lattice_mcp::tools::{definition_hash, federated_name, ArgumentSchema};
 use lattice_mcp::upstream::Upstream;
 use lattice_mcp::McpError;
@@ -73,34 +73,34 @@ pub(super) fn entries(
 /// Starts (or connects to) a server and lists its tools.
 pub(super) async fn launch(config: &McpServerConfig) -> Result<(Upstream, Vec<Value>), McpError> {
     let up = match &config.transport {
-        McpTransport::Stdio { command, args, env } => Upstream::Stdio(Box::new(
-            StdioUpstream::start(StdioConfig {
+        McpTransport::Stdio { command, args, env } => {
+            lattice_mcp::stdio::start(StdioConfig {
                 name: config.name.clone(),
                 command: command.clone(),
                 args: args.clone(),
                 env: env.clone(),
                 timeout: config.timeout,
             })
-            .await?,
-        )),
-        McpTransport::Sse { url, headers } => Upstream::Sse(Box::new(
-            lattice_mcp::sse::SseUpstream::start(HttpConfig {
+            .await?
+        }
+        McpTransport::Sse { url, headers } => {
+            lattice_mcp::sse::start(HttpConfig {
                 name: config.name.clone(),
                 url: url.clone(),
                 headers: headers.clone(),
                 timeout: config.timeout,
             })
-            .await?,
-        )),
-        McpTransport::Http { url, headers } => Upstream::Http(Box::new(
-            HttpUpstream::start(HttpConfig {
+            .await?
+        }
+        McpTransport::Http { url, headers } => {
+            lattice_mcp::http::start(HttpConfig {
                 name: config.name.clone(),
                 url: url.clone(),
                 headers: headers.clone(),
                 timeout: config.timeout,
             })
-            .await?,
-        )),
+            .await?
+        }
     };
     let listed = up.list_tools().await?;
     Ok((up, listed))
@@ -248,9 +248,7 @@ pub(super) async fn watch_tools(
 pub(super) async fn retire(server: &Server, tools: &ArcSwap<ToolMap>) {
     publish(tools, &server.config.name, Vec::new());
     if let Some(up) = server.current.swap(None) {
-        if let Upstream::Stdio(s) = up.as_ref() {
-            s.kill().await;
-        }
+        up.kill().await;
     }
     tracing::info!(server = %server.config.name, "MCP server removed");
 }
