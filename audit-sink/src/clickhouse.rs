@@ -1,6 +1,7 @@
 //! Shipping the node's log to ClickHouse. The embedded store is the node's
 //! durable, ordered, append-only log of record (SQLite WAL, `synchronous =
-//! FULL`: every batch is fsynced before the call it records is forwarded);
+//! FULL`: every batch is synced before the calls it records are forwarded,
+//! unless the gateway runs with `audit.durability = "async"`);
 //! a shipper thread tails it in `seq` order and inserts batches into
 //! ClickHouse, so an unreachable ClickHouse never blocks or loses anything:
 //! the backlog waits in the store and is replayed in order when ClickHouse

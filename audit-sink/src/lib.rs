@@ -5,8 +5,10 @@
 //! store, the per-node Merkle log (RFC 9162) with Ed25519-signed C2SP
 //! checkpoints and witness export, and verification and proofs.
 //!
-//! Must never: block the request path beyond a bounded, non-blocking enqueue;
-//! accept an event it then drops; or treat the database as the proof — the
+//! Must never: block the request path beyond a bounded, non-blocking enqueue
+//! and the bounded wait for its decision's group commit; say a decision is
+//! durable before its batch is committed and synced; accept an event it
+//! then drops; or treat the database as the proof — the
 //! signed log is the proof, the rows are checked against it.
 
 pub mod checkpoint;
@@ -27,13 +29,15 @@ pub use verify::{
     prove_consistency, prove_inclusion, read_witness, verify, verify_log, LogData, Problem,
     VerifyReport,
 };
-pub use writer::{AuditHandle, AuditPipeline, OutcomeSlot, PipelineConfig};
+pub use writer::{AuditHandle, AuditPipeline, Durable, OutcomeSlot, PipelineConfig, INTERRUPTED};
 
 /// Everything that can go wrong in the audit trail.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("the audit queue is full")]
     QueueFull,
+    #[error("the decision was not on stable storage within {0} ms")]
+    NotDurable(u64),
     #[error("the audit pipeline is closed")]
     Closed,
     #[error("the audit store cannot be written")]

@@ -1,7 +1,10 @@
 //! The embedded audit store: one SQLite file (WAL) in the data directory.
 //! `events` holds each event's canonical JSON (the only source of truth;
 //! query columns are generated from it), `log_leaves` the Merkle log, and
-//! `checkpoints` the signed checkpoint notes.
+//! `checkpoints` the signed checkpoint notes, and `owed` the decisions
+//! whose call's outcome is not written yet (kept in the same transactions
+//! as the events, so after a crash the gateway knows which calls were
+//! interrupted; not part of the signed log).
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
@@ -26,12 +29,24 @@ CREATE TABLE IF NOT EXISTS log_leaves (
     idx INTEGER PRIMARY KEY,
     hash BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS owed (
+    event_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
     root BLOB NOT NULL,
     note TEXT NOT NULL
 );
 ";
+
+/// A `(seq, event)` row.
+fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: r.get::<_, i64>(0)? as u64,
+        json: r.get(1)?,
+    })
+}
 
 /// A connection to the store.
 pub struct Store {
@@ -69,8 +84,16 @@ impl Store {
         Ok(Self { conn })
     }
 
-    /// Appends events and their leaves in one transaction.
-    pub fn append(&mut self, rows: &[(u64, Vec<u8>, Hash)]) -> Result<(), AuditError> {
+    /// Appends events and their leaves in one transaction (durable when it
+    /// returns: WAL with `synchronous = FULL` syncs the commit). `owed`:
+    /// (event id, seq) of decisions that owe an outcome; `settled`: event
+    /// ids of decisions whose outcome is among the rows.
+    pub fn append(
+        &mut self,
+        rows: &[(u64, Vec<u8>, Hash)],
+        owed: &[(String, u64)],
+        settled: &[String],
+    ) -> Result<(), AuditError> {
         let tx = self.conn.transaction()?;
         {
             let mut ev = tx.prepare_cached("INSERT INTO events (seq, event) VALUES (?1, ?2)")?;
@@ -81,9 +104,28 @@ impl Store {
                 ev.execute(params![*seq as i64, text])?;
                 lf.execute(params![*seq as i64, &leaf[..]])?;
             }
+            let mut add =
+                tx.prepare_cached("INSERT OR REPLACE INTO owed (event_id, seq) VALUES (?1, ?2)")?;
+            for (id, seq) in owed {
+                add.execute(params![id, *seq as i64])?;
+            }
+            let mut settle = tx.prepare_cached("DELETE FROM owed WHERE event_id = ?1")?;
+            for id in settled {
+                settle.execute(params![id])?;
+            }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The decisions whose outcome was never written (the gateway stopped
+    /// between the two), in log order.
+    pub fn owed_decisions(&self) -> Result<Vec<StoredEvent>, AuditError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT e.seq, e.event FROM owed o JOIN events e ON e.seq = o.seq ORDER BY e.seq",
+        )?;
+        let rows = stmt.query_map([], stored)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn put_checkpoint(&self, size: u64, root: &Hash, note: &str) -> Result<(), AuditError> {
@@ -116,12 +158,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare("SELECT seq, event FROM events ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(StoredEvent {
-                seq: r.get::<_, i64>(0)? as u64,
-                json: r.get(1)?,
-            })
-        })?;
+        let rows = stmt.query_map([], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -146,12 +183,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare("SELECT seq, event FROM events ORDER BY seq DESC LIMIT ?1")?;
-        let rows = stmt.query_map([n as i64], |r| {
-            Ok(StoredEvent {
-                seq: r.get::<_, i64>(0)? as u64,
-                json: r.get(1)?,
-            })
-        })?;
+        let rows = stmt.query_map([n as i64], stored)?;
         let mut out: Vec<StoredEvent> = rows.collect::<Result<_, _>>()?;
         out.reverse();
         Ok(out)
@@ -162,12 +194,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare("SELECT seq, event FROM events WHERE request_id = ?1 ORDER BY seq")?;
-        let rows = stmt.query_map([request_id], |r| {
-            Ok(StoredEvent {
-                seq: r.get::<_, i64>(0)? as u64,
-                json: r.get(1)?,
-            })
-        })?;
+        let rows = stmt.query_map([request_id], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

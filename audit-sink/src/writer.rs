@@ -2,9 +2,19 @@
 //! writer thread that assigns sequence numbers, appends events and leaves to
 //! the store in batches, advances the Merkle log and signs checkpoints.
 //!
-//! The request path only calls `AuditHandle::record`, a non-blocking enqueue
-//! that fails when the queue is full, the pipeline is closed, or the writer
-//! cannot write: the caller refuses the call (fail closed).
+//! The request path only calls `AuditHandle::record` or `record_decision`, a
+//! non-blocking enqueue that fails when the queue is full, the pipeline is
+//! closed, or the writer cannot write: the caller refuses the call (fail
+//! closed). A decision comes with a `Durable`, which resolves once its batch
+//! is committed and synced: the caller forwards only then. The writer takes
+//! everything queued, writes it in one transaction and syncs once (group
+//! commit: one sync serves every call waiting, never one per call).
+//!
+//! A decision owes an outcome: the store keeps it in `owed` until its
+//! outcome is written, in the same transactions. A pipeline that starts on
+//! a store with owed decisions (the gateway crashed between the two)
+//! writes an outcome for each first, saying the gateway stopped before the
+//! outcome was recorded.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -21,6 +31,7 @@ use crate::event::AuditEvent;
 use crate::merkle::Frontier;
 use crate::store::Store;
 use crate::AuditError;
+use tokio::sync::oneshot;
 
 /// Settings of the pipeline.
 pub struct PipelineConfig {
@@ -43,8 +54,19 @@ pub struct PipelineConfig {
     pub clickhouse: Option<ClickHouseConfig>,
 }
 
+/// One event on its way to the store.
+struct Queued {
+    event: AuditEvent,
+    /// A decision whose call owes an outcome.
+    owes: bool,
+    /// The event id of the decision this outcome settles.
+    settles: Option<String>,
+    /// Told once the event is on stable storage.
+    durable: Option<oneshot::Sender<()>>,
+}
+
 enum Msg {
-    Event(Box<AuditEvent>),
+    Event(Box<Queued>),
     Flush(SyncSender<()>),
     Shutdown,
 }
@@ -55,6 +77,8 @@ struct Shared {
     closed: AtomicBool,
     failing: AtomicBool,
     written: AtomicU64,
+    /// Transactions written (one sync each).
+    commits: AtomicU64,
     /// The log's size (next `seq`).
     log_size: AtomicU64,
     /// With ClickHouse: the shipper's progress and the backlog bound.
@@ -75,15 +99,38 @@ pub struct AuditHandle {
 pub struct OutcomeSlot {
     handle: AuditHandle,
     used: bool,
+    /// The decision's event id (the outcome settles what it owes).
+    decision: String,
 }
 
 impl OutcomeSlot {
     /// Enqueues the outcome into the reserved place.
     pub fn record(mut self, event: AuditEvent) -> Result<(), AuditError> {
         self.used = true;
-        self.handle.send(event).inspect_err(|_| {
+        let queued = Queued {
+            event,
+            owes: false,
+            settles: Some(std::mem::take(&mut self.decision)),
+            durable: None,
+        };
+        self.handle.send(queued).inspect_err(|_| {
             self.handle.shared.depth.fetch_sub(1, Ordering::AcqRel);
         })
+    }
+}
+
+/// Resolves once a decision is on stable storage.
+pub struct Durable(oneshot::Receiver<()>);
+
+impl Durable {
+    /// Waits (at most `within`) for the decision's batch to be committed
+    /// and synced.
+    pub async fn wait(self, within: Duration) -> Result<(), AuditError> {
+        match tokio::time::timeout(within, self.0).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(AuditError::Closed),
+            Err(_) => Err(AuditError::NotDurable(within.as_millis() as u64)),
+        }
     }
 }
 
@@ -124,9 +171,9 @@ impl AuditHandle {
     }
 
     /// Sends into an already reserved place.
-    fn send(&self, event: AuditEvent) -> Result<(), AuditError> {
+    fn send(&self, queued: Queued) -> Result<(), AuditError> {
         self.tx
-            .try_send(Msg::Event(Box::new(event)))
+            .try_send(Msg::Event(Box::new(queued)))
             .map_err(|e| match e {
                 TrySendError::Full(_) => AuditError::QueueFull,
                 TrySendError::Disconnected(_) => AuditError::Closed,
@@ -137,23 +184,38 @@ impl AuditHandle {
     /// was not accepted and the caller must not proceed as if it had been.
     pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
         self.reserve(1)?;
-        self.send(event).inspect_err(|_| {
+        let queued = Queued {
+            event,
+            owes: false,
+            settles: None,
+            durable: None,
+        };
+        self.send(queued).inspect_err(|_| {
             self.shared.depth.fetch_sub(1, Ordering::AcqRel);
         })
     }
 
-    /// Enqueues a decision event and reserves the place of its outcome.
-    pub fn record_decision(&self, event: AuditEvent) -> Result<OutcomeSlot, AuditError> {
+    /// Enqueues a decision event and reserves the place of its outcome;
+    /// `Durable` says when the decision is on stable storage.
+    pub fn record_decision(&self, event: AuditEvent) -> Result<(OutcomeSlot, Durable), AuditError> {
         self.reserve(2)?;
         let slot = OutcomeSlot {
             handle: self.clone(),
             used: false,
+            decision: event.event_id.clone(),
         };
-        if let Err(e) = self.send(event) {
+        let (tx, rx) = oneshot::channel();
+        let queued = Queued {
+            event,
+            owes: true,
+            settles: None,
+            durable: Some(tx),
+        };
+        if let Err(e) = self.send(queued) {
             self.shared.depth.fetch_sub(1, Ordering::AcqRel);
             return Err(e); // dropping the slot releases the other place
         }
-        Ok(slot)
+        Ok((slot, Durable(rx)))
     }
 
     /// Events accepted (or reserved for owed outcomes) but not yet written.
@@ -164,6 +226,11 @@ impl AuditHandle {
     /// Events written since start.
     pub fn written(&self) -> u64 {
         self.shared.written.load(Ordering::Acquire)
+    }
+
+    /// Batches committed since start (each one transaction, one sync).
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Acquire)
     }
 
     /// True while the pipeline accepts events.
@@ -187,6 +254,7 @@ pub struct AuditPipeline {
     handle: AuditHandle,
     thread: Option<JoinHandle<()>>,
     shipper: Option<(Arc<ShipState>, JoinHandle<()>)>,
+    recovered: usize,
 }
 
 impl AuditPipeline {
@@ -242,6 +310,7 @@ impl AuditPipeline {
             last_checkpoint_at: Instant::now(),
             shared: shared.clone(),
         };
+        let recovered = writer.recover()?;
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
@@ -254,7 +323,14 @@ impl AuditPipeline {
             },
             thread: Some(thread),
             shipper,
+            recovered,
         })
+    }
+
+    /// Calls found interrupted at start (decisions without outcomes), each
+    /// now with an outcome saying so.
+    pub fn recovered(&self) -> usize {
+        self.recovered
     }
 
     pub fn handle(&self) -> AuditHandle {
@@ -293,7 +369,7 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, rx: Receiver<Msg>) {
-        let mut batch: Vec<AuditEvent> = Vec::with_capacity(self.cfg.batch_max);
+        let mut batch: Vec<Queued> = Vec::with_capacity(self.cfg.batch_max);
         let mut waiters: Vec<SyncSender<()>> = Vec::new();
         loop {
             let mut shutdown = false;
@@ -309,7 +385,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.write_batch(&mut batch);
+            self.write_batch(&mut batch, true);
             let due = self.frontier.size() - self.last_checkpoint >= self.cfg.checkpoint_every
                 || self.last_checkpoint_at.elapsed() >= self.cfg.checkpoint_interval;
             if due || shutdown || !waiters.is_empty() {
@@ -325,15 +401,10 @@ impl Writer {
     }
 
     /// Returns true on shutdown.
-    fn take(
-        &self,
-        msg: Msg,
-        batch: &mut Vec<AuditEvent>,
-        waiters: &mut Vec<SyncSender<()>>,
-    ) -> bool {
+    fn take(&self, msg: Msg, batch: &mut Vec<Queued>, waiters: &mut Vec<SyncSender<()>>) -> bool {
         match msg {
-            Msg::Event(e) => {
-                batch.push(*e);
+            Msg::Event(q) => {
+                batch.push(*q);
                 false
             }
             Msg::Flush(w) => {
@@ -344,19 +415,30 @@ impl Writer {
         }
     }
 
-    /// Writes the batch, retrying until the store accepts it. While it does
-    /// not, the pipeline reports itself failing so new calls are refused.
-    fn write_batch(&mut self, batch: &mut Vec<AuditEvent>) {
+    /// Writes the batch in one transaction, retrying until the store
+    /// accepts it (while it does not, the pipeline reports itself failing so
+    /// new calls are refused), then tells the decisions waiting that they
+    /// are durable. `reserved`: the events hold places in the queue.
+    fn write_batch(&mut self, batch: &mut Vec<Queued>, reserved: bool) {
         if batch.is_empty() {
             return;
         }
         let start = self.frontier.size();
+        let mut owed = Vec::new();
+        let mut settled = Vec::new();
         let rows: Vec<_> = batch
             .iter_mut()
             .enumerate()
-            .map(|(i, e)| {
+            .map(|(i, q)| {
+                let e = &mut q.event;
                 e.node.clone_from(&self.cfg.node);
                 e.seq = start + i as u64;
+                if q.owes {
+                    owed.push((e.event_id.clone(), e.seq));
+                }
+                if let Some(d) = q.settles.take() {
+                    settled.push(d);
+                }
                 let json = e.canonical();
                 let leaf = crate::merkle::leaf_hash(&json);
                 (e.seq, json, leaf)
@@ -364,7 +446,7 @@ impl Writer {
             .collect();
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.store.append(&rows) {
+            match self.store.append(&rows, &owed, &settled) {
                 Ok(()) => break,
                 Err(err) => {
                     self.shared.failing.store(true, Ordering::Release);
@@ -375,10 +457,18 @@ impl Writer {
             }
         }
         self.shared.failing.store(false, Ordering::Release);
+        self.shared.commits.fetch_add(1, Ordering::AcqRel);
         for (_, _, leaf) in &rows {
             self.frontier.push(*leaf);
         }
-        self.shared.depth.fetch_sub(rows.len(), Ordering::AcqRel);
+        for q in batch.iter_mut() {
+            if let Some(tx) = q.durable.take() {
+                let _ = tx.send(());
+            }
+        }
+        if reserved {
+            self.shared.depth.fetch_sub(rows.len(), Ordering::AcqRel);
+        }
         self.shared
             .written
             .fetch_add(rows.len() as u64, Ordering::AcqRel);
@@ -386,6 +476,34 @@ impl Writer {
             .log_size
             .store(self.frontier.size(), Ordering::Release);
         batch.clear();
+    }
+
+    /// Writes an outcome for every decision the store still owes one (the
+    /// gateway stopped between the two), before anything else is written.
+    fn recover(&mut self) -> Result<usize, AuditError> {
+        let owed = self.store.owed_decisions()?;
+        let mut batch = Vec::with_capacity(owed.len());
+        for stored in &owed {
+            let decision = crate::event::parse_canonical(stored.json.as_bytes()).map_err(|e| {
+                AuditError::Corrupt(format!("owed decision at seq {}: {e}", stored.seq))
+            })?;
+            batch.push(Queued {
+                event: interrupted(&decision),
+                owes: false,
+                settles: Some(decision.event_id),
+                durable: None,
+            });
+        }
+        let n = batch.len();
+        if n > 0 {
+            tracing::warn!(
+                calls = n,
+                "the gateway stopped before these calls' outcomes were known; recorded them as interrupted"
+            );
+            self.write_batch(&mut batch, false);
+            self.checkpoint();
+        }
+        Ok(n)
     }
 
     fn checkpoint(&mut self) {
@@ -411,6 +529,31 @@ impl Writer {
         }
         self.last_checkpoint = size;
     }
+}
+
+/// The reason an interrupted call's outcome carries.
+pub const INTERRUPTED: &str =
+    "interrupted: the gateway stopped before this call's outcome was recorded";
+
+/// The outcome recorded at start for a decision left without one.
+fn interrupted(decision: &AuditEvent) -> AuditEvent {
+    let mut e = AuditEvent::new(
+        crate::event::Phase::Outcome,
+        &decision.request_id,
+        &decision.kind,
+    );
+    e.trace_id.clone_from(&decision.trace_id);
+    e.tenant.clone_from(&decision.tenant);
+    e.principal.clone_from(&decision.principal);
+    e.auth_method.clone_from(&decision.auth_method);
+    e.target.clone_from(&decision.target);
+    e.action.clone_from(&decision.action);
+    e.decision.clone_from(&decision.decision);
+    e.upstream.clone_from(&decision.upstream);
+    e.client_addr.clone_from(&decision.client_addr);
+    e.user_agent.clone_from(&decision.user_agent);
+    e.reason = INTERRUPTED.to_string();
+    e
 }
 
 /// Appends one checkpoint to the witness file as a JSON line and syncs it.

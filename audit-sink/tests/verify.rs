@@ -47,7 +47,7 @@ fn write_trail(calls: usize) -> Trail {
         let mut decision = AuditEvent::new(Phase::Decision, &request, "http.request");
         decision.principal = "agent-a".into();
         decision.decision = if i == 2 { "deny" } else { "allow" }.into();
-        let slot = audit.record_decision(decision).unwrap();
+        let (slot, _durable) = audit.record_decision(decision).unwrap();
         let mut outcome = AuditEvent::new(Phase::Outcome, &request, "http.request");
         outcome.status = Some(if i == 2 { 403 } else { 200 });
         slot.record(outcome).unwrap();
@@ -193,7 +193,7 @@ fn a_store_rebuilt_and_re_signed_with_the_node_key_is_exposed_only_by_the_witnes
         .iter()
         .map(|e| (e.seq, e.canonical(), e.leaf()))
         .collect();
-    forged.append(&rows).unwrap();
+    forged.append(&rows, &[], &[]).unwrap();
     let leaves: Vec<_> = rows.iter().map(|r| r.2).collect();
     for size in sizes {
         let cp = Checkpoint {

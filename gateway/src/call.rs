@@ -10,12 +10,12 @@
 //! 7 whose decision was not recorded (unless `audit.on_full = "allow"` says
 //! so, loudly), or know a door's protocol.
 
-use lattice_audit::{AuditEvent, OutcomeSlot};
+use lattice_audit::{AuditEvent, Durable, OutcomeSlot};
 use lattice_policy::{Evaluation, Principal};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{OnFull, Route};
+use crate::config::{Durability, OnFull, Route};
 use crate::enforce::{CallFacts, STEPS};
 use crate::error::Rejection;
 use crate::limits::{CallKind, LimitSpec};
@@ -148,24 +148,25 @@ impl Call {
     }
 
     /// Step 7: enqueues a decision event, reserving its outcome's place,
-    /// honouring `audit.on_full`. Err means refuse (503).
+    /// honouring `audit.on_full`. Err means refuse (503); Ok holds what says
+    /// when the decision is durable (none for a call let through unaudited).
     fn record(
         &mut self,
         node: &Shared,
         runtime: &Runtime,
         event: AuditEvent,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Option<Durable>, Rejection> {
         match node.audit.record_decision(event) {
-            Ok(slot) => {
+            Ok((slot, durable)) => {
                 self.outcome_slot = Some(slot);
                 self.decided = true;
-                Ok(())
+                Ok(Some(durable))
             }
             Err(e) if runtime.config.audit.on_full == OnFull::Allow => {
                 node.metrics.audit_bypassed.inc();
                 tracing::error!(error = %e, "audit pipeline cannot accept an event; letting the call through UNAUDITED (audit.on_full = allow)");
                 self.decided = true;
-                Ok(())
+                Ok(None)
             }
             Err(e) => {
                 node.metrics.audit_refused.inc();
@@ -175,15 +176,24 @@ impl Call {
         }
     }
 
-    /// Records an `allow` decision (step 7). Err: the 503 to answer.
-    pub fn allow(
+    /// Records an `allow` decision (step 7) and, unless the audit is
+    /// asynchronous, waits for it to be on stable storage: nothing is
+    /// forwarded before. Err: the 503 to answer.
+    pub async fn allow(
         &mut self,
         node: &Shared,
         runtime: &Runtime,
         event: AuditEvent,
     ) -> Result<(), Rejection> {
         self.enter(node, runtime, 7)?;
-        self.record(node, runtime, event)?;
+        let durable = self.record(node, runtime, event)?;
+        if let (Some(d), Durability::Durable) = (durable, runtime.config.audit.durability) {
+            if let Err(e) = d.wait(runtime.config.audit.durable_timeout).await {
+                node.metrics.audit_refused.inc();
+                tracing::error!(error = %e, "the decision is not on stable storage; refusing the call (fail closed)");
+                return Err(Rejection::AuditUnavailable);
+            }
+        }
         self.facts.decision = "allow";
         Ok(())
     }

@@ -123,7 +123,7 @@ pub async fn allowed(
     runtime: &Runtime,
     event: AuditEvent,
 ) -> Result<bool> {
-    match call.allow(node, runtime, event) {
+    match call.allow(node, runtime, event).await {
         Ok(()) => Ok(true),
         Err(r) => {
             rejection(session, call, &r).await?;

@@ -45,7 +45,7 @@ fn push(p: &AuditPipeline, events: u64, producers: u64) -> Result<Duration> {
                     e.decision = "allow".into();
                     let slot = loop {
                         match h.record_decision(e.clone()) {
-                            Ok(s) => break s,
+                            Ok((s, _)) => break s,
                             Err(_) => std::thread::yield_now(),
                         }
                     };

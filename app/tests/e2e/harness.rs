@@ -159,6 +159,48 @@ impl Drop for Upstream {
     }
 }
 
+/// A test peer built with the workspace (`lattice-mock-mcp`,
+/// `lattice-mock-vllm`), which prints `... <addr>` as its first line.
+pub struct Peer {
+    pub port: u16,
+    child: Child,
+}
+
+impl Peer {
+    pub fn start(bin: &str, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let path = Path::new(BIN).with_file_name(bin);
+        assert!(
+            path.exists(),
+            "{} is missing: build the workspace first (cargo build --workspace)",
+            path.display()
+        );
+        let mut child = Command::new(path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line of {bin}: {line}"));
+        Self { port, child }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub const STARTER_POLICY: &str =
     include_str!("../../../examples/quickstart/policies/starter.cedar");
 
@@ -270,6 +312,13 @@ impl Gateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash or a power cut would stop it.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        let _ = child.wait();
     }
 
     /// SIGTERM, then wait for exit.

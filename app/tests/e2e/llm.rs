@@ -5,10 +5,10 @@
 
 use crate::harness::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const POLICY: &str = r#"
@@ -23,7 +23,7 @@ when { principal.labels.contains("confidential") && context.backend_location != 
 /// A `lattice-mock-vllm` process.
 pub struct MockVllm {
     pub port: u16,
-    child: Option<Child>,
+    peer: Option<Peer>,
 }
 
 impl MockVllm {
@@ -32,41 +32,22 @@ impl MockVllm {
     }
 
     pub fn start_with(name: &str, models: &[&str], token_ms: u64, extra: &[&str]) -> Self {
-        let bin = Path::new(BIN).with_file_name("lattice-mock-vllm");
-        assert!(
-            bin.exists(),
-            "{} is missing: build the workspace first (cargo build --workspace)",
-            bin.display()
-        );
-        let mut cmd = Command::new(bin);
-        cmd.args(["--name", name, "--token-ms", &token_ms.to_string()]);
+        let token_ms = token_ms.to_string();
+        let mut args = vec!["--name", name, "--token-ms", &token_ms];
         for m in models {
-            cmd.args(["--model", m]);
+            args.extend(["--model", m]);
         }
-        cmd.args(extra);
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        args.extend_from_slice(extra);
+        let peer = Peer::start("lattice-mock-vllm", &args);
         Self {
-            port,
-            child: Some(child),
+            port: peer.port,
+            peer: Some(peer),
         }
     }
 
     /// SIGKILL: connections reset, nothing answers any more.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.peer.take();
     }
 
     pub fn metric(&self, name: &str) -> f64 {
@@ -78,12 +59,6 @@ impl MockVllm {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
-    }
-}
-
-impl Drop for MockVllm {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -6,6 +6,7 @@ mod audit_tamper;
 mod change_audit;
 mod clickhouse;
 mod conformance;
+mod crash;
 mod harness;
 mod jwt;
 mod limits;
@@ -470,7 +471,21 @@ fn audit_store_failure_fails_closed_with_503_and_loses_nothing() {
             "an allowed call lost its audit events"
         );
     }
-    assert!(store.by_request(&refused.request_id()).unwrap().is_empty());
+    // The refused call was never forwarded. It left no event if it was
+    // refused at the queue, or — the call whose decision was queued as the
+    // store broke, refused when it was not durable in time — its decision
+    // and an outcome that says it was refused.
+    let events: Vec<_> = store
+        .by_request(&refused.request_id())
+        .unwrap()
+        .iter()
+        .map(|s| lattice_audit::event::parse_canonical(s.json.as_bytes()).unwrap())
+        .collect();
+    if !events.is_empty() {
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[1].status, Some(503), "{events:?}");
+        assert!(events[1].reason.contains("not forwarded"), "{events:?}");
+    }
     gw.assert_verifies(&[]);
 }
 

@@ -23,8 +23,8 @@ mod sections;
 pub use limits::{CallKind, LimitSpec, Per};
 pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
 pub use mcp::{build_mcp_server, is_private_host, McpServerConfig, McpTransport, RawMcpServer};
-pub use raw::OnFull;
 use raw::*;
+pub use raw::{Durability, OnFull};
 
 /// The JWT signature algorithms Lattice verifies.
 pub const SUPPORTED_JWT_ALGS: &[&str] = &["EdDSA", "ES256", "RS256"];
@@ -115,6 +115,10 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
     pub batch_max: usize,
     pub on_full: OnFull,
+    pub durability: Durability,
+    /// Longest wait for a decision's group commit before the call is
+    /// refused (503).
+    pub durable_timeout: Duration,
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
     pub witness_file: Option<PathBuf>,
@@ -314,7 +318,36 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 1024 * 1024);
         assert_eq!(c.policy.files, vec![PathBuf::from("/etc/lattice/p.cedar")]);
         assert_eq!(c.audit.on_full, OnFull::Deny);
+        assert_eq!(c.audit.durability, Durability::Durable);
+        assert_eq!(c.audit.durable_timeout, Duration::from_secs(5));
         assert!(c.auth.api_keys);
+    }
+
+    #[test]
+    fn audit_durability_is_durable_or_async_and_nothing_else() {
+        for (value, expected) in [
+            ("\"durable\"", Ok(Durability::Durable)),
+            ("\"async\"", Ok(Durability::Async)),
+            (
+                "\"fast\"",
+                Err("unknown variant `fast`, expected `durable` or `async`"),
+            ),
+        ] {
+            let text = format!("{MINIMAL}[audit]\ndurability = {value}\n");
+            let got = parse(Path::new("lattice.toml"), &text)
+                .map(|c| c.audit.durability)
+                .map_err(|e| e.to_string());
+            match (got, expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want),
+                (Err(got), Err(want)) => {
+                    assert!(
+                        got.contains(want) && got.contains("lattice.toml:6:"),
+                        "{got}"
+                    )
+                }
+                (got, want) => panic!("{value}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -202,6 +202,10 @@ pub(super) struct RawAudit {
     pub(super) batch_max: usize,
     #[serde(default)]
     pub(super) on_full: OnFull,
+    #[serde(default)]
+    pub(super) durability: Durability,
+    #[serde(default = "d_durable_ms")]
+    pub(super) durable_timeout_ms: u64,
     #[serde(default = "d_cp_every")]
     pub(super) checkpoint_every: u64,
     #[serde(default = "d_cp_ms")]
@@ -249,6 +253,8 @@ impl Default for RawAudit {
             queue_capacity: d_queue(),
             batch_max: d_batch(),
             on_full: OnFull::default(),
+            durability: Durability::default(),
+            durable_timeout_ms: d_durable_ms(),
             checkpoint_every: d_cp_every(),
             checkpoint_interval_ms: d_cp_ms(),
             witness_file: None,
@@ -268,6 +274,23 @@ pub(super) fn d_cp_every() -> u64 {
 }
 pub(super) fn d_cp_ms() -> u64 {
     1_000
+}
+
+pub(super) fn d_durable_ms() -> u64 {
+    5_000
+}
+
+/// When a call is forwarded, relative to its decision's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After the decision is committed and synced to disk (the default).
+    #[default]
+    Durable,
+    /// As soon as the decision is queued: a crash or power loss loses the
+    /// decisions still queued (at most `queue_capacity` events) of calls
+    /// that may already have been forwarded and answered.
+    Async,
 }
 
 /// What happens when the audit pipeline cannot accept an event.

@@ -143,6 +143,8 @@ pub(super) fn audit(
         queue_capacity: a.queue_capacity,
         batch_max: a.batch_max,
         on_full: a.on_full,
+        durability: a.durability,
+        durable_timeout: Duration::from_millis(a.durable_timeout_ms.max(1)),
         checkpoint_every: a.checkpoint_every,
         checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms.max(10)),
         witness_file: a.witness_file.as_deref().map(resolve),

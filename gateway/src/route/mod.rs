@@ -80,7 +80,8 @@ pub async fn enforce(
     if let Err((r, reason)) = admit(node, limits, &principal, CallKind::Http).await {
         return call.refuse(node, runtime, r, &reason);
     }
-    call.allow(node, runtime, call.facts.allow_event(&evaluation))?;
+    call.allow(node, runtime, call.facts.allow_event(&evaluation))
+        .await?;
     let upstream_path = match req.uri.query() {
         Some(q) => format!("{}{rest}?{q}", route.upstream.base_path),
         None => format!("{}{rest}", route.upstream.base_path),
