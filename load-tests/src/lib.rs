@@ -8,6 +8,8 @@
 //!
 //! Must never: send traffic anywhere but loopback, or run unbounded.
 
+pub mod http_get;
+
 use std::process::{Child, Command};
 use std::time::Duration;
 

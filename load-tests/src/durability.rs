@@ -1,0 +1,208 @@
+//! The cost of durability: the same HTTP route through two gateways side by
+//! side — `audit.durability = "durable"` (the default: a call is forwarded
+//! once its decision is committed and synced) and `"async"` (forwarded once
+//! queued) — in the same run, rounds interleaved, beside the disk's own
+//! sync latency measured in that run (4 KiB appended and `fdatasync`ed in
+//! the durable gateway's data directory). The floor of a durable record is
+//! one sync per batch; the target is durable p50 ≤ async p50 + sync p50 +
+//! 0.05 ms, and saturation ≥ 85% of async.
+//!
+//! `cargo run --release -p lattice-load-tests --bin lattice-load-durability --
+//!    --lattice target/release/lattice [--rate 1000] [--seconds 10]
+//!    [--saturation-seconds 5] [--concurrency 32] [--rounds 3]`
+
+use anyhow::{bail, Context, Result};
+use lattice_load_tests::http_get::{fixed_rate, saturation, wait_ok};
+use lattice_load_tests::{free_port, percentile, start_gateway, Fixed, Proc};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+struct Args {
+    lattice: PathBuf,
+    rate: u64,
+    seconds: u64,
+    saturation_seconds: u64,
+    concurrency: usize,
+    rounds: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        lattice: PathBuf::from("target/release/lattice"),
+        rate: 1000,
+        seconds: 10,
+        saturation_seconds: 5,
+        concurrency: 32,
+        rounds: 3,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let value = pair.get(1).context("missing value")?;
+        match pair[0].as_str() {
+            "--lattice" => a.lattice = PathBuf::from(value),
+            "--rate" => a.rate = value.parse()?,
+            "--seconds" => a.seconds = value.parse()?,
+            "--saturation-seconds" => a.saturation_seconds = value.parse()?,
+            "--concurrency" => a.concurrency = value.parse()?,
+            "--rounds" => a.rounds = value.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if a.seconds > 60 || a.saturation_seconds > 60 || a.rate > 50_000 || a.rounds > 10 {
+        bail!("bounded scenario: at most 60 s per run, 10 rounds, 50,000 requests/s");
+    }
+    Ok(a)
+}
+
+/// (p50, p99) ms of `n` appends of 4 KiB, each followed by `fdatasync`.
+fn sync_latency(dir: &Path, n: usize) -> Result<(f64, f64)> {
+    let path = dir.join("sync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0u8; 4096];
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        samples.push(start.elapsed());
+    }
+    std::fs::remove_file(&path)?;
+    samples.sort();
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
+}
+
+/// The median of some figures.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+struct Round {
+    sync: (f64, f64),
+    fixed: [Fixed; 3],
+    saturated: [f64; 3],
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let up_port = free_port()?;
+    let _upstream = Proc(
+        Command::new(&args.lattice)
+            .args(["demo-upstream", "--listen", &format!("127.0.0.1:{up_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the demo upstream")?,
+    );
+    let starter = include_str!("../../examples/quickstart/policies/starter.cedar");
+    let route = format!(
+        "[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{up_port}\"\nlabels = [\"demo\"]\n"
+    );
+    // Data directories on the working disk (not a tmpfs), as a gateway's.
+    let base = std::env::current_dir()?;
+    let durable_dir = tempfile::tempdir_in(&base)?;
+    let async_dir = tempfile::tempdir_in(&base)?;
+    let durable = start_gateway(&args.lattice, durable_dir.path(), starter, &route).await?;
+    let asynchronous = start_gateway(
+        &args.lattice,
+        async_dir.path(),
+        starter,
+        &format!("{route}\n[audit]\ndurability = \"async\"\n"),
+    )
+    .await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let targets = [
+        (format!("http://127.0.0.1:{up_port}/bench"), None),
+        (
+            format!("http://127.0.0.1:{}/tools/echo/bench", durable.port),
+            Some(durable.auth.clone()),
+        ),
+        (
+            format!("http://127.0.0.1:{}/tools/echo/bench", asynchronous.port),
+            Some(asynchronous.auth.clone()),
+        ),
+    ];
+    for (url, auth) in &targets {
+        wait_ok(&client, url, auth.as_deref()).await?;
+    }
+    let data = durable_dir.path().join("data");
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        let sync = sync_latency(&data, 500)?;
+        let mut fixed = Vec::new();
+        for (url, auth) in &targets {
+            let _ = fixed_rate(&client, url, auth.as_deref(), args.rate, 1).await; // warm-up
+            fixed.push(fixed_rate(&client, url, auth.as_deref(), args.rate, args.seconds).await);
+        }
+        let mut saturated = [0.0; 3];
+        for (i, (url, auth)) in targets.iter().enumerate() {
+            let (rps, errors) = saturation(
+                &client,
+                url,
+                auth.as_deref(),
+                args.concurrency,
+                args.saturation_seconds,
+            )
+            .await;
+            if errors > 0 {
+                bail!("{errors} errors at saturation on {url}");
+            }
+            saturated[i] = rps;
+        }
+        let fixed: [Fixed; 3] = fixed
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("three runs"))?;
+        println!(
+            "round {round}: sync p50/p99 {:.3}/{:.3} ms; p50/p99 ms at {} req/s: direct {:.3}/{:.3}, durable {:.3}/{:.3}, async {:.3}/{:.3}; saturation req/s: direct {:.0}, durable {:.0}, async {:.0}",
+            sync.0, sync.1, args.rate,
+            fixed[0].p50, fixed[0].p99, fixed[1].p50, fixed[1].p99, fixed[2].p50, fixed[2].p99,
+            saturated[0], saturated[1], saturated[2],
+        );
+        for f in &fixed {
+            if f.errors > 0 {
+                bail!("{} errors at the fixed rate", f.errors);
+            }
+        }
+        rounds.push(Round {
+            sync,
+            fixed,
+            saturated,
+        });
+    }
+    let m = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    let (sync50, sync99) = (m(&|r| r.sync.0), m(&|r| r.sync.1));
+    println!("\nmedians of {} rounds", rounds.len());
+    println!("| path | p50 ms | p99 ms | saturation req/s |");
+    println!("|---|---|---|---|");
+    for (i, name) in ["direct", "lattice, durable", "lattice, async"]
+        .iter()
+        .enumerate()
+    {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.0} |",
+            m(&|r| r.fixed[i].p50),
+            m(&|r| r.fixed[i].p99),
+            m(&|r| r.saturated[i])
+        );
+    }
+    println!("| disk sync (4 KiB + fdatasync) | {sync50:.3} | {sync99:.3} | |");
+    let (d50, a50) = (m(&|r| r.fixed[1].p50), m(&|r| r.fixed[2].p50));
+    let share = m(&|r| r.saturated[1] / r.saturated[2]);
+    let latency_met = d50 <= a50 + sync50 + 0.05;
+    println!(
+        "\ndurable p50 {d50:.3} ms vs async p50 + sync p50 + 0.05 = {:.3} ms: {}",
+        a50 + sync50 + 0.05,
+        if latency_met { "met" } else { "missed" }
+    );
+    println!(
+        "durable saturation = {:.0}% of async (target ≥ 85%): {}",
+        share * 100.0,
+        if share >= 0.85 { "met" } else { "missed" }
+    );
+    drop((durable, asynchronous));
+    Ok(())
+}
