@@ -79,6 +79,11 @@ struct Shared {
     written: AtomicU64,
     /// Transactions written (one sync each).
     commits: AtomicU64,
+    /// Calls let through unaudited since the last `audit.gap` event, and
+    /// when the first and the last of them were (µs).
+    gap: AtomicU64,
+    gap_first_us: AtomicU64,
+    gap_last_us: AtomicU64,
     /// The log's size (next `seq`).
     log_size: AtomicU64,
     /// With ClickHouse: the shipper's progress and the backlog bound.
@@ -180,9 +185,59 @@ impl AuditHandle {
             })
     }
 
+    /// Notes a call let through without its decision recorded (the
+    /// operator chose `audit.on_full = allow`): the next event accepted is
+    /// preceded by an `audit.gap` event that counts them, so the trail shows
+    /// where it has a hole.
+    pub fn note_bypassed(&self) {
+        let now = crate::event::now_us();
+        let _ = self
+            .shared
+            .gap_first_us
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        self.shared.gap_last_us.store(now, Ordering::Release);
+        self.shared.gap.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Writes the `audit.gap` event owed, if any and if there is room.
+    fn close_gap(&self) {
+        if self.shared.gap.load(Ordering::Acquire) == 0 || self.reserve(1).is_err() {
+            return;
+        }
+        let n = self.shared.gap.swap(0, Ordering::AcqRel);
+        let first = self.shared.gap_first_us.swap(0, Ordering::AcqRel);
+        let last = self.shared.gap_last_us.load(Ordering::Acquire);
+        let mut e = AuditEvent::new(
+            crate::event::Phase::Decision,
+            &uuid::Uuid::now_v7().to_string(),
+            GAP,
+        );
+        e.decision = "allow".into();
+        e.reason = format!(
+            "{n} call(s) went through without an audit record between ts_us {first} and {last} (audit.on_full = allow)"
+        );
+        let queued = Queued {
+            event: e,
+            owes: false,
+            settles: None,
+            durable: None,
+        };
+        if self.send(queued).is_err() {
+            self.shared.depth.fetch_sub(1, Ordering::AcqRel);
+            self.shared.gap.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Calls let through unaudited and not yet counted in an `audit.gap`
+    /// event.
+    pub fn gap(&self) -> u64 {
+        self.shared.gap.load(Ordering::Acquire)
+    }
+
     /// Enqueues a standalone event without blocking. An error means the event
     /// was not accepted and the caller must not proceed as if it had been.
     pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.close_gap();
         self.reserve(1)?;
         let queued = Queued {
             event,
@@ -198,6 +253,7 @@ impl AuditHandle {
     /// Enqueues a decision event and reserves the place of its outcome;
     /// `Durable` says when the decision is on stable storage.
     pub fn record_decision(&self, event: AuditEvent) -> Result<(OutcomeSlot, Durable), AuditError> {
+        self.close_gap();
         self.reserve(2)?;
         let slot = OutcomeSlot {
             handle: self.clone(),
@@ -530,6 +586,9 @@ impl Writer {
         self.last_checkpoint = size;
     }
 }
+
+/// The kind of the event that counts calls let through unaudited.
+pub const GAP: &str = "audit.gap";
 
 /// The reason an interrupted call's outcome carries.
 pub const INTERRUPTED: &str =

@@ -164,6 +164,7 @@ impl Call {
             }
             Err(e) if runtime.config.audit.on_full == OnFull::Allow => {
                 node.metrics.audit_bypassed.inc();
+                node.audit.note_bypassed();
                 tracing::error!(error = %e, "audit pipeline cannot accept an event; letting the call through UNAUDITED (audit.on_full = allow)");
                 self.decided = true;
                 Ok(None)
@@ -188,10 +189,17 @@ impl Call {
         self.enter(node, runtime, 7)?;
         let durable = self.record(node, runtime, event)?;
         if let (Some(d), Durability::Durable) = (durable, runtime.config.audit.durability) {
-            if let Err(e) = d.wait(runtime.config.audit.durable_timeout).await {
-                node.metrics.audit_refused.inc();
-                tracing::error!(error = %e, "the decision is not on stable storage; refusing the call (fail closed)");
-                return Err(Rejection::AuditUnavailable);
+            match d.wait(runtime.config.audit.durable_timeout).await {
+                Ok(()) => {}
+                // Queued, written once the store recovers.
+                Err(e) if runtime.config.audit.on_full == OnFull::Allow => {
+                    tracing::error!(error = %e, "the decision is not on stable storage yet; forwarding the call anyway (audit.on_full = allow)");
+                }
+                Err(e) => {
+                    node.metrics.audit_refused.inc();
+                    tracing::error!(error = %e, "the decision is not on stable storage; refusing the call (fail closed)");
+                    return Err(Rejection::AuditUnavailable);
+                }
             }
         }
         self.facts.decision = "allow";

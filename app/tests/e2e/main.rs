@@ -490,6 +490,69 @@ fn audit_store_failure_fails_closed_with_503_and_loses_nothing() {
 }
 
 #[test]
+fn with_on_full_allow_calls_go_through_counted_logged_and_the_trail_shows_the_gap() {
+    let upstream = Upstream::start();
+    let config = format!(
+        "{}\n[audit]\non_full = \"allow\"\ndurable_timeout_ms = 300\n",
+        route(upstream.port)
+    );
+    let mut gw = Gateway::start(&config);
+    let auth = bearer(&gw.create_key("agent-g", &["agent"]));
+    let call = || gw.get("/tools/echo/g", &auth);
+    assert_eq!(call().status, 200);
+
+    // Break the store: calls keep going through, unaudited, counted.
+    let db = rusqlite::Connection::open(gw.path("data/audit.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute_batch("ALTER TABLE log_leaves RENAME TO log_leaves_away;")
+        .unwrap();
+    wait_for("calls let through unaudited", Duration::from_secs(15), || {
+        assert_eq!(call().status, 200, "on_full = allow never refuses");
+        gw.metric("lattice_audit_bypassed_total") >= 3.0
+    });
+    assert!(gw.log().contains("UNAUDITED"), "each bypass is logged");
+
+    // Repair: the next call's record is preceded by the gap's.
+    db.execute_batch("ALTER TABLE log_leaves_away RENAME TO log_leaves;")
+        .unwrap();
+    drop(db);
+    wait_for("recovery", Duration::from_secs(15), || {
+        call().status == 200 && gw.metric("lattice_audit_refused_total") == 0.0 && {
+            let store = gw.store();
+            store.count().unwrap() > 0
+                && store
+                    .tail(50)
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.json.contains("\"kind\":\"audit.gap\""))
+        }
+    });
+    let bypassed = gw.metric("lattice_audit_bypassed_total");
+    assert!(gw.stop().success());
+    let gaps: Vec<_> = gw
+        .store()
+        .events()
+        .unwrap()
+        .into_iter()
+        .map(|s| lattice_audit::event::parse_canonical(s.json.as_bytes()).unwrap())
+        .filter(|e| e.kind == lattice_audit::GAP)
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let counted: f64 = gaps[0]
+        .reason
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(
+        counted, bypassed,
+        "the gap counts every call let through: {}",
+        gaps[0].reason
+    );
+    gw.assert_verifies(&[]);
+}
+
+#[test]
 fn up_writes_a_starter_and_its_printed_commands_work() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
