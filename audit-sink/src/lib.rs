@@ -29,7 +29,9 @@ pub use verify::{
     prove_consistency, prove_inclusion, read_witness, verify, verify_log, LogData, Problem,
     VerifyReport,
 };
-pub use writer::{AuditHandle, AuditPipeline, Durable, OutcomeSlot, PipelineConfig, GAP, INTERRUPTED};
+pub use writer::{
+    AuditHandle, AuditPipeline, Durable, OutcomeSlot, PipelineConfig, GAP, INTERRUPTED,
+};
 
 /// Everything that can go wrong in the audit trail.
 #[derive(Debug, thiserror::Error)]

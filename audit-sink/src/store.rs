@@ -51,6 +51,8 @@ fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 /// A connection to the store.
 pub struct Store {
     pub(crate) conn: Connection,
+    /// Whether commits are synced now (`synchronous = FULL`).
+    full_sync: bool,
 }
 
 /// One stored event row, as read back (bytes unparsed, for verification).
@@ -68,7 +70,29 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            full_sync: true,
+        })
+    }
+
+    /// Synced commits (`FULL`) or not (`NORMAL`: in WAL mode still atomic
+    /// and in order — a power cut can only lose the newest commits, and the
+    /// next synced commit makes every earlier one durable too).
+    fn sync_commits(&mut self, full: bool) -> Result<(), AuditError> {
+        if self.full_sync != full {
+            let mode = if full { "FULL" } else { "NORMAL" };
+            self.conn.pragma_update(None, "synchronous", mode)?;
+            self.full_sync = full;
+        }
+        Ok(())
+    }
+
+    /// Leaves WAL checkpoints (copying the log into the database file) to
+    /// another connection, off this one's commits.
+    pub(crate) fn no_auto_checkpoints(&self) -> Result<(), AuditError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
     }
 
     /// Opens an existing store read-only (for the CLI and queries).
@@ -81,19 +105,25 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            full_sync: false,
+        })
     }
 
-    /// Appends events and their leaves in one transaction (durable when it
-    /// returns: WAL with `synchronous = FULL` syncs the commit). `owed`:
-    /// (event id, seq) of decisions that owe an outcome; `settled`: event
-    /// ids of decisions whose outcome is among the rows.
+    /// Appends events and their leaves in one transaction; with `sync`, it
+    /// is durable when this returns (the commit is synced, and with it every
+    /// earlier one). `owed`: (event id, seq) of decisions that owe an
+    /// outcome; `settled`: event ids of decisions whose outcome is among the
+    /// rows.
     pub fn append(
         &mut self,
         rows: &[(u64, Vec<u8>, Hash)],
         owed: &[(String, u64)],
         settled: &[String],
+        sync: bool,
     ) -> Result<(), AuditError> {
+        self.sync_commits(sync)?;
         let tx = self.conn.transaction()?;
         {
             let mut ev = tx.prepare_cached("INSERT INTO events (seq, event) VALUES (?1, ?2)")?;
@@ -128,7 +158,9 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn put_checkpoint(&self, size: u64, root: &Hash, note: &str) -> Result<(), AuditError> {
+    /// Stores a signed checkpoint, synced (and with it every event before).
+    pub fn put_checkpoint(&mut self, size: u64, root: &Hash, note: &str) -> Result<(), AuditError> {
+        self.sync_commits(true)?;
         self.conn.execute(
             "INSERT OR REPLACE INTO checkpoints (size, root, note) VALUES (?1, ?2, ?3)",
             params![size as i64, &root[..], note],

@@ -191,10 +191,10 @@ impl AuditHandle {
     /// where it has a hole.
     pub fn note_bypassed(&self) {
         let now = crate::event::now_us();
-        let _ = self
-            .shared
-            .gap_first_us
-            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.shared
+                .gap_first_us
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
         self.shared.gap_last_us.store(now, Ordering::Release);
         self.shared.gap.fetch_add(1, Ordering::AcqRel);
     }
@@ -309,6 +309,8 @@ impl AuditHandle {
 pub struct AuditPipeline {
     handle: AuditHandle,
     thread: Option<JoinHandle<()>>,
+    /// Copies the WAL into the database file, off the writer's commits.
+    wal: Option<JoinHandle<()>>,
     shipper: Option<(Arc<ShipState>, JoinHandle<()>)>,
     recovered: usize,
 }
@@ -317,6 +319,7 @@ impl AuditPipeline {
     /// Opens the store, restores the log head and starts the writer.
     pub fn start(cfg: PipelineConfig) -> Result<Self, AuditError> {
         let store = Store::open(&cfg.db_path)?;
+        store.no_auto_checkpoints()?;
         let mut frontier = Frontier::new();
         for (idx, leaf) in store.leaves()? {
             if idx != frontier.size() {
@@ -358,6 +361,7 @@ impl AuditPipeline {
             }
             _ => None,
         };
+        let writer_db = cfg.db_path.clone();
         let mut writer = Writer {
             cfg,
             store,
@@ -371,6 +375,11 @@ impl AuditPipeline {
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| AuditError::Io(e.to_string()))?;
+        let (db, st) = (writer_db, shared.clone());
+        let wal = std::thread::Builder::new()
+            .name("audit-wal".into())
+            .spawn(move || checkpoint_wal(&db, &st))
+            .map_err(|e| AuditError::Io(e.to_string()))?;
         Ok(Self {
             handle: AuditHandle {
                 tx,
@@ -378,6 +387,7 @@ impl AuditPipeline {
                 capacity,
             },
             thread: Some(thread),
+            wal: Some(wal),
             shipper,
             recovered,
         })
@@ -402,6 +412,10 @@ impl AuditPipeline {
         if let Some(t) = self.thread.take() {
             t.join()
                 .map_err(|_| AuditError::Io("the audit writer panicked".into()))?;
+        }
+        if let Some(t) = self.wal.take() {
+            t.join()
+                .map_err(|_| AuditError::Io("the WAL checkpointer panicked".into()))?;
         }
         // Every accepted event is now in the store; give the shipper a last,
         // bounded chance to catch up (what remains ships at the next start).
@@ -500,9 +514,13 @@ impl Writer {
                 (e.seq, json, leaf)
             })
             .collect();
+        // Only outcomes: nothing waits on them, so no sync of their own (the
+        // next synced commit covers them; a crash before it leaves their
+        // calls owed, and the next start records them as interrupted).
+        let sync = batch.iter().any(|q| q.settles.is_none());
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.store.append(&rows, &owed, &settled) {
+            match self.store.append(&rows, &owed, &settled, sync) {
                 Ok(()) => break,
                 Err(err) => {
                     self.shared.failing.store(true, Ordering::Release);
@@ -584,6 +602,26 @@ impl Writer {
             }
         }
         self.last_checkpoint = size;
+    }
+}
+
+/// Copies the store's WAL into its database file every 200 ms (a passive
+/// checkpoint: it never waits for the writer), until the pipeline closes.
+/// The writer's own connection never does it, so no commit of a call's
+/// decision pays for it.
+fn checkpoint_wal(db: &std::path::Path, shared: &Shared) {
+    let conn = match rusqlite::Connection::open(db) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the audit store to checkpoint its WAL");
+            return;
+        }
+    };
+    while !shared.closed.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "audit WAL checkpoint failed; retrying");
+        }
     }
 }
 

@@ -193,7 +193,7 @@ fn a_store_rebuilt_and_re_signed_with_the_node_key_is_exposed_only_by_the_witnes
         .iter()
         .map(|e| (e.seq, e.canonical(), e.leaf()))
         .collect();
-    forged.append(&rows, &[], &[]).unwrap();
+    forged.append(&rows, &[], &[], true).unwrap();
     let leaves: Vec<_> = rows.iter().map(|r| r.2).collect();
     for size in sizes {
         let cp = Checkpoint {

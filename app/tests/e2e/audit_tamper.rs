@@ -148,7 +148,7 @@ fn verify_names_edited_deleted_reordered_events_and_the_witness_exposes_a_rebuil
         .iter()
         .map(|e| (e.seq, e.canonical(), e.leaf()))
         .collect();
-    forged.append(&rows, &[], &[]).unwrap();
+    forged.append(&rows, &[], &[], true).unwrap();
     let leaves: Vec<_> = rows.iter().map(|r| r.2).collect();
     for size in sizes {
         let cp = Checkpoint {

@@ -506,10 +506,14 @@ fn with_on_full_allow_calls_go_through_counted_logged_and_the_trail_shows_the_ga
     db.busy_timeout(Duration::from_secs(5)).unwrap();
     db.execute_batch("ALTER TABLE log_leaves RENAME TO log_leaves_away;")
         .unwrap();
-    wait_for("calls let through unaudited", Duration::from_secs(15), || {
-        assert_eq!(call().status, 200, "on_full = allow never refuses");
-        gw.metric("lattice_audit_bypassed_total") >= 3.0
-    });
+    wait_for(
+        "calls let through unaudited",
+        Duration::from_secs(15),
+        || {
+            assert_eq!(call().status, 200, "on_full = allow never refuses");
+            gw.metric("lattice_audit_bypassed_total") >= 3.0
+        },
+    );
     assert!(gw.log().contains("UNAUDITED"), "each bypass is logged");
 
     // Repair: the next call's record is preceded by the gap's.
