@@ -20,6 +20,7 @@ pub mod query;
 pub mod store;
 pub mod testkit;
 pub mod verify;
+pub mod witness;
 mod writer;
 
 pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
