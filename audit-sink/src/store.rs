@@ -33,6 +33,11 @@ CREATE TABLE IF NOT EXISTS owed (
     event_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cosignatures (
+    size INTEGER NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (size, line)
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
     root BLOB NOT NULL,
@@ -166,6 +171,44 @@ impl Store {
             params![size as i64, &root[..], note],
         )?;
         Ok(())
+    }
+
+    /// Stores witness co-signature lines of the checkpoint of `size`.
+    pub fn put_cosignatures(&mut self, size: u64, lines: &[String]) -> Result<(), AuditError> {
+        self.sync_commits(true)?;
+        let tx = self.conn.transaction()?;
+        for line in lines {
+            tx.execute(
+                "INSERT OR IGNORE INTO cosignatures (size, line) VALUES (?1, ?2)",
+                params![size as i64, line],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stored co-signature line: (checkpoint size, line).
+    pub fn cosignatures(&self) -> Result<Vec<(u64, String)>, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT size, line FROM cosignatures ORDER BY size")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` signed checkpoints larger than `after`, in size order.
+    pub fn checkpoints_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT size, note FROM checkpoints WHERE size > ?1 ORDER BY size LIMIT ?2")?;
+        let rows = stmt.query_map([after as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// All leaf hashes in index order, with their indexes.

@@ -193,6 +193,52 @@ impl signed_note::Verifier for CosignatureVerifier {
     }
 }
 
+/// The body of a signed note (its text up to the blank line, with its
+/// final newline).
+pub fn note_body(note: &str) -> Option<&str> {
+    note.find("\n\n").map(|i| &note[..=i])
+}
+
+/// Whether `line` (`— <name> <base64(key id || timestamp || signature)>`)
+/// is a valid co-signature of the note `body` by `witness`.
+pub fn cosigns(body: &str, line: &str, witness: &CosignatureVerifier) -> bool {
+    let Some((name, blob)) = line
+        .trim_end()
+        .strip_prefix("\u{2014} ")
+        .and_then(|rest| rest.split_once(' '))
+    else {
+        return false;
+    };
+    let Ok(raw) = B64.decode(blob) else {
+        return false;
+    };
+    match raw.split_at_checked(4) {
+        Some((id, sig)) => {
+            name == witness.name
+                && id == cosigner_key_id(&witness.name, &witness.key).to_be_bytes()
+                && witness.timestamp(body.as_bytes(), sig).is_some()
+        }
+        None => false,
+    }
+}
+
+/// The first checkpoint, by size, without a valid co-signature by
+/// `witness` among `cosignatures` ((size, line) pairs); None when every one
+/// has one.
+pub fn first_not_cosigned(
+    checkpoints: &[(u64, String)],
+    cosignatures: &[(u64, String)],
+    witness: &CosignatureVerifier,
+) -> Option<u64> {
+    checkpoints.iter().find_map(|(size, note)| {
+        let body = note_body(note).unwrap_or_default();
+        let signed = cosignatures
+            .iter()
+            .any(|(s, line)| s == size && cosigns(body, line, witness));
+        (!signed).then_some(*size)
+    })
+}
+
 /// A refused `add-checkpoint`: the HTTP status and body the protocol asks
 /// for, and the reason in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +303,14 @@ impl Witness {
             logs: logs.iter().cloned().collect(),
             db: conn,
         })
+    }
+
+    /// Adds a log the witness co-signs for (its origin and verifier key).
+    pub fn add_log(&mut self, origin: &str, vkey: &str) -> Result<(), AuditError> {
+        signed_note::StandardVerifier::new(vkey)
+            .map_err(|e| AuditError::Key(format!("log `{origin}`: verifier key `{vkey}`: {e}")))?;
+        self.logs.insert(origin.to_string(), vkey.to_string());
+        Ok(())
     }
 
     /// What the witness last co-signed for `origin`.

@@ -67,6 +67,8 @@ struct Queued {
 
 enum Msg {
     Event(Box<Queued>),
+    /// Witness co-signature lines of the checkpoint of a size (verified).
+    Cosignatures(u64, Vec<String>),
     Flush(SyncSender<()>),
     Shutdown,
 }
@@ -274,6 +276,17 @@ impl AuditHandle {
         Ok((slot, Durable(rx)))
     }
 
+    /// Hands verified witness co-signature lines of the checkpoint of
+    /// `size` to the writer, which stores them beside the checkpoint.
+    pub fn add_cosignatures(&self, size: u64, lines: Vec<String>) -> Result<(), AuditError> {
+        self.tx
+            .try_send(Msg::Cosignatures(size, lines))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => AuditError::QueueFull,
+                TrySendError::Disconnected(_) => AuditError::Closed,
+            })
+    }
+
     /// Events accepted (or reserved for owed outcomes) but not yet written.
     pub fn depth(&self) -> usize {
         self.shared.depth.load(Ordering::Acquire)
@@ -471,7 +484,12 @@ impl Writer {
     }
 
     /// Returns true on shutdown.
-    fn take(&self, msg: Msg, batch: &mut Vec<Queued>, waiters: &mut Vec<SyncSender<()>>) -> bool {
+    fn take(
+        &mut self,
+        msg: Msg,
+        batch: &mut Vec<Queued>,
+        waiters: &mut Vec<SyncSender<()>>,
+    ) -> bool {
         match msg {
             Msg::Event(q) => {
                 batch.push(*q);
@@ -479,6 +497,12 @@ impl Writer {
             }
             Msg::Flush(w) => {
                 waiters.push(w);
+                false
+            }
+            Msg::Cosignatures(size, lines) => {
+                if let Err(e) = self.store.put_cosignatures(size, &lines) {
+                    tracing::error!(error = %e, size, "could not store witness co-signatures");
+                }
                 false
             }
             Msg::Shutdown => true,

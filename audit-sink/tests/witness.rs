@@ -213,3 +213,60 @@ fn keys_round_trip_and_a_wrong_key_is_refused_with_its_reason() {
         "{err}"
     );
 }
+
+/// The line with the last byte of its signature changed.
+fn flip_last_byte(line: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (head, blob) = line.trim_end().rsplit_once(' ').unwrap();
+    let mut raw = b64.decode(blob).unwrap();
+    *raw.last_mut().unwrap() ^= 1;
+    format!("{head} {}", b64.encode(raw))
+}
+
+#[test]
+fn stored_cosignatures_are_checked_line_by_line_against_their_checkpoint() {
+    let node = NoteSigner::generate("node-a");
+    let key = CosignatureSigner::generate(WITNESS).at(NOW);
+    let verifier = CosignatureVerifier::from_encoded(&key.verifier_key()).unwrap();
+    let other = CosignatureSigner::generate("witness.example/w2").at(NOW);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = vec![(ORIGIN.to_string(), node.verifier().encoded())];
+    let mut witness = Witness::open(&dir.path().join("w.db"), key, &logs).unwrap();
+    let mut other_witness = Witness::open(&dir.path().join("w2.db"), other, &logs).unwrap();
+    let log = leaves(8, None);
+    let (four, eight) = (note(&node, &log[..4]), note(&node, &log));
+    let line4 = witness
+        .add_checkpoint(request(&node, &log[..4], 0).as_bytes())
+        .unwrap();
+    let line8 = witness
+        .add_checkpoint(request(&node, &log, 4).as_bytes())
+        .unwrap();
+    let foreign = other_witness
+        .add_checkpoint(request(&node, &log[..4], 0).as_bytes())
+        .unwrap();
+    let checkpoints = vec![(4, four), (8, eight)];
+    // (stored lines, the first checkpoint without a co-signature)
+    let table: Vec<(Vec<(u64, String)>, Option<u64>)> = vec![
+        (vec![(4, line4.clone()), (8, line8.clone())], None),
+        (vec![(4, line4.clone())], Some(8)),
+        (vec![(8, line8.clone())], Some(4)),
+        // A line of size 4 stored under size 8 co-signs nothing there.
+        (vec![(4, line4.clone()), (8, line4.clone())], Some(8)),
+        // Another witness's co-signature is not this witness's.
+        (vec![(4, foreign), (8, line8.clone())], Some(4)),
+        (vec![(4, flip_last_byte(&line4)), (8, line8)], Some(4)),
+        (vec![], Some(4)),
+    ];
+    for (i, (stored, expected)) in table.iter().enumerate() {
+        let stored: Vec<(u64, String)> = stored
+            .iter()
+            .map(|(s, l)| (*s, l.trim_end().to_string()))
+            .collect();
+        assert_eq!(
+            lattice_audit::witness::first_not_cosigned(&checkpoints, &stored, &verifier),
+            *expected,
+            "row {i}"
+        );
+    }
+}
