@@ -56,6 +56,9 @@ enum Command {
     /// The audit trail: tail, verify and prove, offline.
     #[command(subcommand)]
     Audit(cli::audit::AuditCmd),
+    /// An outside witness of gateways' audit logs (its own key and storage).
+    #[command(subcommand)]
+    Witness(cli::witness::WitnessCmd),
     /// Run the demo echo upstream on its own.
     #[command(hide = true)]
     DemoUpstream {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => cli::config(cmd),
         Command::Keys(cmd) => cli::keys::run(cmd),
         Command::Policy(cmd) => cli::policy::run(cmd),
+        Command::Witness(cmd) => cli::witness::run(cmd),
         Command::Mcp(cmd) => cli::mcp::run(cmd),
         Command::Models(cmd) => cli::models::run(cmd),
         Command::Audit(cmd) => cli::audit::run(cmd),

@@ -1,6 +1,9 @@
 //! A throwaway local ClickHouse server for tests and benchmarks: Debian's
 //! `clickhouse-server` on free loopback ports with its own data directory,
-//! killed on drop, and `free_port`. Not used by the gateway itself.
+//! killed on drop; `free_port`; and `rebuild_signed`, the attack the
+//! witness exists for. Not used by the gateway itself.
+//!
+//! Must never: be called by the gateway or the CLI.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -157,4 +160,52 @@ impl Drop for ClickHouseServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// What an operator holding the node key and the disk can do: read the
+/// store at `from`, let `edit` change its events, and write at `to` (which
+/// may be `from`: the files are replaced) a self-consistent store — the
+/// same events edited, a Merkle log over them, every checkpoint re-signed
+/// with `signer` under `origin`. Returns the checkpoint sizes and the
+/// store's co-signature lines, which the caller may copy back.
+#[allow(clippy::type_complexity)] // (checkpoint sizes, co-signatures)
+pub fn rebuild_signed(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    signer: &crate::NoteSigner,
+    origin: &str,
+    edit: impl FnOnce(&mut Vec<crate::AuditEvent>),
+) -> Result<(Vec<u64>, Vec<(u64, String)>), AuditError> {
+    let original = crate::Store::open_read_only(from)?;
+    let mut events: Vec<crate::AuditEvent> = original
+        .events()?
+        .iter()
+        .map(|e| crate::event::parse_canonical(e.json.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(AuditError::Corrupt)?;
+    let sizes: Vec<u64> = original.checkpoints()?.iter().map(|(s, _)| *s).collect();
+    let cosignatures = original.cosignatures()?;
+    drop(original);
+    edit(&mut events);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = to.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(std::path::PathBuf::from(name));
+    }
+    let mut forged = crate::Store::open(to)?;
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| (e.seq, e.canonical(), e.leaf()))
+        .collect();
+    forged.append(&rows, &[], &[], true)?;
+    let leaves: Vec<_> = rows.iter().map(|r| r.2).collect();
+    for size in &sizes {
+        let cp = crate::Checkpoint {
+            origin: origin.to_string(),
+            size: *size,
+            root: crate::merkle::root(&leaves[..*size as usize]),
+        };
+        forged.put_checkpoint(*size, &cp.root, &signer.sign(&cp))?;
+    }
+    Ok((sizes, cosignatures))
 }

@@ -45,6 +45,11 @@ pub enum Problem {
         size: u64,
         detail: String,
     },
+    /// No valid co-signature by an outside witness the verifier trusts.
+    NotWitnessed {
+        size: u64,
+        witness: String,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -84,6 +89,10 @@ impl std::fmt::Display for Problem {
             Problem::WitnessMismatch { size, detail } => write!(
                 f,
                 "the store does not match the witness checkpoint at size {size}: {detail}"
+            ),
+            Problem::NotWitnessed { size, witness } => write!(
+                f,
+                "the log at size {size} carries no co-signature by witness {witness}: not witnessed yet, or the log's history was rewritten"
             ),
         }
     }
@@ -323,6 +332,7 @@ pub fn verify_log(
         Problem::BadCheckpoint { size, .. } => (1, *size),
         Problem::LogRewritten { size, .. } => (2, *size),
         Problem::WitnessMismatch { size, .. } => (3, *size),
+        Problem::NotWitnessed { size, .. } => (4, *size),
     });
     Ok(VerifyReport {
         events: events.len() as u64,

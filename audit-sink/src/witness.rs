@@ -134,7 +134,7 @@ impl signed_note::Signer for CosignatureSigner {
 }
 
 /// Checks `cosignature/v1` signatures of one witness.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CosignatureVerifier {
     name: String,
     key: VerifyingKey,

@@ -7,9 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use lattice_audit::verify::{read_witness, verify, Problem, VerifyReport};
-use lattice_audit::{
-    merkle, AuditEvent, AuditPipeline, Checkpoint, NoteSigner, Phase, PipelineConfig, Store,
-};
+use lattice_audit::{AuditEvent, AuditPipeline, NoteSigner, Phase, PipelineConfig, Store};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -173,39 +171,11 @@ fn each_kind_of_tampering_is_named() {
 #[test]
 fn a_store_rebuilt_and_re_signed_with_the_node_key_is_exposed_only_by_the_witness() {
     let trail = write_trail(6);
-    let original = Store::open_read_only(&trail.db).unwrap();
-    let mut events: Vec<AuditEvent> = original
-        .events()
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(&e.json).unwrap())
-        .collect();
-    let sizes: Vec<u64> = original
-        .checkpoints()
-        .unwrap()
-        .iter()
-        .map(|(s, _)| *s)
-        .collect();
-    events[4].decision = "allow".into();
     let forged_path = trail.db.with_file_name("forged.db");
-    let mut forged = Store::open(&forged_path).unwrap();
-    let rows: Vec<_> = events
-        .iter()
-        .map(|e| (e.seq, e.canonical(), e.leaf()))
-        .collect();
-    forged.append(&rows, &[], &[], true).unwrap();
-    let leaves: Vec<_> = rows.iter().map(|r| r.2).collect();
-    for size in sizes {
-        let cp = Checkpoint {
-            origin: ORIGIN.into(),
-            size,
-            root: merkle::root(&leaves[..size as usize]),
-        };
-        forged
-            .put_checkpoint(size, &cp.root, &trail.signer.sign(&cp))
-            .unwrap();
-    }
-    drop(forged);
+    lattice_audit::testkit::rebuild_signed(&trail.db, &forged_path, &trail.signer, ORIGIN, |e| {
+        e[4].decision = "allow".into();
+    })
+    .unwrap();
     let store = Store::open_read_only(&forged_path).unwrap();
     let alone = verify(&store, &trail.signer.verifier(), &[]).unwrap();
     assert!(

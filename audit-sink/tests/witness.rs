@@ -247,7 +247,8 @@ fn stored_cosignatures_are_checked_line_by_line_against_their_checkpoint() {
         .unwrap();
     let checkpoints = vec![(4, four), (8, eight)];
     // (stored lines, the first checkpoint without a co-signature)
-    let table: Vec<(Vec<(u64, String)>, Option<u64>)> = vec![
+    type Row = (Vec<(u64, String)>, Option<u64>);
+    let table: Vec<Row> = vec![
         (vec![(4, line4.clone()), (8, line8.clone())], None),
         (vec![(4, line4.clone())], Some(8)),
         (vec![(8, line8.clone())], Some(4)),

@@ -46,6 +46,7 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod transparency;
 pub mod ui;
 
 pub use error::{GatewayError, McpRefusal, Rejection};

@@ -29,6 +29,9 @@ pub struct Gateway {
 
 impl Gateway {
     async fn builtin(&self, session: &mut Session, path: &str) -> Result<bool> {
+        if path.starts_with("/audit/v1/") {
+            return crate::transparency::serve(&self.shared, session, path).await;
+        }
         let (status, content_type, body) = match path {
             "/.well-known/oauth-protected-resource"
             | "/.well-known/oauth-protected-resource/mcp" => {

@@ -36,13 +36,14 @@ const LAYERS: &[(&str, u8)] = &[
     ("llm", 9),
     ("admin", 9),
     ("ui", 9),
+    ("transparency", 9),
     ("proxy", 10),
     ("server", 11),
 ];
 
 /// The doors: one per protocol, beside each other, never importing each
 /// other or the dispatch above them.
-const DOORS: &[&str] = &["route", "mcp", "llm", "admin", "ui"];
+const DOORS: &[&str] = &["route", "mcp", "llm", "admin", "ui", "transparency"];
 
 /// What `config` may import: only the error type.
 const CONFIG_MAY_IMPORT: &[&str] = &["error"];

@@ -4,6 +4,8 @@
 use anyhow::Context;
 use clap::Subcommand;
 use lattice_audit::query::{self, AuditQuery, Scope};
+use lattice_audit::verify::Problem;
+use lattice_audit::witness::{first_not_cosigned, CosignatureVerifier};
 use lattice_audit::{
     clickhouse, prove_consistency, prove_inclusion, read_witness, verify, verify_log, NoteVerifier,
     Store,
@@ -153,6 +155,10 @@ pub struct TrustArgs {
     /// A witness file of exported checkpoints (default: audit.witness_file).
     #[arg(long)]
     witness: Option<PathBuf>,
+    /// An outside witness's verifier key (`lattice witness init` prints
+    /// it): every checkpoint must carry its valid co-signature.
+    #[arg(long = "witness-key")]
+    witness_keys: Vec<String>,
 }
 
 struct Trust {
@@ -261,8 +267,11 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
         }
         AuditCmd::Verify { keys, json, sink } => {
             let t = keys.open()?;
-            let report = match sink {
+            let mut report = match sink {
                 Sink::Embedded => verify(&t.store()?, &t.verifier, &t.witness)?,
+                Sink::Clickhouse if !keys.witness_keys.is_empty() => {
+                    anyhow::bail!("witness co-signatures are kept in the embedded store: verify it with --witness-key")
+                }
                 Sink::Clickhouse => {
                     let ch = t
                         .cfg
@@ -280,6 +289,21 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     verify_log(&data, &t.verifier, &t.witness)?
                 }
             };
+            for key in &keys.witness_keys {
+                let witness = CosignatureVerifier::from_encoded(key)?;
+                let store = t.store()?;
+                let (checkpoints, cosignatures) = (store.checkpoints()?, store.cosignatures()?);
+                // Every checkpoint co-signed, and no event past the newest.
+                let newest = checkpoints.last().map_or(0, |(s, _)| *s);
+                let unwitnessed = first_not_cosigned(&checkpoints, &cosignatures, &witness)
+                    .or((store.log_size()? > newest).then_some(store.log_size()?));
+                if let Some(size) = unwitnessed {
+                    report.problems.push(Problem::NotWitnessed {
+                        size,
+                        witness: witness.name().to_string(),
+                    });
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.ok() {

@@ -7,6 +7,7 @@ pub mod mcp;
 pub mod models;
 pub mod policy;
 pub mod up;
+pub mod witness;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};

@@ -1,7 +1,7 @@
 //! `lattice audit verify` against edited, deleted, reordered and rebuilt stores.
 
 use crate::harness::*;
-use lattice_audit::{merkle, AuditEvent, Checkpoint, NoteSigner, Store};
+use lattice_audit::NoteSigner;
 
 fn verify(gw: &Gateway, extra: &[&str]) -> (bool, String) {
     let mut args = vec!["audit", "verify"];
@@ -120,47 +120,16 @@ fn verify_names_edited_deleted_reordered_events_and_the_witness_exposes_a_rebuil
 
     // 4. The whole store rebuilt from edited events, with a consistent log and
     //    checkpoints re-signed with the node's own key.
-    let original = Store::open_read_only(&gw.path("data/audit.db")).unwrap();
-    let mut events: Vec<AuditEvent> = original
-        .events()
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(&e.json).unwrap())
-        .collect();
-    let sizes: Vec<u64> = original
-        .checkpoints()
-        .unwrap()
-        .iter()
-        .map(|(s, _)| *s)
-        .collect();
-    drop(original);
-    events[deny_seq as usize].decision = "allow".into();
-    events[deny_seq as usize].policies.clear();
-    for f in ["audit.db", "audit.db-wal", "audit.db-shm"] {
-        let _ = std::fs::remove_file(gw.path("data").join(f));
-    }
     let signer = NoteSigner::from_encoded(
         &std::fs::read_to_string(gw.path("data/audit-signing.key")).unwrap(),
     )
     .unwrap();
-    let mut forged = Store::open(&gw.path("data/audit.db")).unwrap();
-    let rows: Vec<_> = events
-        .iter()
-        .map(|e| (e.seq, e.canonical(), e.leaf()))
-        .collect();
-    forged.append(&rows, &[], &[], true).unwrap();
-    let leaves: Vec<_> = rows.iter().map(|r| r.2).collect();
-    for size in sizes {
-        let cp = Checkpoint {
-            origin: "lattice/test-node/audit".into(),
-            size,
-            root: merkle::root(&leaves[..size as usize]),
-        };
-        forged
-            .put_checkpoint(size, &cp.root, &signer.sign(&cp))
-            .unwrap();
-    }
-    drop(forged);
+    let db = gw.path("data/audit.db");
+    lattice_audit::testkit::rebuild_signed(&db, &db, &signer, "lattice/test-node/audit", |e| {
+        e[deny_seq as usize].decision = "allow".into();
+        e[deny_seq as usize].policies.clear();
+    })
+    .unwrap();
     // Without the witness the forgery is self-consistent...
     std::fs::write(gw.path("empty-witness.jsonl"), "").unwrap();
     let (ok, text) = verify(

@@ -122,6 +122,9 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
     pub witness_file: Option<PathBuf>,
+    /// Witnesses whose co-signatures of this node's checkpoints are stored
+    /// (`POST /audit/v1/cosignatures`).
+    pub witnesses: Vec<lattice_audit::witness::CosignatureVerifier>,
     pub clickhouse: Option<lattice_audit::clickhouse::ClickHouseConfig>,
 }
 

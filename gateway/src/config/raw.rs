@@ -213,6 +213,8 @@ pub(super) struct RawAudit {
     #[serde(default)]
     pub(super) witness_file: Option<String>,
     #[serde(default)]
+    pub(super) witnesses: Vec<String>,
+    #[serde(default)]
     pub(super) clickhouse: Option<RawClickHouse>,
 }
 
@@ -258,6 +260,7 @@ impl Default for RawAudit {
             checkpoint_every: d_cp_every(),
             checkpoint_interval_ms: d_cp_ms(),
             witness_file: None,
+            witnesses: Vec::new(),
             clickhouse: None,
         }
     }

@@ -148,6 +148,12 @@ pub(super) fn audit(
         checkpoint_every: a.checkpoint_every,
         checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms.max(10)),
         witness_file: a.witness_file.as_deref().map(resolve),
+        witnesses: a
+            .witnesses
+            .iter()
+            .map(|k| lattice_audit::witness::CosignatureVerifier::from_encoded(k))
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("audit.witnesses: {e}")))?,
         clickhouse: match a.clickhouse {
             None => None,
             Some(c) => {
