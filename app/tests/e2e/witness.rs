@@ -50,18 +50,37 @@ fn a_witness_cosigns_as_the_gateway_appends_and_refuses_a_rewritten_log() {
     ));
     let node_key = std::fs::read_to_string(gw.path("data/audit-signing.vkey")).unwrap();
     let log = std::fs::File::create(wdir.path().join("witness.log")).unwrap();
-    let _witness = WitnessProc(
+    // A log that pushes to the witness (C2SP tlog-witness) instead.
+    let pusher = NoteSigner::generate("push.test/log");
+    let mut witness = WitnessProc(
         Command::new(BIN)
-            .args(["witness", "run", "--interval-ms", "100", "--dir"])
+            .args([
+                "witness",
+                "run",
+                "--interval-ms",
+                "100",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--dir")
             .arg(wdir.path())
             .arg("--log")
             .arg(format!("http://127.0.0.1:{}={}", gw.port, node_key.trim()))
+            .arg("--accept")
+            .arg(format!("push.test/log={}", pusher.verifier().encoded()))
             .env("LATTICE_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap(),
     );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(witness.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let witness_port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
     let auth = bearer(&gw.create_key("agent-w", &["agent"]));
     for round in 0..3 {
         for _ in 0..5 {
@@ -140,4 +159,48 @@ fn a_witness_cosigns_as_the_gateway_appends_and_refuses_a_rewritten_log() {
         .unwrap();
     assert_eq!(once.status.code(), Some(1), "{once:?}");
     assert!(String::from_utf8_lossy(&once.stderr).contains("REFUSED"));
+    let metric = |name: &str| -> f64 {
+        let r = http(witness_port, "GET", "/metrics", &[], b"").unwrap();
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    assert!(metric("lattice_witness_refused_total") >= 1.0);
+    assert!(metric("lattice_witness_cosigned_total") >= 3.0);
+
+    // The C2SP protocol itself, for a log that pushes: co-signed once, then
+    // a stale old size is a 409 naming the size the witness holds.
+    let leaves: Vec<[u8; 32]> = [b"a", b"b"]
+        .iter()
+        .map(|d| lattice_audit::merkle::leaf_hash(*d))
+        .collect();
+    let note = pusher.sign(&lattice_audit::Checkpoint {
+        origin: "push.test/log".into(),
+        size: 2,
+        root: lattice_audit::merkle::root(&leaves),
+    });
+    let request = lattice_audit::witness::add_checkpoint_request(0, &[], &note);
+    let push = || {
+        http(
+            witness_port,
+            "POST",
+            "/add-checkpoint",
+            &[],
+            request.as_bytes(),
+        )
+        .unwrap()
+    };
+    let first = push();
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(
+        first.body.starts_with("\u{2014} witness.test/w1 "),
+        "{}",
+        first.body
+    );
+    let again = push();
+    assert_eq!(again.status, 409);
+    assert_eq!(again.header("content-type"), Some("text/x.tlog.size"));
+    assert_eq!(again.body, "2\n");
 }
