@@ -15,12 +15,15 @@
 //! a store with owed decisions (the gateway crashed between the two)
 //! writes an outcome for each first, saying the gateway stopped before the
 //! outcome was recorded.
+//!
+//! Must never: tell a decision it is durable before its batch is committed
+//! and synced, or drop an event it accepted.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +35,9 @@ use crate::merkle::Frontier;
 use crate::store::Store;
 use crate::AuditError;
 use tokio::sync::oneshot;
+
+mod handle;
+pub use handle::{AuditHandle, Durable, OutcomeSlot, GAP};
 
 /// Settings of the pipeline.
 pub struct PipelineConfig {
@@ -55,17 +61,17 @@ pub struct PipelineConfig {
 }
 
 /// One event on its way to the store.
-struct Queued {
-    event: AuditEvent,
+pub(crate) struct Queued {
+    pub(crate) event: AuditEvent,
     /// A decision whose call owes an outcome.
-    owes: bool,
+    pub(crate) owes: bool,
     /// The event id of the decision this outcome settles.
-    settles: Option<String>,
+    pub(crate) settles: Option<String>,
     /// Told once the event is on stable storage.
-    durable: Option<oneshot::Sender<()>>,
+    pub(crate) durable: Option<oneshot::Sender<()>>,
 }
 
-enum Msg {
+pub(crate) enum Msg {
     Event(Box<Queued>),
     /// Witness co-signature lines of the checkpoint of a size (verified).
     Cosignatures(u64, Vec<String>),
@@ -74,248 +80,22 @@ enum Msg {
 }
 
 #[derive(Default)]
-struct Shared {
-    depth: AtomicUsize,
-    closed: AtomicBool,
-    failing: AtomicBool,
-    written: AtomicU64,
+pub(crate) struct Shared {
+    pub(crate) depth: AtomicUsize,
+    pub(crate) closed: AtomicBool,
+    pub(crate) failing: AtomicBool,
+    pub(crate) written: AtomicU64,
     /// Transactions written (one sync each).
-    commits: AtomicU64,
+    pub(crate) commits: AtomicU64,
     /// Calls let through unaudited since the last `audit.gap` event, and
     /// when the first and the last of them were (µs).
-    gap: AtomicU64,
-    gap_first_us: AtomicU64,
-    gap_last_us: AtomicU64,
+    pub(crate) gap: AtomicU64,
+    pub(crate) gap_first_us: AtomicU64,
+    pub(crate) gap_last_us: AtomicU64,
     /// The log's size (next `seq`).
-    log_size: AtomicU64,
+    pub(crate) log_size: AtomicU64,
     /// With ClickHouse: the shipper's progress and the backlog bound.
-    ship: Option<(Arc<ShipState>, u64)>,
-}
-
-/// The cloneable, non-blocking entry point used on the request path.
-#[derive(Clone)]
-pub struct AuditHandle {
-    tx: SyncSender<Msg>,
-    shared: Arc<Shared>,
-    capacity: usize,
-}
-
-/// A place reserved in the queue for the outcome event of a call whose
-/// decision was accepted: an owed outcome is never refused, even while the
-/// store is failing (the writer holds it until the store recovers).
-pub struct OutcomeSlot {
-    handle: AuditHandle,
-    used: bool,
-    /// The decision's event id (the outcome settles what it owes).
-    decision: String,
-}
-
-impl OutcomeSlot {
-    /// Enqueues the outcome into the reserved place.
-    pub fn record(mut self, event: AuditEvent) -> Result<(), AuditError> {
-        self.used = true;
-        let queued = Queued {
-            event,
-            owes: false,
-            settles: Some(std::mem::take(&mut self.decision)),
-            durable: None,
-        };
-        self.handle.send(queued).inspect_err(|_| {
-            self.handle.shared.depth.fetch_sub(1, Ordering::AcqRel);
-        })
-    }
-}
-
-/// Resolves once a decision is on stable storage.
-pub struct Durable(oneshot::Receiver<()>);
-
-impl Durable {
-    /// Waits (at most `within`) for the decision's batch to be committed
-    /// and synced.
-    pub async fn wait(self, within: Duration) -> Result<(), AuditError> {
-        match tokio::time::timeout(within, self.0).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(AuditError::Closed),
-            Err(_) => Err(AuditError::NotDurable(within.as_millis() as u64)),
-        }
-    }
-}
-
-impl Drop for OutcomeSlot {
-    fn drop(&mut self) {
-        if !self.used {
-            self.handle.shared.depth.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl AuditHandle {
-    /// Reserves `n` places, or refuses when the pipeline is closed, failing
-    /// or full.
-    fn reserve(&self, n: usize) -> Result<(), AuditError> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(AuditError::Closed);
-        }
-        if self.shared.failing.load(Ordering::Acquire) {
-            return Err(AuditError::WriterFailing);
-        }
-        if let Some((ship, max)) = &self.shared.ship {
-            let backlog = self
-                .shared
-                .log_size
-                .load(Ordering::Acquire)
-                .saturating_sub(ship.shipped.load(Ordering::Acquire));
-            if backlog >= *max {
-                return Err(AuditError::BacklogFull);
-            }
-        }
-        let before = self.shared.depth.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.capacity {
-            self.shared.depth.fetch_sub(n, Ordering::AcqRel);
-            return Err(AuditError::QueueFull);
-        }
-        Ok(())
-    }
-
-    /// Sends into an already reserved place.
-    fn send(&self, queued: Queued) -> Result<(), AuditError> {
-        self.tx
-            .try_send(Msg::Event(Box::new(queued)))
-            .map_err(|e| match e {
-                TrySendError::Full(_) => AuditError::QueueFull,
-                TrySendError::Disconnected(_) => AuditError::Closed,
-            })
-    }
-
-    /// Notes a call let through without its decision recorded (the
-    /// operator chose `audit.on_full = allow`): the next event accepted is
-    /// preceded by an `audit.gap` event that counts them, so the trail shows
-    /// where it has a hole.
-    pub fn note_bypassed(&self) {
-        let now = crate::event::now_us();
-        let _ =
-            self.shared
-                .gap_first_us
-                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
-        self.shared.gap_last_us.store(now, Ordering::Release);
-        self.shared.gap.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Writes the `audit.gap` event owed, if any and if there is room.
-    fn close_gap(&self) {
-        if self.shared.gap.load(Ordering::Acquire) == 0 || self.reserve(1).is_err() {
-            return;
-        }
-        let n = self.shared.gap.swap(0, Ordering::AcqRel);
-        let first = self.shared.gap_first_us.swap(0, Ordering::AcqRel);
-        let last = self.shared.gap_last_us.load(Ordering::Acquire);
-        let mut e = AuditEvent::new(
-            crate::event::Phase::Decision,
-            &uuid::Uuid::now_v7().to_string(),
-            GAP,
-        );
-        e.decision = "allow".into();
-        e.reason = format!(
-            "{n} call(s) went through without an audit record between ts_us {first} and {last} (audit.on_full = allow)"
-        );
-        let queued = Queued {
-            event: e,
-            owes: false,
-            settles: None,
-            durable: None,
-        };
-        if self.send(queued).is_err() {
-            self.shared.depth.fetch_sub(1, Ordering::AcqRel);
-            self.shared.gap.fetch_add(n, Ordering::AcqRel);
-        }
-    }
-
-    /// Calls let through unaudited and not yet counted in an `audit.gap`
-    /// event.
-    pub fn gap(&self) -> u64 {
-        self.shared.gap.load(Ordering::Acquire)
-    }
-
-    /// Enqueues a standalone event without blocking. An error means the event
-    /// was not accepted and the caller must not proceed as if it had been.
-    pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
-        self.close_gap();
-        self.reserve(1)?;
-        let queued = Queued {
-            event,
-            owes: false,
-            settles: None,
-            durable: None,
-        };
-        self.send(queued).inspect_err(|_| {
-            self.shared.depth.fetch_sub(1, Ordering::AcqRel);
-        })
-    }
-
-    /// Enqueues a decision event and reserves the place of its outcome;
-    /// `Durable` says when the decision is on stable storage.
-    pub fn record_decision(&self, event: AuditEvent) -> Result<(OutcomeSlot, Durable), AuditError> {
-        self.close_gap();
-        self.reserve(2)?;
-        let slot = OutcomeSlot {
-            handle: self.clone(),
-            used: false,
-            decision: event.event_id.clone(),
-        };
-        let (tx, rx) = oneshot::channel();
-        let queued = Queued {
-            event,
-            owes: true,
-            settles: None,
-            durable: Some(tx),
-        };
-        if let Err(e) = self.send(queued) {
-            self.shared.depth.fetch_sub(1, Ordering::AcqRel);
-            return Err(e); // dropping the slot releases the other place
-        }
-        Ok((slot, Durable(rx)))
-    }
-
-    /// Hands verified witness co-signature lines of the checkpoint of
-    /// `size` to the writer, which stores them beside the checkpoint.
-    pub fn add_cosignatures(&self, size: u64, lines: Vec<String>) -> Result<(), AuditError> {
-        self.tx
-            .try_send(Msg::Cosignatures(size, lines))
-            .map_err(|e| match e {
-                TrySendError::Full(_) => AuditError::QueueFull,
-                TrySendError::Disconnected(_) => AuditError::Closed,
-            })
-    }
-
-    /// Events accepted (or reserved for owed outcomes) but not yet written.
-    pub fn depth(&self) -> usize {
-        self.shared.depth.load(Ordering::Acquire)
-    }
-
-    /// Events written since start.
-    pub fn written(&self) -> u64 {
-        self.shared.written.load(Ordering::Acquire)
-    }
-
-    /// Batches committed since start (each one transaction, one sync).
-    pub fn commits(&self) -> u64 {
-        self.shared.commits.load(Ordering::Acquire)
-    }
-
-    /// True while the pipeline accepts events.
-    pub fn healthy(&self) -> bool {
-        !self.shared.closed.load(Ordering::Acquire) && !self.shared.failing.load(Ordering::Acquire)
-    }
-
-    /// Blocks until everything enqueued before this call is written and a
-    /// checkpoint covers it. For the CLI and tests, never the request path.
-    pub fn flush(&self) -> Result<(), AuditError> {
-        let (tx, rx) = sync_channel(1);
-        self.tx
-            .send(Msg::Flush(tx))
-            .map_err(|_| AuditError::Closed)?;
-        rx.recv().map_err(|_| AuditError::Closed)
-    }
+    pub(crate) ship: Option<(Arc<ShipState>, u64)>,
 }
 
 /// The running pipeline: owns the writer thread (and the ClickHouse shipper).
@@ -648,9 +428,6 @@ fn checkpoint_wal(db: &std::path::Path, shared: &Shared) {
         }
     }
 }
-
-/// The kind of the event that counts calls let through unaudited.
-pub const GAP: &str = "audit.gap";
 
 /// The reason an interrupted call's outcome carries.
 pub const INTERRUPTED: &str =
