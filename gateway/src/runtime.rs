@@ -78,8 +78,12 @@ impl Runtime {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let extra_mcp = crate::state::mcp_servers::stored(&config)?;
-        config.mcp_servers =
-            crate::state::mcp_servers::merged(&config_dir, &config.mcp_servers, &extra_mcp)?;
+        config.mcp_servers = crate::state::mcp_servers::merged(
+            &config_dir,
+            &config.mcp_servers,
+            &extra_mcp,
+            &config.mcp.allow_commands,
+        )?;
         let live = read_policies(&config.policy.files)?;
         let shadow = if config.policy.shadow_files.is_empty() {
             None

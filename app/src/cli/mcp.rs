@@ -137,7 +137,9 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
             let mut all = mcp_servers::stored(&cfg)?;
             all.push(raw.clone());
             let dir = config.config.parent().unwrap_or(Path::new("."));
-            if let Err(e) = mcp_servers::merged(dir, &cfg.mcp_servers, &all) {
+            if let Err(e) =
+                mcp_servers::merged(dir, &cfg.mcp_servers, &all, &cfg.mcp.allow_commands)
+            {
                 eprintln!("{e}");
                 return Ok(ExitCode::FAILURE);
             }
@@ -149,7 +151,7 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
             let extra = mcp_servers::stored(&cfg)?;
             let dir = config.config.parent().unwrap_or(Path::new("."));
             let file: Vec<String> = cfg.mcp_servers.iter().map(|s| s.name.clone()).collect();
-            for s in mcp_servers::merged(dir, &cfg.mcp_servers, &extra)? {
+            for s in mcp_servers::merged(dir, &cfg.mcp_servers, &extra, &cfg.mcp.allow_commands)? {
                 let transport = match &s.transport {
                     lattice_gateway::config::McpTransport::Stdio { command, .. } => {
                         format!("stdio {command}")

@@ -27,7 +27,7 @@ fn wait_change(gw: &Gateway, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> 
 
 #[test]
 fn key_store_changes_and_reloads_are_audited() {
-    let gw = Gateway::start("");
+    let gw = Gateway::start(&allow_test_peer_commands());
     let out = gw.lattice(&[
         "keys",
         "create",

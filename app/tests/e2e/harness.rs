@@ -425,6 +425,20 @@ impl Drop for Gateway {
     }
 }
 
+/// `[[mcp.allow_commands]]` for the test peers that run-time registrations
+/// start: the Python conformance server and server-everything over stdio.
+pub fn allow_test_peer_commands() -> String {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    format!(
+        "[[mcp.allow_commands]]\nprogram = \"{}\"\nargs = ['.*/conformance_server\\.py']\n\n\
+         [[mcp.allow_commands]]\nprogram = \"{}\"\nargs = [\"stdio\"]\n",
+        peers.join(".venv/bin/python").display(),
+        peers
+            .join("node_modules/.bin/mcp-server-everything")
+            .display()
+    )
+}
+
 pub fn route(upstream_port: u16) -> String {
     format!(
         "[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{upstream_port}/base\"\nlabels = [\"demo\"]\ntimeout_ms = 3000\n[routes.credential]\nheader = \"x-upstream-key\"\nvalue = \"upstream-secret\"\n"

@@ -47,7 +47,7 @@ fn mcp_servers_are_registered_and_removed_at_run_time() {
     let python = peers.join(".venv/bin/python");
     let everything = peers.join("node_modules/.bin/mcp-server-everything");
     assert!(python.exists() && everything.exists(), "run scripts/setup");
-    let gw = Gateway::start_with("", POLICY);
+    let gw = Gateway::start_with(&allow_test_peer_commands(), POLICY);
     let agent = bearer(&gw.create_key("tool-agent", &["agent"]));
     let admin = bearer(&gw.create_key("ops", &["admin"]));
     assert!(tool_names(&gw, &agent).is_empty());
@@ -170,6 +170,45 @@ fn mcp_servers_are_registered_and_removed_at_run_time() {
     );
     let r = post(json!({"name": "conf", "command": "true"}));
     assert_eq!(r.status, 400, "{}", r.body);
+    // An admin key is not a shell: a command no rule allows is refused,
+    // never started, and the refusal is audited.
+    let marker = gw.path("started-by-the-admin-api");
+    let r = post(json!({
+        "name": "shell",
+        "command": "/bin/sh",
+        "args": ["-c", format!("touch {}", marker.display())],
+    }));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the stdio command `/bin/sh` with arguments [\"-c\""),
+        "{}",
+        r.body
+    );
+    let refused = gw.events_of(&r.request_id(), 2);
+    assert_eq!(refused[0].decision, "deny");
+    assert!(
+        refused[0].reason.contains("[[mcp.allow_commands]]"),
+        "{}",
+        refused[0].reason
+    );
+    let cli = gw.lattice(&[
+        "mcp",
+        "add",
+        "shell2",
+        "--command",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        "true",
+    ]);
+    assert_eq!(cli.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("is not allowed at run time"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "the refused command must never run");
 
     // Removal stops the server and withdraws its tools.
     let r = http(
@@ -317,7 +356,7 @@ fn a_legacy_sse_server_is_federated_and_reconnected() {
 fn a_sessions_get_stream_announces_tool_list_changes() {
     use std::io::{Read, Write};
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
-    let gw = Gateway::start_with("", POLICY);
+    let gw = Gateway::start_with(&allow_test_peer_commands(), POLICY);
     let agent = bearer(&gw.create_key("watching-agent", &["agent"]));
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
     let r = http(

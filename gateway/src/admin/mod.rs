@@ -376,7 +376,8 @@ fn check_new_server(runtime: &Runtime, body: &[u8]) -> Result<RawMcpServer, Stri
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    mcp_servers::merged(&dir, &file, &all).map_err(|e| e.to_string())?;
+    mcp_servers::merged(&dir, &file, &all, &runtime.config.mcp.allow_commands)
+        .map_err(|e| e.to_string())?;
     Ok(server)
 }
 

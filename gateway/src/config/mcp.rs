@@ -59,6 +59,11 @@ impl RawMcpServer {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// A stdio server's program and arguments.
+    pub fn command(&self) -> Option<(&str, &[String])> {
+        self.command.as_deref().map(|c| (c, self.args.as_slice()))
+    }
 }
 
 /// An upstream MCP server.

@@ -58,6 +58,28 @@ pub struct McpConfig {
     pub auto_approve_first_seen: bool,
     pub session_key_file: PathBuf,
     pub session_ttl_seconds: u64,
+    /// Stdio commands a run-time registration may start.
+    pub allow_commands: Vec<CommandRule>,
+}
+
+/// A stdio command a run-time MCP registration may start: the program
+/// exactly, and one pattern per argument (a regular expression that must
+/// match the whole argument), as many arguments as patterns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRule {
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+impl CommandRule {
+    /// Whether `program args...` is this rule's.
+    pub fn allows(&self, program: &str, args: &[String]) -> bool {
+        program == self.program
+            && args.len() == self.args.len()
+            && self.args.iter().zip(args).all(|(pattern, arg)| {
+                regex::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(arg))
+            })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -299,6 +321,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
             resource_url: raw.mcp.resource_url,
             auto_approve_first_seen: raw.mcp.auto_approve_first_seen,
             session_ttl_seconds: raw.mcp.session_ttl_seconds,
+            allow_commands: raw
+                .mcp
+                .allow_commands
+                .into_iter()
+                .map(|r| {
+                    for p in &r.args {
+                        regex::Regex::new(p).map_err(|e| {
+                            bad(format!(
+                                "mcp.allow_commands `{}`: pattern `{p}`: {e}",
+                                r.program
+                            ))
+                        })?;
+                    }
+                    Ok(CommandRule {
+                        program: r.program,
+                        args: r.args,
+                    })
+                })
+                .collect::<Result<_, GatewayError>>()?,
             session_key_file: match &raw.mcp.session_key_file {
                 Some(f) => resolve(f),
                 None => data_dir.join("mcp-session.key"),
@@ -324,6 +365,55 @@ mod tests {
         assert_eq!(c.audit.durability, Durability::Durable);
         assert_eq!(c.audit.durable_timeout, Duration::from_secs(5));
         assert!(c.auth.api_keys);
+    }
+
+    #[test]
+    fn a_command_rule_allows_its_program_with_whole_matching_arguments_only() {
+        let rule = CommandRule {
+            program: "/usr/bin/npx".into(),
+            args: vec!["-y".into(), "@modelcontextprotocol/server-[a-z-]+".into()],
+        };
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (program, given, allowed) in [
+            (
+                "/usr/bin/npx",
+                args(&["-y", "@modelcontextprotocol/server-memory"]),
+                true,
+            ),
+            (
+                "npx",
+                args(&["-y", "@modelcontextprotocol/server-memory"]),
+                false,
+            ),
+            (
+                "/usr/bin/npx",
+                args(&["-y", "@modelcontextprotocol/server-memory; rm -rf /"]),
+                false,
+            ),
+            (
+                "/usr/bin/npx",
+                args(&["-y", "x@modelcontextprotocol/server-memory"]),
+                false,
+            ),
+            ("/usr/bin/npx", args(&["-y"]), false),
+            (
+                "/usr/bin/npx",
+                args(&["-y", "@modelcontextprotocol/server-memory", "--extra"]),
+                false,
+            ),
+            ("/bin/sh", args(&["-c", "touch x"]), false),
+        ] {
+            assert_eq!(rule.allows(program, &given), allowed, "{program} {given:?}");
+        }
+        let text =
+            format!("{MINIMAL}[[mcp.allow_commands]]\nprogram = \"/bin/x\"\nargs = [\"(\"]\n");
+        let err = parse(Path::new("lattice.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mcp.allow_commands `/bin/x`: pattern `(`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -55,6 +55,19 @@ pub(super) struct RawMcp {
     /// How long an MCP session lives after `initialize`.
     #[serde(default = "d_session_ttl")]
     pub(super) session_ttl_seconds: u64,
+    /// The stdio commands a run-time registration may start (none by
+    /// default: the admin API and the CLI register HTTP and SSE servers).
+    #[serde(default)]
+    pub(super) allow_commands: Vec<RawCommandRule>,
+}
+
+/// `[[mcp.allow_commands]]`: a program and a pattern per argument.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCommandRule {
+    pub(super) program: String,
+    #[serde(default)]
+    pub(super) args: Vec<String>,
 }
 
 pub(super) fn d_session_ttl() -> u64 {
@@ -161,6 +174,7 @@ impl Default for RawMcp {
             auto_approve_first_seen: true,
             session_key_file: None,
             session_ttl_seconds: d_session_ttl(),
+            allow_commands: Vec::new(),
         }
     }
 }

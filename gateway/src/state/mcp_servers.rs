@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{build_mcp_server, Config, McpServerConfig, RawMcpServer};
+use crate::config::{build_mcp_server, CommandRule, Config, McpServerConfig, RawMcpServer};
 use crate::state::registry::MCP_SERVERS;
 use crate::state::StateStore;
 use crate::GatewayError;
@@ -47,11 +47,13 @@ pub fn stored(config: &Config) -> Result<Vec<RawMcpServer>, GatewayError> {
 }
 
 /// The config file's servers followed by the run-time ones, each validated;
-/// a run-time server may not reuse a name.
+/// a run-time server may not reuse a name, and starts a stdio command only
+/// when a rule of `mcp.allow_commands` allows it.
 pub fn merged(
     config_dir: &Path,
     file: &[McpServerConfig],
     extra: &[RawMcpServer],
+    allow: &[CommandRule],
 ) -> Result<Vec<McpServerConfig>, GatewayError> {
     let resolve = |p: &str| -> PathBuf {
         let p = Path::new(p);
@@ -65,6 +67,13 @@ pub fn merged(
     for raw in extra {
         let name = raw.name().to_string();
         let bad = |m: String| GatewayError::Config(format!("run-time MCP server `{name}`: {m}"));
+        if let Some((program, args)) = raw.command() {
+            if !allow.iter().any(|r| r.allows(program, args)) {
+                return Err(bad(format!(
+                    "the stdio command `{program}` with arguments {args:?} is not allowed at run time (add a rule to [[mcp.allow_commands]] in the config file, or register an HTTP server)"
+                )));
+            }
+        }
         let built = build_mcp_server(raw.clone(), &resolve, &bad)?;
         if all.iter().any(|s| s.name == built.name) {
             return Err(bad("the name is taken".into()));
