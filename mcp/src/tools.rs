@@ -50,6 +50,35 @@ pub fn split_federated(name: &str) -> Option<(&str, &str)> {
 /// Most `tools/list` pages read from one upstream.
 pub const MAX_PAGES: usize = 100;
 
+/// A tool's behaviour hints (`annotations`), absent ones at the MCP
+/// specification's defaults: not read-only, destructive, not idempotent,
+/// open world. `destructive` and `idempotent` mean something only for a tool
+/// that is not read-only: a read-only tool is never destructive and always
+/// idempotent. Hints from a server the operator does not trust are hints,
+/// not facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolHints {
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+impl ToolHints {
+    /// The hints of a tool definition.
+    pub fn of(definition: &Value) -> Self {
+        let hint =
+            |k: &str, default: bool| definition["annotations"][k].as_bool().unwrap_or(default);
+        let read_only = hint("readOnlyHint", false);
+        Self {
+            read_only,
+            destructive: !read_only && hint("destructiveHint", true),
+            idempotent: read_only || hint("idempotentHint", false),
+            open_world: hint("openWorldHint", true),
+        }
+    }
+}
+
 /// `tools/list` params for a page.
 pub fn list_params(cursor: Option<&str>) -> Value {
     match cursor {
@@ -176,6 +205,47 @@ impl ArgumentSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absent_hints_take_the_specification_defaults() {
+        let h = |read_only, destructive, idempotent, open_world| ToolHints {
+            read_only,
+            destructive,
+            idempotent,
+            open_world,
+        };
+        for (annotations, expected) in [
+            (serde_json::json!(null), h(false, true, false, true)),
+            (serde_json::json!({}), h(false, true, false, true)),
+            (
+                serde_json::json!({"title": "Echo"}),
+                h(false, true, false, true),
+            ),
+            (
+                serde_json::json!({"readOnlyHint": true}),
+                h(true, false, true, true),
+            ),
+            (
+                serde_json::json!({"readOnlyHint": true, "destructiveHint": true}),
+                h(true, false, true, true),
+            ),
+            (
+                serde_json::json!({"destructiveHint": false}),
+                h(false, false, false, true),
+            ),
+            (
+                serde_json::json!({"idempotentHint": true, "openWorldHint": false}),
+                h(false, true, true, false),
+            ),
+            (
+                serde_json::json!({"destructiveHint": "no"}),
+                h(false, true, false, true),
+            ),
+        ] {
+            let tool = serde_json::json!({"name": "t", "annotations": annotations});
+            assert_eq!(ToolHints::of(&tool), expected, "{annotations}");
+        }
+    }
     use serde_json::json;
 
     #[test]

@@ -208,6 +208,8 @@ impl Builder {
                 labels,
                 read_only,
                 destructive,
+                idempotent,
+                open_world,
             } => (
                 vec![
                     ("name", s(id)),
@@ -216,6 +218,8 @@ impl Builder {
                     ("labels", string_set(labels)),
                     ("read_only", RestrictedExpression::new_bool(*read_only)),
                     ("destructive", RestrictedExpression::new_bool(*destructive)),
+                    ("idempotent", RestrictedExpression::new_bool(*idempotent)),
+                    ("open_world", RestrictedExpression::new_bool(*open_world)),
                 ],
                 HashSet::from([self.uid("McpServer", server)?]),
             ),

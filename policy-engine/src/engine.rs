@@ -483,6 +483,8 @@ mod tests {
                 labels: vec![],
                 read_only: false,
                 destructive: true,
+                idempotent: false,
+                open_world: true,
             };
             r.context = RequestContext::new(0, "10.0.0.1").with_value(
                 "input",
@@ -506,6 +508,8 @@ mod tests {
             labels: vec![],
             read_only: true,
             destructive: false,
+            idempotent: true,
+            open_world: false,
         };
         r.context = RequestContext::new(0, "10.0.0.1");
         assert!(e.decide(&r).is_allow());

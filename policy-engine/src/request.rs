@@ -153,10 +153,16 @@ pub enum Resource {
         risk: String,
         #[serde(default)]
         labels: Vec<String>,
+        /// The MCP tool hints, absent ones at the specification's
+        /// defaults: not read-only, destructive, not idempotent, open world.
         #[serde(default)]
         read_only: bool,
-        #[serde(default)]
+        #[serde(default = "yes")]
         destructive: bool,
+        #[serde(default)]
+        idempotent: bool,
+        #[serde(default = "yes")]
+        open_world: bool,
     },
     Model {
         id: String,
@@ -172,6 +178,9 @@ pub enum Resource {
     Tenant { id: String },
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_risk() -> String {
     "unknown".to_string()
 }

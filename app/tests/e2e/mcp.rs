@@ -567,3 +567,53 @@ fn a_schema_violating_call_never_reaches_the_upstream() {
         vec![json!({"name": "greet", "arguments": {"name": "Ada"}})]
     );
 }
+
+#[test]
+fn a_tool_without_annotations_is_destructive_for_policies_end_to_end() {
+    // lattice-mock-mcp's `echo` declares no annotations; server-everything's
+    // declares itself read-only. A "forbid destructive tools" policy must
+    // stop the first (the MCP specification's default: destructive) and
+    // let the second through.
+    let mock = Peer::start("lattice-mock-mcp", &[]);
+    let everything = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../test-peers/node_modules/.bin/mcp-server-everything");
+    let policy = r#"
+@id("agents-call-tools")
+permit (principal in Lattice::Role::"agent", action == Lattice::Action::"call_tool", resource);
+
+@id("no-destructive-tools")
+forbid (principal, action == Lattice::Action::"call_tool", resource)
+when { resource.destructive };
+"#;
+    let gw = Gateway::start_with(
+        &format!(
+            "[[mcp_servers]]\nname = \"mock\"\nurl = \"http://127.0.0.1:{}/mcp\"\nallow_private_network = true\n\n\
+             [[mcp_servers]]\nname = \"everything\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n",
+            mock.port,
+            everything.display()
+        ),
+        policy,
+    );
+    let auth = bearer(&gw.create_key("agent-d", &["agent"]));
+    let call = |tool: &str| {
+        rpc(
+            &gw,
+            Some(&auth),
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"message": "hi"}}}),
+        )
+    };
+    wait_for(
+        "both servers' tools",
+        std::time::Duration::from_secs(20),
+        || call("everything__echo").json()["result"].is_object(),
+    );
+    let refused = call("mock__echo");
+    assert!(refused.json()["error"].is_object(), "{}", refused.body);
+    let ev = gw.events_of(&refused.request_id(), 2);
+    assert_eq!(
+        (ev[0].decision.as_str(), ev[0].policies.clone()),
+        ("deny", vec!["no-destructive-tools".to_string()])
+    );
+    let allowed = call("everything__echo");
+    assert_eq!(allowed.json()["result"]["content"][0]["text"], "Echo: hi");
+}

@@ -79,6 +79,7 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
         peers.join("drifting_server.py").display(),
         description.display()
     );
+    let config = format!("{config}\n{}", allow_test_peer_commands());
     let gw = Gateway::start_with(&config, POLICY);
     let admin = gw.create_human_key("alice", "default", &["admin"]);
     let auditor = gw.create_human_key("ann", "acme", &["auditor"]);

@@ -28,11 +28,7 @@ use crate::mcp_hub::ToolEntry;
 use crate::runtime::{Runtime, Shared};
 
 fn tool_resource(entry: &ToolEntry, name: &str) -> Resource {
-    let hint = |k: &str| {
-        entry.definition["annotations"][k]
-            .as_bool()
-            .unwrap_or(false)
-    };
+    let hints = lattice_mcp::tools::ToolHints::of(&entry.definition);
     let risk = entry
         .server_labels
         .iter()
@@ -44,8 +40,10 @@ fn tool_resource(entry: &ToolEntry, name: &str) -> Resource {
         server: entry.server.clone(),
         risk,
         labels: entry.server_labels.clone(),
-        read_only: hint("readOnlyHint"),
-        destructive: hint("destructiveHint"),
+        read_only: hints.read_only,
+        destructive: hints.destructive,
+        idempotent: hints.idempotent,
+        open_world: hints.open_world,
     }
 }
 
