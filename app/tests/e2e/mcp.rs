@@ -617,3 +617,39 @@ when { resource.destructive };
     let allowed = call("everything__echo");
     assert_eq!(allowed.json()["result"]["content"][0]["text"], "Echo: hi");
 }
+
+#[test]
+fn a_stopped_gateway_leaves_no_process_of_a_stdio_server_behind() {
+    // The server is started through a launcher whose own child is the
+    // real work, as `npx` and `uvx` do; after SIGTERM nothing may remain.
+    let everything = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../test-peers/node_modules/.bin/mcp-server-everything");
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    let mut gw = Gateway::start(&format!(
+        "[[mcp_servers]]\nname = \"launched\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 600 & echo $! > {}; exec {} stdio\"]\n",
+        pidfile.display(),
+        everything.display()
+    ));
+    wait_for(
+        "the launcher's child",
+        std::time::Duration::from_secs(20),
+        || pidfile.exists(),
+    );
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+    };
+    assert!(running(pid));
+    assert!(gw.stop().success());
+    wait_for(
+        "the grandchild to be gone",
+        std::time::Duration::from_secs(5),
+        || !running(pid),
+    );
+}
