@@ -96,16 +96,29 @@ pub enum McpTransport {
 }
 
 /// Egress check: loopback, private (RFC 1918, ULA) and link-local
-/// addresses, and `localhost`.
+/// addresses, and `localhost`. The host is read the way HTTP clients read
+/// it (the WHATWG URL host parser), so every textual form of an address —
+/// `127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1` — is that address.
+/// Names are not resolved here (a name that resolves to a private address
+/// is the egress guard's, at connect time: not built yet).
 pub fn is_private_host(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost") {
-        return true;
-    }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
+    let ip = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => match url::Host::parse(host) {
+            Ok(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+            Ok(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+            Ok(url::Host::Domain(d)) => {
+                return d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost");
+            }
+            // Not a host an HTTP client would dial: unsafe.
+            Err(_) => return true,
+        },
+    };
+    match ip {
+        std::net::IpAddr::V4(ip) => {
             ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
         }
-        Ok(std::net::IpAddr::V6(ip)) => {
+        std::net::IpAddr::V6(ip) => {
             ip.is_loopback()
                 || ip.is_unspecified()
                 || (ip.segments()[0] & 0xfe00) == 0xfc00
@@ -114,7 +127,6 @@ pub fn is_private_host(host: &str) -> bool {
                     .to_ipv4_mapped()
                     .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
         }
-        Err(_) => false,
     }
 }
 

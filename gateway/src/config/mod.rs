@@ -484,6 +484,13 @@ mod tests {
             "localhost",
             "[::1]",
             "[fd00::1]",
+            // Every textual form of loopback an HTTP client accepts.
+            "127.1",
+            "2130706433",
+            "0x7f000001",
+            "0177.0.0.1",
+            "[::ffff:127.0.0.1]",
+            "0",
         ] {
             let e = err(&format!("url = \"http://{private}:8080/mcp\"\n"));
             assert!(e.contains("allow_private_network"), "{private}: {e}");
