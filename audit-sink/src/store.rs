@@ -116,6 +116,18 @@ impl Store {
         })
     }
 
+    /// Runs `read` inside one read transaction: everything it reads is the
+    /// same snapshot of the store, however the writer appends meanwhile.
+    pub fn read_consistent<T>(
+        &self,
+        read: impl FnOnce(&Self) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        self.conn.execute_batch("BEGIN DEFERRED")?;
+        let result = read(self);
+        let _ = self.conn.execute_batch("ROLLBACK");
+        result
+    }
+
     /// Appends events and their leaves in one transaction; with `sync`, it
     /// is durable when this returns (the commit is synced, and with it every
     /// earlier one). `owed`: (event id, seq) of decisions that owe an

@@ -148,12 +148,14 @@ pub fn verify(
     verifier: &NoteVerifier,
     witness: &[WitnessEntry],
 ) -> Result<VerifyReport, AuditError> {
-    let data = LogData {
-        leaves: store.leaves()?,
-        events: store.events()?,
-        checkpoints: store.checkpoints()?,
-        duplicates: 0,
-    };
+    let data = store.read_consistent(|s| {
+        Ok(LogData {
+            leaves: s.leaves()?,
+            events: s.events()?,
+            checkpoints: s.checkpoints()?,
+            duplicates: 0,
+        })
+    })?;
     verify_log(&data, verifier, witness)
 }
 

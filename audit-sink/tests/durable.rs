@@ -163,3 +163,28 @@ fn decisions_left_without_outcomes_are_recorded_as_interrupted_at_start() {
     let report = verify(&store, &signer.verifier(), &[]).unwrap();
     assert!(report.ok(), "{report:?}");
 }
+
+#[test]
+fn a_consistent_read_sees_one_snapshot_while_the_writer_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let mut writer = Store::open(&db).unwrap();
+    let row = |seq: u64| {
+        let mut e = decision(&format!("r-{seq}"));
+        e.seq = seq;
+        (seq, e.canonical(), e.leaf())
+    };
+    writer.append(&[row(0), row(1)], &[], &[], true).unwrap();
+    let reader = Store::open_read_only(&db).unwrap();
+    let (leaves, events) = reader
+        .read_consistent(|s| {
+            let leaves = s.leaves()?.len();
+            // The writer appends between the two reads.
+            writer.append(&[row(2)], &[], &[], true)?;
+            Ok((leaves, s.events()?.len()))
+        })
+        .unwrap();
+    assert_eq!((leaves, events), (2, 2), "one snapshot");
+    // Outside the snapshot the new row is there.
+    assert_eq!(reader.events().unwrap().len(), 3);
+}

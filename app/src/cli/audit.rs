@@ -292,11 +292,13 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             for key in &keys.witness_keys {
                 let witness = CosignatureVerifier::from_encoded(key)?;
                 let store = t.store()?;
-                let (checkpoints, cosignatures) = (store.checkpoints()?, store.cosignatures()?);
+                let (checkpoints, cosignatures, size) = store.read_consistent(|s| {
+                    Ok((s.checkpoints()?, s.cosignatures()?, s.log_size()?))
+                })?;
                 // Every checkpoint co-signed, and no event past the newest.
                 let newest = checkpoints.last().map_or(0, |(s, _)| *s);
                 let unwitnessed = first_not_cosigned(&checkpoints, &cosignatures, &witness)
-                    .or((store.log_size()? > newest).then_some(store.log_size()?));
+                    .or((size > newest).then_some(size));
                 if let Some(size) = unwitnessed {
                     report.problems.push(Problem::NotWitnessed {
                         size,
