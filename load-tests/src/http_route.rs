@@ -4,13 +4,19 @@
 //!
 //! `cargo run --release -p lattice-load-tests --bin lattice-load-http --
 //!    --lattice target/release/lattice [--rate 1000] [--seconds 10]
-//!    [--saturation-seconds 5] [--concurrency 32]`
+//!    [--saturation-seconds 5] [--concurrency 32] [--clickhouse yes]`
+//!
+//! With `--clickhouse yes` the gateway also ships its audit to a local
+//! ClickHouse (Debian's server, started here), and the scenario reports the
+//! audit events/s the gateway wrote at saturation and how long ClickHouse
+//! took to hold them all.
 
 use anyhow::{bail, Context, Result};
 use lattice_load_tests::http_get::{fixed_rate, saturation, wait_ok};
 use lattice_load_tests::{free_port, print_added, print_saturation, start_gateway, Proc};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 struct Args {
     lattice: PathBuf,
@@ -18,6 +24,7 @@ struct Args {
     seconds: u64,
     saturation_seconds: u64,
     concurrency: usize,
+    clickhouse: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -27,6 +34,7 @@ fn parse_args() -> Result<Args> {
         seconds: 10,
         saturation_seconds: 5,
         concurrency: 32,
+        clickhouse: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -38,6 +46,7 @@ fn parse_args() -> Result<Args> {
             "--seconds" => a.seconds = value.parse()?,
             "--saturation-seconds" => a.saturation_seconds = value.parse()?,
             "--concurrency" => a.concurrency = value.parse()?,
+            "--clickhouse" => a.clickhouse = value == "yes",
             other => bail!("unknown argument {other}"),
         }
         i += 2;
@@ -64,7 +73,23 @@ async fn main() -> Result<()> {
     let route = format!(
         "[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{up_port}\"\nlabels = [\"demo\"]\n"
     );
-    let gateway = start_gateway(&args.lattice, dir.path(), starter, &route).await?;
+    let ch_dir = tempfile::tempdir()?;
+    let clickhouse = match args.clickhouse {
+        true => Some(lattice_audit::testkit::ClickHouseServer::start(
+            ch_dir.path().to_path_buf(),
+        )?),
+        false => None,
+    };
+    let extra = match &clickhouse {
+        Some(ch) => format!(
+            "{route}\n[audit.clickhouse]\nurl = \"{}\"\nflush_interval_ms = 100\n",
+            ch.url()
+        ),
+        None => route.clone(),
+    };
+    let gateway = start_gateway(&args.lattice, dir.path(), starter, &extra).await?;
+    let store = dir.path().join("data/audit.db");
+    let events = || -> Result<u64> { Ok(lattice_audit::Store::open_read_only(&store)?.count()?) };
     let (gw_port, auth) = (gateway.port, gateway.auth.clone());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
@@ -95,6 +120,8 @@ async fn main() -> Result<()> {
         args.saturation_seconds,
     )
     .await;
+    let before = events()?;
+    let started = Instant::now();
     let via_sat = saturation(
         &client,
         &via,
@@ -103,6 +130,32 @@ async fn main() -> Result<()> {
         args.saturation_seconds,
     )
     .await;
+    let written = events()? - before;
+    let took = started.elapsed().as_secs_f64();
     print_saturation(direct_sat, via_sat);
+    println!(
+        "\naudit events written by the gateway during saturation: {written} in {took:.1} s = {:.0} events/s",
+        written as f64 / took
+    );
+    if let Some(ch) = &clickhouse {
+        let total = events()?;
+        let shipped = || -> Result<u64> {
+            Ok(ch
+                .query("SELECT count() FROM audit_events FORMAT TSV")?
+                .trim()
+                .parse()?)
+        };
+        while shipped()? < total {
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("ClickHouse did not catch up within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "ClickHouse held all {total} events {:.1} s after saturation began: {:.0} events/s end to end",
+            started.elapsed().as_secs_f64(),
+            written as f64 / started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
