@@ -272,9 +272,8 @@ pub async fn bytes(
     body: Bytes,
     extra: &[(&'static str, String)],
 ) -> Result<()> {
-    let mut headers = vec![("x-request-id", call.facts.request_id.clone())];
-    headers.extend_from_slice(extra);
-    whole(session, status, content_type, body, &headers).await
+    let request_id = Some(call.facts.request_id.as_str());
+    whole(session, status, content_type, body, request_id, extra).await
 }
 
 /// A built-in endpoint's answer (health, metrics, metadata, the workbench's
@@ -286,7 +285,7 @@ pub async fn plain(
     body: impl Into<Bytes>,
     extra: &[(&'static str, String)],
 ) -> Result<()> {
-    whole(session, status, content_type, body.into(), extra).await
+    whole(session, status, content_type, body.into(), None, extra).await
 }
 
 async fn whole(
@@ -294,11 +293,15 @@ async fn whole(
     status: u16,
     content_type: &str,
     body: Bytes,
+    request_id: Option<&str>,
     extra: &[(&'static str, String)],
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(2 + extra.len()))?;
+    let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
     resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
+    if let Some(id) = request_id {
+        resp.insert_header("x-request-id", id)?;
+    }
     for (name, value) in extra {
         resp.insert_header(*name, value.as_str())?;
     }
