@@ -214,6 +214,8 @@ fn row(node: &str, seq: u64, json: &str, leaf: &[u8]) -> Result<EventRow, AuditE
 pub struct ShipState {
     /// Next `seq` not yet in ClickHouse.
     pub shipped: AtomicU64,
+    /// Whether `shipped` was read from ClickHouse (not assumed at start).
+    pub confirmed: AtomicBool,
     /// True while the last attempt failed.
     pub failing: AtomicBool,
     pub stop: AtomicBool,
@@ -261,6 +263,7 @@ pub fn run_shipper(
                 backoff = Duration::from_millis(100);
                 if let Some(n) = next {
                     state.shipped.store(n, Ordering::Release);
+                    state.confirmed.store(true, Ordering::Release);
                 }
                 if shipped_rows == 0 {
                     if final_deadline.is_some() {
@@ -316,6 +319,16 @@ async fn ship_once(
     };
     let store = Store::open_read_only(db_path)?;
     let rows = store.range(from, cfg.batch_max)?;
+    if let Some((first, _, _)) = rows.first().filter(|(seq, _, _)| *seq > from) {
+        // Only when ClickHouse lost rows it had confirmed: retention prunes
+        // nothing ClickHouse has not confirmed.
+        tracing::error!(
+            from,
+            first,
+            "ClickHouse lacks audit events #{from}..#{} that were pruned from the local store; `lattice audit verify` will report them deleted",
+            first - 1
+        );
+    }
     if !rows.is_empty() {
         let mut insert = client
             .insert::<EventRow>("audit_events")

@@ -27,11 +27,12 @@ pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 pub use event::{now_us, AuditEvent, Phase};
 pub use store::Store;
 pub use verify::{
-    prove_consistency, prove_inclusion, read_witness, verify, verify_log, LogData, Problem,
-    VerifyReport,
+    prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_log,
+    with_pruned_from, LogData, Problem, VerifyReport,
 };
 pub use writer::{
-    AuditHandle, AuditPipeline, Durable, OutcomeSlot, PipelineConfig, GAP, INTERRUPTED,
+    AuditHandle, AuditPipeline, Durable, OutcomeSlot, PipelineConfig, Retention, GAP, INTERRUPTED,
+    PRUNED,
 };
 
 /// Everything that can go wrong in the audit trail.
@@ -57,6 +58,8 @@ pub enum AuditError {
     NoStore(String),
     #[error("audit store is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0} was pruned from this store by retention: prove it from ClickHouse, or from an export taken before")]
+    Pruned(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error("signing key: {0}")]

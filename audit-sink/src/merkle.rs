@@ -47,58 +47,154 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// Where proofs read subtree heads from: every leaf (a slice), or a log
+/// whose oldest leaves were pruned (`PrunedLog`).
+pub trait Nodes {
+    /// The number of leaves in the log.
+    fn size(&self) -> u64;
+    /// MTH(D[a:b]); `None` when leaves it needs were pruned.
+    fn range_root(&self, a: u64, b: u64) -> Option<Hash>;
+}
+
+impl Nodes for [Hash] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn range_root(&self, a: u64, b: u64) -> Option<Hash> {
+        (a < b && b <= self.len() as u64).then(|| root(&self[a as usize..b as usize]))
+    }
+}
+
 /// PATH(m, D[n]): the inclusion proof of leaf `index` in the tree of
 /// `leaves`. `None` when `index` is out of range.
 pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
-    if index >= leaves.len() {
+    inclusion_proof_in(leaves, index as u64, leaves.len() as u64)
+}
+
+/// PATH(index, D[size]) over any `Nodes`. `None` when `index` is out of
+/// range or the proof needs pruned leaves.
+pub fn inclusion_proof_in<N: Nodes + ?Sized>(
+    nodes: &N,
+    index: u64,
+    size: u64,
+) -> Option<Vec<Hash>> {
+    if index >= size || size > nodes.size() {
         return None;
     }
     let mut proof = Vec::new();
-    path(index, leaves, &mut proof);
+    path(nodes, index, 0, size, &mut proof)?;
     Some(proof)
 }
 
-fn path(m: usize, leaves: &[Hash], out: &mut Vec<Hash>) {
-    let n = leaves.len();
-    if n <= 1 {
-        return;
+fn path<N: Nodes + ?Sized>(nodes: &N, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) -> Option<()> {
+    if hi - lo <= 1 {
+        return Some(());
     }
-    let k = split(n);
-    if m < k {
-        path(m, &leaves[..k], out);
-        out.push(root(&leaves[k..]));
+    let k = split((hi - lo) as usize) as u64;
+    if m < lo + k {
+        path(nodes, m, lo, lo + k, out)?;
+        out.push(nodes.range_root(lo + k, hi)?);
     } else {
-        path(m - k, &leaves[k..], out);
-        out.push(root(&leaves[..k]));
+        path(nodes, m, lo + k, hi, out)?;
+        out.push(nodes.range_root(lo, lo + k)?);
     }
+    Some(())
 }
 
 /// PROOF(m, D[n]): the consistency proof between the tree of the first `m`
 /// leaves and the tree of all `leaves`. `None` unless `0 < m <= n`.
 pub fn consistency_proof(leaves: &[Hash], m: usize) -> Option<Vec<Hash>> {
-    if m == 0 || m > leaves.len() {
+    consistency_proof_in(leaves, m as u64, leaves.len() as u64)
+}
+
+/// PROOF(first, D[second]) over any `Nodes`. `None` unless
+/// `0 < first <= second`, or when the proof needs pruned leaves.
+pub fn consistency_proof_in<N: Nodes + ?Sized>(
+    nodes: &N,
+    first: u64,
+    second: u64,
+) -> Option<Vec<Hash>> {
+    if first == 0 || first > second || second > nodes.size() {
         return None;
     }
     let mut proof = Vec::new();
-    subproof(m, leaves, true, &mut proof);
+    subproof(nodes, first, 0, second, true, &mut proof)?;
     Some(proof)
 }
 
-fn subproof(m: usize, leaves: &[Hash], complete: bool, out: &mut Vec<Hash>) {
-    let n = leaves.len();
+fn subproof<N: Nodes + ?Sized>(
+    nodes: &N,
+    m: u64,
+    lo: u64,
+    hi: u64,
+    complete: bool,
+    out: &mut Vec<Hash>,
+) -> Option<()> {
+    let n = hi - lo;
     if m == n {
         if !complete {
-            out.push(root(leaves));
+            out.push(nodes.range_root(lo, hi)?);
         }
-        return;
+        return Some(());
     }
-    let k = split(n);
+    let k = split(n as usize) as u64;
     if m <= k {
-        subproof(m, &leaves[..k], complete, out);
-        out.push(root(&leaves[k..]));
+        subproof(nodes, m, lo, lo + k, complete, out)?;
+        out.push(nodes.range_root(lo + k, hi)?);
     } else {
-        subproof(m - k, &leaves[k..], false, out);
-        out.push(root(&leaves[..k]));
+        subproof(nodes, m - k, lo + k, hi, false, out)?;
+        out.push(nodes.range_root(lo, lo + k)?);
+    }
+    Some(())
+}
+
+/// A log whose first `prefix.size()` leaves were pruned: the heads of the
+/// perfect subtrees that covered them (the frontier at that size) stand in
+/// for them. It can still append, compute every later tree head, and prove
+/// the inclusion of any kept leaf and the consistency of any tree at least
+/// as large as the pruned prefix with a later one; nothing that needs a
+/// pruned leaf itself.
+#[derive(Debug, Clone, Default)]
+pub struct PrunedLog {
+    pub prefix: Frontier,
+    /// The kept leaves, from `prefix.size()` on.
+    pub leaves: Vec<Hash>,
+}
+
+impl PrunedLog {
+    /// The frontier of the whole log.
+    pub fn frontier(&self) -> Frontier {
+        let mut f = self.prefix.clone();
+        for leaf in &self.leaves {
+            f.push(*leaf);
+        }
+        f
+    }
+}
+
+impl Nodes for PrunedLog {
+    fn size(&self) -> u64 {
+        self.prefix.size() + self.leaves.len() as u64
+    }
+    fn range_root(&self, a: u64, b: u64) -> Option<Hash> {
+        let p = self.prefix.size();
+        if a >= b || b > self.size() {
+            return None;
+        }
+        if a >= p {
+            return Some(root(&self.leaves[(a - p) as usize..(b - p) as usize]));
+        }
+        if let Some(head) = self.prefix.piece(a, b) {
+            return Some(head);
+        }
+        if b - a == 1 {
+            return None; // a pruned leaf
+        }
+        let k = split((b - a) as usize) as u64;
+        Some(node_hash(
+            &self.range_root(a, a + k)?,
+            &self.range_root(a + k, b)?,
+        ))
     }
 }
 
@@ -211,6 +307,39 @@ impl Frontier {
         }
     }
 
+    /// The frontier of a tree of `size` leaves from the heads of its
+    /// perfect subtrees, largest first (what `heads` returns). `None` when
+    /// their number does not fit `size`.
+    pub fn from_heads(size: u64, heads: &[Hash]) -> Option<Self> {
+        let widths: Vec<u64> = (0..64)
+            .rev()
+            .map(|bit| 1u64 << bit)
+            .filter(|w| size & w != 0)
+            .collect();
+        (widths.len() == heads.len()).then(|| Self {
+            size,
+            stack: heads.iter().copied().zip(widths).collect(),
+        })
+    }
+
+    /// The heads of the perfect subtrees, largest first.
+    pub fn heads(&self) -> Vec<Hash> {
+        self.stack.iter().map(|(h, _)| *h).collect()
+    }
+
+    /// The head of the perfect subtree covering exactly leaves `a..b`, if
+    /// it is one of this frontier's.
+    pub fn piece(&self, a: u64, b: u64) -> Option<Hash> {
+        let mut start = 0;
+        for (head, width) in &self.stack {
+            if start == a && start + width == b {
+                return Some(*head);
+            }
+            start += width;
+        }
+        None
+    }
+
     pub fn root(&self) -> Hash {
         let mut iter = self.stack.iter().rev();
         let Some((last, _)) = iter.next() else {
@@ -284,6 +413,44 @@ mod tests {
                 ));
             }
         }
+    }
+
+    #[test]
+    fn a_pruned_log_proves_what_it_kept_and_nothing_it_pruned() {
+        let all = leaves(45);
+        for p in 1..all.len() {
+            let mut prefix = Frontier::new();
+            for l in &all[..p] {
+                prefix.push(*l);
+            }
+            let heads = Frontier::from_heads(p as u64, &prefix.heads()).unwrap();
+            let log = PrunedLog {
+                prefix: heads,
+                leaves: all[p..].to_vec(),
+            };
+            let n = all.len() as u64;
+            assert_eq!(log.frontier().root(), root(&all), "head after pruning {p}");
+            for m in p as u64..=n {
+                assert_eq!(
+                    consistency_proof_in(&log, m, n),
+                    consistency_proof(&all, m as usize),
+                    "consistency {m}->{n} after pruning {p}"
+                );
+            }
+            for i in p as u64..n {
+                assert_eq!(
+                    inclusion_proof_in(&log, i, n),
+                    inclusion_proof(&all, i as usize),
+                    "inclusion of {i} after pruning {p}"
+                );
+            }
+            // Leaf 0's proof needs leaf 1: pruned from p = 2 on.
+            if p >= 2 {
+                assert_eq!(inclusion_proof_in(&log, 0, n), None, "after pruning {p}");
+                assert_eq!(consistency_proof_in(&log, 1, n), None, "after pruning {p}");
+            }
+        }
+        assert!(Frontier::from_heads(5, &[leaf_hash(b"x")]).is_none());
     }
 
     #[test]

@@ -4,12 +4,18 @@
 //! `checkpoints` the signed checkpoint notes, and `owed` the decisions
 //! whose call's outcome is not written yet (kept in the same transactions
 //! as the events, so after a crash the gateway knows which calls were
-//! interrupted; not part of the signed log).
+//! interrupted; not part of the signed log). Retention prunes the oldest
+//! events, leaves and checkpoints up to a checkpointed size and keeps, in
+//! `pruned`, the heads of the perfect subtrees that covered them: enough to
+//! keep appending and to prove everything later (`merkle::PrunedLog`).
+//!
+//! Must never: change a stored event, leaf or checkpoint in place, or
+//! prune anything but a prefix of the log ending at a signed checkpoint.
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
-use crate::merkle::Hash;
+use crate::merkle::{Frontier, Hash, PrunedLog};
 use crate::AuditError;
 
 const SCHEMA: &str = "
@@ -37,6 +43,11 @@ CREATE TABLE IF NOT EXISTS cosignatures (
     size INTEGER NOT NULL,
     line TEXT NOT NULL,
     PRIMARY KEY (size, line)
+);
+CREATE TABLE IF NOT EXISTS pruned (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    size INTEGER NOT NULL,
+    heads BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
@@ -71,6 +82,9 @@ impl Store {
     /// Opens (creating if needed) the store for writing.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         let conn = Connection::open(path)?;
+        // Pruned pages go back to the file system (a new store only: SQLite
+        // fixes this when the first table is created).
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -294,14 +308,160 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The number of leaves in the log.
+    /// The number of leaves in the log (pruned ones included).
     pub fn log_size(&self) -> Result<u64, AuditError> {
         let n: Option<i64> = self
             .conn
             .query_row("SELECT MAX(idx) + 1 FROM log_leaves", [], |r| r.get(0))
             .optional()?
             .flatten();
-        Ok(n.unwrap_or(0) as u64)
+        let pruned = self.pruned()?.map_or(0, |f| f.size());
+        Ok((n.unwrap_or(0) as u64).max(pruned))
+    }
+
+    /// The pruned prefix of the log, if retention pruned any: the frontier
+    /// at the size pruned up to.
+    pub fn pruned(&self) -> Result<Option<Frontier>, AuditError> {
+        let row: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row("SELECT size, heads FROM pruned WHERE id = 0", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((size, heads)) = row else {
+            return Ok(None);
+        };
+        let heads: Vec<Hash> = heads
+            .chunks(32)
+            .map(|c| c.try_into())
+            .collect::<Result<_, _>>()
+            .map_err(|_| AuditError::Corrupt("the pruned prefix's heads are not hashes".into()))?;
+        Frontier::from_heads(size as u64, &heads)
+            .map(Some)
+            .ok_or_else(|| {
+                AuditError::Corrupt(format!(
+                    "the pruned prefix of size {size} has {} heads",
+                    heads.len()
+                ))
+            })
+    }
+
+    /// The log as kept: the pruned prefix's heads and the leaves after it.
+    pub fn log(&self) -> Result<PrunedLog, AuditError> {
+        let prefix = self.pruned()?.unwrap_or_default();
+        let mut leaves = Vec::new();
+        for (idx, leaf) in self.leaves()? {
+            if idx != prefix.size() + leaves.len() as u64 {
+                return Err(AuditError::Corrupt(format!(
+                    "the audit log has a gap at leaf {}; run `lattice audit verify`",
+                    prefix.size() + leaves.len() as u64
+                )));
+            }
+            leaves.push(leaf);
+        }
+        Ok(PrunedLog { prefix, leaves })
+    }
+
+    /// Leaves `from..to`, in order.
+    pub fn leaf_range(&self, from: u64, to: u64) -> Result<Vec<Hash>, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT hash FROM log_leaves WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
+        let rows = stmt.query_map([from as i64, to as i64], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(
+                row?.try_into()
+                    .map_err(|_| AuditError::Corrupt("a log leaf is not 32 bytes".into()))?,
+            );
+        }
+        if out.len() as u64 != to.saturating_sub(from) {
+            return Err(AuditError::Corrupt(format!(
+                "log leaves {from}..{to} are not all in the store"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Removes the events, leaves, checkpoints and co-signatures before
+    /// `prefix.size()` (the frontier at that size, kept in their place) in
+    /// one transaction. The caller picks a size with a signed checkpoint.
+    pub fn prune(&mut self, prefix: &Frontier) -> Result<(), AuditError> {
+        let size = prefix.size() as i64;
+        let heads: Vec<u8> = prefix.heads().concat();
+        self.sync_commits(true)?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM events WHERE seq < ?1", [size])?;
+        tx.execute("DELETE FROM log_leaves WHERE idx < ?1", [size])?;
+        tx.execute("DELETE FROM checkpoints WHERE size < ?1", [size])?;
+        tx.execute("DELETE FROM cosignatures WHERE size < ?1", [size])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO pruned (id, size, heads) VALUES (0, ?1, ?2)",
+            params![size, heads],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// While the file is larger than `max` bytes, returns free pages to
+    /// the file system, at most 4,096 per call (stores created with
+    /// incremental auto-vacuum; a no-op on older ones, whose free pages are
+    /// reused by later writes instead).
+    pub fn release_pages_over(&self, max: u64) -> Result<(), AuditError> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let over = (pages * size - max as i64) / size.max(1) + 1;
+        if over > 0 {
+            let n = over.min(4_096);
+            // Each step frees one page: step it to the end.
+            let mut stmt = self
+                .conn
+                .prepare(&format!("PRAGMA incremental_vacuum({n})"))?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
+        }
+        Ok(())
+    }
+
+    /// Bytes in use: the database's pages that hold data.
+    pub fn used_bytes(&self) -> Result<u64, AuditError> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(((pages - free) * size).max(0) as u64)
+    }
+
+    /// The first kept event written at or after `ts_us`, if any.
+    pub fn first_since(&self, ts_us: u64) -> Result<Option<u64>, AuditError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM events WHERE ts_us >= ?1 ORDER BY seq LIMIT 1",
+                [ts_us as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seq.map(|s| s as u64))
+    }
+
+    /// The largest signed checkpoint size in `after+1..=upto`.
+    pub fn checkpoint_at_most(&self, after: u64, upto: u64) -> Result<Option<u64>, AuditError> {
+        let size: Option<i64> = self.conn.query_row(
+            "SELECT MAX(size) FROM checkpoints WHERE size > ?1 AND size <= ?2",
+            [after as i64, upto as i64],
+            |r| r.get(0),
+        )?;
+        Ok(size.map(|s| s as u64))
+    }
+
+    /// The oldest decision still owing an outcome, if any.
+    pub fn oldest_owed(&self) -> Result<Option<u64>, AuditError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT MIN(seq) FROM owed", [], |r| r.get(0))?;
+        Ok(seq.map(|s| s as u64))
     }
 
     /// Number of events (rows), for tests and status.

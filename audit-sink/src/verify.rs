@@ -1,14 +1,19 @@
 //! Verification of a stored audit trail and proof generation. `verify`
 //! recomputes every leaf from the stored events, checks the log against
 //! every signed checkpoint (the store's own and a witness's), and names the
-//! first event that was edited, deleted, inserted or reordered.
+//! first event that was edited, deleted, inserted or reordered. A store
+//! pruned by retention is verified from its pruned prefix on, or whole when
+//! the pruned events are read back from ClickHouse (`with_pruned_from`).
+//!
+//! Must never: report a trail as verified when a row, leaf or checkpoint it
+//! was given contradicts the signed log, or count pruned events as checked.
 
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::checkpoint::{Checkpoint, NoteVerifier};
 use crate::event::parse_canonical;
-use crate::merkle::{self, Frontier, Hash};
+use crate::merkle::{self, Frontier, Hash, Nodes};
 use crate::store::{Store, StoredEvent};
 use crate::AuditError;
 
@@ -107,6 +112,13 @@ pub struct VerifyReport {
     pub witness_checkpoints_checked: usize,
     /// Identical duplicate rows (tolerated: a retried insert).
     pub duplicates: u64,
+    /// Events before this were pruned by retention and not checked (0: the
+    /// whole log was checked).
+    pub pruned_before: u64,
+    /// Checkpoints older than the pruned prefix, which cannot be checked.
+    pub pruned_checkpoints: usize,
+    /// Events read back from ClickHouse for the range the store pruned.
+    pub from_clickhouse: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -148,15 +160,51 @@ pub fn verify(
     verifier: &NoteVerifier,
     witness: &[WitnessEntry],
 ) -> Result<VerifyReport, AuditError> {
-    let data = store.read_consistent(|s| {
+    verify_log(&read_log(store)?, verifier, witness)
+}
+
+/// The store's log, read in one snapshot.
+pub fn read_log(store: &Store) -> Result<LogData, AuditError> {
+    store.read_consistent(|s| {
         Ok(LogData {
             leaves: s.leaves()?,
             events: s.events()?,
             checkpoints: s.checkpoints()?,
             duplicates: 0,
+            pruned: s.pruned()?,
+            from_clickhouse: 0,
         })
-    })?;
-    verify_log(&data, verifier, witness)
+    })
+}
+
+/// A pruned store's log completed with what another sink (ClickHouse)
+/// holds before the pruned size: its leaves, events and checkpoints there.
+/// The result is checked as one whole log: the kept checkpoint at the
+/// pruned size ties the two together.
+pub fn with_pruned_from(local: LogData, remote: LogData) -> LogData {
+    let Some(prefix) = &local.pruned else {
+        return local;
+    };
+    let p = prefix.size();
+    let mut leaves: Vec<(u64, Hash)> = remote.leaves.into_iter().filter(|(i, _)| *i < p).collect();
+    leaves.extend(local.leaves);
+    let mut events: Vec<StoredEvent> = remote.events.into_iter().filter(|e| e.seq < p).collect();
+    let from_clickhouse = events.len() as u64;
+    events.extend(local.events);
+    let mut checkpoints: Vec<(u64, String)> = remote
+        .checkpoints
+        .into_iter()
+        .filter(|(size, _)| *size < p)
+        .collect();
+    checkpoints.extend(local.checkpoints);
+    LogData {
+        leaves,
+        events,
+        checkpoints,
+        duplicates: remote.duplicates + local.duplicates,
+        pruned: None,
+        from_clickhouse,
+    }
 }
 
 /// A node's log as read from a sink: leaves and events in `seq` order and
@@ -168,6 +216,10 @@ pub struct LogData {
     pub checkpoints: Vec<(u64, String)>,
     /// Identical copies of rows dropped while reading (a retried insert).
     pub duplicates: u64,
+    /// The pruned prefix: leaves and events start at its size.
+    pub pruned: Option<Frontier>,
+    /// How many of the events came from ClickHouse for a pruned range.
+    pub from_clickhouse: u64,
 }
 
 /// Verifies a log read from any sink.
@@ -178,20 +230,24 @@ pub fn verify_log(
 ) -> Result<VerifyReport, AuditError> {
     let mut problems = Vec::new();
     let (leaves, events) = (&data.leaves, &data.events);
+    let prefix = data.pruned.clone().unwrap_or_default();
+    let base = prefix.size();
     let log: Vec<Hash> = leaves.iter().map(|(_, h)| *h).collect();
     for (pos, (idx, _)) in leaves.iter().enumerate() {
-        if *idx != pos as u64 {
+        let want = base + pos as u64;
+        if *idx != want {
             problems.push(Problem::LogRewritten {
-                size: pos as u64,
-                detail: format!("log leaf {pos} is missing"),
+                size: want,
+                detail: format!("log leaf {want} is missing"),
             });
             break;
         }
     }
+    let end = base + log.len() as u64;
     let position: HashMap<Hash, u64> = log
         .iter()
         .enumerate()
-        .map(|(i, h)| (*h, i as u64))
+        .map(|(i, h)| (*h, base + i as u64))
         .collect();
 
     // 1. Every event row against the log.
@@ -206,7 +262,7 @@ pub fn verify_log(
             .unwrap_or_default();
         match position.get(&leaf) {
             Some(&i) if i == row.seq => {
-                present[i as usize] = true;
+                present[(i - base) as usize] = true;
             }
             Some(&i) => {
                 problems.push(Problem::Reordered {
@@ -214,9 +270,9 @@ pub fn verify_log(
                     event_id,
                     belongs_at: i,
                 });
-                present[i as usize] = true;
+                present[(i - base) as usize] = true;
             }
-            None if row.seq >= log.len() as u64 => {
+            None if row.seq >= end || row.seq < base => {
                 problems.push(Problem::Inserted {
                     seq: row.seq,
                     event_id,
@@ -233,7 +289,7 @@ pub fn verify_log(
                 // A row whose content is not in the log, stored where another
                 // event is missing, is an edit of that event; present[] stays
                 // false only for truly absent ones.
-                present[row.seq as usize] = true;
+                present[(row.seq - base) as usize] = true;
                 problems.push(Problem::Edited {
                     seq: row.seq,
                     event_id,
@@ -244,7 +300,9 @@ pub fn verify_log(
     }
     for (i, p) in present.iter().enumerate() {
         if !p {
-            problems.push(Problem::Deleted { seq: i as u64 });
+            problems.push(Problem::Deleted {
+                seq: base + i as u64,
+            });
         }
     }
 
@@ -254,7 +312,6 @@ pub fn verify_log(
     for (size, note) in data.checkpoints.iter().cloned() {
         match verifier.open(&note) {
             Ok(cp) if cp.size == size => {
-                own += 1;
                 expected.entry(size).or_default().push(Expect::Own(cp));
             }
             Ok(cp) => problems.push(Problem::BadCheckpoint {
@@ -280,7 +337,6 @@ pub fn verify_log(
         });
         match opened {
             Ok(cp) => {
-                witnessed += 1;
                 expected
                     .entry(cp.size)
                     .or_default()
@@ -292,9 +348,14 @@ pub fn verify_log(
             }),
         }
     }
-    let mut frontier = Frontier::new();
+    let mut frontier = prefix;
     let mut leaves_iter = log.iter();
+    let mut pruned_checkpoints = 0;
     for (size, checks) in expected {
+        if size < base {
+            pruned_checkpoints += checks.len();
+            continue;
+        }
         while frontier.size() < size {
             match leaves_iter.next() {
                 Some(l) => frontier.push(*l),
@@ -306,6 +367,11 @@ pub fn verify_log(
                 Expect::Own(cp) => (cp, false),
                 Expect::Witness(cp) => (cp, true),
             };
+            if witness {
+                witnessed += 1;
+            } else {
+                own += 1;
+            }
             let detail = if frontier.size() < size {
                 Some(format!("the log has only {} leaves", frontier.size()))
             } else if frontier.root() != cp.root {
@@ -338,10 +404,13 @@ pub fn verify_log(
     });
     Ok(VerifyReport {
         events: events.len() as u64,
-        log_size: log.len() as u64,
+        log_size: end,
         checkpoints_checked: own,
         witness_checkpoints_checked: witnessed,
         duplicates: data.duplicates,
+        pruned_before: base,
+        pruned_checkpoints,
+        from_clickhouse: data.from_clickhouse,
         problems,
     })
 }
@@ -390,12 +459,16 @@ pub fn prove_inclusion(
     seq: u64,
 ) -> Result<InclusionProof, AuditError> {
     let (cp, note) = signed_checkpoint(store, verifier, |size| size > seq)?;
-    let log: Vec<Hash> = store.leaves()?.into_iter().map(|(_, h)| h).collect();
-    let n = cp.size as usize;
-    let tree = log
-        .get(..n)
-        .ok_or_else(|| AuditError::Corrupt("the log is shorter than its checkpoint".into()))?;
-    let path = merkle::inclusion_proof(tree, seq as usize)
+    let log = store.log()?;
+    if seq < log.prefix.size() {
+        return Err(AuditError::Pruned(format!("event #{seq}")));
+    }
+    if log.size() < cp.size {
+        return Err(AuditError::Corrupt(
+            "the log is shorter than its checkpoint".into(),
+        ));
+    }
+    let path = merkle::inclusion_proof_in(&log, seq, cp.size)
         .ok_or_else(|| AuditError::Corrupt(format!("no event #{seq}")))?;
     let event = store
         .events()?
@@ -425,13 +498,19 @@ pub fn prove_consistency(
 ) -> Result<ConsistencyProof, AuditError> {
     let (a, _) = signed_checkpoint(store, verifier, |s| s == first)?;
     let (b, _) = signed_checkpoint(store, verifier, |s| second.is_none_or(|want| s == want))?;
-    let log: Vec<Hash> = store.leaves()?.into_iter().map(|(_, h)| h).collect();
-    let tree = log
-        .get(..b.size as usize)
-        .ok_or_else(|| AuditError::Corrupt("the log is shorter than its checkpoint".into()))?;
-    let path = merkle::consistency_proof(tree, a.size as usize).ok_or_else(|| {
-        AuditError::Checkpoint("the first checkpoint must not be larger than the second".into())
-    })?;
+    let log = store.log()?;
+    if log.size() < b.size {
+        return Err(AuditError::Corrupt(
+            "the log is shorter than its checkpoint".into(),
+        ));
+    }
+    if a.size > b.size {
+        return Err(AuditError::Checkpoint(
+            "the first checkpoint must not be larger than the second".into(),
+        ));
+    }
+    let path = merkle::consistency_proof_in(&log, a.size, b.size)
+        .ok_or_else(|| AuditError::Pruned(format!("the log before size {}", log.prefix.size())))?;
     let verified = merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &path);
     Ok(ConsistencyProof {
         first_size: a.size,

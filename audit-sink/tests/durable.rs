@@ -26,6 +26,7 @@ fn start(db: &Path, signer: &NoteSigner) -> AuditPipeline {
         witness_file: None,
         signer: NoteSigner::from_encoded(&signer.encoded()).unwrap(),
         clickhouse: None,
+        retention: Default::default(),
     })
     .unwrap()
 }

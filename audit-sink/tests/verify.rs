@@ -37,6 +37,7 @@ fn write_trail(calls: usize) -> Trail {
         witness_file: Some(witness.clone()),
         signer: NoteSigner::from_encoded(&signer.encoded()).unwrap(),
         clickhouse: None,
+        retention: Default::default(),
     })
     .unwrap();
     let audit = pipeline.handle();
@@ -208,6 +209,7 @@ fn a_closed_pipeline_refuses_decisions() {
         witness_file: None,
         signer: NoteSigner::generate("n"),
         clickhouse: None,
+        retention: Default::default(),
     })
     .unwrap();
     let audit = pipeline.handle();

@@ -112,6 +112,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         witness_file: a.witness_file.clone(),
         signer,
         clickhouse: a.clickhouse.clone(),
+        retention: a.retention.clone(),
     })?;
     let runtime_mcp_servers = runtime.config.mcp_servers.clone();
     let inference = lattice_inference_router::Router::start()

@@ -15,6 +15,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use lattice_audit::merkle::Nodes;
 use lattice_audit::witness::{cosigns, note_body};
 use lattice_audit::Store;
 use pingora::proxy::Session;
@@ -75,25 +76,24 @@ fn checkpoints(db: &std::path::Path, after: u64) -> std::result::Result<Value, S
     let page = store
         .checkpoints_after(after, PAGE)
         .map_err(|e| e.to_string())?;
-    let leaves: Vec<[u8; 32]> = match page.last() {
-        Some(_) => store
-            .leaves()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|(_, h)| h)
-            .collect(),
-        None => Vec::new(),
+    let log = match page.last() {
+        Some(_) => store.log().map_err(|e| e.to_string())?,
+        None => Default::default(),
     };
     let mut from = after;
     let mut out = Vec::with_capacity(page.len());
     for (size, note) in page {
-        let upto = leaves
-            .get(..size as usize)
-            .ok_or("the store has fewer leaves than a checkpoint")?;
+        if log.size() < size {
+            return Err("the store has fewer leaves than a checkpoint".into());
+        }
         let proof = match from {
             0 => Vec::new(),
-            m => lattice_audit::merkle::consistency_proof(upto, m as usize)
-                .ok_or("no consistency proof between two checkpoints")?,
+            m => lattice_audit::merkle::consistency_proof_in(&log, m, size).ok_or_else(|| {
+                format!(
+                    "no consistency proof from size {m}: retention pruned this log up to size {}",
+                    log.prefix.size()
+                )
+            })?,
         };
         let proof: Vec<String> = proof.iter().map(|h| B64.encode(h)).collect();
         out.push(json!({"size": size, "note": note, "proof": proof}));

@@ -24,6 +24,7 @@ fn pipeline(db: &Path, clickhouse: Option<ClickHouseConfig>) -> Result<AuditPipe
         witness_file: None,
         signer: NoteSigner::generate("lattice/bench/audit"),
         clickhouse,
+        retention: Default::default(),
     })?)
 }
 

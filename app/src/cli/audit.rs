@@ -7,8 +7,8 @@ use lattice_audit::query::{self, AuditQuery, Scope};
 use lattice_audit::verify::Problem;
 use lattice_audit::witness::{first_not_cosigned, CosignatureVerifier};
 use lattice_audit::{
-    clickhouse, prove_consistency, prove_inclusion, read_witness, verify, verify_log, NoteVerifier,
-    Store,
+    clickhouse, prove_consistency, prove_inclusion, read_log, read_witness, verify_log,
+    with_pruned_from, NoteVerifier, Store,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -268,7 +268,31 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
         AuditCmd::Verify { keys, json, sink } => {
             let t = keys.open()?;
             let mut report = match sink {
-                Sink::Embedded => verify(&t.store()?, &t.verifier, &t.witness)?,
+                Sink::Embedded => {
+                    let local = read_log(&t.store()?)?;
+                    match (&local.pruned, &t.cfg.audit.clickhouse) {
+                        // Retention pruned the oldest events: ClickHouse
+                        // holds them, and the whole log is verified.
+                        (Some(_), Some(ch)) => {
+                            let rt = tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()?;
+                            let remote = rt
+                                .block_on(clickhouse::load_log(
+                                    &clickhouse::client(ch),
+                                    &t.cfg.server.node_id,
+                                ))
+                                .with_context(|| {
+                                    format!(
+                                        "the store was pruned by retention; reading the pruned events from ClickHouse at {}",
+                                        ch.url
+                                    )
+                                })?;
+                            verify_log(&with_pruned_from(local, remote), &t.verifier, &t.witness)?
+                        }
+                        _ => verify_log(&local, &t.verifier, &t.witness)?,
+                    }
+                }
                 Sink::Clickhouse if !keys.witness_keys.is_empty() => {
                     anyhow::bail!("witness co-signatures are kept in the embedded store: verify it with --witness-key")
                 }
@@ -313,6 +337,18 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     "OK: {} events, log size {}, {} signed checkpoints and {} witness checkpoints verified",
                     report.events, report.log_size, report.checkpoints_checked, report.witness_checkpoints_checked
                 );
+                if report.from_clickhouse > 0 {
+                    println!(
+                        "({} events that retention pruned from the store were read from ClickHouse)",
+                        report.from_clickhouse
+                    );
+                } else if report.pruned_before > 0 {
+                    println!(
+                        "(events before #{} were pruned by retention and are not checked: with no ClickHouse to read them from, their inclusion can no longer be proved{})",
+                        report.pruned_before,
+                        if report.pruned_checkpoints > 0 { format!("; {} older witness checkpoints skipped", report.pruned_checkpoints) } else { String::new() }
+                    );
+                }
                 if report.duplicates > 0 {
                     println!(
                         "({} identical duplicate rows from retried inserts were ignored)",

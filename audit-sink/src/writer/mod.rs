@@ -37,7 +37,9 @@ use crate::AuditError;
 use tokio::sync::oneshot;
 
 mod handle;
+mod retention;
 pub use handle::{AuditHandle, Durable, OutcomeSlot, GAP};
+pub use retention::{Retention, PRUNED};
 
 /// Settings of the pipeline.
 pub struct PipelineConfig {
@@ -58,6 +60,8 @@ pub struct PipelineConfig {
     pub signer: NoteSigner,
     /// Also ship the log to ClickHouse.
     pub clickhouse: Option<ClickHouseConfig>,
+    /// How long the store keeps events and how large it may grow.
+    pub retention: Retention,
 }
 
 /// One event on its way to the store.
@@ -94,6 +98,8 @@ pub(crate) struct Shared {
     pub(crate) gap_last_us: AtomicU64,
     /// The log's size (next `seq`).
     pub(crate) log_size: AtomicU64,
+    /// Events before this were pruned from the store by retention.
+    pub(crate) pruned: AtomicU64,
     /// With ClickHouse: the shipper's progress and the backlog bound.
     pub(crate) ship: Option<(Arc<ShipState>, u64)>,
 }
@@ -113,16 +119,9 @@ impl AuditPipeline {
     pub fn start(cfg: PipelineConfig) -> Result<Self, AuditError> {
         let store = Store::open(&cfg.db_path)?;
         store.no_auto_checkpoints()?;
-        let mut frontier = Frontier::new();
-        for (idx, leaf) in store.leaves()? {
-            if idx != frontier.size() {
-                return Err(AuditError::Corrupt(format!(
-                    "the audit log has a gap at leaf {}; run `lattice audit verify`",
-                    frontier.size()
-                )));
-            }
-            frontier.push(leaf);
-        }
+        let log = store.log()?;
+        let frontier = log.frontier();
+        let pruned = log.prefix;
         let last_checkpoint = store.checkpoints()?.last().map(|(s, _)| *s).unwrap_or(0);
         let capacity = cfg.queue_capacity.max(2);
         // Room for every reserved event plus control messages (flush, shutdown).
@@ -135,6 +134,7 @@ impl AuditPipeline {
         });
         let shared = Arc::new(Shared {
             log_size: AtomicU64::new(frontier.size()),
+            pruned: AtomicU64::new(pruned.size()),
             ship: ship_state.clone(),
             ..Shared::default()
         });
@@ -159,8 +159,11 @@ impl AuditPipeline {
             cfg,
             store,
             frontier,
+            pruned,
+            held_back: false,
             last_checkpoint,
             last_checkpoint_at: Instant::now(),
+            last_retention: Instant::now(),
             shared: shared.clone(),
         };
         let recovered = writer.recover()?;
@@ -225,8 +228,13 @@ struct Writer {
     cfg: PipelineConfig,
     store: Store,
     frontier: Frontier,
+    /// The pruned prefix (empty when nothing was pruned).
+    pruned: Frontier,
+    /// Retention wants to prune events not yet shipped (warned once).
+    held_back: bool,
     last_checkpoint: u64,
     last_checkpoint_at: Instant,
+    last_retention: Instant,
     shared: Arc<Shared>,
 }
 
@@ -236,7 +244,12 @@ impl Writer {
         let mut waiters: Vec<SyncSender<()>> = Vec::new();
         loop {
             let mut shutdown = false;
-            match rx.recv_timeout(self.cfg.checkpoint_interval) {
+            let wake = if self.cfg.retention.is_set() {
+                self.cfg.checkpoint_interval.min(RETENTION_EVERY)
+            } else {
+                self.cfg.checkpoint_interval
+            };
+            match rx.recv_timeout(wake) {
                 Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => shutdown = true,
@@ -259,6 +272,14 @@ impl Writer {
             }
             if shutdown {
                 return;
+            }
+            if self.cfg.retention.is_set()
+                && (self.last_retention.elapsed() >= RETENTION_EVERY || self.over_size())
+            {
+                self.last_retention = Instant::now();
+                if let Err(e) = self.retain() {
+                    tracing::error!(error = %e, "audit retention could not prune; it retries");
+                }
             }
         }
     }
@@ -428,6 +449,9 @@ fn checkpoint_wal(db: &std::path::Path, shared: &Shared) {
         }
     }
 }
+
+/// How often retention looks at the store.
+const RETENTION_EVERY: Duration = Duration::from_millis(500);
 
 /// The reason an interrupted call's outcome carries.
 pub const INTERRUPTED: &str =

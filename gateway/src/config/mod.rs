@@ -148,6 +148,8 @@ pub struct AuditConfig {
     /// (`POST /audit/v1/cosignatures`).
     pub witnesses: Vec<lattice_audit::witness::CosignatureVerifier>,
     pub clickhouse: Option<lattice_audit::clickhouse::ClickHouseConfig>,
+    /// `[audit.retention]`: how long and how large the embedded store keeps.
+    pub retention: lattice_audit::Retention,
 }
 
 /// An HTTP tool route: `/tools/<name>/...` to an upstream REST service.
@@ -414,6 +416,48 @@ mod tests {
             err.contains("mcp.allow_commands `/bin/x`: pattern `(`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn audit_retention_reads_ages_and_sizes_and_names_what_is_wrong() {
+        let day = Duration::from_secs(86_400);
+        for (body, expected) in [
+            ("max_age = \"30d\"", Ok((Some(30 * day), None))),
+            (
+                "max_age = \"12h\"\nmax_size = \"2GiB\"",
+                Ok((Some(Duration::from_secs(43_200)), Some(2u64 << 30))),
+            ),
+            ("max_size = \"500MB\"", Ok((None, Some(500_000_000)))),
+            ("max_size = \"64KiB\"", Ok((None, Some(65_536)))),
+            (
+                "max_age = \"30 days\"",
+                Err("audit.retention.max_age: `30 days`: the unit must be s, m, h or d"),
+            ),
+            (
+                "max_age = \"0d\"",
+                Err("audit.retention.max_age: `0d` must be more than zero"),
+            ),
+            (
+                "max_size = \"lots\"",
+                Err("audit.retention.max_size: `lots` is not a size"),
+            ),
+            (
+                "max_size = \"5TB\"",
+                Err("the unit must be B, KB, MB, GB, KiB, MiB or GiB"),
+            ),
+            ("", Err("[audit.retention] needs max_age, max_size or both")),
+            ("max_rows = 5", Err("unknown field `max_rows`")),
+        ] {
+            let text = format!("{MINIMAL}[audit.retention]\n{body}\n");
+            let got = parse(Path::new("lattice.toml"), &text)
+                .map(|c| (c.audit.retention.max_age, c.audit.retention.max_bytes))
+                .map_err(|e| e.to_string());
+            match (got, expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{body}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{body}: {got}"),
+                (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -230,6 +230,18 @@ pub(super) struct RawAudit {
     pub(super) witnesses: Vec<String>,
     #[serde(default)]
     pub(super) clickhouse: Option<RawClickHouse>,
+    #[serde(default)]
+    pub(super) retention: Option<RawRetention>,
+}
+
+/// `[audit.retention]`: `max_age = "30d"`, `max_size = "2GiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetention {
+    #[serde(default)]
+    pub(super) max_age: Option<String>,
+    #[serde(default)]
+    pub(super) max_size: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,6 +288,7 @@ impl Default for RawAudit {
             witness_file: None,
             witnesses: Vec::new(),
             clickhouse: None,
+            retention: None,
         }
     }
 }

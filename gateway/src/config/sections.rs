@@ -154,6 +154,29 @@ pub(super) fn audit(
             .map(|k| lattice_audit::witness::CosignatureVerifier::from_encoded(k))
             .collect::<Result<_, _>>()
             .map_err(|e| bad(format!("audit.witnesses: {e}")))?,
+        retention: match a.retention {
+            None => lattice_audit::Retention::default(),
+            Some(r) => {
+                let max_age = r
+                    .max_age
+                    .as_deref()
+                    .map(|v| parse_age(v).map_err(|e| bad(format!("audit.retention.max_age: {e}"))))
+                    .transpose()?;
+                let max_bytes = r
+                    .max_size
+                    .as_deref()
+                    .map(|v| {
+                        parse_size(v).map_err(|e| bad(format!("audit.retention.max_size: {e}")))
+                    })
+                    .transpose()?;
+                if max_age.is_none() && max_bytes.is_none() {
+                    return Err(bad(
+                        "[audit.retention] needs max_age, max_size or both".into()
+                    ));
+                }
+                lattice_audit::Retention { max_age, max_bytes }
+            }
+        },
         clickhouse: match a.clickhouse {
             None => None,
             Some(c) => {
@@ -194,6 +217,58 @@ pub(super) fn audit(
             }
         },
     })
+}
+
+/// A retention age: a whole number and a unit, `s`, `m`, `h` or `d`
+/// (`"90d"`, `"12h"`).
+pub(super) fn parse_age(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{v}` is not an age such as \"30d\" or \"12h\""))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("`{v}`: the unit must be s, m, h or d")),
+    };
+    if n == 0 {
+        return Err(format!("`{v}` must be more than zero"));
+    }
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+/// A size in bytes: a whole number and a unit, `B`, `KB`, `MB`, `GB`
+/// (powers of 1000) or `KiB`, `MiB`, `GiB` (powers of 1024).
+pub(super) fn parse_size(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{v}` is not a size such as \"500MB\" or \"2GiB\""))?;
+    let unit_bytes: u64 = match unit.trim() {
+        "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{v}`: the unit must be B, KB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
+    };
+    if n == 0 {
+        return Err(format!("`{v}` must be more than zero"));
+    }
+    n.checked_mul(unit_bytes)
+        .ok_or_else(|| format!("`{v}` is too large"))
 }
 
 /// `[[routes]]`: names, upstreams and injected credentials.
