@@ -12,6 +12,14 @@
 //! `lattice_migrations`. Written for ClickHouse 18.16 (Debian's) and modern
 //! servers alike: plain `MergeTree`, `DateTime`-free integer timestamps, no
 //! `LowCardinality`, no `TTL`, RowBinary inserts without schema fetching.
+//!
+//! `https://` URLs go over TLS (rustls): the server's certificate must
+//! chain to `ca_file` when one is configured, else to the bundled Mozilla
+//! roots. The client is our own hyper client, handed to the `clickhouse`
+//! crate, because that crate's TLS features cannot take a CA file.
+//!
+//! Must never: ship an event out of `seq` order, skip one silently, or
+//! send anything to an `https://` URL whose certificate did not verify.
 
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
@@ -37,6 +45,9 @@ pub struct ClickHouseConfig {
     /// Events written locally but not yet in ClickHouse before new calls are
     /// refused.
     pub max_backlog_events: u64,
+    /// PEM certificates to trust for an `https://` URL (instead of the
+    /// bundled Mozilla roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The versioned migrations, applied in order, each once.
@@ -120,20 +131,72 @@ struct Progress {
     next: u64,
 }
 
+/// The error with its causes (a TLS failure is three levels down).
 fn ch_err(e: clickhouse::error::Error) -> AuditError {
-    AuditError::ClickHouse(e.to_string())
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    AuditError::ClickHouse(text)
 }
 
-/// A client for the configured server.
-pub fn client(cfg: &ClickHouseConfig) -> Client {
-    Client::default()
+/// The TLS settings for `cfg`: its CA file's certificates, or the bundled
+/// Mozilla roots.
+fn tls_config(cfg: &ClickHouseConfig) -> Result<rustls::ClientConfig, AuditError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let bad =
+                |e: String| AuditError::ClickHouse(format!("ca_file {}: {e}", path.display()));
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AuditError::ClickHouse(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A client for the configured server (TLS for an `https://` URL).
+pub fn client(cfg: &ClickHouseConfig) -> Result<Client, AuditError> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(cfg)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build(connector);
+    Ok(Client::with_http_client(hyper)
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_password(&cfg.password)
         .with_database(&cfg.database)
         // 18.16 has neither RowBinaryWithNamesAndTypes nor the settings the
         // validating path sends; `tests` keeps a check of the row layout.
-        .with_validation(false)
+        .with_validation(false))
 }
 
 /// Applies the migrations not yet recorded. Idempotent.
@@ -238,7 +301,13 @@ pub fn run_shipper(
             return;
         }
     };
-    let client = client(&cfg);
+    let client = match client(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, url = %cfg.url, "the ClickHouse shipper cannot start");
+            return;
+        }
+    };
     let mut next: Option<u64> = None;
     let mut last_checkpoint = 0u64;
     let mut backoff = Duration::from_millis(100);
@@ -274,7 +343,7 @@ pub fn run_shipper(
             }
             Err(e) => {
                 if !state.failing.swap(true, Ordering::AcqRel) {
-                    tracing::error!(error = %e, "cannot ship audit events to ClickHouse; they wait in the local store");
+                    tracing::error!(error = %e, url = %cfg.url, "cannot ship audit events to ClickHouse; they wait in the local store");
                 }
                 next = None; // re-read progress from the server after a failure
                 std::thread::sleep(backoff);

@@ -16,7 +16,9 @@ use crate::AuditError;
 /// A running test server.
 pub struct ClickHouseServer {
     dir: PathBuf,
+    /// The HTTP port, or with TLS the HTTPS port (the only one open).
     pub http_port: u16,
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -38,18 +40,42 @@ fn binary() -> Result<&'static str, AuditError> {
 impl ClickHouseServer {
     /// Starts a server with its data under `dir` (which must exist).
     pub fn start(dir: PathBuf) -> Result<Self, AuditError> {
+        Self::start_with(dir, None)
+    }
+
+    /// Starts a TLS-only server (HTTPS, no plain HTTP port) presenting the
+    /// PEM certificate chain and key given; `url()` names `localhost`.
+    pub fn start_tls(dir: PathBuf, cert_pem: &str, key_pem: &str) -> Result<Self, AuditError> {
+        Self::start_with(dir, Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(dir: PathBuf, tls: Option<(&str, &str)>) -> Result<Self, AuditError> {
         let (http_port, tcp_port) = (
             free_port().map_err(|e| AuditError::Io(e.to_string()))?,
             free_port().map_err(|e| AuditError::Io(e.to_string()))?,
         );
         let d = dir.display();
         let io = |e: std::io::Error| AuditError::Io(e.to_string());
+        let listen = match tls {
+            None => format!("<http_port>{http_port}</http_port>"),
+            Some((cert, key)) => {
+                std::fs::write(dir.join("server.crt"), cert).map_err(io)?;
+                std::fs::write(dir.join("server.key"), key).map_err(io)?;
+                format!(
+                    "<https_port>{http_port}</https_port><openSSL><server>\
+                     <certificateFile>{d}/server.crt</certificateFile><privateKeyFile>{d}/server.key</privateKeyFile>\
+                     <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>\
+                     <cacheSessions>true</cacheSessions><disableProtocols>sslv2,sslv3</disableProtocols>\
+                     <preferServerCiphers>true</preferServerCiphers></server></openSSL>"
+                )
+            }
+        };
         std::fs::write(
             dir.join("config.xml"),
             format!(
                 "<?xml version=\"1.0\"?><yandex>\
                  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>\
-                 <http_port>{http_port}</http_port><tcp_port>{tcp_port}</tcp_port><listen_host>127.0.0.1</listen_host>\
+                 {listen}<tcp_port>{tcp_port}</tcp_port><listen_host>127.0.0.1</listen_host>\
                  <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path><users_config>users.xml</users_config>\
                  <default_profile>default</default_profile><default_database>default</default_database>\
                  <mark_cache_size>5368709</mark_cache_size></yandex>"
@@ -67,6 +93,7 @@ impl ClickHouseServer {
         let mut server = Self {
             dir,
             http_port,
+            tls: tls.is_some(),
             child: None,
         };
         server.spawn()?;
@@ -88,7 +115,12 @@ impl ClickHouseServer {
         self.child = Some(child);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
-            if self.query("SELECT 1").is_ok() {
+            let up = if self.tls {
+                TcpStream::connect(("127.0.0.1", self.http_port)).is_ok()
+            } else {
+                self.query("SELECT 1").is_ok()
+            };
+            if up {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -107,11 +139,25 @@ impl ClickHouseServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        match self.tls {
+            false => format!("http://127.0.0.1:{}", self.http_port),
+            true => format!("https://localhost:{}", self.http_port),
+        }
     }
 
-    /// Runs a query over the HTTP interface; returns the body, trimmed.
+    /// The server's error log (why it refused to start, for one).
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// Runs a query over the plain HTTP interface; returns the body,
+    /// trimmed. (A TLS-only server is queried with `clickhouse::client`.)
     pub fn query(&self, sql: &str) -> Result<String, AuditError> {
+        if self.tls {
+            return Err(AuditError::ClickHouse(
+                "a TLS-only test server: query it with clickhouse::client".into(),
+            ));
+        }
         let io = |e: std::io::Error| AuditError::Io(e.to_string());
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).map_err(io)?;
         s.set_read_timeout(Some(Duration::from_secs(60)))

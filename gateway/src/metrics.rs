@@ -24,6 +24,7 @@ pub struct Metrics {
     pub latency: Histogram,
     pub audit_queue_depth: Gauge,
     pub audit_events_written: Gauge,
+    pub audit_pruned_before: Gauge,
     pub audit_refused: Counter,
     pub audit_bypassed: Counter,
     pub reloads: Family<Labels, Counter>,
@@ -49,6 +50,7 @@ impl Metrics {
         let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let audit_queue_depth = Gauge::default();
         let audit_events_written = Gauge::default();
+        let audit_pruned_before = Gauge::default();
         let audit_refused = Counter::default();
         let audit_bypassed = Counter::default();
         let reloads = Family::<Labels, Counter>::default();
@@ -93,6 +95,11 @@ impl Metrics {
             audit_events_written.clone(),
         );
         registry.register(
+            "audit_pruned_before",
+            "Audit events before this sequence number were pruned from the local store by retention",
+            audit_pruned_before.clone(),
+        );
+        registry.register(
             "audit_refused",
             "Calls refused because the audit pipeline could not accept them",
             audit_refused.clone(),
@@ -127,6 +134,7 @@ impl Metrics {
             latency,
             audit_queue_depth,
             audit_events_written,
+            audit_pruned_before,
             audit_refused,
             audit_bypassed,
             reloads,

@@ -56,6 +56,8 @@ impl Gateway {
                 m.audit_queue_depth.set(self.shared.audit.depth() as i64);
                 m.audit_events_written
                     .set(self.shared.audit.written() as i64);
+                m.audit_pruned_before
+                    .set(self.shared.audit.pruned_before() as i64);
                 m.backends(&self.shared.inference.backends());
                 (
                     200,

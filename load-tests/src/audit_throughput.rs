@@ -120,6 +120,7 @@ fn main() -> Result<()> {
         batch_max: 100_000,
         flush_interval: Duration::from_millis(50),
         max_backlog_events: u64::MAX,
+        ca_file: None,
     };
     let start = Instant::now();
     let p = pipeline(&db, Some(config.clone()))?;

@@ -241,17 +241,21 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                         .clickhouse
                         .as_ref()
                         .context("no [audit.clickhouse] in the config")?;
-                    let client = clickhouse::client(ch);
+                    let client = clickhouse::client(ch)?;
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
+                    let at = || format!("querying ClickHouse at {}", ch.url);
                     if aggregate {
-                        (
-                            Vec::new(),
-                            Some(rt.block_on(query::aggregate_clickhouse(&client, &q))?),
-                        )
+                        let a = rt
+                            .block_on(query::aggregate_clickhouse(&client, &q))
+                            .with_context(at)?;
+                        (Vec::new(), Some(a))
                     } else {
-                        (rt.block_on(query::query_clickhouse(&client, &q))?, None)
+                        let rows = rt
+                            .block_on(query::query_clickhouse(&client, &q))
+                            .with_context(at)?;
+                        (rows, None)
                     }
                 }
             };
@@ -279,7 +283,7 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                                 .build()?;
                             let remote = rt
                                 .block_on(clickhouse::load_log(
-                                    &clickhouse::client(ch),
+                                    &clickhouse::client(ch)?,
                                     &t.cfg.server.node_id,
                                 ))
                                 .with_context(|| {
@@ -306,10 +310,14 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    let data = rt.block_on(clickhouse::load_log(
-                        &clickhouse::client(ch),
-                        &t.cfg.server.node_id,
-                    ))?;
+                    let data = rt
+                        .block_on(clickhouse::load_log(
+                            &clickhouse::client(ch)?,
+                            &t.cfg.server.node_id,
+                        ))
+                        .with_context(|| {
+                            format!("reading the log from ClickHouse at {}", ch.url)
+                        })?;
                     verify_log(&data, &t.verifier, &t.witness)?
                 }
             };

@@ -16,6 +16,7 @@ mod mcp_eras;
 mod mcp_registry;
 mod mcp_server_requests;
 mod mcp_subscriptions;
+mod retention;
 mod witness;
 mod workbench;
 

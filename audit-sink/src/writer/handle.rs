@@ -222,6 +222,11 @@ impl AuditHandle {
         self.shared.written.load(Ordering::Acquire)
     }
 
+    /// Events before this `seq` were pruned from the store by retention.
+    pub fn pruned_before(&self) -> u64 {
+        self.shared.pruned.load(Ordering::Acquire)
+    }
+
     /// Batches committed since start (each one transaction, one sync).
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Acquire)

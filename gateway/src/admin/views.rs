@@ -277,12 +277,12 @@ pub(crate) async fn audit_view(runtime: &Runtime, scope: &AuditScope, query: &st
         Err(r) => return r,
     };
     let rows = match &runtime.config.audit.clickhouse {
-        Some(ch) if p.clickhouse => {
-            let client = lattice_audit::clickhouse::client(ch);
-            lattice_audit::query::query_clickhouse(&client, &p.query)
+        Some(ch) if p.clickhouse => match lattice_audit::clickhouse::client(ch) {
+            Ok(client) => lattice_audit::query::query_clickhouse(&client, &p.query)
                 .await
-                .map_err(|e| e.to_string())
-        }
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
         _ => {
             let q = p.query.clone();
             let store = audit_store(runtime);
@@ -371,7 +371,10 @@ pub(crate) async fn stats_view(runtime: &Runtime, scope: &AuditScope, query: &st
     ];
     let result = match &runtime.config.audit.clickhouse {
         Some(ch) if p.clickhouse => {
-            let client = lattice_audit::clickhouse::client(ch);
+            let client = match lattice_audit::clickhouse::client(ch) {
+                Ok(c) => c,
+                Err(e) => return unavailable(e),
+            };
             let mut out = Vec::new();
             for q in &queries {
                 match lattice_audit::query::aggregate_clickhouse(&client, q).await {

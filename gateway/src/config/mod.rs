@@ -431,7 +431,7 @@ mod tests {
             ("max_size = \"64KiB\"", Ok((None, Some(65_536)))),
             (
                 "max_age = \"30 days\"",
-                Err("audit.retention.max_age: `30 days`: the unit must be s, m, h or d"),
+                Err("audit.retention.max_age: `30 days`: the unit must be one of s, m, h, d"),
             ),
             (
                 "max_age = \"0d\"",
@@ -443,7 +443,7 @@ mod tests {
             ),
             (
                 "max_size = \"5TB\"",
-                Err("the unit must be B, KB, MB, GB, KiB, MiB or GiB"),
+                Err("the unit must be one of B, KB, MB, GB, KiB, MiB, GiB"),
             ),
             ("", Err("[audit.retention] needs max_age, max_size or both")),
             ("max_rows = 5", Err("unknown field `max_rows`")),

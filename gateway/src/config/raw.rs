@@ -260,6 +260,9 @@ pub(super) struct RawClickHouse {
     pub(super) flush_interval_ms: u64,
     #[serde(default = "d_ch_backlog")]
     pub(super) max_backlog_events: u64,
+    /// PEM CA certificates for an `https://` URL (default: Mozilla's roots).
+    #[serde(default)]
+    pub(super) ca_file: Option<String>,
 }
 
 pub(super) fn d_ch_db() -> String {

@@ -180,17 +180,26 @@ pub(super) fn audit(
         clickhouse: match a.clickhouse {
             None => None,
             Some(c) => {
-                if c.url.starts_with("https://") {
+                if !c.url.starts_with("http://") && !c.url.starts_with("https://") {
                     return Err(bad(format!(
-                        "audit.clickhouse.url `{}`: TLS to ClickHouse is not supported yet; use http:// on a trusted network",
+                        "audit.clickhouse.url `{}` must be an https:// (or, on a trusted network, http://) URL",
                         c.url
                     )));
                 }
-                if !c.url.starts_with("http://") {
-                    return Err(bad(format!(
-                        "audit.clickhouse.url `{}` must be an http:// URL",
-                        c.url
-                    )));
+                let ca_file = c.ca_file.as_deref().map(resolve);
+                if let Some(path) = &ca_file {
+                    if !c.url.starts_with("https://") {
+                        return Err(bad(format!(
+                            "audit.clickhouse.ca_file is set but url `{}` is not https://",
+                            c.url
+                        )));
+                    }
+                    if !path.is_file() {
+                        return Err(bad(format!(
+                            "audit.clickhouse.ca_file {}: no such file",
+                            path.display()
+                        )));
+                    }
                 }
                 if c.batch_max == 0 || c.max_backlog_events == 0 {
                     return Err(bad(
@@ -213,62 +222,55 @@ pub(super) fn audit(
                     batch_max: c.batch_max,
                     flush_interval: Duration::from_millis(c.flush_interval_ms.max(10)),
                     max_backlog_events: c.max_backlog_events,
+                    ca_file,
                 })
             }
         },
     })
 }
 
-/// A retention age: a whole number and a unit, `s`, `m`, `h` or `d`
-/// (`"90d"`, `"12h"`).
-pub(super) fn parse_age(v: &str) -> Result<Duration, String> {
+/// A positive whole number followed by one of `units` (name, multiplier):
+/// `"30d"`, `"2GiB"`. `what` and `example` word the errors.
+fn amount(v: &str, units: &[(&str, u64)], what: &str, example: &str) -> Result<u64, String> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (n, unit) = v.split_at(split);
     let n: u64 = n
         .parse()
-        .map_err(|_| format!("`{v}` is not an age such as \"30d\" or \"12h\""))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => return Err(format!("`{v}`: the unit must be s, m, h or d")),
+        .map_err(|_| format!("`{v}` is not {what} such as {example}"))?;
+    let Some((_, times)) = units.iter().find(|(name, _)| *name == unit.trim()) else {
+        let names: Vec<&str> = units.iter().map(|(name, _)| *name).collect();
+        return Err(format!(
+            "`{v}`: the unit must be one of {}",
+            names.join(", ")
+        ));
     };
     if n == 0 {
         return Err(format!("`{v}` must be more than zero"));
     }
-    Ok(Duration::from_secs(n.saturating_mul(secs)))
+    n.checked_mul(*times)
+        .ok_or_else(|| format!("`{v}` is too large"))
 }
 
-/// A size in bytes: a whole number and a unit, `B`, `KB`, `MB`, `GB`
-/// (powers of 1000) or `KiB`, `MiB`, `GiB` (powers of 1024).
+/// A retention age: `s`, `m`, `h` or `d` (`"90d"`, `"12h"`).
+pub(super) fn parse_age(v: &str) -> Result<Duration, String> {
+    let units = [("s", 1), ("m", 60), ("h", 3_600), ("d", 86_400)];
+    amount(v, &units, "an age", "\"30d\" or \"12h\"").map(Duration::from_secs)
+}
+
+/// A size in bytes: `B`, `KB`, `MB`, `GB` (powers of 1000) or `KiB`,
+/// `MiB`, `GiB` (powers of 1024).
 pub(super) fn parse_size(v: &str) -> Result<u64, String> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (n, unit) = v.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("`{v}` is not a size such as \"500MB\" or \"2GiB\""))?;
-    let unit_bytes: u64 = match unit.trim() {
-        "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{v}`: the unit must be B, KB, MB, GB, KiB, MiB or GiB"
-            ))
-        }
-    };
-    if n == 0 {
-        return Err(format!("`{v}` must be more than zero"));
-    }
-    n.checked_mul(unit_bytes)
-        .ok_or_else(|| format!("`{v}` is too large"))
+    let units = [
+        ("B", 1),
+        ("KB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+    ];
+    amount(v, &units, "a size", "\"500MB\" or \"2GiB\"")
 }
 
 /// `[[routes]]`: names, upstreams and injected credentials.
