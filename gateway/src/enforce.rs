@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::config::Route;
 use crate::error::Rejection;
+use crate::identity::mtls::PeerIdentity;
 use crate::runtime::Runtime;
 use crate::{identity::KeyCache, state::KEY_PREFIX};
 
@@ -107,12 +108,34 @@ pub fn check_content_length(value: Option<&[u8]>, limit: u64) -> Result<Option<u
     Ok(Some(n))
 }
 
-/// Step 2: a principal from the `Authorization` header.
+/// Step 2: a principal from the connection's verified client certificate
+/// (mapped by `[[auth.mtls]]`) or the `Authorization` header — one of the
+/// two: a mapped certificate with a bearer token beside it is refused.
 pub fn authenticate(
     authorization: Option<&[u8]>,
+    peer: Option<&PeerIdentity>,
     runtime: &Runtime,
     keys: &KeyCache,
 ) -> Result<Principal, Rejection> {
+    if let Some(peer) = peer {
+        match (peer.principal(&runtime.config.auth.mtls), authorization) {
+            (Some(p), None) => return Ok(p),
+            (Some(p), Some(_)) => {
+                return Err(Rejection::Unauthenticated(format!(
+                    "the client certificate ({}) already identifies `{}`: send no Authorization header with it",
+                    peer.describe(),
+                    p.id
+                )))
+            }
+            (None, None) => {
+                return Err(Rejection::Unauthenticated(format!(
+                    "the client certificate ({}) is not mapped to a principal ([[auth.mtls]])",
+                    peer.describe()
+                )))
+            }
+            (None, Some(_)) => {}
+        }
+    }
     let raw = authorization.ok_or(Rejection::NoCredentials)?;
     let value = std::str::from_utf8(raw)
         .map_err(|_| Rejection::Unauthenticated("malformed Authorization header".into()))?;

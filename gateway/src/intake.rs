@@ -29,6 +29,7 @@ pub async fn read_and_authenticate(
             .map(|v| v.as_bytes().to_vec())
     };
     let (content_length, authorization) = (header("content-length"), header("authorization"));
+    let peer = crate::identity::mtls::peer(session);
     if !respond::step(node, session, call, runtime, 1).await? {
         return Ok(None);
     }
@@ -50,7 +51,7 @@ pub async fn read_and_authenticate(
     if !respond::step(node, session, call, runtime, 2).await? {
         return Ok(None);
     }
-    match enforce::authenticate(authorization.as_deref(), runtime, &node.keys) {
+    match enforce::authenticate(authorization.as_deref(), peer.as_ref(), runtime, &node.keys) {
         Ok(p) => {
             call.facts.principal = Some(p.clone());
             Ok(Some((body, p)))

@@ -46,6 +46,7 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod transparency;
 pub mod ui;
 

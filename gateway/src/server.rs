@@ -180,10 +180,27 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
             shared: shared.clone(),
         },
     );
-    service.add_tcp(&config.server.listen.to_string());
+    let listen = config.server.listen.to_string();
+    match &config.server.tls {
+        Some(tls) => {
+            let cert =
+                crate::tls::ReloadingCert::start(tls, config.server.reload_poll, stop.clone())?;
+            service.add_tls_with_settings(&listen, None, crate::tls::settings(tls, cert)?);
+        }
+        None => {
+            if !config.server.listen.ip().is_loopback() {
+                tracing::warn!(
+                    %listen,
+                    "serving plain HTTP off loopback: bearer tokens cross the network in clear; configure [server.tls] or terminate TLS in front of the gateway"
+                );
+            }
+            service.add_tcp(&listen);
+        }
+    }
     server.add_service(service);
     tracing::info!(
         listen = %config.server.listen,
+        tls = config.server.tls.is_some(),
         node = %config.server.node_id,
         data_dir = %data_dir.display(),
         "lattice gateway starting"

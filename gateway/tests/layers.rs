@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("state", 2),
     ("limits", 2),
     ("identity", 3),
+    ("tls", 4),
     ("mcp_hub", 3),
     ("runtime", 4),
     ("change_audit", 5),

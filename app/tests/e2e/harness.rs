@@ -249,6 +249,18 @@ impl Gateway {
     }
 
     pub fn spawn(&mut self) {
+        self.launch();
+        let port = self.port;
+        wait_for("the gateway", Duration::from_secs(20), || {
+            http(port, "GET", "/healthz", &[], b"")
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        });
+    }
+
+    /// Starts the process without waiting for it (a TLS listener is
+    /// waited for by its test).
+    pub fn launch(&mut self) {
         let log = std::fs::File::create(self.path("gateway.log")).unwrap();
         let child = Command::new(BIN)
             .args(["serve", "-c"])
@@ -259,12 +271,6 @@ impl Gateway {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let port = self.port;
-        wait_for("the gateway", Duration::from_secs(20), || {
-            http(port, "GET", "/healthz", &[], b"")
-                .map(|r| r.status == 200)
-                .unwrap_or(false)
-        });
     }
 
     /// `lattice audit verify` (plus `extra` arguments) must pass.

@@ -17,6 +17,7 @@ mod mcp_registry;
 mod mcp_server_requests;
 mod mcp_subscriptions;
 mod retention;
+mod tls;
 mod witness;
 mod workbench;
 

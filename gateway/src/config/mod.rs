@@ -19,12 +19,14 @@ mod llm;
 mod mcp;
 mod raw;
 mod sections;
+mod tls;
 
 pub use limits::{CallKind, LimitSpec, Per};
 pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
 pub use mcp::{build_mcp_server, is_private_host, McpServerConfig, McpTransport, RawMcpServer};
 use raw::*;
 pub use raw::{Durability, OnFull};
+pub use tls::{CertId, ClientAuth, MtlsIdentity, TlsConfig};
 
 /// The JWT signature algorithms Lattice verifies.
 pub const SUPPORTED_JWT_ALGS: &[&str] = &["EdDSA", "ES256", "RS256"];
@@ -92,12 +94,17 @@ pub struct ServerConfig {
     pub graceful_shutdown_timeout: Duration,
     pub threads: usize,
     pub reload_poll: Duration,
+    /// `[server.tls]`: TLS (and client certificates) on the listener;
+    /// none: plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub api_keys: bool,
     pub jwt: Vec<JwtIssuer>,
+    /// `[[auth.mtls]]`: client certificate identities mapped to principals.
+    pub mtls: Vec<MtlsIdentity>,
 }
 
 /// A trusted token issuer.
@@ -267,9 +274,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
     let server = sections::server(raw.server, &resolve, &bad)?;
     let data_dir = server.data_dir.clone();
     let jwt = sections::jwt_issuers(raw.auth.jwt, &resolve, &bad)?;
-    if !raw.auth.api_keys && jwt.is_empty() {
+    let mtls = tls::mtls(raw.auth.mtls, server.tls.as_ref(), &bad)?;
+    if !raw.auth.api_keys && jwt.is_empty() && mtls.is_empty() {
         return Err(bad(
-            "auth: enable api_keys or configure at least one [[auth.jwt]] issuer".into(),
+            "auth: enable api_keys or configure at least one [[auth.jwt]] issuer or [[auth.mtls]] identity".into(),
         ));
     }
 
@@ -312,6 +320,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         auth: AuthConfig {
             api_keys: raw.auth.api_keys,
             jwt,
+            mtls,
         },
         policy,
         audit,

@@ -92,6 +92,8 @@ pub(super) struct RawServer {
     pub(super) threads: usize,
     #[serde(default = "d_reload_ms")]
     pub(super) reload_poll_ms: u64,
+    #[serde(default)]
+    pub(super) tls: Option<super::tls::RawTls>,
 }
 
 pub(super) fn d_node() -> String {
@@ -120,6 +122,8 @@ pub(super) struct RawAuth {
     pub(super) api_keys: bool,
     #[serde(default)]
     pub(super) jwt: Vec<RawJwt>,
+    #[serde(default)]
+    pub(super) mtls: Vec<super::tls::RawMtls>,
 }
 
 impl Default for RawAuth {
@@ -127,6 +131,7 @@ impl Default for RawAuth {
         Self {
             api_keys: true,
             jwt: Vec::new(),
+            mtls: Vec::new(),
         }
     }
 }

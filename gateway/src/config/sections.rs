@@ -50,6 +50,10 @@ pub(super) fn server(
         return Err(bad("server.threads must be positive".into()));
     }
     let data_dir = resolve(&s.data_dir);
+    let tls = s
+        .tls
+        .map(|t| super::tls::tls(t, resolve, bad))
+        .transpose()?;
     Ok(ServerConfig {
         listen,
         node_id: s.node_id,
@@ -59,6 +63,7 @@ pub(super) fn server(
         graceful_shutdown_timeout: Duration::from_secs(s.graceful_shutdown_timeout_seconds),
         threads: s.threads,
         reload_poll: Duration::from_millis(s.reload_poll_ms.max(50)),
+        tls,
     })
 }
 

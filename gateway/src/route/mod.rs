@@ -41,13 +41,15 @@ pub async fn enforce(
         return call.refuse(node, runtime, r.clone(), &r.message());
     }
     call.enter(node, runtime, 2)?;
-    let principal = match enforce::authenticate(header("authorization"), runtime, &node.keys) {
-        Ok(p) => p,
-        Err(r) => {
-            let reason = format!("authentication failed: {}", r.message());
-            return call.refuse(node, runtime, r, &reason);
-        }
-    };
+    let peer = crate::identity::mtls::peer(session);
+    let principal =
+        match enforce::authenticate(header("authorization"), peer.as_ref(), runtime, &node.keys) {
+            Ok(p) => p,
+            Err(r) => {
+                let reason = format!("authentication failed: {}", r.message());
+                return call.refuse(node, runtime, r, &reason);
+            }
+        };
     call.facts.principal = Some(principal.clone());
     call.enter(node, runtime, 3)?;
     let (route, rest) = match enforce::resolve_route(runtime, req.uri.path()) {
