@@ -30,6 +30,7 @@ pub mod call;
 pub mod change_audit;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod enforce;
 pub mod error;
 pub mod identity;

@@ -157,7 +157,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Call) -> Result<Box<HttpPeer>> {
-        crate::route::peer(ctx).await
+        crate::route::peer(&self.shared, ctx).await
     }
 
     async fn upstream_request_filter(

@@ -32,6 +32,7 @@ pub fn reload(shared: &Shared) -> Result<(), GatewayError> {
                 tracing::error!(error = %e, "model routes rejected; the previous config stays in force");
                 return Err(GatewayError::Config(e.to_string()));
             }
+            shared.egress.set(new.config.egress.clone());
             if let Some(hub) = &shared.mcp {
                 hub.sync(&new.config.mcp_servers);
             }

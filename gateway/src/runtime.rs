@@ -83,6 +83,7 @@ impl Runtime {
             &config.mcp_servers,
             &extra_mcp,
             &config.mcp.allow_commands,
+            &config.egress,
         )?;
         let live = read_policies(&config.policy.files)?;
         let shadow = if config.policy.shadow_files.is_empty() {
@@ -151,6 +152,9 @@ pub struct Shared {
     pub mcp_sessions: lattice_mcp::session::Sessions,
     /// Requests upstream servers made that wait for a client's answer.
     pub server_requests: Arc<lattice_mcp::server_requests::ServerRequests>,
+    /// The egress guard every upstream name is resolved through (its allow
+    /// list follows reloads).
+    pub egress: Arc<crate::egress::Guard>,
     /// Settings fixed at start (listener, data dir, audit): a reload that
     /// changes them is applied for everything else and logged.
     pub startup: Config,

@@ -115,7 +115,8 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         retention: a.retention.clone(),
     })?;
     let runtime_mcp_servers = runtime.config.mcp_servers.clone();
-    let inference = lattice_inference_router::Router::start()
+    let egress = crate::egress::Guard::new(runtime.config.egress.clone());
+    let inference = lattice_inference_router::Router::start_with(Some(egress.resolver()))
         .map_err(|e| GatewayError::Server(e.to_string()))?;
     inference
         .configure(&runtime.config.llm.backends, &runtime.config.llm.models)
@@ -128,6 +129,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         )?)
         .with_ttl(config.mcp.session_ttl_seconds),
         server_requests: Arc::default(),
+        egress: egress.clone(),
         runtime: arc_swap::ArcSwap::from_pointee(runtime),
         keys,
         audit: pipeline.handle(),
@@ -137,6 +139,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
             &runtime_mcp_servers,
             crate::mcp_hub::Pinning {
                 data_dir: data_dir.clone(),
+                dns: Some(lattice_mcp::http::Dns(egress.resolver())),
                 auto_approve: config.mcp.auto_approve_first_seen,
                 audit: pipeline.handle(),
                 cache: Arc::default(),

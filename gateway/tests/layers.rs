@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 1),
     ("state", 2),
     ("limits", 2),
+    ("egress", 2),
     ("identity", 3),
     ("tls", 4),
     ("mcp_hub", 3),

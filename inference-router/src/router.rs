@@ -181,14 +181,29 @@ impl Drop for Router {
 impl Router {
     /// Starts the router's runtime and its health loop, with no routes.
     pub fn start() -> Result<Self, InferenceError> {
+        Self::start_with(None)
+    }
+
+    /// The same, resolving backend names with `dns` (the gateway's egress
+    /// guard). The clients follow no redirect and use no proxy from the
+    /// environment: either could lead past the resolver's checks.
+    pub fn start_with(dns: Option<Arc<dyn reqwest::dns::Resolve>>) -> Result<Self, InferenceError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("lattice-inference")
             .enable_all()
             .build()
             .map_err(|e| InferenceError::Runtime(e.to_string()))?;
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let builder = || {
+            let b = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none());
+            match &dns {
+                Some(dns) => b.dns_resolver2(dns.clone()),
+                None => b,
+            }
+        };
+        let client = builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
@@ -196,8 +211,7 @@ impl Router {
         let table: Arc<ArcSwap<Table>> = Arc::default();
         // Health checks get their own client: a pooled connection is driven
         // by the runtime that opened it, and requests should not hop runtimes.
-        let health_client = reqwest::Client::builder()
-            .no_proxy()
+        let health_client = builder()
             .build()
             .map_err(|e| InferenceError::Runtime(e.to_string()))?;
         runtime.spawn(health_loop(table.clone(), health_client));

@@ -38,6 +38,30 @@ pub struct HttpConfig {
     /// Injected on every request (e.g. the upstream's own API key).
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Resolves (and checks) names: the gateway's egress guard.
+    pub dns: Option<Dns>,
+}
+
+/// A name resolver for the upstream's HTTP client.
+#[derive(Clone)]
+pub struct Dns(pub Arc<dyn reqwest::dns::Resolve>);
+
+impl std::fmt::Debug for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dns(..)")
+    }
+}
+
+/// The HTTP client of an upstream: no proxy from the environment and no
+/// redirects (either could lead past the resolver's checks).
+pub(crate) fn client(cfg: &HttpConfig) -> Result<reqwest::Client, McpError> {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(Dns(dns)) = &cfg.dns {
+        b = b.dns_resolver2(dns.clone());
+    }
+    b.build().map_err(|e| err(cfg, e.to_string()))
 }
 
 /// Relays one SSE event of a call's answer to its sink if it is this
@@ -186,9 +210,7 @@ pub async fn start(cfg: HttpConfig) -> Result<Upstream, McpError> {
 
 impl HttpTransport {
     pub fn new(cfg: HttpConfig) -> Result<Self, McpError> {
-        let client = reqwest::Client::builder()
-            .build()
-            .map_err(|e| err(&cfg, e.to_string()))?;
+        let client = client(&cfg)?;
         Ok(Self {
             cfg,
             client,

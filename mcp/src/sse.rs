@@ -177,9 +177,7 @@ impl SseTransport {
     /// Opens the stream and waits for its `endpoint` event.
     pub async fn open(cfg: HttpConfig) -> Result<Self, McpError> {
         let base = reqwest::Url::parse(&cfg.url).map_err(|e| err(&cfg, e.to_string()))?;
-        let client = reqwest::Client::builder()
-            .build()
-            .map_err(|e| err(&cfg, e.to_string()))?;
+        let client = crate::http::client(&cfg)?;
         let mut get = client
             .get(base.clone())
             .header("accept", "text/event-stream");

@@ -31,9 +31,6 @@ pub enum McpCmd {
         /// A streamable-HTTP server's endpoint.
         #[arg(long)]
         url: Option<String>,
-        /// Allow a URL on a loopback, private or link-local address.
-        #[arg(long)]
-        allow_private_network: bool,
         /// The URL is a legacy HTTP+SSE server's stream.
         #[arg(long, requires = "url")]
         sse: bool,
@@ -106,7 +103,6 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
             command,
             args,
             url,
-            allow_private_network,
             sse,
             env_from,
             headers_from,
@@ -124,7 +120,6 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
                 }
                 (None, Some(u)) => {
                     spec["url"] = u.into();
-                    spec["allow_private_network"] = allow_private_network.into();
                     if sse {
                         spec["transport"] = "sse".into();
                     }
@@ -137,10 +132,18 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
             let mut all = mcp_servers::stored(&cfg)?;
             all.push(raw.clone());
             let dir = config.config.parent().unwrap_or(Path::new("."));
-            if let Err(e) =
-                mcp_servers::merged(dir, &cfg.mcp_servers, &all, &cfg.mcp.allow_commands)
-            {
+            if let Err(e) = mcp_servers::merged(
+                dir,
+                &cfg.mcp_servers,
+                &all,
+                &cfg.mcp.allow_commands,
+                &cfg.egress,
+            ) {
                 eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            if let Err(e) = super::vet_urls(&cfg, raw.url()) {
+                eprintln!("run-time MCP server `{}`: {e}", raw.name());
                 return Ok(ExitCode::FAILURE);
             }
             StateStore::open(&cfg.server.data_dir)?.add_mcp_server(&raw)?;
@@ -151,7 +154,13 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<ExitCode> {
             let extra = mcp_servers::stored(&cfg)?;
             let dir = config.config.parent().unwrap_or(Path::new("."));
             let file: Vec<String> = cfg.mcp_servers.iter().map(|s| s.name.clone()).collect();
-            for s in mcp_servers::merged(dir, &cfg.mcp_servers, &extra, &cfg.mcp.allow_commands)? {
+            for s in mcp_servers::merged(
+                dir,
+                &cfg.mcp_servers,
+                &extra,
+                &cfg.mcp.allow_commands,
+                &cfg.egress,
+            )? {
                 let transport = match &s.transport {
                     lattice_gateway::config::McpTransport::Stdio { command, .. } => {
                         format!("stdio {command}")

@@ -103,3 +103,9 @@ pub fn demo_upstream(listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
     rt.block_on(lattice_gateway::demo::serve_echo(listen))?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The egress check of a registration's URL before it is stored (its name
+/// on what it resolves to now; every connection is checked again).
+fn vet_urls(cfg: &lattice_gateway::config::Config, url: Option<&str>) -> Result<(), String> {
+    url.map_or(Ok(()), |u| lattice_gateway::egress::vet_url(&cfg.egress, u))
+}

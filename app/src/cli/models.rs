@@ -152,6 +152,12 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<ExitCode> {
                 eprintln!("{e}");
                 return Ok(ExitCode::FAILURE);
             }
+            for b in &route.backends {
+                if let Err(e) = super::vet_urls(&cfg, Some(b.url())) {
+                    eprintln!("run-time model routes: `{}`: {e}", route.name()?);
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             StateStore::open(&cfg.server.data_dir)?.add_model_route(&route)?;
             println!("added model route `{}`", route.name()?);
         }

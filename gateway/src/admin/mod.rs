@@ -185,6 +185,10 @@ pub async fn serve(
         _ => Ok(Change::None),
     };
     let change = match checked {
+        Ok(c) => vet_hosts(runtime, c).await,
+        Err(e) => Err(e),
+    };
+    let change = match change {
         Ok(c) => c,
         Err(message) => {
             let r = Rejection::InvalidRequest {
@@ -346,6 +350,27 @@ async fn admin_reply(
     }
 }
 
+/// The egress check of the names a registration will dial, on what they
+/// resolve to now (every connection is checked again, by the guard).
+async fn vet_hosts(runtime: &Runtime, change: Change) -> Result<Change, String> {
+    let urls: Vec<String> = match &change {
+        Change::Server(s) => s.url().map(str::to_string).into_iter().collect(),
+        Change::Route(r) => r.backends.iter().map(|b| b.url().to_string()).collect(),
+        _ => Vec::new(),
+    };
+    if urls.is_empty() {
+        return Ok(change);
+    }
+    let allow = runtime.config.egress.clone();
+    tokio::task::spawn_blocking(move || {
+        urls.iter()
+            .try_for_each(|u| crate::egress::vet_url(&allow, u))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    Ok(change)
+}
+
 fn check_new_route(runtime: &Runtime, body: &[u8]) -> Result<RuntimeRoute, String> {
     let route: RuntimeRoute =
         serde_json::from_slice(body).map_err(|e| format!("invalid route: {e}"))?;
@@ -376,8 +401,14 @@ fn check_new_server(runtime: &Runtime, body: &[u8]) -> Result<RawMcpServer, Stri
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    mcp_servers::merged(&dir, &file, &all, &runtime.config.mcp.allow_commands)
-        .map_err(|e| e.to_string())?;
+    mcp_servers::merged(
+        &dir,
+        &file,
+        &all,
+        &runtime.config.mcp.allow_commands,
+        &runtime.config.egress,
+    )
+    .map_err(|e| e.to_string())?;
     Ok(server)
 }
 

@@ -67,6 +67,13 @@ impl RawModel {
     }
 }
 
+impl RawBackend {
+    /// The server's root URL, as written.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 fn d_strategy() -> String {
     "least_outstanding".into()
 }

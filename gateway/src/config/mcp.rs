@@ -60,6 +60,17 @@ impl RawMcpServer {
         &self.name
     }
 
+    /// Whether the entry asks to reach a private address (the config file
+    /// may; a run-time registration may not).
+    pub fn allows_private_network(&self) -> bool {
+        self.allow_private_network
+    }
+
+    /// A URL server's URL.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+
     /// A stdio server's program and arguments.
     pub fn command(&self) -> Option<(&str, &[String])> {
         self.command.as_deref().map(|c| (c, self.args.as_slice()))
@@ -95,48 +106,15 @@ pub enum McpTransport {
     },
 }
 
-/// Egress check: loopback, private (RFC 1918, ULA) and link-local
-/// addresses, and `localhost`. The host is read the way HTTP clients read
-/// it (the WHATWG URL host parser), so every textual form of an address —
-/// `127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1` — is that address.
-/// Names are not resolved here (a name that resolves to a private address
-/// is the egress guard's, at connect time: not built yet).
-pub fn is_private_host(host: &str) -> bool {
-    let ip = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip,
-        Err(_) => match url::Host::parse(host) {
-            Ok(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
-            Ok(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
-            Ok(url::Host::Domain(d)) => {
-                return d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost");
-            }
-            // Not a host an HTTP client would dial: unsafe.
-            Err(_) => return true,
-        },
-    };
-    match ip {
-        std::net::IpAddr::V4(ip) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        std::net::IpAddr::V6(ip) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
-        }
-    }
-}
-
 /// Validates one MCP server entry: a name that federates unambiguously,
-/// exactly one transport, the egress check, secrets read from the
+/// exactly one transport, the egress check of a literal address (a name is
+/// checked on what it resolves to, at connect time), secrets read from the
 /// environment. `resolve` makes a relative command path absolute.
 pub fn build_mcp_server(
     m: RawMcpServer,
     resolve: &dyn Fn(&str) -> PathBuf,
     bad: &dyn Fn(String) -> GatewayError,
+    egress: &super::EgressConfig,
 ) -> Result<McpServerConfig, GatewayError> {
     lattice_mcp::tools::check_server_name(&m.name).map_err(|e| bad(format!("mcp_servers: {e}")))?;
     let from_env = |pairs: std::collections::BTreeMap<String, String>,
@@ -188,11 +166,13 @@ pub fn build_mcp_server(
             }
             let parsed =
                 Upstream::parse(&url).map_err(|e| bad(format!("MCP server `{}`: {e}", m.name)))?;
-            if !m.allow_private_network && is_private_host(&parsed.host) {
-                return Err(bad(format!(
-                    "MCP server `{}`: `{}` is a loopback, private or link-local address; set allow_private_network = true to allow it",
-                    m.name, parsed.host
-                )));
+            if !m.allow_private_network {
+                egress.check_literal(&parsed.host).map_err(|e| {
+                    bad(format!(
+                        "MCP server `{}`: {e} (or, in the config file, set allow_private_network = true)",
+                        m.name
+                    ))
+                })?;
             }
             let headers = from_env(m.headers, m.headers_from)?;
             match m.transport.as_deref() {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::GatewayError;
 
+mod egress;
 mod limits;
 mod llm;
 mod mcp;
@@ -21,9 +22,10 @@ mod raw;
 mod sections;
 mod tls;
 
+pub use egress::{parse_host, refusal, EgressConfig};
 pub use limits::{CallKind, LimitSpec, Per};
 pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
-pub use mcp::{build_mcp_server, is_private_host, McpServerConfig, McpTransport, RawMcpServer};
+pub use mcp::{build_mcp_server, McpServerConfig, McpTransport, RawMcpServer};
 use raw::*;
 pub use raw::{Durability, OnFull};
 pub use tls::{CertId, ClientAuth, MtlsIdentity, TlsConfig};
@@ -48,6 +50,8 @@ pub struct Config {
     pub demo_upstream: Option<SocketAddr>,
     pub mcp_servers: Vec<McpServerConfig>,
     pub mcp: McpConfig,
+    /// `[egress]`: the private upstreams the operator intends to reach.
+    pub egress: EgressConfig,
     /// Model routes, backends and limits.
     pub llm: llm::LlmConfig,
 }
@@ -303,9 +307,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         })?),
     };
 
+    let egress = egress::egress(raw.egress, &bad)?;
     let mut mcp_servers: Vec<McpServerConfig> = Vec::new();
     for m in raw.mcp_servers {
-        let built = build_mcp_server(m, &resolve, &bad)?;
+        let built = build_mcp_server(m, &resolve, &bad, &egress)?;
         if mcp_servers.iter().any(|x| x.name == built.name) {
             return Err(bad(format!("MCP server `{}` is defined twice", built.name)));
         }
@@ -327,6 +332,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         routes,
         demo_upstream,
         mcp_servers,
+        egress,
         mcp: McpConfig {
             allowed_origins: raw.mcp.allowed_origins,
             resource_url: raw.mcp.resource_url,

@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
     pub(super) models: Vec<super::llm::RawModel>,
     #[serde(default)]
     pub(super) limits: Vec<super::llm::RawLimit>,
+    #[serde(default)]
+    pub(super) egress: super::egress::RawEgress,
 }
 
 #[derive(Debug, Deserialize)]

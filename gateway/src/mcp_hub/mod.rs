@@ -76,10 +76,12 @@ impl Server {
     }
 }
 
-/// Where pins live and how new definitions are treated.
+/// Where pins live and how new definitions are treated (and the resolver
+/// the servers' HTTP clients use: the egress guard).
 #[derive(Clone)]
 pub struct Pinning {
     pub data_dir: std::path::PathBuf,
+    pub dns: Option<lattice_mcp::http::Dns>,
     pub auto_approve: bool,
     pub audit: AuditHandle,
     pub cache: Arc<PinCache>,
@@ -173,7 +175,7 @@ impl McpHub {
         let mut servers = BTreeMap::new();
         for config in configs {
             let server = Server::new(config.clone());
-            match runtime.block_on(launch(config)) {
+            match runtime.block_on(launch(config, &pinning)) {
                 Ok((up, listed)) => {
                     let new = entries(config, listed);
                     pinning.observe(&new);

@@ -71,7 +71,10 @@ pub(super) fn entries(
 }
 
 /// Starts (or connects to) a server and lists its tools.
-pub(super) async fn launch(config: &McpServerConfig) -> Result<(Upstream, Vec<Value>), McpError> {
+pub(super) async fn launch(
+    config: &McpServerConfig,
+    pinning: &Pinning,
+) -> Result<(Upstream, Vec<Value>), McpError> {
     let up = match &config.transport {
         McpTransport::Stdio { command, args, env } => {
             lattice_mcp::stdio::start(StdioConfig {
@@ -89,6 +92,7 @@ pub(super) async fn launch(config: &McpServerConfig) -> Result<(Upstream, Vec<Va
                 url: url.clone(),
                 headers: headers.clone(),
                 timeout: config.timeout,
+                dns: pinning.dns.clone(),
             })
             .await?
         }
@@ -98,6 +102,7 @@ pub(super) async fn launch(config: &McpServerConfig) -> Result<(Upstream, Vec<Va
                 url: url.clone(),
                 headers: headers.clone(),
                 timeout: config.timeout,
+                dns: pinning.dns.clone(),
             })
             .await?
         }
@@ -180,7 +185,7 @@ pub(super) async fn supervise(
             server.current.store(None);
         }
         tokio::time::sleep(backoff).await;
-        match launch(&server.config).await {
+        match launch(&server.config, &pinning).await {
             Ok((up, listed)) => {
                 let started = Instant::now();
                 // The sessions' subscriptions outlive the process.

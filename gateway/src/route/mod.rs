@@ -103,21 +103,30 @@ fn target(call: &Call) -> pingora::Result<&RouteTarget> {
 }
 
 /// Step 8: the peer to dial, with the route's timeouts.
-pub async fn peer(call: &Call) -> pingora::Result<Box<HttpPeer>> {
+pub async fn peer(node: &Shared, call: &Call) -> pingora::Result<Box<HttpPeer>> {
     let route = &target(call)?.route;
     let up = &route.upstream;
+    // An address in the config file is the operator's own; a name goes
+    // through the egress guard, and Pingora dials the address it checked.
     let addr: SocketAddr = match up.host.parse::<IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, up.port),
-        Err(_) => tokio::net::lookup_host((up.host.as_str(), up.port))
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                Error::explain(
-                    ErrorType::ConnectNoRoute,
-                    format!("cannot resolve upstream host {}", up.host),
-                )
-            })?,
+        Err(_) => {
+            let checked = node.egress.resolve(&up.host, up.port).await;
+            match checked.map(|a| a.into_iter().next()) {
+                Ok(Some(addr)) => addr,
+                Ok(None) => {
+                    return Err(Error::explain(
+                        ErrorType::ConnectNoRoute,
+                        format!("`{}` resolves to no address", up.host),
+                    )
+                    .into_up())
+                }
+                Err(reason) => {
+                    tracing::warn!(route = %route.name, %reason, "no upstream address");
+                    return Err(Error::explain(ErrorType::ConnectNoRoute, reason).into_up());
+                }
+            }
+        }
     };
     let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
     peer.options.connection_timeout = Some(route.timeout.min(std::time::Duration::from_secs(10)));

@@ -11,7 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{build_mcp_server, CommandRule, Config, McpServerConfig, RawMcpServer};
+use crate::config::{
+    build_mcp_server, CommandRule, Config, EgressConfig, McpServerConfig, RawMcpServer,
+};
 use crate::state::registry::MCP_SERVERS;
 use crate::state::StateStore;
 use crate::GatewayError;
@@ -47,13 +49,16 @@ pub fn stored(config: &Config) -> Result<Vec<RawMcpServer>, GatewayError> {
 }
 
 /// The config file's servers followed by the run-time ones, each validated;
-/// a run-time server may not reuse a name, and starts a stdio command only
-/// when a rule of `mcp.allow_commands` allows it.
+/// a run-time server may not reuse a name, starts a stdio command only
+/// when a rule of `mcp.allow_commands` allows it, and reaches a private
+/// address only when `[egress] allow` names it (never by asking for
+/// `allow_private_network` itself).
 pub fn merged(
     config_dir: &Path,
     file: &[McpServerConfig],
     extra: &[RawMcpServer],
     allow: &[CommandRule],
+    egress: &EgressConfig,
 ) -> Result<Vec<McpServerConfig>, GatewayError> {
     let resolve = |p: &str| -> PathBuf {
         let p = Path::new(p);
@@ -74,7 +79,12 @@ pub fn merged(
                 )));
             }
         }
-        let built = build_mcp_server(raw.clone(), &resolve, &bad)?;
+        if raw.allows_private_network() {
+            return Err(bad(
+                "allow_private_network can be set in the config file only; list the address in [egress] allow".into(),
+            ));
+        }
+        let built = build_mcp_server(raw.clone(), &resolve, &bad, egress)?;
         if all.iter().any(|s| s.name == built.name) {
             return Err(bad("the name is taken".into()));
         }

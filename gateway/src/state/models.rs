@@ -60,18 +60,30 @@ impl StateStore {
 }
 
 /// The config file's model routes followed by the run-time ones, validated
-/// together (a run-time route may not reuse a name or alias).
+/// together (a run-time route may not reuse a name or alias, and its
+/// backends reach a private address only when `[egress] allow` names it).
 pub fn merged(config: &Config, extra: &[RuntimeRoute]) -> Result<LlmConfig, GatewayError> {
     let bad = |m: String| GatewayError::Config(format!("run-time model routes: {m}"));
     let mut all = config.llm.clone();
     for route in extra {
+        let name = route.name().unwrap_or("?");
         let built = build_llm(
             route.backends.clone(),
             route.models.clone(),
             Vec::new(),
-            &|m| bad(format!("`{}`: {m}", route.name().unwrap_or("?"))),
+            &|m| bad(format!("`{name}`: {m}")),
             &all.backends,
         )?;
+        for b in &built.backends {
+            let host = url::Url::parse(&b.url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .ok_or_else(|| bad(format!("`{name}`: backend `{}` has no host", b.name)))?;
+            config
+                .egress
+                .check_literal(&host)
+                .map_err(|e| bad(format!("`{name}`: backend `{}`: {e}", b.name)))?;
+        }
         all.backends.extend(built.backends);
         all.models.extend(built.models);
     }
