@@ -20,10 +20,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// The log filter: `LATTICE_LOG` (default `info`). Pingora's own debug
+/// output writes whole request and response heads and bodies — injected
+/// credentials included — so it stays at `warn` unless `LATTICE_LOG` names
+/// a `pingora` target itself.
+fn log_filter(spec: Option<&str>) -> String {
+    let spec = spec.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    if spec.contains("pingora") {
+        spec.to_string()
+    } else {
+        format!("{spec},pingora_core=warn,pingora_proxy=warn")
+    }
+}
+
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LATTICE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
-    });
+    let spec = std::env::var("LATTICE_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(spec.as_deref()))
+        .unwrap_or_else(|e| {
+            eprintln!("LATTICE_LOG: {e}; logging at info");
+            tracing_subscriber::EnvFilter::new(log_filter(None))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -108,4 +124,26 @@ pub fn demo_upstream(listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
 /// on what it resolves to now; every connection is checked again).
 fn vet_urls(cfg: &lattice_gateway::config::Config, url: Option<&str>) -> Result<(), String> {
     url.map_or(Ok(()), |u| lattice_gateway::egress::vet_url(&cfg.egress, u))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pingora_debug_output_needs_asking_for_by_name() {
+        for (spec, filter) in [
+            (None, "info,pingora_core=warn,pingora_proxy=warn"),
+            (Some(""), "info,pingora_core=warn,pingora_proxy=warn"),
+            (Some("debug"), "debug,pingora_core=warn,pingora_proxy=warn"),
+            (
+                Some("lattice_gateway=trace"),
+                "lattice_gateway=trace,pingora_core=warn,pingora_proxy=warn",
+            ),
+            (
+                Some("debug,pingora_proxy=debug"),
+                "debug,pingora_proxy=debug",
+            ),
+        ] {
+            assert_eq!(super::log_filter(spec), filter, "{spec:?}");
+        }
+    }
 }

@@ -208,6 +208,8 @@ pub const STARTER_POLICY: &str =
 pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Environment for the gateway process (after `LATTICE_LOG=info`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -236,6 +238,7 @@ impl Gateway {
         Self {
             dir,
             port,
+            env: Vec::new(),
             child: None,
         }
     }
@@ -266,6 +269,7 @@ impl Gateway {
             .args(["serve", "-c"])
             .arg(self.config())
             .env("LATTICE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -342,7 +346,11 @@ impl Gateway {
         let mut full: Vec<&str> = args.to_vec();
         let config = self.config();
         full.extend(["-c", config.to_str().unwrap()]);
-        Command::new(BIN).args(&full).output().unwrap()
+        Command::new(BIN)
+            .args(&full)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
     }
 
     pub fn create_key(&self, agent: &str, roles: &[&str]) -> String {

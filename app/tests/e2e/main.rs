@@ -18,6 +18,7 @@ mod mcp_registry;
 mod mcp_server_requests;
 mod mcp_subscriptions;
 mod retention;
+mod secrets;
 mod tls;
 mod witness;
 mod workbench;
