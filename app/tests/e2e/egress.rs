@@ -16,17 +16,7 @@ fn hostname() -> String {
 }
 
 fn post(gw: &Gateway, admin: &str, path: &str, body: &Value) -> Resp {
-    http(
-        gw.port,
-        "POST",
-        path,
-        &[
-            ("Authorization", admin),
-            ("Content-Type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    )
-    .unwrap()
+    gw.post_json(path, admin, body)
 }
 
 fn message(r: &Resp) -> String {
@@ -136,18 +126,7 @@ fn run_time_upstreams_reach_no_private_address_by_any_spelling_unless_the_operat
     let agent = bearer(&gw.create_key("agent-eg", &["agent"]));
     let chat = json!({"model": "local-model", "messages": [{"role": "user", "content": "hi"}]});
     wait_for("the run-time backend", Duration::from_secs(10), || {
-        http(
-            gw.port,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("Authorization", &agent),
-                ("Content-Type", "application/json"),
-            ],
-            chat.to_string().as_bytes(),
-        )
-        .map(|r| r.status == 200)
-        .unwrap_or(false)
+        gw.post_json("/v1/chat/completions", &agent, &chat).status == 200
     });
     wait_for("the run-time MCP server", Duration::from_secs(20), || {
         let r = http(

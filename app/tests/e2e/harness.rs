@@ -302,6 +302,21 @@ impl Gateway {
         .unwrap()
     }
 
+    /// POSTs a JSON body.
+    pub fn post_json(&self, path: &str, authorization: &str, body: &serde_json::Value) -> Resp {
+        http(
+            self.port,
+            "POST",
+            path,
+            &[
+                ("Authorization", authorization),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+    }
+
     /// Process ids of the gateway's children whose environment holds `marker`.
     pub fn children_with_env(&self, marker: &str) -> Vec<u32> {
         let pid = self.child.as_ref().expect("running").id();

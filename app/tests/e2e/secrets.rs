@@ -131,17 +131,7 @@ flush_interval_ms = 100
     assert!(r.status >= 500, "{}", r.body);
     let chat = |model: &str| {
         let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
-        http(
-            gw.port,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("Authorization", &agent),
-                ("Content-Type", "application/json"),
-            ],
-            body.to_string().as_bytes(),
-        )
-        .unwrap()
+        gw.post_json("/v1/chat/completions", &agent, &body)
     };
     let r = chat("m");
     assert_eq!(
@@ -155,33 +145,13 @@ flush_interval_ms = 100
         "both MCP servers' tools",
         std::time::Duration::from_secs(30),
         || {
-            let r = http(
-                gw.port,
-                "POST",
-                "/mcp",
-                &[
-                    ("Authorization", &agent),
-                    ("Content-Type", "application/json"),
-                ],
-                br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-            )
-            .unwrap();
-            let tools = r.body.clone();
+            let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+            let tools = gw.post_json("/mcp", &agent, &list).body;
             tools.contains("mock__echo") && tools.contains("conf__")
         },
     );
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "mock__echo", "arguments": {"message": "hi"}}});
-    let r = http(
-        gw.port,
-        "POST",
-        "/mcp",
-        &[
-            ("Authorization", &agent),
-            ("Content-Type", "application/json"),
-        ],
-        call.to_string().as_bytes(),
-    )
-    .unwrap();
+    let r = gw.post_json("/mcp", &agent, &call);
     assert!(r.body.contains("Echo: hi"), "{}", r.body);
     // A bad token, a bad body: the gateway's own error bodies.
     keep("bad key", gw.get("/tools/echo/a", "Bearer lat_not_a_key"));
