@@ -59,6 +59,14 @@ enum Command {
     /// An outside witness of gateways' audit logs (its own key and storage).
     #[command(subcommand)]
     Witness(cli::witness::WitnessCmd),
+    /// Run a stdio MCP server so that nothing it starts outlives the
+    /// gateway (the gateway runs every stdio server this way).
+    #[command(hide = true)]
+    StdioGuard {
+        command: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the demo echo upstream on its own.
     #[command(hide = true)]
     DemoUpstream {
@@ -81,6 +89,7 @@ fn main() -> ExitCode {
         Command::Models(cmd) => cli::models::run(cmd),
         Command::Audit(cmd) => cli::audit::run(cmd),
         Command::DemoUpstream { listen } => cli::demo_upstream(listen),
+        Command::StdioGuard { command, args } => cli::stdio_guard::run(&command, &args),
     };
     match result {
         Ok(code) => code,

@@ -140,6 +140,8 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
             crate::mcp_hub::Pinning {
                 data_dir: data_dir.clone(),
                 dns: Some(lattice_mcp::http::Dns(egress.resolver())),
+                // This process is the `lattice` binary: it has `stdio-guard`.
+                stdio_guard: std::env::current_exe().ok(),
                 auto_approve: config.mcp.auto_approve_first_seen,
                 audit: pipeline.handle(),
                 cache: Arc::default(),

@@ -4,6 +4,9 @@
 //! task routes what comes on stdout through the `Inbox`. The server's
 //! stderr goes to the logs. Closing the transport, or dropping it, kills
 //! the whole group, so a launcher such as `npx` leaves no server behind.
+//! With a `guard` (the gateway's `lattice stdio-guard`), the command runs
+//! under it: the guard kills everything below it when the gateway dies,
+//! even by SIGKILL, and when it is asked to stop (SIGTERM to the group).
 //!
 //! Must never: read a line without a bound, or leave a child running after
 //! the gateway let go of it.
@@ -23,6 +26,8 @@ use crate::McpError;
 
 /// The protocol version Lattice asks stdio and streamable-HTTP upstreams for.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
+/// What a guarded server's group is asked to stop with.
+const SIGTERM: i32 = 15;
 /// Longest line accepted from an upstream.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 
@@ -35,12 +40,16 @@ pub struct StdioConfig {
     /// Extra environment (secrets are injected here, never from the agent).
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// A program run as `<guard> stdio-guard -- <command> <args>`, which
+    /// outlives nothing it started (see `lattice stdio-guard`).
+    pub guard: Option<std::path::PathBuf>,
 }
 
 /// A running stdio server.
 pub struct StdioTransport {
     name: String,
     child: Mutex<Box<dyn ChildWrapper>>,
+    guarded: bool,
     stdin: Arc<Mutex<ChildStdin>>,
     inbox: Arc<Inbox>,
 }
@@ -63,7 +72,14 @@ impl StdioTransport {
     /// Spawns the command in a new process group, with piped stdio.
     pub fn spawn(cfg: &StdioConfig) -> Result<Self, McpError> {
         let name = cfg.name.clone();
-        let mut command = tokio::process::Command::new(&cfg.command);
+        let mut command = match &cfg.guard {
+            Some(guard) => {
+                let mut c = tokio::process::Command::new(guard);
+                c.args(["stdio-guard", "--", cfg.command.as_str()]);
+                c
+            }
+            None => tokio::process::Command::new(&cfg.command),
+        };
         command
             .args(&cfg.args)
             .envs(cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -96,6 +112,7 @@ impl StdioTransport {
         Ok(Self {
             name,
             child: Mutex::new(child),
+            guarded: cfg.guard.is_some(),
             stdin,
             inbox,
         })
@@ -113,7 +130,12 @@ impl StdioTransport {
 
 impl Drop for StdioTransport {
     fn drop(&mut self) {
-        let _ = self.child.get_mut().start_kill();
+        let child = self.child.get_mut();
+        // SIGTERM to the group: the guard kills whatever is left below it,
+        // including processes that left the group.
+        if !self.guarded || child.signal(SIGTERM).is_err() {
+            let _ = child.start_kill();
+        }
     }
 }
 
@@ -149,8 +171,13 @@ impl Transport for StdioTransport {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            // The whole group: a launcher's children go with it.
-            let _ = self.child.lock().await.start_kill();
+            // The whole group: a launcher's children go with it. A guard
+            // is asked first: it also finds what left the group.
+            let mut child = self.child.lock().await;
+            if self.guarded && child.signal(SIGTERM).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            }
+            let _ = child.start_kill();
             self.inbox.close().await;
         })
     }

@@ -21,6 +21,7 @@ fn everything(name: &str) -> StdioConfig {
         args: vec!["stdio".into()],
         env: vec![],
         timeout: Duration::from_secs(20),
+        guard: None,
     }
 }
 

@@ -619,37 +619,44 @@ when { resource.destructive };
 }
 
 #[test]
-fn a_stopped_gateway_leaves_no_process_of_a_stdio_server_behind() {
+fn a_stopped_or_killed_gateway_leaves_no_process_of_a_stdio_server_behind() {
     // The server is started through a launcher whose own child is the
-    // real work, as `npx` and `uvx` do; after SIGTERM nothing may remain.
+    // real work, as `npx` and `uvx` do, and which also starts a process
+    // that leaves the process group (`setsid`). After SIGTERM, and after
+    // SIGKILL of the gateway, nothing of it may remain.
     let everything = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../test-peers/node_modules/.bin/mcp-server-everything");
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("grandchild.pid");
-    let mut gw = Gateway::start(&format!(
-        "[[mcp_servers]]\nname = \"launched\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 600 & echo $! > {}; exec {} stdio\"]\n",
-        pidfile.display(),
-        everything.display()
-    ));
-    wait_for(
-        "the launcher's child",
-        std::time::Duration::from_secs(20),
-        || pidfile.exists(),
-    );
-    let pid: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let running = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
-    };
-    assert!(running(pid));
-    assert!(gw.stop().success());
-    wait_for(
-        "the grandchild to be gone",
-        std::time::Duration::from_secs(5),
-        || !running(pid),
-    );
+    for stop in ["SIGTERM", "SIGKILL"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, escaped) = (dir.path().join("child.pid"), dir.path().join("escaped.pid"));
+        let mut gw = Gateway::start(&format!(
+            "[[mcp_servers]]\nname = \"launched\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 600 & echo $! > {}; setsid sleep 600 & echo $! > {}; exec {} stdio\"]\n",
+            child.display(),
+            escaped.display(),
+            everything.display()
+        ));
+        wait_for(
+            "the launcher's children",
+            std::time::Duration::from_secs(20),
+            || child.exists() && escaped.exists(),
+        );
+        let pid = |f: &std::path::Path| -> u32 {
+            std::fs::read_to_string(f).unwrap().trim().parse().unwrap()
+        };
+        let running = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+        };
+        let (a, b) = (pid(&child), pid(&escaped));
+        assert!(running(a) && running(b), "{stop}");
+        match stop {
+            "SIGTERM" => assert!(gw.stop().success()),
+            _ => gw.crash(),
+        }
+        wait_for(
+            &format!("every process of the server to be gone after {stop}"),
+            std::time::Duration::from_secs(10),
+            || !running(a) && !running(b),
+        );
+    }
 }

@@ -82,6 +82,9 @@ impl Server {
 pub struct Pinning {
     pub data_dir: std::path::PathBuf,
     pub dns: Option<lattice_mcp::http::Dns>,
+    /// The program that runs stdio servers under `stdio-guard` (the
+    /// `lattice` binary itself), so none outlives the gateway.
+    pub stdio_guard: Option<std::path::PathBuf>,
     pub auto_approve: bool,
     pub audit: AuditHandle,
     pub cache: Arc<PinCache>,

@@ -83,6 +83,7 @@ pub(super) async fn launch(
                 args: args.clone(),
                 env: env.clone(),
                 timeout: config.timeout,
+                guard: pinning.stdio_guard.clone(),
             })
             .await?
         }
