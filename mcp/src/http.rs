@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use crate::jsonrpc::{self, Message};
+use crate::sse_event::event_data;
 use crate::stdio::PROTOCOL_VERSION;
 use crate::transport::{Announced, Answer, BoxFuture, CallSink, Kind, Transport};
 use crate::upstream::Upstream;
@@ -84,16 +85,6 @@ fn relay(call: &CallSink, token: &str, event: &str) {
         }
         _ => {}
     }
-}
-
-/// The data of one server-sent event (its `data:` lines joined).
-fn event_data(event: &str) -> String {
-    event
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// A connected streamable-HTTP server.

@@ -41,6 +41,7 @@ pub mod server;
 pub mod server_requests;
 pub mod session;
 pub mod sse;
+pub mod sse_event;
 pub mod stdio;
 pub mod tools;
 pub mod transport;

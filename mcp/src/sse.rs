@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::http::{HttpConfig, MAX_RESPONSE};
 use crate::jsonrpc;
+use crate::sse_event::{next_event, parse_event};
 use crate::transport::{Announced, Answer, BoxFuture, Inbox, Kind, Transport};
 use crate::upstream::Upstream;
 use crate::McpError;
@@ -69,34 +70,6 @@ fn err(cfg: &HttpConfig, message: impl Into<String>) -> McpError {
         server: cfg.name.clone(),
         message: message.into(),
     }
-}
-
-/// (event name, data) of one server-sent event.
-fn parse_event(text: &str) -> (String, String) {
-    let mut name = String::from("message");
-    let mut data = Vec::new();
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            name = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push(v.strip_prefix(' ').unwrap_or(v));
-        }
-    }
-    (name, data.join("\n"))
-}
-
-fn next_event(buf: &mut Vec<u8>) -> Option<String> {
-    let (at, sep) = buf
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map(|i| (i, 2))
-        .or_else(|| {
-            buf.windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map(|i| (i, 4))
-        })?;
-    let event: Vec<u8> = buf.drain(..at + sep).collect();
-    Some(String::from_utf8_lossy(&event[..at]).replace("\r\n", "\n"))
 }
 
 /// Same scheme, host and port.
