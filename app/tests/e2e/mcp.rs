@@ -584,6 +584,10 @@ permit (principal in Lattice::Role::"agent", action == Lattice::Action::"call_to
 @id("no-destructive-tools")
 forbid (principal, action == Lattice::Action::"call_tool", resource)
 when { resource.destructive };
+
+@id("no-pii-at-high-risk")
+forbid (principal, action == Lattice::Action::"call_tool", resource)
+when { resource.risk == "high" && resource.labels.contains("pii") };
 "#;
     let gw = Gateway::start_with(
         &format!(
@@ -616,6 +620,30 @@ when { resource.destructive };
     );
     let allowed = call("everything__echo");
     assert_eq!(allowed.json()["result"]["content"][0]["text"], "Echo: hi");
+
+    // The operator's word wins over the servers' claims (a hot reload, no
+    // restart): the mock's echo is declared harmless, and everything's echo
+    // high-risk, with a label of its own, which a policy forbids.
+    let config = std::fs::read_to_string(gw.config()).unwrap();
+    let config = config
+        .replacen(
+            "allow_private_network = true\n",
+            "allow_private_network = true\n[mcp_servers.tools.echo]\ndestructive = false\n",
+            1,
+        )
+        .replacen(
+            "args = [\"stdio\"]\n",
+            "args = [\"stdio\"]\n[mcp_servers.tools.echo]\nrisk = \"high\"\nlabels = [\"pii\"]\n",
+            1,
+        );
+    std::fs::write(gw.config(), config).unwrap();
+    wait_for("the overrides", std::time::Duration::from_secs(10), || {
+        call("mock__echo").json()["result"].is_object()
+    });
+    let refused = call("everything__echo");
+    assert!(refused.json()["error"].is_object(), "{}", refused.body);
+    let ev = gw.events_of(&refused.request_id(), 2);
+    assert_eq!(ev[0].policies, vec!["no-pii-at-high-risk".to_string()]);
 }
 
 #[test]

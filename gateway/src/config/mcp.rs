@@ -5,7 +5,7 @@
 //! Must never: accept an entry that fails the one validation every
 //! registration path shares.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,6 +53,30 @@ pub struct RawMcpServer {
     labels: Vec<String>,
     #[serde(default = "d_timeout")]
     timeout_ms: u64,
+    /// `[mcp_servers.tools.<tool>]`: what the operator says of a tool,
+    /// over what the server claims (its own name for the tool).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    tools: std::collections::BTreeMap<String, ToolOverride>,
+}
+
+/// The operator's word on one tool: labels added to the server's, a risk,
+/// and hints that replace the server's annotations (which are only a
+/// server's claims: the MCP specification calls them untrusted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolOverride {
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub risk: Option<String>,
+    #[serde(default)]
+    pub read_only: Option<bool>,
+    #[serde(default)]
+    pub destructive: Option<bool>,
+    #[serde(default)]
+    pub idempotent: Option<bool>,
+    #[serde(default)]
+    pub open_world: Option<bool>,
 }
 
 impl RawMcpServer {
@@ -84,6 +108,19 @@ pub struct McpServerConfig {
     pub transport: McpTransport,
     pub labels: Vec<String>,
     pub timeout: Duration,
+    /// Per tool (the server's own name): the operator's overrides.
+    pub tools: std::collections::BTreeMap<String, ToolOverride>,
+}
+
+impl McpServerConfig {
+    /// Whether `other` runs the same server the same way (everything but
+    /// the per-tool overrides is equal).
+    pub fn same_process(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.transport == other.transport
+            && self.labels == other.labels
+            && self.timeout == other.timeout
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,5 +235,6 @@ pub fn build_mcp_server(
         transport,
         labels: m.labels,
         timeout: Duration::from_millis(m.timeout_ms.max(1)),
+        tools: m.tools,
     })
 }

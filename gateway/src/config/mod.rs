@@ -25,7 +25,7 @@ mod tls;
 pub use egress::{parse_host, refusal, EgressConfig};
 pub use limits::{CallKind, LimitSpec, Per};
 pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
-pub use mcp::{build_mcp_server, McpServerConfig, McpTransport, RawMcpServer};
+pub use mcp::{build_mcp_server, McpServerConfig, McpTransport, RawMcpServer, ToolOverride};
 use raw::*;
 pub use raw::{Durability, OnFull};
 pub use tls::{CertId, ClientAuth, MtlsIdentity, TlsConfig};

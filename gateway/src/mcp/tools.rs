@@ -27,23 +27,38 @@ use crate::limits::CallKind;
 use crate::mcp_hub::ToolEntry;
 use crate::runtime::{Runtime, Shared};
 
-fn tool_resource(entry: &ToolEntry, name: &str) -> Resource {
+/// The tool as policies see it: the server's annotations (with the MCP
+/// specification's defaults) and labels, then the operator's word from
+/// `[mcp_servers.tools.<tool>]`, which wins.
+fn tool_resource(runtime: &Runtime, entry: &ToolEntry, name: &str) -> Resource {
     let hints = lattice_mcp::tools::ToolHints::of(&entry.definition);
-    let risk = entry
-        .server_labels
+    let operator = runtime
+        .config
+        .mcp_servers
         .iter()
-        .find_map(|l| l.strip_prefix("risk:"))
-        .unwrap_or("unknown")
-        .to_string();
+        .find(|s| s.name == entry.server)
+        .and_then(|s| s.tools.get(&entry.tool))
+        .cloned()
+        .unwrap_or_default();
+    let risk = operator.risk.clone().unwrap_or_else(|| {
+        entry
+            .server_labels
+            .iter()
+            .find_map(|l| l.strip_prefix("risk:"))
+            .unwrap_or("unknown")
+            .to_string()
+    });
+    let mut labels = entry.server_labels.clone();
+    labels.extend(operator.labels.iter().cloned());
     Resource::Tool {
         id: name.to_string(),
         server: entry.server.clone(),
         risk,
-        labels: entry.server_labels.clone(),
-        read_only: hints.read_only,
-        destructive: hints.destructive,
-        idempotent: hints.idempotent,
-        open_world: hints.open_world,
+        labels,
+        read_only: operator.read_only.unwrap_or(hints.read_only),
+        destructive: operator.destructive.unwrap_or(hints.destructive),
+        idempotent: operator.idempotent.unwrap_or(hints.idempotent),
+        open_world: operator.open_world.unwrap_or(hints.open_world),
     }
 }
 
@@ -66,7 +81,7 @@ fn authorize_tool(
     runtime.policy.evaluate(&AuthzRequest {
         principal: principal.clone(),
         action: Action::CallTool,
-        resource: tool_resource(entry, name),
+        resource: tool_resource(runtime, entry, name),
         context,
     })
 }

@@ -224,7 +224,9 @@ impl McpHub {
         let mut next = BTreeMap::new();
         for config in configs {
             match current.get(&config.name) {
-                Some(s) if s.config == *config => {
+                // The operator's tool overrides are read per call from the
+                // runtime: changing them restarts nothing.
+                Some(s) if s.config.same_process(config) => {
                     next.insert(config.name.clone(), s.clone());
                 }
                 _ => {
