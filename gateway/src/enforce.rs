@@ -108,6 +108,39 @@ pub fn check_content_length(value: Option<&[u8]>, limit: u64) -> Result<Option<u
     Ok(Some(n))
 }
 
+/// Step 1: the request head within `[server]`'s bounds — header lines by
+/// bytes and by number (431), the request target (414).
+pub fn check_head(
+    req: &pingora::http::RequestHeader,
+    server: &crate::config::ServerConfig,
+) -> Result<(), Rejection> {
+    let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len()) as u64;
+    if target > server.max_uri_bytes {
+        return Err(Rejection::UriTooLong {
+            limit: server.max_uri_bytes,
+        });
+    }
+    let count = req.headers.len() as u64;
+    if count > server.max_headers {
+        return Err(Rejection::HeadersTooLarge(format!(
+            "{count} header fields, over the limit of {}",
+            server.max_headers
+        )));
+    }
+    let bytes: u64 = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum();
+    if bytes > server.max_header_bytes {
+        return Err(Rejection::HeadersTooLarge(format!(
+            "{bytes} bytes of header fields, over the limit of {}",
+            server.max_header_bytes
+        )));
+    }
+    Ok(())
+}
+
 /// Step 2: a principal from the connection's verified client certificate
 /// (mapped by `[[auth.mtls]]`) or the `Authorization` header — one of the
 /// two: a mapped certificate with a bearer token beside it is refused.

@@ -89,6 +89,14 @@ impl From<rusqlite::Error> for GatewayError {
 pub enum Rejection {
     /// Step 1: the body exceeds `server.max_body_bytes`.
     BodyTooLarge { limit: u64 },
+    /// Step 1: the request's headers exceed `server.max_header_bytes` or
+    /// `server.max_headers` (what was over, in words).
+    HeadersTooLarge(String),
+    /// Step 1: the request target exceeds `server.max_uri_bytes`.
+    UriTooLong { limit: u64 },
+    /// Step 1: the client stopped sending its body for longer than
+    /// `server.body_read_timeout_ms`.
+    RequestTimeout,
     /// Step 1: malformed request framing or headers.
     BadRequest(String),
     /// Step 2: no credentials presented.
@@ -224,6 +232,9 @@ impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
             Rejection::BodyTooLarge { .. } => 413,
+            Rejection::HeadersTooLarge(_) => 431,
+            Rejection::UriTooLong { .. } => 414,
+            Rejection::RequestTimeout => 408,
             Rejection::BadRequest(_) => 400,
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => 401,
             Rejection::NotFound | Rejection::UnknownModel(_) => 404,
@@ -243,6 +254,9 @@ impl Rejection {
     pub fn code(&self) -> &'static str {
         match self {
             Rejection::BodyTooLarge { .. } => "body_too_large",
+            Rejection::HeadersTooLarge(_) => "headers_too_large",
+            Rejection::UriTooLong { .. } => "uri_too_long",
+            Rejection::RequestTimeout => "request_timeout",
             Rejection::BadRequest(_) => "bad_request",
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => "unauthenticated",
             Rejection::NotFound => "not_found",
@@ -264,6 +278,11 @@ impl Rejection {
         match self {
             Rejection::BodyTooLarge { limit } => {
                 format!("request body exceeds the limit of {limit} bytes")
+            }
+            Rejection::HeadersTooLarge(what) => format!("request headers too large: {what}"),
+            Rejection::RequestTimeout => "the request body stopped arriving; the call was not forwarded".into(),
+            Rejection::UriTooLong { limit } => {
+                format!("request target exceeds the limit of {limit} bytes")
             }
             Rejection::BadRequest(m) => m.clone(),
             Rejection::NoCredentials => "missing bearer token".into(),
@@ -309,7 +328,7 @@ impl Rejection {
     /// `{"error": {"message", "type", "param", "code", "request_id"}}`.
     pub fn openai_body(&self, request_id: &str) -> Bytes {
         let kind = match self.status() {
-            400 | 404 | 405 | 413 => "invalid_request_error",
+            400 | 404 | 405 | 408 | 413 | 414 | 431 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             429 => "rate_limit_error",
@@ -395,6 +414,27 @@ mod tests {
                 Rejection::BodyTooLarge { limit: 9 },
                 413,
                 "body_too_large",
+                vec![],
+                "invalid_request_error",
+            ),
+            (
+                Rejection::HeadersTooLarge("x".into()),
+                431,
+                "headers_too_large",
+                vec![],
+                "invalid_request_error",
+            ),
+            (
+                Rejection::UriTooLong { limit: 9 },
+                414,
+                "uri_too_long",
+                vec![],
+                "invalid_request_error",
+            ),
+            (
+                Rejection::RequestTimeout,
+                408,
+                "request_timeout",
                 vec![],
                 "invalid_request_error",
             ),

@@ -33,12 +33,24 @@ pub async fn read_and_authenticate(
     if !respond::step(node, session, call, runtime, 1).await? {
         return Ok(None);
     }
-    if let Err(r) = enforce::check_content_length(content_length.as_deref(), call.max_body) {
+    if let Err(r) = enforce::check_head(session.req_header(), &runtime.config.server)
+        .and_then(|()| enforce::check_content_length(content_length.as_deref(), call.max_body))
+    {
         respond::refusal(node, session, call, runtime, r.clone(), &r.message()).await?;
         return Ok(None);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = session.read_request_body().await? {
+    loop {
+        let chunk = match session.read_request_body().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) if matches!(e.etype(), pingora::ErrorType::ReadTimedout) => {
+                let r = Rejection::RequestTimeout;
+                respond::refusal(node, session, call, runtime, r.clone(), &r.message()).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         body.extend_from_slice(&chunk);
         if body.len() as u64 > call.max_body {
             let r = Rejection::BodyTooLarge {

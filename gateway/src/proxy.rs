@@ -90,6 +90,9 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let runtime = self.shared.runtime.load_full();
+        // Body reads (the doors' and Pingora's while forwarding) wait at
+        // most this long for the next bytes.
+        session.set_read_timeout(Some(runtime.config.server.body_read_timeout));
         let req = session.req_header();
         let (trace_id, traceparent) =
             enforce::trace_context(req.headers.get("traceparent").map(|v| v.as_bytes()));
@@ -196,6 +199,9 @@ impl ProxyHttp for Gateway {
             ErrorType::HTTPStatus(413) => Rejection::BodyTooLarge {
                 limit: ctx.max_body,
             },
+            ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => {
+                Rejection::RequestTimeout
+            }
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Rejection::UpstreamTimeout
             }

@@ -51,7 +51,11 @@ pub async fn rejection(
     }
     if matches!(
         rejection,
-        Rejection::BodyTooLarge { .. } | Rejection::BadRequest(_)
+        Rejection::BodyTooLarge { .. }
+            | Rejection::HeadersTooLarge(_)
+            | Rejection::UriTooLong { .. }
+            | Rejection::RequestTimeout
+            | Rejection::BadRequest(_)
     ) {
         session.set_keepalive(None);
     }

@@ -7,6 +7,7 @@ mod change_audit;
 mod clickhouse;
 mod conformance;
 mod crash;
+mod edge;
 mod egress;
 mod harness;
 mod jwt;

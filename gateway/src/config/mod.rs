@@ -94,6 +94,13 @@ pub struct ServerConfig {
     pub node_id: String,
     pub data_dir: PathBuf,
     pub max_body_bytes: u64,
+    /// All request header lines together (names, values, separators).
+    pub max_header_bytes: u64,
+    pub max_headers: u64,
+    /// The request target (path and query).
+    pub max_uri_bytes: u64,
+    /// Longest wait between two reads of a request body (HTTP/1).
+    pub body_read_timeout: Duration,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub threads: usize,

@@ -86,6 +86,14 @@ pub(super) struct RawServer {
     pub(super) data_dir: String,
     #[serde(default = "d_max_body")]
     pub(super) max_body_bytes: u64,
+    #[serde(default = "d_max_header_bytes")]
+    pub(super) max_header_bytes: u64,
+    #[serde(default = "d_max_headers")]
+    pub(super) max_headers: u64,
+    #[serde(default = "d_max_uri_bytes")]
+    pub(super) max_uri_bytes: u64,
+    #[serde(default = "d_body_read_ms")]
+    pub(super) body_read_timeout_ms: u64,
     #[serde(default = "d_grace")]
     pub(super) grace_period_seconds: u64,
     #[serde(default = "d_grace")]
@@ -106,6 +114,18 @@ pub(super) fn d_data_dir() -> String {
 }
 pub(super) fn d_max_body() -> u64 {
     1024 * 1024
+}
+pub(super) fn d_max_header_bytes() -> u64 {
+    64 * 1024
+}
+pub(super) fn d_max_headers() -> u64 {
+    100
+}
+pub(super) fn d_max_uri_bytes() -> u64 {
+    8 * 1024
+}
+pub(super) fn d_body_read_ms() -> u64 {
+    30_000
 }
 pub(super) fn d_grace() -> u64 {
     5

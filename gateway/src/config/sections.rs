@@ -43,8 +43,15 @@ pub(super) fn server(
                 .into(),
         ));
     }
-    if s.max_body_bytes == 0 {
-        return Err(bad("server.max_body_bytes must be positive".into()));
+    if s.max_body_bytes == 0
+        || s.max_header_bytes == 0
+        || s.max_headers == 0
+        || s.max_uri_bytes == 0
+    {
+        return Err(bad(
+            "server.max_body_bytes, max_header_bytes, max_headers and max_uri_bytes must be positive"
+                .into(),
+        ));
     }
     if s.threads == 0 {
         return Err(bad("server.threads must be positive".into()));
@@ -59,6 +66,10 @@ pub(super) fn server(
         node_id: s.node_id,
         data_dir,
         max_body_bytes: s.max_body_bytes,
+        max_header_bytes: s.max_header_bytes,
+        max_headers: s.max_headers,
+        max_uri_bytes: s.max_uri_bytes,
+        body_read_timeout: Duration::from_millis(s.body_read_timeout_ms.max(1)),
         grace_period: Duration::from_secs(s.grace_period_seconds),
         graceful_shutdown_timeout: Duration::from_secs(s.graceful_shutdown_timeout_seconds),
         threads: s.threads,

@@ -37,7 +37,9 @@ pub async fn enforce(
     let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
 
     call.enter(node, runtime, 1)?;
-    if let Err(r) = enforce::check_content_length(header("content-length"), call.max_body) {
+    if let Err(r) = enforce::check_head(req, &runtime.config.server)
+        .and_then(|()| enforce::check_content_length(header("content-length"), call.max_body))
+    {
         return call.refuse(node, runtime, r.clone(), &r.message());
     }
     call.enter(node, runtime, 2)?;
