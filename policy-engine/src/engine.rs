@@ -108,8 +108,8 @@ impl Evaluation {
 
 /// A validated policy set and the text of each policy, by id.
 #[derive(Debug, Clone)]
-struct CompiledSet {
-    set: PolicySet,
+pub(crate) struct CompiledSet {
+    pub(crate) set: PolicySet,
     texts: Vec<(String, String)>,
 }
 
@@ -177,6 +177,29 @@ impl PolicyEngine {
             builder: Arc::new(Builder::new()?),
             validate_requests: true,
         })
+    }
+
+    /// The schema policies are validated against.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The live policy set.
+    pub fn live_set(&self) -> &PolicySet {
+        &self.live.set
+    }
+
+    /// Decides a concrete Cedar request (a proof's counterexample) with the
+    /// live set: true when allowed.
+    pub fn decide_concrete(
+        &self,
+        request: &cedar_policy::Request,
+        entities: &cedar_policy::Entities,
+    ) -> bool {
+        self.authorizer
+            .is_authorized(request, &self.live.set, entities)
+            .decision()
+            == cedar_policy::Decision::Allow
     }
 
     /// Ids of the live policies, in load order.
@@ -260,7 +283,10 @@ impl PolicyEngine {
     }
 }
 
-fn compile(schema: &Schema, sources: &[PolicySource]) -> Result<CompiledSet, PolicyError> {
+pub(crate) fn compile(
+    schema: &Schema,
+    sources: &[PolicySource],
+) -> Result<CompiledSet, PolicyError> {
     let mut set = PolicySet::new();
     let mut texts = Vec::new();
     for source in sources {

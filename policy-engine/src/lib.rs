@@ -5,13 +5,15 @@
 //! optional shadow set) whose decisions carry the ids of the deciding
 //! policies. Also owns the `lattice policy test` case-file format.
 //!
-//! Must never: do I/O (policy text comes in as strings), read a clock (time
+//! Must never: do I/O (policy text comes in as strings; `prove` talks to a
+//! solver the caller hands it), read a clock (time
 //! is a context attribute), or turn an error into an allow — a request that
 //! fails validation or a policy that errors during evaluation yields a deny.
 
 mod build;
 mod cases;
 mod engine;
+pub mod prove;
 mod request;
 
 pub use cases::{run_cases, CaseFile, CaseResult};
@@ -35,4 +37,6 @@ pub enum PolicyError {
     UnknownAction(String),
     #[error("{file}: {message}")]
     Cases { file: String, message: String },
+    #[error("proof: {0}")]
+    Prove(String),
 }

@@ -1,5 +1,5 @@
-//! `lattice policy check|test|explain`: offline policy work against the same
-//! engine the gateway runs.
+//! `lattice policy check|test|explain|prove`: offline policy work against
+//! the same engine the gateway runs; `prove` asks the cvc5 solver.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -8,7 +8,7 @@ use lattice_policy::{
     run_cases, Action, AuthzRequest, CaseFile, PolicyEngine, Principal, PrincipalKind,
     RequestContext, Resource,
 };
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::ConfigArg;
@@ -57,6 +57,20 @@ pub enum PolicyCmd {
         file: PathBuf,
         #[command(flatten)]
         sel: PolicySel,
+    },
+    /// Prove invariants of the policy set for every possible request (the
+    /// cvc5 solver); a failed one prints a counterexample. Exit 1 when one
+    /// fails or is not proved in time.
+    Prove {
+        /// A TOML file of `[[invariants]]`: `id`, `description`, and a
+        /// Cedar permit describing requests as `never_allows` or
+        /// `always_allows`.
+        file: PathBuf,
+        #[command(flatten)]
+        sel: PolicySel,
+        /// Longest time for one invariant; past it, it counts as not proved.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
     },
     /// Decide one request and print the decision with its reasons.
     Explain {
@@ -126,6 +140,11 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        PolicyCmd::Prove {
+            file,
+            sel,
+            timeout_s,
+        } => prove(&file, &sel, std::time::Duration::from_secs(timeout_s)),
         PolicyCmd::Explain {
             sel,
             principal,
@@ -170,4 +189,85 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvariantsFile {
+    invariants: Vec<lattice_policy::prove::RawProperty>,
+}
+
+fn prove(file: &Path, sel: &PolicySel, limit: std::time::Duration) -> anyhow::Result<ExitCode> {
+    use cedar_policy_symcc::solver::LocalSolver;
+    use cedar_policy_symcc::CedarSymCompiler;
+    use lattice_policy::prove::{prove, Claim, Property, Verdict};
+    let engine = sel.engine()?;
+    let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+    let parsed: InvariantsFile =
+        toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+    let properties = parsed
+        .invariants
+        .iter()
+        .map(|raw| Property::new(raw, &engine))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut proved, mut failed) = (0, 0);
+    for p in &properties {
+        let verdict = rt.block_on(async {
+            let cvc5 = LocalSolver::cvc5().map_err(|e| {
+                anyhow::anyhow!("cannot start the cvc5 solver ({e}): install it (scripts/setup, or apt-get install cvc5) or set CVC5 to its path")
+            })?;
+            let mut solver = CedarSymCompiler::new(cvc5)?;
+            match tokio::time::timeout(limit, prove(&engine, p, &mut solver)).await {
+                Ok(v) => Ok(Some(v?)),
+                Err(_) => Ok::<_, anyhow::Error>(None),
+            }
+        })?;
+        let what = if p.description.is_empty() {
+            p.id.clone()
+        } else {
+            format!("{} — {}", p.id, p.description)
+        };
+        match verdict {
+            Some(Verdict::Holds) => {
+                proved += 1;
+                println!("PROVED  {what}");
+            }
+            Some(Verdict::Fails(cex)) => {
+                failed += 1;
+                let how = match p.claim {
+                    Claim::NeverAllows => "allowed by the policy set, which must never allow it",
+                    Claim::AlwaysAllows => "denied by the policy set, which must always allow it",
+                };
+                println!("FAILED  {what}\n  counterexample ({how}):");
+                // The request, then the entities it names (actions left out).
+                for line in cex.text.lines().take_while(|l| !l.starts_with("entities")) {
+                    println!("    {line}");
+                }
+                for entity in cex.entities.iter() {
+                    if entity.uid().type_name().to_string() != "Lattice::Action" {
+                        match entity.to_json_value() {
+                            Ok(json) => println!("    entity {json}"),
+                            Err(_) => println!("    entity {}", entity.uid()),
+                        }
+                    }
+                }
+            }
+            None => {
+                failed += 1;
+                println!(
+                    "FAILED  {what}\n  not proved within {} s (the solver timed out): counted as failed",
+                    limit.as_secs()
+                );
+            }
+        }
+    }
+    println!("{proved} proved, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

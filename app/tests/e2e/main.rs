@@ -18,6 +18,7 @@ mod mcp_eras;
 mod mcp_registry;
 mod mcp_server_requests;
 mod mcp_subscriptions;
+mod prove;
 mod retention;
 mod secrets;
 mod tls;

@@ -1,0 +1,158 @@
+//! Proofs about the live policy set for every possible request, not for
+//! examples: Cedar's symbolic compiler (`cedar-policy-symcc`) turns the set
+//! and a property into SMT, and the solver it is handed (cvc5, a process
+//! the caller starts) answers. A property is itself Cedar: a policy set
+//! whose permits describe requests, and a claim about them —
+//!
+//! - `never_allows`: the live set allows none of the described requests
+//!   (the two sets are disjoint);
+//! - `always_allows`: the live set allows every described request (the
+//!   description implies the set).
+//!
+//! A property that fails comes with a counterexample: a concrete request
+//! and entities, which the engine itself decides again
+//! (`PolicyEngine::decide_concrete`) so a counterexample the engine would
+//! not decide as claimed is an error, never a verdict.
+//!
+//! Must never: call a property proved that the solver did not prove for
+//! every request environment of the schema, or start a process itself.
+
+use cedar_policy::{Entities, PolicySet, Request};
+use cedar_policy_symcc::solver::Solver;
+use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicySet};
+use serde::Deserialize;
+
+use crate::engine::{compile, PolicyEngine, PolicySource};
+use crate::PolicyError;
+
+/// What a property claims of the requests its policies describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    NeverAllows,
+    AlwaysAllows,
+}
+
+/// One property (an invariant), as written in an invariants file or the
+/// config: an id, what it means in words, and exactly one claim.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProperty {
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub never_allows: Option<String>,
+    #[serde(default)]
+    pub always_allows: Option<String>,
+}
+
+/// A checked property: its description parsed and validated against the
+/// schema.
+#[derive(Debug, Clone)]
+pub struct Property {
+    pub id: String,
+    pub description: String,
+    pub claim: Claim,
+    requests: PolicySet,
+}
+
+impl Property {
+    /// Parses and validates a property against the engine's schema.
+    pub fn new(raw: &RawProperty, engine: &PolicyEngine) -> Result<Self, PolicyError> {
+        let (claim, text) = match (&raw.never_allows, &raw.always_allows) {
+            (Some(t), None) => (Claim::NeverAllows, t),
+            (None, Some(t)) => (Claim::AlwaysAllows, t),
+            _ => {
+                return Err(PolicyError::Invalid {
+                    file: format!("invariant `{}`", raw.id),
+                    message: "give exactly one of never_allows, always_allows".into(),
+                })
+            }
+        };
+        let source = PolicySource::new(format!("invariant `{}`", raw.id), text.clone());
+        let requests = compile(engine.schema(), &[source])?.set;
+        if requests
+            .policies()
+            .any(|p| p.effect() == cedar_policy::Effect::Forbid)
+        {
+            return Err(PolicyError::Invalid {
+                file: format!("invariant `{}`", raw.id),
+                message: "describe the requests with permit policies (a forbid describes none)"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            id: raw.id.clone(),
+            description: raw.description.clone(),
+            claim,
+            requests,
+        })
+    }
+}
+
+/// A request that breaks a property.
+#[derive(Debug, Clone)]
+pub struct Counterexample {
+    pub request: Request,
+    pub entities: Entities,
+    /// Principal, action, resource, context and entities, in words.
+    pub text: String,
+    /// What the live set decides for it (true: allowed).
+    pub allowed: bool,
+}
+
+/// The answer for one property.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Holds,
+    Fails(Box<Counterexample>),
+}
+
+fn symcc_err(e: impl std::fmt::Display) -> PolicyError {
+    PolicyError::Prove(e.to_string())
+}
+
+/// Proves `property` of the engine's live set, request environment by
+/// request environment of the schema.
+pub async fn prove<S: Solver>(
+    engine: &PolicyEngine,
+    property: &Property,
+    solver: &mut CedarSymCompiler<S>,
+) -> Result<Verdict, PolicyError> {
+    let schema = engine.schema();
+    for env in schema.request_envs() {
+        let live =
+            CompiledPolicySet::compile(engine.live_set(), &env, schema).map_err(symcc_err)?;
+        let described =
+            CompiledPolicySet::compile(&property.requests, &env, schema).map_err(symcc_err)?;
+        let found = match property.claim {
+            Claim::NeverAllows => solver
+                .check_disjoint_with_counterexample_opt(&live, &described)
+                .await
+                .map_err(symcc_err)?,
+            Claim::AlwaysAllows => solver
+                .check_implies_with_counterexample_opt(&described, &live)
+                .await
+                .map_err(symcc_err)?,
+        };
+        if let Some(found) = found {
+            let allowed = engine.decide_concrete(&found.request, &found.entities);
+            let claimed = property.claim == Claim::NeverAllows;
+            if allowed != claimed {
+                return Err(PolicyError::Prove(format!(
+                    "invariant `{}`: the solver's counterexample is {} by the engine, not {}: {found}",
+                    property.id,
+                    if allowed { "allowed" } else { "denied" },
+                    if claimed { "allowed" } else { "denied" },
+                )));
+            }
+            return Ok(Verdict::Fails(Box::new(Counterexample {
+                text: found.to_string(),
+                request: found.request,
+                entities: found.entities,
+                allowed,
+            })));
+        }
+    }
+    Ok(Verdict::Holds)
+}
