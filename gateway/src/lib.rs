@@ -35,6 +35,7 @@ pub mod enforce;
 pub mod error;
 pub mod identity;
 pub mod intake;
+pub mod invariants;
 pub mod limits;
 pub mod llm;
 pub mod mcp;

@@ -98,6 +98,8 @@ impl Runtime {
         let policy =
             PolicyEngine::with_tool_input(&live, shadow.as_deref(), tool_input.as_deref())?
                 .without_request_validation();
+        // A set that breaks an invariant (or cannot be proved) is refused.
+        crate::invariants::check(&policy, &config.invariants, config.policy.invariant_timeout)?;
         let mut jwt = JwtVerifier::default();
         for issuer in &config.auth.jwt {
             let keys = IssuerKeys::new(issuer.clone()).map_err(GatewayError::Config)?;

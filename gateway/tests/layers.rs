@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("limits", 2),
     ("egress", 2),
     ("identity", 3),
+    ("invariants", 3),
     ("tls", 4),
     ("mcp_hub", 3),
     ("runtime", 4),

@@ -63,3 +63,70 @@ fn invariants_are_proved_and_a_broken_one_prints_its_counterexample() {
     assert!(err.contains("cannot start the cvc5 solver"), "{err}");
     assert!(!out.contains("PROVED"), "{out}");
 }
+
+const NO_TOOL_CALLS: &str = "\n[[invariants]]\nid = \"no-tool-calls\"\ndescription = \"Agents call no MCP tool\"\nnever_allows = '''permit (principal is Lattice::Agent, action == Lattice::Action::\"call_tool\", resource);'''\n";
+const TOOL_PERMIT: &str = "\n@id(\"agents-call-tools\")\npermit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n";
+
+#[test]
+fn a_reload_that_breaks_an_invariant_is_refused_audited_and_the_old_set_keeps_serving() {
+    let gw = Gateway::start(NO_TOOL_CALLS);
+    let policy = gw.path("policy.cedar");
+    let before = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, format!("{before}{TOOL_PERMIT}")).unwrap();
+    wait_for(
+        "the refused reload",
+        std::time::Duration::from_secs(20),
+        || gw.metric("lattice_config_reloads_total{result=\"rejected\"}") >= 1.0,
+    );
+    let rejected: Vec<lattice_audit::AuditEvent> = gw
+        .store()
+        .events()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str(&e.json).unwrap())
+        .filter(|e: &lattice_audit::AuditEvent| e.kind == "admin.config.rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        rejected[0]
+            .reason
+            .contains("breaks invariant `no-tool-calls` (Agents call no MCP tool)")
+            && rejected[0]
+                .reason
+                .contains("Counterexample: principal: Lattice::Agent::"),
+        "{}",
+        rejected[0].reason
+    );
+    assert_eq!(
+        gw.metric("lattice_config_reloads_total{result=\"applied\"}"),
+        0.0
+    );
+    // The old set keeps serving (the live policies are the old ones), and
+    // `lattice config validate` refuses the file on disk with the same reason.
+    let admin = bearer(&gw.create_human_key("root", "default", &["admin"]));
+    let live = gw.get("/admin/v1/policies", &admin);
+    assert_eq!(live.status, 200, "{}", live.body);
+    assert!(
+        live.body.contains("no-deletes") && !live.body.contains("agents-call-tools"),
+        "{}",
+        live.body
+    );
+    let out = gw.lattice(&["config", "validate"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("breaks invariant `no-tool-calls`"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_gateway_whose_policies_break_an_invariant_does_not_start() {
+    let mut gw = Gateway::prepare(NO_TOOL_CALLS, &format!("{STARTER_POLICY}{TOOL_PERMIT}"));
+    gw.launch();
+    wait_for(
+        "the gateway to refuse to start",
+        std::time::Duration::from_secs(20),
+        || gw.log().contains("breaks invariant `no-tool-calls`"),
+    );
+    assert!(http(gw.port, "GET", "/healthz", &[], b"").is_err());
+}

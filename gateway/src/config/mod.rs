@@ -54,6 +54,8 @@ pub struct Config {
     pub egress: EgressConfig,
     /// Model routes, backends and limits.
     pub llm: llm::LlmConfig,
+    /// `[[invariants]]`: what every policy set must satisfy, proved.
+    pub invariants: Vec<lattice_policy::prove::RawProperty>,
 }
 
 /// Settings of the downstream MCP endpoint.
@@ -146,6 +148,8 @@ pub struct PolicyConfig {
     pub files: Vec<PathBuf>,
     pub shadow_files: Vec<PathBuf>,
     pub tool_input_schema: Option<PathBuf>,
+    /// Longest proof of one invariant (a timeout refuses the set).
+    pub invariant_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -299,7 +303,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         files: raw.policy.files.iter().map(|f| resolve(f)).collect(),
         shadow_files: raw.policy.shadow_files.iter().map(|f| resolve(f)).collect(),
         tool_input_schema: raw.policy.tool_input_schema.as_deref().map(resolve),
+        invariant_timeout: Duration::from_millis(raw.policy.invariant_timeout_ms.max(1)),
     };
+    let mut ids = std::collections::BTreeSet::new();
+    for inv in &raw.invariants {
+        if inv.id.is_empty() || !ids.insert(inv.id.clone()) {
+            return Err(bad(format!(
+                "invariants: id `{}` is empty or used twice",
+                inv.id
+            )));
+        }
+    }
 
     let audit = sections::audit(raw.audit, &data_dir, &resolve, &bad)?;
     let routes = sections::routes(raw.routes, &bad)?;
@@ -340,6 +354,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         demo_upstream,
         mcp_servers,
         egress,
+        invariants: raw.invariants,
         mcp: McpConfig {
             allowed_origins: raw.mcp.allowed_origins,
             resource_url: raw.mcp.resource_url,

@@ -33,6 +33,10 @@ pub(super) struct RawConfig {
     pub(super) limits: Vec<super::llm::RawLimit>,
     #[serde(default)]
     pub(super) egress: super::egress::RawEgress,
+    /// Properties every policy set must satisfy (proved at start, on
+    /// reload and by `lattice config validate`).
+    #[serde(default)]
+    pub(super) invariants: Vec<lattice_policy::prove::RawProperty>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +236,13 @@ pub(super) struct RawPolicy {
     /// the type of `context.input` on `call_tool`.
     #[serde(default)]
     pub(super) tool_input_schema: Option<String>,
+    /// Longest proof of one invariant; past it, the set is refused.
+    #[serde(default = "d_invariant_ms")]
+    pub(super) invariant_timeout_ms: u64,
+}
+
+pub(super) fn d_invariant_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Deserialize)]
