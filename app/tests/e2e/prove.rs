@@ -130,3 +130,43 @@ fn a_gateway_whose_policies_break_an_invariant_does_not_start() {
     );
     assert!(http(gw.port, "GET", "/healthz", &[], b"").is_err());
 }
+
+#[test]
+fn the_agent_platform_invariants_hold_and_fail_without_the_forbid_that_keeps_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agent-platform");
+    let run = |policies: &Path| {
+        let out = Command::new(BIN)
+            .args(["policy", "prove"])
+            .arg(root.join("invariants.toml"))
+            .arg("-c")
+            .arg(root.join("lattice.toml"))
+            .arg("--policies")
+            .arg(policies)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let platform = root.join("policies/platform.cedar");
+    let (code, out) = run(&platform);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.ends_with("4 proved, 0 failed\n"), "{out}");
+
+    let text = std::fs::read_to_string(&platform).unwrap();
+    let start = text.find("@id(\"high-risk-tools-need-a-role\")").unwrap();
+    let end = start + text[start..].find(";\n").unwrap() + 2;
+    let dir = tempfile::tempdir().unwrap();
+    let without = dir.path().join("platform.cedar");
+    std::fs::write(&without, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let (code, out) = run(&without);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAILED  high-risk-tools-need-a-role"), "{out}");
+    assert!(
+        out.contains("action: Lattice::Action::\"call_tool\""),
+        "{out}"
+    );
+    assert!(out.contains("\"risk\":\"high\""), "{out}");
+    assert!(out.contains("3 proved, 1 failed"), "{out}");
+}
