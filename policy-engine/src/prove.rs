@@ -156,3 +156,74 @@ pub async fn prove<S: Solver>(
     }
     Ok(Verdict::Holds)
 }
+
+/// Which way a kind of request changed between two sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The new set allows some such requests the old one denied.
+    NewlyAllowed,
+    /// The new set denies some such requests the old one allowed.
+    NewlyDenied,
+}
+
+/// One kind of request (a principal type, an action, a resource type)
+/// whose decisions differ, with an example request.
+#[derive(Debug, Clone)]
+pub struct Difference {
+    pub change: Change,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub example: Box<Counterexample>,
+}
+
+/// The semantic difference of two policy sets (validated against the same
+/// schema): every kind of request either set allows that the other does
+/// not, with an example that `new` and `old` decide as claimed.
+pub async fn diff<S: Solver>(
+    old: &PolicyEngine,
+    new: &PolicyEngine,
+    solver: &mut CedarSymCompiler<S>,
+) -> Result<Vec<Difference>, PolicyError> {
+    let schema = new.schema();
+    let mut out = Vec::new();
+    for env in schema.request_envs() {
+        let a = CompiledPolicySet::compile(old.live_set(), &env, schema).map_err(symcc_err)?;
+        let b = CompiledPolicySet::compile(new.live_set(), &env, schema).map_err(symcc_err)?;
+        for (change, from, to) in [
+            (Change::NewlyAllowed, &b, &a),
+            (Change::NewlyDenied, &a, &b),
+        ] {
+            // A request `from` allows and `to` does not.
+            let Some(found) = solver
+                .check_implies_with_counterexample_opt(from, to)
+                .await
+                .map_err(symcc_err)?
+            else {
+                continue;
+            };
+            let (now, before) = (
+                new.decide_concrete(&found.request, &found.entities),
+                old.decide_concrete(&found.request, &found.entities),
+            );
+            if now == before || now != (change == Change::NewlyAllowed) {
+                return Err(PolicyError::Prove(format!(
+                    "the solver's example is decided {now} by the new set and {before} by the old: {found}"
+                )));
+            }
+            out.push(Difference {
+                change,
+                principal: env.principal().to_string(),
+                action: env.action().to_string(),
+                resource: env.resource().to_string(),
+                example: Box::new(Counterexample {
+                    text: found.to_string(),
+                    request: found.request,
+                    entities: found.entities,
+                    allowed: now,
+                }),
+            });
+        }
+    }
+    Ok(out)
+}

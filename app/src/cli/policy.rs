@@ -72,6 +72,20 @@ pub enum PolicyCmd {
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
     },
+    /// The semantic difference of two policy sets: each kind of request
+    /// (principal type, action, resource type) one allows and the other
+    /// does not, with an example request. Exit 1 when they differ.
+    Diff {
+        /// The policy files of the old set.
+        #[arg(long, num_args = 1.., required = true)]
+        old: Vec<PathBuf>,
+        /// The policy files of the new set.
+        #[arg(long, num_args = 1.., required = true)]
+        new: Vec<PathBuf>,
+        /// Read `policy.tool_input_schema` from this config, if it exists.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Decide one request and print the decision with its reasons.
     Explain {
         #[command(flatten)]
@@ -145,6 +159,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             sel,
             timeout_s,
         } => prove(&file, &sel, std::time::Duration::from_secs(timeout_s)),
+        PolicyCmd::Diff { old, new, config } => diff(&old, &new, &config),
         PolicyCmd::Explain {
             sel,
             principal,
@@ -266,6 +281,60 @@ fn prove(file: &Path, sel: &PolicySel, limit: std::time::Duration) -> anyhow::Re
     }
     println!("{proved} proved, {failed} failed");
     Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn diff(old: &[PathBuf], new: &[PathBuf], config: &ConfigArg) -> anyhow::Result<ExitCode> {
+    use cedar_policy_symcc::solver::LocalSolver;
+    use cedar_policy_symcc::CedarSymCompiler;
+    use lattice_policy::prove::Change;
+    let tool_input = match config.load() {
+        Ok(c) => lattice_gateway::runtime::read_tool_input(&c)?,
+        Err(_) => None,
+    };
+    let engine = |files: &[PathBuf]| {
+        PolicyEngine::with_tool_input(&read_policies(files)?, None, tool_input.as_deref())
+            .map_err(anyhow::Error::from)
+    };
+    let (old, new) = (engine(old)?, engine(new)?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let differences = rt.block_on(async {
+        let cvc5 = LocalSolver::cvc5().map_err(|e| {
+            anyhow::anyhow!("cannot start the cvc5 solver ({e}): install it (scripts/setup, or apt-get install cvc5) or set CVC5 to its path")
+        })?;
+        let mut solver = CedarSymCompiler::new(cvc5)?;
+        Ok::<_, anyhow::Error>(lattice_policy::prove::diff(&old, &new, &mut solver).await?)
+    })?;
+    for d in &differences {
+        let label = match d.change {
+            Change::NewlyAllowed => "NEWLY ALLOWED",
+            Change::NewlyDenied => "NEWLY DENIED ",
+        };
+        println!("{label}  {} {} {}", d.principal, d.action, d.resource);
+        for line in d
+            .example
+            .text
+            .lines()
+            .take_while(|l| !l.starts_with("entities"))
+        {
+            println!("    e.g. {line}");
+        }
+    }
+    let allowed = differences
+        .iter()
+        .filter(|d| d.change == Change::NewlyAllowed)
+        .count();
+    println!(
+        "{} kinds of requests change ({allowed} newly allowed, {} newly denied)",
+        differences.len(),
+        differences.len() - allowed
+    );
+    Ok(if differences.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -170,3 +170,49 @@ fn the_agent_platform_invariants_hold_and_fail_without_the_forbid_that_keeps_the
     assert!(out.contains("\"risk\":\"high\""), "{out}");
     assert!(out.contains("3 proved, 1 failed"), "{out}");
 }
+
+#[test]
+fn policy_diff_names_exactly_the_newly_allowed_kind_of_request() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let starter = root.join("examples/quickstart/policies/starter.cedar");
+    let dir = tempfile::tempdir().unwrap();
+    let more = dir.path().join("more.cedar");
+    let text = std::fs::read_to_string(&starter).unwrap();
+    std::fs::write(
+        &more,
+        format!("{text}\n@id(\"agents-call-tools\")\npermit (principal is Lattice::Agent in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n"),
+    )
+    .unwrap();
+    let diff = |old: &Path, new: &Path| {
+        let out = Command::new(BIN)
+            .args(["policy", "diff", "--old"])
+            .arg(old)
+            .arg("--new")
+            .arg(new)
+            .args(["-c", "/nonexistent/lattice.toml"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = diff(&starter, &more);
+    assert_eq!(code, Some(1), "{out}");
+    let kinds: Vec<&str> = out.lines().filter(|l| l.starts_with("NEWLY")).collect();
+    assert_eq!(
+        kinds,
+        vec!["NEWLY ALLOWED  Lattice::Agent Lattice::Action::\"call_tool\" Lattice::Tool"],
+        "{out}"
+    );
+    assert!(out.contains("e.g. principal: Lattice::Agent::"), "{out}");
+    // The reverse is the same kind, newly denied; a set against itself, nothing.
+    let (_, out) = diff(&more, &starter);
+    assert!(
+        out.contains("NEWLY DENIED   Lattice::Agent Lattice::Action::\"call_tool\""),
+        "{out}"
+    );
+    let (code, out) = diff(&starter, &starter);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 kinds of requests change"), "{out}");
+}
