@@ -93,6 +93,11 @@ impl ProxyHttp for Gateway {
         // Body reads (the doors' and Pingora's while forwarding) wait at
         // most this long for the next bytes.
         session.set_read_timeout(Some(runtime.config.server.body_read_timeout));
+        // An idle HTTP/1.1 connection is closed after this long (Pingora's
+        // default keeps it forever; `Connection: close` is still honoured).
+        if session.req_header().version == http::Version::HTTP_11 {
+            session.set_keepalive(Some(runtime.config.server.keepalive_idle_timeout_s));
+        }
         let req = session.req_header();
         let (trace_id, traceparent) =
             enforce::trace_context(req.headers.get("traceparent").map(|v| v.as_bytes()));

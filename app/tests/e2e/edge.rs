@@ -172,3 +172,39 @@ fn a_client_that_stops_sending_its_body_is_cut_off_while_others_are_served() {
     }
     gw.assert_verifies(&[]);
 }
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_configured_time() {
+    use std::io::{Read, Write};
+    let upstream = Upstream::start();
+    let mut gw = Gateway::prepare(&route(upstream.port), STARTER_POLICY);
+    let config = std::fs::read_to_string(gw.config()).unwrap().replacen(
+        "reload_poll_ms = 100\n",
+        "reload_poll_ms = 100\nkeepalive_idle_timeout_s = 1\n",
+        1,
+    );
+    std::fs::write(gw.config(), config).unwrap();
+    gw.spawn();
+    let key = bearer(&gw.create_key("agent-idle", &["agent"]));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    write!(
+        s,
+        "GET /tools/echo/idle HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n\r\n"
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let mut answer = Vec::new();
+    // Until the gateway closes the connection (bounded by the read timeout).
+    #[allow(clippy::disallowed_methods)]
+    let closed = s.take(1 << 20).read_to_end(&mut answer).is_ok();
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(closed, "the connection was never closed: {text}");
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}

@@ -103,6 +103,8 @@ pub struct ServerConfig {
     pub max_uri_bytes: u64,
     /// Longest wait between two reads of a request body (HTTP/1).
     pub body_read_timeout: Duration,
+    /// How long an idle HTTP/1.1 keep-alive connection stays open, seconds.
+    pub keepalive_idle_timeout_s: u64,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub threads: usize,

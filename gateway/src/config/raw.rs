@@ -98,6 +98,8 @@ pub(super) struct RawServer {
     pub(super) max_uri_bytes: u64,
     #[serde(default = "d_body_read_ms")]
     pub(super) body_read_timeout_ms: u64,
+    #[serde(default = "d_keepalive_s")]
+    pub(super) keepalive_idle_timeout_s: u64,
     #[serde(default = "d_grace")]
     pub(super) grace_period_seconds: u64,
     #[serde(default = "d_grace")]
@@ -130,6 +132,9 @@ pub(super) fn d_max_uri_bytes() -> u64 {
 }
 pub(super) fn d_body_read_ms() -> u64 {
     30_000
+}
+pub(super) fn d_keepalive_s() -> u64 {
+    60
 }
 pub(super) fn d_grace() -> u64 {
     5

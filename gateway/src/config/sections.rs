@@ -70,6 +70,7 @@ pub(super) fn server(
         max_headers: s.max_headers,
         max_uri_bytes: s.max_uri_bytes,
         body_read_timeout: Duration::from_millis(s.body_read_timeout_ms.max(1)),
+        keepalive_idle_timeout_s: s.keepalive_idle_timeout_s.max(1),
         grace_period: Duration::from_secs(s.grace_period_seconds),
         graceful_shutdown_timeout: Duration::from_secs(s.graceful_shutdown_timeout_seconds),
         threads: s.threads,
