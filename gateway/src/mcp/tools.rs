@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use super::results::{hash, tool_reply};
 use crate::call::Call;
+use crate::config::ToolOverride;
 use crate::limits::CallKind;
 use crate::mcp_hub::ToolEntry;
 use crate::runtime::{Runtime, Shared};
@@ -32,14 +33,21 @@ use crate::runtime::{Runtime, Shared};
 /// `[mcp_servers.tools.<tool>]`, which wins.
 fn tool_resource(runtime: &Runtime, entry: &ToolEntry, name: &str) -> Resource {
     let hints = lattice_mcp::tools::ToolHints::of(&entry.definition);
+    static NONE: ToolOverride = ToolOverride {
+        labels: Vec::new(),
+        risk: None,
+        read_only: None,
+        destructive: None,
+        idempotent: None,
+        open_world: None,
+    };
     let operator = runtime
         .config
         .mcp_servers
         .iter()
         .find(|s| s.name == entry.server)
         .and_then(|s| s.tools.get(&entry.tool))
-        .cloned()
-        .unwrap_or_default();
+        .unwrap_or(&NONE);
     let risk = operator.risk.clone().unwrap_or_else(|| {
         entry
             .server_labels
