@@ -29,6 +29,7 @@ pub mod admin;
 pub mod call;
 pub mod change_audit;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod egress;
 pub mod enforce;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub backend_outstanding: Family<Labels, Gauge>,
     /// Tokens reported by backends, by model and direction (in/out).
     pub llm_tokens: Family<Labels, Counter>,
+    /// Connections refused before any request, by the refusal's code.
+    pub connections_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,6 +60,12 @@ impl Metrics {
         let backend_available = Family::<Labels, Gauge>::default();
         let backend_outstanding = Family::<Labels, Gauge>::default();
         let llm_tokens = Family::<Labels, Counter>::default();
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused or cut off before a request, by reason (too_many_connections, request_timeout)",
+            connections_refused.clone(),
+        );
         registry.register(
             "backend_available",
             "1 when an inference backend is healthy and not ejected",
@@ -142,7 +150,14 @@ impl Metrics {
             backend_available,
             backend_outstanding,
             llm_tokens,
+            connections_refused,
         }
+    }
+
+    pub fn connection_refused(&self, code: &str) {
+        self.connections_refused
+            .get_or_create(&vec![("reason", code.to_string())])
+            .inc();
     }
 
     pub fn request(&self, kind: &str, status: u16) {

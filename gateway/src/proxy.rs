@@ -81,6 +81,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Call) -> Result<bool> {
+        crate::conn::head_read(session);
         let path = session.req_header().uri.path().to_string();
         if self.builtin(session, &path).await? {
             return Ok(true);
@@ -231,6 +232,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Call) {
+        crate::conn::request_done(session);
         if ctx.facts.request_id.is_empty() {
             return; // a built-in endpoint
         }

@@ -179,11 +179,17 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service(
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway {
             shared: shared.clone(),
         },
+    );
+    // Every connection passes the guard first: per-address caps, idle and
+    // request-head deadlines (`conn`).
+    let mut service = pingora::services::listening::Service::new(
+        "lattice".to_string(),
+        crate::conn::Guard::new(proxy, shared.clone()),
     );
     let listen = config.server.listen.to_string();
     match &config.server.tls {

@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("mcp_hub", 3),
     ("runtime", 4),
     ("change_audit", 5),
+    ("conn", 5),
     ("enforce", 5),
     ("reload", 6),
     ("call", 6),

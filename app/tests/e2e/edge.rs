@@ -156,12 +156,7 @@ fn a_client_that_stops_sending_its_body_is_cut_off_while_others_are_served() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
         assert!(answer.contains("request_timeout"), "{path}: {answer}");
         assert!(took < std::time::Duration::from_secs(5), "{path}: {took:?}");
-        let request_id = answer
-            .lines()
-            .find_map(|l| l.strip_prefix("x-request-id: "))
-            .unwrap()
-            .trim()
-            .to_string();
+        let request_id = request_id_of(&answer);
         let ev = gw.events_of(&request_id, 2);
         assert!(
             ev.iter()
@@ -205,6 +200,177 @@ fn an_idle_keep_alive_connection_is_closed_after_the_configured_time() {
     assert!(closed, "the connection was never closed: {text}");
     assert!(
         took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
+
+/// The gateway with `line` added to its `[server]` section.
+fn gateway_with(upstream: &Upstream, line: &str) -> Gateway {
+    let mut gw = Gateway::prepare(&route(upstream.port), STARTER_POLICY);
+    let config = std::fs::read_to_string(gw.config()).unwrap().replacen(
+        "reload_poll_ms = 100\n",
+        &format!("reload_poll_ms = 100\n{line}\n"),
+        1,
+    );
+    std::fs::write(gw.config(), config).unwrap();
+    gw.spawn();
+    gw
+}
+
+/// The `x-request-id` of a raw HTTP answer.
+fn request_id_of(answer: &str) -> String {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Reads what the gateway sends until it closes the connection (bounded).
+fn until_closed(mut s: std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut answer = Vec::new();
+    #[allow(clippy::disallowed_methods)]
+    let _ = (&mut s).take(1 << 20).read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[test]
+fn a_client_that_drips_its_headers_is_cut_off_at_the_head_deadline_while_others_are_served() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let upstream = Upstream::start();
+    let gw = gateway_with(&upstream, "header_read_timeout_ms = 800");
+    let key = bearer(&gw.create_key("agent-drip", &["agent"]));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let start = Instant::now();
+    s.write_all(b"GET /tools/echo/slow HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // One header line every 150 ms: each read is quick, the head never ends.
+    let mut writer = s.try_clone().unwrap();
+    let drip = std::thread::spawn(move || {
+        for i in 0..40 {
+            std::thread::sleep(Duration::from_millis(150));
+            if writer
+                .write_all(format!("x-drip-{i}: v\r\n").as_bytes())
+                .is_err()
+            {
+                return i;
+            }
+        }
+        40
+    });
+    // Others are served meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gw.get("/tools/echo/ok", &key).status, 200);
+    let answer = until_closed(s);
+    let took = start.elapsed();
+    let sent = drip.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert!(
+        answer.contains("the request head did not arrive within 800 ms"),
+        "{answer}"
+    );
+    assert!(
+        took >= Duration::from_millis(750) && took < Duration::from_secs(4),
+        "cut off after {took:?}"
+    );
+    assert!(sent < 40, "the dripping client was never cut off");
+    // The cut-off is in the trail, with the client's address.
+    let request_id = request_id_of(&answer);
+    let ev = gw.events_of(&request_id, 1);
+    assert_eq!(
+        (ev[0].kind.as_str(), ev[0].decision.as_str(), ev[0].status),
+        ("connection", "deny", Some(408)),
+        "{ev:?}"
+    );
+    assert!(
+        ev[0].reason.contains("server.header_read_timeout_ms"),
+        "{ev:?}"
+    );
+    assert!(ev[0].client_addr.starts_with("127.0.0.1:"), "{ev:?}");
+    assert_eq!(
+        gw.metric("lattice_connections_refused_total{reason=\"request_timeout\"}"),
+        1.0
+    );
+    // A whole head sent at once is not timed by its pace, only its end.
+    assert_eq!(gw.get("/tools/echo/after", &key).status, 200);
+    gw.assert_verifies(&[]);
+}
+
+#[test]
+fn connections_past_the_per_client_cap_are_refused_with_429_until_one_closes() {
+    use std::io::Write;
+    use std::time::Duration;
+    let upstream = Upstream::start();
+    let gw = gateway_with(&upstream, "max_connections_per_client = 3");
+    let key = bearer(&gw.create_key("agent-many", &["agent"]));
+    // Three keep-alive connections, each used once and kept open.
+    let mut held: Vec<Conn> = (0..3).map(|_| Conn::open(gw.port)).collect();
+    for c in &mut held {
+        assert_eq!(c.get("/tools/echo/held", &key).unwrap().0, 200);
+    }
+    let mut fourth = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = fourth.write_all(
+        format!("GET /tools/echo/fourth HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n\r\n")
+            .as_bytes(),
+    );
+    let answer = until_closed(fourth);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"too_many_connections\""),
+        "{answer}"
+    );
+    let request_id = request_id_of(&answer);
+    let ev = gw.events_of(&request_id, 1);
+    assert_eq!(
+        (ev[0].kind.as_str(), ev[0].status),
+        ("connection", Some(429)),
+        "{ev:?}"
+    );
+    assert!(
+        ev[0].reason.contains("already holds 3 open connections"),
+        "{ev:?}"
+    );
+    // One closes: a new connection is served again.
+    held.pop();
+    wait_for("a slot to free", Duration::from_secs(10), || {
+        http(
+            gw.port,
+            "GET",
+            "/tools/echo/again",
+            &[("Authorization", &key)],
+            b"",
+        )
+        .map(|r| r.status == 200)
+        .unwrap_or(false)
+    });
+    for c in &mut held {
+        assert_eq!(c.get("/tools/echo/still", &key).unwrap().0, 200);
+    }
+    gw.assert_verifies(&[]);
+}
+
+#[test]
+fn a_connection_that_never_sends_a_request_is_closed_after_the_idle_timeout() {
+    use std::time::{Duration, Instant};
+    let upstream = Upstream::start();
+    let gw = gateway_with(&upstream, "keepalive_idle_timeout_s = 1");
+    let s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let start = Instant::now();
+    let answer = until_closed(s);
+    let took = start.elapsed();
+    assert_eq!(answer, "", "nothing is answered to silence");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "closed after {took:?}"
     );
 }

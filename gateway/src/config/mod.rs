@@ -105,6 +105,10 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// How long an idle HTTP/1.1 keep-alive connection stays open, seconds.
     pub keepalive_idle_timeout_s: u64,
+    /// Longest time from a request head's first byte to its last (HTTP/1).
+    pub header_read_timeout: Duration,
+    /// Open connections one client address may hold at once.
+    pub max_connections_per_client: u64,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub threads: usize,
@@ -406,6 +410,44 @@ mod tests {
         assert_eq!(c.audit.durability, Durability::Durable);
         assert_eq!(c.audit.durable_timeout, Duration::from_secs(5));
         assert!(c.auth.api_keys);
+    }
+
+    #[test]
+    fn server_edge_bounds_have_defaults_and_refuse_zero() {
+        let c = parse(Path::new("l.toml"), MINIMAL).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.max_connections_per_client, 1024);
+        assert_eq!(c.server.keepalive_idle_timeout_s, 60);
+        let with = |line: &str| MINIMAL.replacen("\n[policy]", &format!("\n{line}\n[policy]"), 1);
+        // (line, Ok((header ms, connections)) or Err(message))
+        type Want = Result<(u64, u64), &'static str>;
+        let cases: &[(&str, Want)] = &[
+            ("header_read_timeout_ms = 500", Ok((500, 1024))),
+            ("max_connections_per_client = 8", Ok((10_000, 8))),
+            (
+                "max_connections_per_client = 0",
+                Err("server.max_connections_per_client must be positive"),
+            ),
+            (
+                "header_read_timout_ms = 5",
+                Err("unknown field `header_read_timout_ms`"),
+            ),
+        ];
+        for (line, want) in cases {
+            let got = parse(Path::new("l.toml"), &with(line));
+            match (got, want) {
+                (Ok(c), Ok((ms, conns))) => assert_eq!(
+                    (
+                        c.server.header_read_timeout.as_millis() as u64,
+                        c.server.max_connections_per_client
+                    ),
+                    (*ms, *conns),
+                    "{line}"
+                ),
+                (Err(e), Err(m)) => assert!(e.to_string().contains(m), "{line}: {e}"),
+                (got, _) => panic!("{line}: {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub(super) struct RawServer {
     pub(super) body_read_timeout_ms: u64,
     #[serde(default = "d_keepalive_s")]
     pub(super) keepalive_idle_timeout_s: u64,
+    #[serde(default = "d_header_read_ms")]
+    pub(super) header_read_timeout_ms: u64,
+    #[serde(default = "d_max_conns")]
+    pub(super) max_connections_per_client: u64,
     #[serde(default = "d_grace")]
     pub(super) grace_period_seconds: u64,
     #[serde(default = "d_grace")]
@@ -135,6 +139,12 @@ pub(super) fn d_body_read_ms() -> u64 {
 }
 pub(super) fn d_keepalive_s() -> u64 {
     60
+}
+pub(super) fn d_header_read_ms() -> u64 {
+    10_000
+}
+pub(super) fn d_max_conns() -> u64 {
+    1024
 }
 pub(super) fn d_grace() -> u64 {
     5

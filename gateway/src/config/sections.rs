@@ -53,6 +53,11 @@ pub(super) fn server(
                 .into(),
         ));
     }
+    if s.max_connections_per_client == 0 {
+        return Err(bad(
+            "server.max_connections_per_client must be positive".into()
+        ));
+    }
     if s.threads == 0 {
         return Err(bad("server.threads must be positive".into()));
     }
@@ -71,6 +76,8 @@ pub(super) fn server(
         max_uri_bytes: s.max_uri_bytes,
         body_read_timeout: Duration::from_millis(s.body_read_timeout_ms.max(1)),
         keepalive_idle_timeout_s: s.keepalive_idle_timeout_s.max(1),
+        header_read_timeout: Duration::from_millis(s.header_read_timeout_ms.max(1)),
+        max_connections_per_client: s.max_connections_per_client,
         grace_period: Duration::from_secs(s.grace_period_seconds),
         graceful_shutdown_timeout: Duration::from_secs(s.graceful_shutdown_timeout_seconds),
         threads: s.threads,
