@@ -75,14 +75,9 @@ pub fn check(
     match violation(engine, invariants, limit)? {
         None => Ok(()),
         Some((p, cex)) => {
-            let how = match p.claim {
-                Claim::NeverAllows => "it allows a request the invariant says it must never allow",
-                Claim::AlwaysAllows => {
-                    "it denies a request the invariant says it must always allow"
-                }
-            };
+            let how = p.claim.broken(cex.allowed);
             Err(GatewayError::Config(format!(
-                "the policy set breaks invariant `{}`{}: {how}. Counterexample: {}",
+                "the policy set breaks invariant `{}`{}: a request is {how}. Counterexample: {}",
                 p.id,
                 if p.description.is_empty() {
                     String::new()

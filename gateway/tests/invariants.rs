@@ -23,7 +23,7 @@ fn no_tool_calls() -> RawProperty {
             r#"permit (principal is Lattice::Agent, action == Lattice::Action::"call_tool", resource);"#
                 .into(),
         ),
-        always_allows: None,
+        ..RawProperty::default()
     }
 }
 
@@ -75,7 +75,7 @@ fn a_proof_that_cannot_finish_in_time_refuses_the_set() {
             r#"permit (principal, action == Lattice::Action::"http_request", resource) when { context.method == "DELETE" };"#
                 .into(),
         ),
-        always_allows: None,
+        ..RawProperty::default()
     };
     let err = check(&e, &[no_deletes], Duration::from_millis(200))
         .unwrap_err()

@@ -7,7 +7,14 @@
 //! - `never_allows`: the live set allows none of the described requests
 //!   (the two sets are disjoint);
 //! - `always_allows`: the live set allows every described request (the
-//!   description implies the set).
+//!   description implies the set);
+//!
+//! or a whole reference policy set (permits and forbids) and how the live
+//! set compares with it, request by request:
+//!
+//! - `allows_at_most`: the live set allows nothing the reference does not
+//!   (the live set implies the reference: an envelope it must stay in);
+//! - `equivalent_to`: the two sets decide every request alike.
 //!
 //! A property that fails comes with a counterexample: a concrete request
 //! and entities, which the engine itself decides again
@@ -30,11 +37,43 @@ use crate::PolicyError;
 pub enum Claim {
     NeverAllows,
     AlwaysAllows,
+    AllowsAtMost,
+    Equivalent,
+}
+
+impl Claim {
+    /// How a counterexample breaks the claim, given the live set's decision.
+    pub fn broken(self, live_allows: bool) -> &'static str {
+        match (self, live_allows) {
+            (Claim::NeverAllows, _) => "allowed by the policy set, which must never allow it",
+            (Claim::AlwaysAllows, _) => "denied by the policy set, which must always allow it",
+            (Claim::AllowsAtMost, _) => {
+                "allowed by the policy set and denied by the reference set it must stay within"
+            }
+            (Claim::Equivalent, true) => {
+                "allowed by the policy set and denied by the reference set it must equal"
+            }
+            (Claim::Equivalent, false) => {
+                "denied by the policy set and allowed by the reference set it must equal"
+            }
+        }
+    }
+
+    /// What the live set and the property's policies decide for a
+    /// counterexample (live first). `Equivalent`: either way round.
+    fn expected(self) -> &'static [(bool, bool)] {
+        match self {
+            Claim::NeverAllows => &[(true, true)],
+            Claim::AlwaysAllows => &[(false, true)],
+            Claim::AllowsAtMost => &[(true, false)],
+            Claim::Equivalent => &[(true, false), (false, true)],
+        }
+    }
 }
 
 /// One property (an invariant), as written in an invariants file or the
 /// config: an id, what it means in words, and exactly one claim.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProperty {
     pub id: String,
@@ -44,6 +83,10 @@ pub struct RawProperty {
     pub never_allows: Option<String>,
     #[serde(default)]
     pub always_allows: Option<String>,
+    #[serde(default)]
+    pub allows_at_most: Option<String>,
+    #[serde(default)]
+    pub equivalent_to: Option<String>,
 }
 
 /// A checked property: its description parsed and validated against the
@@ -59,21 +102,31 @@ pub struct Property {
 impl Property {
     /// Parses and validates a property against the engine's schema.
     pub fn new(raw: &RawProperty, engine: &PolicyEngine) -> Result<Self, PolicyError> {
-        let (claim, text) = match (&raw.never_allows, &raw.always_allows) {
-            (Some(t), None) => (Claim::NeverAllows, t),
-            (None, Some(t)) => (Claim::AlwaysAllows, t),
-            _ => {
-                return Err(PolicyError::Invalid {
-                    file: format!("invariant `{}`", raw.id),
-                    message: "give exactly one of never_allows, always_allows".into(),
-                })
-            }
+        let given = [
+            (Claim::NeverAllows, &raw.never_allows),
+            (Claim::AlwaysAllows, &raw.always_allows),
+            (Claim::AllowsAtMost, &raw.allows_at_most),
+            (Claim::Equivalent, &raw.equivalent_to),
+        ];
+        let mut given = given
+            .into_iter()
+            .filter_map(|(claim, text)| text.as_ref().map(|t| (claim, t)));
+        let (claim, text) = match (given.next(), given.next()) {
+            (Some(one), None) => one,
+            _ => return Err(PolicyError::Invalid {
+                file: format!("invariant `{}`", raw.id),
+                message:
+                    "give exactly one of never_allows, always_allows, allows_at_most, equivalent_to"
+                        .into(),
+            }),
         };
         let source = PolicySource::new(format!("invariant `{}`", raw.id), text.clone());
         let requests = compile(engine.schema(), &[source])?.set;
-        if requests
-            .policies()
-            .any(|p| p.effect() == cedar_policy::Effect::Forbid)
+        let describes = matches!(claim, Claim::NeverAllows | Claim::AlwaysAllows);
+        if describes
+            && requests
+                .policies()
+                .any(|p| p.effect() == cedar_policy::Effect::Forbid)
         {
             return Err(PolicyError::Invalid {
                 file: format!("invariant `{}`", raw.id),
@@ -120,30 +173,50 @@ pub async fn prove<S: Solver>(
     solver: &mut CedarSymCompiler<S>,
 ) -> Result<Verdict, PolicyError> {
     let schema = engine.schema();
+    let authorizer = cedar_policy::Authorizer::new();
     for env in schema.request_envs() {
         let live =
             CompiledPolicySet::compile(engine.live_set(), &env, schema).map_err(symcc_err)?;
-        let described =
+        let theirs =
             CompiledPolicySet::compile(&property.requests, &env, schema).map_err(symcc_err)?;
         let found = match property.claim {
             Claim::NeverAllows => solver
-                .check_disjoint_with_counterexample_opt(&live, &described)
+                .check_disjoint_with_counterexample_opt(&live, &theirs)
                 .await
                 .map_err(symcc_err)?,
             Claim::AlwaysAllows => solver
-                .check_implies_with_counterexample_opt(&described, &live)
+                .check_implies_with_counterexample_opt(&theirs, &live)
                 .await
                 .map_err(symcc_err)?,
+            Claim::AllowsAtMost => solver
+                .check_implies_with_counterexample_opt(&live, &theirs)
+                .await
+                .map_err(symcc_err)?,
+            Claim::Equivalent => match solver
+                .check_implies_with_counterexample_opt(&live, &theirs)
+                .await
+                .map_err(symcc_err)?
+            {
+                Some(found) => Some(found),
+                None => solver
+                    .check_implies_with_counterexample_opt(&theirs, &live)
+                    .await
+                    .map_err(symcc_err)?,
+            },
         };
         if let Some(found) = found {
+            // Both decisions again, by the engine's own authorizer.
             let allowed = engine.decide_concrete(&found.request, &found.entities);
-            let claimed = property.claim == Claim::NeverAllows;
-            if allowed != claimed {
+            let other = authorizer
+                .is_authorized(&found.request, &property.requests, &found.entities)
+                .decision()
+                == cedar_policy::Decision::Allow;
+            if !property.claim.expected().contains(&(allowed, other)) {
                 return Err(PolicyError::Prove(format!(
-                    "invariant `{}`: the solver's counterexample is {} by the engine, not {}: {found}",
+                    "invariant `{}`: the solver's counterexample is {} by the live set and {} by the property's policies, which does not break the property: {found}",
                     property.id,
                     if allowed { "allowed" } else { "denied" },
-                    if claimed { "allowed" } else { "denied" },
+                    if other { "allowed" } else { "denied" },
                 )));
             }
             return Ok(Verdict::Fails(Box::new(Counterexample {

@@ -15,22 +15,22 @@ fn engine(text: &str) -> PolicyEngine {
     PolicyEngine::new(&[PolicySource::new("starter.cedar", text)], None).unwrap()
 }
 
+/// A property with `requests` under `claim`'s key; None: under both
+/// `never_allows` and `always_allows` (a property that says too much).
 fn raw(id: &str, claim: Option<Claim>, requests: &str) -> RawProperty {
     let text = Some(requests.to_string());
-    RawProperty {
+    let mut raw = RawProperty {
         id: id.into(),
-        description: String::new(),
-        never_allows: if claim == Some(Claim::AlwaysAllows) {
-            None
-        } else {
-            text.clone()
-        },
-        always_allows: if claim == Some(Claim::NeverAllows) {
-            None
-        } else {
-            text
-        },
+        ..RawProperty::default()
+    };
+    match claim {
+        None => (raw.never_allows, raw.always_allows) = (text.clone(), text),
+        Some(Claim::NeverAllows) => raw.never_allows = text,
+        Some(Claim::AlwaysAllows) => raw.always_allows = text,
+        Some(Claim::AllowsAtMost) => raw.allows_at_most = text,
+        Some(Claim::Equivalent) => raw.equivalent_to = text,
     }
+    raw
 }
 
 fn property(engine: &PolicyEngine, id: &str, claim: Claim, requests: &str) -> Property {
@@ -96,15 +96,19 @@ fn a_property_must_describe_requests_with_one_claim_and_valid_cedar() {
     let e = engine(STARTER);
     let typo = r#"permit (principal, action == Lattice::Action::"http_requets", resource);"#;
     let forbid = r#"forbid (principal, action, resource);"#;
-    let mut none = raw("none", None, DELETES);
-    none.never_allows = None;
-    none.always_allows = None;
+    let none = RawProperty {
+        id: "none".into(),
+        ..RawProperty::default()
+    };
     for (raw, message) in [
         (
             raw("both", None, DELETES),
-            "exactly one of never_allows, always_allows",
+            "exactly one of never_allows, always_allows, allows_at_most, equivalent_to",
         ),
-        (none, "exactly one of never_allows, always_allows"),
+        (
+            none,
+            "exactly one of never_allows, always_allows, allows_at_most, equivalent_to",
+        ),
         (
             raw("typo", Some(Claim::NeverAllows), typo),
             "invariant `typo`",
@@ -117,4 +121,66 @@ fn a_property_must_describe_requests_with_one_claim_and_valid_cedar() {
         let err = Property::new(&raw, &e).unwrap_err().to_string();
         assert!(err.contains(message), "{}: {err}", raw.id);
     }
+}
+
+const AGENTS_CALL_TOOLS_PERMIT: &str = "\n@id(\"agents-call-tools\")\npermit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n";
+
+#[tokio::test]
+async fn a_set_stays_within_an_envelope_and_leaving_it_is_shown_by_a_request() {
+    // The envelope: the starter set plus tool calls (permits and a forbid:
+    // a whole policy set, not a description).
+    let envelope = format!("{STARTER}{AGENTS_CALL_TOOLS_PERMIT}");
+    let e = engine(STARTER);
+    let p = property(&e, "within", Claim::AllowsAtMost, &envelope);
+    assert!(matches!(verdict(&e, &p).await, Verdict::Holds));
+    // The wider set leaves the starter envelope: a tool call the engine
+    // allows and the reference denies.
+    let wider = engine(&envelope);
+    let p = property(&wider, "within-starter", Claim::AllowsAtMost, STARTER);
+    let Verdict::Fails(cex) = verdict(&wider, &p).await else {
+        panic!("the wider set leaves the envelope");
+    };
+    assert!(cex.allowed, "{}", cex.text);
+    assert!(wider.decide_concrete(&cex.request, &cex.entities));
+    assert!(!e.decide_concrete(&cex.request, &cex.entities));
+    assert!(cex.text.contains("call_tool"), "{}", cex.text);
+    assert_eq!(
+        Claim::AllowsAtMost.broken(cex.allowed),
+        "allowed by the policy set and denied by the reference set it must stay within"
+    );
+}
+
+#[tokio::test]
+async fn equivalent_sets_are_proved_alike_and_a_difference_is_shown_either_way() {
+    // The same set written differently: the demo-route permit split in two.
+    let split = STARTER.replace(
+        "(context.method == \"GET\" || context.method == \"HEAD\")",
+        "context.method == \"GET\"",
+    ) + "\n@id(\"agents-head-demo-routes\")\npermit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"http_request\", resource) when { resource.labels.contains(\"demo\") && context.method == \"HEAD\" };\n";
+    assert_ne!(split, STARTER);
+    let e = engine(STARTER);
+    let p = property(&e, "same", Claim::Equivalent, &split);
+    assert!(matches!(verdict(&e, &p).await, Verdict::Holds));
+    // A set with one more permit differs: live allows, reference denies...
+    let wider = engine(&format!("{STARTER}{AGENTS_CALL_TOOLS_PERMIT}"));
+    let p = property(&wider, "same", Claim::Equivalent, STARTER);
+    let Verdict::Fails(cex) = verdict(&wider, &p).await else {
+        panic!("one more permit is not equivalent");
+    };
+    assert!(cex.allowed && !e.decide_concrete(&cex.request, &cex.entities));
+    // ...and the other way round: live denies, reference allows.
+    let p = property(
+        &e,
+        "same",
+        Claim::Equivalent,
+        &format!("{STARTER}{AGENTS_CALL_TOOLS_PERMIT}"),
+    );
+    let Verdict::Fails(cex) = verdict(&e, &p).await else {
+        panic!("one permit fewer is not equivalent");
+    };
+    assert!(!cex.allowed && wider.decide_concrete(&cex.request, &cex.entities));
+    assert_eq!(
+        Claim::Equivalent.broken(cex.allowed),
+        "denied by the policy set and allowed by the reference set it must equal"
+    );
 }

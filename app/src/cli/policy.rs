@@ -252,10 +252,7 @@ fn prove(file: &Path, sel: &PolicySel, limit: std::time::Duration) -> anyhow::Re
             }
             Some(Verdict::Fails(cex)) => {
                 failed += 1;
-                let how = match p.claim {
-                    Claim::NeverAllows => "allowed by the policy set, which must never allow it",
-                    Claim::AlwaysAllows => "denied by the policy set, which must always allow it",
-                };
+                let how = p.claim.broken(cex.allowed);
                 println!("FAILED  {what}\n  counterexample ({how}):");
                 // The request, then the entities it names (actions left out).
                 for line in cex.text.lines().take_while(|l| !l.starts_with("entities")) {

@@ -33,7 +33,7 @@ fn invariants_are_proved_and_a_broken_one_prints_its_counterexample() {
     let (code, out, err) = prove(&starter, &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
-        out.contains("PROVED  no-deletes") && out.ends_with("3 proved, 0 failed\n"),
+        out.contains("PROVED  no-deletes") && out.ends_with("4 proved, 0 failed\n"),
         "{out}"
     );
 
@@ -56,6 +56,25 @@ fn invariants_are_proved_and_a_broken_one_prints_its_counterexample() {
         "{out}"
     );
     assert!(out.contains("PROVED  agents-read-demo-routes"), "{out}");
+
+    // A permit beyond the reviewed envelope: tool calls for agents.
+    let wider = format!(
+        "{text}\n@id(\"agents-call-tools\")\npermit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n"
+    );
+    std::fs::write(&broken, wider).unwrap();
+    let (code, out, err) = prove(&broken, &[]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("FAILED  within-the-reviewed-envelope"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "allowed by the policy set and denied by the reference set it must stay within"
+        ) && out.contains("action: Lattice::Action::\"call_tool\""),
+        "{out}"
+    );
+    assert!(out.ends_with("3 proved, 1 failed\n"), "{out}");
 
     // No solver: an error, not a verdict.
     let (code, out, err) = prove(&starter, &[("CVC5", "/nonexistent/cvc5")]);
