@@ -203,6 +203,12 @@ try {
   await page.click('#validate');
   await page.locator('#validation').waitFor({ timeout: T });
   report.validation = await textOf('#validation');
+  // The live set's invariants, and a candidate checked against them.
+  report.active_invariants = await textOf('#invariants');
+  await page.fill('#candidate', process.env.WB_CANDIDATE);
+  await page.click('#validate');
+  await waitText('#validation', 'newly allowed', 'a candidate checked against the invariants');
+  report.candidate_check = await textOf('#validation');
   await shot('08-what-if');
 
   // 7. A tenant-scoped auditor sees only their tenant, and no admin pages.

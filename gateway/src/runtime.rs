@@ -34,6 +34,10 @@ pub struct Runtime {
     pub file_mcp_servers: Vec<String>,
     /// A digest of the policy texts, so a reload can say what changed.
     pub policy_digest: String,
+    /// The config's invariants, each proved of `policy` when this was built.
+    pub invariants: Vec<crate::invariants::Proved>,
+    /// When this runtime was built (and its invariants proved), µs.
+    pub built_us: u64,
 }
 
 /// Reads policy files into sources.
@@ -99,7 +103,8 @@ impl Runtime {
             PolicyEngine::with_tool_input(&live, shadow.as_deref(), tool_input.as_deref())?
                 .without_request_validation();
         // A set that breaks an invariant (or cannot be proved) is refused.
-        crate::invariants::check(&policy, &config.invariants, config.policy.invariant_timeout)?;
+        let invariants =
+            crate::invariants::check(&policy, &config.invariants, config.policy.invariant_timeout)?;
         let mut jwt = JwtVerifier::default();
         for issuer in &config.auth.jwt {
             let keys = IssuerKeys::new(issuer.clone()).map_err(GatewayError::Config)?;
@@ -118,6 +123,8 @@ impl Runtime {
             file_llm,
             file_mcp_servers,
             policy_digest,
+            invariants,
+            built_us: lattice_audit::now_us(),
         })
     }
 

@@ -42,6 +42,16 @@ pub enum Claim {
 }
 
 impl Claim {
+    /// The key it is written under in an invariants file.
+    pub fn key(self) -> &'static str {
+        match self {
+            Claim::NeverAllows => "never_allows",
+            Claim::AlwaysAllows => "always_allows",
+            Claim::AllowsAtMost => "allows_at_most",
+            Claim::Equivalent => "equivalent_to",
+        }
+    }
+
     /// How a counterexample breaks the claim, given the live set's decision.
     pub fn broken(self, live_allows: bool) -> &'static str {
         match (self, live_allows) {
@@ -152,6 +162,28 @@ pub struct Counterexample {
     pub text: String,
     /// What the live set decides for it (true: allowed).
     pub allowed: bool,
+}
+
+impl Counterexample {
+    /// The request, then each entity it names but the actions (the schema
+    /// declares those), one per line as Cedar's entity JSON.
+    pub fn readable(&self) -> String {
+        let mut out: Vec<String> = self
+            .text
+            .lines()
+            .take_while(|l| !l.starts_with("entities"))
+            .map(str::to_string)
+            .collect();
+        for entity in self.entities.iter() {
+            if entity.uid().type_name().to_string() != "Lattice::Action" {
+                out.push(match entity.to_json_value() {
+                    Ok(json) => format!("entity {json}"),
+                    Err(_) => format!("entity {}", entity.uid()),
+                });
+            }
+        }
+        out.join("\n")
+    }
 }
 
 /// The answer for one property.

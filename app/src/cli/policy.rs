@@ -215,7 +215,7 @@ struct InvariantsFile {
 fn prove(file: &Path, sel: &PolicySel, limit: std::time::Duration) -> anyhow::Result<ExitCode> {
     use cedar_policy_symcc::solver::LocalSolver;
     use cedar_policy_symcc::CedarSymCompiler;
-    use lattice_policy::prove::{prove, Claim, Property, Verdict};
+    use lattice_policy::prove::{prove, Property, Verdict};
     let engine = sel.engine()?;
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
     let parsed: InvariantsFile =
@@ -254,17 +254,8 @@ fn prove(file: &Path, sel: &PolicySel, limit: std::time::Duration) -> anyhow::Re
                 failed += 1;
                 let how = p.claim.broken(cex.allowed);
                 println!("FAILED  {what}\n  counterexample ({how}):");
-                // The request, then the entities it names (actions left out).
-                for line in cex.text.lines().take_while(|l| !l.starts_with("entities")) {
+                for line in cex.readable().lines() {
                     println!("    {line}");
-                }
-                for entity in cex.entities.iter() {
-                    if entity.uid().type_name().to_string() != "Lattice::Action" {
-                        match entity.to_json_value() {
-                            Ok(json) => println!("    entity {json}"),
-                            Err(_) => println!("    entity {}", entity.uid()),
-                        }
-                    }
                 }
             }
             None => {

@@ -84,6 +84,9 @@ fn invariants_are_proved_and_a_broken_one_prints_its_counterexample() {
 }
 
 const NO_TOOL_CALLS: &str = "\n[[invariants]]\nid = \"no-tool-calls\"\ndescription = \"Agents call no MCP tool\"\nnever_allows = '''permit (principal is Lattice::Agent, action == Lattice::Action::\"call_tool\", resource);'''\n";
+/// Tool calls for agents only: one kind of request (principal type, action,
+/// resource type).
+const AGENT_TOOL_PERMIT: &str = "\n@id(\"agents-call-tools\")\npermit (principal is Lattice::Agent in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n";
 const TOOL_PERMIT: &str = "\n@id(\"agents-call-tools\")\npermit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n";
 
 #[test]
@@ -234,4 +237,86 @@ fn policy_diff_names_exactly_the_newly_allowed_kind_of_request() {
     let (code, out) = diff(&starter, &starter);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("0 kinds of requests change"), "{out}");
+}
+
+#[test]
+fn the_admin_api_shows_proved_invariants_and_checks_a_candidate_against_them_with_its_diff() {
+    let gw = Gateway::start(NO_TOOL_CALLS);
+    let admin = bearer(&gw.create_human_key("root", "default", &["admin"]));
+    // The live set's invariants, proved when it was loaded.
+    let live = gw.get("/admin/v1/policies", &admin);
+    assert_eq!(live.status, 200, "{}", live.body);
+    let inv = &live.json()["invariants"];
+    assert_eq!(inv.as_array().unwrap().len(), 1, "{inv}");
+    assert_eq!(inv[0]["id"], "no-tool-calls");
+    assert_eq!(inv[0]["claim"], "never_allows");
+    assert_eq!(inv[0]["description"], "Agents call no MCP tool");
+    assert!(inv[0]["ms"].as_u64().is_some(), "{inv}");
+
+    // A candidate: the live set plus a tool permit.
+    let before = std::fs::read_to_string(gw.path("policy.cedar")).unwrap();
+    let r = gw.post_json(
+        "/admin/v1/policies/validate",
+        &admin,
+        &serde_json::json!({"policies": format!("{before}{AGENT_TOOL_PERMIT}")}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["added"], serde_json::json!(["agents-call-tools"]), "{v}");
+    let inv = &v["invariants"][0];
+    assert_eq!(inv["status"], "broken", "{v}");
+    assert_eq!(
+        inv["broken"],
+        "a request is allowed by the policy set, which must never allow it"
+    );
+    let cex = inv["counterexample"].as_str().unwrap();
+    assert!(
+        cex.contains("action: Lattice::Action::\"call_tool\"") && cex.contains("Lattice::Agent::"),
+        "{cex}"
+    );
+    // The semantic diff names exactly the newly allowed kind of request.
+    let diff = v["diff"].as_array().unwrap();
+    assert_eq!(diff.len(), 1, "{v}");
+    assert_eq!(
+        (
+            diff[0]["change"].as_str(),
+            diff[0]["principal"].as_str(),
+            diff[0]["action"].as_str(),
+            diff[0]["resource"].as_str()
+        ),
+        (
+            Some("newly_allowed"),
+            Some("Lattice::Agent"),
+            Some("Lattice::Action::\"call_tool\""),
+            Some("Lattice::Tool")
+        ),
+        "{v}"
+    );
+    // The live set itself: every invariant proved, no difference.
+    let r = gw.post_json(
+        "/admin/v1/policies/validate",
+        &admin,
+        &serde_json::json!({"policies": before}),
+    );
+    let v = r.json();
+    assert_eq!(v["invariants"][0]["status"], "proved", "{v}");
+    assert_eq!(v["diff"], serde_json::json!([]), "{v}");
+    // Checking a candidate changes nothing: still the old set, audited as
+    // a read.
+    let live = gw.get("/admin/v1/policies", &admin);
+    assert!(!live.body.contains("agents-call-tools"), "{}", live.body);
+    let validated = gw
+        .store()
+        .events()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str::<lattice_audit::AuditEvent>(&e.json).unwrap())
+        .filter(|e| {
+            e.kind == "admin.policies.validate"
+                && e.decision == "allow"
+                && e.phase == lattice_audit::Phase::Decision
+        })
+        .count();
+    assert_eq!(validated, 2);
 }

@@ -41,6 +41,10 @@ permit (
 ) when { principal in resource };
 "#;
 
+/// An invariant of `POLICY`, and a permit that breaks it.
+const ONLY_ADMINS_MANAGE_KEYS: &str = "\n[[invariants]]\nid = \"only-admins-manage-keys\"\ndescription = \"Only admins manage API keys\"\nnever_allows = '''permit (principal, action == Lattice::Action::\"admin.manage_keys\", resource) unless { principal in Lattice::Role::\"admin\" };'''\n";
+const AUDITORS_MANAGE_KEYS: &str = "\n@id(\"auditors-manage-keys\")\npermit (principal in Lattice::Role::\"auditor\", action == Lattice::Action::\"admin.manage_keys\", resource);\n";
+
 fn get_json(gw: &Gateway, path: &str, auth: &str) -> (u16, Value) {
     let r = gw.get(path, auth);
     (
@@ -82,7 +86,7 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
     // The tour adds a route to this same loopback backend: the operator
     // lists it.
     let config = format!(
-        "{config}\n{}\n[egress]\nallow = [\"127.0.0.1\"]\n",
+        "{config}\n{}\n[egress]\nallow = [\"127.0.0.1\"]\n{ONLY_ADMINS_MANAGE_KEYS}",
         allow_test_peer_commands()
     );
     let gw = Gateway::start_with(&config, POLICY);
@@ -141,6 +145,7 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
         .env("WB_SERVER_CMD", peers.join(".venv/bin/python"))
         .env("WB_SERVER_ARGS", peers.join("conformance_server.py"))
         .env("WB_BACKEND_URL", format!("http://127.0.0.1:{}", vllm.port))
+        .env("WB_CANDIDATE", format!("{POLICY}{AUDITORS_MANAGE_KEYS}"))
         .arg(peers.join("workbench_tour.mjs"))
         .args([&format!("http://127.0.0.1:{}", gw.port), &admin, &auditor])
         .arg(&out_dir)
@@ -247,6 +252,20 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
     assert!(
         report["validation"].as_str().unwrap().contains("Invalid"),
         "{report}"
+    );
+    let active = report["active_invariants"].as_str().unwrap();
+    assert!(
+        active.contains("proved only-admins-manage-keys — Only admins manage API keys"),
+        "{active}"
+    );
+    let check = report["candidate_check"].as_str().unwrap();
+    assert!(
+        check.contains("adds [\"auditors-manage-keys\"]")
+            && check.contains("broken only-admins-manage-keys")
+            && check.contains("a request is allowed by the policy set, which must never allow it")
+            && check.contains("newly allowed")
+            && check.contains("Lattice::Action::\"admin.manage_keys\""),
+        "{check}"
     );
     assert_eq!(report["auditor_who"], "ann (human, tenant acme)");
     assert_eq!(report["auditor_tenants"], json!(["acme"]), "{report}");

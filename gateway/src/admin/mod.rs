@@ -343,7 +343,7 @@ async fn admin_reply(
         (Endpoint::Stats, _) => views::stats_view(runtime, &scope, query).await,
         (Endpoint::Policies, _) => Reply::Json(200, views::policies_view(runtime)),
         (Endpoint::ValidatePolicies, Change::Candidate(text)) => {
-            Reply::Json(200, views::validate_candidate(runtime, &text))
+            Reply::Json(200, views::validate_candidate(node, runtime, &text).await)
         }
         (Endpoint::WhatIf, Change::WhatIf(req)) => Reply::Json(200, views::what_if(runtime, *req)),
         _ => Reply::Json(500, json!({"error": {"code": "internal_error"}})),

@@ -1,7 +1,8 @@
 //! What the admin API's read endpoints answer (the workbench's data): the
 //! caller's identity and permissions, the audit trail under the caller's
 //! scope, its verification, live aggregates, pinned tools with the diff of a
-//! quarantined change, and the policy set with validation and what-if.
+//! quarantined change, and the policy set with its proved invariants, a
+//! candidate's validation (schema, invariants, semantic diff) and what-if.
 //! Routing, authorization and auditing are in `admin/mod.rs`; this module only
 //! builds replies, so a reply can never skip the decision made there.
 //!
@@ -9,6 +10,7 @@
 
 use lattice_audit::query::{AuditQuery, Scope};
 use lattice_audit::{AuditEvent, Store};
+use lattice_policy::prove::{Change, Difference, Verdict};
 use lattice_policy::{Action, AuthzRequest, PolicyEngine, PolicySource, Resource};
 use serde_json::{json, Value};
 
@@ -133,26 +135,84 @@ pub(crate) fn check_candidate(body: &[u8]) -> Result<String, String> {
 }
 
 /// A candidate set's validation against the schema the gateway runs with,
-/// and which policy ids it would add or remove.
-pub(crate) fn validate_candidate(runtime: &Runtime, text: &str) -> Value {
+/// which policy ids it would add or remove, and — proved with the solver,
+/// each bounded by `policy.invariant_timeout_ms` — each configured
+/// invariant's answer for it and its semantic diff against the live set.
+pub(crate) async fn validate_candidate(node: &Shared, runtime: &Runtime, text: &str) -> Value {
     let tool_input = match crate::runtime::read_tool_input(&runtime.config) {
         Ok(t) => t,
         Err(e) => return json!({"valid": false, "errors": [e.to_string()]}),
     };
     let candidate = [PolicySource::new("candidate.cedar", text)];
-    match PolicyEngine::with_tool_input(&candidate, None, tool_input.as_deref()) {
-        Ok(engine) => {
-            let new: Vec<&str> = engine.policy_ids().collect();
-            let old: Vec<&str> = runtime.policy.policy_ids().collect();
-            json!({
-                "valid": true,
-                "policies": new,
-                "added": new.iter().filter(|id| !old.contains(id)).collect::<Vec<_>>(),
-                "removed": old.iter().filter(|id| !new.contains(id)).collect::<Vec<_>>(),
-            })
+    let engine = match PolicyEngine::with_tool_input(&candidate, None, tool_input.as_deref()) {
+        Ok(engine) => engine,
+        Err(e) => return json!({"valid": false, "errors": [e.to_string()]}),
+    };
+    let new: Vec<String> = engine.policy_ids().map(str::to_string).collect();
+    let old: Vec<&str> = runtime.policy.policy_ids().collect();
+    let mut reply = json!({
+        "valid": true,
+        "added": new.iter().filter(|id| !old.contains(&id.as_str())).collect::<Vec<_>>(),
+        "removed": old.iter().filter(|id| !new.iter().any(|n| n == *id)).collect::<Vec<_>>(),
+        "policies": new,
+    });
+    // The proofs run off the request path's threads.
+    let live = node.runtime.load_full();
+    let proofs = tokio::task::spawn_blocking(move || {
+        let limit = live.config.policy.invariant_timeout;
+        let invariants = crate::invariants::outcomes(&engine, &live.config.invariants, limit, true)
+            .map(|o| o.iter().map(invariant_answer).collect::<Vec<_>>());
+        let diff = crate::invariants::diff(&live.policy, &engine, limit)
+            .map(|d| d.iter().map(difference).collect::<Vec<_>>());
+        (invariants, diff)
+    })
+    .await;
+    match proofs {
+        Ok((invariants, diff)) => {
+            match invariants {
+                Ok(v) => reply["invariants"] = json!(v),
+                Err(e) => reply["invariants_error"] = json!(e.to_string()),
+            }
+            match diff {
+                Ok(v) => reply["diff"] = json!(v),
+                Err(e) => reply["diff_error"] = json!(e.to_string()),
+            }
         }
-        Err(e) => json!({"valid": false, "errors": [e.to_string()]}),
+        Err(e) => reply["invariants_error"] = json!(format!("the prover failed: {e}")),
     }
+    reply
+}
+
+fn invariant_answer(o: &crate::invariants::Outcome) -> Value {
+    let p = &o.property;
+    let mut v =
+        json!({"id": p.id, "description": p.description, "claim": p.claim.key(), "ms": o.ms});
+    match &o.verdict {
+        Ok(Verdict::Holds) => v["status"] = json!("proved"),
+        Ok(Verdict::Fails(cex)) => {
+            v["status"] = json!("broken");
+            v["broken"] = json!(format!("a request is {}", p.claim.broken(cex.allowed)));
+            v["counterexample"] = json!(cex.readable());
+        }
+        Err(e) => {
+            v["status"] = json!("unproved");
+            v["error"] = json!(e);
+        }
+    }
+    v
+}
+
+fn difference(d: &Difference) -> Value {
+    json!({
+        "change": match d.change {
+            Change::NewlyAllowed => "newly_allowed",
+            Change::NewlyDenied => "newly_denied",
+        },
+        "principal": d.principal,
+        "action": d.action,
+        "resource": d.resource,
+        "example": d.example.readable(),
+    })
 }
 
 /// The active set's decision on a hypothetical request, with the text of
@@ -472,6 +532,8 @@ pub(crate) fn policies_view(runtime: &Runtime) -> Value {
         "files": runtime.config.policy.files,
         "shadow": runtime.policy.has_shadow(),
         "policies": policies,
+        "invariants": runtime.invariants,
+        "invariants_proved_us": runtime.built_us,
     })
 }
 

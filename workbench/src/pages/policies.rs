@@ -1,6 +1,8 @@
-//! Policies: the active set; a candidate set's validation errors (checked
-//! against the schema the gateway runs with); a what-if form — principal,
-//! action, resource → decision, with the text of the deciding policies.
+//! Policies: the active set and its invariants (proved when it was
+//! loaded); a candidate set's check — schema errors, or each invariant's
+//! answer (with a counterexample request when one breaks) and the semantic
+//! diff against the live set, all from the gateway; a what-if form —
+//! principal, action, resource → decision, with the deciding policies.
 
 use serde_json::{json, Value};
 use yew::prelude::*;
@@ -42,6 +44,89 @@ fn resource(kind: &str, id: &str, server: &str, risk: &str, labels: &str) -> Val
         "Gateway" => json!({"type": "Gateway"}),
         "Tenant" => json!({"type": "Tenant", "id": id}),
         other => json!({"type": other, "id": id, "labels": list(labels)}),
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// The live set's invariants, each proved when the set was loaded.
+fn invariants_view(v: &Value) -> Html {
+    let items: Vec<Html> = v["invariants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            html! {
+                <li><b class="allow">{"proved"}</b>{format!(" {} — {} ({}, {} ms)",
+                    text(&i["id"]), text(&i["description"]), text(&i["claim"]), i["ms"])}</li>
+            }
+        })
+        .collect();
+    html! {
+        <>
+            <h3>{"Invariants"}</h3>
+            <ul id="invariants">
+                if items.is_empty() {
+                    <li class="muted">{"None configured ([[invariants]] in the config)."}</li>
+                } else {
+                    { for items }
+                }
+            </ul>
+        </>
+    }
+}
+
+/// A valid candidate's answers: each invariant, then how it decides
+/// differently from the live set.
+fn candidate_view(v: &Value) -> Html {
+    let invariants: Html = match v["invariants"].as_array() {
+        Some(list) if list.is_empty() => html! { <p class="muted">{"No invariants configured."}</p> },
+        Some(list) => list
+            .iter()
+            .map(|i| {
+                let status = text(&i["status"]);
+                let class = if status == "proved" { "allow" } else { "deny" };
+                html! {
+                    <li>
+                        <b class={class}>{status}</b>{format!(" {} — {}", text(&i["id"]), text(&i["description"]))}
+                        if status == "broken" {
+                            <p>{text(&i["broken"])}{":"}</p><pre>{text(&i["counterexample"])}</pre>
+                        }
+                        if status == "unproved" { <p class="error">{text(&i["error"])}</p> }
+                    </li>
+                }
+            })
+            .collect::<Html>(),
+        None => html! { <p class="error">{text(&v["invariants_error"])}</p> },
+    };
+    let diff: Html = match v["diff"].as_array() {
+        Some(list) if list.is_empty() => {
+            html! { <p class="muted">{"No request is decided differently from the live set."}</p> }
+        }
+        Some(list) => list
+            .iter()
+            .map(|d| {
+                let change = text(&d["change"]).replace('_', " ");
+                html! {
+                    <li>
+                        <b class={if change == "newly allowed" { "allow" } else { "deny" }}>{change}</b>
+                        {format!(" {} · {} · {}", text(&d["principal"]), text(&d["action"]), text(&d["resource"]))}
+                        <details><summary>{"example"}</summary><pre>{text(&d["example"])}</pre></details>
+                    </li>
+                }
+            })
+            .collect::<Html>(),
+        None => html! { <p class="error">{text(&v["diff_error"])}</p> },
+    };
+    html! {
+        <>
+            <h3>{"Invariants"}</h3>
+            <ul id="candidate-invariants">{invariants}</ul>
+            <h3>{"Against the live set"}</h3>
+            <ul id="candidate-diff">{diff}</ul>
+        </>
     }
 }
 
@@ -186,16 +271,25 @@ pub fn policies(props: &PageProps) -> Html {
         })
     };
     let active_view: Html = match &*active {
-        Some(Ok(v)) => v["policies"].as_array().into_iter().flatten().map(|p| html! {
-            <div><b>{p["id"].as_str().unwrap_or("")}</b><pre>{p["text"].as_str().unwrap_or("")}</pre></div>
-        }).collect(),
+        Some(Ok(v)) => html! {
+            <>
+                { invariants_view(v) }
+                <h3>{"Policies"}</h3>
+                { for v["policies"].as_array().into_iter().flatten().map(|p| html! {
+                    <div><b>{text(&p["id"])}</b><pre>{text(&p["text"])}</pre></div>
+                }) }
+            </>
+        },
         Some(Err(e)) => html! { <p class="error">{e}</p> },
         None => html! { <p class="muted">{"loading…"}</p> },
     };
     let validation_view = match &*validation {
         Some(Ok(v)) if v["valid"] == true => html! {
-            <p class="ok" id="validation">{format!("Valid: {} policies; adds {}, removes {}.",
-                v["policies"].as_array().map(|a| a.len()).unwrap_or(0), v["added"], v["removed"])}</p>
+            <div id="validation">
+                <p class="ok">{format!("Valid: {} policies; adds {}, removes {}.",
+                    v["policies"].as_array().map(|a| a.len()).unwrap_or(0), v["added"], v["removed"])}</p>
+                { candidate_view(v) }
+            </div>
         },
         Some(Ok(v)) => {
             html! { <div id="validation" class="error"><p>{"Invalid:"}</p><pre>{v["errors"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).collect::<Vec<_>>().join("\n")}</pre></div> }
@@ -255,7 +349,7 @@ pub fn policies(props: &PageProps) -> Html {
                 {answer_view}
             </section>
             <section>
-                <h2>{"Validate a candidate set"}</h2>
+                <h2>{"Check a candidate set"}</h2>
                 <form onsubmit={validate}>
                     { textarea("candidate", &candidate, "permit (principal, action, resource) when { … };") }
                     <button type="submit" id="validate">{"Validate"}</button>
