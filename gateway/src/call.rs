@@ -18,7 +18,7 @@ use std::time::Instant;
 use crate::config::{Durability, OnFull, Route};
 use crate::enforce::{CallFacts, STEPS};
 use crate::error::Rejection;
-use crate::limits::{CallKind, LimitSpec};
+use crate::limits::{Admitted, CallKind, LimitSpec, Refusal};
 use crate::runtime::{Runtime, Shared};
 
 /// The door a call came through: it decides the shape of every answer.
@@ -273,7 +273,8 @@ pub fn step_may_follow(last: u8, next: u8) -> bool {
 }
 
 /// Step 6: the limits that apply to this principal and kind of call.
-/// Err: the refusal (429) and the audit reason.
+/// Err: the refusal (429, or 503 when fail-closed limits cannot be
+/// counted) and the audit reason.
 pub async fn admit(
     node: &Shared,
     limits: &[LimitSpec],
@@ -281,10 +282,16 @@ pub async fn admit(
     kind: CallKind,
 ) -> Result<(), (Rejection, String)> {
     let now = lattice_audit::now_us() / 1_000_000;
-    node.limiter
-        .admit(limits, principal, kind, now)
-        .await
-        .map_err(|e| {
+    match node.limiter.admit(limits, principal, kind, now).await {
+        Ok(Admitted { bypassed: None }) => Ok(()),
+        Ok(Admitted {
+            bypassed: Some((names, cause)),
+        }) => {
+            node.metrics.limits_bypassed.inc();
+            tracing::error!(limits = ?names, %cause, principal = %principal.id, "the shared limit counters cannot be reached; letting the call through UNCOUNTED (on_unavailable = allow)");
+            Ok(())
+        }
+        Err(Refusal::Exceeded(e)) => {
             let reason = format!(
                 "limit `{}` reached ({}); retry after {} s",
                 e.limit, e.what, e.retry_after_s
@@ -294,8 +301,21 @@ pub async fn admit(
                 what: e.what,
                 retry_after_s: e.retry_after_s,
             };
-            (r, reason)
-        })
+            Err((r, reason))
+        }
+        Err(Refusal::Unavailable { limits, cause }) => {
+            node.metrics.limits_unavailable.inc();
+            let reason = format!(
+                "limit(s) {} cannot be counted: {cause}; refused (on_unavailable = deny)",
+                limits
+                    .iter()
+                    .map(|l| format!("`{l}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Err((Rejection::LimitsUnavailable, reason))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod call;
 pub mod change_audit;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod demo;

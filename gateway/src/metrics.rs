@@ -36,6 +36,10 @@ pub struct Metrics {
     pub llm_tokens: Family<Labels, Counter>,
     /// Connections refused before any request, by the refusal's code.
     pub connections_refused: Family<Labels, Counter>,
+    /// Calls refused because fail-closed limits could not be counted.
+    pub limits_unavailable: Counter,
+    /// Calls let through uncounted (fail-open limits, counters unreachable).
+    pub limits_bypassed: Counter,
 }
 
 impl Default for Metrics {
@@ -61,6 +65,18 @@ impl Metrics {
         let backend_outstanding = Family::<Labels, Gauge>::default();
         let llm_tokens = Family::<Labels, Counter>::default();
         let connections_refused = Family::<Labels, Counter>::default();
+        let limits_unavailable = Counter::default();
+        let limits_bypassed = Counter::default();
+        registry.register(
+            "limits_unavailable",
+            "Calls refused with 503 because the shared limit counters could not be reached",
+            limits_unavailable.clone(),
+        );
+        registry.register(
+            "limits_bypassed",
+            "Calls let through uncounted because the shared limit counters could not be reached (on_unavailable = allow)",
+            limits_bypassed.clone(),
+        );
         registry.register(
             "connections_refused",
             "Connections refused or cut off before a request, by reason (too_many_connections, request_timeout)",
@@ -151,6 +167,8 @@ impl Metrics {
             backend_outstanding,
             llm_tokens,
             connections_refused,
+            limits_unavailable,
+            limits_bypassed,
         }
     }
 

@@ -38,8 +38,11 @@ pub fn reload(shared: &Shared) -> Result<(), GatewayError> {
             }
             if new.config.server != shared.startup.server
                 || new.config.audit != shared.startup.audit
+                || new.config.cluster != shared.startup.cluster
             {
-                tracing::warn!("[server] and [audit] changes take effect only after a restart");
+                tracing::warn!(
+                    "[server], [audit] and [cluster] changes take effect only after a restart"
+                );
             }
             if let Some(summary) = crate::change_audit::reload_summary(&shared.runtime.load(), &new)
             {

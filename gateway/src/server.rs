@@ -123,7 +123,12 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         .map_err(|e| GatewayError::Config(e.to_string()))?;
     let shared = Arc::new(Shared {
         inference: Arc::new(inference),
-        limiter: crate::limits::Limiter::default(),
+        limiter: match &config.cluster.redis {
+            Some(redis) => {
+                crate::limits::Limiter::shared(Arc::new(crate::cluster::Redis::connect(redis)?))
+            }
+            None => crate::limits::Limiter::default(),
+        },
         mcp_sessions: lattice_mcp::session::Sessions::with_key(session_key(
             &config.mcp.session_key_file,
         )?)

@@ -5,6 +5,7 @@
 mod audit_tamper;
 mod change_audit;
 mod clickhouse;
+mod cluster;
 mod conformance;
 mod crash;
 mod edge;

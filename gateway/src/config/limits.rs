@@ -36,6 +36,17 @@ impl CallKind {
     }
 }
 
+/// What a limit does when the shared counter store (`[cluster] redis`)
+/// cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Refuse the calls it applies to (503): the default.
+    Deny,
+    /// Let them through uncounted, with an error log and
+    /// `lattice_limits_bypassed_total`.
+    Allow,
+}
+
 /// A configured limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitSpec {
@@ -50,6 +61,8 @@ pub struct LimitSpec {
     pub window: Duration,
     /// The kinds of calls it counts.
     pub kinds: Vec<CallKind>,
+    /// When the shared counter store is unreachable.
+    pub on_unavailable: OnUnavailable,
 }
 
 impl LimitSpec {

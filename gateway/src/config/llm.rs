@@ -9,7 +9,7 @@ use lattice_inference_router::{BackendKind, BackendSpec, ModelRoute, Strategy};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use super::limits::{CallKind, LimitSpec, Per};
+use super::limits::{CallKind, LimitSpec, OnUnavailable, Per};
 use crate::GatewayError;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -94,6 +94,9 @@ pub struct RawLimit {
     /// `llm`, `mcp`, `http`: the calls it counts (default: all).
     #[serde(default)]
     kinds: Option<Vec<String>>,
+    /// `deny` (default) or `allow`: when the shared counter store is down.
+    #[serde(default)]
+    on_unavailable: Option<String>,
 }
 
 /// The validated inference sections.
@@ -228,6 +231,16 @@ pub fn build(
                 l.name
             )));
         }
+        let on_unavailable = match l.on_unavailable.as_deref() {
+            None | Some("deny") => OnUnavailable::Deny,
+            Some("allow") => OnUnavailable::Allow,
+            Some(other) => {
+                return Err(bad(format!(
+                    "limit `{}`: on_unavailable = `{other}` is not deny or allow",
+                    l.name
+                )))
+            }
+        };
         limit_specs.push(LimitSpec {
             name: l.name,
             per,
@@ -236,6 +249,7 @@ pub fn build(
             tokens: l.tokens,
             window: Duration::from_secs(l.window_seconds),
             kinds,
+            on_unavailable,
         });
     }
     Ok(LlmConfig {
@@ -286,6 +300,7 @@ mod tests {
             ("[[limits]]\nname = \"l\"\nper = \"team\"\ntokens = 5\nwindow_seconds = 60\n", "not agent or tenant"),
             ("[[limits]]\nname = \"l\"\nper = \"agent\"\ntokens = 5\nwindow_seconds = 60\nkinds = [\"mcp\"]\n", "tokens are spent by llm calls only"),
             ("[[limits]]\nname = \"l\"\nper = \"agent\"\nrequests = 5\nwindow_seconds = 60\nkinds = [\"sql\"]\n", "kind `sql`"),
+            ("[[limits]]\nname = \"l\"\nper = \"agent\"\nrequests = 5\nwindow_seconds = 60\non_unavailable = \"open\"\n", "on_unavailable = `open` is not deny or allow"),
             ("[[backends]]\nname = \"a\"\nkind = \"vllm\"\nurl = \"http://h\"\nweight = 1\ncolour = \"red\"\n", ":10: unknown field `colour`"),
         ];
         for (extra, expected) in cases {

@@ -4,7 +4,7 @@
 //! read from the environment). Nothing here touches the network. Split by
 //! section: `raw` (the file as written), `mcp` (`[[mcp_servers]]`), `llm`
 //! (`[[backends]]`, `[[models]]`, `[[limits]]`), `limits` (what a limit
-//! counts). A leaf: it imports nothing of the gateway but `error`.
+//! counts), `cluster` (`[cluster]`: what replicas share). A leaf: it imports nothing of the gateway but `error`.
 //!
 //! Must never: accept an unknown key, or touch the network.
 
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::GatewayError;
 
+mod cluster;
 mod egress;
 mod limits;
 mod llm;
@@ -22,8 +23,9 @@ mod raw;
 mod sections;
 mod tls;
 
+pub use cluster::{ClusterConfig, RedisConfig};
 pub use egress::{parse_host, refusal, EgressConfig};
-pub use limits::{CallKind, LimitSpec, Per};
+pub use limits::{CallKind, LimitSpec, OnUnavailable, Per};
 pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
 pub use mcp::{build_mcp_server, McpServerConfig, McpTransport, RawMcpServer, ToolOverride};
 use raw::*;
@@ -56,6 +58,8 @@ pub struct Config {
     pub llm: llm::LlmConfig,
     /// `[[invariants]]`: what every policy set must satisfy, proved.
     pub invariants: Vec<lattice_policy::prove::RawProperty>,
+    /// `[cluster]`: state shared with other replicas (Redis).
+    pub cluster: ClusterConfig,
 }
 
 /// Settings of the downstream MCP endpoint.
@@ -345,6 +349,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
     }
 
     let llm = llm::build(raw.backends, raw.models, raw.limits, &bad, &[])?;
+    let cluster = cluster::cluster(raw.cluster, &resolve, &bad)?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -361,6 +366,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         mcp_servers,
         egress,
         invariants: raw.invariants,
+        cluster,
         mcp: McpConfig {
             allowed_origins: raw.mcp.allowed_origins,
             resource_url: raw.mcp.resource_url,

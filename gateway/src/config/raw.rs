@@ -37,6 +37,8 @@ pub(super) struct RawConfig {
     /// reload and by `lattice config validate`).
     #[serde(default)]
     pub(super) invariants: Vec<lattice_policy::prove::RawProperty>,
+    #[serde(default)]
+    pub(super) cluster: super::cluster::RawCluster,
 }
 
 #[derive(Debug, Deserialize)]

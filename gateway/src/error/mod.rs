@@ -130,6 +130,9 @@ pub enum Rejection {
     OriginNotAllowed,
     /// Step 5: the policy denied; names the decision (audit event) id.
     Forbidden { decision_id: String },
+    /// Step 6: fail-closed limits apply and the shared counters (Redis)
+    /// cannot be reached.
+    LimitsUnavailable,
     /// Step 7: the audit pipeline cannot accept the decision (fail closed).
     AuditUnavailable,
     /// Step 8: the upstream failed before answering.
@@ -250,7 +253,7 @@ impl Rejection {
             Rejection::MethodNotAllowed => 405,
             Rejection::OriginNotAllowed => 403,
             Rejection::Forbidden { .. } => 403,
-            Rejection::AuditUnavailable => 503,
+            Rejection::AuditUnavailable | Rejection::LimitsUnavailable => 503,
             Rejection::UpstreamFailed(_) => 502,
             Rejection::UpstreamTimeout => 504,
             Rejection::Internal(_) => 500,
@@ -275,6 +278,7 @@ impl Rejection {
             Rejection::OriginNotAllowed => "origin_not_allowed",
             Rejection::Forbidden { .. } => "forbidden",
             Rejection::AuditUnavailable => "audit_unavailable",
+            Rejection::LimitsUnavailable => "limits_unavailable",
             Rejection::UpstreamFailed(_) => "upstream_failed",
             Rejection::UpstreamTimeout => "upstream_timeout",
             Rejection::Internal(_) => "internal_error",
@@ -318,6 +322,9 @@ impl Rejection {
             Rejection::Forbidden { .. } => "denied by policy".into(),
             Rejection::AuditUnavailable => {
                 "the audit trail cannot record this call right now; it was not forwarded".into()
+            }
+            Rejection::LimitsUnavailable => {
+                "the rate limits that apply to this call cannot be counted right now (the shared counter store is unreachable); it was not forwarded".into()
             }
             Rejection::UpstreamFailed(_) => "the upstream failed".into(),
             Rejection::UpstreamTimeout => "the upstream did not answer in time".into(),
@@ -385,7 +392,9 @@ impl Rejection {
             Rejection::NoCredentials => {
                 vec![("www-authenticate", "Bearer realm=\"lattice\"".into())]
             }
-            Rejection::AuditUnavailable | Rejection::TooManyConnections { .. } => {
+            Rejection::AuditUnavailable
+            | Rejection::LimitsUnavailable
+            | Rejection::TooManyConnections { .. } => {
                 vec![("retry-after", "1".into())]
             }
             Rejection::RateLimited { retry_after_s, .. } => {

@@ -116,6 +116,13 @@ fn refusals_map_to_one_answer_each() {
             "rate_limit_error",
         ),
         (
+            Rejection::LimitsUnavailable,
+            503,
+            "limits_unavailable",
+            vec!["retry-after"],
+            "server_error",
+        ),
+        (
             Rejection::HeadTimeout { ms: 10 },
             408,
             "request_timeout",

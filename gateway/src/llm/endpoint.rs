@@ -347,9 +347,13 @@ async fn forward(
 async fn charge(node: &Shared, runtime: &Runtime, principal: &Principal, ctx: &Call) {
     if let Some(u) = &ctx.llm.usage {
         let limits = &runtime.config.llm.limits;
-        node.limiter
+        if let Err(cause) = node
+            .limiter
             .charge(limits, principal, total(u), now_s())
-            .await;
+            .await
+        {
+            tracing::error!(%cause, principal = %principal.id, tokens = total(u), "tokens could not be charged to the shared budgets");
+        }
     }
 }
 

@@ -5,17 +5,29 @@
 //! then counts against all of them. Tokens are charged after the call, from
 //! the usage the backend reported, so a call in flight can overshoot a
 //! budget by its own size; every call after that is refused until the
-//! window turns. Counters live in this process: they survive a config
-//! reload (a limit is identified by its name) but not a restart, and each
-//! replica counts for itself.
+//! window turns.
 //!
-//! Must never: admit a call that a limit applying to it has no room for.
+//! Where the counters live: by default in this process — they survive a
+//! config reload (a limit is identified by its name) but not a restart,
+//! and each replica counts for itself. With `[cluster] redis` they live in
+//! Redis (`shared.rs`: one Lua script, one round trip per check, windows
+//! on Redis's clock), shared by every replica and kept across restarts;
+//! when Redis cannot answer, a limit refuses the calls it applies to
+//! (`on_unavailable = "deny"`, the default) or lets them through uncounted
+//! (`"allow"`), and the caller says which.
+//!
+//! Must never: admit a call that a limit applying to it has no room for,
+//! or that a fail-closed limit could not count.
 
 use lattice_policy::Principal;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::config::{CallKind, LimitSpec, Per};
+use crate::cluster::Redis;
+pub use crate::config::{CallKind, LimitSpec, OnUnavailable, Per};
+
+mod shared;
 
 /// A refusal: which limit, and when to come back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +45,42 @@ struct Window {
     tokens: u64,
 }
 
+/// Why a call is not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Exceeded(Exceeded),
+    /// The shared counters cannot be reached and these limits, which
+    /// apply to the call, fail closed.
+    Unavailable {
+        limits: Vec<String>,
+        cause: String,
+    },
+}
+
+/// An admitted call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admitted {
+    /// Limits that apply but were not counted (the shared counters cannot
+    /// be reached and they fail open), and why.
+    pub bypassed: Option<(Vec<String>, String)>,
+}
+
 /// The counters.
-#[derive(Default)]
 pub struct Limiter {
-    windows: tokio::sync::Mutex<HashMap<(String, String), Window>>,
+    counters: Counters,
+}
+
+enum Counters {
+    Local(tokio::sync::Mutex<HashMap<(String, String), Window>>),
+    Shared(Arc<Redis>),
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Self {
+            counters: Counters::Local(Default::default()),
+        }
+    }
 }
 
 fn window_start(now_s: u64, window: Duration) -> u64 {
@@ -65,6 +109,18 @@ fn current<'a>(
 }
 
 impl Limiter {
+    /// Counters in Redis, shared with every replica that uses it.
+    pub fn shared(redis: Arc<Redis>) -> Self {
+        Self {
+            counters: Counters::Shared(redis),
+        }
+    }
+
+    /// Whether the counters are shared (Redis) rather than this process's.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.counters, Counters::Shared(_))
+    }
+
     /// Admits a call (counting one request against every applicable limit)
     /// or names the first limit it would exceed.
     pub async fn admit(
@@ -73,16 +129,26 @@ impl Limiter {
         principal: &Principal,
         kind: CallKind,
         now_s: u64,
-    ) -> Result<(), Exceeded> {
+    ) -> Result<Admitted, Refusal> {
         let applicable: Vec<(&LimitSpec, &str)> = specs
             .iter()
             .filter(|s| s.kinds.contains(&kind))
             .filter_map(|s| s.subject(principal).map(|id| (s, id)))
             .collect();
         if applicable.is_empty() {
-            return Ok(());
+            return Ok(Admitted::default());
         }
-        let mut windows = self.windows.lock().await;
+        let windows = match &self.counters {
+            Counters::Local(w) => w,
+            Counters::Shared(redis) => {
+                return match shared::admit(redis, &applicable).await {
+                    Ok(None) => Ok(Admitted::default()),
+                    Ok(Some(e)) => Err(Refusal::Exceeded(e)),
+                    Err(cause) => unavailable(&applicable, cause),
+                }
+            }
+        };
+        let mut windows = windows.lock().await;
         for (spec, id) in &applicable {
             let start = window_start(now_s, spec.window);
             let w = windows
@@ -98,37 +164,69 @@ impl Limiter {
                 None
             };
             if let Some(what) = what {
-                return Err(Exceeded {
+                return Err(Refusal::Exceeded(Exceeded {
                     limit: spec.name.clone(),
                     what,
                     retry_after_s: (start + spec.window.as_secs().max(1) - now_s).max(1),
-                });
+                }));
             }
         }
         for (spec, id) in applicable {
             current(&mut windows, spec, id, now_s).requests += 1;
         }
-        Ok(())
+        Ok(Admitted::default())
     }
 
     /// Charges the tokens a call used against every applicable budget.
+    /// Err: the shared counters could not be reached (nothing charged).
     pub async fn charge(
         &self,
         specs: &[LimitSpec],
         principal: &Principal,
         tokens: u64,
         now_s: u64,
-    ) {
-        if tokens == 0 {
-            return;
+    ) -> Result<(), String> {
+        let budgets: Vec<(&LimitSpec, &str)> = specs
+            .iter()
+            .filter(|s| s.tokens.is_some())
+            .filter_map(|s| s.subject(principal).map(|id| (s, id)))
+            .collect();
+        if tokens == 0 || budgets.is_empty() {
+            return Ok(());
         }
-        let mut windows = self.windows.lock().await;
-        for spec in specs.iter().filter(|s| s.tokens.is_some()) {
-            let Some(id) = spec.subject(principal) else {
-                continue;
-            };
-            current(&mut windows, spec, id, now_s).tokens += tokens;
+        match &self.counters {
+            Counters::Shared(redis) => shared::charge(redis, &budgets, tokens).await,
+            Counters::Local(windows) => {
+                let mut windows = windows.lock().await;
+                for (spec, id) in budgets {
+                    current(&mut windows, spec, id, now_s).tokens += tokens;
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+/// The shared counters did not answer: refused if any applicable limit
+/// fails closed, else admitted uncounted (and the caller says so).
+fn unavailable(applicable: &[(&LimitSpec, &str)], cause: String) -> Result<Admitted, Refusal> {
+    let closed: Vec<String> = applicable
+        .iter()
+        .filter(|(s, _)| s.on_unavailable == OnUnavailable::Deny)
+        .map(|(s, _)| s.name.clone())
+        .collect();
+    if closed.is_empty() {
+        Ok(Admitted {
+            bypassed: Some((
+                applicable.iter().map(|(s, _)| s.name.clone()).collect(),
+                cause,
+            )),
+        })
+    } else {
+        Err(Refusal::Unavailable {
+            limits: closed,
+            cause,
+        })
     }
 }
 
@@ -156,6 +254,14 @@ mod tests {
             tokens,
             window: Duration::from_secs(60),
             kinds: vec![CallKind::Llm, CallKind::Mcp, CallKind::Http],
+            on_unavailable: OnUnavailable::Deny,
+        }
+    }
+
+    fn exceeded(r: Result<Admitted, Refusal>) -> Exceeded {
+        match r {
+            Err(Refusal::Exceeded(e)) => e,
+            other => panic!("not exceeded: {other:?}"),
         }
     }
 
@@ -166,7 +272,7 @@ mod tests {
         let (a, b) = (agent("a", "t"), agent("b", "t"));
         assert!(l.admit(&specs, &a, CallKind::Llm, 600).await.is_ok());
         assert!(l.admit(&specs, &a, CallKind::Llm, 601).await.is_ok());
-        let e = l.admit(&specs, &a, CallKind::Llm, 615).await.unwrap_err();
+        let e = exceeded(l.admit(&specs, &a, CallKind::Llm, 615).await);
         assert_eq!((e.what, e.retry_after_s), ("requests", 45));
         assert!(
             l.admit(&specs, &b, CallKind::Llm, 615).await.is_ok(),
@@ -184,10 +290,10 @@ mod tests {
         let specs = [spec("tenant-tokens", Per::Tenant, None, Some(100))];
         let (a, b, other) = (agent("a", "t"), agent("b", "t"), agent("c", "u"));
         assert!(l.admit(&specs, &a, CallKind::Llm, 0).await.is_ok());
-        l.charge(&specs, &a, 60, 0).await;
+        l.charge(&specs, &a, 60, 0).await.unwrap();
         assert!(l.admit(&specs, &b, CallKind::Llm, 1).await.is_ok());
-        l.charge(&specs, &b, 60, 1).await;
-        let e = l.admit(&specs, &a, CallKind::Llm, 2).await.unwrap_err();
+        l.charge(&specs, &b, 60, 1).await.unwrap();
+        let e = exceeded(l.admit(&specs, &a, CallKind::Llm, 2).await);
         assert_eq!(e.what, "tokens");
         assert!(l.admit(&specs, &b, CallKind::Llm, 3).await.is_err());
         assert!(l.admit(&specs, &other, CallKind::Llm, 3).await.is_ok());
@@ -221,5 +327,44 @@ mod tests {
             assert!(l.admit(&specs, &b, CallKind::Llm, 0).await.is_ok());
         }
         assert!(l.admit(&specs, &b, CallKind::Llm, 0).await.is_err());
+    }
+
+    #[test]
+    fn without_the_shared_counters_fail_closed_limits_refuse_and_the_rest_are_bypassed() {
+        let mut open = spec("open", Per::Agent, Some(1), None);
+        open.on_unavailable = OnUnavailable::Allow;
+        let closed = spec("closed", Per::Agent, Some(1), None);
+        let cause = || "redis://x: connection refused".to_string();
+        // (applicable limits, refused by, bypassed)
+        type Case<'a> = (
+            Vec<&'a LimitSpec>,
+            Option<Vec<&'a str>>,
+            Option<Vec<&'a str>>,
+        );
+        let cases: [Case; 3] = [
+            (vec![&open], None, Some(vec!["open"])),
+            (vec![&closed], Some(vec!["closed"]), None),
+            (vec![&open, &closed], Some(vec!["closed"]), None),
+        ];
+        for (specs, refused, bypassed) in cases {
+            let applicable: Vec<(&LimitSpec, &str)> = specs.iter().map(|s| (*s, "a")).collect();
+            match (unavailable(&applicable, cause()), refused, bypassed) {
+                (Err(Refusal::Unavailable { limits, cause: c }), Some(want), None) => {
+                    assert_eq!(limits, want);
+                    assert_eq!(c, cause());
+                }
+                (
+                    Ok(Admitted {
+                        bypassed: Some((names, c)),
+                    }),
+                    None,
+                    Some(want),
+                ) => {
+                    assert_eq!(names, want);
+                    assert_eq!(c, cause());
+                }
+                (got, refused, bypassed) => panic!("{got:?} for {refused:?} / {bypassed:?}"),
+            }
+        }
     }
 }
