@@ -7,19 +7,69 @@
 //! store that was down is used again as soon as it answers: the
 //! connection manager reconnects on the next call, no restart.
 //!
+//! Revocations travel through it too: an MCP session ended or an API key
+//! revoked on one replica is published (`<prefix>:revocations`) and kept
+//! (a session until its tokens expire, a key for good), and every replica
+//! subscribes — catching up on what was kept each time it (re)connects, so
+//! a replica that was cut off learns what it missed.
+//!
 //! Must never: wait past the timeout on the request path, or put the
 //! password anywhere but the AUTH command (it comes from the environment).
 
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, IntoConnectionInfo, Script};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use crate::config::RedisConfig;
 use crate::GatewayError;
 
+/// Something one replica ended that every replica must refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// An MCP session id (`DELETE /mcp`).
+    Session(String),
+    /// An API key id.
+    Key(String),
+}
+
+impl Revoked {
+    fn message(&self) -> String {
+        match self {
+            Revoked::Session(sid) => format!("session {sid}"),
+            Revoked::Key(id) => format!("key {id}"),
+        }
+    }
+
+    fn parse(message: &str) -> Option<Self> {
+        match message.split_once(' ')? {
+            ("session", sid) => Some(Revoked::Session(sid.to_string())),
+            ("key", id) => Some(Revoked::Key(id.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// KEYS: the record to keep, the channel. ARGV: the message, the
+/// record's lifetime in seconds (0: a member of the set KEYS[1]).
+static REVOKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[2]))
+else
+  redis.call('SADD', KEYS[1], ARGV[1])
+end
+return redis.call('PUBLISH', KEYS[2], ARGV[1])
+",
+    )
+});
+
 /// The shared store.
 pub struct Redis {
     runtime: Option<tokio::runtime::Runtime>,
+    client: redis::Client,
     conn: ConnectionManager,
     timeout: Duration,
     prefix: String,
@@ -72,10 +122,11 @@ impl Redis {
             .set_max_delay(Duration::from_secs(1));
         let conn = {
             let _inside = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| fail(&e))?
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| fail(&e))?
         };
         Ok(Self {
             runtime: Some(runtime),
+            client,
             conn,
             timeout: cfg.timeout,
             prefix: cfg.prefix.clone(),
@@ -129,6 +180,103 @@ impl Redis {
             Ok(Ok(Err(e))) => Err(format!("{}: {e}", self.shown)),
             Ok(Ok(Ok(v))) => Ok(v),
         }
+    }
+}
+
+impl Redis {
+    /// Publishes a revocation and keeps it (a session for `ttl_s`, the
+    /// life of its tokens; a key for good). Err: why it could not be
+    /// shared (it holds on this replica regardless).
+    pub async fn revoke(&self, what: &Revoked, ttl_s: u64) -> Result<(), String> {
+        let (record, ttl) = match what {
+            Revoked::Session(sid) => (self.key(&["ended-session", sid]), ttl_s.max(1)),
+            Revoked::Key(_) => (self.key(&["revoked-keys"]), 0),
+        };
+        let keys = vec![record, self.key(&["revocations"])];
+        let args = vec![what.message(), ttl.to_string()];
+        self.eval::<i64>(&REVOKE, keys, args).await.map(|_| ())
+    }
+
+    /// `revoke` from a thread outside any async runtime.
+    pub fn revoke_blocking(&self, what: &Revoked, ttl_s: u64) -> Result<(), String> {
+        let Some(runtime) = &self.runtime else {
+            return Err(format!("{}: the connection is closed", self.shown));
+        };
+        runtime.block_on(self.revoke(what, ttl_s))
+    }
+
+    /// Calls `apply` for every revocation kept in the store and every one
+    /// published from now on, reconnecting (and catching up again) after
+    /// any loss of the subscription, until the store is dropped.
+    pub fn subscribe(&self, apply: impl Fn(Revoked) + Send + Sync + 'static) {
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        let (client, conn) = (self.client.clone(), self.conn.clone());
+        let (channel, sessions, keys) = (
+            self.key(&["revocations"]),
+            self.key(&["ended-session", "*"]),
+            self.key(&["revoked-keys"]),
+        );
+        let session_prefix = self.key(&["ended-session", ""]);
+        let shown = self.shown.clone();
+        runtime.spawn(async move {
+            loop {
+                let run = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    // Subscribed first, then what was kept: nothing falls
+                    // between the two.
+                    let mut conn = conn.clone();
+                    let kept: Vec<String> = redis::cmd("SMEMBERS")
+                        .arg(&keys)
+                        .query_async(&mut conn)
+                        .await?;
+                    for m in kept {
+                        apply_message(&apply, &m);
+                    }
+                    let mut cursor = 0u64;
+                    loop {
+                        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&sessions)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut conn)
+                            .await?;
+                        for k in found {
+                            if let Some(sid) = k.strip_prefix(&session_prefix) {
+                                apply(Revoked::Session(sid.to_string()));
+                            }
+                        }
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        if let Ok(m) = msg.get_payload::<String>() {
+                            apply_message(&apply, &m);
+                        }
+                    }
+                    Ok::<(), redis::RedisError>(())
+                };
+                match run.await {
+                    Ok(()) => tracing::warn!(store = %shown, "the revocation subscription ended; subscribing again"),
+                    Err(e) => tracing::warn!(store = %shown, error = %e, "cannot follow revocations; retrying in 1 s"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+}
+
+fn apply_message(apply: &(impl Fn(Revoked) + Send + Sync), message: &str) {
+    match Revoked::parse(message) {
+        Some(r) => apply(r),
+        None => tracing::warn!(message, "an unknown revocation message"),
     }
 }
 

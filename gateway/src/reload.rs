@@ -132,6 +132,12 @@ pub fn spawn_watcher(
                         for (kind, target, reason) in
                             crate::change_audit::key_changes(&before, &after)
                         {
+                            if let (Some(cluster), "admin.keys.revoked") = (&shared.cluster, kind) {
+                                let revoked = crate::cluster::Revoked::Key(target.clone());
+                                if let Err(cause) = cluster.revoke_blocking(&revoked, 0) {
+                                    tracing::error!(%cause, key = %target, "a revoked API key could not be shared: other replicas accept it until they learn otherwise");
+                                }
+                            }
                             crate::change_audit::record(
                                 &shared.audit,
                                 kind,

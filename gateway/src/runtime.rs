@@ -157,6 +157,9 @@ pub struct Shared {
     pub inference: Arc<lattice_inference_router::Router>,
     /// Rate-limit and budget counters (survive reloads).
     pub limiter: crate::limits::Limiter,
+    /// `[cluster] redis`: what replicas share (the limiter's counters, and
+    /// revocations).
+    pub cluster: Option<Arc<crate::cluster::Redis>>,
     /// MCP session signing (stateful protocol eras).
     pub mcp_sessions: lattice_mcp::session::Sessions,
     /// Requests upstream servers made that wait for a client's answer.

@@ -121,14 +121,17 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
     inference
         .configure(&runtime.config.llm.backends, &runtime.config.llm.models)
         .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let cluster = match &config.cluster.redis {
+        Some(redis) => Some(Arc::new(crate::cluster::Redis::connect(redis)?)),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         inference: Arc::new(inference),
-        limiter: match &config.cluster.redis {
-            Some(redis) => {
-                crate::limits::Limiter::shared(Arc::new(crate::cluster::Redis::connect(redis)?))
-            }
+        limiter: match &cluster {
+            Some(redis) => crate::limits::Limiter::shared(redis.clone()),
             None => crate::limits::Limiter::default(),
         },
+        cluster: cluster.clone(),
         mcp_sessions: lattice_mcp::session::Sessions::with_key(session_key(
             &config.mcp.session_key_file,
         )?)
@@ -154,6 +157,20 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         )?)),
         startup: config.clone(),
     });
+    if let Some(cluster) = &cluster {
+        // Sessions ended and keys revoked on other replicas (a weak
+        // reference: the subscription must not keep the node alive).
+        let node = Arc::downgrade(&shared);
+        cluster.subscribe(move |revoked| {
+            let Some(node) = node.upgrade() else {
+                return;
+            };
+            match revoked {
+                crate::cluster::Revoked::Session(sid) => node.mcp_sessions.end(&sid),
+                crate::cluster::Revoked::Key(id) => node.keys.revoke_elsewhere(&id),
+            }
+        });
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = spawn_watcher(shared.clone(), &data_dir, stop.clone())?;
 

@@ -219,3 +219,108 @@ fn while_redis_is_down_fail_closed_limits_refuse_with_503_and_counting_resumes_w
     });
     gw.assert_verifies(&[]);
 }
+
+#[test]
+fn a_session_ended_and_a_key_revoked_on_one_replica_are_refused_by_the_other_within_a_second() {
+    use serde_json::json;
+    let redis = RedisServer::start();
+    let cluster = format!("[cluster]\nredis = \"{}\"\n", redis.url());
+    let a = Gateway::start_with(&cluster, STARTER_POLICY);
+    let key = bearer(&a.create_key("agent-session", &["agent"]));
+    let doomed = bearer(&a.create_key("agent-doomed", &["agent"]));
+    // B shares A's MCP session key and a copy of its key store.
+    let mut b = Gateway::prepare(
+        &format!(
+            "[mcp]\nsession_key_file = \"{}\"\n\n{cluster}",
+            a.path("data/mcp-session.key").display()
+        ),
+        STARTER_POLICY,
+    );
+    std::fs::create_dir_all(b.path("data")).unwrap();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        if a.path("data").join(f).exists() {
+            std::fs::copy(a.path("data").join(f), b.path("data").join(f)).unwrap();
+        }
+    }
+    b.spawn();
+
+    let mcp = |gw: &Gateway, headers: &[(&str, &str)], body: &serde_json::Value| {
+        let mut all = vec![
+            ("Authorization", key.as_str()),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ];
+        all.extend_from_slice(headers);
+        http(gw.port, "POST", "/mcp", &all, body.to_string().as_bytes()).unwrap()
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let sid = mcp(&a, &[], &init)
+        .header("mcp-session-id")
+        .expect("a session id")
+        .to_string();
+    let with = [
+        ("Mcp-Session-Id", sid.as_str()),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    assert_eq!(mcp(&b, &with, &list).status, 200, "B serves A's session");
+
+    // Ended on A: refused by B within a second.
+    let d = http(
+        a.port,
+        "DELETE",
+        "/mcp",
+        &[("Authorization", &key), ("Mcp-Session-Id", &sid)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(d.status, 204, "{}", d.body);
+    wait_for(
+        "B to refuse the ended session",
+        Duration::from_secs(1),
+        || mcp(&b, &with, &list).status == 404,
+    );
+
+    // Revoked on A (the CLI writes A's key store): refused by B within a
+    // second, though B's own store still holds it as active.
+    assert_eq!(b.get("/admin/v1/whoami", &doomed).status, 200);
+    let listed = String::from_utf8(a.lattice(&["keys", "list"]).stdout).unwrap();
+    let id = listed
+        .lines()
+        .find(|l| l.contains("agent-doomed"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(a.lattice(&["keys", "revoke", &id]).status.success());
+    // A notices its own store within its poll (100 ms here), then shares.
+    wait_for(
+        "B to refuse the revoked key",
+        Duration::from_secs(1),
+        || b.get("/admin/v1/whoami", &doomed).status == 401,
+    );
+    assert_eq!(
+        b.get("/admin/v1/whoami", &key).status,
+        200,
+        "others still work"
+    );
+
+    // A replica that starts later learns both from what Redis kept.
+    let mut c = Gateway::prepare(
+        &format!(
+            "[mcp]\nsession_key_file = \"{}\"\n\n{cluster}",
+            a.path("data/mcp-session.key").display()
+        ),
+        STARTER_POLICY,
+    );
+    std::fs::create_dir_all(c.path("data")).unwrap();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        if b.path("data").join(f).exists() {
+            std::fs::copy(b.path("data").join(f), c.path("data").join(f)).unwrap();
+        }
+    }
+    c.spawn();
+    wait_for("C to catch up", Duration::from_secs(5), || {
+        c.get("/admin/v1/whoami", &doomed).status == 401 && mcp(&c, &with, &list).status == 404
+    });
+    assert_eq!(c.get("/admin/v1/whoami", &key).status, 200);
+}

@@ -1,10 +1,12 @@
 //! The request path's view of the API keys: the active keys by hash,
 //! reloaded from the state store when its generation changes, so a key
-//! revoked from the CLI or the admin API stops working within one poll.
+//! revoked from the CLI or the admin API stops working within one poll —
+//! and one revoked on another replica (published through `[cluster]
+//! redis`) as soon as the news arrives.
 //! Must never: hold or log a secret (only hashes), or write the store.
 
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -15,6 +17,8 @@ use crate::GatewayError;
 pub struct KeyCache {
     by_hash: ArcSwap<HashMap<[u8; 32], ApiKey>>,
     generation: AtomicI64,
+    /// Key ids revoked on other replicas.
+    elsewhere: ArcSwap<HashSet<String>>,
 }
 
 impl KeyCache {
@@ -22,6 +26,7 @@ impl KeyCache {
         let cache = Self {
             by_hash: ArcSwap::from_pointee(HashMap::new()),
             generation: AtomicI64::new(-1),
+            elsewhere: ArcSwap::from_pointee(HashSet::new()),
         };
         cache.refresh(store)?;
         Ok(cache)
@@ -52,7 +57,22 @@ impl KeyCache {
 
     /// The active key for a presented secret.
     pub fn lookup(&self, secret: &str) -> Option<ApiKey> {
-        self.by_hash.load().get(&hash_key(secret)).cloned()
+        self.by_hash
+            .load()
+            .get(&hash_key(secret))
+            .filter(|k| !self.elsewhere.load().contains(&k.id))
+            .cloned()
+    }
+
+    /// A key id another replica revoked: refused here from now on.
+    pub fn revoke_elsewhere(&self, id: &str) {
+        if !self.elsewhere.load().contains(id) {
+            self.elsewhere.rcu(|set| {
+                let mut set = HashSet::clone(set);
+                set.insert(id.to_string());
+                set
+            });
+        }
     }
 }
 

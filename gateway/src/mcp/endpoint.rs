@@ -212,6 +212,13 @@ async fn stream_or_end(
             .await;
     };
     node.mcp_sessions.end(&c.sid);
+    if let Some(cluster) = &node.cluster {
+        let ttl = runtime.config.mcp.session_ttl_seconds;
+        let ended = crate::cluster::Revoked::Session(c.sid.clone());
+        if let Err(cause) = cluster.revoke(&ended, ttl).await {
+            tracing::error!(%cause, "an ended MCP session could not be shared: other replicas accept it until its tokens expire");
+        }
+    }
     if let Some(hub) = &node.mcp {
         for (server, uri) in node.mcp_sessions.take_subscriptions(&c.sid) {
             hub.resource_unsubscribe(&server, &uri).await;

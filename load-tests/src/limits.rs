@@ -1,0 +1,164 @@
+//! Shared limits scenario (issue #19): the cost of counting `[[limits]]`
+//! in Redis instead of the gateway's memory. Two gateways on the same HTTP
+//! route, each with one request limit that applies to every call (and is
+//! never reached): one counts in memory, the other in a local
+//! `redis-server` (Debian's, started here with nothing persisted). Each is
+//! measured at a fixed rate and at saturation, interleaved memory, Redis,
+//! memory, Redis, so drift on a shared machine hits both alike.
+//!
+//! `cargo run --release -p lattice-load-tests --bin lattice-load-limits --
+//!    --lattice target/release/lattice [--rate 1000] [--seconds 10]
+//!    [--saturation-seconds 5] [--concurrency 32] [--rounds 2]`
+
+use anyhow::{bail, Context, Result};
+use lattice_load_tests::http_get::{fixed_rate, saturation, wait_ok};
+use lattice_load_tests::{free_port, start_gateway, Fixed, Gateway, Proc};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+struct Args {
+    lattice: PathBuf,
+    rate: u64,
+    seconds: u64,
+    saturation_seconds: u64,
+    concurrency: usize,
+    rounds: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        lattice: PathBuf::from("target/release/lattice"),
+        rate: 1000,
+        seconds: 10,
+        saturation_seconds: 5,
+        concurrency: 32,
+        rounds: 2,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = argv.get(i + 1).context("missing value")?;
+        match argv[i].as_str() {
+            "--lattice" => a.lattice = PathBuf::from(value),
+            "--rate" => a.rate = value.parse()?,
+            "--seconds" => a.seconds = value.parse()?,
+            "--saturation-seconds" => a.saturation_seconds = value.parse()?,
+            "--concurrency" => a.concurrency = value.parse()?,
+            "--rounds" => a.rounds = value.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    if a.seconds > 60 || a.saturation_seconds > 60 || a.rate > 20_000 || a.rounds > 5 {
+        bail!("bounded scenario: at most 60 s a phase, 20,000 requests/s, 5 rounds");
+    }
+    Ok(a)
+}
+
+/// Starts `redis-server` on `port` with nothing persisted; waits for it.
+fn redis(port: u16, dir: &std::path::Path) -> Result<Proc> {
+    let child = Command::new("/usr/bin/redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start redis-server (scripts/setup installs it)")?;
+    let proc = Proc(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(proc);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("redis-server did not listen on {port}")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let (mem_dir, redis_dir, store_dir) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let up_port = free_port()?;
+    let _upstream = Proc(
+        Command::new(&args.lattice)
+            .args(["demo-upstream", "--listen", &format!("127.0.0.1:{up_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the demo upstream")?,
+    );
+    let redis_port = free_port()?;
+    let _redis = redis(redis_port, store_dir.path())?;
+    let starter = include_str!("../../examples/quickstart/policies/starter.cedar");
+    let base = format!(
+        "[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{up_port}\"\nlabels = [\"demo\"]\n\n\
+         [[limits]]\nname = \"per-agent\"\nper = \"agent\"\nrequests = 1000000000\nwindow_seconds = 3600\nkinds = [\"http\"]\n"
+    );
+    let memory = start_gateway(&args.lattice, mem_dir.path(), starter, &base).await?;
+    let shared = start_gateway(
+        &args.lattice,
+        redis_dir.path(),
+        starter,
+        &format!("{base}\n[cluster]\nredis = \"redis://127.0.0.1:{redis_port}\"\n"),
+    )
+    .await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let url = |g: &Gateway| format!("http://127.0.0.1:{}/tools/echo/bench", g.port);
+    for g in [&memory, &shared] {
+        wait_ok(&client, &url(g), Some(&g.auth)).await?;
+        let _ = fixed_rate(&client, &url(g), Some(&g.auth), args.rate, 1).await;
+        // warm-up
+    }
+    let mut fixed: [Vec<Fixed>; 2] = [Vec::new(), Vec::new()];
+    let mut sat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut errors = [0usize; 2];
+    for round in 0..args.rounds {
+        for (i, g) in [&memory, &shared].into_iter().enumerate() {
+            let f = fixed_rate(&client, &url(g), Some(&g.auth), args.rate, args.seconds).await;
+            errors[i] += f.errors;
+            fixed[i].push(f);
+            let (rps, errs) = saturation(
+                &client,
+                &url(g),
+                Some(&g.auth),
+                args.concurrency,
+                args.saturation_seconds,
+            )
+            .await;
+            errors[i] += errs;
+            sat[i].push(rps);
+        }
+        eprintln!("round {} of {} done", round + 1, args.rounds);
+    }
+    println!(
+        "{} rounds; fixed {} requests/s for {} s, then {} clients for {} s; medians of the rounds\n",
+        args.rounds, args.rate, args.seconds, args.concurrency, args.saturation_seconds
+    );
+    println!("| limits counted in | p50 ms | p90 ms | p99 ms | saturation requests/s | errors |");
+    println!("|---|---|---|---|---|---|");
+    for (i, name) in ["memory", "Redis (loopback)"].into_iter().enumerate() {
+        let pick = |f: fn(&Fixed) -> f64| median(fixed[i].iter().map(f).collect());
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} | {:.0} | {} |",
+            pick(|f| f.p50),
+            pick(|f| f.p90),
+            pick(|f| f.p99),
+            median(sat[i].clone()),
+            errors[i]
+        );
+    }
+    let p99 = |i: usize| median(fixed[i].iter().map(|f| f.p99).collect());
+    println!("\nadded by Redis at p99: {:.3} ms", p99(1) - p99(0));
+    Ok(())
+}
