@@ -419,6 +419,61 @@ mod tests {
     }
 
     #[test]
+    fn the_replica_example_parses_and_cluster_settings_name_what_is_wrong() {
+        // Without what this machine lacks: the environment variable, the
+        // certificate files.
+        let example: String = include_str!("../../../examples/replicas/lattice.toml")
+            .lines()
+            .filter(|l| {
+                ![
+                    "password_env",
+                    "[server.tls]",
+                    "cert_file",
+                    "key_file",
+                    "ca_file",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(Path::new("/etc/lattice/lattice.toml"), &example).unwrap();
+        let redis = c.cluster.redis.as_ref().unwrap();
+        assert_eq!(redis.url, "rediss://redis.internal:6380/0");
+        assert_eq!(redis.timeout, Duration::from_millis(250));
+        assert_eq!(c.llm.limits.len(), 2);
+        let with = |cluster: &str| format!("{MINIMAL}[cluster]\n{cluster}\n");
+        for (cluster, message) in [
+            (
+                "redis = \"http://r:6379\"",
+                "is not a redis:// or rediss:// URL",
+            ),
+            (
+                "redis = \"redis://:secret@r:6379\"",
+                "must not carry a password",
+            ),
+            (
+                "redis = \"redis://r\"\npassword_env = \"LATTICE_TEST_UNSET_VAR_7\"",
+                "names `LATTICE_TEST_UNSET_VAR_7`, which is not set",
+            ),
+            (
+                "redis = \"redis://r\"\nca_file = \"ca.pem\"",
+                "cluster.ca_file needs a rediss:// URL",
+            ),
+            ("password_env = \"X\"", "need cluster.redis"),
+            (
+                "redis = \"redis://r\"\nkey_prefx = \"x\"",
+                "unknown field `key_prefx`",
+            ),
+        ] {
+            let err = parse(Path::new("l.toml"), &with(cluster))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{cluster}: {err}");
+        }
+    }
+
+    #[test]
     fn server_edge_bounds_have_defaults_and_refuse_zero() {
         let c = parse(Path::new("l.toml"), MINIMAL).unwrap();
         assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
