@@ -1,7 +1,9 @@
 //! The connection to what replicas share: one Redis (or Valkey, the same
-//! protocol; standalone, not Redis Cluster), from `[cluster] redis`. It
-//! lives on a runtime of its own (like the MCP upstreams), so its
-//! reconnecting driver never depends on a request's thread; a request
+//! protocol; standalone, not Redis Cluster), from `[cluster] redis`. Checks
+//! run on the caller's runtime over one multiplexed connection (its driver
+//! lives on the runtime that first used it: a hop to another thread per
+//! check cost more than the check); the revocation subscription runs on a
+//! runtime of its own with its own connections. A request
 //! waits for an answer at most `cluster.timeout_ms` and otherwise gets an
 //! error naming the store and the cause, so callers can fail closed. A
 //! store that was down is used again as soon as it answers: the
@@ -145,18 +147,18 @@ impl Redis {
     }
 
     /// Runs a Lua script (EVALSHA, loaded again after a store restart).
-    /// Err: why the store could not answer, in words.
+    /// It runs on the caller's runtime: the connection's driver lives on
+    /// the runtime that first used it (the request path's), so a check
+    /// costs no hop to another thread. Err: why the store could not
+    /// answer, in words.
     pub async fn eval<T: FromRedisValue + Send + 'static>(
         &self,
         script: &'static Script,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<T, String> {
-        let Some(runtime) = &self.runtime else {
-            return Err(format!("{}: the connection is closed", self.shown));
-        };
         let mut conn = self.conn.clone();
-        let task = runtime.spawn(async move {
+        let call = async move {
             let mut call = script.prepare_invoke();
             for k in &keys {
                 call.key(k);
@@ -165,20 +167,15 @@ impl Redis {
                 call.arg(a);
             }
             call.invoke_async::<T>(&mut conn).await
-        });
-        let abort = task.abort_handle();
-        match tokio::time::timeout(self.timeout, task).await {
-            Err(_) => {
-                abort.abort();
-                Err(format!(
-                    "{}: no answer within {} ms",
-                    self.shown,
-                    self.timeout.as_millis()
-                ))
-            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(format!(
+                "{}: no answer within {} ms",
+                self.shown,
+                self.timeout.as_millis()
+            )),
             Ok(Err(e)) => Err(format!("{}: {e}", self.shown)),
-            Ok(Ok(Err(e))) => Err(format!("{}: {e}", self.shown)),
-            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(v)) => Ok(v),
         }
     }
 }
@@ -212,7 +209,7 @@ impl Redis {
         let Some(runtime) = &self.runtime else {
             return;
         };
-        let (client, conn) = (self.client.clone(), self.conn.clone());
+        let client = self.client.clone();
         let (channel, sessions, keys) = (
             self.key(&["revocations"]),
             self.key(&["ended-session", "*"]),
@@ -227,7 +224,9 @@ impl Redis {
                     pubsub.subscribe(&channel).await?;
                     // Subscribed first, then what was kept: nothing falls
                     // between the two.
-                    let mut conn = conn.clone();
+                    // A connection of its own: the shared one belongs to
+                    // the request path's runtime.
+                    let mut conn = client.get_multiplexed_async_connection().await?;
                     let kept: Vec<String> = redis::cmd("SMEMBERS")
                         .arg(&keys)
                         .query_async(&mut conn)
