@@ -73,6 +73,11 @@ pub struct Call {
     pub facts: CallFacts,
     pub door: Door,
     pub traceparent: String,
+    /// The caller's span id, from its `traceparent` (none: a new trace).
+    pub trace_parent: Option<String>,
+    /// When each enforcement step was first entered (by number), for the
+    /// call's trace.
+    pub(crate) entered: [Option<Instant>; 11],
     pub max_body: u64,
     /// The last enforcement step entered (`STEPS` numbering; 0: none).
     step: u8,
@@ -100,6 +105,8 @@ impl Call {
             facts: CallFacts::default(),
             door: Door::default(),
             traceparent: String::new(),
+            trace_parent: None,
+            entered: [None; 11],
             max_body,
             step: 0,
             result_hash: None,
@@ -144,6 +151,9 @@ impl Call {
             )));
         }
         self.step = self.step.max(number);
+        if let Some(slot @ None) = self.entered.get_mut(usize::from(number)) {
+            *slot = Some(Instant::now());
+        }
         Ok(())
     }
 

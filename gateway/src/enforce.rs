@@ -352,8 +352,9 @@ fn apply_evaluation(e: &mut AuditEvent, ev: &Evaluation) {
 }
 
 /// W3C trace context: the incoming `traceparent` if valid, else a new trace.
-/// Returns (trace id, the `traceparent` to send upstream with a new span id).
-pub fn trace_context(incoming: Option<&[u8]>) -> (String, String) {
+/// Returns (trace id, the `traceparent` to send upstream with a new span
+/// id — the gateway's span —, the caller's span id if it sent one).
+pub fn trace_context(incoming: Option<&[u8]>) -> (String, String, Option<String>) {
     let parsed = incoming
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| {
@@ -371,13 +372,24 @@ pub fn trace_context(incoming: Option<&[u8]>) -> (String, String) {
                 && hex(parts[2], 16)
                 && parts[2] != "0".repeat(16)
                 && hex(parts[3], 2))
-            .then(|| (parts[1].to_string(), parts[3].to_string()))
+            .then(|| {
+                (
+                    parts[1].to_string(),
+                    parts[3].to_string(),
+                    Some(parts[2].to_string()),
+                )
+            })
         });
-    let (trace_id, flags) =
-        parsed.unwrap_or_else(|| (hex::encode(rand::random::<[u8; 16]>()), "01".to_string()));
+    let (trace_id, flags, parent) = parsed.unwrap_or_else(|| {
+        (
+            hex::encode(rand::random::<[u8; 16]>()),
+            "01".to_string(),
+            None,
+        )
+    });
     let span = hex::encode(rand::random::<[u8; 8]>());
     let traceparent = format!("00-{trace_id}-{span}-{flags}");
-    (trace_id, traceparent)
+    (trace_id, traceparent, parent)
 }
 
 impl CallFacts {
@@ -418,16 +430,18 @@ mod tests {
     #[test]
     fn traceparent_is_kept_or_created() {
         let incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (trace, tp) = trace_context(Some(incoming));
+        let (trace, tp, parent) = trace_context(Some(incoming));
         assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(parent.as_deref(), Some("00f067aa0ba902b7"));
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(
             !tp.contains("00f067aa0ba902b7"),
             "a new span id is sent upstream"
         );
-        let (fresh, _) = trace_context(Some(
+        let (fresh, _, parent) = trace_context(Some(
             b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
         ));
+        assert_eq!(parent, None, "an invalid traceparent starts a new trace");
         assert_ne!(fresh, "00000000000000000000000000000000");
         assert_eq!(fresh.len(), 32);
     }

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub limits_unavailable: Counter,
     /// Calls let through uncounted (fail-open limits, counters unreachable).
     pub limits_bypassed: Counter,
+    /// Spans dropped: the export queue was full or the collector failed.
+    pub otlp_spans_dropped: Counter,
+    /// Batches the collector did not take.
+    pub otlp_export_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -67,6 +71,18 @@ impl Metrics {
         let connections_refused = Family::<Labels, Counter>::default();
         let limits_unavailable = Counter::default();
         let limits_bypassed = Counter::default();
+        let otlp_spans_dropped = Counter::default();
+        let otlp_export_failures = Counter::default();
+        registry.register(
+            "otlp_spans_dropped",
+            "Trace spans dropped (the export queue was full, or the collector did not take their batch)",
+            otlp_spans_dropped.clone(),
+        );
+        registry.register(
+            "otlp_export_failures",
+            "Span batches the OTLP collector did not take",
+            otlp_export_failures.clone(),
+        );
         registry.register(
             "limits_unavailable",
             "Calls refused with 503 because the shared limit counters could not be reached",
@@ -169,6 +185,8 @@ impl Metrics {
             connections_refused,
             limits_unavailable,
             limits_bypassed,
+            otlp_spans_dropped,
+            otlp_export_failures,
         }
     }
 

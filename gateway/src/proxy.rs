@@ -100,7 +100,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(Some(runtime.config.server.keepalive_idle_timeout_s));
         }
         let req = session.req_header();
-        let (trace_id, traceparent) =
+        let (trace_id, traceparent, trace_parent) =
             enforce::trace_context(req.headers.get("traceparent").map(|v| v.as_bytes()));
         ctx.facts = CallFacts {
             request_id: uuid::Uuid::now_v7().to_string(),
@@ -123,6 +123,7 @@ impl ProxyHttp for Gateway {
             ..CallFacts::default()
         };
         ctx.traceparent = traceparent;
+        ctx.trace_parent = trace_parent;
         let node = &self.shared;
         if ctx.facts.target == "/mcp" || ctx.facts.target.starts_with("/mcp/") {
             ctx.door = Door::Mcp;
@@ -243,6 +244,7 @@ impl ProxyHttp for Gateway {
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
         self.shared.metrics.request(ctx.facts.kind, status);
+        crate::spans::export(&self.shared, ctx, status);
         self.shared.metrics.latency.observe(elapsed.as_secs_f64());
         if !ctx.decided {
             return; // the decision itself could not be recorded: the caller got 503

@@ -39,9 +39,10 @@ pub fn reload(shared: &Shared) -> Result<(), GatewayError> {
             if new.config.server != shared.startup.server
                 || new.config.audit != shared.startup.audit
                 || new.config.cluster != shared.startup.cluster
+                || new.config.telemetry != shared.startup.telemetry
             {
                 tracing::warn!(
-                    "[server], [audit] and [cluster] changes take effect only after a restart"
+                    "[server], [audit], [cluster] and [telemetry] changes take effect only after a restart"
                 );
             }
             if let Some(summary) = crate::change_audit::reload_summary(&shared.runtime.load(), &new)

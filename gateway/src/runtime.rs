@@ -160,6 +160,8 @@ pub struct Shared {
     /// `[cluster] redis`: what replicas share (the limiter's counters, and
     /// revocations).
     pub cluster: Option<Arc<crate::cluster::Redis>>,
+    /// `[telemetry]`: the trace export queue.
+    pub otlp: Option<crate::otlp::Otlp>,
     /// MCP session signing (stateful protocol eras).
     pub mcp_sessions: lattice_mcp::session::Sessions,
     /// Requests upstream servers made that wait for a client's answer.

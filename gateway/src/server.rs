@@ -125,6 +125,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         Some(redis) => Some(Arc::new(crate::cluster::Redis::connect(redis)?)),
         None => None,
     };
+    let metrics = Metrics::new();
     let shared = Arc::new(Shared {
         inference: Arc::new(inference),
         limiter: match &cluster {
@@ -132,6 +133,15 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
             None => crate::limits::Limiter::default(),
         },
         cluster: cluster.clone(),
+        otlp: match &config.telemetry.otlp {
+            Some(otlp) => Some(crate::otlp::Otlp::start(
+                otlp,
+                &config.server.node_id,
+                metrics.otlp_spans_dropped.clone(),
+                metrics.otlp_export_failures.clone(),
+            )?),
+            None => None,
+        },
         mcp_sessions: lattice_mcp::session::Sessions::with_key(session_key(
             &config.mcp.session_key_file,
         )?)
@@ -141,7 +151,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
         runtime: arc_swap::ArcSwap::from_pointee(runtime),
         keys,
         audit: pipeline.handle(),
-        metrics: Metrics::new(),
+        metrics,
         // Always running: servers can be registered at run time.
         mcp: Some(Arc::new(crate::mcp_hub::McpHub::start(
             &runtime_mcp_servers,

@@ -23,6 +23,7 @@ mod prove;
 mod retention;
 mod secrets;
 mod tls;
+mod traces;
 mod witness;
 mod workbench;
 

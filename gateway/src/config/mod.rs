@@ -21,6 +21,7 @@ mod llm;
 mod mcp;
 mod raw;
 mod sections;
+mod telemetry;
 mod tls;
 
 pub use cluster::{ClusterConfig, RedisConfig};
@@ -30,6 +31,7 @@ pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
 pub use mcp::{build_mcp_server, McpServerConfig, McpTransport, RawMcpServer, ToolOverride};
 use raw::*;
 pub use raw::{Durability, OnFull};
+pub use telemetry::{OtlpConfig, TelemetryConfig};
 pub use tls::{CertId, ClientAuth, MtlsIdentity, TlsConfig};
 
 /// The JWT signature algorithms Lattice verifies.
@@ -60,6 +62,8 @@ pub struct Config {
     pub invariants: Vec<lattice_policy::prove::RawProperty>,
     /// `[cluster]`: state shared with other replicas (Redis).
     pub cluster: ClusterConfig,
+    /// `[telemetry]`: traces (OpenTelemetry over OTLP/HTTP).
+    pub telemetry: TelemetryConfig,
 }
 
 /// Settings of the downstream MCP endpoint.
@@ -350,6 +354,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
 
     let llm = llm::build(raw.backends, raw.models, raw.limits, &bad, &[])?;
     let cluster = cluster::cluster(raw.cluster, &resolve, &bad)?;
+    let telemetry = telemetry::telemetry(raw.telemetry, &bad)?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -367,6 +372,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         egress,
         invariants: raw.invariants,
         cluster,
+        telemetry,
         mcp: McpConfig {
             allowed_origins: raw.mcp.allowed_origins,
             resource_url: raw.mcp.resource_url,

@@ -39,6 +39,8 @@ pub(super) struct RawConfig {
     pub(super) invariants: Vec<lattice_policy::prove::RawProperty>,
     #[serde(default)]
     pub(super) cluster: super::cluster::RawCluster,
+    #[serde(default)]
+    pub(super) telemetry: super::telemetry::RawTelemetry,
 }
 
 #[derive(Debug, Deserialize)]
