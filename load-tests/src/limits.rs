@@ -11,8 +11,8 @@
 //!    [--saturation-seconds 5] [--concurrency 32] [--rounds 2]`
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::http_get::{fixed_rate, saturation, wait_ok};
-use lattice_load_tests::{free_port, start_gateway, Fixed, Gateway, Proc};
+use lattice_load_tests::http_get::{compare, Target};
+use lattice_load_tests::{free_port, start_gateway, Gateway, Proc};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -75,11 +75,6 @@ fn redis(port: u16, dir: &std::path::Path) -> Result<Proc> {
     bail!("redis-server did not listen on {port}")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
@@ -114,51 +109,24 @@ async fn main() -> Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
-    let url = |g: &Gateway| format!("http://127.0.0.1:{}/tools/echo/bench", g.port);
-    for g in [&memory, &shared] {
-        wait_ok(&client, &url(g), Some(&g.auth)).await?;
-        let _ = fixed_rate(&client, &url(g), Some(&g.auth), args.rate, 1).await;
-        // warm-up
-    }
-    let mut fixed: [Vec<Fixed>; 2] = [Vec::new(), Vec::new()];
-    let mut sat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    let mut errors = [0usize; 2];
-    for round in 0..args.rounds {
-        for (i, g) in [&memory, &shared].into_iter().enumerate() {
-            let f = fixed_rate(&client, &url(g), Some(&g.auth), args.rate, args.seconds).await;
-            errors[i] += f.errors;
-            fixed[i].push(f);
-            let (rps, errs) = saturation(
-                &client,
-                &url(g),
-                Some(&g.auth),
-                args.concurrency,
-                args.saturation_seconds,
-            )
-            .await;
-            errors[i] += errs;
-            sat[i].push(rps);
-        }
-        eprintln!("round {} of {} done", round + 1, args.rounds);
-    }
-    println!(
-        "{} rounds; fixed {} requests/s for {} s, then {} clients for {} s; medians of the rounds\n",
-        args.rounds, args.rate, args.seconds, args.concurrency, args.saturation_seconds
-    );
-    println!("| limits counted in | p50 ms | p90 ms | p99 ms | saturation requests/s | errors |");
-    println!("|---|---|---|---|---|---|");
-    for (i, name) in ["memory", "Redis (loopback)"].into_iter().enumerate() {
-        let pick = |f: fn(&Fixed) -> f64| median(fixed[i].iter().map(f).collect());
-        println!(
-            "| {name} | {:.3} | {:.3} | {:.3} | {:.0} | {} |",
-            pick(|f| f.p50),
-            pick(|f| f.p90),
-            pick(|f| f.p99),
-            median(sat[i].clone()),
-            errors[i]
-        );
-    }
-    let p99 = |i: usize| median(fixed[i].iter().map(|f| f.p99).collect());
-    println!("\nadded by Redis at p99: {:.3} ms", p99(1) - p99(0));
+    let target = |name: &str, g: &Gateway| Target {
+        name: name.to_string(),
+        url: format!("http://127.0.0.1:{}/tools/echo/bench", g.port),
+        auth: g.auth.clone(),
+    };
+    let p99 = compare(
+        &client,
+        &[
+            target("memory", &memory),
+            target("Redis (loopback)", &shared),
+        ],
+        args.rate,
+        args.seconds,
+        args.saturation_seconds,
+        args.concurrency,
+        args.rounds,
+    )
+    .await?;
+    println!("\nadded by Redis at p99: {:.3} ms", p99[1] - p99[0]);
     Ok(())
 }
