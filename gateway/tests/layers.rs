@@ -70,6 +70,10 @@ const MAX_FILE_LINES: usize = 700;
 /// Library crates must not depend on these packages.
 const FORBIDDEN_DEPS: &[&str] = &["lattice", "lattice-gpu-kernels", "cudarc"];
 
+/// The crates that may link GPU code (never the binary's package): the
+/// kernels themselves and the worker that runs them.
+const GPU_LINKERS: &[&str] = &["lattice-gpu-kernels", "lattice-worker"];
+
 /// A source file: its path under `src/` and its text.
 struct Source {
     rel: String,
@@ -365,7 +369,8 @@ fn crate_violations(manifests: &[(String, String)]) -> Vec<String> {
                 continue;
             };
             for dep in deps.keys() {
-                if FORBIDDEN_DEPS.contains(&dep.as_str()) {
+                let gpu_allowed = GPU_LINKERS.contains(&package) && dep != "lattice";
+                if FORBIDDEN_DEPS.contains(&dep.as_str()) && !gpu_allowed {
                     out.push(format!(
                         "{name}: library crate `{package}` depends on `{dep}`"
                     ));
@@ -594,12 +599,17 @@ fn a_library_depending_on_the_binary_or_gpu_code_is_caught() {
             "mcp/Cargo.toml".to_string(),
             "[package]\nname = \"lattice-mcp\"\n[dependencies]\ncudarc = \"0.17\"\n".to_string(),
         ),
+        (
+            "worker/Cargo.toml".to_string(),
+            "[package]\nname = \"lattice-worker\"\n[dependencies]\nlattice-gpu-kernels = { path = \"../gpu-kernels\" }\nlattice = { path = \"../app\" }\n".to_string(),
+        ),
     ];
     assert_eq!(
         crate_violations(&manifests),
         [
             "gateway/Cargo.toml: library crate `lattice-gateway` depends on `lattice`",
             "mcp/Cargo.toml: library crate `lattice-mcp` depends on `cudarc`",
+            "worker/Cargo.toml: library crate `lattice-worker` depends on `lattice`",
         ]
     );
 }

@@ -1,6 +1,164 @@
-//! # lattice-gpu-kernels — NOT BUILT YET
+//! # lattice-gpu-kernels — every numeric step of a forward pass, behind one interface
 //!
-//! Purpose: Lattice's own worker kernels (cudarc) with a CPU reference path; detects a missing GPU and says so.
+//! Owns: the [`Kernels`] trait that Lattice Inference's engine calls for
+//! each step of a decoder-only transformer (embedding, RMSNorm, matrix
+//! products against weights kept in their stored dtype, RoPE, writes to and
+//! attention over a paged KV cache, SwiGLU), the host form of a weight
+//! ([`HostWeight`]: memory-mapped bytes, viewed in place when aligned), and
+//! the multithreaded CPU implementation ([`cpu::Cpu`]). The CUDA twins
+//! (issue #16) implement the same trait, so the engine swaps the device
+//! and nothing else.
 //!
-//! This crate holds only its purpose today. Nothing here works yet, and
-//! nothing may depend on it until it does.
+//! Must never: know about models, tokenizers, requests or HTTP; panic on a
+//! shape mismatch (a [`KernelError`] names it); hide a missing GPU (a CUDA
+//! implementation answers with an error, never a panic).
+
+pub mod cpu;
+mod weight;
+
+pub use weight::{DType, Elems, HostWeight};
+
+use std::ops::Range;
+
+/// What a kernel refuses.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum KernelError {
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("weight {what}: {detail}")]
+    Weight { what: String, detail: String },
+    #[error("token id {token} is outside the vocabulary of {vocab}")]
+    Token { token: u32, vocab: usize },
+    #[error("{0}")]
+    Device(String),
+}
+
+/// The geometry of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Tokens per KV-cache block.
+    pub block_size: usize,
+    /// Sliding window: a query attends to at most this many positions
+    /// (itself included). `None`: the whole context.
+    pub window: Option<usize>,
+    pub scale: f32,
+}
+
+/// One sequence's share of a batched attention call: the query rows it
+/// owns, the position of the first of them, and its block table (cache
+/// block of each `block_size` positions, in order). Row `rows.start + i`
+/// is at position `start + i` and attends causally to positions
+/// `0..=start + i`, all of which are already written to the cache.
+#[derive(Debug, Clone)]
+pub struct AttnSeq<'a> {
+    pub rows: Range<usize>,
+    pub start: usize,
+    pub blocks: &'a [u32],
+}
+
+/// The steps of a forward pass on one device. Activations are f32 rows
+/// (`rows × cols`); weights stay in their stored dtype.
+pub trait Kernels: Send + Sync + 'static {
+    /// Activations: a `rows × cols` matrix of f32 on the device.
+    type Act: Send;
+    /// A weight on the device: a `[out, in]` matrix or a vector.
+    type Weight: Send + Sync;
+    /// One layer's KV cache: `slots` rows of `width` keys and of values.
+    type Kv: Send;
+
+    /// The device, in words ("cpu (2 threads, avx512)").
+    fn device(&self) -> String;
+    fn weight(&self, w: HostWeight) -> Result<Self::Weight, KernelError>;
+    fn act(&self, rows: usize, cols: usize) -> Result<Self::Act, KernelError>;
+    fn kv(&self, slots: usize, width: usize) -> Result<Self::Kv, KernelError>;
+    /// Bytes one KV slot of one layer takes (keys and values).
+    fn kv_slot_bytes(&self, width: usize) -> usize;
+
+    /// `out[r] = table[tokens[r]]`.
+    fn embed(
+        &self,
+        table: &Self::Weight,
+        tokens: &[u32],
+        out: &mut Self::Act,
+    ) -> Result<(), KernelError>;
+    /// `out = rmsnorm(x) * weight`.
+    fn rms_norm(
+        &self,
+        x: &Self::Act,
+        weight: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Act,
+    ) -> Result<(), KernelError>;
+    /// Fused residual step: `x += delta; out = rmsnorm(x) * weight`.
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Act,
+        delta: &Self::Act,
+        weight: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Act,
+    ) -> Result<(), KernelError>;
+    /// `out = x · wᵀ (+ bias)`, `w` being `[out_features, in_features]`.
+    fn matmul(
+        &self,
+        x: &Self::Act,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        out: &mut Self::Act,
+    ) -> Result<(), KernelError>;
+    /// Rotary position embedding in place (the "rotate half" layout of
+    /// Hugging Face checkpoints), each row at `positions[row]`.
+    fn rope(
+        &self,
+        x: &mut Self::Act,
+        head_dim: usize,
+        positions: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<(), KernelError>;
+    /// Writes row `r` of `k` and `v` into cache slot `slots[r]`.
+    fn kv_write(
+        &self,
+        kv: &mut Self::Kv,
+        k: &Self::Act,
+        v: &Self::Act,
+        slots: &[u32],
+    ) -> Result<(), KernelError>;
+    /// Causal attention of each sequence's query rows over its cached
+    /// keys and values.
+    fn attention(
+        &self,
+        q: &Self::Act,
+        kv: &Self::Kv,
+        shape: AttnShape,
+        seqs: &[AttnSeq<'_>],
+        out: &mut Self::Act,
+    ) -> Result<(), KernelError>;
+    /// `out = silu(gate) * up`.
+    fn silu_mul(
+        &self,
+        gate: &Self::Act,
+        up: &Self::Act,
+        out: &mut Self::Act,
+    ) -> Result<(), KernelError>;
+    /// `x += y`.
+    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), KernelError>;
+    /// Copies `rows` of `x` into `out` (`rows.len() × cols`), row-major.
+    fn gather_rows(
+        &self,
+        x: &Self::Act,
+        rows: &[usize],
+        out: &mut Self::Act,
+    ) -> Result<(), KernelError>;
+    /// The whole matrix, row-major, on the host.
+    fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>, KernelError>;
+}
+
+pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> KernelError {
+    KernelError::Shape {
+        op,
+        detail: detail.into(),
+    }
+}

@@ -1,0 +1,290 @@
+//! Causal attention over the paged KV cache on the CPU: one task per
+//! (query row, head), each reading its sequence's keys and values through
+//! the block table, with grouped-query heads sharing a KV head.
+//!
+//! Must never: read a slot beyond the sequence's context (positions past
+//! the query's own are masked by not being read at all), or a block the
+//! table does not name (an error, not a panic).
+
+use super::matmul::dot_f32;
+use super::{KvCpu, Mat, Simd};
+use crate::{shape, AttnSeq, AttnShape, KernelError};
+use rayon::prelude::*;
+
+pub(super) fn attention(
+    simd: Simd,
+    q: &Mat,
+    kv: &KvCpu,
+    s: AttnShape,
+    seqs: &[AttnSeq<'_>],
+    out: &mut Mat,
+) -> Result<(), KernelError> {
+    let width = s.heads * s.head_dim;
+    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) || s.block_size == 0 {
+        return Err(shape(
+            "attention",
+            format!("{} heads over {} KV heads", s.heads, s.kv_heads),
+        ));
+    }
+    if q.cols != width
+        || out.cols != width
+        || out.rows != q.rows
+        || kv.width != s.kv_heads * s.head_dim
+    {
+        return Err(shape(
+            "attention",
+            format!(
+                "q {}×{}, out {}×{}, cache width {}",
+                q.rows, q.cols, out.rows, out.cols, kv.width
+            ),
+        ));
+    }
+    // Which sequence owns each row, checked once.
+    let mut owner = vec![usize::MAX; q.rows];
+    let slots = kv.k.len() / kv.width.max(1);
+    for (i, seq) in seqs.iter().enumerate() {
+        if seq.rows.end > q.rows {
+            return Err(shape(
+                "attention",
+                format!("rows {:?} of {}", seq.rows, q.rows),
+            ));
+        }
+        let ctx = seq.start + seq.rows.len();
+        if seq.blocks.len() * s.block_size < ctx {
+            return Err(shape(
+                "attention",
+                format!("{} blocks for a context of {ctx}", seq.blocks.len()),
+            ));
+        }
+        if let Some(b) = seq
+            .blocks
+            .iter()
+            .find(|&&b| (b as usize + 1) * s.block_size > slots)
+        {
+            return Err(shape("attention", format!("block {b} outside the cache")));
+        }
+        owner[seq.rows.clone()].iter_mut().for_each(|o| *o = i);
+    }
+    if owner.contains(&usize::MAX) {
+        return Err(shape("attention", "a query row belongs to no sequence"));
+    }
+    out.data
+        .par_chunks_mut(s.head_dim)
+        .enumerate()
+        .for_each(|(task, o)| {
+            let (row, head) = (task / s.heads, task % s.heads);
+            let seq = &seqs[owner[row]];
+            let pos = seq.start + (row - seq.rows.start);
+            let qh = &q.data[row * width + head * s.head_dim..][..s.head_dim];
+            one(
+                simd,
+                qh,
+                kv,
+                s,
+                seq.blocks,
+                pos,
+                head / (s.heads / s.kv_heads),
+                o,
+            );
+        });
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one(
+    simd: Simd,
+    q: &[f32],
+    kv: &KvCpu,
+    s: AttnShape,
+    blocks: &[u32],
+    pos: usize,
+    kvh: usize,
+    o: &mut [f32],
+) {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 | Simd::Avx2 => {
+            // SAFETY: `Simd::detect` found AVX2, FMA and F16C on this CPU
+            // (AVX-512 implies them).
+            #[allow(unsafe_code)]
+            unsafe {
+                one_avx2(q, kv, s, blocks, pos, kvh, o)
+            }
+        }
+        _ => one_body::<false>(q, kv, s, blocks, pos, kvh, o),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn one_avx2(
+    q: &[f32],
+    kv: &KvCpu,
+    s: AttnShape,
+    blocks: &[u32],
+    pos: usize,
+    kvh: usize,
+    o: &mut [f32],
+) {
+    one_body::<true>(q, kv, s, blocks, pos, kvh, o)
+}
+
+/// One query row and head: softmax(q·Kᵀ·scale) · V over positions
+/// `first..=pos`.
+#[inline(always)]
+fn one_body<const FMA: bool>(
+    q: &[f32],
+    kv: &KvCpu,
+    s: AttnShape,
+    blocks: &[u32],
+    pos: usize,
+    kvh: usize,
+    o: &mut [f32],
+) {
+    let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let at = |p: usize| {
+        let slot = blocks[p / s.block_size] as usize * s.block_size + p % s.block_size;
+        slot * kv.width + kvh * s.head_dim
+    };
+    let mut scores = Vec::with_capacity(pos + 1 - first);
+    let mut max = f32::NEG_INFINITY;
+    for p in first..=pos {
+        let k = &kv.k[at(p)..][..s.head_dim];
+        let v = dot_f32::<FMA>(q, k) * s.scale;
+        max = max.max(v);
+        scores.push(v);
+    }
+    let mut sum = 0.0f32;
+    for v in scores.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    o.iter_mut().for_each(|x| *x = 0.0);
+    for (i, p) in (first..=pos).enumerate() {
+        let w = scores[i] / sum;
+        let v = &kv.v[at(p)..][..s.head_dim];
+        for (o, v) in o.iter_mut().zip(v) {
+            *o = if FMA { w.mul_add(*v, *o) } else { *o + w * v };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two sequences, GQA (4 heads over 2), scattered blocks, one of them
+    /// with a sliding window: against a direct computation.
+    #[test]
+    fn paged_attention_matches_a_direct_computation() {
+        let (heads, kv_heads, hd, bs) = (4, 2, 8, 4);
+        let kvw = kv_heads * hd;
+        let slots = 16 * bs;
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let kv = KvCpu {
+            width: kvw,
+            k: (0..slots * kvw).map(val).collect(),
+            v: (0..slots * kvw).map(|i| val(i + 13)).collect(),
+        };
+        let seq_a = [5u32, 2, 9];
+        let seq_b = [1u32, 7];
+        // a: 3 new rows at positions 7..10 (ctx 10); b: 1 row at position 6.
+        let q = Mat::from_vec(
+            4,
+            heads * hd,
+            (0..4 * heads * hd).map(|i| val(i + 5)).collect(),
+        )
+        .unwrap();
+        for window in [None, Some(3)] {
+            let shape = AttnShape {
+                heads,
+                kv_heads,
+                head_dim: hd,
+                block_size: bs,
+                window,
+                scale: 0.35,
+            };
+            let seqs = [
+                AttnSeq {
+                    rows: 0..3,
+                    start: 7,
+                    blocks: &seq_a,
+                },
+                AttnSeq {
+                    rows: 3..4,
+                    start: 6,
+                    blocks: &seq_b,
+                },
+            ];
+            for simd in [Simd::detect(), Simd::Portable] {
+                let mut out = Mat::zeros(4, heads * hd);
+                attention(simd, &q, &kv, shape, &seqs, &mut out).unwrap();
+                for (row, blocks, pos) in [
+                    (0usize, &seq_a[..], 7usize),
+                    (1, &seq_a[..], 8),
+                    (2, &seq_a[..], 9),
+                    (3, &seq_b[..], 6),
+                ] {
+                    for h in 0..heads {
+                        let kvh = h / 2;
+                        let qh = &q.data[row * heads * hd + h * hd..][..hd];
+                        let first = window.map_or(0, |w: usize| (pos + 1).saturating_sub(w));
+                        let slot =
+                            |p: usize| (blocks[p / bs] as usize * bs + p % bs) * kvw + kvh * hd;
+                        let sc: Vec<f64> = (first..=pos)
+                            .map(|p| {
+                                (0..hd)
+                                    .map(|d| f64::from(qh[d]) * f64::from(kv.k[slot(p) + d]))
+                                    .sum::<f64>()
+                                    * 0.35
+                            })
+                            .collect();
+                        let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+                        let e: Vec<f64> = sc.iter().map(|v| (v - m).exp()).collect();
+                        let z: f64 = e.iter().sum();
+                        for d in 0..hd {
+                            let want: f64 = (first..=pos)
+                                .zip(&e)
+                                .map(|(p, w)| w / z * f64::from(kv.v[slot(p) + d]))
+                                .sum();
+                            let got = out.data[row * heads * hd + h * hd + d];
+                            assert!(
+                                (f64::from(got) - want).abs() < 1e-5,
+                                "{window:?} {simd:?} row {row} head {h}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_table_too_short_for_the_context_is_an_error() {
+        let kv = KvCpu {
+            width: 8,
+            k: vec![0.0; 64],
+            v: vec![0.0; 64],
+        };
+        let q = Mat::zeros(1, 8);
+        let mut out = Mat::zeros(1, 8);
+        let shape = AttnShape {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 8,
+            block_size: 4,
+            window: None,
+            scale: 1.0,
+        };
+        let seqs = [AttnSeq {
+            rows: 0..1,
+            start: 4,
+            blocks: &[0],
+        }];
+        let err = attention(Simd::Portable, &q, &kv, shape, &seqs, &mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "shape mismatch in attention: 1 blocks for a context of 5"
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! `out = x · wᵀ (+ bias)` on the CPU, weights read in their stored dtype.
+//!
+//! Two paths: a few rows (decode) stream each weight row once from memory
+//! and dot it with every row of `x` while it sits in L1 (memory-bound:
+//! what matters is reading bf16 as bf16); many rows (prefill) convert a
+//! block of weight rows to f32 once and hand it to the `gemm` crate
+//! (compute-bound: what matters is a tuned micro-kernel). Both spread
+//! blocks of output rows over the pool. SIMD width is chosen at run time:
+//! the bodies are plain Rust compiled three times, with AVX-512, with
+//! AVX2+FMA and portably.
+//!
+//! Must never: call `gemm` without checking the three slices against the
+//! dimensions and strides it is given (its entry point is `unsafe`).
+
+use super::ops::bias_values;
+use super::{Mat, Simd};
+use crate::weight::bf16_to_f32;
+use crate::{shape, Elems, HostWeight, KernelError};
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+/// Up to this many rows take the streaming (GEMV) path.
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Accumulator lanes of a dot product: four AVX-512 registers.
+const LANES: usize = 64;
+
+pub(super) fn matmul(
+    simd: Simd,
+    threads: usize,
+    x: &Mat,
+    w: &HostWeight,
+    bias: Option<&HostWeight>,
+    out: &mut Mat,
+) -> Result<(), KernelError> {
+    let [n_out, k] = *w.shape() else {
+        return Err(shape("matmul", format!("{} is not a matrix", w.name())));
+    };
+    if x.cols != k || out.rows != x.rows || out.cols != n_out {
+        return Err(shape(
+            "matmul",
+            format!(
+                "x {}×{} · {} {:?}ᵀ into {}×{}",
+                x.rows,
+                x.cols,
+                w.name(),
+                w.shape(),
+                out.rows,
+                out.cols
+            ),
+        ));
+    }
+    let bias = bias.map(|b| bias_values(b, n_out)).transpose()?;
+    let elems = w.elems();
+    let t = x.rows;
+    let (block, many) = if t <= GEMV_MAX_ROWS {
+        // Enough blocks for every thread to stay busy, small enough to
+        // balance: ~8 per thread.
+        ((n_out / (threads * 8)).clamp(16, 512), false)
+    } else {
+        (128usize, true)
+    };
+    let blocks = n_out.div_ceil(block);
+    let parts: Vec<Vec<f32>> = (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let o0 = b * block;
+            let ob = block.min(n_out - o0);
+            let mut local = vec![0.0f32; t * ob];
+            if many {
+                gemm_block(elems, o0, ob, k, x, &mut local);
+            } else {
+                gemv_block(simd, elems, o0, ob, k, x, &mut local);
+            }
+            local
+        })
+        .collect();
+    for (b, local) in parts.iter().enumerate() {
+        let o0 = b * block;
+        let ob = local.len() / t.max(1);
+        for r in 0..t {
+            out.data[r * n_out + o0..r * n_out + o0 + ob]
+                .copy_from_slice(&local[r * ob..(r + 1) * ob]);
+        }
+    }
+    if let Some(bias) = bias {
+        for row in out.data.chunks_exact_mut(n_out) {
+            for (o, b) in row.iter_mut().zip(&bias) {
+                *o += b;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dot products of weight rows `o0..o0+ob` with every row of `x`:
+/// `local[r * ob + j] = x[r] · w[o0 + j]`.
+fn gemv_block(
+    simd: Simd,
+    w: Elems<'_>,
+    o0: usize,
+    ob: usize,
+    k: usize,
+    x: &Mat,
+    local: &mut [f32],
+) {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => {
+            // SAFETY: `Simd::detect` found AVX-512F on this CPU.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemv_avx512(w, o0, ob, k, x, local)
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => {
+            // SAFETY: `Simd::detect` found AVX2 and FMA on this CPU.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemv_avx2(w, o0, ob, k, x, local)
+            }
+        }
+        _ => gemv_body::<false>(w, o0, ob, k, x, local),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+fn gemv_avx512(w: Elems<'_>, o0: usize, ob: usize, k: usize, x: &Mat, local: &mut [f32]) {
+    gemv_body::<true>(w, o0, ob, k, x, local)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemv_avx2(w: Elems<'_>, o0: usize, ob: usize, k: usize, x: &Mat, local: &mut [f32]) {
+    gemv_body::<true>(w, o0, ob, k, x, local)
+}
+
+#[inline(always)]
+fn gemv_body<const FMA: bool>(
+    w: Elems<'_>,
+    o0: usize,
+    ob: usize,
+    k: usize,
+    x: &Mat,
+    local: &mut [f32],
+) {
+    let t = x.rows;
+    let mut conv = vec![0.0f32; if matches!(w, Elems::F16(_)) { k } else { 0 }];
+    for j in 0..ob {
+        let row = (o0 + j) * k..(o0 + j + 1) * k;
+        match w {
+            Elems::F32(s) => {
+                let wr = &s[row];
+                for r in 0..t {
+                    local[r * ob + j] = dot_f32::<FMA>(wr, x.row(r));
+                }
+            }
+            Elems::BF16(s) => {
+                let wr = &s[row];
+                for r in 0..t {
+                    local[r * ob + j] = dot_bf16::<FMA>(wr, x.row(r));
+                }
+            }
+            Elems::F16(s) => {
+                s[row].convert_to_f32_slice(&mut conv);
+                for r in 0..t {
+                    local[r * ob + j] = dot_f32::<FMA>(&conv, x.row(r));
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn fma<const FMA: bool>(a: f32, b: f32, acc: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, acc)
+    } else {
+        acc + a * b
+    }
+}
+
+#[inline(always)]
+pub(super) fn dot_f32<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    dot::<FMA, f32>(a, b, |v| v)
+}
+
+#[inline(always)]
+fn dot_bf16<const FMA: bool>(a: &[u16], b: &[f32]) -> f32 {
+    dot::<FMA, u16>(a, b, bf16_to_f32)
+}
+
+/// `Σ widen(a[i]) · b[i]` over `LANES` accumulators.
+#[inline(always)]
+fn dot<const FMA: bool, T: Copy>(a: &[T], b: &[f32], widen: impl Fn(T) -> f32) -> f32 {
+    let n = a.len().min(b.len());
+    let whole = n / LANES * LANES;
+    let mut acc = [0.0f32; LANES];
+    for (ca, cb) in a[..whole]
+        .chunks_exact(LANES)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            acc[l] = fma::<FMA>(widen(ca[l]), cb[l], acc[l]);
+        }
+    }
+    let mut s = reduce(&acc);
+    for i in whole..n {
+        s += widen(a[i]) * b[i];
+    }
+    s
+}
+
+/// Pairwise sum of the lanes (the same order on every path).
+#[inline(always)]
+fn reduce(acc: &[f32; LANES]) -> f32 {
+    let mut v = *acc;
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            v[l] += v[l + width];
+        }
+        width /= 2;
+    }
+    v[0]
+}
+
+/// Weight rows `o0..o0+ob` converted to f32 once, then `gemm`:
+/// `local (t × ob) = x (t × k) · blockᵀ`.
+fn gemm_block(w: Elems<'_>, o0: usize, ob: usize, k: usize, x: &Mat, local: &mut [f32]) {
+    let range = o0 * k..(o0 + ob) * k;
+    let converted;
+    let block: &[f32] = match w {
+        Elems::F32(s) => &s[range],
+        Elems::BF16(s) => {
+            converted = s[range].iter().map(|&b| bf16_to_f32(b)).collect::<Vec<_>>();
+            &converted
+        }
+        Elems::F16(s) => {
+            let mut v = vec![0.0f32; range.len()];
+            s[range].convert_to_f32_slice(&mut v);
+            converted = v;
+            &converted
+        }
+    };
+    sgemm_x_wt(&x.data, x.rows, k, block, ob, local);
+}
+
+/// `dst (t × ob) = x (t × k) · w (ob × k)ᵀ`, all row-major.
+fn sgemm_x_wt(x: &[f32], t: usize, k: usize, w: &[f32], ob: usize, dst: &mut [f32]) {
+    if x.len() < t * k || w.len() < ob * k || dst.len() < t * ob {
+        return;
+    }
+    // SAFETY: `x` holds t×k, `w` ob×k and `dst` t×ob elements (checked
+    // above); the strides address exactly those: dst row stride ob, column
+    // stride 1; lhs row stride k, column stride 1; rhs element (i, o) is
+    // w[o·k + i] (row stride 1, column stride k). No slice aliases another.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            t,
+            ob,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ob as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    fn naive(x: &Mat, w: &[f32], n_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let k = x.cols;
+        let mut out = vec![0.0; x.rows * n_out];
+        for r in 0..x.rows {
+            for o in 0..n_out {
+                let mut s = 0.0f64;
+                for i in 0..k {
+                    s += f64::from(x.data[r * k + i]) * f64::from(w[o * k + i]);
+                }
+                out[r * n_out + o] = s as f32 + bias.map_or(0.0, |b| b[o]);
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32)
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(seed.wrapping_mul(97));
+                ((h >> 8) % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every (rows, dtype, simd) case against a naive f64 product of the
+    /// same (dtype-rounded) weights.
+    #[test]
+    fn every_path_matches_a_naive_product() {
+        let (n_out, k) = (70, 131);
+        let w32 = values(n_out * k, 1);
+        let bf: Vec<u16> = w32
+            .iter()
+            .map(|v| half::bf16::from_f32(*v).to_bits())
+            .collect();
+        let hf: Vec<u16> = w32
+            .iter()
+            .map(|v| half::f16::from_f32(*v).to_bits())
+            .collect();
+        let as_f32 = |bits: &[u16], d: DType| -> Vec<f32> {
+            bits.iter()
+                .map(|&b| match d {
+                    DType::BF16 => bf16_to_f32(b),
+                    _ => half::f16::from_bits(b).to_f32(),
+                })
+                .collect()
+        };
+        let bias = values(n_out, 3);
+        let bias_w = HostWeight::owned_f32("b", vec![n_out], bias.clone()).unwrap();
+        let weights = [
+            (
+                HostWeight::owned_f32("w", vec![n_out, k], w32.clone()).unwrap(),
+                w32.clone(),
+            ),
+            (
+                HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bf.clone()).unwrap(),
+                as_f32(&bf, DType::BF16),
+            ),
+            (
+                HostWeight::owned_u16("w", DType::F16, vec![n_out, k], hf.clone()).unwrap(),
+                as_f32(&hf, DType::F16),
+            ),
+        ];
+        for rows in [1, 3, 8, 9, 33] {
+            let x = Mat::from_vec(rows, k, values(rows * k, 2)).unwrap();
+            for (w, reference) in &weights {
+                let want = naive(&x, reference, n_out, Some(&bias));
+                for simd in [Simd::detect(), Simd::Portable] {
+                    let mut out = Mat::zeros(rows, n_out);
+                    matmul(simd, 2, &x, w, Some(&bias_w), &mut out).unwrap();
+                    let worst = out
+                        .data
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(
+                        worst < 1e-4,
+                        "rows {rows}, {:?}, {simd:?}: off by {worst}",
+                        w.dtype()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_shape_mismatch_is_an_error_not_a_panic() {
+        let w = HostWeight::owned_f32(
+            "model.layers.0.mlp.up_proj.weight",
+            vec![4, 3],
+            vec![0.0; 12],
+        )
+        .unwrap();
+        let x = Mat::zeros(2, 5);
+        let mut out = Mat::zeros(2, 4);
+        let err = matmul(Simd::Portable, 1, &x, &w, None, &mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "shape mismatch in matmul: x 2×5 · model.layers.0.mlp.up_proj.weight [4, 3]ᵀ into 2×4"
+        );
+    }
+}

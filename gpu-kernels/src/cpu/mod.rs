@@ -1,0 +1,266 @@
+//! The CPU device: f32 activations, weights read in their stored dtype,
+//! every step spread over a rayon pool of its own (`threads`), SIMD chosen
+//! at run time (AVX-512, AVX2+FMA, or portable code).
+//!
+//! Must never: use the global rayon pool (the worker's other threads
+//! must not compete with the forward pass), or allocate per element.
+
+mod attention;
+mod matmul;
+mod ops;
+
+use crate::{shape, AttnSeq, AttnShape, HostWeight, KernelError, Kernels};
+
+/// A `rows × cols` f32 matrix, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mat {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Mat {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, KernelError> {
+        if data.len() != rows * cols {
+            return Err(shape(
+                "mat",
+                format!("{} values for {rows}×{cols}", data.len()),
+            ));
+        }
+        Ok(Self { rows, cols, data })
+    }
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// One layer's KV cache: keys and values, `slots × width` each.
+#[derive(Debug)]
+pub struct KvCpu {
+    pub width: usize,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// What SIMD the running CPU offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Simd {
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c");
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
+            }
+            if avx2 {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Portable
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Simd::Avx512 => "avx512",
+            Simd::Avx2 => "avx2",
+            Simd::Portable => "portable",
+        }
+    }
+}
+
+/// The CPU device.
+pub struct Cpu {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    simd: Simd,
+}
+
+impl Cpu {
+    /// A device with `threads` worker threads (0: one per core).
+    pub fn new(threads: usize) -> Result<Self, KernelError> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("lattice-cpu-{i}"))
+            .build()
+            .map_err(|e| KernelError::Device(format!("cpu thread pool: {e}")))?;
+        Ok(Self {
+            pool,
+            threads,
+            simd: Simd::detect(),
+        })
+    }
+
+    /// The same device with portable code only (tests compare the paths).
+    pub fn with_simd(mut self, simd: Simd) -> Self {
+        self.simd = simd;
+        self
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+fn same(op: &'static str, a: &Mat, b: &Mat) -> Result<(), KernelError> {
+    if a.rows != b.rows || a.cols != b.cols {
+        return Err(shape(
+            op,
+            format!("{}×{} against {}×{}", a.rows, a.cols, b.rows, b.cols),
+        ));
+    }
+    Ok(())
+}
+
+impl Kernels for Cpu {
+    type Act = Mat;
+    type Weight = HostWeight;
+    type Kv = KvCpu;
+
+    fn device(&self) -> String {
+        format!("cpu ({} threads, {})", self.threads, self.simd.name())
+    }
+
+    fn weight(&self, w: HostWeight) -> Result<HostWeight, KernelError> {
+        Ok(w)
+    }
+
+    fn act(&self, rows: usize, cols: usize) -> Result<Mat, KernelError> {
+        Ok(Mat::zeros(rows, cols))
+    }
+
+    fn kv(&self, slots: usize, width: usize) -> Result<KvCpu, KernelError> {
+        let n = slots
+            .checked_mul(width)
+            .ok_or_else(|| KernelError::Device("KV cache size overflows".into()))?;
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        k.try_reserve_exact(n)
+            .and_then(|_| v.try_reserve_exact(n))
+            .map_err(|e| KernelError::Device(format!("KV cache of {n} floats: {e}")))?;
+        k.resize(n, 0.0);
+        v.resize(n, 0.0);
+        Ok(KvCpu { width, k, v })
+    }
+
+    fn kv_slot_bytes(&self, width: usize) -> usize {
+        2 * width * std::mem::size_of::<f32>()
+    }
+
+    fn embed(&self, table: &HostWeight, tokens: &[u32], out: &mut Mat) -> Result<(), KernelError> {
+        ops::embed(table, tokens, out)
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Mat,
+        weight: &HostWeight,
+        eps: f32,
+        out: &mut Mat,
+    ) -> Result<(), KernelError> {
+        same("rms_norm", x, out)?;
+        self.pool.install(|| ops::rms_norm(x, weight, eps, out))
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut Mat,
+        delta: &Mat,
+        weight: &HostWeight,
+        eps: f32,
+        out: &mut Mat,
+    ) -> Result<(), KernelError> {
+        same("add_rms_norm", x, delta)?;
+        same("add_rms_norm", x, out)?;
+        self.pool.install(|| {
+            ops::add(x, delta);
+            ops::rms_norm(x, weight, eps, out)
+        })
+    }
+
+    fn matmul(
+        &self,
+        x: &Mat,
+        w: &HostWeight,
+        bias: Option<&HostWeight>,
+        out: &mut Mat,
+    ) -> Result<(), KernelError> {
+        self.pool
+            .install(|| matmul::matmul(self.simd, self.threads, x, w, bias, out))
+    }
+
+    fn rope(
+        &self,
+        x: &mut Mat,
+        head_dim: usize,
+        positions: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<(), KernelError> {
+        self.pool
+            .install(|| ops::rope(x, head_dim, positions, inv_freq))
+    }
+
+    fn kv_write(&self, kv: &mut KvCpu, k: &Mat, v: &Mat, slots: &[u32]) -> Result<(), KernelError> {
+        ops::kv_write(kv, k, v, slots)
+    }
+
+    fn attention(
+        &self,
+        q: &Mat,
+        kv: &KvCpu,
+        shape: AttnShape,
+        seqs: &[AttnSeq<'_>],
+        out: &mut Mat,
+    ) -> Result<(), KernelError> {
+        self.pool
+            .install(|| attention::attention(self.simd, q, kv, shape, seqs, out))
+    }
+
+    fn silu_mul(&self, gate: &Mat, up: &Mat, out: &mut Mat) -> Result<(), KernelError> {
+        same("silu_mul", gate, up)?;
+        same("silu_mul", gate, out)?;
+        self.pool.install(|| ops::silu_mul(gate, up, out));
+        Ok(())
+    }
+
+    fn add(&self, x: &mut Mat, y: &Mat) -> Result<(), KernelError> {
+        same("add", x, y)?;
+        ops::add(x, y);
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &Mat, rows: &[usize], out: &mut Mat) -> Result<(), KernelError> {
+        if out.rows != rows.len() || out.cols != x.cols {
+            return Err(shape("gather_rows", "output is not rows × cols"));
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            if r >= x.rows {
+                return Err(shape("gather_rows", format!("row {r} of {}", x.rows)));
+            }
+            out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(x.row(r));
+        }
+        Ok(())
+    }
+
+    fn to_host(&self, x: &Mat) -> Result<Vec<f32>, KernelError> {
+        Ok(x.data.clone())
+    }
+}

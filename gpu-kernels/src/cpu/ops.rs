@@ -1,0 +1,165 @@
+//! The element-wise and row-wise steps on the CPU: embedding lookup,
+//! RMSNorm, residual add, RoPE, SwiGLU, KV-cache writes.
+//!
+//! Must never: read a weight in another dtype than stored, or index
+//! outside a matrix (shapes are checked before any loop).
+
+use super::{KvCpu, Mat};
+use crate::{shape, HostWeight, KernelError};
+use rayon::prelude::*;
+
+pub(super) fn embed(table: &HostWeight, tokens: &[u32], out: &mut Mat) -> Result<(), KernelError> {
+    let [vocab, hidden] = table.shape() else {
+        return Err(shape("embed", "the table is not a matrix"));
+    };
+    let (vocab, hidden) = (*vocab, *hidden);
+    if out.rows != tokens.len() || out.cols != hidden {
+        return Err(shape(
+            "embed",
+            format!("{} tokens into {}×{}", tokens.len(), out.rows, out.cols),
+        ));
+    }
+    let elems = table.elems();
+    let mut row = Vec::with_capacity(hidden);
+    for (r, &t) in tokens.iter().enumerate() {
+        let t = t as usize;
+        if t >= vocab {
+            return Err(KernelError::Token {
+                token: t as u32,
+                vocab,
+            });
+        }
+        row.clear();
+        elems.extend_f32(t * hidden..(t + 1) * hidden, &mut row);
+        out.data[r * hidden..(r + 1) * hidden].copy_from_slice(&row);
+    }
+    Ok(())
+}
+
+fn vector(w: &HostWeight, len: usize, op: &'static str) -> Result<Vec<f32>, KernelError> {
+    if w.shape() != [len] {
+        return Err(shape(
+            op,
+            format!("{} is {:?}, expected [{len}]", w.name(), w.shape()),
+        ));
+    }
+    let mut v = Vec::with_capacity(len);
+    w.elems().extend_f32(0..len, &mut v);
+    Ok(v)
+}
+
+pub(super) fn rms_norm(
+    x: &Mat,
+    w: &HostWeight,
+    eps: f32,
+    out: &mut Mat,
+) -> Result<(), KernelError> {
+    let cols = x.cols;
+    let weight = vector(w, cols, "rms_norm")?;
+    out.data
+        .par_chunks_mut(cols)
+        .zip(x.data.par_chunks(cols))
+        .for_each(|(o, row)| {
+            let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / cols as f32;
+            let inv = 1.0 / (ss + eps).sqrt();
+            for ((o, v), g) in o.iter_mut().zip(row).zip(&weight) {
+                *o = v * inv * g;
+            }
+        });
+    Ok(())
+}
+
+pub(super) fn add(x: &mut Mat, y: &Mat) {
+    for (a, b) in x.data.iter_mut().zip(&y.data) {
+        *a += b;
+    }
+}
+
+pub(super) fn rope(
+    x: &mut Mat,
+    head_dim: usize,
+    positions: &[u32],
+    inv_freq: &[f32],
+) -> Result<(), KernelError> {
+    let half = head_dim / 2;
+    if head_dim == 0
+        || !head_dim.is_multiple_of(2)
+        || !x.cols.is_multiple_of(head_dim)
+        || inv_freq.len() != half
+    {
+        return Err(shape(
+            "rope",
+            format!(
+                "{} columns, head_dim {head_dim}, {} frequencies",
+                x.cols,
+                inv_freq.len()
+            ),
+        ));
+    }
+    if positions.len() != x.rows {
+        return Err(shape(
+            "rope",
+            format!("{} positions for {} rows", positions.len(), x.rows),
+        ));
+    }
+    let cols = x.cols;
+    x.data
+        .par_chunks_mut(cols)
+        .zip(positions.par_iter())
+        .for_each(|(row, &pos)| {
+            let (sin, cos): (Vec<f32>, Vec<f32>) =
+                inv_freq.iter().map(|f| (pos as f32 * f).sin_cos()).unzip();
+            for head in row.chunks_exact_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x0, x1) = (a[i], b[i]);
+                    a[i] = x0 * cos[i] - x1 * sin[i];
+                    b[i] = x1 * cos[i] + x0 * sin[i];
+                }
+            }
+        });
+    Ok(())
+}
+
+pub(super) fn silu_mul(gate: &Mat, up: &Mat, out: &mut Mat) {
+    out.data
+        .par_chunks_mut(4096)
+        .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
+        .for_each(|(o, (g, u))| {
+            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        });
+}
+
+pub(super) fn kv_write(kv: &mut KvCpu, k: &Mat, v: &Mat, slots: &[u32]) -> Result<(), KernelError> {
+    let w = kv.width;
+    if k.cols != w || v.cols != w || k.rows != slots.len() || v.rows != slots.len() {
+        return Err(shape(
+            "kv_write",
+            format!(
+                "k {}×{}, v {}×{} into width {w} for {} slots",
+                k.rows,
+                k.cols,
+                v.rows,
+                v.cols,
+                slots.len()
+            ),
+        ));
+    }
+    let capacity = kv.k.len() / w.max(1);
+    for (r, &slot) in slots.iter().enumerate() {
+        let s = slot as usize;
+        if s >= capacity {
+            return Err(shape("kv_write", format!("slot {s} of {capacity}")));
+        }
+        kv.k[s * w..(s + 1) * w].copy_from_slice(k.row(r));
+        kv.v[s * w..(s + 1) * w].copy_from_slice(v.row(r));
+    }
+    Ok(())
+}
+
+/// The f32 value of a vector weight's elements (biases).
+pub(super) fn bias_values(b: &HostWeight, len: usize) -> Result<Vec<f32>, KernelError> {
+    vector(b, len, "bias")
+}

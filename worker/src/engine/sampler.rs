@@ -1,0 +1,336 @@
+//! Choosing the next token from a sequence's logits: logit bias,
+//! repetition / presence / frequency penalties, then greedy (temperature
+//! 0) or sampling with temperature, top-k, top-p and min-p, from a random
+//! generator seeded per request (the same seed and request give the same
+//! tokens). Log-probabilities are those of the penalised logits before
+//! temperature, as the OpenAI API reports them.
+//!
+//! Must never: return a token that the constraint mask refuses, or a token
+//! with zero probability after filtering.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A request's sampling settings, validated by the API layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0: off.
+    pub top_k: usize,
+    pub min_p: f32,
+    pub seed: Option<u64>,
+    /// 1.0: off.
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Alternatives reported per token (`None`: no log-probabilities).
+    pub logprobs: Option<usize>,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            logprobs: None,
+        }
+    }
+}
+
+/// A chosen token, its log-probability and the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+pub struct Sampler {
+    params: Sampling,
+    rng: StdRng,
+    /// Occurrences of each generated token (for the penalties).
+    counts: std::collections::HashMap<u32, u32>,
+}
+
+impl Sampler {
+    pub fn new(params: Sampling) -> Self {
+        let rng = match params.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_entropy(),
+        };
+        Self {
+            params,
+            rng,
+            counts: std::collections::HashMap::new(),
+        }
+    }
+
+    pub fn params(&self) -> &Sampling {
+        &self.params
+    }
+
+    /// Records a generated token (penalties count it from now on).
+    pub fn accept(&mut self, token: u32) {
+        *self.counts.entry(token).or_insert(0) += 1;
+    }
+
+    /// The next token from `logits` (changed in place). `prompt` feeds the
+    /// repetition penalty; `allowed`, when given, is the constraint mask.
+    pub fn sample(
+        &mut self,
+        logits: &mut [f32],
+        prompt: &[u32],
+        allowed: Option<&[bool]>,
+    ) -> Sampled {
+        let p = self.params.clone();
+        for &(t, b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            let mut seen: std::collections::HashSet<u32> = prompt.iter().copied().collect();
+            seen.extend(self.counts.keys().copied());
+            for t in seen {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
+                }
+            }
+        }
+        for (&t, &n) in &self.counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= p.frequency_penalty * n as f32 + p.presence_penalty;
+            }
+        }
+        if let Some(mask) = allowed {
+            for (l, ok) in logits.iter_mut().zip(mask) {
+                if !ok {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let logprobs = log_softmax(logits);
+        let token = if p.temperature <= 0.0 {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
+        let top = match p.logprobs {
+            Some(n) if n > 0 => {
+                let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+                let n = n.min(idx.len());
+                idx.select_nth_unstable_by(n - 1, |a, b| {
+                    logprobs[*b as usize].total_cmp(&logprobs[*a as usize])
+                });
+                let mut top: Vec<(u32, f32)> = idx[..n]
+                    .iter()
+                    .map(|&t| (t, logprobs[t as usize]))
+                    .collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                top
+            }
+            _ => Vec::new(),
+        };
+        Sampled {
+            token,
+            logprob: logprobs[token as usize],
+            top,
+        }
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, l)| (i as u32, l / p.temperature))
+            .collect();
+        if cand.is_empty() {
+            return argmax(logits);
+        }
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 {
+            cand.truncate(p.top_k);
+        }
+        let max = cand[0].1;
+        let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= sum);
+        // min-p: drop what is less likely than min_p × the top probability.
+        let mut keep = probs.len();
+        if p.min_p > 0.0 {
+            let floor = p.min_p * probs[0];
+            keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+        }
+        // top-p: the smallest head whose mass reaches top_p.
+        if p.top_p < 1.0 {
+            let mut mass = 0.0;
+            let mut n = 0;
+            for x in &probs[..keep] {
+                mass += x;
+                n += 1;
+                if mass >= p.top_p {
+                    break;
+                }
+            }
+            keep = n.max(1);
+        }
+        let total: f32 = probs[..keep].iter().sum();
+        let mut r = self.rng.gen::<f32>() * total;
+        for (i, x) in probs[..keep].iter().enumerate() {
+            r -= x;
+            if r <= 0.0 {
+                return cand[i].0;
+            }
+        }
+        cand[keep - 1].0
+    }
+}
+
+/// The index of the largest value (the lowest index among equals).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn log_softmax(v: &[f32]) -> Vec<f32> {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = v.iter().map(|x| (x - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    v.iter().map(|x| x - log_sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![1.0, 3.0, 2.0, 0.5, 2.9]
+    }
+
+    #[test]
+    fn greedy_takes_the_largest_and_reports_its_logprob() {
+        let mut s = Sampler::new(Sampling {
+            temperature: 0.0,
+            logprobs: Some(2),
+            ..Default::default()
+        });
+        let out = s.sample(&mut logits(), &[], None);
+        assert_eq!(out.token, 1);
+        assert_eq!(out.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 4]);
+        let z: f32 = logits().iter().map(|x| x.exp()).sum();
+        assert!((out.logprob - (3.0f32.exp() / z).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_tokens() {
+        let draw = |seed| {
+            let mut s = Sampler::new(Sampling {
+                seed: Some(seed),
+                ..Default::default()
+            });
+            (0..50)
+                .map(|_| s.sample(&mut logits(), &[], None).token)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42), draw(42));
+        assert_ne!(draw(42), draw(43));
+    }
+
+    /// Each filter, as a table: the tokens it may ever draw.
+    #[test]
+    fn filters_bound_what_can_be_drawn() {
+        let cases: Vec<(Sampling, Vec<u32>)> = vec![
+            (
+                Sampling {
+                    top_k: 2,
+                    ..Default::default()
+                },
+                vec![1, 4],
+            ),
+            (
+                Sampling {
+                    top_p: 0.5,
+                    ..Default::default()
+                },
+                vec![1, 4],
+            ),
+            (
+                Sampling {
+                    min_p: 0.3,
+                    ..Default::default()
+                },
+                vec![1, 2, 4],
+            ),
+            (
+                Sampling {
+                    logit_bias: vec![(3, 100.0)],
+                    ..Default::default()
+                },
+                vec![3],
+            ),
+            (
+                Sampling {
+                    temperature: 0.01,
+                    ..Default::default()
+                },
+                vec![1],
+            ),
+        ];
+        for (params, allowed) in cases {
+            let mut s = Sampler::new(Sampling {
+                seed: Some(1),
+                ..params.clone()
+            });
+            for _ in 0..200 {
+                let t = s.sample(&mut logits(), &[], None).token;
+                assert!(allowed.contains(&t), "{params:?} drew {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_mask_is_never_crossed_and_penalties_push_repeats_down() {
+        let mut s = Sampler::new(Sampling {
+            seed: Some(3),
+            ..Default::default()
+        });
+        let mask = [true, false, false, true, false];
+        for _ in 0..100 {
+            let t = s.sample(&mut logits(), &[], Some(&mask)).token;
+            assert!(t == 0 || t == 3);
+        }
+        let mut g = Sampler::new(Sampling {
+            temperature: 0.0,
+            presence_penalty: 2.0,
+            ..Default::default()
+        });
+        g.accept(1);
+        assert_eq!(g.sample(&mut logits(), &[], None).token, 4);
+        let mut r = Sampler::new(Sampling {
+            temperature: 0.0,
+            repetition_penalty: 2.0,
+            ..Default::default()
+        });
+        assert_eq!(r.sample(&mut logits(), &[1, 4], None).token, 2);
+    }
+}

@@ -1,0 +1,262 @@
+//! A decoder-only transformer (Llama, Mistral, Qwen2) loaded from a model
+//! directory and run on any [`Kernels`] device: one forward pass over a
+//! batch of chunks — prompt pieces and single decode tokens of different
+//! sequences together — writing keys and values into the paged cache and
+//! returning the logits each chunk asks for.
+//!
+//! Must never: know about requests, sampling or scheduling (the engine
+//! owns those), or do arithmetic itself (every numeric step is a kernel,
+//! so a device swap changes nothing here).
+
+pub mod config;
+pub mod files;
+
+pub use config::{Arch, ModelConfig, RopeScaling};
+
+use crate::error::{file_err, Result, WorkerError};
+use files::Tensors;
+use lattice_gpu_kernels::{AttnSeq, AttnShape, DType, Kernels};
+use std::path::Path;
+
+struct Layer<W> {
+    attn_norm: W,
+    q: W,
+    k: W,
+    v: W,
+    q_bias: Option<W>,
+    k_bias: Option<W>,
+    v_bias: Option<W>,
+    o: W,
+    mlp_norm: W,
+    gate: W,
+    up: W,
+    down: W,
+}
+
+/// A model on a device.
+pub struct Model<K: Kernels> {
+    pub config: ModelConfig,
+    /// The dtype most weights are stored in.
+    pub dtype: DType,
+    kernels: K,
+    embed: K::Weight,
+    layers: Vec<Layer<K::Weight>>,
+    norm: K::Weight,
+    lm_head: Option<K::Weight>,
+    inv_freq: Vec<f32>,
+}
+
+/// The paged KV cache of every layer: `blocks` blocks of `block_size`
+/// token slots.
+pub struct KvCache<K: Kernels> {
+    layers: Vec<K::Kv>,
+    pub blocks: usize,
+    pub block_size: usize,
+}
+
+/// One sequence's share of a forward pass: `tokens` at positions
+/// `start..start + tokens.len()`, its block table, and whether the
+/// logits of its last token are wanted.
+#[derive(Debug, Clone)]
+pub struct Chunk<'a> {
+    pub tokens: &'a [u32],
+    pub start: usize,
+    pub blocks: &'a [u32],
+    pub logits: bool,
+}
+
+impl<K: Kernels> Model<K> {
+    /// Loads `dir`'s `config.json` and weights onto `kernels`' device.
+    pub fn load(kernels: K, dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| file_err(&config_path, e))?;
+        let config = ModelConfig::parse(&text)?;
+        let tensors = Tensors::open(dir)?;
+        let c = &config;
+        let (h, q, kv) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let get = |name: &str, shape: &[usize]| -> Result<K::Weight> {
+            Ok(kernels.weight(tensors.get(name, shape)?)?)
+        };
+        let bias = |name: &str, len: usize| -> Result<Option<K::Weight>> {
+            if c.qkv_bias {
+                get(name, &[len]).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mut layers = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                attn_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                q: get(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
+                k: get(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
+                v: get(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+                q_bias: bias(&format!("{p}.self_attn.q_proj.bias"), q)?,
+                k_bias: bias(&format!("{p}.self_attn.k_proj.bias"), kv)?,
+                v_bias: bias(&format!("{p}.self_attn.v_proj.bias"), kv)?,
+                o: get(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
+                mlp_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate: get(&format!("{p}.mlp.gate_proj.weight"), &[c.intermediate, h])?,
+                up: get(&format!("{p}.mlp.up_proj.weight"), &[c.intermediate, h])?,
+                down: get(&format!("{p}.mlp.down_proj.weight"), &[h, c.intermediate])?,
+            });
+        }
+        let embed = get("model.embed_tokens.weight", &[c.vocab, h])?;
+        let lm_head = if c.tie_embeddings {
+            None
+        } else {
+            Some(get("lm_head.weight", &[c.vocab, h])?)
+        };
+        let norm = get("model.norm.weight", &[h])?;
+        let dtype = tensors.dtype().ok_or_else(|| WorkerError::Tensor {
+            name: "model".into(),
+            detail: "no tensors".into(),
+        })?;
+        Ok(Self {
+            inv_freq: config.inv_freq(),
+            dtype,
+            config,
+            kernels,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    pub fn kernels(&self) -> &K {
+        &self.kernels
+    }
+
+    /// Width of one layer's keys (or values) for one token.
+    pub fn kv_width(&self) -> usize {
+        self.config.kv_heads * self.config.head_dim
+    }
+
+    /// Bytes one token's keys and values take over all layers.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.kernels.kv_slot_bytes(self.kv_width()) * self.config.layers
+    }
+
+    /// A cache of `blocks` blocks of `block_size` tokens.
+    pub fn kv_cache(&self, blocks: usize, block_size: usize) -> Result<KvCache<K>> {
+        let slots = blocks * block_size;
+        let layers = (0..self.config.layers)
+            .map(|_| self.kernels.kv(slots, self.kv_width()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(KvCache {
+            layers,
+            blocks,
+            block_size,
+        })
+    }
+
+    /// One forward pass over `chunks`; the logits of each chunk's last
+    /// token where it asked for them (empty otherwise).
+    pub fn forward(&self, cache: &mut KvCache<K>, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let k = &self.kernels;
+        let bs = cache.block_size;
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut slots = Vec::new();
+        let mut seqs = Vec::with_capacity(chunks.len());
+        for ch in chunks {
+            let end = ch.start + ch.tokens.len();
+            if ch.tokens.is_empty() || end > c.max_positions || ch.blocks.len() * bs < end {
+                return Err(WorkerError::Kernel(
+                    lattice_gpu_kernels::KernelError::Shape {
+                        op: "forward",
+                        detail: format!(
+                            "{} tokens at {} with {} blocks (context {})",
+                            ch.tokens.len(),
+                            ch.start,
+                            ch.blocks.len(),
+                            c.max_positions
+                        ),
+                    },
+                ));
+            }
+            let first = tokens.len();
+            for (i, &t) in ch.tokens.iter().enumerate() {
+                let p = ch.start + i;
+                tokens.push(t);
+                positions.push(p as u32);
+                slots.push(ch.blocks[p / bs] * bs as u32 + (p % bs) as u32);
+            }
+            seqs.push(AttnSeq {
+                rows: first..tokens.len(),
+                start: ch.start,
+                blocks: ch.blocks,
+            });
+        }
+        let n = tokens.len();
+        let (qw, kvw) = (c.heads * c.head_dim, self.kv_width());
+        let mut x = k.act(n, c.hidden)?;
+        let mut normed = k.act(n, c.hidden)?;
+        let mut q = k.act(n, qw)?;
+        let mut kk = k.act(n, kvw)?;
+        let mut vv = k.act(n, kvw)?;
+        let mut attn = k.act(n, qw)?;
+        let mut delta = k.act(n, c.hidden)?;
+        let mut gate = k.act(n, c.intermediate)?;
+        let mut up = k.act(n, c.intermediate)?;
+        let shape = AttnShape {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            block_size: bs,
+            window: c.window,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+        };
+        k.embed(&self.embed, &tokens, &mut x)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            if i == 0 {
+                k.rms_norm(&x, &l.attn_norm, c.rms_eps, &mut normed)?;
+            } else {
+                k.add_rms_norm(&mut x, &delta, &l.attn_norm, c.rms_eps, &mut normed)?;
+            }
+            k.matmul(&normed, &l.q, l.q_bias.as_ref(), &mut q)?;
+            k.matmul(&normed, &l.k, l.k_bias.as_ref(), &mut kk)?;
+            k.matmul(&normed, &l.v, l.v_bias.as_ref(), &mut vv)?;
+            k.rope(&mut q, c.head_dim, &positions, &self.inv_freq)?;
+            k.rope(&mut kk, c.head_dim, &positions, &self.inv_freq)?;
+            k.kv_write(&mut cache.layers[i], &kk, &vv, &slots)?;
+            k.attention(&q, &cache.layers[i], shape, &seqs, &mut attn)?;
+            k.matmul(&attn, &l.o, None, &mut delta)?;
+            k.add_rms_norm(&mut x, &delta, &l.mlp_norm, c.rms_eps, &mut normed)?;
+            k.matmul(&normed, &l.gate, None, &mut gate)?;
+            k.matmul(&normed, &l.up, None, &mut up)?;
+            // `up` becomes silu(gate) · up, the down projection's input.
+            let mut act = k.act(n, c.intermediate)?;
+            k.silu_mul(&gate, &up, &mut act)?;
+            up = act;
+            k.matmul(&up, &l.down, None, &mut delta)?;
+        }
+        k.add_rms_norm(&mut x, &delta, &self.norm, c.rms_eps, &mut normed)?;
+        let wanted: Vec<usize> = seqs
+            .iter()
+            .zip(chunks)
+            .filter(|(_, ch)| ch.logits)
+            .map(|(s, _)| s.rows.end - 1)
+            .collect();
+        let mut out = vec![Vec::new(); chunks.len()];
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let mut last = k.act(wanted.len(), c.hidden)?;
+        k.gather_rows(&normed, &wanted, &mut last)?;
+        let mut logits = k.act(wanted.len(), c.vocab)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        k.matmul(&last, head, None, &mut logits)?;
+        let host = k.to_host(&logits)?;
+        let mut rows = host.chunks_exact(c.vocab);
+        for (o, ch) in out.iter_mut().zip(chunks) {
+            if ch.logits {
+                *o = rows.next().map(<[f32]>::to_vec).unwrap_or_default();
+            }
+        }
+        Ok(out)
+    }
+}

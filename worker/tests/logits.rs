@@ -1,0 +1,170 @@
+//! The worker's forward pass against an independent implementation of the
+//! same files: candle-transformers' Llama and Qwen2, on generated tiny
+//! models in f32 and bf16.
+//!
+//! Tolerance: candle runs in f32 (bf16 weights upcast when loaded), as the
+//! worker computes (bf16 weights are read as stored, products accumulate
+//! in f32). The two differ only in the order of floating-point sums, so
+//! logits must agree within 1e-3 absolute on values of magnitude ~1-10.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed step fails the test
+
+use candle_core::{DType as CDType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::{llama, qwen2};
+use lattice_gpu_kernels::cpu::Cpu;
+use lattice_gpu_kernels::DType;
+use lattice_worker::model::{Arch, Chunk, Model};
+use lattice_worker::testmodel::{self, Spec};
+use std::path::Path;
+
+const TOLERANCE: f32 = 1e-3;
+
+/// Candle's logits of the last token after prefill of `prompt`, then
+/// after each token of `decode` in turn.
+fn candle_logits(dir: &Path, arch: Arch, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
+    let dev = Device::Cpu;
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let vb = VarBuilder::from_buffered_safetensors(bytes, CDType::F32, &dev).unwrap();
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut steps: Vec<(Vec<u32>, usize)> = vec![(prompt.to_vec(), 0)];
+    for (i, t) in decode.iter().enumerate() {
+        steps.push((vec![*t], prompt.len() + i));
+    }
+    let mut out = Vec::new();
+    match arch {
+        Arch::Qwen2 => {
+            let cfg: qwen2::Config = serde_json::from_str(&config).unwrap();
+            let mut m = qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
+            for (tokens, pos) in steps {
+                let input = Tensor::new(tokens.as_slice(), &dev)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let l = m.forward(&input, pos).unwrap();
+                out.push(l.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+        }
+        _ => {
+            let cfg: llama::LlamaConfig = serde_json::from_str(&config).unwrap();
+            let cfg = cfg.into_config(false);
+            let m = llama::Llama::load(vb, &cfg).unwrap();
+            let mut cache = llama::Cache::new(true, CDType::F32, &cfg, &dev).unwrap();
+            for (tokens, pos) in steps {
+                let input = Tensor::new(tokens.as_slice(), &dev)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let l = m.forward(&input, pos, &mut cache).unwrap();
+                out.push(l.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The worker's logits for the same steps, with the prompt's blocks
+/// deliberately out of order in the cache.
+fn worker_logits(dir: &Path, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
+    let model = Model::load(Cpu::new(2).unwrap(), dir).unwrap();
+    let bs = 4;
+    let mut cache = model.kv_cache(16, bs).unwrap();
+    let blocks: Vec<u32> = vec![9, 3, 14, 0, 7, 11, 2, 5];
+    let mut out = Vec::new();
+    let first = model
+        .forward(
+            &mut cache,
+            &[Chunk {
+                tokens: prompt,
+                start: 0,
+                blocks: &blocks,
+                logits: true,
+            }],
+        )
+        .unwrap();
+    out.push(first[0].clone());
+    for (i, t) in decode.iter().enumerate() {
+        let step = model
+            .forward(
+                &mut cache,
+                &[Chunk {
+                    tokens: std::slice::from_ref(t),
+                    start: prompt.len() + i,
+                    blocks: &blocks,
+                    logits: true,
+                }],
+            )
+            .unwrap();
+        out.push(step[0].clone());
+    }
+    out
+}
+
+fn worst(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check(spec: Spec) {
+    let dir = tempfile::tempdir().unwrap();
+    testmodel::write(dir.path(), &spec).unwrap();
+    let prompt: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % 300).collect();
+    let decode = [17u32, 250, 3];
+    let want = candle_logits(dir.path(), spec.arch, &prompt, &decode);
+    let got = worker_logits(dir.path(), &prompt, &decode);
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        let off = worst(g, w);
+        let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            off < TOLERANCE,
+            "{:?} {:?} step {step}: logits off by {off} (largest logit {scale})",
+            spec.arch,
+            spec.dtype
+        );
+        // Not trivially equal: the logits spread.
+        assert!(scale > 0.5, "{:?}: logits are all near zero", spec.arch);
+    }
+}
+
+#[test]
+fn llama_f32_matches_candle() {
+    check(Spec {
+        dtype: DType::F32,
+        ..Spec::tiny_llama()
+    });
+}
+
+#[test]
+fn llama_bf16_matches_candle() {
+    check(Spec {
+        dtype: DType::BF16,
+        ..Spec::tiny_llama()
+    });
+}
+
+#[test]
+fn qwen2_f32_matches_candle() {
+    check(Spec {
+        dtype: DType::F32,
+        ..Spec::tiny_qwen2()
+    });
+}
+
+#[test]
+fn qwen2_bf16_matches_candle() {
+    check(Spec {
+        dtype: DType::BF16,
+        ..Spec::tiny_qwen2()
+    });
+}
+
+#[test]
+fn llama_f16_matches_candle() {
+    check(Spec {
+        dtype: DType::F16,
+        ..Spec::tiny_llama()
+    });
+}
