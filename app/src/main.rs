@@ -56,6 +56,8 @@ enum Command {
     /// The audit trail: tail, verify and prove, offline.
     #[command(subcommand)]
     Audit(cli::audit::AuditCmd),
+    /// Lattice Inference: serve a local model with an OpenAI API.
+    Worker(cli::worker::WorkerArgs),
     /// An outside witness of gateways' audit logs (its own key and storage).
     #[command(subcommand)]
     Witness(cli::witness::WitnessCmd),
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => cli::keys::run(cmd),
         Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Witness(cmd) => cli::witness::run(cmd),
+        Command::Worker(a) => cli::worker::run(a),
         Command::Mcp(cmd) => cli::mcp::run(cmd),
         Command::Models(cmd) => cli::models::run(cmd),
         Command::Audit(cmd) => cli::audit::run(cmd),

@@ -11,10 +11,12 @@
 //! the gateway routes to as a backend, authenticated like any other), or
 //! do a numeric step itself (kernels own arithmetic, so devices swap).
 
+pub mod api;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod serve;
 pub mod testmodel;
 pub mod text;
 

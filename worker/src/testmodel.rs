@@ -194,8 +194,11 @@ pub fn tokenizer_json() -> (Value, usize) {
         .iter()
         .enumerate()
         .map(|(i, s)| {
+            // Qwen's tool-call tags are ordinary added tokens: they stay in
+            // decoded text, where the tool-call parser finds them.
+            let special = !s.contains("tool_call");
             json!({"id": order.len() + i, "content": s, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
+                   "rstrip": false, "normalized": false, "special": special})
         })
         .collect();
     let size = order.len() + SPECIALS.len();
@@ -278,7 +281,15 @@ pub fn write(dir: &Path, spec: &Spec) -> Result<()> {
         tensors.push((name, shape, encode(&values, spec.dtype)));
     };
     let lin = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
-    add("model.embed_tokens.weight".into(), vec![vocab, h], 1.0, 0.0);
+    // Tied embeddings are also the output head: smaller, so the logits
+    // spread over several tokens instead of one.
+    let embed_scale = if spec.tie_embeddings { 0.1 } else { 1.0 };
+    add(
+        "model.embed_tokens.weight".into(),
+        vec![vocab, h],
+        embed_scale,
+        0.0,
+    );
     for i in 0..spec.layers {
         let p = format!("model.layers.{i}");
         add(format!("{p}.input_layernorm.weight"), vec![h], 0.1, 1.0);

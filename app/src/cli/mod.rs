@@ -9,6 +9,7 @@ pub mod policy;
 pub mod stdio_guard;
 pub mod up;
 pub mod witness;
+pub mod worker;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};

@@ -428,7 +428,7 @@ mod tests {
     fn the_replica_example_parses_and_cluster_settings_name_what_is_wrong() {
         // Without what this machine lacks: the environment variable, the
         // certificate files.
-        let example: String = include_str!("../../../examples/replicas/lattice.toml")
+        let example: String = include_str!("../../../examples/replicas/replica.toml")
             .lines()
             .filter(|l| {
                 ![

@@ -16,6 +16,7 @@ use minijinja::{Environment, Error, ErrorKind};
 use serde_json::Value;
 
 pub struct Template {
+    source: String,
     env: Environment<'static>,
     bos: Option<String>,
     eos: Option<String>,
@@ -84,9 +85,19 @@ impl Template {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
-        env.add_template_owned("chat", source)
+        env.add_template_owned("chat", source.clone())
             .map_err(|e| WorkerError::Tokenizer(format!("chat_template: {e}")))?;
-        Ok(Self { env, bos, eos })
+        Ok(Self {
+            source,
+            env,
+            bos,
+            eos,
+        })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The prompt for `messages` (and `tools`, when given).

@@ -1,0 +1,211 @@
+//! `lattice worker`: serve a local model with Lattice Inference
+//! (`lattice-worker`), and `lattice worker make-test-model`, which writes
+//! a tiny random model for tests and benchmarks.
+//!
+//! Must never: take a secret on the command line (the API key comes from
+//! an environment variable), or start on a device it does not have.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use lattice_gpu_kernels::DType;
+use lattice_worker::model::Arch;
+use lattice_worker::serve::{self, Options};
+use lattice_worker::testmodel::{self, Flavor, Spec};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkerArgs {
+    #[command(subcommand)]
+    cmd: Option<WorkerCmd>,
+    /// A Hugging Face model directory (config.json, *.safetensors,
+    /// tokenizer.json, tokenizer_config.json).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Where the OpenAI API listens.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: std::net::SocketAddr,
+    /// The model's name in the API (default: the directory's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Another name the model answers to (repeatable).
+    #[arg(long = "alias")]
+    aliases: Vec<String>,
+    /// The device: `cpu` (`cuda` comes with the CUDA kernels).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Memory for the KV cache, in MiB: requests wait when it is full.
+    #[arg(long, default_value_t = 1024)]
+    kv_cache_mib: usize,
+    /// Tokens per KV-cache block (the unit of prefix caching).
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Tokens one engine step computes at most (bounds the stall a long
+    /// prompt causes the streams already decoding).
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Requests in the running batch at most.
+    #[arg(long, default_value_t = 64)]
+    max_seqs: usize,
+    /// Tokens a request may hold, prompt and completion (default: the
+    /// model's context, bounded by the KV cache).
+    #[arg(long)]
+    max_context: Option<usize>,
+    /// Environment variable holding the API key clients must send as
+    /// `Authorization: Bearer` (unset or empty: no key required).
+    #[arg(long, default_value = "LATTICE_WORKER_API_KEY")]
+    api_key_env: String,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+}
+
+#[derive(Subcommand)]
+enum WorkerCmd {
+    /// Write a tiny model with random weights (for tests and benchmarks:
+    /// its output is noise).
+    MakeTestModel(TestModelArgs),
+}
+
+#[derive(Args)]
+struct TestModelArgs {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "llama")]
+    arch: ArchArg,
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: DTypeArg,
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    #[arg(long, default_value_t = 256)]
+    intermediate: usize,
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 2)]
+    kv_heads: usize,
+    /// Weight files (more than 1: shards with an index).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    #[arg(long, default_value_t = 4096)]
+    max_positions: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ArchArg {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
+    if let Some(WorkerCmd::MakeTestModel(t)) = a.cmd {
+        let base = match t.arch {
+            ArchArg::Qwen2 => Spec::tiny_qwen2(),
+            _ => Spec::tiny_llama(),
+        };
+        let spec = Spec {
+            arch: match t.arch {
+                ArchArg::Llama => Arch::Llama,
+                ArchArg::Mistral => Arch::Mistral,
+                ArchArg::Qwen2 => Arch::Qwen2,
+            },
+            flavor: if matches!(t.arch, ArchArg::Qwen2) {
+                Flavor::Hermes
+            } else {
+                Flavor::Llama3
+            },
+            dtype: match t.dtype {
+                DTypeArg::F32 => DType::F32,
+                DTypeArg::F16 => DType::F16,
+                DTypeArg::Bf16 => DType::BF16,
+            },
+            hidden: t.hidden,
+            intermediate: t.intermediate,
+            layers: t.layers,
+            heads: t.heads,
+            kv_heads: t.kv_heads,
+            shards: t.shards,
+            max_positions: t.max_positions,
+            ..base
+        };
+        let (h, kv) = (t.heads, t.kv_heads);
+        if h == 0 || !t.hidden.is_multiple_of(h) || kv == 0 || !h.is_multiple_of(kv) {
+            bail!("hidden must divide into heads, and heads into kv-heads");
+        }
+        let out = t.out;
+        testmodel::write(&out, &spec)?;
+        println!("wrote a test model to {}", out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(model) = a.model else {
+        bail!("--model DIR is required (a Hugging Face model directory)");
+    };
+    if a.device != "cpu" {
+        bail!(
+            "device `{}` is not available: this build serves on `cpu` (CUDA kernels are issue #16)",
+            a.device
+        );
+    }
+    let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
+    let options = Options {
+        name: a.name,
+        aliases: a.aliases,
+        threads: a.threads,
+        kv_cache_mib: a.kv_cache_mib,
+        block_size: a.block_size,
+        max_batch_tokens: a.max_batch_tokens,
+        max_seqs: a.max_seqs,
+        max_context: a.max_context,
+        api_key,
+        max_body_bytes: a.max_body_bytes,
+        ..Options::new(model, a.listen)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let keyed = options.api_key.is_some();
+        let running = serve::start(options).await.context("lattice worker")?;
+        eprintln!(
+            "lattice worker: serving `{}` ({:.1} M parameters, {}) on http://{} — {}, KV cache {} tokens{}",
+            running.name,
+            running.parameters as f64 / 1e6,
+            running.dtype,
+            running.addr,
+            running.device,
+            running.kv_tokens,
+            if keyed { ", API key required" } else { "" }
+        );
+        running.serve(shutdown()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

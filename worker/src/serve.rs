@@ -1,0 +1,161 @@
+//! `lattice worker`: a model directory loaded onto a device, the engine
+//! started with a KV cache sized from a memory bound, and the OpenAI API
+//! served on its own listener.
+//!
+//! Must never: start serving a model it could not fully load (every
+//! refusal names the file, tensor or setting at fault), or size the KV
+//! cache beyond its memory bound.
+
+use crate::api::{self, tools::ToolFormat, Served};
+use crate::engine::{self, EngineConfig};
+use crate::error::{Result, WorkerError};
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::text::Text;
+use lattice_gpu_kernels::cpu::Cpu;
+use lattice_gpu_kernels::Kernels;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything `lattice worker` can be told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub model: PathBuf,
+    /// The name clients ask for (default: the directory's name).
+    pub name: Option<String>,
+    pub aliases: Vec<String>,
+    pub listen: SocketAddr,
+    /// Compute threads (0: one per core).
+    pub threads: usize,
+    /// Memory for the KV cache, in MiB.
+    pub kv_cache_mib: usize,
+    pub block_size: usize,
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
+    /// Tokens one request may hold (default: the model's context).
+    pub max_context: Option<usize>,
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+impl Options {
+    pub fn new(model: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            model,
+            name: None,
+            aliases: Vec::new(),
+            listen,
+            threads: 0,
+            kv_cache_mib: 1024,
+            block_size: 16,
+            max_batch_tokens: 512,
+            max_seqs: 64,
+            max_context: None,
+            api_key: None,
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// A loaded, listening worker.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub device: String,
+    pub kv_tokens: usize,
+    pub parameters: usize,
+    pub dtype: &'static str,
+    served: Arc<Served>,
+    listener: tokio::net::TcpListener,
+}
+
+/// Loads the model and binds the listener; [`Running::serve`] serves.
+pub async fn start(o: Options) -> Result<Running> {
+    let bad = |m: String| WorkerError::Unsupported(m);
+    if o.block_size == 0 || o.max_batch_tokens == 0 || o.max_seqs == 0 {
+        return Err(bad(
+            "block size, batch tokens and sequences must be at least 1".into(),
+        ));
+    }
+    let device = Cpu::new(o.threads)?;
+    let model = Model::load(device, &o.model)?;
+    let text = Arc::new(Text::load(&o.model, &model.config.eos)?);
+    let name = match &o.name {
+        Some(n) => n.clone(),
+        None => o
+            .model
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into()),
+    };
+    let per_block = model.kv_bytes_per_token() * o.block_size;
+    let kv_blocks = (o.kv_cache_mib << 20) / per_block.max(1);
+    let kv_tokens = kv_blocks * o.block_size;
+    let max_context = o
+        .max_context
+        .unwrap_or(model.config.max_positions)
+        .min(model.config.max_positions)
+        .min(kv_tokens);
+    if max_context < 2 {
+        return Err(bad(format!(
+            "a KV cache of {} MiB holds {kv_tokens} tokens: too few (one token takes {} bytes)",
+            o.kv_cache_mib,
+            model.kv_bytes_per_token()
+        )));
+    }
+    let device = model.kernels().device();
+    let parameters = model.config.parameters();
+    let dtype = model.dtype.name();
+    let metrics = Arc::new(Metrics::new(&name));
+    let tool_format = ToolFormat::detect(text.chat.as_ref().map(|t| t.source()));
+    let config = EngineConfig {
+        block_size: o.block_size,
+        kv_blocks,
+        max_batch_tokens: o.max_batch_tokens,
+        max_seqs: o.max_seqs,
+    };
+    let engine = engine::spawn(model, text.clone(), metrics.clone(), config)?;
+    let listener = tokio::net::TcpListener::bind(o.listen)
+        .await
+        .map_err(|e| bad(format!("listen on {}: {e}", o.listen)))?;
+    let addr = listener.local_addr().map_err(|e| bad(e.to_string()))?;
+    let served = Arc::new(Served {
+        name: name.clone(),
+        aliases: o.aliases.clone(),
+        engine,
+        text,
+        metrics,
+        key_hash: o.api_key.as_deref().map(api::key_hash),
+        max_body_bytes: o.max_body_bytes,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        tool_format,
+        max_context,
+    });
+    Ok(Running {
+        addr,
+        name,
+        device,
+        kv_tokens,
+        parameters,
+        dtype,
+        served,
+        listener,
+    })
+}
+
+impl Running {
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        axum::serve(self.listener, api::router(self.served))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| WorkerError::Unsupported(format!("serve: {e}")))
+    }
+}
