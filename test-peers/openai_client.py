@@ -7,6 +7,10 @@ usage: openai_client.py BASE_URL KEY MODE [ARGS...]
   load MODEL N CONCURRENCY  N streamed chats, CONCURRENCY at a time; prints a
                             JSON list with one entry per call
   until429 MODEL MAX        plain chats until MAX calls; prints each status
+  worker MODEL              against a Lattice worker (greedy, fixed length):
+                            a streamed chat with include_usage, the same chat
+                            whole, a forced tool call, and a bad request;
+                            prints one JSON object
 Retries are off (max_retries=0): the test sees what the gateway answered.
 """
 import json
@@ -95,6 +99,39 @@ def until429(c, model, maximum):
     return calls
 
 
+def worker(c, model):
+    msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
+    fixed = {"max_tokens": 24, "temperature": 0, "extra_body": {"ignore_eos": True}}
+    s = c.chat.completions.create(model=model, messages=msgs, stream=True,
+                                  stream_options={"include_usage": True}, **fixed)
+    chunks = list(s)
+    out = {"stream": {
+        "content": "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices),
+        "usage": [ch.usage.model_dump() for ch in chunks if ch.usage],
+        "finish": [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason],
+        "request_id": s.response.headers.get("x-request-id")}}
+    r = c.chat.completions.create(model=model, messages=msgs, **fixed)
+    out["chat"] = {"content": r.choices[0].message.content, "usage": r.usage.model_dump(),
+                   "finish": r.choices[0].finish_reason, "request_id": r._request_id}
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "London"]}},
+                       "required": ["city"], "additionalProperties": False}}}]
+    r = c.chat.completions.create(model=model, messages=msgs, tools=tools, tool_choice="required",
+                                  max_tokens=64, temperature=1.0, seed=5)
+    calls = r.choices[0].message.tool_calls or []
+    out["tool_call"] = {"finish": r.choices[0].finish_reason, "request_id": r._request_id,
+                        "usage": r.usage.model_dump(),
+                        "calls": [{"name": t.function.name, "arguments": json.loads(t.function.arguments)}
+                                  for t in calls]}
+    try:
+        c.chat.completions.create(model=model, messages=msgs, temperature=0, extra_body={"top_k": -7})
+        out["bad"] = {"status": 200}
+    except openai.APIStatusError as e:
+        out["bad"] = error_of(e)
+    return out
+
+
 def main():
     base, key, mode, *args = sys.argv[1:]
     c = client(base, key)
@@ -104,6 +141,8 @@ def main():
         result = load(c, args[0], int(args[1]), int(args[2]))
     elif mode == "until429":
         result = until429(c, args[0], int(args[1]))
+    elif mode == "worker":
+        result = worker(c, args[0])
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))

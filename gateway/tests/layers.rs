@@ -71,8 +71,13 @@ const MAX_FILE_LINES: usize = 700;
 const FORBIDDEN_DEPS: &[&str] = &["lattice", "lattice-gpu-kernels", "cudarc"];
 
 /// The crates that may link GPU code (never the binary's package): the
-/// kernels themselves and the worker that runs them.
-const GPU_LINKERS: &[&str] = &["lattice-gpu-kernels", "lattice-worker"];
+/// kernels themselves, the worker that runs them, and the benchmarks that
+/// measure it.
+const GPU_LINKERS: &[&str] = &[
+    "lattice-gpu-kernels",
+    "lattice-worker",
+    "lattice-load-tests",
+];
 
 /// A source file: its path under `src/` and its text.
 struct Source {

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod engine;
 pub mod error;
+pub mod grammar;
 pub mod metrics;
 pub mod model;
 pub mod serve;

@@ -9,6 +9,7 @@
 use crate::api::{self, tools::ToolFormat, Served};
 use crate::engine::{self, EngineConfig};
 use crate::error::{Result, WorkerError};
+use crate::grammar::Grammars;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::text::Text;
@@ -110,6 +111,9 @@ pub async fn start(o: Options) -> Result<Running> {
     let dtype = model.dtype.name();
     let metrics = Arc::new(Metrics::new(&name));
     let tool_format = ToolFormat::detect(text.chat.as_ref().map(|t| t.source()));
+    let grammars = Grammars::new(&text, model.config.vocab)
+        .map(Arc::new)
+        .map_err(|e| e.to_string());
     let config = EngineConfig {
         block_size: o.block_size,
         kv_blocks,
@@ -134,6 +138,7 @@ pub async fn start(o: Options) -> Result<Running> {
             .map_or(0, |d| d.as_secs()),
         tool_format,
         max_context,
+        grammars,
     });
     Ok(Running {
         addr,

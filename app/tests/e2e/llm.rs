@@ -110,7 +110,7 @@ fn sdk_command(gw: &Gateway, key: &str, args: &[&str]) -> Command {
     cmd
 }
 
-fn sdk(gw: &Gateway, key: &str, args: &[&str]) -> Value {
+pub(crate) fn sdk(gw: &Gateway, key: &str, args: &[&str]) -> Value {
     let out = sdk_command(gw, key, args).output().unwrap();
     assert!(
         out.status.success(),
@@ -121,7 +121,7 @@ fn sdk(gw: &Gateway, key: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn key_with(gw: &Gateway, agent: &str, labels: &[&str]) -> String {
+pub(crate) fn key_with(gw: &Gateway, agent: &str, labels: &[&str]) -> String {
     let mut args = vec!["keys", "create", "--agent", agent, "--role", "agent"];
     for l in labels {
         args.extend(["--label", l]);
@@ -175,7 +175,7 @@ fn chat_as(gw: &Gateway, authorization: &str, model: &str) -> Resp {
     .unwrap()
 }
 
-fn outcome(
+pub(crate) fn outcome(
     gw: &Gateway,
     request_id: &str,
 ) -> (lattice_audit::AuditEvent, lattice_audit::AuditEvent) {

@@ -26,6 +26,7 @@ mod tls;
 mod traces;
 mod witness;
 mod workbench;
+mod worker;
 
 use harness::*;
 use std::time::Duration;

@@ -13,7 +13,8 @@ pub mod openai;
 pub mod reply;
 pub mod tools;
 
-use crate::engine::{EngineHandle, Event, Request};
+use crate::engine::{Constraint, EngineHandle, Event, Request};
+use crate::grammar::Grammars;
 use crate::metrics::Metrics;
 use crate::text::Text;
 use axum::body::Body as HttpBody;
@@ -88,6 +89,8 @@ pub struct Served {
     pub tool_format: ToolFormat,
     /// Tokens one request may hold (prompt and completion).
     pub max_context: usize,
+    /// The grammar engine, or why it could not be built for this model.
+    pub grammars: Result<Arc<Grammars>, String>,
 }
 
 pub fn key_hash(key: &str) -> [u8; 32] {
@@ -215,28 +218,8 @@ async fn chat(
             format!("messages[{bad}] has no role"),
         ));
     }
-    if let Some(rf) = &b.response_format {
-        let kind = rf.get("type").and_then(Value::as_str).unwrap_or("");
-        if kind != "text" {
-            return Err(ApiError::param(
-                "response_format",
-                format!("response_format of type `{kind}` is not supported by this worker yet"),
-            ));
-        }
-    }
-    let choice = b.tool_choice.as_ref().map(|c| {
-        c.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| "function".into())
-    });
-    let use_tools =
-        b.tools.as_ref().is_some_and(|t| !t.is_empty()) && choice.as_deref() != Some("none");
-    if use_tools && !matches!(choice.as_deref(), None | Some("auto")) {
-        return Err(ApiError::param(
-            "tool_choice",
-            "tool_choice other than `auto` or `none` is not supported by this worker yet".into(),
-        ));
-    }
+    let use_tools = b.tools.as_ref().is_some_and(|t| !t.is_empty())
+        && b.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
     let Some(template) = s.text.chat.as_ref() else {
         return Err(ApiError::bad(
             "this model has no chat template: use /v1/completions".into(),
@@ -259,7 +242,11 @@ async fn chat(
     } else {
         ToolFormat::None
     };
-    run(&s, &b, true, tokens, format).await
+    let constraint = match forced_tools(&b, use_tools)? {
+        Some(tools) => Some(grammar(&s, Want::Tools(format, tools)).await?),
+        None => structured(&s, &b).await?,
+    };
+    run(&s, &b, true, tokens, format, constraint).await
 }
 
 async fn completions(
@@ -298,7 +285,8 @@ async fn completions(
     if tokens.is_empty() {
         return Err(ApiError::param("prompt", "the prompt is empty".into()));
     }
-    run(&s, &b, false, tokens, ToolFormat::None).await
+    let constraint = structured(&s, &b).await?;
+    run(&s, &b, false, tokens, ToolFormat::None, constraint).await
 }
 
 async fn run(
@@ -307,6 +295,7 @@ async fn run(
     chat: bool,
     tokens: Vec<u32>,
     tools: ToolFormat,
+    constraint: Option<Box<dyn Constraint>>,
 ) -> Result<Response, ApiError> {
     let params = b.params(chat, &s.text.defaults, s.text.vocab_size().max(1))?;
     let ctx = s.max_context;
@@ -330,7 +319,7 @@ async fn run(
         stop_ids: params.stop_ids.clone(),
         stop: params.stop.clone(),
         ignore_eos: params.ignore_eos,
-        constraint: None,
+        constraint,
         events: tx,
     };
     if !s.engine.submit(req) {
@@ -396,6 +385,104 @@ async fn run(
         HttpBody::from_stream(body),
     )
         .into_response())
+}
+
+/// The tools a call must be made to (`tool_choice` `required`, or one named
+/// function), when the request forces a call.
+fn forced_tools(b: &Body, use_tools: bool) -> Result<Option<Vec<Value>>, ApiError> {
+    let tools = b.tools.clone().unwrap_or_default();
+    match &b.tool_choice {
+        None => Ok(None),
+        Some(Value::String(c)) if c == "auto" || c == "none" => Ok(None),
+        Some(Value::String(c)) if c == "required" && use_tools => Ok(Some(tools)),
+        Some(v) if use_tools && v.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = v
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let named: Vec<Value> = tools
+                .into_iter()
+                .filter(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name))
+                .collect();
+            if named.is_empty() {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    format!("tool_choice names `{name}`, which is not in tools"),
+                ));
+            }
+            Ok(Some(named))
+        }
+        Some(v) => Err(ApiError::param(
+            "tool_choice",
+            format!(
+                "tool_choice must be `none`, `auto`, `required` or a function in tools, got {v}"
+            ),
+        )),
+    }
+}
+
+/// The constraint `response_format` asks for, if any.
+async fn structured(s: &Served, b: &Body) -> Result<Option<Box<dyn Constraint>>, ApiError> {
+    let Some(rf) = &b.response_format else {
+        return Ok(None);
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => grammar(s, Want::Json(json!({"type": "object"})))
+            .await
+            .map(Some),
+        Some("json_schema") => {
+            let Some(schema) = rf.pointer("/json_schema/schema") else {
+                return Err(ApiError::param(
+                    "response_format",
+                    "json_schema.schema is missing".into(),
+                ));
+            };
+            grammar(s, Want::Json(schema.clone())).await.map(Some)
+        }
+        other => Err(ApiError::param(
+            "response_format",
+            format!(
+                "response_format type must be text, json_object or json_schema, got {}",
+                other.unwrap_or("nothing")
+            ),
+        )),
+    }
+}
+
+enum Want {
+    Json(Value),
+    Tools(ToolFormat, Vec<Value>),
+}
+
+/// Compiles a constraint off the async runtime (a large schema takes a
+/// while).
+async fn grammar(s: &Served, want: Want) -> Result<Box<dyn Constraint>, ApiError> {
+    let grammars = match &s.grammars {
+        Ok(g) => g.clone(),
+        Err(e) => {
+            return Err(ApiError::bad(format!(
+                "constrained decoding is unavailable for this model: {e}"
+            )))
+        }
+    };
+    if let Want::Tools(ToolFormat::None, _) = want {
+        return Err(ApiError::param(
+            "tool_choice",
+            "this model's chat template has no tool-call format to force".into(),
+        ));
+    }
+    let (param, result) = tokio::task::spawn_blocking(move || match want {
+        Want::Json(schema) => ("response_format", grammars.json_schema(&schema)),
+        Want::Tools(format, tools) => ("tool_choice", grammars.tool_call(format, &tools)),
+    })
+    .await
+    .map_err(|e| ApiError {
+        status: 500,
+        kind: "server_error",
+        ..ApiError::bad(e.to_string())
+    })?;
+    result.map_err(|e| ApiError::param(param, format!("the grammar engine refused it: {e}")))
 }
 
 fn json_response(v: &Value) -> Response {

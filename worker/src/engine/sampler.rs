@@ -116,8 +116,9 @@ impl Sampler {
             }
         }
         if let Some(mask) = allowed {
-            for (l, ok) in logits.iter_mut().zip(mask) {
-                if !ok {
+            // A token the mask does not cover is refused too.
+            for (i, l) in logits.iter_mut().enumerate() {
+                if !mask.get(i).copied().unwrap_or(false) {
                     *l = f32::NEG_INFINITY;
                 }
             }

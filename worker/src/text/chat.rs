@@ -133,10 +133,11 @@ mod tests {
         let v = json!({"name": "get_weather", "parameters": {"city": "Zürich <x>", "n": [1, 2]}, "e": {}});
         let mut out = String::new();
         python_json(&v, None, 0, &mut out);
-        // serde_json's map is sorted by key.
+        // Keys in the order written, as a Python dict keeps them
+        // (serde_json's `preserve_order`, which llguidance turns on).
         assert_eq!(
             out,
-            r#"{"e": {}, "name": "get_weather", "parameters": {"city": "Zürich <x>", "n": [1, 2]}}"#
+            r#"{"name": "get_weather", "parameters": {"city": "Zürich <x>", "n": [1, 2]}, "e": {}}"#
         );
         let mut pretty = String::new();
         python_json(&json!({"a": [1]}), Some(2), 0, &mut pretty);
@@ -159,7 +160,7 @@ mod tests {
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\nBe brief.\n\
              Given the following functions, respond with a JSON for a function call with its proper arguments that best answers the given prompt.\n\n\
              Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}. Do not use variables.\n\n\
-             {\"function\": {\"name\": \"get_weather\"}, \"type\": \"function\"}\n\n<|eot_id|>\
+             {\"type\": \"function\", \"function\": {\"name\": \"get_weather\"}}\n\n<|eot_id|>\
              <|start_header_id|>user<|end_header_id|>\n\nWeather in Paris?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
         );
     }

@@ -1,0 +1,302 @@
+//! Worker scenario (issue #15): Lattice Inference on the CPU, on a
+//! generated Llama of a few hundred million parameters in bf16 (its
+//! weights are noise; speed does not depend on them).
+//!
+//! 1. The machine's copy bandwidth (STREAM-style: bytes read + written per
+//!    second), the decode roofline it implies (weight bytes per token).
+//! 2. Batch-1 prefill and decode tokens/s of the worker's forward pass, and
+//!    of candle-transformers' Llama on the same files and threads (bf16 as
+//!    stored, and upcast to f32 at load, its faster CPU path).
+//! 3. Aggregate generation tokens/s with 1, 4 and 16 concurrent streams
+//!    through the worker's HTTP API, with time to first token p50 / p99.
+//!
+//! `cargo run --release -p lattice-load-tests --bin lattice-load-worker --
+//!    [--hidden 1024] [--layers 16] [--intermediate 2816] [--heads 16]
+//!    [--kv-heads 4] [--threads 2] [--prompt 128] [--decode 64]
+//!    [--stream-tokens 64] [--skip-candle]`
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType as CDType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::llama;
+use futures_util::StreamExt;
+use lattice_gpu_kernels::cpu::Cpu;
+use lattice_gpu_kernels::DType;
+use lattice_load_tests::percentile;
+use lattice_worker::model::{Chunk, Model};
+use lattice_worker::serve::{self, Options};
+use lattice_worker::testmodel::{self, Spec};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+struct Args {
+    hidden: usize,
+    layers: usize,
+    intermediate: usize,
+    heads: usize,
+    kv_heads: usize,
+    threads: usize,
+    prompt: usize,
+    decode: usize,
+    stream_tokens: usize,
+    candle: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        hidden: 1024,
+        layers: 16,
+        intermediate: 2816,
+        heads: 16,
+        kv_heads: 4,
+        threads: 2,
+        prompt: 128,
+        decode: 64,
+        stream_tokens: 64,
+        candle: true,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        if argv[i] == "--skip-candle" {
+            a.candle = false;
+            i += 1;
+            continue;
+        }
+        let v: usize = argv.get(i + 1).context("missing value")?.parse()?;
+        match argv[i].as_str() {
+            "--hidden" => a.hidden = v,
+            "--layers" => a.layers = v,
+            "--intermediate" => a.intermediate = v,
+            "--heads" => a.heads = v,
+            "--kv-heads" => a.kv_heads = v,
+            "--threads" => a.threads = v,
+            "--prompt" => a.prompt = v,
+            "--decode" => a.decode = v,
+            "--stream-tokens" => a.stream_tokens = v,
+            other => bail!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    if a.prompt + a.decode > 1024 || a.stream_tokens > 512 || a.layers > 64 {
+        bail!("bounded scenario: prompt + decode ≤ 1024, stream tokens ≤ 512, layers ≤ 64");
+    }
+    Ok(a)
+}
+
+/// Copy bandwidth in bytes per second (read + write), best of 5.
+fn copy_bandwidth() -> f64 {
+    let n = 256 << 20;
+    let src = vec![1u8; n];
+    let mut dst = vec![0u8; n];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&dst);
+    }
+    2.0 * n as f64 / best
+}
+
+fn prompt_tokens(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 11) % 400).collect()
+}
+
+/// (prefill tokens/s, decode tokens/s) of the worker's forward pass.
+fn ours(dir: &Path, threads: usize, prompt: usize, decode: usize) -> Result<(f64, f64)> {
+    let model = Model::load(Cpu::new(threads)?, dir)?;
+    let bs = 16;
+    let blocks: Vec<u32> = (0..(prompt + decode).div_ceil(bs) as u32).collect();
+    let mut cache = model.kv_cache(blocks.len(), bs)?;
+    let tokens = prompt_tokens(prompt);
+    let mut prefill = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        model.forward(
+            &mut cache,
+            &[Chunk {
+                tokens: &tokens,
+                start: 0,
+                blocks: &blocks,
+                logits: true,
+            }],
+        )?;
+        prefill = prefill.min(t.elapsed().as_secs_f64());
+    }
+    let t = Instant::now();
+    for i in 0..decode {
+        let tok = [(i as u32 * 13) % 400];
+        model.forward(
+            &mut cache,
+            &[Chunk {
+                tokens: &tok,
+                start: prompt + i,
+                blocks: &blocks,
+                logits: true,
+            }],
+        )?;
+    }
+    Ok((
+        prompt as f64 / prefill,
+        decode as f64 / t.elapsed().as_secs_f64(),
+    ))
+}
+
+/// The same with candle-transformers' Llama (its threads: rayon's global
+/// pool, sized by `RAYON_NUM_THREADS`).
+fn candle(dir: &Path, dtype: CDType, prompt: usize, decode: usize) -> Result<(f64, f64)> {
+    let dev = Device::Cpu;
+    let bytes = std::fs::read(dir.join("model.safetensors"))?;
+    let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, &dev)?;
+    let cfg: llama::LlamaConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let cfg = cfg.into_config(false);
+    let m = llama::Llama::load(vb, &cfg)?;
+    let tokens = prompt_tokens(prompt);
+    let input = Tensor::new(tokens.as_slice(), &dev)?.unsqueeze(0)?;
+    let mut prefill = f64::MAX;
+    for _ in 0..3 {
+        let mut cache = llama::Cache::new(true, dtype, &cfg, &dev)?;
+        let t = Instant::now();
+        m.forward(&input, 0, &mut cache)?;
+        prefill = prefill.min(t.elapsed().as_secs_f64());
+    }
+    let mut cache = llama::Cache::new(true, dtype, &cfg, &dev)?;
+    m.forward(&input, 0, &mut cache)?;
+    let t = Instant::now();
+    for i in 0..decode {
+        let tok = Tensor::new(&[(i as u32 * 13) % 400], &dev)?.unsqueeze(0)?;
+        m.forward(&tok, prompt + i, &mut cache)?;
+    }
+    Ok((
+        prompt as f64 / prefill,
+        decode as f64 / t.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Aggregate tokens/s and TTFT p50 / p99 (ms) of `n` concurrent streams.
+async fn streams(url: &str, n: usize, tokens: usize, prompt: usize) -> Result<(f64, f64, f64)> {
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let client = client.clone();
+        let url = url.to_string();
+        let words: Vec<String> = (0..prompt / 2)
+            .map(|w| format!("w{}", (w * 7 + i) % 97))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let body = serde_json::json!({"model": "bench", "prompt": words.join(" "), "max_tokens": tokens,
+                                          "ignore_eos": true, "temperature": 0, "stream": true});
+            let start = Instant::now();
+            let r = client.post(format!("{url}/v1/completions")).json(&body).send().await?;
+            let mut s = r.bytes_stream();
+            let mut first = None;
+            let mut chunks = 0usize;
+            while let Some(b) = s.next().await {
+                let b = b?;
+                let k = b.windows(6).filter(|w| w == b"\"text\"").count();
+                if k > 0 && first.is_none() {
+                    first = Some(start.elapsed());
+                }
+                chunks += k;
+            }
+            anyhow::Ok((first.unwrap_or_default(), chunks))
+        }));
+    }
+    let mut ttft = Vec::new();
+    let mut total = 0;
+    for t in tasks {
+        let (first, chunks) = t.await??;
+        ttft.push(first);
+        total += chunks;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    ttft.sort();
+    Ok((
+        total as f64 / secs,
+        percentile(&ttft, 50.0),
+        percentile(&ttft, 99.0),
+    ))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let a = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let spec = Spec {
+        hidden: a.hidden,
+        layers: a.layers,
+        intermediate: a.intermediate,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        dtype: DType::BF16,
+        llama3_rope: false,
+        ..Spec::tiny_llama()
+    };
+    testmodel::write(dir.path(), &spec)?;
+    let cfg = lattice_worker::model::ModelConfig::parse(&std::fs::read_to_string(
+        dir.path().join("config.json"),
+    )?)?;
+    let params = cfg.parameters();
+    // The lm head and every layer are read per token; the embedding table
+    // only one row.
+    let read_per_token = 2.0 * (params - cfg.vocab * cfg.hidden) as f64;
+    let bw = copy_bandwidth();
+    println!(
+        "model: {:.0} M parameters, bf16, {} layers, hidden {}",
+        params as f64 / 1e6,
+        a.layers,
+        a.hidden
+    );
+    println!(
+        "copy bandwidth: {:.1} GB/s; decode roofline: {:.1} tokens/s ({:.0} MB read per token)",
+        bw / 1e9,
+        bw / read_per_token,
+        read_per_token / 1e6
+    );
+    let (pf, dc) = ours(dir.path(), a.threads, a.prompt, a.decode)?;
+    println!("\n| engine | prefill tokens/s ({} tokens) | decode tokens/s (batch 1) | decode, % of roofline |", a.prompt);
+    println!("|---|---|---|---|");
+    println!(
+        "| Lattice worker (bf16 as stored) | {pf:.0} | {dc:.1} | {:.0}% |",
+        100.0 * dc * read_per_token / bw
+    );
+    if a.candle {
+        for (name, dtype) in [
+            ("candle 0.11 Llama, bf16", CDType::BF16),
+            ("candle 0.11 Llama, upcast to f32", CDType::F32),
+        ] {
+            let (p, d) = candle(dir.path(), dtype, a.prompt, a.decode)?;
+            println!(
+                "| {name} | {p:.0} | {d:.1} | {:.0}% |",
+                100.0 * d * read_per_token * if dtype == CDType::F32 { 2.0 } else { 1.0 } / bw
+            );
+        }
+    }
+    let options = Options {
+        name: Some("bench".into()),
+        threads: a.threads,
+        kv_cache_mib: 2048,
+        ..Options::new(dir.path().to_path_buf(), "127.0.0.1:0".parse()?)
+    };
+    let running = serve::start(options).await?;
+    let url = format!("http://{}", running.addr);
+    tokio::spawn(running.serve(std::future::pending()));
+    println!("\n| concurrent streams | aggregate tokens/s | vs 1 stream | TTFT p50 / p99 (ms) |");
+    println!("|---|---|---|---|");
+    let mut one = 0.0;
+    for n in [1usize, 4, 16] {
+        let (tps, p50, p99) = streams(&url, n, a.stream_tokens, 64).await?;
+        if n == 1 {
+            one = tps;
+        }
+        println!(
+            "| {n} | {tps:.1} | {:.2}× | {p50:.0} / {p99:.0} |",
+            tps / one
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
