@@ -216,9 +216,54 @@ async fn streams(url: &str, n: usize, tokens: usize, prompt: usize) -> Result<(f
     ttft.sort();
     Ok((
         total as f64 / secs,
-        percentile(&ttft, 50.0),
-        percentile(&ttft, 99.0),
+        percentile(&ttft, 0.50),
+        percentile(&ttft, 0.99),
     ))
+}
+
+/// Tokens/s of `n` greedy requests of `tokens` tokens through the engine
+/// alone (no HTTP).
+async fn engine_only(dir: &Path, threads: usize, n: usize, tokens: usize) -> Result<f64> {
+    use lattice_worker::engine::{self, sampler::Sampling, EngineConfig, Event, Request};
+    let model = Model::load(Cpu::new(threads)?, dir)?;
+    let text = std::sync::Arc::new(lattice_worker::text::Text::load(dir, &model.config.eos)?);
+    let metrics = std::sync::Arc::new(lattice_worker::metrics::Metrics::new("bench"));
+    let config = EngineConfig {
+        block_size: 16,
+        kv_blocks: 1024,
+        max_batch_tokens: 512,
+        max_seqs: 64,
+    };
+    let handle = engine::spawn(model, text, metrics, config)?;
+    let t = Instant::now();
+    let mut rxs = Vec::new();
+    for i in 0..n {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        handle.submit(Request {
+            prompt: prompt_tokens(64 + i),
+            sampling: Sampling {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            max_tokens: tokens,
+            stop_ids: Vec::new(),
+            stop: Vec::new(),
+            ignore_eos: true,
+            constraint: None,
+            events: tx,
+        });
+        rxs.push(rx);
+    }
+    let mut total = 0;
+    for mut rx in rxs {
+        while let Some(e) = rx.recv().await {
+            match e {
+                Event::Token { .. } => total += 1,
+                Event::Done { .. } => break,
+            }
+        }
+    }
+    Ok(total as f64 / t.elapsed().as_secs_f64())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -274,6 +319,12 @@ async fn main() -> Result<()> {
                 100.0 * d * read_per_token * if dtype == CDType::F32 { 2.0 } else { 1.0 } / bw
             );
         }
+    }
+    for n in [1usize, 4] {
+        println!(
+            "engine alone, {n} requests: {:.1} tokens/s",
+            engine_only(dir.path(), a.threads, n, a.stream_tokens).await?
+        );
     }
     let options = Options {
         name: Some("bench".into()),
