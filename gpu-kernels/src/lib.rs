@@ -76,6 +76,14 @@ pub trait Kernels: Send + Sync + 'static {
     fn kv(&self, slots: usize, width: usize) -> Result<Self::Kv, KernelError>;
     /// Bytes one KV slot of one layer takes (keys and values).
     fn kv_slot_bytes(&self, width: usize) -> usize;
+    /// Runs `f` — a whole forward pass — where this device's steps run
+    /// cheapest. The CPU runs it on its own pool, so that its ~10 steps
+    /// per layer do not each hand work to the pool and wait for it (a
+    /// thread wake-up per step); a device that queues work
+    /// asynchronously runs it in place.
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
 
     /// `out[r] = table[tokens[r]]`.
     fn embed(

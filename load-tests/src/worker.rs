@@ -13,7 +13,12 @@
 //! `cargo run --release -p lattice-load-tests --bin lattice-load-worker --
 //!    [--hidden 1024] [--layers 16] [--intermediate 2816] [--heads 16]
 //!    [--kv-heads 4] [--threads 2] [--prompt 128] [--decode 64]
-//!    [--stream-tokens 64] [--skip-candle]`
+//!    [--stream-tokens 64] [--skip-candle] [--kernels]`
+//!
+//! `--kernels` measures instead the two matmul paths of the CPU device
+//! (streaming GEMV, and `gemm` on converted weight blocks) at each number
+//! of activation rows, on the MLP's weight shapes: where one overtakes
+//! the other.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType as CDType, Device, Tensor};
@@ -40,6 +45,7 @@ struct Args {
     decode: usize,
     stream_tokens: usize,
     candle: bool,
+    kernels: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -54,12 +60,18 @@ fn parse_args() -> Result<Args> {
         decode: 64,
         stream_tokens: 64,
         candle: true,
+        kernels: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
         if argv[i] == "--skip-candle" {
             a.candle = false;
+            i += 1;
+            continue;
+        }
+        if argv[i] == "--kernels" {
+            a.kernels = true;
             i += 1;
             continue;
         }
@@ -84,7 +96,8 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// Copy bandwidth in bytes per second (read + write), best of 5.
+/// Copy bandwidth in bytes per second (read + written, as STREAM counts
+/// a copy), best of 5, one thread (`memcpy`).
 fn copy_bandwidth() -> f64 {
     let n = 256 << 20;
     let src = vec![1u8; n];
@@ -97,6 +110,28 @@ fn copy_bandwidth() -> f64 {
         std::hint::black_box(&dst);
     }
     2.0 * n as f64 / best
+}
+
+/// Read bandwidth in bytes per second with `threads` threads each summing
+/// its share of a 512 MiB buffer (what a decode step does with the
+/// weights: read them once, write nothing), best of 5.
+fn read_bandwidth(threads: usize) -> f64 {
+    let n = 512usize << 20;
+    let buf: Vec<u64> = (0..n / 8).map(|i| i as u64).collect();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sum: u64 = std::thread::scope(|sc| {
+            let parts: Vec<_> = buf
+                .chunks(buf.len().div_ceil(threads.max(1)))
+                .map(|c| sc.spawn(move || c.iter().fold(0u64, |a, b| a.wrapping_add(*b))))
+                .collect();
+            parts.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        std::hint::black_box(sum);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    n as f64 / best
 }
 
 fn prompt_tokens(n: usize) -> Vec<u32> {
@@ -188,21 +223,31 @@ async fn streams(url: &str, n: usize, tokens: usize, prompt: usize) -> Result<(f
             .collect();
         tasks.push(tokio::spawn(async move {
             let body = serde_json::json!({"model": "bench", "prompt": words.join(" "), "max_tokens": tokens,
-                                          "ignore_eos": true, "temperature": 0, "stream": true});
+                                          "ignore_eos": true, "temperature": 0, "stream": true,
+                                          "stream_options": {"include_usage": true}});
             let start = Instant::now();
             let r = client.post(format!("{url}/v1/completions")).json(&body).send().await?;
             let mut s = r.bytes_stream();
             let mut first = None;
-            let mut chunks = 0usize;
+            let mut all = Vec::new();
             while let Some(b) = s.next().await {
                 let b = b?;
-                let k = b.windows(6).filter(|w| w == b"\"text\"").count();
-                if k > 0 && first.is_none() {
+                if first.is_none() && b.windows(6).any(|w| w == b"\"text\"") {
                     first = Some(start.elapsed());
                 }
-                chunks += k;
+                all.extend_from_slice(&b);
             }
-            anyhow::Ok((first.unwrap_or_default(), chunks))
+            // Tokens generated, from the usage the last chunk reports (a
+            // token whose text is held back — part of a character — has
+            // no chunk of its own).
+            let text = String::from_utf8_lossy(&all);
+            let generated = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .find_map(|v| v["usage"]["completion_tokens"].as_u64())
+                .context("no usage in the stream")?;
+            anyhow::Ok((first.unwrap_or_default(), generated as usize))
         }));
     }
     let mut ttft = Vec::new();
@@ -266,9 +311,47 @@ async fn engine_only(dir: &Path, threads: usize, n: usize, tokens: usize) -> Res
     Ok(total as f64 / t.elapsed().as_secs_f64())
 }
 
+/// GFLOP/s of the CPU device's matmul paths on `[n_out, k]` bf16
+/// weights, for each number of activation rows.
+fn kernels(a: &Args) -> Result<()> {
+    use lattice_gpu_kernels::{HostWeight, Kernels};
+    println!("| rows | weight | GEMV GFLOP/s | gemm GFLOP/s |");
+    println!("|---|---|---|---|");
+    for (n_out, k) in [(a.intermediate, a.hidden), (a.hidden, a.intermediate)] {
+        let bits: Vec<u16> = (0..n_out * k)
+            .map(|i| ((((i * 7919) % 2001) as f32 / 1000.0 - 1.0).to_bits() >> 16) as u16)
+            .collect();
+        let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits)?;
+        let gemv = Cpu::new(a.threads)?.with_gemv_max_rows(usize::MAX);
+        let gemm = Cpu::new(a.threads)?.with_gemv_max_rows(0);
+        for rows in [1usize, 2, 4, 8, 16, 24, 32, 48, 64, 128, 512] {
+            let mut rate = [0.0f64; 2];
+            for (dev, r) in [&gemv, &gemm].into_iter().zip(rate.iter_mut()) {
+                let x = dev.act(rows, k)?;
+                let mut out = dev.act(rows, n_out)?;
+                let reps = (256 / rows).max(4);
+                let mut best = f64::MAX;
+                for _ in 0..3 {
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        dev.matmul(&x, &w, None, &mut out)?;
+                    }
+                    best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+                }
+                *r = 2.0 * (rows * n_out * k) as f64 / best / 1e9;
+            }
+            println!("| {rows} | {n_out}×{k} | {:.1} | {:.1} |", rate[0], rate[1]);
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let a = parse_args()?;
+    if a.kernels {
+        return kernels(&a);
+    }
     let dir = tempfile::tempdir()?;
     let spec = Spec {
         hidden: a.hidden,
@@ -288,7 +371,8 @@ async fn main() -> Result<()> {
     // The lm head and every layer are read per token; the embedding table
     // only one row.
     let read_per_token = 2.0 * (params - cfg.vocab * cfg.hidden) as f64;
-    let bw = copy_bandwidth();
+    let copy = copy_bandwidth();
+    let bw = read_bandwidth(a.threads);
     println!(
         "model: {:.0} M parameters, bf16, {} layers, hidden {}",
         params as f64 / 1e6,
@@ -296,28 +380,37 @@ async fn main() -> Result<()> {
         a.hidden
     );
     println!(
-        "copy bandwidth: {:.1} GB/s; decode roofline: {:.1} tokens/s ({:.0} MB read per token)",
+        "read bandwidth ({} threads): {:.1} GB/s; copy bandwidth (read + written, 1 thread): {:.1} GB/s",
+        a.threads,
         bw / 1e9,
+        copy / 1e9
+    );
+    println!(
+        "decode roofline: {:.1} tokens/s at the read bandwidth, {:.1} at the copy bandwidth ({:.0} MB read per token)",
         bw / read_per_token,
+        copy / read_per_token,
         read_per_token / 1e6
     );
     let (pf, dc) = ours(dir.path(), a.threads, a.prompt, a.decode)?;
-    println!("\n| engine | prefill tokens/s ({} tokens) | decode tokens/s (batch 1) | decode, % of roofline |", a.prompt);
-    println!("|---|---|---|---|");
-    println!(
-        "| Lattice worker (bf16 as stored) | {pf:.0} | {dc:.1} | {:.0}% |",
-        100.0 * dc * read_per_token / bw
-    );
+    println!("\n| engine | prefill tokens/s ({} tokens) | decode tokens/s (batch 1) | weights read, GB/s | % of read roofline | % of copy roofline |", a.prompt);
+    println!("|---|---|---|---|---|---|");
+    let row = |name: &str, p: f64, d: f64, bytes: f64| {
+        println!(
+            "| {name} | {p:.0} | {d:.1} | {:.1} | {:.0}% | {:.0}% |",
+            d * bytes / 1e9,
+            100.0 * d * bytes / bw,
+            100.0 * d * bytes / copy
+        )
+    };
+    row("Lattice worker (bf16 as stored)", pf, dc, read_per_token);
     if a.candle {
         for (name, dtype) in [
             ("candle 0.11 Llama, bf16", CDType::BF16),
             ("candle 0.11 Llama, upcast to f32", CDType::F32),
         ] {
             let (p, d) = candle(dir.path(), dtype, a.prompt, a.decode)?;
-            println!(
-                "| {name} | {p:.0} | {d:.1} | {:.0}% |",
-                100.0 * d * read_per_token * if dtype == CDType::F32 { 2.0 } else { 1.0 } / bw
-            );
+            let bytes = read_per_token * if dtype == CDType::F32 { 2.0 } else { 1.0 };
+            row(name, p, d, bytes);
         }
     }
     for n in [1usize, 4] {

@@ -6,7 +6,6 @@
 //! the query's own are masked by not being read at all), or a block the
 //! table does not name (an error, not a panic).
 
-use super::matmul::dot_f32;
 use super::{KvCpu, Mat, Simd};
 use crate::{shape, AttnSeq, AttnShape, KernelError};
 use rayon::prelude::*;
@@ -167,6 +166,29 @@ fn one_body<const FMA: bool>(
             *o = if FMA { w.mul_add(*v, *o) } else { *o + w * v };
         }
     }
+}
+
+/// `a · b` over 16 accumulators (one AVX-512 register, two AVX2 ones).
+#[inline(always)]
+fn dot_f32<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let n = a.len().min(b.len());
+    let whole = n / L * L;
+    let mut acc = [0.0f32; L];
+    for (ca, cb) in a[..whole].chunks_exact(L).zip(b[..whole].chunks_exact(L)) {
+        for l in 0..L {
+            acc[l] = if FMA {
+                ca[l].mul_add(cb[l], acc[l])
+            } else {
+                acc[l] + ca[l] * cb[l]
+            };
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in whole..n {
+        s += a[i] * b[i];
+    }
+    s
 }
 
 #[cfg(test)]

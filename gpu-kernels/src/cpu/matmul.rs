@@ -13,21 +13,22 @@
 //! dimensions and strides it is given (its entry point is `unsafe`).
 
 use super::ops::bias_values;
+use super::simd::{self, Row};
 use super::{Mat, Simd};
 use crate::weight::bf16_to_f32;
 use crate::{shape, Elems, HostWeight, KernelError};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-/// Up to this many rows take the streaming (GEMV) path.
-pub const GEMV_MAX_ROWS: usize = 8;
-
-/// Accumulator lanes of a dot product: four AVX-512 registers.
-const LANES: usize = 64;
+/// Up to this many rows take the streaming (GEMV) path by default
+/// (`Cpu::with_gemv_max_rows` changes it; `lattice-load-worker --kernels`
+/// measures both paths).
+pub const GEMV_MAX_ROWS: usize = 32;
 
 pub(super) fn matmul(
     simd: Simd,
     threads: usize,
+    gemv_max_rows: usize,
     x: &Mat,
     w: &HostWeight,
     bias: Option<&HostWeight>,
@@ -53,34 +54,45 @@ pub(super) fn matmul(
     let bias = bias.map(|b| bias_values(b, n_out)).transpose()?;
     let elems = w.elems();
     let t = x.rows;
-    let (block, many) = if t <= GEMV_MAX_ROWS {
+    if t == 0 {
+        return Ok(());
+    }
+    let (block, many) = if t <= gemv_max_rows {
         // Enough blocks for every thread to stay busy, small enough to
         // balance: ~8 per thread.
         ((n_out / (threads * 8)).clamp(16, 512), false)
     } else {
-        (128usize, true)
+        (512usize, true)
     };
-    let blocks = n_out.div_ceil(block);
-    let parts: Vec<Vec<f32>> = (0..blocks)
-        .into_par_iter()
-        .map(|b| {
+    // Each block of output columns is computed into a `t × ob` piece of
+    // one buffer, block after block; with one row that layout is the
+    // output itself.
+    let mut scratch = Vec::new();
+    let buf: &mut [f32] = if t == 1 {
+        &mut out.data
+    } else {
+        scratch.resize(t * n_out, 0.0);
+        &mut scratch
+    };
+    buf.par_chunks_mut(block * t)
+        .enumerate()
+        .for_each(|(b, local)| {
             let o0 = b * block;
-            let ob = block.min(n_out - o0);
-            let mut local = vec![0.0f32; t * ob];
+            let ob = local.len() / t;
             if many {
-                gemm_block(elems, o0, ob, k, x, &mut local);
+                gemm_block(elems, o0, ob, k, x, local);
             } else {
-                gemv_block(simd, elems, o0, ob, k, x, &mut local);
+                gemv_block(simd, elems, o0, ob, k, x, local);
             }
-            local
-        })
-        .collect();
-    for (b, local) in parts.iter().enumerate() {
-        let o0 = b * block;
-        let ob = local.len() / t.max(1);
-        for r in 0..t {
-            out.data[r * n_out + o0..r * n_out + o0 + ob]
-                .copy_from_slice(&local[r * ob..(r + 1) * ob]);
+        });
+    if t > 1 {
+        for (b, local) in scratch.chunks(block * t).enumerate() {
+            let o0 = b * block;
+            let ob = local.len() / t;
+            for r in 0..t {
+                out.data[r * n_out + o0..r * n_out + o0 + ob]
+                    .copy_from_slice(&local[r * ob..(r + 1) * ob]);
+            }
         }
     }
     if let Some(bias) = bias {
@@ -94,7 +106,10 @@ pub(super) fn matmul(
 }
 
 /// Dot products of weight rows `o0..o0+ob` with every row of `x`:
-/// `local[r * ob + j] = x[r] · w[o0 + j]`.
+/// `local[r * ob + j] = x[r] · w[o0 + j]`. Rows of `x` are taken a few at
+/// a time (4 with AVX-512, 2 with AVX2): each weight element is read and
+/// widened once for all of them, so a batch of decoding sequences costs
+/// little more than one.
 fn gemv_block(
     simd: Simd,
     w: Elems<'_>,
@@ -104,127 +119,102 @@ fn gemv_block(
     x: &Mat,
     local: &mut [f32],
 ) {
+    let at = Block { w, o0, ob, k, x };
     match simd {
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => {
             // SAFETY: `Simd::detect` found AVX-512F on this CPU.
             #[allow(unsafe_code)]
             unsafe {
-                gemv_avx512(w, o0, ob, k, x, local)
+                gemv_avx512(&at, local)
             }
         }
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => {
-            // SAFETY: `Simd::detect` found AVX2 and FMA on this CPU.
+            // SAFETY: `Simd::detect` found AVX2, FMA and F16C on this CPU.
             #[allow(unsafe_code)]
             unsafe {
-                gemv_avx2(w, o0, ob, k, x, local)
+                gemv_avx2(&at, local)
             }
         }
-        _ => gemv_body::<false>(w, o0, ob, k, x, local),
+        _ => {
+            let mut r0 = 0;
+            while r0 < x.rows {
+                r0 += match x.rows - r0 {
+                    1 => at.rows::<1>(r0, local, simd::dot_rows_portable::<1>),
+                    2 => at.rows::<2>(r0, local, simd::dot_rows_portable::<2>),
+                    3 => at.rows::<3>(r0, local, simd::dot_rows_portable::<3>),
+                    _ => at.rows::<4>(r0, local, simd::dot_rows_portable::<4>),
+                };
+            }
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-fn gemv_avx512(w: Elems<'_>, o0: usize, ob: usize, k: usize, x: &Mat, local: &mut [f32]) {
-    gemv_body::<true>(w, o0, ob, k, x, local)
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+unsafe fn gemv_avx512(at: &Block<'_, '_>, local: &mut [f32]) {
+    // SAFETY (each closure): this function runs only where AVX-512F is.
+    let mut r0 = 0;
+    while r0 < at.x.rows {
+        r0 += match at.x.rows - r0 {
+            1 => at.rows::<1>(r0, local, |w, x| unsafe { simd::dot_rows_avx512(w, x) }),
+            2 => at.rows::<2>(r0, local, |w, x| unsafe { simd::dot_rows_avx512(w, x) }),
+            3 => at.rows::<3>(r0, local, |w, x| unsafe { simd::dot_rows_avx512(w, x) }),
+            _ => at.rows::<4>(r0, local, |w, x| unsafe { simd::dot_rows_avx512(w, x) }),
+        };
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn gemv_avx2(w: Elems<'_>, o0: usize, ob: usize, k: usize, x: &Mat, local: &mut [f32]) {
-    gemv_body::<true>(w, o0, ob, k, x, local)
+#[allow(unsafe_code)]
+unsafe fn gemv_avx2(at: &Block<'_, '_>, local: &mut [f32]) {
+    // SAFETY (each closure): this function runs only where AVX2, FMA and
+    // F16C are.
+    let mut r0 = 0;
+    while r0 < at.x.rows {
+        r0 += match at.x.rows - r0 {
+            1 => at.rows::<1>(r0, local, |w, x| unsafe { simd::dot_rows_avx2(w, x) }),
+            _ => at.rows::<2>(r0, local, |w, x| unsafe { simd::dot_rows_avx2(w, x) }),
+        };
+    }
 }
 
-#[inline(always)]
-fn gemv_body<const FMA: bool>(
-    w: Elems<'_>,
+/// Weight rows `o0..o0+ob` (of length `k`) against the rows of `x`.
+struct Block<'w, 'x> {
+    w: Elems<'w>,
     o0: usize,
     ob: usize,
     k: usize,
-    x: &Mat,
-    local: &mut [f32],
-) {
-    let t = x.rows;
-    let mut conv = vec![0.0f32; if matches!(w, Elems::F16(_)) { k } else { 0 }];
-    for j in 0..ob {
-        let row = (o0 + j) * k..(o0 + j + 1) * k;
-        match w {
-            Elems::F32(s) => {
-                let wr = &s[row];
-                for r in 0..t {
-                    local[r * ob + j] = dot_f32::<FMA>(wr, x.row(r));
-                }
-            }
-            Elems::BF16(s) => {
-                let wr = &s[row];
-                for r in 0..t {
-                    local[r * ob + j] = dot_bf16::<FMA>(wr, x.row(r));
-                }
-            }
-            Elems::F16(s) => {
-                s[row].convert_to_f32_slice(&mut conv);
-                for r in 0..t {
-                    local[r * ob + j] = dot_f32::<FMA>(&conv, x.row(r));
-                }
+    x: &'x Mat,
+}
+
+impl Block<'_, '_> {
+    /// Rows `r0..r0+R` of `x` with `dot`; returns `R`.
+    #[inline(always)]
+    fn rows<const R: usize>(
+        &self,
+        r0: usize,
+        local: &mut [f32],
+        dot: impl Fn(Row<'_>, &[&[f32]; R]) -> [f32; R],
+    ) -> usize {
+        let (k, ob) = (self.k, self.ob);
+        let xs: [&[f32]; R] = std::array::from_fn(|i| &self.x.row(r0 + i)[..k]);
+        for j in 0..ob {
+            let range = (self.o0 + j) * k..(self.o0 + j + 1) * k;
+            let row = match self.w {
+                Elems::F32(s) => Row::F32(&s[range]),
+                Elems::BF16(s) => Row::BF16(&s[range]),
+                Elems::F16(s) => Row::F16(&s[range]),
+            };
+            for (i, v) in dot(row, &xs).into_iter().enumerate() {
+                local[(r0 + i) * ob + j] = v;
             }
         }
+        R
     }
-}
-
-#[inline(always)]
-fn fma<const FMA: bool>(a: f32, b: f32, acc: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, acc)
-    } else {
-        acc + a * b
-    }
-}
-
-#[inline(always)]
-pub(super) fn dot_f32<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    dot::<FMA, f32>(a, b, |v| v)
-}
-
-#[inline(always)]
-fn dot_bf16<const FMA: bool>(a: &[u16], b: &[f32]) -> f32 {
-    dot::<FMA, u16>(a, b, bf16_to_f32)
-}
-
-/// `Σ widen(a[i]) · b[i]` over `LANES` accumulators.
-#[inline(always)]
-fn dot<const FMA: bool, T: Copy>(a: &[T], b: &[f32], widen: impl Fn(T) -> f32) -> f32 {
-    let n = a.len().min(b.len());
-    let whole = n / LANES * LANES;
-    let mut acc = [0.0f32; LANES];
-    for (ca, cb) in a[..whole]
-        .chunks_exact(LANES)
-        .zip(b[..whole].chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            acc[l] = fma::<FMA>(widen(ca[l]), cb[l], acc[l]);
-        }
-    }
-    let mut s = reduce(&acc);
-    for i in whole..n {
-        s += widen(a[i]) * b[i];
-    }
-    s
-}
-
-/// Pairwise sum of the lanes (the same order on every path).
-#[inline(always)]
-fn reduce(acc: &[f32; LANES]) -> f32 {
-    let mut v = *acc;
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            v[l] += v[l + width];
-        }
-        width /= 2;
-    }
-    v[0]
 }
 
 /// Weight rows `o0..o0+ob` converted to f32 once, then `gemm`:
@@ -352,13 +342,13 @@ mod tests {
                 as_f32(&hf, DType::F16),
             ),
         ];
-        for rows in [1, 3, 8, 9, 33] {
+        for rows in [1, 3, 6, 8, 9, 33] {
             let x = Mat::from_vec(rows, k, values(rows * k, 2)).unwrap();
             for (w, reference) in &weights {
                 let want = naive(&x, reference, n_out, Some(&bias));
                 for simd in [Simd::detect(), Simd::Portable] {
                     let mut out = Mat::zeros(rows, n_out);
-                    matmul(simd, 2, &x, w, Some(&bias_w), &mut out).unwrap();
+                    matmul(simd, 2, GEMV_MAX_ROWS, &x, w, Some(&bias_w), &mut out).unwrap();
                     let worst = out
                         .data
                         .iter()
@@ -375,6 +365,32 @@ mod tests {
         }
     }
 
+    /// A row's result does not depend on the rows batched with it (the
+    /// streamed and batched paths of the engine give the same tokens).
+    #[test]
+    fn a_row_gives_the_same_bits_in_any_batch() {
+        let (n_out, k) = (40, 200);
+        let bits: Vec<u16> = values(n_out * k, 5)
+            .iter()
+            .map(|v| half::bf16::from_f32(*v).to_bits())
+            .collect();
+        let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits).unwrap();
+        let x = Mat::from_vec(8, k, values(8 * k, 6)).unwrap();
+        let mut all = Mat::zeros(8, n_out);
+        matmul(Simd::detect(), 2, GEMV_MAX_ROWS, &x, &w, None, &mut all).unwrap();
+        for r in 0..8 {
+            let one = Mat::from_vec(1, k, x.row(r).to_vec()).unwrap();
+            let mut out = Mat::zeros(1, n_out);
+            matmul(Simd::detect(), 2, GEMV_MAX_ROWS, &one, &w, None, &mut out).unwrap();
+            let same = out
+                .data
+                .iter()
+                .zip(all.row(r))
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "row {r} differs alone and in a batch of 8");
+        }
+    }
+
     #[test]
     fn a_shape_mismatch_is_an_error_not_a_panic() {
         let w = HostWeight::owned_f32(
@@ -385,7 +401,7 @@ mod tests {
         .unwrap();
         let x = Mat::zeros(2, 5);
         let mut out = Mat::zeros(2, 4);
-        let err = matmul(Simd::Portable, 1, &x, &w, None, &mut out).unwrap_err();
+        let err = matmul(Simd::Portable, 1, GEMV_MAX_ROWS, &x, &w, None, &mut out).unwrap_err();
         assert_eq!(
             err.to_string(),
             "shape mismatch in matmul: x 2×5 · model.layers.0.mlp.up_proj.weight [4, 3]ᵀ into 2×4"

@@ -8,6 +8,7 @@
 mod attention;
 mod matmul;
 mod ops;
+mod simd;
 
 use crate::{shape, AttnSeq, AttnShape, HostWeight, KernelError, Kernels};
 
@@ -87,6 +88,7 @@ pub struct Cpu {
     pool: rayon::ThreadPool,
     threads: usize,
     simd: Simd,
+    gemv_max_rows: usize,
 }
 
 impl Cpu {
@@ -106,12 +108,20 @@ impl Cpu {
             pool,
             threads,
             simd: Simd::detect(),
+            gemv_max_rows: matmul::GEMV_MAX_ROWS,
         })
     }
 
     /// The same device with portable code only (tests compare the paths).
     pub fn with_simd(mut self, simd: Simd) -> Self {
         self.simd = simd;
+        self
+    }
+
+    /// Products of up to `rows` activation rows stream the weights
+    /// (GEMV); larger ones convert blocks of weights for `gemm`.
+    pub fn with_gemv_max_rows(mut self, rows: usize) -> Self {
+        self.gemv_max_rows = rows;
         self
     }
 
@@ -165,6 +175,12 @@ impl Kernels for Cpu {
         2 * width * std::mem::size_of::<f32>()
     }
 
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        // Inside, each step's `install` finds itself on the pool already
+        // and runs in place.
+        self.pool.install(f)
+    }
+
     fn embed(&self, table: &HostWeight, tokens: &[u32], out: &mut Mat) -> Result<(), KernelError> {
         ops::embed(table, tokens, out)
     }
@@ -203,8 +219,9 @@ impl Kernels for Cpu {
         bias: Option<&HostWeight>,
         out: &mut Mat,
     ) -> Result<(), KernelError> {
-        self.pool
-            .install(|| matmul::matmul(self.simd, self.threads, x, w, bias, out))
+        self.pool.install(|| {
+            matmul::matmul(self.simd, self.threads, self.gemv_max_rows, x, w, bias, out)
+        })
     }
 
     fn rope(

@@ -152,6 +152,10 @@ impl Sampler {
         }
     }
 
+    /// Draws from the filtered distribution without sorting the whole
+    /// vocabulary (128 K entries for Llama 3): top-k and min-p are linear
+    /// selections; only top-p needs an order, and only of the head that
+    /// holds its mass, found by selecting ever larger heads.
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let mut cand: Vec<(u32, f32)> = logits
@@ -163,25 +167,47 @@ impl Sampler {
         if cand.is_empty() {
             return argmax(logits);
         }
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
+        // Most likely first; equal logits by token id.
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, order);
             cand.truncate(p.top_k);
         }
-        let max = cand[0].1;
+        let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        // min-p: drop what is less likely than min_p × the top probability.
+        if p.min_p > 0.0 {
+            let floor = p.min_p.ln();
+            cand.retain(|c| c.1 - max >= floor);
+        }
         let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
         let sum: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= sum);
-        // min-p: drop what is less likely than min_p × the top probability.
-        let mut keep = probs.len();
-        if p.min_p > 0.0 {
-            let floor = p.min_p * probs[0];
-            keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
-        }
-        // top-p: the smallest head whose mass reaches top_p.
+        let mut keep = cand.len();
+        // top-p: the smallest head, in order, whose mass reaches top_p.
         if p.top_p < 1.0 {
+            let mut head = 64.min(cand.len());
+            loop {
+                if head < cand.len() {
+                    cand.select_nth_unstable_by(head - 1, order);
+                }
+                cand[..head].sort_by(order);
+                let mass: f32 = cand[..head]
+                    .iter()
+                    .map(|(_, l)| (l - max).exp())
+                    .sum::<f32>()
+                    / sum;
+                if mass >= p.top_p || head == cand.len() {
+                    break;
+                }
+                head = (head * 4).min(cand.len());
+            }
+            probs = cand[..head]
+                .iter()
+                .map(|(_, l)| (l - max).exp() / sum)
+                .collect();
             let mut mass = 0.0;
             let mut n = 0;
-            for x in &probs[..keep] {
+            for x in &probs {
                 mass += x;
                 n += 1;
                 if mass >= p.top_p {
@@ -255,6 +281,25 @@ mod tests {
         };
         assert_eq!(draw(42), draw(42));
         assert_ne!(draw(42), draw(43));
+    }
+
+    /// top-p over a flat vocabulary larger than the first head it tries:
+    /// the head grows until it holds the mass, ties go to lower ids.
+    #[test]
+    fn top_p_over_a_large_flat_vocabulary_keeps_the_right_head() {
+        let mut s = Sampler::new(Sampling {
+            top_p: 0.5,
+            seed: Some(7),
+            ..Default::default()
+        });
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let mut flat = vec![0.0f32; 1000];
+            seen.insert(s.sample(&mut flat, &[], None).token);
+        }
+        let max = seen.iter().max().copied().unwrap_or(0);
+        assert!(max <= 500, "drew token {max}, outside the top half");
+        assert!(seen.len() > 300, "drew only {} distinct tokens", seen.len());
     }
 
     /// Each filter, as a table: the tokens it may ever draw.

@@ -155,6 +155,14 @@ impl<K: Kernels> Model<K> {
     /// One forward pass over `chunks`; the logits of each chunk's last
     /// token where it asked for them (empty otherwise).
     pub fn forward(&self, cache: &mut KvCache<K>, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.kernels.scope(|| self.forward_on_device(cache, chunks))
+    }
+
+    fn forward_on_device(
+        &self,
+        cache: &mut KvCache<K>,
+        chunks: &[Chunk<'_>],
+    ) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let k = &self.kernels;
         let bs = cache.block_size;
