@@ -58,6 +58,10 @@ enum Command {
     Audit(cli::audit::AuditCmd),
     /// Lattice Inference: serve a local model with an OpenAI API.
     Worker(cli::worker::WorkerArgs),
+    /// Lattice Registry: MCP servers, policy packs, model presets and
+    /// templates — search, verify, sign, serve, sync.
+    #[command(subcommand)]
+    Registry(cli::registry::RegistryCmd),
     /// An outside witness of gateways' audit logs (its own key and storage).
     #[command(subcommand)]
     Witness(cli::witness::WitnessCmd),
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Witness(cmd) => cli::witness::run(cmd),
         Command::Worker(a) => cli::worker::run(a),
+        Command::Registry(cmd) => cli::registry::run(cmd),
         Command::Mcp(cmd) => cli::mcp::run(cmd),
         Command::Models(cmd) => cli::models::run(cmd),
         Command::Audit(cmd) => cli::audit::run(cmd),

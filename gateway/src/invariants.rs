@@ -55,7 +55,7 @@ fn on_own_thread<T: Send>(
 }
 
 fn solver() -> Result<CedarSymCompiler<LocalSolver>, GatewayError> {
-    let cvc5 = LocalSolver::cvc5().map_err(|e| {
+    let cvc5 = LocalSolver::cvc5_with_args(lattice_policy::prove::CVC5_ARGS).map_err(|e| {
         GatewayError::Config(format!(
             "invariants are configured but the cvc5 solver cannot start ({e}): install it (scripts/setup) or set CVC5"
         ))

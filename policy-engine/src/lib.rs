@@ -16,7 +16,7 @@ mod engine;
 pub mod prove;
 mod request;
 
-pub use cases::{run_cases, CaseFile, CaseResult};
+pub use cases::{run_cases, Case, CaseFile, CaseResult};
 pub use engine::{schema, Decision, Evaluation, Outcome, PolicyEngine, PolicySource, SCHEMA_SRC};
 pub use request::{
     Action, AuthzRequest, ContextValue, Principal, PrincipalKind, RequestContext, Resource,

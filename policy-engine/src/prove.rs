@@ -32,6 +32,12 @@ use serde::Deserialize;
 use crate::engine::{compile, PolicyEngine, PolicySource};
 use crate::PolicyError;
 
+/// The arguments every proof starts cvc5 with: the solver's own time limit
+/// (a backstop behind the caller's), and its extended string theory —
+/// without it, cvc5 refuses the `str.contains` that a Cedar `like` pattern
+/// with an inner wildcard (`"*..*"`) compiles to.
+pub const CVC5_ARGS: [&str; 2] = ["--tlimit=60000", "--strings-exp"];
+
 /// What a property claims of the requests its policies describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {

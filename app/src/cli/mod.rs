@@ -6,6 +6,7 @@ pub mod keys;
 pub mod mcp;
 pub mod models;
 pub mod policy;
+pub mod registry;
 pub mod stdio_guard;
 pub mod up;
 pub mod witness;

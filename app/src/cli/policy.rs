@@ -231,7 +231,7 @@ fn prove(file: &Path, sel: &PolicySel, limit: std::time::Duration) -> anyhow::Re
     let (mut proved, mut failed) = (0, 0);
     for p in &properties {
         let verdict = rt.block_on(async {
-            let cvc5 = LocalSolver::cvc5().map_err(|e| {
+            let cvc5 = LocalSolver::cvc5_with_args(lattice_policy::prove::CVC5_ARGS).map_err(|e| {
                 anyhow::anyhow!("cannot start the cvc5 solver ({e}): install it (scripts/setup, or apt-get install cvc5) or set CVC5 to its path")
             })?;
             let mut solver = CedarSymCompiler::new(cvc5)?;
@@ -292,7 +292,7 @@ fn diff(old: &[PathBuf], new: &[PathBuf], config: &ConfigArg) -> anyhow::Result<
         .enable_all()
         .build()?;
     let differences = rt.block_on(async {
-        let cvc5 = LocalSolver::cvc5().map_err(|e| {
+        let cvc5 = LocalSolver::cvc5_with_args(lattice_policy::prove::CVC5_ARGS).map_err(|e| {
             anyhow::anyhow!("cannot start the cvc5 solver ({e}): install it (scripts/setup, or apt-get install cvc5) or set CVC5 to its path")
         })?;
         let mut solver = CedarSymCompiler::new(cvc5)?;

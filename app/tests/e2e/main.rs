@@ -20,6 +20,7 @@ mod mcp_registry;
 mod mcp_server_requests;
 mod mcp_subscriptions;
 mod prove;
+mod registry;
 mod retention;
 mod secrets;
 mod tls;
