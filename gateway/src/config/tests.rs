@@ -1,4 +1,7 @@
-//! Tests of parsing, validating and building a gateway config.
+//! Tests of parsing, validating and building a gateway config: each
+//! accepted form with its defaults, each refusal with its exact message.
+//!
+//! Must never: touch the filesystem (configs are given as text).
 
 use super::*;
 
