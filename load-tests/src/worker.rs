@@ -13,7 +13,10 @@
 //! `cargo run --release -p lattice-load-tests --bin lattice-load-worker --
 //!    [--hidden 1024] [--layers 16] [--intermediate 2816] [--heads 16]
 //!    [--kv-heads 4] [--threads 2] [--prompt 128] [--decode 64]
-//!    [--stream-tokens 64] [--skip-candle] [--kernels]`
+//!    [--stream-tokens 64] [--skip-candle] [--kernels] [--engine-only]`
+//!
+//! `--engine-only` runs only the engine-alone step (1, 4 and 16 requests
+//! submitted in-process), for profiling the scheduler.
 //!
 //! `--kernels` measures instead the two matmul paths of the CPU device
 //! (streaming GEMV, and `gemm` on converted weight blocks) at each number
@@ -46,6 +49,7 @@ struct Args {
     stream_tokens: usize,
     candle: bool,
     kernels: bool,
+    engine_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -61,6 +65,7 @@ fn parse_args() -> Result<Args> {
         stream_tokens: 64,
         candle: true,
         kernels: false,
+        engine_only: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -72,6 +77,11 @@ fn parse_args() -> Result<Args> {
         }
         if argv[i] == "--kernels" {
             a.kernels = true;
+            i += 1;
+            continue;
+        }
+        if argv[i] == "--engine-only" {
+            a.engine_only = true;
             i += 1;
             continue;
         }
@@ -391,6 +401,15 @@ async fn main() -> Result<()> {
         copy / read_per_token,
         read_per_token / 1e6
     );
+    if a.engine_only {
+        for n in [1usize, 4, 16] {
+            println!(
+                "engine alone, {n} requests: {:.1} tokens/s",
+                engine_only(dir.path(), a.threads, n, a.stream_tokens).await?
+            );
+        }
+        return Ok(());
+    }
     let (pf, dc) = ours(dir.path(), a.threads, a.prompt, a.decode)?;
     println!("\n| engine | prefill tokens/s ({} tokens) | decode tokens/s (batch 1) | weights read, GB/s | % of read roofline | % of copy roofline |", a.prompt);
     println!("|---|---|---|---|---|---|");
@@ -413,7 +432,7 @@ async fn main() -> Result<()> {
             row(name, p, d, bytes);
         }
     }
-    for n in [1usize, 4] {
+    for n in [1usize, 4, 16] {
         println!(
             "engine alone, {n} requests: {:.1} tokens/s",
             engine_only(dir.path(), a.threads, n, a.stream_tokens).await?
