@@ -81,7 +81,31 @@ enum Command {
     },
 }
 
+/// What a shell reports for a process that a closed pipe ended (128 +
+/// SIGPIPE).
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// `lattice registry search | head` closes the pipe early: Rust ignores
+/// SIGPIPE, so the next `println!` panics. End quietly instead, as Unix
+/// tools do; every other panic is reported as before.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let args = Cli::parse();
     cli::init_logging(args.log_format);
     let result = match args.command {

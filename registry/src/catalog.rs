@@ -234,16 +234,19 @@ impl Catalog {
             .collect()
     }
 
-    /// Writes `entry` as `<dir>/<kind plural>/<name with / as __>@<version>.json`
-    /// (what `sync` writes); returns the path.
+    /// Writes `entry` as `<dir>/<kind plural>/<name>@<version>.json`, name
+    /// and version percent-encoded (`io.github.acme%2Fweather@1.0.0.json`:
+    /// no two entries share a file name); returns the path.
     pub fn write_entry(dir: &Path, entry: &Entry) -> Result<std::path::PathBuf> {
+        const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'.')
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'+');
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, KEEP).to_string();
         let folder = dir.join(entry.kind.plural());
         std::fs::create_dir_all(&folder).map_err(|e| io(&folder, e))?;
-        let file = folder.join(format!(
-            "{}@{}.json",
-            entry.name.replace('/', "__"),
-            entry.version.replace(['/', '\\'], "_")
-        ));
+        let file = folder.join(format!("{}@{}.json", enc(&entry.name), enc(&entry.version)));
         let text = format!("{:#}\n", entry.doc);
         std::fs::write(&file, text).map_err(|e| io(&file, e))?;
         Ok(file)

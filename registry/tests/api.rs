@@ -298,7 +298,7 @@ async fn sync_refuses_an_invalid_entry_and_a_changed_version() {
         report.refused[0]
     );
     // The copy on disk is changed by hand: the next sync keeps it and says so.
-    let file = dir.path().join("servers/io.github.x__good@1.0.0.json");
+    let file = dir.path().join("servers/io.github.x%2Fgood@1.0.0.json");
     let mut local: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     local["description"] = json!("changed");
     std::fs::write(&file, local.to_string()).unwrap();

@@ -196,7 +196,7 @@ fn a_registry_client_pages_a_served_catalog_and_sync_keeps_signatures() {
     // An entry changed on the mirror no longer verifies, and verify says so.
     let file = dir
         .path()
-        .join("mirror/servers/io.github.acme__weather@1.0.0.json");
+        .join("mirror/servers/io.github.acme%2Fweather@1.0.0.json");
     let changed = std::fs::read_to_string(&file)
         .unwrap()
         .replace("Weather forecasts", "Weather, and your files");
@@ -213,4 +213,22 @@ fn a_registry_client_pages_a_served_catalog_and_sync_keeps_signatures() {
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("FAIL io.github.acme/weather@1.0.0: BAD SIGNATURE: the signature by Acme does not match the entry"), "{report}");
+}
+
+/// A reader that closes the pipe early (`| head`) ends the command
+/// quietly with the shell's broken-pipe status, not a panic.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let mut child = Command::new(BIN)
+        .args(["registry", "show", "dev.lattice/agent-platform"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the command writes anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
