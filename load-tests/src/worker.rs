@@ -356,6 +356,17 @@ fn kernels(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The engine alone with 1, 4 and 16 requests, a line each.
+async fn engine_alone(dir: &Path, a: &Args) -> Result<()> {
+    for n in [1usize, 4, 16] {
+        println!(
+            "engine alone, {n} requests: {:.1} tokens/s",
+            engine_only(dir, a.threads, n, a.stream_tokens).await?
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let a = parse_args()?;
@@ -402,13 +413,7 @@ async fn main() -> Result<()> {
         read_per_token / 1e6
     );
     if a.engine_only {
-        for n in [1usize, 4, 16] {
-            println!(
-                "engine alone, {n} requests: {:.1} tokens/s",
-                engine_only(dir.path(), a.threads, n, a.stream_tokens).await?
-            );
-        }
-        return Ok(());
+        return engine_alone(dir.path(), &a).await;
     }
     let (pf, dc) = ours(dir.path(), a.threads, a.prompt, a.decode)?;
     println!("\n| engine | prefill tokens/s ({} tokens) | decode tokens/s (batch 1) | weights read, GB/s | % of read roofline | % of copy roofline |", a.prompt);
@@ -432,12 +437,7 @@ async fn main() -> Result<()> {
             row(name, p, d, bytes);
         }
     }
-    for n in [1usize, 4, 16] {
-        println!(
-            "engine alone, {n} requests: {:.1} tokens/s",
-            engine_only(dir.path(), a.threads, n, a.stream_tokens).await?
-        );
-    }
+    engine_alone(dir.path(), &a).await?;
     let options = Options {
         name: Some("bench".into()),
         threads: a.threads,

@@ -75,33 +75,17 @@ pub async fn sync(base: &str, dir: &Path) -> Result<Report> {
             message: e.to_string(),
         })?;
     let mut report = Report::default();
-    let listings = [
-        (
-            "/v0.1/servers".to_string(),
-            Kind::Server,
-            "servers",
-            "server",
-        ),
-        (
-            format!("/v0.1/lattice/{}", Kind::PolicyPack.plural()),
-            Kind::PolicyPack,
-            "entries",
-            "entry",
-        ),
-        (
-            format!("/v0.1/lattice/{}", Kind::ModelPreset.plural()),
-            Kind::ModelPreset,
-            "entries",
-            "entry",
-        ),
-        (
-            format!("/v0.1/lattice/{}", Kind::Template.plural()),
-            Kind::Template,
-            "entries",
-            "entry",
-        ),
-    ];
-    for (path, kind, list_key, key) in listings {
+    for kind in Kind::ALL {
+        // Servers where every MCP registry lists them; Lattice's other
+        // kinds in the same shape under `/v0.1/lattice/`.
+        let (path, list_key, key) = match kind {
+            Kind::Server => ("/v0.1/servers".to_string(), "servers", "server"),
+            _ => (
+                format!("/v0.1/lattice/{}", kind.plural()),
+                "entries",
+                "entry",
+            ),
+        };
         let mut cursor: Option<String> = None;
         for n in 0.. {
             if n == MAX_PAGES {

@@ -40,6 +40,21 @@ fn lattice(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// `lattice registry verify` of a catalog directory alone.
+fn verify(catalog: &str, trust: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "registry",
+        "verify",
+        "--no-bundled",
+        "--catalog",
+        catalog,
+        "--trust",
+        trust,
+    ];
+    args.extend_from_slice(extra);
+    lattice(&args)
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -163,15 +178,7 @@ fn a_registry_client_pages_a_served_catalog_and_sync_keeps_signatures() {
         serde_json::from_str::<Value>(&signed).unwrap()
     );
     let trust = format!("Acme={public},io.github.acme");
-    let out = lattice(&[
-        "registry",
-        "verify",
-        "--no-bundled",
-        "--catalog",
-        &d("mirror"),
-        "--trust",
-        &trust,
-    ]);
+    let out = verify(&d("mirror"), &trust, &[]);
     let report = ok(&out);
     assert!(
         report.contains("ok   io.github.acme/weather@1.0.0: signed by Acme (trusted)"),
@@ -180,16 +187,7 @@ fn a_registry_client_pages_a_served_catalog_and_sync_keeps_signatures() {
     assert!(report.contains("ok   dev.lattice/no-destructive-without-role@1.0.0: UNSIGNED; 3 tests pass, 1 invariants proved"), "{report}");
     // Trusted for another namespace only: with --require-trusted it fails.
     let elsewhere = format!("Acme={public},com.example");
-    let out = lattice(&[
-        "registry",
-        "verify",
-        "--no-bundled",
-        "--catalog",
-        &d("mirror"),
-        "--trust",
-        &elsewhere,
-        "--require-trusted",
-    ]);
+    let out = verify(&d("mirror"), &elsewhere, &["--require-trusted"]);
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains(&format!("FAIL io.github.acme/weather@1.0.0: signed by Acme with {public}, a key NOT TRUSTED for this namespace")), "{report}");
@@ -201,15 +199,7 @@ fn a_registry_client_pages_a_served_catalog_and_sync_keeps_signatures() {
         .unwrap()
         .replace("Weather forecasts", "Weather, and your files");
     std::fs::write(&file, changed).unwrap();
-    let out = lattice(&[
-        "registry",
-        "verify",
-        "--no-bundled",
-        "--catalog",
-        &d("mirror"),
-        "--trust",
-        &trust,
-    ]);
+    let out = verify(&d("mirror"), &trust, &[]);
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("FAIL io.github.acme/weather@1.0.0: BAD SIGNATURE: the signature by Acme does not match the entry"), "{report}");

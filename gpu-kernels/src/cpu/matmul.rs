@@ -99,7 +99,7 @@ pub(super) fn matmul(
     }
     if let Some(bias) = bias {
         for row in out.data.chunks_exact_mut(n_out) {
-            for (o, b) in row.iter_mut().zip(&bias) {
+            for (o, b) in row.iter_mut().zip(bias.iter()) {
                 *o += b;
             }
         }

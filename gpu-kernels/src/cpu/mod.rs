@@ -150,6 +150,16 @@ impl Kernels for Cpu {
     }
 
     fn weight(&self, w: HostWeight) -> Result<HostWeight, KernelError> {
+        // Vectors (norm scales, biases) are read whole at every step:
+        // converted to f32 once here, the steps borrow them. Matrices stay
+        // in their stored dtype, viewed in place.
+        if let [n] = *w.shape() {
+            if w.dtype() != crate::DType::F32 {
+                let mut v = Vec::with_capacity(n);
+                w.elems().extend_f32(0..n, &mut v);
+                return HostWeight::owned_f32(w.name(), vec![n], v);
+            }
+        }
         Ok(w)
     }
 

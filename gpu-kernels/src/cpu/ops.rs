@@ -5,8 +5,9 @@
 //! outside a matrix (shapes are checked before any loop).
 
 use super::{KvCpu, Mat};
-use crate::{shape, HostWeight, KernelError};
+use crate::{shape, Elems, HostWeight, KernelError};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 pub(super) fn embed(table: &HostWeight, tokens: &[u32], out: &mut Mat) -> Result<(), KernelError> {
     let [vocab, hidden] = table.shape() else {
@@ -36,16 +37,28 @@ pub(super) fn embed(table: &HostWeight, tokens: &[u32], out: &mut Mat) -> Result
     Ok(())
 }
 
-fn vector(w: &HostWeight, len: usize, op: &'static str) -> Result<Vec<f32>, KernelError> {
+/// A vector weight's values as f32: borrowed when stored as f32 (the CPU
+/// device converts vectors once at load, `Cpu::weight`), converted
+/// otherwise.
+fn vector<'w>(
+    w: &'w HostWeight,
+    len: usize,
+    op: &'static str,
+) -> Result<Cow<'w, [f32]>, KernelError> {
     if w.shape() != [len] {
         return Err(shape(
             op,
             format!("{} is {:?}, expected [{len}]", w.name(), w.shape()),
         ));
     }
-    let mut v = Vec::with_capacity(len);
-    w.elems().extend_f32(0..len, &mut v);
-    Ok(v)
+    Ok(match w.elems() {
+        Elems::F32(s) => Cow::Borrowed(&s[..len]),
+        other => {
+            let mut v = Vec::with_capacity(len);
+            other.extend_f32(0..len, &mut v);
+            Cow::Owned(v)
+        }
+    })
 }
 
 pub(super) fn rms_norm(
@@ -62,7 +75,7 @@ pub(super) fn rms_norm(
         .for_each(|(o, row)| {
             let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / cols as f32;
             let inv = 1.0 / (ss + eps).sqrt();
-            for ((o, v), g) in o.iter_mut().zip(row).zip(&weight) {
+            for ((o, v), g) in o.iter_mut().zip(row).zip(weight.iter()) {
                 *o = v * inv * g;
             }
         });
@@ -160,6 +173,6 @@ pub(super) fn kv_write(kv: &mut KvCpu, k: &Mat, v: &Mat, slots: &[u32]) -> Resul
 }
 
 /// The f32 value of a vector weight's elements (biases).
-pub(super) fn bias_values(b: &HostWeight, len: usize) -> Result<Vec<f32>, KernelError> {
+pub(super) fn bias_values(b: &HostWeight, len: usize) -> Result<Cow<'_, [f32]>, KernelError> {
     vector(b, len, "bias")
 }

@@ -179,43 +179,38 @@ impl Sampler {
             let floor = p.min_p.ln();
             cand.retain(|c| c.1 - max >= floor);
         }
-        let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        let mut keep = cand.len();
+        let weight = |l: f32| (l - max).exp();
+        let sum: f32 = cand.iter().map(|c| weight(c.1)).sum();
         // top-p: the smallest head, in order, whose mass reaches top_p.
-        if p.top_p < 1.0 {
+        let head = if p.top_p < 1.0 {
             let mut head = 64.min(cand.len());
             loop {
                 if head < cand.len() {
                     cand.select_nth_unstable_by(head - 1, order);
                 }
                 cand[..head].sort_by(order);
-                let mass: f32 = cand[..head]
-                    .iter()
-                    .map(|(_, l)| (l - max).exp())
-                    .sum::<f32>()
-                    / sum;
+                let mass = cand[..head].iter().map(|c| weight(c.1)).sum::<f32>() / sum;
                 if mass >= p.top_p || head == cand.len() {
-                    break;
+                    break head;
                 }
                 head = (head * 4).min(cand.len());
             }
-            probs = cand[..head]
-                .iter()
-                .map(|(_, l)| (l - max).exp() / sum)
-                .collect();
+        } else {
+            cand.len()
+        };
+        let probs: Vec<f32> = cand[..head].iter().map(|c| weight(c.1) / sum).collect();
+        let keep = if p.top_p < 1.0 {
             let mut mass = 0.0;
-            let mut n = 0;
-            for x in &probs {
-                mass += x;
-                n += 1;
-                if mass >= p.top_p {
-                    break;
-                }
-            }
-            keep = n.max(1);
-        }
+            probs
+                .iter()
+                .position(|x| {
+                    mass += x;
+                    mass >= p.top_p
+                })
+                .map_or(probs.len(), |i| i + 1)
+        } else {
+            probs.len()
+        };
         let total: f32 = probs[..keep].iter().sum();
         let mut r = self.rng.gen::<f32>() * total;
         for (i, x) in probs[..keep].iter().enumerate() {
