@@ -1,7 +1,8 @@
 //! Audit events for changes the gateway applies to itself, whoever made
 //! them: every reload (the config file, policies, model routes and MCP
 //! servers, including run-time registrations) and every change of the API
-//! key store (`lattice keys` writes it directly). Requests to the admin API
+//! key store (`lattice keys` writes it directly), and every install and
+//! removal by the Lattice Registry (from its journal in the state store). Requests to the admin API
 //! are audited as calls too; these events record what the gateway actually
 //! applied. A rejected reload is recorded as well: someone tried.
 //!
@@ -75,6 +76,54 @@ pub fn record(audit: &AuditHandle, kind: &str, target: &str, decision: &str, rea
     e.auth_method = "local".into();
     if let Err(err) = audit.record(e) {
         tracing::error!(error = %err, kind, target, "could not audit a change");
+    }
+}
+
+/// Audits the registry's journal lines not yet audited, and marks them
+/// once the events are on stable storage (the watcher's thread: it may
+/// wait for the writer).
+pub fn registry_journal(audit: &AuditHandle, store: &crate::state::StateStore) {
+    let lines = match store.journal_pending() {
+        Ok(lines) => lines,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the registry's journal");
+            return;
+        }
+    };
+    let mut recorded = Vec::new();
+    for j in lines {
+        let mut e = AuditEvent::new(Phase::Decision, &uuid::Uuid::now_v7().to_string(), &j.kind);
+        e.target = j.target.clone();
+        e.principal = j.by.clone();
+        e.action = "admin.registry".into();
+        e.decision = if j.kind.ends_with(".refused") {
+            "deny"
+        } else {
+            "allow"
+        }
+        .into();
+        e.reason = j.reason.clone();
+        e.auth_method = "local".into();
+        match audit.record(e) {
+            Ok(()) => recorded.push(j.seq),
+            // Left unmarked: the next poll tries again.
+            Err(err) => {
+                tracing::error!(error = %err, target = %j.target, "could not audit a registry change");
+                break;
+            }
+        }
+    }
+    if recorded.is_empty() {
+        return;
+    }
+    if let Err(err) = audit.flush() {
+        tracing::error!(error = %err, "registry changes queued for audit but not confirmed written");
+        return;
+    }
+    for seq in recorded {
+        if let Err(err) = store.journal_audited(seq) {
+            tracing::error!(error = %err, "cannot mark a registry journal line audited");
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Hot reload: the watcher polls the config file, the policy files, file
-//! JWKS, the key store and the run-time registrations; a change builds a
+//! JWKS, the key store, the run-time registrations and the registry's
+//! journal (audited); a change builds a
 //! whole new `Runtime`, which replaces the serving one only if it built
 //! completely, so an invalid config or policy set is rejected, audited and
 //! logged while the old one keeps serving. Remote JWKS are refreshed here
@@ -151,6 +152,7 @@ pub fn spawn_watcher(
                     Ok(false) => {}
                     Err(e) => tracing::error!(error = %e, "cannot refresh API keys"),
                 }
+                crate::change_audit::registry_journal(&shared.audit, &store);
                 if let Some(client) = &client {
                     refresh_jwks(&rt, client, &shared.runtime.load(), &mut jwks_fetched);
                 }

@@ -40,12 +40,30 @@ pub struct Runtime {
     pub built_us: u64,
 }
 
+/// Files not yet on disk, by path: what a candidate change would write
+/// (a registry install validates its files before writing any).
+pub type Overlay = std::collections::BTreeMap<PathBuf, String>;
+
+fn read_file(overlay: &Overlay, f: &Path) -> std::io::Result<String> {
+    match overlay.get(f) {
+        Some(text) => Ok(text.clone()),
+        None => std::fs::read_to_string(f),
+    }
+}
+
 /// Reads policy files into sources.
 pub fn read_policies(files: &[PathBuf]) -> Result<Vec<PolicySource>, GatewayError> {
+    read_policies_with(files, &Overlay::new())
+}
+
+fn read_policies_with(
+    files: &[PathBuf],
+    overlay: &Overlay,
+) -> Result<Vec<PolicySource>, GatewayError> {
     files
         .iter()
         .map(|f| {
-            std::fs::read_to_string(f)
+            read_file(overlay, f)
                 .map(|text| PolicySource::new(f.display().to_string(), text))
                 .map_err(|e| GatewayError::Config(format!("policy file {}: {e}", f.display())))
         })
@@ -54,12 +72,19 @@ pub fn read_policies(files: &[PathBuf]) -> Result<Vec<PolicySource>, GatewayErro
 
 /// The operator's `ToolInput` schema fragment, if the config names one.
 pub fn read_tool_input(config: &Config) -> Result<Option<String>, GatewayError> {
+    read_tool_input_with(config, &Overlay::new())
+}
+
+fn read_tool_input_with(
+    config: &Config,
+    overlay: &Overlay,
+) -> Result<Option<String>, GatewayError> {
     config
         .policy
         .tool_input_schema
         .as_ref()
         .map(|f| {
-            std::fs::read_to_string(f).map_err(|e| {
+            read_file(overlay, f).map_err(|e| {
                 GatewayError::Config(format!("tool input schema {}: {e}", f.display()))
             })
         })
@@ -69,7 +94,13 @@ pub fn read_tool_input(config: &Config) -> Result<Option<String>, GatewayError> 
 impl Runtime {
     /// Builds a runtime from a validated config: reads and validates the
     /// policies and loads file-based JWT keys.
-    pub fn build(mut config: Config) -> Result<Self, GatewayError> {
+    pub fn build(config: Config) -> Result<Self, GatewayError> {
+        Self::build_with(config, &Overlay::new())
+    }
+
+    /// `build`, reading the files in `overlay` from it instead of the disk:
+    /// a candidate change checked exactly as the files would be.
+    pub fn build_with(mut config: Config, overlay: &Overlay) -> Result<Self, GatewayError> {
         // Model routes added at run time join the config file's.
         let extra = crate::state::models::stored(&config)?;
         let file_llm = config.llm.clone();
@@ -89,16 +120,16 @@ impl Runtime {
             &config.mcp.allow_commands,
             &config.egress,
         )?;
-        let live = read_policies(&config.policy.files)?;
+        let live = read_policies_with(&config.policy.files, overlay)?;
         let shadow = if config.policy.shadow_files.is_empty() {
             None
         } else {
-            Some(read_policies(&config.policy.shadow_files)?)
+            Some(read_policies_with(&config.policy.shadow_files, overlay)?)
         };
         // Requests built by the gateway are typed by construction; see
         // `without_request_validation` for why skipping re-validation is safe.
         let policy_digest = policy_digest(&live, shadow.as_deref());
-        let tool_input = read_tool_input(&config)?;
+        let tool_input = read_tool_input_with(&config, overlay)?;
         let policy =
             PolicyEngine::with_tool_input(&live, shadow.as_deref(), tool_input.as_deref())?
                 .without_request_validation();
@@ -143,6 +174,30 @@ impl Runtime {
     }
 }
 
+/// An answer of the registry to the admin API: a JSON body, or the HTTP
+/// status and message of a refusal.
+pub type RegistryAnswer = Result<serde_json::Value, (u16, String)>;
+
+/// The Lattice Registry as the admin API reaches it. `lattice-registry`
+/// implements it (that crate depends on this one, not the other way) and
+/// the binary hands it in at start. Every method may block (files, the
+/// solver): the admin door calls them off the request threads. `config`
+/// is the gateway's config file, read afresh by each call.
+pub trait RegistryService: Send + Sync {
+    /// Entries (latest versions) matching `search`, of `kind` if given,
+    /// each with its trust and the version installed, if any.
+    fn catalog(&self, config: &Path, search: &str, kind: Option<&str>) -> RegistryAnswer;
+    /// One entry: the document, its trust, and what installing it would
+    /// change (the diff), or why it would be refused.
+    fn entry(&self, config: &Path, name: &str, version: Option<&str>) -> RegistryAnswer;
+    /// What is installed.
+    fn installed(&self, config: &Path) -> RegistryAnswer;
+    /// Installs `{"name", "version"?, "as"?, "args"?, "env"?}` as `by`.
+    fn install(&self, config: &Path, request: &serde_json::Value, by: &str) -> RegistryAnswer;
+    /// Uninstalls `name` as `by`.
+    fn uninstall(&self, config: &Path, name: &str, by: &str) -> RegistryAnswer;
+}
+
 /// Shared by every request.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
@@ -172,6 +227,8 @@ pub struct Shared {
     /// Settings fixed at start (listener, data dir, audit): a reload that
     /// changes them is applied for everything else and logged.
     pub startup: Config,
+    /// The registry behind `/admin/v1/registry/...` (none: those answer 404).
+    pub registry: Option<Arc<dyn RegistryService>>,
 }
 
 /// A short digest of a policy set (names and texts).

@@ -93,6 +93,14 @@ pub(crate) fn session_key(path: &Path) -> Result<[u8; 32], GatewayError> {
 
 /// Runs the gateway until SIGTERM (graceful) or SIGINT (fast).
 pub fn run(config: Config) -> Result<(), GatewayError> {
+    run_with(config, None)
+}
+
+/// `run`, with the registry the admin API installs through.
+pub fn run_with(
+    config: Config,
+    registry: Option<Arc<dyn crate::runtime::RegistryService>>,
+) -> Result<(), GatewayError> {
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|e| GatewayError::io(data_dir.display(), e))?;
     let signer = load_or_create_signer(&config.audit.key_path, &config.server.node_id)?;
@@ -166,6 +174,7 @@ pub fn run(config: Config) -> Result<(), GatewayError> {
             },
         )?)),
         startup: config.clone(),
+        registry,
     });
     if let Some(cluster) = &cluster {
         // Sessions ended and keys revoked on other replicas (a weak

@@ -61,10 +61,13 @@ pub enum Action {
     ManageKeys,
     ApproveTool,
     ReadPolicies,
+    /// Install, update and uninstall Lattice Registry entries (and browse
+    /// the catalog and what is installed).
+    Install,
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::HttpRequest,
         Action::CallTool,
         Action::ListTools,
@@ -79,6 +82,7 @@ impl Action {
         Action::ManageKeys,
         Action::ApproveTool,
         Action::ReadPolicies,
+        Action::Install,
     ];
 
     /// The Cedar action id (`Lattice::Action::"<this>"`).
@@ -98,6 +102,7 @@ impl Action {
             Action::ManageKeys => "admin.manage_keys",
             Action::ApproveTool => "admin.approve_tool",
             Action::ReadPolicies => "admin.read_policies",
+            Action::Install => "admin.install",
         }
     }
 }

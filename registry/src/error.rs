@@ -48,6 +48,15 @@ pub enum RegistryError {
     /// A remote registry that could not be read.
     #[error("registry {url}: {message}")]
     Remote { url: String, message: String },
+    /// An install, update or removal refused: what is wrong, and nothing
+    /// was changed.
+    #[error("{entry}: {message}")]
+    Install { entry: String, message: String },
+    /// The gateway's config or state store, as the installer met them.
+    #[error("{0}")]
+    Gateway(String),
+    #[error("{0} is not installed")]
+    NotInstalled(String),
     #[error("{path}: {source}")]
     Io {
         path: String,

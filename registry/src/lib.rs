@@ -20,6 +20,9 @@
 //!   pagination, search, versions) over a catalog, as an axum router; the
 //!   other kinds under `/v0.1/lattice/...` in the same shape.
 //! - `sync`: pulling every entry from a registry that speaks that API.
+//! - `install`: entries into a gateway's config (checked as the gateway
+//!   loads it, recorded, audited) and back out, byte for byte.
+//! - `service`: the same for the gateway's admin API (trusted entries only).
 //!
 //! Must never: accept an entry its kind's schema refuses, or call an entry
 //! trusted whose signature does not verify under a key the operator
@@ -30,7 +33,9 @@ pub mod catalog;
 pub mod entry;
 pub mod error;
 pub mod fingerprint;
+pub mod install;
 pub mod pack;
+pub mod service;
 pub mod sign;
 pub mod sync;
 

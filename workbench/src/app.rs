@@ -30,15 +30,17 @@ pub enum Page {
     Mcp,
     Models,
     Policies,
+    Registry,
 }
 
-const PAGES: [(Page, &str, &str); 6] = [
+const PAGES: [(Page, &str, &str); 7] = [
     (Page::Overview, "overview", "Overview"),
     (Page::Chat, "chat", "Chat"),
     (Page::Audit, "audit", "Audit"),
     (Page::Mcp, "mcp", "MCP servers & tools"),
     (Page::Models, "models", "Models"),
     (Page::Policies, "policies", "Policies"),
+    (Page::Registry, "registry", "Registry"),
 ];
 
 fn page_from_hash() -> Page {
@@ -122,6 +124,7 @@ pub fn app() -> Html {
         Page::Mcp => html! { <pages::mcp::Mcp auth={a.clone()} /> },
         Page::Models => html! { <pages::models::Models auth={a.clone()} /> },
         Page::Policies => html! { <pages::policies::Policies auth={a.clone()} /> },
+        Page::Registry => html! { <pages::registry::Registry auth={a.clone()} /> },
     };
     html! {
         <>

@@ -2,6 +2,7 @@
 //! operational failure (exit 2), a failed check is `ExitCode::FAILURE` (1).
 
 pub mod audit;
+pub mod install;
 pub mod keys;
 pub mod mcp;
 pub mod models;
@@ -110,7 +111,10 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<ExitCode> {
 
 pub fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let config = lattice_gateway::config::load(path)?;
-    lattice_gateway::server::run(config).context("the gateway stopped with an error")?;
+    let registry: std::sync::Arc<dyn lattice_gateway::runtime::RegistryService> =
+        std::sync::Arc::new(lattice_registry::service::Service);
+    lattice_gateway::server::run_with(config, Some(registry))
+        .context("the gateway stopped with an error")?;
     Ok(ExitCode::SUCCESS)
 }
 

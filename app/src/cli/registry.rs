@@ -1,5 +1,6 @@
 //! `lattice registry`: the catalog of MCP servers, policy packs, model
 //! presets and templates (`lattice-registry`) — search and show entries,
+//! install them into a gateway and take them out (`install.rs`),
 //! verify signatures and packs, make and use publisher keys, fingerprint a
 //! server's tools, serve a catalog over the official registry API and sync
 //! one from another registry.
@@ -39,9 +40,43 @@ pub enum RegistryCmd {
         #[command(flatten)]
         trust: TrustArgs,
     },
+    /// Install an entry into a gateway's config (checked as the gateway
+    /// loads it first; audited; reversible), or a template into a new
+    /// directory (`--into`).
+    Install(super::install::InstallArgs),
+    /// Take an installed entry back out: the files as they were.
+    Uninstall {
+        name: String,
+        #[command(flatten)]
+        config: super::ConfigArg,
+        /// Show what would change and stop.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// What is installed, with versions, origin and trust.
+    List {
+        #[command(flatten)]
+        config: super::ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace an installed entry with another version: shows the diff,
+    /// applies it with --yes.
+    Update {
+        #[command(flatten)]
+        install: super::install::InstallArgs,
+        #[arg(long)]
+        yes: bool,
+    },
     /// Every entry's signature, and every policy pack's tests and
-    /// invariants; exit 1 if one fails.
+    /// invariants; exit 1 if one fails. With --installed: what a gateway
+    /// has installed (signatures, its blocks, tool drift).
     Verify {
+        /// Check what the config's gateway has installed instead.
+        #[arg(long)]
+        installed: bool,
+        #[arg(short, long, default_value = "lattice.toml")]
+        config: PathBuf,
         #[command(flatten)]
         source: Source,
         #[command(flatten)]
@@ -179,10 +214,24 @@ pub fn run(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             eprintln!("{}: {} ({})", e.id(), t.describe(), e.origin);
             Ok(ExitCode::SUCCESS)
         }
+        RegistryCmd::Install(args) => super::install::install(args),
+        RegistryCmd::Uninstall {
+            name,
+            config,
+            dry_run,
+        } => super::install::uninstall(&name, &config, dry_run),
+        RegistryCmd::List { config, json } => super::install::list(&config, json),
+        RegistryCmd::Update { install, yes } => super::install::update(install, yes),
+        RegistryCmd::Verify {
+            installed: true,
+            config,
+            ..
+        } => super::install::verify_installed(&super::ConfigArg { config }),
         RegistryCmd::Verify {
             source,
             trust,
             require_trusted,
+            ..
         } => verify(&source.load()?, &trust.keys()?, require_trusted),
         RegistryCmd::Keygen { publisher, out } => {
             if out.exists() {

@@ -21,6 +21,7 @@ mod mcp_server_requests;
 mod mcp_subscriptions;
 mod prove;
 mod registry;
+mod registry_install;
 mod retention;
 mod secrets;
 mod tls;

@@ -55,7 +55,7 @@ fn verify(catalog: &str, trust: &str, extra: &[&str]) -> Output {
     lattice(&args)
 }
 
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "{}{}",

@@ -19,6 +19,11 @@
 //! - `GET policies`, `POST policies/validate`, `POST policies/whatif`: the
 //!   active set, a candidate set's errors, a hypothetical decision
 //!   (`admin.read_policies`).
+//! - `GET registry/catalog`, `GET registry/entries/<name>`, `GET|POST
+//!   registry/installed`, `DELETE registry/installed/<name>`: the Lattice
+//!   Registry's catalog, an entry with the diff installing it would make,
+//!   what is installed, install and uninstall (`admin.install`;
+//!   `registry.rs`).
 //!
 //! Must never: answer an admin call whose Cedar admin action was not
 //! authorized and recorded, or change state outside `state`.
@@ -28,6 +33,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Value};
 
+mod registry;
 mod views;
 
 use crate::call::Call;
@@ -57,6 +63,11 @@ pub(crate) enum Endpoint {
     Policies,
     ValidatePolicies,
     WhatIf,
+    RegistryCatalog,
+    RegistryEntry(String),
+    RegistryInstalled,
+    RegistryInstall,
+    RegistryUninstall(String),
 }
 
 impl Endpoint {
@@ -86,6 +97,16 @@ impl Endpoint {
             ["policies"] => get.then_some(Endpoint::Policies),
             ["policies", "validate"] => post.then_some(Endpoint::ValidatePolicies),
             ["policies", "whatif"] => post.then_some(Endpoint::WhatIf),
+            ["registry", "catalog"] => get.then_some(Endpoint::RegistryCatalog),
+            // Entry names are `namespace/name`: two path segments.
+            ["registry", "entries", ns, name] => {
+                get.then(|| Endpoint::RegistryEntry(format!("{ns}/{name}")))
+            }
+            ["registry", "installed"] if get => Some(Endpoint::RegistryInstalled),
+            ["registry", "installed"] => post.then_some(Endpoint::RegistryInstall),
+            ["registry", "installed", ns, name] => {
+                delete.then(|| Endpoint::RegistryUninstall(format!("{ns}/{name}")))
+            }
             _ => return Err(Rejection::NotFound),
         };
         found.ok_or(Rejection::MethodNotAllowed)
@@ -110,6 +131,11 @@ impl Endpoint {
             Policies => ("admin.policies.list", Some(Action::ReadPolicies)),
             ValidatePolicies => ("admin.policies.validate", Some(Action::ReadPolicies)),
             WhatIf => ("admin.policies.whatif", Some(Action::ReadPolicies)),
+            RegistryCatalog => ("admin.registry.catalog", Some(Action::Install)),
+            RegistryEntry(_) => ("admin.registry.entry", Some(Action::Install)),
+            RegistryInstalled => ("admin.registry.list", Some(Action::Install)),
+            RegistryInstall => ("admin.registry.install", Some(Action::Install)),
+            RegistryUninstall(_) => ("admin.registry.uninstall", Some(Action::Install)),
         }
     }
 
@@ -117,7 +143,8 @@ impl Endpoint {
     fn target(&self, path: &str) -> String {
         use Endpoint::*;
         match self {
-            RemoveModel(n) | RemoveServer(n) | ApproveTool(n) => n.clone(),
+            RemoveModel(n) | RemoveServer(n) | ApproveTool(n) | RegistryEntry(n)
+            | RegistryUninstall(n) => n.clone(),
             _ => path.trim_start_matches("/admin/v1/").to_string(),
         }
     }
@@ -130,6 +157,7 @@ enum Change {
     Server(Box<RawMcpServer>),
     WhatIf(Box<AuthzRequest>),
     Candidate(String),
+    Registry(registry::Call),
 }
 
 /// Answers `/admin/v1/...`. Returns Ok(true): the response is written.
@@ -158,6 +186,15 @@ pub async fn serve(
     let (kind, action) = endpoint.kind_action();
     ctx.facts.kind = kind;
     ctx.facts.target = endpoint.target(&path);
+    if endpoint == Endpoint::RegistryInstall {
+        // The entry is the target (a bad body is refused below).
+        if let Some(name) = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["name"].as_str().map(str::to_string))
+        {
+            ctx.facts.target = name;
+        }
+    }
     if let Some(a) = action {
         ctx.facts.action = a.as_str().into();
     }
@@ -182,6 +219,25 @@ pub async fn serve(
         }
         Endpoint::WhatIf => views::check_whatif(&body).map(|r| Change::WhatIf(Box::new(r))),
         Endpoint::ValidatePolicies => views::check_candidate(&body).map(Change::Candidate),
+        Endpoint::RegistryCatalog => registry::params(&query).map(|p| {
+            Change::Registry(registry::Call::Catalog {
+                search: p.get("search").cloned().unwrap_or_default(),
+                kind: p.get("kind").filter(|k| !k.is_empty()).cloned(),
+            })
+        }),
+        Endpoint::RegistryEntry(name) => registry::params(&query).map(|p| {
+            Change::Registry(registry::Call::Entry {
+                name: name.clone(),
+                version: p.get("version").filter(|v| !v.is_empty()).cloned(),
+            })
+        }),
+        Endpoint::RegistryInstalled => Ok(Change::Registry(registry::Call::Installed)),
+        Endpoint::RegistryInstall => {
+            registry::check_install(&body).map(|v| Change::Registry(registry::Call::Install(v)))
+        }
+        Endpoint::RegistryUninstall(name) => {
+            Ok(Change::Registry(registry::Call::Uninstall(name.clone())))
+        }
         _ => Ok(Change::None),
     };
     let change = match checked {
@@ -346,6 +402,14 @@ async fn admin_reply(
             Reply::Json(200, views::validate_candidate(node, runtime, &text).await)
         }
         (Endpoint::WhatIf, Change::WhatIf(req)) => Reply::Json(200, views::what_if(runtime, *req)),
+        (_, Change::Registry(call)) => {
+            let by = format!(
+                "{}:{}",
+                crate::state::kind_name(principal.kind),
+                principal.id
+            );
+            registry::reply(node, runtime, by, call).await
+        }
         _ => Reply::Json(500, json!({"error": {"code": "internal_error"}})),
     }
 }
@@ -517,6 +581,30 @@ mod tests {
         assert_eq!(
             Endpoint::route("POST", "/admin/v1/policies/whatif"),
             Ok(Endpoint::WhatIf)
+        );
+        assert_eq!(
+            Endpoint::route(
+                "GET",
+                "/admin/v1/registry/entries/dev.lattice/read-only-tools"
+            ),
+            Ok(Endpoint::RegistryEntry(
+                "dev.lattice/read-only-tools".into()
+            ))
+        );
+        assert_eq!(
+            Endpoint::route("POST", "/admin/v1/registry/installed"),
+            Ok(Endpoint::RegistryInstall)
+        );
+        assert_eq!(
+            Endpoint::route(
+                "DELETE",
+                "/admin/v1/registry/installed/io.github.x/server-y"
+            ),
+            Ok(Endpoint::RegistryUninstall("io.github.x/server-y".into()))
+        );
+        assert_eq!(
+            Endpoint::route("GET", "/admin/v1/registry/entries/just-a-name"),
+            Err(Rejection::NotFound)
         );
         for bad in [
             "/admin/v1/modelsx",

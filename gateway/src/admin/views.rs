@@ -281,6 +281,7 @@ pub(crate) fn whoami(runtime: &Runtime, p: &lattice_policy::Principal) -> Value 
         Action::ReadPolicies,
         Action::ManageKeys,
         Action::ApproveTool,
+        Action::Install,
     ] {
         can.insert(a.as_str().into(), allowed(a, gateway()).into());
     }

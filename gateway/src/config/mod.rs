@@ -20,6 +20,7 @@ mod limits;
 mod llm;
 mod mcp;
 mod raw;
+mod registry;
 mod sections;
 mod telemetry;
 mod tls;
@@ -31,6 +32,7 @@ pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
 pub use mcp::{build_mcp_server, McpServerConfig, McpTransport, RawMcpServer, ToolOverride};
 use raw::*;
 pub use raw::{Durability, OnFull};
+pub use registry::{RegistryConfig, TrustedPublisher};
 pub use telemetry::{OtlpConfig, TelemetryConfig};
 pub use tls::{CertId, ClientAuth, MtlsIdentity, TlsConfig};
 
@@ -64,6 +66,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[telemetry]`: traces (OpenTelemetry over OTLP/HTTP).
     pub telemetry: TelemetryConfig,
+    /// `[registry]`: trusted publisher keys and catalogs.
+    pub registry: RegistryConfig,
 }
 
 /// Settings of the downstream MCP endpoint.
@@ -355,6 +359,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
     let llm = llm::build(raw.backends, raw.models, raw.limits, &bad, &[])?;
     let cluster = cluster::cluster(raw.cluster, &resolve, &bad)?;
     let telemetry = telemetry::telemetry(raw.telemetry, &bad)?;
+    let registry = registry::registry(raw.registry, &resolve, &bad)?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -373,6 +378,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         invariants: raw.invariants,
         cluster,
         telemetry,
+        registry,
         mcp: McpConfig {
             allowed_origins: raw.mcp.allowed_origins,
             resource_url: raw.mcp.resource_url,

@@ -41,6 +41,8 @@ pub(super) struct RawConfig {
     pub(super) cluster: super::cluster::RawCluster,
     #[serde(default)]
     pub(super) telemetry: super::telemetry::RawTelemetry,
+    #[serde(default)]
+    pub(super) registry: super::registry::RawRegistry,
 }
 
 #[derive(Debug, Deserialize)]

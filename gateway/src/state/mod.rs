@@ -2,12 +2,13 @@
 //! (created once and shown once, stored as SHA-256 hashes, revoked), tool
 //! pins (`pins`), and what is registered at run time — MCP servers
 //! (`mcp_servers`) and model routes (`models`) — in one table per kind
-//! (`registry`). Every change bumps a generation that running gateways poll.
+//! (`registry`); what the Lattice Registry installed (`installs`). Every change bumps a generation that running gateways poll.
 //!
 //! This module alone opens `state.db` (the layer test checks it). Must
 //! never: store a secret in the clear, or serve the request path directly
 //! (the path reads caches: `identity::KeyCache`, `state::pins::PinCache`).
 
+pub mod installs;
 pub mod mcp_servers;
 pub mod models;
 pub mod pins;

@@ -56,7 +56,7 @@ fn err(e: rusqlite::Error) -> GatewayError {
 }
 
 impl StateStore {
-    fn pins_schema(&self) -> Result<(), GatewayError> {
+    pub(crate) fn pins_schema(&self) -> Result<(), GatewayError> {
         self.conn
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS tool_pins (
@@ -117,7 +117,9 @@ impl StateStore {
             .map_err(err)?;
         let seen = match approved {
             Some(Some(h)) if h == hash => return Ok(Seen::Approved),
-            None if auto_approve => {
+            // A server installed from the registry serves what its
+            // publisher published, and nothing new without an admin.
+            None if auto_approve && !self.server_closed(server)? => {
                 self.conn
                     .execute(
                         "INSERT INTO tool_pins (server, tool, approved_hash, approved_definition, updated_us) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -13,6 +13,7 @@ pub mod mcp;
 pub mod models;
 pub mod overview;
 pub mod policies;
+pub mod registry;
 
 /// Every page's properties.
 #[derive(Properties, PartialEq)]
