@@ -61,10 +61,17 @@ pub struct InstallArgs {
     pub dry_run: bool,
 }
 
+/// Who runs the command: the login name, or the uid where none is set.
 fn by() -> String {
+    use std::os::unix::fs::MetadataExt;
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| match std::fs::metadata("/proc/self") {
+            Ok(m) => format!("uid {}", m.uid()),
+            Err(_) => "unknown".into(),
+        });
     format!("cli:{user}")
 }
 
