@@ -95,19 +95,26 @@ fn a_reload_that_breaks_an_invariant_is_refused_audited_and_the_old_set_keeps_se
     let policy = gw.path("policy.cedar");
     let before = std::fs::read_to_string(&policy).unwrap();
     std::fs::write(&policy, format!("{before}{TOOL_PERMIT}")).unwrap();
+    // The metric counts the refusal as it happens; its audit event is
+    // written by the writer a moment later: wait for both.
+    let rejected_events = || -> Vec<lattice_audit::AuditEvent> {
+        gw.store()
+            .events()
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str(&e.json).unwrap())
+            .filter(|e: &lattice_audit::AuditEvent| e.kind == "admin.config.rejected")
+            .collect()
+    };
     wait_for(
         "the refused reload",
         std::time::Duration::from_secs(20),
-        || gw.metric("lattice_config_reloads_total{result=\"rejected\"}") >= 1.0,
+        || {
+            gw.metric("lattice_config_reloads_total{result=\"rejected\"}") >= 1.0
+                && !rejected_events().is_empty()
+        },
     );
-    let rejected: Vec<lattice_audit::AuditEvent> = gw
-        .store()
-        .events()
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(&e.json).unwrap())
-        .filter(|e: &lattice_audit::AuditEvent| e.kind == "admin.config.rejected")
-        .collect();
+    let rejected = rejected_events();
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(
         rejected[0]
