@@ -235,14 +235,14 @@ pub fn uninstall(name: &str, config: &ConfigArg, dry_run: bool) -> anyhow::Resul
         return Ok(ExitCode::SUCCESS);
     }
     let removal = install::uninstall(&gw, name, &by())?;
-    for (path, _, after, how) in &removal.files {
-        let what = match (how, after) {
-            (install::Restored::Exactly, _) => "restored byte for byte",
-            (install::Restored::InsertionsRemoved, _) => {
+    for (path, _, _, how) in &removal.files {
+        let what = match how {
+            install::Restored::Exactly => "restored byte for byte",
+            install::Restored::InsertionsRemoved => {
                 "changed since the install: only the entry's text taken out"
             }
-            (install::Restored::Deleted, _) => "deleted",
-            (install::Restored::LeftChanged, _) => {
+            install::Restored::Deleted => "deleted",
+            install::Restored::LeftChanged => {
                 "changed since the install: left in place, no longer used"
             }
         };

@@ -20,16 +20,12 @@ use std::sync::Arc;
 use super::views::Reply;
 use crate::runtime::{RegistryAnswer, RegistryService, Runtime, Shared};
 
-/// The query's parameters, percent-decoded.
+/// The query's parameters, percent-decoded (the last of a repeated one).
 pub(super) fn params(query: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for pair in query.split('&').filter(|s| !s.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = lattice_mcp::catalog::percent_decode(&v.replace('+', " "))
-            .ok_or_else(|| format!("parameter `{k}` is not valid percent-encoded UTF-8"))?;
-        out.insert(k.to_string(), v);
-    }
-    Ok(out)
+    Ok(super::views::query_params(query)?
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect())
 }
 
 /// What an install request may say.

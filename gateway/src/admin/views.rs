@@ -75,12 +75,23 @@ fn parse_since(s: &str, now_us: u64) -> Result<u64, String> {
     Ok(now_us.saturating_sub(secs.saturating_mul(1_000_000)))
 }
 
+/// A query string's parameters, in order, values percent-decoded.
+pub(crate) fn query_params(query: &str) -> Result<Vec<(&str, String)>, String> {
+    query
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            lattice_mcp::catalog::percent_decode(&v.replace('+', " "))
+                .map(|v| (k, v))
+                .ok_or_else(|| format!("parameter `{k}` is not valid percent-encoded UTF-8"))
+        })
+        .collect()
+}
+
 pub(crate) fn parse_audit_params(query: &str, now_us: u64) -> Result<AuditParams, String> {
     let mut p = AuditParams::default();
-    for pair in query.split('&').filter(|s| !s.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = lattice_mcp::catalog::percent_decode(&v.replace('+', " "))
-            .ok_or_else(|| format!("parameter `{k}` is not valid percent-encoded UTF-8"))?;
+    for (k, v) in query_params(query)? {
         if v.is_empty() {
             continue;
         }

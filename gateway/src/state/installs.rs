@@ -195,11 +195,6 @@ impl StateStore {
         rows.collect::<Result<_, _>>().map_err(err)
     }
 
-    /// One installed entry.
-    pub fn installed_entry(&self, name: &str) -> Result<Option<Installed>, GatewayError> {
-        Ok(self.installed()?.into_iter().find(|i| i.name == name))
-    }
-
     /// Journal lines not yet audited, oldest first.
     pub fn journal_pending(&self) -> Result<Vec<Journal>, GatewayError> {
         self.installs_schema()?;

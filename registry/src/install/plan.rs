@@ -49,7 +49,7 @@ pub fn plan(gw: &Gateway, entry: &Entry, opts: &Options) -> Result<Plan> {
 }
 
 pub(super) fn plan_on(gw: &Gateway, entry: &Entry, opts: &Options, view: &View) -> Result<Plan> {
-    if !render::into_config(entry.kind) {
+    if entry.kind == Kind::Template {
         return Err(install_err(
             entry,
             "is a template: it makes a new gateway config (`lattice registry install --into DIR`)",

@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 use super::Options;
-use crate::entry::{Entry, Kind};
+use crate::entry::Entry;
 use crate::{RegistryError, Result};
 
 /// A TOML string.
@@ -478,9 +478,4 @@ pub(crate) fn preset(entry: &Entry, opts: &Options) -> Result<(String, Vec<Strin
     let mut blocks = tables(entry, "backends", backends)?;
     blocks.extend(tables(entry, "models", models)?);
     Ok((blocks.join("\n\n") + "\n", env))
-}
-
-/// Whether `kind` installs into a config (templates make one instead).
-pub(crate) fn into_config(kind: Kind) -> bool {
-    kind != Kind::Template
 }
