@@ -7,6 +7,9 @@ usage: openai_client.py BASE_URL KEY MODE [ARGS...]
   load MODEL N CONCURRENCY  N streamed chats, CONCURRENCY at a time; prints a
                             JSON list with one entry per call
   until429 MODEL MAX        plain chats until MAX calls; prints each status
+  chats MODEL N             N short plain chats one after another; prints a
+                            JSON list: each call's status (or error) and
+                            request id
   worker MODEL              against a Lattice worker (greedy, fixed length):
                             a streamed chat with include_usage, the same chat
                             whole, a forced tool call, and a bad request;
@@ -83,6 +86,22 @@ def load(c, model, n, concurrency):
         return list(pool.map(one, range(n)))
 
 
+def chats(c, model, n):
+    calls = []
+    for i in range(n):
+        try:
+            r = c.chat.completions.with_raw_response.create(
+                model=model, max_tokens=4,
+                messages=[{"role": "user", "content": f"call {i}"}])
+            r.parse()
+            calls.append({"status": r.status_code, "request_id": r.headers.get("x-request-id")})
+        except openai.APIStatusError as e:
+            rec = error_of(e)
+            rec["request_id"] = e.response.headers.get("x-request-id")
+            calls.append(rec)
+    return calls
+
+
 def until429(c, model, maximum):
     calls = []
     for _ in range(maximum):
@@ -141,6 +160,8 @@ def main():
         result = load(c, args[0], int(args[1]), int(args[2]))
     elif mode == "until429":
         result = until429(c, args[0], int(args[1]))
+    elif mode == "chats":
+        result = chats(c, args[0], int(args[1]))
     elif mode == "worker":
         result = worker(c, args[0])
     else:

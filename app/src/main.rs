@@ -58,6 +58,9 @@ enum Command {
     Audit(cli::audit::AuditCmd),
     /// Lattice Inference: serve a local model with an OpenAI API.
     Worker(cli::worker::WorkerArgs),
+    /// Zero-config clustering: make the secret gateways and workers share.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCmd),
     /// Lattice Registry: MCP servers, policy packs, model presets and
     /// templates — search, verify, sign, serve, sync.
     #[command(subcommand)]
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Witness(cmd) => cli::witness::run(cmd),
         Command::Worker(a) => cli::worker::run(a),
+        Command::Cluster(cmd) => cli::cluster::run(cmd),
         Command::Registry(cmd) => cli::registry::run(cmd),
         Command::Mcp(cmd) => cli::mcp::run(cmd),
         Command::Models(cmd) => cli::models::run(cmd),

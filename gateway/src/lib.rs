@@ -32,6 +32,8 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod discovered;
+pub mod discovery;
 pub mod egress;
 pub mod enforce;
 pub mod error;

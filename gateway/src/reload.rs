@@ -25,9 +25,8 @@ pub fn reload(shared: &Shared) -> Result<(), GatewayError> {
     let result = config::load(&path).and_then(Runtime::build);
     match result {
         Ok(new) => {
-            if let Err(e) = shared
-                .inference
-                .configure(&new.config.llm.backends, &new.config.llm.models)
+            if let Err(e) =
+                crate::discovered::configure(&shared.inference, &new.config, &shared.discovered)
             {
                 shared.metrics.reload("rejected");
                 tracing::error!(error = %e, "model routes rejected; the previous config stays in force");

@@ -229,6 +229,8 @@ pub struct Shared {
     pub startup: Config,
     /// The registry behind `/admin/v1/registry/...` (none: those answer 404).
     pub registry: Option<Arc<dyn RegistryService>>,
+    /// Workers that joined by themselves (`[discovery]`).
+    pub discovered: crate::discovered::Members,
 }
 
 /// A short digest of a policy set (names and texts).

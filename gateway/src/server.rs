@@ -135,6 +135,7 @@ pub fn run_with(
     };
     let metrics = Metrics::new();
     let shared = Arc::new(Shared {
+        discovered: crate::discovered::Members::default(),
         inference: Arc::new(inference),
         limiter: match &cluster {
             Some(redis) => crate::limits::Limiter::shared(redis.clone()),
@@ -192,6 +193,7 @@ pub fn run_with(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = spawn_watcher(shared.clone(), &data_dir, stop.clone())?;
+    let discovery = crate::discovery::spawn(shared.clone(), stop.clone())?;
 
     if let Some(addr) = config.demo_upstream {
         std::thread::Builder::new()
@@ -262,6 +264,9 @@ pub fn run_with(
     tracing::info!("listener closed; draining the audit pipeline");
     stop.store(true, Ordering::Release);
     let _ = watcher.join();
+    if let Some(d) = discovery {
+        let _ = d.join();
+    }
     let written = shared.audit.written();
     drop(shared);
     pipeline.shutdown()?;

@@ -71,6 +71,10 @@ pub struct BackendSpec {
     /// Time to the response head, and between two chunks of a stream.
     pub timeout: Duration,
     pub health_interval: Duration,
+    /// A discovered worker: the fingerprint of the TLS certificate it
+    /// proved membership with (`join.rs`). Every connection to it is pinned
+    /// to that certificate.
+    pub pin: Option<String>,
 }
 
 /// How long a failing backend is left alone: 1 s, doubling per consecutive
@@ -91,6 +95,8 @@ pub(crate) fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct BackendState {
     pub spec: BackendSpec,
+    /// A client pinned to `spec.pin` (none: the router's shared client).
+    pub(crate) client: Option<reqwest::Client>,
     outstanding: AtomicU64,
     /// The last active health check passed (true until one fails).
     healthy: AtomicBool,
@@ -110,6 +116,7 @@ impl BackendState {
     pub fn new(spec: BackendSpec) -> Self {
         Self {
             spec,
+            client: None,
             outstanding: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             ejected_until_ms: AtomicU64::new(0),
@@ -277,6 +284,7 @@ mod tests {
             api_key: None,
             timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
+            pin: None,
         });
         assert!(b.available());
         b.record_failure();

@@ -16,7 +16,9 @@
 //! retries, and only before the first byte reached the agent.
 
 pub mod backend;
+pub mod join;
 pub mod openai;
+pub mod pin;
 pub mod router;
 pub mod select;
 pub mod sse;

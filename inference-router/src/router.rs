@@ -66,9 +66,16 @@ fn build_table(
                 spec.name
             )));
         }
-        let state = old
-            .and_then(|t| t.backends.iter().find(|b| b.spec == *spec).cloned())
-            .unwrap_or_else(|| Arc::new(BackendState::new(spec.clone())));
+        let state = match old.and_then(|t| t.backends.iter().find(|b| b.spec == *spec)) {
+            Some(b) => b.clone(),
+            None => {
+                let mut b = BackendState::new(spec.clone());
+                if let Some(pin) = &spec.pin {
+                    b.client = Some(crate::pin::pinned_client(pin)?);
+                }
+                Arc::new(b)
+            }
+        };
         states.insert(spec.name.clone(), state.clone());
         ordered.push(state);
     }
@@ -277,8 +284,10 @@ impl Router {
         headers: Vec<(&'static str, String)>,
     ) -> Result<UpstreamResponse, InferenceError> {
         let b = backend.clone();
-        let mut request = self
+        let mut request = b
             .client
+            .as_ref()
+            .unwrap_or(&self.client)
             .post(format!("{}{}", b.spec.url, endpoint.path()))
             .header("content-type", "application/json")
             .body(body);
@@ -389,7 +398,12 @@ async fn check(b: Arc<BackendState>, client: reqwest::Client) {
         .health_interval
         .clamp(Duration::from_millis(200), Duration::from_secs(5));
     let get = |path: &str| {
-        let mut r = client.get(format!("{}{path}", b.spec.url)).timeout(limit);
+        let mut r = b
+            .client
+            .as_ref()
+            .unwrap_or(&client)
+            .get(format!("{}{path}", b.spec.url))
+            .timeout(limit);
         if let Some(key) = &b.spec.api_key {
             r = r.bearer_auth(key);
         }
@@ -423,6 +437,7 @@ mod tests {
             api_key: None,
             timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
+            pin: None,
         }
     }
 

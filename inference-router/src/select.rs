@@ -133,6 +133,7 @@ mod tests {
             api_key: None,
             timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
+            pin: None,
         }))
     }
 

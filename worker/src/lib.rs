@@ -12,6 +12,7 @@
 //! do a numeric step itself (kernels own arithmetic, so devices swap).
 
 pub mod api;
+pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod grammar;

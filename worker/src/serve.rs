@@ -1,12 +1,14 @@
 //! `lattice worker`: a model directory loaded onto a device, the engine
 //! started with a KV cache sized from a memory bound, and the OpenAI API
-//! served on its own listener.
+//! served on its own listener (over TLS, with the join answer and an mDNS
+//! announcement, in cluster mode: `cluster.rs`).
 //!
 //! Must never: start serving a model it could not fully load (every
 //! refusal names the file, tensor or setting at fault), or size the KV
 //! cache beyond its memory bound.
 
 use crate::api::{self, tools::ToolFormat, Served};
+use crate::cluster::{Announcer, Identity, Membership, TlsListener};
 use crate::engine::{self, EngineConfig};
 use crate::error::{Result, WorkerError};
 use crate::grammar::Grammars;
@@ -15,6 +17,7 @@ use crate::model::Model;
 use crate::text::Text;
 use lattice_gpu_kernels::cpu::Cpu;
 use lattice_gpu_kernels::Kernels;
+use lattice_inference_router::join::Announcement;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ pub struct Options {
     pub max_context: Option<usize>,
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
+    /// Cluster mode: TLS, the join answer, the announcement.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 impl Options {
@@ -55,6 +60,7 @@ impl Options {
             max_context: None,
             api_key: None,
             max_body_bytes: 4 << 20,
+            cluster: None,
         }
     }
 }
@@ -67,8 +73,12 @@ pub struct Running {
     pub kv_tokens: usize,
     pub parameters: usize,
     pub dtype: &'static str,
+    /// Cluster mode: the TLS certificate's fingerprint.
+    pub fingerprint: Option<String>,
     served: Arc<Served>,
     listener: tokio::net::TcpListener,
+    identity: Option<Identity>,
+    announce: Option<(Announcement, SocketAddr)>,
 }
 
 /// Loads the model and binds the listener; [`Running::serve`] serves.
@@ -125,13 +135,53 @@ pub async fn start(o: Options) -> Result<Running> {
         .await
         .map_err(|e| bad(format!("listen on {}: {e}", o.listen)))?;
     let addr = listener.local_addr().map_err(|e| bad(e.to_string()))?;
+    let mut key_hashes: Vec<[u8; 32]> = o
+        .api_key
+        .as_deref()
+        .map(api::key_hash)
+        .into_iter()
+        .collect();
+    let (identity, membership) = match &o.cluster {
+        None => (None, None),
+        Some(c) => {
+            let identity = Identity::generate(&c.node)?;
+            let mut models = vec![name.clone()];
+            models.extend(o.aliases.iter().cloned());
+            let announcement = Announcement {
+                cluster: c.secret.cluster_id(),
+                name: c.node.clone(),
+                kind: "lattice".into(),
+                models,
+                device: device
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("cpu")
+                    .to_string(),
+                capacity: o.max_seqs as u32,
+                location: c.location.clone(),
+                labels: c.labels.clone(),
+                fingerprint: identity.fingerprint.clone(),
+            };
+            let membership = Membership::new(c.secret.clone(), announcement);
+            key_hashes.push(api::key_hash(&membership.api_key()));
+            (Some(identity), Some(Arc::new(membership)))
+        }
+    };
+    let announce = match (&o.cluster, &membership) {
+        (Some(c), Some(m)) if c.announce => {
+            let ip = c.advertise.unwrap_or(addr.ip());
+            Some((m.announcement.clone(), SocketAddr::new(ip, addr.port())))
+        }
+        _ => None,
+    };
     let served = Arc::new(Served {
         name: name.clone(),
         aliases: o.aliases.clone(),
         engine,
         text,
         metrics,
-        key_hash: o.api_key.as_deref().map(api::key_hash),
+        key_hashes,
+        membership,
         max_body_bytes: o.max_body_bytes,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -147,8 +197,11 @@ pub async fn start(o: Options) -> Result<Running> {
         kv_tokens,
         parameters,
         dtype,
+        fingerprint: identity.as_ref().map(|i| i.fingerprint.clone()),
         served,
         listener,
+        identity,
+        announce,
     })
 }
 
@@ -159,13 +212,27 @@ impl Running {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         use axum::serve::ListenerExt;
+        let router = api::router(self.served);
+        if let Some(identity) = &self.identity {
+            // Announced only once the listener serves; withdrawn when
+            // serving ends (the announcer is dropped).
+            let _announcer = match &self.announce {
+                Some((a, at)) => Some(Announcer::start(a, *at)?),
+                None => None,
+            };
+            let listener = TlsListener::new(self.listener, identity)?;
+            return axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|e| WorkerError::Unsupported(format!("serve: {e}")));
+        }
         // Tokens go out one small write at a time: without TCP_NODELAY,
         // Nagle's algorithm holds each behind the client's delayed ACK
         // (measured: a stream three times slower than the engine).
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, api::router(self.served))
+        axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| WorkerError::Unsupported(format!("serve: {e}")))

@@ -2,6 +2,7 @@
 //! operational failure (exit 2), a failed check is `ExitCode::FAILURE` (1).
 
 pub mod audit;
+pub mod cluster;
 pub mod install;
 pub mod keys;
 pub mod mcp;

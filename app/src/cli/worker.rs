@@ -2,12 +2,15 @@
 //! (`lattice-worker`), and `lattice worker make-test-model`, which writes
 //! a tiny random model for tests and benchmarks.
 //!
-//! Must never: take a secret on the command line (the API key comes from
-//! an environment variable), or start on a device it does not have.
+//! Must never: take a secret on the command line (the API key and the
+//! cluster secret come from environment variables), or start on a device
+//! it does not have.
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use lattice_gpu_kernels::DType;
+use lattice_inference_router::join::ClusterSecret;
+use lattice_worker::cluster::ClusterOptions;
 use lattice_worker::model::Arch;
 use lattice_worker::serve::{self, Options};
 use lattice_worker::testmodel::{self, Flavor, Spec};
@@ -62,6 +65,28 @@ pub struct WorkerArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Environment variable holding the cluster secret (`lattice cluster
+    /// init`). When it is set the worker joins that cluster: it serves over
+    /// TLS with a certificate of its own, answers gateways' join
+    /// challenges, accepts the cluster's key and announces itself over mDNS.
+    #[arg(long, default_value = "LATTICE_CLUSTER_SECRET")]
+    cluster_secret_env: String,
+    /// The worker's name in the cluster (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where this worker runs, as policies see it (`context.backend_location`).
+    #[arg(long, default_value = "on_prem")]
+    location: String,
+    /// A label announced with the worker (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Do not announce over mDNS (gateways must list this worker as a peer).
+    #[arg(long)]
+    no_announce: bool,
+    /// The address announced (default: the listener's; every interface's
+    /// when listening on 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<std::net::IpAddr>,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +185,21 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
+    let cluster = match std::env::var(&a.cluster_secret_env) {
+        Ok(text) if !text.trim().is_empty() => {
+            let secret = ClusterSecret::parse(&text)
+                .with_context(|| format!("${}", a.cluster_secret_env))?;
+            Some(ClusterOptions {
+                secret,
+                node: a.node_name.clone().unwrap_or_else(host_name),
+                location: a.location.clone(),
+                labels: a.labels.clone(),
+                announce: !a.no_announce,
+                advertise: a.advertise,
+            })
+        }
+        _ => None,
+    };
     let options = Options {
         name: a.name,
         aliases: a.aliases,
@@ -171,6 +211,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         max_context: a.max_context,
         api_key,
         max_body_bytes: a.max_body_bytes,
+        cluster,
         ..Options::new(model, a.listen)
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -179,12 +220,23 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         let keyed = options.api_key.is_some();
+        let cluster = options
+            .cluster
+            .as_ref()
+            .map(|c| (c.secret.cluster_id(), c.announce, c.location.clone()));
         let running = serve::start(options).await.context("lattice worker")?;
+        if let (Some((id, announce, location)), Some(fp)) = (&cluster, &running.fingerprint) {
+            eprintln!(
+                "lattice worker: member of cluster {id} ({location}), certificate {fp}; {}",
+                if *announce { "announced over mDNS" } else { "not announced (--no-announce)" }
+            );
+        }
         eprintln!(
-            "lattice worker: serving `{}` ({:.1} M parameters, {}) on http://{} — {}, KV cache {} tokens{}",
+            "lattice worker: serving `{}` ({:.1} M parameters, {}) on {}://{} — {}, KV cache {} tokens{}",
             running.name,
             running.parameters as f64 / 1e6,
             running.dtype,
+            if cluster.is_some() { "https" } else { "http" },
             running.addr,
             running.device,
             running.kv_tokens,
@@ -194,6 +246,16 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The host's name (`/etc/hostname`, else `HOSTNAME`, else `worker`).
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into())
 }
 
 async fn shutdown() {

@@ -8,6 +8,7 @@ mod clickhouse;
 mod cluster;
 mod conformance;
 mod crash;
+mod discovery;
 mod edge;
 mod egress;
 mod harness;

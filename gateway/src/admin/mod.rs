@@ -522,6 +522,7 @@ fn apply(
 
 fn models_view(node: &Shared, runtime: &Runtime) -> Value {
     let from_file = |name: &str| runtime.file_llm.models.iter().any(|m| m.name == name);
+    let members = node.discovered.list();
     let models: Vec<Value> = node
         .inference
         .routes()
@@ -531,19 +532,38 @@ fn models_view(node: &Shared, runtime: &Runtime) -> Value {
                 .backends
                 .iter()
                 .map(|b| {
-                    json!({
+                    let mut v = json!({
                         "name": b.spec.name, "kind": b.spec.kind.as_str(), "url": b.spec.url,
                         "location": b.spec.location, "weight": b.spec.weight,
                         "healthy": b.healthy(), "ejected": b.ejected(), "available": b.available(),
                         "outstanding": b.outstanding(), "reported_load": b.reported_load(),
                         "latency_ewma_us": b.ewma_us(), "requests": b.served(),
-                    })
+                        "origin": if b.spec.pin.is_some() { "discovered" } else { "configured" },
+                    });
+                    if let Some(m) = members.iter().find(|m| m.backend == b.spec.name) {
+                        let a = &m.announcement;
+                        v["node"] = json!(a.name);
+                        v["device"] = json!(a.device);
+                        v["capacity"] = json!(a.capacity);
+                        v["node_labels"] = json!(a.labels);
+                        v["found_via"] = json!(m.via);
+                        v["fingerprint"] = json!(a.fingerprint);
+                        v["joined_us"] = json!(m.joined_us);
+                    }
+                    v
                 })
                 .collect();
+            let source = if from_file(&r.route.name) {
+                "config"
+            } else if r.backends.iter().all(|b| b.spec.pin.is_some()) {
+                "discovered"
+            } else {
+                "run-time"
+            };
             json!({
                 "name": r.route.name, "aliases": r.route.aliases, "strategy": r.route.strategy.as_str(),
                 "upstream_model": r.route.upstream_model(), "labels": r.route.labels,
-                "source": if from_file(&r.route.name) { "config" } else { "run-time" },
+                "source": source,
                 "backends": backends,
             })
         })

@@ -163,6 +163,7 @@ pub fn build(
             api_key,
             timeout: Duration::from_millis(b.timeout_ms.max(1)),
             health_interval: Duration::from_millis(b.health_interval_ms.max(100)),
+            pin: None,
         });
     }
     let mut routes = Vec::new();

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::GatewayError;
 
 mod cluster;
+mod discovery;
 mod egress;
 mod limits;
 mod llm;
@@ -26,6 +27,7 @@ mod telemetry;
 mod tls;
 
 pub use cluster::{ClusterConfig, RedisConfig};
+pub use discovery::DiscoveryConfig;
 pub use egress::{parse_host, refusal, EgressConfig};
 pub use limits::{CallKind, LimitSpec, OnUnavailable, Per};
 pub use llm::{build as build_llm, LlmConfig, RawBackend, RawLimit, RawModel};
@@ -68,6 +70,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// `[registry]`: trusted publisher keys and catalogs.
     pub registry: RegistryConfig,
+    /// `[discovery]`: workers that join by themselves (none: off).
+    pub discovery: Option<DiscoveryConfig>,
 }
 
 /// Settings of the downstream MCP endpoint.
@@ -360,6 +364,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
     let cluster = cluster::cluster(raw.cluster, &resolve, &bad)?;
     let telemetry = telemetry::telemetry(raw.telemetry, &bad)?;
     let registry = registry::registry(raw.registry, &resolve, &bad)?;
+    let discovery = discovery::discovery(raw.discovery, &bad)?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -379,6 +384,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, GatewayError> {
         cluster,
         telemetry,
         registry,
+        discovery,
         mcp: McpConfig {
             allowed_origins: raw.mcp.allowed_origins,
             resource_url: raw.mcp.resource_url,

@@ -43,6 +43,8 @@ pub(super) struct RawConfig {
     pub(super) telemetry: super::telemetry::RawTelemetry,
     #[serde(default)]
     pub(super) registry: super::registry::RawRegistry,
+    #[serde(default)]
+    pub(super) discovery: Option<super::discovery::RawDiscovery>,
 }
 
 #[derive(Debug, Deserialize)]

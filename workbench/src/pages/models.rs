@@ -2,7 +2,7 @@
 //! health, ejection, requests in flight, reported load and latency; a form
 //! to add a run-time route to one backend.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use yew::prelude::*;
 
 use super::{error_line, input, not_allowed, select, PageProps};
@@ -75,14 +75,14 @@ pub fn models(props: &PageProps) -> Html {
                 <tr>
                     <td>{m["name"].as_str().unwrap_or("")}</td>
                     <td>{m["strategy"].as_str().unwrap_or("")}</td>
-                    <td>{format!("{} ({}, {})", b["name"].as_str().unwrap_or(""), b["kind"].as_str().unwrap_or(""), b["location"].as_str().unwrap_or(""))}</td>
+                    <td class="backend">{backend_cell(&b)}</td>
                     <td class={if b["available"] == true { "allow" } else { "deny" }}>
                         {if b["available"] == true { "available" } else if b["ejected"] == true { "ejected" } else { "unhealthy" }}
                     </td>
                     <td>{b["outstanding"].to_string()}</td>
                     <td>{b["reported_load"].to_string()}</td>
                     <td>{micros(b["latency_ewma_us"].as_u64().unwrap_or(0))}</td>
-                    <td>{m["source"].as_str().unwrap_or("")}</td>
+                    <td class="source">{m["source"].as_str().unwrap_or("")}</td>
                 </tr>
             }).collect::<Vec<_>>()
         }).collect(),
@@ -117,4 +117,19 @@ pub fn models(props: &PageProps) -> Html {
             </section>
         </>
     }
+}
+
+/// A backend's name, kind and location; for a worker that joined by
+/// itself, also its node, how it was found and when it joined.
+fn backend_cell(b: &Value) -> String {
+    let text = |k: &str| b[k].as_str().unwrap_or("").to_string();
+    let mut cell = format!("{} ({}, {})", text("name"), text("kind"), text("location"));
+    if let Some(node) = b["node"].as_str() {
+        cell.push_str(&format!(
+            " · discovered: node {node}, {}, via {}",
+            text("device"),
+            text("found_via")
+        ));
+    }
+    cell
 }

@@ -82,8 +82,11 @@ pub struct Served {
     pub engine: EngineHandle,
     pub text: Arc<Text>,
     pub metrics: Arc<Metrics>,
-    /// SHA-256 of the bearer key, when one is required.
-    pub key_hash: Option<[u8; 32]>,
+    /// SHA-256 of each bearer key accepted (the operator's, the cluster's);
+    /// none: no key is required.
+    pub key_hashes: Vec<[u8; 32]>,
+    /// Cluster mode: the answer to a gateway's join challenge.
+    pub membership: Option<Arc<crate::cluster::Membership>>,
     pub max_body_bytes: usize,
     pub created: u64,
     pub tool_format: ToolFormat,
@@ -98,7 +101,11 @@ pub fn key_hash(key: &str) -> [u8; 32] {
 }
 
 pub fn router(served: Arc<Served>) -> Router {
-    Router::new()
+    let router = match served.membership {
+        Some(_) => Router::new().route(lattice_inference_router::join::JOIN_PATH, post(join)),
+        None => Router::new(),
+    };
+    router
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
@@ -114,10 +121,31 @@ pub fn router(served: Arc<Served>) -> Router {
         .with_state(served)
 }
 
-fn authorize(s: &Served, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(want) = s.key_hash else {
-        return Ok(());
+/// A gateway's join challenge (`lattice_inference_router::join`): anyone
+/// may ask; only the cluster secret's holders can check the answer.
+async fn join(State(s): State<Arc<Served>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let Some(membership) = &s.membership else {
+        return Err(ApiError::bad("this worker is not in a cluster".into()));
     };
+    let request: lattice_inference_router::join::JoinRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("a join challenge is {{\"nonce\": \"...\"}}: {e}")))?;
+    if request.nonce.len() < 16 || request.nonce.len() > 128 {
+        return Err(ApiError::bad(
+            "the nonce must be 16 to 128 characters".into(),
+        ));
+    }
+    let answer = membership.answer(&request.nonce);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&answer).unwrap_or_default(),
+    )
+        .into_response())
+}
+
+fn authorize(s: &Served, headers: &HeaderMap) -> Result<(), ApiError> {
+    if s.key_hashes.is_empty() {
+        return Ok(());
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -125,10 +153,12 @@ fn authorize(s: &Served, headers: &HeaderMap) -> Result<(), ApiError> {
         .map(key_hash);
     // Hashes of equal length compared whole: no early exit on the key.
     if given.is_some_and(|g| {
-        g.iter()
-            .zip(want.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        s.key_hashes.iter().any(|want| {
+            g.iter()
+                .zip(want.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        })
     }) {
         return Ok(());
     }

@@ -1,0 +1,402 @@
+//! Zero-config clustering (issue #17), end to end, in a network namespace
+//! of the test's own (its loopback with multicast on, so mDNS works and
+//! reaches nothing else): real `lattice worker`s serving the generated tiny
+//! model announce themselves over mDNS; a gateway with `[discovery]` and no
+//! backend or model configured admits the ones that prove the cluster
+//! secret, routes the OpenAI SDK's calls over them, drops one that dies and
+//! takes it back when it returns; a worker of another cluster never gets a
+//! call (its own metrics say so) and its refusal is audited once; a
+//! confidential agent never reaches a worker announcing `cloud`.
+
+use crate::harness::*;
+use crate::llm::{key_with, outcome, sdk};
+use lattice_audit::AuditEvent;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const POLICY: &str = r#"
+@id("agents-use-models")
+permit (principal in Lattice::Role::"agent", action == Lattice::Action::"chat", resource);
+
+@id("admins-see-routes")
+permit (principal in Lattice::Role::"admin", action == Lattice::Action::"admin.change_routes", resource);
+
+@id("confidential-stays-on-prem")
+forbid (principal, action == Lattice::Action::"chat", resource)
+when { principal.labels.contains("confidential") && context.backend_location != "on_prem" };
+"#;
+
+const DISCOVERY: &str =
+    "[discovery]\ninterval_ms = 200\nleave_after_ms = 1000\ntimeout_ms = 30000\n";
+
+/// Moves this test (its thread, and every process it starts from now on)
+/// into a new network namespace with only a loopback, multicast on.
+fn isolated_network() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("a network namespace of the test's own (needs CAP_SYS_ADMIN: run as root)");
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["link", "set", "lo", "multicast", "on"],
+        &["route", "add", "224.0.0.0/4", "dev", "lo"],
+    ] {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .expect("iproute2's ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn secret() -> String {
+    let out = Command::new(BIN)
+        .args(["cluster", "init", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn tiny_model(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny");
+    let out = Command::new(BIN)
+        .args(["worker", "make-test-model", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    model
+}
+
+struct Worker {
+    port: u16,
+    child: Child,
+}
+
+impl Worker {
+    fn start(model: &Path, node: &str, secret: &str, location: &str) -> Self {
+        Self::start_on(model, node, secret, location, free_port(), &[])
+    }
+
+    fn start_on(
+        model: &Path,
+        node: &str,
+        secret: &str,
+        location: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Self {
+        let child = Command::new(BIN)
+            .args(["worker", "--name", "tiny", "--threads", "1"])
+            .args(extra)
+            .args(["--kv-cache-mib", "32", "--node-name", node])
+            .args(["--location", location, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--model")
+            .arg(model)
+            .env("LATTICE_CLUSTER_SECRET", secret)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let w = Self { port, child };
+        wait_for("the worker to serve TLS", Duration::from_secs(20), || {
+            w.metrics().is_some()
+        });
+        w
+    }
+
+    /// The worker's own count of requests served (from its `/metrics`,
+    /// over its TLS listener).
+    fn metrics(&self) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "2"])
+            .arg(format!("https://127.0.0.1:{}/metrics", self.port))
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        text.contains("# EOF").then_some(text)
+    }
+
+    fn served(&self) -> f64 {
+        let text = self.metrics().unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("vllm:request_success_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cluster_events(gw: &Gateway) -> Vec<AuditEvent> {
+    gw.store()
+        .tail(2000)
+        .unwrap()
+        .into_iter()
+        .map(|e| serde_json::from_str::<AuditEvent>(&e.json).unwrap())
+        .filter(|e| e.kind.starts_with("cluster.worker."))
+        .collect()
+}
+
+fn wait_event(gw: &Gateway, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
+    let mut found = None;
+    wait_for(what, Duration::from_secs(20), || {
+        found = cluster_events(gw).into_iter().find(|e| pred(e));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// The `nth` (from 1) join of `node`.
+fn joined(gw: &Gateway, node: &str, nth: usize) -> AuditEvent {
+    let mut found = None;
+    wait_for(
+        &format!("`{node}` to join"),
+        Duration::from_secs(20),
+        || {
+            found = cluster_events(gw)
+                .into_iter()
+                .filter(|e| {
+                    e.kind == "cluster.worker.joined" && e.reason.contains(&format!("`{node}`"))
+                })
+                .nth(nth - 1);
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+/// Which backend served each of `n` chats (all must succeed).
+fn spread(gw: &Gateway, key: &str, n: usize) -> BTreeMap<String, usize> {
+    let calls = sdk(gw, key, &["chats", "tiny", &n.to_string()]);
+    let mut by_backend = BTreeMap::new();
+    for c in calls.as_array().unwrap() {
+        assert_eq!(c["status"], 200, "{c}");
+        let (_, out) = outcome(gw, c["request_id"].as_str().unwrap());
+        *by_backend.entry(out.upstream.unwrap()).or_default() += 1;
+    }
+    by_backend
+}
+
+/// A tiny model, a new cluster secret (in this process's environment, for
+/// the gateway and the CLI) and a gateway with `discovery`.
+fn cluster(discovery: &str) -> (tempfile::TempDir, PathBuf, String, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let secret = secret();
+    std::env::set_var("LATTICE_CLUSTER_SECRET", &secret);
+    let gw = Gateway::start_with(discovery, POLICY);
+    (dir, model, secret, gw)
+}
+
+fn models_view(gw: &Gateway, admin: &str) -> Value {
+    gw.get("/admin/v1/models", admin).json()
+}
+
+#[test]
+fn workers_join_by_themselves_share_the_load_leave_when_killed_and_rejoin() {
+    isolated_network();
+    let (_dir, model, secret, gw) = cluster(DISCOVERY);
+    let key = key_with(&gw, "agent-1", &[]);
+    let admin = bearer(&gw.create_key("ops", &["admin"]));
+
+    let a = Worker::start(&model, "node-a", &secret, "on_prem");
+    let mut b = Worker::start(&model, "node-b", &secret, "on_prem");
+    let rogue = Worker::start(&model, "rogue", &secret_of_another_cluster(), "on_prem");
+    let ja = joined(&gw, "node-a", 1);
+    let jb = joined(&gw, "node-b", 1);
+    assert!(ja.reason.contains("via mdns serving tiny"), "{}", ja.reason);
+
+    // Both serve the SDK's calls (least outstanding, ties in turn).
+    let by_backend = spread(&gw, &key, 8);
+    assert_eq!(
+        by_backend.keys().cloned().collect::<Vec<_>>(),
+        vec![ja.target.clone(), jb.target.clone()],
+        "{by_backend:?}"
+    );
+    assert_eq!(a.served() + b.served(), 8.0);
+
+    // The models page shows the route and its discovered backends.
+    let view = models_view(&gw, &admin);
+    let tiny = &view["models"][0];
+    assert_eq!(
+        (tiny["name"].as_str(), tiny["source"].as_str()),
+        (Some("tiny"), Some("discovered"))
+    );
+    let mut nodes: Vec<(&str, &str, &str)> = tiny["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["node"].as_str().unwrap(),
+                b["origin"].as_str().unwrap(),
+                b["found_via"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        [
+            ("node-a", "discovered", "mdns"),
+            ("node-b", "discovered", "mdns")
+        ],
+        "{view}"
+    );
+
+    // Another cluster's worker: refused (audited once, however often it is
+    // seen), never called.
+    let refused = wait_event(&gw, "the rogue's refusal", |e| {
+        e.kind == "cluster.worker.refused"
+    });
+    assert_eq!(refused.decision, "deny");
+    assert!(
+        refused
+            .reason
+            .contains(&format!("https://127.0.0.1:{}", rogue.port))
+            && refused.reason.contains("belongs to another cluster"),
+        "{}",
+        refused.reason
+    );
+    assert_eq!(rogue.served(), 0.0, "the rogue worker served a call");
+
+    // node-b dies without a goodbye: its calls move to node-a at once (no
+    // call fails), and it leaves within interval + leave_after + a check.
+    b.kill();
+    let killed = Instant::now();
+    let after = spread(&gw, &key, 4);
+    assert_eq!(after.get(&ja.target), Some(&4), "{after:?}");
+    let left = wait_event(&gw, "node-b to leave", |e| {
+        e.kind == "cluster.worker.left" && e.target == jb.target
+    });
+    assert!(
+        left.reason.contains("health checks failed"),
+        "{}",
+        left.reason
+    );
+    assert!(killed.elapsed() < Duration::from_secs(10));
+    let view = models_view(&gw, &admin);
+    assert_eq!(view["models"][0]["backends"].as_array().unwrap().len(), 1);
+
+    // Restarted (a new certificate), it proves itself again and serves.
+    let b2 = Worker::start_on(&model, "node-b", &secret, "on_prem", b.port, &[]);
+    let jb2 = joined(&gw, "node-b", 2);
+    assert_ne!(jb2.target, jb.target, "a new certificate is a new backend");
+    let by_backend = spread(&gw, &key, 6);
+    assert!(
+        by_backend.get(&jb2.target).is_some_and(|n| *n > 0),
+        "{by_backend:?}"
+    );
+    assert!(b2.served() > 0.0);
+
+    // One refusal for the rogue in all this time, and each join and leave
+    // audited once.
+    let events = cluster_events(&gw);
+    let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(count("cluster.worker.refused"), 1, "{events:#?}");
+    assert_eq!(count("cluster.worker.joined"), 3, "{events:#?}");
+    assert_eq!(count("cluster.worker.left"), 1, "{events:#?}");
+    assert_eq!(rogue.served(), 0.0);
+    gw.assert_verifies(&[]);
+}
+
+fn secret_of_another_cluster() -> String {
+    secret()
+}
+
+#[test]
+fn a_confidential_agent_never_reaches_a_worker_announced_outside_on_prem() {
+    isolated_network();
+    let (_dir, model, secret, gw) = cluster(DISCOVERY);
+    let plain = key_with(&gw, "agent-plain", &[]);
+    let confidential = key_with(&gw, "agent-conf", &["confidential"]);
+
+    let mut local = Worker::start(&model, "rack-1", &secret, "on_prem");
+    let cloud = Worker::start(&model, "rented-gpu", &secret, "cloud");
+    let jl = joined(&gw, "rack-1", 1);
+    let jc = joined(&gw, "rented-gpu", 1);
+    assert!(jc.reason.contains("location cloud"), "{}", jc.reason);
+
+    // Any agent may use both ...
+    let by_backend = spread(&gw, &plain, 6);
+    assert!(
+        by_backend.get(&jc.target).is_some_and(|n| *n > 0),
+        "{by_backend:?}"
+    );
+    let cloud_before = cloud.served();
+    // ... a confidential one only the on-prem worker.
+    let by_backend = spread(&gw, &confidential, 6);
+    assert_eq!(by_backend.get(&jl.target), Some(&6), "{by_backend:?}");
+    assert_eq!(cloud.served(), cloud_before);
+
+    // With the on-prem worker gone, it is refused, not sent to the cloud.
+    local.kill();
+    wait_event(&gw, "rack-1 to leave", |e| {
+        e.kind == "cluster.worker.left" && e.target == jl.target
+    });
+    // (A model none of whose backends it may use is, to it, no model.)
+    let calls = sdk(&gw, &confidential, &["chats", "tiny", "2"]);
+    for c in calls.as_array().unwrap() {
+        assert_eq!(c["status"], 404, "{c}");
+        assert_eq!(c["body"]["code"], "model_not_found", "{c}");
+        let (decision, _) = outcome(&gw, c["request_id"].as_str().unwrap());
+        assert_eq!(decision.decision, "deny", "{decision:?}");
+        assert_eq!(decision.policies, vec!["confidential-stays-on-prem"]);
+    }
+    assert_eq!(cloud.served(), cloud_before);
+}
+
+#[test]
+fn without_multicast_the_listed_peers_join_with_the_same_proof() {
+    // No namespace and no mDNS: the gateway lists the workers' addresses.
+    let (p1, p2) = (free_port(), free_port());
+    let discovery = format!(
+        "[discovery]\nmdns = false\npeers = [\"https://127.0.0.1:{p1}\", \"https://127.0.0.1:{p2}/\"]\ninterval_ms = 200\nleave_after_ms = 1000\n"
+    );
+    let (_dir, model, secret, gw) = cluster(&discovery);
+    let key = key_with(&gw, "agent-1", &[]);
+    let quiet = ["--no-announce"];
+    let member = Worker::start_on(&model, "listed", &secret, "on_prem", p1, &quiet);
+    let outsider = Worker::start_on(
+        &model,
+        "outsider",
+        &secret_of_another_cluster(),
+        "on_prem",
+        p2,
+        &quiet,
+    );
+    let j = joined(&gw, "listed", 1);
+    assert!(j.reason.contains("via peer"), "{}", j.reason);
+    let refused = wait_event(&gw, "the outsider's refusal", |e| {
+        e.kind == "cluster.worker.refused"
+    });
+    assert_eq!(refused.target, format!("https://127.0.0.1:{p2}"));
+    assert!(
+        refused.reason.contains("belongs to another cluster"),
+        "{}",
+        refused.reason
+    );
+    let by_backend = spread(&gw, &key, 3);
+    assert_eq!(by_backend.get(&j.target), Some(&3), "{by_backend:?}");
+    assert_eq!((member.served(), outsider.served()), (3.0, 0.0));
+}
