@@ -97,6 +97,97 @@ impl Membership {
     }
 }
 
+/// `POST /cluster/v1/join`: a gateway's challenge. Anyone may ask; only
+/// the cluster secret's holders can check the answer.
+pub fn join_router(membership: Arc<Membership>) -> axum::Router {
+    axum::Router::new()
+        .route(join::JOIN_PATH, axum::routing::post(answer))
+        .with_state(membership)
+}
+
+async fn answer(
+    axum::extract::State(m): axum::extract::State<Arc<Membership>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let request = serde_json::from_slice::<join::JoinRequest>(&body);
+    let nonce = match request {
+        Ok(r) if (16..=128).contains(&r.nonce.len()) => r.nonce,
+        Ok(_) => {
+            return crate::api::ApiError::bad("the nonce must be 16 to 128 characters".into())
+                .into_response()
+        }
+        Err(e) => {
+            return crate::api::ApiError::bad(format!(
+                "a join challenge is {{\"nonce\": \"...\"}}: {e}"
+            ))
+            .into_response()
+        }
+    };
+    axum::Json(m.answer(&nonce)).into_response()
+}
+
+/// What cluster mode adds to a server: its identity, its membership (and
+/// the key gateways send, to accept), and what to announce where.
+pub struct Joined {
+    pub identity: Identity,
+    pub membership: Arc<Membership>,
+    pub announce: Option<(Announcement, SocketAddr)>,
+}
+
+impl Joined {
+    /// A new identity and the announcement of `models` served at `addr`.
+    pub fn new(
+        c: &ClusterOptions,
+        models: Vec<String>,
+        device: &str,
+        capacity: u32,
+        addr: SocketAddr,
+    ) -> Result<Self> {
+        let identity = Identity::generate(&c.node)?;
+        let announcement = Announcement {
+            cluster: c.secret.cluster_id(),
+            name: c.node.clone(),
+            kind: "lattice".into(),
+            models,
+            device: device.to_string(),
+            capacity,
+            location: c.location.clone(),
+            labels: c.labels.clone(),
+            fingerprint: identity.fingerprint.clone(),
+        };
+        let announce = c.announce.then(|| {
+            let ip = c.advertise.unwrap_or(addr.ip());
+            (announcement.clone(), SocketAddr::new(ip, addr.port()))
+        });
+        Ok(Self {
+            identity,
+            membership: Arc::new(Membership::new(c.secret.clone(), announcement)),
+            announce,
+        })
+    }
+
+    /// Serves `router` over TLS on `listener`, announced while it serves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        router: axum::Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        // Announced only once the listener serves; withdrawn when serving
+        // ends (the announcer is dropped).
+        let _announcer = match &self.announce {
+            Some((a, at)) => Some(Announcer::start(a, *at)?),
+            None => None,
+        };
+        let listener = TlsListener::new(listener, &self.identity)?;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| bad("serve", e))
+    }
+}
+
 /// TLS connections, handshaken off the accept loop (a slow or silent
 /// client delays only itself).
 pub struct TlsListener {

@@ -21,5 +21,6 @@ pub mod model;
 pub mod serve;
 pub mod testmodel;
 pub mod text;
+pub mod upstream;
 
 pub use error::{Result, WorkerError};

@@ -8,7 +8,7 @@
 //! cache beyond its memory bound.
 
 use crate::api::{self, tools::ToolFormat, Served};
-use crate::cluster::{Announcer, Identity, Membership, TlsListener};
+use crate::cluster::Joined;
 use crate::engine::{self, EngineConfig};
 use crate::error::{Result, WorkerError};
 use crate::grammar::Grammars;
@@ -17,7 +17,6 @@ use crate::model::Model;
 use crate::text::Text;
 use lattice_gpu_kernels::cpu::Cpu;
 use lattice_gpu_kernels::Kernels;
-use lattice_inference_router::join::Announcement;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,8 +76,7 @@ pub struct Running {
     pub fingerprint: Option<String>,
     served: Arc<Served>,
     listener: tokio::net::TcpListener,
-    identity: Option<Identity>,
-    announce: Option<(Announcement, SocketAddr)>,
+    joined: Option<Joined>,
 }
 
 /// Loads the model and binds the listener; [`Running::serve`] serves.
@@ -141,38 +139,16 @@ pub async fn start(o: Options) -> Result<Running> {
         .map(api::key_hash)
         .into_iter()
         .collect();
-    let (identity, membership) = match &o.cluster {
-        None => (None, None),
+    let joined = match &o.cluster {
+        None => None,
         Some(c) => {
-            let identity = Identity::generate(&c.node)?;
             let mut models = vec![name.clone()];
             models.extend(o.aliases.iter().cloned());
-            let announcement = Announcement {
-                cluster: c.secret.cluster_id(),
-                name: c.node.clone(),
-                kind: "lattice".into(),
-                models,
-                device: device
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("cpu")
-                    .to_string(),
-                capacity: o.max_seqs as u32,
-                location: c.location.clone(),
-                labels: c.labels.clone(),
-                fingerprint: identity.fingerprint.clone(),
-            };
-            let membership = Membership::new(c.secret.clone(), announcement);
-            key_hashes.push(api::key_hash(&membership.api_key()));
-            (Some(identity), Some(Arc::new(membership)))
+            let device = device.split_whitespace().next().unwrap_or("cpu");
+            let j = Joined::new(c, models, device, o.max_seqs as u32, addr)?;
+            key_hashes.push(api::key_hash(&j.membership.api_key()));
+            Some(j)
         }
-    };
-    let announce = match (&o.cluster, &membership) {
-        (Some(c), Some(m)) if c.announce => {
-            let ip = c.advertise.unwrap_or(addr.ip());
-            Some((m.announcement.clone(), SocketAddr::new(ip, addr.port())))
-        }
-        _ => None,
     };
     let served = Arc::new(Served {
         name: name.clone(),
@@ -181,7 +157,7 @@ pub async fn start(o: Options) -> Result<Running> {
         text,
         metrics,
         key_hashes,
-        membership,
+        membership: joined.as_ref().map(|j| j.membership.clone()),
         max_body_bytes: o.max_body_bytes,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -197,11 +173,10 @@ pub async fn start(o: Options) -> Result<Running> {
         kv_tokens,
         parameters,
         dtype,
-        fingerprint: identity.as_ref().map(|i| i.fingerprint.clone()),
+        fingerprint: joined.as_ref().map(|j| j.identity.fingerprint.clone()),
         served,
         listener,
-        identity,
-        announce,
+        joined,
     })
 }
 
@@ -213,18 +188,8 @@ impl Running {
     ) -> Result<()> {
         use axum::serve::ListenerExt;
         let router = api::router(self.served);
-        if let Some(identity) = &self.identity {
-            // Announced only once the listener serves; withdrawn when
-            // serving ends (the announcer is dropped).
-            let _announcer = match &self.announce {
-                Some((a, at)) => Some(Announcer::start(a, *at)?),
-                None => None,
-            };
-            let listener = TlsListener::new(self.listener, identity)?;
-            return axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(|e| WorkerError::Unsupported(format!("serve: {e}")));
+        if let Some(joined) = self.joined {
+            return joined.serve(self.listener, router, shutdown).await;
         }
         // Tokens go out one small write at a time: without TCP_NODELAY,
         // Nagle's algorithm holds each behind the client's delayed ACK

@@ -14,6 +14,7 @@ use lattice_worker::cluster::ClusterOptions;
 use lattice_worker::model::Arch;
 use lattice_worker::serve::{self, Options};
 use lattice_worker::testmodel::{self, Flavor, Spec};
+use lattice_worker::upstream::UpstreamOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -87,6 +88,22 @@ pub struct WorkerArgs {
     /// when listening on 0.0.0.0).
     #[arg(long)]
     advertise: Option<std::net::IpAddr>,
+    /// Instead of a model: relay to this OpenAI-compatible server on the
+    /// same machine (`mlx_lm.server`, vLLM, llama.cpp's server), with the
+    /// worker's authentication, cluster membership and metrics.
+    #[arg(long, conflicts_with = "model")]
+    upstream: Option<String>,
+    /// What the upstream is (`mlx`, `vllm`, `llamacpp`, `openai`): announced
+    /// as the worker's device.
+    #[arg(long, default_value = "mlx", requires = "upstream")]
+    kind: String,
+    /// Environment variable holding the key the upstream requires (unset:
+    /// none).
+    #[arg(long, default_value = "LATTICE_UPSTREAM_API_KEY")]
+    upstream_key_env: String,
+    /// Requests relayed to the upstream at once; the rest wait.
+    #[arg(long, default_value_t = 8)]
+    max_concurrency: usize,
 }
 
 #[derive(Subcommand)]
@@ -175,8 +192,11 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         println!("wrote a test model to {}", out.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(model) = a.model else {
-        bail!("--model DIR is required (a Hugging Face model directory)");
+    if a.upstream.is_some() {
+        return relay(a);
+    }
+    let Some(model) = a.model.clone() else {
+        bail!("--model DIR is required (a Hugging Face model directory), or --upstream URL");
     };
     if a.device != "cpu" {
         bail!(
@@ -185,21 +205,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
-    let cluster = match std::env::var(&a.cluster_secret_env) {
-        Ok(text) if !text.trim().is_empty() => {
-            let secret = ClusterSecret::parse(&text)
-                .with_context(|| format!("${}", a.cluster_secret_env))?;
-            Some(ClusterOptions {
-                secret,
-                node: a.node_name.clone().unwrap_or_else(host_name),
-                location: a.location.clone(),
-                labels: a.labels.clone(),
-                announce: !a.no_announce,
-                advertise: a.advertise,
-            })
-        }
-        _ => None,
-    };
+    let cluster = cluster_options(&a)?;
     let options = Options {
         name: a.name,
         aliases: a.aliases,
@@ -220,17 +226,9 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         let keyed = options.api_key.is_some();
-        let cluster = options
-            .cluster
-            .as_ref()
-            .map(|c| (c.secret.cluster_id(), c.announce, c.location.clone()));
+        let cluster = options.cluster.clone();
         let running = serve::start(options).await.context("lattice worker")?;
-        if let (Some((id, announce, location)), Some(fp)) = (&cluster, &running.fingerprint) {
-            eprintln!(
-                "lattice worker: member of cluster {id} ({location}), certificate {fp}; {}",
-                if *announce { "announced over mDNS" } else { "not announced (--no-announce)" }
-            );
-        }
+        print_membership(cluster.as_ref(), running.fingerprint.as_ref());
         eprintln!(
             "lattice worker: serving `{}` ({:.1} M parameters, {}) on {}://{} — {}, KV cache {} tokens{}",
             running.name,
@@ -241,6 +239,79 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             running.device,
             running.kv_tokens,
             if keyed { ", API key required" } else { "" }
+        );
+        running.serve(shutdown()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cluster mode, when the secret's variable is set.
+fn cluster_options(a: &WorkerArgs) -> anyhow::Result<Option<ClusterOptions>> {
+    match std::env::var(&a.cluster_secret_env) {
+        Ok(text) if !text.trim().is_empty() => {
+            let secret = ClusterSecret::parse(&text)
+                .with_context(|| format!("${}", a.cluster_secret_env))?;
+            Ok(Some(ClusterOptions {
+                secret,
+                node: a.node_name.clone().unwrap_or_else(host_name),
+                location: a.location.clone(),
+                labels: a.labels.clone(),
+                announce: !a.no_announce,
+                advertise: a.advertise,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn print_membership(cluster: Option<&ClusterOptions>, fingerprint: Option<&String>) {
+    if let (Some(c), Some(fp)) = (cluster, fingerprint) {
+        eprintln!(
+            "lattice worker: member of cluster {} ({}), certificate {fp}; {}",
+            c.secret.cluster_id(),
+            c.location,
+            if c.announce {
+                "announced over mDNS"
+            } else {
+                "not announced (--no-announce)"
+            }
+        );
+    }
+}
+
+/// `--upstream`: relay to a local OpenAI-compatible server.
+fn relay(a: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let cluster = cluster_options(&a)?;
+    let options = UpstreamOptions {
+        upstream: a.upstream.clone().unwrap_or_default(),
+        device: a.kind.clone(),
+        listen: a.listen,
+        api_key: std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty()),
+        upstream_key: std::env::var(&a.upstream_key_env)
+            .ok()
+            .filter(|k| !k.is_empty()),
+        max_body_bytes: a.max_body_bytes,
+        max_concurrency: a.max_concurrency,
+        wait_for_upstream: std::time::Duration::from_secs(60),
+        cluster: cluster.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let upstream = options.upstream.clone();
+        let running = lattice_worker::upstream::start(options)
+            .await
+            .context("lattice worker --upstream")?;
+        print_membership(cluster.as_ref(), running.fingerprint.as_ref());
+        eprintln!(
+            "lattice worker: relaying `{}` to {upstream} ({}) on {}://{}",
+            running.models.join("`, `"),
+            a.kind,
+            if cluster.is_some() { "https" } else { "http" },
+            running.addr
         );
         running.serve(shutdown()).await?;
         anyhow::Ok(())

