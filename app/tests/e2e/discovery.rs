@@ -5,8 +5,11 @@
 //! backend or model configured admits the ones that prove the cluster
 //! secret, routes the OpenAI SDK's calls over them, drops one that dies and
 //! takes it back when it returns; a worker of another cluster never gets a
-//! call (its own metrics say so) and its refusal is audited once; a
-//! confidential agent never reaches a worker announcing `cloud`.
+//! call (its own metrics say so) and its refusal is audited once, as is a
+//! forger's that copies the cluster's public id without its secret; a
+//! confidential agent never reaches a worker announcing `cloud`; an MLX
+//! stand-in behind `lattice worker --upstream` joins, and the load its
+//! relay reports steers routing; the workbench shows the discovered nodes.
 
 use crate::harness::*;
 use crate::llm::{key_with, outcome, sdk};
@@ -420,12 +423,14 @@ fn a_confidential_agent_never_reaches_a_worker_announced_outside_on_prem() {
 
 #[test]
 fn without_multicast_the_listed_peers_join_with_the_same_proof() {
-    // No namespace and no mDNS: the gateway lists the workers' addresses.
-    let (p1, p2) = (free_port(), free_port());
+    // No namespace and no mDNS: the gateway lists the workers' addresses —
+    // a member, a worker of another cluster, and a forger that copies this
+    // cluster's public id (as mDNS shows it) without holding its secret.
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let discovery = format!(
-        "[discovery]\nmdns = false\npeers = [\"https://127.0.0.1:{p1}\", \"https://127.0.0.1:{p2}/\"]\ninterval_ms = 200\nleave_after_ms = 1000\n"
+        "[discovery]\nmdns = false\npeers = [\"https://127.0.0.1:{p1}\", \"https://127.0.0.1:{p2}/\", \"https://127.0.0.1:{p3}\"]\ninterval_ms = 200\nleave_after_ms = 1000\n"
     );
-    let (_dir, model, secret, gw) = cluster(&discovery);
+    let (dir, model, secret, gw) = cluster(&discovery);
     let key = key_with(&gw, "agent-1", &[]);
     let quiet = ["--no-announce"];
     let member = Worker::start_on(&model, "listed", &secret, "on_prem", p1, &quiet);
@@ -437,20 +442,59 @@ fn without_multicast_the_listed_peers_join_with_the_same_proof() {
         p2,
         &quiet,
     );
+    let made = rcgen::generate_simple_self_signed(vec!["forger".to_string()]).unwrap();
+    let (cert, pem_key) = (dir.path().join("forger.pem"), dir.path().join("forger.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&pem_key, made.signing_key.serialize_pem()).unwrap();
+    let cluster_id = lattice_inference_router::join::ClusterSecret::parse(&secret)
+        .unwrap()
+        .cluster_id();
+    let calls = dir.path().join("forger-calls.json");
+    let _forger = Proc(
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-peers/forged_worker.py"))
+            .arg(p3.to_string())
+            .args([&cert, &pem_key])
+            .arg(&cluster_id)
+            .arg(&calls)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
     let j = joined(&gw, "listed", 1);
     assert!(j.reason.contains("via peer"), "{}", j.reason);
-    let refused = wait_event(&gw, "the outsider's refusal", |e| {
-        e.kind == "cluster.worker.refused"
-    });
-    assert_eq!(refused.target, format!("https://127.0.0.1:{p2}"));
+    let refused = |port: u16| {
+        wait_event(&gw, &format!("the refusal of :{port}"), |e| {
+            e.kind == "cluster.worker.refused" && e.target == format!("https://127.0.0.1:{port}")
+        })
+    };
+    let outsider_refused = refused(p2);
     assert!(
-        refused.reason.contains("belongs to another cluster"),
+        outsider_refused
+            .reason
+            .contains("belongs to another cluster"),
         "{}",
-        refused.reason
+        outsider_refused.reason
     );
+    let forger_refused = refused(p3);
+    assert_eq!(forger_refused.decision, "deny");
+    assert!(
+        forger_refused
+            .reason
+            .contains("the worker's proof does not verify: it does not hold this cluster's secret"),
+        "{}",
+        forger_refused.reason
+    );
+
     let by_backend = spread(&gw, &key, 3);
     assert_eq!(by_backend.get(&j.target), Some(&3), "{by_backend:?}");
     assert_eq!((member.served(), outsider.served()), (3.0, 0.0));
+    assert!(
+        !calls.exists(),
+        "the forger received calls: {}",
+        std::fs::read_to_string(&calls).unwrap_or_default()
+    );
 }
 
 /// A child process, killed when dropped.
