@@ -194,14 +194,21 @@ fn tampering_with_a_pruned_store_is_still_caught() {
     let db = dir.path().join("audit.db");
     let signer = NoteSigner::generate("test-node");
     let retention = Retention {
-        max_age: Some(Duration::from_secs(1)),
+        max_age: Some(Duration::from_secs(2)),
         max_bytes: None,
     };
     let pipeline = start(&db, &signer, retention);
     write(&pipeline, 0, 128);
-    std::thread::sleep(Duration::from_millis(1_700));
+    std::thread::sleep(Duration::from_millis(2_300));
+    // The first 128 are past max_age, the next 64 are not: stop as soon as
+    // the first are pruned (a pass each second), long before the others
+    // age (a fixed sleep here raced a loaded machine's next pass).
     write(&pipeline, 128, 64);
-    std::thread::sleep(Duration::from_millis(1_000));
+    let audit = pipeline.handle();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while audit.pruned_before() < 128 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     pipeline.shutdown().unwrap();
     let base = verify(
         &Store::open_read_only(&db).unwrap(),

@@ -14,6 +14,7 @@
 //! implementation answers with an error, never a panic).
 
 pub mod cpu;
+pub mod cuda;
 mod weight;
 
 pub use weight::{DType, Elems, HostWeight};

@@ -36,7 +36,8 @@ pub struct WorkerArgs {
     /// Another name the model answers to (repeatable).
     #[arg(long = "alias")]
     aliases: Vec<String>,
-    /// The device: `cpu` (`cuda` comes with the CUDA kernels).
+    /// The device: `cpu`, `cuda` (an error naming what is missing when it
+    /// cannot serve) or `auto` (CUDA when it can, else the CPU).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Compute threads (0: one per core).
@@ -198,11 +199,21 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let Some(model) = a.model.clone() else {
         bail!("--model DIR is required (a Hugging Face model directory), or --upstream URL");
     };
-    if a.device != "cpu" {
-        bail!(
-            "device `{}` is not available: this build serves on `cpu` (CUDA kernels are issue #16)",
-            a.device
-        );
+    match a.device.as_str() {
+        "cpu" => {}
+        "cuda" => {
+            if let Err(e) = lattice_gpu_kernels::cuda::device_available() {
+                bail!("--device cuda: {e}");
+            }
+        }
+        "auto" => {
+            if let Err(e) = lattice_gpu_kernels::cuda::device_available() {
+                eprintln!(
+                    "lattice worker: --device auto: no CUDA device ({e}); serving on the CPU"
+                );
+            }
+        }
+        other => bail!("--device `{other}` is not one of cpu, cuda, auto"),
     }
     let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
     let cluster = cluster_options(&a)?;

@@ -10,6 +10,7 @@ use crate::harness::*;
 use crate::llm::{key_with, outcome, sdk};
 use serde_json::json;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -200,5 +201,62 @@ backends = ["local-worker"]
             metric("vllm:request_success_total").contains("finished_reason=\"abort\"} 1")
                 && metric("vllm:num_requests_running").ends_with(" 0")
         },
+    );
+}
+
+#[test]
+fn without_a_gpu_device_cuda_says_what_is_missing_and_auto_serves_on_the_cpu() {
+    assert!(
+        !Path::new("/dev/nvidiactl").exists(),
+        "this test describes a machine without a GPU"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let made = Command::new(BIN)
+        .args(["worker", "make-test-model", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let cuda = Command::new(BIN)
+        .args(["worker", "--device", "cuda", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(cuda.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&cuda.stderr);
+    assert!(
+        stderr.contains(
+            "--device cuda: no CUDA driver on this machine (libcuda.so could not be loaded"
+        ),
+        "{stderr}"
+    );
+    let port = free_port();
+    let mut auto = Command::new(BIN)
+        .args([
+            "worker",
+            "--device",
+            "auto",
+            "--threads",
+            "1",
+            "--kv-cache-mib",
+            "16",
+        ])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--model")
+        .arg(&model)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the worker on the CPU", Duration::from_secs(20), || {
+        http(port, "GET", "/health", &[], b"").is_ok_and(|r| r.status == 200)
+    });
+    let _ = auto.kill();
+    let out = auto.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--device auto: no CUDA device") && stderr.contains("serving on the CPU"),
+        "{stderr}"
     );
 }
