@@ -487,6 +487,12 @@ fn without_multicast_the_listed_peers_join_with_the_same_proof() {
         forger_refused.reason
     );
 
+    // Logged as well as audited, once each.
+    let log = gw.log();
+    for port in [p2, p3] {
+        let line = format!("discovery: refused https://127.0.0.1:{port} (found via peer)");
+        assert_eq!(log.matches(&line).count(), 1, "{line} in:\n{log}");
+    }
     let by_backend = spread(&gw, &key, 3);
     assert_eq!(by_backend.get(&j.target), Some(&3), "{by_backend:?}");
     assert_eq!((member.served(), outsider.served()), (3.0, 0.0));
