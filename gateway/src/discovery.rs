@@ -306,12 +306,16 @@ impl Tracker {
     ) {
         match result {
             Ok(a) => {
-                // The same worker found twice (mDNS and a peer entry): once.
+                // The same worker found twice (mDNS and a peer entry): one
+                // member; the other way to it is left alone for a while.
                 if self
                     .members
                     .iter()
                     .any(|j| j.member.announcement.fingerprint == a.fingerprint)
                 {
+                    let retry_at = Instant::now() + Duration::from_secs(10);
+                    self.refused
+                        .insert(c.key, ("already a member".into(), retry_at));
                     return;
                 }
                 self.refused.remove(&c.key);

@@ -257,16 +257,31 @@ fn models_view(gw: &Gateway, admin: &str) -> Value {
 #[test]
 fn workers_join_by_themselves_share_the_load_leave_when_killed_and_rejoin() {
     isolated_network();
-    let (_dir, model, secret, gw) = cluster(DISCOVERY);
+    // node-a is also listed as a peer: found both ways, it is one member.
+    let pa = free_port();
+    let (_dir, model, secret, gw) = cluster(&format!(
+        "{DISCOVERY}peers = [\"https://127.0.0.1:{pa}\"]\n"
+    ));
     let key = key_with(&gw, "agent-1", &[]);
     let admin = bearer(&gw.create_key("ops", &["admin"]));
 
-    let a = Worker::start(&model, "node-a", &secret, "on_prem");
+    let a = Worker::start_on(&model, "node-a", &secret, "on_prem", pa, &[]);
     let mut b = Worker::start(&model, "node-b", &secret, "on_prem");
     let rogue = Worker::start(&model, "rogue", &secret_of_another_cluster(), "on_prem");
     let ja = joined(&gw, "node-a", 1);
     let jb = joined(&gw, "node-b", 1);
-    assert!(ja.reason.contains("via mdns serving tiny"), "{}", ja.reason);
+    assert!(
+        ja.reason
+            .contains("serving tiny (cpu, capacity 64, location on_prem)"),
+        "{}",
+        ja.reason
+    );
+    assert!(jb.reason.contains("via mdns serving tiny"), "{}", jb.reason);
+    let a_via = if ja.reason.contains(" via peer ") {
+        "peer"
+    } else {
+        "mdns"
+    };
 
     // Both serve the SDK's calls (least outstanding, ties in turn).
     let by_backend = spread(&gw, &key, 8);
@@ -300,7 +315,7 @@ fn workers_join_by_themselves_share_the_load_leave_when_killed_and_rejoin() {
     assert_eq!(
         nodes,
         [
-            ("node-a", "discovered", "mdns"),
+            ("node-a", "discovered", a_via),
             ("node-b", "discovered", "mdns")
         ],
         "{view}"
