@@ -45,6 +45,9 @@ struct Joined {
     failing_since: Option<Instant>,
 }
 
+/// How long a refused (or stale, or duplicate) candidate is left alone.
+const HOLD: Duration = Duration::from_secs(10);
+
 #[derive(Default)]
 struct Tracker {
     members: Vec<Joined>,
@@ -313,9 +316,7 @@ impl Tracker {
                     .iter()
                     .any(|j| j.member.announcement.fingerprint == a.fingerprint)
                 {
-                    let retry_at = Instant::now() + Duration::from_secs(10);
-                    self.refused
-                        .insert(c.key, ("already a member".into(), retry_at));
+                    self.hold(c.key, "already a member".into());
                     return;
                 }
                 self.refused.remove(&c.key);
@@ -357,13 +358,11 @@ impl Tracker {
             }
             Err(Failure::Stale) => {
                 tracing::debug!(url = %c.url, "discovery: a stale mDNS record (another certificate answers there)");
-                let retry_at = Instant::now() + Duration::from_secs(10);
-                self.refused.insert(c.key, ("stale".into(), retry_at));
+                self.hold(c.key, "stale".into());
             }
             Err(Failure::Refused(why)) => {
-                let retry_at = Instant::now() + Duration::from_secs(10);
                 let again = self.refused.get(&c.key).is_some_and(|(old, _)| *old == why);
-                self.refused.insert(c.key.clone(), (why.clone(), retry_at));
+                self.hold(c.key.clone(), why.clone());
                 if again {
                     return;
                 }
@@ -378,6 +377,11 @@ impl Tracker {
                 );
             }
         }
+    }
+
+    /// Leaves a candidate alone for `HOLD`, remembering why.
+    fn hold(&mut self, key: String, why: String) {
+        self.refused.insert(key, (why, Instant::now() + HOLD));
     }
 
     fn check_health(&mut self, shared: &Shared, d: &DiscoveryConfig) {

@@ -72,6 +72,14 @@ pub struct RunningRelay {
     joined: Option<Joined>,
 }
 
+/// `request` with the upstream's key, if it has one.
+fn keyed(request: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {
+    match key {
+        Some(k) => request.bearer_auth(k),
+        None => request,
+    }
+}
+
 fn bad(m: String) -> WorkerError {
     WorkerError::Unsupported(m)
 }
@@ -81,10 +89,10 @@ async fn upstream_models(o: &UpstreamOptions, client: &reqwest::Client) -> Resul
     let url = format!("{}/v1/models", o.upstream);
     let deadline = Instant::now() + o.wait_for_upstream;
     loop {
-        let mut request = client.get(&url).timeout(Duration::from_secs(5));
-        if let Some(k) = &o.upstream_key {
-            request = request.bearer_auth(k);
-        }
+        let request = keyed(
+            client.get(&url).timeout(Duration::from_secs(5)),
+            o.upstream_key.as_deref(),
+        );
         let why = match request.send().await {
             Ok(r) if r.status().is_success() => {
                 let body: Value = r.json().await.map_err(|e| {
@@ -283,14 +291,13 @@ async fn relay(
         first: None,
         reason: "abort",
     };
-    let mut request = s
-        .client
-        .post(format!("{}{path}", s.base))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body);
-    if let Some(k) = &s.upstream_key {
-        request = request.bearer_auth(k);
-    }
+    let request = keyed(
+        s.client
+            .post(format!("{}{path}", s.base))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body),
+        s.upstream_key.as_deref(),
+    );
     let mut upstream = match request.send().await {
         Ok(r) => r,
         Err(e) => return unavailable(format!("the upstream did not answer: {e}")),
@@ -383,10 +390,10 @@ async fn models(State(s): State<Arc<Relay>>, headers: HeaderMap) -> Response {
     if let Err(e) = check_key(&s.key_hashes, &headers) {
         return e.into_response();
     }
-    let mut request = s.client.get(format!("{}/v1/models", s.base));
-    if let Some(k) = &s.upstream_key {
-        request = request.bearer_auth(k);
-    }
+    let request = keyed(
+        s.client.get(format!("{}/v1/models", s.base)),
+        s.upstream_key.as_deref(),
+    );
     match request.send().await {
         Ok(r) => {
             let status =
@@ -404,13 +411,12 @@ async fn models(State(s): State<Arc<Relay>>, headers: HeaderMap) -> Response {
 /// else `/v1/models`).
 async fn health(State(s): State<Arc<Relay>>) -> Response {
     for path in ["/health", "/v1/models"] {
-        let mut request = s
-            .client
-            .get(format!("{}{path}", s.base))
-            .timeout(Duration::from_secs(2));
-        if let Some(k) = &s.upstream_key {
-            request = request.bearer_auth(k);
-        }
+        let request = keyed(
+            s.client
+                .get(format!("{}{path}", s.base))
+                .timeout(Duration::from_secs(2)),
+            s.upstream_key.as_deref(),
+        );
         match request.send().await {
             Ok(r) if r.status().is_success() => return "ok".into_response(),
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => continue,

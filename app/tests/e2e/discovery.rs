@@ -66,21 +66,6 @@ fn secret() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn tiny_model(dir: &Path) -> PathBuf {
-    let model = dir.join("tiny");
-    let out = Command::new(BIN)
-        .args(["worker", "make-test-model", "--out"])
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    model
-}
-
 struct Worker {
     port: u16,
     child: Child,

@@ -547,3 +547,19 @@ impl Conn {
         Ok((status, request_id))
     }
 }
+
+/// `lattice worker make-test-model` (the tiny random Llama) into `dir/tiny`.
+pub fn tiny_model(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny");
+    let out = Command::new(BIN)
+        .args(["worker", "make-test-model", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    model
+}

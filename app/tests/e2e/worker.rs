@@ -211,13 +211,7 @@ fn without_a_gpu_device_cuda_says_what_is_missing_and_auto_serves_on_the_cpu() {
         "this test describes a machine without a GPU"
     );
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    let made = Command::new(BIN)
-        .args(["worker", "make-test-model", "--out"])
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(made.status.success());
+    let model = tiny_model(dir.path());
     let cuda = Command::new(BIN)
         .args(["worker", "--device", "cuda", "--model"])
         .arg(&model)
