@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{closed_loop, Fixed};
+use crate::{closed_loop, open_loop, Fixed};
 
 pub async fn wait_ok(client: &reqwest::Client, url: &str, auth: Option<&str>) -> Result<()> {
     let start = Instant::now();
@@ -35,7 +35,7 @@ pub async fn send(req: reqwest::RequestBuilder) -> bool {
     }
 }
 
-/// Open-loop load: request i is sent at start + i/rate.
+/// Open-loop GETs at a fixed rate (`crate::open_loop`).
 pub async fn fixed_rate(
     client: &reqwest::Client,
     url: &str,
@@ -43,31 +43,7 @@ pub async fn fixed_rate(
     rate: u64,
     seconds: u64,
 ) -> Fixed {
-    let total = (rate * seconds) as usize;
-    let start = Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        let req = get(client, url, auth);
-        tasks.push(tokio::spawn(async move {
-            // Each request is its own task, so a slow answer never delays the
-            // next send (no coordinated omission); latency counts from the
-            // send itself, not from the 1 ms-granular timer's deadline.
-            let sent = Instant::now();
-            let ok = send(req).await;
-            (sent.elapsed(), ok)
-        }));
-    }
-    let mut lat = Vec::with_capacity(total);
-    let mut errors = 0;
-    for t in tasks {
-        match t.await {
-            Ok((d, true)) => lat.push(d),
-            _ => errors += 1,
-        }
-    }
-    Fixed::from_samples(lat, errors, total)
+    open_loop(rate, seconds, |_| send(get(client, url, auth))).await
 }
 
 /// Closed-loop GETs.

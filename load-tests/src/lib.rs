@@ -8,6 +8,7 @@
 //!
 //! Must never: send traffic anywhere but loopback, or run unbounded.
 
+pub mod compare;
 pub mod http_get;
 
 use std::process::{Child, Command};
@@ -22,6 +23,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
+            .stderr(std::process::Stdio::null())
             .status();
         let _ = self.0.wait();
     }
@@ -68,6 +70,39 @@ where
         }
     }
     (ok as f64 / seconds.max(1) as f64, err)
+}
+
+/// Open-loop load: call `i` is started at start + i/rate as its own task,
+/// so a slow answer never delays the next send (no coordinated omission);
+/// latency counts from the start of the call itself, not from the
+/// 1 ms-granular timer's deadline. `call(i)` is true on success.
+pub async fn open_loop<F, Fut>(rate: u64, seconds: u64, call: F) -> Fixed
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let total = (rate * seconds) as usize;
+    let start = std::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total as u64 {
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let fut = call(i);
+        tasks.push(tokio::spawn(async move {
+            let sent = std::time::Instant::now();
+            let ok = fut.await;
+            (sent.elapsed(), ok)
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok((d, true)) => lat.push(d),
+            _ => errors += 1,
+        }
+    }
+    Fixed::from_samples(lat, errors, total)
 }
 
 /// Latency percentiles of a fixed-rate run.
@@ -120,12 +155,42 @@ pub fn print_saturation(direct: (f64, usize), via: (f64, usize)) {
     println!("| through lattice | {:.0} | {} |", via.0, via.1);
 }
 
+/// Starts `lattice-mock-vllm` (beside the `lattice` binary) serving
+/// `bench-model` on a free port; returns its host:port.
+pub fn start_mock_vllm(lattice: &std::path::Path) -> anyhow::Result<(String, Proc)> {
+    use anyhow::Context;
+    use std::io::BufRead;
+    let mut mock = Command::new(lattice.with_file_name("lattice-mock-vllm"))
+        .args(["--name", "bench", "--model", "bench-model"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("start lattice-mock-vllm (beside the lattice binary)")?;
+    let mut line = String::new();
+    std::io::BufReader::new(mock.stdout.take().context("mock stdout")?).read_line(&mut line)?;
+    let proc = Proc(mock);
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|a| !a.is_empty())
+        .context("the mock printed no address")?
+        .to_string();
+    Ok((addr, proc))
+}
+
 /// A `lattice serve` started for a scenario.
 pub struct Gateway {
     pub port: u16,
     /// `Bearer <key>` of an agent with the `agent` role.
     pub auth: String,
     _proc: Proc,
+}
+
+impl Gateway {
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self._proc.0.id()
+    }
 }
 
 /// Writes `policy.cedar` and `lattice.toml` (a `[server]` on a free loopback

@@ -11,11 +11,9 @@
 
 use anyhow::{bail, Context, Result};
 use lattice_load_tests::{
-    closed_loop, percentile, print_added, print_saturation, start_gateway, Fixed, Proc,
+    closed_loop, percentile, print_added, print_saturation, start_gateway, start_mock_vllm, Fixed,
 };
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -187,20 +185,7 @@ async fn main() -> Result<()> {
         }
         None => tmp.path().to_path_buf(),
     };
-    let mut mock = Command::new(args.lattice.with_file_name("lattice-mock-vllm"))
-        .args(["--name", "bench", "--model", "bench-model"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start lattice-mock-vllm (beside the lattice binary)")?;
-    let mut line = String::new();
-    BufReader::new(mock.stdout.take().context("mock stdout")?).read_line(&mut line)?;
-    let _mock = Proc(mock);
-    let backend = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .context("mock address")?
-        .to_string();
+    let (backend, _mock) = start_mock_vllm(&args.lattice)?;
     let gateway = start_gateway(
         &args.lattice,
         &dir,

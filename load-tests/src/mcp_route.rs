@@ -12,7 +12,7 @@
 
 use anyhow::{bail, Context, Result};
 use lattice_load_tests::{
-    closed_loop, free_port, print_added, print_saturation, start_gateway, Fixed, Proc,
+    closed_loop, free_port, open_loop, print_added, print_saturation, start_gateway, Fixed, Proc,
 };
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -94,28 +94,7 @@ async fn send(req: reqwest::RequestBuilder, id: u64) -> bool {
 }
 
 async fn fixed_rate(client: &reqwest::Client, t: &Target, rate: u64, seconds: u64) -> Fixed {
-    let total = (rate * seconds) as usize;
-    let start = Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        let req = call(client, t, i as u64);
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let ok = send(req, i as u64).await;
-            (sent.elapsed(), ok)
-        }));
-    }
-    let mut lat = Vec::with_capacity(total);
-    let mut errors = 0;
-    for task in tasks {
-        match task.await {
-            Ok((d, true)) => lat.push(d),
-            _ => errors += 1,
-        }
-    }
-    Fixed::from_samples(lat, errors, total)
+    open_loop(rate, seconds, |i| send(call(client, t, i), i)).await
 }
 
 /// Opens a session on the upstream directly (initialize, initialized).

@@ -1,0 +1,180 @@
+//! The one load generator every target of a comparison gets: closed-loop
+//! saturation through `wrk` (Debian's package: C, one thread, so the
+//! generator takes as little of the shared cores as it can) and open-loop
+//! fixed rates through an in-process client (each request its own task,
+//! sent at its due time however slow earlier answers are: no coordinated
+//! omission).
+//!
+//! Must never: count a non-2xx answer or a socket error as a success.
+
+use crate::{open_loop, Fixed};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::Command;
+
+/// One request, as every target gets it (only URL and credentials differ).
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// A body makes it a POST.
+    pub body: Option<String>,
+}
+
+impl Req {
+    fn build(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+        let mut r = match &self.body {
+            Some(b) => client.post(&self.url).body(b.clone()),
+            None => client.get(&self.url),
+        };
+        for (k, v) in &self.headers {
+            r = r.header(k, v);
+        }
+        r
+    }
+
+    /// Sends once and reads the whole answer: its status, or None on a
+    /// socket error.
+    pub async fn status(&self, client: &reqwest::Client) -> Option<u16> {
+        let r = self.build(client).send().await.ok()?;
+        let status = r.status().as_u16();
+        r.bytes().await.ok()?;
+        Some(status)
+    }
+
+    /// The same request without its credentials.
+    pub fn anonymous(&self) -> Self {
+        let mut r = self.clone();
+        r.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+        r
+    }
+
+    /// `wrk`'s Lua script for this request.
+    fn lua(&self) -> String {
+        let mut s = String::new();
+        if let Some(b) = &self.body {
+            s.push_str(&format!("wrk.method = \"POST\"\nwrk.body = [==[{b}]==]\n"));
+        }
+        for (k, v) in &self.headers {
+            s.push_str(&format!("wrk.headers[\"{k}\"] = [==[{v}]==]\n"));
+        }
+        s
+    }
+}
+
+/// A saturation run: successful requests per second and failures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Saturation {
+    pub per_second: f64,
+    pub errors: u64,
+}
+
+/// Closed-loop: `connections` keep-alive connections back to back for
+/// `seconds`, through `wrk -t1`.
+pub fn saturate(req: &Req, connections: usize, seconds: u64, dir: &Path) -> Result<Saturation> {
+    let script = dir.join("wrk.lua");
+    std::fs::write(&script, req.lua())?;
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .arg("-s")
+        .arg(&script)
+        .arg(&req.url)
+        .output()
+        .context("run wrk (scripts/setup installs Debian's wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text)
+}
+
+/// Reads `Requests/sec`, the total, and the failures out of wrk's report.
+/// `Requests/sec` counts every answer, so the failures are taken out.
+pub fn parse_wrk(text: &str) -> Result<Saturation> {
+    let number = |after: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.trim_start().starts_with(after))?;
+        line.trim_start()[after.len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let rate = number("Requests/sec:").context("wrk printed no Requests/sec")?;
+    let mut errors = number("Non-2xx or 3xx responses:").unwrap_or(0.0) as u64;
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Socket errors:"))
+    {
+        // "Socket errors: connect 0, read 0, write 0, timeout 0"
+        errors += line
+            .split(',')
+            .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    let total = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .context("wrk printed no request count")?;
+    let ok_share = if total > 0.0 {
+        (total - errors as f64).max(0.0) / total
+    } else {
+        0.0
+    };
+    Ok(Saturation {
+        per_second: rate * ok_share,
+        errors,
+    })
+}
+
+/// Open-loop at a fixed rate (`crate::open_loop`): a success is a 2xx.
+pub async fn fixed_rate(client: &reqwest::Client, req: &Req, rate: u64, seconds: u64) -> Fixed {
+    open_loop(rate, seconds, |_| {
+        let (client, req) = (client.clone(), req.clone());
+        async move { matches!(req.status(&client).await, Some(s) if (200..300).contains(&s)) }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const REPORT: &str = "Running 1s test @ http://127.0.0.1:1/bench
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   100.00us   20.00us   1.00ms   90.00%
+  1000 requests in 1.00s, 100.00KB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 95
+Requests/sec:   1000.00
+Transfer/sec:    100.00KB
+";
+
+    #[test]
+    fn wrk_failures_are_taken_out_of_the_rate() {
+        let s = parse_wrk(REPORT).unwrap();
+        assert_eq!(s.errors, 100);
+        assert!((s.per_second - 900.0).abs() < 1e-6, "{}", s.per_second);
+        let clean = "  10 requests in 1.00s, 1KB read\nRequests/sec:     10.00\n";
+        let s = parse_wrk(clean).unwrap();
+        assert_eq!((s.errors, s.per_second), (0, 10.0));
+        assert!(parse_wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn the_lua_script_carries_method_body_and_headers() {
+        let r = Req {
+            url: "http://x".into(),
+            headers: vec![("authorization".into(), "Bearer k".into())],
+            body: Some("{\"a\":1}".into()),
+        };
+        let lua = r.lua();
+        assert!(lua.contains("wrk.method = \"POST\""), "{lua}");
+        assert!(lua.contains("wrk.body = [==[{\"a\":1}]==]"), "{lua}");
+        assert!(lua.contains("wrk.headers[\"authorization\"] = [==[Bearer k]==]"));
+        assert!(r.anonymous().headers.is_empty());
+    }
+}

@@ -1,0 +1,388 @@
+//! The targets of a comparison, started by the harness on loopback: the
+//! upstream itself (`direct`), nginx as a bare reverse proxy, Lattice with
+//! its full enforcement, and the peers when their program is given
+//! (agentgateway by binary path, LiteLLM's proxy by its `litellm` command).
+//! Every target is checked before it is measured: a call with its
+//! credentials answers 2xx, and for a target that enforces, a call without
+//! them is refused — a peer configured to enforce nothing is never measured.
+//!
+//! Must never: start anything that listens beyond 127.0.0.1, or leave a
+//! process running after its `Started` is dropped.
+
+use anyhow::{bail, Context, Result};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::load::Req;
+use super::Route;
+use crate::{free_port, start_gateway, start_mock_vllm, Gateway, Proc};
+
+/// Where the programs under comparison are.
+#[derive(Clone, Debug, Default)]
+pub struct Programs {
+    pub lattice: PathBuf,
+    pub agentgateway: Option<PathBuf>,
+    pub litellm: Option<PathBuf>,
+}
+
+/// The upstream every target forwards to.
+pub struct Upstream {
+    /// host:port
+    pub addr: String,
+    _proc: Proc,
+}
+
+/// A running target.
+pub struct Started {
+    pub name: String,
+    pub req: Req,
+    /// Whether a call without credentials must be refused.
+    pub enforcing: bool,
+    /// The process whose tree's memory is the target's (None for `direct`:
+    /// the upstream is shared by all).
+    pub pid: Option<u32>,
+    /// Lattice's audit store, to count the events it wrote.
+    pub audit_db: Option<PathBuf>,
+    _proc: Option<Proc>,
+    _gateway: Option<Gateway>,
+}
+
+/// nginx's configuration: one worker, no access log, everything in `dir`;
+/// `body` is the `server` block's `location /` content.
+fn nginx_conf(dir: &Path, port: u16, upstream: Option<&str>) -> String {
+    let d = dir.display();
+    let (up, location) = match upstream {
+        Some(u) => (
+            format!("upstream up {{ server {u}; keepalive 64; }}"),
+            "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+                .to_string(),
+        ),
+        None => (String::new(), "return 200 \"ok\\n\";".to_string()),
+    };
+    format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 10000000;\n\
+         client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
+         uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  {up}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ {location} }} }}\n}}\n"
+    )
+}
+
+fn nginx_binary() -> Result<&'static str> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("nginx is not installed (scripts/setup installs Debian's nginx)")
+}
+
+/// Starts an nginx in `dir` on a free port; `upstream` makes it a proxy.
+fn start_nginx(dir: &Path, upstream: Option<&str>) -> Result<(u16, Proc)> {
+    std::fs::create_dir_all(dir)?;
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir, port, upstream))?;
+    let proc = Proc(
+        Command::new(nginx_binary()?)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start nginx")?,
+    );
+    Ok((port, proc))
+}
+
+/// The shared upstream: nginx answering 200 (HTTP route) or
+/// `lattice-mock-vllm` (LLM route).
+pub fn start_upstream(route: Route, programs: &Programs, dir: &Path) -> Result<Upstream> {
+    match route {
+        Route::Http => {
+            let (port, proc) = start_nginx(&dir.join("upstream"), None)?;
+            Ok(Upstream {
+                addr: format!("127.0.0.1:{port}"),
+                _proc: proc,
+            })
+        }
+        Route::Llm => {
+            let (addr, proc) = start_mock_vllm(&programs.lattice)?;
+            Ok(Upstream { addr, _proc: proc })
+        }
+    }
+}
+
+/// Starts target `name` in `dir` (its own folder).
+pub async fn start(
+    name: &str,
+    route: Route,
+    path: &str,
+    body: Option<&str>,
+    upstream: &Upstream,
+    programs: &Programs,
+    dir: &Path,
+) -> Result<Started> {
+    std::fs::create_dir_all(dir)?;
+    let mut headers = Vec::new();
+    if body.is_some() {
+        headers.push(("content-type".to_string(), "application/json".to_string()));
+    }
+    let req = |url: String, headers: Vec<(String, String)>| Req {
+        url,
+        headers,
+        body: body.map(str::to_string),
+    };
+    let bearer = |k: &str| ("authorization".to_string(), format!("Bearer {k}"));
+    let started = match name {
+        "direct" => Started {
+            name: name.into(),
+            req: req(format!("http://{}{path}", upstream.addr), headers),
+            enforcing: false,
+            pid: None,
+            audit_db: None,
+            _proc: None,
+            _gateway: None,
+        },
+        "nginx" => {
+            let (port, proc) = start_nginx(dir, Some(&upstream.addr))?;
+            Started {
+                name: name.into(),
+                req: req(format!("http://127.0.0.1:{port}{path}"), headers),
+                enforcing: false,
+                pid: Some(proc.0.id()),
+                audit_db: None,
+                _proc: Some(proc),
+                _gateway: None,
+            }
+        }
+        "lattice" => {
+            let (policy, extra, url_path) = match route {
+                Route::Http => (
+                    include_str!("../../../examples/quickstart/policies/starter.cedar").to_string(),
+                    format!(
+                        "[[routes]]\nname = \"echo\"\nupstream = \"http://{}\"\nlabels = [\"demo\"]\n",
+                        upstream.addr
+                    ),
+                    format!("/tools/echo{path}"),
+                ),
+                Route::Llm => (
+                    "permit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"chat\", resource);\n".to_string(),
+                    format!(
+                        "[[backends]]\nname = \"bench\"\nkind = \"vllm\"\nurl = \"http://{}\"\n\n[[models]]\nname = \"bench-model\"\nbackends = [\"bench\"]\n",
+                        upstream.addr
+                    ),
+                    path.to_string(),
+                ),
+            };
+            let gw = start_gateway(&programs.lattice, dir, &policy, &extra).await?;
+            headers.push(("authorization".into(), gw.auth.clone()));
+            Started {
+                name: name.into(),
+                req: req(format!("http://127.0.0.1:{}{url_path}", gw.port), headers),
+                enforcing: true,
+                pid: Some(gw.pid()),
+                audit_db: Some(dir.join("data/audit.db")),
+                _proc: None,
+                _gateway: Some(gw),
+            }
+        }
+        "agentgateway" | "litellm" => {
+            let port = free_port()?;
+            let (bin, key, args) = peer_command(name, programs, &upstream.addr, dir, port)?;
+            let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+            let req = req(String::new(), headers);
+            peer(name, &bin, &args, dir, port, bearer(key), req, path)?
+        }
+        other => bail!("unknown target {other:?} (direct, nginx, lattice, agentgateway, litellm)"),
+    };
+    Ok(started)
+}
+
+/// A peer's program, its credential and its arguments (its config written
+/// into `dir`).
+fn peer_command(
+    name: &str,
+    programs: &Programs,
+    upstream: &str,
+    dir: &Path,
+    port: u16,
+) -> Result<(PathBuf, &'static str, Vec<String>)> {
+    let file = |name: &str, text: String| -> Result<String> {
+        let f = dir.join(name);
+        std::fs::write(&f, text)?;
+        Ok(f.display().to_string())
+    };
+    if name == "agentgateway" {
+        let bin = programs
+            .agentgateway
+            .clone()
+            .context("pass --agentgateway PATH")?;
+        let key = "bench-key-0123456789";
+        let conf = include_str!("../../peers/agentgateway.yaml")
+            .replace("{port}", &port.to_string())
+            .replace("{upstream}", upstream)
+            .replace("{key}", key);
+        return Ok((bin, key, vec!["-f".into(), file("config.yaml", conf)?]));
+    }
+    let bin = programs
+        .litellm
+        .clone()
+        .context("pass --litellm PATH (PyPI litellm[proxy])")?;
+    let key = "sk-bench-0123456789";
+    let conf = format!(
+        "model_list:\n  - model_name: bench-model\n    litellm_params:\n      model: openai/bench-model\n      api_base: http://{upstream}/v1\n      api_key: none\ngeneral_settings:\n  master_key: {key}\n"
+    );
+    let args = [
+        "--config",
+        &file("litellm.yaml", conf)?,
+        "--host",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--port".into(),
+        port.to_string(),
+        "--num_workers".into(),
+        "1".into(),
+    ])
+    .collect();
+    Ok((bin, key, args))
+}
+
+/// Starts a peer's program in `dir` (output discarded) listening on `port`
+/// with its credential header; `req` is completed with the URL.
+#[allow(clippy::too_many_arguments)]
+fn peer(
+    name: &str,
+    bin: &Path,
+    args: &[&OsStr],
+    dir: &Path,
+    port: u16,
+    credential: (String, String),
+    mut req: Req,
+    path: &str,
+) -> Result<Started> {
+    let proc = Proc(
+        Command::new(bin)
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {name} ({})", bin.display()))?,
+    );
+    req.url = format!("http://127.0.0.1:{port}{path}");
+    req.headers.push(credential);
+    Ok(Started {
+        name: name.into(),
+        req,
+        enforcing: true,
+        pid: Some(proc.0.id()),
+        audit_db: None,
+        _proc: Some(proc),
+        _gateway: None,
+    })
+}
+
+impl Started {
+    /// Waits until a call with credentials answers 2xx (the slowest peer
+    /// starts in about a minute), then checks that one without them is
+    /// refused where the target enforces.
+    pub async fn check(&mut self, client: &reqwest::Client) -> Result<()> {
+        let since = Instant::now();
+        let mut last = None;
+        loop {
+            if let Some(p) = self._proc.as_mut() {
+                if let Ok(Some(status)) = p.0.try_wait() {
+                    bail!(
+                        "{}: its process exited ({status}) before it answered",
+                        self.name
+                    );
+                }
+            }
+            last = match self.req.status(client).await {
+                Some(s) if (200..300).contains(&s) => break,
+                other => other.or(last),
+            };
+            if since.elapsed() > Duration::from_secs(180) {
+                bail!(
+                    "{}: never answered 2xx at {} (last status {last:?})",
+                    self.name,
+                    self.req.url
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if self.enforcing {
+            match self.req.anonymous().status(client).await {
+                Some(s) if (200..300).contains(&s) => bail!(
+                    "{}: answered {s} without credentials: it enforces nothing, so it is not measured",
+                    self.name
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Resident memory of the target's process tree, in MB.
+    pub fn rss_mb(&self) -> Option<f64> {
+        self.pid.map(|p| tree_rss_kb(p) as f64 / 1024.0)
+    }
+
+    /// Events in Lattice's audit store (None for other targets).
+    pub fn audit_events(&self) -> Option<u64> {
+        let db = self.audit_db.as_ref()?;
+        lattice_audit::Store::open_read_only(db).ok()?.count().ok()
+    }
+}
+
+/// VmRSS of a process and all its descendants, in kB.
+fn tree_rss_kb(pid: u32) -> u64 {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    own + children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .map(tree_rss_kb)
+        .sum::<u64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_proxies_with_keepalive_or_answers_200() {
+        let proxy = nginx_conf(Path::new("/t"), 8080, Some("127.0.0.1:9"));
+        assert!(
+            proxy.contains("server 127.0.0.1:9; keepalive 64;"),
+            "{proxy}"
+        );
+        assert!(proxy.contains("proxy_http_version 1.1;"), "{proxy}");
+        assert!(proxy.contains("listen 127.0.0.1:8080;"), "{proxy}");
+        let origin = nginx_conf(Path::new("/t"), 8081, None);
+        assert!(origin.contains("return 200"), "{origin}");
+        assert!(!origin.contains("proxy_pass"), "{origin}");
+    }
+
+    #[test]
+    fn this_process_has_a_resident_size() {
+        assert!(tree_rss_kb(std::process::id()) > 0);
+    }
+}

@@ -1,0 +1,117 @@
+//! `lattice-load-compare`: runs a scenario file against every target side by
+//! side and prints one Markdown report (the command, the date, the machine,
+//! the tables) for `docs/benchmarks.md`.
+//!
+//! `lattice-load-compare SCENARIO.toml --lattice target/release/lattice
+//!    [--agentgateway PATH] [--litellm PATH] [--targets a,b,c] [--rounds N]
+//!    [--smoke] [--out FILE.md] [--json FILE.json]`
+//!
+//! `--smoke`: one round of one second at a low rate (the test suite runs it
+//! so the harness cannot rot; its figures mean nothing).
+//!
+//! Must never: send traffic anywhere but loopback, or run unbounded.
+
+use anyhow::{bail, Context, Result};
+use lattice_load_tests::compare::{markdown, run, targets::Programs, Scenario};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let mut t = String::from_utf8_lossy(&o.stdout).to_string();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores ({cpu})")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut programs = Programs {
+        lattice: PathBuf::from("target/release/lattice"),
+        ..Programs::default()
+    };
+    let (mut scenario_path, mut smoke, mut out, mut json) = (None, false, None, None);
+    let (mut only, mut rounds): (Option<Vec<String>>, Option<usize>) = (None, None);
+    let mut i = 0;
+    while i < argv.len() {
+        let value = || argv.get(i + 1).context("missing value");
+        match argv[i].as_str() {
+            "--smoke" => {
+                smoke = true;
+                i += 1;
+                continue;
+            }
+            "--lattice" => programs.lattice = PathBuf::from(value()?),
+            "--agentgateway" => programs.agentgateway = Some(PathBuf::from(value()?)),
+            "--litellm" => programs.litellm = Some(PathBuf::from(value()?)),
+            "--targets" => only = Some(value()?.split(',').map(str::to_string).collect()),
+            "--rounds" => rounds = Some(value()?.parse()?),
+            "--out" => out = Some(PathBuf::from(value()?)),
+            "--json" => json = Some(PathBuf::from(value()?)),
+            s if !s.starts_with("--") && scenario_path.is_none() => {
+                scenario_path = Some(PathBuf::from(s));
+                i += 1;
+                continue;
+            }
+            other => bail!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    let path = scenario_path.context("usage: lattice-load-compare SCENARIO.toml --lattice PATH")?;
+    let mut scenario = Scenario::load(&path)?;
+    if let Some(t) = only {
+        scenario.targets = t;
+    }
+    if let Some(r) = rounds {
+        scenario.rounds = r.clamp(1, 10);
+    }
+    if smoke {
+        scenario = scenario.smoke();
+    }
+    let dir = tempfile::tempdir()?;
+    let report = run(&scenario, &programs, dir.path()).await?;
+    let date = first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let mut text = format!(
+        "```\n{}\n```\n{date}; {}; {}; {}; {} rounds interleaved, {} connections, {} s saturation and {} s per fixed rate\n\n",
+        std::iter::once("lattice-load-compare".to_string())
+            .chain(argv.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" "),
+        machine(),
+        first_line("nginx", &["-v"]),
+        first_line("wrk", &["-v"]),
+        scenario.rounds,
+        scenario.connections,
+        scenario.saturation_seconds,
+        scenario.fixed_seconds,
+    );
+    text.push_str(&markdown(&report));
+    print!("{text}");
+    if let Some(o) = out {
+        std::fs::write(&o, &text).with_context(|| format!("write {}", o.display()))?;
+    }
+    if let Some(j) = json {
+        std::fs::write(&j, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
