@@ -201,6 +201,12 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    /// A client that leaves is not an error of the gateway's: its call's
+    /// outcome records it (499), the log does not cry ERROR.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Call, e: &Error) -> bool {
+        client_left(e)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Call) -> FailToProxy {
         let rejection = match e.etype() {
             ErrorType::HTTPStatus(413) => Rejection::BodyTooLarge {
@@ -212,6 +218,7 @@ impl ProxyHttp for Gateway {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Rejection::UpstreamTimeout
             }
+            _ if client_left(e) => Rejection::ClientClosed,
             _ => match e.esource() {
                 ErrorSource::Upstream => Rejection::UpstreamFailed(e.to_string()),
                 ErrorSource::Downstream => {
@@ -273,4 +280,14 @@ impl ProxyHttp for Gateway {
             tracing::error!(request_id = %ctx.facts.request_id, error = %e, "the outcome event of a call could not be recorded");
         }
     }
+}
+
+/// The client closed or broke its connection (not a timeout: a client too
+/// slow to send is refused with 408).
+fn client_left(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
 }

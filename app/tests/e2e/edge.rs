@@ -374,3 +374,63 @@ fn a_connection_that_never_sends_a_request_is_closed_after_the_idle_timeout() {
         "closed after {took:?}"
     );
 }
+
+#[test]
+fn a_client_that_leaves_before_the_answer_is_audited_as_499_and_not_logged_as_an_error() {
+    use std::io::{Read, Write};
+    // An upstream that takes the request and answers only after 3 s.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in silent.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                std::thread::sleep(std::time::Duration::from_secs(3));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            });
+        }
+    });
+    let mut gw = Gateway::start(&route(up_port));
+    let key = bearer(&gw.create_key("agent-leaving", &["agent"]));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    write!(
+        s,
+        "GET /tools/echo/leaving HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n\r\n"
+    )
+    .unwrap();
+    // Forwarded (the decision is durable before that), then the client goes.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(s);
+    let mut outcome = None;
+    wait_for(
+        "the outcome of the call",
+        std::time::Duration::from_secs(10),
+        || {
+            outcome = gw
+                .store()
+                .tail(20)
+                .unwrap()
+                .into_iter()
+                .map(|e| serde_json::from_str::<serde_json::Value>(&e.json).unwrap())
+                .find(|e| e["target"] == "echo" && e.get("status").is_some_and(|s| !s.is_null()));
+            outcome.is_some()
+        },
+    );
+    let outcome = outcome.unwrap();
+    assert_eq!(outcome["status"], 499, "{outcome}");
+    assert!(
+        outcome["reason"]
+            .as_str()
+            .unwrap()
+            .contains("client_closed_request"),
+        "{outcome}"
+    );
+    gw.stop();
+    let log = gw.log();
+    assert!(
+        !log.contains("ERROR"),
+        "a client leaving is no error: {log}"
+    );
+    gw.assert_verifies(&[]);
+}

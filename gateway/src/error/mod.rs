@@ -105,6 +105,10 @@ pub enum Rejection {
     TooManyConnections { limit: u64 },
     /// Step 1: malformed request framing or headers.
     BadRequest(String),
+    /// The client closed its connection before the answer was written (a
+    /// client may always leave: not an error of the gateway's). Recorded
+    /// as 499, nginx's convention; the client never reads it.
+    ClientClosed,
     /// Step 2: no credentials presented.
     NoCredentials,
     /// Step 2: invalid credentials.
@@ -246,6 +250,7 @@ impl Rejection {
             Rejection::RequestTimeout | Rejection::HeadTimeout { .. } => 408,
             Rejection::TooManyConnections { .. } => 429,
             Rejection::BadRequest(_) => 400,
+            Rejection::ClientClosed => 499,
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => 401,
             Rejection::NotFound | Rejection::UnknownModel(_) => 404,
             Rejection::InvalidRequest { .. } => 400,
@@ -269,6 +274,7 @@ impl Rejection {
             Rejection::RequestTimeout | Rejection::HeadTimeout { .. } => "request_timeout",
             Rejection::TooManyConnections { .. } => "too_many_connections",
             Rejection::BadRequest(_) => "bad_request",
+            Rejection::ClientClosed => "client_closed_request",
             Rejection::NoCredentials | Rejection::Unauthenticated(_) => "unauthenticated",
             Rejection::NotFound => "not_found",
             Rejection::UnknownModel(_) => "model_not_found",
@@ -303,6 +309,7 @@ impl Rejection {
                 "this address holds {limit} open connections, the most one client may; close one and retry"
             ),
             Rejection::BadRequest(m) => m.clone(),
+            Rejection::ClientClosed => "the client closed the connection before the answer".into(),
             Rejection::NoCredentials => "missing bearer token".into(),
             Rejection::Unauthenticated(m) => m.clone(),
             Rejection::NotFound => "no such route".into(),
@@ -349,7 +356,7 @@ impl Rejection {
     /// `{"error": {"message", "type", "param", "code", "request_id"}}`.
     pub fn openai_body(&self, request_id: &str) -> Bytes {
         let kind = match self.status() {
-            400 | 404 | 405 | 408 | 413 | 414 | 431 => "invalid_request_error",
+            400 | 404 | 405 | 408 | 413 | 414 | 431 | 499 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             429 => "rate_limit_error",

@@ -67,6 +67,13 @@ fn refusals_map_to_one_answer_each() {
             "invalid_request_error",
         ),
         (
+            Rejection::ClientClosed,
+            499,
+            "client_closed_request",
+            vec![],
+            "invalid_request_error",
+        ),
+        (
             Rejection::NoCredentials,
             401,
             "unauthenticated",
