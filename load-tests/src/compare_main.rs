@@ -4,7 +4,11 @@
 //!
 //! `lattice-load-compare SCENARIO.toml --lattice target/release/lattice
 //!    [--agentgateway PATH] [--litellm PATH] [--targets a,b,c] [--rounds N]
-//!    [--smoke] [--out FILE.md] [--json FILE.json]`
+//!    [--smoke] [--out FILE.md] [--json FILE.json] [--profile DIR]`
+//!
+//! `--profile DIR`: `perf` records each target's process during its first
+//! saturation run (`DIR/<target>.perf.txt`, and `DIR/<target>.svg` when
+//! `inferno` is installed).
 //!
 //! `--smoke`: one round of one second at a low rate (the test suite runs it
 //! so the harness cannot rot; its figures mean nothing).
@@ -51,6 +55,7 @@ async fn main() -> Result<()> {
         ..Programs::default()
     };
     let (mut scenario_path, mut smoke, mut out, mut json) = (None, false, None, None);
+    let mut profile: Option<PathBuf> = None;
     let (mut only, mut rounds): (Option<Vec<String>>, Option<usize>) = (None, None);
     let mut i = 0;
     while i < argv.len() {
@@ -68,6 +73,7 @@ async fn main() -> Result<()> {
             "--rounds" => rounds = Some(value()?.parse()?),
             "--out" => out = Some(PathBuf::from(value()?)),
             "--json" => json = Some(PathBuf::from(value()?)),
+            "--profile" => profile = Some(PathBuf::from(value()?)),
             s if !s.starts_with("--") && scenario_path.is_none() => {
                 scenario_path = Some(PathBuf::from(s));
                 i += 1;
@@ -89,7 +95,7 @@ async fn main() -> Result<()> {
         scenario = scenario.smoke();
     }
     let dir = tempfile::tempdir()?;
-    let report = run(&scenario, &programs, dir.path()).await?;
+    let report = run(&scenario, &programs, dir.path(), profile.as_deref()).await?;
     let date = first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let mut text = format!(
         "```\n{}\n```\n{date}; {}; {}; {}; {} rounds interleaved, {} connections, {} s saturation and {} s per fixed rate\n\n",

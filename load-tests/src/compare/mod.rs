@@ -9,6 +9,7 @@
 //! the number of errors beside it.
 
 pub mod load;
+pub mod profiler;
 pub mod targets;
 
 use anyhow::{bail, Context, Result};
@@ -115,7 +116,14 @@ pub struct Report {
 
 /// Runs the scenario. A target whose program was not given is skipped
 /// (and said so); one that was given but fails its check fails the run.
-pub async fn run(scenario: &Scenario, programs: &Programs, dir: &Path) -> Result<Report> {
+/// With `profile`, the first saturation run of each target that has a
+/// process is recorded by `perf` (call graphs) into that folder.
+pub async fn run(
+    scenario: &Scenario,
+    programs: &Programs,
+    dir: &Path,
+    profile: Option<&Path>,
+) -> Result<Report> {
     let upstream = start_upstream(scenario.route, programs, dir)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
@@ -169,12 +177,24 @@ pub async fn run(scenario: &Scenario, programs: &Programs, dir: &Path) -> Result
             let (t, m) = (&started[i], &mut measured[i]);
             let before = t.audit_events();
             let since = std::time::Instant::now();
+            let recorder = match (profile, t.pid) {
+                (Some(out), Some(pid)) if round == 0 => Some(profiler::record(
+                    out,
+                    &t.name,
+                    pid,
+                    scenario.saturation_seconds,
+                )?),
+                _ => None,
+            };
             let Saturation { per_second, errors } = saturate(
                 &t.req,
                 scenario.connections,
                 scenario.saturation_seconds,
                 dir,
             )?;
+            if let Some(r) = recorder {
+                r.finish()?;
+            }
             if let (Some(b), Some(a)) = (before, t.audit_events()) {
                 m.audit_events_per_s
                     .push(a.saturating_sub(b) as f64 / since.elapsed().as_secs_f64());
