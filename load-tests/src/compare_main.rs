@@ -3,12 +3,17 @@
 //! the tables) for `docs/benchmarks.md`.
 //!
 //! `lattice-load-compare SCENARIO.toml --lattice target/release/lattice
-//!    [--agentgateway PATH] [--litellm PATH] [--targets a,b,c] [--rounds N]
+//!    [--agentgateway PATH] [--litellm PATH] [--baseline PATH]
+//!    [--targets a,b,c] [--rounds N]
 //!    [--smoke] [--out FILE.md] [--json FILE.json] [--profile DIR]`
 //!
 //! `--profile DIR`: `perf` records each target's process during its first
 //! saturation run (`DIR/<target>.perf.txt`, and `DIR/<target>.svg` when
 //! `inferno` is installed).
+//!
+//! `--baseline PATH`: another Lattice build, measured as the target
+//! `baseline` (name it in `--targets`): a change's before and after in one
+//! interleaved run.
 //!
 //! `--smoke`: one round of one second at a low rate (the test suite runs it
 //! so the harness cannot rot; its figures mean nothing).
@@ -69,6 +74,7 @@ async fn main() -> Result<()> {
             "--lattice" => programs.lattice = PathBuf::from(value()?),
             "--agentgateway" => programs.agentgateway = Some(PathBuf::from(value()?)),
             "--litellm" => programs.litellm = Some(PathBuf::from(value()?)),
+            "--baseline" => programs.baseline = Some(PathBuf::from(value()?)),
             "--targets" => only = Some(value()?.split(',').map(str::to_string).collect()),
             "--rounds" => rounds = Some(value()?.parse()?),
             "--out" => out = Some(PathBuf::from(value()?)),

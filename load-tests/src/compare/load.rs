@@ -7,10 +7,11 @@
 //!
 //! Must never: count a non-2xx answer or a socket error as a success.
 
-use crate::{open_loop, Fixed};
+use crate::Fixed;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// One request, as every target gets it (only URL and credentials differ).
 #[derive(Clone, Debug)]
@@ -128,13 +129,92 @@ pub fn parse_wrk(text: &str) -> Result<Saturation> {
     })
 }
 
-/// Open-loop at a fixed rate (`crate::open_loop`): a success is a 2xx.
-pub async fn fixed_rate(client: &reqwest::Client, req: &Req, rate: u64, seconds: u64) -> Fixed {
-    open_loop(rate, seconds, |_| {
-        let (client, req) = (client.clone(), req.clone());
-        async move { matches!(req.status(&client).await, Some(s) if (200..300).contains(&s)) }
-    })
-    .await
+/// Open-loop at a fixed rate over `connections` keep-alive connections
+/// (hyper's HTTP/1.1 client: light enough that the generator does not eat
+/// the cores it shares with the target). Request i is due at
+/// start + i/rate on connection i mod `connections`. Its latency counts
+/// from its send; when its connection was still busy with the previous
+/// request past the due time, from the due time — the wait is charged, so
+/// a slow answer cannot hide the requests it delays (no coordinated
+/// omission). Timer slack (tokio's 1 ms wheel) is not charged.
+pub async fn fixed_rate(req: &Req, rate: u64, seconds: u64, connections: usize) -> Result<Fixed> {
+    let total = rate * seconds;
+    let connections = connections.clamp(1, total.max(1) as usize) as u64;
+    let start = Instant::now() + Duration::from_millis(50);
+    let uri: hyper::Uri = req.url.parse().context("the target's URL")?;
+    let authority = uri.authority().context("the URL has no host")?.to_string();
+    let mut workers = Vec::new();
+    for k in 0..connections {
+        let (req, uri, authority) = (req.clone(), uri.clone(), authority.clone());
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut conn = None;
+            let mut i = k;
+            while i < total {
+                let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+                let sent = if Instant::now() < due {
+                    tokio::time::sleep_until(due.into()).await;
+                    Instant::now()
+                } else {
+                    due
+                };
+                match send_once(&mut conn, &authority, &uri, &req).await {
+                    Ok(true) => lat.push(sent.elapsed()),
+                    _ => {
+                        errors += 1;
+                        conn = None;
+                    }
+                }
+                i += connections;
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::with_capacity(total as usize), 0);
+    for w in workers {
+        let (l, e) = w.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    Ok(Fixed::from_samples(lat, errors, total as usize))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// Sends one request on the connection (opening it first if needed) and
+/// reads the whole answer; true on a 2xx.
+async fn send_once(
+    conn: &mut Option<Sender>,
+    authority: &str,
+    uri: &hyper::Uri,
+    req: &Req,
+) -> Result<bool> {
+    use http_body_util::BodyExt;
+    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        let tcp = tokio::net::TcpStream::connect(authority).await?;
+        tcp.set_nodelay(true)?;
+        let (sender, driver) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(driver);
+        *conn = Some(sender);
+    }
+    let sender = conn.as_mut().context("connected")?;
+    sender.ready().await?;
+    let mut b = hyper::Request::builder()
+        .method(if req.body.is_some() { "POST" } else { "GET" })
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header("host", authority);
+    for (k, v) in &req.headers {
+        b = b.header(k, v);
+    }
+    let body = bytes::Bytes::from(req.body.clone().unwrap_or_default());
+    let answer = sender
+        .send_request(b.body(http_body_util::Full::new(body))?)
+        .await?;
+    let ok = answer.status().is_success();
+    answer.into_body().collect().await?;
+    Ok(ok)
 }
 
 #[cfg(test)]

@@ -134,6 +134,7 @@ pub async fn run(
         let missing = match name.as_str() {
             "agentgateway" if programs.agentgateway.is_none() => Some("pass --agentgateway PATH"),
             "litellm" if programs.litellm.is_none() => Some("pass --litellm PATH"),
+            "baseline" if programs.baseline.is_none() => Some("pass --baseline PATH"),
             _ => None,
         };
         if let Some(why) = missing {
@@ -152,7 +153,7 @@ pub async fn run(
         .await?;
         t.check(&client).await?;
         // Warm-up: connections, caches, the peer's lazy paths.
-        let _ = fixed_rate(&client, &t.req, scenario.rates[0].min(500), 1).await;
+        let _ = fixed_rate(&t.req, scenario.rates[0].min(500), 1, scenario.connections).await?;
         started.push(t);
     }
     let mut measured: Vec<Measured> = started
@@ -205,7 +206,8 @@ pub async fn run(
                 m.rss_mb = Some(m.rss_mb.map_or(rss, |r: f64| r.max(rss)));
             }
             for f in m.fixed.iter_mut() {
-                let r = fixed_rate(&client, &t.req, f.rate, scenario.fixed_seconds).await;
+                let r = fixed_rate(&t.req, f.rate, scenario.fixed_seconds, scenario.connections)
+                    .await?;
                 f.p50.push(r.p50);
                 f.p99.push(r.p99);
                 f.errors += r.errors;

@@ -61,7 +61,7 @@ impl Recorder {
             &["--children", "-g", "none", "--percent-limit", "0.5"][..],
         ] {
             let report = Command::new("perf")
-                .args(["report", "--stdio"])
+                .args(["report", "--stdio", "--no-inline"])
                 .args(args)
                 .arg("-i")
                 .arg(&self.data)

@@ -23,6 +23,9 @@ use crate::{free_port, start_gateway, start_mock_vllm, Gateway, Proc};
 #[derive(Clone, Debug, Default)]
 pub struct Programs {
     pub lattice: PathBuf,
+    /// Another Lattice build measured beside it as the target `baseline`
+    /// (a change's before and after in one interleaved run).
+    pub baseline: Option<PathBuf>,
     pub agentgateway: Option<PathBuf>,
     pub litellm: Option<PathBuf>,
 }
@@ -158,7 +161,11 @@ pub async fn start(
                 _gateway: None,
             }
         }
-        "lattice" => {
+        "lattice" | "baseline" => {
+            let bin = match name {
+                "baseline" => programs.baseline.as_ref().context("pass --baseline PATH")?,
+                _ => &programs.lattice,
+            };
             let (policy, extra, url_path) = match route {
                 Route::Http => (
                     include_str!("../../../examples/quickstart/policies/starter.cedar").to_string(),
@@ -177,7 +184,7 @@ pub async fn start(
                     path.to_string(),
                 ),
             };
-            let gw = start_gateway(&programs.lattice, dir, &policy, &extra).await?;
+            let gw = start_gateway(bin, dir, &policy, &extra).await?;
             headers.push(("authorization".into(), gw.auth.clone()));
             Started {
                 name: name.into(),
