@@ -112,6 +112,25 @@ pub struct FixedRuns {
 pub struct Report {
     pub measured: Vec<Measured>,
     pub skipped: Vec<(String, String)>,
+    /// Share of CPU time the hypervisor took from this machine during the
+    /// run (`steal` in /proc/stat), in percent: figures taken while it is
+    /// high are not comparable with other runs' (only within the run).
+    pub steal_percent: Option<f64>,
+}
+
+/// (steal, total) clock ticks of all CPUs so far.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user).
+    Some((*f.get(7)?, f.iter().take(8).sum()))
 }
 
 /// Runs the scenario. A target whose program was not given is skipped
@@ -172,10 +191,14 @@ pub async fn run(
         })
         .collect();
     let n = started.len();
+    let ticks_before = cpu_ticks();
     for round in 0..scenario.rounds {
         for k in 0..n {
             let i = (k + round) % n;
             let (t, m) = (&started[i], &mut measured[i]);
+            for other in &started {
+                other.settle().await;
+            }
             let before = t.audit_events();
             let since = std::time::Instant::now();
             let recorder = match (profile, t.pid) {
@@ -206,6 +229,7 @@ pub async fn run(
                 m.rss_mb = Some(m.rss_mb.map_or(rss, |r: f64| r.max(rss)));
             }
             for f in m.fixed.iter_mut() {
+                t.settle().await;
                 let r = fixed_rate(&t.req, f.rate, scenario.fixed_seconds, scenario.connections)
                     .await?;
                 f.p50.push(r.p50);
@@ -216,6 +240,11 @@ pub async fn run(
         }
     }
     report.measured = measured;
+    if let (Some((s0, t0)), Some((s1, t1))) = (ticks_before, cpu_ticks()) {
+        if t1 > t0 {
+            report.steal_percent = Some(100.0 * (s1 - s0) as f64 / (t1 - t0) as f64);
+        }
+    }
     Ok(report)
 }
 
@@ -249,6 +278,11 @@ fn spread(xs: &[f64]) -> String {
 /// The report as Markdown tables.
 pub fn markdown(report: &Report) -> String {
     let mut s = String::new();
+    if let Some(steal) = report.steal_percent {
+        s.push_str(&format!(
+            "CPU stolen by the hypervisor during the run: {steal:.0}% (compare figures across runs only when this is low)\n\n"
+        ));
+    }
     let med = |m: &Measured| median(&m.saturation);
     let nginx = report
         .measured
@@ -371,6 +405,7 @@ mod tests {
                 m("lattice", 20_000.0, 0.5),
             ],
             skipped: vec![("agentgateway".into(), "pass --agentgateway PATH".into())],
+            steal_percent: Some(12.4),
         };
         let md = markdown(&report);
         assert!(md.contains("| lattice | 20000 | 0.40× | 0 | — |"), "{md}");
@@ -380,5 +415,7 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("agentgateway: not measured (pass --agentgateway PATH)"));
+        assert!(md.contains("during the run: 12%"), "{md}");
+        assert!(cpu_ticks().is_some_and(|(steal, total)| total > steal));
     }
 }

@@ -348,6 +348,49 @@ impl Started {
     }
 }
 
+/// CPU time (user + system clock ticks) of a process and its descendants.
+fn tree_cpu_ticks(pid: u32) -> u64 {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces).
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    own + children(pid).into_iter().map(tree_cpu_ticks).sum::<u64>()
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+impl Started {
+    /// Waits (at most 60 s) until the target is idle — under 5% of a core
+    /// over half a second — so work it still has queued (a peer draining
+    /// a backlog after its saturation run) never runs during another
+    /// target's measurement.
+    pub async fn settle(&self) {
+        let Some(pid) = self.pid else { return };
+        let since = Instant::now();
+        let mut last = tree_cpu_ticks(pid);
+        while since.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = tree_cpu_ticks(pid);
+            // Clock ticks are 1/100 s: 5% of 0.5 s is 2.5 ticks.
+            if now.saturating_sub(last) <= 2 {
+                return;
+            }
+            last = now;
+        }
+    }
+}
+
 /// VmRSS of a process and all its descendants, in kB.
 fn tree_rss_kb(pid: u32) -> u64 {
     let own = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -389,7 +432,15 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_a_resident_size() {
+    fn this_process_has_a_resident_size_and_cpu_time() {
         assert!(tree_rss_kb(std::process::id()) > 0);
+        let before = tree_cpu_ticks(std::process::id());
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(100) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(tree_cpu_ticks(std::process::id()) > before);
     }
 }
