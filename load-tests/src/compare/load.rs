@@ -150,6 +150,8 @@ pub async fn fixed_rate(req: &Req, rate: u64, seconds: u64, connections: usize) 
             let mut lat = Vec::new();
             let mut errors = 0usize;
             let mut conn = None;
+            // The body once per connection; each send shares it.
+            let body = bytes::Bytes::from(req.body.clone().unwrap_or_default());
             let mut i = k;
             while i < total {
                 let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
@@ -159,7 +161,7 @@ pub async fn fixed_rate(req: &Req, rate: u64, seconds: u64, connections: usize) 
                 } else {
                     due
                 };
-                match send_once(&mut conn, &authority, &uri, &req).await {
+                match send_once(&mut conn, &authority, &uri, &req, body.clone()).await {
                     Ok(true) => lat.push(sent.elapsed()),
                     _ => {
                         errors += 1;
@@ -189,6 +191,7 @@ async fn send_once(
     authority: &str,
     uri: &hyper::Uri,
     req: &Req,
+    body: bytes::Bytes,
 ) -> Result<bool> {
     use http_body_util::BodyExt;
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
@@ -208,7 +211,6 @@ async fn send_once(
     for (k, v) in &req.headers {
         b = b.header(k, v);
     }
-    let body = bytes::Bytes::from(req.body.clone().unwrap_or_default());
     let answer = sender
         .send_request(b.body(http_body_util::Full::new(body))?)
         .await?;

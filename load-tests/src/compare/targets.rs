@@ -48,7 +48,8 @@ pub struct Started {
     pub pid: Option<u32>,
     /// Lattice's audit store, to count the events it wrote.
     pub audit_db: Option<PathBuf>,
-    _proc: Option<Proc>,
+    /// The target's own process (its exit is noticed while waiting for it).
+    proc: Option<Proc>,
     _gateway: Option<Gateway>,
 }
 
@@ -146,7 +147,7 @@ pub async fn start(
             enforcing: false,
             pid: None,
             audit_db: None,
-            _proc: None,
+            proc: None,
             _gateway: None,
         },
         "nginx" => {
@@ -157,7 +158,7 @@ pub async fn start(
                 enforcing: false,
                 pid: Some(proc.0.id()),
                 audit_db: None,
-                _proc: Some(proc),
+                proc: Some(proc),
                 _gateway: None,
             }
         }
@@ -192,7 +193,7 @@ pub async fn start(
                 enforcing: true,
                 pid: Some(gw.pid()),
                 audit_db: Some(dir.join("data/audit.db")),
-                _proc: None,
+                proc: None,
                 _gateway: Some(gw),
             }
         }
@@ -290,7 +291,7 @@ fn peer(
         enforcing: true,
         pid: Some(proc.0.id()),
         audit_db: None,
-        _proc: Some(proc),
+        proc: Some(proc),
         _gateway: None,
     })
 }
@@ -303,7 +304,7 @@ impl Started {
         let since = Instant::now();
         let mut last = None;
         loop {
-            if let Some(p) = self._proc.as_mut() {
+            if let Some(p) = self.proc.as_mut() {
                 if let Ok(Some(status)) = p.0.try_wait() {
                     bail!(
                         "{}: its process exited ({status}) before it answered",
