@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod clickhouse;
 pub mod event;
 pub mod export;
+mod journal;
 pub mod merkle;
 pub mod query;
 pub mod store;
@@ -25,6 +26,7 @@ mod writer;
 
 pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 pub use event::{now_us, AuditEvent, Phase};
+pub use journal::journaled;
 pub use store::Store;
 pub use verify::{
     prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_log,

@@ -1,7 +1,7 @@
 //! A throwaway local ClickHouse server for tests and benchmarks: Debian's
 //! `clickhouse-server` on free loopback ports with its own data directory,
 //! killed on drop; `free_port`; and `rebuild_signed`, the attack the
-//! witness exists for. Not used by the gateway itself.
+//! witness exists for. `pipeline_config` for the crate's tests. Not used by the gateway itself.
 //!
 //! Must never: be called by the gateway or the CLI.
 
@@ -20,6 +20,28 @@ pub struct ClickHouseServer {
     pub http_port: u16,
     tls: bool,
     child: Option<Child>,
+}
+
+/// The pipeline settings the crate's tests use: node `test-node`, a
+/// checkpoint every 64 events (never by time), no witness file, no
+/// ClickHouse, no retention.
+pub fn pipeline_config(
+    db: &std::path::Path,
+    signer: &crate::NoteSigner,
+) -> Result<crate::PipelineConfig, AuditError> {
+    Ok(crate::PipelineConfig {
+        db_path: db.to_path_buf(),
+        node: "test-node".into(),
+        origin: "lattice/test-node/audit".into(),
+        queue_capacity: 4096,
+        batch_max: 512,
+        checkpoint_every: 64,
+        checkpoint_interval: Duration::from_secs(3600),
+        witness_file: None,
+        signer: crate::NoteSigner::from_encoded(&signer.encoded())?,
+        clickhouse: None,
+        retention: Default::default(),
+    })
 }
 
 /// A free loopback port: the one helper every test and load scenario of

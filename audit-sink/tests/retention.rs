@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use lattice_audit::event::parse_canonical;
+use lattice_audit::testkit::pipeline_config;
 use lattice_audit::verify::{prove_consistency, prove_inclusion, verify, Problem};
 use lattice_audit::{
     AuditEvent, AuditPipeline, NoteSigner, Phase, PipelineConfig, Retention, Store, PRUNED,
@@ -17,17 +18,8 @@ use std::time::Duration;
 
 fn start(db: &Path, signer: &NoteSigner, retention: Retention) -> AuditPipeline {
     AuditPipeline::start(PipelineConfig {
-        db_path: db.to_path_buf(),
-        node: "test-node".into(),
-        origin: "lattice/test-node/audit".into(),
-        queue_capacity: 4096,
-        batch_max: 512,
-        checkpoint_every: 64,
-        checkpoint_interval: Duration::from_secs(3600),
-        witness_file: None,
-        signer: NoteSigner::from_encoded(&signer.encoded()).unwrap(),
-        clickhouse: None,
         retention,
+        ..pipeline_config(db, signer).unwrap()
     })
     .unwrap()
 }

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{Checkpoint, NoteSigner};
 use crate::clickhouse::{run_shipper, ClickHouseConfig, ShipState};
 use crate::event::AuditEvent;
-use crate::merkle::Frontier;
+use crate::journal::{self, Entry, Journal};
+use crate::merkle::{Frontier, Hash};
 use crate::store::Store;
 use crate::AuditError;
 use tokio::sync::oneshot;
@@ -117,8 +118,10 @@ pub struct AuditPipeline {
 impl AuditPipeline {
     /// Opens the store, restores the log head and starts the writer.
     pub fn start(cfg: PipelineConfig) -> Result<Self, AuditError> {
-        let store = Store::open(&cfg.db_path)?;
+        let mut store = Store::open(&cfg.db_path)?;
         store.no_auto_checkpoints()?;
+        let journal = Journal::open(&journal::path_of(&cfg.db_path))?;
+        replay(&mut store, &journal)?;
         let log = store.log()?;
         let frontier = log.frontier();
         let pruned = log.prefix;
@@ -158,6 +161,9 @@ impl AuditPipeline {
         let mut writer = Writer {
             cfg,
             store,
+            journal,
+            pending: Vec::new(),
+            pending_since: None,
             frontier,
             pruned,
             held_back: false,
@@ -227,6 +233,11 @@ impl AuditPipeline {
 struct Writer {
     cfg: PipelineConfig,
     store: Store,
+    journal: Journal,
+    /// Journaled (durable) entries not yet in the store, in order.
+    pending: Vec<(Entry, Hash)>,
+    /// When the oldest pending entry was journaled.
+    pending_since: Option<Instant>,
     frontier: Frontier,
     /// The pruned prefix (empty when nothing was pruned).
     pruned: Frontier,
@@ -244,14 +255,17 @@ impl Writer {
         let mut waiters: Vec<SyncSender<()>> = Vec::new();
         loop {
             let mut shutdown = false;
-            let wake = if self.cfg.retention.is_set() {
+            let wake = if !self.pending.is_empty() {
+                IDLE_FILL
+            } else if self.cfg.retention.is_set() {
                 self.cfg.checkpoint_interval.min(RETENTION_EVERY)
             } else {
                 self.cfg.checkpoint_interval
             };
             match rx.recv_timeout(wake) {
                 Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
-                Err(RecvTimeoutError::Timeout) => {}
+                // Idle: readers see the journaled entries now.
+                Err(RecvTimeoutError::Timeout) => self.fill(),
                 Err(RecvTimeoutError::Disconnected) => shutdown = true,
             }
             // Drain what is already queued, up to a batch (everything on shutdown).
@@ -277,6 +291,7 @@ impl Writer {
                 && (self.last_retention.elapsed() >= RETENTION_EVERY || self.over_size())
             {
                 self.last_retention = Instant::now();
+                self.fill();
                 if let Err(e) = self.retain() {
                     tracing::error!(error = %e, "audit retention could not prune; it retries");
                 }
@@ -310,55 +325,51 @@ impl Writer {
         }
     }
 
-    /// Writes the batch in one transaction, retrying until the store
-    /// accepts it (while it does not, the pipeline reports itself failing so
-    /// new calls are refused), then tells the decisions waiting that they
-    /// are durable. `reserved`: the events hold places in the queue.
+    /// Makes the batch durable, retrying until it is (while it is not, the
+    /// pipeline reports itself failing so new calls are refused), then
+    /// tells the decisions waiting. A small batch with nothing pending goes
+    /// straight to the store in one synced commit; a busy writer's batches
+    /// go to the journal (one write and one `fdatasync`) and are filled into
+    /// the store behind, in large transactions. `reserved`: the events hold
+    /// places in the queue.
     fn write_batch(&mut self, batch: &mut Vec<Queued>, reserved: bool) {
         if batch.is_empty() {
             return;
         }
+        // Only outcomes: nothing waits on them, so no sync of their own (the
+        // next synced write covers them; a crash before it leaves their
+        // calls owed, and the next start records them as interrupted).
+        let sync = batch.iter().any(|q| q.settles.is_none());
         let start = self.frontier.size();
-        let mut owed = Vec::new();
-        let mut settled = Vec::new();
-        let rows: Vec<_> = batch
+        let entries: Vec<(Entry, Hash)> = batch
             .iter_mut()
             .enumerate()
             .map(|(i, q)| {
                 let e = &mut q.event;
                 e.node.clone_from(&self.cfg.node);
                 e.seq = start + i as u64;
-                if q.owes {
-                    owed.push((e.event_id.clone(), e.seq));
-                }
-                if let Some(d) = q.settles.take() {
-                    settled.push(d);
-                }
                 let json = e.canonical();
                 let leaf = crate::merkle::leaf_hash(&json);
-                (e.seq, json, leaf)
+                let entry = Entry {
+                    seq: e.seq,
+                    json,
+                    owes: q.owes.then(|| e.event_id.clone()),
+                    settles: q.settles.take(),
+                };
+                (entry, leaf)
             })
             .collect();
-        // Only outcomes: nothing waits on them, so no sync of their own (the
-        // next synced commit covers them; a crash before it leaves their
-        // calls owed, and the next start records them as interrupted).
-        let sync = batch.iter().any(|q| q.settles.is_none());
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.store.append(&rows, &owed, &settled, sync) {
-                Ok(()) => break,
-                Err(err) => {
-                    self.shared.failing.store(true, Ordering::Release);
-                    tracing::error!(error = %err, events = rows.len(), "audit store write failed; refusing new calls until it recovers");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
+        let n = entries.len();
+        let leaves: Vec<Hash> = entries.iter().map(|(_, leaf)| *leaf).collect();
+        if sync && self.pending.is_empty() && n < BUSY_BATCH {
+            self.pending = entries;
+            self.fill();
+        } else {
+            self.journal_append(entries, sync);
         }
-        self.shared.failing.store(false, Ordering::Release);
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
-        for (_, _, leaf) in &rows {
-            self.frontier.push(*leaf);
+        for leaf in leaves {
+            self.frontier.push(leaf);
         }
         for q in batch.iter_mut() {
             if let Some(tx) = q.durable.take() {
@@ -366,15 +377,77 @@ impl Writer {
             }
         }
         if reserved {
-            self.shared.depth.fetch_sub(rows.len(), Ordering::AcqRel);
+            self.shared.depth.fetch_sub(n, Ordering::AcqRel);
         }
-        self.shared
-            .written
-            .fetch_add(rows.len() as u64, Ordering::AcqRel);
+        self.shared.written.fetch_add(n as u64, Ordering::AcqRel);
         self.shared
             .log_size
             .store(self.frontier.size(), Ordering::Release);
         batch.clear();
+        if self.pending.len() >= FILL_MAX
+            || self.pending_since.is_some_and(|t| t.elapsed() >= FILL_AGE)
+        {
+            self.fill();
+        }
+    }
+
+    /// Appends to the journal (filling the store first when the journal
+    /// has no room) and keeps the entries pending.
+    fn journal_append(&mut self, entries: Vec<(Entry, Hash)>, sync: bool) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.journal.append(entries.iter().map(|(e, _)| e), sync) {
+                Ok(true) => break,
+                Ok(false) if !self.journal.is_empty() => self.fill(),
+                Ok(false) => {
+                    // Larger than the whole journal: straight to the store.
+                    self.pending.extend(entries);
+                    self.fill();
+                    return;
+                }
+                Err(err) => {
+                    self.shared.failing.store(true, Ordering::Release);
+                    tracing::error!(error = %err, events = entries.len(), "audit journal write failed; refusing new calls until it recovers");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        self.shared.failing.store(false, Ordering::Release);
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.pending.extend(entries);
+    }
+
+    /// Writes every pending entry into the store in one synced commit,
+    /// retrying until the store accepts it, then starts the journal again.
+    fn fill(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut owed = Vec::new();
+        let mut settled = Vec::new();
+        let rows: Vec<(u64, Vec<u8>, Hash)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(e, leaf)| {
+                if let Some(id) = e.owes {
+                    owed.push((id, e.seq));
+                }
+                if let Some(id) = e.settles {
+                    settled.push(id);
+                }
+                (e.seq, e.json, leaf)
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(50);
+        while let Err(err) = self.store.append(&rows, &owed, &settled, true) {
+            self.shared.failing.store(true, Ordering::Release);
+            tracing::error!(error = %err, events = rows.len(), "audit store write failed; refusing new calls until it recovers");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        self.shared.failing.store(false, Ordering::Release);
+        self.journal.restart();
+        self.pending_since = None;
     }
 
     /// Writes an outcome for every decision the store still owes one (the
@@ -405,7 +478,10 @@ impl Writer {
         Ok(n)
     }
 
+    /// Signs a checkpoint of the log as it is now, once the store holds
+    /// every entry it covers.
     fn checkpoint(&mut self) {
+        self.fill();
         self.last_checkpoint_at = Instant::now();
         let size = self.frontier.size();
         if size == 0 || size == self.last_checkpoint {
@@ -452,6 +528,57 @@ fn checkpoint_wal(db: &std::path::Path, shared: &Shared) {
 
 /// How often retention looks at the store.
 const RETENTION_EVERY: Duration = Duration::from_millis(500);
+/// A batch this large, or any batch while entries are pending, goes to the
+/// journal; smaller ones, with nothing pending, straight to the store.
+const BUSY_BATCH: usize = 4;
+/// The store is filled from the journal once this many entries are
+/// pending, once the oldest is this old, or once the writer has been idle
+/// this long (and always before a checkpoint, retention and shutdown).
+const FILL_MAX: usize = 1_024;
+const FILL_AGE: Duration = Duration::from_millis(100);
+const IDLE_FILL: Duration = Duration::from_millis(2);
+
+/// Writes into the store what the journal holds beyond it (entries made
+/// durable before the gateway stopped, not yet filled), in one synced
+/// commit; returns how many.
+fn replay(store: &mut Store, journal: &Journal) -> Result<usize, AuditError> {
+    let size = store.log_size()?;
+    let entries: Vec<Entry> = journal
+        .read()?
+        .into_iter()
+        .filter(|e| e.seq >= size)
+        .collect();
+    let Some(first) = entries.first() else {
+        return Ok(0);
+    };
+    if first.seq != size {
+        return Err(AuditError::Corrupt(format!(
+            "the audit journal continues the log at {} but the store ends at {size}",
+            first.seq
+        )));
+    }
+    let mut owed = Vec::new();
+    let mut settled = Vec::new();
+    let rows: Vec<(u64, Vec<u8>, Hash)> = entries
+        .into_iter()
+        .map(|e| {
+            if let Some(id) = e.owes {
+                owed.push((id, e.seq));
+            }
+            if let Some(id) = e.settles {
+                settled.push(id);
+            }
+            let leaf = crate::merkle::leaf_hash(&e.json);
+            (e.seq, e.json, leaf)
+        })
+        .collect();
+    store.append(&rows, &owed, &settled, true)?;
+    tracing::warn!(
+        events = rows.len(),
+        "audit events made durable in the journal before the gateway stopped are now in the store"
+    );
+    Ok(rows.len())
+}
 
 /// The reason an interrupted call's outcome carries.
 pub const INTERRUPTED: &str =
@@ -488,3 +615,6 @@ fn export(path: &std::path::Path, signer: &NoteSigner, note: &str) -> std::io::R
     writeln!(f, "{line}")?;
     f.sync_data()
 }
+
+#[cfg(test)]
+mod tests;
