@@ -171,6 +171,18 @@ pub fn journaled(db: &Path) -> Result<Vec<crate::store::StoredEvent>, AuditError
         .collect()
 }
 
+/// The events durable in the journal of the store at `db` that the store
+/// does not hold (the gateway stopped before it wrote them in; its next
+/// start does), in log order.
+pub fn beyond_store(
+    db: &Path,
+    store: &crate::Store,
+) -> Result<Vec<crate::store::StoredEvent>, AuditError> {
+    let journaled = journaled(db)?;
+    let size = store.log_size()?;
+    Ok(journaled.into_iter().filter(|e| e.seq >= size).collect())
+}
+
 fn read_file(file: &File, size: u64) -> std::io::Result<Vec<Entry>> {
     let mut out: Vec<Entry> = Vec::new();
     let mut at = 0u64;

@@ -26,7 +26,7 @@ mod writer;
 
 pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 pub use event::{now_us, AuditEvent, Phase};
-pub use journal::journaled;
+pub use journal::{beyond_store, journaled};
 pub use store::Store;
 pub use verify::{
     prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_log,

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
+use lattice_audit::event::parse_canonical;
 use lattice_audit::query::{self, AuditQuery, Scope};
 use lattice_audit::verify::Problem;
 use lattice_audit::witness::{first_not_cosigned, CosignatureVerifier};
@@ -208,10 +209,25 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             request,
             config,
         } => {
-            let store = Store::open_read_only(&config.load()?.audit.db_path)?;
+            let db = config.load()?.audit.db_path;
+            let store = Store::open_read_only(&db)?;
+            // A gateway stopped by a crash may hold its newest events in
+            // the journal only: they are shown too.
+            let beyond = lattice_audit::beyond_store(&db, &store)?;
             let rows = match request {
-                Some(id) => store.by_request(&id)?,
-                None => store.tail(count)?,
+                Some(id) => {
+                    let mut rows = store.by_request(&id)?;
+                    rows.extend(beyond.into_iter().filter(|e| {
+                        parse_canonical(e.json.as_bytes()).is_ok_and(|e| e.request_id == id)
+                    }));
+                    rows
+                }
+                None => {
+                    let mut rows = store.tail(count)?;
+                    rows.extend(beyond);
+                    let skip = rows.len().saturating_sub(count);
+                    rows.split_off(skip)
+                }
             };
             for row in rows {
                 println!("{}", row.json);
@@ -337,6 +353,17 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                         witness: witness.name().to_string(),
                     });
                 }
+            }
+            let unfilled = match sink {
+                Sink::Embedded => {
+                    lattice_audit::beyond_store(&t.cfg.audit.db_path, &t.store()?)?.len()
+                }
+                Sink::Clickhouse => 0,
+            };
+            if unfilled > 0 && !json {
+                println!(
+                    "({unfilled} newer events are durable in the audit journal, not in the store yet: the gateway stopped before it wrote them in; its next start does, and they are verified then)"
+                );
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

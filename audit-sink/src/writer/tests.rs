@@ -62,7 +62,17 @@ fn what_the_journal_holds_beyond_the_store_is_written_in_at_start() {
         .append(old.iter().chain([&done, &done_outcome, &cut]), true)
         .unwrap();
     drop(journal);
-    assert_eq!(Store::open(&db).unwrap().count().unwrap(), 2);
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.count().unwrap(), 2);
+    // What the CLI shows of a stopped gateway: the store and, beyond it,
+    // the journal.
+    let beyond: Vec<u64> = crate::beyond_store(&db, &store)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(beyond, [2, 3, 4]);
+    drop(store);
 
     let pipeline = AuditPipeline::start(config(&db, &signer)).unwrap();
     assert_eq!(
