@@ -327,8 +327,8 @@ impl Writer {
 
     /// Makes the batch durable, retrying until it is (while it is not, the
     /// pipeline reports itself failing so new calls are refused), then
-    /// tells the decisions waiting. A small batch with nothing pending goes
-    /// straight to the store in one synced commit; a busy writer's batches
+    /// tells the decisions waiting. A small batch goes straight to the
+    /// store (with what is pending) in one synced commit; a busy writer's batches
     /// go to the journal (one write and one `fdatasync`) and are filled into
     /// the store behind, in large transactions. `reserved`: the events hold
     /// places in the queue.
@@ -336,9 +336,10 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        // Only outcomes: nothing waits on them, so no sync of their own (the
-        // next synced write covers them; a crash before it leaves their
-        // calls owed, and the next start records them as interrupted).
+        // Only outcomes, journaled: nothing waits on them, so no sync of
+        // their own (the next synced write covers them; a crash before it
+        // leaves their calls owed, and the next start records them as
+        // interrupted).
         let sync = batch.iter().any(|q| q.settles.is_none());
         let start = self.frontier.size();
         let entries: Vec<(Entry, Hash)> = batch
@@ -361,8 +362,12 @@ impl Writer {
             .collect();
         let n = entries.len();
         let leaves: Vec<Hash> = entries.iter().map(|(_, leaf)| *leaf).collect();
-        if sync && self.pending.is_empty() && n < BUSY_BATCH {
-            self.pending = entries;
+        if n < BUSY_BATCH {
+            // A calm writer: one synced commit of what is pending and this
+            // batch (the fill the pending entries owe anyway), done while
+            // few calls wait. Outcome-only batches too: their own commit
+            // now, off the next decision's path.
+            self.pending.extend(entries);
             self.fill();
         } else {
             self.journal_append(entries, sync);
@@ -528,8 +533,8 @@ fn checkpoint_wal(db: &std::path::Path, shared: &Shared) {
 
 /// How often retention looks at the store.
 const RETENTION_EVERY: Duration = Duration::from_millis(500);
-/// A batch this large, or any batch while entries are pending, goes to the
-/// journal; smaller ones, with nothing pending, straight to the store.
+/// A batch this large goes to the journal; a smaller one goes straight to
+/// the store with whatever is pending.
 const BUSY_BATCH: usize = 4;
 /// The store is filled from the journal once this many entries are
 /// pending, once the oldest is this old, or once the writer has been idle
