@@ -198,14 +198,14 @@ fn read_file(file: &File, size: u64) -> std::io::Result<Vec<Entry>> {
         bytes.extend_from_slice(&head);
         bytes.resize(HEAD + len as usize, 0);
         file.read_exact_at(&mut bytes[HEAD..], at + HEAD as u64)?;
-        let Some((entry, next)) = decode(&bytes, 0) else {
+        let Some(entry) = decode(&bytes) else {
             break;
         };
         if out.last().is_some_and(|last| entry.seq != last.seq + 1) {
             break;
         }
         out.push(entry);
-        at += next as u64;
+        at += HEAD as u64 + len;
     }
     Ok(out)
 }
@@ -230,17 +230,17 @@ fn encode(e: &Entry, buf: &mut Vec<u8>) {
     buf[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The record at `at` and where the next one starts, if it is intact.
-fn decode(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
+/// One whole record (head and body), if it is intact.
+fn decode(record: &[u8]) -> Option<Entry> {
     let word = |i: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?))
+        Some(u32::from_le_bytes(record.get(i..i + 4)?.try_into().ok()?))
     };
-    if word(at)? != MAGIC {
+    if word(0)? != MAGIC {
         return None;
     }
-    let len = word(at + 4)? as usize;
-    let body = bytes.get(at + HEAD..(at + HEAD).checked_add(len)?)?;
-    if crc32fast::hash(body) != word(at + 8)? {
+    let len = word(4)? as usize;
+    let body = record.get(HEAD..HEAD.checked_add(len)?)?;
+    if crc32fast::hash(body) != word(8)? {
         return None;
     }
     let seq = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
@@ -257,13 +257,12 @@ fn decode(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
     };
     let owes = id(flags & OWES != 0)?;
     let settles = id(flags & SETTLES != 0)?;
-    let entry = Entry {
+    Some(Entry {
         seq,
         json: rest.to_vec(),
         owes,
         settles,
-    };
-    Some((entry, at + HEAD + len))
+    })
 }
 
 #[cfg(test)]
@@ -277,6 +276,14 @@ mod tests {
         f.write_all_at(bytes, at).unwrap();
     }
 
+    /// A new journal in a directory of its own (kept while the test runs).
+    fn new_journal() -> (tempfile::TempDir, PathBuf, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.journal");
+        let j = Journal::open(&path).unwrap();
+        (dir, path, j)
+    }
+
     fn entry(seq: u64) -> Entry {
         Entry {
             seq,
@@ -288,9 +295,7 @@ mod tests {
 
     #[test]
     fn records_come_back_as_written_across_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.journal");
-        let mut j = Journal::open(&path).unwrap();
+        let (_dir, path, mut j) = new_journal();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), SIZE);
         assert!(j.read().unwrap().is_empty(), "a new journal holds nothing");
         let written: Vec<Entry> = (7..20).map(entry).collect();
@@ -303,9 +308,7 @@ mod tests {
 
     #[test]
     fn a_torn_record_ends_the_replay_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.journal");
-        let mut j = Journal::open(&path).unwrap();
+        let (_dir, path, mut j) = new_journal();
         let written: Vec<Entry> = (0..4).map(entry).collect();
         j.append(written.iter(), true).unwrap();
         let mut third = Vec::new();
@@ -319,9 +322,7 @@ mod tests {
 
     #[test]
     fn after_a_restart_older_records_behind_the_new_ones_are_not_replayed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.journal");
-        let mut j = Journal::open(&path).unwrap();
+        let (_dir, _, mut j) = new_journal();
         let old: Vec<Entry> = (0..50).map(entry).collect();
         j.append(old.iter(), true).unwrap();
         j.restart();
@@ -333,9 +334,7 @@ mod tests {
 
     #[test]
     fn a_batch_that_does_not_fit_is_refused_and_nothing_is_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.journal");
-        let mut j = Journal::open(&path).unwrap();
+        let (_dir, _, mut j) = new_journal();
         let big = Entry {
             seq: 0,
             json: vec![b'x'; (SIZE / 2) as usize],

@@ -64,11 +64,13 @@ fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
-/// A connection to the store.
+/// One event row to append: its seq, canonical JSON and Merkle leaf.
+pub type Row = (u64, Vec<u8>, Hash);
+
+/// A connection to the store. A writing connection syncs every commit
+/// (`synchronous = FULL`).
 pub struct Store {
     pub(crate) conn: Connection,
-    /// Whether commits are synced now (`synchronous = FULL`).
-    full_sync: bool,
 }
 
 /// One stored event row, as read back (bytes unparsed, for verification).
@@ -89,22 +91,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn,
-            full_sync: true,
-        })
-    }
-
-    /// Synced commits (`FULL`) or not (`NORMAL`: in WAL mode still atomic
-    /// and in order — a power cut can only lose the newest commits, and the
-    /// next synced commit makes every earlier one durable too).
-    fn sync_commits(&mut self, full: bool) -> Result<(), AuditError> {
-        if self.full_sync != full {
-            let mode = if full { "FULL" } else { "NORMAL" };
-            self.conn.pragma_update(None, "synchronous", mode)?;
-            self.full_sync = full;
-        }
-        Ok(())
+        Ok(Self { conn })
     }
 
     /// Leaves WAL checkpoints (copying the log into the database file) to
@@ -124,10 +111,7 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Self {
-            conn,
-            full_sync: false,
-        })
+        Ok(Self { conn })
     }
 
     /// Runs `read` inside one read transaction: everything it reads is the
@@ -142,19 +126,16 @@ impl Store {
         result
     }
 
-    /// Appends events and their leaves in one transaction; with `sync`, it
-    /// is durable when this returns (the commit is synced, and with it every
-    /// earlier one). `owed`: (event id, seq) of decisions that owe an
+    /// Appends events and their leaves in one transaction, durable when
+    /// this returns (the commit is synced). `owed`: (event id, seq) of decisions that owe an
     /// outcome; `settled`: event ids of decisions whose outcome is among the
     /// rows.
     pub fn append(
         &mut self,
-        rows: &[(u64, Vec<u8>, Hash)],
+        rows: &[Row],
         owed: &[(String, u64)],
         settled: &[String],
-        sync: bool,
     ) -> Result<(), AuditError> {
-        self.sync_commits(sync)?;
         let tx = self.conn.transaction()?;
         {
             let mut ev = tx.prepare_cached("INSERT INTO events (seq, event) VALUES (?1, ?2)")?;
@@ -191,7 +172,6 @@ impl Store {
 
     /// Stores a signed checkpoint, synced (and with it every event before).
     pub fn put_checkpoint(&mut self, size: u64, root: &Hash, note: &str) -> Result<(), AuditError> {
-        self.sync_commits(true)?;
         self.conn.execute(
             "INSERT OR REPLACE INTO checkpoints (size, root, note) VALUES (?1, ?2, ?3)",
             params![size as i64, &root[..], note],
@@ -201,7 +181,6 @@ impl Store {
 
     /// Stores witness co-signature lines of the checkpoint of `size`.
     pub fn put_cosignatures(&mut self, size: u64, lines: &[String]) -> Result<(), AuditError> {
-        self.sync_commits(true)?;
         let tx = self.conn.transaction()?;
         for line in lines {
             tx.execute(
@@ -389,7 +368,6 @@ impl Store {
     pub fn prune(&mut self, prefix: &Frontier) -> Result<(), AuditError> {
         let size = prefix.size() as i64;
         let heads: Vec<u8> = prefix.heads().concat();
-        self.sync_commits(true)?;
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM events WHERE seq < ?1", [size])?;
         tx.execute("DELETE FROM log_leaves WHERE idx < ?1", [size])?;

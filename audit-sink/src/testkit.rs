@@ -265,7 +265,7 @@ pub fn rebuild_signed(
         .iter()
         .map(|e| (e.seq, e.canonical(), e.leaf()))
         .collect();
-    forged.append(&rows, &[], &[], true)?;
+    forged.append(&rows, &[], &[])?;
     let leaves: Vec<_> = rows.iter().map(|r| r.2).collect();
     for size in &sizes {
         let cp = crate::Checkpoint {

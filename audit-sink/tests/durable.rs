@@ -180,13 +180,13 @@ fn a_consistent_read_sees_one_snapshot_while_the_writer_appends() {
         e.seq = seq;
         (seq, e.canonical(), e.leaf())
     };
-    writer.append(&[row(0), row(1)], &[], &[], true).unwrap();
+    writer.append(&[row(0), row(1)], &[], &[]).unwrap();
     let reader = Store::open_read_only(&db).unwrap();
     let (leaves, events) = reader
         .read_consistent(|s| {
             let leaves = s.leaves()?.len();
             // The writer appends between the two reads.
-            writer.append(&[row(2)], &[], &[], true)?;
+            writer.append(&[row(2)], &[], &[])?;
             Ok((leaves, s.events()?.len()))
         })
         .unwrap();

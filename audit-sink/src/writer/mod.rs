@@ -33,7 +33,7 @@ use crate::clickhouse::{run_shipper, ClickHouseConfig, ShipState};
 use crate::event::AuditEvent;
 use crate::journal::{self, Entry, Journal};
 use crate::merkle::{Frontier, Hash};
-use crate::store::Store;
+use crate::store::{Row, Store};
 use crate::AuditError;
 use tokio::sync::oneshot;
 
@@ -429,22 +429,9 @@ impl Writer {
         if self.pending.is_empty() {
             return;
         }
-        let mut owed = Vec::new();
-        let mut settled = Vec::new();
-        let rows: Vec<(u64, Vec<u8>, Hash)> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .map(|(e, leaf)| {
-                if let Some(id) = e.owes {
-                    owed.push((id, e.seq));
-                }
-                if let Some(id) = e.settles {
-                    settled.push(id);
-                }
-                (e.seq, e.json, leaf)
-            })
-            .collect();
+        let (rows, owed, settled) = store_rows(std::mem::take(&mut self.pending));
         let mut backoff = Duration::from_millis(50);
-        while let Err(err) = self.store.append(&rows, &owed, &settled, true) {
+        while let Err(err) = self.store.append(&rows, &owed, &settled) {
             self.shared.failing.store(true, Ordering::Release);
             tracing::error!(error = %err, events = rows.len(), "audit store write failed; refusing new calls until it recovers");
             std::thread::sleep(backoff);
@@ -562,27 +549,37 @@ fn replay(store: &mut Store, journal: &Journal) -> Result<usize, AuditError> {
             first.seq
         )));
     }
-    let mut owed = Vec::new();
-    let mut settled = Vec::new();
-    let rows: Vec<(u64, Vec<u8>, Hash)> = entries
+    let (rows, owed, settled) = store_rows(entries.into_iter().map(|e| {
+        let leaf = crate::merkle::leaf_hash(&e.json);
+        (e, leaf)
+    }));
+    store.append(&rows, &owed, &settled)?;
+    tracing::warn!(
+        events = rows.len(),
+        "audit events made durable in the journal before the gateway stopped are now in the store"
+    );
+    Ok(rows.len())
+}
+
+/// Rows for `Store::append`: each entry's (seq, event, leaf), the
+/// decisions that owe an outcome, and those the entries settle.
+fn store_rows(
+    entries: impl IntoIterator<Item = (Entry, Hash)>,
+) -> (Vec<Row>, Vec<(String, u64)>, Vec<String>) {
+    let (mut owed, mut settled) = (Vec::new(), Vec::new());
+    let rows = entries
         .into_iter()
-        .map(|e| {
+        .map(|(e, leaf)| {
             if let Some(id) = e.owes {
                 owed.push((id, e.seq));
             }
             if let Some(id) = e.settles {
                 settled.push(id);
             }
-            let leaf = crate::merkle::leaf_hash(&e.json);
             (e.seq, e.json, leaf)
         })
         .collect();
-    store.append(&rows, &owed, &settled, true)?;
-    tracing::warn!(
-        events = rows.len(),
-        "audit events made durable in the journal before the gateway stopped are now in the store"
-    );
-    Ok(rows.len())
+    (rows, owed, settled)
 }
 
 /// The reason an interrupted call's outcome carries.
