@@ -317,16 +317,7 @@ fn decide_with_input(input: &Value) {
             auth_method: "api_key".into(),
         },
         action: Action::CallTool,
-        resource: Resource::Tool {
-            id: "bank__transfer".into(),
-            server: "bank".into(),
-            risk: "high".into(),
-            labels: vec![],
-            read_only: false,
-            destructive: true,
-            idempotent: false,
-            open_world: true,
-        },
+        resource: Resource::tool("bank__transfer", "bank", "high"),
         context: RequestContext::new(0, "10.0.0.1").with_value("input", value),
     };
     let evaluation = engine.evaluate(&req);

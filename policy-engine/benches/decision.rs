@@ -39,6 +39,7 @@ fn decisions(c: &mut Criterion) {
             return;
         }
     };
+    let mut n = 0u64;
     // The gateway's engine: requests typed by construction, not re-validated.
     let gateway = engine.clone().without_request_validation();
     for (name, method) in [
@@ -54,8 +55,31 @@ fn decisions(c: &mut Criterion) {
             b.iter(|| black_box(engine.decide(black_box(&req))))
         });
     }
+    // Another path every call: the starter set does not read the path, so
+    // the decision memo answers.
+    let mut req = request("GET");
+    c.bench_function("decide/allow_new_path", |b| {
+        b.iter(|| {
+            n += 1;
+            req.context.extra.insert(
+                "path".into(),
+                lattice_policy::ContextValue::String(format!("/orders/{n}")),
+            );
+            black_box(gateway.decide(black_box(&req)))
+        })
+    });
+    // Another client address every call: the memo (keyed on the address)
+    // misses and Cedar decides; the entity store is cached.
+    let mut req = request("GET");
+    c.bench_function("decide/allow_new_client_ip", |b| {
+        b.iter(|| {
+            n += 1;
+            req.context.client_ip =
+                format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255);
+            black_box(gateway.decide(black_box(&req)))
+        })
+    });
     // A new principal every call: the entity cache never hits.
-    let mut n = 0u64;
     let mut req = request("GET");
     c.bench_function("decide/allow_new_principal", |b| {
         b.iter(|| {

@@ -16,7 +16,7 @@ use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::sync::RwLock;
 
-use crate::request::{AuthzRequest, ContextValue, Principal, PrincipalKind, Resource};
+use crate::request::{AuthzRequest, ContextValue, Principal, Resource};
 use crate::PolicyError;
 
 const NS: &str = "Lattice";
@@ -69,7 +69,12 @@ impl Builder {
         })
     }
 
-    fn uid(&self, type_name: &str, id: &str) -> Result<EntityUid, String> {
+    /// A parsed entity type name (`Agent` → `Lattice::Agent`).
+    pub(crate) fn type_name(&self, name: &str) -> Option<&EntityTypeName> {
+        self.types.get(name)
+    }
+
+    pub(crate) fn uid(&self, type_name: &str, id: &str) -> Result<EntityUid, String> {
         let t = self
             .types
             .get(type_name)
@@ -86,10 +91,7 @@ impl Builder {
         req: &AuthzRequest,
         schema: Option<&Schema>,
     ) -> Result<Request, String> {
-        let principal_type = match req.principal.kind {
-            PrincipalKind::Agent => "Agent",
-            PrincipalKind::Human => "Human",
-        };
+        let principal_type = req.principal.kind.type_name();
         Request::new(
             self.uid(principal_type, &req.principal.id)?,
             self.uid("Action", req.action.as_str())?,
@@ -173,10 +175,7 @@ impl Builder {
             parents.insert(self.uid("Role", role)?);
         }
         parents.insert(self.uid("Tenant", &p.tenant)?);
-        let kind = match p.kind {
-            PrincipalKind::Agent => "Agent",
-            PrincipalKind::Human => "Human",
-        };
+        let kind = p.kind.type_name();
         self.entity(
             kind,
             &p.id,

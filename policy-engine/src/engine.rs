@@ -11,7 +11,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::build::Builder;
+use crate::memo::{Memo, Reads};
 use crate::request::AuthzRequest;
+use crate::slice::Slices;
 use crate::PolicyError;
 
 /// The Lattice Cedar schema (see `lattice.cedarschema`).
@@ -113,14 +115,60 @@ pub(crate) struct CompiledSet {
     texts: Vec<(String, String)>,
 }
 
+/// A compiled set, its slices by (action, principal kind) and the memo of
+/// its recent decisions (shared by clones of the engine: same policies).
+#[derive(Debug, Clone)]
+struct Loaded {
+    compiled: CompiledSet,
+    slices: Slices,
+    memo: Arc<Memo>,
+}
+
+/// The Cedar request and entities built from a Lattice request, or why not.
+type Prepared = Result<(Request, Entities), String>;
+
+/// Whether the memo may answer: the only ways building a request can fail
+/// that its key does not decide are a context that names `time` or
+/// `client_ip` twice (the key always holds `client_ip`, whose parse as an
+/// address is the other way), so such requests always go to Cedar.
+fn memoizable(req: &AuthzRequest) -> bool {
+    let extra = &req.context.extra;
+    !extra.contains_key("time") && !extra.contains_key("client_ip")
+}
+
+impl Loaded {
+    fn new(
+        schema: &Schema,
+        builder: &Builder,
+        sources: &[PolicySource],
+    ) -> Result<Self, PolicyError> {
+        let compiled = compile(schema, sources)?;
+        let slices = Slices::new(schema, builder, &compiled.set)?;
+        Ok(Self {
+            compiled,
+            slices,
+            memo: Arc::default(),
+        })
+    }
+
+    /// The policies that may decide this request (the whole set if no
+    /// slice exists, which cannot happen: every action has one).
+    fn for_request(&self, req: &AuthzRequest) -> (&PolicySet, &Reads) {
+        match self.slices.get(req.action, req.principal.kind) {
+            Some((set, reads)) => (set, reads),
+            None => (&self.compiled.set, &Reads::Whole),
+        }
+    }
+}
+
 /// The loaded engine. Build a new one to reload; an invalid set never
 /// produces an engine, so a caller that swaps only on success keeps the old
 /// policies serving.
 #[derive(Debug, Clone)]
 pub struct PolicyEngine {
     schema: Schema,
-    live: CompiledSet,
-    shadow: Option<CompiledSet>,
+    live: Loaded,
+    shadow: Option<Loaded>,
     authorizer: Authorizer,
     builder: Arc<Builder>,
     validate_requests: bool,
@@ -167,14 +215,17 @@ impl PolicyEngine {
         tool_input: Option<&str>,
     ) -> Result<Self, PolicyError> {
         let schema = schema_with(tool_input)?;
-        let live = compile(&schema, live)?;
-        let shadow = shadow.map(|s| compile(&schema, s)).transpose()?;
+        let builder = Builder::new()?;
+        let live = Loaded::new(&schema, &builder, live)?;
+        let shadow = shadow
+            .map(|s| Loaded::new(&schema, &builder, s))
+            .transpose()?;
         Ok(Self {
             schema,
             live,
             shadow,
             authorizer: Authorizer::new(),
-            builder: Arc::new(Builder::new()?),
+            builder: Arc::new(builder),
             validate_requests: true,
         })
     }
@@ -186,7 +237,7 @@ impl PolicyEngine {
 
     /// The live policy set.
     pub fn live_set(&self) -> &PolicySet {
-        &self.live.set
+        &self.live.compiled.set
     }
 
     /// Decides a concrete Cedar request (a proof's counterexample) with the
@@ -197,19 +248,20 @@ impl PolicyEngine {
         entities: &cedar_policy::Entities,
     ) -> bool {
         self.authorizer
-            .is_authorized(request, &self.live.set, entities)
+            .is_authorized(request, &self.live.compiled.set, entities)
             .decision()
             == cedar_policy::Decision::Allow
     }
 
     /// Ids of the live policies, in load order.
     pub fn policy_ids(&self) -> impl Iterator<Item = &str> {
-        self.live.texts.iter().map(|(id, _)| id.as_str())
+        self.live.compiled.texts.iter().map(|(id, _)| id.as_str())
     }
 
     /// The source text of a live policy.
     pub fn policy_text(&self, id: &str) -> Option<&str> {
         self.live
+            .compiled
             .texts
             .iter()
             .find(|(i, _)| i == id)
@@ -222,19 +274,39 @@ impl PolicyEngine {
 
     /// Decides a request with the live set (and the shadow set, if any).
     pub fn evaluate(&self, req: &AuthzRequest) -> Evaluation {
-        let prepared = self.prepare(req);
-        let live = self.decide_with(&prepared, &self.live.set);
+        let mut prepared = None;
+        let live = self.decide_in(&self.live, req, &mut prepared);
         let shadow = self
             .shadow
             .as_ref()
-            .map(|s| self.decide_with(&prepared, &s.set));
+            .map(|s| self.decide_in(s, req, &mut prepared));
         Evaluation { live, shadow }
     }
 
     /// Decides a request with the live set only.
     pub fn decide(&self, req: &AuthzRequest) -> Decision {
-        let prepared = self.prepare(req);
-        self.decide_with(&prepared, &self.live.set)
+        self.decide_in(&self.live, req, &mut None)
+    }
+
+    /// Decides with one set: from the memo when it holds this request's
+    /// key, else by Cedar (building the request once for both sets).
+    fn decide_in(
+        &self,
+        loaded: &Loaded,
+        req: &AuthzRequest,
+        prepared: &mut Option<Prepared>,
+    ) -> Decision {
+        let (set, reads) = loaded.for_request(req);
+        let memo = (!self.validate_requests && memoizable(req)).then_some(&loaded.memo);
+        if let Some(d) = memo.and_then(|m| m.get(req, reads)) {
+            return d;
+        }
+        let p = prepared.get_or_insert_with(|| self.prepare(req));
+        let d = self.decide_with(p, set);
+        if let Some(m) = memo {
+            m.put(req, reads, &d);
+        }
+        d
     }
 
     /// Turns off request validation against the schema, for callers whose
@@ -246,7 +318,28 @@ impl PolicyEngine {
         self
     }
 
-    fn prepare(&self, req: &AuthzRequest) -> Result<(Request, Entities), String> {
+    /// Cedar's decision with the whole live (or shadow) set: no slice, no
+    /// memo. What the engine's answers are checked against.
+    #[cfg(test)]
+    pub(crate) fn decide_by_cedar(&self, req: &AuthzRequest, shadow: bool) -> Decision {
+        let loaded = if shadow {
+            self.shadow.as_ref()
+        } else {
+            Some(&self.live)
+        };
+        match loaded {
+            Some(l) => self.decide_with(&self.prepare(req), &l.compiled.set),
+            None => Decision::deny_with_error("no shadow set".into()),
+        }
+    }
+
+    /// How many decisions the live set's memo holds.
+    #[cfg(test)]
+    pub(crate) fn memo_len(&self) -> usize {
+        self.live.memo.len()
+    }
+
+    fn prepare(&self, req: &AuthzRequest) -> Prepared {
         let schema = self.validate_requests.then_some(&self.schema);
         Ok((
             self.builder.request(req, schema)?,
@@ -254,11 +347,7 @@ impl PolicyEngine {
         ))
     }
 
-    fn decide_with(
-        &self,
-        prepared: &Result<(Request, Entities), String>,
-        set: &PolicySet,
-    ) -> Decision {
+    fn decide_with(&self, prepared: &Prepared, set: &PolicySet) -> Decision {
         let (request, entities) = match prepared {
             Ok(p) => p,
             Err(e) => return Decision::deny_with_error(e.clone()),
@@ -266,7 +355,10 @@ impl PolicyEngine {
         let response = self.authorizer.is_authorized(request, set, entities);
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
-        let mut policies: Vec<String> = diagnostics.reason().map(|p| p.to_string()).collect();
+        let mut policies: Vec<String> = diagnostics
+            .reason()
+            .map(|p| AsRef::<str>::as_ref(p).to_string())
+            .collect();
         policies.sort();
         // Cedar skips a policy whose evaluation errors; a skipped forbid could
         // turn into an allow. Lattice denies on any error instead.
@@ -502,16 +594,7 @@ mod tests {
         let call = |input: serde_json::Value| {
             let mut r = req("GET", &[], "10.0.0.1");
             r.action = Action::CallTool;
-            r.resource = Resource::Tool {
-                id: "bank__transfer".into(),
-                server: "bank".into(),
-                risk: "high".into(),
-                labels: vec![],
-                read_only: false,
-                destructive: true,
-                idempotent: false,
-                open_world: true,
-            };
+            r.resource = Resource::tool("bank__transfer", "bank", "high");
             r.context = RequestContext::new(0, "10.0.0.1").with_value(
                 "input",
                 crate::request::ContextValue::from_json(&input).unwrap(),

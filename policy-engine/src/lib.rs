@@ -13,8 +13,12 @@
 mod build;
 mod cases;
 mod engine;
+mod memo;
+#[cfg(test)]
+mod memo_tests;
 pub mod prove;
 mod request;
+mod slice;
 
 pub use cases::{run_cases, Case, CaseFile, CaseResult};
 pub use engine::{schema, Decision, Evaluation, Outcome, PolicyEngine, PolicySource, SCHEMA_SRC};

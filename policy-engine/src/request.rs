@@ -34,6 +34,16 @@ pub struct Principal {
     pub auth_method: String,
 }
 
+impl PrincipalKind {
+    /// The Cedar entity type name, without the namespace.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            PrincipalKind::Agent => "Agent",
+            PrincipalKind::Human => "Human",
+        }
+    }
+}
+
 fn default_kind() -> PrincipalKind {
     PrincipalKind::Agent
 }
@@ -194,6 +204,22 @@ fn default_gateway() -> String {
 }
 
 impl Resource {
+    /// A tool with no labels and the MCP specification's default hints (not
+    /// read-only, destructive, not idempotent, open world): what an
+    /// unannotated tool is.
+    pub fn tool(id: impl Into<String>, server: impl Into<String>, risk: impl Into<String>) -> Self {
+        Resource::Tool {
+            id: id.into(),
+            server: server.into(),
+            risk: risk.into(),
+            labels: vec![],
+            read_only: false,
+            destructive: true,
+            idempotent: false,
+            open_world: true,
+        }
+    }
+
     /// The Cedar entity type name, without the namespace.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -221,7 +247,7 @@ impl Resource {
 
 /// One context value. Strings that name an IP address are typed by the
 /// schema (`client_ip` is a Cedar `ipaddr`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ContextValue {
     Bool(bool),
@@ -271,7 +297,7 @@ impl ContextValue {
 /// Unknown keys are not rejected here (serde cannot combine that with
 /// `flatten`); Cedar's request validation rejects any attribute the schema
 /// does not declare for the action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RequestContext {
     #[serde(default)]
     pub time: i64,
