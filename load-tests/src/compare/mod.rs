@@ -96,6 +96,10 @@ pub struct Measured {
     pub rss_mb: Option<f64>,
     /// Lattice: audit events it wrote per second during its saturation runs.
     pub audit_events_per_s: Vec<f64>,
+    /// CPU time the target's process tree spent per request during its
+    /// saturation runs, µs (user + system; time the hypervisor stole is
+    /// not in it, so this compares across noisy runs better than req/s).
+    pub saturation_cpu_us: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -105,6 +109,8 @@ pub struct FixedRuns {
     pub p99: Vec<f64>,
     pub errors: usize,
     pub sent: usize,
+    /// CPU µs per request of the target's process tree, per round.
+    pub cpu_us: Vec<f64>,
 }
 
 /// What a run found: the targets measured, and those left out and why.
@@ -199,6 +205,7 @@ pub async fn run(
             for other in &started {
                 other.settle().await;
             }
+            quiet_disk();
             let before = t.audit_events();
             let since = std::time::Instant::now();
             let recorder = match (profile, t.pid) {
@@ -210,6 +217,7 @@ pub async fn run(
                 )?),
                 _ => None,
             };
+            let cpu_before = t.cpu_ticks();
             let Saturation { per_second, errors } = saturate(
                 &t.req,
                 scenario.connections,
@@ -223,6 +231,11 @@ pub async fn run(
                 m.audit_events_per_s
                     .push(a.saturating_sub(b) as f64 / since.elapsed().as_secs_f64());
             }
+            if let (Some(b), Some(a)) = (cpu_before, t.cpu_ticks()) {
+                let requests = per_second * scenario.saturation_seconds as f64;
+                m.saturation_cpu_us
+                    .push(cpu_us_per_request(a - b, requests));
+            }
             m.saturation.push(per_second);
             m.saturation_errors += errors;
             if let Some(rss) = t.rss_mb() {
@@ -230,8 +243,13 @@ pub async fn run(
             }
             for f in m.fixed.iter_mut() {
                 t.settle().await;
+                quiet_disk();
+                let cpu_before = t.cpu_ticks();
                 let r = fixed_rate(&t.req, f.rate, scenario.fixed_seconds, scenario.connections)
                     .await?;
+                if let (Some(b), Some(a)) = (cpu_before, t.cpu_ticks()) {
+                    f.cpu_us.push(cpu_us_per_request(a - b, r.sent as f64));
+                }
                 f.p50.push(r.p50);
                 f.p99.push(r.p99);
                 f.errors += r.errors;
@@ -246,6 +264,34 @@ pub async fn run(
         }
     }
     Ok(report)
+}
+
+/// Writes back every dirty page before a measurement: what the previous
+/// target wrote (a gateway's audit store after its saturation run) would
+/// otherwise be flushed during the next one's, slowing its synced writes —
+/// an A/A run (one build in both slots) showed the slot that more often
+/// followed the other with a p50 half again as high at 1,000 req/s.
+fn quiet_disk() {
+    let _ = std::process::Command::new("sync").status();
+}
+
+/// CPU µs per request from clock ticks (1/100 s) over a number of requests.
+fn cpu_us_per_request(ticks: u64, requests: f64) -> f64 {
+    if requests > 0.0 {
+        ticks as f64 * 10_000.0 / requests
+    } else {
+        f64::NAN
+    }
+}
+
+/// A median with its spread, or a dash when nothing was measured.
+fn cpu_cell(xs: &[f64]) -> String {
+    let m = median(xs);
+    if m.is_nan() {
+        "—".into()
+    } else {
+        format!("{m:.1}{}", spread(xs))
+    }
 }
 
 /// The median of some figures (NaN for none).
@@ -290,8 +336,8 @@ pub fn markdown(report: &Report) -> String {
         .find(|m| m.target == "nginx")
         .map(med);
     let direct = report.measured.iter().find(|m| m.target == "direct");
-    s.push_str("| target | saturation req/s (median [min–max]) | × nginx | errors | RSS MB |\n");
-    s.push_str("|---|---|---|---|---|\n");
+    s.push_str("| target | saturation req/s (median [min–max]) | × nginx | errors | RSS MB | CPU µs per request |\n");
+    s.push_str("|---|---|---|---|---|---|\n");
     for m in &report.measured {
         let ratio = match nginx {
             Some(n) if n > 0.0 && m.target != "direct" => format!("{:.2}×", med(m) / n),
@@ -299,20 +345,21 @@ pub fn markdown(report: &Report) -> String {
         };
         let rss = m.rss_mb.map_or("—".into(), |r| format!("{r:.0}"));
         s.push_str(&format!(
-            "| {} | {:.0}{} | {ratio} | {} | {rss} |\n",
+            "| {} | {:.0}{} | {ratio} | {} | {rss} | {} |\n",
             m.target,
             med(m),
             spread(&m.saturation),
-            m.saturation_errors
+            m.saturation_errors,
+            cpu_cell(&m.saturation_cpu_us)
         ));
     }
     if let Some(first) = report.measured.first() {
         for (k, f) in first.fixed.iter().enumerate() {
             s.push_str(&format!(
-                "\n| at {} req/s (open loop) | p50 ms | p99 ms (median [min–max]) | added over direct at p99 | errors / sent |\n",
+                "\n| at {} req/s (open loop) | p50 ms | p99 ms (median [min–max]) | added over direct at p99 | errors / sent | CPU µs per request |\n",
                 f.rate
             ));
-            s.push_str("|---|---|---|---|---|\n");
+            s.push_str("|---|---|---|---|---|---|\n");
             let base = direct.map(|d| median(&d.fixed[k].p99));
             for m in &report.measured {
                 let r = &m.fixed[k];
@@ -322,13 +369,14 @@ pub fn markdown(report: &Report) -> String {
                     _ => "—".into(),
                 };
                 s.push_str(&format!(
-                    "| {} | {:.3} | {:.3}{} | {added} | {} / {} |\n",
+                    "| {} | {:.3} | {:.3}{} | {added} | {} / {} | {} |\n",
                     m.target,
                     median(&r.p50),
                     p99,
                     spread(&r.p99),
                     r.errors,
-                    r.sent
+                    r.sent,
+                    cpu_cell(&r.cpu_us)
                 ));
             }
         }
@@ -390,6 +438,7 @@ mod tests {
                 p99: vec![p99],
                 errors: 0,
                 sent: 1000,
+                cpu_us: vec![p99 * 100.0],
             }]
         };
         let m = |t: &str, sat: f64, p99: f64| Measured {
@@ -408,14 +457,19 @@ mod tests {
             steal_percent: Some(12.4),
         };
         let md = markdown(&report);
-        assert!(md.contains("| lattice | 20000 | 0.40× | 0 | — |"), "{md}");
+        assert!(
+            md.contains("| lattice | 20000 | 0.40× | 0 | — | — |"),
+            "{md}"
+        );
         assert!(md.contains("| direct | 100000 | — |"), "{md}");
         assert!(
-            md.contains("| lattice | 0.250 | 0.500 | 0.300 | 0 / 1000 |"),
+            md.contains("| lattice | 0.250 | 0.500 | 0.300 | 0 / 1000 | 50.0 |"),
             "{md}"
         );
         assert!(md.contains("agentgateway: not measured (pass --agentgateway PATH)"));
         assert!(md.contains("during the run: 12%"), "{md}");
         assert!(cpu_ticks().is_some_and(|(steal, total)| total > steal));
+        assert_eq!(cpu_us_per_request(50, 10_000.0), 50.0);
+        assert!(cpu_us_per_request(5, 0.0).is_nan());
     }
 }

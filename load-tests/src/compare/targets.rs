@@ -342,6 +342,11 @@ impl Started {
         self.pid.map(|p| tree_rss_kb(p) as f64 / 1024.0)
     }
 
+    /// CPU clock ticks (1/100 s) the target's process tree has used.
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        self.pid.map(tree_cpu_ticks)
+    }
+
     /// Events in Lattice's audit store (None for other targets).
     pub fn audit_events(&self) -> Option<u64> {
         let db = self.audit_db.as_ref()?;
