@@ -1,7 +1,8 @@
 //! The embedded audit store: one SQLite file (WAL) in the data directory.
 //! `events` holds each event's canonical JSON (the only source of truth;
 //! query columns are generated from it), `log_leaves` the Merkle log, and
-//! `checkpoints` the signed checkpoint notes, and `owed` the decisions
+//! `checkpoints` the signed checkpoint notes, `synced` the log size at the
+//! last commit synced only to make earlier ones durable, and `owed` the decisions
 //! whose call's outcome is not written yet (kept in the same transactions
 //! as the events, so after a crash the gateway knows which calls were
 //! interrupted; not part of the signed log). Retention prunes the oldest
@@ -49,6 +50,10 @@ CREATE TABLE IF NOT EXISTS pruned (
     size INTEGER NOT NULL,
     heads BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS synced (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    size INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
     root BLOB NOT NULL,
@@ -68,9 +73,12 @@ fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 pub type Row = (u64, Vec<u8>, Hash);
 
 /// A connection to the store. A writing connection syncs every commit
-/// (`synchronous = FULL`).
+/// (`synchronous = FULL`) but the writer's fills of journaled events
+/// (`append_unsynced`).
 pub struct Store {
     pub(crate) conn: Connection,
+    /// Whether commits are synced now.
+    synced: bool,
 }
 
 /// One stored event row, as read back (bytes unparsed, for verification).
@@ -91,7 +99,19 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        Ok(Self { conn, synced: true })
+    }
+
+    /// Synced commits (`FULL`) or not (`NORMAL`: in WAL mode still atomic
+    /// and in order; a power cut can lose only the newest unsynced commits,
+    /// and any later synced commit makes every earlier one durable).
+    fn sync_commits(&mut self, on: bool) -> Result<(), AuditError> {
+        if self.synced != on {
+            let mode = if on { "FULL" } else { "NORMAL" };
+            self.conn.pragma_update(None, "synchronous", mode)?;
+            self.synced = on;
+        }
+        Ok(())
     }
 
     /// Leaves WAL checkpoints (copying the log into the database file) to
@@ -111,7 +131,10 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            synced: false,
+        })
     }
 
     /// Runs `read` inside one read transaction: everything it reads is the
@@ -131,6 +154,40 @@ impl Store {
     /// outcome; `settled`: event ids of decisions whose outcome is among the
     /// rows.
     pub fn append(
+        &mut self,
+        rows: &[Row],
+        owed: &[(String, u64)],
+        settled: &[String],
+    ) -> Result<(), AuditError> {
+        self.sync_commits(true)?;
+        self.insert(rows, owed, settled)
+    }
+
+    /// As `append`, not synced: for events the audit journal already holds
+    /// durably (the writer syncs a later commit before the journal lets
+    /// them go).
+    pub(crate) fn append_unsynced(
+        &mut self,
+        rows: &[Row],
+        owed: &[(String, u64)],
+        settled: &[String],
+    ) -> Result<(), AuditError> {
+        self.sync_commits(false)?;
+        self.insert(rows, owed, settled)
+    }
+
+    /// Makes every earlier commit durable: one synced commit recording the
+    /// log size (a synced WAL commit syncs every frame before it).
+    pub(crate) fn sync(&mut self, size: u64) -> Result<(), AuditError> {
+        self.sync_commits(true)?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO synced (id, size) VALUES (0, ?1)",
+            params![size as i64],
+        )?;
+        Ok(())
+    }
+
+    fn insert(
         &mut self,
         rows: &[Row],
         owed: &[(String, u64)],
@@ -172,6 +229,7 @@ impl Store {
 
     /// Stores a signed checkpoint, synced (and with it every event before).
     pub fn put_checkpoint(&mut self, size: u64, root: &Hash, note: &str) -> Result<(), AuditError> {
+        self.sync_commits(true)?;
         self.conn.execute(
             "INSERT OR REPLACE INTO checkpoints (size, root, note) VALUES (?1, ?2, ?3)",
             params![size as i64, &root[..], note],
@@ -181,6 +239,7 @@ impl Store {
 
     /// Stores witness co-signature lines of the checkpoint of `size`.
     pub fn put_cosignatures(&mut self, size: u64, lines: &[String]) -> Result<(), AuditError> {
+        self.sync_commits(true)?;
         let tx = self.conn.transaction()?;
         for line in lines {
             tx.execute(
@@ -368,6 +427,7 @@ impl Store {
     pub fn prune(&mut self, prefix: &Frontier) -> Result<(), AuditError> {
         let size = prefix.size() as i64;
         let heads: Vec<u8> = prefix.heads().concat();
+        self.sync_commits(true)?;
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM events WHERE seq < ?1", [size])?;
         tx.execute("DELETE FROM log_leaves WHERE idx < ?1", [size])?;

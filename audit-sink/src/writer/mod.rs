@@ -17,7 +17,9 @@
 //! outcome was recorded.
 //!
 //! Must never: tell a decision it is durable before its batch is committed
-//! and synced, or drop an event it accepted.
+//! and synced (in the store or the journal), drop an event it accepted, or
+//! reuse the journal while it holds entries no synced commit of the store
+//! holds.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -158,20 +160,13 @@ impl AuditPipeline {
             _ => None,
         };
         let writer_db = cfg.db_path.clone();
-        let mut writer = Writer {
+        let mut writer = Writer::new(
             cfg,
-            store,
-            journal,
-            pending: Vec::new(),
-            pending_since: None,
-            frontier,
-            pruned,
-            held_back: false,
+            (store, journal),
+            (frontier, pruned),
             last_checkpoint,
-            last_checkpoint_at: Instant::now(),
-            last_retention: Instant::now(),
-            shared: shared.clone(),
-        };
+            shared.clone(),
+        );
         let recovered = writer.recover()?;
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -234,8 +229,11 @@ struct Writer {
     cfg: PipelineConfig,
     store: Store,
     journal: Journal,
-    /// Journaled (durable) entries not yet in the store, in order.
+    /// Entries not yet in the store, in order: journaled (durable) ones,
+    /// and a calm writer's small batch about to be committed directly.
     pending: Vec<(Entry, Hash)>,
+    /// Some pending entries are not in the journal: their fill is synced.
+    unjournaled: bool,
     /// When the oldest pending entry was journaled.
     pending_since: Option<Instant>,
     frontier: Frontier,
@@ -250,6 +248,32 @@ struct Writer {
 }
 
 impl Writer {
+    /// A writer over an opened store and journal, at the log's head
+    /// (`frontier`, after the `pruned` prefix).
+    fn new(
+        cfg: PipelineConfig,
+        (store, journal): (Store, Journal),
+        (frontier, pruned): (Frontier, Frontier),
+        last_checkpoint: u64,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Writer {
+            cfg,
+            store,
+            journal,
+            pending: Vec::new(),
+            unjournaled: false,
+            pending_since: None,
+            frontier,
+            pruned,
+            held_back: false,
+            last_checkpoint,
+            last_checkpoint_at: Instant::now(),
+            last_retention: Instant::now(),
+            shared,
+        }
+    }
+
     fn run(&mut self, rx: Receiver<Msg>) {
         let mut batch: Vec<Queued> = Vec::with_capacity(self.cfg.batch_max);
         let mut waiters: Vec<SyncSender<()>> = Vec::new();
@@ -285,6 +309,8 @@ impl Writer {
                 let _ = w.send(());
             }
             if shutdown {
+                // Everything durable in the store: the journal is empty at the next start.
+                self.settle();
                 return;
             }
             if self.cfg.retention.is_set()
@@ -368,6 +394,7 @@ impl Writer {
             // few calls wait. Outcome-only batches too: their own commit
             // now, off the next decision's path.
             self.pending.extend(entries);
+            self.unjournaled = true;
             self.fill();
         } else {
             self.journal_append(entries, sync);
@@ -403,10 +430,11 @@ impl Writer {
         loop {
             match self.journal.append(entries.iter().map(|(e, _)| e), sync) {
                 Ok(true) => break,
-                Ok(false) if !self.journal.is_empty() => self.fill(),
+                Ok(false) if !self.journal.is_empty() => self.settle(),
                 Ok(false) => {
                     // Larger than the whole journal: straight to the store.
                     self.pending.extend(entries);
+                    self.unjournaled = true;
                     self.fill();
                     return;
                 }
@@ -423,22 +451,49 @@ impl Writer {
         self.pending.extend(entries);
     }
 
-    /// Writes every pending entry into the store in one synced commit,
-    /// retrying until the store accepts it, then starts the journal again.
+    /// Writes every pending entry into the store in one commit, retrying
+    /// until the store accepts it. Entries the journal holds are durable
+    /// already, so their commit is not synced (the page cache serves
+    /// readers; a power cut loses at most that unsynced tail, which the
+    /// journal still holds and the next start writes in again). A commit
+    /// with entries the journal does not hold is synced, and then the
+    /// journal starts again: everything it held is durable in the store.
     fn fill(&mut self) {
-        if self.pending.is_empty() {
-            return;
+        if !self.pending.is_empty() {
+            self.write_pending(self.unjournaled);
         }
+    }
+
+    /// Makes everything in the journal durable in the store (the pending
+    /// entries in a synced commit, or a synced commit of the log size when
+    /// none are pending) and starts the journal again.
+    fn settle(&mut self) {
+        if !self.pending.is_empty() || !self.journal.is_empty() {
+            self.write_pending(true);
+        }
+    }
+
+    fn write_pending(&mut self, sync: bool) {
         let (rows, owed, settled) = store_rows(std::mem::take(&mut self.pending));
+        let size = self.frontier.size();
         let mut backoff = Duration::from_millis(50);
-        while let Err(err) = self.store.append(&rows, &owed, &settled) {
+        loop {
+            let written = match (sync, rows.is_empty()) {
+                (true, true) => self.store.sync(size),
+                (true, false) => self.store.append(&rows, &owed, &settled),
+                (false, _) => self.store.append_unsynced(&rows, &owed, &settled),
+            };
+            let Err(err) = written else { break };
             self.shared.failing.store(true, Ordering::Release);
             tracing::error!(error = %err, events = rows.len(), "audit store write failed; refusing new calls until it recovers");
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         self.shared.failing.store(false, Ordering::Release);
-        self.journal.restart();
+        if sync {
+            self.journal.restart();
+        }
+        self.unjournaled = false;
         self.pending_since = None;
     }
 
@@ -489,6 +544,9 @@ impl Writer {
             tracing::error!(error = %e, size, "could not store audit checkpoint");
             return;
         }
+        // That commit was synced, and with it every fill before it: the
+        // journal holds nothing the store does not hold durably.
+        self.journal.restart();
         if let Some(path) = &self.cfg.witness_file {
             if let Err(e) = export(path, &self.cfg.signer, &note) {
                 tracing::error!(error = %e, path = %path.display(), "could not export audit checkpoint to the witness file");

@@ -2,7 +2,8 @@
 //! and never filled into the store (the process was killed) is in the store
 //! after the next start, in order, with the Merkle log and the owed
 //! decisions as if it had been written directly; a journal that does not
-//! continue the store stops the start with an error naming both ends.
+//! continue the store stops the start with an error naming both ends. And
+//! the journal lets entries go only once a synced commit holds them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -133,4 +134,94 @@ fn a_journal_that_does_not_continue_the_store_stops_the_start() {
         "audit store is corrupt: the audit journal continues the log at 5 but the store ends at 2"
     );
     assert_eq!(Store::open_read_only(&db).unwrap().count().unwrap(), 2);
+}
+
+/// A writer as `AuditPipeline::start` builds it, without its thread.
+fn writer(db: &std::path::Path, signer: &NoteSigner) -> Writer {
+    let cfg = config(db, signer);
+    let store = Store::open(&cfg.db_path).unwrap();
+    store.no_auto_checkpoints().unwrap();
+    let journal = Journal::open(&journal::path_of(&cfg.db_path)).unwrap();
+    let frontier = store.log().unwrap().frontier();
+    Writer::new(
+        cfg,
+        (store, journal),
+        (frontier, Frontier::default()),
+        0,
+        Arc::new(Shared::default()),
+    )
+}
+
+fn batch(n: usize) -> Vec<Queued> {
+    (0..n)
+        .map(|i| Queued {
+            event: AuditEvent::new(Phase::Decision, &format!("r{i}"), "http.request"),
+            owes: false,
+            settles: None,
+            durable: None,
+        })
+        .collect()
+}
+
+/// `PRAGMA synchronous` of the writer's connection: 2 is FULL, 1 NORMAL.
+fn synchronous(w: &Writer) -> i64 {
+    w.store
+        .conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The journal lets entries go only once a synced commit holds them: a
+/// fill of journaled entries is not synced and the journal keeps them; a
+/// checkpoint (synced) or a commit of entries the journal never held
+/// (synced) restarts it; `settle` syncs even with nothing pending.
+#[test]
+fn the_journal_keeps_what_no_synced_commit_holds_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let signer = NoteSigner::generate("test-node");
+    let mut w = writer(&db, &signer);
+
+    // A busy batch: journaled, then filled without a sync.
+    w.write_batch(&mut batch(5), false);
+    assert_eq!((w.store.count().unwrap(), w.pending.len()), (0, 5));
+    w.fill();
+    assert_eq!(w.store.count().unwrap(), 5);
+    assert_eq!(
+        synchronous(&w),
+        1,
+        "a fill of journaled entries is not synced"
+    );
+    assert!(!w.journal.is_empty(), "the journal still holds them");
+    assert_eq!(crate::journaled(&db).unwrap().len(), 5);
+
+    // A signed checkpoint is a synced commit: now the journal may restart.
+    w.checkpoint();
+    assert_eq!(synchronous(&w), 2);
+    assert!(w.journal.is_empty());
+    assert_eq!(w.store.checkpoints().unwrap().last().map(|c| c.0), Some(5));
+
+    // A calm writer's small batch never went to the journal: synced.
+    w.write_batch(&mut batch(5), false);
+    w.fill();
+    assert!(!w.journal.is_empty());
+    w.write_batch(&mut batch(2), false);
+    assert_eq!(w.store.count().unwrap(), 12);
+    assert_eq!(synchronous(&w), 2, "unjournaled entries are synced");
+    assert!(w.journal.is_empty() && !w.unjournaled);
+
+    // Journaled, filled unsynced, then settled with nothing pending: one
+    // synced commit of the log size.
+    w.write_batch(&mut batch(4), false);
+    w.fill();
+    assert_eq!(synchronous(&w), 1);
+    w.settle();
+    assert_eq!(synchronous(&w), 2);
+    assert!(w.journal.is_empty());
+    let synced: i64 = w
+        .store
+        .conn
+        .query_row("SELECT size FROM synced WHERE id = 0", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(synced, 16);
 }
