@@ -108,16 +108,20 @@ fn sqlite_where(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
         args.push(Value::Integer(t as i64));
     }
     for (col, v) in q.equalities() {
-        // `target` has no generated column; read it from the event.
-        let expr = if col == "target" {
-            "json_extract(event, '$.target')".to_string()
-        } else {
-            col.to_string()
-        };
-        clauses.push(format!("{expr} = ?"));
+        clauses.push(format!("{} = ?", field(col)));
         args.push(Value::Text(v.to_string()));
     }
     (clauses.join(" AND "), args)
+}
+
+/// An event field in SQL: the indexed `tenant` column, or read from the
+/// event's JSON (the store keeps no other column: see `store`).
+fn field(name: &str) -> String {
+    if name == "tenant" {
+        name.to_string()
+    } else {
+        format!("json_extract(event, '$.{name}')")
+    }
 }
 
 impl Store {
@@ -147,16 +151,17 @@ impl Store {
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         };
+        let (decision, principal) = (field("decision"), field("principal"));
         let decided = format!("{w} AND json_extract(event, '$.phase') = 'decision'");
         let outcome = format!("{w} AND json_extract(event, '$.phase') = 'outcome'");
         let mut a = Aggregates {
-            decisions: pairs(format!("SELECT decision, COUNT(*) FROM events WHERE {decided} GROUP BY decision ORDER BY decision"))?,
-            top_principals: pairs(format!("SELECT principal, COUNT(*) c FROM events WHERE {decided} GROUP BY principal ORDER BY c DESC, principal LIMIT {TOP}"))?,
+            decisions: pairs(format!("SELECT {decision} d, COUNT(*) FROM events WHERE {decided} GROUP BY d ORDER BY d"))?,
+            top_principals: pairs(format!("SELECT {principal} p, COUNT(*) c FROM events WHERE {decided} GROUP BY p ORDER BY c DESC, p LIMIT {TOP}"))?,
             top_targets: pairs(format!("SELECT json_extract(event, '$.target') t, COUNT(*) c FROM events WHERE {decided} GROUP BY t ORDER BY c DESC, t LIMIT {TOP}"))?,
             ..Aggregates::default()
         };
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT (ts_us / 60000000) * 60000000 m, decision, COUNT(*) FROM events WHERE {decided} GROUP BY m, decision ORDER BY m, decision"
+            "SELECT (ts_us / 60000000) * 60000000 m, {decision} d, COUNT(*) FROM events WHERE {decided} GROUP BY m, d ORDER BY m, d"
         ))?;
         a.per_minute = stmt
             .query_map(rusqlite::params_from_iter(args.clone()), |r| {

@@ -1,6 +1,12 @@
 //! The embedded audit store: one SQLite file (WAL) in the data directory.
-//! `events` holds each event's canonical JSON (the only source of truth;
-//! query columns are generated from it), `log_leaves` the Merkle log, and
+//! `events` holds each event's canonical JSON (the only source of truth)
+//! beside the three columns its indexes need (`ts_us`, `tenant`,
+//! `request_id`: copies of the event's fields, written from the event
+//! itself). Nothing is generated from the JSON at insert: SQLite computes
+//! every generated column, virtual ones too, on each insert, and that JSON
+//! parsing cost a fifth of the writer's time; queries read other fields
+//! from the JSON instead. Stores made with generated columns are migrated
+//! once, at open. `log_leaves` holds the Merkle log, and
 //! `checkpoints` the signed checkpoint notes, `synced` the log size at the
 //! last commit synced only to make earlier ones durable, and `owed` the decisions
 //! whose call's outcome is not written yet (kept in the same transactions
@@ -16,22 +22,26 @@
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
+use crate::event::AuditEvent;
 use crate::merkle::{Frontier, Hash, PrunedLog};
 use crate::AuditError;
+use serde::Deserialize;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
+/// The columns of `events`.
+const EVENTS: &str = "(
     seq INTEGER PRIMARY KEY,
     event TEXT NOT NULL,
-    ts_us INTEGER GENERATED ALWAYS AS (json_extract(event, '$.ts_us')) VIRTUAL,
-    tenant TEXT GENERATED ALWAYS AS (json_extract(event, '$.tenant')) VIRTUAL,
-    principal TEXT GENERATED ALWAYS AS (json_extract(event, '$.principal')) VIRTUAL,
-    kind TEXT GENERATED ALWAYS AS (json_extract(event, '$.kind')) VIRTUAL,
-    decision TEXT GENERATED ALWAYS AS (json_extract(event, '$.decision')) VIRTUAL,
-    request_id TEXT GENERATED ALWAYS AS (json_extract(event, '$.request_id')) VIRTUAL
-);
+    ts_us INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    request_id TEXT NOT NULL
+)";
+
+const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS events_tenant_time ON events (tenant, ts_us);
 CREATE INDEX IF NOT EXISTS events_request ON events (request_id);
+";
+
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS log_leaves (
     idx INTEGER PRIMARY KEY,
     hash BLOB NOT NULL
@@ -69,8 +79,52 @@ fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
-/// One event row to append: its seq, canonical JSON and Merkle leaf.
-pub type Row = (u64, Vec<u8>, Hash);
+/// One event row to append: its seq, canonical JSON and Merkle leaf, and
+/// the indexed columns of the event that JSON encodes.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub seq: u64,
+    pub json: Vec<u8>,
+    pub leaf: Hash,
+    pub columns: Columns,
+}
+
+impl Row {
+    /// The row of an event (with its `seq` set).
+    pub fn of(event: &AuditEvent) -> Self {
+        let json = event.canonical();
+        Self {
+            seq: event.seq,
+            leaf: crate::merkle::leaf_hash(&json),
+            json,
+            columns: Columns::of(event),
+        }
+    }
+}
+
+/// The event fields the store indexes, written beside its JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Columns {
+    pub ts_us: u64,
+    pub tenant: String,
+    pub request_id: String,
+}
+
+impl Columns {
+    pub fn of(event: &AuditEvent) -> Self {
+        Self {
+            ts_us: event.ts_us,
+            tenant: event.tenant.clone(),
+            request_id: event.request_id.clone(),
+        }
+    }
+
+    /// Read from an event's JSON (entries replayed from the journal).
+    pub fn from_json(json: &[u8]) -> Result<Self, AuditError> {
+        serde_json::from_slice(json)
+            .map_err(|e| AuditError::Corrupt(format!("an audit event's indexed fields: {e}")))
+    }
+}
 
 /// A connection to the store. A writing connection syncs every commit
 /// (`synchronous = FULL`) but the writer's fills of journaled events
@@ -91,14 +145,18 @@ pub struct StoredEvent {
 impl Store {
     /// Opens (creating if needed) the store for writing.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // Pruned pages go back to the file system (a new store only: SQLite
         // fixes this when the first table is created).
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS events {EVENTS};{SCHEMA}"
+        ))?;
+        migrate_generated_columns(&mut conn)?;
+        conn.execute_batch(INDEXES)?;
         Ok(Self { conn, synced: true })
     }
 
@@ -195,13 +253,22 @@ impl Store {
     ) -> Result<(), AuditError> {
         let tx = self.conn.transaction()?;
         {
-            let mut ev = tx.prepare_cached("INSERT INTO events (seq, event) VALUES (?1, ?2)")?;
+            let mut ev = tx.prepare_cached(
+                "INSERT INTO events (seq, event, ts_us, tenant, request_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             let mut lf = tx.prepare_cached("INSERT INTO log_leaves (idx, hash) VALUES (?1, ?2)")?;
-            for (seq, json, leaf) in rows {
-                let text =
-                    std::str::from_utf8(json).map_err(|e| AuditError::Encoding(e.to_string()))?;
-                ev.execute(params![*seq as i64, text])?;
-                lf.execute(params![*seq as i64, &leaf[..]])?;
+            for row in rows {
+                let text = std::str::from_utf8(&row.json)
+                    .map_err(|e| AuditError::Encoding(e.to_string()))?;
+                let c = &row.columns;
+                ev.execute(params![
+                    row.seq as i64,
+                    text,
+                    c.ts_us as i64,
+                    c.tenant,
+                    c.request_id
+                ])?;
+                lf.execute(params![row.seq as i64, &row.leaf[..]])?;
             }
             let mut add =
                 tx.prepare_cached("INSERT OR REPLACE INTO owed (event_id, seq) VALUES (?1, ?2)")?;
@@ -510,3 +577,31 @@ impl Store {
         Ok(n as u64)
     }
 }
+
+/// Stores made with generated columns (before 2026-12-03) are rebuilt
+/// once, in one transaction: every event's JSON is copied unchanged, the
+/// indexed columns are filled from it.
+fn migrate_generated_columns(conn: &mut Connection) -> Result<(), AuditError> {
+    let generated: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_xinfo('events') WHERE hidden != 0",
+        [],
+        |r| r.get(0),
+    )?;
+    if generated == 0 {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE events_migrated {EVENTS};
+         INSERT INTO events_migrated (seq, event, ts_us, tenant, request_id)
+             SELECT seq, event, json_extract(event, '$.ts_us'), json_extract(event, '$.tenant'),
+                    json_extract(event, '$.request_id') FROM events ORDER BY seq;
+         DROP TABLE events;
+         ALTER TABLE events_migrated RENAME TO events;"
+    ))?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

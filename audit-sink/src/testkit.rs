@@ -261,12 +261,9 @@ pub fn rebuild_signed(
         let _ = std::fs::remove_file(std::path::PathBuf::from(name));
     }
     let mut forged = crate::Store::open(to)?;
-    let rows: Vec<_> = events
-        .iter()
-        .map(|e| (e.seq, e.canonical(), e.leaf()))
-        .collect();
+    let rows: Vec<_> = events.iter().map(crate::store::Row::of).collect();
     forged.append(&rows, &[], &[])?;
-    let leaves: Vec<_> = rows.iter().map(|r| r.2).collect();
+    let leaves: Vec<_> = rows.iter().map(|r| r.leaf).collect();
     for size in &sizes {
         let cp = crate::Checkpoint {
             origin: origin.to_string(),

@@ -178,7 +178,7 @@ fn a_consistent_read_sees_one_snapshot_while_the_writer_appends() {
     let row = |seq: u64| {
         let mut e = decision(&format!("r-{seq}"));
         e.seq = seq;
-        (seq, e.canonical(), e.leaf())
+        lattice_audit::store::Row::of(&e)
     };
     writer.append(&[row(0), row(1)], &[], &[]).unwrap();
     let reader = Store::open_read_only(&db).unwrap();

@@ -142,7 +142,7 @@ fn each_kind_of_tampering_is_named() {
         ),
         (
             "inserted: an event the signed log never had",
-            "INSERT INTO events (seq, event) SELECT 100, replace(event, 'r-0', 'r-forged') FROM events WHERE seq = 0;",
+            "INSERT INTO events (seq, event, ts_us, tenant, request_id) SELECT 100, replace(event, 'r-0', 'r-forged'), ts_us, tenant, 'r-forged' FROM events WHERE seq = 0;",
             |p| matches!(p, Problem::Inserted { seq: 100, .. }),
         ),
         (

@@ -1,6 +1,10 @@
 //! Audit throughput: events/s the embedded store sustains, events/s the
 //! ClickHouse shipper moves from the store into a local ClickHouse server,
-//! and the two together, through the same pipeline the gateway uses.
+//! and the two together, through the same pipeline the gateway uses (and
+//! the same allocator). With the embedded store it also reports the audit
+//! writer thread's CPU time per event: the writer is the bottleneck, and
+//! its CPU time, unlike a rate, is not moved by time stolen from the
+//! machine, so it compares builds across noisy runs.
 //!
 //! `cargo run --release -p lattice-load-tests --bin lattice-load-audit --
 //!    [--events 200000] [--producers 2]`
@@ -11,6 +15,28 @@ use lattice_audit::testkit::ClickHouseServer;
 use lattice_audit::{AuditEvent, AuditPipeline, NoteSigner, Phase, PipelineConfig};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// The gateway's allocator (`app/src/main.rs`), so the pipeline is
+/// measured as the gateway runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// CPU time (user + system) of this process's thread named `name`, from
+/// `/proc` (clock ticks of 10 ms).
+fn thread_cpu(name: &str) -> Option<Duration> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        return Some(Duration::from_millis(ticks * 10));
+    }
+    None
+}
 
 fn pipeline(db: &Path, clickhouse: Option<ClickHouseConfig>) -> Result<AuditPipeline> {
     Ok(AuditPipeline::start(PipelineConfig {
@@ -101,11 +127,13 @@ fn main() -> Result<()> {
     let db = dir.path().join("embedded.db");
     let p = pipeline(&db, None)?;
     let took = push(&p, events, producers)?;
+    let writer = thread_cpu("audit-writer").context("the audit writer thread is not running")?;
     p.shutdown()?;
     println!(
-        "| embedded store (SQLite, fsync per batch) | {events} | {:.2} s | {:.0} |",
+        "| embedded store (SQLite, fsync per batch) | {events} | {:.2} s | {:.0} | {:.1} µs |",
         took.as_secs_f64(),
-        rate(events, took)
+        rate(events, took),
+        writer.as_secs_f64() * 1e6 / events as f64
     );
 
     // 2. Shipping a backlog of that store into ClickHouse.

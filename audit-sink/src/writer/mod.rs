@@ -35,14 +35,16 @@ use crate::clickhouse::{run_shipper, ClickHouseConfig, ShipState};
 use crate::event::AuditEvent;
 use crate::journal::{self, Entry, Journal};
 use crate::merkle::{Frontier, Hash};
-use crate::store::{Row, Store};
+use crate::store::{Columns, Store};
 use crate::AuditError;
 use tokio::sync::oneshot;
 
 mod handle;
 mod retention;
+mod rows;
 pub use handle::{AuditHandle, Durable, OutcomeSlot, GAP};
 pub use retention::{Retention, PRUNED};
+use rows::{replay, store_rows, Pending};
 
 /// Settings of the pipeline.
 pub struct PipelineConfig {
@@ -231,7 +233,7 @@ struct Writer {
     journal: Journal,
     /// Entries not yet in the store, in order: journaled (durable) ones,
     /// and a calm writer's small batch about to be committed directly.
-    pending: Vec<(Entry, Hash)>,
+    pending: Vec<Pending>,
     /// Some pending entries are not in the journal: their fill is synced.
     unjournaled: bool,
     /// When the oldest pending entry was journaled.
@@ -368,7 +370,7 @@ impl Writer {
         // interrupted).
         let sync = batch.iter().any(|q| q.settles.is_none());
         let start = self.frontier.size();
-        let entries: Vec<(Entry, Hash)> = batch
+        let entries: Vec<Pending> = batch
             .iter_mut()
             .enumerate()
             .map(|(i, q)| {
@@ -383,11 +385,17 @@ impl Writer {
                     owes: q.owes.then(|| e.event_id.clone()),
                     settles: q.settles.take(),
                 };
-                (entry, leaf)
+                // The event is encoded: its indexed fields move to the row.
+                let columns = Columns {
+                    ts_us: e.ts_us,
+                    tenant: std::mem::take(&mut e.tenant),
+                    request_id: std::mem::take(&mut e.request_id),
+                };
+                (entry, leaf, columns)
             })
             .collect();
         let n = entries.len();
-        let leaves: Vec<Hash> = entries.iter().map(|(_, leaf)| *leaf).collect();
+        let leaves: Vec<Hash> = entries.iter().map(|(_, leaf, _)| *leaf).collect();
         if n < BUSY_BATCH {
             // A calm writer: one synced commit of what is pending and this
             // batch (the fill the pending entries owe anyway), done while
@@ -425,10 +433,10 @@ impl Writer {
 
     /// Appends to the journal (filling the store first when the journal
     /// has no room) and keeps the entries pending.
-    fn journal_append(&mut self, entries: Vec<(Entry, Hash)>, sync: bool) {
+    fn journal_append(&mut self, entries: Vec<Pending>, sync: bool) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.journal.append(entries.iter().map(|(e, _)| e), sync) {
+            match self.journal.append(entries.iter().map(|(e, _, _)| e), sync) {
                 Ok(true) => break,
                 Ok(false) if !self.journal.is_empty() => self.settle(),
                 Ok(false) => {
@@ -587,58 +595,6 @@ const BUSY_BATCH: usize = 4;
 const FILL_MAX: usize = 1_024;
 const FILL_AGE: Duration = Duration::from_millis(100);
 const IDLE_FILL: Duration = Duration::from_millis(2);
-
-/// Writes into the store what the journal holds beyond it (entries made
-/// durable before the gateway stopped, not yet filled), in one synced
-/// commit; returns how many.
-fn replay(store: &mut Store, journal: &Journal) -> Result<usize, AuditError> {
-    let size = store.log_size()?;
-    let entries: Vec<Entry> = journal
-        .read()?
-        .into_iter()
-        .filter(|e| e.seq >= size)
-        .collect();
-    let Some(first) = entries.first() else {
-        return Ok(0);
-    };
-    if first.seq != size {
-        return Err(AuditError::Corrupt(format!(
-            "the audit journal continues the log at {} but the store ends at {size}",
-            first.seq
-        )));
-    }
-    let (rows, owed, settled) = store_rows(entries.into_iter().map(|e| {
-        let leaf = crate::merkle::leaf_hash(&e.json);
-        (e, leaf)
-    }));
-    store.append(&rows, &owed, &settled)?;
-    tracing::warn!(
-        events = rows.len(),
-        "audit events made durable in the journal before the gateway stopped are now in the store"
-    );
-    Ok(rows.len())
-}
-
-/// Rows for `Store::append`: each entry's (seq, event, leaf), the
-/// decisions that owe an outcome, and those the entries settle.
-fn store_rows(
-    entries: impl IntoIterator<Item = (Entry, Hash)>,
-) -> (Vec<Row>, Vec<(String, u64)>, Vec<String>) {
-    let (mut owed, mut settled) = (Vec::new(), Vec::new());
-    let rows = entries
-        .into_iter()
-        .map(|(e, leaf)| {
-            if let Some(id) = e.owes {
-                owed.push((id, e.seq));
-            }
-            if let Some(id) = e.settles {
-                settled.push(id);
-            }
-            (e.seq, e.json, leaf)
-        })
-        .collect();
-    (rows, owed, settled)
-}
 
 /// The reason an interrupted call's outcome carries.
 pub const INTERRUPTED: &str =

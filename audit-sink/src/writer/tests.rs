@@ -225,3 +225,65 @@ fn the_journal_keeps_what_no_synced_commit_holds_yet() {
         .unwrap();
     assert_eq!(synced, 16);
 }
+
+/// `store_rows` leaves out of `owed` and `settled` exactly the decisions
+/// settled among the same rows (one transaction adds and removes them),
+/// whatever their order, and keeps the others.
+#[test]
+fn a_call_settled_in_the_same_commit_never_touches_owed() {
+    let pending = |entries: Vec<Entry>| -> Vec<Pending> {
+        entries
+            .into_iter()
+            .map(|e| {
+                let columns = Columns::from_json(&e.json).unwrap();
+                (e, [0; 32], columns)
+            })
+            .collect()
+    };
+    let a = journaled(0, Phase::Decision, "a", None);
+    let b = journaled(1, Phase::Decision, "b", None);
+    let a_done = journaled(2, Phase::Outcome, "a", Some(&a));
+    let earlier = journaled(9, Phase::Decision, "earlier", None);
+    let earlier_done = journaled(3, Phase::Outcome, "earlier", Some(&earlier));
+    let id = |e: &Entry| e.owes.clone().unwrap();
+    type Case = (&'static str, Vec<Entry>, Vec<(String, u64)>, Vec<String>);
+    let table: Vec<Case> = vec![
+        (
+            "a decision and its outcome",
+            vec![a.clone(), a_done.clone()],
+            vec![],
+            vec![],
+        ),
+        (
+            "a decision alone owes",
+            vec![a.clone(), b.clone()],
+            vec![(id(&a), 0), (id(&b), 1)],
+            vec![],
+        ),
+        (
+            "one settled, one still owed",
+            vec![a.clone(), b.clone(), a_done.clone()],
+            vec![(id(&b), 1)],
+            vec![],
+        ),
+        (
+            "an outcome of an earlier commit's decision",
+            vec![earlier_done.clone()],
+            vec![],
+            vec![id(&earlier)],
+        ),
+        (
+            "an outcome before its decision cancels too",
+            vec![a_done.clone(), a.clone()],
+            vec![],
+            vec![],
+        ),
+    ];
+    for (what, entries, owed, settled) in table {
+        let n = entries.len();
+        let (rows, mut got_owed, got_settled) = store_rows(pending(entries));
+        got_owed.sort_by_key(|(_, seq)| *seq);
+        assert_eq!(rows.len(), n, "{what}: every event is a row");
+        assert_eq!((got_owed, got_settled), (owed, settled), "{what}");
+    }
+}

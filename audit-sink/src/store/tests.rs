@@ -1,0 +1,142 @@
+//! The store's indexed columns: written from the event, equal to what its
+//! JSON says, and the migration of stores whose columns were generated.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::event::Phase;
+
+fn event(seq: u64, tenant: &str, request: &str) -> AuditEvent {
+    let mut e = AuditEvent::new(Phase::Decision, request, "http.request");
+    e.seq = seq;
+    e.tenant = tenant.into();
+    e.ts_us = 1_700_000_000_000_000 + seq;
+    e
+}
+
+/// Every row's columns against its JSON, as SQLite reads the JSON.
+fn mismatches(store: &Store) -> i64 {
+    store
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE ts_us IS NOT json_extract(event, '$.ts_us')
+                OR tenant IS NOT json_extract(event, '$.tenant')
+                OR request_id IS NOT json_extract(event, '$.request_id')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn the_indexed_columns_are_the_events_own_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("a.db")).unwrap();
+    let rows: Vec<Row> = (0..4)
+        .map(|i| {
+            Row::of(&event(
+                i,
+                ["acme", "globex"][i as usize % 2],
+                &format!("r{i}"),
+            ))
+        })
+        .collect();
+    store.append(&rows, &[], &[]).unwrap();
+    assert_eq!(mismatches(&store), 0);
+    let found: Vec<u64> = store
+        .by_request("r2")
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(found, vec![2]);
+    assert_eq!(store.first_since(1_700_000_000_000_003).unwrap(), Some(3));
+    // A column that disagrees with its JSON is what the check above finds.
+    store
+        .conn
+        .execute("UPDATE events SET tenant = 'other' WHERE seq = 1", [])
+        .unwrap();
+    assert_eq!(mismatches(&store), 1);
+}
+
+#[test]
+fn a_store_with_generated_columns_is_migrated_with_every_event_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let events: Vec<AuditEvent> = (0..3).map(|i| event(i, "acme", &format!("r{i}"))).collect();
+    {
+        // The schema of the stores made before (0.x, 2026-11).
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events (
+                seq INTEGER PRIMARY KEY,
+                event TEXT NOT NULL,
+                ts_us INTEGER GENERATED ALWAYS AS (json_extract(event, '$.ts_us')) VIRTUAL,
+                tenant TEXT GENERATED ALWAYS AS (json_extract(event, '$.tenant')) VIRTUAL,
+                principal TEXT GENERATED ALWAYS AS (json_extract(event, '$.principal')) VIRTUAL,
+                kind TEXT GENERATED ALWAYS AS (json_extract(event, '$.kind')) VIRTUAL,
+                decision TEXT GENERATED ALWAYS AS (json_extract(event, '$.decision')) VIRTUAL,
+                request_id TEXT GENERATED ALWAYS AS (json_extract(event, '$.request_id')) VIRTUAL
+            );
+            CREATE INDEX events_tenant_time ON events (tenant, ts_us);
+            CREATE INDEX events_request ON events (request_id);",
+        )
+        .unwrap();
+        for e in &events {
+            let json = String::from_utf8(e.canonical()).unwrap();
+            conn.execute(
+                "INSERT INTO events (seq, event) VALUES (?1, ?2)",
+                params![e.seq as i64, json],
+            )
+            .unwrap();
+        }
+    }
+    let mut store = Store::open(&path).unwrap();
+    let columns: Vec<(String, i64)> = store
+        .conn
+        .prepare("SELECT name, hidden FROM pragma_table_xinfo('events')")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let plain = |n: &str| (n.to_string(), 0);
+    assert_eq!(
+        columns,
+        ["seq", "event", "ts_us", "tenant", "request_id"].map(plain),
+        "no generated column is left"
+    );
+    let stored: Vec<String> = store
+        .events()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.json)
+        .collect();
+    let before: Vec<String> = events
+        .iter()
+        .map(|e| String::from_utf8(e.canonical()).unwrap())
+        .collect();
+    assert_eq!(stored, before);
+    assert_eq!(mismatches(&store), 0);
+    let indexes: i64 = store
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 2);
+    // Appending continues after the migrated rows; a second open is a no-op.
+    store
+        .append(&[Row::of(&event(3, "acme", "r3"))], &[], &[])
+        .unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.count().unwrap(), 4);
+    assert_eq!(store.by_request("r1").unwrap()[0].seq, 1);
+    let q = crate::query::AuditQuery {
+        kind: Some("http.request".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.query(&q).unwrap().len(), 4);
+}
