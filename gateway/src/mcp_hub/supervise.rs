@@ -259,14 +259,36 @@ pub(super) async fn retire(server: &Server, tools: &ArcSwap<ToolMap>) {
     tracing::info!(server = %server.config.name, "MCP server removed");
 }
 
-/// Notices approvals made with `lattice mcp approve` and audits them.
+/// Notices approvals made with `lattice mcp approve` and audits them. One
+/// connection stays open and the pins are read again only when another
+/// connection committed (`PRAGMA data_version`), so an idle gateway does
+/// not reopen the state store three times a second.
 pub(super) async fn watch_approvals(pinning: Pinning) {
+    let mut open: Option<(StateStore, i64)> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let Ok(store) = StateStore::open(&pinning.data_dir) else {
+        if open.is_none() {
+            let Ok(store) = StateStore::open(&pinning.data_dir) else {
+                continue;
+            };
+            open = Some((store, i64::MIN));
+        }
+        let Some((store, seen)) = open.as_mut() else {
             continue;
         };
-        match pinning.cache.refresh(&store) {
+        match store
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+        {
+            Ok(v) if v == *seen => continue,
+            Ok(v) => *seen = v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the state store's version; reopening it");
+                open = None;
+                continue;
+            }
+        }
+        match pinning.cache.refresh(store) {
             Ok(changed) => {
                 for (server, tool) in changed {
                     let name = federated_name(&server, &tool);
