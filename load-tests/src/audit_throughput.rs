@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// CPU time (user + system) of this process's thread named `name`, from
-/// `/proc` (clock ticks of 10 ms).
+/// CPU time (user + system) of this process's thread named `name`.
 fn thread_cpu(name: &str) -> Option<Duration> {
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let dir = task.ok()?.path();
@@ -30,9 +29,7 @@ fn thread_cpu(name: &str) -> Option<Duration> {
         if comm.trim_end() != name {
             continue;
         }
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let ticks = lattice_load_tests::stat_cpu_ticks(&dir.join("stat"))?;
         return Some(Duration::from_millis(ticks * 10));
     }
     None

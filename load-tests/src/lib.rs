@@ -16,6 +16,15 @@ use std::time::Duration;
 
 pub use lattice_audit::testkit::free_port;
 
+/// User + system CPU clock ticks (10 ms each) in a `/proc/.../stat` file
+/// of a process or a thread.
+pub fn stat_cpu_ticks(stat: &std::path::Path) -> Option<u64> {
+    let s = std::fs::read_to_string(stat).ok()?;
+    // Fields after the command name (which may hold spaces).
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
 /// A child process stopped with SIGTERM when dropped.
 pub struct Proc(pub Child);
 

@@ -356,15 +356,7 @@ impl Started {
 
 /// CPU time (user + system clock ticks) of a process and its descendants.
 fn tree_cpu_ticks(pid: u32) -> u64 {
-    let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which may hold spaces).
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
+    let own = crate::stat_cpu_ticks(Path::new(&format!("/proc/{pid}/stat"))).unwrap_or(0);
     own + children(pid).into_iter().map(tree_cpu_ticks).sum::<u64>()
 }
 
