@@ -231,11 +231,8 @@ struct Writer {
     cfg: PipelineConfig,
     store: Store,
     journal: Journal,
-    /// Entries not yet in the store, in order: journaled (durable) ones,
-    /// and a calm writer's small batch about to be committed directly.
+    /// Journaled entries not yet in the store, in order.
     pending: Vec<Pending>,
-    /// Some pending entries are not in the journal: their fill is synced.
-    unjournaled: bool,
     /// When the oldest pending entry was journaled.
     pending_since: Option<Instant>,
     frontier: Frontier,
@@ -264,7 +261,6 @@ impl Writer {
             store,
             journal,
             pending: Vec::new(),
-            unjournaled: false,
             pending_since: None,
             frontier,
             pruned,
@@ -281,8 +277,11 @@ impl Writer {
         let mut waiters: Vec<SyncSender<()>> = Vec::new();
         loop {
             let mut shutdown = false;
-            let wake = if !self.pending.is_empty() {
-                IDLE_FILL
+            let wake = if self.pending.len() >= FILL_CHUNK {
+                // Behind: a chunk now if nothing is queued.
+                Duration::ZERO
+            } else if let Some(since) = self.pending_since {
+                IDLE_FILL.saturating_sub(since.elapsed())
             } else if self.cfg.retention.is_set() {
                 self.cfg.checkpoint_interval.min(RETENTION_EVERY)
             } else {
@@ -290,8 +289,10 @@ impl Writer {
             };
             match rx.recv_timeout(wake) {
                 Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
-                // Idle: readers see the journaled entries now.
-                Err(RecvTimeoutError::Timeout) => self.fill(),
+                // Nothing queued: readers see journaled entries now, a
+                // chunk at a time so a call that arrives waits for one
+                // chunk at most.
+                Err(RecvTimeoutError::Timeout) => self.fill_chunk(),
                 Err(RecvTimeoutError::Disconnected) => shutdown = true,
             }
             // Drain what is already queued, up to a batch (everything on shutdown).
@@ -355,11 +356,12 @@ impl Writer {
 
     /// Makes the batch durable, retrying until it is (while it is not, the
     /// pipeline reports itself failing so new calls are refused), then
-    /// tells the decisions waiting. A small batch goes straight to the
-    /// store (with what is pending) in one synced commit; a busy writer's batches
-    /// go to the journal (one write and one `fdatasync`) and are filled into
-    /// the store behind, in large transactions. `reserved`: the events hold
-    /// places in the queue.
+    /// tells the decisions waiting. Every batch goes to the journal (one
+    /// write and one `fdatasync`: a synced SQLite commit writes several
+    /// pages and costs more, even for one event); the store is filled
+    /// behind it in chunks, while nothing is queued, and one chunk per
+    /// batch while it lags. `reserved`: the events hold places in the
+    /// queue.
     fn write_batch(&mut self, batch: &mut Vec<Queued>, reserved: bool) {
         if batch.is_empty() {
             return;
@@ -396,17 +398,7 @@ impl Writer {
             .collect();
         let n = entries.len();
         let leaves: Vec<Hash> = entries.iter().map(|(_, leaf, _)| *leaf).collect();
-        if n < BUSY_BATCH {
-            // A calm writer: one synced commit of what is pending and this
-            // batch (the fill the pending entries owe anyway), done while
-            // few calls wait. Outcome-only batches too: their own commit
-            // now, off the next decision's path.
-            self.pending.extend(entries);
-            self.unjournaled = true;
-            self.fill();
-        } else {
-            self.journal_append(entries, sync);
-        }
+        self.journal_append(entries, sync);
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
         for leaf in leaves {
             self.frontier.push(leaf);
@@ -424,10 +416,8 @@ impl Writer {
             .log_size
             .store(self.frontier.size(), Ordering::Release);
         batch.clear();
-        if self.pending.len() >= FILL_MAX
-            || self.pending_since.is_some_and(|t| t.elapsed() >= FILL_AGE)
-        {
-            self.fill();
+        if self.pending.len() >= FILL_LAG {
+            self.fill_chunk();
         }
     }
 
@@ -440,10 +430,10 @@ impl Writer {
                 Ok(true) => break,
                 Ok(false) if !self.journal.is_empty() => self.settle(),
                 Ok(false) => {
-                    // Larger than the whole journal: straight to the store.
+                    // Larger than the whole journal: straight to the
+                    // store, synced (the journal is empty here).
                     self.pending.extend(entries);
-                    self.unjournaled = true;
-                    self.fill();
+                    self.write_pending(self.pending.len(), true);
                     return;
                 }
                 Err(err) => {
@@ -460,15 +450,21 @@ impl Writer {
     }
 
     /// Writes every pending entry into the store in one commit, retrying
-    /// until the store accepts it. Entries the journal holds are durable
-    /// already, so their commit is not synced (the page cache serves
-    /// readers; a power cut loses at most that unsynced tail, which the
-    /// journal still holds and the next start writes in again). A commit
-    /// with entries the journal does not hold is synced, and then the
-    /// journal starts again: everything it held is durable in the store.
+    /// until the store accepts it. The journal holds them, durably, so the
+    /// commit is not synced (the page cache serves readers; a power cut
+    /// loses at most that unsynced tail, which the journal still holds and
+    /// the next start writes in again).
     fn fill(&mut self) {
         if !self.pending.is_empty() {
-            self.write_pending(self.unjournaled);
+            self.write_pending(self.pending.len(), false);
+        }
+    }
+
+    /// Fills the oldest pending entries, at most `FILL_CHUNK`, in one
+    /// unsynced commit.
+    fn fill_chunk(&mut self) {
+        if !self.pending.is_empty() {
+            self.write_pending(self.pending.len().min(FILL_CHUNK), false);
         }
     }
 
@@ -477,12 +473,18 @@ impl Writer {
     /// none are pending) and starts the journal again.
     fn settle(&mut self) {
         if !self.pending.is_empty() || !self.journal.is_empty() {
-            self.write_pending(true);
+            self.write_pending(self.pending.len(), true);
         }
     }
 
-    fn write_pending(&mut self, sync: bool) {
-        let (rows, owed, settled) = store_rows(std::mem::take(&mut self.pending));
+    /// Writes the oldest `n` pending entries in one commit. A synced one
+    /// holds everything pending (`n` is all of it) and lets the journal
+    /// start again.
+    fn write_pending(&mut self, n: usize, sync: bool) {
+        let rest = self.pending.split_off(n);
+        let entries = std::mem::replace(&mut self.pending, rest);
+        debug_assert!(!sync || self.pending.is_empty());
+        let (rows, owed, settled) = store_rows(entries);
         let size = self.frontier.size();
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -501,8 +503,9 @@ impl Writer {
         if sync {
             self.journal.restart();
         }
-        self.unjournaled = false;
-        self.pending_since = None;
+        if self.pending.is_empty() {
+            self.pending_since = None;
+        }
     }
 
     /// Writes an outcome for every decision the store still owes one (the
@@ -586,14 +589,13 @@ fn checkpoint_wal(db: &std::path::Path, shared: &Shared) {
 
 /// How often retention looks at the store.
 const RETENTION_EVERY: Duration = Duration::from_millis(500);
-/// A batch this large goes to the journal; a smaller one goes straight to
-/// the store with whatever is pending.
-const BUSY_BATCH: usize = 4;
-/// The store is filled from the journal once this many entries are
-/// pending, once the oldest is this old, or once the writer has been idle
-/// this long (and always before a checkpoint, retention and shutdown).
-const FILL_MAX: usize = 1_024;
-const FILL_AGE: Duration = Duration::from_millis(100);
+/// The store is filled from the journal in commits of at most this many
+/// entries: when nothing is queued and this many are pending, or the
+/// oldest has waited `IDLE_FILL`; one chunk after each batch once
+/// `FILL_LAG` are pending (a writer that is never idle); and everything
+/// before a checkpoint, retention and shutdown.
+const FILL_CHUNK: usize = 128;
+const FILL_LAG: usize = 512;
 const IDLE_FILL: Duration = Duration::from_millis(2);
 
 /// The reason an interrupted call's outcome carries.
