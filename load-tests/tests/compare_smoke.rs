@@ -1,5 +1,5 @@
 //! The side-by-side harness in its smoke mode, in the normal test suite so it
-//! cannot rot: direct, nginx and Lattice (the debug build) on the HTTP and
+//! cannot rot: direct, nginx, bare Pingora and Lattice (the debug build) on the HTTP and
 //! LLM scenarios, one short round each. Its figures mean nothing; that every
 //! target was started, checked, loaded and reported without errors does.
 
@@ -69,8 +69,11 @@ fn check(report: &Value, names: &[&str]) {
 
 #[test]
 fn the_http_scenario_measures_direct_nginx_and_lattice_side_by_side() {
-    let (report, text) = run("http-tools.toml", "direct,nginx,lattice,agentgateway");
-    check(&report, &["direct", "nginx", "lattice"]);
+    let (report, text) = run(
+        "http-tools.toml",
+        "direct,nginx,pingora,lattice,agentgateway",
+    );
+    check(&report, &["direct", "nginx", "pingora", "lattice"]);
     assert!(text.contains("| lattice | "), "{text}");
     assert!(text.contains("× nginx"), "{text}");
     // A peer whose program was not given is said so, not silently left out.

@@ -1,6 +1,7 @@
 //! The targets of a comparison, started by the harness on loopback: the
-//! upstream itself (`direct`), nginx as a bare reverse proxy, Lattice with
-//! its full enforcement, and the peers when their program is given
+//! upstream itself (`direct`), nginx as a bare reverse proxy, bare Pingora
+//! (`lattice-bare-pingora`: the framework's floor), Lattice with its full
+//! enforcement, and the peers when their program is given
 //! (agentgateway by binary path, LiteLLM's proxy by its `litellm` command).
 //! Every target is checked before it is measured: a call with its
 //! credentials answers 2xx, and for a target that enforces, a call without
@@ -162,6 +163,20 @@ pub async fn start(
                 _gateway: None,
             }
         }
+        "pingora" => {
+            if route != Route::Http {
+                bail!("the pingora target is a bare HTTP proxy: HTTP route only");
+            }
+            let bin = bare_pingora()?;
+            let port = free_port()?;
+            let listen = format!("127.0.0.1:{port}");
+            let args = ["--listen", &listen, "--upstream", &upstream.addr];
+            let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+            let req = req(String::new(), headers);
+            let mut started = peer(name, &bin, &args, dir, port, no_credential(), req, path)?;
+            started.enforcing = false;
+            started
+        }
         "lattice" | "baseline" => {
             let bin = match name {
                 "baseline" => programs.baseline.as_ref().context("pass --baseline PATH")?,
@@ -204,7 +219,9 @@ pub async fn start(
             let req = req(String::new(), headers);
             peer(name, &bin, &args, dir, port, bearer(key), req, path)?
         }
-        other => bail!("unknown target {other:?} (direct, nginx, lattice, agentgateway, litellm)"),
+        other => bail!(
+            "unknown target {other:?} (direct, nginx, pingora, lattice, baseline, agentgateway, litellm)"
+        ),
     };
     Ok(started)
 }
@@ -259,6 +276,24 @@ fn peer_command(
     ])
     .collect();
     Ok((bin, key, args))
+}
+
+/// `lattice-bare-pingora`, built beside the harness (`cargo build --release
+/// -p lattice-load-tests`).
+fn bare_pingora() -> Result<PathBuf> {
+    let bin = std::env::current_exe()?.with_file_name("lattice-bare-pingora");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it with cargo build --release -p lattice-load-tests",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A header no target reads: what a target that enforces nothing is sent.
+fn no_credential() -> (String, String) {
+    ("x-bench".to_string(), "1".to_string())
 }
 
 /// Starts a peer's program in `dir` (output discarded) listening on `port`
