@@ -1,7 +1,8 @@
 //! The side-by-side harness in its smoke mode, in the normal test suite so it
-//! cannot rot: direct, nginx, bare Pingora and Lattice (the debug build) on the HTTP and
-//! LLM scenarios, one short round each. Its figures mean nothing; that every
-//! target was started, checked, loaded and reported without errors does.
+//! cannot rot: direct, nginx, bare Pingora and Lattice (the debug build) on
+//! the HTTP and LLM scenarios, one short round each. Its figures mean
+//! nothing; that every target was started, checked, loaded and reported
+//! without errors does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

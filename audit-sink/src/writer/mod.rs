@@ -430,10 +430,10 @@ impl Writer {
                 Ok(true) => break,
                 Ok(false) if !self.journal.is_empty() => self.settle(),
                 Ok(false) => {
-                    // Larger than the whole journal: straight to the
-                    // store, synced (the journal is empty here).
+                    // Larger than the whole journal (which is empty
+                    // here): straight to the store in a synced commit.
                     self.pending.extend(entries);
-                    self.write_pending(self.pending.len(), true);
+                    self.settle();
                     return;
                 }
                 Err(err) => {

@@ -173,9 +173,7 @@ pub async fn start(
             let args = ["--listen", &listen, "--upstream", &upstream.addr];
             let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
             let req = req(String::new(), headers);
-            let mut started = peer(name, &bin, &args, dir, port, no_credential(), req, path)?;
-            started.enforcing = false;
-            started
+            peer(name, &bin, &args, dir, port, None, req, path)?
         }
         "lattice" | "baseline" => {
             let bin = match name {
@@ -217,7 +215,7 @@ pub async fn start(
             let (bin, key, args) = peer_command(name, programs, &upstream.addr, dir, port)?;
             let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
             let req = req(String::new(), headers);
-            peer(name, &bin, &args, dir, port, bearer(key), req, path)?
+            peer(name, &bin, &args, dir, port, Some(bearer(key)), req, path)?
         }
         other => bail!(
             "unknown target {other:?} (direct, nginx, pingora, lattice, baseline, agentgateway, litellm)"
@@ -291,13 +289,9 @@ fn bare_pingora() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// A header no target reads: what a target that enforces nothing is sent.
-fn no_credential() -> (String, String) {
-    ("x-bench".to_string(), "1".to_string())
-}
-
 /// Starts a peer's program in `dir` (output discarded) listening on `port`
-/// with its credential header; `req` is completed with the URL.
+/// with its credential header (`None`: it enforces nothing); `req` is
+/// completed with the URL.
 #[allow(clippy::too_many_arguments)]
 fn peer(
     name: &str,
@@ -305,7 +299,7 @@ fn peer(
     args: &[&OsStr],
     dir: &Path,
     port: u16,
-    credential: (String, String),
+    credential: Option<(String, String)>,
     mut req: Req,
     path: &str,
 ) -> Result<Started> {
@@ -319,11 +313,12 @@ fn peer(
             .with_context(|| format!("start {name} ({})", bin.display()))?,
     );
     req.url = format!("http://127.0.0.1:{port}{path}");
-    req.headers.push(credential);
+    let enforcing = credential.is_some();
+    req.headers.extend(credential);
     Ok(Started {
         name: name.into(),
         req,
-        enforcing: true,
+        enforcing,
         pid: Some(proc.0.id()),
         audit_db: None,
         proc: Some(proc),
