@@ -72,12 +72,20 @@ pub struct Saturation {
 }
 
 /// Closed-loop: `connections` keep-alive connections back to back for
-/// `seconds`, through `wrk -t1`.
-pub fn saturate(req: &Req, connections: usize, seconds: u64, dir: &Path) -> Result<Saturation> {
+/// `seconds`, through `wrk -t1`; an answer slower than `timeout` seconds
+/// counts as a failure.
+pub fn saturate(
+    req: &Req,
+    connections: usize,
+    seconds: u64,
+    timeout: u64,
+    dir: &Path,
+) -> Result<Saturation> {
     let script = dir.join("wrk.lua");
     std::fs::write(&script, req.lua())?;
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(["--timeout", &format!("{timeout}s")])
         .arg("-s")
         .arg(&script)
         .arg(&req.url)

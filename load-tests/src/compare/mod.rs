@@ -43,6 +43,14 @@ pub struct Scenario {
     pub saturation_seconds: u64,
     pub connections: usize,
     pub rounds: usize,
+    /// wrk's `--timeout` in saturation runs: an answer slower than this is
+    /// a failure. Two seconds (wrk's own default) unless the file says.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_timeout() -> u64 {
+    2
 }
 
 impl Scenario {
@@ -62,6 +70,9 @@ impl Scenario {
         if self.rates.iter().any(|r| *r == 0 || *r > 50_000) {
             bail!("bounded scenario: rates between 1 and 50,000 requests/s");
         }
+        if !(1..=60).contains(&self.timeout_seconds) {
+            bail!("bounded scenario: timeout_seconds between 1 and 60");
+        }
         if self.rounds == 0 || self.rounds > 10 || self.connections == 0 || self.connections > 1024
         {
             bail!("bounded scenario: 1 to 10 rounds, 1 to 1,024 connections");
@@ -79,6 +90,11 @@ impl Scenario {
         self.fixed_seconds = 1;
         self.saturation_seconds = 1;
         self.connections = self.connections.min(4);
+        // wrk checks its timeouts every 2 s against each connection's
+        // oldest send: a CI machine that stalls wrk's own thread past that
+        // counts every connection as timed out although the target answered.
+        // The smoke run checks that targets work, not that they are fast.
+        self.timeout_seconds = 30;
         self.rates = vec![self.rates.iter().copied().min().unwrap_or(100).min(100)];
         self
     }
@@ -222,6 +238,7 @@ pub async fn run(
                 &t.req,
                 scenario.connections,
                 scenario.saturation_seconds,
+                scenario.timeout_seconds,
                 dir,
             )?;
             if let Some(r) = recorder {
@@ -419,8 +436,12 @@ mod tests {
                 .join(f);
             let s = Scenario::load(&path).unwrap();
             assert!(s.rounds >= 3, "{f}: medians need rounds");
+            assert_eq!(s.timeout_seconds, 2, "{f}: wrk's own default");
             let smoke = s.smoke();
-            assert_eq!((smoke.rounds, smoke.fixed_seconds), (1, 1));
+            assert_eq!(
+                (smoke.rounds, smoke.fixed_seconds, smoke.timeout_seconds),
+                (1, 1, 30)
+            );
         }
         let bad: Result<Scenario, _> = toml::from_str(
             "route = \"http\"\npath = \"/\"\ntargets = [\"direct\"]\nrates = [1]\nfixed_seconds = 1\nsaturation_seconds = 1\nconnections = 1\nrounds = 1\nthreads = 4\n",
