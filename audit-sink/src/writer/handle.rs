@@ -36,7 +36,9 @@ pub struct OutcomeSlot {
 }
 
 impl OutcomeSlot {
-    /// Enqueues the outcome into the reserved place.
+    /// Enqueues the outcome into the reserved place: without waking the
+    /// writer while it looks at lazily handed outcomes by itself soon
+    /// (nothing waits on an outcome), through the queue otherwise.
     pub fn record(mut self, event: AuditEvent) -> Result<(), AuditError> {
         self.used = true;
         let queued = Queued {
@@ -45,8 +47,21 @@ impl OutcomeSlot {
             settles: Some(std::mem::take(&mut self.decision)),
             durable: None,
         };
+        let shared = &self.handle.shared;
+        if shared.lazy_ok.load(Ordering::SeqCst) {
+            shared.lazy.lock().push(queued);
+            if shared.lazy_ok.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            // The writer went to sleep for long meanwhile, and may not
+            // have seen it: wake it (a full queue wakes it anyway).
+            return match self.handle.tx.try_send(Msg::Wake) {
+                Err(TrySendError::Disconnected(_)) => Err(AuditError::Closed),
+                _ => Ok(()),
+            };
+        }
         self.handle.send(queued).inspect_err(|_| {
-            self.handle.shared.depth.fetch_sub(1, Ordering::AcqRel);
+            shared.depth.fetch_sub(1, Ordering::AcqRel);
         })
     }
 }

@@ -10,6 +10,10 @@
 //! everything queued, writes it in one transaction and syncs once (group
 //! commit: one sync serves every call waiting, never one per call).
 //!
+//! Nothing waits on an outcome: while the writer will look within
+//! `LAZY_WAIT` anyway, an outcome is handed over beside the queue without
+//! waking it (one thread switch less per call); otherwise through the queue.
+//!
 //! A decision owes an outcome: the store keeps it in `owed` until its
 //! outcome is written, in the same transactions. A pipeline that starts on
 //! a store with owed decisions (the gateway crashed between the two)
@@ -85,6 +89,9 @@ pub(crate) enum Msg {
     /// Witness co-signature lines of the checkpoint of a size (verified).
     Cosignatures(u64, Vec<String>),
     Flush(SyncSender<()>),
+    /// Outcomes wait in `Shared::lazy` and the writer went to sleep for
+    /// longer than `LAZY_WAIT` before it saw them.
+    Wake,
     Shutdown,
 }
 
@@ -107,6 +114,13 @@ pub(crate) struct Shared {
     pub(crate) pruned: AtomicU64,
     /// With ClickHouse: the shipper's progress and the backlog bound.
     pub(crate) ship: Option<(Arc<ShipState>, u64)>,
+    /// Outcomes handed over without waking the writer: nothing waits on
+    /// an outcome, and waking the writer for each one cost a thread switch
+    /// per call. Used only while `lazy_ok` holds.
+    pub(crate) lazy: parking_lot::Mutex<Vec<Queued>>,
+    /// True while the writer looks at `lazy` within `LAZY_WAIT` by itself
+    /// (it is awake, or sleeps at most that long).
+    pub(crate) lazy_ok: AtomicBool,
 }
 
 /// The running pipeline: owns the writer thread (and the ClickHouse shipper).
@@ -287,13 +301,26 @@ impl Writer {
             } else {
                 self.cfg.checkpoint_interval
             };
-            match rx.recv_timeout(wake) {
-                Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
-                // Nothing queued: readers see journaled entries now, a
-                // chunk at a time so a call that arrives waits for one
-                // chunk at most.
-                Err(RecvTimeoutError::Timeout) => self.fill_chunk(),
-                Err(RecvTimeoutError::Disconnected) => shutdown = true,
+            // Set before `lazy` is read: an outcome pushed there either is
+            // seen below, or its sender sees the flag down and wakes us.
+            self.shared
+                .lazy_ok
+                .store(wake <= LAZY_WAIT, Ordering::SeqCst);
+            self.take_lazy(&mut batch);
+            if batch.is_empty() {
+                match rx.recv_timeout(wake) {
+                    Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
+                    // Nothing queued: readers see journaled entries now, a
+                    // chunk at a time so a call that arrives waits for one
+                    // chunk at most.
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.take_lazy(&mut batch);
+                        if batch.is_empty() {
+                            self.fill_chunk();
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => shutdown = true,
+                }
             }
             // Drain what is already queued, up to a batch (everything on shutdown).
             while shutdown || batch.len() < self.cfg.batch_max {
@@ -302,6 +329,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if shutdown {
+                // From here on an outcome's sender wakes a writer that is
+                // gone, and is told so.
+                self.shared.lazy_ok.store(false, Ordering::SeqCst);
+            }
+            self.take_lazy(&mut batch);
             self.write_batch(&mut batch, true);
             let due = self.frontier.size() - self.last_checkpoint >= self.cfg.checkpoint_every
                 || self.last_checkpoint_at.elapsed() >= self.cfg.checkpoint_interval;
@@ -344,6 +377,7 @@ impl Writer {
                 waiters.push(w);
                 false
             }
+            Msg::Wake => false,
             Msg::Cosignatures(size, lines) => {
                 if let Err(e) = self.store.put_cosignatures(size, &lines) {
                     tracing::error!(error = %e, size, "could not store witness co-signatures");
@@ -351,6 +385,14 @@ impl Writer {
                 false
             }
             Msg::Shutdown => true,
+        }
+    }
+
+    /// Moves the outcomes handed over lazily into the batch.
+    fn take_lazy(&self, batch: &mut Vec<Queued>) {
+        let mut lazy = self.shared.lazy.lock();
+        if !lazy.is_empty() {
+            batch.append(&mut lazy);
         }
     }
 
@@ -597,6 +639,10 @@ const RETENTION_EVERY: Duration = Duration::from_millis(500);
 const FILL_CHUNK: usize = 128;
 const FILL_LAG: usize = 512;
 const IDLE_FILL: Duration = Duration::from_millis(2);
+/// An outcome is handed over without waking the writer only while the
+/// writer looks for it within this long by itself (at low rates: while
+/// journaled entries wait for their fill).
+const LAZY_WAIT: Duration = IDLE_FILL;
 
 /// The reason an interrupted call's outcome carries.
 pub const INTERRUPTED: &str =

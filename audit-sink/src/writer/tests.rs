@@ -294,3 +294,53 @@ fn a_call_settled_in_the_same_commit_never_touches_owed() {
         assert_eq!((got_owed, got_settled), (owed, settled), "{what}");
     }
 }
+
+/// Waits (at most 2 s) until `done` holds.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(2);
+    while !done() {
+        assert!(Instant::now() < until, "{what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// An outcome goes to the writer without waking it while the writer looks
+/// for such outcomes by itself within `LAZY_WAIT` (journaled entries wait
+/// for their fill), and through the queue once the writer sleeps long (the
+/// test's checkpoint interval is an hour): written promptly either way.
+#[test]
+fn outcomes_are_written_whether_the_writer_is_about_to_wake_or_asleep() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = NoteSigner::generate("test-node");
+    let pipeline = AuditPipeline::start(config(&dir.path().join("audit.db"), &signer)).unwrap();
+    let audit = pipeline.handle();
+    let shared = audit.shared.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for (call, asleep) in [("soon", false), ("asleep", true), ("soon again", false)] {
+        let before = audit.written();
+        let (slot, durable) = audit
+            .record_decision(AuditEvent::new(Phase::Decision, call, "http.request"))
+            .unwrap();
+        rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
+        if asleep {
+            // The decision is filled into the store 2 ms on; then the
+            // writer sleeps for the checkpoint interval.
+            eventually("the writer sleeps long", || {
+                !shared.lazy_ok.load(Ordering::SeqCst)
+            });
+        }
+        slot.record(AuditEvent::new(Phase::Outcome, call, "http.request"))
+            .unwrap();
+        eventually(&format!("{call}: the outcome is written"), || {
+            audit.written() == before + 2
+        });
+        assert_eq!(audit.depth(), 0, "{call}");
+    }
+    pipeline.shutdown().unwrap();
+    let store = Store::open_read_only(&dir.path().join("audit.db")).unwrap();
+    assert_eq!(store.count().unwrap(), 6);
+    assert!(store.owed_decisions().unwrap().is_empty());
+}
