@@ -306,35 +306,36 @@ impl Writer {
             self.shared
                 .lazy_ok
                 .store(wake <= LAZY_WAIT, Ordering::SeqCst);
-            self.take_lazy(&mut batch);
-            if batch.is_empty() {
+            if self.shared.lazy.lock().is_empty() {
                 match rx.recv_timeout(wake) {
                     Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
                     // Nothing queued: readers see journaled entries now, a
                     // chunk at a time so a call that arrives waits for one
                     // chunk at most.
                     Err(RecvTimeoutError::Timeout) => {
-                        self.take_lazy(&mut batch);
-                        if batch.is_empty() {
+                        if self.shared.lazy.lock().is_empty() {
                             self.fill_chunk();
                         }
                     }
                     Err(RecvTimeoutError::Disconnected) => shutdown = true,
                 }
             }
-            // Drain what is already queued, up to a batch (everything on shutdown).
-            while shutdown || batch.len() < self.cfg.batch_max {
-                match rx.try_recv() {
-                    Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
-                    Err(_) => break,
-                }
-            }
+            // Outcomes handed over lazily go into the log after everything
+            // queued before they were taken: their decisions among it.
+            let mut lazy = std::mem::take(&mut *self.shared.lazy.lock());
+            let all = shutdown || !lazy.is_empty();
+            shutdown |= self.drain(&rx, &mut batch, &mut waiters, all);
             if shutdown {
                 // From here on an outcome's sender wakes a writer that is
                 // gone, and is told so.
                 self.shared.lazy_ok.store(false, Ordering::SeqCst);
+                let late = std::mem::take(&mut *self.shared.lazy.lock());
+                if !late.is_empty() {
+                    self.drain(&rx, &mut batch, &mut waiters, true);
+                    lazy.extend(late);
+                }
             }
-            self.take_lazy(&mut batch);
+            batch.append(&mut lazy);
             self.write_batch(&mut batch, true);
             let due = self.frontier.size() - self.last_checkpoint >= self.cfg.checkpoint_every
                 || self.last_checkpoint_at.elapsed() >= self.cfg.checkpoint_interval;
@@ -388,12 +389,23 @@ impl Writer {
         }
     }
 
-    /// Moves the outcomes handed over lazily into the batch.
-    fn take_lazy(&self, batch: &mut Vec<Queued>) {
-        let mut lazy = self.shared.lazy.lock();
-        if !lazy.is_empty() {
-            batch.append(&mut lazy);
+    /// Takes what is queued: up to a batch, or everything (`all`).
+    /// Returns true on shutdown.
+    fn drain(
+        &mut self,
+        rx: &Receiver<Msg>,
+        batch: &mut Vec<Queued>,
+        waiters: &mut Vec<SyncSender<()>>,
+        all: bool,
+    ) -> bool {
+        let mut shutdown = false;
+        while all || shutdown || batch.len() < self.cfg.batch_max {
+            match rx.try_recv() {
+                Ok(msg) => shutdown |= self.take(msg, batch, waiters),
+                Err(_) => break,
+            }
         }
+        shutdown
     }
 
     /// Makes the batch durable, retrying until it is (while it is not, the

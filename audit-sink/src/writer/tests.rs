@@ -344,3 +344,52 @@ fn outcomes_are_written_whether_the_writer_is_about_to_wake_or_asleep() {
     assert_eq!(store.count().unwrap(), 6);
     assert!(store.owed_decisions().unwrap().is_empty());
 }
+
+/// An outcome handed over lazily never goes into the log before its
+/// decision, even when the call did not wait for the decision to be
+/// durable (a refusal) and the outcome followed at once.
+#[test]
+fn an_outcome_handed_over_lazily_follows_its_decision_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let signer = NoteSigner::generate("test-node");
+    let pipeline = AuditPipeline::start(config(&db, &signer)).unwrap();
+    let audit = pipeline.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut lazy = 0;
+    for i in 0..2_000 {
+        let call = format!("call-{i}");
+        let (slot, durable) = audit
+            .record_decision(AuditEvent::new(Phase::Decision, &call, "http.request"))
+            .unwrap();
+        if i % 8 == 0 {
+            // Now and then a call that waits: the writer has journaled
+            // entries awaiting their fill, so it takes outcomes lazily.
+            rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
+        }
+        lazy += usize::from(audit.shared.lazy_ok.load(Ordering::SeqCst));
+        slot.record(AuditEvent::new(Phase::Outcome, &call, "http.request"))
+            .unwrap();
+    }
+    assert!(lazy > 0, "some outcomes went beside the queue");
+    pipeline.shutdown().unwrap();
+    let store = Store::open_read_only(&db).unwrap();
+    let mut decided = std::collections::HashSet::new();
+    for stored in store.events().unwrap() {
+        let e = parse_canonical(stored.json.as_bytes()).unwrap();
+        match e.phase {
+            Phase::Decision => assert!(decided.insert(e.request_id)),
+            Phase::Outcome => assert!(
+                decided.contains(&e.request_id),
+                "the outcome of {} at seq {} before its decision",
+                e.request_id,
+                e.seq
+            ),
+        }
+    }
+    assert_eq!(decided.len(), 2_000);
+    assert!(store.owed_decisions().unwrap().is_empty());
+}
