@@ -289,6 +289,7 @@ impl Writer {
     fn run(&mut self, rx: Receiver<Msg>) {
         let mut batch: Vec<Queued> = Vec::with_capacity(self.cfg.batch_max);
         let mut waiters: Vec<SyncSender<()>> = Vec::new();
+        let mut lazy: Vec<Queued> = Vec::new();
         loop {
             let mut shutdown = false;
             let wake = if self.pending.len() >= FILL_CHUNK {
@@ -322,7 +323,9 @@ impl Writer {
             }
             // Outcomes handed over lazily go into the log after everything
             // queued before they were taken: their decisions among it.
-            let mut lazy = std::mem::take(&mut *self.shared.lazy.lock());
+            // Swapped with the writer's empty buffer, so the request path
+            // pushes into a vector that keeps its capacity.
+            std::mem::swap(&mut *self.shared.lazy.lock(), &mut lazy);
             let all = shutdown || !lazy.is_empty();
             shutdown |= self.drain(&rx, &mut batch, &mut waiters, all);
             if shutdown {
