@@ -171,9 +171,9 @@ __device__ void attn_prefill(const float* q, const C* keys, const C* values, con
 // Writes rows of new keys and values (f32) into their cache slots.
 // grid rows, block ≥ 32.
 template <typename C>
-__device__ void kv_write(const float* k, const float* v, const u64* slots, C* keys, C* values,
+__device__ void kv_write(const float* k, const float* v, const u32* slots, C* keys, C* values,
                          u32 width) {
-  const u64 dst = slots[blockIdx.x] * width, src = (u64)blockIdx.x * width;
+  const u64 dst = (u64)slots[blockIdx.x] * width, src = (u64)blockIdx.x * width;
   for (u32 c = threadIdx.x; c < width; c += blockDim.x) {
     store(keys, dst + c, k[src + c]);
     store(values, dst + c, v[src + c]);
@@ -195,7 +195,7 @@ __device__ void kv_write(const float* k, const float* v, const u64* slots, C* ke
     attn_prefill<C>(q, k, v, tables, seqs, out, heads, kv_heads, head_dim, block_size, scale,    \
                     window);                                                                      \
   }                                                                                               \
-  extern "C" __global__ void kv_write_##S(const float* k, const float* v, const u64* slots,      \
+  extern "C" __global__ void kv_write_##S(const float* k, const float* v, const u32* slots,      \
                                           C* keys, C* values, u32 width) {                        \
     kv_write<C>(k, v, slots, keys, values, width);                                                \
   }

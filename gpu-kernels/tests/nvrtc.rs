@@ -6,7 +6,7 @@
 //! says what is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use lattice_gpu_kernels::cuda::{device_available, ARCHS, SOURCES};
+use lattice_gpu_kernels::cuda::{device_available, kernel_names, ARCHS, SOURCES};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -55,7 +55,19 @@ fn every_kernel_compiles_for_every_target_architecture() {
             );
         }
     }
-    assert_eq!(stdout.lines().count(), SOURCES.len() * ARCHS.len());
+    let compiled = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(compiled, SOURCES.len() * ARCHS.len());
+    // Every kernel the device launches by name is defined by a source.
+    let defined: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("entry "))
+        .collect();
+    for name in kernel_names() {
+        assert!(
+            defined.contains(&name.as_str()),
+            "{name} is launched but no source defines it; defined: {defined:?}"
+        );
+    }
 }
 
 #[test]
@@ -78,10 +90,19 @@ fn a_kernel_that_does_not_compile_fails_with_the_compilers_log() {
 
 #[test]
 fn the_cuda_device_says_what_is_missing() {
-    let e = device_available().unwrap_err().to_string();
+    let available = device_available();
+    let opened = lattice_gpu_kernels::cuda::Cuda::new(0).map(|_| ());
     if Path::new("/dev/nvidiactl").exists() {
-        assert!(e.contains("the device that runs them is next"), "{e}");
+        // A GPU machine: the libraries load, or the error names the one
+        // that does not.
+        if let Err(e) = available {
+            let e = e.to_string();
+            assert!(e.contains("NVRTC") || e.contains("cuBLAS"), "{e}");
+        }
     } else {
+        let e = available.unwrap_err().to_string();
         assert!(e.contains("no CUDA driver on this machine"), "{e}");
+        // Opening the device says the same, instead of cudarc's panic.
+        assert_eq!(opened.unwrap_err().to_string(), e);
     }
 }

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::text::Text;
 use lattice_gpu_kernels::cpu::Cpu;
+use lattice_gpu_kernels::cuda::Cuda;
 use lattice_gpu_kernels::Kernels;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +43,19 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Cluster mode: TLS, the join answer, the announcement.
     pub cluster: Option<crate::cluster::ClusterOptions>,
+    /// Where the forward pass runs.
+    pub device: Device,
+}
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// The first GPU; an error when it cannot be opened.
+    Cuda,
+    /// The first GPU when it opens, else the CPU
+    /// ([`Running::fallback`] says why).
+    Auto,
 }
 
 impl Options {
@@ -60,6 +74,7 @@ impl Options {
             api_key: None,
             max_body_bytes: 4 << 20,
             cluster: None,
+            device: Device::Cpu,
         }
     }
 }
@@ -74,6 +89,8 @@ pub struct Running {
     pub dtype: &'static str,
     /// Cluster mode: the TLS certificate's fingerprint.
     pub fingerprint: Option<String>,
+    /// `Device::Auto` that fell back to the CPU: why the GPU did not open.
+    pub fallback: Option<String>,
     served: Arc<Served>,
     listener: tokio::net::TcpListener,
     joined: Option<Joined>,
@@ -87,8 +104,25 @@ pub async fn start(o: Options) -> Result<Running> {
             "block size, batch tokens and sequences must be at least 1".into(),
         ));
     }
-    let device = Cpu::new(o.threads)?;
-    let model = Model::load(device, &o.model)?;
+    match o.device {
+        Device::Cpu => start_on(Model::load(Cpu::new(o.threads)?, &o.model)?, o, None).await,
+        Device::Cuda => start_on(Model::load(Cuda::new(0)?, &o.model)?, o, None).await,
+        Device::Auto => match Cuda::new(0) {
+            Ok(gpu) => start_on(Model::load(gpu, &o.model)?, o, None).await,
+            Err(e) => {
+                let cpu = Model::load(Cpu::new(o.threads)?, &o.model)?;
+                start_on(cpu, o, Some(e.to_string())).await
+            }
+        },
+    }
+}
+
+async fn start_on<K: Kernels>(
+    model: Model<K>,
+    o: Options,
+    fallback: Option<String>,
+) -> Result<Running> {
+    let bad = |m: String| WorkerError::Unsupported(m);
     let text = Arc::new(Text::load(&o.model, &model.config.eos)?);
     let name = match &o.name {
         Some(n) => n.clone(),
@@ -174,6 +208,7 @@ pub async fn start(o: Options) -> Result<Running> {
         parameters,
         dtype,
         fingerprint: joined.as_ref().map(|j| j.identity.fingerprint.clone()),
+        fallback,
         served,
         listener,
         joined,

@@ -12,7 +12,7 @@ use lattice_gpu_kernels::DType;
 use lattice_inference_router::join::ClusterSecret;
 use lattice_worker::cluster::ClusterOptions;
 use lattice_worker::model::Arch;
-use lattice_worker::serve::{self, Options};
+use lattice_worker::serve::{self, Device, Options};
 use lattice_worker::testmodel::{self, Flavor, Spec};
 use lattice_worker::upstream::UpstreamOptions;
 use std::path::PathBuf;
@@ -199,22 +199,25 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let Some(model) = a.model.clone() else {
         bail!("--model DIR is required (a Hugging Face model directory), or --upstream URL");
     };
-    match a.device.as_str() {
-        "cpu" => {}
+    let device = match a.device.as_str() {
+        "cpu" => Device::Cpu,
         "cuda" => {
             if let Err(e) = lattice_gpu_kernels::cuda::device_available() {
                 bail!("--device cuda: {e}");
             }
+            Device::Cuda
         }
-        "auto" => {
-            if let Err(e) = lattice_gpu_kernels::cuda::device_available() {
+        "auto" => match lattice_gpu_kernels::cuda::device_available() {
+            Ok(()) => Device::Auto,
+            Err(e) => {
                 eprintln!(
                     "lattice worker: --device auto: no CUDA device ({e}); serving on the CPU"
                 );
+                Device::Cpu
             }
-        }
+        },
         other => bail!("--device `{other}` is not one of cpu, cuda, auto"),
-    }
+    };
     let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
     let cluster = cluster_options(&a)?;
     let options = Options {
@@ -229,6 +232,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         api_key,
         max_body_bytes: a.max_body_bytes,
         cluster,
+        device,
         ..Options::new(model, a.listen)
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -240,6 +244,9 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         let cluster = options.cluster.clone();
         let running = serve::start(options).await.context("lattice worker")?;
         print_membership(cluster.as_ref(), running.fingerprint.as_ref());
+        if let Some(why) = &running.fallback {
+            eprintln!("lattice worker: --device auto: the GPU did not open ({why}); serving on the CPU");
+        }
         eprintln!(
             "lattice worker: serving `{}` ({:.1} M parameters, {}) on {}://{} — {}, KV cache {} tokens{}",
             running.name,

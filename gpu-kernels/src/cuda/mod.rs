@@ -1,19 +1,25 @@
 //! The CUDA device (issue #16): the kernels are CUDA C++ sources under
 //! `gpu-kernels/kernels/` (embedding gather, RMSNorm and its fused residual
 //! form, RoPE, SwiGLU, attention over the paged KV cache — split-K decode
-//! with its reduction, causal prefill —, KV-cache writes, penalties,
-//! softmax, argmax and top-k/top-p/min-p sampling), compiled at run time
-//! by NVRTC through `cudarc` for the device's architecture. Every kernel is
-//! compiled for every target architecture in each test run, on machines
+//! with its reduction, causal prefill —, KV-cache writes, the GEMV of the
+//! decode path, penalties, softmax, argmax and top-k/top-p/min-p
+//! sampling), compiled at run time by NVRTC through `cudarc` for the
+//! device's architecture; products of many rows go to cuBLAS. Every kernel
+//! is compiled for every target architecture in each test run, on machines
 //! with no GPU (NVRTC from PyPI; `tests/nvrtc.rs`).
 //!
-//! What is not built yet: the device behind [`crate::Kernels`] that
-//! launches them (and cuBLAS for the products), and their checks against
-//! the CPU path on a GPU (`scripts/gpu-check`). Until then
-//! [`device_available`] says why `--device cuda` cannot serve.
+//! [`Cuda`] implements [`crate::Kernels`], so the engine runs on it
+//! unchanged. No GPU exists where this is developed: its checks against the
+//! CPU path and its measurements run on a lent GPU (`scripts/gpu-check`),
+//! and until they have, its results are unverified.
 //!
 //! Must never: touch the CUDA driver before checking that its library is
 //! present (cudarc panics when it is not), or panic for a missing GPU.
+
+mod device;
+mod ops;
+
+pub use device::{include_dir, kernel_names, Cuda, CudaAct, CudaKv, CudaWeight, GEMV_MAX_ROWS};
 
 use crate::KernelError;
 
@@ -26,6 +32,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rope_swiglu", include_str!("../../kernels/rope_swiglu.cu")),
     ("attention", include_str!("../../kernels/attention.cu")),
     ("sampling", include_str!("../../kernels/sampling.cu")),
+    ("linear", include_str!("../../kernels/linear.cu")),
 ];
 
 /// The architectures the kernels are built for: A100 (sm_80), L40/RTX 40
@@ -49,30 +56,45 @@ pub fn nvrtc_available() -> bool {
     }
 }
 
-/// Why a CUDA device cannot serve here, or Ok when a driver is present.
+/// Why a CUDA device cannot serve here (its driver, NVRTC or cuBLAS
+/// cannot be loaded), or Ok when all three load.
 pub fn device_available() -> Result<(), KernelError> {
-    // SAFETY: as above, a load-by-name probe of the driver library.
+    // SAFETY: load-by-name probes of the libraries (libloading); no
+    // symbol is called.
     #[allow(unsafe_code)]
-    let driver = unsafe { cudarc::driver::sys::is_culib_present() };
+    let (driver, blas) = unsafe {
+        (
+            cudarc::driver::sys::is_culib_present(),
+            cudarc::cublas::sys::is_culib_present(),
+        )
+    };
     if !driver {
         return Err(KernelError::Device(
             "no CUDA driver on this machine (libcuda.so could not be loaded: is the NVIDIA driver installed?)".into(),
         ));
     }
-    Err(KernelError::Device(
-        "a CUDA driver is present, but this build's CUDA device is not finished: its kernels compile (issue #16), the device that runs them is next".into(),
-    ))
+    if !nvrtc_available() {
+        return Err(KernelError::Device(
+            "NVRTC (libnvrtc.so) could not be loaded: the kernels are compiled at start; put the CUDA toolkit's lib64 (or PyPI nvidia-cuda-nvrtc's lib) on LD_LIBRARY_PATH".into(),
+        ));
+    }
+    if !blas {
+        return Err(KernelError::Device(
+            "cuBLAS (libcublas.so) could not be loaded: put the CUDA toolkit's lib64 (or PyPI nvidia-cublas's lib) on LD_LIBRARY_PATH".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Compiles one kernel source for `arch` (`sm_90`), with the CUDA headers
-/// (`cuda_bf16.h`, ...) from `include_dir`. Returns NVRTC's output size;
-/// an error carries NVRTC's log.
+/// (`cuda_bf16.h`, ...) from `include_dir`. Returns the PTX; an error
+/// carries NVRTC's log.
 pub fn compile(
     name: &str,
     source: &str,
     arch: &'static str,
     include_dir: &str,
-) -> Result<usize, KernelError> {
+) -> Result<String, KernelError> {
     if !nvrtc_available() {
         return Err(KernelError::Device(
             "NVRTC (libnvrtc.so.12) could not be loaded: put its directory on LD_LIBRARY_PATH (scripts/setup installs it from PyPI)".into(),
@@ -86,10 +108,18 @@ pub fn compile(
         ..Default::default()
     };
     match cudarc::nvrtc::compile_ptx_with_opts(full_source(name, source), options) {
-        Ok(ptx) => Ok(ptx.to_src().len()),
+        Ok(ptx) => Ok(ptx.to_src()),
         Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => Err(KernelError::Device(
             format!("{name}.cu for {arch}:\n{}", log.to_string_lossy()),
         )),
         Err(e) => Err(KernelError::Device(format!("{name}.cu for {arch}: {e:?}"))),
     }
+}
+
+/// The kernels a PTX module defines (its `.entry` names).
+pub fn entries(ptx: &str) -> Vec<String> {
+    ptx.lines()
+        .filter_map(|l| l.trim().strip_prefix(".visible .entry "))
+        .map(|rest| rest.split('(').next().unwrap_or(rest).trim().to_string())
+        .collect()
 }

@@ -1,0 +1,111 @@
+// Products against weights, and the small elementwise steps around them.
+//
+// gemv_<w>_r<R>: out[r][o] = x[r] · w[o] (+ bias[o]) for up to R
+// activation rows (R = 1, 2, 4 or 8; `rows` ≤ R of them are real), the
+// weights read once, in their stored dtype, 16 bytes per lane per load,
+// activations kept in f32 — the decode path, bound by the weights'
+// bandwidth. One warp per output feature; grid ceil(outs / warps per
+// block). Larger batches go through cuBLAS (the host converts the
+// activations to the weights' dtype with to_bf16 / to_f16 first).
+
+__device__ __forceinline__ void load8(const float* p, float* v) {
+  const float4 a = *reinterpret_cast<const float4*>(p);
+  const float4 b = *reinterpret_cast<const float4*>(p + 4);
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+  v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* v) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const u32 w[4] = {u.x, u.y, u.z, u.w};
+  for (int j = 0; j < 4; ++j) {
+    v[2 * j] = __uint_as_float(w[j] << 16);
+    v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void load8(const __half* p, float* v) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __half22float2(h[j]);
+    v[2 * j] = f.x;
+    v[2 * j + 1] = f.y;
+  }
+}
+
+template <typename W, int R>
+__device__ void gemv(const W* w, const float* x, const float* bias, float* out, int rows, int in,
+                     int outs) {
+  const int o = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+  const int lane = threadIdx.x & 31;
+  if (o >= outs) return;
+  const W* wr = w + (u64)o * in;
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+  // 16-byte loads need in % 8 == 0 (rows of weights and of x stay aligned).
+  if ((in & 7) == 0) {
+#pragma unroll 4
+    for (int i = lane * 8; i < in; i += 32 * 8) {
+      float wv[8];
+      load8(wr + i, wv);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (r < rows) {
+          float xv[8];
+          load8(x + (u64)r * in + i, xv);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[r] += wv[j] * xv[j];
+        }
+      }
+    }
+  } else {
+    for (int i = lane; i < in; i += 32) {
+      const float wv = load(wr, i);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (r < rows) acc[r] += wv * x[(u64)r * in + i];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const float s = warp_sum(acc[r]);
+    if (lane == 0 && r < rows) out[(u64)r * outs + o] = s + (bias ? bias[o] : 0.0f);
+  }
+}
+
+#define GEMV(S, T, R)                                                                          \
+  extern "C" __global__ void gemv_##S##_r##R(const T* w, const float* x, const float* bias,   \
+                                              float* out, int rows, int in, int outs) {        \
+    gemv<T, R>(w, x, bias, out, rows, in, outs);                                               \
+  }
+#define ENTRY(S, T) GEMV(S, T, 1) GEMV(S, T, 2) GEMV(S, T, 4) GEMV(S, T, 8)
+FOR_WEIGHTS(ENTRY)
+
+// Activations in the weights' dtype, for cuBLAS.
+extern "C" __global__ void to_bf16(const float* x, __nv_bfloat16* out, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+    out[i] = __float2bfloat16(x[i]);
+}
+extern "C" __global__ void to_f16(const float* x, __half* out, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+    out[i] = __float2half(x[i]);
+}
+
+// out[r][c] += bias[c] over rows × cols values.
+extern "C" __global__ void add_bias(float* out, const float* bias, u32 cols, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+    out[i] += bias[i % cols];
+}
+
+// x += y over n values.
+extern "C" __global__ void add(float* x, const float* y, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+    x[i] += y[i];
+}
+
+// out[i] = x[rows[i]], one block per output row.
+extern "C" __global__ void gather_rows(const float* x, const u32* rows, float* out, u32 cols) {
+  const float* src = x + (u64)rows[blockIdx.x] * cols;
+  float* dst = out + (u64)blockIdx.x * cols;
+  for (u32 c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = src[c];
+}

@@ -1,0 +1,670 @@
+//! The forward pass's steps on the CUDA device: shapes checked on the
+//! host, then one or two kernel launches (or a cuBLAS product) queued on
+//! the stream.
+//!
+//! Must never: launch a kernel on buffers whose lengths were not checked
+//! against the shape it indexes with, or wait for the GPU except to hand
+//! a result to the host.
+
+use super::device::{driver, launch, CudaAct, CudaKv, CudaWeight, WeightBuf};
+use super::Cuda;
+use crate::{shape, AttnSeq, AttnShape, DType, Elems, HostWeight, KernelError, Kernels};
+use cudarc::cublas::sys as blas;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+
+/// Threads per block of the row-wise kernels (norms, copies).
+const ROW_THREADS: u32 = 256;
+/// Warps per block of the attention kernels.
+const ATTN_WARPS: u32 = 4;
+/// Largest head dimension the attention kernels hold in registers.
+const MAX_HEAD_DIM: usize = 256;
+
+fn grid(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A grid-stride launch over `n` elements.
+fn elementwise(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn same(op: &'static str, a: &CudaAct, b: &CudaAct) -> Result<(), KernelError> {
+    if a.rows != b.rows || a.cols != b.cols {
+        return Err(shape(
+            op,
+            format!("{}×{} against {}×{}", a.rows, a.cols, b.rows, b.cols),
+        ));
+    }
+    Ok(())
+}
+
+fn vector<'a>(
+    op: &'static str,
+    w: &'a CudaWeight,
+    len: usize,
+) -> Result<&'a CudaSlice<f32>, KernelError> {
+    match &w.buf {
+        WeightBuf::F32(s) if w.shape == [len] => Ok(s),
+        _ => Err(shape(
+            op,
+            format!("{} is {:?}, wanted a vector of {len}", w.name, w.shape),
+        )),
+    }
+}
+
+fn u32_of(op: &'static str, n: usize) -> Result<u32, KernelError> {
+    u32::try_from(n).map_err(|_| shape(op, format!("{n} does not fit 32 bits")))
+}
+
+impl Cuda {
+    fn gemv(
+        &self,
+        x: &CudaAct,
+        w: &CudaWeight,
+        bias: Option<&CudaSlice<f32>>,
+        out: &mut CudaAct,
+    ) -> Result<(), KernelError> {
+        let (outs, inp) = (out.cols, x.cols);
+        let (outs_i, in_i) = (outs as i32, inp as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (outs.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let null = 0u64;
+        let mut r0 = 0;
+        while r0 < x.rows {
+            let rows = (x.rows - r0).min(8);
+            let r = rows.next_power_of_two();
+            let name = format!("gemv_{}_r{r}", w.dtype.name());
+            let xs = x.buf.slice(r0 * inp..(r0 + rows) * inp);
+            let mut os = out.buf.slice_mut(r0 * outs..(r0 + rows) * outs);
+            let rows_i = rows as i32;
+            match (&w.buf, bias) {
+                (WeightBuf::F32(ws), Some(b)) => {
+                    launch!(self, name, cfg, ws, &xs, b, &mut os, &rows_i, &in_i, &outs_i)?
+                }
+                (WeightBuf::F32(ws), None) => {
+                    launch!(self, name, cfg, ws, &xs, &null, &mut os, &rows_i, &in_i, &outs_i)?
+                }
+                (WeightBuf::Half(ws), Some(b)) => {
+                    launch!(self, name, cfg, ws, &xs, b, &mut os, &rows_i, &in_i, &outs_i)?
+                }
+                (WeightBuf::Half(ws), None) => {
+                    launch!(self, name, cfg, ws, &xs, &null, &mut os, &rows_i, &in_i, &outs_i)?
+                }
+            }
+            r0 += rows;
+        }
+        Ok(())
+    }
+
+    /// `out = x · wᵀ` through cuBLAS. Row-major `out [rows, outs]` is
+    /// column-major `outᵀ [outs, rows] = w · xᵀ`, with `w` read as the
+    /// transpose of its column-major `[in, outs]` view.
+    fn blas(&self, x: &CudaAct, w: &CudaWeight, out: &mut CudaAct) -> Result<(), KernelError> {
+        let (m, n, k) = (out.cols as i32, x.rows as i32, x.cols as i32);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // cuBLAS runs in the calling thread's current context.
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver("binding the context", e))?;
+        let handle = *self.blas.lock().handle();
+        let err = |e: cudarc::cublas::result::CublasError| {
+            KernelError::Device(format!("cuBLAS product with {}: {e}", w.name))
+        };
+        match &w.buf {
+            WeightBuf::F32(ws) => {
+                let (a, _ga) = ws.device_ptr(&self.stream);
+                let (b, _gb) = x.buf.device_ptr(&self.stream);
+                let (c, _gc) = out.buf.device_ptr_mut(&self.stream);
+                // SAFETY: a, b and c are live device buffers of outs × in,
+                // rows × in and rows × outs floats (shapes checked by the
+                // caller), queued on the handle's stream.
+                #[allow(unsafe_code)]
+                unsafe {
+                    cudarc::cublas::result::sgemm(
+                        handle,
+                        blas::cublasOperation_t::CUBLAS_OP_T,
+                        blas::cublasOperation_t::CUBLAS_OP_N,
+                        m,
+                        n,
+                        k,
+                        &alpha,
+                        a as *const f32,
+                        k,
+                        b as *const f32,
+                        k,
+                        &beta,
+                        c as *mut f32,
+                        m,
+                    )
+                }
+                .map_err(err)
+            }
+            WeightBuf::Half(ws) => {
+                let (ty, convert) = match w.dtype {
+                    DType::BF16 => (blas::cudaDataType::CUDA_R_16BF, "to_bf16"),
+                    _ => (blas::cudaDataType::CUDA_R_16F, "to_f16"),
+                };
+                let count = x.rows * x.cols;
+                let mut xh = self.zeros_u16(count)?;
+                let n64 = count as u64;
+                launch!(self, convert, elementwise(count), &x.buf, &mut xh, &n64)?;
+                let (a, _ga) = ws.device_ptr(&self.stream);
+                let (b, _gb) = xh.device_ptr(&self.stream);
+                let (c, _gc) = out.buf.device_ptr_mut(&self.stream);
+                // SAFETY: as above; a and b hold 16-bit values of `ty`,
+                // c f32, and the product accumulates in f32.
+                #[allow(unsafe_code)]
+                unsafe {
+                    cudarc::cublas::result::gemm_ex(
+                        handle,
+                        blas::cublasOperation_t::CUBLAS_OP_T,
+                        blas::cublasOperation_t::CUBLAS_OP_N,
+                        m,
+                        n,
+                        k,
+                        (&alpha as *const f32).cast(),
+                        a as *const _,
+                        ty,
+                        k,
+                        b as *const _,
+                        ty,
+                        k,
+                        (&beta as *const f32).cast(),
+                        c as *mut _,
+                        blas::cudaDataType::CUDA_R_32F,
+                        m,
+                        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .map_err(err)
+            }
+        }
+    }
+}
+
+impl Kernels for Cuda {
+    type Act = CudaAct;
+    type Weight = CudaWeight;
+    type Kv = CudaKv;
+
+    fn device(&self) -> String {
+        self.name.clone()
+    }
+
+    fn weight(&self, w: HostWeight) -> Result<CudaWeight, KernelError> {
+        let up = |e| driver(&format!("uploading {}", w.name()), e);
+        let elems = w.elems();
+        // Vectors (norm scales, biases) in f32, as the CPU keeps them;
+        // matrices in their stored dtype.
+        let buf = match (elems, w.shape().len()) {
+            (Elems::F32(s), _) => WeightBuf::F32(self.stream.clone_htod(s).map_err(up)?),
+            (e, 1) => {
+                let mut v = Vec::with_capacity(e.len());
+                e.extend_f32(0..e.len(), &mut v);
+                WeightBuf::F32(self.stream.clone_htod(&v).map_err(up)?)
+            }
+            (Elems::BF16(s), _) => WeightBuf::Half(self.stream.clone_htod(s).map_err(up)?),
+            (Elems::F16(s), _) => {
+                let bits: &[u16] = bytemuck::cast_slice(s);
+                WeightBuf::Half(self.stream.clone_htod(bits).map_err(up)?)
+            }
+        };
+        let dtype = match buf {
+            WeightBuf::F32(_) => DType::F32,
+            WeightBuf::Half(_) => w.dtype(),
+        };
+        Ok(CudaWeight {
+            name: w.name().to_string(),
+            dtype,
+            shape: w.shape().to_vec(),
+            buf,
+        })
+    }
+
+    fn act(&self, rows: usize, cols: usize) -> Result<CudaAct, KernelError> {
+        let n = rows
+            .checked_mul(cols)
+            .ok_or_else(|| shape("act", format!("{rows}×{cols} overflows")))?;
+        Ok(CudaAct {
+            rows,
+            cols,
+            buf: self.zeros(n)?,
+        })
+    }
+
+    fn kv(&self, slots: usize, width: usize) -> Result<CudaKv, KernelError> {
+        let n = slots
+            .checked_mul(width)
+            .ok_or_else(|| KernelError::Device("KV cache size overflows".into()))?;
+        Ok(CudaKv {
+            width,
+            slots,
+            k: self.zeros(n)?,
+            v: self.zeros(n)?,
+        })
+    }
+
+    fn kv_slot_bytes(&self, width: usize) -> usize {
+        2 * width * std::mem::size_of::<f32>()
+    }
+
+    fn embed(
+        &self,
+        table: &CudaWeight,
+        tokens: &[u32],
+        out: &mut CudaAct,
+    ) -> Result<(), KernelError> {
+        let [vocab, cols] = table.shape[..] else {
+            return Err(shape("embed", format!("table {:?}", table.shape)));
+        };
+        if out.rows != tokens.len() || out.cols != cols {
+            return Err(shape("embed", "output is not tokens × hidden"));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(KernelError::Token { token: t, vocab });
+        }
+        let ids = self.u32s(tokens)?;
+        let name = format!("embed_{}", table.dtype.name());
+        let c = cols as i32;
+        let cfg = grid(tokens.len(), ROW_THREADS);
+        match &table.buf {
+            WeightBuf::F32(t) => launch!(self, name, cfg, t, &*ids, &mut out.buf, &c),
+            WeightBuf::Half(t) => launch!(self, name, cfg, t, &*ids, &mut out.buf, &c),
+        }
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaAct,
+        weight: &CudaWeight,
+        eps: f32,
+        out: &mut CudaAct,
+    ) -> Result<(), KernelError> {
+        same("rms_norm", x, out)?;
+        let w = vector("rms_norm", weight, x.cols)?;
+        let c = x.cols as i32;
+        launch!(
+            self,
+            "rms_norm_f32",
+            grid(x.rows, ROW_THREADS),
+            &x.buf,
+            w,
+            &eps,
+            &mut out.buf,
+            &c
+        )
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaAct,
+        delta: &CudaAct,
+        weight: &CudaWeight,
+        eps: f32,
+        out: &mut CudaAct,
+    ) -> Result<(), KernelError> {
+        same("add_rms_norm", x, delta)?;
+        same("add_rms_norm", x, out)?;
+        let w = vector("add_rms_norm", weight, x.cols)?;
+        let c = x.cols as i32;
+        let cfg = grid(x.rows, ROW_THREADS);
+        launch!(
+            self,
+            "add_rms_norm_f32",
+            cfg,
+            &mut x.buf,
+            &delta.buf,
+            w,
+            &eps,
+            &mut out.buf,
+            &c
+        )
+    }
+
+    fn matmul(
+        &self,
+        x: &CudaAct,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        out: &mut CudaAct,
+    ) -> Result<(), KernelError> {
+        let [outs, inp] = w.shape[..] else {
+            return Err(shape("matmul", format!("{} is {:?}", w.name, w.shape)));
+        };
+        if x.cols != inp || out.rows != x.rows || out.cols != outs {
+            return Err(shape(
+                "matmul",
+                format!(
+                    "{}×{} · {} {:?}ᵀ into {}×{}",
+                    x.rows, x.cols, w.name, w.shape, out.rows, out.cols
+                ),
+            ));
+        }
+        let bias = bias.map(|b| vector("matmul bias", b, outs)).transpose()?;
+        if x.rows == 0 {
+            return Ok(());
+        }
+        if x.rows <= self.gemv_max_rows {
+            return self.gemv(x, w, bias, out);
+        }
+        self.blas(x, w, out)?;
+        if let Some(b) = bias {
+            let (n, cols) = ((out.rows * outs) as u64, outs as u32);
+            launch!(
+                self,
+                "add_bias",
+                elementwise(out.rows * outs),
+                &mut out.buf,
+                b,
+                &cols,
+                &n
+            )?;
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaAct,
+        head_dim: usize,
+        positions: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<(), KernelError> {
+        if head_dim == 0
+            || !x.cols.is_multiple_of(head_dim)
+            || positions.len() != x.rows
+            || inv_freq.len() != head_dim / 2
+        {
+            return Err(shape(
+                "rope",
+                format!(
+                    "{}×{} with head_dim {head_dim}, {} positions, {} frequencies",
+                    x.rows,
+                    x.cols,
+                    positions.len(),
+                    inv_freq.len()
+                ),
+            ));
+        }
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let heads = (x.cols / head_dim) as i32;
+        let (pos, freq) = (self.u32s(positions)?, self.f32s(inv_freq)?);
+        let hd = head_dim as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (x.rows as u32, heads as u32, 1),
+            block_dim: ((head_dim / 2).next_multiple_of(32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, "rope", cfg, &mut x.buf, &*pos, &*freq, &heads, &hd)
+    }
+
+    fn kv_write(
+        &self,
+        kv: &mut CudaKv,
+        k: &CudaAct,
+        v: &CudaAct,
+        slots: &[u32],
+    ) -> Result<(), KernelError> {
+        same("kv_write", k, v)?;
+        if k.cols != kv.width || slots.len() != k.rows {
+            return Err(shape(
+                "kv_write",
+                format!("{}×{} into width {}", k.rows, k.cols, kv.width),
+            ));
+        }
+        if let Some(&s) = slots.iter().find(|&&s| s as usize >= kv.slots) {
+            return Err(shape("kv_write", format!("slot {s} of {}", kv.slots)));
+        }
+        if k.rows == 0 {
+            return Ok(());
+        }
+        let ids = self.u32s(slots)?;
+        let width = kv.width as u32;
+        let cfg = grid(k.rows, ROW_THREADS);
+        launch!(
+            self,
+            "kv_write_f32",
+            cfg,
+            &k.buf,
+            &v.buf,
+            &*ids,
+            &mut kv.k,
+            &mut kv.v,
+            &width
+        )
+    }
+
+    fn attention(
+        &self,
+        q: &CudaAct,
+        kv: &CudaKv,
+        s: AttnShape,
+        seqs: &[AttnSeq<'_>],
+        out: &mut CudaAct,
+    ) -> Result<(), KernelError> {
+        same("attention", q, out)?;
+        if s.head_dim == 0
+            || s.head_dim > MAX_HEAD_DIM
+            || s.kv_heads == 0
+            || !s.heads.is_multiple_of(s.kv_heads)
+            || q.cols != s.heads * s.head_dim
+            || kv.width != s.kv_heads * s.head_dim
+            || s.block_size == 0
+        {
+            return Err(shape(
+                "attention",
+                format!(
+                    "{} heads of {} over {} KV heads (at most {MAX_HEAD_DIM} per head), q {}×{}, cache width {}",
+                    s.heads, s.head_dim, s.kv_heads, q.rows, q.cols, kv.width
+                ),
+            ));
+        }
+        // Each sequence as the kernels' `Seq` {start, rows, row0,
+        // block_off}, decode (one row) and prefill apart; one table of
+        // every block table.
+        let mut tables: Vec<u32> = Vec::new();
+        let (mut decode, mut prefill) = (Vec::new(), Vec::new());
+        let (mut longest, mut most_rows) = (0usize, 0usize);
+        for sq in seqs {
+            let end = sq.start + sq.rows.len();
+            if sq.rows.end > q.rows || sq.blocks.len() * s.block_size < end {
+                return Err(shape(
+                    "attention",
+                    format!(
+                        "rows {:?} at {} with {} blocks",
+                        sq.rows,
+                        sq.start,
+                        sq.blocks.len()
+                    ),
+                ));
+            }
+            if let Some(&b) = sq
+                .blocks
+                .iter()
+                .find(|&&b| (b as usize + 1) * s.block_size > kv.slots)
+            {
+                return Err(shape(
+                    "attention",
+                    format!("block {b} beyond the cache's {} slots", kv.slots),
+                ));
+            }
+            if sq.rows.is_empty() {
+                continue;
+            }
+            let entry = [
+                u32_of("attention", sq.start)?,
+                u32_of("attention", sq.rows.len())?,
+                u32_of("attention", sq.rows.start)?,
+                u32_of("attention", tables.len())?,
+            ];
+            tables.extend_from_slice(sq.blocks);
+            if sq.rows.len() == 1 {
+                decode.extend_from_slice(&entry);
+                longest = longest.max(end);
+            } else {
+                prefill.extend_from_slice(&entry);
+                most_rows = most_rows.max(sq.rows.len());
+            }
+        }
+        let tables = self.u32s(&tables)?;
+        let (heads, kv_heads, hd) = (s.heads as u32, s.kv_heads as u32, s.head_dim as i32);
+        let (bs, window) = (s.block_size as u32, s.window.map_or(0, |w| w as u32));
+        let scale = s.scale;
+        if !decode.is_empty() {
+            let n = decode.len() / 4;
+            let table = self.u32s(&decode)?;
+            // Split long contexts so that every multiprocessor has work.
+            let splits = longest.div_ceil(512).clamp(1, 32) as u32;
+            let mut partial = self.zeros(n * s.heads * splits as usize * (2 + s.head_dim))?;
+            let cfg = LaunchConfig {
+                grid_dim: (heads, n as u32, splits),
+                block_dim: (ATTN_WARPS * 32, 1, 1),
+                shared_mem_bytes: ATTN_WARPS * (2 + s.head_dim as u32) * 4,
+            };
+            launch!(
+                self,
+                "attn_decode_f32",
+                cfg,
+                &q.buf,
+                &kv.k,
+                &kv.v,
+                &*tables,
+                &*table,
+                &mut partial,
+                &heads,
+                &kv_heads,
+                &hd,
+                &bs,
+                &scale,
+                &window
+            )?;
+            let cfg = LaunchConfig {
+                grid_dim: (heads, n as u32, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(
+                self,
+                "attn_decode_reduce",
+                cfg,
+                &partial,
+                &*table,
+                &mut out.buf,
+                &heads,
+                &hd,
+                &splits
+            )?;
+        }
+        if !prefill.is_empty() {
+            let n = prefill.len() / 4;
+            let table = self.u32s(&prefill)?;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    heads,
+                    most_rows.div_ceil(ATTN_WARPS as usize) as u32,
+                    n as u32,
+                ),
+                block_dim: (ATTN_WARPS * 32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(
+                self,
+                "attn_prefill_f32",
+                cfg,
+                &q.buf,
+                &kv.k,
+                &kv.v,
+                &*tables,
+                &*table,
+                &mut out.buf,
+                &heads,
+                &kv_heads,
+                &hd,
+                &bs,
+                &scale,
+                &window
+            )?;
+        }
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &CudaAct, up: &CudaAct, out: &mut CudaAct) -> Result<(), KernelError> {
+        same("silu_mul", gate, up)?;
+        same("silu_mul", gate, out)?;
+        let n = gate.rows * gate.cols;
+        let n64 = n as u64;
+        launch!(
+            self,
+            "swiglu",
+            elementwise(n),
+            &gate.buf,
+            &up.buf,
+            &mut out.buf,
+            &n64
+        )
+    }
+
+    fn add(&self, x: &mut CudaAct, y: &CudaAct) -> Result<(), KernelError> {
+        same("add", x, y)?;
+        let n = x.rows * x.cols;
+        let n64 = n as u64;
+        launch!(self, "add", elementwise(n), &mut x.buf, &y.buf, &n64)
+    }
+
+    fn gather_rows(
+        &self,
+        x: &CudaAct,
+        rows: &[usize],
+        out: &mut CudaAct,
+    ) -> Result<(), KernelError> {
+        if out.rows != rows.len() || out.cols != x.cols {
+            return Err(shape("gather_rows", "output is not rows × cols"));
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
+            return Err(shape("gather_rows", format!("row {r} of {}", x.rows)));
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let ids = self.u32s(&ids)?;
+        let cols = x.cols as u32;
+        launch!(
+            self,
+            "gather_rows",
+            grid(rows.len(), ROW_THREADS),
+            &x.buf,
+            &*ids,
+            &mut out.buf,
+            &cols
+        )
+    }
+
+    fn to_host(&self, x: &CudaAct) -> Result<Vec<f32>, KernelError> {
+        let n = x.rows * x.cols;
+        let mut all = self
+            .stream
+            .clone_dtoh(&x.buf)
+            .map_err(|e| driver("download", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver("synchronize", e))?;
+        all.truncate(n);
+        Ok(all)
+    }
+}

@@ -1,0 +1,389 @@
+//! Every step of the forward pass on the GPU against the CPU path, on
+//! random inputs: the same calls through [`Kernels`] on both devices, the
+//! largest difference relative to the largest CPU value, against a
+//! tolerance per dtype and path.
+//!
+//! Tolerances: f32 arithmetic in another order, 1e-4; bf16 or f16 weights
+//! with f32 activations (the GEMV), 1e-4; products through cuBLAS, whose
+//! activations are rounded to the weights' 16-bit dtype first, 1e-2 (bf16:
+//! 8 bits of mantissa) and 2e-3 (f16). Embedding gathers and row copies
+//! must be exact.
+//!
+//! Must never: compare a device with itself, or pass a case whose output
+//! holds NaN.
+
+use anyhow::Result;
+use lattice_gpu_kernels::{AttnSeq, AttnShape, DType, HostWeight, Kernels};
+
+/// One compared step.
+pub struct Case {
+    pub name: String,
+    /// Largest |gpu − cpu| over the largest |cpu|.
+    pub err: f32,
+    pub tol: f32,
+}
+
+impl Case {
+    pub fn passed(&self) -> bool {
+        self.err <= self.tol
+    }
+}
+
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn uniform(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((v >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+    pub fn values(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.uniform() + 1.0) * 0.5 * n as f32) as usize % n.max(1)
+    }
+}
+
+/// Relative error, infinite when either side holds NaN or lengths differ.
+pub fn rel_err(gpu: &[f32], cpu: &[f32]) -> f32 {
+    if gpu.len() != cpu.len() || gpu.iter().chain(cpu).any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
+    let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = gpu
+        .iter()
+        .zip(cpu)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
+fn weight(name: &str, dtype: DType, shape: Vec<usize>, values: &[f32]) -> Result<HostWeight> {
+    Ok(match dtype {
+        DType::F32 => HostWeight::owned_f32(name, shape, values.to_vec())?,
+        DType::BF16 => HostWeight::owned_u16(
+            name,
+            dtype,
+            shape,
+            values
+                .iter()
+                .map(|v| half::bf16::from_f32(*v).to_bits())
+                .collect(),
+        )?,
+        DType::F16 => HostWeight::owned_u16(
+            name,
+            dtype,
+            shape,
+            values
+                .iter()
+                .map(|v| half::f16::from_f32(*v).to_bits())
+                .collect(),
+        )?,
+    })
+}
+
+/// `values` as a `rows × cols` activation (the trait has no upload: an
+/// embedding gather of an f32 table does it on every device).
+fn upload<K: Kernels>(k: &K, values: &[f32], rows: usize, cols: usize) -> Result<K::Act> {
+    let table = k.weight(weight("upload", DType::F32, vec![rows, cols], values)?)?;
+    let mut a = k.act(rows, cols)?;
+    let ids: Vec<u32> = (0..rows as u32).collect();
+    k.embed(&table, &ids, &mut a)?;
+    Ok(a)
+}
+
+/// What one case runs, on either device.
+enum Op {
+    Embed(DType),
+    RmsNorm,
+    AddRmsNorm,
+    Matmul {
+        dtype: DType,
+        rows: usize,
+        inp: usize,
+        outs: usize,
+        bias: bool,
+    },
+    Rope,
+    Attention {
+        head_dim: usize,
+        decode: bool,
+        prefill: bool,
+        window: Option<usize>,
+    },
+    SiluMul,
+    Add,
+    Gather,
+}
+
+fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
+    let mut rng = Rng(seed | 1);
+    k.scope(|| -> Result<Vec<f32>> {
+        match *op {
+            Op::Embed(dtype) => {
+                let (vocab, cols) = (300, 200);
+                let table = k.weight(weight(
+                    "table",
+                    dtype,
+                    vec![vocab, cols],
+                    &rng.values(vocab * cols),
+                )?)?;
+                let ids: Vec<u32> = (0..13).map(|_| rng.below(vocab) as u32).collect();
+                let mut out = k.act(ids.len(), cols)?;
+                k.embed(&table, &ids, &mut out)?;
+                Ok(k.to_host(&out)?)
+            }
+            Op::RmsNorm | Op::AddRmsNorm => {
+                let (rows, cols) = (5, 4096);
+                let mut x = upload(k, &rng.values(rows * cols), rows, cols)?;
+                let d = upload(k, &rng.values(rows * cols), rows, cols)?;
+                let w = k.weight(weight("norm", DType::BF16, vec![cols], &rng.values(cols))?)?;
+                let mut out = k.act(rows, cols)?;
+                if matches!(op, Op::RmsNorm) {
+                    k.rms_norm(&x, &w, 1e-5, &mut out)?;
+                    return Ok(k.to_host(&out)?);
+                }
+                k.add_rms_norm(&mut x, &d, &w, 1e-5, &mut out)?;
+                let mut all = k.to_host(&out)?;
+                all.extend(k.to_host(&x)?);
+                Ok(all)
+            }
+            Op::Matmul {
+                dtype,
+                rows,
+                inp,
+                outs,
+                bias,
+            } => {
+                let x = upload(k, &rng.values(rows * inp), rows, inp)?;
+                let scale = 1.0 / (inp as f32).sqrt();
+                let wv: Vec<f32> = rng.values(outs * inp).iter().map(|v| v * scale).collect();
+                let w = k.weight(weight("w", dtype, vec![outs, inp], &wv)?)?;
+                let b = if bias {
+                    Some(k.weight(weight("b", dtype, vec![outs], &rng.values(outs))?)?)
+                } else {
+                    None
+                };
+                let mut out = k.act(rows, outs)?;
+                k.matmul(&x, &w, b.as_ref(), &mut out)?;
+                Ok(k.to_host(&out)?)
+            }
+            Op::Rope => {
+                let (rows, head_dim, heads) = (7, 64, 8);
+                let mut x = upload(
+                    k,
+                    &rng.values(rows * heads * head_dim),
+                    rows,
+                    heads * head_dim,
+                )?;
+                let pos: Vec<u32> = (0..rows).map(|_| rng.below(4000) as u32).collect();
+                let inv: Vec<f32> = (0..head_dim / 2)
+                    .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / head_dim as f32))
+                    .collect();
+                k.rope(&mut x, head_dim, &pos, &inv)?;
+                Ok(k.to_host(&x)?)
+            }
+            Op::Attention {
+                head_dim,
+                decode,
+                prefill,
+                window,
+            } => attention(k, &mut rng, head_dim, decode, prefill, window),
+            Op::SiluMul | Op::Add => {
+                let (rows, cols) = (9, 3000);
+                let a = upload(k, &rng.values(rows * cols), rows, cols)?;
+                let mut b = upload(k, &rng.values(rows * cols), rows, cols)?;
+                if matches!(op, Op::Add) {
+                    k.add(&mut b, &a)?;
+                    return Ok(k.to_host(&b)?);
+                }
+                let mut out = k.act(rows, cols)?;
+                k.silu_mul(&a, &b, &mut out)?;
+                Ok(k.to_host(&out)?)
+            }
+            Op::Gather => {
+                let (rows, cols) = (40, 333);
+                let x = upload(k, &rng.values(rows * cols), rows, cols)?;
+                let pick = [39, 0, 7, 7, 21];
+                let mut out = k.act(pick.len(), cols)?;
+                k.gather_rows(&x, &pick, &mut out)?;
+                Ok(k.to_host(&out)?)
+            }
+        }
+    })
+}
+
+/// Paged attention: decode rows of sequences of 1, 300 and 1,500
+/// positions (long enough to be split), prefill chunks of 37 rows from
+/// position 0 and of 20 rows from position 50, or both in one call; GQA
+/// (8 heads over 2 KV heads); blocks of 16 slots in shuffled order.
+fn attention<K: Kernels>(
+    k: &K,
+    rng: &mut Rng,
+    head_dim: usize,
+    decode: bool,
+    prefill: bool,
+    window: Option<usize>,
+) -> Result<Vec<f32>> {
+    let (heads, kv_heads, bs) = (8, 2, 16);
+    let width = kv_heads * head_dim;
+    // (context length, query rows) per sequence.
+    let mut shapes: Vec<(usize, usize)> = Vec::new();
+    if decode {
+        shapes.extend([(1, 1), (300, 1), (1500, 1)]);
+    }
+    if prefill {
+        shapes.extend([(37, 37), (70, 20)]);
+    }
+    let blocks_needed: usize = shapes.iter().map(|(len, _)| len.div_ceil(bs)).sum();
+    let total_blocks = blocks_needed + 7;
+    let mut order: Vec<u32> = (0..total_blocks as u32).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let mut kv = k.kv(total_blocks * bs, width)?;
+    let mut next = 0;
+    let mut tables = Vec::new();
+    let mut slots = Vec::new();
+    for (len, _) in &shapes {
+        let n = len.div_ceil(bs);
+        let table = order[next..next + n].to_vec();
+        next += n;
+        for p in 0..*len {
+            slots.push(table[p / bs] * bs as u32 + (p % bs) as u32);
+        }
+        tables.push(table);
+    }
+    let keys = upload(k, &rng.values(slots.len() * width), slots.len(), width)?;
+    let values = upload(k, &rng.values(slots.len() * width), slots.len(), width)?;
+    k.kv_write(&mut kv, &keys, &values, &slots)?;
+    let rows: usize = shapes.iter().map(|(_, r)| r).sum();
+    let q = upload(
+        k,
+        &rng.values(rows * heads * head_dim),
+        rows,
+        heads * head_dim,
+    )?;
+    let mut seqs = Vec::new();
+    let mut row = 0;
+    for ((len, r), table) in shapes.iter().zip(&tables) {
+        seqs.push(AttnSeq {
+            rows: row..row + r,
+            start: len - r,
+            blocks: table,
+        });
+        row += r;
+    }
+    let shape = AttnShape {
+        heads,
+        kv_heads,
+        head_dim,
+        block_size: bs,
+        window,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    };
+    let mut out = k.act(rows, heads * head_dim)?;
+    k.attention(&q, &kv, shape, &seqs, &mut out)?;
+    Ok(k.to_host(&out)?)
+}
+
+/// Every case, GPU against CPU; an error of either side fails the case.
+pub fn check_all<G: Kernels, C: Kernels>(gpu: &G, cpu: &C) -> Vec<(Case, Option<String>)> {
+    let mut cases: Vec<(String, Op, f32)> = Vec::new();
+    for d in [DType::F32, DType::BF16, DType::F16] {
+        cases.push((format!("embed {}", d.name()), Op::Embed(d), 0.0));
+    }
+    cases.push(("rms_norm".into(), Op::RmsNorm, 1e-4));
+    cases.push(("add_rms_norm".into(), Op::AddRmsNorm, 1e-4));
+    for d in [DType::F32, DType::BF16, DType::F16] {
+        for rows in [1, 2, 3, 5, 8, 9, 32, 130] {
+            let gemv = rows <= lattice_gpu_kernels::cuda::GEMV_MAX_ROWS;
+            let tol = match (gemv, d) {
+                (true, _) | (false, DType::F32) => 1e-4,
+                (false, DType::BF16) => 1e-2,
+                (false, DType::F16) => 2e-3,
+            };
+            let path = if gemv { "gemv" } else { "cublas" };
+            cases.push((
+                format!("matmul {} {rows}×1024·1024→768 ({path})", d.name()),
+                Op::Matmul {
+                    dtype: d,
+                    rows,
+                    inp: 1024,
+                    outs: 768,
+                    bias: rows % 2 == 1,
+                },
+                tol,
+            ));
+        }
+        cases.push((
+            format!("matmul {} 3×100·100→50 (unaligned rows)", d.name()),
+            Op::Matmul {
+                dtype: d,
+                rows: 3,
+                inp: 100,
+                outs: 50,
+                bias: true,
+            },
+            1e-4,
+        ));
+    }
+    cases.push(("rope".into(), Op::Rope, 1e-4));
+    for head_dim in [64, 128] {
+        for (name, decode, prefill, window) in [
+            ("decode", true, false, None),
+            ("prefill", false, true, None),
+            ("mixed", true, true, None),
+            ("mixed, window 64", true, true, Some(64)),
+        ] {
+            cases.push((
+                format!("attention {name}, head_dim {head_dim}"),
+                Op::Attention {
+                    head_dim,
+                    decode,
+                    prefill,
+                    window,
+                },
+                1e-4,
+            ));
+        }
+    }
+    cases.push(("silu_mul".into(), Op::SiluMul, 1e-5));
+    cases.push(("add".into(), Op::Add, 0.0));
+    cases.push(("gather_rows".into(), Op::Gather, 0.0));
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, op, tol))| {
+            let seed = 0x5EED_0000 + i as u64;
+            match (run(gpu, &op, seed), run(cpu, &op, seed)) {
+                (Ok(g), Ok(c)) => (
+                    Case {
+                        name,
+                        err: rel_err(&g, &c),
+                        tol,
+                    },
+                    None,
+                ),
+                (g, c) => {
+                    let why = [g.err(), c.err()]
+                        .into_iter()
+                        .flatten()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    (
+                        Case {
+                            name,
+                            err: f32::INFINITY,
+                            tol,
+                        },
+                        Some(why),
+                    )
+                }
+            }
+        })
+        .collect()
+}
