@@ -91,7 +91,7 @@ template <typename C>
 __device__ void attn_decode(const float* q, const C* keys, const C* values, const u32* tables,
                             const Seq* seqs, float* partial, u32 heads, u32 kv_heads,
                             int head_dim, u32 block_size, float scale, u32 window) {
-  extern __shared__ float smem[];
+  DYNAMIC_SHARED(float, smem);
   const u32 h = blockIdx.x, s = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const Seq sq = seqs[s];
   const u32 pos = sq.start;  // the one query row is at this position

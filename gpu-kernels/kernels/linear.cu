@@ -24,11 +24,10 @@ __device__ __forceinline__ void load8(const __nv_bfloat16* p, float* v) {
 }
 __device__ __forceinline__ void load8(const __half* p, float* v) {
   const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
+  const u32 w[4] = {u.x, u.y, u.z, u.w};
   for (int j = 0; j < 4; ++j) {
-    const float2 f = __half22float2(h[j]);
-    v[2 * j] = f.x;
-    v[2 * j + 1] = f.y;
+    v[2 * j] = __half2float(__ushort_as_half((unsigned short)(w[j] & 0xffffu)));
+    v[2 * j + 1] = __half2float(__ushort_as_half((unsigned short)(w[j] >> 16)));
   }
 }
 

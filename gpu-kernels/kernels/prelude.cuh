@@ -9,6 +9,14 @@
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+// A launch's dynamic shared memory, `name` of type T*. (The kernel
+// emulator, gpu-kernels/emu, has no `extern __shared__`.)
+#ifdef LATTICE_EMU
+#define DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(emu_dynamic_shared())
+#else
+#define DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 typedef unsigned int u32;
 typedef unsigned long long u64;
 

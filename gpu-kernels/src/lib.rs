@@ -13,6 +13,7 @@
 //! shape mismatch (a [`KernelError`] names it); hide a missing GPU (a CUDA
 //! implementation answers with an error, never a panic).
 
+pub mod check;
 pub mod cpu;
 pub mod cuda;
 mod weight;

@@ -14,17 +14,15 @@
 //! are checked on the host first), or use the stream from two threads at
 //! once (the engine owns the device).
 
+use super::backend::{driver, Backend, Driver, Mem};
 use super::{full_source, SOURCES};
 use crate::{DType, KernelError};
-use cudarc::cublas::CudaBlas;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
-};
+use cudarc::driver::CudaContext;
 use cudarc::nvrtc::Ptx;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Products of up to this many activation rows run the GEMV kernels
@@ -73,7 +71,7 @@ pub fn kernel_names() -> Vec<String> {
 pub struct CudaAct {
     pub rows: usize,
     pub cols: usize,
-    pub(super) buf: CudaSlice<f32>,
+    pub(super) mem: Mem,
 }
 
 /// A weight on the GPU, in its stored dtype (vectors in f32).
@@ -81,45 +79,32 @@ pub struct CudaWeight {
     pub(super) name: String,
     pub(super) dtype: DType,
     pub(super) shape: Vec<usize>,
-    pub(super) buf: WeightBuf,
-}
-
-pub(super) enum WeightBuf {
-    F32(CudaSlice<f32>),
-    /// bf16 or f16 bits.
-    Half(CudaSlice<u16>),
+    pub(super) mem: Mem,
 }
 
 /// One layer's KV cache on the GPU (f32 keys and values, as on the CPU).
 pub struct CudaKv {
     pub(super) width: usize,
     pub(super) slots: usize,
-    pub(super) k: CudaSlice<f32>,
-    pub(super) v: CudaSlice<f32>,
+    pub(super) k: Mem,
+    pub(super) v: Mem,
 }
+
+type Recent<T> = Vec<(Vec<T>, Arc<Mem>)>;
 
 #[derive(Default)]
 pub(super) struct Memo {
-    u32s: Vec<(Vec<u32>, Arc<CudaSlice<u32>>)>,
-    f32s: Vec<(Vec<f32>, Arc<CudaSlice<f32>>)>,
+    u32s: Recent<u32>,
+    f32s: Recent<f32>,
 }
 
 /// The CUDA device.
 pub struct Cuda {
-    pub(super) ctx: Arc<CudaContext>,
-    pub(super) stream: Arc<CudaStream>,
-    pub(super) blas: Mutex<CudaBlas>,
-    funcs: HashMap<String, CudaFunction>,
-    // Kept so the functions' module outlives them explicitly.
-    _modules: Vec<Arc<CudaModule>>,
+    pub(super) gpu: Box<dyn Backend>,
     pub(super) name: String,
     pub(super) arch: String,
     pub(super) memo: Mutex<Memo>,
     pub(super) gemv_max_rows: usize,
-}
-
-pub(super) fn driver(what: &str, e: DriverError) -> KernelError {
-    KernelError::Device(format!("cuda {what}: {e}"))
 }
 
 /// Where the CUDA headers NVRTC needs (`cuda_bf16.h`) are: the
@@ -197,9 +182,6 @@ impl Cuda {
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         let gpu = ctx.name().map_err(|e| driver("device name", e))?;
         let memory = ctx.total_mem().map_err(|e| driver("memory", e))?;
-        let stream = ctx.default_stream();
-        let blas = CudaBlas::new(stream.clone())
-            .map_err(|e| KernelError::Device(format!("cuBLAS: {e}")))?;
         let include = include_dir()?;
         let wanted = kernel_names();
         let mut funcs = HashMap::new();
@@ -223,13 +205,31 @@ impl Cuda {
             )));
         }
         Ok(Self {
-            ctx,
-            stream,
-            blas: Mutex::new(blas),
-            funcs,
-            _modules: modules,
+            gpu: Box::new(Driver::new(ctx, funcs, modules)?),
             name: format!("cuda ({gpu}, {arch}, {} GiB)", memory >> 30),
             arch: arch.to_string(),
+            memo: Mutex::new(Memo::default()),
+            gemv_max_rows: GEMV_MAX_ROWS,
+        })
+    }
+
+    /// The kernel emulator (tests only): every kernel source compiled by
+    /// the host's g++ into `dir` and run on host threads, cuBLAS's product
+    /// a plain loop. The device's host code is the same as on a GPU.
+    pub fn emulated(dir: &Path) -> Result<Self, KernelError> {
+        let emu = super::emu::Emu::new(dir)?;
+        if let Some(missing) = kernel_names()
+            .into_iter()
+            .find(|k| !emu.kernels().any(|e| e == k))
+        {
+            return Err(KernelError::Device(format!(
+                "kernel {missing} is in none of the sources"
+            )));
+        }
+        Ok(Self {
+            gpu: Box::new(emu),
+            name: "cuda (emulated on the host)".into(),
+            arch: "emulated".into(),
             memo: Mutex::new(Memo::default()),
             gemv_max_rows: GEMV_MAX_ROWS,
         })
@@ -253,107 +253,67 @@ impl Cuda {
 
     /// Waits until every queued step is done (for timing).
     pub fn synchronize(&self) -> Result<(), KernelError> {
-        self.stream
-            .synchronize()
-            .map_err(|e| driver("synchronize", e))
-    }
-
-    /// Free and total bytes of GPU memory.
-    pub fn memory(&self) -> Result<(usize, usize), KernelError> {
-        self.ctx.mem_get_info().map_err(|e| driver("memory", e))
+        self.gpu.synchronize()
     }
 
     /// Device-to-device copy bandwidth (bytes read + written per second)
     /// over `bytes`-sized buffers, the best of `rounds` copies.
     pub fn copy_bandwidth(&self, bytes: usize, rounds: usize) -> Result<f64, KernelError> {
-        let n = bytes / 4;
-        let src = self.zeros(n)?;
-        let mut dst = self.zeros(n)?;
+        let src = self.gpu.alloc(bytes)?;
+        let dst = self.gpu.alloc(bytes)?;
         let mut best = f64::MAX;
         for _ in 0..rounds.max(2) {
             self.synchronize()?;
             let t = std::time::Instant::now();
-            self.stream
-                .memcpy_dtod(&src, &mut dst)
-                .map_err(|e| driver("copy", e))?;
+            self.gpu.copy(&dst, &src, bytes)?;
             self.synchronize()?;
             best = best.min(t.elapsed().as_secs_f64());
         }
-        Ok(2.0 * (n * 4) as f64 / best)
+        Ok(2.0 * bytes as f64 / best)
     }
 
-    pub(super) fn func(&self, name: &str) -> Result<&CudaFunction, KernelError> {
-        self.funcs
-            .get(name)
-            .ok_or_else(|| KernelError::Device(format!("kernel {name} is not loaded")))
-    }
-
-    pub(super) fn zeros(&self, n: usize) -> Result<CudaSlice<f32>, KernelError> {
-        self.stream
-            .alloc_zeros::<f32>(n.max(1))
-            .map_err(|e| driver(&format!("allocating {n} floats"), e))
-    }
-
-    pub(super) fn zeros_u16(&self, n: usize) -> Result<CudaSlice<u16>, KernelError> {
-        self.stream
-            .alloc_zeros::<u16>(n.max(1))
-            .map_err(|e| driver(&format!("allocating {n} halves"), e))
+    /// Zeroed device memory for `n` values of 4 bytes.
+    pub(super) fn zeros(&self, n: usize) -> Result<Mem, KernelError> {
+        self.gpu.alloc(n * 4)
     }
 
     /// `values` on the GPU, reusing a recent upload of the same values.
-    pub(super) fn u32s(&self, values: &[u32]) -> Result<Arc<CudaSlice<u32>>, KernelError> {
+    pub(super) fn u32s(&self, values: &[u32]) -> Result<Arc<Mem>, KernelError> {
         let mut memo = self.memo.lock();
         self.upload(&mut memo.u32s, values)
     }
 
     /// As [`Self::u32s`], for f32 values.
-    pub(super) fn f32s(&self, values: &[f32]) -> Result<Arc<CudaSlice<f32>>, KernelError> {
+    pub(super) fn f32s(&self, values: &[f32]) -> Result<Arc<Mem>, KernelError> {
         let mut memo = self.memo.lock();
         self.upload(&mut memo.f32s, values)
     }
 
-    fn upload<T: DeviceRepr + Copy + Default + PartialEq>(
+    fn upload<T: bytemuck::Pod + PartialEq>(
         &self,
-        recent: &mut Vec<(Vec<T>, Arc<CudaSlice<T>>)>,
+        recent: &mut Recent<T>,
         values: &[T],
-    ) -> Result<Arc<CudaSlice<T>>, KernelError> {
-        if let Some((_, s)) = recent.iter().find(|(v, _)| v.as_slice() == values) {
-            return Ok(s.clone());
+    ) -> Result<Arc<Mem>, KernelError> {
+        if let Some((_, m)) = recent.iter().find(|(v, _)| v.as_slice() == values) {
+            return Ok(m.clone());
         }
-        // A buffer of no elements cannot be allocated: one unread instead.
-        let padded: Vec<T> = if values.is_empty() {
-            vec![T::default()]
-        } else {
-            values.to_vec()
-        };
-        let s = Arc::new(
-            self.stream
-                .clone_htod(&padded)
-                .map_err(|e| driver("upload", e))?,
-        );
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let m = self.gpu.alloc(bytes.len())?;
+        self.gpu.upload(&m, bytes)?;
+        let m = Arc::new(m);
         if recent.len() >= MEMO {
             recent.remove(0);
         }
-        recent.push((values.to_vec(), s.clone()));
-        Ok(s)
+        recent.push((values.to_vec(), m.clone()));
+        Ok(m)
     }
 }
 
-/// A launch: the kernel `$name` with `$cfg` and the arguments in order.
-/// Arguments are references to device buffers or to scalars that live
-/// until the launch returns.
-macro_rules! launch {
-    ($dev:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let name: &str = &$name;
-        let f = $dev.func(name)?;
-        let mut b = $dev.stream.launch_builder(f);
-        $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )+
-        // SAFETY: the host checked every buffer's length against the
-        // shapes the kernel indexes with before this launch, and the
-        // arguments match the kernel's parameter list in order and type.
-        #[allow(unsafe_code)]
-        let r = unsafe { b.launch($cfg) };
-        r.map(|_| ()).map_err(|e| $crate::cuda::device::driver(name, e))
-    }};
+/// The argument array of a launch: a pointer to each value, in the
+/// kernel's parameter order (device memory passed as its `u64` address).
+macro_rules! args {
+    ($($arg:expr),+ $(,)?) => {
+        [$( ($arg) as *const _ as *mut std::ffi::c_void ),+]
+    };
 }
-pub(super) use launch;
+pub(super) use args;

@@ -9,14 +9,18 @@
 //! with no GPU (NVRTC from PyPI; `tests/nvrtc.rs`).
 //!
 //! [`Cuda`] implements [`crate::Kernels`], so the engine runs on it
-//! unchanged. No GPU exists where this is developed: its checks against the
-//! CPU path and its measurements run on a lent GPU (`scripts/gpu-check`),
-//! and until they have, its results are unverified.
+//! unchanged, over a backend (`backend.rs`): the CUDA driver, or the kernel
+//! emulator (`emu.rs`: every source compiled by g++ and run on host
+//! threads), with which the test suite checks the device's host code and
+//! kernels against the CPU path on machines without a GPU. NVRTC's code,
+//! cuBLAS and speed are checked on a lent GPU (`scripts/gpu-check`).
 //!
 //! Must never: touch the CUDA driver before checking that its library is
 //! present (cudarc panics when it is not), or panic for a missing GPU.
 
+mod backend;
 mod device;
+mod emu;
 mod ops;
 
 pub use device::{include_dir, kernel_names, Cuda, CudaAct, CudaKv, CudaWeight, GEMV_MAX_ROWS};

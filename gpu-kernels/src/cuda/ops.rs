@@ -6,11 +6,11 @@
 //! against the shape it indexes with, or wait for the GPU except to hand
 //! a result to the host.
 
-use super::device::{driver, launch, CudaAct, CudaKv, CudaWeight, WeightBuf};
+use super::backend::Gemm;
+use super::device::{args, CudaAct, CudaKv, CudaWeight};
 use super::Cuda;
 use crate::{shape, AttnSeq, AttnShape, DType, Elems, HostWeight, KernelError, Kernels};
-use cudarc::cublas::sys as blas;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 /// Threads per block of the row-wise kernels (norms, copies).
 const ROW_THREADS: u32 = 256;
@@ -47,18 +47,20 @@ fn same(op: &'static str, a: &CudaAct, b: &CudaAct) -> Result<(), KernelError> {
     Ok(())
 }
 
-fn vector<'a>(
-    op: &'static str,
-    w: &'a CudaWeight,
-    len: usize,
-) -> Result<&'a CudaSlice<f32>, KernelError> {
-    match &w.buf {
-        WeightBuf::F32(s) if w.shape == [len] => Ok(s),
-        _ => Err(shape(
+/// A vector weight's address (vectors are f32 on the device).
+fn vector(op: &'static str, w: &CudaWeight, len: usize) -> Result<u64, KernelError> {
+    if w.dtype != DType::F32 || w.shape != [len] {
+        return Err(shape(
             op,
-            format!("{} is {:?}, wanted a vector of {len}", w.name, w.shape),
-        )),
+            format!(
+                "{} is {} {:?}, wanted a vector of {len}",
+                w.name,
+                w.dtype.name(),
+                w.shape
+            ),
+        ));
     }
+    Ok(w.mem.ptr)
 }
 
 fn u32_of(op: &'static str, n: usize) -> Result<u32, KernelError> {
@@ -66,11 +68,21 @@ fn u32_of(op: &'static str, n: usize) -> Result<u32, KernelError> {
 }
 
 impl Cuda {
+    fn launch(
+        &self,
+        name: &str,
+        cfg: LaunchConfig,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), KernelError> {
+        self.gpu.launch(name, cfg, args)
+    }
+
+    /// The GEMV kernels, in groups of up to 8 activation rows.
     fn gemv(
         &self,
         x: &CudaAct,
         w: &CudaWeight,
-        bias: Option<&CudaSlice<f32>>,
+        bias: u64,
         out: &mut CudaAct,
     ) -> Result<(), KernelError> {
         let (outs, inp) = (out.cols, x.cols);
@@ -80,29 +92,18 @@ impl Cuda {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let null = 0u64;
         let mut r0 = 0;
         while r0 < x.rows {
             let rows = (x.rows - r0).min(8);
-            let r = rows.next_power_of_two();
-            let name = format!("gemv_{}_r{r}", w.dtype.name());
-            let xs = x.buf.slice(r0 * inp..(r0 + rows) * inp);
-            let mut os = out.buf.slice_mut(r0 * outs..(r0 + rows) * outs);
+            let name = format!("gemv_{}_r{}", w.dtype.name(), rows.next_power_of_two());
+            let xs = x.mem.at(r0 * inp * 4);
+            let os = out.mem.at(r0 * outs * 4);
             let rows_i = rows as i32;
-            match (&w.buf, bias) {
-                (WeightBuf::F32(ws), Some(b)) => {
-                    launch!(self, name, cfg, ws, &xs, b, &mut os, &rows_i, &in_i, &outs_i)?
-                }
-                (WeightBuf::F32(ws), None) => {
-                    launch!(self, name, cfg, ws, &xs, &null, &mut os, &rows_i, &in_i, &outs_i)?
-                }
-                (WeightBuf::Half(ws), Some(b)) => {
-                    launch!(self, name, cfg, ws, &xs, b, &mut os, &rows_i, &in_i, &outs_i)?
-                }
-                (WeightBuf::Half(ws), None) => {
-                    launch!(self, name, cfg, ws, &xs, &null, &mut os, &rows_i, &in_i, &outs_i)?
-                }
-            }
+            self.launch(
+                &name,
+                cfg,
+                &mut args![&w.mem.ptr, &xs, &bias, &os, &rows_i, &in_i, &outs_i],
+            )?;
             r0 += rows;
         }
         Ok(())
@@ -110,88 +111,37 @@ impl Cuda {
 
     /// `out = x · wᵀ` through cuBLAS. Row-major `out [rows, outs]` is
     /// column-major `outᵀ [outs, rows] = w · xᵀ`, with `w` read as the
-    /// transpose of its column-major `[in, outs]` view.
+    /// transpose of its column-major `[in, outs]` view. 16-bit weights
+    /// take activations converted to their dtype.
     fn blas(&self, x: &CudaAct, w: &CudaWeight, out: &mut CudaAct) -> Result<(), KernelError> {
-        let (m, n, k) = (out.cols as i32, x.rows as i32, x.cols as i32);
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // cuBLAS runs in the calling thread's current context.
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| driver("binding the context", e))?;
-        let handle = *self.blas.lock().handle();
-        let err = |e: cudarc::cublas::result::CublasError| {
-            KernelError::Device(format!("cuBLAS product with {}: {e}", w.name))
-        };
-        match &w.buf {
-            WeightBuf::F32(ws) => {
-                let (a, _ga) = ws.device_ptr(&self.stream);
-                let (b, _gb) = x.buf.device_ptr(&self.stream);
-                let (c, _gc) = out.buf.device_ptr_mut(&self.stream);
-                // SAFETY: a, b and c are live device buffers of outs × in,
-                // rows × in and rows × outs floats (shapes checked by the
-                // caller), queued on the handle's stream.
-                #[allow(unsafe_code)]
-                unsafe {
-                    cudarc::cublas::result::sgemm(
-                        handle,
-                        blas::cublasOperation_t::CUBLAS_OP_T,
-                        blas::cublasOperation_t::CUBLAS_OP_N,
-                        m,
-                        n,
-                        k,
-                        &alpha,
-                        a as *const f32,
-                        k,
-                        b as *const f32,
-                        k,
-                        &beta,
-                        c as *mut f32,
-                        m,
-                    )
-                }
-                .map_err(err)
-            }
-            WeightBuf::Half(ws) => {
-                let (ty, convert) = match w.dtype {
-                    DType::BF16 => (blas::cudaDataType::CUDA_R_16BF, "to_bf16"),
-                    _ => (blas::cudaDataType::CUDA_R_16F, "to_f16"),
+        let count = x.rows * x.cols;
+        let converted = match w.dtype {
+            DType::F32 => None,
+            d => {
+                let half = self.gpu.alloc(count * 2)?;
+                let kernel = if d == DType::BF16 {
+                    "to_bf16"
+                } else {
+                    "to_f16"
                 };
-                let count = x.rows * x.cols;
-                let mut xh = self.zeros_u16(count)?;
-                let n64 = count as u64;
-                launch!(self, convert, elementwise(count), &x.buf, &mut xh, &n64)?;
-                let (a, _ga) = ws.device_ptr(&self.stream);
-                let (b, _gb) = xh.device_ptr(&self.stream);
-                let (c, _gc) = out.buf.device_ptr_mut(&self.stream);
-                // SAFETY: as above; a and b hold 16-bit values of `ty`,
-                // c f32, and the product accumulates in f32.
-                #[allow(unsafe_code)]
-                unsafe {
-                    cudarc::cublas::result::gemm_ex(
-                        handle,
-                        blas::cublasOperation_t::CUBLAS_OP_T,
-                        blas::cublasOperation_t::CUBLAS_OP_N,
-                        m,
-                        n,
-                        k,
-                        (&alpha as *const f32).cast(),
-                        a as *const _,
-                        ty,
-                        k,
-                        b as *const _,
-                        ty,
-                        k,
-                        (&beta as *const f32).cast(),
-                        c as *mut _,
-                        blas::cudaDataType::CUDA_R_32F,
-                        m,
-                        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                        blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    )
-                }
-                .map_err(err)
+                let n = count as u64;
+                self.launch(
+                    kernel,
+                    elementwise(count),
+                    &mut args![&x.mem.ptr, &half.ptr, &n],
+                )?;
+                Some(half)
             }
-        }
+        };
+        self.gpu.gemm(&Gemm {
+            m: out.cols,
+            n: x.rows,
+            k: x.cols,
+            a: w.mem.ptr,
+            b: converted.as_ref().map_or(x.mem.ptr, |h| h.ptr),
+            c: out.mem.ptr,
+            dtype: w.dtype,
+        })
     }
 }
 
@@ -205,32 +155,26 @@ impl Kernels for Cuda {
     }
 
     fn weight(&self, w: HostWeight) -> Result<CudaWeight, KernelError> {
-        let up = |e| driver(&format!("uploading {}", w.name()), e);
-        let elems = w.elems();
         // Vectors (norm scales, biases) in f32, as the CPU keeps them;
         // matrices in their stored dtype.
-        let buf = match (elems, w.shape().len()) {
-            (Elems::F32(s), _) => WeightBuf::F32(self.stream.clone_htod(s).map_err(up)?),
+        let elems = w.elems();
+        let (dtype, bytes): (DType, std::borrow::Cow<'_, [u8]>) = match (elems, w.shape().len()) {
+            (Elems::F32(s), _) => (DType::F32, bytemuck::cast_slice(s).into()),
             (e, 1) => {
                 let mut v = Vec::with_capacity(e.len());
                 e.extend_f32(0..e.len(), &mut v);
-                WeightBuf::F32(self.stream.clone_htod(&v).map_err(up)?)
+                (DType::F32, bytemuck::cast_slice(&v).to_vec().into())
             }
-            (Elems::BF16(s), _) => WeightBuf::Half(self.stream.clone_htod(s).map_err(up)?),
-            (Elems::F16(s), _) => {
-                let bits: &[u16] = bytemuck::cast_slice(s);
-                WeightBuf::Half(self.stream.clone_htod(bits).map_err(up)?)
-            }
+            (Elems::BF16(s), _) => (DType::BF16, bytemuck::cast_slice(s).into()),
+            (Elems::F16(s), _) => (DType::F16, bytemuck::cast_slice(s).into()),
         };
-        let dtype = match buf {
-            WeightBuf::F32(_) => DType::F32,
-            WeightBuf::Half(_) => w.dtype(),
-        };
+        let mem = self.gpu.alloc(bytes.len())?;
+        self.gpu.upload(&mem, &bytes)?;
         Ok(CudaWeight {
             name: w.name().to_string(),
             dtype,
             shape: w.shape().to_vec(),
-            buf,
+            mem,
         })
     }
 
@@ -241,7 +185,7 @@ impl Kernels for Cuda {
         Ok(CudaAct {
             rows,
             cols,
-            buf: self.zeros(n)?,
+            mem: self.zeros(n)?,
         })
     }
 
@@ -276,14 +220,16 @@ impl Kernels for Cuda {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(KernelError::Token { token: t, vocab });
         }
-        let ids = self.u32s(tokens)?;
-        let name = format!("embed_{}", table.dtype.name());
-        let c = cols as i32;
-        let cfg = grid(tokens.len(), ROW_THREADS);
-        match &table.buf {
-            WeightBuf::F32(t) => launch!(self, name, cfg, t, &*ids, &mut out.buf, &c),
-            WeightBuf::Half(t) => launch!(self, name, cfg, t, &*ids, &mut out.buf, &c),
+        if tokens.is_empty() {
+            return Ok(());
         }
+        let ids = self.u32s(tokens)?;
+        let c = cols as i32;
+        self.launch(
+            &format!("embed_{}", table.dtype.name()),
+            grid(tokens.len(), ROW_THREADS),
+            &mut args![&table.mem.ptr, &ids.ptr, &out.mem.ptr, &c],
+        )
     }
 
     fn rms_norm(
@@ -296,15 +242,10 @@ impl Kernels for Cuda {
         same("rms_norm", x, out)?;
         let w = vector("rms_norm", weight, x.cols)?;
         let c = x.cols as i32;
-        launch!(
-            self,
+        self.launch(
             "rms_norm_f32",
             grid(x.rows, ROW_THREADS),
-            &x.buf,
-            w,
-            &eps,
-            &mut out.buf,
-            &c
+            &mut args![&x.mem.ptr, &w, &eps, &out.mem.ptr, &c],
         )
     }
 
@@ -320,17 +261,10 @@ impl Kernels for Cuda {
         same("add_rms_norm", x, out)?;
         let w = vector("add_rms_norm", weight, x.cols)?;
         let c = x.cols as i32;
-        let cfg = grid(x.rows, ROW_THREADS);
-        launch!(
-            self,
+        self.launch(
             "add_rms_norm_f32",
-            cfg,
-            &mut x.buf,
-            &delta.buf,
-            w,
-            &eps,
-            &mut out.buf,
-            &c
+            grid(x.rows, ROW_THREADS),
+            &mut args![&x.mem.ptr, &delta.mem.ptr, &w, &eps, &out.mem.ptr, &c],
         )
     }
 
@@ -358,19 +292,16 @@ impl Kernels for Cuda {
             return Ok(());
         }
         if x.rows <= self.gemv_max_rows {
-            return self.gemv(x, w, bias, out);
+            // The kernel adds a bias when its address is not 0.
+            return self.gemv(x, w, bias.unwrap_or(0), out);
         }
         self.blas(x, w, out)?;
         if let Some(b) = bias {
             let (n, cols) = ((out.rows * outs) as u64, outs as u32);
-            launch!(
-                self,
+            self.launch(
                 "add_bias",
                 elementwise(out.rows * outs),
-                &mut out.buf,
-                b,
-                &cols,
-                &n
+                &mut args![&out.mem.ptr, &b, &cols, &n],
             )?;
         }
         Ok(())
@@ -410,7 +341,11 @@ impl Kernels for Cuda {
             block_dim: ((head_dim / 2).next_multiple_of(32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, "rope", cfg, &mut x.buf, &*pos, &*freq, &heads, &hd)
+        self.launch(
+            "rope",
+            cfg,
+            &mut args![&x.mem.ptr, &pos.ptr, &freq.ptr, &heads, &hd],
+        )
     }
 
     fn kv_write(
@@ -435,17 +370,10 @@ impl Kernels for Cuda {
         }
         let ids = self.u32s(slots)?;
         let width = kv.width as u32;
-        let cfg = grid(k.rows, ROW_THREADS);
-        launch!(
-            self,
+        self.launch(
             "kv_write_f32",
-            cfg,
-            &k.buf,
-            &v.buf,
-            &*ids,
-            &mut kv.k,
-            &mut kv.v,
-            &width
+            grid(k.rows, ROW_THREADS),
+            &mut args![&k.mem.ptr, &v.mem.ptr, &ids.ptr, &kv.k.ptr, &kv.v.ptr, &width],
         )
     }
 
@@ -530,44 +458,39 @@ impl Kernels for Cuda {
             let table = self.u32s(&decode)?;
             // Split long contexts so that every multiprocessor has work.
             let splits = longest.div_ceil(512).clamp(1, 32) as u32;
-            let mut partial = self.zeros(n * s.heads * splits as usize * (2 + s.head_dim))?;
+            let partial = self.zeros(n * s.heads * splits as usize * (2 + s.head_dim))?;
             let cfg = LaunchConfig {
                 grid_dim: (heads, n as u32, splits),
                 block_dim: (ATTN_WARPS * 32, 1, 1),
                 shared_mem_bytes: ATTN_WARPS * (2 + s.head_dim as u32) * 4,
             };
-            launch!(
-                self,
+            self.launch(
                 "attn_decode_f32",
                 cfg,
-                &q.buf,
-                &kv.k,
-                &kv.v,
-                &*tables,
-                &*table,
-                &mut partial,
-                &heads,
-                &kv_heads,
-                &hd,
-                &bs,
-                &scale,
-                &window
+                &mut args![
+                    &q.mem.ptr,
+                    &kv.k.ptr,
+                    &kv.v.ptr,
+                    &tables.ptr,
+                    &table.ptr,
+                    &partial.ptr,
+                    &heads,
+                    &kv_heads,
+                    &hd,
+                    &bs,
+                    &scale,
+                    &window
+                ],
             )?;
             let cfg = LaunchConfig {
                 grid_dim: (heads, n as u32, 1),
                 block_dim: (32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            launch!(
-                self,
+            self.launch(
                 "attn_decode_reduce",
                 cfg,
-                &partial,
-                &*table,
-                &mut out.buf,
-                &heads,
-                &hd,
-                &splits
+                &mut args![&partial.ptr, &table.ptr, &out.mem.ptr, &heads, &hd, &splits],
             )?;
         }
         if !prefill.is_empty() {
@@ -582,22 +505,23 @@ impl Kernels for Cuda {
                 block_dim: (ATTN_WARPS * 32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            launch!(
-                self,
+            self.launch(
                 "attn_prefill_f32",
                 cfg,
-                &q.buf,
-                &kv.k,
-                &kv.v,
-                &*tables,
-                &*table,
-                &mut out.buf,
-                &heads,
-                &kv_heads,
-                &hd,
-                &bs,
-                &scale,
-                &window
+                &mut args![
+                    &q.mem.ptr,
+                    &kv.k.ptr,
+                    &kv.v.ptr,
+                    &tables.ptr,
+                    &table.ptr,
+                    &out.mem.ptr,
+                    &heads,
+                    &kv_heads,
+                    &hd,
+                    &bs,
+                    &scale,
+                    &window
+                ],
             )?;
         }
         Ok(())
@@ -608,14 +532,10 @@ impl Kernels for Cuda {
         same("silu_mul", gate, out)?;
         let n = gate.rows * gate.cols;
         let n64 = n as u64;
-        launch!(
-            self,
+        self.launch(
             "swiglu",
             elementwise(n),
-            &gate.buf,
-            &up.buf,
-            &mut out.buf,
-            &n64
+            &mut args![&gate.mem.ptr, &up.mem.ptr, &out.mem.ptr, &n64],
         )
     }
 
@@ -623,7 +543,11 @@ impl Kernels for Cuda {
         same("add", x, y)?;
         let n = x.rows * x.cols;
         let n64 = n as u64;
-        launch!(self, "add", elementwise(n), &mut x.buf, &y.buf, &n64)
+        self.launch(
+            "add",
+            elementwise(n),
+            &mut args![&x.mem.ptr, &y.mem.ptr, &n64],
+        )
     }
 
     fn gather_rows(
@@ -644,27 +568,17 @@ impl Kernels for Cuda {
         let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let ids = self.u32s(&ids)?;
         let cols = x.cols as u32;
-        launch!(
-            self,
+        self.launch(
             "gather_rows",
             grid(rows.len(), ROW_THREADS),
-            &x.buf,
-            &*ids,
-            &mut out.buf,
-            &cols
+            &mut args![&x.mem.ptr, &ids.ptr, &out.mem.ptr, &cols],
         )
     }
 
     fn to_host(&self, x: &CudaAct) -> Result<Vec<f32>, KernelError> {
-        let n = x.rows * x.cols;
-        let mut all = self
-            .stream
-            .clone_dtoh(&x.buf)
-            .map_err(|e| driver("download", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| driver("synchronize", e))?;
-        all.truncate(n);
-        Ok(all)
+        let mut out = vec![0f32; x.rows * x.cols];
+        self.gpu
+            .download(&x.mem, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! 1. The device: name, architecture, memory; the kernels compiled by
 //!    NVRTC for it (the time that takes).
-//! 2. Every kernel against the CPU path on random inputs (`kernels.rs`,
-//!    tolerances stated there).
+//! 2. Every kernel against the CPU path on random inputs
+//!    (`lattice_gpu_kernels::check`, tolerances stated there).
 //! 3. Whole models: the generated test models (Llama and Qwen2, f32 and
 //!    bf16) on the GPU against the CPU — logits of a 40-token prompt, and
 //!    32 greedy tokens, which must match token for token.
@@ -23,12 +23,10 @@
 //! Must never: report a figure it did not measure in this run, or stop at
 //! the first failed check (one lent run must say everything it can).
 
-mod kernels;
-
 use anyhow::{bail, Context, Result};
 use lattice_gpu_kernels::cpu::Cpu;
 use lattice_gpu_kernels::cuda::Cuda;
-use lattice_gpu_kernels::{DType, Kernels};
+use lattice_gpu_kernels::{check, DType, Kernels};
 use lattice_worker::model::{Chunk, Model};
 use lattice_worker::serve::{self, Device, Options};
 use lattice_worker::testmodel::{self, Spec};
@@ -173,7 +171,7 @@ fn whole_models(r: &mut Report, dir: &Path) -> Result<()> {
                 let gpu = Model::load(Cuda::new(0)?.with_gemv_max_rows(rows), &d)?;
                 let (lg, tg) = greedy(&gpu, &prompt, 32)?;
                 let same = tc.iter().zip(&tg).take_while(|(a, b)| a == b).count();
-                out.push((kernels::rel_err(&lg, &lc), same, tc.clone(), tg));
+                out.push((check::rel_err(&lg, &lc), same, tc.clone(), tg));
             }
             Ok(out)
         };
@@ -439,7 +437,7 @@ async fn main() -> Result<()> {
     r.note("| check | result | detail |".into());
     r.note("|---|---|---|".into());
     let cpu = Cpu::new(0)?;
-    for (case, why) in kernels::check_all(&gpu, &cpu) {
+    for (case, why) in check::check_all(&gpu, &cpu, 1.0) {
         let detail = match why {
             Some(w) => w,
             None => format!(

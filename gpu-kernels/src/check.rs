@@ -1,7 +1,9 @@
-//! Every step of the forward pass on the GPU against the CPU path, on
-//! random inputs: the same calls through [`Kernels`] on both devices, the
-//! largest difference relative to the largest CPU value, against a
-//! tolerance per dtype and path.
+//! Every step of the forward pass on one device against another (the
+//! CUDA device, on a GPU or in the kernel emulator, against the CPU path),
+//! on random inputs: the same calls through [`Kernels`] on both devices,
+//! the largest difference relative to the largest reference value, against
+//! a tolerance per dtype and path. `lattice-gpu-check` runs it on a GPU,
+//! the test suite in the emulator.
 //!
 //! Tolerances: f32 arithmetic in another order, 1e-4; bf16 or f16 weights
 //! with f32 activations (the GEMV), 1e-4; products through cuBLAS, whose
@@ -12,8 +14,9 @@
 //! Must never: compare a device with itself, or pass a case whose output
 //! holds NaN.
 
-use anyhow::Result;
-use lattice_gpu_kernels::{AttnSeq, AttnShape, DType, HostWeight, Kernels};
+use crate::{AttnSeq, AttnShape, DType, HostWeight, KernelError, Kernels};
+
+type Result<T> = std::result::Result<T, KernelError>;
 
 /// One compared step.
 pub struct Case {
@@ -97,8 +100,8 @@ fn upload<K: Kernels>(k: &K, values: &[f32], rows: usize, cols: usize) -> Result
 /// What one case runs, on either device.
 enum Op {
     Embed(DType),
-    RmsNorm,
-    AddRmsNorm,
+    RmsNorm(usize),
+    AddRmsNorm(usize),
     Matmul {
         dtype: DType,
         rows: usize,
@@ -112,6 +115,8 @@ enum Op {
         decode: bool,
         prefill: bool,
         window: Option<usize>,
+        /// The longest decode context.
+        long: usize,
     },
     SiluMul,
     Add,
@@ -133,17 +138,17 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
                 let ids: Vec<u32> = (0..13).map(|_| rng.below(vocab) as u32).collect();
                 let mut out = k.act(ids.len(), cols)?;
                 k.embed(&table, &ids, &mut out)?;
-                Ok(k.to_host(&out)?)
+                k.to_host(&out)
             }
-            Op::RmsNorm | Op::AddRmsNorm => {
-                let (rows, cols) = (5, 4096);
+            Op::RmsNorm(cols) | Op::AddRmsNorm(cols) => {
+                let rows = 5;
                 let mut x = upload(k, &rng.values(rows * cols), rows, cols)?;
                 let d = upload(k, &rng.values(rows * cols), rows, cols)?;
                 let w = k.weight(weight("norm", DType::BF16, vec![cols], &rng.values(cols))?)?;
                 let mut out = k.act(rows, cols)?;
-                if matches!(op, Op::RmsNorm) {
+                if matches!(op, Op::RmsNorm(_)) {
                     k.rms_norm(&x, &w, 1e-5, &mut out)?;
-                    return Ok(k.to_host(&out)?);
+                    return k.to_host(&out);
                 }
                 k.add_rms_norm(&mut x, &d, &w, 1e-5, &mut out)?;
                 let mut all = k.to_host(&out)?;
@@ -168,7 +173,7 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
                 };
                 let mut out = k.act(rows, outs)?;
                 k.matmul(&x, &w, b.as_ref(), &mut out)?;
-                Ok(k.to_host(&out)?)
+                k.to_host(&out)
             }
             Op::Rope => {
                 let (rows, head_dim, heads) = (7, 64, 8);
@@ -183,25 +188,26 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
                     .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / head_dim as f32))
                     .collect();
                 k.rope(&mut x, head_dim, &pos, &inv)?;
-                Ok(k.to_host(&x)?)
+                k.to_host(&x)
             }
             Op::Attention {
                 head_dim,
                 decode,
                 prefill,
                 window,
-            } => attention(k, &mut rng, head_dim, decode, prefill, window),
+                long,
+            } => attention(k, &mut rng, head_dim, decode, prefill, window, long),
             Op::SiluMul | Op::Add => {
                 let (rows, cols) = (9, 3000);
                 let a = upload(k, &rng.values(rows * cols), rows, cols)?;
                 let mut b = upload(k, &rng.values(rows * cols), rows, cols)?;
                 if matches!(op, Op::Add) {
                     k.add(&mut b, &a)?;
-                    return Ok(k.to_host(&b)?);
+                    return k.to_host(&b);
                 }
                 let mut out = k.act(rows, cols)?;
                 k.silu_mul(&a, &b, &mut out)?;
-                Ok(k.to_host(&out)?)
+                k.to_host(&out)
             }
             Op::Gather => {
                 let (rows, cols) = (40, 333);
@@ -209,14 +215,14 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
                 let pick = [39, 0, 7, 7, 21];
                 let mut out = k.act(pick.len(), cols)?;
                 k.gather_rows(&x, &pick, &mut out)?;
-                Ok(k.to_host(&out)?)
+                k.to_host(&out)
             }
         }
     })
 }
 
-/// Paged attention: decode rows of sequences of 1, 300 and 1,500
-/// positions (long enough to be split), prefill chunks of 37 rows from
+/// Paged attention: decode rows of sequences of 1, `long` / 5 and `long`
+/// positions (1,500 at full scale: long enough to be split in three), prefill chunks of 37 rows from
 /// position 0 and of 20 rows from position 50, or both in one call; GQA
 /// (8 heads over 2 KV heads); blocks of 16 slots in shuffled order.
 fn attention<K: Kernels>(
@@ -226,13 +232,14 @@ fn attention<K: Kernels>(
     decode: bool,
     prefill: bool,
     window: Option<usize>,
+    long: usize,
 ) -> Result<Vec<f32>> {
     let (heads, kv_heads, bs) = (8, 2, 16);
     let width = kv_heads * head_dim;
     // (context length, query rows) per sequence.
     let mut shapes: Vec<(usize, usize)> = Vec::new();
     if decode {
-        shapes.extend([(1, 1), (300, 1), (1500, 1)]);
+        shapes.extend([(1, 1), (long / 5, 1), (long, 1)]);
     }
     if prefill {
         shapes.extend([(37, 37), (70, 20)]);
@@ -286,20 +293,29 @@ fn attention<K: Kernels>(
     };
     let mut out = k.act(rows, heads * head_dim)?;
     k.attention(&q, &kv, shape, &seqs, &mut out)?;
-    Ok(k.to_host(&out)?)
+    k.to_host(&out)
 }
 
-/// Every case, GPU against CPU; an error of either side fails the case.
-pub fn check_all<G: Kernels, C: Kernels>(gpu: &G, cpu: &C) -> Vec<(Case, Option<String>)> {
+/// Every case, `gpu` against `cpu`; an error of either side fails the
+/// case (with its message). `scale` sizes the larger inputs (1: the shapes
+/// stated; the emulator runs 1/4 so as not to take minutes).
+pub fn check_all<G: Kernels, C: Kernels>(
+    gpu: &G,
+    cpu: &C,
+    scale: f32,
+) -> Vec<(Case, Option<String>)> {
+    // Sizes at `scale`, whole multiples of 8 (the aligned paths).
+    let sized = |n: usize| (((n as f32 * scale) as usize) / 8 * 8).max(8);
+    let (hidden, inp, outs) = (sized(4096), sized(1024), sized(768));
     let mut cases: Vec<(String, Op, f32)> = Vec::new();
     for d in [DType::F32, DType::BF16, DType::F16] {
         cases.push((format!("embed {}", d.name()), Op::Embed(d), 0.0));
     }
-    cases.push(("rms_norm".into(), Op::RmsNorm, 1e-4));
-    cases.push(("add_rms_norm".into(), Op::AddRmsNorm, 1e-4));
+    cases.push(("rms_norm".into(), Op::RmsNorm(hidden), 1e-4));
+    cases.push(("add_rms_norm".into(), Op::AddRmsNorm(hidden), 1e-4));
     for d in [DType::F32, DType::BF16, DType::F16] {
         for rows in [1, 2, 3, 5, 8, 9, 32, 130] {
-            let gemv = rows <= lattice_gpu_kernels::cuda::GEMV_MAX_ROWS;
+            let gemv = rows <= crate::cuda::GEMV_MAX_ROWS;
             let tol = match (gemv, d) {
                 (true, _) | (false, DType::F32) => 1e-4,
                 (false, DType::BF16) => 1e-2,
@@ -307,12 +323,12 @@ pub fn check_all<G: Kernels, C: Kernels>(gpu: &G, cpu: &C) -> Vec<(Case, Option<
             };
             let path = if gemv { "gemv" } else { "cublas" };
             cases.push((
-                format!("matmul {} {rows}×1024·1024→768 ({path})", d.name()),
+                format!("matmul {} {rows}×{inp}·{inp}→{outs} ({path})", d.name()),
                 Op::Matmul {
                     dtype: d,
                     rows,
-                    inp: 1024,
-                    outs: 768,
+                    inp,
+                    outs,
                     bias: rows % 2 == 1,
                 },
                 tol,
@@ -345,6 +361,7 @@ pub fn check_all<G: Kernels, C: Kernels>(gpu: &G, cpu: &C) -> Vec<(Case, Option<
                     decode,
                     prefill,
                     window,
+                    long: sized(1500),
                 },
                 1e-4,
             ));
