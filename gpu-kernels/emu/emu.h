@@ -32,6 +32,7 @@ extern thread_local dim3 threadIdx, blockIdx;
 extern thread_local dim3 blockDim, gridDim;
 
 void __syncthreads();
+void __syncwarp(unsigned mask = 0xffffffffu);
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
 // The launch's dynamic shared memory.
 void* emu_dynamic_shared();

@@ -105,6 +105,8 @@ bool run_block() {
 
 void __syncthreads() { wait(State::AtBlock); }
 
+void __syncwarp(unsigned) { wait(State::AtWarp); }
+
 float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   const unsigned t = block->current, warp = t / 32, lane = t % 32;
   block->lanes[t] = v;

@@ -168,6 +168,104 @@ __device__ void attn_prefill(const float* q, const C* keys, const C* values, con
   }
 }
 
+// Causal prefill, tiled (flash-attention style) for head_dim ≤ 128:
+// grid (heads, ceil(max rows / 16), seqs), 4 warps; a block takes 16 query
+// rows of one head (4 per warp) and walks the keys they may see in tiles
+// of 32 positions, each tile's keys and values loaded once into shared
+// memory for all 16 rows. Within a tile, lane p scores position p (a dot
+// product over the head), the warp reduces the tile's max and sum once
+// per row, and each lane accumulates its dims of the weighted values.
+// Dynamic shared memory: (16·hd + 32·(hd + 1) + 32·hd + 128) floats.
+#define TQ 16
+#define TK 32
+template <typename C>
+__device__ void attn_prefill_tiled(const float* q, const C* keys, const C* values,
+                                   const u32* tables, const Seq* seqs, float* out, u32 heads,
+                                   u32 kv_heads, int hd, u32 block_size, float scale, u32 window) {
+  DYNAMIC_SHARED(float, sm);
+  const int hdp = hd + 1;
+  float* qs = sm;              // [TQ][hd]
+  float* ks = qs + TQ * hd;    // [TK][hd + 1]: padded, so lanes read distinct banks
+  float* vs = ks + TK * hdp;   // [TK][hd]
+  float* ws = vs + TK * hd;    // [warps][TK]
+  const u32 h = blockIdx.x, s = blockIdx.z;
+  const Seq sq = seqs[s];
+  const u32 r0 = blockIdx.y * TQ;
+  if (r0 >= sq.rows) return;  // the whole block
+  const u32 nrows = min((u32)TQ, sq.rows - r0);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const u32 kv_width = kv_heads * hd, kvh = h / (heads / kv_heads);
+  const u32* table = tables + sq.block_off;
+  for (int i = threadIdx.x; i < TQ * hd; i += blockDim.x) {
+    const u32 r = i / hd;
+    qs[i] = r < nrows ? q[((u64)(sq.row0 + r0 + r) * heads + h) * hd + i % hd] : 0.0f;
+  }
+  const u32 first_row = sq.start + r0, last = first_row + nrows - 1;
+  const u32 lo = (window > 0 && first_row + 1 > window) ? first_row + 1 - window : 0;
+  float m[4], l[4], acc[4][4];
+  for (int r = 0; r < 4; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+    for (int j = 0; j < 4; ++j) acc[r][j] = 0.0f;
+  }
+  for (u32 t0 = lo; t0 <= last; t0 += TK) {
+    __syncthreads();  // the last tile is consumed (and the query tile loaded)
+    for (int i = threadIdx.x; i < TK * hd; i += blockDim.x) {
+      const u32 p = i / hd, d = i % hd, pos = t0 + p;
+      float kv = 0.0f, vv = 0.0f;
+      if (pos <= last) {
+        const u64 base = slot_of(table, pos, block_size) * kv_width + (u64)kvh * hd;
+        kv = load(keys, base + d);
+        vv = load(values, base + d);
+      }
+      ks[p * hdp + d] = kv;
+      vs[p * hd + d] = vv;
+    }
+    __syncthreads();
+    for (int rr = 0; rr < 4; ++rr) {
+      const u32 r = warp * 4 + rr;
+      if (r >= nrows) break;  // the whole warp
+      const u32 pos_r = first_row + r;
+      const u32 from_r = (window > 0 && pos_r + 1 > window) ? pos_r + 1 - window : 0;
+      const u32 p = t0 + lane;
+      float sc = -INFINITY;
+      if (p <= pos_r && p >= from_r) {
+        const float* qr = qs + r * hd;
+        const float* kp = ks + lane * hdp;
+        float dot = 0.0f;
+        for (int d = 0; d < hd; ++d) dot += qr[d] * kp[d];
+        sc = dot * scale;
+      }
+      const float mn = fmaxf(m[rr], warp_max(sc));
+      if (mn == -INFINITY) continue;  // nothing visible yet: the whole warp
+      const float w = sc == -INFINITY ? 0.0f : __expf(sc - mn);
+      const float corr = __expf(m[rr] - mn);
+      l[rr] = l[rr] * corr + warp_sum(w);
+      ws[warp * TK + lane] = w;
+      __syncwarp();
+      for (int j = 0; j < 4; ++j) {
+        const int d = lane + 32 * j;
+        if (d < hd) {
+          float a = acc[rr][j] * corr;
+          for (int k = 0; k < TK; ++k) a += ws[warp * TK + k] * vs[k * hd + d];
+          acc[rr][j] = a;
+        }
+      }
+      __syncwarp();
+      m[rr] = mn;
+    }
+  }
+  for (int rr = 0; rr < 4; ++rr) {
+    const u32 r = warp * 4 + rr;
+    if (r >= nrows) break;
+    float* o = out + ((u64)(sq.row0 + r0 + r) * heads + h) * hd;
+    for (int j = 0; j < 4; ++j) {
+      const int d = lane + 32 * j;
+      if (d < hd) o[d] = l[rr] > 0.0f ? acc[rr][j] / l[rr] : 0.0f;
+    }
+  }
+}
+
 // Writes rows of new keys and values (f32) into their cache slots.
 // grid rows, block ≥ 32.
 template <typename C>
@@ -194,6 +292,12 @@ __device__ void kv_write(const float* k, const float* v, const u32* slots, C* ke
                                               u32 block_size, float scale, u32 window) {          \
     attn_prefill<C>(q, k, v, tables, seqs, out, heads, kv_heads, head_dim, block_size, scale,    \
                     window);                                                                      \
+  }                                                                                               \
+  extern "C" __global__ void attn_prefill_tiled_##S(                                            \
+      const float* q, const C* k, const C* v, const u32* tables, const Seq* seqs, float* out,     \
+      u32 heads, u32 kv_heads, int head_dim, u32 block_size, float scale, u32 window) {          \
+    attn_prefill_tiled<C>(q, k, v, tables, seqs, out, heads, kv_heads, head_dim, block_size,     \
+                          scale, window);                                                        \
   }                                                                                               \
   extern "C" __global__ void kv_write_##S(const float* k, const float* v, const u32* slots,      \
                                           C* keys, C* values, u32 width) {                        \

@@ -347,7 +347,8 @@ pub fn check_all<G: Kernels, C: Kernels>(
         ));
     }
     cases.push(("rope".into(), Op::Rope, 1e-4));
-    for head_dim in [64, 128] {
+    // 64 and 128: the tiled prefill; 256: one warp per query row.
+    for head_dim in [64, 128, 256] {
         for (name, decode, prefill, window) in [
             ("decode", true, false, None),
             ("prefill", false, true, None),

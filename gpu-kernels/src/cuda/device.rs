@@ -60,7 +60,12 @@ pub fn kernel_names() -> Vec<String> {
         }
     }
     for c in ["f32", "bf16"] {
-        for k in ["attn_decode", "attn_prefill", "kv_write"] {
+        for k in [
+            "attn_decode",
+            "attn_prefill",
+            "attn_prefill_tiled",
+            "kv_write",
+        ] {
             names.push(format!("{k}_{c}"));
         }
     }

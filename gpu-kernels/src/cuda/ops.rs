@@ -18,6 +18,8 @@ const ROW_THREADS: u32 = 256;
 const ATTN_WARPS: u32 = 4;
 /// Largest head dimension the attention kernels hold in registers.
 const MAX_HEAD_DIM: usize = 256;
+/// Largest head dimension of the tiled prefill attention.
+const TILED_MAX_HEAD_DIM: usize = 128;
 
 fn grid(rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
@@ -496,17 +498,26 @@ impl Kernels for Cuda {
         if !prefill.is_empty() {
             let n = prefill.len() / 4;
             let table = self.u32s(&prefill)?;
+            // Tiles of 16 query rows sharing each key tile up to head_dim
+            // 128 (their shared memory stays under the 48 KB every GPU
+            // gives a launch); one warp per row beyond.
+            let (kernel, rows_per_block, smem) = if s.head_dim <= TILED_MAX_HEAD_DIM {
+                let hd = s.head_dim as u32;
+                (
+                    "attn_prefill_tiled_f32",
+                    16,
+                    (16 * hd + 32 * (hd + 1) + 32 * hd + 128) * 4,
+                )
+            } else {
+                ("attn_prefill_f32", ATTN_WARPS as usize, 0)
+            };
             let cfg = LaunchConfig {
-                grid_dim: (
-                    heads,
-                    most_rows.div_ceil(ATTN_WARPS as usize) as u32,
-                    n as u32,
-                ),
+                grid_dim: (heads, most_rows.div_ceil(rows_per_block) as u32, n as u32),
                 block_dim: (ATTN_WARPS * 32, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: smem,
             };
             self.launch(
-                "attn_prefill_f32",
+                kernel,
                 cfg,
                 &mut args![
                     &q.mem.ptr,
