@@ -1,7 +1,11 @@
 // The emulator's launches (see emu.h): a registry of the source's kernels,
 // each called through cuLaunchKernel's convention (an array of pointers
 // to the arguments), and a launch that runs every block's threads as
-// fibers, switched at barriers.
+// fibers, switched at barriers. A fiber is entered once through
+// makecontext/swapcontext and switched after that with _setjmp/_longjmp,
+// which save no signal mask (swapcontext's two system calls per switch
+// were most of the emulator's time).
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <functional>
@@ -19,10 +23,20 @@ thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 namespace {
 enum class State { Ready, AtBlock, AtWarp, Done };
 
-constexpr std::size_t kStack = 256 * 1024;
+constexpr std::size_t kStack = 64 * 1024;
+
+// Fiber stacks, kept from launch to launch (uninitialised: a fresh
+// zeroed megabyte per thread per launch would cost more than the kernel).
+std::vector<std::unique_ptr<char[]>>& stacks(unsigned threads) {
+  static std::vector<std::unique_ptr<char[]>> all;
+  while (all.size() < threads) all.emplace_back(new char[kStack]);
+  return all;
+}
 
 struct Fiber {
   ucontext_t ctx;
+  jmp_buf jb;
+  bool started = false;
   State state = State::Ready;
   dim3 idx;
 };
@@ -30,8 +44,8 @@ struct Fiber {
 // The block being run (one at a time, on the launching thread).
 struct Block {
   ucontext_t scheduler;
+  jmp_buf back;  // the scheduler, to return to from a fiber
   std::vector<Fiber> fibers;
-  std::vector<std::vector<char>> stacks;
   std::vector<float> lanes;  // one slot per thread, for shuffles
   std::vector<unsigned char> shared;
   unsigned current = 0;
@@ -54,13 +68,13 @@ void call(void (*f)(A...), void** args, std::index_sequence<I...>) {
 void wait(State s) {
   Fiber& f = block->fibers[block->current];
   f.state = s;
-  swapcontext(&f.ctx, &block->scheduler);
+  if (_setjmp(f.jb) == 0) _longjmp(block->back, 1);
 }
 
 void body() {
   (*block->kernel)(block->args);
   block->fibers[block->current].state = State::Done;
-  // Returning resumes the scheduler (uc_link).
+  _longjmp(block->back, 1);  // never returns: its stack is done with
 }
 
 // Runs one block to its end; false when its threads wait on each other
@@ -95,8 +109,13 @@ bool run_block() {
       if (block->fibers[t].state != State::Ready) continue;
       ran = true;
       block->current = t;
-      threadIdx = block->fibers[t].idx;
-      swapcontext(&block->scheduler, &block->fibers[t].ctx);
+      Fiber& f = block->fibers[t];
+      threadIdx = f.idx;
+      if (_setjmp(block->back) == 0) {
+        if (f.started) _longjmp(f.jb, 1);
+        f.started = true;
+        swapcontext(&block->scheduler, &f.ctx);
+      }
     }
     if (!ran) return false;
   }
@@ -134,12 +153,11 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
   if (threads == 0 || threads % 32 != 0 || threads > 1024) return 2;
   Block b;
   b.fibers.resize(threads);
-  b.stacks.resize(threads);
+  auto& stack = stacks(threads);
   b.lanes.assign(threads, 0.0f);
   b.shared.assign(shared + 16, 0);
   b.kernel = &it->second;
   b.args = args;
-  for (auto& s : b.stacks) s.resize(kStack);
   Block* outer = block;
   block = &b;
   gridDim = dim3{gx, gy, gz};
@@ -152,9 +170,10 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
         for (unsigned t = 0; t < threads; ++t) {
           Fiber& f = b.fibers[t];
           f.state = State::Ready;
+          f.started = false;
           f.idx = dim3{t % bx, (t / bx) % by, t / (bx * by)};
           getcontext(&f.ctx);
-          f.ctx.uc_stack.ss_sp = b.stacks[t].data();
+          f.ctx.uc_stack.ss_sp = stack[t].get();
           f.ctx.uc_stack.ss_size = kStack;
           f.ctx.uc_link = &b.scheduler;
           makecontext(&f.ctx, body, 0);

@@ -48,7 +48,7 @@ pub struct Options {
 }
 
 /// Where the forward pass runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Device {
     Cpu,
     /// The first GPU; an error when it cannot be opened.
@@ -56,6 +56,9 @@ pub enum Device {
     /// The first GPU when it opens, else the CPU
     /// ([`Running::fallback`] says why).
     Auto,
+    /// The CUDA device over the kernel emulator (built into this folder):
+    /// tests only — slow, and no GPU.
+    CudaEmulated(PathBuf),
 }
 
 impl Options {
@@ -104,7 +107,10 @@ pub async fn start(o: Options) -> Result<Running> {
             "block size, batch tokens and sequences must be at least 1".into(),
         ));
     }
-    match o.device {
+    match o.device.clone() {
+        Device::CudaEmulated(dir) => {
+            start_on(Model::load(Cuda::emulated(&dir)?, &o.model)?, o, None).await
+        }
         Device::Cpu => start_on(Model::load(Cpu::new(o.threads)?, &o.model)?, o, None).await,
         Device::Cuda => start_on(Model::load(Cuda::new(0)?, &o.model)?, o, None).await,
         Device::Auto => match Cuda::new(0) {

@@ -91,6 +91,9 @@ fn build(dir: &Path, name: &str, source: &str) -> Result<(PathBuf, Vec<String>),
             // CUDA code reads one type's bytes as another's (a uint4 as
             // four __half2); nvcc allows it, so must g++.
             "-fno-strict-aliasing",
+            // Fibers switch stacks with _longjmp, which fortified glibc
+            // refuses.
+            "-U_FORTIFY_SOURCE",
             "-fPIC",
             "-Iinclude",
             "-Wno-unknown-pragmas",

@@ -16,9 +16,13 @@
 //!    aggregate decode tokens/s, prefill tokens/s and the time to first
 //!    token of a 2,048-token prompt.
 //!
-//! `lattice-gpu-check [--out FILE] [--layers N] [--skip-bench]`
+//! `lattice-gpu-check [--out FILE] [--layers N] [--skip-bench]
+//!    [--scale X] [--tokens N] [--emulated DIR]`
 //! (`scripts/gpu-check` builds it here and runs it there.) Exits 1 when a
-//! check failed, 2 when no GPU could be opened.
+//! check failed, 2 when no GPU could be opened. `--emulated DIR` runs the
+//! checks on the kernel emulator instead of a GPU (no benchmark): the test
+//! suite does, smaller (`--scale 0.25 --tokens 4`), so that this program
+//! works before a GPU session spends its minutes on it.
 //!
 //! Must never: report a figure it did not measure in this run, or stop at
 //! the first failed check (one lent run must say everything it can).
@@ -63,6 +67,21 @@ struct Args {
     out: PathBuf,
     layers: usize,
     bench: bool,
+    /// Input sizes of the kernel checks (1: as stated in `check`).
+    scale: f32,
+    /// Greedy tokens of the whole-model checks.
+    tokens: usize,
+    emulated: Option<PathBuf>,
+}
+
+impl Args {
+    /// The device under test: GPU 0, or the emulator.
+    fn open(&self) -> Result<Cuda, lattice_gpu_kernels::KernelError> {
+        match &self.emulated {
+            Some(dir) => Cuda::emulated(dir),
+            None => Cuda::new(0),
+        }
+    }
 }
 
 fn parse_args() -> Result<Args> {
@@ -73,6 +92,9 @@ fn parse_args() -> Result<Args> {
         out: default_out,
         layers: 32,
         bench: true,
+        scale: 1.0,
+        tokens: 32,
+        emulated: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,6 +102,12 @@ fn parse_args() -> Result<Args> {
             "--out" => a.out = it.next().context("--out FILE")?.into(),
             "--layers" => a.layers = it.next().context("--layers N")?.parse()?,
             "--skip-bench" => a.bench = false,
+            "--scale" => a.scale = it.next().context("--scale X")?.parse()?,
+            "--tokens" => a.tokens = it.next().context("--tokens N")?.parse()?,
+            "--emulated" => {
+                a.emulated = Some(it.next().context("--emulated DIR")?.into());
+                a.bench = false;
+            }
             other => bail!("unknown flag {other} (see the header of gpu_check/main.rs)"),
         }
     }
@@ -136,7 +164,8 @@ fn greedy<K: Kernels>(model: &Model<K>, prompt: &[u32], n: usize) -> Result<(Vec
 /// difference, the CPU's tokens, the GPU's.
 type Compared = (f32, usize, Vec<u32>, Vec<u32>);
 
-fn whole_models(r: &mut Report, dir: &Path) -> Result<()> {
+fn whole_models(r: &mut Report, dir: &Path, a: &Args) -> Result<()> {
+    let n = a.tokens;
     let cases = [
         ("llama f32", Spec::tiny_llama(), 1e-3f32),
         (
@@ -163,13 +192,13 @@ fn whole_models(r: &mut Report, dir: &Path) -> Result<()> {
         let prompt = prompt_tokens(40);
         let run = || -> Result<Vec<Compared>> {
             let cpu = Model::load(Cpu::new(0)?, &d)?;
-            let (lc, tc) = greedy(&cpu, &prompt, 32)?;
+            let (lc, tc) = greedy(&cpu, &prompt, n)?;
             let mut out = Vec::new();
             // The GPU as it serves (prompts through cuBLAS), then with
             // every product on the GEMV (f32 activations throughout).
             for rows in [lattice_gpu_kernels::cuda::GEMV_MAX_ROWS, usize::MAX] {
-                let gpu = Model::load(Cuda::new(0)?.with_gemv_max_rows(rows), &d)?;
-                let (lg, tg) = greedy(&gpu, &prompt, 32)?;
+                let gpu = Model::load(a.open()?.with_gemv_max_rows(rows), &d)?;
+                let (lg, tg) = greedy(&gpu, &prompt, n)?;
                 let same = tc.iter().zip(&tg).take_while(|(a, b)| a == b).count();
                 out.push((check::rel_err(&lg, &lc), same, tc.clone(), tg));
             }
@@ -186,9 +215,9 @@ fn whole_models(r: &mut Report, dir: &Path) -> Result<()> {
                         &format!("relative error {err:.2e} (tolerance {tol:.0e})"),
                     );
                     r.row(
-                        &format!("{label}{path}: 32 greedy tokens"),
-                        same == 32,
-                        &if same == 32 {
+                        &format!("{label}{path}: {n} greedy tokens"),
+                        same == n,
+                        &if same == n {
                             "identical to the CPU's".to_string()
                         } else {
                             format!("first {same} identical; cpu {tc:?}, gpu {tg:?}")
@@ -202,11 +231,14 @@ fn whole_models(r: &mut Report, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn serve_check(r: &mut Report, dir: &Path) -> Result<()> {
+async fn serve_check(r: &mut Report, dir: &Path, a: &Args) -> Result<()> {
     let d = dir.join("served");
     testmodel::write(&d, &Spec::tiny_llama())?;
     let options = Options {
-        device: Device::Cuda,
+        device: match &a.emulated {
+            Some(e) => Device::CudaEmulated(e.clone()),
+            None => Device::Cuda,
+        },
         ..Options::new(d, "127.0.0.1:0".parse()?)
     };
     let running = serve::start(options).await?;
@@ -422,7 +454,7 @@ async fn main() -> Result<()> {
         failed: 0,
     };
     let t = Instant::now();
-    let gpu = match Cuda::new(0) {
+    let gpu = match a.open() {
         Ok(g) => g,
         Err(e) => {
             eprintln!("lattice-gpu-check: no GPU: {e}");
@@ -437,7 +469,7 @@ async fn main() -> Result<()> {
     r.note("| check | result | detail |".into());
     r.note("|---|---|---|".into());
     let cpu = Cpu::new(0)?;
-    for (case, why) in check::check_all(&gpu, &cpu, 1.0) {
+    for (case, why) in check::check_all(&gpu, &cpu, a.scale) {
         let detail = match why {
             Some(w) => w,
             None => format!(
@@ -449,10 +481,10 @@ async fn main() -> Result<()> {
     }
     drop(gpu);
     let dir = tempfile::tempdir()?;
-    if let Err(e) = whole_models(&mut r, dir.path()) {
+    if let Err(e) = whole_models(&mut r, dir.path(), &a) {
         r.row("whole models", false, &format!("{e:#}"));
     }
-    if let Err(e) = serve_check(&mut r, dir.path()).await {
+    if let Err(e) = serve_check(&mut r, dir.path(), &a).await {
         r.row("worker on the GPU", false, &format!("{e:#}"));
     }
     if a.bench {
