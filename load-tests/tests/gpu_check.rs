@@ -39,3 +39,39 @@ fn the_gpu_check_passes_on_the_kernel_emulator() {
     assert!(written.contains("\n0 check(s) failed"), "{written}");
     assert!(!written.contains("FAIL"), "{written}");
 }
+
+#[test]
+fn the_gpu_checks_sdk_step_passes_on_the_cpu() {
+    // The step a GPU session runs with `--device cuda`, here with the
+    // debug build and the CPU: the script itself must work.
+    let lattice = Path::new(env!("CARGO_BIN_EXE_lattice-gpu-check")).with_file_name("lattice");
+    assert!(
+        lattice.exists(),
+        "build the workspace first: {}",
+        lattice.display()
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .current_dir(&root)
+        .arg("scripts/gpu-check")
+        .arg("sdk")
+        .arg(&lattice)
+        .arg("cpu")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in [
+        "streamed chat",
+        "whole chat equals the streamed one",
+        "forced tool call parsed",
+        "bad request is a 400",
+    ] {
+        let row = format!("| OpenAI SDK through the gateway, worker on cpu: {check} | pass |");
+        assert!(stdout.contains(&row), "{row} missing from:\n{stdout}");
+    }
+}
