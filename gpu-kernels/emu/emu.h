@@ -33,7 +33,15 @@ extern thread_local dim3 blockDim, gridDim;
 
 void __syncthreads();
 void __syncwarp(unsigned mask = 0xffffffffu);
-float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
+// The value of lane (this lane ^ lane_mask), any type of up to 8 bytes.
+void emu_shuffle(const void* in, void* out, unsigned size, int lane_mask);
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+  static_assert(sizeof(T) <= 8, "a shuffle moves at most 8 bytes");
+  T r;
+  emu_shuffle(&v, &r, sizeof(T), lane_mask);
+  return r;
+}
 // The launch's dynamic shared memory.
 void* emu_dynamic_shared();
 

@@ -46,7 +46,7 @@ struct Block {
   ucontext_t scheduler;
   jmp_buf back;  // the scheduler, to return to from a fiber
   std::vector<Fiber> fibers;
-  std::vector<float> lanes;  // one slot per thread, for shuffles
+  std::vector<uint64_t> lanes;  // one slot per thread, for shuffles
   std::vector<unsigned char> shared;
   unsigned current = 0;
   const std::function<void(void**)>* kernel = nullptr;
@@ -126,13 +126,12 @@ void __syncthreads() { wait(State::AtBlock); }
 
 void __syncwarp(unsigned) { wait(State::AtWarp); }
 
-float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+void emu_shuffle(const void* in, void* out, unsigned size, int lane_mask) {
   const unsigned t = block->current, warp = t / 32, lane = t % 32;
-  block->lanes[t] = v;
+  std::memcpy(&block->lanes[t], in, size);
   wait(State::AtWarp);
-  const float r = block->lanes[warp * 32 + (lane ^ (unsigned)lane_mask)];
+  std::memcpy(out, &block->lanes[warp * 32 + (lane ^ (unsigned)lane_mask)], size);
   wait(State::AtWarp);
-  return r;
 }
 
 void* emu_dynamic_shared() { return block->shared.data(); }
@@ -154,7 +153,7 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
   Block b;
   b.fibers.resize(threads);
   auto& stack = stacks(threads);
-  b.lanes.assign(threads, 0.0f);
+  b.lanes.assign(threads, 0);
   b.shared.assign(shared + 16, 0);
   b.kernel = &it->second;
   b.args = args;

@@ -21,7 +21,8 @@ const MAX_HEAD_DIM: usize = 256;
 /// Largest head dimension of the tiled prefill attention.
 const TILED_MAX_HEAD_DIM: usize = 128;
 
-fn grid(rows: usize, threads: u32) -> LaunchConfig {
+/// One block of `threads` per row.
+pub(super) fn grid(rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.max(1) as u32, 1, 1),
         block_dim: (threads, 1, 1),
