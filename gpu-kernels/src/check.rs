@@ -32,9 +32,12 @@ impl Case {
     }
 }
 
+/// Deterministic noise (xorshift64*), also what `lattice_worker::testmodel`
+/// fills generated weights with. Seed with an odd number.
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// Uniform in [-1, 1).
     pub fn uniform(&mut self) -> f32 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;

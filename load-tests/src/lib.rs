@@ -250,3 +250,9 @@ pub async fn start_gateway(
         _proc: proc,
     })
 }
+
+/// `n` token ids of a generated test model's vocabulary (all below 400),
+/// the same for every run: the prompts of the worker scenarios.
+pub fn prompt_tokens(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 11) % 400).collect()
+}

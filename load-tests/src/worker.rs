@@ -30,7 +30,7 @@ use candle_transformers::models::llama;
 use futures_util::StreamExt;
 use lattice_gpu_kernels::cpu::Cpu;
 use lattice_gpu_kernels::DType;
-use lattice_load_tests::percentile;
+use lattice_load_tests::{percentile, prompt_tokens};
 use lattice_worker::model::{Chunk, Model};
 use lattice_worker::serve::{self, Options};
 use lattice_worker::testmodel::{self, Spec};
@@ -142,10 +142,6 @@ fn read_bandwidth(threads: usize) -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     n as f64 / best
-}
-
-fn prompt_tokens(n: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| (i * 37 + 11) % 400).collect()
 }
 
 /// (prefill tokens/s, decode tokens/s) of the worker's forward pass.

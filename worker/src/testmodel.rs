@@ -11,6 +11,7 @@
 
 use crate::error::{file_err, Result, WorkerError};
 use crate::model::Arch;
+use lattice_gpu_kernels::check::Rng;
 use lattice_gpu_kernels::DType;
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 use serde_json::{json, Value};
@@ -227,20 +228,6 @@ pub fn special_id(s: &str) -> Option<u32> {
         .map(|i| (size - SPECIALS.len() + i) as u32)
 }
 
-/// Deterministic noise: xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        // Uniform in [-1, 1).
-        ((v >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-    }
-}
-
 fn encode(values: &[f32], dtype: DType) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * dtype.size());
     for v in values {
@@ -277,7 +264,7 @@ pub fn write(dir: &Path, spec: &Spec) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
         let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| offset + scale * rng.next()).collect();
+        let values: Vec<f32> = (0..n).map(|_| offset + scale * rng.uniform()).collect();
         tensors.push((name, shape, encode(&values, spec.dtype)));
     };
     let lin = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();

@@ -16,13 +16,10 @@ use lattice_gpu_kernels::check::rel_err;
 use lattice_gpu_kernels::cpu::Cpu;
 use lattice_gpu_kernels::cuda::Cuda;
 use lattice_gpu_kernels::{DType, Kernels};
+use lattice_worker::engine::sampler::argmax;
 use lattice_worker::model::{Chunk, Model};
 use lattice_worker::testmodel::{self, Spec};
 use std::path::Path;
-
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
-}
 
 /// Logits after the prompt and after each of `steps` greedy tokens, of
 /// two sequences run together (the second prompt is the first's tail).

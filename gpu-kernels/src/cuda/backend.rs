@@ -120,8 +120,8 @@ impl Backend for Driver {
             .stream
             .alloc_zeros::<u8>(bytes.max(1))
             .map_err(|e| driver(&format!("allocating {bytes} bytes"), e))?;
-        let (ptr, _sync) = slice.device_ptr(&self.stream);
-        drop(_sync);
+        // Event tracking is off: the guard returned beside it does nothing.
+        let ptr = slice.device_ptr(&self.stream).0;
         Ok(Mem {
             ptr,
             bytes,

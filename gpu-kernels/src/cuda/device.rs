@@ -145,6 +145,16 @@ fn cache_dir() -> PathBuf {
     base.join("lattice/kernels")
 }
 
+/// Every kernel the device launches is among those `defined`.
+fn all_defined(defined: impl Fn(&str) -> bool) -> Result<(), KernelError> {
+    match kernel_names().into_iter().find(|k| !defined(k)) {
+        Some(missing) => Err(KernelError::Device(format!(
+            "kernel {missing} is in none of the compiled sources"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// PTX of `name` for `arch`: from the disk cache when this exact source
 /// was compiled for it before, else compiled by NVRTC (and cached).
 fn ptx(name: &str, source: &str, arch: &'static str, include: &str) -> Result<Ptx, KernelError> {
@@ -183,7 +193,8 @@ impl Cuda {
                 "compute capability {major}.{minor}: the kernels need 8.0 or newer (bf16)"
             )));
         }
-        // NVRTC takes the architecture as a &'static str: one per process.
+        // NVRTC takes the architecture as a &'static str: a few bytes
+        // leaked per device opened.
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         let gpu = ctx.name().map_err(|e| driver("device name", e))?;
         let memory = ctx.total_mem().map_err(|e| driver("memory", e))?;
@@ -204,11 +215,7 @@ impl Cuda {
             }
             modules.push(module);
         }
-        if let Some(missing) = wanted.iter().find(|k| !funcs.contains_key(*k)) {
-            return Err(KernelError::Device(format!(
-                "kernel {missing} is in none of the compiled sources"
-            )));
-        }
+        all_defined(|k| funcs.contains_key(k))?;
         Ok(Self {
             gpu: Box::new(Driver::new(ctx, funcs, modules)?),
             name: format!("cuda ({gpu}, {arch}, {} GiB)", memory >> 30),
@@ -223,14 +230,7 @@ impl Cuda {
     /// a plain loop. The device's host code is the same as on a GPU.
     pub fn emulated(dir: &Path) -> Result<Self, KernelError> {
         let emu = super::emu::Emu::new(dir)?;
-        if let Some(missing) = kernel_names()
-            .into_iter()
-            .find(|k| !emu.kernels().any(|e| e == k))
-        {
-            return Err(KernelError::Device(format!(
-                "kernel {missing} is in none of the sources"
-            )));
-        }
+        all_defined(|k| emu.defines(k))?;
         Ok(Self {
             gpu: Box::new(emu),
             name: "cuda (emulated on the host)".into(),

@@ -30,7 +30,12 @@ type Launch =
 type GemmFn = unsafe extern "C" fn(i32, i32, i32, *const c_void, *const c_void, *mut f32, i32);
 
 pub(super) struct Emu {
-    libs: Vec<libloading::Library>,
+    /// Kept loaded: `launchers` and `gemm` point into them.
+    _libs: Vec<libloading::Library>,
+    /// Each library's `emu_launch`, resolved once.
+    launchers: Vec<Launch>,
+    /// `emu_gemm` (every library has one; the first's).
+    gemm: GemmFn,
     /// Kernel name → index of the library that defines it.
     kernels: HashMap<String, usize>,
 }
@@ -148,6 +153,8 @@ impl Emu {
     pub fn new(dir: &Path) -> Result<Self, KernelError> {
         std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
         let mut libs = Vec::new();
+        let mut launchers = Vec::new();
+        let mut gemm = None;
         let mut kernels = HashMap::new();
         for (name, source) in SOURCES {
             let (path, names) = build(dir, name, source)?;
@@ -157,17 +164,35 @@ impl Emu {
             #[allow(unsafe_code)]
             let lib = unsafe { libloading::Library::new(&path) }
                 .map_err(|e| err(format!("loading {}: {e}", path.display())))?;
+            // SAFETY: runtime.cpp defines both with these signatures; the
+            // pointers stay valid while `_libs` holds the library.
+            #[allow(unsafe_code)]
+            let (launch, g) = unsafe {
+                (
+                    *lib.get::<Launch>(b"emu_launch\0")
+                        .map_err(|e| err(format!("emu_launch: {e}")))?,
+                    *lib.get::<GemmFn>(b"emu_gemm\0")
+                        .map_err(|e| err(format!("emu_gemm: {e}")))?,
+                )
+            };
             for n in names {
-                kernels.insert(n, libs.len());
+                kernels.insert(n, launchers.len());
             }
+            launchers.push(launch);
+            gemm.get_or_insert(g);
             libs.push(lib);
         }
-        Ok(Self { libs, kernels })
+        Ok(Self {
+            _libs: libs,
+            launchers,
+            gemm: gemm.ok_or_else(|| err("no kernel source"))?,
+            kernels,
+        })
     }
 
-    /// The kernel names every source defines.
-    pub fn kernels(&self) -> impl Iterator<Item = &String> {
-        self.kernels.keys()
+    /// Whether a source defines the kernel `name`.
+    pub fn defines(&self, name: &str) -> bool {
+        self.kernels.contains_key(name)
     }
 
     fn host(&self, bytes: usize) -> Mem {
@@ -217,10 +242,10 @@ impl Backend for Emu {
         cfg: LaunchConfig,
         args: &mut [*mut c_void],
     ) -> Result<(), KernelError> {
-        let lib = self
+        let f = self
             .kernels
             .get(name)
-            .and_then(|&i| self.libs.get(i))
+            .and_then(|&i| self.launchers.get(i))
             .ok_or_else(|| err(format!("kernel {name} is in no source")))?;
         let cname = CString::new(name).map_err(err)?;
         let (g, b) = (cfg.grid_dim, cfg.block_dim);
@@ -229,9 +254,6 @@ impl Backend for Emu {
         // of its type (the caller's contract, as with cuLaunchKernel).
         #[allow(unsafe_code)]
         let rc = unsafe {
-            let f = lib
-                .get::<Launch>(b"emu_launch\0")
-                .map_err(|e| err(format!("emu_launch: {e}")))?;
             f(
                 cname.as_ptr(),
                 g.0,
@@ -247,14 +269,16 @@ impl Backend for Emu {
         match rc {
             0 => Ok(()),
             1 => Err(err(format!("kernel {name} is not registered"))),
+            2 => Err(err(format!(
+                "{name}: a block of {b:?} threads is not whole warps (at most 1,024)"
+            ))),
             _ => Err(err(format!(
-                "{name}: a block of {b:?} threads is not whole warps"
+                "{name}: its threads wait on each other forever (a barrier some thread never reaches)"
             ))),
         }
     }
 
     fn gemm(&self, g: &Gemm) -> Result<(), KernelError> {
-        let lib = self.libs.first().ok_or_else(|| err("no library"))?;
         let dtype = match g.dtype {
             DType::F32 => 0,
             DType::BF16 => 1,
@@ -264,10 +288,7 @@ impl Backend for Emu {
         // are live buffers of the sizes the caller checked.
         #[allow(unsafe_code)]
         unsafe {
-            let f = lib
-                .get::<GemmFn>(b"emu_gemm\0")
-                .map_err(|e| err(format!("emu_gemm: {e}")))?;
-            f(
+            (self.gemm)(
                 g.m as i32,
                 g.n as i32,
                 g.k as i32,

@@ -71,15 +71,6 @@ fn u32_of(op: &'static str, n: usize) -> Result<u32, KernelError> {
 }
 
 impl Cuda {
-    fn launch(
-        &self,
-        name: &str,
-        cfg: LaunchConfig,
-        args: &mut [*mut std::ffi::c_void],
-    ) -> Result<(), KernelError> {
-        self.gpu.launch(name, cfg, args)
-    }
-
     /// The GEMV kernels, in groups of up to 8 activation rows.
     fn gemv(
         &self,
@@ -102,7 +93,7 @@ impl Cuda {
             let xs = x.mem.at(r0 * inp * 4);
             let os = out.mem.at(r0 * outs * 4);
             let rows_i = rows as i32;
-            self.launch(
+            self.gpu.launch(
                 &name,
                 cfg,
                 &mut args![&w.mem.ptr, &xs, &bias, &os, &rows_i, &in_i, &outs_i],
@@ -128,7 +119,7 @@ impl Cuda {
                     "to_f16"
                 };
                 let n = count as u64;
-                self.launch(
+                self.gpu.launch(
                     kernel,
                     elementwise(count),
                     &mut args![&x.mem.ptr, &half.ptr, &n],
@@ -228,7 +219,7 @@ impl Kernels for Cuda {
         }
         let ids = self.u32s(tokens)?;
         let c = cols as i32;
-        self.launch(
+        self.gpu.launch(
             &format!("embed_{}", table.dtype.name()),
             grid(tokens.len(), ROW_THREADS),
             &mut args![&table.mem.ptr, &ids.ptr, &out.mem.ptr, &c],
@@ -245,7 +236,7 @@ impl Kernels for Cuda {
         same("rms_norm", x, out)?;
         let w = vector("rms_norm", weight, x.cols)?;
         let c = x.cols as i32;
-        self.launch(
+        self.gpu.launch(
             "rms_norm_f32",
             grid(x.rows, ROW_THREADS),
             &mut args![&x.mem.ptr, &w, &eps, &out.mem.ptr, &c],
@@ -264,7 +255,7 @@ impl Kernels for Cuda {
         same("add_rms_norm", x, out)?;
         let w = vector("add_rms_norm", weight, x.cols)?;
         let c = x.cols as i32;
-        self.launch(
+        self.gpu.launch(
             "add_rms_norm_f32",
             grid(x.rows, ROW_THREADS),
             &mut args![&x.mem.ptr, &delta.mem.ptr, &w, &eps, &out.mem.ptr, &c],
@@ -301,7 +292,7 @@ impl Kernels for Cuda {
         self.blas(x, w, out)?;
         if let Some(b) = bias {
             let (n, cols) = ((out.rows * outs) as u64, outs as u32);
-            self.launch(
+            self.gpu.launch(
                 "add_bias",
                 elementwise(out.rows * outs),
                 &mut args![&out.mem.ptr, &b, &cols, &n],
@@ -344,7 +335,7 @@ impl Kernels for Cuda {
             block_dim: ((head_dim / 2).next_multiple_of(32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        self.launch(
+        self.gpu.launch(
             "rope",
             cfg,
             &mut args![&x.mem.ptr, &pos.ptr, &freq.ptr, &heads, &hd],
@@ -373,7 +364,7 @@ impl Kernels for Cuda {
         }
         let ids = self.u32s(slots)?;
         let width = kv.width as u32;
-        self.launch(
+        self.gpu.launch(
             "kv_write_f32",
             grid(k.rows, ROW_THREADS),
             &mut args![&k.mem.ptr, &v.mem.ptr, &ids.ptr, &kv.k.ptr, &kv.v.ptr, &width],
@@ -467,7 +458,7 @@ impl Kernels for Cuda {
                 block_dim: (ATTN_WARPS * 32, 1, 1),
                 shared_mem_bytes: ATTN_WARPS * (2 + s.head_dim as u32) * 4,
             };
-            self.launch(
+            self.gpu.launch(
                 "attn_decode_f32",
                 cfg,
                 &mut args![
@@ -490,7 +481,7 @@ impl Kernels for Cuda {
                 block_dim: (32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            self.launch(
+            self.gpu.launch(
                 "attn_decode_reduce",
                 cfg,
                 &mut args![&partial.ptr, &table.ptr, &out.mem.ptr, &heads, &hd, &splits],
@@ -517,7 +508,7 @@ impl Kernels for Cuda {
                 block_dim: (ATTN_WARPS * 32, 1, 1),
                 shared_mem_bytes: smem,
             };
-            self.launch(
+            self.gpu.launch(
                 kernel,
                 cfg,
                 &mut args![
@@ -544,7 +535,7 @@ impl Kernels for Cuda {
         same("silu_mul", gate, out)?;
         let n = gate.rows * gate.cols;
         let n64 = n as u64;
-        self.launch(
+        self.gpu.launch(
             "swiglu",
             elementwise(n),
             &mut args![&gate.mem.ptr, &up.mem.ptr, &out.mem.ptr, &n64],
@@ -555,7 +546,7 @@ impl Kernels for Cuda {
         same("add", x, y)?;
         let n = x.rows * x.cols;
         let n64 = n as u64;
-        self.launch(
+        self.gpu.launch(
             "add",
             elementwise(n),
             &mut args![&x.mem.ptr, &y.mem.ptr, &n64],
@@ -580,7 +571,7 @@ impl Kernels for Cuda {
         let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let ids = self.u32s(&ids)?;
         let cols = x.cols as u32;
-        self.launch(
+        self.gpu.launch(
             "gather_rows",
             grid(rows.len(), ROW_THREADS),
             &mut args![&x.mem.ptr, &ids.ptr, &out.mem.ptr, &cols],

@@ -31,6 +31,8 @@ use anyhow::{bail, Context, Result};
 use lattice_gpu_kernels::cpu::Cpu;
 use lattice_gpu_kernels::cuda::Cuda;
 use lattice_gpu_kernels::{check, DType, Kernels};
+use lattice_load_tests::prompt_tokens;
+use lattice_worker::engine::sampler::argmax;
 use lattice_worker::model::{Chunk, Model};
 use lattice_worker::serve::{self, Device, Options};
 use lattice_worker::testmodel::{self, Spec};
@@ -112,20 +114,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn prompt_tokens(n: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| (i * 37 + 11) % 400).collect()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// The prompt's last logits, then `n` greedy tokens.
