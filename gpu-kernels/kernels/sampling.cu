@@ -1,50 +1,51 @@
-// Sampling on the device, so only token ids cross to the host: penalties
-// on the logits, greedy (argmax), and temperature / top-k / top-p / min-p
-// sampling with a uniform draw the host supplies per row (from the
-// request's seeded generator, so the same seed gives the same tokens).
-// One block per row. `probs` is a rows × vocab scratch buffer.
+// Choosing tokens on the device, so only token ids cross to the host:
+// each row's adjustments (logit bias, repetition / presence / frequency
+// penalties), then greedy (temperature <= 0) or a draw with temperature,
+// top-k, min-p and top-p from a uniform number the host supplies per row
+// (from the request's seeded generator, so the same seed gives the same
+// tokens). The rule is `lattice_gpu_kernels::Pick`'s, which the CPU's
+// sampler follows too. One block per row; `probs` is a rows × vocab
+// scratch buffer.
 
-// Penalties of the tokens a sequence has seen (`tokens` with their
-// `counts`, n of them): repetition (divide positive logits, multiply
-// negative ones), presence (once) and frequency (per occurrence).
-// grid rows (each row's list at offsets[row]..offsets[row + 1]).
-extern "C" __global__ void penalties(float* logits, const u32* tokens, const u32* counts,
-                                     const u32* offsets, u32 vocab, float repetition,
-                                     float presence, float frequency) {
+// Mirrors `Pick` (host side: `cuda/sampling.rs` lays it out).
+struct PickParams {
+  float temperature;
+  u32 top_k;
+  float top_p;
+  float min_p;
+  float uniform;
+  float repetition;
+  float presence;
+  float frequency;
+};
+
+// Mirrors `Adjust`: each token at most once per row.
+struct PickAdjust {
+  u32 token;
+  float bias;
+  u32 seen;
+  u32 count;
+};
+
+// Row `blockIdx.x`'s adjustments, adj[offsets[row]..offsets[row + 1]].
+extern "C" __global__ void adjust_logits(float* logits, const PickParams* params,
+                                         const PickAdjust* adj, const u32* offsets, u32 vocab) {
   float* row = logits + (u64)blockIdx.x * vocab;
+  const PickParams pp = params[blockIdx.x];
   for (u32 i = offsets[blockIdx.x] + threadIdx.x; i < offsets[blockIdx.x + 1]; i += blockDim.x) {
-    const u32 t = tokens[i];
-    if (t >= vocab) continue;
-    float v = row[t];
-    if (repetition != 1.0f) v = v > 0.0f ? v / repetition : v * repetition;
-    v -= presence + frequency * (float)counts[i];
-    row[t] = v;
+    const PickAdjust a = adj[i];
+    if (a.token >= vocab) continue;
+    float v = row[a.token] + a.bias;
+    if (a.seen && pp.repetition != 1.0f) v = v > 0.0f ? v / pp.repetition : v * pp.repetition;
+    if (a.count > 0) v -= pp.presence + pp.frequency * (float)a.count;
+    row[a.token] = v;
   }
 }
 
-// Row softmax with a temperature, into probs.
-extern "C" __global__ void softmax(const float* logits, float* probs, u32 vocab, float temperature) {
-  const float* row = logits + (u64)blockIdx.x * vocab;
-  float* p = probs + (u64)blockIdx.x * vocab;
-  const float inv_t = 1.0f / fmaxf(temperature, 1e-6f);
-  float mx = -INFINITY;
-  for (u32 i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, row[i] * inv_t);
-  mx = block_max(mx);
-  float sum = 0.0f;
-  for (u32 i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float e = __expf(row[i] * inv_t - mx);
-    p[i] = e;
-    sum += e;
-  }
-  const float inv = 1.0f / block_sum(sum);
-  for (u32 i = threadIdx.x; i < vocab; i += blockDim.x) p[i] *= inv;
-}
-
-// The lowest index of the row's largest logit.
-extern "C" __global__ void argmax(const float* logits, u32* out, u32 vocab) {
+// The lowest index of the row's largest value, on thread 0.
+__device__ u32 row_argmax(const float* row, u32 vocab) {
   __shared__ float best_v[32];
   __shared__ u32 best_i[32];
-  const float* row = logits + (u64)blockIdx.x * vocab;
   float v = -INFINITY;
   u32 idx = 0xffffffffu;
   for (u32 i = threadIdx.x; i < vocab; i += blockDim.x)
@@ -57,14 +58,13 @@ extern "C" __global__ void argmax(const float* logits, u32* out, u32 vocab) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) { best_v[warp] = v; best_i[warp] = idx; }
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0)
     for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
       if (best_v[w] > v || (best_v[w] == v && best_i[w] < idx)) { v = best_v[w]; idx = best_i[w]; }
-    out[blockIdx.x] = idx == 0xffffffffu ? 0 : idx;
-  }
+  return idx == 0xffffffffu ? 0 : idx;
 }
 
-// Probability mass and count of the entries >= t.
+// How many entries are >= t (count) and their mass, block-wide.
 __device__ void above(const float* p, u32 vocab, float t, float& mass, float& count) {
   float m = 0.0f, c = 0.0f;
   for (u32 i = threadIdx.x; i < vocab; i += blockDim.x)
@@ -73,29 +73,61 @@ __device__ void above(const float* p, u32 vocab, float t, float& mass, float& co
   count = block_sum(c);
 }
 
-// Samples from probs (a softmax already taken) keeping the tokens of
-// probability >= a threshold: the largest one that keeps at least top_k
-// tokens (0: all), at least top_p of the mass, and no token below
-// min_p · the largest probability. The threshold is found by bisection
-// (40 halvings of [0, max]); the token by a block-wide scan in index
-// order, so a row and a draw give one answer.
-extern "C" __global__ void sample(const float* probs, const float* uniform, u32* out, u32 vocab,
-                                  u32 top_k, float top_p, float min_p) {
-  __shared__ float scan[1025];
-  const float* p = probs + (u64)blockIdx.x * vocab;
-  float mx = 0.0f;
-  for (u32 i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, p[i]);
-  mx = block_max(mx);
-  float lo = 0.0f, hi = mx;  // the answer is in [lo, hi]: `hi` always satisfies
-  for (int it = 0; it < 40; ++it) {
-    const float mid = 0.5f * (lo + hi);
+// The largest threshold in [lo, hi] (non-negative floats, bisected on
+// their bits, which order as they do: exact in at most 31 passes) that
+// keeps at least `k` entries (k > 0) or at least `mass_wanted` of mass.
+__device__ float largest_keeping(const float* p, u32 vocab, float lo, float hi, u32 k,
+                                 float mass_wanted) {
+  u32 a = __float_as_uint(lo), b = __float_as_uint(hi);
+  while (a < b) {
+    const u32 mid = a + (b - a + 1) / 2;
     float mass, count;
-    above(p, vocab, mid, mass, count);
-    const bool enough = (top_k == 0 || count >= (float)top_k) && mass >= top_p;
-    if (enough) lo = mid; else hi = mid;
+    above(p, vocab, __uint_as_float(mid), mass, count);
+    const bool keeps = k > 0 ? count >= (float)k : mass >= mass_wanted;
+    if (keeps) a = mid; else b = mid - 1;
   }
-  float t = fmaxf(lo, min_p * mx);
-  if (t > mx) t = mx;
+  return __uint_as_float(a);
+}
+
+// One token per row: greedy over the logits, or the draw over
+// softmax(logits / temperature) written into probs.
+extern "C" __global__ void pick(const float* logits, float* probs, const PickParams* params,
+                                u32* out, u32 vocab) {
+  __shared__ float scan[1025];
+  const PickParams pp = params[blockIdx.x];
+  const float* row = logits + (u64)blockIdx.x * vocab;
+  if (pp.temperature <= 0.0f) {
+    const u32 best = row_argmax(row, vocab);
+    if (threadIdx.x == 0) out[blockIdx.x] = best;
+    return;
+  }
+  float* p = probs + (u64)blockIdx.x * vocab;
+  const float inv_t = 1.0f / pp.temperature;
+  float lmax = -INFINITY;
+  for (u32 i = threadIdx.x; i < vocab; i += blockDim.x) lmax = fmaxf(lmax, row[i] * inv_t);
+  lmax = block_max(lmax);
+  float sum = 0.0f;
+  for (u32 i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float e = expf(row[i] * inv_t - lmax);
+    p[i] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / block_sum(sum);
+  float mx = 0.0f;
+  for (u32 i = threadIdx.x; i < vocab; i += blockDim.x) {
+    p[i] *= inv;
+    mx = fmaxf(mx, p[i]);
+  }
+  mx = block_max(mx);
+  // top-k, then min-p, then top-p over what they kept.
+  float t = 0.0f;
+  if (pp.top_k > 0 && pp.top_k < vocab) t = largest_keeping(p, vocab, 0.0f, mx, pp.top_k, 0.0f);
+  t = fminf(fmaxf(t, pp.min_p * mx), mx);
+  if (pp.top_p < 1.0f) {
+    float kept, count;
+    above(p, vocab, t, kept, count);
+    t = largest_keeping(p, vocab, t, mx, 0, pp.top_p * kept);
+  }
   // Each thread's contiguous chunk, its kept mass, a block-wide scan.
   const u32 chunk = (vocab + blockDim.x - 1) / blockDim.x;
   const u32 from = threadIdx.x * chunk, to = min(from + chunk, vocab);
@@ -113,16 +145,16 @@ extern "C" __global__ void sample(const float* probs, const float* uniform, u32*
   // The prefixes partition [0, total): exactly one thread's chunk holds
   // the target (the same sums in the same order decide both).
   const float total = scan[blockDim.x];
-  const float target = fminf(uniform[blockIdx.x] * total, nextafterf(total, 0.0f));
+  const float target = fminf(pp.uniform * total, nextafterf(total, 0.0f));
   float run = scan[threadIdx.x];
   if (mine > 0.0f && target >= run && target < run + mine) {
-    u32 pick = from;
+    u32 chosen = from;
     for (u32 i = from; i < to; ++i) {
       if (p[i] < t) continue;
-      pick = i;
+      chosen = i;
       run += p[i];
       if (run > target) break;
     }
-    out[blockIdx.x] = pick;
+    out[blockIdx.x] = chosen;
   }
 }

@@ -61,6 +61,43 @@ pub struct AttnSeq<'a> {
     pub blocks: &'a [u32],
 }
 
+/// How one row of logits becomes a token on the device (see
+/// [`Kernels::pick`]): the adjustments first, then greedy (temperature
+/// ≤ 0) or a draw. The draw keeps the `top_k` most likely tokens (0: all),
+/// drops those less likely than `min_p` × the most likely, keeps the
+/// smallest head, by probability, that holds `top_p` of what is left's
+/// mass, and takes the token where `uniform` × the kept mass falls when
+/// the kept tokens are laid out in id order. The CPU's sampler follows the
+/// same rule, so a seed gives the same tokens on either device (but for a
+/// draw that lands within rounding of a boundary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pick {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub min_p: f32,
+    /// The request's draw in [0, 1) (unused when greedy).
+    pub uniform: f32,
+    /// 1.0: off.
+    pub repetition: f32,
+    pub presence: f32,
+    pub frequency: f32,
+    /// The tokens whose logits change, each once, in any order.
+    pub adjust: Vec<Adjust>,
+}
+
+/// One token's adjustment, applied in this order: `bias` added; if
+/// `seen` (in the prompt or generated), the repetition penalty (positive
+/// logits divided, negative ones multiplied); if generated `count` > 0
+/// times, `presence + frequency × count` subtracted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adjust {
+    pub token: u32,
+    pub bias: f32,
+    pub seen: bool,
+    pub count: u32,
+}
+
 /// The steps of a forward pass on one device. Activations are f32 rows
 /// (`rows × cols`); weights stay in their stored dtype.
 pub trait Kernels: Send + Sync + 'static {
@@ -164,6 +201,21 @@ pub trait Kernels: Send + Sync + 'static {
     ) -> Result<(), KernelError>;
     /// The whole matrix, row-major, on the host.
     fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>, KernelError>;
+    /// Whether [`Kernels::pick`] chooses tokens on this device. The CPU
+    /// does not: its logits are already where the engine's sampler is.
+    fn picks_tokens(&self) -> bool {
+        false
+    }
+    /// One token per row of `logits` (changed in place by the
+    /// adjustments), chosen on the device so that only the ids cross to
+    /// the host.
+    fn pick(&self, logits: &mut Self::Act, picks: &[Pick]) -> Result<Vec<u32>, KernelError> {
+        let _ = (logits, picks);
+        Err(KernelError::Device(format!(
+            "{} does not choose tokens itself",
+            self.device()
+        )))
+    }
 }
 
 pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> KernelError {

@@ -9,7 +9,7 @@
 use lattice_gpu_kernels::check::check_all;
 use lattice_gpu_kernels::cpu::Cpu;
 use lattice_gpu_kernels::cuda::Cuda;
-use lattice_gpu_kernels::{DType, HostWeight, Kernels};
+use lattice_gpu_kernels::{Adjust, DType, HostWeight, Kernels, Pick};
 use std::path::Path;
 
 fn emulated() -> Cuda {
@@ -75,94 +75,148 @@ fn logits(
     (values, act)
 }
 
-/// The documented rule, computed exactly on the host: softmax at the
-/// temperature; keep the tokens of probability ≥ t, t the largest
-/// threshold keeping at least top_k tokens and top_p of the mass, raised
-/// to min_p · the largest probability; draw in index order.
-fn reference(row: &[f32], temperature: f32, top_k: usize, top_p: f32, min_p: f32, u: f32) -> u32 {
-    let mx = row.iter().fold(f32::MIN, |m, v| m.max(*v / temperature));
-    let e: Vec<f64> = row
-        .iter()
-        .map(|v| f64::from((v / temperature - mx).exp()))
-        .collect();
+/// `Pick`'s rule, computed on the host in f64: the adjustments (in f32,
+/// as documented), then greedy, or softmax at the temperature; the top_k
+/// most likely; those at least min_p × the most likely; the smallest head
+/// by probability holding top_p of what is left's mass; the draw over the
+/// kept tokens laid out in id order.
+fn reference(row: &[f32], pick: &Pick) -> u32 {
+    let mut row = row.to_vec();
+    for a in &pick.adjust {
+        let mut v = row[a.token as usize] + a.bias;
+        if a.seen && pick.repetition != 1.0 {
+            v = if v > 0.0 {
+                v / pick.repetition
+            } else {
+                v * pick.repetition
+            };
+        }
+        if a.count > 0 {
+            v -= pick.presence + pick.frequency * a.count as f32;
+        }
+        row[a.token as usize] = v;
+    }
+    if pick.temperature <= 0.0 {
+        return (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as u32;
+    }
+    let t = f64::from(pick.temperature);
+    let mx = row.iter().fold(f64::MIN, |m, v| m.max(f64::from(*v) / t));
+    let e: Vec<f64> = row.iter().map(|v| (f64::from(*v) / t - mx).exp()).collect();
     let sum: f64 = e.iter().sum();
     let p: Vec<f64> = e.iter().map(|v| v / sum).collect();
-    let mut sorted = p.clone();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    // top_k 0 is off: no bound from it.
-    let by_k = if top_k == 0 {
-        f64::INFINITY
-    } else {
-        sorted[top_k.min(sorted.len()) - 1]
-    };
-    let mut mass = 0.0;
-    let mut by_p = sorted[sorted.len() - 1];
-    for v in &sorted {
-        mass += v;
-        if mass >= f64::from(top_p) {
-            by_p = *v;
-            break;
-        }
+    let mut kept: Vec<usize> = (0..p.len()).collect();
+    kept.sort_by(|a, b| p[*b].total_cmp(&p[*a]).then(a.cmp(b)));
+    if pick.top_k > 0 {
+        kept.truncate(pick.top_k as usize);
     }
-    let t = by_k.min(by_p).max(f64::from(min_p) * sorted[0]);
-    let total: f64 = p.iter().filter(|v| **v >= t).sum();
-    let target = f64::from(u) * total;
+    let top = p[kept[0]];
+    kept.retain(|i| p[*i] >= f64::from(pick.min_p) * top);
+    if pick.top_p < 1.0 {
+        let mass: f64 = kept.iter().map(|i| p[*i]).sum();
+        let mut run = 0.0;
+        let n = kept
+            .iter()
+            .position(|i| {
+                run += p[*i];
+                run >= f64::from(pick.top_p) * mass
+            })
+            .map_or(kept.len(), |n| n + 1);
+        kept.truncate(n);
+    }
+    kept.sort_unstable();
+    let total: f64 = kept.iter().map(|i| p[*i]).sum();
+    let target = f64::from(pick.uniform) * total;
     let mut run = 0.0;
-    let mut pick = 0;
-    for (i, v) in p.iter().enumerate() {
-        if *v >= t {
-            pick = i;
-            run += v;
-            if run > target {
-                break;
-            }
+    for i in &kept {
+        run += p[*i];
+        if run > target {
+            return *i as u32;
         }
     }
-    pick as u32
+    kept[kept.len() - 1] as u32
+}
+
+fn plain(temperature: f32, top_k: u32, top_p: f32, min_p: f32, uniform: f32) -> Pick {
+    Pick {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        uniform,
+        repetition: 1.0,
+        presence: 0.0,
+        frequency: 0.0,
+        adjust: Vec::new(),
+    }
 }
 
 #[test]
-fn sampling_on_the_device_follows_the_documented_rule() {
+fn tokens_chosen_on_the_device_follow_the_documented_rule() {
     let gpu = emulated();
     let (rows, vocab) = (12, 1000);
-    let (values, act) = logits(&gpu, rows, vocab, 77);
-    // Greedy: the largest logit of each row.
-    let greedy = gpu.argmax_rows(&act).unwrap();
-    for (r, g) in greedy.iter().enumerate() {
-        let row = &values[r * vocab..(r + 1) * vocab];
-        let best = (0..vocab).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-        assert_eq!(*g as usize, best, "row {r}");
-    }
-    // Sampling: the same draws give the reference's tokens, for several
-    // settings.
+    let (values, _) = logits(&gpu, rows, vocab, 77);
     let mut rng = lattice_gpu_kernels::check::Rng(5);
-    for (temperature, top_k, top_p, min_p) in [
-        (1.0, 0, 1.0, 0.0),
-        (0.7, 50, 0.9, 0.0),
-        (1.3, 0, 0.5, 0.0),
-        (1.0, 5, 1.0, 0.0),
-        (0.8, 0, 1.0, 0.2),
-    ] {
-        let draws: Vec<f32> = (0..rows).map(|_| (rng.uniform() + 1.0) * 0.5).collect();
-        let got = gpu
-            .sample_rows(&act, temperature, top_k, top_p, min_p, &draws)
-            .unwrap();
+    let mut draw = || (rng.uniform() + 1.0) * 0.5;
+    // Every filter alone and together, greedy, and the adjustments: a
+    // bias, the repetition penalty on seen tokens, presence and frequency
+    // on generated ones. Each row of a call has its own settings.
+    let settings: Vec<Box<dyn Fn(f32) -> Pick>> = vec![
+        Box::new(|u| plain(1.0, 0, 1.0, 0.0, u)),
+        Box::new(|u| plain(0.7, 50, 0.9, 0.0, u)),
+        Box::new(|u| plain(1.3, 0, 0.5, 0.0, u)),
+        Box::new(|u| plain(1.0, 5, 1.0, 0.0, u)),
+        Box::new(|u| plain(0.8, 0, 1.0, 0.2, u)),
+        Box::new(|u| plain(0.9, 40, 0.8, 0.05, u)),
+        Box::new(|u| plain(0.0, 0, 1.0, 0.0, u)),
+        Box::new(|u| Pick {
+            repetition: 1.3,
+            presence: 0.5,
+            frequency: 0.25,
+            adjust: (0..60)
+                .map(|i| Adjust {
+                    token: i * 13 % 1000,
+                    bias: if i % 7 == 0 { 2.5 } else { 0.0 },
+                    seen: i % 2 == 0,
+                    count: i % 4,
+                })
+                .collect(),
+            ..plain(0.6, 0, 0.95, 0.0, u)
+        }),
+    ];
+    for round in 0..2 {
+        let picks: Vec<Pick> = (0..rows)
+            .map(|r| settings[(r + round * 3) % settings.len()](draw()))
+            .collect();
+        let (_, mut act) = logits(&gpu, rows, vocab, 77);
+        let got = gpu.pick(&mut act, &picks).unwrap();
         for r in 0..rows {
-            let row = &values[r * vocab..(r + 1) * vocab];
-            let want = reference(row, temperature, top_k as usize, top_p, min_p, draws[r]);
-            assert_eq!(
-                got[r], want,
-                "row {r}, temperature {temperature}, top_k {top_k}, top_p {top_p}, min_p {min_p}"
-            );
+            let want = reference(&values[r * vocab..(r + 1) * vocab], &picks[r]);
+            assert_eq!(got[r], want, "row {r}: {:?}", picks[r]);
         }
     }
-    // Penalties: a seen token's logit falls; the greedy choice moves off a
-    // row's best token once it is penalised hard enough.
+    // A penalty moves the greedy choice off each row's best token.
     let (_, mut act) = logits(&gpu, rows, vocab, 77);
-    let seen: Vec<Vec<(u32, u32)>> = greedy.iter().map(|g| vec![(*g, 3)]).collect();
-    gpu.penalize(&mut act, &seen, 1.0, 10.0, 10.0).unwrap();
-    let after = gpu.argmax_rows(&act).unwrap();
+    let greedy = gpu
+        .pick(&mut act, &vec![plain(0.0, 0, 1.0, 0.0, 0.0); rows])
+        .unwrap();
+    let penalised: Vec<Pick> = greedy
+        .iter()
+        .map(|g| Pick {
+            presence: 10.0,
+            adjust: vec![Adjust {
+                token: *g,
+                bias: 0.0,
+                seen: true,
+                count: 1,
+            }],
+            ..plain(0.0, 0, 1.0, 0.0, 0.0)
+        })
+        .collect();
+    let (_, mut act) = logits(&gpu, rows, vocab, 77);
+    let after = gpu.pick(&mut act, &penalised).unwrap();
     for r in 0..rows {
         assert_ne!(after[r], greedy[r], "row {r}");
     }
+    let e = gpu.pick(&mut act, &penalised[..2]).unwrap_err().to_string();
+    assert_eq!(e, "shape mismatch in pick: 2 picks for 12 rows");
 }

@@ -584,4 +584,12 @@ impl Kernels for Cuda {
             .download(&x.mem, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
     }
+
+    fn picks_tokens(&self) -> bool {
+        true
+    }
+
+    fn pick(&self, logits: &mut CudaAct, picks: &[crate::Pick]) -> Result<Vec<u32>, KernelError> {
+        self.pick_rows(logits, picks)
+    }
 }

@@ -276,14 +276,27 @@ async fn serve_check(r: &mut Report, dir: &Path, a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Seconds of one forward pass over `chunks` (the logits on the host).
+/// Seconds of one forward pass over `chunks`, each next token chosen
+/// greedily on the device, as the worker serves.
 fn timed<K: Kernels>(
     model: &Model<K>,
     cache: &mut lattice_worker::model::KvCache<K>,
     chunks: &[Chunk<'_>],
 ) -> Result<f64> {
+    let greedy = lattice_gpu_kernels::Pick {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        uniform: 0.0,
+        repetition: 1.0,
+        presence: 0.0,
+        frequency: 0.0,
+        adjust: Vec::new(),
+    };
+    let picks = vec![Some(greedy); chunks.len()];
     let t = Instant::now();
-    model.forward(cache, chunks)?;
+    model.forward_picking(cache, chunks, &picks)?;
     Ok(t.elapsed().as_secs_f64())
 }
 

@@ -18,11 +18,11 @@ pub mod blocks;
 pub mod sampler;
 
 use crate::metrics::Metrics;
-use crate::model::{Chunk, KvCache, Model};
+use crate::model::{Chunk, KvCache, Model, Next};
 use crate::text::{Detokenizer, Text};
 use blocks::BlockManager;
-use lattice_gpu_kernels::Kernels;
-use sampler::{Sampler, Sampling};
+use lattice_gpu_kernels::{Kernels, Pick};
+use sampler::{Sampled, Sampler, Sampling};
 use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -356,6 +356,19 @@ impl<K: Kernels> Engine<K> {
         if plan.is_empty() {
             return;
         }
+        // Sequences that need neither a constraint mask nor
+        // log-probabilities get their token chosen on the device, when it
+        // can (only the ids then cross to the host).
+        let device = self.model.kernels().picks_tokens();
+        let picks: Vec<Option<Pick>> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &mut self.running[i];
+                let last = s.computed + n == s.tokens.len();
+                (device && last && s.req.constraint.is_none() && s.sampler.can_pick_on_device())
+                    .then(|| s.sampler.pick(&s.tokens[..s.prompt_len]))
+            })
+            .collect();
         let chunks: Vec<Chunk<'_>> = plan
             .iter()
             .map(|&(i, n)| {
@@ -368,7 +381,7 @@ impl<K: Kernels> Engine<K> {
                 }
             })
             .collect();
-        let result = self.model.forward(&mut self.cache, &chunks);
+        let result = self.model.forward_picking(&mut self.cache, &chunks, &picks);
         drop(chunks);
         let logits = match result {
             Ok(l) => l,
@@ -383,7 +396,7 @@ impl<K: Kernels> Engine<K> {
             }
         };
         let mut done = vec![false; self.running.len()];
-        for (&(i, n), mut l) in plan.iter().zip(logits) {
+        for (&(i, n), l) in plan.iter().zip(logits) {
             let bs = self.blocks.block_size();
             let s = &mut self.running[i];
             let before = s.computed / bs;
@@ -391,8 +404,17 @@ impl<K: Kernels> Engine<K> {
             if s.computed / bs > before {
                 self.blocks.remember(&s.tokens[..s.computed], &s.blocks);
             }
-            if !l.is_empty() {
-                done[i] = self.sample(i, &mut l);
+            match l {
+                Next::Nothing => {}
+                Next::Logits(mut l) => done[i] = self.sample(i, &mut l),
+                Next::Token(token) => {
+                    let sampled = Sampled {
+                        token,
+                        logprob: 0.0,
+                        top: Vec::new(),
+                    };
+                    done[i] = self.emit(i, sampled);
+                }
             }
         }
         for i in (0..done.len()).rev() {
@@ -403,8 +425,19 @@ impl<K: Kernels> Engine<K> {
         }
     }
 
-    /// Samples sequence `i`'s next token; true when it finished.
+    /// Samples sequence `i`'s next token from its logits; true when it
+    /// finished.
     fn sample(&mut self, i: usize, logits: &mut [f32]) -> bool {
+        let s = &mut self.running[i];
+        let mask = s.req.constraint.as_mut().and_then(|c| c.mask());
+        let sampled = s
+            .sampler
+            .sample(logits, &s.tokens[..s.prompt_len], mask.as_deref());
+        self.emit(i, sampled)
+    }
+
+    /// Sequence `i` takes its next token; true when it finished.
+    fn emit(&mut self, i: usize, sampled: Sampled) -> bool {
         let now = Instant::now();
         let max_context = self
             .model
@@ -413,10 +446,6 @@ impl<K: Kernels> Engine<K> {
             .min(self.cache.blocks * self.cache.block_size);
         let m = self.metrics.model().clone();
         let s = &mut self.running[i];
-        let mask = s.req.constraint.as_mut().and_then(|c| c.mask());
-        let sampled = s
-            .sampler
-            .sample(logits, &s.tokens[..s.prompt_len], mask.as_deref());
         let tok = sampled.token;
         s.sampler.accept(tok);
         if let Some(c) = s.req.constraint.as_mut() {

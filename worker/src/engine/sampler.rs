@@ -8,8 +8,10 @@
 //! Must never: return a token that the constraint mask refuses, or a token
 //! with zero probability after filtering.
 
+use lattice_gpu_kernels::{Adjust, Pick};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 
 /// A request's sampling settings, validated by the API layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,34 +87,17 @@ impl Sampler {
 
     /// The next token from `logits` (changed in place). `prompt` feeds the
     /// repetition penalty; `allowed`, when given, is the constraint mask.
+    /// The log-probabilities are computed only when the request asked for
+    /// them (`logprob` is 0 otherwise).
     pub fn sample(
         &mut self,
         logits: &mut [f32],
         prompt: &[u32],
         allowed: Option<&[bool]>,
     ) -> Sampled {
-        let p = self.params.clone();
-        for &(t, b) in &p.logit_bias {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l += b;
-            }
-        }
-        if p.repetition_penalty != 1.0 {
-            let mut seen: std::collections::HashSet<u32> = prompt.iter().copied().collect();
-            seen.extend(self.counts.keys().copied());
-            for t in seen {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / p.repetition_penalty
-                    } else {
-                        *l * p.repetition_penalty
-                    };
-                }
-            }
-        }
-        for (&t, &n) in &self.counts {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l -= p.frequency_penalty * n as f32 + p.presence_penalty;
+        for a in self.adjustments(prompt) {
+            if let Some(l) = logits.get_mut(a.token as usize) {
+                *l = self.adjusted(*l, &a);
             }
         }
         if let Some(mask) = allowed {
@@ -123,28 +108,33 @@ impl Sampler {
                 }
             }
         }
-        let logprobs = log_softmax(logits);
-        let token = if p.temperature <= 0.0 {
+        let token = if self.params.temperature <= 0.0 {
             argmax(logits)
         } else {
-            self.draw(logits)
+            let u = self.rng.gen::<f32>();
+            self.draw(logits, u)
         };
-        let top = match p.logprobs {
-            Some(n) if n > 0 => {
-                let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-                let n = n.min(idx.len());
-                idx.select_nth_unstable_by(n - 1, |a, b| {
-                    logprobs[*b as usize].total_cmp(&logprobs[*a as usize])
-                });
-                let mut top: Vec<(u32, f32)> = idx[..n]
-                    .iter()
-                    .map(|&t| (t, logprobs[t as usize]))
-                    .collect();
-                top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                top
-            }
-            _ => Vec::new(),
+        let Some(n) = self.params.logprobs else {
+            return Sampled {
+                token,
+                logprob: 0.0,
+                top: Vec::new(),
+            };
         };
+        let logprobs = log_softmax(logits);
+        let mut top = Vec::new();
+        if n > 0 {
+            let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+            let n = n.min(idx.len());
+            idx.select_nth_unstable_by(n - 1, |a, b| {
+                logprobs[*b as usize].total_cmp(&logprobs[*a as usize])
+            });
+            top = idx[..n]
+                .iter()
+                .map(|&t| (t, logprobs[t as usize]))
+                .collect();
+            top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
         Sampled {
             token,
             logprob: logprobs[token as usize],
@@ -152,11 +142,85 @@ impl Sampler {
         }
     }
 
-    /// Draws from the filtered distribution without sorting the whole
-    /// vocabulary (128 K entries for Llama 3): top-k and min-p are linear
-    /// selections; only top-p needs an order, and only of the head that
-    /// holds its mass, found by selecting ever larger heads.
-    fn draw(&mut self, logits: &[f32]) -> u32 {
+    /// The next token's choice for a device that makes it itself
+    /// ([`Pick`]: the same rule as [`Sampler::sample`], the same draw from
+    /// this request's generator). No constraint mask or log-probabilities
+    /// there: those requests are sampled on the host.
+    pub fn pick(&mut self, prompt: &[u32]) -> Pick {
+        let p = &self.params;
+        Pick {
+            temperature: p.temperature,
+            top_k: p.top_k.min(u32::MAX as usize) as u32,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            uniform: if p.temperature > 0.0 {
+                self.rng.gen::<f32>()
+            } else {
+                0.0
+            },
+            repetition: p.repetition_penalty,
+            presence: p.presence_penalty,
+            frequency: p.frequency_penalty,
+            adjust: self.adjustments(prompt),
+        }
+    }
+
+    /// Whether this request can be sampled where its logits are computed.
+    pub fn can_pick_on_device(&self) -> bool {
+        self.params.logprobs.is_none()
+    }
+
+    /// Every token whose logit changes, once each, ordered by id.
+    fn adjustments(&self, prompt: &[u32]) -> Vec<Adjust> {
+        let p = &self.params;
+        let mut by_token: BTreeMap<u32, Adjust> = BTreeMap::new();
+        fn entry(m: &mut BTreeMap<u32, Adjust>, t: u32) -> &mut Adjust {
+            m.entry(t).or_insert(Adjust {
+                token: t,
+                bias: 0.0,
+                seen: false,
+                count: 0,
+            })
+        }
+        for &(t, b) in &p.logit_bias {
+            entry(&mut by_token, t).bias += b;
+        }
+        if p.repetition_penalty != 1.0 {
+            for &t in prompt.iter().chain(self.counts.keys()) {
+                entry(&mut by_token, t).seen = true;
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&t, &n) in &self.counts {
+                entry(&mut by_token, t).count = n;
+            }
+        }
+        by_token.into_values().collect()
+    }
+
+    /// One logit after its adjustment (the order [`Adjust`] documents).
+    fn adjusted(&self, logit: f32, a: &Adjust) -> f32 {
+        let p = &self.params;
+        let mut v = logit + a.bias;
+        if a.seen && p.repetition_penalty != 1.0 {
+            v = if v > 0.0 {
+                v / p.repetition_penalty
+            } else {
+                v * p.repetition_penalty
+            };
+        }
+        if a.count > 0 {
+            v -= p.presence_penalty + p.frequency_penalty * a.count as f32;
+        }
+        v
+    }
+
+    /// Draws with `u` in [0, 1) by [`Pick`]'s rule, without sorting the
+    /// whole vocabulary (128 K entries for Llama 3): top-k and min-p are
+    /// linear selections; only top-p needs an order, and only of the head
+    /// that holds its mass, found by selecting ever larger heads. The kept
+    /// tokens are then laid out in id order and `u` × their mass picks one.
+    fn draw(&self, logits: &[f32], u: f32) -> u32 {
         let p = &self.params;
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
@@ -180,46 +244,41 @@ impl Sampler {
             cand.retain(|c| c.1 - max >= floor);
         }
         let weight = |l: f32| (l - max).exp();
-        let sum: f32 = cand.iter().map(|c| weight(c.1)).sum();
         // top-p: the smallest head, in order, whose mass reaches top_p.
-        let head = if p.top_p < 1.0 {
+        let keep = if p.top_p < 1.0 {
+            let sum: f32 = cand.iter().map(|c| weight(c.1)).sum();
             let mut head = 64.min(cand.len());
             loop {
                 if head < cand.len() {
                     cand.select_nth_unstable_by(head - 1, order);
                 }
                 cand[..head].sort_by(order);
-                let mass = cand[..head].iter().map(|c| weight(c.1)).sum::<f32>() / sum;
-                if mass >= p.top_p || head == cand.len() {
-                    break head;
+                let mut mass = 0.0;
+                let reached = cand[..head].iter().position(|c| {
+                    mass += weight(c.1) / sum;
+                    mass >= p.top_p
+                });
+                match reached {
+                    Some(i) => break i + 1,
+                    None if head == cand.len() => break head,
+                    None => head = (head * 4).min(cand.len()),
                 }
-                head = (head * 4).min(cand.len());
             }
         } else {
             cand.len()
         };
-        let probs: Vec<f32> = cand[..head].iter().map(|c| weight(c.1) / sum).collect();
-        let keep = if p.top_p < 1.0 {
-            let mut mass = 0.0;
-            probs
-                .iter()
-                .position(|x| {
-                    mass += x;
-                    mass >= p.top_p
-                })
-                .map_or(probs.len(), |i| i + 1)
-        } else {
-            probs.len()
-        };
-        let total: f32 = probs[..keep].iter().sum();
-        let mut r = self.rng.gen::<f32>() * total;
-        for (i, x) in probs[..keep].iter().enumerate() {
-            r -= x;
-            if r <= 0.0 {
-                return cand[i].0;
+        let kept = &mut cand[..keep];
+        kept.sort_by_key(|c| c.0);
+        let total: f32 = kept.iter().map(|c| weight(c.1)).sum();
+        let target = (u * total).min(total.next_down());
+        let mut run = 0.0;
+        for c in kept.iter() {
+            run += weight(c.1);
+            if run > target {
+                return c.0;
             }
         }
-        cand[keep - 1].0
+        kept[keep - 1].0
     }
 }
 

@@ -15,7 +15,7 @@ pub use config::{Arch, ModelConfig, RopeScaling};
 
 use crate::error::{file_err, Result, WorkerError};
 use files::Tensors;
-use lattice_gpu_kernels::{AttnSeq, AttnShape, DType, Kernels};
+use lattice_gpu_kernels::{AttnSeq, AttnShape, DType, KernelError, Kernels, Pick};
 use std::path::Path;
 
 struct Layer<W> {
@@ -63,6 +63,17 @@ pub struct Chunk<'a> {
     pub start: usize,
     pub blocks: &'a [u32],
     pub logits: bool,
+}
+
+/// What a forward pass hands back for one chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// The chunk did not ask for logits.
+    Nothing,
+    /// Its last token's logits, on the host.
+    Logits(Vec<f32>),
+    /// Its next token, chosen on the device by the [`Pick`] it came with.
+    Token(u32),
 }
 
 impl<K: Kernels> Model<K> {
@@ -155,14 +166,42 @@ impl<K: Kernels> Model<K> {
     /// One forward pass over `chunks`; the logits of each chunk's last
     /// token where it asked for them (empty otherwise).
     pub fn forward(&self, cache: &mut KvCache<K>, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>> {
-        self.kernels.scope(|| self.forward_on_device(cache, chunks))
+        let out = self.forward_picking(cache, chunks, &vec![None; chunks.len()])?;
+        Ok(out
+            .into_iter()
+            .map(|n| match n {
+                Next::Logits(l) => l,
+                Next::Nothing | Next::Token(_) => Vec::new(),
+            })
+            .collect())
+    }
+
+    /// As [`Model::forward`], but a chunk that asks for logits and comes
+    /// with a [`Pick`] (`picks[i]`, on a device that
+    /// [picks tokens](Kernels::picks_tokens)) gets its next token, chosen
+    /// on the device, instead of its logits.
+    pub fn forward_picking(
+        &self,
+        cache: &mut KvCache<K>,
+        chunks: &[Chunk<'_>],
+        picks: &[Option<Pick>],
+    ) -> Result<Vec<Next>> {
+        if picks.len() != chunks.len() {
+            return Err(WorkerError::Kernel(KernelError::Shape {
+                op: "forward",
+                detail: format!("{} picks for {} chunks", picks.len(), chunks.len()),
+            }));
+        }
+        self.kernels
+            .scope(|| self.forward_on_device(cache, chunks, picks))
     }
 
     fn forward_on_device(
         &self,
         cache: &mut KvCache<K>,
         chunks: &[Chunk<'_>],
-    ) -> Result<Vec<Vec<f32>>> {
+        picks: &[Option<Pick>],
+    ) -> Result<Vec<Next>> {
         let c = &self.config;
         let k = &self.kernels;
         let bs = cache.block_size;
@@ -243,26 +282,42 @@ impl<K: Kernels> Model<K> {
             k.matmul(&up, &l.down, None, &mut delta)?;
         }
         k.add_rms_norm(&mut x, &delta, &self.norm, c.rms_eps, &mut normed)?;
-        let wanted: Vec<usize> = seqs
+        // Each chunk that asks for logits, with its row and its pick.
+        let wanted: Vec<(usize, usize, Option<&Pick>)> = seqs
             .iter()
             .zip(chunks)
-            .filter(|(_, ch)| ch.logits)
-            .map(|(s, _)| s.rows.end - 1)
+            .zip(picks)
+            .enumerate()
+            .filter(|(_, ((_, ch), _))| ch.logits)
+            .map(|(i, ((s, _), p))| (i, s.rows.end - 1, p.as_ref().filter(|_| k.picks_tokens())))
             .collect();
-        let mut out = vec![Vec::new(); chunks.len()];
+        let mut out = vec![Next::Nothing; chunks.len()];
         if wanted.is_empty() {
             return Ok(out);
         }
-        let mut last = k.act(wanted.len(), c.hidden)?;
-        k.gather_rows(&normed, &wanted, &mut last)?;
-        let mut logits = k.act(wanted.len(), c.vocab)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        k.matmul(&last, head, None, &mut logits)?;
-        let host = k.to_host(&logits)?;
-        let mut rows = host.chunks_exact(c.vocab);
-        for (o, ch) in out.iter_mut().zip(chunks) {
-            if ch.logits {
-                *o = rows.next().map(<[f32]>::to_vec).unwrap_or_default();
+        // The final rows of `part` of the wanted chunks, their logits.
+        let logits_of = |part: &[&(usize, usize, Option<&Pick>)]| -> Result<K::Act> {
+            let rows: Vec<usize> = part.iter().map(|w| w.1).collect();
+            let mut last = k.act(rows.len(), c.hidden)?;
+            k.gather_rows(&normed, &rows, &mut last)?;
+            let mut logits = k.act(rows.len(), c.vocab)?;
+            k.matmul(&last, head, None, &mut logits)?;
+            Ok(logits)
+        };
+        let (device, host): (Vec<_>, Vec<_>) = wanted.iter().partition(|w| w.2.is_some());
+        if !host.is_empty() {
+            let logits = k.to_host(&logits_of(&host)?)?;
+            for (w, row) in host.iter().zip(logits.chunks_exact(c.vocab)) {
+                out[w.0] = Next::Logits(row.to_vec());
+            }
+        }
+        if !device.is_empty() {
+            let mut logits = logits_of(&device)?;
+            let picks: Vec<Pick> = device.iter().filter_map(|w| w.2.cloned()).collect();
+            let ids = k.pick(&mut logits, &picks)?;
+            for (w, id) in device.iter().zip(ids) {
+                out[w.0] = Next::Token(id);
             }
         }
         Ok(out)
