@@ -86,6 +86,23 @@ pub struct Pick {
     pub adjust: Vec<Adjust>,
 }
 
+impl Pick {
+    /// The largest logit, nothing adjusted.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            uniform: 0.0,
+            repetition: 1.0,
+            presence: 0.0,
+            frequency: 0.0,
+            adjust: Vec::new(),
+        }
+    }
+}
+
 /// One token's adjustment, applied in this order: `bias` added; if
 /// `seen` (in the prompt or generated), the repetition penalty (positive
 /// logits divided, negative ones multiplied); if generated `count` > 0

@@ -143,10 +143,7 @@ fn plain(temperature: f32, top_k: u32, top_p: f32, min_p: f32, uniform: f32) -> 
         top_p,
         min_p,
         uniform,
-        repetition: 1.0,
-        presence: 0.0,
-        frequency: 0.0,
-        adjust: Vec::new(),
+        ..Pick::greedy()
     }
 }
 

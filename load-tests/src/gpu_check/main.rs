@@ -283,18 +283,7 @@ fn timed<K: Kernels>(
     cache: &mut lattice_worker::model::KvCache<K>,
     chunks: &[Chunk<'_>],
 ) -> Result<f64> {
-    let greedy = lattice_gpu_kernels::Pick {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        min_p: 0.0,
-        uniform: 0.0,
-        repetition: 1.0,
-        presence: 0.0,
-        frequency: 0.0,
-        adjust: Vec::new(),
-    };
-    let picks = vec![Some(greedy); chunks.len()];
+    let picks = vec![Some(lattice_gpu_kernels::Pick::greedy()); chunks.len()];
     let t = Instant::now();
     model.forward_picking(cache, chunks, &picks)?;
     Ok(t.elapsed().as_secs_f64())
