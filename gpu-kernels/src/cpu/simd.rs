@@ -1,6 +1,7 @@
-//! The GEMV inner loops in x86 SIMD intrinsics: one weight row, read and
-//! widened once, dotted with up to `R` activation rows whose accumulators
-//! stay in registers.
+//! The GEMV inner loops in x86 SIMD intrinsics: with AVX-512, a tile of
+//! weight rows × activation rows whose accumulators stay in registers;
+//! with AVX2, one weight row, read and widened once, dotted with up to
+//! `R` activation rows.
 //!
 //! Why intrinsics and not the portable bodies the compiler vectorises:
 //! measured, LLVM kept the portable loop's accumulators on the stack and
@@ -66,74 +67,108 @@ fn tail(w: Row<'_>, x: &[f32], from: usize, n: usize, mut s: f32) -> f32 {
     s
 }
 
-/// AVX-512: 64 elements per step (four registers per row); `R` ≤ 4
-/// keeps 16 accumulators and 4 weight registers of the 32.
+/// A weight element type the AVX-512 tile loads 16 of at a time, widened
+/// to f32.
+#[cfg(target_arch = "x86_64")]
+pub(super) trait Wide16: Copy {
+    /// `s[..16]` as 16 f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `s` must hold at least 16 elements.
+    unsafe fn wide16(s: &[Self]) -> __m512;
+    fn to_f32(self) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Wide16 for f32 {
+    #[inline(always)]
+    unsafe fn wide16(s: &[f32]) -> __m512 {
+        // SAFETY: the caller guarantees 16 elements and AVX-512F.
+        unsafe { _mm512_loadu_ps(s.as_ptr()) }
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// bf16, as its bits.
+#[cfg(target_arch = "x86_64")]
+impl Wide16 for u16 {
+    #[inline(always)]
+    unsafe fn wide16(s: &[u16]) -> __m512 {
+        // SAFETY: the caller guarantees 16 elements and AVX-512F.
+        unsafe {
+            let h = _mm256_loadu_si256(s.as_ptr().cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+    fn to_f32(self) -> f32 {
+        crate::weight::bf16_to_f32(self)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Wide16 for half::f16 {
+    #[inline(always)]
+    unsafe fn wide16(s: &[half::f16]) -> __m512 {
+        // SAFETY: the caller guarantees 16 elements and AVX-512F (whose
+        // foundation includes the 512-bit half conversion).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().cast())) }
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+/// AVX-512, a tile of `O` weight rows × `R` activation rows: each 16
+/// weights widened once serve `R` rows, each 16 activations loaded once
+/// serve `O` weight rows, so the loads per multiply-add fall from
+/// 1 + 1/R (one weight row at a time) to 1/O + 1/R — what keeps the
+/// activations of a 16-row batch, which live in L2, from bounding it.
+/// `O × R` ≤ 16 keeps the accumulators and the weights in the 32
+/// registers. Each product `(o, r)` is one 16-lane accumulator over the
+/// 16-element chunks, in order, then its lanes pairwise, then the tail:
+/// the same order for any `O` and `R`.
 ///
 /// # Safety
 /// The CPU must support AVX-512F (`Simd::detect`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn dot_rows_avx512<const R: usize>(w: Row<'_>, xs: &[&[f32]; R]) -> [f32; R] {
-    let n = xs.iter().fold(w.len(), |n, x| n.min(x.len()));
-    let whole = n / 64 * 64;
-    let mut acc = [[_mm512_setzero_ps(); 4]; R];
-    for c in (0..whole).step_by(64) {
-        // SAFETY (every load below): `c + 64 <= whole <= len` of the
-        // slice loaded from, and each load reads 16 elements at
-        // `c + 16q`, q < 4, through a sub-slice whose indexing checked it.
-        let wv: [__m512; 4] = match w {
-            Row::F32(s) => {
-                let s = &s[c..c + 64];
-                unsafe {
-                    [
-                        _mm512_loadu_ps(s[..16].as_ptr()),
-                        _mm512_loadu_ps(s[16..32].as_ptr()),
-                        _mm512_loadu_ps(s[32..48].as_ptr()),
-                        _mm512_loadu_ps(s[48..].as_ptr()),
-                    ]
-                }
-            }
-            Row::BF16(s) => {
-                let s = &s[c..c + 64];
-                let wide = |h: __m256i| {
-                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-                };
-                unsafe {
-                    [
-                        wide(_mm256_loadu_si256(s[..16].as_ptr().cast())),
-                        wide(_mm256_loadu_si256(s[16..32].as_ptr().cast())),
-                        wide(_mm256_loadu_si256(s[32..48].as_ptr().cast())),
-                        wide(_mm256_loadu_si256(s[48..].as_ptr().cast())),
-                    ]
-                }
-            }
-            Row::F16(s) => {
-                let s = &s[c..c + 64];
-                unsafe {
-                    [
-                        _mm512_cvtph_ps(_mm256_loadu_si256(s[..16].as_ptr().cast())),
-                        _mm512_cvtph_ps(_mm256_loadu_si256(s[16..32].as_ptr().cast())),
-                        _mm512_cvtph_ps(_mm256_loadu_si256(s[32..48].as_ptr().cast())),
-                        _mm512_cvtph_ps(_mm256_loadu_si256(s[48..].as_ptr().cast())),
-                    ]
-                }
-            }
-        };
-        for (acc, x) in acc.iter_mut().zip(xs) {
-            let x = &x[c..c + 64];
-            for q in 0..4 {
-                let xv = unsafe { _mm512_loadu_ps(x[16 * q..].as_ptr()) };
-                acc[q] = _mm512_fmadd_ps(wv[q], xv, acc[q]);
+pub(super) unsafe fn dot_tile_avx512<T: Wide16, const O: usize, const R: usize>(
+    ws: &[&[T]; O],
+    xs: &[&[f32]; R],
+) -> [[f32; R]; O] {
+    let n = ws
+        .iter()
+        .map(|w| w.len())
+        .chain(xs.iter().map(|x| x.len()))
+        .min()
+        .unwrap_or(0);
+    let whole = n / 16 * 16;
+    let mut acc = [[_mm512_setzero_ps(); R]; O];
+    for c in (0..whole).step_by(16) {
+        // SAFETY (every load below): `c + 16 <= whole <= n`, the length
+        // of every slice, and each load reads 16 elements at `c`.
+        let wv: [__m512; O] = std::array::from_fn(|o| unsafe { T::wide16(&ws[o][c..c + 16]) });
+        for r in 0..R {
+            let xv = unsafe { _mm512_loadu_ps(xs[r][c..c + 16].as_ptr()) };
+            for o in 0..O {
+                acc[o][r] = _mm512_fmadd_ps(wv[o], xv, acc[o][r]);
             }
         }
     }
-    let mut out = [0.0f32; R];
-    for ((o, a), x) in out.iter_mut().zip(&acc).zip(xs) {
-        let v = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
-        let mut lanes = [0.0f32; 16];
-        // SAFETY: `lanes` holds 16 floats.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
-        *o = tail(w, x, whole, n, pairwise(lanes));
+    let mut out = [[0.0f32; R]; O];
+    for o in 0..O {
+        for r in 0..R {
+            let mut lanes = [0.0f32; 16];
+            // SAFETY: `lanes` holds 16 floats.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[o][r]) };
+            let mut s = pairwise(lanes);
+            for i in whole..n {
+                s += ws[o][i].to_f32() * xs[r][i];
+            }
+            out[o][r] = s;
+        }
     }
     out
 }
@@ -150,8 +185,9 @@ pub(super) unsafe fn dot_rows_avx2<const R: usize>(w: Row<'_>, xs: &[&[f32]; R])
     let whole = n / 32 * 32;
     let mut acc = [[_mm256_setzero_ps(); 4]; R];
     for c in (0..whole).step_by(32) {
-        // SAFETY: as in `dot_rows_avx512`, with 8-element loads at
-        // `c + 8q`, q < 4, `c + 32 <= whole`.
+        // SAFETY (every load below): `c + 32 <= whole <= len` of the
+        // slice loaded from, and each load reads 8 elements at `c + 8q`,
+        // q < 4, through a sub-slice whose indexing checked it.
         let wv: [__m256; 4] = match w {
             Row::F32(s) => {
                 let s = &s[c..c + 32];
@@ -209,8 +245,8 @@ pub(super) unsafe fn dot_rows_avx2<const R: usize>(w: Row<'_>, xs: &[&[f32]; R])
     out
 }
 
-/// Portable: the same order of operations as the AVX-512 body (four
-/// blocks of 16 lanes, pairs of blocks added, then lanes pairwise).
+/// Portable: four blocks of 16 lanes, pairs of blocks added, then lanes
+/// pairwise.
 pub(super) fn dot_rows_portable<const R: usize>(w: Row<'_>, xs: &[&[f32]; R]) -> [f32; R] {
     let n = xs.iter().fold(w.len(), |n, x| n.min(x.len()));
     let whole = n / 64 * 64;
