@@ -22,8 +22,10 @@ use rayon::prelude::*;
 
 /// Up to this many rows take the streaming (GEMV) path by default
 /// (`Cpu::with_gemv_max_rows` changes it; `lattice-load-worker --kernels`
-/// measures both paths).
-pub const GEMV_MAX_ROWS: usize = 32;
+/// measures both paths). With the AVX-512 tile the GEMV is ahead of
+/// `gemm` up to ~128 rows (measured 2026-12-03: 112–159 against 41–105
+/// GFLOP/s at 48–64 rows, even at 128, behind at 512).
+pub const GEMV_MAX_ROWS: usize = 64;
 
 pub(super) fn matmul(
     simd: Simd,
@@ -111,10 +113,10 @@ pub(super) fn matmul(
 /// `local[r * ob + j] = x[r] · w[o0 + j]`. Rows of `x` are taken a few at
 /// a time (4 with AVX-512, 2 with AVX2): each weight element is read and
 /// widened once for all of them, so a batch of decoding sequences costs
-/// little more than one. With AVX-512, four weight rows are taken at a
-/// time too, so that each activation loaded serves four products:
-/// measured (`--kernels`, 2 threads, one noisy run), 1.7–2.2× the
-/// single-row body's GFLOP/s at 4–16 rows.
+/// little more than one. With AVX-512 and two rows or more, four weight
+/// rows are taken at a time too, so that each activation loaded serves
+/// four products: measured (`--kernels`, 2 threads, one noisy run),
+/// 1.7–2.2× the single-row body's GFLOP/s at 4–16 rows.
 fn gemv_block(
     simd: Simd,
     w: Elems<'_>,
@@ -178,12 +180,14 @@ unsafe fn tiles_avx512<T: simd::Wide16>(at: &Block<'_, '_>, w: &[T], local: &mut
     let mut r0 = 0;
     while r0 < at.x.rows {
         r0 += match at.x.rows - r0 {
-            // One row (decode of one sequence, memory-bound): more weight
-            // rows in flight.
-            1 => unsafe { at.tile_rows::<T, 8, 1>(w, r0, local) },
+            // One row (decode of one sequence, memory-bound): one weight
+            // row at a time, a single sequential stream from memory —
+            // measured, four rows' interleaved streams (with or without
+            // software prefetch) read the weights at half the rate.
+            1 => unsafe { at.tile_rows::<T, 1, 1>(w, r0, local) },
             2 => unsafe { at.tile_rows::<T, 4, 2>(w, r0, local) },
             3 => unsafe { at.tile_rows::<T, 4, 3>(w, r0, local) },
-            _ => unsafe { at.tile_rows::<T, 4, 4>(w, r0, local) },
+            _ => unsafe { at.tile_rows::<T, 4, 3>(w, r0, local) },
         };
     }
 }
@@ -403,7 +407,7 @@ mod tests {
                 as_f32(&hf, DType::F16),
             ),
         ];
-        for rows in [1, 3, 6, 8, 9, 33] {
+        for rows in [1, 3, 6, 8, 9, 33, 65] {
             let x = Mat::from_vec(rows, k, values(rows * k, 2)).unwrap();
             for (w, reference) in &weights {
                 let want = naive(&x, reference, n_out, Some(&bias));
