@@ -18,8 +18,9 @@
 //! `--engine-only` runs only the engine-alone step (1, 4 and 16 requests
 //! submitted in-process), for profiling the scheduler.
 //!
-//! `--kernels` measures instead the two matmul paths of the CPU device
-//! (streaming GEMV, and `gemm` on converted weight blocks) at each number
+//! `--kernels` measures instead the matmul paths of the CPU device
+//! (streaming GEMV; `vdpbf16ps` on bf16-rounded activations, where the
+//! CPU has AVX512-BF16; `gemm` on converted weight blocks) at each number
 //! of activation rows, on the MLP's weight shapes: where one overtakes
 //! the other.
 
@@ -321,18 +322,25 @@ async fn engine_only(dir: &Path, threads: usize, n: usize, tokens: usize) -> Res
 /// weights, for each number of activation rows.
 fn kernels(a: &Args) -> Result<()> {
     use lattice_gpu_kernels::{HostWeight, Kernels};
-    println!("| rows | weight | GEMV GFLOP/s | gemm GFLOP/s |");
-    println!("|---|---|---|---|");
+    println!("| rows | weight | GEMV GFLOP/s | bf16 dot GFLOP/s | gemm GFLOP/s |");
+    println!("|---|---|---|---|---|");
     for (n_out, k) in [(a.intermediate, a.hidden), (a.hidden, a.intermediate)] {
         let bits: Vec<u16> = (0..n_out * k)
             .map(|i| ((((i * 7919) % 2001) as f32 / 1000.0 - 1.0).to_bits() >> 16) as u16)
             .collect();
         let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits)?;
         let gemv = Cpu::new(a.threads)?.with_gemv_max_rows(usize::MAX);
-        let gemm = Cpu::new(a.threads)?.with_gemv_max_rows(0);
+        let dot = Cpu::new(a.threads)?.with_gemv_max_rows(0);
+        let gemm = Cpu::new(a.threads)?
+            .with_gemv_max_rows(0)
+            .with_bf16_dot(false);
+        let has_dot = dot.device().contains("bf16 dot");
         for rows in [1usize, 2, 4, 8, 16, 24, 32, 48, 64, 128, 512] {
-            let mut rate = [0.0f64; 2];
-            for (dev, r) in [&gemv, &gemm].into_iter().zip(rate.iter_mut()) {
+            let mut rate = [0.0f64; 3];
+            for (dev, r) in [&gemv, &dot, &gemm].into_iter().zip(rate.iter_mut()) {
+                if std::ptr::eq(dev, &dot) && !has_dot {
+                    continue;
+                }
                 let x = dev.act(rows, k)?;
                 let mut out = dev.act(rows, n_out)?;
                 let reps = (256 / rows).max(4);
@@ -346,7 +354,15 @@ fn kernels(a: &Args) -> Result<()> {
                 }
                 *r = 2.0 * (rows * n_out * k) as f64 / best / 1e9;
             }
-            println!("| {rows} | {n_out}×{k} | {:.1} | {:.1} |", rate[0], rate[1]);
+            let dot = if has_dot {
+                format!("{:.1}", rate[1])
+            } else {
+                "— (no AVX512-BF16)".into()
+            };
+            println!(
+                "| {rows} | {n_out}×{k} | {:.1} | {dot} | {:.1} |",
+                rate[0], rate[2]
+            );
         }
     }
     Ok(())

@@ -86,9 +86,7 @@ impl Simd {
 /// The CPU device.
 pub struct Cpu {
     pool: rayon::ThreadPool,
-    threads: usize,
-    simd: Simd,
-    gemv_max_rows: usize,
+    paths: matmul::Paths,
 }
 
 impl Cpu {
@@ -106,27 +104,34 @@ impl Cpu {
             .map_err(|e| KernelError::Device(format!("cpu thread pool: {e}")))?;
         Ok(Self {
             pool,
-            threads,
-            simd: Simd::detect(),
-            gemv_max_rows: matmul::GEMV_MAX_ROWS,
+            paths: matmul::Paths::detect(threads),
         })
     }
 
     /// The same device with portable code only (tests compare the paths).
     pub fn with_simd(mut self, simd: Simd) -> Self {
-        self.simd = simd;
+        self.paths.simd = simd;
+        self.paths.bf16_dot &= simd == Simd::Avx512;
         self
     }
 
     /// Products of up to `rows` activation rows stream the weights
     /// (GEMV); larger ones convert blocks of weights for `gemm`.
     pub fn with_gemv_max_rows(mut self, rows: usize) -> Self {
-        self.gemv_max_rows = rows;
+        self.paths.gemv_max_rows = rows;
+        self
+    }
+
+    /// Whether bf16 weights meet bf16-rounded activations in `vdpbf16ps`
+    /// on the many-row path, where the CPU has AVX512-BF16 (the default
+    /// there); `false`: f32 activations and `gemm` everywhere.
+    pub fn with_bf16_dot(mut self, on: bool) -> Self {
+        self.paths.bf16_dot = on && matmul::Paths::detect(1).bf16_dot;
         self
     }
 
     pub fn threads(&self) -> usize {
-        self.threads
+        self.paths.threads
     }
 }
 
@@ -146,7 +151,16 @@ impl Kernels for Cpu {
     type Kv = KvCpu;
 
     fn device(&self) -> String {
-        format!("cpu ({} threads, {})", self.threads, self.simd.name())
+        let bf16 = if self.paths.bf16_dot {
+            ", bf16 dot"
+        } else {
+            ""
+        };
+        format!(
+            "cpu ({} threads, {}{bf16})",
+            self.paths.threads,
+            self.paths.simd.name()
+        )
     }
 
     fn weight(&self, w: HostWeight) -> Result<HostWeight, KernelError> {
@@ -229,9 +243,8 @@ impl Kernels for Cpu {
         bias: Option<&HostWeight>,
         out: &mut Mat,
     ) -> Result<(), KernelError> {
-        self.pool.install(|| {
-            matmul::matmul(self.simd, self.threads, self.gemv_max_rows, x, w, bias, out)
-        })
+        self.pool
+            .install(|| matmul::matmul(self.paths, x, w, bias, out))
     }
 
     fn rope(
@@ -258,7 +271,7 @@ impl Kernels for Cpu {
         out: &mut Mat,
     ) -> Result<(), KernelError> {
         self.pool
-            .install(|| attention::attention(self.simd, q, kv, shape, seqs, out))
+            .install(|| attention::attention(self.paths.simd, q, kv, shape, seqs, out))
     }
 
     fn silu_mul(&self, gate: &Mat, up: &Mat, out: &mut Mat) -> Result<(), KernelError> {

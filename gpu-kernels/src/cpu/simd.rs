@@ -1,7 +1,8 @@
 //! The GEMV inner loops in x86 SIMD intrinsics: with AVX-512, a tile of
 //! weight rows × activation rows whose accumulators stay in registers;
 //! with AVX2, one weight row, read and widened once, dotted with up to
-//! `R` activation rows.
+//! `R` activation rows; with AVX512-BF16, bf16 weights against
+//! bf16-rounded activations for the many-row (prefill) path.
 //!
 //! Why intrinsics and not the portable bodies the compiler vectorises:
 //! measured, LLVM kept the portable loop's accumulators on the stack and
@@ -65,6 +66,14 @@ fn tail(w: Row<'_>, x: &[f32], from: usize, n: usize, mut s: f32) -> f32 {
         s += w.get(i) * xi;
     }
     s
+}
+
+/// The length of the shortest slice of a tile.
+#[cfg(target_arch = "x86_64")]
+fn shortest<W, X>(ws: &[&[W]], xs: &[&[X]]) -> usize {
+    let w = ws.iter().map(|w| w.len()).min();
+    let x = xs.iter().map(|x| x.len()).min();
+    w.unwrap_or(0).min(x.unwrap_or(0))
 }
 
 /// A weight element type the AVX-512 tile loads 16 of at a time, widened
@@ -146,12 +155,7 @@ pub(super) unsafe fn dot_tile_avx512<T: Wide16, const O: usize, const R: usize>(
     ws: &[&[T]; O],
     xs: &[&[f32]; R],
 ) -> [[f32; R]; O] {
-    let n = ws
-        .iter()
-        .map(|w| w.len())
-        .chain(xs.iter().map(|x| x.len()))
-        .min()
-        .unwrap_or(0);
+    let n = shortest(ws, xs);
     let whole = n / STEP * STEP;
     // The two chains as two arrays: one array of both (a third
     // dimension) was measured spilling to the stack, at a third of the
@@ -204,6 +208,78 @@ unsafe fn chunk<T: Wide16, const O: usize, const R: usize>(
             acc[o][r] = _mm512_fmadd_ps(wv[o], xv, acc[o][r]);
         }
     }
+}
+
+/// `src` rounded to bf16 (to nearest, ties to even), 16 at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX512-BF16 (`Cpu::bf16_dot`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    let whole = n / 16 * 16;
+    for c in (0..whole).step_by(16) {
+        // SAFETY: `c + 16 <= whole <= n`, the length of both slices; the
+        // load reads 16 floats at `c`, the store writes 16 halves there.
+        unsafe {
+            let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src[c..c + 16].as_ptr()));
+            _mm256_storeu_si256(
+                dst[c..c + 16].as_mut_ptr().cast(),
+                std::mem::transmute::<__m256bh, __m256i>(h),
+            );
+        }
+    }
+    for i in whole..n {
+        dst[i] = half::bf16::from_f32(src[i]).to_bits();
+    }
+}
+
+/// AVX512-BF16, a tile of `O` bf16 weight rows × `R` activation rows
+/// already rounded to bf16: `vdpbf16ps` multiplies 32 pairs and adds them
+/// into 16 f32 lanes per instruction, twice the products of an f32
+/// multiply-add, with nothing to widen. For the many-row (prefill) path
+/// only: its activations lose the bits bf16 does not keep, as on the
+/// GPU's tensor cores.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn dot_tile_bf16<const O: usize, const R: usize>(
+    ws: &[&[u16]; O],
+    xs: &[&[u16]; R],
+) -> [[f32; R]; O] {
+    let n = shortest(ws, xs);
+    let whole = n / 32 * 32;
+    let mut acc = [[_mm512_setzero_ps(); R]; O];
+    // SAFETY (both): 64 bytes reinterpreted as 32 bf16 — the same size,
+    // any bits are a valid value.
+    let pairs = |v: __m512i| -> __m512bh { unsafe { std::mem::transmute::<__m512i, __m512bh>(v) } };
+    for c in (0..whole).step_by(32) {
+        // SAFETY (every load below): `c + 32 <= whole <= n`, the length
+        // of every slice, and each load reads 32 halves at `c`.
+        let wv: [__m512bh; O] = std::array::from_fn(|o| {
+            pairs(unsafe { _mm512_loadu_si512(ws[o][c..c + 32].as_ptr().cast()) })
+        });
+        for r in 0..R {
+            let xv = pairs(unsafe { _mm512_loadu_si512(xs[r][c..c + 32].as_ptr().cast()) });
+            for o in 0..O {
+                acc[o][r] = _mm512_dpbf16_ps(acc[o][r], wv[o], xv);
+            }
+        }
+    }
+    let mut out = [[0.0f32; R]; O];
+    for o in 0..O {
+        for r in 0..R {
+            let mut s = _mm512_reduce_add_ps(acc[o][r]);
+            for i in whole..n {
+                s += crate::weight::bf16_to_f32(ws[o][i]) * crate::weight::bf16_to_f32(xs[r][i]);
+            }
+            out[o][r] = s;
+        }
+    }
+    out
 }
 
 /// AVX2 + FMA: 32 elements per step (four registers per row); `R` ≤ 2
