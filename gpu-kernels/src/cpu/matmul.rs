@@ -104,14 +104,11 @@ pub(super) fn matmul(
         // 512 at 128-row chunks (+10-15%), even at 512-row ones.
         (128usize, true)
     };
-    // Each block of output columns is computed into a `t × ob` piece of
-    // one buffer, block after block; with one row that layout is the
-    // output itself.
     // The activations rounded to bf16 once, for `vdpbf16ps`.
+    #[cfg(target_arch = "x86_64")]
     let x_bf16: Option<Vec<u16>> = match elems {
         Elems::BF16(_) if many && bf16_dot => {
             let mut v = vec![0u16; x.data.len()];
-            #[cfg(target_arch = "x86_64")]
             #[allow(unsafe_code)]
             v.par_chunks_mut(k.max(1))
                 .zip(x.data.par_chunks(k.max(1)))
@@ -122,6 +119,11 @@ pub(super) fn matmul(
         }
         _ => None,
     };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bf16_dot;
+    // Each block of output columns is computed into a `t × ob` piece of
+    // one buffer, block after block; with one row that layout is the
+    // output itself.
     let mut scratch = Vec::new();
     let buf: &mut [f32] = if t == 1 {
         &mut out.data
@@ -134,9 +136,12 @@ pub(super) fn matmul(
         .for_each(|(b, local)| {
             let o0 = b * block;
             let ob = local.len() / t;
+            #[cfg(target_arch = "x86_64")]
             if let (Some(xb), Elems::BF16(w)) = (&x_bf16, elems) {
                 bf16_block(w, o0, ob, k, xb, local);
-            } else if many {
+                return;
+            }
+            if many {
                 gemm_block(elems, o0, ob, k, x, local);
             } else {
                 gemv_block(simd, elems, o0, ob, k, x, local);
@@ -292,18 +297,22 @@ impl Block<'_, '_> {
             // SAFETY (both calls): the caller runs this where AVX-512F is.
             if ob - j >= O {
                 let ws: [&[T]; O] = std::array::from_fn(|o| row(j + o));
-                let tile = unsafe { simd::dot_tile_avx512::<T, O, R>(&ws, &xs) };
-                for (o, dots) in tile.iter().enumerate() {
-                    for (i, v) in dots.iter().enumerate() {
-                        local[(r0 + i) * ob + j + o] = *v;
-                    }
-                }
+                put(
+                    &unsafe { simd::dot_tile_avx512::<T, O, R>(&ws, &xs) },
+                    local,
+                    r0,
+                    ob,
+                    j,
+                );
                 j += O;
             } else {
-                let tile = unsafe { simd::dot_tile_avx512::<T, 1, R>(&[row(j)], &xs) };
-                for (i, v) in tile[0].iter().enumerate() {
-                    local[(r0 + i) * ob + j] = *v;
-                }
+                put(
+                    &unsafe { simd::dot_tile_avx512::<T, 1, R>(&[row(j)], &xs) },
+                    local,
+                    r0,
+                    ob,
+                    j,
+                );
                 j += 1;
             }
         }
@@ -336,7 +345,9 @@ impl Block<'_, '_> {
 }
 
 /// bf16 weight rows `o0..o0+ob` against the bf16-rounded rows of `x`
-/// (`xb`, `k` per row) in tiles of 4 × 4 (`simd::dot_tile_bf16`).
+/// (`xb`, `k` per row) in tiles of 4 × 4 (`simd::dot_tile_bf16`). Runs
+/// only where `Paths::detect` found AVX-512F and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
 fn bf16_block(w: &[u16], o0: usize, ob: usize, k: usize, xb: &[u16], local: &mut [f32]) {
     let t = xb.len() / k.max(1);
     let mut r0 = 0;
@@ -351,6 +362,8 @@ fn bf16_block(w: &[u16], o0: usize, ob: usize, k: usize, xb: &[u16], local: &mut
 }
 
 /// Rows `r0..r0+R` of `xb` against the block; returns `R`.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
 fn bf16_rows<const R: usize>(
     w: &[u16],
     o0: usize,
@@ -365,27 +378,47 @@ fn bf16_rows<const R: usize>(
     let row = |j: usize| &w[(o0 + j) * k..(o0 + j + 1) * k];
     let mut j = 0;
     while j < ob {
-        let o = if ob - j >= O { O } else { 1 };
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY (both): this path runs only where `Paths::detect` found
-        // AVX-512F and AVX512-BF16.
-        #[allow(unsafe_code)]
-        let tile: Vec<[f32; R]> = if o == O {
+        // SAFETY (both calls): `bf16_block` runs only where AVX-512F and
+        // AVX512-BF16 were detected.
+        if ob - j >= O {
             let ws: [&[u16]; O] = std::array::from_fn(|i| row(j + i));
-            unsafe { simd::dot_tile_bf16::<O, R>(&ws, &xs) }.to_vec()
+            put(
+                &unsafe { simd::dot_tile_bf16::<O, R>(&ws, &xs) },
+                local,
+                r0,
+                ob,
+                j,
+            );
+            j += O;
         } else {
-            unsafe { simd::dot_tile_bf16::<1, R>(&[row(j)], &xs) }.to_vec()
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let tile: Vec<[f32; R]> = vec![[0.0; R]; o];
-        for (i, dots) in tile.iter().enumerate() {
-            for (r, v) in dots.iter().enumerate() {
-                local[(r0 + r) * ob + j + i] = *v;
-            }
+            put(
+                &unsafe { simd::dot_tile_bf16::<1, R>(&[row(j)], &xs) },
+                local,
+                r0,
+                ob,
+                j,
+            );
+            j += 1;
         }
-        j += o;
     }
     R
+}
+
+/// A tile's products into `local` (`t × ob`): weight row `j + o`, row
+/// `r0 + r` of `x`.
+#[cfg(target_arch = "x86_64")]
+fn put<const O: usize, const R: usize>(
+    tile: &[[f32; R]; O],
+    local: &mut [f32],
+    r0: usize,
+    ob: usize,
+    j: usize,
+) {
+    for (o, dots) in tile.iter().enumerate() {
+        for (r, v) in dots.iter().enumerate() {
+            local[(r0 + r) * ob + j + o] = *v;
+        }
+    }
 }
 
 /// Weight rows `o0..o0+ob` converted to f32 once, then `gemm`:
