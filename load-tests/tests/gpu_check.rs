@@ -7,23 +7,30 @@
 use std::path::Path;
 use std::process::Command;
 
+/// Runs `cmd`; its stdout, once it exited with success (its output in
+/// the failure otherwise).
+fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn the_gpu_check_passes_on_the_kernel_emulator() {
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("gpu-check.md");
     let emu = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu");
-    let out = Command::new(env!("CARGO_BIN_EXE_lattice-gpu-check"))
-        .args(["--scale", "0.25", "--tokens", "4", "--emulated"])
-        .arg(&emu)
-        .arg("--out")
-        .arg(&table)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new(env!("CARGO_BIN_EXE_lattice-gpu-check"))
+            .args(["--scale", "0.25", "--tokens", "4", "--emulated"])
+            .arg(&emu)
+            .arg("--out")
+            .arg(&table),
     );
     let written = std::fs::read_to_string(&table).unwrap();
     assert!(written.contains("cuda (emulated on the host)"), "{written}");
@@ -51,19 +58,13 @@ fn the_gpu_checks_sdk_step_passes_on_the_cpu() {
         lattice.display()
     );
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new("bash")
-        .current_dir(&root)
-        .arg("scripts/gpu-check")
-        .arg("sdk")
-        .arg(&lattice)
-        .arg("cpu")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = succeeds(
+        Command::new("bash")
+            .current_dir(&root)
+            .arg("scripts/gpu-check")
+            .arg("sdk")
+            .arg(&lattice)
+            .arg("cpu"),
     );
     for check in [
         "streamed chat",

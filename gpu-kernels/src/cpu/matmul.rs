@@ -292,30 +292,14 @@ impl Block<'_, '_> {
         let (k, ob) = (self.k, self.ob);
         let xs: [&[f32]; R] = std::array::from_fn(|i| &self.x.row(r0 + i)[..k]);
         let row = |j: usize| &w[(self.o0 + j) * k..(self.o0 + j + 1) * k];
-        let mut j = 0;
-        while j < ob {
-            // SAFETY (both calls): the caller runs this where AVX-512F is.
-            if ob - j >= O {
-                let ws: [&[T]; O] = std::array::from_fn(|o| row(j + o));
-                put(
-                    &unsafe { simd::dot_tile_avx512::<T, O, R>(&ws, &xs) },
-                    local,
-                    r0,
-                    ob,
-                    j,
-                );
-                j += O;
-            } else {
-                put(
-                    &unsafe { simd::dot_tile_avx512::<T, 1, R>(&[row(j)], &xs) },
-                    local,
-                    r0,
-                    ob,
-                    j,
-                );
-                j += 1;
-            }
-        }
+        // SAFETY (both): the caller runs this where AVX-512F is.
+        walk_tiles::<O, R>(
+            ob,
+            r0,
+            local,
+            |j| unsafe { simd::dot_tile_avx512(&std::array::from_fn(|o| row(j + o)), &xs) },
+            |j| unsafe { simd::dot_tile_avx512(&[row(j)], &xs) },
+        );
         R
     }
 
@@ -376,47 +360,46 @@ fn bf16_rows<const R: usize>(
     const O: usize = 4;
     let xs: [&[u16]; R] = std::array::from_fn(|i| &xb[(r0 + i) * k..(r0 + i + 1) * k]);
     let row = |j: usize| &w[(o0 + j) * k..(o0 + j + 1) * k];
-    let mut j = 0;
-    while j < ob {
-        // SAFETY (both calls): `bf16_block` runs only where AVX-512F and
-        // AVX512-BF16 were detected.
-        if ob - j >= O {
-            let ws: [&[u16]; O] = std::array::from_fn(|i| row(j + i));
-            put(
-                &unsafe { simd::dot_tile_bf16::<O, R>(&ws, &xs) },
-                local,
-                r0,
-                ob,
-                j,
-            );
-            j += O;
-        } else {
-            put(
-                &unsafe { simd::dot_tile_bf16::<1, R>(&[row(j)], &xs) },
-                local,
-                r0,
-                ob,
-                j,
-            );
-            j += 1;
-        }
-    }
+    // SAFETY (both): `bf16_block` runs only where AVX-512F and
+    // AVX512-BF16 were detected.
+    walk_tiles::<O, R>(
+        ob,
+        r0,
+        local,
+        |j| unsafe { simd::dot_tile_bf16(&std::array::from_fn(|i| row(j + i)), &xs) },
+        |j| unsafe { simd::dot_tile_bf16(&[row(j)], &xs) },
+    );
     R
 }
 
-/// A tile's products into `local` (`t × ob`): weight row `j + o`, row
-/// `r0 + r` of `x`.
+/// The block's weight rows `0..ob` in tiles of `O` while `O` are left,
+/// then one at a time (`full` and `single`, each given the tile's first
+/// weight row `j`), their products with rows `r0..r0+R` of `x` written
+/// into `local` (`t × ob`): weight row `j + o`, row `r0 + r` at
+/// `(r0 + r) * ob + j + o`.
 #[cfg(target_arch = "x86_64")]
-fn put<const O: usize, const R: usize>(
-    tile: &[[f32; R]; O],
-    local: &mut [f32],
-    r0: usize,
+fn walk_tiles<const O: usize, const R: usize>(
     ob: usize,
-    j: usize,
+    r0: usize,
+    local: &mut [f32],
+    full: impl Fn(usize) -> [[f32; R]; O],
+    single: impl Fn(usize) -> [[f32; R]; 1],
 ) {
-    for (o, dots) in tile.iter().enumerate() {
-        for (r, v) in dots.iter().enumerate() {
-            local[(r0 + r) * ob + j + o] = *v;
+    let mut put = |j: usize, tile: &[[f32; R]]| {
+        for (o, dots) in tile.iter().enumerate() {
+            for (r, v) in dots.iter().enumerate() {
+                local[(r0 + r) * ob + j + o] = *v;
+            }
+        }
+    };
+    let mut j = 0;
+    while j < ob {
+        if ob - j >= O {
+            put(j, &full(j));
+            j += O;
+        } else {
+            put(j, &single(j));
+            j += 1;
         }
     }
 }
