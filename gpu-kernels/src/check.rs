@@ -5,6 +5,11 @@
 //! a tolerance per dtype and path. `lattice-gpu-check` runs it on a GPU,
 //! the test suite in the emulator.
 //!
+//! The reference is the CPU path with f32 activations throughout
+//! (`Cpu::with_bf16_dot(false)`): the CPU's own `vdpbf16ps` path rounds
+//! activations to bf16 and is checked against exact products in its unit
+//! tests.
+//!
 //! Tolerances: f32 arithmetic in another order, 1e-4; bf16 or f16 weights
 //! with f32 activations (the GEMV), 1e-4; products through cuBLAS, whose
 //! activations are rounded to the weights' 16-bit dtype first, 1e-2 (bf16:

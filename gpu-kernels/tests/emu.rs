@@ -19,7 +19,7 @@ fn emulated() -> Cuda {
 #[test]
 fn every_kernel_matches_the_cpu_path_in_the_emulator() {
     let gpu = emulated();
-    let cpu = Cpu::new(2).unwrap();
+    let cpu = Cpu::new(2).unwrap().with_bf16_dot(false);
     let results = check_all(&gpu, &cpu, 0.25);
     let mut failed = Vec::new();
     for (case, why) in &results {

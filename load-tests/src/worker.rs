@@ -329,12 +329,17 @@ fn kernels(a: &Args) -> Result<()> {
             .map(|i| ((((i * 7919) % 2001) as f32 / 1000.0 - 1.0).to_bits() >> 16) as u16)
             .collect();
         let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits)?;
-        let gemv = Cpu::new(a.threads)?.with_gemv_max_rows(usize::MAX);
-        let dot = Cpu::new(a.threads)?.with_gemv_max_rows(0);
+        // The f32-activation paths forced at every size; the bf16 dot
+        // path as the worker runs it (its blocks sized as the GEMV's up
+        // to `GEMV_MAX_ROWS`, as `gemm`'s past it).
+        let gemv = Cpu::new(a.threads)?
+            .with_gemv_max_rows(usize::MAX)
+            .with_bf16_dot(false);
+        let dot = Cpu::new(a.threads)?;
         let gemm = Cpu::new(a.threads)?
             .with_gemv_max_rows(0)
             .with_bf16_dot(false);
-        let has_dot = dot.device().contains("bf16 dot");
+        let has_dot = dot.bf16_dot();
         for rows in [1usize, 2, 4, 8, 16, 24, 32, 48, 64, 128, 512] {
             let mut rate = [0.0f64; 3];
             for (dev, r) in [&gemv, &dot, &gemm].into_iter().zip(rate.iter_mut()) {

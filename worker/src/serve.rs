@@ -32,6 +32,10 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Compute threads (0: one per core).
     pub threads: usize,
+    /// On the CPU, keep bf16 products' activations in f32 even where
+    /// AVX512-BF16 could multiply them rounded to bf16 (slower; the
+    /// reference the other devices are checked against).
+    pub f32_activations: bool,
     /// Memory for the KV cache, in MiB.
     pub kv_cache_mib: usize,
     pub block_size: usize,
@@ -69,6 +73,7 @@ impl Options {
             aliases: Vec::new(),
             listen,
             threads: 0,
+            f32_activations: false,
             kv_cache_mib: 1024,
             block_size: 16,
             max_batch_tokens: 512,
@@ -111,16 +116,21 @@ pub async fn start(o: Options) -> Result<Running> {
         Device::CudaEmulated(dir) => {
             start_on(Model::load(Cuda::emulated(&dir)?, &o.model)?, o, None).await
         }
-        Device::Cpu => start_on(Model::load(Cpu::new(o.threads)?, &o.model)?, o, None).await,
+        Device::Cpu => start_on(Model::load(cpu(&o)?, &o.model)?, o, None).await,
         Device::Cuda => start_on(Model::load(Cuda::new(0)?, &o.model)?, o, None).await,
         Device::Auto => match Cuda::new(0) {
             Ok(gpu) => start_on(Model::load(gpu, &o.model)?, o, None).await,
             Err(e) => {
-                let cpu = Model::load(Cpu::new(o.threads)?, &o.model)?;
-                start_on(cpu, o, Some(e.to_string())).await
+                let model = Model::load(cpu(&o)?, &o.model)?;
+                start_on(model, o, Some(e.to_string())).await
             }
         },
     }
+}
+
+/// The CPU device as the options ask.
+fn cpu(o: &Options) -> Result<Cpu> {
+    Ok(Cpu::new(o.threads)?.with_bf16_dot(!o.f32_activations))
 }
 
 async fn start_on<K: Kernels>(

@@ -273,3 +273,34 @@ async fn a_model_that_cannot_be_served_is_refused_at_start_by_name() {
         "{err}"
     );
 }
+
+/// `--f32-activations` reaches the CPU device: its name drops the bf16
+/// dot path, which the default keeps where this CPU has AVX512-BF16.
+#[tokio::test]
+async fn f32_activations_turn_the_bf16_dot_path_off() {
+    let dir = tempfile::tempdir().unwrap();
+    testmodel::write(
+        dir.path(),
+        &Spec {
+            dtype: lattice_gpu_kernels::DType::BF16,
+            ..Spec::tiny_llama()
+        },
+    )
+    .unwrap();
+    let has = lattice_gpu_kernels::cpu::Cpu::new(1).unwrap().bf16_dot();
+    for f32_activations in [false, true] {
+        let options = Options {
+            threads: 1,
+            kv_cache_mib: 4,
+            f32_activations,
+            ..Options::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())
+        };
+        let running = serve::start(options).await.unwrap();
+        assert_eq!(
+            running.device.contains("bf16 dot"),
+            has && !f32_activations,
+            "{f32_activations}: {}",
+            running.device
+        );
+    }
+}

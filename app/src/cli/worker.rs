@@ -43,6 +43,10 @@ pub struct WorkerArgs {
     /// Compute threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// On the CPU, keep the activations of bf16 products in f32 where
+    /// AVX512-BF16 would round them to bf16 (slower, closest to f32).
+    #[arg(long)]
+    f32_activations: bool,
     /// Memory for the KV cache, in MiB: requests wait when it is full.
     #[arg(long, default_value_t = 1024)]
     kv_cache_mib: usize,
@@ -224,6 +228,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         name: a.name,
         aliases: a.aliases,
         threads: a.threads,
+        f32_activations: a.f32_activations,
         kv_cache_mib: a.kv_cache_mib,
         block_size: a.block_size,
         max_batch_tokens: a.max_batch_tokens,

@@ -1,6 +1,8 @@
 //! Causal attention over the paged KV cache on the CPU: one task per
-//! (query row, head), each reading its sequence's keys and values through
-//! the block table, with grouped-query heads sharing a KV head.
+//! (query row, KV head), each reading its sequence's keys and values
+//! through the block table once for all the query heads of the group that
+//! shares them (grouped-query attention), not once per head. A head's
+//! arithmetic is the same in any batch and any group size.
 //!
 //! Must never: read a slot beyond the sequence's context (positions past
 //! the query's own are masked by not being read at all), or a block the
@@ -19,10 +21,18 @@ pub(super) fn attention(
     out: &mut Mat,
 ) -> Result<(), KernelError> {
     let width = s.heads * s.head_dim;
-    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) || s.block_size == 0 {
+    if s.kv_heads == 0
+        || s.heads == 0
+        || !s.heads.is_multiple_of(s.kv_heads)
+        || s.block_size == 0
+        || s.head_dim == 0
+    {
         return Err(shape(
             "attention",
-            format!("{} heads over {} KV heads", s.heads, s.kv_heads),
+            format!(
+                "{} heads of {} over {} KV heads, blocks of {}",
+                s.heads, s.head_dim, s.kv_heads, s.block_size
+            ),
         ));
     }
     if q.cols != width
@@ -67,24 +77,18 @@ pub(super) fn attention(
     if owner.contains(&usize::MAX) {
         return Err(shape("attention", "a query row belongs to no sequence"));
     }
+    // The query heads of KV head `kvh` are `kvh * group..`, adjacent in
+    // a row of `q` and of `out`.
+    let group = s.heads / s.kv_heads;
     out.data
-        .par_chunks_mut(s.head_dim)
+        .par_chunks_mut(group * s.head_dim)
         .enumerate()
         .for_each(|(task, o)| {
-            let (row, head) = (task / s.heads, task % s.heads);
+            let (row, kvh) = (task / s.kv_heads, task % s.kv_heads);
             let seq = &seqs[owner[row]];
             let pos = seq.start + (row - seq.rows.start);
-            let qh = &q.data[row * width + head * s.head_dim..][..s.head_dim];
-            one(
-                simd,
-                qh,
-                kv,
-                s,
-                seq.blocks,
-                pos,
-                head / (s.heads / s.kv_heads),
-                o,
-            );
+            let qs = &q.data[row * width + kvh * group * s.head_dim..][..group * s.head_dim];
+            one(simd, qs, kv, s, seq.blocks, pos, kvh, o);
         });
     Ok(())
 }
@@ -128,8 +132,9 @@ fn one_avx2(
     one_body::<true>(q, kv, s, blocks, pos, kvh, o)
 }
 
-/// One query row and head: softmax(q·Kᵀ·scale) · V over positions
-/// `first..=pos`.
+/// One query row and the query heads of KV head `kvh` (`q` and `o` hold
+/// them one after another): for each head, softmax(q·Kᵀ·scale) · V over
+/// positions `first..=pos`, each key and value read once for all heads.
 #[inline(always)]
 fn one_body<const FMA: bool>(
     q: &[f32],
@@ -140,30 +145,40 @@ fn one_body<const FMA: bool>(
     kvh: usize,
     o: &mut [f32],
 ) {
+    let hd = s.head_dim;
+    let group = q.len() / hd.max(1);
     let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let n = pos + 1 - first;
     let at = |p: usize| {
         let slot = blocks[p / s.block_size] as usize * s.block_size + p % s.block_size;
-        slot * kv.width + kvh * s.head_dim
+        slot * kv.width + kvh * hd
     };
-    let mut scores = Vec::with_capacity(pos + 1 - first);
-    let mut max = f32::NEG_INFINITY;
-    for p in first..=pos {
-        let k = &kv.k[at(p)..][..s.head_dim];
-        let v = dot_f32::<FMA>(q, k) * s.scale;
-        max = max.max(v);
-        scores.push(v);
+    // Head `g`'s scores at `g * n..`.
+    let mut scores = vec![0.0f32; group * n];
+    let mut max = vec![f32::NEG_INFINITY; group];
+    for (i, p) in (first..=pos).enumerate() {
+        let k = &kv.k[at(p)..][..hd];
+        for (g, (qh, m)) in q.chunks_exact(hd).zip(max.iter_mut()).enumerate() {
+            let v = dot_f32::<FMA>(qh, k) * s.scale;
+            *m = m.max(v);
+            scores[g * n + i] = v;
+        }
     }
-    let mut sum = 0.0f32;
-    for v in scores.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+    let mut sums = vec![0.0f32; group];
+    for ((head, m), sum) in scores.chunks_exact_mut(n).zip(&max).zip(sums.iter_mut()) {
+        for v in head.iter_mut() {
+            *v = (*v - m).exp();
+            *sum += *v;
+        }
     }
     o.iter_mut().for_each(|x| *x = 0.0);
     for (i, p) in (first..=pos).enumerate() {
-        let w = scores[i] / sum;
-        let v = &kv.v[at(p)..][..s.head_dim];
-        for (o, v) in o.iter_mut().zip(v) {
-            *o = if FMA { w.mul_add(*v, *o) } else { *o + w * v };
+        let v = &kv.v[at(p)..][..hd];
+        for (g, oh) in o.chunks_exact_mut(hd).enumerate() {
+            let w = scores[g * n + i] / sums[g];
+            for (o, v) in oh.iter_mut().zip(v) {
+                *o = if FMA { w.mul_add(*v, *o) } else { *o + w * v };
+            }
         }
     }
 }

@@ -1,15 +1,17 @@
 //! `out = x · wᵀ (+ bias)` on the CPU, weights read in their stored dtype.
 //!
-//! Two paths: a few rows (decode) stream each weight row once from memory
-//! and dot it with every row of `x` while it sits in L1 (memory-bound:
-//! what matters is reading bf16 as bf16); many rows (prefill) convert a
-//! block of weight rows to f32 once and hand it to the `gemm` crate
-//! (compute-bound: what matters is a tuned micro-kernel) — or, for bf16
-//! weights on a CPU with AVX512-BF16, meet the activations rounded to
-//! bf16 in `vdpbf16ps` tiles (measured 1.6–2.2× `gemm` at 128–512 rows;
-//! the decode path keeps f32 activations, so a sequence's decode does
-//! not depend on what it is batched with). Both spread
-//! blocks of output rows over the pool. SIMD width is chosen at run time:
+//! Three paths. bf16 weights on a CPU with AVX512-BF16 meet the
+//! activations rounded to bf16 once, in `vdpbf16ps` tiles, at any number
+//! of rows (measured 1.4–2.3× the f32 tile at 1–64 rows and 1.6–2.2×
+//! `gemm` at 128–512; llama.cpp's bf16 dot product rounds its activations
+//! the same way). Otherwise a few rows (decode) stream each weight row
+//! once from memory and dot it with every row of `x` while it sits in L1
+//! (memory-bound: what matters is reading bf16 as bf16), and many rows
+//! (prefill) convert a block of weight rows to f32 once and hand it to
+//! the `gemm` crate (compute-bound: what matters is a tuned
+//! micro-kernel). Every path spreads blocks of output rows over the pool,
+//! and the tile paths sum a row's products in one order whatever it is
+//! batched with. SIMD width is chosen at run time:
 //! the bodies are plain Rust compiled three times, with AVX-512, with
 //! AVX2+FMA and portably.
 //!
@@ -32,8 +34,9 @@ use rayon::prelude::*;
 pub const GEMV_MAX_ROWS: usize = 64;
 
 /// How this CPU multiplies: its SIMD, its threads, up to how many rows
-/// the GEMV takes, and whether bf16 weights meet bf16-rounded activations
-/// in `vdpbf16ps` on the many-row path (AVX512-BF16) instead of `gemm`.
+/// the GEMV takes (rather than `gemm`), and whether bf16 weights meet
+/// bf16-rounded activations in `vdpbf16ps` at any number of rows
+/// (AVX512-BF16) instead.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Paths {
     pub simd: Simd,
@@ -107,7 +110,7 @@ pub(super) fn matmul(
     // The activations rounded to bf16 once, for `vdpbf16ps`.
     #[cfg(target_arch = "x86_64")]
     let x_bf16: Option<Vec<u16>> = match elems {
-        Elems::BF16(_) if many && bf16_dot => {
+        Elems::BF16(_) if bf16_dot => {
             let mut v = vec![0u16; x.data.len()];
             #[allow(unsafe_code)]
             v.par_chunks_mut(k.max(1))
@@ -329,18 +332,21 @@ impl Block<'_, '_> {
 }
 
 /// bf16 weight rows `o0..o0+ob` against the bf16-rounded rows of `x`
-/// (`xb`, `k` per row) in tiles of 4 × 4 (`simd::dot_tile_bf16`). Runs
-/// only where `Paths::detect` found AVX-512F and AVX512-BF16.
+/// (`xb`, `k` per row) in tiles of 4 weight rows × 3 activation rows
+/// (`simd::dot_tile_bf16`); a lone activation row takes one weight row at
+/// a time (one stream from memory, as the f32 tile measured), the last
+/// one or two rows of a batch still four (the weights are in cache by
+/// then). Runs only where `Paths::detect` found AVX-512F and AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 fn bf16_block(w: &[u16], o0: usize, ob: usize, k: usize, xb: &[u16], local: &mut [f32]) {
     let t = xb.len() / k.max(1);
     let mut r0 = 0;
     while r0 < t {
-        r0 += match t - r0 {
-            1 => bf16_rows::<1>(w, o0, ob, k, xb, r0, local),
-            2 => bf16_rows::<2>(w, o0, ob, k, xb, r0, local),
-            3 => bf16_rows::<3>(w, o0, ob, k, xb, r0, local),
-            _ => bf16_rows::<4>(w, o0, ob, k, xb, r0, local),
+        r0 += match (t, t - r0) {
+            (1, _) => bf16_rows::<1, 1>(w, o0, ob, k, xb, r0, local),
+            (_, 1) => bf16_rows::<4, 1>(w, o0, ob, k, xb, r0, local),
+            (_, 2) => bf16_rows::<4, 2>(w, o0, ob, k, xb, r0, local),
+            _ => bf16_rows::<4, 3>(w, o0, ob, k, xb, r0, local),
         };
     }
 }
@@ -348,7 +354,7 @@ fn bf16_block(w: &[u16], o0: usize, ob: usize, k: usize, xb: &[u16], local: &mut
 /// Rows `r0..r0+R` of `xb` against the block; returns `R`.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-fn bf16_rows<const R: usize>(
+fn bf16_rows<const O: usize, const R: usize>(
     w: &[u16],
     o0: usize,
     ob: usize,
@@ -357,7 +363,6 @@ fn bf16_rows<const R: usize>(
     r0: usize,
     local: &mut [f32],
 ) -> usize {
-    const O: usize = 4;
     let xs: [&[u16]; R] = std::array::from_fn(|i| &xb[(r0 + i) * k..(r0 + i + 1) * k]);
     let row = |j: usize| &w[(o0 + j) * k..(o0 + j + 1) * k];
     // SAFETY (both): `bf16_block` runs only where AVX-512F and
@@ -564,10 +569,11 @@ mod tests {
         }
     }
 
-    /// The many-row path in `vdpbf16ps`, where this CPU has AVX512-BF16:
-    /// the exact product of the bf16 weights and the activations rounded
-    /// to bf16 (the only error is the f32 sums' order). Where it has not,
-    /// the path is off and `gemm` answers.
+    /// The `vdpbf16ps` path, where this CPU has AVX512-BF16, at every
+    /// tile shape (1 row, 2, 3, a tile and a rest, many): the exact
+    /// product of the bf16 weights and the activations rounded to bf16
+    /// (the only error is the f32 sums' order). Where it has not, the
+    /// path is off and the GEMV or `gemm` answers.
     #[test]
     fn the_bf16_dot_path_is_the_product_of_bf16_rounded_activations() {
         let (n_out, k) = (70, 131);
@@ -578,7 +584,7 @@ mod tests {
         let wf: Vec<f32> = bits.iter().map(|b| bf16_to_f32(*b)).collect();
         let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits).unwrap();
         let detected = Paths::detect(2);
-        for rows in [65, 66, 67, 100] {
+        for rows in [1, 2, 3, 4, 5, 8, 33, 65, 66, 67, 100] {
             let x = Mat::from_vec(rows, k, values(rows * k, 9)).unwrap();
             let rounded: Vec<f32> = x
                 .data
@@ -603,7 +609,9 @@ mod tests {
     }
 
     /// A row's result does not depend on the rows batched with it (the
-    /// streamed and batched paths of the engine give the same tokens).
+    /// streamed and batched paths of the engine give the same tokens):
+    /// on the GEMV path up to its bound, and on the `vdpbf16ps` path
+    /// (where this CPU has it) at any size, past the GEMV's bound too.
     #[test]
     fn a_row_gives_the_same_bits_in_any_batch() {
         let (n_out, k) = (40, 200);
@@ -612,19 +620,30 @@ mod tests {
             .map(|v| half::bf16::from_f32(*v).to_bits())
             .collect();
         let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits).unwrap();
-        let x = Mat::from_vec(8, k, values(8 * k, 6)).unwrap();
-        let mut all = Mat::zeros(8, n_out);
-        matmul(paths(Simd::detect()), &x, &w, None, &mut all).unwrap();
-        for r in 0..8 {
-            let one = Mat::from_vec(1, k, x.row(r).to_vec()).unwrap();
-            let mut out = Mat::zeros(1, n_out);
-            matmul(paths(Simd::detect()), &one, &w, None, &mut out).unwrap();
-            let same = out
-                .data
-                .iter()
-                .zip(all.row(r))
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "row {r} differs alone and in a batch of 8");
+        let detected = Paths::detect(2);
+        let mut cases = vec![(paths(Simd::detect()), 8)];
+        if detected.bf16_dot {
+            cases.extend([(detected, 8), (detected, 70)]);
+        }
+        for (at, rows) in cases {
+            let x = Mat::from_vec(rows, k, values(rows * k, 6)).unwrap();
+            let mut all = Mat::zeros(rows, n_out);
+            matmul(at, &x, &w, None, &mut all).unwrap();
+            for r in 0..rows {
+                let one = Mat::from_vec(1, k, x.row(r).to_vec()).unwrap();
+                let mut out = Mat::zeros(1, n_out);
+                matmul(at, &one, &w, None, &mut out).unwrap();
+                let same = out
+                    .data
+                    .iter()
+                    .zip(all.row(r))
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "row {r} differs alone and in a batch of {rows} (bf16 dot {})",
+                    at.bf16_dot
+                );
+            }
         }
     }
 

@@ -123,11 +123,19 @@ impl Cpu {
     }
 
     /// Whether bf16 weights meet bf16-rounded activations in `vdpbf16ps`
-    /// on the many-row path, where the CPU has AVX512-BF16 (the default
-    /// there); `false`: f32 activations and `gemm` everywhere.
+    /// at any number of rows, where the CPU has AVX512-BF16 (the default
+    /// there); `false`: f32 activations throughout, the GEMV for a few
+    /// rows and `gemm` for many (the reference the GPU's kernels are
+    /// checked against).
     pub fn with_bf16_dot(mut self, on: bool) -> Self {
         self.paths.bf16_dot = on && matmul::Paths::detect(1).bf16_dot;
         self
+    }
+
+    /// Whether bf16 weights meet bf16-rounded activations here
+    /// (`with_bf16_dot`).
+    pub fn bf16_dot(&self) -> bool {
+        self.paths.bf16_dot
     }
 
     pub fn threads(&self) -> usize {

@@ -179,7 +179,8 @@ fn whole_models(r: &mut Report, dir: &Path, a: &Args) -> Result<()> {
         testmodel::write(&d, &spec)?;
         let prompt = prompt_tokens(40);
         let run = || -> Result<Vec<Compared>> {
-            let cpu = Model::load(Cpu::new(0)?, &d)?;
+            // The CPU with f32 activations: the GEMV's reference.
+            let cpu = Model::load(Cpu::new(0)?.with_bf16_dot(false), &d)?;
             let (lc, tc) = greedy(&cpu, &prompt, n)?;
             let mut out = Vec::new();
             // The GPU as it serves (prompts through cuBLAS), then with
@@ -458,7 +459,8 @@ async fn main() -> Result<()> {
     ));
     r.note("| check | result | detail |".into());
     r.note("|---|---|---|".into());
-    let cpu = Cpu::new(0)?;
+    // The reference with f32 activations (see `check`).
+    let cpu = Cpu::new(0)?.with_bf16_dot(false);
     for (case, why) in check::check_all(&gpu, &cpu, a.scale) {
         let detail = match why {
             Some(w) => w,
