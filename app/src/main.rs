@@ -64,7 +64,7 @@ enum Command {
     #[command(subcommand)]
     Audit(cli::audit::AuditCmd),
     /// Lattice Inference: serve a local model with an OpenAI API.
-    Worker(cli::worker::WorkerArgs),
+    Worker(Box<cli::worker::WorkerArgs>),
     /// Zero-config clustering: make the secret gateways and workers share.
     #[command(subcommand)]
     Cluster(cli::cluster::ClusterCmd),
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => cli::keys::run(cmd),
         Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Witness(cmd) => cli::witness::run(cmd),
-        Command::Worker(a) => cli::worker::run(a),
+        Command::Worker(a) => cli::worker::run(*a),
         Command::Cluster(cmd) => cli::cluster::run(cmd),
         Command::Registry(cmd) => cli::registry::run(cmd),
         Command::Mcp(cmd) => cli::mcp::run(cmd),

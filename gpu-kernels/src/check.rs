@@ -19,7 +19,7 @@
 //! Must never: compare a device with itself, or pass a case whose output
 //! holds NaN.
 
-use crate::{AttnSeq, AttnShape, DType, HostWeight, KernelError, Kernels};
+use crate::{AttnSeq, AttnShape, DType, HostWeight, KernelError, Kernels, KvDtype};
 
 type Result<T> = std::result::Result<T, KernelError>;
 
@@ -118,14 +118,7 @@ enum Op {
         bias: bool,
     },
     Rope,
-    Attention {
-        head_dim: usize,
-        decode: bool,
-        prefill: bool,
-        window: Option<usize>,
-        /// The longest decode context.
-        long: usize,
-    },
+    Attention(AttnCase),
     SiluMul,
     Add,
     Gather,
@@ -198,13 +191,7 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
                 k.rope(&mut x, head_dim, &pos, &inv)?;
                 k.to_host(&x)
             }
-            Op::Attention {
-                head_dim,
-                decode,
-                prefill,
-                window,
-                long,
-            } => attention(k, &mut rng, head_dim, decode, prefill, window, long),
+            Op::Attention(case) => attention(k, &mut rng, case),
             Op::SiluMul | Op::Add => {
                 let (rows, cols) = (9, 3000);
                 let a = upload(k, &rng.values(rows * cols), rows, cols)?;
@@ -229,19 +216,31 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
     })
 }
 
-/// Paged attention: decode rows of sequences of 1, `long` / 5 and `long`
-/// positions (1,500 at full scale: long enough to be split in three), prefill chunks of 37 rows from
-/// position 0 and of 20 rows from position 50, or both in one call; GQA
-/// (8 heads over 2 KV heads); blocks of 16 slots in shuffled order.
-fn attention<K: Kernels>(
-    k: &K,
-    rng: &mut Rng,
+/// One attention case: which rows, which head size, which cache.
+#[derive(Debug, Clone, Copy)]
+struct AttnCase {
     head_dim: usize,
     decode: bool,
     prefill: bool,
     window: Option<usize>,
+    /// The longest decode context.
     long: usize,
-) -> Result<Vec<f32>> {
+    cache: KvDtype,
+}
+
+/// Paged attention: decode rows of sequences of 1, `long` / 5 and `long`
+/// positions (1,500 at full scale: long enough to be split in three), prefill chunks of 37 rows from
+/// position 0 and of 20 rows from position 50, or both in one call; GQA
+/// (8 heads over 2 KV heads); blocks of 16 slots in shuffled order.
+fn attention<K: Kernels>(k: &K, rng: &mut Rng, case: AttnCase) -> Result<Vec<f32>> {
+    let AttnCase {
+        head_dim,
+        decode,
+        prefill,
+        window,
+        long,
+        cache,
+    } = case;
     let (heads, kv_heads, bs) = (8, 2, 16);
     let width = kv_heads * head_dim;
     // (context length, query rows) per sequence.
@@ -258,7 +257,7 @@ fn attention<K: Kernels>(
     for i in (1..order.len()).rev() {
         order.swap(i, rng.below(i + 1));
     }
-    let mut kv = k.kv(total_blocks * bs, width)?;
+    let mut kv = k.kv(total_blocks * bs, width, cache)?;
     let mut next = 0;
     let mut tables = Vec::new();
     let mut slots = Vec::new();
@@ -355,23 +354,30 @@ pub fn check_all<G: Kernels, C: Kernels>(
         ));
     }
     cases.push(("rope".into(), Op::Rope, 1e-4));
-    // 64 and 128: the tiled prefill; 256: one warp per query row.
+    // 64 and 128: the tiled prefill; 256: one warp per query row. A bf16
+    // cache holds the same rounded values on both devices (each rounds
+    // to nearest, ties to even), so its tolerance is f32's.
     for head_dim in [64, 128, 256] {
-        for (name, decode, prefill, window) in [
-            ("decode", true, false, None),
-            ("prefill", false, true, None),
-            ("mixed", true, true, None),
-            ("mixed, window 64", true, true, Some(64)),
+        for (name, decode, prefill, window, cache) in [
+            ("decode", true, false, None, KvDtype::F32),
+            ("prefill", false, true, None, KvDtype::F32),
+            ("mixed", true, true, None, KvDtype::F32),
+            ("mixed, window 64", true, true, Some(64), KvDtype::F32),
+            ("mixed", true, true, None, KvDtype::BF16),
         ] {
             cases.push((
-                format!("attention {name}, head_dim {head_dim}"),
-                Op::Attention {
+                format!(
+                    "attention {name}, head_dim {head_dim}, {} cache",
+                    cache.name()
+                ),
+                Op::Attention(AttnCase {
                     head_dim,
                     decode,
                     prefill,
                     window,
                     long: sized(1500),
-                },
+                    cache,
+                }),
                 1e-4,
             ));
         }

@@ -35,6 +35,43 @@ pub enum KernelError {
     Device(String),
 }
 
+/// What a KV cache stores its keys and values in. Attention reads them
+/// widened to f32 either way; bf16 halves the cache's memory (twice the
+/// tokens in the same bytes) and the bytes each decode step reads, at
+/// bf16's 8 bits of mantissa — what vLLM stores a bf16 model's cache in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    F32,
+    /// Rounded to nearest (ties to even) when written, on every device.
+    BF16,
+}
+
+impl KvDtype {
+    /// The cache's default for weights stored in `weights`: bf16 for bf16
+    /// models (their activations already pass through bf16), f32
+    /// otherwise (f16 models keep more mantissa than bf16 would).
+    pub fn auto(weights: DType) -> Self {
+        match weights {
+            DType::BF16 => KvDtype::BF16,
+            DType::F32 | DType::F16 => KvDtype::F32,
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::BF16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::BF16 => "bf16",
+        }
+    }
+}
+
 /// The geometry of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -129,9 +166,13 @@ pub trait Kernels: Send + Sync + 'static {
     fn device(&self) -> String;
     fn weight(&self, w: HostWeight) -> Result<Self::Weight, KernelError>;
     fn act(&self, rows: usize, cols: usize) -> Result<Self::Act, KernelError>;
-    fn kv(&self, slots: usize, width: usize) -> Result<Self::Kv, KernelError>;
+    /// One layer's cache of `slots` rows of `width` keys and values,
+    /// stored in `dtype`.
+    fn kv(&self, slots: usize, width: usize, dtype: KvDtype) -> Result<Self::Kv, KernelError>;
     /// Bytes one KV slot of one layer takes (keys and values).
-    fn kv_slot_bytes(&self, width: usize) -> usize;
+    fn kv_slot_bytes(&self, width: usize, dtype: KvDtype) -> usize {
+        2 * width * dtype.size()
+    }
     /// Runs `f` — a whole forward pass — where this device's steps run
     /// cheapest. The CPU runs it on its own pool, so that its ~10 steps
     /// per layer do not each hand work to the pool and wait for it (a

@@ -36,7 +36,8 @@ fn the_gpu_check_passes_on_the_kernel_emulator() {
     assert!(written.contains("cuda (emulated on the host)"), "{written}");
     for row in [
         "| matmul bf16 9×",
-        "| attention mixed, window 64, head_dim 128 | pass |",
+        "| attention mixed, window 64, head_dim 128, f32 cache | pass |",
+        "| attention mixed, head_dim 128, bf16 cache | pass |",
         "| llama bf16: 4 greedy tokens | pass | identical to the CPU's |",
         "| qwen2 f32, all on the GEMV: logits of a 40-token prompt | pass |",
         "| worker on the GPU: a chat, streamed | pass |",

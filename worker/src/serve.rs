@@ -17,7 +17,7 @@ use crate::model::Model;
 use crate::text::Text;
 use lattice_gpu_kernels::cpu::Cpu;
 use lattice_gpu_kernels::cuda::Cuda;
-use lattice_gpu_kernels::Kernels;
+use lattice_gpu_kernels::{Kernels, KvDtype};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +36,9 @@ pub struct Options {
     /// AVX512-BF16 could multiply them rounded to bf16 (slower; the
     /// reference the other devices are checked against).
     pub f32_activations: bool,
+    /// What the KV cache stores (`None`: `KvDtype::auto` of the
+    /// weights' dtype).
+    pub kv_cache_dtype: Option<KvDtype>,
     /// Memory for the KV cache, in MiB.
     pub kv_cache_mib: usize,
     pub block_size: usize,
@@ -74,6 +77,7 @@ impl Options {
             listen,
             threads: 0,
             f32_activations: false,
+            kv_cache_dtype: None,
             kv_cache_mib: 1024,
             block_size: 16,
             max_batch_tokens: 512,
@@ -93,6 +97,8 @@ pub struct Running {
     pub name: String,
     pub device: String,
     pub kv_tokens: usize,
+    /// What the KV cache stores.
+    pub kv_dtype: KvDtype,
     pub parameters: usize,
     pub dtype: &'static str,
     /// Cluster mode: the TLS certificate's fingerprint.
@@ -139,6 +145,10 @@ async fn start_on<K: Kernels>(
     fallback: Option<String>,
 ) -> Result<Running> {
     let bad = |m: String| WorkerError::Unsupported(m);
+    let model = match o.kv_cache_dtype {
+        Some(d) => model.with_kv_dtype(d),
+        None => model,
+    };
     let text = Arc::new(Text::load(&o.model, &model.config.eos)?);
     let name = match &o.name {
         Some(n) => n.clone(),
@@ -165,6 +175,7 @@ async fn start_on<K: Kernels>(
         )));
     }
     let device = model.kernels().device();
+    let kv_dtype = model.kv_dtype;
     let parameters = model.config.parameters();
     let dtype = model.dtype.name();
     let metrics = Arc::new(Metrics::new(&name));
@@ -221,6 +232,7 @@ async fn start_on<K: Kernels>(
         name,
         device,
         kv_tokens,
+        kv_dtype,
         parameters,
         dtype,
         fingerprint: joined.as_ref().map(|j| j.identity.fingerprint.clone()),

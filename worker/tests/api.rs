@@ -304,3 +304,58 @@ async fn f32_activations_turn_the_bf16_dot_path_off() {
         );
     }
 }
+
+/// The KV cache's dtype: bf16 by default for bf16 weights, f32 for f32
+/// ones, either when asked; the same memory holds twice the tokens in
+/// bf16, and a bf16 cache serves.
+#[tokio::test]
+async fn the_kv_cache_holds_bf16_or_f32_as_asked() {
+    use lattice_gpu_kernels::{DType, KvDtype};
+    let mut tokens = std::collections::HashMap::new();
+    for (weights, asked, want) in [
+        (DType::BF16, None, KvDtype::BF16),
+        (DType::F32, None, KvDtype::F32),
+        (DType::BF16, Some(KvDtype::F32), KvDtype::F32),
+        (DType::F32, Some(KvDtype::BF16), KvDtype::BF16),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        testmodel::write(
+            dir.path(),
+            &Spec {
+                dtype: weights,
+                ..Spec::tiny_llama()
+            },
+        )
+        .unwrap();
+        let options = Options {
+            name: Some("m".into()),
+            threads: 1,
+            kv_cache_mib: 4,
+            kv_cache_dtype: asked,
+            ..Options::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())
+        };
+        let running = serve::start(options).await.unwrap();
+        assert_eq!(
+            running.kv_dtype, want,
+            "{weights:?} weights, {asked:?} asked"
+        );
+        tokens.insert(want, running.kv_tokens);
+        if want == KvDtype::BF16 && weights == DType::F32 {
+            let url = format!("http://{}", running.addr);
+            tokio::spawn(running.serve(std::future::pending()));
+            let r: Value = reqwest::Client::new()
+                .post(format!("{url}/v1/completions"))
+                .json(
+                    &json!({"model": "m", "prompt": "hello", "max_tokens": 4, "ignore_eos": true}),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(r["usage"]["completion_tokens"], 4, "{r}");
+        }
+    }
+    assert_eq!(tokens[&KvDtype::BF16], 2 * tokens[&KvDtype::F32]);
+}

@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use lattice_gpu_kernels::DType;
+use lattice_gpu_kernels::{DType, KvDtype};
 use lattice_inference_router::join::ClusterSecret;
 use lattice_worker::cluster::ClusterOptions;
 use lattice_worker::model::Arch;
@@ -47,6 +47,10 @@ pub struct WorkerArgs {
     /// AVX512-BF16 would round them to bf16 (slower, closest to f32).
     #[arg(long)]
     f32_activations: bool,
+    /// What the KV cache stores: `auto` (bf16 for bf16 weights, else
+    /// f32), `f32` or `bf16` (half the memory per token).
+    #[arg(long, default_value = "auto")]
+    kv_cache_dtype: String,
     /// Memory for the KV cache, in MiB: requests wait when it is full.
     #[arg(long, default_value_t = 1024)]
     kv_cache_mib: usize,
@@ -222,6 +226,12 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         },
         other => bail!("--device `{other}` is not one of cpu, cuda, auto"),
     };
+    let kv_cache_dtype = match a.kv_cache_dtype.as_str() {
+        "auto" => None,
+        "f32" => Some(KvDtype::F32),
+        "bf16" => Some(KvDtype::BF16),
+        other => bail!("--kv-cache-dtype `{other}` is not one of auto, f32, bf16"),
+    };
     let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
     let cluster = cluster_options(&a)?;
     let options = Options {
@@ -229,6 +239,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         aliases: a.aliases,
         threads: a.threads,
         f32_activations: a.f32_activations,
+        kv_cache_dtype,
         kv_cache_mib: a.kv_cache_mib,
         block_size: a.block_size,
         max_batch_tokens: a.max_batch_tokens,
@@ -253,7 +264,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             eprintln!("lattice worker: --device auto: the GPU did not open ({why}); serving on the CPU");
         }
         eprintln!(
-            "lattice worker: serving `{}` ({:.1} M parameters, {}) on {}://{} — {}, KV cache {} tokens{}",
+            "lattice worker: serving `{}` ({:.1} M parameters, {}) on {}://{} — {}, KV cache {} tokens in {}{}",
             running.name,
             running.parameters as f64 / 1e6,
             running.dtype,
@@ -261,6 +272,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             running.addr,
             running.device,
             running.kv_tokens,
+            running.kv_dtype.name(),
             if keyed { ", API key required" } else { "" }
         );
         running.serve(shutdown()).await?;

@@ -8,7 +8,7 @@
 //! the query's own are masked by not being read at all), or a block the
 //! table does not name (an error, not a panic).
 
-use super::{KvCpu, Mat, Simd};
+use super::{KvCpu, KvRows, Mat, Simd};
 use crate::{shape, AttnSeq, AttnShape, KernelError};
 use rayon::prelude::*;
 
@@ -77,107 +77,163 @@ pub(super) fn attention(
     if owner.contains(&usize::MAX) {
         return Err(shape("attention", "a query row belongs to no sequence"));
     }
-    // The query heads of KV head `kvh` are `kvh * group..`, adjacent in
-    // a row of `q` and of `out`.
-    let group = s.heads / s.kv_heads;
-    out.data
-        .par_chunks_mut(group * s.head_dim)
-        .enumerate()
-        .for_each(|(task, o)| {
-            let (row, kvh) = (task / s.kv_heads, task % s.kv_heads);
-            let seq = &seqs[owner[row]];
-            let pos = seq.start + (row - seq.rows.start);
-            let qs = &q.data[row * width + kvh * group * s.head_dim..][..group * s.head_dim];
-            one(simd, qs, kv, s, seq.blocks, pos, kvh, o);
-        });
+    let at = Call {
+        simd,
+        q,
+        s,
+        seqs,
+        owner: &owner,
+        width: kv.width,
+    };
+    match (&kv.k, &kv.v) {
+        (KvRows::F32(k), KvRows::F32(v)) => at.run(k, v, out),
+        (KvRows::BF16(k), KvRows::BF16(v)) => at.run(k, v, out),
+        _ => {
+            return Err(shape(
+                "attention",
+                "keys and values stored in different dtypes",
+            ))
+        }
+    }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn one(
+/// A cache element, read widened to f32.
+trait KvElem: Copy + Send + Sync {
+    fn f32(self) -> f32;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+/// bf16, as its bits.
+impl KvElem for u16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        f32::from_bits(u32::from(self) << 16)
+    }
+}
+
+/// One attention call, checked.
+struct Call<'a> {
     simd: Simd,
-    q: &[f32],
-    kv: &KvCpu,
+    q: &'a Mat,
     s: AttnShape,
-    blocks: &[u32],
+    seqs: &'a [AttnSeq<'a>],
+    owner: &'a [usize],
+    /// Values per cache slot (all KV heads).
+    width: usize,
+}
+
+impl Call<'_> {
+    fn run<T: KvElem>(&self, k: &[T], v: &[T], out: &mut Mat) {
+        let s = self.s;
+        let width = s.heads * s.head_dim;
+        // The query heads of KV head `kvh` are `kvh * group..`, adjacent
+        // in a row of `q` and of `out`.
+        let group = s.heads / s.kv_heads;
+        out.data
+            .par_chunks_mut(group * s.head_dim)
+            .enumerate()
+            .for_each(|(task, o)| {
+                let (row, kvh) = (task / s.kv_heads, task % s.kv_heads);
+                let seq = &self.seqs[self.owner[row]];
+                let pos = seq.start + (row - seq.rows.start);
+                let qs =
+                    &self.q.data[row * width + kvh * group * s.head_dim..][..group * s.head_dim];
+                let at = Head {
+                    k,
+                    v,
+                    width: self.width,
+                    s,
+                    blocks: seq.blocks,
+                    pos,
+                    kvh,
+                };
+                at.one(self.simd, qs, o);
+            });
+    }
+}
+
+/// One query row's view of one KV head of its sequence.
+struct Head<'a, T> {
+    k: &'a [T],
+    v: &'a [T],
+    width: usize,
+    s: AttnShape,
+    blocks: &'a [u32],
     pos: usize,
     kvh: usize,
-    o: &mut [f32],
-) {
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 | Simd::Avx2 => {
-            // SAFETY: `Simd::detect` found AVX2, FMA and F16C on this CPU
-            // (AVX-512 implies them).
-            #[allow(unsafe_code)]
-            unsafe {
-                one_avx2(q, kv, s, blocks, pos, kvh, o)
+}
+
+impl<T: KvElem> Head<'_, T> {
+    fn one(&self, simd: Simd, q: &[f32], o: &mut [f32]) {
+        match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 | Simd::Avx2 => {
+                // SAFETY: `Simd::detect` found AVX2, FMA and F16C on this
+                // CPU (AVX-512 implies them).
+                #[allow(unsafe_code)]
+                unsafe {
+                    self.one_avx2(q, o)
+                }
+            }
+            _ => self.body::<false>(q, o),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn one_avx2(&self, q: &[f32], o: &mut [f32]) {
+        self.body::<true>(q, o)
+    }
+
+    /// The query heads of the group (`q` and `o` hold them one after
+    /// another): for each head, softmax(q·Kᵀ·scale) · V over positions
+    /// `first..=pos`, each key and value read once for all heads.
+    #[inline(always)]
+    fn body<const FMA: bool>(&self, q: &[f32], o: &mut [f32]) {
+        let s = self.s;
+        let hd = s.head_dim;
+        let group = q.len() / hd.max(1);
+        let pos = self.pos;
+        let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let n = pos + 1 - first;
+        let at = |p: usize| {
+            let slot = self.blocks[p / s.block_size] as usize * s.block_size + p % s.block_size;
+            slot * self.width + self.kvh * hd
+        };
+        // Head `g`'s scores at `g * n..`.
+        let mut scores = vec![0.0f32; group * n];
+        let mut max = vec![f32::NEG_INFINITY; group];
+        for (i, p) in (first..=pos).enumerate() {
+            let k = &self.k[at(p)..][..hd];
+            for (g, (qh, m)) in q.chunks_exact(hd).zip(max.iter_mut()).enumerate() {
+                let v = dot::<FMA, T>(qh, k) * s.scale;
+                *m = m.max(v);
+                scores[g * n + i] = v;
             }
         }
-        _ => one_body::<false>(q, kv, s, blocks, pos, kvh, o),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn one_avx2(
-    q: &[f32],
-    kv: &KvCpu,
-    s: AttnShape,
-    blocks: &[u32],
-    pos: usize,
-    kvh: usize,
-    o: &mut [f32],
-) {
-    one_body::<true>(q, kv, s, blocks, pos, kvh, o)
-}
-
-/// One query row and the query heads of KV head `kvh` (`q` and `o` hold
-/// them one after another): for each head, softmax(q·Kᵀ·scale) · V over
-/// positions `first..=pos`, each key and value read once for all heads.
-#[inline(always)]
-fn one_body<const FMA: bool>(
-    q: &[f32],
-    kv: &KvCpu,
-    s: AttnShape,
-    blocks: &[u32],
-    pos: usize,
-    kvh: usize,
-    o: &mut [f32],
-) {
-    let hd = s.head_dim;
-    let group = q.len() / hd.max(1);
-    let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let n = pos + 1 - first;
-    let at = |p: usize| {
-        let slot = blocks[p / s.block_size] as usize * s.block_size + p % s.block_size;
-        slot * kv.width + kvh * hd
-    };
-    // Head `g`'s scores at `g * n..`.
-    let mut scores = vec![0.0f32; group * n];
-    let mut max = vec![f32::NEG_INFINITY; group];
-    for (i, p) in (first..=pos).enumerate() {
-        let k = &kv.k[at(p)..][..hd];
-        for (g, (qh, m)) in q.chunks_exact(hd).zip(max.iter_mut()).enumerate() {
-            let v = dot_f32::<FMA>(qh, k) * s.scale;
-            *m = m.max(v);
-            scores[g * n + i] = v;
+        let mut sums = vec![0.0f32; group];
+        for ((head, m), sum) in scores.chunks_exact_mut(n).zip(&max).zip(sums.iter_mut()) {
+            for v in head.iter_mut() {
+                *v = (*v - m).exp();
+                *sum += *v;
+            }
         }
-    }
-    let mut sums = vec![0.0f32; group];
-    for ((head, m), sum) in scores.chunks_exact_mut(n).zip(&max).zip(sums.iter_mut()) {
-        for v in head.iter_mut() {
-            *v = (*v - m).exp();
-            *sum += *v;
-        }
-    }
-    o.iter_mut().for_each(|x| *x = 0.0);
-    for (i, p) in (first..=pos).enumerate() {
-        let v = &kv.v[at(p)..][..hd];
-        for (g, oh) in o.chunks_exact_mut(hd).enumerate() {
-            let w = scores[g * n + i] / sums[g];
-            for (o, v) in oh.iter_mut().zip(v) {
-                *o = if FMA { w.mul_add(*v, *o) } else { *o + w * v };
+        o.iter_mut().for_each(|x| *x = 0.0);
+        for (i, p) in (first..=pos).enumerate() {
+            let v = &self.v[at(p)..][..hd];
+            for (g, oh) in o.chunks_exact_mut(hd).enumerate() {
+                let w = scores[g * n + i] / sums[g];
+                for (o, v) in oh.iter_mut().zip(v) {
+                    let v = v.f32();
+                    *o = if FMA { w.mul_add(v, *o) } else { *o + w * v };
+                }
             }
         }
     }
@@ -185,23 +241,24 @@ fn one_body<const FMA: bool>(
 
 /// `a · b` over 16 accumulators (one AVX-512 register, two AVX2 ones).
 #[inline(always)]
-fn dot_f32<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn dot<const FMA: bool, T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     const L: usize = 16;
     let n = a.len().min(b.len());
     let whole = n / L * L;
     let mut acc = [0.0f32; L];
     for (ca, cb) in a[..whole].chunks_exact(L).zip(b[..whole].chunks_exact(L)) {
         for l in 0..L {
+            let b = cb[l].f32();
             acc[l] = if FMA {
-                ca[l].mul_add(cb[l], acc[l])
+                ca[l].mul_add(b, acc[l])
             } else {
-                acc[l] + ca[l] * cb[l]
+                acc[l] + ca[l] * b
             };
         }
     }
     let mut s: f32 = acc.iter().sum();
     for i in whole..n {
-        s += a[i] * b[i];
+        s += a[i] * b[i].f32();
     }
     s
 }
@@ -209,20 +266,20 @@ fn dot_f32<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::KvDtype;
 
     /// Two sequences, GQA (4 heads over 2), scattered blocks, one of them
-    /// with a sliding window: against a direct computation.
+    /// with a sliding window, caches in f32 and in bf16 (written through
+    /// `kv_write`): against a direct computation on the values the cache
+    /// holds.
     #[test]
     fn paged_attention_matches_a_direct_computation() {
         let (heads, kv_heads, hd, bs) = (4, 2, 8, 4);
         let kvw = kv_heads * hd;
         let slots = 16 * bs;
         let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
-        let kv = KvCpu {
-            width: kvw,
-            k: (0..slots * kvw).map(val).collect(),
-            v: (0..slots * kvw).map(|i| val(i + 13)).collect(),
-        };
+        let raw_k: Vec<f32> = (0..slots * kvw).map(val).collect();
+        let raw_v: Vec<f32> = (0..slots * kvw).map(|i| val(i + 13)).collect();
         let seq_a = [5u32, 2, 9];
         let seq_b = [1u32, 7];
         // a: 3 new rows at positions 7..10 (ctx 10); b: 1 row at position 6.
@@ -232,63 +289,83 @@ mod tests {
             (0..4 * heads * hd).map(|i| val(i + 5)).collect(),
         )
         .unwrap();
-        for window in [None, Some(3)] {
-            let shape = AttnShape {
-                heads,
-                kv_heads,
-                head_dim: hd,
-                block_size: bs,
-                window,
-                scale: 0.35,
+        for dtype in [KvDtype::F32, KvDtype::BF16] {
+            let mut kv = KvCpu {
+                width: kvw,
+                k: KvRows::zeros(slots * kvw, dtype).unwrap(),
+                v: KvRows::zeros(slots * kvw, dtype).unwrap(),
             };
-            let seqs = [
-                AttnSeq {
-                    rows: 0..3,
-                    start: 7,
-                    blocks: &seq_a,
-                },
-                AttnSeq {
-                    rows: 3..4,
-                    start: 6,
-                    blocks: &seq_b,
-                },
-            ];
-            for simd in [Simd::detect(), Simd::Portable] {
-                let mut out = Mat::zeros(4, heads * hd);
-                attention(simd, &q, &kv, shape, &seqs, &mut out).unwrap();
-                for (row, blocks, pos) in [
-                    (0usize, &seq_a[..], 7usize),
-                    (1, &seq_a[..], 8),
-                    (2, &seq_a[..], 9),
-                    (3, &seq_b[..], 6),
-                ] {
-                    for h in 0..heads {
-                        let kvh = h / 2;
-                        let qh = &q.data[row * heads * hd + h * hd..][..hd];
-                        let first = window.map_or(0, |w: usize| (pos + 1).saturating_sub(w));
-                        let slot =
-                            |p: usize| (blocks[p / bs] as usize * bs + p % bs) * kvw + kvh * hd;
-                        let sc: Vec<f64> = (first..=pos)
-                            .map(|p| {
-                                (0..hd)
-                                    .map(|d| f64::from(qh[d]) * f64::from(kv.k[slot(p) + d]))
-                                    .sum::<f64>()
-                                    * 0.35
-                            })
-                            .collect();
-                        let m = sc.iter().cloned().fold(f64::MIN, f64::max);
-                        let e: Vec<f64> = sc.iter().map(|v| (v - m).exp()).collect();
-                        let z: f64 = e.iter().sum();
-                        for d in 0..hd {
-                            let want: f64 = (first..=pos)
-                                .zip(&e)
-                                .map(|(p, w)| w / z * f64::from(kv.v[slot(p) + d]))
-                                .sum();
-                            let got = out.data[row * heads * hd + h * hd + d];
-                            assert!(
-                                (f64::from(got) - want).abs() < 1e-5,
-                                "{window:?} {simd:?} row {row} head {h}: {got} vs {want}"
-                            );
+            let all: Vec<u32> = (0..slots as u32).collect();
+            let k_rows = Mat::from_vec(slots, kvw, raw_k.clone()).unwrap();
+            let v_rows = Mat::from_vec(slots, kvw, raw_v.clone()).unwrap();
+            super::super::ops::kv_write(&mut kv, &k_rows, &v_rows, &all).unwrap();
+            let held = |x: &f32| match dtype {
+                KvDtype::F32 => *x,
+                KvDtype::BF16 => half::bf16::from_f32(*x).to_f32(),
+            };
+            let kf: Vec<f32> = raw_k.iter().map(held).collect();
+            let vf: Vec<f32> = raw_v.iter().map(held).collect();
+            if dtype == KvDtype::BF16 {
+                assert_ne!(kf, raw_k, "the bf16 cache rounds");
+            }
+            for window in [None, Some(3)] {
+                let shape = AttnShape {
+                    heads,
+                    kv_heads,
+                    head_dim: hd,
+                    block_size: bs,
+                    window,
+                    scale: 0.35,
+                };
+                let seqs = [
+                    AttnSeq {
+                        rows: 0..3,
+                        start: 7,
+                        blocks: &seq_a,
+                    },
+                    AttnSeq {
+                        rows: 3..4,
+                        start: 6,
+                        blocks: &seq_b,
+                    },
+                ];
+                for simd in [Simd::detect(), Simd::Portable] {
+                    let mut out = Mat::zeros(4, heads * hd);
+                    attention(simd, &q, &kv, shape, &seqs, &mut out).unwrap();
+                    for (row, blocks, pos) in [
+                        (0usize, &seq_a[..], 7usize),
+                        (1, &seq_a[..], 8),
+                        (2, &seq_a[..], 9),
+                        (3, &seq_b[..], 6),
+                    ] {
+                        for h in 0..heads {
+                            let kvh = h / 2;
+                            let qh = &q.data[row * heads * hd + h * hd..][..hd];
+                            let first = window.map_or(0, |w: usize| (pos + 1).saturating_sub(w));
+                            let slot =
+                                |p: usize| (blocks[p / bs] as usize * bs + p % bs) * kvw + kvh * hd;
+                            let sc: Vec<f64> = (first..=pos)
+                                .map(|p| {
+                                    (0..hd)
+                                        .map(|d| f64::from(qh[d]) * f64::from(kf[slot(p) + d]))
+                                        .sum::<f64>()
+                                        * 0.35
+                                })
+                                .collect();
+                            let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+                            let e: Vec<f64> = sc.iter().map(|v| (v - m).exp()).collect();
+                            let z: f64 = e.iter().sum();
+                            for d in 0..hd {
+                                let want: f64 = (first..=pos)
+                                    .zip(&e)
+                                    .map(|(p, w)| w / z * f64::from(vf[slot(p) + d]))
+                                    .sum();
+                                let got = out.data[row * heads * hd + h * hd + d];
+                                assert!(
+                                    (f64::from(got) - want).abs() < 1e-5,
+                                    "{dtype:?} {window:?} {simd:?} row {row} head {h}: {got} vs {want}"
+                                );
+                            }
                         }
                     }
                 }
@@ -300,8 +377,8 @@ mod tests {
     fn a_block_table_too_short_for_the_context_is_an_error() {
         let kv = KvCpu {
             width: 8,
-            k: vec![0.0; 64],
-            v: vec![0.0; 64],
+            k: KvRows::F32(vec![0.0; 64]),
+            v: KvRows::F32(vec![0.0; 64]),
         };
         let q = Mat::zeros(1, 8);
         let mut out = Mat::zeros(1, 8);

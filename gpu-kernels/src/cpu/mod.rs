@@ -10,7 +10,7 @@ mod matmul;
 mod ops;
 mod simd;
 
-use crate::{shape, AttnSeq, AttnShape, HostWeight, KernelError, Kernels};
+use crate::{shape, AttnSeq, AttnShape, HostWeight, KernelError, Kernels, KvDtype};
 
 /// A `rows × cols` f32 matrix, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,8 +46,57 @@ impl Mat {
 #[derive(Debug)]
 pub struct KvCpu {
     pub width: usize,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub k: KvRows,
+    pub v: KvRows,
+}
+
+/// A cache's keys or values, in the cache's dtype (bf16 as its bits).
+#[derive(Debug)]
+pub enum KvRows {
+    F32(Vec<f32>),
+    BF16(Vec<u16>),
+}
+
+impl KvRows {
+    /// `n` zeros in `dtype`, or an error when the memory is not there.
+    fn zeros(n: usize, dtype: KvDtype) -> Result<Self, KernelError> {
+        let fail = |e: std::collections::TryReserveError| {
+            KernelError::Device(format!("KV cache of {n} {} values: {e}", dtype.name()))
+        };
+        Ok(match dtype {
+            KvDtype::F32 => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(fail)?;
+                v.resize(n, 0.0);
+                KvRows::F32(v)
+            }
+            KvDtype::BF16 => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(fail)?;
+                v.resize(n, 0);
+                KvRows::BF16(v)
+            }
+        })
+    }
+
+    /// Values held.
+    pub fn len(&self) -> usize {
+        match self {
+            KvRows::F32(v) => v.len(),
+            KvRows::BF16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        match self {
+            KvRows::F32(_) => KvDtype::F32,
+            KvRows::BF16(_) => KvDtype::BF16,
+        }
+    }
 }
 
 /// What SIMD the running CPU offers.
@@ -189,22 +238,15 @@ impl Kernels for Cpu {
         Ok(Mat::zeros(rows, cols))
     }
 
-    fn kv(&self, slots: usize, width: usize) -> Result<KvCpu, KernelError> {
+    fn kv(&self, slots: usize, width: usize, dtype: KvDtype) -> Result<KvCpu, KernelError> {
         let n = slots
             .checked_mul(width)
             .ok_or_else(|| KernelError::Device("KV cache size overflows".into()))?;
-        let mut k = Vec::new();
-        let mut v = Vec::new();
-        k.try_reserve_exact(n)
-            .and_then(|_| v.try_reserve_exact(n))
-            .map_err(|e| KernelError::Device(format!("KV cache of {n} floats: {e}")))?;
-        k.resize(n, 0.0);
-        v.resize(n, 0.0);
-        Ok(KvCpu { width, k, v })
-    }
-
-    fn kv_slot_bytes(&self, width: usize) -> usize {
-        2 * width * std::mem::size_of::<f32>()
+        Ok(KvCpu {
+            width,
+            k: KvRows::zeros(n, dtype)?,
+            v: KvRows::zeros(n, dtype)?,
+        })
     }
 
     fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {

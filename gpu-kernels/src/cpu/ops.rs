@@ -4,7 +4,7 @@
 //! Must never: read a weight in another dtype than stored, or index
 //! outside a matrix (shapes are checked before any loop).
 
-use super::{KvCpu, Mat};
+use super::{KvCpu, KvRows, Mat};
 use crate::{shape, Elems, HostWeight, KernelError};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -161,15 +161,28 @@ pub(super) fn kv_write(kv: &mut KvCpu, k: &Mat, v: &Mat, slots: &[u32]) -> Resul
         ));
     }
     let capacity = kv.k.len() / w.max(1);
+    if let Some(s) = slots.iter().find(|&&s| s as usize >= capacity) {
+        return Err(shape("kv_write", format!("slot {s} of {capacity}")));
+    }
     for (r, &slot) in slots.iter().enumerate() {
-        let s = slot as usize;
-        if s >= capacity {
-            return Err(shape("kv_write", format!("slot {s} of {capacity}")));
-        }
-        kv.k[s * w..(s + 1) * w].copy_from_slice(k.row(r));
-        kv.v[s * w..(s + 1) * w].copy_from_slice(v.row(r));
+        let at = slot as usize * w..(slot as usize + 1) * w;
+        put(&mut kv.k, at.clone(), k.row(r));
+        put(&mut kv.v, at, v.row(r));
     }
     Ok(())
+}
+
+/// `src` into `rows[at]`, rounded to the cache's dtype (bf16: to nearest,
+/// ties to even, as the CUDA device's `__float2bfloat16`).
+fn put(rows: &mut KvRows, at: std::ops::Range<usize>, src: &[f32]) {
+    match rows {
+        KvRows::F32(d) => d[at].copy_from_slice(src),
+        KvRows::BF16(d) => {
+            for (d, s) in d[at].iter_mut().zip(src) {
+                *d = half::bf16::from_f32(*s).to_bits();
+            }
+        }
+    }
 }
 
 /// The f32 value of a vector weight's elements (biases).

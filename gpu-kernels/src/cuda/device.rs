@@ -16,7 +16,7 @@
 
 use super::backend::{driver, Backend, Driver, Mem};
 use super::{full_source, SOURCES};
-use crate::{DType, KernelError};
+use crate::{DType, KernelError, KvDtype};
 use cudarc::driver::CudaContext;
 use cudarc::nvrtc::Ptx;
 use parking_lot::Mutex;
@@ -85,10 +85,11 @@ pub struct CudaWeight {
     pub(super) mem: Mem,
 }
 
-/// One layer's KV cache on the GPU (f32 keys and values, as on the CPU).
+/// One layer's KV cache on the GPU, keys and values in `dtype`.
 pub struct CudaKv {
     pub(super) width: usize,
     pub(super) slots: usize,
+    pub(super) dtype: KvDtype,
     pub(super) k: Mem,
     pub(super) v: Mem,
 }

@@ -9,7 +9,7 @@
 use super::backend::Gemm;
 use super::device::{args, CudaAct, CudaKv, CudaWeight};
 use super::Cuda;
-use crate::{shape, AttnSeq, AttnShape, DType, Elems, HostWeight, KernelError, Kernels};
+use crate::{shape, AttnSeq, AttnShape, DType, Elems, HostWeight, KernelError, Kernels, KvDtype};
 use cudarc::driver::LaunchConfig;
 
 /// Threads per block of the row-wise kernels (norms, copies).
@@ -27,6 +27,29 @@ pub(super) fn grid(rows: usize, threads: u32) -> LaunchConfig {
         grid_dim: (rows.max(1) as u32, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+/// The kernels that read or write a KV cache, one entry point per cache
+/// dtype (`attention.cu`'s `FOR_CACHES`).
+#[derive(Clone, Copy)]
+enum CacheOp {
+    Write,
+    Decode,
+    Prefill,
+    PrefillTiled,
+}
+
+fn kernel(op: CacheOp, dtype: KvDtype) -> &'static str {
+    match (op, dtype) {
+        (CacheOp::Write, KvDtype::F32) => "kv_write_f32",
+        (CacheOp::Write, KvDtype::BF16) => "kv_write_bf16",
+        (CacheOp::Decode, KvDtype::F32) => "attn_decode_f32",
+        (CacheOp::Decode, KvDtype::BF16) => "attn_decode_bf16",
+        (CacheOp::Prefill, KvDtype::F32) => "attn_prefill_f32",
+        (CacheOp::Prefill, KvDtype::BF16) => "attn_prefill_bf16",
+        (CacheOp::PrefillTiled, KvDtype::F32) => "attn_prefill_tiled_f32",
+        (CacheOp::PrefillTiled, KvDtype::BF16) => "attn_prefill_tiled_bf16",
     }
 }
 
@@ -183,20 +206,18 @@ impl Kernels for Cuda {
         })
     }
 
-    fn kv(&self, slots: usize, width: usize) -> Result<CudaKv, KernelError> {
-        let n = slots
+    fn kv(&self, slots: usize, width: usize, dtype: KvDtype) -> Result<CudaKv, KernelError> {
+        let bytes = slots
             .checked_mul(width)
+            .and_then(|n| n.checked_mul(dtype.size()))
             .ok_or_else(|| KernelError::Device("KV cache size overflows".into()))?;
         Ok(CudaKv {
             width,
             slots,
-            k: self.zeros(n)?,
-            v: self.zeros(n)?,
+            dtype,
+            k: self.gpu.alloc(bytes)?,
+            v: self.gpu.alloc(bytes)?,
         })
-    }
-
-    fn kv_slot_bytes(&self, width: usize) -> usize {
-        2 * width * std::mem::size_of::<f32>()
     }
 
     fn embed(
@@ -365,7 +386,7 @@ impl Kernels for Cuda {
         let ids = self.u32s(slots)?;
         let width = kv.width as u32;
         self.gpu.launch(
-            "kv_write_f32",
+            kernel(CacheOp::Write, kv.dtype),
             grid(k.rows, ROW_THREADS),
             &mut args![&k.mem.ptr, &v.mem.ptr, &ids.ptr, &kv.k.ptr, &kv.v.ptr, &width],
         )
@@ -459,7 +480,7 @@ impl Kernels for Cuda {
                 shared_mem_bytes: ATTN_WARPS * (2 + s.head_dim as u32) * 4,
             };
             self.gpu.launch(
-                "attn_decode_f32",
+                kernel(CacheOp::Decode, kv.dtype),
                 cfg,
                 &mut args![
                     &q.mem.ptr,
@@ -496,12 +517,12 @@ impl Kernels for Cuda {
             let (kernel, rows_per_block, smem) = if s.head_dim <= TILED_MAX_HEAD_DIM {
                 let hd = s.head_dim as u32;
                 (
-                    "attn_prefill_tiled_f32",
+                    kernel(CacheOp::PrefillTiled, kv.dtype),
                     16,
                     (16 * hd + 32 * (hd + 1) + 32 * hd + 128) * 4,
                 )
             } else {
-                ("attn_prefill_f32", ATTN_WARPS as usize, 0)
+                (kernel(CacheOp::Prefill, kv.dtype), ATTN_WARPS as usize, 0)
             };
             let cfg = LaunchConfig {
                 grid_dim: (heads, most_rows.div_ceil(rows_per_block) as u32, n as u32),

@@ -15,7 +15,7 @@ pub use config::{Arch, ModelConfig, RopeScaling};
 
 use crate::error::{file_err, Result, WorkerError};
 use files::Tensors;
-use lattice_gpu_kernels::{AttnSeq, AttnShape, DType, KernelError, Kernels, Pick};
+use lattice_gpu_kernels::{AttnSeq, AttnShape, DType, KernelError, Kernels, KvDtype, Pick};
 use std::path::Path;
 
 struct Layer<W> {
@@ -38,6 +38,8 @@ pub struct Model<K: Kernels> {
     pub config: ModelConfig,
     /// The dtype most weights are stored in.
     pub dtype: DType,
+    /// What the KV cache stores (default: [`KvDtype::auto`] of `dtype`).
+    pub kv_dtype: KvDtype,
     kernels: K,
     embed: K::Weight,
     layers: Vec<Layer<K::Weight>>,
@@ -126,6 +128,7 @@ impl<K: Kernels> Model<K> {
         })?;
         Ok(Self {
             inv_freq: config.inv_freq(),
+            kv_dtype: KvDtype::auto(dtype),
             dtype,
             config,
             kernels,
@@ -134,6 +137,12 @@ impl<K: Kernels> Model<K> {
             norm,
             lm_head,
         })
+    }
+
+    /// The same model with its KV cache stored in `dtype`.
+    pub fn with_kv_dtype(mut self, dtype: KvDtype) -> Self {
+        self.kv_dtype = dtype;
+        self
     }
 
     pub fn kernels(&self) -> &K {
@@ -147,14 +156,14 @@ impl<K: Kernels> Model<K> {
 
     /// Bytes one token's keys and values take over all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.kernels.kv_slot_bytes(self.kv_width()) * self.config.layers
+        self.kernels.kv_slot_bytes(self.kv_width(), self.kv_dtype) * self.config.layers
     }
 
     /// A cache of `blocks` blocks of `block_size` tokens.
     pub fn kv_cache(&self, blocks: usize, block_size: usize) -> Result<KvCache<K>> {
         let slots = blocks * block_size;
         let layers = (0..self.config.layers)
-            .map(|_| self.kernels.kv(slots, self.kv_width()))
+            .map(|_| self.kernels.kv(slots, self.kv_width(), self.kv_dtype))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(KvCache {
             layers,
