@@ -124,42 +124,34 @@ pub(super) fn matmul(
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bf16_dot;
-    // Each block of output columns is computed into a `t × ob` piece of
-    // one buffer, block after block; with one row that layout is the
-    // output itself.
-    let mut scratch = Vec::new();
-    let buf: &mut [f32] = if t == 1 {
-        &mut out.data
-    } else {
-        scratch.resize(t * n_out, 0.0);
-        &mut scratch
-    };
-    buf.par_chunks_mut(block * t)
-        .enumerate()
-        .for_each(|(b, local)| {
-            let o0 = b * block;
-            let ob = local.len() / t;
-            #[cfg(target_arch = "x86_64")]
-            if let (Some(xb), Elems::BF16(w)) = (&x_bf16, elems) {
-                bf16_block(w, o0, ob, k, xb, local);
-                return;
-            }
-            if many {
-                gemm_block(elems, o0, ob, k, x, local);
-            } else {
-                gemv_block(simd, elems, o0, ob, k, x, local);
-            }
-        });
-    if t > 1 {
-        for (b, local) in scratch.chunks(block * t).enumerate() {
-            let o0 = b * block;
-            let ob = local.len() / t;
-            for r in 0..t {
-                out.data[r * n_out + o0..r * n_out + o0 + ob]
-                    .copy_from_slice(&local[r * ob..(r + 1) * ob]);
-            }
-        }
+    if out.data.len() != t * n_out {
+        return Err(shape(
+            "matmul",
+            format!("output of {} values for {t}×{n_out}", out.data.len()),
+        ));
     }
+    // Each block of output columns is written straight into its columns
+    // of `out`: no zeroed scratch, no copy back.
+    let base = Base(out.data.as_mut_ptr());
+    let blocks = n_out.div_ceil(block);
+    (0..blocks).into_par_iter().for_each(|b| {
+        let o0 = b * block;
+        let ob = block.min(n_out - o0);
+        // SAFETY: `out` holds `t × n_out` values (checked above), and
+        // block `b` alone takes columns `o0..o0 + ob` (`o0 + ob <= n_out`).
+        #[allow(unsafe_code)]
+        let mut part = unsafe { Out::columns(&base, t, n_out, o0, ob) };
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(xb), Elems::BF16(w)) = (&x_bf16, elems) {
+            bf16_block(w, o0, ob, k, xb, &mut part);
+            return;
+        }
+        if many {
+            gemm_block(elems, o0, ob, k, x, &mut part);
+        } else {
+            gemv_block(simd, elems, o0, ob, k, x, &mut part);
+        }
+    });
     if let Some(bias) = bias {
         for row in out.data.chunks_exact_mut(n_out) {
             for (o, b) in row.iter_mut().zip(bias.iter()) {
@@ -170,8 +162,62 @@ pub(super) fn matmul(
     Ok(())
 }
 
+/// The output's first value, shared by the blocks of one product (each
+/// writes only its own columns).
+struct Base(*mut f32);
+
+// SAFETY: blocks write disjoint columns through `Out` (see `Out::columns`).
+#[allow(unsafe_code)]
+unsafe impl Sync for Base {}
+
+/// One block's columns of a row-major output: `rows` rows of `cols`
+/// values, `stride` apart. Written only through `set` (bounds checked)
+/// and `gemm` (given exactly these bounds).
+struct Out<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl Out<'_> {
+    /// Columns `o0..o0 + cols` of the `rows × stride` matrix at `base`.
+    ///
+    /// # Safety
+    /// `base` must point at `rows × stride` values that outlive the view,
+    /// `o0 + cols <= stride`, and no other live view may hold any of these
+    /// columns.
+    #[allow(unsafe_code)]
+    unsafe fn columns(base: &Base, rows: usize, stride: usize, o0: usize, cols: usize) -> Self {
+        Self {
+            // SAFETY: `o0 <= stride`, inside the matrix (the caller's
+            // guarantee).
+            ptr: unsafe { base.0.add(o0) },
+            rows,
+            cols,
+            stride,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Row `r`, column `j` of the view.
+    #[inline(always)]
+    fn set(&mut self, r: usize, j: usize, v: f32) {
+        debug_assert!(r < self.rows && j < self.cols);
+        if r < self.rows && j < self.cols {
+            // SAFETY: inside the view (checked), which `columns` made
+            // inside the matrix and this view's own.
+            #[allow(unsafe_code)]
+            unsafe {
+                *self.ptr.add(r * self.stride + j) = v
+            };
+        }
+    }
+}
+
 /// Dot products of weight rows `o0..o0+ob` with every row of `x`:
-/// `local[r * ob + j] = x[r] · w[o0 + j]`. Rows of `x` are taken a few at
+/// `out[r][j] = x[r] · w[o0 + j]`. Rows of `x` are taken a few at
 /// a time (4 with AVX-512, 2 with AVX2): each weight element is read and
 /// widened once for all of them, so a batch of decoding sequences costs
 /// little more than one. With AVX-512 and two rows or more, four weight
@@ -185,7 +231,7 @@ fn gemv_block(
     ob: usize,
     k: usize,
     x: &Mat,
-    local: &mut [f32],
+    out: &mut Out<'_>,
 ) {
     let at = Block { w, o0, ob, k, x };
     match simd {
@@ -194,7 +240,7 @@ fn gemv_block(
             // SAFETY: `Simd::detect` found AVX-512F on this CPU.
             #[allow(unsafe_code)]
             unsafe {
-                gemv_avx512(&at, local)
+                gemv_avx512(&at, out)
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -202,17 +248,17 @@ fn gemv_block(
             // SAFETY: `Simd::detect` found AVX2, FMA and F16C on this CPU.
             #[allow(unsafe_code)]
             unsafe {
-                gemv_avx2(&at, local)
+                gemv_avx2(&at, out)
             }
         }
         _ => {
             let mut r0 = 0;
             while r0 < x.rows {
                 r0 += match x.rows - r0 {
-                    1 => at.rows::<1>(r0, local, simd::dot_rows_portable::<1>),
-                    2 => at.rows::<2>(r0, local, simd::dot_rows_portable::<2>),
-                    3 => at.rows::<3>(r0, local, simd::dot_rows_portable::<3>),
-                    _ => at.rows::<4>(r0, local, simd::dot_rows_portable::<4>),
+                    1 => at.rows::<1>(r0, out, simd::dot_rows_portable::<1>),
+                    2 => at.rows::<2>(r0, out, simd::dot_rows_portable::<2>),
+                    3 => at.rows::<3>(r0, out, simd::dot_rows_portable::<3>),
+                    _ => at.rows::<4>(r0, out, simd::dot_rows_portable::<4>),
                 };
             }
         }
@@ -222,12 +268,12 @@ fn gemv_block(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(unsafe_code)]
-unsafe fn gemv_avx512(at: &Block<'_, '_>, local: &mut [f32]) {
+unsafe fn gemv_avx512(at: &Block<'_, '_>, out: &mut Out<'_>) {
     // SAFETY (each call): this function runs only where AVX-512F is.
     match at.w {
-        Elems::F32(w) => unsafe { tiles_avx512(at, w, local) },
-        Elems::BF16(w) => unsafe { tiles_avx512(at, w, local) },
-        Elems::F16(w) => unsafe { tiles_avx512(at, w, local) },
+        Elems::F32(w) => unsafe { tiles_avx512(at, w, out) },
+        Elems::BF16(w) => unsafe { tiles_avx512(at, w, out) },
+        Elems::F16(w) => unsafe { tiles_avx512(at, w, out) },
     }
 }
 
@@ -236,7 +282,7 @@ unsafe fn gemv_avx512(at: &Block<'_, '_>, local: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(unsafe_code)]
-unsafe fn tiles_avx512<T: simd::Wide16>(at: &Block<'_, '_>, w: &[T], local: &mut [f32]) {
+unsafe fn tiles_avx512<T: simd::Wide16>(at: &Block<'_, '_>, w: &[T], out: &mut Out<'_>) {
     // SAFETY (each call): this function runs only where AVX-512F is.
     let mut r0 = 0;
     while r0 < at.x.rows {
@@ -245,10 +291,10 @@ unsafe fn tiles_avx512<T: simd::Wide16>(at: &Block<'_, '_>, w: &[T], local: &mut
             // row at a time, a single sequential stream from memory —
             // measured, four rows' interleaved streams (with or without
             // software prefetch) read the weights at half the rate.
-            1 => unsafe { at.tile_rows::<T, 1, 1>(w, r0, local) },
-            2 => unsafe { at.tile_rows::<T, 4, 2>(w, r0, local) },
-            3 => unsafe { at.tile_rows::<T, 4, 3>(w, r0, local) },
-            _ => unsafe { at.tile_rows::<T, 4, 3>(w, r0, local) },
+            1 => unsafe { at.tile_rows::<T, 1, 1>(w, r0, out) },
+            2 => unsafe { at.tile_rows::<T, 4, 2>(w, r0, out) },
+            3 => unsafe { at.tile_rows::<T, 4, 3>(w, r0, out) },
+            _ => unsafe { at.tile_rows::<T, 4, 3>(w, r0, out) },
         };
     }
 }
@@ -256,14 +302,14 @@ unsafe fn tiles_avx512<T: simd::Wide16>(at: &Block<'_, '_>, w: &[T], local: &mut
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(unsafe_code)]
-unsafe fn gemv_avx2(at: &Block<'_, '_>, local: &mut [f32]) {
+unsafe fn gemv_avx2(at: &Block<'_, '_>, out: &mut Out<'_>) {
     // SAFETY (each closure): this function runs only where AVX2, FMA and
     // F16C are.
     let mut r0 = 0;
     while r0 < at.x.rows {
         r0 += match at.x.rows - r0 {
-            1 => at.rows::<1>(r0, local, |w, x| unsafe { simd::dot_rows_avx2(w, x) }),
-            _ => at.rows::<2>(r0, local, |w, x| unsafe { simd::dot_rows_avx2(w, x) }),
+            1 => at.rows::<1>(r0, out, |w, x| unsafe { simd::dot_rows_avx2(w, x) }),
+            _ => at.rows::<2>(r0, out, |w, x| unsafe { simd::dot_rows_avx2(w, x) }),
         };
     }
 }
@@ -290,7 +336,7 @@ impl Block<'_, '_> {
         &self,
         w: &[T],
         r0: usize,
-        local: &mut [f32],
+        out: &mut Out<'_>,
     ) -> usize {
         let (k, ob) = (self.k, self.ob);
         let xs: [&[f32]; R] = std::array::from_fn(|i| &self.x.row(r0 + i)[..k]);
@@ -299,7 +345,7 @@ impl Block<'_, '_> {
         walk_tiles::<O, R>(
             ob,
             r0,
-            local,
+            out,
             |j| unsafe { simd::dot_tile_avx512(&std::array::from_fn(|o| row(j + o)), &xs) },
             |j| unsafe { simd::dot_tile_avx512(&[row(j)], &xs) },
         );
@@ -311,7 +357,7 @@ impl Block<'_, '_> {
     fn rows<const R: usize>(
         &self,
         r0: usize,
-        local: &mut [f32],
+        out: &mut Out<'_>,
         dot: impl Fn(Row<'_>, &[&[f32]; R]) -> [f32; R],
     ) -> usize {
         let (k, ob) = (self.k, self.ob);
@@ -324,7 +370,7 @@ impl Block<'_, '_> {
                 Elems::F16(s) => Row::F16(&s[range]),
             };
             for (i, v) in dot(row, &xs).into_iter().enumerate() {
-                local[(r0 + i) * ob + j] = v;
+                out.set(r0 + i, j, v);
             }
         }
         R
@@ -338,15 +384,15 @@ impl Block<'_, '_> {
 /// one or two rows of a batch still four (the weights are in cache by
 /// then). Runs only where `Paths::detect` found AVX-512F and AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
-fn bf16_block(w: &[u16], o0: usize, ob: usize, k: usize, xb: &[u16], local: &mut [f32]) {
+fn bf16_block(w: &[u16], o0: usize, ob: usize, k: usize, xb: &[u16], out: &mut Out<'_>) {
     let t = xb.len() / k.max(1);
     let mut r0 = 0;
     while r0 < t {
         r0 += match (t, t - r0) {
-            (1, _) => bf16_rows::<1, 1>(w, o0, ob, k, xb, r0, local),
-            (_, 1) => bf16_rows::<4, 1>(w, o0, ob, k, xb, r0, local),
-            (_, 2) => bf16_rows::<4, 2>(w, o0, ob, k, xb, r0, local),
-            _ => bf16_rows::<4, 3>(w, o0, ob, k, xb, r0, local),
+            (1, _) => bf16_rows::<1, 1>(w, o0, ob, k, xb, r0, out),
+            (_, 1) => bf16_rows::<4, 1>(w, o0, ob, k, xb, r0, out),
+            (_, 2) => bf16_rows::<4, 2>(w, o0, ob, k, xb, r0, out),
+            _ => bf16_rows::<4, 3>(w, o0, ob, k, xb, r0, out),
         };
     }
 }
@@ -361,7 +407,7 @@ fn bf16_rows<const O: usize, const R: usize>(
     k: usize,
     xb: &[u16],
     r0: usize,
-    local: &mut [f32],
+    out: &mut Out<'_>,
 ) -> usize {
     let xs: [&[u16]; R] = std::array::from_fn(|i| &xb[(r0 + i) * k..(r0 + i + 1) * k]);
     let row = |j: usize| &w[(o0 + j) * k..(o0 + j + 1) * k];
@@ -370,7 +416,7 @@ fn bf16_rows<const O: usize, const R: usize>(
     walk_tiles::<O, R>(
         ob,
         r0,
-        local,
+        out,
         |j| unsafe { simd::dot_tile_bf16(&std::array::from_fn(|i| row(j + i)), &xs) },
         |j| unsafe { simd::dot_tile_bf16(&[row(j)], &xs) },
     );
@@ -380,20 +426,20 @@ fn bf16_rows<const O: usize, const R: usize>(
 /// The block's weight rows `0..ob` in tiles of `O` while `O` are left,
 /// then one at a time (`full` and `single`, each given the tile's first
 /// weight row `j`), their products with rows `r0..r0+R` of `x` written
-/// into `local` (`t × ob`): weight row `j + o`, row `r0 + r` at
-/// `(r0 + r) * ob + j + o`.
+/// into `out`: weight row `j + o`, row `r0 + r` at row `r0 + r`, column
+/// `j + o`.
 #[cfg(target_arch = "x86_64")]
 fn walk_tiles<const O: usize, const R: usize>(
     ob: usize,
     r0: usize,
-    local: &mut [f32],
+    out: &mut Out<'_>,
     full: impl Fn(usize) -> [[f32; R]; O],
     single: impl Fn(usize) -> [[f32; R]; 1],
 ) {
     let mut put = |j: usize, tile: &[[f32; R]]| {
         for (o, dots) in tile.iter().enumerate() {
             for (r, v) in dots.iter().enumerate() {
-                local[(r0 + r) * ob + j + o] = *v;
+                out.set(r0 + r, j + o, *v);
             }
         }
     };
@@ -410,8 +456,8 @@ fn walk_tiles<const O: usize, const R: usize>(
 }
 
 /// Weight rows `o0..o0+ob` converted to f32 once, then `gemm`:
-/// `local (t × ob) = x (t × k) · blockᵀ`.
-fn gemm_block(w: Elems<'_>, o0: usize, ob: usize, k: usize, x: &Mat, local: &mut [f32]) {
+/// `out (t × ob) = x (t × k) · blockᵀ`.
+fn gemm_block(w: Elems<'_>, o0: usize, ob: usize, k: usize, x: &Mat, out: &mut Out<'_>) {
     let range = o0 * k..(o0 + ob) * k;
     let converted;
     let block: &[f32] = match w {
@@ -427,27 +473,30 @@ fn gemm_block(w: Elems<'_>, o0: usize, ob: usize, k: usize, x: &Mat, local: &mut
             &converted
         }
     };
-    sgemm_x_wt(&x.data, x.rows, k, block, ob, local);
+    sgemm_x_wt(&x.data, x.rows, k, block, ob, out);
 }
 
-/// `dst (t × ob) = x (t × k) · w (ob × k)ᵀ`, all row-major.
-fn sgemm_x_wt(x: &[f32], t: usize, k: usize, w: &[f32], ob: usize, dst: &mut [f32]) {
-    if x.len() < t * k || w.len() < ob * k || dst.len() < t * ob {
+/// `dst (t × ob) = x (t × k) · w (ob × k)ᵀ`, all row-major (`dst`'s
+/// rows `dst.stride` apart).
+fn sgemm_x_wt(x: &[f32], t: usize, k: usize, w: &[f32], ob: usize, dst: &mut Out<'_>) {
+    if x.len() < t * k || w.len() < ob * k || dst.rows != t || dst.cols != ob {
         return;
     }
-    // SAFETY: `x` holds t×k, `w` ob×k and `dst` t×ob elements (checked
-    // above); the strides address exactly those: dst row stride ob, column
-    // stride 1; lhs row stride k, column stride 1; rhs element (i, o) is
-    // w[o·k + i] (row stride 1, column stride k). No slice aliases another.
+    // SAFETY: `x` holds t×k and `w` ob×k elements, and `dst` is a view of
+    // t rows × ob columns (checked above) that `Out::columns` made inside
+    // its matrix and its own; the strides address exactly those: dst row
+    // stride `dst.stride`, column stride 1; lhs row stride k, column
+    // stride 1; rhs element (i, o) is w[o·k + i] (row stride 1, column
+    // stride k). No slice aliases another.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
             t,
             ob,
             k,
-            dst.as_mut_ptr(),
+            dst.ptr,
             1,
-            ob as isize,
+            dst.stride as isize,
             false,
             x.as_ptr(),
             1,
