@@ -8,6 +8,7 @@
 mod attention;
 mod matmul;
 mod ops;
+mod out;
 mod simd;
 
 use crate::{shape, AttnSeq, AttnShape, HostWeight, KernelError, Kernels, KvDtype};
