@@ -132,7 +132,7 @@ struct Call<'a> {
 impl Call<'_> {
     fn run<T: KvElem>(&self, k: &[T], v: &[T], out: &mut Mat) {
         let s = self.s;
-        let width = s.heads * s.head_dim;
+        let q_width = s.heads * s.head_dim;
         // The query heads of KV head `kvh` are `kvh * group..`, adjacent
         // in a row of `q` and of `out`.
         let group = s.heads / s.kv_heads;
@@ -144,7 +144,7 @@ impl Call<'_> {
                 let seq = &self.seqs[self.owner[row]];
                 let pos = seq.start + (row - seq.rows.start);
                 let qs =
-                    &self.q.data[row * width + kvh * group * s.head_dim..][..group * s.head_dim];
+                    &self.q.data[row * q_width + kvh * group * s.head_dim..][..group * s.head_dim];
                 let at = Head {
                     k,
                     v,
@@ -225,24 +225,29 @@ impl<T: KvElem> Head<'_, T> {
             let slot = self.blocks[p / s.block_size] as usize * s.block_size + p % s.block_size;
             slot * self.width + self.kvh * hd
         };
-        // Head `g`'s scores at `g * n..`.
-        let mut scores = vec![0.0f32; group * n];
-        let mut max = vec![f32::NEG_INFINITY; group];
+        // One buffer per task: head `g`'s scores at `g * n..`, then one
+        // value per head, its running max and, once the scores are
+        // exponentiated, their sum.
+        let mut buf = vec![0.0f32; group * (n + 1)];
+        let (scores, per_head) = buf.split_at_mut(group * n);
+        per_head.fill(f32::NEG_INFINITY);
         for (i, p) in (first..=pos).enumerate() {
             let k = &self.k[at(p)..][..hd];
-            for (g, (qh, m)) in q.chunks_exact(hd).zip(max.iter_mut()).enumerate() {
+            for (g, (qh, m)) in q.chunks_exact(hd).zip(per_head.iter_mut()).enumerate() {
                 let v = dot::<FMA, T>(qh, k) * s.scale;
                 *m = m.max(v);
                 scores[g * n + i] = v;
             }
         }
-        let mut sums = vec![0.0f32; group];
-        for ((head, m), sum) in scores.chunks_exact_mut(n).zip(&max).zip(sums.iter_mut()) {
+        for (head, m) in scores.chunks_exact_mut(n).zip(per_head.iter_mut()) {
+            let mut sum = 0.0f32;
             for v in head.iter_mut() {
-                *v = (*v - m).exp();
-                *sum += *v;
+                *v = (*v - *m).exp();
+                sum += *v;
             }
+            *m = sum;
         }
+        let sums = per_head;
         o.iter_mut().for_each(|x| *x = 0.0);
         for (i, p) in (first..=pos).enumerate() {
             let v = &self.v[at(p)..][..hd];

@@ -12,6 +12,7 @@ mod out;
 mod simd;
 
 use crate::{shape, AttnSeq, AttnShape, HostWeight, KernelError, Kernels, KvDtype};
+use std::collections::TryReserveError;
 
 /// A `rows × cols` f32 matrix, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,22 +62,18 @@ pub enum KvRows {
 impl KvRows {
     /// `n` zeros in `dtype`, or an error when the memory is not there.
     fn zeros(n: usize, dtype: KvDtype) -> Result<Self, KernelError> {
-        let fail = |e: std::collections::TryReserveError| {
+        fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, TryReserveError> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n)?;
+            v.resize(n, T::default());
+            Ok(v)
+        }
+        let fail = |e: TryReserveError| {
             KernelError::Device(format!("KV cache of {n} {} values: {e}", dtype.name()))
         };
         Ok(match dtype {
-            KvDtype::F32 => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(n).map_err(fail)?;
-                v.resize(n, 0.0);
-                KvRows::F32(v)
-            }
-            KvDtype::BF16 => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(n).map_err(fail)?;
-                v.resize(n, 0);
-                KvRows::BF16(v)
-            }
+            KvDtype::F32 => KvRows::F32(zeroed(n).map_err(fail)?),
+            KvDtype::BF16 => KvRows::BF16(zeroed(n).map_err(fail)?),
         })
     }
 
@@ -90,13 +87,6 @@ impl KvRows {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn dtype(&self) -> KvDtype {
-        match self {
-            KvRows::F32(_) => KvDtype::F32,
-            KvRows::BF16(_) => KvDtype::BF16,
-        }
     }
 }
 
