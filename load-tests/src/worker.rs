@@ -13,10 +13,15 @@
 //! `cargo run --release -p lattice-load-tests --bin lattice-load-worker --
 //!    [--hidden 1024] [--layers 16] [--intermediate 2816] [--heads 16]
 //!    [--kv-heads 4] [--threads 2] [--prompt 128] [--decode 64]
-//!    [--stream-tokens 64] [--skip-candle] [--kernels] [--engine-only]`
+//!    [--stream-tokens 64] [--skip-candle] [--kernels] [--engine-only]
+//!    [--batches]`
 //!
 //! `--engine-only` runs only the engine-alone step (1, 4 and 16 requests
 //! submitted in-process), for profiling the scheduler.
+//!
+//! `--batches` measures only the time of one decode step of the forward
+//! pass by the number of sequences in it (1 to 64 rows, each with a
+//! `--prompt`-token context): what continuous batching costs per row.
 //!
 //! `--kernels` measures instead the matmul paths of the CPU device
 //! (streaming GEMV; `vdpbf16ps` on bf16-rounded activations, where the
@@ -51,6 +56,7 @@ struct Args {
     candle: bool,
     kernels: bool,
     engine_only: bool,
+    batches: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -67,6 +73,7 @@ fn parse_args() -> Result<Args> {
         candle: true,
         kernels: false,
         engine_only: false,
+        batches: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -78,6 +85,11 @@ fn parse_args() -> Result<Args> {
         }
         if argv[i] == "--kernels" {
             a.kernels = true;
+            i += 1;
+            continue;
+        }
+        if argv[i] == "--batches" {
+            a.batches = true;
             i += 1;
             continue;
         }
@@ -183,6 +195,69 @@ fn ours(dir: &Path, threads: usize, prompt: usize, decode: usize) -> Result<(f64
         prompt as f64 / prefill,
         decode as f64 / t.elapsed().as_secs_f64(),
     ))
+}
+
+/// The time of one decode step by the number of sequences in it: each
+/// sequence's `prompt` tokens are computed first (512 tokens a pass), then
+/// 8 steps of one token per sequence are timed for each batch size.
+/// `weights` is the number of weights a token is multiplied by.
+fn batches(dir: &Path, threads: usize, prompt: usize, weights: f64) -> Result<()> {
+    const MAX: usize = 64;
+    const STEPS: usize = 8;
+    let model = Model::load(Cpu::new(threads)?, dir)?;
+    let bs = 16;
+    let per_seq = (prompt + 5 * STEPS).div_ceil(bs);
+    let mut cache = model.kv_cache(MAX * per_seq, bs)?;
+    let blocks: Vec<Vec<u32>> = (0..MAX)
+        .map(|s| (0..per_seq).map(|b| (s * per_seq + b) as u32).collect())
+        .collect();
+    let tokens = prompt_tokens(prompt);
+    let mut pos = vec![0usize; MAX];
+    let per_pass = (512 / prompt.max(1)).max(1);
+    for first in (0..MAX).step_by(per_pass) {
+        let seqs = first..(first + per_pass).min(MAX);
+        let chunks: Vec<Chunk<'_>> = seqs
+            .clone()
+            .map(|s| Chunk {
+                tokens: &tokens,
+                start: 0,
+                blocks: &blocks[s],
+                logits: false,
+            })
+            .collect();
+        model.forward(&mut cache, &chunks)?;
+        for s in seqs {
+            pos[s] = prompt;
+        }
+    }
+    println!("\n| sequences in the step | ms per step | tokens/s | GFLOP/s of the products |");
+    println!("|---|---|---|---|");
+    for n in [1usize, 4, 16, 32, 64] {
+        let t = Instant::now();
+        for i in 0..STEPS {
+            let tok: Vec<[u32; 1]> = (0..n).map(|s| [((i * 13 + s) % 400) as u32]).collect();
+            let chunks: Vec<Chunk<'_>> = (0..n)
+                .map(|s| Chunk {
+                    tokens: &tok[s],
+                    start: pos[s],
+                    blocks: &blocks[s],
+                    logits: true,
+                })
+                .collect();
+            model.forward(&mut cache, &chunks)?;
+            for p in &mut pos[..n] {
+                *p += 1;
+            }
+        }
+        let step = t.elapsed().as_secs_f64() / STEPS as f64;
+        println!(
+            "| {n} | {:.1} | {:.0} | {:.0} |",
+            step * 1e3,
+            n as f64 / step,
+            2.0 * weights * n as f64 / step / 1e9
+        );
+    }
+    Ok(())
 }
 
 /// The same with candle-transformers' Llama (its threads: rayon's global
@@ -322,13 +397,19 @@ async fn engine_only(dir: &Path, threads: usize, n: usize, tokens: usize) -> Res
 /// weights, for each number of activation rows.
 fn kernels(a: &Args) -> Result<()> {
     use lattice_gpu_kernels::{HostWeight, Kernels};
-    println!("| rows | weight | GEMV GFLOP/s | bf16 dot GFLOP/s | gemm GFLOP/s |");
-    println!("|---|---|---|---|---|");
+    println!("| rows | weight | GEMV GFLOP/s | bf16 dot GFLOP/s | bf16 dot, weights from memory | gemm GFLOP/s |");
+    println!("|---|---|---|---|---|---|");
     for (n_out, k) in [(a.intermediate, a.hidden), (a.hidden, a.intermediate)] {
         let bits: Vec<u16> = (0..n_out * k)
             .map(|i| ((((i * 7919) % 2001) as f32 / 1000.0 - 1.0).to_bits() >> 16) as u16)
             .collect();
-        let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits)?;
+        let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits.clone())?;
+        // Copies enough to overflow the last-level cache (~96 MB in all),
+        // taken in turn: weights read from memory, as a decode step reads
+        // them.
+        let cold: Vec<HostWeight> = (0..(96usize << 20).div_ceil(2 * n_out * k))
+            .map(|_| HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits.clone()))
+            .collect::<Result<_, _>>()?;
         // The f32-activation paths forced at every size; the bf16 dot
         // path as the worker runs it (its blocks sized as the GEMV's up
         // to `GEMV_MAX_ROWS`, as `gemm`'s past it).
@@ -341,8 +422,9 @@ fn kernels(a: &Args) -> Result<()> {
             .with_bf16_dot(false);
         let has_dot = dot.bf16_dot();
         for rows in [1usize, 2, 4, 8, 16, 24, 32, 48, 64, 128, 512] {
-            let mut rate = [0.0f64; 3];
-            for (dev, r) in [&gemv, &dot, &gemm].into_iter().zip(rate.iter_mut()) {
+            let mut rate = [0.0f64; 4];
+            let runs = [(&gemv, false), (&dot, false), (&dot, true), (&gemm, false)];
+            for ((dev, from_memory), r) in runs.into_iter().zip(rate.iter_mut()) {
                 if std::ptr::eq(dev, &dot) && !has_dot {
                     continue;
                 }
@@ -352,21 +434,31 @@ fn kernels(a: &Args) -> Result<()> {
                 let mut best = f64::MAX;
                 for _ in 0..3 {
                     let t = Instant::now();
-                    for _ in 0..reps {
-                        dev.matmul(&x, &w, None, &mut out)?;
+                    for i in 0..reps {
+                        let w = if from_memory {
+                            &cold[i % cold.len()]
+                        } else {
+                            &w
+                        };
+                        dev.matmul(&x, w, None, &mut out)?;
                     }
                     best = best.min(t.elapsed().as_secs_f64() / reps as f64);
                 }
                 *r = 2.0 * (rows * n_out * k) as f64 / best / 1e9;
             }
-            let dot = if has_dot {
-                format!("{:.1}", rate[1])
-            } else {
-                "— (no AVX512-BF16)".into()
+            let dot = |r: f64| {
+                if has_dot {
+                    format!("{r:.1}")
+                } else {
+                    "— (no AVX512-BF16)".into()
+                }
             };
             println!(
-                "| {rows} | {n_out}×{k} | {:.1} | {dot} | {:.1} |",
-                rate[0], rate[2]
+                "| {rows} | {n_out}×{k} | {:.1} | {} | {} | {:.1} |",
+                rate[0],
+                dot(rate[1]),
+                dot(rate[2]),
+                rate[3]
             );
         }
     }
@@ -431,6 +523,9 @@ async fn main() -> Result<()> {
     );
     if a.engine_only {
         return engine_alone(dir.path(), &a).await;
+    }
+    if a.batches {
+        return batches(dir.path(), a.threads, a.prompt, read_per_token / 2.0);
     }
     let (pf, dc) = ours(dir.path(), a.threads, a.prompt, a.decode)?;
     println!("\n| engine | prefill tokens/s ({} tokens) | decode tokens/s (batch 1) | weights read, GB/s | % of read roofline | % of copy roofline |", a.prompt);

@@ -8,6 +8,9 @@
 //! the query's own are masked by not being read at all), or a block the
 //! table does not name (an error, not a panic).
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 use super::{KvCpu, KvRows, Mat, Simd};
 use crate::{shape, AttnSeq, AttnShape, KernelError};
 use rayon::prelude::*;
@@ -101,12 +104,28 @@ pub(super) fn attention(
 /// A cache element, read widened to f32.
 trait KvElem: Copy + Send + Sync {
     fn f32(self) -> f32;
+
+    /// Sixteen elements at `p`, widened to f32.
+    ///
+    /// # Safety
+    /// AVX-512F; `p` points at sixteen readable elements.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl KvElem for f32 {
     #[inline(always)]
     fn f32(self) -> f32 {
         self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's guarantee.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
     }
 }
 
@@ -115,6 +134,19 @@ impl KvElem for u16 {
     #[inline(always)]
     fn f32(self) -> f32 {
         f32::from_bits(u32::from(self) << 16)
+    }
+
+    /// Widened by a shift into the top half of an f32.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's guarantee (32 bytes at `p`).
+        unsafe {
+            let h = _mm256_loadu_si256(p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        }
     }
 }
 
@@ -175,6 +207,37 @@ impl<T: KvElem> Head<'_, T> {
         match simd {
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => {
+                let hd = self.s.head_dim;
+                if hd.is_multiple_of(16)
+                    && hd <= avx512::MAX_HEAD_DIM
+                    && q.len() / hd <= avx512::MAX_GROUP
+                {
+                    let s = self.s;
+                    let first = s.window.map_or(0, |w| (self.pos + 1).saturating_sub(w));
+                    let task = avx512::Task {
+                        k: self.k,
+                        v: self.v,
+                        at: |i: usize| {
+                            let p = first + i;
+                            let slot = self.blocks[p / s.block_size] as usize * s.block_size
+                                + p % s.block_size;
+                            slot * self.width + self.kvh * hd
+                        },
+                        n: self.pos + 1 - first,
+                        hd,
+                        scale: s.scale,
+                    };
+                    // SAFETY: `Simd::detect` found AVX-512F; the head
+                    // dimension and group are within the body's bounds
+                    // (checked above), `q` and `o` hold the group's heads,
+                    // and every position's offset is inside the cache
+                    // (the block table was checked by `attention`).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        task.run(q, o)
+                    };
+                    return;
+                }
                 // SAFETY: `Simd::detect` found AVX-512F (and with it AVX2
                 // and FMA) on this CPU.
                 #[allow(unsafe_code)]
@@ -291,21 +354,31 @@ mod tests {
     use super::*;
     use crate::KvDtype;
 
-    /// Two sequences, GQA (4 heads over 2), scattered blocks, one of them
-    /// with a sliding window, caches in f32 and in bf16 (written through
-    /// `kv_write`): against a direct computation on the values the cache
-    /// holds.
+    /// Two sequences over scattered blocks, one of them with a sliding
+    /// window, caches in f32 and in bf16 (written through `kv_write`),
+    /// every body this CPU runs: against a direct computation on the
+    /// values the cache holds. The shapes cover a head dimension the
+    /// AVX-512 body refuses (8) and ones it takes (16, 64, 80: 64 + 16),
+    /// groups of 1, 2, 3 and 8 query heads per KV head, and contexts of
+    /// one to three blocks of sixteen positions (the last one partial).
     #[test]
     fn paged_attention_matches_a_direct_computation() {
-        let (heads, kv_heads, hd, bs) = (4, 2, 8, 4);
+        for (heads, kv_heads, hd) in [(4, 2, 8), (4, 2, 64), (6, 2, 16), (8, 1, 32), (2, 2, 80)] {
+            matches_a_direct_computation(heads, kv_heads, hd);
+        }
+    }
+
+    fn matches_a_direct_computation(heads: usize, kv_heads: usize, hd: usize) {
+        let bs = 4;
+        let group = heads / kv_heads;
         let kvw = kv_heads * hd;
-        let slots = 16 * bs;
+        let slots = 64 * bs;
         let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         let raw_k: Vec<f32> = (0..slots * kvw).map(val).collect();
         let raw_v: Vec<f32> = (0..slots * kvw).map(|i| val(i + 13)).collect();
-        let seq_a = [5u32, 2, 9];
+        let seq_a = [5u32, 2, 9, 11, 40, 33, 17, 60, 3, 22, 50];
         let seq_b = [1u32, 7];
-        // a: 3 new rows at positions 7..10 (ctx 10); b: 1 row at position 6.
+        // a: 3 new rows at positions 37..40 (ctx 40); b: 1 row at position 6.
         let q = Mat::from_vec(
             4,
             heads * hd,
@@ -331,7 +404,7 @@ mod tests {
             if dtype == KvDtype::BF16 {
                 assert_ne!(kf, raw_k, "the bf16 cache rounds");
             }
-            for window in [None, Some(3)] {
+            for window in [None, Some(3), Some(20)] {
                 let shape = AttnShape {
                     heads,
                     kv_heads,
@@ -343,7 +416,7 @@ mod tests {
                 let seqs = [
                     AttnSeq {
                         rows: 0..3,
-                        start: 7,
+                        start: 37,
                         blocks: &seq_a,
                     },
                     AttnSeq {
@@ -361,13 +434,13 @@ mod tests {
                     let mut out = Mat::zeros(4, heads * hd);
                     attention(simd, &q, &kv, shape, &seqs, &mut out).unwrap();
                     for (row, blocks, pos) in [
-                        (0usize, &seq_a[..], 7usize),
-                        (1, &seq_a[..], 8),
-                        (2, &seq_a[..], 9),
+                        (0usize, &seq_a[..], 37usize),
+                        (1, &seq_a[..], 38),
+                        (2, &seq_a[..], 39),
                         (3, &seq_b[..], 6),
                     ] {
                         for h in 0..heads {
-                            let kvh = h / 2;
+                            let kvh = h / group;
                             let qh = &q.data[row * heads * hd + h * hd..][..hd];
                             let first = window.map_or(0, |w: usize| (pos + 1).saturating_sub(w));
                             let slot =
@@ -391,7 +464,7 @@ mod tests {
                                 let got = out.data[row * heads * hd + h * hd + d];
                                 assert!(
                                     (f64::from(got) - want).abs() < 1e-5,
-                                    "{dtype:?} {window:?} {simd:?} row {row} head {h}: {got} vs {want}"
+                                    "{heads}/{kv_heads}×{hd} {dtype:?} {window:?} {simd:?} row {row} head {h}: {got} vs {want}"
                                 );
                             }
                         }

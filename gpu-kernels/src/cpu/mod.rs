@@ -10,6 +10,7 @@ mod matmul;
 mod ops;
 mod out;
 mod simd;
+mod vmath;
 
 use crate::{shape, AttnSeq, AttnShape, HostWeight, KernelError, Kernels, KvDtype};
 use std::collections::TryReserveError;
@@ -318,7 +319,8 @@ impl Kernels for Cpu {
     fn silu_mul(&self, gate: &Mat, up: &Mat, out: &mut Mat) -> Result<(), KernelError> {
         same("silu_mul", gate, up)?;
         same("silu_mul", gate, out)?;
-        self.pool.install(|| ops::silu_mul(gate, up, out));
+        let simd = self.paths.simd;
+        self.pool.install(|| ops::silu_mul(simd, gate, up, out));
         Ok(())
     }
 

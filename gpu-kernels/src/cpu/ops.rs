@@ -4,7 +4,7 @@
 //! Must never: read a weight in another dtype than stored, or index
 //! outside a matrix (shapes are checked before any loop).
 
-use super::{KvCpu, KvRows, Mat};
+use super::{KvCpu, KvRows, Mat, Simd};
 use crate::{shape, Elems, HostWeight, KernelError};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -134,11 +134,21 @@ pub(super) fn rope(
     Ok(())
 }
 
-pub(super) fn silu_mul(gate: &Mat, up: &Mat, out: &mut Mat) {
+pub(super) fn silu_mul(simd: Simd, gate: &Mat, up: &Mat, out: &mut Mat) {
     out.data
         .par_chunks_mut(4096)
         .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
         .for_each(|(o, (g, u))| {
+            #[cfg(target_arch = "x86_64")]
+            if simd == Simd::Avx512 {
+                // SAFETY: `Simd::detect` found AVX-512F on this CPU.
+                #[allow(unsafe_code)]
+                unsafe {
+                    super::vmath::silu_mul(g, u, o)
+                };
+                return;
+            }
+            let _ = simd;
             for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
                 *o = g / (1.0 + (-g).exp()) * u;
             }
