@@ -214,6 +214,26 @@ pub trait Kernels: Send + Sync + 'static {
         bias: Option<&Self::Weight>,
         out: &mut Self::Act,
     ) -> Result<(), KernelError>;
+    /// Several products of one input, `outs[i] = x · ws[i].0ᵀ (+ ws[i].1)`
+    /// (the attention's Q, K and V; the MLP's gate and up), which a device
+    /// may run as one dispatch. By default, one `matmul` each.
+    fn matmul_many(
+        &self,
+        x: &Self::Act,
+        ws: &[(&Self::Weight, Option<&Self::Weight>)],
+        outs: &mut [&mut Self::Act],
+    ) -> Result<(), KernelError> {
+        if ws.len() != outs.len() {
+            return Err(shape(
+                "matmul_many",
+                format!("{} weights for {} outputs", ws.len(), outs.len()),
+            ));
+        }
+        for ((w, bias), out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(x, w, *bias, out)?;
+        }
+        Ok(())
+    }
     /// Rotary position embedding in place (the "rotate half" layout of
     /// Hugging Face checkpoints), each row at `positions[row]`.
     fn rope(

@@ -63,6 +63,13 @@ impl Paths {
     }
 }
 
+/// One product of a call: `out = x · wᵀ (+ bias)`.
+pub(super) struct Product<'a> {
+    pub w: &'a HostWeight,
+    pub bias: Option<&'a HostWeight>,
+    pub out: &'a mut Mat,
+}
+
 pub(super) fn matmul(
     paths: Paths,
     x: &Mat,
@@ -70,78 +77,101 @@ pub(super) fn matmul(
     bias: Option<&HostWeight>,
     out: &mut Mat,
 ) -> Result<(), KernelError> {
-    let [n_out, k] = *w.shape() else {
-        return Err(shape("matmul", format!("{} is not a matrix", w.name())));
-    };
-    if x.cols != k || out.rows != x.rows || out.cols != n_out {
-        return Err(shape(
-            "matmul",
-            format!(
-                "x {}×{} · {} {:?}ᵀ into {}×{}",
-                x.rows,
-                x.cols,
-                w.name(),
-                w.shape(),
-                out.rows,
-                out.cols
-            ),
-        ));
-    }
+    matmul_many(paths, x, &mut [Product { w, bias, out }])
+}
+
+/// Several products of one input in one dispatch over the pool (the
+/// attention's Q, K and V; the MLP's gate and up): the input is rounded
+/// to bf16 once for all of them, and the threads take blocks of every
+/// product from one queue instead of meeting at a barrier after each.
+pub(super) fn matmul_many(
+    paths: Paths,
+    x: &Mat,
+    products: &mut [Product<'_>],
+) -> Result<(), KernelError> {
     let Paths {
         simd,
         threads,
         gemv_max_rows,
         bf16_dot,
     } = paths;
-    let bias = bias.map(|b| bias_values(b, n_out)).transpose()?;
-    let elems = w.elems();
     let t = x.rows;
+    let k = x.cols;
+    // Each product checked, its bias read, its blocks sized.
+    let mut plans = Vec::with_capacity(products.len());
+    for p in products.iter_mut() {
+        let [n_out, w_k] = *p.w.shape() else {
+            return Err(shape("matmul", format!("{} is not a matrix", p.w.name())));
+        };
+        if w_k != k || p.out.rows != t || p.out.cols != n_out || p.out.data.len() != t * n_out {
+            return Err(shape(
+                "matmul",
+                format!(
+                    "x {}×{} · {} {:?}ᵀ into {}×{}",
+                    t,
+                    k,
+                    p.w.name(),
+                    p.w.shape(),
+                    p.out.rows,
+                    p.out.cols
+                ),
+            ));
+        }
+        let bias = p.bias.map(|b| bias_values(b, n_out)).transpose()?;
+        let block = if t <= gemv_max_rows {
+            // Enough blocks for every thread to stay busy, small enough
+            // to balance: ~8 per thread.
+            (n_out / (threads * 8)).clamp(16, 512)
+        } else {
+            // 128 weight rows per `gemm` call: measured (`--kernels`)
+            // ahead of 512 at 128-row chunks (+10-15%), even at 512-row
+            // ones.
+            128
+        };
+        plans.push((n_out, block, bias, Base(p.out.data.as_mut_ptr())));
+    }
     if t == 0 {
         return Ok(());
     }
-    let (block, many) = if t <= gemv_max_rows {
-        // Enough blocks for every thread to stay busy, small enough to
-        // balance: ~8 per thread.
-        ((n_out / (threads * 8)).clamp(16, 512), false)
-    } else {
-        // 128 weight rows per `gemm` call: measured (`--kernels`) ahead of
-        // 512 at 128-row chunks (+10-15%), even at 512-row ones.
-        (128usize, true)
-    };
+    let many = t > gemv_max_rows;
     // The activations rounded to bf16 once, for `vdpbf16ps`.
     #[cfg(target_arch = "x86_64")]
-    let x_bf16: Option<Vec<u16>> = match elems {
-        Elems::BF16(_) if bf16_dot => {
-            let mut v = vec![0u16; x.data.len()];
-            #[allow(unsafe_code)]
-            v.par_chunks_mut(k.max(1))
-                .zip(x.data.par_chunks(k.max(1)))
-                // SAFETY: `bf16_dot` is set only where AVX-512F and
-                // AVX512-BF16 were detected.
-                .for_each(|(d, s)| unsafe { simd::to_bf16_avx512(s, d) });
-            Some(v)
-        }
-        _ => None,
+    let x_bf16: Option<Vec<u16>> = if bf16_dot
+        && products
+            .iter()
+            .any(|p| matches!(p.w.elems(), Elems::BF16(_)))
+    {
+        let mut v = vec![0u16; x.data.len()];
+        #[allow(unsafe_code)]
+        v.par_chunks_mut(k.max(1))
+            .zip(x.data.par_chunks(k.max(1)))
+            // SAFETY: `bf16_dot` is set only where AVX-512F and
+            // AVX512-BF16 were detected.
+            .for_each(|(d, s)| unsafe { simd::to_bf16_avx512(s, d) });
+        Some(v)
+    } else {
+        None
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bf16_dot;
-    if out.data.len() != t * n_out {
-        return Err(shape(
-            "matmul",
-            format!("output of {} values for {t}×{n_out}", out.data.len()),
-        ));
-    }
+    let jobs: Vec<(usize, usize)> = plans
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (n_out, block, _, _))| (0..n_out.div_ceil(*block)).map(move |b| (i, b)))
+        .collect();
+    let weights: Vec<Elems<'_>> = products.iter().map(|p| p.w.elems()).collect();
     // Each block of output columns is written straight into its columns
-    // of `out`: no zeroed scratch, no copy back.
-    let base = Base(out.data.as_mut_ptr());
-    let blocks = n_out.div_ceil(block);
-    (0..blocks).into_par_iter().for_each(|b| {
+    // of its product's output: no zeroed scratch, no copy back.
+    jobs.into_par_iter().for_each(|(i, b)| {
+        let (n_out, block, _, base) = &plans[i];
+        let elems = weights[i];
         let o0 = b * block;
-        let ob = block.min(n_out - o0);
-        // SAFETY: `out` holds `t × n_out` values (checked above), and
-        // block `b` alone takes columns `o0..o0 + ob` (`o0 + ob <= n_out`).
+        let ob = (*block).min(n_out - o0);
+        // SAFETY: the output holds `t × n_out` values (checked above), and
+        // block `b` of product `i` alone takes columns `o0..o0 + ob`
+        // (`o0 + ob <= n_out`).
         #[allow(unsafe_code)]
-        let mut part = unsafe { Out::columns(&base, t, n_out, o0, ob) };
+        let mut part = unsafe { Out::columns(base, t, *n_out, o0, ob) };
         #[cfg(target_arch = "x86_64")]
         if let (Some(xb), Elems::BF16(w)) = (&x_bf16, elems) {
             bf16_block(w, o0, ob, k, xb, &mut part);
@@ -153,10 +183,12 @@ pub(super) fn matmul(
             gemv_block(simd, elems, o0, ob, k, x, &mut part);
         }
     });
-    if let Some(bias) = bias {
-        for row in out.data.chunks_exact_mut(n_out) {
-            for (o, b) in row.iter_mut().zip(bias.iter()) {
-                *o += b;
+    for (p, (n_out, _, bias, _)) in products.iter_mut().zip(&plans) {
+        if let Some(bias) = bias {
+            for row in p.out.data.chunks_exact_mut(*n_out) {
+                for (o, b) in row.iter_mut().zip(bias.iter()) {
+                    *o += b;
+                }
             }
         }
     }
@@ -462,202 +494,4 @@ fn sgemm_x_wt(x: &[f32], t: usize, k: usize, w: &[f32], ob: usize, dst: &mut Out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::DType;
-
-    fn naive(x: &Mat, w: &[f32], n_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        let k = x.cols;
-        let mut out = vec![0.0; x.rows * n_out];
-        for r in 0..x.rows {
-            for o in 0..n_out {
-                let mut s = 0.0f64;
-                for i in 0..k {
-                    s += f64::from(x.data[r * k + i]) * f64::from(w[o * k + i]);
-                }
-                out[r * n_out + o] = s as f32 + bias.map_or(0.0, |b| b[o]);
-            }
-        }
-        out
-    }
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let h = (i as u32)
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(seed.wrapping_mul(97));
-                ((h >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
-    /// `values(n, seed)` rounded to bf16, as bits.
-    fn bf16_bits(n: usize, seed: u32) -> Vec<u16> {
-        values(n, seed)
-            .iter()
-            .map(|v| half::bf16::from_f32(*v).to_bits())
-            .collect()
-    }
-
-    /// The largest absolute difference.
-    fn worst(a: &[f32], b: &[f32]) -> f32 {
-        a.iter()
-            .zip(b)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max)
-    }
-
-    fn paths(simd: Simd) -> Paths {
-        Paths {
-            simd,
-            threads: 2,
-            gemv_max_rows: GEMV_MAX_ROWS,
-            bf16_dot: false,
-        }
-    }
-
-    /// Every (rows, dtype, simd) case against a naive f64 product of the
-    /// same (dtype-rounded) weights.
-    #[test]
-    fn every_path_matches_a_naive_product() {
-        let (n_out, k) = (70, 131);
-        let w32 = values(n_out * k, 1);
-        let bf: Vec<u16> = w32
-            .iter()
-            .map(|v| half::bf16::from_f32(*v).to_bits())
-            .collect();
-        let hf: Vec<u16> = w32
-            .iter()
-            .map(|v| half::f16::from_f32(*v).to_bits())
-            .collect();
-        let as_f32 = |bits: &[u16], d: DType| -> Vec<f32> {
-            bits.iter()
-                .map(|&b| match d {
-                    DType::BF16 => bf16_to_f32(b),
-                    _ => half::f16::from_bits(b).to_f32(),
-                })
-                .collect()
-        };
-        let bias = values(n_out, 3);
-        let bias_w = HostWeight::owned_f32("b", vec![n_out], bias.clone()).unwrap();
-        let weights = [
-            (
-                HostWeight::owned_f32("w", vec![n_out, k], w32.clone()).unwrap(),
-                w32.clone(),
-            ),
-            (
-                HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bf.clone()).unwrap(),
-                as_f32(&bf, DType::BF16),
-            ),
-            (
-                HostWeight::owned_u16("w", DType::F16, vec![n_out, k], hf.clone()).unwrap(),
-                as_f32(&hf, DType::F16),
-            ),
-        ];
-        for rows in [1, 3, 6, 8, 9, 33, 65] {
-            let x = Mat::from_vec(rows, k, values(rows * k, 2)).unwrap();
-            for (w, reference) in &weights {
-                let want = naive(&x, reference, n_out, Some(&bias));
-                for simd in [Simd::detect(), Simd::Portable] {
-                    let mut out = Mat::zeros(rows, n_out);
-                    matmul(paths(simd), &x, w, Some(&bias_w), &mut out).unwrap();
-                    let worst = worst(&out.data, &want);
-                    assert!(
-                        worst < 1e-4,
-                        "rows {rows}, {:?}, {simd:?}: off by {worst}",
-                        w.dtype()
-                    );
-                }
-            }
-        }
-    }
-
-    /// The `vdpbf16ps` path, where this CPU has AVX512-BF16, at every
-    /// tile shape (1 row, 2, 3, a tile and a rest, many): the exact
-    /// product of the bf16 weights and the activations rounded to bf16
-    /// (the only error is the f32 sums' order). Where it has not, the
-    /// path is off and the GEMV or `gemm` answers.
-    #[test]
-    fn the_bf16_dot_path_is_the_product_of_bf16_rounded_activations() {
-        let (n_out, k) = (70, 131);
-        let bits = bf16_bits(n_out * k, 8);
-        let wf: Vec<f32> = bits.iter().map(|b| bf16_to_f32(*b)).collect();
-        let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits).unwrap();
-        let detected = Paths::detect(2);
-        for rows in [1, 2, 3, 4, 5, 8, 33, 65, 66, 67, 100] {
-            let x = Mat::from_vec(rows, k, values(rows * k, 9)).unwrap();
-            let rounded: Vec<f32> = x
-                .data
-                .iter()
-                .map(|v| half::bf16::from_f32(*v).to_f32())
-                .collect();
-            let want = if detected.bf16_dot {
-                naive(&Mat::from_vec(rows, k, rounded).unwrap(), &wf, n_out, None)
-            } else {
-                naive(&x, &wf, n_out, None)
-            };
-            let mut out = Mat::zeros(rows, n_out);
-            matmul(detected, &x, &w, None, &mut out).unwrap();
-            let worst = worst(&out.data, &want);
-            assert!(
-                worst < 1e-4,
-                "rows {rows}, bf16 dot {}: off by {worst}",
-                detected.bf16_dot
-            );
-        }
-    }
-
-    /// A row's result does not depend on the rows batched with it (the
-    /// streamed and batched paths of the engine give the same tokens):
-    /// on the GEMV path up to its bound, and on the `vdpbf16ps` path
-    /// (where this CPU has it) at any size, past the GEMV's bound too.
-    #[test]
-    fn a_row_gives_the_same_bits_in_any_batch() {
-        let (n_out, k) = (40, 200);
-        let bits = bf16_bits(n_out * k, 5);
-        let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits).unwrap();
-        let detected = Paths::detect(2);
-        let mut cases = vec![(paths(Simd::detect()), 8)];
-        if detected.bf16_dot {
-            cases.extend([(detected, 8), (detected, 70)]);
-        }
-        for (at, rows) in cases {
-            let x = Mat::from_vec(rows, k, values(rows * k, 6)).unwrap();
-            let mut all = Mat::zeros(rows, n_out);
-            matmul(at, &x, &w, None, &mut all).unwrap();
-            for r in 0..rows {
-                let one = Mat::from_vec(1, k, x.row(r).to_vec()).unwrap();
-                let mut out = Mat::zeros(1, n_out);
-                matmul(at, &one, &w, None, &mut out).unwrap();
-                let same = out
-                    .data
-                    .iter()
-                    .zip(all.row(r))
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(
-                    same,
-                    "row {r} differs alone and in a batch of {rows} (bf16 dot {})",
-                    at.bf16_dot
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn a_shape_mismatch_is_an_error_not_a_panic() {
-        let w = HostWeight::owned_f32(
-            "model.layers.0.mlp.up_proj.weight",
-            vec![4, 3],
-            vec![0.0; 12],
-        )
-        .unwrap();
-        let x = Mat::zeros(2, 5);
-        let mut out = Mat::zeros(2, 4);
-        let err = matmul(paths(Simd::Portable), &x, &w, None, &mut out).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "shape mismatch in matmul: x 2×5 · model.layers.0.mlp.up_proj.weight [4, 3]ᵀ into 2×4"
-        );
-    }
-}
+mod tests;

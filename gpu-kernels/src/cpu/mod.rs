@@ -289,6 +289,27 @@ impl Kernels for Cpu {
             .install(|| matmul::matmul(self.paths, x, w, bias, out))
     }
 
+    fn matmul_many(
+        &self,
+        x: &Mat,
+        ws: &[(&HostWeight, Option<&HostWeight>)],
+        outs: &mut [&mut Mat],
+    ) -> Result<(), KernelError> {
+        if ws.len() != outs.len() {
+            return Err(shape(
+                "matmul_many",
+                format!("{} weights for {} outputs", ws.len(), outs.len()),
+            ));
+        }
+        let mut products: Vec<matmul::Product<'_>> = ws
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(&(w, bias), out)| matmul::Product { w, bias, out })
+            .collect();
+        self.pool
+            .install(|| matmul::matmul_many(self.paths, x, &mut products))
+    }
+
     fn rope(
         &self,
         x: &mut Mat,

@@ -273,17 +273,26 @@ impl<K: Kernels> Model<K> {
             } else {
                 k.add_rms_norm(&mut x, &delta, &l.attn_norm, c.rms_eps, &mut normed)?;
             }
-            k.matmul(&normed, &l.q, l.q_bias.as_ref(), &mut q)?;
-            k.matmul(&normed, &l.k, l.k_bias.as_ref(), &mut kk)?;
-            k.matmul(&normed, &l.v, l.v_bias.as_ref(), &mut vv)?;
+            k.matmul_many(
+                &normed,
+                &[
+                    (&l.q, l.q_bias.as_ref()),
+                    (&l.k, l.k_bias.as_ref()),
+                    (&l.v, l.v_bias.as_ref()),
+                ],
+                &mut [&mut q, &mut kk, &mut vv],
+            )?;
             k.rope(&mut q, c.head_dim, &positions, &self.inv_freq)?;
             k.rope(&mut kk, c.head_dim, &positions, &self.inv_freq)?;
             k.kv_write(&mut cache.layers[i], &kk, &vv, &slots)?;
             k.attention(&q, &cache.layers[i], shape, &seqs, &mut attn)?;
             k.matmul(&attn, &l.o, None, &mut delta)?;
             k.add_rms_norm(&mut x, &delta, &l.mlp_norm, c.rms_eps, &mut normed)?;
-            k.matmul(&normed, &l.gate, None, &mut gate)?;
-            k.matmul(&normed, &l.up, None, &mut up)?;
+            k.matmul_many(
+                &normed,
+                &[(&l.gate, None), (&l.up, None)],
+                &mut [&mut gate, &mut up],
+            )?;
             // `up` becomes silu(gate) · up, the down projection's input.
             let mut act = k.act(n, c.intermediate)?;
             k.silu_mul(&gate, &up, &mut act)?;
