@@ -214,6 +214,14 @@ pub trait Kernels: Send + Sync + 'static {
         bias: Option<&Self::Weight>,
         out: &mut Self::Act,
     ) -> Result<(), KernelError>;
+    /// Hands back an activation buffer the caller is done with, for a
+    /// later `act` to reuse: a device may keep it rather than free it
+    /// (the CPU does: memory freed and allocated again each step came
+    /// back from the allocator as fresh pages, faulted in and zeroed by
+    /// the kernel every step). By default it is dropped.
+    fn recycle(&self, act: Self::Act) {
+        drop(act);
+    }
     /// Several products of one input, `outs[i] = x · ws[i].0ᵀ (+ ws[i].1)`
     /// (the attention's Q, K and V; the MLP's gate and up), which a device
     /// may run as one dispatch. By default, one `matmul` each.

@@ -128,7 +128,15 @@ impl Simd {
 pub struct Cpu {
     pool: rayon::ThreadPool,
     paths: matmul::Paths,
+    /// Activation buffers handed back by `recycle`, for `act` to reuse
+    /// (at most `SPARE_BUFFERS`).
+    spare: parking_lot::Mutex<Vec<Vec<f32>>>,
 }
+
+/// How many recycled activation buffers the CPU keeps: a forward pass
+/// holds about a dozen at once, so two passes' worth; the memory kept is
+/// bounded by the largest step's activations.
+const SPARE_BUFFERS: usize = 24;
 
 impl Cpu {
     /// A device with `threads` worker threads (0: one per core).
@@ -146,6 +154,7 @@ impl Cpu {
         Ok(Self {
             pool,
             paths: matmul::Paths::detect(threads),
+            spare: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -226,8 +235,33 @@ impl Kernels for Cpu {
         Ok(w)
     }
 
+    /// A zeroed `rows × cols` matrix, in the smallest recycled buffer
+    /// that holds it when there is one.
     fn act(&self, rows: usize, cols: usize) -> Result<Mat, KernelError> {
-        Ok(Mat::zeros(rows, cols))
+        let n = rows
+            .checked_mul(cols)
+            .ok_or_else(|| shape("act", format!("{rows}×{cols} overflows")))?;
+        let reused = {
+            let mut spare = self.spare.lock();
+            let best = spare
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= n)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| spare.swap_remove(i))
+        };
+        let mut data = reused.unwrap_or_default();
+        data.clear();
+        data.resize(n, 0.0);
+        Ok(Mat { rows, cols, data })
+    }
+
+    fn recycle(&self, act: Mat) {
+        let mut spare = self.spare.lock();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(act.data);
+        }
     }
 
     fn kv(&self, slots: usize, width: usize, dtype: KvDtype) -> Result<KvCpu, KernelError> {
@@ -366,5 +400,34 @@ impl Kernels for Cpu {
 
     fn to_host(&self, x: &Mat) -> Result<Vec<f32>, KernelError> {
         Ok(x.data.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recycled buffer comes back from `act` zeroed, whatever it held,
+    /// in the shape asked; the smallest one that fits is taken, and a
+    /// request larger than every spare gets a buffer of its own.
+    #[test]
+    fn recycled_activations_come_back_zeroed() {
+        let cpu = Cpu::new(1).unwrap();
+        let mut small = cpu.act(2, 4).unwrap();
+        small.data.fill(3.0);
+        let mut big = cpu.act(8, 16).unwrap();
+        big.data.fill(5.0);
+        let (small_at, big_at) = (small.data.as_ptr(), big.data.as_ptr());
+        cpu.recycle(big);
+        cpu.recycle(small);
+        let a = cpu.act(1, 6).unwrap();
+        assert_eq!((a.rows, a.cols), (1, 6));
+        assert_eq!(a.data, vec![0.0; 6]);
+        assert_eq!(a.data.as_ptr(), small_at, "the smallest spare that fits");
+        let b = cpu.act(4, 32).unwrap();
+        assert_eq!(b.data, vec![0.0; 128]);
+        assert_eq!(b.data.as_ptr(), big_at);
+        let c = cpu.act(16, 16).unwrap();
+        assert_eq!(c.data, vec![0.0; 256], "no spare is left: a new buffer");
     }
 }

@@ -296,10 +296,13 @@ impl<K: Kernels> Model<K> {
             // `up` becomes silu(gate) · up, the down projection's input.
             let mut act = k.act(n, c.intermediate)?;
             k.silu_mul(&gate, &up, &mut act)?;
-            up = act;
+            k.recycle(std::mem::replace(&mut up, act));
             k.matmul(&up, &l.down, None, &mut delta)?;
         }
         k.add_rms_norm(&mut x, &delta, &self.norm, c.rms_eps, &mut normed)?;
+        for a in [x, q, kk, vv, attn, delta, gate, up] {
+            k.recycle(a);
+        }
         // Each chunk that asks for logits, with its row and its pick.
         let wanted: Vec<(usize, usize, Option<&Pick>)> = seqs
             .iter()
@@ -311,6 +314,7 @@ impl<K: Kernels> Model<K> {
             .collect();
         let mut out = vec![Next::Nothing; chunks.len()];
         if wanted.is_empty() {
+            k.recycle(normed);
             return Ok(out);
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
@@ -321,11 +325,14 @@ impl<K: Kernels> Model<K> {
             k.gather_rows(&normed, &rows, &mut last)?;
             let mut logits = k.act(rows.len(), c.vocab)?;
             k.matmul(&last, head, None, &mut logits)?;
+            k.recycle(last);
             Ok(logits)
         };
         let (device, host): (Vec<_>, Vec<_>) = wanted.iter().partition(|w| w.2.is_some());
         if !host.is_empty() {
-            let logits = k.to_host(&logits_of(&host)?)?;
+            let on_device = logits_of(&host)?;
+            let logits = k.to_host(&on_device)?;
+            k.recycle(on_device);
             for (w, row) in host.iter().zip(logits.chunks_exact(c.vocab)) {
                 out[w.0] = Next::Logits(row.to_vec());
             }
@@ -334,10 +341,12 @@ impl<K: Kernels> Model<K> {
             let mut logits = logits_of(&device)?;
             let picks: Vec<Pick> = device.iter().filter_map(|w| w.2.cloned()).collect();
             let ids = k.pick(&mut logits, &picks)?;
+            k.recycle(logits);
             for (w, id) in device.iter().zip(ids) {
                 out[w.0] = Next::Token(id);
             }
         }
+        k.recycle(normed);
         Ok(out)
     }
 }
