@@ -4,8 +4,8 @@
 //! all the heads of the group, the sixteen partial dot products summed by
 //! one transposing tree instead of sixteen horizontal sums), the
 //! exponentials sixteen at a time (a polynomial with `vscalefps`, within
-//! 2 ulp of `expf`, in `vmath`), and each head's output held in registers while the
-//! values stream past.
+//! 2 ulp of `expf`, in `vmath`), and each head's output held in registers
+//! while the values stream past.
 //!
 //! Why not the portable body compiled for AVX-512: LLVM keeps its scalar
 //! order of summation (a horizontal sum per position and head, ~30
