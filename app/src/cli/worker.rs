@@ -161,6 +161,20 @@ enum DTypeArg {
     Bf16,
 }
 
+/// A serving worker runs without transparent huge pages. mimalloc (the
+/// binary's allocator) asks for them on its large regions, and where the
+/// kernel's THP `defrag` setting is `madvise` (the common default) a page
+/// fault there compacts memory synchronously: measured, one stream's
+/// first prefill took 306–668 ms against 194–293 ms with them off, and
+/// its time to first token 413–502 against 202–203 ms (docs/benchmarks.md).
+/// The flag is the process's; what was already mapped keeps its pages.
+fn without_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("lattice worker: transparent huge pages stay on ({e})");
+    }
+}
+
 pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(WorkerCmd::MakeTestModel(t)) = a.cmd {
         let base = match t.arch {
@@ -207,6 +221,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let Some(model) = a.model.clone() else {
         bail!("--model DIR is required (a Hugging Face model directory), or --upstream URL");
     };
+    without_transparent_huge_pages();
     let device = match a.device.as_str() {
         "cpu" => Device::Cpu,
         "cuda" => {
