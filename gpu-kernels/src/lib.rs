@@ -231,12 +231,7 @@ pub trait Kernels: Send + Sync + 'static {
         ws: &[(&Self::Weight, Option<&Self::Weight>)],
         outs: &mut [&mut Self::Act],
     ) -> Result<(), KernelError> {
-        if ws.len() != outs.len() {
-            return Err(shape(
-                "matmul_many",
-                format!("{} weights for {} outputs", ws.len(), outs.len()),
-            ));
-        }
+        one_output_each(ws, outs)?;
         for ((w, bias), out) in ws.iter().zip(outs.iter_mut()) {
             self.matmul(x, w, *bias, out)?;
         }
@@ -302,6 +297,17 @@ pub trait Kernels: Send + Sync + 'static {
             self.device()
         )))
     }
+}
+
+/// `matmul_many`'s weights and outputs pair up one to one.
+pub(crate) fn one_output_each<W, O>(ws: &[W], outs: &[O]) -> Result<(), KernelError> {
+    if ws.len() != outs.len() {
+        return Err(shape(
+            "matmul_many",
+            format!("{} weights for {} outputs", ws.len(), outs.len()),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> KernelError {

@@ -203,6 +203,21 @@ struct Head<'a, T> {
 }
 
 impl<T: KvElem> Head<'_, T> {
+    /// The first position the query sees (its window's start).
+    fn first(&self) -> usize {
+        self.s
+            .window
+            .map_or(0, |w| (self.pos + 1).saturating_sub(w))
+    }
+
+    /// Where position `p`'s key (and value) of this KV head starts in
+    /// the cache, through the block table.
+    fn offset(&self, p: usize) -> usize {
+        let bs = self.s.block_size;
+        let slot = self.blocks[p / bs] as usize * bs + p % bs;
+        slot * self.width + self.kvh * self.s.head_dim
+    }
+
     fn one(&self, simd: Simd, q: &[f32], o: &mut [f32]) {
         match simd {
             #[cfg(target_arch = "x86_64")]
@@ -212,20 +227,14 @@ impl<T: KvElem> Head<'_, T> {
                     && hd <= avx512::MAX_HEAD_DIM
                     && q.len() / hd <= avx512::MAX_GROUP
                 {
-                    let s = self.s;
-                    let first = s.window.map_or(0, |w| (self.pos + 1).saturating_sub(w));
+                    let first = self.first();
                     let task = avx512::Task {
                         k: self.k,
                         v: self.v,
-                        at: |i: usize| {
-                            let p = first + i;
-                            let slot = self.blocks[p / s.block_size] as usize * s.block_size
-                                + p % s.block_size;
-                            slot * self.width + self.kvh * hd
-                        },
+                        at: |i: usize| self.offset(first + i),
                         n: self.pos + 1 - first,
                         hd,
-                        scale: s.scale,
+                        scale: self.s.scale,
                     };
                     // SAFETY: `Simd::detect` found AVX-512F; the head
                     // dimension and group are within the body's bounds
@@ -282,12 +291,8 @@ impl<T: KvElem> Head<'_, T> {
         let hd = s.head_dim;
         let group = q.len() / hd.max(1);
         let pos = self.pos;
-        let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let first = self.first();
         let n = pos + 1 - first;
-        let at = |p: usize| {
-            let slot = self.blocks[p / s.block_size] as usize * s.block_size + p % s.block_size;
-            slot * self.width + self.kvh * hd
-        };
         // One buffer per task: head `g`'s scores at `g * n..`, then one
         // value per head, its running max and, once the scores are
         // exponentiated, their sum.
@@ -295,7 +300,7 @@ impl<T: KvElem> Head<'_, T> {
         let (scores, per_head) = buf.split_at_mut(group * n);
         per_head.fill(f32::NEG_INFINITY);
         for (i, p) in (first..=pos).enumerate() {
-            let k = &self.k[at(p)..][..hd];
+            let k = &self.k[self.offset(p)..][..hd];
             for (g, (qh, m)) in q.chunks_exact(hd).zip(per_head.iter_mut()).enumerate() {
                 let v = dot::<FMA, T>(qh, k) * s.scale;
                 *m = m.max(v);
@@ -313,7 +318,7 @@ impl<T: KvElem> Head<'_, T> {
         let sums = per_head;
         o.iter_mut().for_each(|x| *x = 0.0);
         for (i, p) in (first..=pos).enumerate() {
-            let v = &self.v[at(p)..][..hd];
+            let v = &self.v[self.offset(p)..][..hd];
             for (g, oh) in o.chunks_exact_mut(hd).enumerate() {
                 let w = scores[g * n + i] / sums[g];
                 for (o, v) in oh.iter_mut().zip(v) {

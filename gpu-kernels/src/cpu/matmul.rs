@@ -80,6 +80,16 @@ pub(super) fn matmul(
     matmul_many(paths, x, &mut [Product { w, bias, out }])
 }
 
+/// A product of a call, checked: its weight's elements, its output's
+/// width and first value, its bias and how many weight rows a block takes.
+struct Plan<'a> {
+    elems: Elems<'a>,
+    n_out: usize,
+    block: usize,
+    bias: Option<std::borrow::Cow<'a, [f32]>>,
+    base: Base,
+}
+
 /// Several products of one input in one dispatch over the pool (the
 /// attention's Q, K and V; the MLP's gate and up): the input is rounded
 /// to bf16 once for all of them, and the threads take blocks of every
@@ -128,7 +138,13 @@ pub(super) fn matmul_many(
             // ones.
             128
         };
-        plans.push((n_out, block, bias, Base(p.out.data.as_mut_ptr())));
+        plans.push(Plan {
+            elems: p.w.elems(),
+            n_out,
+            block,
+            bias,
+            base: Base(p.out.data.as_mut_ptr()),
+        });
     }
     if t == 0 {
         return Ok(());
@@ -136,42 +152,44 @@ pub(super) fn matmul_many(
     let many = t > gemv_max_rows;
     // The activations rounded to bf16 once, for `vdpbf16ps`.
     #[cfg(target_arch = "x86_64")]
-    let x_bf16: Option<Vec<u16>> = if bf16_dot
-        && products
-            .iter()
-            .any(|p| matches!(p.w.elems(), Elems::BF16(_)))
-    {
-        let mut v = vec![0u16; x.data.len()];
-        #[allow(unsafe_code)]
-        v.par_chunks_mut(k.max(1))
-            .zip(x.data.par_chunks(k.max(1)))
-            // SAFETY: `bf16_dot` is set only where AVX-512F and
-            // AVX512-BF16 were detected.
-            .for_each(|(d, s)| unsafe { simd::to_bf16_avx512(s, d) });
-        Some(v)
-    } else {
-        None
-    };
+    let x_bf16: Option<Vec<u16>> =
+        if bf16_dot && plans.iter().any(|p| matches!(p.elems, Elems::BF16(_))) {
+            let mut v = vec![0u16; x.data.len()];
+            #[allow(unsafe_code)]
+            v.par_chunks_mut(k.max(1))
+                .zip(x.data.par_chunks(k.max(1)))
+                // SAFETY: `bf16_dot` is set only where AVX-512F and
+                // AVX512-BF16 were detected.
+                .for_each(|(d, s)| unsafe { simd::to_bf16_avx512(s, d) });
+            Some(v)
+        } else {
+            None
+        };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bf16_dot;
     let jobs: Vec<(usize, usize)> = plans
         .iter()
         .enumerate()
-        .flat_map(|(i, (n_out, block, _, _))| (0..n_out.div_ceil(*block)).map(move |b| (i, b)))
+        .flat_map(|(i, p)| (0..p.n_out.div_ceil(p.block)).map(move |b| (i, b)))
         .collect();
-    let weights: Vec<Elems<'_>> = products.iter().map(|p| p.w.elems()).collect();
     // Each block of output columns is written straight into its columns
     // of its product's output: no zeroed scratch, no copy back.
     jobs.into_par_iter().for_each(|(i, b)| {
-        let (n_out, block, _, base) = &plans[i];
-        let elems = weights[i];
+        let Plan {
+            elems,
+            n_out,
+            block,
+            base,
+            ..
+        } = &plans[i];
+        let (elems, n_out) = (*elems, *n_out);
         let o0 = b * block;
         let ob = (*block).min(n_out - o0);
         // SAFETY: the output holds `t × n_out` values (checked above), and
         // block `b` of product `i` alone takes columns `o0..o0 + ob`
         // (`o0 + ob <= n_out`).
         #[allow(unsafe_code)]
-        let mut part = unsafe { Out::columns(base, t, *n_out, o0, ob) };
+        let mut part = unsafe { Out::columns(base, t, n_out, o0, ob) };
         #[cfg(target_arch = "x86_64")]
         if let (Some(xb), Elems::BF16(w)) = (&x_bf16, elems) {
             bf16_block(w, o0, ob, k, xb, &mut part);
@@ -183,9 +201,9 @@ pub(super) fn matmul_many(
             gemv_block(simd, elems, o0, ob, k, x, &mut part);
         }
     });
-    for (p, (n_out, _, bias, _)) in products.iter_mut().zip(&plans) {
-        if let Some(bias) = bias {
-            for row in p.out.data.chunks_exact_mut(*n_out) {
+    for (p, plan) in products.iter_mut().zip(&plans) {
+        if let Some(bias) = &plan.bias {
+            for row in p.out.data.chunks_exact_mut(plan.n_out) {
                 for (o, b) in row.iter_mut().zip(bias.iter()) {
                     *o += b;
                 }

@@ -329,12 +329,7 @@ impl Kernels for Cpu {
         ws: &[(&HostWeight, Option<&HostWeight>)],
         outs: &mut [&mut Mat],
     ) -> Result<(), KernelError> {
-        if ws.len() != outs.len() {
-            return Err(shape(
-                "matmul_many",
-                format!("{} weights for {} outputs", ws.len(), outs.len()),
-            ));
-        }
+        crate::one_output_each(ws, outs)?;
         let mut products: Vec<matmul::Product<'_>> = ws
             .iter()
             .zip(outs.iter_mut())

@@ -72,14 +72,11 @@ pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn avx512() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
+    use crate::cpu::Simd;
 
     #[test]
     fn the_vector_exp_is_within_2_ulp_of_expf() {
-        if !avx512() {
+        if Simd::detect() != Simd::Avx512 {
             return;
         }
         let mut worst = 0u32;
@@ -107,7 +104,7 @@ mod tests {
 
     #[test]
     fn the_vector_silu_matches_the_scalar_one() {
-        if !avx512() {
+        if Simd::detect() != Simd::Avx512 {
             return;
         }
         // 37 values: two whole vectors and a masked tail.

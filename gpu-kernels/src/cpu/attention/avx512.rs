@@ -247,14 +247,11 @@ fn sum16(p: &[__m512; 16]) -> __m512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn avx512() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
+    use crate::cpu::Simd;
 
     #[test]
     fn sixteen_sums_at_once_are_sixteen_horizontal_sums() {
-        if !avx512() {
+        if Simd::detect() != Simd::Avx512 {
             return;
         }
         let vals: Vec<f32> = (0..256)
