@@ -18,7 +18,7 @@ pub mod cpu;
 pub mod cuda;
 mod weight;
 
-pub use weight::{DType, Elems, HostWeight};
+pub use weight::{DType, Elems, HostWeight, Layout, TILE_CHUNK, TILE_ROWS};
 
 use std::ops::Range;
 
@@ -165,6 +165,12 @@ pub trait Kernels: Send + Sync + 'static {
     /// The device, in words ("cpu (2 threads, avx512)").
     fn device(&self) -> String;
     fn weight(&self, w: HostWeight) -> Result<Self::Weight, KernelError>;
+    /// A matrix that is only ever multiplied (`matmul`), never gathered
+    /// (`embed`): a device may lay it out for its products (the CPU
+    /// tiles bf16 matrices for `vdpbf16ps`). By default, `weight`.
+    fn matrix(&self, w: HostWeight) -> Result<Self::Weight, KernelError> {
+        self.weight(w)
+    }
     fn act(&self, rows: usize, cols: usize) -> Result<Self::Act, KernelError>;
     /// One layer's cache of `slots` rows of `width` keys and values,
     /// stored in `dtype`.

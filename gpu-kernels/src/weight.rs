@@ -1,14 +1,19 @@
-//! The host form of a weight: its dtype, shape and bytes — a window on a
-//! shared buffer (a memory-mapped safetensors file) viewed in place when
-//! it is aligned for its dtype, or an owned copy when it is not.
+//! The host form of a weight: its dtype, shape, layout and bytes — a
+//! window on a shared buffer (a memory-mapped safetensors file) viewed in
+//! place when it is aligned for its dtype, or an owned copy when it is
+//! not, or a bf16 matrix reordered into tiles for a device that asked
+//! ([`HostWeight::tiled`]).
 //!
 //! Must never: convert a weight's dtype (kernels read each dtype as
-//! stored), or copy bytes that can be viewed in place.
+//! stored), copy bytes that can be viewed in place unless a device asked
+//! for tiles, or hand out a tiled matrix's elements as if they were rows.
 
 use crate::KernelError;
 use half::f16;
 use std::ops::Range;
 use std::sync::Arc;
+
+mod pages;
 
 /// The dtypes a weight may be stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,27 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
+/// How a matrix's elements are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Row-major, as stored in the file.
+    Rows,
+    /// bf16 rows in tiles of [`TILE_ROWS`]: for each tile, its rows'
+    /// first [`TILE_CHUNK`] elements one after another, then their next
+    /// [`TILE_CHUNK`], and so on. A tile of the CPU's `vdpbf16ps` products
+    /// is then one sequential stream from memory instead of four
+    /// interleaved ones (measured: 1.2–1.6× the products' rate at 4–32
+    /// activation rows on the MLP's gate shape, with its weights read
+    /// from memory; no loss with one row).
+    Tiles,
+}
+
+/// Rows per tile of [`Layout::Tiles`].
+pub const TILE_ROWS: usize = 4;
+/// Elements of one row taken at a time in [`Layout::Tiles`]: one
+/// 64-byte cache line of bf16.
+pub const TILE_CHUNK: usize = 32;
+
 enum Data {
     Shared {
         bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
@@ -84,6 +110,9 @@ enum Data {
     },
     F32(Vec<f32>),
     U16(Vec<u16>),
+    /// A device's copy: 64-byte aligned (a tile's chunks are whole cache
+    /// lines, none split across two), in huge pages when large.
+    Pages(pages::Pages),
 }
 
 /// A weight on the host.
@@ -91,6 +120,7 @@ pub struct HostWeight {
     name: String,
     dtype: DType,
     shape: Vec<usize>,
+    layout: Layout,
     data: Data,
 }
 
@@ -155,6 +185,7 @@ impl HostWeight {
             name: name.to_string(),
             dtype,
             shape,
+            layout: Layout::Rows,
             data,
         })
     }
@@ -172,6 +203,7 @@ impl HostWeight {
             name: name.to_string(),
             dtype: DType::F32,
             shape,
+            layout: Layout::Rows,
             data: Data::F32(values),
         })
     }
@@ -194,6 +226,7 @@ impl HostWeight {
             name: name.to_string(),
             dtype,
             shape,
+            layout: Layout::Rows,
             data: Data::U16(bits),
         })
     }
@@ -211,13 +244,52 @@ impl HostWeight {
     pub fn is_mapped(&self) -> bool {
         matches!(self.data, Data::Shared { .. })
     }
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
 
-    /// The elements as stored.
+    /// This bf16 matrix reordered into [`Layout::Tiles`] (an owned copy),
+    /// or `None` when it is not a bf16 matrix in rows whose rows divide
+    /// into tiles of [`TILE_ROWS`] and whose columns into pairs of
+    /// [`TILE_CHUNK`] (the `vdpbf16ps` tile takes two chunks per step), or
+    /// when no memory is left for the copy.
+    pub fn tiled(&self) -> Option<Self> {
+        let [rows, cols] = *self.shape() else {
+            return None;
+        };
+        let fits = rows.is_multiple_of(TILE_ROWS) && cols.is_multiple_of(2 * TILE_CHUNK);
+        let Elems::BF16(src) = self.elems() else {
+            return None;
+        };
+        if !fits || self.layout != Layout::Rows || rows == 0 || cols == 0 {
+            return None;
+        }
+        let mut pages = pages::Pages::zeroed(src.len())?;
+        let mut dst = pages.as_mut_slice().chunks_exact_mut(TILE_CHUNK);
+        for tile in src.chunks_exact(TILE_ROWS * cols) {
+            for c in (0..cols).step_by(TILE_CHUNK) {
+                for (row, d) in tile.chunks_exact(cols).zip(dst.by_ref()) {
+                    d.copy_from_slice(&row[c..c + TILE_CHUNK]);
+                }
+            }
+        }
+        Some(Self {
+            name: self.name.clone(),
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            layout: Layout::Tiles,
+            data: Data::Pages(pages),
+        })
+    }
+
+    /// The elements as stored, in the weight's [`Layout`].
     pub fn elems(&self) -> Elems<'_> {
         match (&self.data, self.dtype) {
             (Data::F32(v), _) => Elems::F32(v),
             (Data::U16(v), DType::F16) => Elems::F16(bytemuck::cast_slice(v)),
             (Data::U16(v), _) => Elems::BF16(v),
+            (Data::Pages(p), DType::F16) => Elems::F16(bytemuck::cast_slice(p.as_slice())),
+            (Data::Pages(p), _) => Elems::BF16(p.as_slice()),
             (Data::Shared { bytes, range }, dtype) => {
                 // Checked aligned and sized in `shared`.
                 let window = &(**bytes).as_ref()[range.clone()];
@@ -268,6 +340,42 @@ mod tests {
             err.to_string(),
             "weight model.norm.weight: 10 bytes for shape [4] in bf16 (expected 8)"
         );
+    }
+
+    #[test]
+    fn a_tiled_matrix_holds_each_tile_s_rows_chunk_by_chunk() {
+        let (rows, cols) = (8, 128);
+        let bits: Vec<u16> = (0..rows * cols).map(|i| i as u16).collect();
+        let w = HostWeight::owned_u16("w", DType::BF16, vec![rows, cols], bits).unwrap();
+        let t = w.tiled().unwrap();
+        assert_eq!(
+            (t.layout(), t.shape(), t.dtype()),
+            (Layout::Tiles, &[8usize, 128][..], DType::BF16)
+        );
+        let Elems::BF16(e) = t.elems() else {
+            panic!("bf16 stays bf16")
+        };
+        assert_eq!((e.len(), e.as_ptr() as usize % 64), (rows * cols, 0));
+        // Element (r, c) sits in tile r / 4, chunk c / 32, slot r % 4.
+        for r in 0..rows {
+            for c in 0..cols {
+                let at = (r / 4) * 4 * cols + (c / 32) * 4 * 32 + (r % 4) * 32 + c % 32;
+                assert_eq!(e[at], (r * cols + c) as u16, "({r}, {c})");
+            }
+        }
+        // Shapes that do not divide, other dtypes and vectors stay rows.
+        let bf16 = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            HostWeight::owned_u16("w", DType::BF16, shape, vec![0; n]).unwrap()
+        };
+        assert!(bf16(vec![6, 128]).tiled().is_none());
+        assert!(bf16(vec![8, 96]).tiled().is_none());
+        assert!(bf16(vec![128]).tiled().is_none());
+        assert!(t.tiled().is_none());
+        let f16 = HostWeight::owned_u16("w", DType::F16, vec![8, 128], vec![0; 1024]).unwrap();
+        assert!(f16.tiled().is_none());
+        let f32 = HostWeight::owned_f32("w", vec![4, 64], vec![0.0; 256]).unwrap();
+        assert!(f32.tiled().is_none());
     }
 
     #[test]

@@ -57,6 +57,31 @@ struct Args {
     kernels: bool,
     engine_only: bool,
     batches: bool,
+    /// The worker's `--weights-in-place`: bf16 matrices left in the
+    /// mapped file instead of tiled.
+    in_place: bool,
+}
+
+impl Args {
+    fn dev(&self) -> Dev {
+        Dev {
+            threads: self.threads,
+            in_place: self.in_place,
+        }
+    }
+}
+
+/// The CPU device the engine runs on, as the arguments ask.
+#[derive(Clone, Copy)]
+struct Dev {
+    threads: usize,
+    in_place: bool,
+}
+
+impl Dev {
+    fn cpu(self) -> Result<Cpu> {
+        Ok(Cpu::new(self.threads)?.with_tiles(!self.in_place))
+    }
 }
 
 fn parse_args() -> Result<Args> {
@@ -74,6 +99,7 @@ fn parse_args() -> Result<Args> {
         kernels: false,
         engine_only: false,
         batches: false,
+        in_place: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -90,6 +116,11 @@ fn parse_args() -> Result<Args> {
         }
         if argv[i] == "--batches" {
             a.batches = true;
+            i += 1;
+            continue;
+        }
+        if argv[i] == "--weights-in-place" {
+            a.in_place = true;
             i += 1;
             continue;
         }
@@ -158,8 +189,8 @@ fn read_bandwidth(threads: usize) -> f64 {
 }
 
 /// (prefill tokens/s, decode tokens/s) of the worker's forward pass.
-fn ours(dir: &Path, threads: usize, prompt: usize, decode: usize) -> Result<(f64, f64)> {
-    let model = Model::load(Cpu::new(threads)?, dir)?;
+fn ours(dir: &Path, dev: Dev, prompt: usize, decode: usize) -> Result<(f64, f64)> {
+    let model = Model::load(dev.cpu()?, dir)?;
     let bs = 16;
     let blocks: Vec<u32> = (0..(prompt + decode).div_ceil(bs) as u32).collect();
     let mut cache = model.kv_cache(blocks.len(), bs)?;
@@ -201,10 +232,10 @@ fn ours(dir: &Path, threads: usize, prompt: usize, decode: usize) -> Result<(f64
 /// sequence's `prompt` tokens are computed first (512 tokens a pass), then
 /// 8 steps of one token per sequence are timed for each batch size.
 /// `weights` is the number of weights a token is multiplied by.
-fn batches(dir: &Path, threads: usize, prompt: usize, weights: f64) -> Result<()> {
+fn batches(dir: &Path, dev: Dev, prompt: usize, weights: f64) -> Result<()> {
     const MAX: usize = 64;
     const STEPS: usize = 8;
-    let model = Model::load(Cpu::new(threads)?, dir)?;
+    let model = Model::load(dev.cpu()?, dir)?;
     let bs = 16;
     let per_seq = (prompt + 5 * STEPS).div_ceil(bs);
     let mut cache = model.kv_cache(MAX * per_seq, bs)?;
@@ -350,9 +381,9 @@ async fn streams(url: &str, n: usize, tokens: usize, prompt: usize) -> Result<(f
 
 /// Tokens/s of `n` greedy requests of `tokens` tokens through the engine
 /// alone (no HTTP).
-async fn engine_only(dir: &Path, threads: usize, n: usize, tokens: usize) -> Result<f64> {
+async fn engine_only(dir: &Path, dev: Dev, n: usize, tokens: usize) -> Result<f64> {
     use lattice_worker::engine::{self, sampler::Sampling, EngineConfig, Event, Request};
-    let model = Model::load(Cpu::new(threads)?, dir)?;
+    let model = Model::load(dev.cpu()?, dir)?;
     let text = std::sync::Arc::new(lattice_worker::text::Text::load(dir, &model.config.eos)?);
     let metrics = std::sync::Arc::new(lattice_worker::metrics::Metrics::new("bench"));
     let config = EngineConfig {
@@ -397,8 +428,8 @@ async fn engine_only(dir: &Path, threads: usize, n: usize, tokens: usize) -> Res
 /// weights, for each number of activation rows.
 fn kernels(a: &Args) -> Result<()> {
     use lattice_gpu_kernels::{HostWeight, Kernels};
-    println!("| rows | weight | GEMV GFLOP/s | bf16 dot GFLOP/s | bf16 dot, weights from memory | gemm GFLOP/s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| rows | weight | GEMV GFLOP/s | bf16 dot GFLOP/s | bf16 dot, weights from memory, in rows | the same, in tiles | gemm GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|");
     for (n_out, k) in [(a.intermediate, a.hidden), (a.hidden, a.intermediate)] {
         let bits: Vec<u16> = (0..n_out * k)
             .map(|i| ((((i * 7919) % 2001) as f32 / 1000.0 - 1.0).to_bits() >> 16) as u16)
@@ -406,8 +437,10 @@ fn kernels(a: &Args) -> Result<()> {
         let w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits.clone())?;
         // Copies enough to overflow the last-level cache (~96 MB in all),
         // taken in turn: weights read from memory, as a decode step reads
-        // them.
-        let cold: Vec<HostWeight> = (0..(96usize << 20).div_ceil(2 * n_out * k))
+        // them; in rows as stored, and tiled as the worker loads them
+        // where it has AVX512-BF16 (`Kernels::matrix`).
+        let copies = (96usize << 20).div_ceil(2 * n_out * k);
+        let cold: Vec<HostWeight> = (0..copies)
             .map(|_| HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits.clone()))
             .collect::<Result<_, _>>()?;
         // The f32-activation paths forced at every size; the bf16 dot
@@ -420,11 +453,25 @@ fn kernels(a: &Args) -> Result<()> {
         let gemm = Cpu::new(a.threads)?
             .with_gemv_max_rows(0)
             .with_bf16_dot(false);
+        let tiled: Vec<HostWeight> = cold
+            .iter()
+            .map(|c| {
+                c.tiled()
+                    .ok_or_else(|| anyhow::anyhow!("{n_out}×{k} does not divide into tiles"))
+            })
+            .collect::<Result<_>>()?;
         let has_dot = dot.bf16_dot();
         for rows in [1usize, 2, 4, 8, 16, 24, 32, 48, 64, 128, 512] {
-            let mut rate = [0.0f64; 4];
-            let runs = [(&gemv, false), (&dot, false), (&dot, true), (&gemm, false)];
-            for ((dev, from_memory), r) in runs.into_iter().zip(rate.iter_mut()) {
+            let mut rate = [0.0f64; 5];
+            let single = std::slice::from_ref(&w);
+            let runs: [(&Cpu, &[HostWeight]); 5] = [
+                (&gemv, single),
+                (&dot, single),
+                (&dot, &cold),
+                (&dot, &tiled),
+                (&gemm, single),
+            ];
+            for ((dev, ws), r) in runs.into_iter().zip(rate.iter_mut()) {
                 if std::ptr::eq(dev, &dot) && !has_dot {
                     continue;
                 }
@@ -435,12 +482,7 @@ fn kernels(a: &Args) -> Result<()> {
                 for _ in 0..3 {
                     let t = Instant::now();
                     for i in 0..reps {
-                        let w = if from_memory {
-                            &cold[i % cold.len()]
-                        } else {
-                            &w
-                        };
-                        dev.matmul(&x, w, None, &mut out)?;
+                        dev.matmul(&x, &ws[i % ws.len()], None, &mut out)?;
                     }
                     best = best.min(t.elapsed().as_secs_f64() / reps as f64);
                 }
@@ -454,11 +496,12 @@ fn kernels(a: &Args) -> Result<()> {
                 }
             };
             println!(
-                "| {rows} | {n_out}×{k} | {:.1} | {} | {} | {:.1} |",
+                "| {rows} | {n_out}×{k} | {:.1} | {} | {} | {} | {:.1} |",
                 rate[0],
                 dot(rate[1]),
                 dot(rate[2]),
-                rate[3]
+                dot(rate[3]),
+                rate[4]
             );
         }
     }
@@ -470,7 +513,7 @@ async fn engine_alone(dir: &Path, a: &Args) -> Result<()> {
     for n in [1usize, 4, 16] {
         println!(
             "engine alone, {n} requests: {:.1} tokens/s",
-            engine_only(dir, a.threads, n, a.stream_tokens).await?
+            engine_only(dir, a.dev(), n, a.stream_tokens).await?
         );
     }
     Ok(())
@@ -525,9 +568,9 @@ async fn main() -> Result<()> {
         return engine_alone(dir.path(), &a).await;
     }
     if a.batches {
-        return batches(dir.path(), a.threads, a.prompt, read_per_token / 2.0);
+        return batches(dir.path(), a.dev(), a.prompt, read_per_token / 2.0);
     }
-    let (pf, dc) = ours(dir.path(), a.threads, a.prompt, a.decode)?;
+    let (pf, dc) = ours(dir.path(), a.dev(), a.prompt, a.decode)?;
     println!("\n| engine | prefill tokens/s ({} tokens) | decode tokens/s (batch 1) | weights read, GB/s | % of read roofline | % of copy roofline |", a.prompt);
     println!("|---|---|---|---|---|---|");
     let row = |name: &str, p: f64, d: f64, bytes: f64| {
@@ -553,6 +596,7 @@ async fn main() -> Result<()> {
     let options = Options {
         name: Some("bench".into()),
         threads: a.threads,
+        weights_in_place: a.in_place,
         kv_cache_mib: 2048,
         ..Options::new(dir.path().to_path_buf(), "127.0.0.1:0".parse()?)
     };

@@ -36,6 +36,10 @@ pub struct Options {
     /// AVX512-BF16 could multiply them rounded to bf16 (slower; the
     /// reference the other devices are checked against).
     pub f32_activations: bool,
+    /// On the CPU, leave bf16 matrices viewed in place in the mapped
+    /// files instead of copying them into tiles for `vdpbf16ps` (less
+    /// memory, slower products of several rows).
+    pub weights_in_place: bool,
     /// What the KV cache stores (`None`: `KvDtype::auto` of the
     /// weights' dtype).
     pub kv_cache_dtype: Option<KvDtype>,
@@ -77,6 +81,7 @@ impl Options {
             listen,
             threads: 0,
             f32_activations: false,
+            weights_in_place: false,
             kv_cache_dtype: None,
             kv_cache_mib: 1024,
             block_size: 16,
@@ -136,7 +141,9 @@ pub async fn start(o: Options) -> Result<Running> {
 
 /// The CPU device as the options ask.
 fn cpu(o: &Options) -> Result<Cpu> {
-    Ok(Cpu::new(o.threads)?.with_bf16_dot(!o.f32_activations))
+    Ok(Cpu::new(o.threads)?
+        .with_bf16_dot(!o.f32_activations)
+        .with_tiles(!o.weights_in_place))
 }
 
 async fn start_on<K: Kernels>(

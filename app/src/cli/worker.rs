@@ -47,6 +47,11 @@ pub struct WorkerArgs {
     /// AVX512-BF16 would round them to bf16 (slower, closest to f32).
     #[arg(long)]
     f32_activations: bool,
+    /// On the CPU, leave bf16 weight matrices viewed in place in the
+    /// mapped model files instead of copying them into tiles for
+    /// AVX512-BF16 (less memory, slower batches).
+    #[arg(long)]
+    weights_in_place: bool,
     /// What the KV cache stores: `auto` (bf16 for bf16 weights, else
     /// f32), `f32` or `bf16` (half the memory per token).
     #[arg(long, default_value = "auto")]
@@ -167,7 +172,11 @@ enum DTypeArg {
 /// fault there compacts memory synchronously: measured, one stream's
 /// first prefill took 306–668 ms against 194–293 ms with them off, and
 /// its time to first token 413–502 against 202–203 ms (docs/benchmarks.md).
-/// The flag is the process's; what was already mapped keeps its pages.
+/// The flag is the process's; what was already mapped keeps its pages:
+/// it is set once the model is loaded, so that the weight matrices the
+/// CPU copied into tiles keep the huge pages they asked for (read at
+/// every step: measured, in ordinary pages one sequence's decode step
+/// took ~20% longer; see `lattice_gpu_kernels`' `weight/pages.rs`).
 fn without_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
@@ -221,7 +230,6 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let Some(model) = a.model.clone() else {
         bail!("--model DIR is required (a Hugging Face model directory), or --upstream URL");
     };
-    without_transparent_huge_pages();
     let device = match a.device.as_str() {
         "cpu" => Device::Cpu,
         "cuda" => {
@@ -254,6 +262,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         aliases: a.aliases,
         threads: a.threads,
         f32_activations: a.f32_activations,
+        weights_in_place: a.weights_in_place,
         kv_cache_dtype,
         kv_cache_mib: a.kv_cache_mib,
         block_size: a.block_size,
@@ -274,6 +283,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         let keyed = options.api_key.is_some();
         let cluster = options.cluster.clone();
         let running = serve::start(options).await.context("lattice worker")?;
+        without_transparent_huge_pages();
         print_membership(cluster.as_ref(), running.fingerprint.as_ref());
         if let Some(why) = &running.fallback {
             eprintln!("lattice worker: --device auto: the GPU did not open ({why}); serving on the CPU");

@@ -23,7 +23,7 @@ use super::out::{Base, Out};
 use super::simd::{self, Row};
 use super::{Mat, Simd};
 use crate::weight::bf16_to_f32;
-use crate::{shape, Elems, HostWeight, KernelError};
+use crate::{shape, Elems, HostWeight, KernelError, Layout, TILE_CHUNK, TILE_ROWS};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
@@ -84,6 +84,7 @@ pub(super) fn matmul(
 /// width and first value, its bias and how many weight rows a block takes.
 struct Plan<'a> {
     elems: Elems<'a>,
+    tiled: bool,
     n_out: usize,
     block: usize,
     bias: Option<std::borrow::Cow<'a, [f32]>>,
@@ -128,10 +129,22 @@ pub(super) fn matmul_many(
             ));
         }
         let bias = p.bias.map(|b| bias_values(b, n_out)).transpose()?;
+        let tiled = p.w.layout() == Layout::Tiles;
+        if tiled && !bf16_dot {
+            return Err(shape(
+                "matmul",
+                format!(
+                    "{} is tiled for `vdpbf16ps`, which this CPU path does not run",
+                    p.w.name()
+                ),
+            ));
+        }
         let block = if t <= gemv_max_rows {
             // Enough blocks for every thread to stay busy, small enough
-            // to balance: ~8 per thread.
-            (n_out / (threads * 8)).clamp(16, 512)
+            // to balance: ~8 per thread; whole tiles.
+            (n_out / (threads * 8))
+                .clamp(16, 512)
+                .next_multiple_of(TILE_ROWS)
         } else {
             // 128 weight rows per `gemm` call: measured (`--kernels`)
             // ahead of 512 at 128-row chunks (+10-15%), even at 512-row
@@ -140,6 +153,7 @@ pub(super) fn matmul_many(
         };
         plans.push(Plan {
             elems: p.w.elems(),
+            tiled,
             n_out,
             block,
             bias,
@@ -177,6 +191,7 @@ pub(super) fn matmul_many(
     jobs.into_par_iter().for_each(|(i, b)| {
         let Plan {
             elems,
+            tiled,
             n_out,
             block,
             base,
@@ -192,7 +207,12 @@ pub(super) fn matmul_many(
         let mut part = unsafe { Out::columns(base, t, n_out, o0, ob) };
         #[cfg(target_arch = "x86_64")]
         if let (Some(xb), Elems::BF16(w)) = (&x_bf16, elems) {
-            bf16_block(w, o0, ob, k, xb, &mut part);
+            let rows = Rows {
+                w,
+                tiled: *tiled,
+                k,
+            };
+            bf16_block(&rows, o0, ob, xb, &mut part);
             return;
         }
         if many {
@@ -374,22 +394,51 @@ impl Block<'_, '_> {
     }
 }
 
+/// A bf16 matrix's rows, `k` elements each, in rows or in tiles.
+#[cfg(target_arch = "x86_64")]
+struct Rows<'w> {
+    w: &'w [u16],
+    tiled: bool,
+    k: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rows<'_> {
+    /// Where row `j`'s elements begin, and the elements from one of its
+    /// 32-element chunks to the next (`simd::dot_tile_bf16`'s `stride`).
+    fn row(&self, j: usize) -> (&[u16], usize) {
+        let k = self.k;
+        if self.tiled {
+            let tile = j / TILE_ROWS * TILE_ROWS * k;
+            let end = tile + TILE_ROWS * k;
+            (
+                &self.w[tile + j % TILE_ROWS * TILE_CHUNK..end],
+                TILE_ROWS * TILE_CHUNK,
+            )
+        } else {
+            (&self.w[j * k..(j + 1) * k], TILE_CHUNK)
+        }
+    }
+}
+
 /// bf16 weight rows `o0..o0+ob` against the bf16-rounded rows of `x`
 /// (`xb`, `k` per row) in tiles of 4 weight rows × 3 activation rows
-/// (`simd::dot_tile_bf16`); a lone activation row takes one weight row at
-/// a time (one stream from memory, as the f32 tile measured), the last
-/// one or two rows of a batch still four (the weights are in cache by
-/// then). Runs only where `Paths::detect` found AVX-512F and AVX512-BF16.
+/// (`simd::dot_tile_bf16`). A lone activation row of a matrix in rows
+/// takes one weight row at a time (one stream from memory, as the f32
+/// tile measured); of a tiled matrix, four (a tile is one stream). The
+/// last one or two rows of a batch still take four (the weights are in
+/// cache by then). Runs only where `Paths::detect` found AVX-512F and
+/// AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
-fn bf16_block(w: &[u16], o0: usize, ob: usize, k: usize, xb: &[u16], out: &mut Out<'_>) {
-    let t = xb.len() / k.max(1);
+fn bf16_block(w: &Rows<'_>, o0: usize, ob: usize, xb: &[u16], out: &mut Out<'_>) {
+    let t = xb.len() / w.k.max(1);
     let mut r0 = 0;
     while r0 < t {
         r0 += match (t, t - r0) {
-            (1, _) => bf16_rows::<1, 1>(w, o0, ob, k, xb, r0, out),
-            (_, 1) => bf16_rows::<4, 1>(w, o0, ob, k, xb, r0, out),
-            (_, 2) => bf16_rows::<4, 2>(w, o0, ob, k, xb, r0, out),
-            _ => bf16_rows::<4, 3>(w, o0, ob, k, xb, r0, out),
+            (1, _) if !w.tiled => bf16_rows::<1, 1>(w, o0, ob, xb, r0, out),
+            (_, 1) => bf16_rows::<4, 1>(w, o0, ob, xb, r0, out),
+            (_, 2) => bf16_rows::<4, 2>(w, o0, ob, xb, r0, out),
+            _ => bf16_rows::<4, 3>(w, o0, ob, xb, r0, out),
         };
     }
 }
@@ -398,24 +447,35 @@ fn bf16_block(w: &[u16], o0: usize, ob: usize, k: usize, xb: &[u16], out: &mut O
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 fn bf16_rows<const O: usize, const R: usize>(
-    w: &[u16],
+    w: &Rows<'_>,
     o0: usize,
     ob: usize,
-    k: usize,
     xb: &[u16],
     r0: usize,
     out: &mut Out<'_>,
 ) -> usize {
+    let k = w.k;
     let xs: [&[u16]; R] = std::array::from_fn(|i| &xb[(r0 + i) * k..(r0 + i + 1) * k]);
-    let row = |j: usize| &w[(o0 + j) * k..(o0 + j + 1) * k];
+    // A tile of a tiled matrix starts at a multiple of `TILE_ROWS`
+    // (blocks are whole tiles), so its rows share one stride.
+    let tile = |j: usize| -> ([&[u16]; O], usize) {
+        let rows: [(&[u16], usize); O] = std::array::from_fn(|i| w.row(o0 + j + i));
+        (rows.map(|(r, _)| r), rows[0].1)
+    };
     // SAFETY (both): `bf16_block` runs only where AVX-512F and
     // AVX512-BF16 were detected.
     walk_tiles::<O, R>(
         ob,
         r0,
         out,
-        |j| unsafe { simd::dot_tile_bf16(&std::array::from_fn(|i| row(j + i)), &xs) },
-        |j| unsafe { simd::dot_tile_bf16(&[row(j)], &xs) },
+        |j| {
+            let (ws, stride) = tile(j);
+            unsafe { simd::dot_tile_bf16(&ws, stride, &xs, k) }
+        },
+        |j| {
+            let (row, stride) = w.row(o0 + j);
+            unsafe { simd::dot_tile_bf16(&[row], stride, &xs, k) }
+        },
     );
     R
 }

@@ -128,6 +128,9 @@ impl Simd {
 pub struct Cpu {
     pool: rayon::ThreadPool,
     paths: matmul::Paths,
+    /// Whether `matrix` tiles bf16 matrices for `vdpbf16ps`
+    /// (`with_tiles`).
+    tiles: bool,
     /// Activation buffers handed back by `recycle`, for `act` to reuse
     /// (at most `SPARE_BUFFERS`).
     spare: parking_lot::Mutex<Vec<Vec<f32>>>,
@@ -154,6 +157,7 @@ impl Cpu {
         Ok(Self {
             pool,
             paths: matmul::Paths::detect(threads),
+            tiles: true,
             spare: parking_lot::Mutex::new(Vec::new()),
         })
     }
@@ -179,6 +183,16 @@ impl Cpu {
     /// checked against).
     pub fn with_bf16_dot(mut self, on: bool) -> Self {
         self.paths.bf16_dot = on && matmul::Paths::detect(1).bf16_dot;
+        self
+    }
+
+    /// Whether `matrix` copies bf16 matrices into tiles (`Layout::Tiles`)
+    /// where bf16 weights meet bf16 activations in `vdpbf16ps` (the
+    /// default: measured faster with the weights read from memory), or
+    /// leaves them viewed in place (`false`: no copy, the file's pages
+    /// shared with the page cache). Applies to matrices loaded after it.
+    pub fn with_tiles(mut self, on: bool) -> Self {
+        self.tiles = on;
         self
     }
 
@@ -233,6 +247,15 @@ impl Kernels for Cpu {
             }
         }
         Ok(w)
+    }
+
+    fn matrix(&self, w: HostWeight) -> Result<HostWeight, KernelError> {
+        if self.tiles && self.paths.bf16_dot {
+            if let Some(tiled) = w.tiled() {
+                return Ok(tiled);
+            }
+        }
+        self.weight(w)
     }
 
     /// A zeroed `rows × cols` matrix, in the smallest recycled buffer

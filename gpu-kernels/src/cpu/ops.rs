@@ -5,7 +5,7 @@
 //! outside a matrix (shapes are checked before any loop).
 
 use super::{KvCpu, KvRows, Mat, Simd};
-use crate::{shape, Elems, HostWeight, KernelError};
+use crate::{shape, Elems, HostWeight, KernelError, Layout};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
@@ -14,6 +14,9 @@ pub(super) fn embed(table: &HostWeight, tokens: &[u32], out: &mut Mat) -> Result
         return Err(shape("embed", "the table is not a matrix"));
     };
     let (vocab, hidden) = (*vocab, *hidden);
+    if table.layout() != Layout::Rows {
+        return Err(shape("embed", format!("{} is not in rows", table.name())));
+    }
     if out.rows != tokens.len() || out.cols != hidden {
         return Err(shape(
             "embed",

@@ -248,32 +248,42 @@ pub(super) unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
 /// for any `O` and `R`, so a row's result does not depend on its batch.
 /// `O × R × 2` ≤ 24 keeps the accumulators and the weights in registers.
 ///
+/// Each weight row is read 32 elements at a time, `stride` elements
+/// apart: 32 for a row of a matrix in rows, `TILE_ROWS × 32` for a row of
+/// a tiled one (`Layout::Tiles`, each slice then starting at the row's
+/// first chunk). Each `xs` row holds `k` contiguous elements.
+///
 /// # Safety
-/// The CPU must support AVX-512F and AVX512-BF16.
+/// The CPU must support AVX-512F and AVX512-BF16. (A weight slice too
+/// short for `k` elements at `stride` is a bounds-check panic, not a
+/// read outside it.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn dot_tile_bf16<const O: usize, const R: usize>(
     ws: &[&[u16]; O],
+    stride: usize,
     xs: &[&[u16]; R],
+    k: usize,
 ) -> [[f32; R]; O] {
-    let n = shortest(ws, xs);
-    let whole = n / 64 * 64;
+    let whole = k / 64 * 64;
     let mut even = [[_mm512_setzero_ps(); R]; O];
     let mut odd = [[_mm512_setzero_ps(); R]; O];
     for c in (0..whole).step_by(64) {
-        // SAFETY (both): `c + 64 <= whole <= n`, the length of every
-        // slice, and `pairs_chunk` reads 32 halves at `c` and at `c + 32`.
+        // SAFETY (both): the caller's CPU has AVX-512F and AVX512-BF16;
+        // `pairs_chunk` slices what it reads.
         unsafe {
-            pairs_chunk(ws, xs, c, &mut even);
-            pairs_chunk(ws, xs, c + 32, &mut odd);
+            pairs_chunk(ws, stride, xs, c, &mut even);
+            pairs_chunk(ws, stride, xs, c + 32, &mut odd);
         }
     }
+    let at = |i: usize| i / 32 * stride + i % 32;
     let mut out = [[0.0f32; R]; O];
     for o in 0..O {
         for r in 0..R {
             let mut s = _mm512_reduce_add_ps(_mm512_add_ps(even[o][r], odd[o][r]));
-            for i in whole..n {
-                s += crate::weight::bf16_to_f32(ws[o][i]) * crate::weight::bf16_to_f32(xs[r][i]);
+            for i in whole..k {
+                s +=
+                    crate::weight::bf16_to_f32(ws[o][at(i)]) * crate::weight::bf16_to_f32(xs[r][i]);
             }
             out[o][r] = s;
         }
@@ -281,16 +291,17 @@ pub(super) unsafe fn dot_tile_bf16<const O: usize, const R: usize>(
     out
 }
 
-/// One 32-pair chunk at `at` of a bf16 tile into `acc`.
+/// One 32-pair chunk, the one at element `at` (a multiple of 32) of each
+/// row, of a bf16 tile into `acc`.
 ///
 /// # Safety
-/// AVX-512F and AVX512-BF16; every slice of `ws` and `xs` holds `at + 32`
-/// elements.
+/// AVX-512F and AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline]
 unsafe fn pairs_chunk<const O: usize, const R: usize>(
     ws: &[&[u16]; O],
+    stride: usize,
     xs: &[&[u16]; R],
     at: usize,
     acc: &mut [[__m512; R]; O],
@@ -298,10 +309,11 @@ unsafe fn pairs_chunk<const O: usize, const R: usize>(
     // SAFETY (both): 64 bytes reinterpreted as 32 bf16 — the same size,
     // any bits are a valid value.
     let pairs = |v: __m512i| -> __m512bh { unsafe { std::mem::transmute::<__m512i, __m512bh>(v) } };
-    // SAFETY (every load): the caller guarantees `at + 32` elements in
-    // every slice; each load reads 32 halves at `at`.
+    let w_at = at / 32 * stride;
+    // SAFETY (every load): each reads the 32 halves of a slice of 32,
+    // bounds-checked by the indexing that made it.
     let wv: [__m512bh; O] = std::array::from_fn(|o| {
-        pairs(unsafe { _mm512_loadu_si512(ws[o][at..at + 32].as_ptr().cast()) })
+        pairs(unsafe { _mm512_loadu_si512(ws[o][w_at..w_at + 32].as_ptr().cast()) })
     });
     for r in 0..R {
         let xv = pairs(unsafe { _mm512_loadu_si512(xs[r][at..at + 32].as_ptr().cast()) });

@@ -173,7 +173,13 @@ impl Kernels for Cuda {
 
     fn weight(&self, w: HostWeight) -> Result<CudaWeight, KernelError> {
         // Vectors (norm scales, biases) in f32, as the CPU keeps them;
-        // matrices in their stored dtype.
+        // matrices in their stored dtype, in rows.
+        if w.layout() != crate::Layout::Rows {
+            return Err(KernelError::Weight {
+                what: w.name().to_string(),
+                detail: "tiled for the CPU; the GPU reads rows".into(),
+            });
+        }
         let elems = w.elems();
         let (dtype, bytes): (DType, std::borrow::Cow<'_, [u8]>) = match (elems, w.shape().len()) {
             (Elems::F32(s), _) => (DType::F32, bytemuck::cast_slice(s).into()),

@@ -30,11 +30,11 @@ struct Entry {
 
 /// The tensors of a model directory, by name.
 pub struct Tensors {
-    files: Vec<(PathBuf, Shared)>,
+    files: Vec<(PathBuf, Arc<Mmap>)>,
     index: HashMap<String, Entry>,
 }
 
-fn map(path: &Path) -> Result<Shared> {
+fn map(path: &Path) -> Result<Arc<Mmap>> {
     let file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
     // SAFETY: the map is read-only and the model directory is treated as
     // immutable input while the worker runs (see the module header).
@@ -128,14 +128,34 @@ impl Tensors {
         let Some(dt) = dtype(e.dtype) else {
             return Err(err(format!("dtype {:?} (served: f32, f16, bf16)", e.dtype)));
         };
-        let (_, bytes) = &self.files[e.file];
+        let (_, map) = &self.files[e.file];
+        let bytes: Shared = map.clone();
         Ok(HostWeight::shared(
             name,
             dt,
             shape.to_vec(),
-            bytes.clone(),
+            bytes,
             e.range.clone(),
         )?)
+    }
+
+    /// Takes the mapped files' pages out of this process's resident set
+    /// once the device holds what it copied (tiles, vectors in f32): they
+    /// stay in the page cache, and a weight still viewed in place faults
+    /// its pages back in when a step reads it. Without this, a model whose
+    /// matrices were tiled counted twice in the worker's RSS.
+    pub fn release_pages(&self) {
+        for (path, map) in &self.files {
+            // SAFETY: the map is shared and read-only (`Mmap::map`):
+            // `MADV_DONTNEED` drops its page-table entries and the next
+            // read faults the same bytes in from the page cache; nothing
+            // is discarded, no reference into it is invalidated.
+            #[allow(unsafe_code)]
+            let done = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            if let Err(e) = done {
+                tracing::debug!(file = %path.display(), "madvise(DONTNEED): {e}");
+            }
+        }
     }
 }
 

@@ -90,6 +90,10 @@ impl<K: Kernels> Model<K> {
         let get = |name: &str, shape: &[usize]| -> Result<K::Weight> {
             Ok(kernels.weight(tensors.get(name, shape)?)?)
         };
+        // Matrices only ever multiplied: the device may lay them out.
+        let matrix = |name: &str, shape: &[usize]| -> Result<K::Weight> {
+            Ok(kernels.matrix(tensors.get(name, shape)?)?)
+        };
         let bias = |name: &str, len: usize| -> Result<Option<K::Weight>> {
             if c.qkv_bias {
                 get(name, &[len]).map(Some)
@@ -102,30 +106,31 @@ impl<K: Kernels> Model<K> {
             let p = format!("model.layers.{i}");
             layers.push(Layer {
                 attn_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q: get(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
-                k: get(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
-                v: get(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+                q: matrix(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
+                k: matrix(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
+                v: matrix(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
                 q_bias: bias(&format!("{p}.self_attn.q_proj.bias"), q)?,
                 k_bias: bias(&format!("{p}.self_attn.k_proj.bias"), kv)?,
                 v_bias: bias(&format!("{p}.self_attn.v_proj.bias"), kv)?,
-                o: get(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
+                o: matrix(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
                 mlp_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate: get(&format!("{p}.mlp.gate_proj.weight"), &[c.intermediate, h])?,
-                up: get(&format!("{p}.mlp.up_proj.weight"), &[c.intermediate, h])?,
-                down: get(&format!("{p}.mlp.down_proj.weight"), &[h, c.intermediate])?,
+                gate: matrix(&format!("{p}.mlp.gate_proj.weight"), &[c.intermediate, h])?,
+                up: matrix(&format!("{p}.mlp.up_proj.weight"), &[c.intermediate, h])?,
+                down: matrix(&format!("{p}.mlp.down_proj.weight"), &[h, c.intermediate])?,
             });
         }
         let embed = get("model.embed_tokens.weight", &[c.vocab, h])?;
         let lm_head = if c.tie_embeddings {
             None
         } else {
-            Some(get("lm_head.weight", &[c.vocab, h])?)
+            Some(matrix("lm_head.weight", &[c.vocab, h])?)
         };
         let norm = get("model.norm.weight", &[h])?;
         let dtype = tensors.dtype().ok_or_else(|| WorkerError::Tensor {
             name: "model".into(),
             detail: "no tensors".into(),
         })?;
+        tensors.release_pages();
         Ok(Self {
             inv_freq: config.inv_freq(),
             kv_dtype: KvDtype::auto(dtype),

@@ -239,3 +239,59 @@ fn a_shape_mismatch_is_an_error_not_a_panic() {
         "shape mismatch in matmul: x 2×5 · model.layers.0.mlp.up_proj.weight [4, 3]ᵀ into 2×4"
     );
 }
+
+/// A matrix copied into tiles gives the bits it gives in rows, at every
+/// number of rows (one alone, partial 3-row groups, the GEMV's bound and
+/// past it), with a bias, alone and beside a matrix in rows; where this
+/// CPU has no `vdpbf16ps`, a tiled matrix is refused, not misread.
+#[test]
+fn a_tiled_matrix_gives_the_bits_of_its_rows() {
+    let (n_out, k) = (72, 192);
+    let bits = bf16_bits(n_out * k, 7);
+    let rows_w = HostWeight::owned_u16("w", DType::BF16, vec![n_out, k], bits).unwrap();
+    let tiled = rows_w.tiled().unwrap();
+    let bias = HostWeight::owned_f32("b", vec![n_out], values(n_out, 3)).unwrap();
+    let other = HostWeight::owned_u16("o", DType::BF16, vec![20, k], bf16_bits(20 * k, 8)).unwrap();
+    let detected = Paths::detect(3);
+    if !detected.bf16_dot {
+        let x = Mat::from_vec(2, k, values(2 * k, 2)).unwrap();
+        let mut out = Mat::zeros(2, n_out);
+        let err = matmul(detected, &x, &tiled, None, &mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "shape mismatch in matmul: w is tiled for `vdpbf16ps`, which this CPU path does not run"
+        );
+        return;
+    }
+    for rows in [1, 2, 4, 5, 16, 64, 70] {
+        let x = Mat::from_vec(rows, k, values(rows * k, 2)).unwrap();
+        let mut want = Mat::zeros(rows, n_out);
+        matmul(detected, &x, &rows_w, Some(&bias), &mut want).unwrap();
+        let mut got = Mat::zeros(rows, n_out);
+        matmul(detected, &x, &tiled, Some(&bias), &mut got).unwrap();
+        assert_eq!(got.data, want.data, "{rows} rows alone");
+        let (mut a, mut b) = (Mat::zeros(rows, n_out), Mat::zeros(rows, 20));
+        let mut products = [
+            Product {
+                w: &tiled,
+                bias: Some(&bias),
+                out: &mut a,
+            },
+            Product {
+                w: &other,
+                bias: None,
+                out: &mut b,
+            },
+        ];
+        matmul_many(detected, &x, &mut products).unwrap();
+        assert_eq!(a.data, want.data, "{rows} rows beside a matrix in rows");
+    }
+    // Without the bf16 dot path the tiles are refused.
+    let x = Mat::from_vec(2, k, values(2 * k, 2)).unwrap();
+    let mut out = Mat::zeros(2, n_out);
+    let err = matmul(paths(Simd::detect()), &x, &tiled, None, &mut out).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "shape mismatch in matmul: w is tiled for `vdpbf16ps`, which this CPU path does not run"
+    );
+}
