@@ -2,16 +2,18 @@
 //! tiled matrix): 64-byte aligned, and from 2 MiB up, in transparent huge
 //! pages where the kernel grants them.
 //!
-//! Why huge pages: a decode step reads every weight once, from memory.
-//! Measured on the 2-core AMD EPYC of docs/benchmarks.md (one sequence,
-//! `lattice-load-worker --batches`), the same rows read from a copy in
-//! ordinary anonymous pages took 15.2 ms a step (median of four) against
-//! 12.4 ms read from the model file's page cache, whose pages the kernel
-//! keeps physically contiguous; the copy in 2 MiB pages took what the
-//! page cache did. The allocation asks with `madvise(MADV_HUGEPAGE)`
-//! before its first write, so the pages are faulted in huge. A process
-//! with THP disabled (`prctl(PR_SET_THP_DISABLE)`) gets ordinary pages:
-//! `lattice worker` disables THP only after its model is loaded.
+//! Why huge pages: a decode step reads every weight once, from memory,
+//! and a model file's page cache is itself mapped in 2 MiB pages where the
+//! kernel can (`FilePmdMapped` in `/proc/PID/smaps_rollup`: 172 MB of the
+//! harness's model, kernel 6.18). Measured on the 2-core AMD EPYC of
+//! docs/benchmarks.md, one sequence's decode step
+//! (`lattice-load-worker --batches`, four rounds, medians): the rows read
+//! from a copy in ordinary 4 KiB pages 15.2 ms, from the mapped file
+//! 12.4 ms; tiles in 4 KiB pages lost the same way, tiles in 2 MiB pages
+//! 11.5 ms. The allocation asks with `madvise(MADV_HUGEPAGE)` before its
+//! first write, so the pages are faulted in huge. A process with THP
+//! disabled (`prctl(PR_SET_THP_DISABLE)`) gets ordinary pages:
+//! `lattice worker` disables THP only once its model is loaded.
 //!
 //! Must never: hand out memory it did not initialise, or free it with
 //! another layout than it was allocated with.
