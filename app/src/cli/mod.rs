@@ -110,7 +110,29 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A serving process runs without transparent huge pages. mimalloc (the
+/// binary's allocator) asks for them on its large regions, and where the
+/// kernel's THP `defrag` setting is `madvise` (the common default) a page
+/// fault there compacts memory synchronously. Measured: in the worker,
+/// one stream's first prefill took 306–668 ms against 194–293 ms with
+/// them off, and its time to first token 413–502 against 202–203 ms; in
+/// the gateway, two runs of the HTTP scenario (one per slot) gave RSS at
+/// saturation 64 → 50 and 59 → 50 MB and CPU per request at 1,000 req/s
+/// 425 → 372 and 377 → 349 µs (docs/benchmarks.md). The flag is the
+/// process's (children inherit it); what was already mapped keeps its
+/// pages: the worker sets it once its model is loaded, so that the weight
+/// matrices the CPU copied into tiles keep the huge pages they asked for
+/// (read at every step: in ordinary pages one sequence's decode step took
+/// ~20% longer; `lattice_gpu_kernels`' `weight/pages.rs`).
+pub(crate) fn without_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("lattice: transparent huge pages stay on ({e})");
+    }
+}
+
 pub fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    without_transparent_huge_pages();
     let config = lattice_gateway::config::load(path)?;
     let registry: std::sync::Arc<dyn lattice_gateway::runtime::RegistryService> =
         std::sync::Arc::new(lattice_registry::service::Service);

@@ -166,24 +166,6 @@ enum DTypeArg {
     Bf16,
 }
 
-/// A serving worker runs without transparent huge pages. mimalloc (the
-/// binary's allocator) asks for them on its large regions, and where the
-/// kernel's THP `defrag` setting is `madvise` (the common default) a page
-/// fault there compacts memory synchronously: measured, one stream's
-/// first prefill took 306–668 ms against 194–293 ms with them off, and
-/// its time to first token 413–502 against 202–203 ms (docs/benchmarks.md).
-/// The flag is the process's; what was already mapped keeps its pages:
-/// it is set once the model is loaded, so that the weight matrices the
-/// CPU copied into tiles keep the huge pages they asked for (read at
-/// every step: measured, in ordinary pages one sequence's decode step
-/// took ~20% longer; see `lattice_gpu_kernels`' `weight/pages.rs`).
-fn without_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
-        eprintln!("lattice worker: transparent huge pages stay on ({e})");
-    }
-}
-
 pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(WorkerCmd::MakeTestModel(t)) = a.cmd {
         let base = match t.arch {
@@ -283,7 +265,9 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         let keyed = options.api_key.is_some();
         let cluster = options.cluster.clone();
         let running = serve::start(options).await.context("lattice worker")?;
-        without_transparent_huge_pages();
+        // Once the model is loaded: its tiled weights keep the huge
+        // pages they asked for (see `super::without_transparent_huge_pages`).
+        super::without_transparent_huge_pages();
         print_membership(cluster.as_ref(), running.fingerprint.as_ref());
         if let Some(why) = &running.fallback {
             eprintln!("lattice worker: --device auto: the GPU did not open ({why}); serving on the CPU");

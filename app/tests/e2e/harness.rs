@@ -259,6 +259,8 @@ impl Gateway {
                 .map(|r| r.status == 200)
                 .unwrap_or(false)
         });
+        let pid = self.child.as_ref().expect("launched").id();
+        assert_thp_off(pid);
     }
 
     /// Starts the process without waiting for it (a TLS listener is
@@ -562,4 +564,14 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     model
+}
+
+/// A serving `lattice` turns transparent huge pages off for itself (its
+/// allocator's huge pages stalled requests on compaction): the kernel's
+/// flag for process `pid` (`THP_enabled` in its status since Linux 5.0).
+pub fn assert_thp_off(pid: u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
 }

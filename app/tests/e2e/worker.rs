@@ -78,19 +78,14 @@ fn start_worker(key: &str) -> Worker {
     wait_for("the worker to serve", Duration::from_secs(20), || {
         http(port, "GET", "/health", &[], b"").is_ok_and(|r| r.status == 200)
     });
-    // A serving worker turns transparent huge pages off for itself (its
-    // allocator's huge pages stalled prefill): the kernel's flag for the
-    // process (`THP_enabled` in its status since Linux 5.0).
-    let worker = Worker {
+    // A serving worker turns transparent huge pages off for itself once
+    // its model is loaded.
+    assert_thp_off(child.id());
+    Worker {
         port,
         child,
         _dir: dir,
-    };
-    let status = std::fs::read_to_string(format!("/proc/{}/status", worker.child.id())).unwrap();
-    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
-        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
     }
-    worker
 }
 
 #[test]
