@@ -91,11 +91,11 @@ pub enum Layout {
     /// first [`TILE_CHUNK`] elements one after another, then their next
     /// [`TILE_CHUNK`], and so on. A tile of the CPU's `vdpbf16ps` products
     /// is then one sequential stream from memory instead of four
-    /// interleaved ones (measured, `lattice-load-worker --kernels`: 1.2–1.8×
-    /// the products' rate at 4–32 activation rows on the gate and up
-    /// shapes, weights read from memory, about the same on the down
-    /// shape; a whole decode step of 1 to 64 sequences 8–33% shorter,
-    /// docs/benchmarks.md).
+    /// interleaved ones (measured, `lattice-load-worker --kernels`, tiles
+    /// in huge pages: 1.3–2.2× the products' rate at 4–32 activation rows
+    /// on the gate and up shapes, 1.05–1.25× on the down shape, weights
+    /// read from memory; a whole decode step of 1 to 64 sequences 8–33%
+    /// shorter, docs/benchmarks.md).
     Tiles,
 }
 
