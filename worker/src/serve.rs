@@ -56,6 +56,11 @@ pub struct Options {
     pub cluster: Option<crate::cluster::ClusterOptions>,
     /// Where the forward pass runs.
     pub device: Device,
+    /// Called once the model's weights are loaded, before the KV cache
+    /// and everything else is allocated (`lattice worker` turns
+    /// transparent huge pages off there: the tiled weights keep theirs,
+    /// the rest of the process gets none).
+    pub loaded: Option<fn()>,
 }
 
 /// Where the forward pass runs.
@@ -92,6 +97,7 @@ impl Options {
             max_body_bytes: 4 << 20,
             cluster: None,
             device: Device::Cpu,
+            loaded: None,
         }
     }
 }
@@ -151,6 +157,9 @@ async fn start_on<K: Kernels>(
     o: Options,
     fallback: Option<String>,
 ) -> Result<Running> {
+    if let Some(loaded) = o.loaded {
+        loaded();
+    }
     let bad = |m: String| WorkerError::Unsupported(m);
     let model = match o.kv_cache_dtype {
         Some(d) => model.with_kv_dtype(d),

@@ -245,6 +245,10 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         threads: a.threads,
         f32_activations: a.f32_activations,
         weights_in_place: a.weights_in_place,
+        // Once the model is loaded, before the KV cache: the tiled weights
+        // keep the huge pages they asked for (see
+        // `super::without_transparent_huge_pages`).
+        loaded: Some(super::without_transparent_huge_pages),
         kv_cache_dtype,
         kv_cache_mib: a.kv_cache_mib,
         block_size: a.block_size,
@@ -265,9 +269,6 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         let keyed = options.api_key.is_some();
         let cluster = options.cluster.clone();
         let running = serve::start(options).await.context("lattice worker")?;
-        // Once the model is loaded: its tiled weights keep the huge
-        // pages they asked for (see `super::without_transparent_huge_pages`).
-        super::without_transparent_huge_pages();
         print_membership(cluster.as_ref(), running.fingerprint.as_ref());
         if let Some(why) = &running.fallback {
             eprintln!("lattice worker: --device auto: the GPU did not open ({why}); serving on the CPU");
