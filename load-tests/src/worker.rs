@@ -63,23 +63,8 @@ struct Args {
 }
 
 impl Args {
-    fn dev(&self) -> Dev {
-        Dev {
-            threads: self.threads,
-            in_place: self.in_place,
-        }
-    }
-}
-
-/// The CPU device the engine runs on, as the arguments ask.
-#[derive(Clone, Copy)]
-struct Dev {
-    threads: usize,
-    in_place: bool,
-}
-
-impl Dev {
-    fn cpu(self) -> Result<Cpu> {
+    /// The CPU device the engine runs on, as the arguments ask.
+    fn cpu(&self) -> Result<Cpu> {
         Ok(Cpu::new(self.threads)?.with_tiles(!self.in_place))
     }
 }
@@ -189,8 +174,8 @@ fn read_bandwidth(threads: usize) -> f64 {
 }
 
 /// (prefill tokens/s, decode tokens/s) of the worker's forward pass.
-fn ours(dir: &Path, dev: Dev, prompt: usize, decode: usize) -> Result<(f64, f64)> {
-    let model = Model::load(dev.cpu()?, dir)?;
+fn ours(dir: &Path, a: &Args, prompt: usize, decode: usize) -> Result<(f64, f64)> {
+    let model = Model::load(a.cpu()?, dir)?;
     let bs = 16;
     let blocks: Vec<u32> = (0..(prompt + decode).div_ceil(bs) as u32).collect();
     let mut cache = model.kv_cache(blocks.len(), bs)?;
@@ -232,10 +217,10 @@ fn ours(dir: &Path, dev: Dev, prompt: usize, decode: usize) -> Result<(f64, f64)
 /// sequence's `prompt` tokens are computed first (512 tokens a pass), then
 /// 8 steps of one token per sequence are timed for each batch size.
 /// `weights` is the number of weights a token is multiplied by.
-fn batches(dir: &Path, dev: Dev, prompt: usize, weights: f64) -> Result<()> {
+fn batches(dir: &Path, a: &Args, prompt: usize, weights: f64) -> Result<()> {
     const MAX: usize = 64;
     const STEPS: usize = 8;
-    let model = Model::load(dev.cpu()?, dir)?;
+    let model = Model::load(a.cpu()?, dir)?;
     let bs = 16;
     let per_seq = (prompt + 5 * STEPS).div_ceil(bs);
     let mut cache = model.kv_cache(MAX * per_seq, bs)?;
@@ -381,9 +366,9 @@ async fn streams(url: &str, n: usize, tokens: usize, prompt: usize) -> Result<(f
 
 /// Tokens/s of `n` greedy requests of `tokens` tokens through the engine
 /// alone (no HTTP).
-async fn engine_only(dir: &Path, dev: Dev, n: usize, tokens: usize) -> Result<f64> {
+async fn engine_only(dir: &Path, a: &Args, n: usize, tokens: usize) -> Result<f64> {
     use lattice_worker::engine::{self, sampler::Sampling, EngineConfig, Event, Request};
-    let model = Model::load(dev.cpu()?, dir)?;
+    let model = Model::load(a.cpu()?, dir)?;
     let text = std::sync::Arc::new(lattice_worker::text::Text::load(dir, &model.config.eos)?);
     let metrics = std::sync::Arc::new(lattice_worker::metrics::Metrics::new("bench"));
     let config = EngineConfig {
@@ -453,13 +438,16 @@ fn kernels(a: &Args) -> Result<()> {
         let gemm = Cpu::new(a.threads)?
             .with_gemv_max_rows(0)
             .with_bf16_dot(false);
-        let tiled: Vec<HostWeight> = cold
-            .iter()
-            .map(|c| {
-                c.tiled()
-                    .ok_or_else(|| anyhow::anyhow!("{n_out}×{k} does not divide into tiles"))
+        let tiled: Vec<HostWeight> = (0..copies)
+            .map(|_| {
+                dot.matrix(HostWeight::owned_u16(
+                    "w",
+                    DType::BF16,
+                    vec![n_out, k],
+                    bits.clone(),
+                )?)
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<_, _>>()?;
         let has_dot = dot.bf16_dot();
         for rows in [1usize, 2, 4, 8, 16, 24, 32, 48, 64, 128, 512] {
             let mut rate = [0.0f64; 5];
@@ -513,7 +501,7 @@ async fn engine_alone(dir: &Path, a: &Args) -> Result<()> {
     for n in [1usize, 4, 16] {
         println!(
             "engine alone, {n} requests: {:.1} tokens/s",
-            engine_only(dir, a.dev(), n, a.stream_tokens).await?
+            engine_only(dir, a, n, a.stream_tokens).await?
         );
     }
     Ok(())
@@ -568,9 +556,9 @@ async fn main() -> Result<()> {
         return engine_alone(dir.path(), &a).await;
     }
     if a.batches {
-        return batches(dir.path(), a.dev(), a.prompt, read_per_token / 2.0);
+        return batches(dir.path(), &a, a.prompt, read_per_token / 2.0);
     }
-    let (pf, dc) = ours(dir.path(), a.dev(), a.prompt, a.decode)?;
+    let (pf, dc) = ours(dir.path(), &a, a.prompt, a.decode)?;
     println!("\n| engine | prefill tokens/s ({} tokens) | decode tokens/s (batch 1) | weights read, GB/s | % of read roofline | % of copy roofline |", a.prompt);
     println!("|---|---|---|---|---|---|");
     let row = |name: &str, p: f64, d: f64, bytes: f64| {

@@ -404,19 +404,24 @@ struct Rows<'w> {
 
 #[cfg(target_arch = "x86_64")]
 impl Rows<'_> {
-    /// Where row `j`'s elements begin, and the elements from one of its
-    /// 32-element chunks to the next (`simd::dot_tile_bf16`'s `stride`).
-    fn row(&self, j: usize) -> (&[u16], usize) {
+    /// Where row `j`'s elements begin.
+    fn row(&self, j: usize) -> &[u16] {
         let k = self.k;
         if self.tiled {
             let tile = j / TILE_ROWS * TILE_ROWS * k;
-            let end = tile + TILE_ROWS * k;
-            (
-                &self.w[tile + j % TILE_ROWS * TILE_CHUNK..end],
-                TILE_ROWS * TILE_CHUNK,
-            )
+            &self.w[tile + j % TILE_ROWS * TILE_CHUNK..tile + TILE_ROWS * k]
         } else {
-            (&self.w[j * k..(j + 1) * k], TILE_CHUNK)
+            &self.w[j * k..(j + 1) * k]
+        }
+    }
+
+    /// The elements from one 32-element chunk of a row to its next
+    /// (`simd::dot_tile_bf16`'s `stride`).
+    fn stride(&self) -> usize {
+        if self.tiled {
+            TILE_ROWS * TILE_CHUNK
+        } else {
+            TILE_CHUNK
         }
     }
 }
@@ -454,14 +459,8 @@ fn bf16_rows<const O: usize, const R: usize>(
     r0: usize,
     out: &mut Out<'_>,
 ) -> usize {
-    let k = w.k;
+    let (k, stride) = (w.k, w.stride());
     let xs: [&[u16]; R] = std::array::from_fn(|i| &xb[(r0 + i) * k..(r0 + i + 1) * k]);
-    // A tile of a tiled matrix starts at a multiple of `TILE_ROWS`
-    // (blocks are whole tiles), so its rows share one stride.
-    let tile = |j: usize| -> ([&[u16]; O], usize) {
-        let rows: [(&[u16], usize); O] = std::array::from_fn(|i| w.row(o0 + j + i));
-        (rows.map(|(r, _)| r), rows[0].1)
-    };
     // SAFETY (both): `bf16_block` runs only where AVX-512F and
     // AVX512-BF16 were detected.
     walk_tiles::<O, R>(
@@ -469,13 +468,10 @@ fn bf16_rows<const O: usize, const R: usize>(
         r0,
         out,
         |j| {
-            let (ws, stride) = tile(j);
+            let ws: [&[u16]; O] = std::array::from_fn(|i| w.row(o0 + j + i));
             unsafe { simd::dot_tile_bf16(&ws, stride, &xs, k) }
         },
-        |j| {
-            let (row, stride) = w.row(o0 + j);
-            unsafe { simd::dot_tile_bf16(&[row], stride, &xs, k) }
-        },
+        |j| unsafe { simd::dot_tile_bf16(&[w.row(o0 + j)], stride, &xs, k) },
     );
     R
 }
