@@ -14,7 +14,13 @@
 //!    [--hidden 1024] [--layers 16] [--intermediate 2816] [--heads 16]
 //!    [--kv-heads 4] [--threads 2] [--prompt 128] [--decode 64]
 //!    [--stream-tokens 64] [--skip-candle] [--kernels] [--engine-only]
-//!    [--batches]`
+//!    [--batches] [--decode-only] [--attention]`
+//!
+//! `--attention` measures instead the attention kernel alone, by context
+//! length (`worker/attention.rs`).
+//!
+//! `--decode-only` stops after the batch-1 prefill and decode figures of
+//! the worker's forward pass (for profiling one sequence's step).
 //!
 //! `--engine-only` runs only the engine-alone step (1, 4 and 16 requests
 //! submitted in-process), for profiling the scheduler.
@@ -43,6 +49,9 @@ use lattice_worker::testmodel::{self, Spec};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "worker/attention.rs"]
+mod attention;
+
 struct Args {
     hidden: usize,
     layers: usize,
@@ -57,6 +66,8 @@ struct Args {
     kernels: bool,
     engine_only: bool,
     batches: bool,
+    decode_only: bool,
+    attention: bool,
     /// The worker's `--weights-in-place`: bf16 matrices left in the
     /// mapped file instead of tiled.
     in_place: bool,
@@ -84,6 +95,8 @@ fn parse_args() -> Result<Args> {
         kernels: false,
         engine_only: false,
         batches: false,
+        decode_only: false,
+        attention: false,
         in_place: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -106,6 +119,16 @@ fn parse_args() -> Result<Args> {
         }
         if argv[i] == "--weights-in-place" {
             a.in_place = true;
+            i += 1;
+            continue;
+        }
+        if argv[i] == "--attention" {
+            a.attention = true;
+            i += 1;
+            continue;
+        }
+        if argv[i] == "--decode-only" {
+            a.decode_only = true;
             i += 1;
             continue;
         }
@@ -513,6 +536,9 @@ async fn main() -> Result<()> {
     if a.kernels {
         return kernels(&a);
     }
+    if a.attention {
+        return attention::attention(&a);
+    }
     let dir = tempfile::tempdir()?;
     let spec = Spec {
         hidden: a.hidden,
@@ -570,6 +596,9 @@ async fn main() -> Result<()> {
         )
     };
     row("Lattice worker (bf16 as stored)", pf, dc, read_per_token);
+    if a.decode_only {
+        return Ok(());
+    }
     if a.candle {
         for (name, dtype) in [
             ("candle 0.11 Llama, bf16", CDType::BF16),

@@ -1,12 +1,17 @@
 //! Causal attention over the paged KV cache on the CPU: one task per
 //! (query row, KV head), each reading its sequence's keys and values
 //! through the block table once for all the query heads of the group that
-//! shares them (grouped-query attention), not once per head. A head's
-//! arithmetic is the same in any batch and any group size.
+//! shares them (grouped-query attention), not once per head. A prefill
+//! chunk on the AVX-512 body goes in tiles instead: one task per few rows
+//! of a sequence, each key read once for all their heads (the rows see
+//! nearly the same positions; flash attention's tiling of queries). A
+//! head's arithmetic is the same in any batch, any group size and any
+//! tile: its bits do not depend on which path ran it.
 //!
-//! Must never: read a slot beyond the sequence's context (positions past
-//! the query's own are masked by not being read at all), or a block the
-//! table does not name (an error, not a panic).
+//! Must never: read a slot beyond the sequence's context written so far
+//! (a row reads positions past its own only up to its tile's last row,
+//! and never weights them), or a block the table does not name (an error,
+//! not a panic).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -14,6 +19,24 @@ mod avx512;
 use super::{KvCpu, KvRows, Mat, Simd};
 use crate::{shape, AttnSeq, AttnShape, KernelError};
 use rayon::prelude::*;
+use std::ops::Range;
+
+/// Whether query rows of one sequence share their reads of the keys.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Tiles {
+    /// Where the body allows it and there are rows enough to keep every
+    /// thread busy (a prefill chunk).
+    Auto,
+    /// Where the body allows it (tests: against `Never`, bit for bit).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Always,
+    /// One task per query row and KV head.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Never,
+}
+
+/// Tiles are used when there are at least this many per thread.
+const TILES_PER_THREAD: usize = 4;
 
 pub(super) fn attention(
     simd: Simd,
@@ -22,6 +45,7 @@ pub(super) fn attention(
     s: AttnShape,
     seqs: &[AttnSeq<'_>],
     out: &mut Mat,
+    tiles: Tiles,
 ) -> Result<(), KernelError> {
     let width = s.heads * s.head_dim;
     if s.kv_heads == 0
@@ -87,6 +111,7 @@ pub(super) fn attention(
         seqs,
         owner: &owner,
         width: kv.width,
+        tiles,
     };
     match (&kv.k, &kv.v) {
         (KvRows::F32(k), KvRows::F32(v)) => at.run(k, v, out),
@@ -159,10 +184,16 @@ struct Call<'a> {
     owner: &'a [usize],
     /// Values per cache slot (all KV heads).
     width: usize,
+    tiles: Tiles,
 }
 
 impl Call<'_> {
     fn run<T: KvElem>(&self, k: &[T], v: &[T], out: &mut Mat) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(rows) = self.tile_rows() {
+            self.run_tiles(k, v, rows, out);
+            return;
+        }
         let s = self.s;
         let q_width = s.heads * s.head_dim;
         // The query heads of KV head `kvh` are `kvh * group..`, adjacent
@@ -188,6 +219,107 @@ impl Call<'_> {
                 };
                 at.one(self.simd, qs, o);
             });
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Call<'_> {
+    /// Rows per tile, when rows of a sequence share their reads of the
+    /// keys: on the AVX-512 body, without a sliding window (each row of a
+    /// tile reads the positions of the tile's last row, and weights only
+    /// its own), as many rows as make `MAX_HEADS` heads.
+    fn tile_rows(&self) -> Option<usize> {
+        let s = self.s;
+        let group = s.heads / s.kv_heads;
+        if self.tiles == Tiles::Never
+            || self.simd != Simd::Avx512
+            || s.window.is_some()
+            || !s.head_dim.is_multiple_of(16)
+            || s.head_dim > avx512::MAX_HEAD_DIM
+            || group > avx512::MAX_GROUP
+        {
+            return None;
+        }
+        let rows = avx512::MAX_HEADS / group;
+        let enough = self.q.rows >= TILES_PER_THREAD * rows * rayon::current_num_threads();
+        (rows > 1 && (enough || self.tiles == Tiles::Always)).then_some(rows)
+    }
+
+    /// One task per tile of `per_tile` rows (split where a sequence ends),
+    /// every KV head in turn.
+    fn run_tiles<T: KvElem>(&self, k: &[T], v: &[T], per_tile: usize, out: &mut Mat) {
+        let q_width = self.s.heads * self.s.head_dim;
+        out.data
+            .par_chunks_mut(per_tile * q_width)
+            .enumerate()
+            .for_each(|(t, o)| {
+                let first = t * per_tile;
+                let rows = o.len() / q_width;
+                let mut r = 0;
+                while r < rows {
+                    let seq = self.owner[first + r];
+                    let mut end = r + 1;
+                    while end < rows && self.owner[first + end] == seq {
+                        end += 1;
+                    }
+                    let o = &mut o[r * q_width..end * q_width];
+                    self.tile(k, v, &self.seqs[seq], first + r..first + end, o);
+                    r = end;
+                }
+            });
+    }
+
+    /// Rows `rows` of one sequence (`o`: their output rows), each KV head
+    /// in turn: each key and value of the tile's context read once for all
+    /// the heads of all the rows.
+    fn tile<T: KvElem>(
+        &self,
+        k: &[T],
+        v: &[T],
+        seq: &AttnSeq<'_>,
+        rows: Range<usize>,
+        o: &mut [f32],
+    ) {
+        let s = self.s;
+        let (hd, bs) = (s.head_dim, s.block_size);
+        let span = s.heads / s.kv_heads * hd;
+        let q_width = s.heads * hd;
+        // Row `r` sees positions `0..=start + (r - seq.rows.start)`.
+        let n: Vec<usize> = rows
+            .clone()
+            .map(|r| seq.start + (r - seq.rows.start) + 1)
+            .collect();
+        let seen = n.last().copied().unwrap_or(0);
+        let slots: Vec<usize> = (0..seen)
+            .map(|p| (seq.blocks[p / bs] as usize * bs + p % bs) * self.width)
+            .collect();
+        let mut qt = vec![0.0f32; rows.len() * span];
+        let mut ot = vec![0.0f32; rows.len() * span];
+        for kvh in 0..s.kv_heads {
+            for (i, r) in rows.clone().enumerate() {
+                qt[i * span..][..span]
+                    .copy_from_slice(&self.q.data[r * q_width + kvh * span..][..span]);
+            }
+            let task = avx512::Task {
+                k,
+                v,
+                at: &slots,
+                base: kvh * hd,
+                hd,
+                scale: s.scale,
+            };
+            // SAFETY: `tile_rows` checked AVX-512F, the head dimension and
+            // the group; a tile holds at most `MAX_HEADS` heads; every
+            // slot's block was checked against the cache by `attention`,
+            // and every row's `n` is at most the tile's context.
+            #[allow(unsafe_code)]
+            unsafe {
+                task.run(&qt, span / hd, &n, &mut ot)
+            };
+            for i in 0..rows.len() {
+                o[i * q_width + kvh * span..][..span].copy_from_slice(&ot[i * span..][..span]);
+            }
+        }
     }
 }
 
@@ -227,23 +359,26 @@ impl<T: KvElem> Head<'_, T> {
                     && hd <= avx512::MAX_HEAD_DIM
                     && q.len() / hd <= avx512::MAX_GROUP
                 {
-                    let first = self.first();
+                    // Each position's offset through the block table,
+                    // once (not once per head and read).
+                    let at: Vec<usize> =
+                        (self.first()..=self.pos).map(|p| self.offset(p)).collect();
                     let task = avx512::Task {
                         k: self.k,
                         v: self.v,
-                        at: |i: usize| self.offset(first + i),
-                        n: self.pos + 1 - first,
+                        at: &at,
+                        base: 0,
                         hd,
                         scale: self.s.scale,
                     };
                     // SAFETY: `Simd::detect` found AVX-512F; the head
                     // dimension and group are within the body's bounds
-                    // (checked above), `q` and `o` hold the group's heads,
-                    // and every position's offset is inside the cache
-                    // (the block table was checked by `attention`).
+                    // (checked above), `q` and `o` hold the group's heads
+                    // (one row), and every position's offset is inside the
+                    // cache (the block table was checked by `attention`).
                     #[allow(unsafe_code)]
                     unsafe {
-                        task.run(q, o)
+                        task.run(q, q.len() / hd, &[at.len()], o)
                     };
                     return;
                 }
@@ -355,156 +490,4 @@ fn dot<const FMA: bool, T: KvElem>(a: &[f32], b: &[T]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::KvDtype;
-
-    /// Two sequences over scattered blocks, one of them with a sliding
-    /// window, caches in f32 and in bf16 (written through `kv_write`),
-    /// every body this CPU runs: against a direct computation on the
-    /// values the cache holds. The shapes cover a head dimension the
-    /// AVX-512 body refuses (8) and ones it takes (16, 64, 80: 64 + 16),
-    /// groups of 1, 2, 3 and 8 query heads per KV head, and contexts of
-    /// one to three blocks of sixteen positions (the last one partial).
-    #[test]
-    fn paged_attention_matches_a_direct_computation() {
-        for (heads, kv_heads, hd) in [(4, 2, 8), (4, 2, 64), (6, 2, 16), (8, 1, 32), (2, 2, 80)] {
-            matches_a_direct_computation(heads, kv_heads, hd);
-        }
-    }
-
-    fn matches_a_direct_computation(heads: usize, kv_heads: usize, hd: usize) {
-        let bs = 4;
-        let group = heads / kv_heads;
-        let kvw = kv_heads * hd;
-        let slots = 64 * bs;
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
-        let raw_k: Vec<f32> = (0..slots * kvw).map(val).collect();
-        let raw_v: Vec<f32> = (0..slots * kvw).map(|i| val(i + 13)).collect();
-        let seq_a = [5u32, 2, 9, 11, 40, 33, 17, 60, 3, 22, 50];
-        let seq_b = [1u32, 7];
-        // a: 3 new rows at positions 37..40 (ctx 40); b: 1 row at position 6.
-        let q = Mat::from_vec(
-            4,
-            heads * hd,
-            (0..4 * heads * hd).map(|i| val(i + 5)).collect(),
-        )
-        .unwrap();
-        for dtype in [KvDtype::F32, KvDtype::BF16] {
-            let mut kv = KvCpu {
-                width: kvw,
-                k: KvRows::zeros(slots * kvw, dtype).unwrap(),
-                v: KvRows::zeros(slots * kvw, dtype).unwrap(),
-            };
-            let all: Vec<u32> = (0..slots as u32).collect();
-            let k_rows = Mat::from_vec(slots, kvw, raw_k.clone()).unwrap();
-            let v_rows = Mat::from_vec(slots, kvw, raw_v.clone()).unwrap();
-            super::super::ops::kv_write(&mut kv, &k_rows, &v_rows, &all).unwrap();
-            let held = |x: &f32| match dtype {
-                KvDtype::F32 => *x,
-                KvDtype::BF16 => half::bf16::from_f32(*x).to_f32(),
-            };
-            let kf: Vec<f32> = raw_k.iter().map(held).collect();
-            let vf: Vec<f32> = raw_v.iter().map(held).collect();
-            if dtype == KvDtype::BF16 {
-                assert_ne!(kf, raw_k, "the bf16 cache rounds");
-            }
-            for window in [None, Some(3), Some(20)] {
-                let shape = AttnShape {
-                    heads,
-                    kv_heads,
-                    head_dim: hd,
-                    block_size: bs,
-                    window,
-                    scale: 0.35,
-                };
-                let seqs = [
-                    AttnSeq {
-                        rows: 0..3,
-                        start: 37,
-                        blocks: &seq_a,
-                    },
-                    AttnSeq {
-                        rows: 3..4,
-                        start: 6,
-                        blocks: &seq_b,
-                    },
-                ];
-                // Every body this CPU can run (AVX-512 implies AVX2).
-                let mut simds = vec![Simd::detect(), Simd::Portable];
-                if Simd::detect() == Simd::Avx512 {
-                    simds.push(Simd::Avx2);
-                }
-                for simd in simds {
-                    let mut out = Mat::zeros(4, heads * hd);
-                    attention(simd, &q, &kv, shape, &seqs, &mut out).unwrap();
-                    for (row, blocks, pos) in [
-                        (0usize, &seq_a[..], 37usize),
-                        (1, &seq_a[..], 38),
-                        (2, &seq_a[..], 39),
-                        (3, &seq_b[..], 6),
-                    ] {
-                        for h in 0..heads {
-                            let kvh = h / group;
-                            let qh = &q.data[row * heads * hd + h * hd..][..hd];
-                            let first = window.map_or(0, |w: usize| (pos + 1).saturating_sub(w));
-                            let slot =
-                                |p: usize| (blocks[p / bs] as usize * bs + p % bs) * kvw + kvh * hd;
-                            let sc: Vec<f64> = (first..=pos)
-                                .map(|p| {
-                                    (0..hd)
-                                        .map(|d| f64::from(qh[d]) * f64::from(kf[slot(p) + d]))
-                                        .sum::<f64>()
-                                        * 0.35
-                                })
-                                .collect();
-                            let m = sc.iter().cloned().fold(f64::MIN, f64::max);
-                            let e: Vec<f64> = sc.iter().map(|v| (v - m).exp()).collect();
-                            let z: f64 = e.iter().sum();
-                            for d in 0..hd {
-                                let want: f64 = (first..=pos)
-                                    .zip(&e)
-                                    .map(|(p, w)| w / z * f64::from(vf[slot(p) + d]))
-                                    .sum();
-                                let got = out.data[row * heads * hd + h * hd + d];
-                                assert!(
-                                    (f64::from(got) - want).abs() < 1e-5,
-                                    "{heads}/{kv_heads}×{hd} {dtype:?} {window:?} {simd:?} row {row} head {h}: {got} vs {want}"
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_block_table_too_short_for_the_context_is_an_error() {
-        let kv = KvCpu {
-            width: 8,
-            k: KvRows::F32(vec![0.0; 64]),
-            v: KvRows::F32(vec![0.0; 64]),
-        };
-        let q = Mat::zeros(1, 8);
-        let mut out = Mat::zeros(1, 8);
-        let shape = AttnShape {
-            heads: 1,
-            kv_heads: 1,
-            head_dim: 8,
-            block_size: 4,
-            window: None,
-            scale: 1.0,
-        };
-        let seqs = [AttnSeq {
-            rows: 0..1,
-            start: 4,
-            blocks: &[0],
-        }];
-        let err = attention(Simd::Portable, &q, &kv, shape, &seqs, &mut out).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "shape mismatch in attention: 1 blocks for a context of 5"
-        );
-    }
-}
+mod tests;

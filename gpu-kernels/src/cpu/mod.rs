@@ -385,8 +385,10 @@ impl Kernels for Cpu {
         seqs: &[AttnSeq<'_>],
         out: &mut Mat,
     ) -> Result<(), KernelError> {
-        self.pool
-            .install(|| attention::attention(self.paths.simd, q, kv, shape, seqs, out))
+        self.pool.install(|| {
+            let tiles = attention::Tiles::Auto;
+            attention::attention(self.paths.simd, q, kv, shape, seqs, out, tiles)
+        })
     }
 
     fn silu_mul(&self, gate: &Mat, up: &Mat, out: &mut Mat) -> Result<(), KernelError> {

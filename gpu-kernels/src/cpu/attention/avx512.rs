@@ -1,21 +1,22 @@
-//! The AVX-512 body of CPU attention: one query row's heads of one KV
-//! group over its positions, with every inner loop in 512-bit registers —
-//! scores sixteen positions at a time (each key read and widened once for
-//! all the heads of the group, the sixteen partial dot products summed by
-//! one transposing tree instead of sixteen horizontal sums), the
-//! exponentials sixteen at a time (a polynomial with `vscalefps`, within
-//! 2 ulp of `expf`, in `vmath`), and each head's output held in registers
-//! while the values stream past.
+//! The AVX-512 body of CPU attention: the heads of one KV group for one
+//! query row, or for a tile of rows of one sequence, over their positions,
+//! with every inner loop in 512-bit registers — scores sixteen positions at
+//! a time (each key read and widened once for all the heads of all the
+//! rows, the sixteen partial dot products summed by one transposing tree
+//! instead of sixteen horizontal sums), the exponentials sixteen at a time
+//! (a polynomial with `vscalefps`, within 2 ulp of `expf`, in `vmath`), and
+//! the outputs of up to four heads held in registers while the values
+//! stream past (each value read once for them).
 //!
 //! Why not the portable body compiled for AVX-512: LLVM keeps its scalar
 //! order of summation (a horizontal sum per position and head, ~30
 //! dependent instructions) and the output in memory; measured with a
 //! 16-sequence decode step, attention took ~18% of the step.
 //!
-//! Must never: read a position outside `first..first + n` (the caller
-//! gives each position's offset, checked against the cache), or run on a
-//! CPU without AVX-512F (`Simd::detect` decides).
-
+//! Must never: read a position outside the offsets the caller gives
+//! (checked against the cache), weight a position past a row's own `n`,
+//! make a head's result depend on the other heads or rows of its task, or
+//! run on a CPU without AVX-512F (`Simd::detect` decides).
 #![cfg(target_arch = "x86_64")]
 #![allow(unsafe_code)]
 
@@ -27,79 +28,97 @@ use std::arch::x86_64::*;
 /// and Qwen families use 1 to 8); more take the portable body.
 pub(super) const MAX_GROUP: usize = 8;
 
+/// The most heads one task scores at once: a tile's rows × its group.
+pub(super) const MAX_HEADS: usize = 16;
+
 /// The largest head dimension this body takes (a multiple of 16).
 pub(super) const MAX_HEAD_DIM: usize = 256;
 
 /// How many positions ahead the scores loop prefetches keys and values.
 const AHEAD: usize = 8;
 
-/// What one task attends with: keys and values of `n` positions (the
-/// offset of position `i` in `k` and `v` from `at(i)`, `i < n`), a group
-/// of query heads `q` (`group × hd`, one head after another) and its
-/// output `o` (the same shape).
-pub(super) struct Task<'a, T, F> {
+/// The most heads whose weighted sums are built from one read of the
+/// values (four heads × four registers of a 64-wide slice: sixteen
+/// accumulators, within the 32 registers).
+const VALUE_HEADS: usize = 4;
+
+/// What one task attends with: keys and values of up to `at.len()`
+/// positions (position `i`'s key and value start at `at[i] + base` in `k`
+/// and `v`), a head dimension and the scores' scale.
+pub(super) struct Task<'a, T> {
     pub k: &'a [T],
     pub v: &'a [T],
-    pub at: F,
-    pub n: usize,
+    pub at: &'a [usize],
+    pub base: usize,
     pub hd: usize,
     pub scale: f32,
 }
 
-impl<T: KvElem, F: Fn(usize) -> usize> Task<'_, T, F> {
-    /// softmax(q·Kᵀ·scale)·V for each head of `q` into `o`.
+impl<T: KvElem> Task<'_, T> {
+    /// For each row `r` of `q` (`group` heads of `hd`, one after
+    /// another): softmax(q·Kᵀ·scale)·V of each head over positions
+    /// `0..n[r]`, into the same place of `o`. Each key is read once for
+    /// every head of every row, each value once for up to
+    /// `VALUE_HEADS` heads of a row. A head's arithmetic does not depend
+    /// on the other rows or heads of the task.
     ///
     /// # Safety
-    /// AVX-512F. `hd` a multiple of 16 up to `MAX_HEAD_DIM`, `q.len() ==
-    /// o.len() == group × hd` with `group <= MAX_GROUP`, and `at(i) + hd`
-    /// within `k` and `v` for every `i < n` (checked: a position outside
-    /// panics on the slice, it is never read).
+    /// AVX-512F. `hd` a multiple of 16 up to `MAX_HEAD_DIM`, `group` at
+    /// most `MAX_GROUP`, `q.len() == o.len() == n.len() × group × hd` with
+    /// at most `MAX_HEADS` heads, every `n[r] <= at.len()`, and `at[i] +
+    /// base + hd` within `k` and `v` for every `i` (checked: a position
+    /// outside panics on the slice, it is never read).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn run(&self, q: &[f32], o: &mut [f32]) {
-        let (n, hd) = (self.n, self.hd);
-        let group = q.len() / hd;
-        let padded = n.div_ceil(16) * 16;
-        // Head `g`'s scores at `g * padded..`, then its exponentials.
-        let mut scores = vec![0.0f32; group * padded];
-        let mut sums = [0.0f32; MAX_GROUP];
+    pub(super) unsafe fn run(&self, q: &[f32], group: usize, n: &[usize], o: &mut [f32]) {
+        let hd = self.hd;
+        let heads = q.len() / hd;
+        let most = n.iter().copied().max().unwrap_or(0);
+        let padded = most.div_ceil(16) * 16;
+        // Head `h`'s scores at `h * padded..`, then its exponentials.
+        let mut scores = vec![0.0f32; heads * padded];
         // SAFETY (every block below): AVX-512F (this function's
         // feature); loads and stores stay inside slices checked here.
         unsafe {
-            self.scores(q, group, padded, &mut scores);
-            for (g, sum) in sums.iter_mut().enumerate().take(group) {
-                *sum = softmax_numerators(&mut scores[g * padded..][..n]);
-            }
-            for (g, (oh, sum)) in o.chunks_exact_mut(hd).zip(sums).enumerate() {
-                self.weighted_values(&scores[g * padded..][..n], 1.0 / sum, oh);
+            self.scores(q, heads, most, padded, &mut scores);
+            for (r, &nr) in n.iter().enumerate() {
+                let mut inv = [0.0f32; MAX_GROUP];
+                for (g, inv) in inv.iter_mut().enumerate().take(group) {
+                    let h = r * group + g;
+                    *inv = 1.0 / softmax_numerators(&mut scores[h * padded..][..nr]);
+                }
+                let row = &scores[r * group * padded..][..group * padded];
+                let out = &mut o[r * group * hd..][..group * hd];
+                self.weighted_values(row, padded, nr, &inv[..group], out);
             }
         }
     }
 
-    /// Every head's scaled scores, sixteen positions at a time.
+    /// Every head's scaled scores over positions `0..n`, sixteen
+    /// positions at a time.
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores(&self, q: &[f32], group: usize, padded: usize, scores: &mut [f32]) {
-        let (n, hd) = (self.n, self.hd);
+    unsafe fn scores(&self, q: &[f32], heads: usize, n: usize, padded: usize, scores: &mut [f32]) {
+        let hd = self.hd;
         let chunks = hd / 16;
         let scale = _mm512_set1_ps(self.scale);
         // The partial dot products of sixteen positions, per head.
-        let mut parts = [[_mm512_setzero_ps(); 16]; MAX_GROUP];
+        let mut parts = [[_mm512_setzero_ps(); 16]; MAX_HEADS];
         for block in (0..n).step_by(16) {
             let m = (n - block).min(16);
             for i in 0..m {
                 // The key and value of a position a few ahead, fetched
                 // while this one is computed: positions sit in scattered
                 // blocks, so the hardware cannot guess them.
-                if block + i + AHEAD < n {
-                    self.prefetch((self.at)(block + i + AHEAD));
+                if let Some(&ahead) = self.at.get(block + i + AHEAD) {
+                    self.prefetch(ahead + self.base);
                 }
-                let key = &self.k[(self.at)(block + i)..][..hd];
+                let key = &self.k[self.at[block + i] + self.base..][..hd];
                 let mut kc = [_mm512_setzero_ps(); MAX_HEAD_DIM / 16];
                 for (c, kv) in kc.iter_mut().enumerate().take(chunks) {
                     // SAFETY: `key` holds `hd = 16 × chunks` elements.
                     *kv = unsafe { T::load16(key.as_ptr().add(16 * c)) };
                 }
-                for (g, part) in parts.iter_mut().enumerate().take(group) {
-                    let qh = &q[g * hd..][..hd];
+                for (h, part) in parts.iter_mut().enumerate().take(heads) {
+                    let qh = &q[h * hd..][..hd];
                     let mut acc = _mm512_setzero_ps();
                     for (c, kv) in kc.iter().enumerate().take(chunks) {
                         // SAFETY: `qh` holds `hd` values.
@@ -109,13 +128,13 @@ impl<T: KvElem, F: Fn(usize) -> usize> Task<'_, T, F> {
                     part[i] = acc;
                 }
             }
-            for (g, part) in parts.iter_mut().enumerate().take(group) {
+            for (h, part) in parts.iter_mut().enumerate().take(heads) {
                 // Positions past the last read nothing: zero partials.
                 part[m..].fill(_mm512_setzero_ps());
                 let s = _mm512_mul_ps(sum16(part), scale);
-                // SAFETY: `scores` holds `group × padded` values and
+                // SAFETY: `scores` holds `heads × padded` values and
                 // `block + 16 <= padded`.
-                unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(g * padded + block), s) };
+                unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(h * padded + block), s) };
             }
         }
     }
@@ -136,52 +155,100 @@ impl<T: KvElem, F: Fn(usize) -> usize> Task<'_, T, F> {
         }
     }
 
-    /// `o = inv_sum · Σᵢ wᵢ · vᵢ`, 64 dimensions at a time (four
-    /// accumulators in registers), then the rest 16 at a time.
+    /// `o_g = inv_g · Σᵢ w_gᵢ · vᵢ` for the heads `g` of one row (`w`: head
+    /// `g`'s numerators at `g * padded..`, `n` of them), up to
+    /// `VALUE_HEADS` heads per read of the values, 64 dimensions at a time
+    /// and then the rest 16 at a time.
     #[target_feature(enable = "avx512f")]
-    unsafe fn weighted_values(&self, w: &[f32], inv_sum: f32, o: &mut [f32]) {
-        let mut d = 0;
-        // SAFETY (all three): `d + 16 × C <= hd = o.len()`.
-        while d + 64 <= self.hd {
-            unsafe { self.values_slice::<4>(w, inv_sum, d, o) };
-            d += 64;
-        }
-        while d + 32 <= self.hd {
-            unsafe { self.values_slice::<2>(w, inv_sum, d, o) };
-            d += 32;
-        }
-        while d + 16 <= self.hd {
-            unsafe { self.values_slice::<1>(w, inv_sum, d, o) };
-            d += 16;
+    unsafe fn weighted_values(
+        &self,
+        w: &[f32],
+        padded: usize,
+        n: usize,
+        inv: &[f32],
+        o: &mut [f32],
+    ) {
+        let group = inv.len();
+        let mut h0 = 0;
+        while h0 < group {
+            let hs = (group - h0).min(VALUE_HEADS);
+            let mut at = Slice {
+                w,
+                padded,
+                n,
+                inv,
+                h0,
+                d: 0,
+            };
+            // SAFETY (all): `d + 16 × C <= hd`, `h0 + hs <= group`.
+            while at.d + 64 <= self.hd {
+                unsafe { self.values_by_heads::<4>(hs, &at, o) };
+                at.d += 64;
+            }
+            while at.d + 32 <= self.hd {
+                unsafe { self.values_by_heads::<2>(hs, &at, o) };
+                at.d += 32;
+            }
+            while at.d + 16 <= self.hd {
+                unsafe { self.values_by_heads::<1>(hs, &at, o) };
+                at.d += 16;
+            }
+            h0 += hs;
         }
     }
 
-    /// Dimensions `d..d + 16·C` of the weighted sum.
+    /// `values_slice` for `hs` heads (1 to `VALUE_HEADS`), each a
+    /// compile-time count so its accumulators stay in registers.
     #[target_feature(enable = "avx512f")]
-    unsafe fn values_slice<const C: usize>(
-        &self,
-        w: &[f32],
-        inv_sum: f32,
-        d: usize,
-        o: &mut [f32],
-    ) {
-        let mut acc = [_mm512_setzero_ps(); C];
-        for (i, &wi) in w.iter().enumerate() {
-            let value = &self.v[(self.at)(i) + d..][..16 * C];
-            let wv = _mm512_set1_ps(wi);
-            for (c, a) in acc.iter_mut().enumerate() {
-                // SAFETY: `value` holds `16 × C` elements.
-                let vv = unsafe { T::load16(value.as_ptr().add(16 * c)) };
-                *a = _mm512_fmadd_ps(wv, vv, *a);
+    unsafe fn values_by_heads<const C: usize>(&self, hs: usize, at: &Slice<'_>, o: &mut [f32]) {
+        // SAFETY: the caller's guarantee, with `H == hs`.
+        unsafe {
+            match hs {
+                1 => self.values_slice::<1, C>(at, o),
+                2 => self.values_slice::<2, C>(at, o),
+                3 => self.values_slice::<3, C>(at, o),
+                _ => self.values_slice::<4, C>(at, o),
             }
         }
-        let scale = _mm512_set1_ps(inv_sum);
-        let out = &mut o[d..][..16 * C];
-        for (c, a) in acc.iter().enumerate() {
-            // SAFETY: `out` holds `16 × C` values.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), _mm512_mul_ps(*a, scale)) };
+    }
+
+    /// Dimensions `d..d + 16·C` of the weighted sums of heads `h0..h0 +
+    /// H`: each value read once for the `H` heads.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn values_slice<const H: usize, const C: usize>(&self, at: &Slice<'_>, o: &mut [f32]) {
+        let mut acc = [[_mm512_setzero_ps(); C]; H];
+        let ws: [&[f32]; H] = std::array::from_fn(|h| &at.w[(at.h0 + h) * at.padded..][..at.n]);
+        for i in 0..at.n {
+            let value = &self.v[self.at[i] + self.base + at.d..][..16 * C];
+            // SAFETY: `value` holds `16 × C` elements.
+            let vv: [__m512; C] =
+                std::array::from_fn(|c| unsafe { T::load16(value.as_ptr().add(16 * c)) });
+            for (a, w) in acc.iter_mut().zip(&ws) {
+                let wv = _mm512_set1_ps(w[i]);
+                for (a, v) in a.iter_mut().zip(&vv) {
+                    *a = _mm512_fmadd_ps(wv, *v, *a);
+                }
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            let scale = _mm512_set1_ps(at.inv[at.h0 + h]);
+            let out = &mut o[(at.h0 + h) * self.hd + at.d..][..16 * C];
+            for (c, a) in a.iter().enumerate() {
+                // SAFETY: `out` holds `16 × C` values.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), _mm512_mul_ps(*a, scale)) };
+            }
         }
     }
+}
+
+/// Where one slice of weighted sums reads its weights and writes.
+struct Slice<'a> {
+    w: &'a [f32],
+    padded: usize,
+    n: usize,
+    inv: &'a [f32],
+    h0: usize,
+    d: usize,
 }
 
 /// Replaces each score by `exp(score − max)` and returns their sum.
