@@ -34,7 +34,8 @@ pub(super) const MAX_HEADS: usize = 16;
 /// The largest head dimension this body takes (a multiple of 16).
 pub(super) const MAX_HEAD_DIM: usize = 256;
 
-/// How many positions ahead the scores loop prefetches keys and values.
+/// How many positions ahead the scores loop prefetches keys, and the
+/// values loop values.
 const AHEAD: usize = 8;
 
 /// The most heads whose weighted sums are built from one read of the
@@ -105,11 +106,11 @@ impl<T: KvElem> Task<'_, T> {
         for block in (0..n).step_by(16) {
             let m = (n - block).min(16);
             for i in 0..m {
-                // The key and value of a position a few ahead, fetched
-                // while this one is computed: positions sit in scattered
-                // blocks, so the hardware cannot guess them.
+                // The key of a position a few ahead, fetched while this
+                // one is computed: positions sit in scattered blocks, so
+                // the hardware cannot guess them.
                 if let Some(&ahead) = self.at.get(block + i + AHEAD) {
-                    self.prefetch(ahead + self.base);
+                    prefetch(self.k, ahead + self.base, self.hd);
                 }
                 let key = &self.k[self.at[block + i] + self.base..][..hd];
                 let mut kc = [_mm512_setzero_ps(); MAX_HEAD_DIM / 16];
@@ -135,22 +136,6 @@ impl<T: KvElem> Task<'_, T> {
                 // SAFETY: `scores` holds `heads × padded` values and
                 // `block + 16 <= padded`.
                 unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(h * padded + block), s) };
-            }
-        }
-    }
-
-    /// Asks for the cache lines of the key and the value at `offset`.
-    #[inline(always)]
-    fn prefetch(&self, offset: usize) {
-        for cache in [self.k, self.v] {
-            let Some(x) = cache.get(offset..offset + self.hd) else {
-                continue;
-            };
-            let bytes = std::mem::size_of_val(x);
-            for line in (0..bytes).step_by(64) {
-                // SAFETY: `line < bytes`: inside the slice (and a
-                // prefetch never faults).
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().cast::<i8>().add(line)) };
             }
         }
     }
@@ -219,6 +204,11 @@ impl<T: KvElem> Task<'_, T> {
         let mut acc = [[_mm512_setzero_ps(); C]; H];
         let ws: [&[f32]; H] = std::array::from_fn(|h| &at.w[(at.h0 + h) * at.padded..][..at.n]);
         for i in 0..at.n {
+            // As for the keys: the values' positions are scattered, and
+            // the scores pass is long gone from this cache level.
+            if let Some(&ahead) = self.at.get(i + AHEAD) {
+                prefetch(self.v, ahead + self.base + at.d, 16 * C);
+            }
             let value = &self.v[self.at[i] + self.base + at.d..][..16 * C];
             // SAFETY: `value` holds `16 × C` elements.
             let vv: [__m512; C] =
@@ -249,6 +239,23 @@ struct Slice<'a> {
     inv: &'a [f32],
     h0: usize,
     d: usize,
+}
+
+/// Asks for the cache lines of `len` elements of `cache` at `offset`.
+#[inline(always)]
+fn prefetch<T>(cache: &[T], offset: usize, len: usize) {
+    let Some(x) = cache.get(offset..offset + len) else {
+        return;
+    };
+    let bytes = std::mem::size_of_val(x);
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: `line < bytes`: inside the slice (and a prefetch never
+        // faults).
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().cast::<i8>().add(line))
+        };
+    }
 }
 
 /// Replaces each score by `exp(score − max)` and returns their sum.
