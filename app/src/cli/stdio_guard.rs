@@ -11,6 +11,10 @@
 //! The server inherits the guard's stdin, stdout and stderr: the gateway
 //! talks to it directly, the guard reads nothing.
 //!
+//! The server runs with the machine's transparent huge pages setting, not
+//! the gateway's (which turns them off for itself, and children inherit
+//! that).
+//!
 //! Must never: exit while a process it started (or inherited) still runs,
 //! or run a server after the gateway is gone.
 
@@ -117,6 +121,9 @@ pub fn run(command: &str, args: &[String]) -> anyhow::Result<ExitCode> {
     if getppid() != gateway {
         return Ok(ExitCode::FAILURE); // the gateway died before we could ask to be told
     }
+    // The gateway runs without transparent huge pages (`serve`), a setting
+    // that children keep across exec: the server gets the machine's own.
+    prctl::set_thp_disable(false)?;
     let mut server = std::process::Command::new(command);
     server.args(args);
     server_dies_with_guard(&mut server);

@@ -570,8 +570,19 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
 /// allocator's huge pages stalled requests on compaction): the kernel's
 /// flag for process `pid` (`THP_enabled` in its status since Linux 5.0).
 pub fn assert_thp_off(pid: u32) {
+    assert_thp(pid, false);
+}
+
+/// Asserts the process's transparent huge pages flag (`THP_enabled` in
+/// its status; kernels before 6.x do not show it, and nothing is checked).
+pub fn assert_thp(pid: u32, on: bool) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
-        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+        let want = if on { "1" } else { "0" };
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some(want),
+            "pid {pid}: {line}"
+        );
     }
 }

@@ -479,6 +479,18 @@ fn a_tool_whose_definition_changes_is_quarantined_until_approved() {
     .unwrap();
     let pid = gw.children_with_env("LATTICE_TEST_SERVER=drift");
     assert_eq!(pid.len(), 1);
+    // The gateway runs without transparent huge pages, which children
+    // inherit; the server its stdio guard starts has them back.
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &pid[0].to_string()])
+        .output()
+        .unwrap();
+    let server: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(server.len(), 1, "the guard runs one server");
+    assert_thp(server[0], true);
     std::process::Command::new("kill")
         .args(["-KILL", &pid[0].to_string()])
         .status()
