@@ -80,7 +80,12 @@ impl<T: KvElem> Task<'_, T> {
         // SAFETY (every block below): AVX-512F (this function's
         // feature); loads and stores stay inside slices checked here.
         unsafe {
-            self.scores(q, heads, most, padded, &mut scores);
+            // The common head dimensions with their key in registers.
+            match hd / 16 {
+                4 => self.scores::<4>(q, heads, most, padded, &mut scores),
+                8 => self.scores::<8>(q, heads, most, padded, &mut scores),
+                _ => self.scores::<0>(q, heads, most, padded, &mut scores),
+            }
             for (r, &nr) in n.iter().enumerate() {
                 let mut inv = [0.0f32; MAX_GROUP];
                 for (g, inv) in inv.iter_mut().enumerate().take(group) {
@@ -95,11 +100,20 @@ impl<T: KvElem> Task<'_, T> {
     }
 
     /// Every head's scaled scores over positions `0..n`, sixteen
-    /// positions at a time.
+    /// positions at a time. `CH`: the head dimension's 16-lane chunks when
+    /// known at compile time (its loops unrolled, the key held in
+    /// registers), or 0.
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores(&self, q: &[f32], heads: usize, n: usize, padded: usize, scores: &mut [f32]) {
+    unsafe fn scores<const CH: usize>(
+        &self,
+        q: &[f32],
+        heads: usize,
+        n: usize,
+        padded: usize,
+        scores: &mut [f32],
+    ) {
         let hd = self.hd;
-        let chunks = hd / 16;
+        let chunks = if CH > 0 { CH } else { hd / 16 };
         let scale = _mm512_set1_ps(self.scale);
         // The partial dot products of sixteen positions, per head.
         let mut parts = [[_mm512_setzero_ps(); 16]; MAX_HEADS];

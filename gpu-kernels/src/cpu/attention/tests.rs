@@ -8,12 +8,19 @@ use crate::KvDtype;
 /// window, caches in f32 and in bf16 (written through `kv_write`),
 /// every body this CPU runs: against a direct computation on the
 /// values the cache holds. The shapes cover a head dimension the
-/// AVX-512 body refuses (8) and ones it takes (16, 64, 80: 64 + 16),
+/// AVX-512 body refuses (8) and ones it takes (16, 64, 80: 64 + 16, 128),
 /// groups of 1, 2, 3 and 8 query heads per KV head, and contexts of
 /// one to three blocks of sixteen positions (the last one partial).
 #[test]
 fn paged_attention_matches_a_direct_computation() {
-    for (heads, kv_heads, hd) in [(4, 2, 8), (4, 2, 64), (6, 2, 16), (8, 1, 32), (2, 2, 80)] {
+    for (heads, kv_heads, hd) in [
+        (4, 2, 8),
+        (4, 2, 64),
+        (6, 2, 16),
+        (8, 1, 32),
+        (2, 2, 80),
+        (4, 2, 128),
+    ] {
         matches_a_direct_computation(heads, kv_heads, hd);
     }
 }
@@ -145,7 +152,14 @@ fn tiles_of_rows_give_the_bits_of_one_row_at_a_time() {
     if Simd::detect() != Simd::Avx512 {
         return;
     }
-    for (heads, kv_heads, hd) in [(4, 4, 64), (4, 2, 64), (6, 2, 80), (8, 2, 64), (8, 1, 32)] {
+    for (heads, kv_heads, hd) in [
+        (4, 4, 64),
+        (4, 2, 64),
+        (6, 2, 80),
+        (8, 2, 64),
+        (8, 1, 32),
+        (4, 2, 128),
+    ] {
         let bs = 16;
         let kvw = kv_heads * hd;
         let slots = 16 * bs;
