@@ -26,6 +26,8 @@ pub struct Grammars {
     /// the grammar names them as tokens (llguidance treats every added
     /// `<...>` token as special, never as its letters).
     tag_tokens: bool,
+    /// Mistral's `[TOOL_CALLS]` token, named by its id.
+    mistral_calls: Option<u32>,
 }
 
 impl Grammars {
@@ -48,6 +50,7 @@ impl Grammars {
             vocab,
             stop_ids: text.stop_ids.clone(),
             tag_tokens,
+            mistral_calls: text.token_to_id("[TOOL_CALLS]"),
         })
     }
 
@@ -112,6 +115,14 @@ impl Grammars {
             ToolFormat::Hermes => format!(
                 "start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\ncall: %json {schema}\n"
             ),
+            // A list of one call, after the `[TOOL_CALLS]` token (by id:
+            // llguidance names a token `<[id]>`) where the tokenizer has it.
+            ToolFormat::Mistral => {
+                let tag = self
+                    .mistral_calls
+                    .map_or_else(|| "\"[TOOL_CALLS]\"".to_string(), |id| format!("<[{id}]>"));
+                format!("start: {tag} \" [\" call \"]\"\ncall: %json {schema}\n")
+            }
             _ => format!("start: call\ncall: %json {schema}\n"),
         };
         self.compile(TopLevelGrammar::from_lark(lark))

@@ -27,6 +27,10 @@ pub enum Flavor {
     /// `<|im_start|>role`, tool calls in `<tool_call>` tags (Qwen 2.5,
     /// Hermes).
     Hermes,
+    /// `[INST] ... [/INST]`, tool calls as a JSON list after
+    /// `[TOOL_CALLS]`, call ids of nine letters and digits (Mistral 7B
+    /// Instruct v0.3).
+    Mistral,
 }
 
 /// What to make.
@@ -69,6 +73,17 @@ impl Spec {
         }
     }
 
+    /// A Mistral (a sliding window; its own tool-call format).
+    pub fn tiny_mistral() -> Self {
+        Self {
+            arch: Arch::Mistral,
+            flavor: Flavor::Mistral,
+            llama3_rope: false,
+            seed: 13,
+            ..Self::tiny_llama()
+        }
+    }
+
     /// A Qwen2 (Q/K/V biases, tied embeddings, Hermes tool calls).
     pub fn tiny_qwen2() -> Self {
         Self {
@@ -95,6 +110,15 @@ pub const SPECIALS: &[&str] = &[
     "<|endoftext|>",
     "<tool_call>",
     "</tool_call>",
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "[AVAILABLE_TOOLS]",
+    "[/AVAILABLE_TOOLS]",
+    "[TOOL_CALLS]",
+    "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]",
 ];
 
 /// Words whose byte-level pieces get merges (so common text is a few
@@ -426,6 +450,7 @@ fn bos_id(flavor: Flavor) -> Option<u32> {
     match flavor {
         Flavor::Llama3 => special_id("<|begin_of_text|>"),
         Flavor::Hermes => None,
+        Flavor::Mistral => special_id("<s>"),
     }
 }
 
@@ -433,6 +458,7 @@ fn eos_ids(flavor: Flavor) -> Vec<u32> {
     let names: &[&str] = match flavor {
         Flavor::Llama3 => &["<|end_of_text|>", "<|eot_id|>"],
         Flavor::Hermes => &["<|im_end|>", "<|endoftext|>"],
+        Flavor::Mistral => &["</s>"],
     };
     names.iter().filter_map(|n| special_id(n)).collect()
 }
@@ -450,6 +476,12 @@ fn tokenizer_config(flavor: Flavor) -> Value {
             "eos_token": "<|im_end|>",
             "pad_token": "<|endoftext|>",
             "chat_template": crate::testmodel::templates::HERMES,
+            "model_max_length": 32768,
+        }),
+        Flavor::Mistral => json!({
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "chat_template": crate::testmodel::templates::MISTRAL,
             "model_max_length": 32768,
         }),
     }
@@ -504,5 +536,32 @@ pub mod templates {
         "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\\n' }}{%- endif %}{%- endif %}",
         "{%- endfor %}",
         "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    );
+
+    /// Mistral 7B Instruct v0.3's, trimmed: the tools before the last
+    /// user message, calls after `[TOOL_CALLS]` with ids of exactly nine
+    /// characters (the published template refuses any other), results in
+    /// `[TOOL_RESULTS]`.
+    pub const MISTRAL: &str = concat!(
+        "{{- bos_token }}",
+        "{%- for message in messages %}",
+        "{%- if message.role == 'user' %}",
+        "{%- if tools and loop.last %}{{- '[AVAILABLE_TOOLS] ' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{%- endif %}",
+        "{{- '[INST] ' + message.content + '[/INST]' }}",
+        "{%- elif message.role == 'assistant' and message.tool_calls %}",
+        "{{- '[TOOL_CALLS] [' }}",
+        "{%- for tool_call in message.tool_calls %}",
+        "{%- if tool_call.id is not string or tool_call.id | length != 9 %}{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}",
+        "{%- set f = tool_call.function %}",
+        "{{- '{\"name\": \"' + f.name + '\", \"arguments\": ' + f.arguments | tojson + ', \"id\": \"' + tool_call.id + '\"}' }}",
+        "{%- if not loop.last %}{{- ', ' }}{%- endif %}",
+        "{%- endfor %}",
+        "{{- ']' + eos_token }}",
+        "{%- elif message.role == 'assistant' %}",
+        "{{- ' ' + message.content + eos_token }}",
+        "{%- elif message.role == 'tool' %}",
+        "{{- '[TOOL_RESULTS] {\"content\": ' + message.content | tojson + ', \"call_id\": \"' + message.tool_call_id + '\"}[/TOOL_RESULTS]' }}",
+        "{%- endif %}",
+        "{%- endfor %}",
     );
 }

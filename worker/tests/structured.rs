@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
 use lattice_worker::serve::{self, Options};
-use lattice_worker::testmodel::{self, Spec};
+use lattice_worker::testmodel::{self, Flavor, Spec};
 use serde_json::{json, Value};
 
 async fn start(spec: Spec) -> (tempfile::TempDir, String) {
@@ -76,7 +76,7 @@ async fn twenty_sampled_replies_with_a_schema_all_parse_and_validate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forced_tool_calls_parse_in_both_formats_whole_and_streamed() {
+async fn forced_tool_calls_parse_in_every_format_whole_and_streamed() {
     let tools = json!([
         {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
          "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "London"]}},
@@ -85,8 +85,9 @@ async fn forced_tool_calls_parse_in_both_formats_whole_and_streamed() {
          "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
                         "required": ["zone"], "additionalProperties": false}}}
     ]);
-    for spec in [Spec::tiny_llama(), Spec::tiny_qwen2()] {
+    for spec in [Spec::tiny_llama(), Spec::tiny_qwen2(), Spec::tiny_mistral()] {
         let arch = format!("{:?}", spec.arch);
+        let mistral = spec.flavor == Flavor::Mistral;
         let (_dir, url) = start(spec).await;
         for choice in [
             json!("required"),
@@ -116,6 +117,21 @@ async fn forced_tool_calls_parse_in_both_formats_whole_and_streamed() {
                 assert_eq!(name, "get_time");
             }
             assert_eq!(call["type"], "function");
+            // The call and its result go back to the model: Mistral's
+            // template takes only ids of nine letters and digits.
+            let id = call["id"].as_str().unwrap();
+            if mistral {
+                assert!(
+                    id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric()),
+                    "{arch}: {id}"
+                );
+            }
+            let follow = json!({"model": "tiny", "max_tokens": 4, "tools": tools, "messages": [
+                {"role": "user", "content": "What is the weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": id, "content": "sunny"}]});
+            let (status, text) = post(&url, &follow).await;
+            assert_eq!(status, 200, "{arch}: {text}");
             // Streamed: the call arrives as one tool_calls delta.
             let mut streamed = body.clone();
             streamed["stream"] = json!(true);

@@ -178,10 +178,10 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
                 ArchArg::Mistral => Arch::Mistral,
                 ArchArg::Qwen2 => Arch::Qwen2,
             },
-            flavor: if matches!(t.arch, ArchArg::Qwen2) {
-                Flavor::Hermes
-            } else {
-                Flavor::Llama3
+            flavor: match t.arch {
+                ArchArg::Qwen2 => Flavor::Hermes,
+                ArchArg::Mistral => Flavor::Mistral,
+                ArchArg::Llama => Flavor::Llama3,
             },
             dtype: match t.dtype {
                 DTypeArg::F32 => DType::F32,

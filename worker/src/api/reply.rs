@@ -134,7 +134,7 @@ impl Shape {
             } else {
                 json!(content)
             };
-            message["tool_calls"] = calls_json(&calls, &self.id, false);
+            message["tool_calls"] = calls_json(self.tools, &calls, &self.id, false);
             reason = "tool_calls";
         }
         let lp = self.logprobs.then(|| {
@@ -146,13 +146,13 @@ impl Shape {
     }
 }
 
-fn calls_json(calls: &[tools::ToolCall], id: &str, indexed: bool) -> Value {
+fn calls_json(format: ToolFormat, calls: &[tools::ToolCall], id: &str, indexed: bool) -> Value {
     Value::Array(
         calls
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let mut v = json!({"id": format!("call_{}_{i}", id.rsplit('-').next().unwrap_or(id)), "type": "function",
+                let mut v = json!({"id": tools::call_id(format, id, i), "type": "function",
                                    "function": {"name": c.name, "arguments": c.arguments}});
                 if indexed {
                     v["index"] = json!(i);
@@ -278,8 +278,7 @@ impl Stream {
                                     None,
                                 ));
                             }
-                            let delta =
-                                json!({"tool_calls": calls_json(&calls, &self.shape.id, true)});
+                            let delta = json!({"tool_calls": calls_json(self.shape.tools, &calls, &self.shape.id, true)});
                             out.push_str(&self.delta_chunk(delta, None, None));
                             reason = "tool_calls";
                         }
