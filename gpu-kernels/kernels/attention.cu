@@ -23,6 +23,11 @@ __device__ __forceinline__ u64 slot_of(const u32* table, u32 pos, u32 block_size
   return (u64)table[pos / block_size] * block_size + pos % block_size;
 }
 
+// Positions a warp has in flight at once in `attend`: their table
+// entries, keys and values are loaded together, so one position's chain of
+// dependent loads (table, key, value) overlaps the others'.
+#define IN_FLIGHT 4
+
 // One warp: online softmax of q against positions [from, to) of a
 // sequence, stepping by `step` warps; m, l, acc are the running max, sum
 // and weighted values (acc holds dims lane, lane+32, ...).
@@ -36,22 +41,46 @@ __device__ void attend(const float* q, const C* keys, const C* values, const u32
     const int d = lane + 32 * j;
     qv[j] = d < head_dim ? q[d] : 0.0f;
   }
-  for (u32 p = from; p < to; p += step) {
-    const u64 base = slot_of(table, p, block_size) * kv_width + (u64)kv_head * head_dim;
-    float dot = 0.0f;
-    for (int j = 0; j < MAX_PER_LANE; ++j) {
-      const int d = lane + 32 * j;
-      if (d < head_dim) dot += qv[j] * load(keys, base + d);
+  for (u32 p0 = from; p0 < to; p0 += step * IN_FLIGHT) {
+    u64 base[IN_FLIGHT];
+    bool live[IN_FLIGHT];
+#pragma unroll
+    for (int u = 0; u < IN_FLIGHT; ++u) {
+      const u32 p = p0 + u * step;
+      live[u] = p < to;
+      base[u] = live[u] ? slot_of(table, p, block_size) * kv_width + (u64)kv_head * head_dim : 0;
     }
-    const float s = warp_sum(dot) * scale;
-    const float m2 = fmaxf(m, s);
-    const float corr = __expf(m - m2), w = __expf(s - m2);
-    l = l * corr + w;
-    for (int j = 0; j < MAX_PER_LANE; ++j) {
-      const int d = lane + 32 * j;
-      if (d < head_dim) acc[j] = acc[j] * corr + w * load(values, base + d);
+    float kx[IN_FLIGHT][MAX_PER_LANE], vx[IN_FLIGHT][MAX_PER_LANE];
+#pragma unroll
+    for (int u = 0; u < IN_FLIGHT; ++u) {
+#pragma unroll
+      for (int j = 0; j < MAX_PER_LANE; ++j) {
+        const int d = lane + 32 * j;
+        const bool in = live[u] && d < head_dim;
+        kx[u][j] = in ? load(keys, base[u] + d) : 0.0f;
+        vx[u][j] = in ? load(values, base[u] + d) : 0.0f;
+      }
     }
-    m = m2;
+    float sc[IN_FLIGHT];
+#pragma unroll
+    for (int u = 0; u < IN_FLIGHT; ++u) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int j = 0; j < MAX_PER_LANE; ++j) dot += qv[j] * kx[u][j];
+      sc[u] = dot;
+    }
+#pragma unroll
+    for (int u = 0; u < IN_FLIGHT; ++u) sc[u] = warp_sum(sc[u]) * scale;
+#pragma unroll
+    for (int u = 0; u < IN_FLIGHT; ++u) {
+      if (!live[u]) continue;
+      const float m2 = fmaxf(m, sc[u]);
+      const float corr = __expf(m - m2), w = __expf(sc[u] - m2);
+      l = l * corr + w;
+#pragma unroll
+      for (int j = 0; j < MAX_PER_LANE; ++j) acc[j] = acc[j] * corr + w * vx[u][j];
+      m = m2;
+    }
   }
 }
 

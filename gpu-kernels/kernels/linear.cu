@@ -5,7 +5,8 @@
 // weights read once, in their stored dtype, 16 bytes per lane per load,
 // activations kept in f32 — the decode path, bound by the weights'
 // bandwidth. One warp per output feature; grid ceil(outs / warps per
-// block). Larger batches go through cuBLAS (the host converts the
+// block). gemv3_<w>_r<R> runs up to three such products of one input in
+// one launch. Larger batches go through cuBLAS (the host converts the
 // activations to the weights' dtype with to_bf16 / to_f16 first).
 
 __device__ __forceinline__ void load8(const float* p, float* v) {
@@ -31,13 +32,11 @@ __device__ __forceinline__ void load8(const __half* p, float* v) {
   }
 }
 
+// One output feature `o` of up to R rows, by one warp.
 template <typename W, int R>
-__device__ void gemv(const W* w, const float* x, const float* bias, float* out, int rows, int in,
-                     int outs) {
-  const int o = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+__device__ __forceinline__ void gemv_row(const W* wr, const float* x, const float* bias,
+                                         float* out, int o, int rows, int in, int outs) {
   const int lane = threadIdx.x & 31;
-  if (o >= outs) return;
-  const W* wr = w + (u64)o * in;
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.0f;
@@ -72,12 +71,49 @@ __device__ void gemv(const W* w, const float* x, const float* bias, float* out, 
   }
 }
 
+template <typename W, int R>
+__device__ void gemv(const W* w, const float* x, const float* bias, float* out, int rows, int in,
+                     int outs) {
+  const int o = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+  if (o >= outs) return;
+  gemv_row<W, R>(w + (u64)o * in, x, bias, out, o, rows, in, outs);
+}
+
+// Up to three products of one input in one launch (Q, K and V; gate and
+// up): warp o takes feature o of the concatenated outputs n0 + n1 + n2.
+template <typename W, int R>
+__device__ void gemv3(const W* w0, const W* w1, const W* w2, const float* x, const float* b0,
+                      const float* b1, const float* b2, float* o0, float* o1, float* o2, int rows,
+                      int in, int n0, int n1, int n2) {
+  int o = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+  if (o < n0) {
+    gemv_row<W, R>(w0 + (u64)o * in, x, b0, o0, o, rows, in, n0);
+    return;
+  }
+  o -= n0;
+  if (o < n1) {
+    gemv_row<W, R>(w1 + (u64)o * in, x, b1, o1, o, rows, in, n1);
+    return;
+  }
+  o -= n1;
+  if (o < n2) gemv_row<W, R>(w2 + (u64)o * in, x, b2, o2, o, rows, in, n2);
+}
+
 #define GEMV(S, T, R)                                                                          \
   extern "C" __global__ void gemv_##S##_r##R(const T* w, const float* x, const float* bias,   \
                                               float* out, int rows, int in, int outs) {        \
     gemv<T, R>(w, x, bias, out, rows, in, outs);                                               \
   }
-#define ENTRY(S, T) GEMV(S, T, 1) GEMV(S, T, 2) GEMV(S, T, 4) GEMV(S, T, 8)
+#define GEMV3(S, T, R)                                                                           \
+  extern "C" __global__ void gemv3_##S##_r##R(                                                   \
+      const T* w0, const T* w1, const T* w2, const float* x, const float* b0, const float* b1,   \
+      const float* b2, float* o0, float* o1, float* o2, int rows, int in, int n0, int n1,        \
+      int n2) {                                                                                  \
+    gemv3<T, R>(w0, w1, w2, x, b0, b1, b2, o0, o1, o2, rows, in, n0, n1, n2);                    \
+  }
+#define ENTRY(S, T)                                                       \
+  GEMV(S, T, 1) GEMV(S, T, 2) GEMV(S, T, 4) GEMV(S, T, 8) GEMV3(S, T, 1) \
+      GEMV3(S, T, 2) GEMV3(S, T, 4) GEMV3(S, T, 8)
 FOR_WEIGHTS(ENTRY)
 
 // Activations in the weights' dtype, for cuBLAS.

@@ -13,12 +13,13 @@ use crate::{DType, KernelError};
 use cudarc::cublas::sys as blas;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
-    LaunchConfig,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DriverError, LaunchConfig,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Device memory: its address, and what keeps it allocated.
@@ -74,7 +75,24 @@ pub(super) trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<(), KernelError>;
     /// Device-to-device copy of `bytes`.
     fn copy(&self, dst: &Mem, src: &Mem, bytes: usize) -> Result<(), KernelError>;
+    /// How many calls into the driver (launches, products, allocations,
+    /// copies) were queued so far: what a step costs the host.
+    fn calls(&self) -> u64 {
+        0
+    }
+    /// Starts (or stops) timing each launch on the GPU.
+    fn set_timing(&self, _on: bool) -> Result<(), KernelError> {
+        Ok(())
+    }
+    /// Each launch timed since timing started, by kernel name, in µs of
+    /// GPU time (waits for the stream); empty where nothing can time.
+    fn timings(&self) -> Result<Vec<(String, f64)>, KernelError> {
+        Ok(Vec::new())
+    }
 }
+
+/// Launches timed with a pair of events each: (kernel, start, end).
+type Timed = Vec<(String, CudaEvent, CudaEvent)>;
 
 pub(super) fn driver(what: &str, e: DriverError) -> KernelError {
     KernelError::Device(format!("cuda {what}: {e}"))
@@ -87,6 +105,8 @@ pub(super) struct Driver {
     blas: Mutex<CudaBlas>,
     funcs: HashMap<String, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
+    calls: AtomicU64,
+    timing: Mutex<Option<Timed>>,
 }
 
 impl Driver {
@@ -104,10 +124,42 @@ impl Driver {
             blas: Mutex::new(blas),
             funcs,
             _modules: modules,
+            calls: AtomicU64::new(0),
+            timing: Mutex::new(None),
         })
     }
 
+    /// When timing, an event recorded on the stream before a launch.
+    fn timed_start(&self) -> Result<Option<CudaEvent>, KernelError> {
+        if self.timing.lock().is_none() {
+            return Ok(None);
+        }
+        let e = self
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| driver("event", e))?;
+        e.record(&self.stream).map_err(|e| driver("event", e))?;
+        Ok(Some(e))
+    }
+
+    /// When timing, an event after the launch, kept with its start.
+    fn timed_end(&self, name: &str, start: Option<CudaEvent>) -> Result<(), KernelError> {
+        let Some(start) = start else {
+            return Ok(());
+        };
+        let end = self
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| driver("event", e))?;
+        end.record(&self.stream).map_err(|e| driver("event", e))?;
+        if let Some(t) = self.timing.lock().as_mut() {
+            t.push((name.to_string(), start, end));
+        }
+        Ok(())
+    }
+
     fn bind(&self) -> Result<(), KernelError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         self.ctx
             .bind_to_thread()
             .map_err(|e| driver("binding the context", e))
@@ -116,10 +168,13 @@ impl Driver {
 
 impl Backend for Driver {
     fn alloc(&self, bytes: usize) -> Result<Mem, KernelError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let t = self.timed_start()?;
         let slice = self
             .stream
             .alloc_zeros::<u8>(bytes.max(1))
             .map_err(|e| driver(&format!("allocating {bytes} bytes"), e))?;
+        self.timed_end("(allocation, zeroed)", t)?;
         // Event tracking is off: the guard returned beside it does nothing.
         let ptr = slice.device_ptr(&self.stream).0;
         Ok(Mem {
@@ -174,6 +229,7 @@ impl Backend for Driver {
             .get(name)
             .ok_or_else(|| KernelError::Device(format!("kernel {name} is not loaded")))?;
         self.bind()?;
+        let t = self.timed_start()?;
         // SAFETY: the caller passes, in order, a pointer to each of the
         // kernel's parameters with its type (device addresses as u64), and
         // checked every buffer's length against the shapes it indexes.
@@ -188,12 +244,14 @@ impl Backend for Driver {
                 args,
             )
         }
-        .map_err(|e| driver(name, e))
+        .map_err(|e| driver(name, e))?;
+        self.timed_end(name, t)
     }
 
     fn gemm(&self, g: &Gemm) -> Result<(), KernelError> {
         self.bind()?;
         let handle = *self.blas.lock().handle();
+        let t = self.timed_start()?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
         let ty = match g.dtype {
@@ -228,7 +286,8 @@ impl Backend for Driver {
                 blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| KernelError::Device(format!("cuBLAS product: {e}")))
+        .map_err(|e| KernelError::Device(format!("cuBLAS product: {e}")))?;
+        self.timed_end("cublas gemm", t)
     }
 
     fn synchronize(&self) -> Result<(), KernelError> {
@@ -253,5 +312,29 @@ impl Backend for Driver {
             )
         }
         .map_err(|e| driver("copy", e))
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn set_timing(&self, on: bool) -> Result<(), KernelError> {
+        self.synchronize()?;
+        *self.timing.lock() = on.then(Vec::new);
+        Ok(())
+    }
+
+    fn timings(&self) -> Result<Vec<(String, f64)>, KernelError> {
+        self.synchronize()?;
+        let timed = self.timing.lock().replace(Vec::new()).unwrap_or_default();
+        timed
+            .into_iter()
+            .map(|(name, start, end)| {
+                let ms = start
+                    .elapsed_ms(&end)
+                    .map_err(|e| driver("event time", e))?;
+                Ok((name, f64::from(ms) * 1e3))
+            })
+            .collect()
     }
 }

@@ -55,6 +55,7 @@ pub fn kernel_names() -> Vec<String> {
         }
         for r in [1, 2, 4, 8] {
             names.push(format!("gemv_{w}_r{r}"));
+            names.push(format!("gemv3_{w}_r{r}"));
         }
     }
     for c in ["f32", "bf16"] {
@@ -109,6 +110,18 @@ pub struct Cuda {
     pub(super) arch: String,
     pub(super) memo: Mutex<Memo>,
     pub(super) gemv_max_rows: usize,
+    /// Buffers kept from step to step, one per [`Scratch`] use (every user
+    /// is ordered on the one stream).
+    pub(super) scratch: Mutex<[Option<Arc<Mem>>; 2]>,
+}
+
+/// What a scratch buffer holds between two launches.
+#[derive(Clone, Copy)]
+pub(super) enum Scratch {
+    /// The decode attention's partial results, until their reduction.
+    Partial = 0,
+    /// Activations in 16 bits, until cuBLAS has read them.
+    Half = 1,
 }
 
 /// Where the CUDA headers NVRTC needs (`cuda_bf16.h`) are: the
@@ -171,6 +184,42 @@ fn ptx(name: &str, source: &str, arch: &'static str, include: &str) -> Result<Pt
     Ok(Ptx::from_src(ptx))
 }
 
+/// Keeps what the device's default memory pool frees for its next
+/// allocations: by default the pool hands its memory back to the driver at
+/// every synchronization, and each step (which ends with one, reading the
+/// chosen tokens) would map it again.
+fn keep_pool(ctx: &CudaContext) -> Result<(), KernelError> {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep = u64::MAX;
+    // SAFETY: the device handle is the context's own, `pool` receives the
+    // handle, and the attribute takes a pointer to a u64 that outlives the
+    // call.
+    #[allow(unsafe_code)]
+    let results = unsafe {
+        let got = sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device());
+        let set = if got == sys::CUresult::CUDA_SUCCESS {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            )
+        } else {
+            got
+        };
+        (got, set)
+    };
+    match results {
+        (sys::CUresult::CUDA_SUCCESS, sys::CUresult::CUDA_SUCCESS) => Ok(()),
+        (got, set) => Err(KernelError::Device(format!(
+            "cuda memory pool: {got:?}, {set:?}"
+        ))),
+    }
+}
+
 impl Cuda {
     /// The GPU `ordinal`, its kernels compiled for its architecture.
     pub fn new(ordinal: usize) -> Result<Self, KernelError> {
@@ -184,6 +233,7 @@ impl Cuda {
         unsafe {
             ctx.disable_event_tracking()
         };
+        keep_pool(&ctx)?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| driver("compute capability", e))?;
@@ -221,6 +271,7 @@ impl Cuda {
             arch: arch.to_string(),
             memo: Mutex::new(Memo::default()),
             gemv_max_rows: GEMV_MAX_ROWS,
+            scratch: Mutex::new([None, None]),
         })
     }
 
@@ -236,6 +287,7 @@ impl Cuda {
             arch: "emulated".into(),
             memo: Mutex::new(Memo::default()),
             gemv_max_rows: GEMV_MAX_ROWS,
+            scratch: Mutex::new([None, None]),
         })
     }
 
@@ -253,6 +305,32 @@ impl Cuda {
     /// The architecture the kernels were compiled for (`sm_90`).
     pub fn arch(&self) -> &str {
         &self.arch
+    }
+
+    /// Calls into the driver so far (kernel launches, products,
+    /// allocations, copies), for profiles; 0 on the emulator.
+    pub fn driver_calls(&self) -> u64 {
+        self.gpu.calls()
+    }
+
+    /// Starts (or stops) timing every launch with a pair of events (a
+    /// profile: each launch costs the host more while it is on).
+    pub fn time_launches(&self, on: bool) -> Result<(), KernelError> {
+        self.gpu.set_timing(on)
+    }
+
+    /// GPU time by kernel since timing started, the largest first:
+    /// (kernel, launches, µs in all). Waits for the stream.
+    pub fn launch_times(&self) -> Result<Vec<(String, usize, f64)>, KernelError> {
+        let mut by: HashMap<String, (usize, f64)> = HashMap::new();
+        for (name, us) in self.gpu.timings()? {
+            let e = by.entry(name).or_default();
+            e.0 += 1;
+            e.1 += us;
+        }
+        let mut out: Vec<_> = by.into_iter().map(|(n, (c, us))| (n, c, us)).collect();
+        out.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(out)
     }
 
     /// Waits until every queued step is done (for timing).
@@ -279,6 +357,20 @@ impl Cuda {
     /// Zeroed device memory for `n` values of 4 bytes.
     pub(super) fn zeros(&self, n: usize) -> Result<Mem, KernelError> {
         self.gpu.alloc(n * 4)
+    }
+
+    /// Device memory of at least `n` values of 4 bytes, not zeroed: the
+    /// same buffer each time unless a larger one is asked for. Only for
+    /// results that every step writes before it reads them.
+    pub(super) fn scratch(&self, use_: Scratch, n: usize) -> Result<Arc<Mem>, KernelError> {
+        let mut kept = self.scratch.lock();
+        let slot = &mut kept[use_ as usize];
+        if let Some(m) = slot.as_ref().filter(|m| m.bytes >= n * 4) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(self.gpu.alloc(n * 4)?);
+        *slot = Some(m.clone());
+        Ok(m)
     }
 
     /// `values` on the GPU, reusing a recent upload of the same values.

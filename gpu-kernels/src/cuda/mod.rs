@@ -22,6 +22,7 @@ mod backend;
 mod device;
 mod emu;
 mod ops;
+mod products;
 mod sampling;
 
 pub use device::{include_dir, kernel_names, Cuda, CudaAct, CudaKv, CudaWeight, GEMV_MAX_ROWS};

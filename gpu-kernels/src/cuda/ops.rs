@@ -1,19 +1,18 @@
 //! The forward pass's steps on the CUDA device: shapes checked on the
-//! host, then one or two kernel launches (or a cuBLAS product) queued on
-//! the stream.
+//! host, then one or two kernel launches queued on the stream (the
+//! products: `products.rs`).
 //!
 //! Must never: launch a kernel on buffers whose lengths were not checked
 //! against the shape it indexes with, or wait for the GPU except to hand
 //! a result to the host.
 
-use super::backend::Gemm;
-use super::device::{args, CudaAct, CudaKv, CudaWeight};
+use super::device::{args, CudaAct, CudaKv, CudaWeight, Scratch};
 use super::Cuda;
 use crate::{shape, AttnSeq, AttnShape, DType, Elems, HostWeight, KernelError, Kernels, KvDtype};
 use cudarc::driver::LaunchConfig;
 
 /// Threads per block of the row-wise kernels (norms, copies).
-const ROW_THREADS: u32 = 256;
+const ROW_THREADS: u32 = 512;
 /// Warps per block of the attention kernels.
 const ATTN_WARPS: u32 = 4;
 /// Largest head dimension the attention kernels hold in registers.
@@ -54,7 +53,7 @@ fn kernel(op: CacheOp, dtype: KvDtype) -> &'static str {
 }
 
 /// A grid-stride launch over `n` elements.
-fn elementwise(n: usize) -> LaunchConfig {
+pub(super) fn elementwise(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -74,7 +73,7 @@ fn same(op: &'static str, a: &CudaAct, b: &CudaAct) -> Result<(), KernelError> {
 }
 
 /// A vector weight's address (vectors are f32 on the device).
-fn vector(op: &'static str, w: &CudaWeight, len: usize) -> Result<u64, KernelError> {
+pub(super) fn vector(op: &'static str, w: &CudaWeight, len: usize) -> Result<u64, KernelError> {
     if w.dtype != DType::F32 || w.shape != [len] {
         return Err(shape(
             op,
@@ -89,77 +88,8 @@ fn vector(op: &'static str, w: &CudaWeight, len: usize) -> Result<u64, KernelErr
     Ok(w.mem.ptr)
 }
 
-fn u32_of(op: &'static str, n: usize) -> Result<u32, KernelError> {
+pub(super) fn u32_of(op: &'static str, n: usize) -> Result<u32, KernelError> {
     u32::try_from(n).map_err(|_| shape(op, format!("{n} does not fit 32 bits")))
-}
-
-impl Cuda {
-    /// The GEMV kernels, in groups of up to 8 activation rows.
-    fn gemv(
-        &self,
-        x: &CudaAct,
-        w: &CudaWeight,
-        bias: u64,
-        out: &mut CudaAct,
-    ) -> Result<(), KernelError> {
-        let (outs, inp) = (out.cols, x.cols);
-        let (outs_i, in_i) = (outs as i32, inp as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (outs.div_ceil(8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut r0 = 0;
-        while r0 < x.rows {
-            let rows = (x.rows - r0).min(8);
-            let name = format!("gemv_{}_r{}", w.dtype.name(), rows.next_power_of_two());
-            let xs = x.mem.at(r0 * inp * 4);
-            let os = out.mem.at(r0 * outs * 4);
-            let rows_i = rows as i32;
-            self.gpu.launch(
-                &name,
-                cfg,
-                &mut args![&w.mem.ptr, &xs, &bias, &os, &rows_i, &in_i, &outs_i],
-            )?;
-            r0 += rows;
-        }
-        Ok(())
-    }
-
-    /// `out = x · wᵀ` through cuBLAS. Row-major `out [rows, outs]` is
-    /// column-major `outᵀ [outs, rows] = w · xᵀ`, with `w` read as the
-    /// transpose of its column-major `[in, outs]` view. 16-bit weights
-    /// take activations converted to their dtype.
-    fn blas(&self, x: &CudaAct, w: &CudaWeight, out: &mut CudaAct) -> Result<(), KernelError> {
-        let count = x.rows * x.cols;
-        let converted = match w.dtype {
-            DType::F32 => None,
-            d => {
-                let half = self.gpu.alloc(count * 2)?;
-                let kernel = if d == DType::BF16 {
-                    "to_bf16"
-                } else {
-                    "to_f16"
-                };
-                let n = count as u64;
-                self.gpu.launch(
-                    kernel,
-                    elementwise(count),
-                    &mut args![&x.mem.ptr, &half.ptr, &n],
-                )?;
-                Some(half)
-            }
-        };
-        self.gpu.gemm(&Gemm {
-            m: out.cols,
-            n: x.rows,
-            k: x.cols,
-            a: w.mem.ptr,
-            b: converted.as_ref().map_or(x.mem.ptr, |h| h.ptr),
-            c: out.mem.ptr,
-            dtype: w.dtype,
-        })
-    }
 }
 
 impl Kernels for Cuda {
@@ -289,6 +219,15 @@ impl Kernels for Cuda {
         )
     }
 
+    fn matmul_many(
+        &self,
+        x: &CudaAct,
+        ws: &[(&CudaWeight, Option<&CudaWeight>)],
+        outs: &mut [&mut CudaAct],
+    ) -> Result<(), KernelError> {
+        self.products(x, ws, outs)
+    }
+
     fn matmul(
         &self,
         x: &CudaAct,
@@ -296,36 +235,7 @@ impl Kernels for Cuda {
         bias: Option<&CudaWeight>,
         out: &mut CudaAct,
     ) -> Result<(), KernelError> {
-        let [outs, inp] = w.shape[..] else {
-            return Err(shape("matmul", format!("{} is {:?}", w.name, w.shape)));
-        };
-        if x.cols != inp || out.rows != x.rows || out.cols != outs {
-            return Err(shape(
-                "matmul",
-                format!(
-                    "{}×{} · {} {:?}ᵀ into {}×{}",
-                    x.rows, x.cols, w.name, w.shape, out.rows, out.cols
-                ),
-            ));
-        }
-        let bias = bias.map(|b| vector("matmul bias", b, outs)).transpose()?;
-        if x.rows == 0 {
-            return Ok(());
-        }
-        if x.rows <= self.gemv_max_rows {
-            // The kernel adds a bias when its address is not 0.
-            return self.gemv(x, w, bias.unwrap_or(0), out);
-        }
-        self.blas(x, w, out)?;
-        if let Some(b) = bias {
-            let (n, cols) = ((out.rows * outs) as u64, outs as u32);
-            self.gpu.launch(
-                "add_bias",
-                elementwise(out.rows * outs),
-                &mut args![&out.mem.ptr, &b, &cols, &n],
-            )?;
-        }
-        Ok(())
+        self.product(x, w, bias, out)
     }
 
     fn rope(
@@ -477,9 +387,16 @@ impl Kernels for Cuda {
         if !decode.is_empty() {
             let n = decode.len() / 4;
             let table = self.u32s(&decode)?;
-            // Split long contexts so that every multiprocessor has work.
-            let splits = longest.div_ceil(512).clamp(1, 32) as u32;
-            let partial = self.zeros(n * s.heads * splits as usize * (2 + s.head_dim))?;
+            // Split-K: each block's warps walk at most 32 positions (one
+            // position is a chain of dependent loads and a warp reduction:
+            // a block that walks a whole context is latency-bound), and
+            // long contexts give every multiprocessor work.
+            let splits = longest.div_ceil(32).clamp(1, 64) as u32;
+            // Every block writes its partial before the reduction reads it.
+            let partial = self.scratch(
+                Scratch::Partial,
+                n * s.heads * splits as usize * (2 + s.head_dim),
+            )?;
             let cfg = LaunchConfig {
                 grid_dim: (heads, n as u32, splits),
                 block_dim: (ATTN_WARPS * 32, 1, 1),

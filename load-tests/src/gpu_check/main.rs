@@ -39,6 +39,8 @@ use lattice_worker::testmodel::{self, Spec};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod profile;
+
 /// HBM3e of the H200, by its datasheet.
 const H200_PEAK: f64 = 4.8e12;
 
@@ -378,6 +380,53 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
         }
     }
     let batch1 = (decode - 4) as f64 / one;
+    // The profile's tables go after the figures.
+    let mut prof = Report {
+        lines: Vec::new(),
+        failed: 0,
+    };
+    prof.note("\n| a whole step, read nothing back (median of 8) | host | queue | finish |".into());
+    prof.note("|---|---|---|---|".into());
+    let tok = [7u32];
+    if let Err(e) = profile::step_split(&mut prof, model.kernels(), "batch-1 decode step", || {
+        model.forward(
+            &mut cache,
+            &[Chunk {
+                tokens: &tok,
+                start: prompt + decode - 1,
+                blocks: &b0,
+                logits: false,
+            }],
+        )?;
+        Ok(())
+    }) {
+        r.row("profile of a batch-1 step", false, &format!("{e:#}"));
+    }
+    let one_step = |cache: &mut lattice_worker::model::KvCache<Cuda>| -> Result<()> {
+        timed(
+            &model,
+            cache,
+            &[Chunk {
+                tokens: &tok,
+                start: prompt + decode - 1,
+                blocks: &b0,
+                logits: true,
+            }],
+        )?;
+        Ok(())
+    };
+    let mut kernels_1 = Report {
+        lines: Vec::new(),
+        failed: 0,
+    };
+    if let Err(e) = profile::kernels_of_step(
+        &mut kernels_1,
+        model.kernels(),
+        "A batch-1 decode step with its token chosen",
+        || one_step(&mut cache),
+    ) {
+        r.row("kernels of a batch-1 step", false, &format!("{e:#}"));
+    }
     // Batch 32: 32 prompts prefilled together, then decode steps of 32.
     let tables: Vec<Vec<u32>> = (0..batch).map(seq_blocks).collect();
     let prompts: Vec<Vec<u32>> = (0..batch)
@@ -414,6 +463,45 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
         }
     }
     let batch32 = (batch * (steps - 4)) as f64 / total;
+    let toks: Vec<[u32; 1]> = (0..batch).map(|s| [s as u32 % 400]).collect();
+    let step32: Vec<Chunk<'_>> = toks
+        .iter()
+        .zip(&tables)
+        .map(|(t, b)| Chunk {
+            tokens: t,
+            start: prompt + steps,
+            blocks: b,
+            logits: false,
+        })
+        .collect();
+    if let Err(e) = profile::step_split(&mut prof, model.kernels(), "batch-32 decode step", || {
+        model.forward(&mut cache, &step32)?;
+        Ok(())
+    }) {
+        r.row("profile of a batch-32 step", false, &format!("{e:#}"));
+    }
+    if let Err(e) = profile::kernels_of_step(
+        &mut kernels_1,
+        model.kernels(),
+        "A batch-32 decode step, nothing read back",
+        || {
+            model.forward(&mut cache, &step32)?;
+            Ok(())
+        },
+    ) {
+        r.row("kernels of a batch-32 step", false, &format!("{e:#}"));
+    }
+    if let Err(e) = profile::layer_steps(
+        &mut prof,
+        model.kernels(),
+        c.hidden,
+        c.intermediate,
+        c.heads * c.head_dim,
+        model.kv_width(),
+        c.head_dim,
+    ) {
+        r.row("profile of a layer's steps", false, &format!("{e:#}"));
+    }
     r.note("| measure | value |".into());
     r.note("|---|---|".into());
     r.note(format!(
@@ -434,6 +522,9 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
         "| time to first token, 2,048-token prompt | {:.1} ms |",
         ttft * 1e3
     ));
+    r.failed += prof.failed + kernels_1.failed;
+    r.lines.extend(prof.lines);
+    r.lines.extend(kernels_1.lines);
     Ok(())
 }
 

@@ -263,6 +263,7 @@ impl<K: Kernels> Model<K> {
         let mut delta = k.act(n, c.hidden)?;
         let mut gate = k.act(n, c.intermediate)?;
         let mut up = k.act(n, c.intermediate)?;
+        let mut spare = k.act(n, c.intermediate)?;
         let shape = AttnShape {
             heads: c.heads,
             kv_heads: c.kv_heads,
@@ -298,14 +299,14 @@ impl<K: Kernels> Model<K> {
                 &[(&l.gate, None), (&l.up, None)],
                 &mut [&mut gate, &mut up],
             )?;
-            // `up` becomes silu(gate) · up, the down projection's input.
-            let mut act = k.act(n, c.intermediate)?;
-            k.silu_mul(&gate, &up, &mut act)?;
-            k.recycle(std::mem::replace(&mut up, act));
+            // `up` becomes silu(gate) · up, the down projection's input
+            // (written into `spare`, then the two trade places).
+            k.silu_mul(&gate, &up, &mut spare)?;
+            std::mem::swap(&mut up, &mut spare);
             k.matmul(&up, &l.down, None, &mut delta)?;
         }
         k.add_rms_norm(&mut x, &delta, &self.norm, c.rms_eps, &mut normed)?;
-        for a in [x, q, kk, vv, attn, delta, gate, up] {
+        for a in [x, q, kk, vv, attn, delta, gate, up, spare] {
             k.recycle(a);
         }
         // Each chunk that asks for logits, with its row and its pick.
