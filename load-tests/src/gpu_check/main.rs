@@ -17,12 +17,14 @@
 //!    token of a 2,048-token prompt.
 //!
 //! `lattice-gpu-check [--out FILE] [--layers N] [--skip-bench]
-//!    [--scale X] [--tokens N] [--emulated DIR]`
+//!    [--scale X] [--tokens N] [--emulated DIR] [--layer-steps N]`
 //! (`scripts/gpu-check` builds it here and runs it there.) Exits 1 when a
 //! check failed, 2 when no GPU could be opened. `--emulated DIR` runs the
 //! checks on the kernel emulator instead of a GPU (no benchmark): the test
 //! suite does, smaller (`--scale 0.25 --tokens 4`), so that this program
-//! works before a GPU session spends its minutes on it.
+//! works before a GPU session spends its minutes on it. `--layer-steps N`
+//! only times the steps of one decode layer of the 8B shape, each launched
+//! N times (`ncu` runs it with N = 1).
 //!
 //! Must never: report a figure it did not measure in this run, or stop at
 //! the first failed check (one lent run must say everything it can).
@@ -76,6 +78,9 @@ struct Args {
     /// Greedy tokens of the whole-model checks.
     tokens: usize,
     emulated: Option<PathBuf>,
+    /// Only the steps of one decode layer, each launched this many times
+    /// (for a profiler such as ncu: `--layer-steps 1`).
+    layer_steps: Option<usize>,
 }
 
 impl Args {
@@ -99,6 +104,7 @@ fn parse_args() -> Result<Args> {
         scale: 1.0,
         tokens: 32,
         emulated: None,
+        layer_steps: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -108,6 +114,7 @@ fn parse_args() -> Result<Args> {
             "--skip-bench" => a.bench = false,
             "--scale" => a.scale = it.next().context("--scale X")?.parse()?,
             "--tokens" => a.tokens = it.next().context("--tokens N")?.parse()?,
+            "--layer-steps" => a.layer_steps = Some(it.next().context("--layer-steps N")?.parse()?),
             "--emulated" => {
                 a.emulated = Some(it.next().context("--emulated DIR")?.into());
                 a.bench = false;
@@ -348,6 +355,21 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
     for _ in 0..3 {
         ttft = ttft.min(timed(&model, &mut cache, &chunk)?);
     }
+    let mut kernels_1 = Report {
+        lines: Vec::new(),
+        failed: 0,
+    };
+    if let Err(e) = profile::kernels_of_step(
+        &mut kernels_1,
+        model.kernels(),
+        "The prefill of a 2,048-token prompt",
+        || {
+            timed(&model, &mut cache, &chunk)?;
+            Ok(())
+        },
+    ) {
+        r.row("kernels of a prefill", false, &format!("{e:#}"));
+    }
     // Batch-1 decode after a 128-token prompt.
     let b0 = seq_blocks(0);
     let p = prompt_tokens(prompt);
@@ -414,10 +436,6 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
             }],
         )?;
         Ok(())
-    };
-    let mut kernels_1 = Report {
-        lines: Vec::new(),
-        failed: 0,
     };
     if let Err(e) = profile::kernels_of_step(
         &mut kernels_1,
@@ -491,15 +509,14 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
     ) {
         r.row("kernels of a batch-32 step", false, &format!("{e:#}"));
     }
-    if let Err(e) = profile::layer_steps(
-        &mut prof,
-        model.kernels(),
-        c.hidden,
-        c.intermediate,
-        c.heads * c.head_dim,
-        model.kv_width(),
-        c.head_dim,
-    ) {
+    let shape = profile::LayerShape {
+        hidden: c.hidden,
+        intermediate: c.intermediate,
+        q: c.heads * c.head_dim,
+        kv: model.kv_width(),
+        head_dim: c.head_dim,
+    };
+    if let Err(e) = profile::layer_steps(&mut prof, model.kernels(), &shape, 200) {
         r.row("profile of a layer's steps", false, &format!("{e:#}"));
     }
     r.note("| measure | value |".into());
@@ -548,6 +565,11 @@ async fn main() -> Result<()> {
         gpu.device(),
         t.elapsed().as_secs_f64()
     ));
+    if let Some(reps) = a.layer_steps {
+        // The shapes of a Llama-3-8B layer.
+        profile::layer_steps(&mut r, &gpu, &profile::LayerShape::llama3_8b(), reps)?;
+        return Ok(());
+    }
     r.note("| check | result | detail |".into());
     r.note("|---|---|---|".into());
     // The reference with f32 activations (see `check`).

@@ -13,9 +13,6 @@ use lattice_gpu_kernels::cuda::Cuda;
 use lattice_gpu_kernels::{DType, HostWeight, Kernels};
 use std::time::Instant;
 
-/// Launches per measured step.
-const REPS: usize = 200;
-
 fn bf16_weight(
     k: &Cuda,
     name: &str,
@@ -38,12 +35,12 @@ fn f32_vector(k: &Cuda, name: &str, n: usize) -> Result<<Cuda as Kernels>::Weigh
     Ok(k.weight(HostWeight::owned_f32(name, vec![n], vec![1.0; n])?)?)
 }
 
-/// Seconds to queue `REPS` runs of `step`, and seconds until they finished.
-fn time(k: &Cuda, mut step: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+/// Seconds to queue `reps` runs of `step`, and seconds until they finished.
+fn time(k: &Cuda, reps: usize, mut step: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
     step()?;
     k.synchronize()?;
     let t = Instant::now();
-    for _ in 0..REPS {
+    for _ in 0..reps {
         step()?;
     }
     let queued = t.elapsed().as_secs_f64();
@@ -51,23 +48,40 @@ fn time(k: &Cuda, mut step: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
     Ok((queued, t.elapsed().as_secs_f64()))
 }
 
-/// One row per step of a decode layer of the model's shape (`hidden`,
-/// `intermediate`, `q` and `kv` widths, `head_dim`), batch 1, bf16 weights.
-pub fn layer_steps(
-    r: &mut Report,
-    k: &Cuda,
-    hidden: usize,
-    intermediate: usize,
-    q: usize,
-    kv: usize,
-    head_dim: usize,
-) -> Result<()> {
-    r.note("\n| one step of a decode layer, batch 1 (200 launches, then one wait) | host µs to queue each | µs each until done | weights GB/s |".into());
+/// The widths of a decode layer.
+pub struct LayerShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    /// Query width: heads × head_dim.
+    pub q: usize,
+    /// Key (and value) width: KV heads × head_dim.
+    pub kv: usize,
+    pub head_dim: usize,
+}
+
+impl LayerShape {
+    /// Llama 3 8B's.
+    pub fn llama3_8b() -> Self {
+        Self {
+            hidden: 4096,
+            intermediate: 14336,
+            q: 4096,
+            kv: 1024,
+            head_dim: 128,
+        }
+    }
+}
+
+/// One row per step of a decode layer of shape `l`, batch 1, bf16
+/// weights, each launched `reps` times after a warm-up.
+pub fn layer_steps(r: &mut Report, k: &Cuda, l: &LayerShape, reps: usize) -> Result<()> {
+    r.note(format!("\n| one step of a decode layer, batch 1 ({reps} launches, then one wait) | host µs to queue each | µs each until done | weights GB/s |"));
     r.note("|---|---|---|---|".into());
+    let (hidden, intermediate, q, kv, head_dim) = (l.hidden, l.intermediate, l.q, l.kv, l.head_dim);
     let x = k.act(1, hidden)?;
     let mut y = k.act(1, hidden)?;
     let row = |r: &mut Report, what: &str, bytes: usize, t: (f64, f64)| {
-        let (queued, done) = (t.0 / REPS as f64, t.1 / REPS as f64);
+        let (queued, done) = (t.0 / reps as f64, t.1 / reps as f64);
         let bw = if bytes > 0 {
             format!("{:.0}", bytes as f64 / done / 1e9)
         } else {
@@ -80,23 +94,23 @@ pub fn layer_steps(
         ));
     };
     let before = k.driver_calls();
-    let t = time(k, || {
+    let t = time(k, reps, || {
         let mut a = k.act(1, hidden)?;
         k.add(&mut a, &x)?;
         Ok(())
     })?;
-    let calls = (k.driver_calls() - before) as f64 / (REPS + 1) as f64;
+    let calls = (k.driver_calls() - before) as f64 / (reps + 1) as f64;
     row(
         r,
         &format!("an activation allocated (zeroed) and one small launch ({calls:.0} driver calls)"),
         0,
         t,
     );
-    let t = time(k, || Ok(k.add(&mut y, &x)?))?;
+    let t = time(k, reps, || Ok(k.add(&mut y, &x)?))?;
     row(r, "one small launch (add, 4096 values)", 0, t);
     let norm = f32_vector(k, "norm", hidden)?;
     let mut normed = k.act(1, hidden)?;
-    let t = time(k, || {
+    let t = time(k, reps, || {
         Ok(k.add_rms_norm(&mut y, &x, &norm, 1e-5, &mut normed)?)
     })?;
     row(r, "add + RMSNorm", 0, t);
@@ -110,18 +124,18 @@ pub fn layer_steps(
         let w = bf16_weight(k, what, rows, cols)?;
         let input = k.act(1, cols)?;
         let mut out = k.act(1, rows)?;
-        let t = time(k, || Ok(k.matmul(&input, &w, None, &mut out)?))?;
+        let t = time(k, reps, || Ok(k.matmul(&input, &w, None, &mut out)?))?;
         row(r, what, rows * cols * 2, t);
     }
     let mut qa = k.act(1, q)?;
     let inv: Vec<f32> = (0..head_dim / 2)
         .map(|i| 1.0 / 1e4f32.powf(2.0 * i as f32 / head_dim as f32))
         .collect();
-    let t = time(k, || Ok(k.rope(&mut qa, head_dim, &[127], &inv)?))?;
+    let t = time(k, reps, || Ok(k.rope(&mut qa, head_dim, &[127], &inv)?))?;
     row(r, "RoPE of Q", 0, t);
     let (gate, up) = (k.act(1, intermediate)?, k.act(1, intermediate)?);
     let mut act = k.act(1, intermediate)?;
-    let t = time(k, || Ok(k.silu_mul(&gate, &up, &mut act)?))?;
+    let t = time(k, reps, || Ok(k.silu_mul(&gate, &up, &mut act)?))?;
     row(r, "SiLU · up", 0, t);
     Ok(())
 }
