@@ -117,6 +117,15 @@ enum Op {
         outs: usize,
         bias: bool,
     },
+    /// Products of one input by two or three weights (Q, K and V with
+    /// biases; gate and up without), in one `matmul_many`.
+    MatmulMany {
+        dtype: DType,
+        rows: usize,
+        inp: usize,
+        outs: usize,
+        three: bool,
+    },
     Rope,
     Attention(AttnCase),
     SiluMul,
@@ -175,6 +184,44 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
                 let mut out = k.act(rows, outs)?;
                 k.matmul(&x, &w, b.as_ref(), &mut out)?;
                 k.to_host(&out)
+            }
+            Op::MatmulMany {
+                dtype,
+                rows,
+                inp,
+                outs,
+                three,
+            } => {
+                let x = upload(k, &rng.values(rows * inp), rows, inp)?;
+                let scale = 1.0 / (inp as f32).sqrt();
+                // Q-sized, then K- and V-sized (a quarter: GQA), or two
+                // of one size (gate and up).
+                let sizes = if three {
+                    vec![outs, outs / 4, outs / 4]
+                } else {
+                    vec![outs, outs]
+                };
+                let mut ws = Vec::new();
+                let mut outputs = Vec::new();
+                for &o in &sizes {
+                    let wv: Vec<f32> = rng.values(o * inp).iter().map(|v| v * scale).collect();
+                    let w = k.weight(weight("w", dtype, vec![o, inp], &wv)?)?;
+                    let b = if three {
+                        Some(k.weight(weight("b", dtype, vec![o], &rng.values(o))?)?)
+                    } else {
+                        None
+                    };
+                    ws.push((w, b));
+                    outputs.push(k.act(rows, o)?);
+                }
+                let pairs: Vec<_> = ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
+                let mut outs: Vec<&mut K::Act> = outputs.iter_mut().collect();
+                k.matmul_many(&x, &pairs, &mut outs)?;
+                let mut all = Vec::new();
+                for o in &outputs {
+                    all.extend(k.to_host(o)?);
+                }
+                Ok(all)
             }
             Op::Rope => {
                 let (rows, head_dim, heads) = (7, 64, 8);
@@ -352,6 +399,33 @@ pub fn check_all<G: Kernels, C: Kernels>(
             },
             1e-4,
         ));
+    }
+    for d in [DType::F32, DType::BF16, DType::F16] {
+        for (rows, three) in [(1, true), (5, true), (2, false), (9, true), (32, false)] {
+            let gemv = rows <= crate::cuda::GEMV_MAX_ROWS;
+            let tol = match (gemv, d) {
+                (true, _) | (false, DType::F32) => 1e-4,
+                (false, DType::BF16) => 1e-2,
+                (false, DType::F16) => 2e-3,
+            };
+            let (what, path) = match (three, gemv) {
+                (true, true) => ("Q, K, V with biases", "one gemv launch"),
+                (false, true) => ("gate and up", "one gemv launch"),
+                (true, false) => ("Q, K, V with biases", "cublas, one conversion"),
+                (false, false) => ("gate and up", "cublas, one conversion"),
+            };
+            cases.push((
+                format!("matmul_many {} {rows}×{inp}: {what} ({path})", d.name()),
+                Op::MatmulMany {
+                    dtype: d,
+                    rows,
+                    inp,
+                    outs,
+                    three,
+                },
+                tol,
+            ));
+        }
     }
     cases.push(("rope".into(), Op::Rope, 1e-4));
     // 64 and 128: the tiled prefill; 256: one warp per query row. A bf16

@@ -48,6 +48,14 @@ fn a_wrong_shape_is_an_error_before_any_launch() {
     let mut out = gpu.act(2, 4).unwrap();
     let e = gpu.matmul(&x, &w, None, &mut out).unwrap_err().to_string();
     assert_eq!(e, "shape mismatch in matmul: 2×7 · w [4, 8]ᵀ into 2×4");
+    // The same check for each product of a fused group, before its launch.
+    let x8 = gpu.act(2, 8).unwrap();
+    let mut wide = gpu.act(2, 5).unwrap();
+    let e = gpu
+        .matmul_many(&x8, &[(&w, None), (&w, None)], &mut [&mut out, &mut wide])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "shape mismatch in matmul: 2×8 · w [4, 8]ᵀ into 2×5");
     let table = gpu
         .weight(HostWeight::owned_u16("t", DType::BF16, vec![3, 8], vec![0; 24]).unwrap())
         .unwrap();
