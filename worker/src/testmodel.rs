@@ -264,6 +264,41 @@ fn encode(values: &[f32], dtype: DType) -> Vec<u8> {
     out
 }
 
+/// Tensors of at least this many values are filled by all cores, in
+/// chunks of [`FILL_CHUNK`] values, each from its own seed (an 8B-shaped
+/// model is ~7 billion values: one core took ~50 s of a lent GPU's
+/// minutes). Smaller ones — every tiny test model's — come from the one
+/// sequence, as before.
+const PARALLEL_FILL: usize = 1 << 22;
+const FILL_CHUNK: usize = 1 << 20;
+
+/// `n` values `offset + scale · uniform`, encoded in `dtype`: chunk `i`
+/// drawn from a seed made of one draw of `rng` and `i`, so the bytes
+/// depend only on `rng`, never on the number of threads.
+fn fill_parallel(rng: &mut Rng, n: usize, scale: f32, offset: f32, dtype: DType) -> Vec<u8> {
+    let base = rng.0 ^ ((rng.uniform().to_bits() as u64) << 32);
+    let chunks = n.div_ceil(FILL_CHUNK);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(chunks);
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); chunks];
+    std::thread::scope(|scope| {
+        for (t, mine) in parts.chunks_mut(chunks.div_ceil(threads)).enumerate() {
+            let first = t * chunks.div_ceil(threads);
+            scope.spawn(move || {
+                for (j, part) in mine.iter_mut().enumerate() {
+                    let i = first + j;
+                    let mut r = Rng((base ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+                    let len = FILL_CHUNK.min(n - i * FILL_CHUNK);
+                    let values: Vec<f32> = (0..len).map(|_| offset + scale * r.uniform()).collect();
+                    *part = encode(&values, dtype);
+                }
+            });
+        }
+    });
+    parts.concat()
+}
+
 fn st_dtype(d: DType) -> StDtype {
     match d {
         DType::F32 => StDtype::F32,
@@ -288,8 +323,13 @@ pub fn write(dir: &Path, spec: &Spec) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
         let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| offset + scale * rng.uniform()).collect();
-        tensors.push((name, shape, encode(&values, spec.dtype)));
+        let bytes = if n >= PARALLEL_FILL {
+            fill_parallel(&mut rng, n, scale, offset, spec.dtype)
+        } else {
+            let values: Vec<f32> = (0..n).map(|_| offset + scale * rng.uniform()).collect();
+            encode(&values, spec.dtype)
+        };
+        tensors.push((name, shape, bytes));
     };
     let lin = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
     // Tied embeddings are also the output head: smaller, so the logits
@@ -564,4 +604,32 @@ pub mod templates {
         "{%- endif %}",
         "{%- endfor %}",
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_large_tensor_is_filled_alike_every_time_and_in_every_chunk() {
+        let n = PARALLEL_FILL + FILL_CHUNK / 2;
+        let a = fill_parallel(&mut Rng(77), n, 0.5, 1.0, DType::BF16);
+        let b = fill_parallel(&mut Rng(77), n, 0.5, 1.0, DType::BF16);
+        assert_eq!(a.len(), n * 2);
+        assert_eq!(a, b);
+        let values: Vec<f32> = a
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        // offset 1 ± 0.5: every value in [0.5, 1.5], none left unfilled.
+        assert!(values.iter().all(|v| (0.5..=1.5).contains(v)));
+        // Chunks differ from one another (each has its own seed), and the
+        // last, partial one is there.
+        let chunk = |i: usize| &values[i * FILL_CHUNK..(i * FILL_CHUNK + 64).min(n)];
+        assert_ne!(chunk(0), chunk(1));
+        assert_ne!(chunk(1), chunk(PARALLEL_FILL / FILL_CHUNK));
+        let other = fill_parallel(&mut Rng(79), n, 0.5, 1.0, DType::BF16);
+        assert_ne!(a, other);
+    }
 }
