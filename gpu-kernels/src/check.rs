@@ -105,6 +105,36 @@ fn upload<K: Kernels>(k: &K, values: &[f32], rows: usize, cols: usize) -> Result
     Ok(a)
 }
 
+/// An `outs × inp` weight scaled by 1/√inp, and a bias when asked for.
+fn product_weight<K: Kernels>(
+    k: &K,
+    rng: &mut Rng,
+    dtype: DType,
+    outs: usize,
+    inp: usize,
+    bias: bool,
+) -> Result<(K::Weight, Option<K::Weight>)> {
+    let scale = 1.0 / (inp as f32).sqrt();
+    let wv: Vec<f32> = rng.values(outs * inp).iter().map(|v| v * scale).collect();
+    let w = k.weight(weight("w", dtype, vec![outs, inp], &wv)?)?;
+    let b = if bias {
+        Some(k.weight(weight("b", dtype, vec![outs], &rng.values(outs))?)?)
+    } else {
+        None
+    };
+    Ok((w, b))
+}
+
+/// A product's tolerance: the GEMV keeps f32 activations; cuBLAS reads
+/// them rounded to 16-bit weights' dtype.
+fn product_tol(rows: usize, dtype: DType) -> f32 {
+    match (rows <= crate::cuda::GEMV_MAX_ROWS, dtype) {
+        (true, _) | (false, DType::F32) => 1e-4,
+        (false, DType::BF16) => 1e-2,
+        (false, DType::F16) => 2e-3,
+    }
+}
+
 /// What one case runs, on either device.
 enum Op {
     Embed(DType),
@@ -173,14 +203,7 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
                 bias,
             } => {
                 let x = upload(k, &rng.values(rows * inp), rows, inp)?;
-                let scale = 1.0 / (inp as f32).sqrt();
-                let wv: Vec<f32> = rng.values(outs * inp).iter().map(|v| v * scale).collect();
-                let w = k.weight(weight("w", dtype, vec![outs, inp], &wv)?)?;
-                let b = if bias {
-                    Some(k.weight(weight("b", dtype, vec![outs], &rng.values(outs))?)?)
-                } else {
-                    None
-                };
+                let (w, b) = product_weight(k, &mut rng, dtype, outs, inp, bias)?;
                 let mut out = k.act(rows, outs)?;
                 k.matmul(&x, &w, b.as_ref(), &mut out)?;
                 k.to_host(&out)
@@ -193,7 +216,6 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
                 three,
             } => {
                 let x = upload(k, &rng.values(rows * inp), rows, inp)?;
-                let scale = 1.0 / (inp as f32).sqrt();
                 // Q-sized, then K- and V-sized (a quarter: GQA), or two
                 // of one size (gate and up).
                 let sizes = if three {
@@ -204,14 +226,7 @@ fn run<K: Kernels>(k: &K, op: &Op, seed: u64) -> Result<Vec<f32>> {
                 let mut ws = Vec::new();
                 let mut outputs = Vec::new();
                 for &o in &sizes {
-                    let wv: Vec<f32> = rng.values(o * inp).iter().map(|v| v * scale).collect();
-                    let w = k.weight(weight("w", dtype, vec![o, inp], &wv)?)?;
-                    let b = if three {
-                        Some(k.weight(weight("b", dtype, vec![o], &rng.values(o))?)?)
-                    } else {
-                        None
-                    };
-                    ws.push((w, b));
+                    ws.push(product_weight(k, &mut rng, dtype, o, inp, three)?);
                     outputs.push(k.act(rows, o)?);
                 }
                 let pairs: Vec<_> = ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
@@ -369,13 +384,11 @@ pub fn check_all<G: Kernels, C: Kernels>(
     cases.push(("add_rms_norm".into(), Op::AddRmsNorm(hidden), 1e-4));
     for d in [DType::F32, DType::BF16, DType::F16] {
         for rows in [1, 2, 3, 5, 8, 9, 32, 130] {
-            let gemv = rows <= crate::cuda::GEMV_MAX_ROWS;
-            let tol = match (gemv, d) {
-                (true, _) | (false, DType::F32) => 1e-4,
-                (false, DType::BF16) => 1e-2,
-                (false, DType::F16) => 2e-3,
+            let path = if rows <= crate::cuda::GEMV_MAX_ROWS {
+                "gemv"
+            } else {
+                "cublas"
             };
-            let path = if gemv { "gemv" } else { "cublas" };
             cases.push((
                 format!("matmul {} {rows}×{inp}·{inp}→{outs} ({path})", d.name()),
                 Op::Matmul {
@@ -385,7 +398,7 @@ pub fn check_all<G: Kernels, C: Kernels>(
                     outs,
                     bias: rows % 2 == 1,
                 },
-                tol,
+                product_tol(rows, d),
             ));
         }
         cases.push((
@@ -402,17 +415,15 @@ pub fn check_all<G: Kernels, C: Kernels>(
     }
     for d in [DType::F32, DType::BF16, DType::F16] {
         for (rows, three) in [(1, true), (5, true), (2, false), (9, true), (32, false)] {
-            let gemv = rows <= crate::cuda::GEMV_MAX_ROWS;
-            let tol = match (gemv, d) {
-                (true, _) | (false, DType::F32) => 1e-4,
-                (false, DType::BF16) => 1e-2,
-                (false, DType::F16) => 2e-3,
+            let what = if three {
+                "Q, K, V with biases"
+            } else {
+                "gate and up"
             };
-            let (what, path) = match (three, gemv) {
-                (true, true) => ("Q, K, V with biases", "one gemv launch"),
-                (false, true) => ("gate and up", "one gemv launch"),
-                (true, false) => ("Q, K, V with biases", "cublas, one conversion"),
-                (false, false) => ("gate and up", "cublas, one conversion"),
+            let path = if rows <= crate::cuda::GEMV_MAX_ROWS {
+                "one gemv launch"
+            } else {
+                "cublas, one conversion"
             };
             cases.push((
                 format!("matmul_many {} {rows}×{inp}: {what} ({path})", d.name()),
@@ -423,7 +434,7 @@ pub fn check_all<G: Kernels, C: Kernels>(
                     outs,
                     three,
                 },
-                tol,
+                product_tol(rows, d),
             ));
         }
     }

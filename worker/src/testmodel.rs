@@ -276,7 +276,8 @@ const FILL_CHUNK: usize = 1 << 20;
 /// drawn from a seed made of one draw of `rng` and `i`, so the bytes
 /// depend only on `rng`, never on the number of threads.
 fn fill_parallel(rng: &mut Rng, n: usize, scale: f32, offset: f32, dtype: DType) -> Vec<u8> {
-    let base = rng.0 ^ ((rng.uniform().to_bits() as u64) << 32);
+    rng.uniform();
+    let base = rng.0;
     let chunks = n.div_ceil(FILL_CHUNK);
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())

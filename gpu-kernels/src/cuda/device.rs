@@ -189,35 +189,24 @@ fn ptx(name: &str, source: &str, arch: &'static str, include: &str) -> Result<Pt
 /// every synchronization, and each step (which ends with one, reading the
 /// chosen tokens) would map it again.
 fn keep_pool(ctx: &CudaContext) -> Result<(), KernelError> {
-    use cudarc::driver::sys;
+    use cudarc::driver::{result, sys};
     if !ctx.has_async_alloc() {
         return Ok(());
     }
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     let mut keep = u64::MAX;
-    // SAFETY: the device handle is the context's own, `pool` receives the
-    // handle, and the attribute takes a pointer to a u64 that outlives the
-    // call.
+    // SAFETY: the device handle is the context's own, and the attribute
+    // takes a pointer to a u64 that outlives the call.
     #[allow(unsafe_code)]
-    let results = unsafe {
-        let got = sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device());
-        let set = if got == sys::CUresult::CUDA_SUCCESS {
-            sys::cuMemPoolSetAttribute(
+    unsafe {
+        result::device::get_default_mem_pool(ctx.cu_device()).and_then(|pool| {
+            result::mem_pool::set_attribute(
                 pool,
                 sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
                 (&mut keep as *mut u64).cast(),
             )
-        } else {
-            got
-        };
-        (got, set)
-    };
-    match results {
-        (sys::CUresult::CUDA_SUCCESS, sys::CUresult::CUDA_SUCCESS) => Ok(()),
-        (got, set) => Err(KernelError::Device(format!(
-            "cuda memory pool: {got:?}, {set:?}"
-        ))),
+        })
     }
+    .map_err(|e| driver("memory pool", e))
 }
 
 impl Cuda {

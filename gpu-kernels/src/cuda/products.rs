@@ -118,10 +118,10 @@ impl Cuda {
         Ok(())
     }
 
-    /// Two or three products of one input of up to [`super::GEMV_MAX_ROWS`]
-    /// rows in one GEMV launch (Q, K and V; gate and up); more rows through
-    /// cuBLAS with one conversion of `x` for all; otherwise one product
-    /// each.
+    /// Two or three products of one input in one go: up to
+    /// [`super::GEMV_MAX_ROWS`] rows in one GEMV launch (Q, K and V; gate
+    /// and up), more rows through cuBLAS with one conversion of `x` for
+    /// all. Other groups: one product each.
     pub(super) fn products(
         &self,
         x: &CudaAct,
@@ -129,58 +129,45 @@ impl Cuda {
         outs: &mut [&mut CudaAct],
     ) -> Result<(), KernelError> {
         crate::one_output_each(ws, outs)?;
-        let fused = (2..=3).contains(&ws.len())
+        let grouped = (2..=3).contains(&ws.len())
             && x.rows > 0
-            && x.rows <= self.gemv_max_rows.min(super::GEMV_MAX_ROWS)
             && ws.iter().all(|(w, _)| w.dtype == ws[0].0.dtype);
-        let blas = x.rows > self.gemv_max_rows
-            && !ws.is_empty()
-            && ws.iter().all(|(w, _)| w.dtype == ws[0].0.dtype);
-        if blas {
-            // One conversion of `x` for every product.
-            for ((w, bias), out) in ws.iter().zip(outs.iter()) {
-                let outs = product_shape(x, w, out)?;
-                bias.map(|b| vector("matmul bias", b, outs)).transpose()?;
-            }
-            let half = self.for_blas(x, ws[0].0.dtype)?;
-            let xb = half.as_ref().map_or(x.mem.ptr, |h| h.ptr);
-            for ((w, bias), out) in ws.iter().zip(outs.iter_mut()) {
-                let b = bias
-                    .map(|b| vector("matmul bias", b, out.cols))
-                    .transpose()?;
-                self.blas(x, xb, w, b, out)?;
-            }
-            return Ok(());
-        }
-        if !fused {
+        let gemv = x.rows <= self.gemv_max_rows;
+        if !grouped || (gemv && x.rows > super::GEMV_MAX_ROWS) {
             for ((w, bias), out) in ws.iter().zip(outs.iter_mut()) {
                 self.product(x, w, *bias, out)?;
             }
             return Ok(());
         }
-        let (mut weights, mut biases, mut dst, mut n) =
-            ([0u64; 3], [0u64; 3], [0u64; 3], [0i32; 3]);
+        // Every product's shapes and bias, before any launch; the slots
+        // of a missing third product stay 0 (the kernel reads none of it).
+        let (mut weights, mut dst, mut biases, mut n) =
+            ([0u64; 3], [0u64; 3], [None; 3], [0i32; 3]);
         for (i, ((w, bias), out)) in ws.iter().zip(outs.iter()).enumerate() {
             let outs = product_shape(x, w, out)?;
             weights[i] = w.mem.ptr;
-            biases[i] = bias
-                .map(|b| vector("matmul bias", b, outs))
-                .transpose()?
-                .unwrap_or(0);
             dst[i] = out.mem.ptr;
+            biases[i] = bias.map(|b| vector("matmul bias", b, outs)).transpose()?;
             n[i] = u32_of("matmul", outs)? as i32;
         }
+        let dtype = ws[0].0.dtype;
+        if !gemv {
+            let half = self.for_blas(x, dtype)?;
+            let xb = half.as_ref().map_or(x.mem.ptr, |h| h.ptr);
+            for (((w, _), out), bias) in ws.iter().zip(outs.iter_mut()).zip(biases) {
+                self.blas(x, xb, w, bias, out)?;
+            }
+            return Ok(());
+        }
+        // The kernel adds a bias where its address is not 0.
+        let biases = biases.map(|b| b.unwrap_or(0));
         let total = n.iter().map(|&v| v as usize).sum::<usize>();
         let cfg = LaunchConfig {
             grid_dim: (total.div_ceil(8) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let name = format!(
-            "gemv3_{}_r{}",
-            ws[0].0.dtype.name(),
-            x.rows.next_power_of_two()
-        );
+        let name = format!("gemv3_{}_r{}", dtype.name(), x.rows.next_power_of_two());
         let (rows, inp) = (x.rows as i32, x.cols as i32);
         self.gpu.launch(
             &name,

@@ -52,6 +52,18 @@ struct Report {
 }
 
 impl Report {
+    fn new() -> Self {
+        Self {
+            lines: Vec::new(),
+            failed: 0,
+        }
+    }
+    /// A failed row for `what` when a part of the run failed.
+    fn fails(&mut self, what: &str, result: Result<()>) {
+        if let Err(e) = result {
+            self.row(what, false, &format!("{e:#}"));
+        }
+    }
     fn row(&mut self, check: &str, ok: bool, detail: &str) {
         if !ok {
             self.failed += 1;
@@ -299,6 +311,24 @@ fn timed<K: Kernels>(
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// One decode row per sequence: token `toks[s]` at `start` of `tables[s]`.
+fn decode_chunks<'a>(
+    toks: &'a [[u32; 1]],
+    tables: &'a [Vec<u32>],
+    start: usize,
+    logits: bool,
+) -> Vec<Chunk<'a>> {
+    toks.iter()
+        .zip(tables)
+        .map(|(t, b)| Chunk {
+            tokens: t,
+            start,
+            blocks: b,
+            logits,
+        })
+        .collect()
+}
+
 fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
     let spec = Spec {
         hidden: 4096,
@@ -355,21 +385,16 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
     for _ in 0..3 {
         ttft = ttft.min(timed(&model, &mut cache, &chunk)?);
     }
-    let mut kernels_1 = Report {
-        lines: Vec::new(),
-        failed: 0,
-    };
-    if let Err(e) = profile::kernels_of_step(
-        &mut kernels_1,
-        model.kernels(),
-        "The prefill of a 2,048-token prompt",
-        || {
-            timed(&model, &mut cache, &chunk)?;
-            Ok(())
-        },
-    ) {
-        r.row("kernels of a prefill", false, &format!("{e:#}"));
-    }
+    let mut kernels = Report::new();
+    r.fails(
+        "kernels of a prefill",
+        profile::kernels_of_step(
+            &mut kernels,
+            model.kernels(),
+            "The prefill of a 2,048-token prompt",
+            || timed(&model, &mut cache, &chunk).map(drop),
+        ),
+    );
     // Batch-1 decode after a 128-token prompt.
     let b0 = seq_blocks(0);
     let p = prompt_tokens(prompt);
@@ -403,48 +428,32 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
     }
     let batch1 = (decode - 4) as f64 / one;
     // The profile's tables go after the figures.
-    let mut prof = Report {
-        lines: Vec::new(),
-        failed: 0,
-    };
+    let mut prof = Report::new();
     prof.note("\n| a whole step, read nothing back (median of 8) | host | queue | finish |".into());
     prof.note("|---|---|---|---|".into());
     let tok = [7u32];
-    if let Err(e) = profile::step_split(&mut prof, model.kernels(), "batch-1 decode step", || {
-        model.forward(
-            &mut cache,
-            &[Chunk {
-                tokens: &tok,
-                start: prompt + decode - 1,
-                blocks: &b0,
-                logits: false,
-            }],
-        )?;
-        Ok(())
-    }) {
-        r.row("profile of a batch-1 step", false, &format!("{e:#}"));
-    }
-    let one_step = |cache: &mut lattice_worker::model::KvCache<Cuda>| -> Result<()> {
-        timed(
-            &model,
-            cache,
-            &[Chunk {
-                tokens: &tok,
-                start: prompt + decode - 1,
-                blocks: &b0,
-                logits: true,
-            }],
-        )?;
-        Ok(())
-    };
-    if let Err(e) = profile::kernels_of_step(
-        &mut kernels_1,
-        model.kernels(),
-        "A batch-1 decode step with its token chosen",
-        || one_step(&mut cache),
-    ) {
-        r.row("kernels of a batch-1 step", false, &format!("{e:#}"));
-    }
+    let mut last = [Chunk {
+        tokens: &tok,
+        start: prompt + decode - 1,
+        blocks: &b0,
+        logits: false,
+    }];
+    r.fails(
+        "profile of a batch-1 step",
+        profile::step_split(&mut prof, model.kernels(), "batch-1 decode step", || {
+            Ok(model.forward(&mut cache, &last).map(drop)?)
+        }),
+    );
+    last[0].logits = true;
+    r.fails(
+        "kernels of a batch-1 step",
+        profile::kernels_of_step(
+            &mut kernels,
+            model.kernels(),
+            "A batch-1 decode step with its token chosen",
+            || timed(&model, &mut cache, &last).map(drop),
+        ),
+    );
     // Batch 32: 32 prompts prefilled together, then decode steps of 32.
     let tables: Vec<Vec<u32>> = (0..batch).map(seq_blocks).collect();
     let prompts: Vec<Vec<u32>> = (0..batch)
@@ -465,50 +474,33 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
     let mut total = 0.0;
     for i in 0..steps {
         let toks: Vec<[u32; 1]> = (0..batch).map(|s| [((i + s) as u32 * 7) % 400]).collect();
-        let chunks: Vec<Chunk<'_>> = toks
-            .iter()
-            .zip(&tables)
-            .map(|(t, b)| Chunk {
-                tokens: t,
-                start: prompt + i,
-                blocks: b,
-                logits: true,
-            })
-            .collect();
-        let s = timed(&model, &mut cache, &chunks)?;
+        let s = timed(
+            &model,
+            &mut cache,
+            &decode_chunks(&toks, &tables, prompt + i, true),
+        )?;
         if i >= 4 {
             total += s;
         }
     }
     let batch32 = (batch * (steps - 4)) as f64 / total;
     let toks: Vec<[u32; 1]> = (0..batch).map(|s| [s as u32 % 400]).collect();
-    let step32: Vec<Chunk<'_>> = toks
-        .iter()
-        .zip(&tables)
-        .map(|(t, b)| Chunk {
-            tokens: t,
-            start: prompt + steps,
-            blocks: b,
-            logits: false,
-        })
-        .collect();
-    if let Err(e) = profile::step_split(&mut prof, model.kernels(), "batch-32 decode step", || {
-        model.forward(&mut cache, &step32)?;
-        Ok(())
-    }) {
-        r.row("profile of a batch-32 step", false, &format!("{e:#}"));
-    }
-    if let Err(e) = profile::kernels_of_step(
-        &mut kernels_1,
-        model.kernels(),
-        "A batch-32 decode step, nothing read back",
-        || {
-            model.forward(&mut cache, &step32)?;
-            Ok(())
-        },
-    ) {
-        r.row("kernels of a batch-32 step", false, &format!("{e:#}"));
-    }
+    let step32 = decode_chunks(&toks, &tables, prompt + steps, false);
+    r.fails(
+        "profile of a batch-32 step",
+        profile::step_split(&mut prof, model.kernels(), "batch-32 decode step", || {
+            Ok(model.forward(&mut cache, &step32).map(drop)?)
+        }),
+    );
+    r.fails(
+        "kernels of a batch-32 step",
+        profile::kernels_of_step(
+            &mut kernels,
+            model.kernels(),
+            "A batch-32 decode step, nothing read back",
+            || Ok(model.forward(&mut cache, &step32).map(drop)?),
+        ),
+    );
     let shape = profile::LayerShape {
         hidden: c.hidden,
         intermediate: c.intermediate,
@@ -516,9 +508,10 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
         kv: model.kv_width(),
         head_dim: c.head_dim,
     };
-    if let Err(e) = profile::layer_steps(&mut prof, model.kernels(), &shape, 200) {
-        r.row("profile of a layer's steps", false, &format!("{e:#}"));
-    }
+    r.fails(
+        "profile of a layer's steps",
+        profile::layer_steps(&mut prof, model.kernels(), &shape, 200),
+    );
     r.note("| measure | value |".into());
     r.note("|---|---|".into());
     r.note(format!(
@@ -539,19 +532,16 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
         "| time to first token, 2,048-token prompt | {:.1} ms |",
         ttft * 1e3
     ));
-    r.failed += prof.failed + kernels_1.failed;
+    r.failed += prof.failed + kernels.failed;
     r.lines.extend(prof.lines);
-    r.lines.extend(kernels_1.lines);
+    r.lines.extend(kernels.lines);
     Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<()> {
     let a = parse_args()?;
-    let mut r = Report {
-        lines: Vec::new(),
-        failed: 0,
-    };
+    let mut r = Report::new();
     let t = Instant::now();
     let gpu = match a.open() {
         Ok(g) => g,
