@@ -8,8 +8,7 @@
 //! closed). A decision comes with a `Durable`, which resolves once its batch
 //! is committed and synced: the caller forwards only then. The writer takes
 //! everything queued, writes it in one transaction and syncs once (group
-//! commit: one sync serves every call waiting, never one per call); under
-//! load a batch sleeps `GROUP_WAIT` first, so a sync serves more calls.
+//! commit: one sync serves every call waiting, never one per call).
 //!
 //! Nothing waits on an outcome: while the writer will look within
 //! `LAZY_WAIT` anyway, an outcome is handed over beside the queue without
@@ -26,6 +25,8 @@
 //! reuse the journal while it holds entries no synced commit of the store
 //! holds.
 
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -45,12 +46,9 @@ use tokio::sync::oneshot;
 mod handle;
 mod retention;
 mod rows;
-mod side;
 pub use handle::{AuditHandle, Durable, OutcomeSlot, GAP};
 pub use retention::{Retention, PRUNED};
 use rows::{replay, store_rows, Pending};
-pub use side::INTERRUPTED;
-use side::{checkpoint_wal, export, interrupted};
 
 /// Settings of the pipeline.
 pub struct PipelineConfig {
@@ -251,8 +249,6 @@ struct Writer {
     pending: Vec<Pending>,
     /// When the oldest pending entry was journaled.
     pending_since: Option<Instant>,
-    /// Decisions in the last synced batch (see `gather`).
-    last_decisions: usize,
     frontier: Frontier,
     /// The pruned prefix (empty when nothing was pruned).
     pruned: Frontier,
@@ -280,7 +276,6 @@ impl Writer {
             journal,
             pending: Vec::new(),
             pending_since: None,
-            last_decisions: 0,
             frontier,
             pruned,
             held_back: false,
@@ -297,14 +292,11 @@ impl Writer {
         let mut lazy: Vec<Queued> = Vec::new();
         loop {
             let mut shutdown = false;
-            let wake = if self.fill_due() {
-                // A chunk now if nothing is queued.
+            let wake = if self.pending.len() >= FILL_CHUNK {
+                // Behind: a chunk now if nothing is queued.
                 Duration::ZERO
             } else if let Some(since) = self.pending_since {
-                // Back within LAZY_WAIT for outcomes handed over lazily.
-                self.fill_age()
-                    .saturating_sub(since.elapsed())
-                    .min(LAZY_WAIT)
+                IDLE_FILL.saturating_sub(since.elapsed())
             } else if self.cfg.retention.is_set() {
                 self.cfg.checkpoint_interval.min(RETENTION_EVERY)
             } else {
@@ -322,7 +314,7 @@ impl Writer {
                     // chunk at a time so a call that arrives waits for one
                     // chunk at most.
                     Err(RecvTimeoutError::Timeout) => {
-                        if self.fill_due() && self.shared.lazy.lock().is_empty() {
+                        if self.shared.lazy.lock().is_empty() {
                             self.fill_chunk();
                         }
                     }
@@ -336,11 +328,6 @@ impl Writer {
             std::mem::swap(&mut *self.shared.lazy.lock(), &mut lazy);
             let all = shutdown || !lazy.is_empty();
             shutdown |= self.drain(&rx, &mut batch, &mut waiters, all);
-            // Before the shutdown's last look at `lazy` below: a shutdown
-            // met while gathering still gets it.
-            if !shutdown && waiters.is_empty() {
-                shutdown |= self.gather(&rx, &mut batch, &mut waiters);
-            }
             if shutdown {
                 // From here on an outcome's sender wakes a writer that is
                 // gone, and is told so.
@@ -422,53 +409,6 @@ impl Writer {
             }
         }
         shutdown
-    }
-
-    /// Under load (the last synced batch held `GROUP_MIN` decisions or
-    /// more), a batch with a decision sleeps `GROUP_WAIT` and takes what
-    /// was queued meanwhile before it is synced: one `fdatasync` — ~50 µs
-    /// of CPU on this kind of virtual disk, whatever its size — then serves
-    /// about twice as many calls. A sleep, not a wait on the queue, so no
-    /// sender wakes the writer. At low rates batches are small and never
-    /// wait. Returns true on shutdown.
-    fn gather(
-        &mut self,
-        rx: &Receiver<Msg>,
-        batch: &mut Vec<Queued>,
-        waiters: &mut Vec<SyncSender<()>>,
-    ) -> bool {
-        let decisions = batch.iter().filter(|q| q.settles.is_none()).count();
-        if decisions == 0 {
-            // Outcomes only: journaled without a sync.
-            return false;
-        }
-        let busy = self.last_decisions >= GROUP_MIN;
-        self.last_decisions = decisions;
-        if !busy || batch.len() >= self.cfg.batch_max {
-            return false;
-        }
-        std::thread::sleep(GROUP_WAIT);
-        self.drain(rx, batch, waiters, false)
-    }
-
-    /// Whether the store is to be filled now (when nothing is queued).
-    fn fill_due(&self) -> bool {
-        self.pending.len() >= FILL_CHUNK
-            || self
-                .pending_since
-                .is_some_and(|since| since.elapsed() >= self.fill_age())
-    }
-
-    /// How long journaled entries wait for their fill: `FILL_AGE`, and
-    /// `FILL_AGE_BUSY` under load (see `gather`), so that fills are larger
-    /// where they cost the most. Readers of the store alone see events that
-    /// much later; `lattice audit tail` reads the journal beyond it too.
-    fn fill_age(&self) -> Duration {
-        if self.last_decisions >= GROUP_MIN {
-            FILL_AGE_BUSY
-        } else {
-            FILL_AGE
-        }
     }
 
     /// Makes the batch durable, retrying until it is (while it is not, the
@@ -684,27 +624,76 @@ impl Writer {
     }
 }
 
+/// Copies the store's WAL into its database file every 200 ms (a passive
+/// checkpoint: it never waits for the writer), until the pipeline closes.
+/// The writer's own connection never does it, so no commit of a call's
+/// decision pays for it.
+fn checkpoint_wal(db: &std::path::Path, shared: &Shared) {
+    let conn = match rusqlite::Connection::open(db) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the audit store to checkpoint its WAL");
+            return;
+        }
+    };
+    while !shared.closed.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "audit WAL checkpoint failed; retrying");
+        }
+    }
+}
+
 /// How often retention looks at the store.
 const RETENTION_EVERY: Duration = Duration::from_millis(500);
 /// The store is filled from the journal in commits of at most this many
 /// entries: when nothing is queued and this many are pending, or the
-/// oldest has waited `FILL_AGE`; one chunk after each batch once
+/// oldest has waited `IDLE_FILL`; one chunk after each batch once
 /// `FILL_LAG` are pending (a writer that is never idle); and everything
-/// before a checkpoint, retention and shutdown. Each commit rewrites the
-/// last page of every index and of the Merkle leaves whatever its size:
-/// at saturation, fills every 2 ms held ~70 events and half their pages
-/// were those; under load they wait `FILL_AGE_BUSY`.
-const FILL_CHUNK: usize = 512;
-const FILL_LAG: usize = 2 * FILL_CHUNK;
-const FILL_AGE: Duration = Duration::from_millis(2);
-const FILL_AGE_BUSY: Duration = Duration::from_millis(20);
+/// before a checkpoint, retention and shutdown.
+const FILL_CHUNK: usize = 128;
+const FILL_LAG: usize = 512;
+const IDLE_FILL: Duration = Duration::from_millis(2);
 /// An outcome is handed over without waking the writer only while the
 /// writer looks for it within this long by itself (at low rates: while
 /// journaled entries wait for their fill).
-const LAZY_WAIT: Duration = Duration::from_millis(2);
-/// Group commit under load: see `Writer::gather`.
-const GROUP_MIN: usize = 4;
-const GROUP_WAIT: Duration = Duration::from_micros(150);
+const LAZY_WAIT: Duration = IDLE_FILL;
+
+/// The reason an interrupted call's outcome carries.
+pub const INTERRUPTED: &str =
+    "interrupted: the gateway stopped before this call's outcome was recorded";
+
+/// The outcome recorded at start for a decision left without one.
+fn interrupted(decision: &AuditEvent) -> AuditEvent {
+    let mut e = AuditEvent::new(
+        crate::event::Phase::Outcome,
+        &decision.request_id,
+        &decision.kind,
+    );
+    e.trace_id.clone_from(&decision.trace_id);
+    e.tenant.clone_from(&decision.tenant);
+    e.principal.clone_from(&decision.principal);
+    e.auth_method.clone_from(&decision.auth_method);
+    e.target.clone_from(&decision.target);
+    e.action.clone_from(&decision.action);
+    e.decision.clone_from(&decision.decision);
+    e.upstream.clone_from(&decision.upstream);
+    e.client_addr.clone_from(&decision.client_addr);
+    e.user_agent.clone_from(&decision.user_agent);
+    e.reason = INTERRUPTED.to_string();
+    e
+}
+
+/// Appends one checkpoint to the witness file as a JSON line and syncs it.
+fn export(path: &std::path::Path, signer: &NoteSigner, note: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let line = serde_json::json!({ "vkey": signer.verifier().encoded(), "note": note });
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(f, "{line}")?;
+    f.sync_data()
+}
 
 #[cfg(test)]
 mod tests;

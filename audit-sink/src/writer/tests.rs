@@ -296,54 +296,6 @@ fn a_call_settled_in_the_same_commit_never_touches_owed() {
 }
 
 /// Waits (at most 2 s) until `done` holds.
-/// Group commit, as a table: (decisions in the last synced batch, the
-/// batch taken: decisions and outcomes, decisions queued meanwhile) → the
-/// events the batch holds when it goes to its sync. Only a batch with a
-/// decision, after a synced batch of `GROUP_MIN` decisions or more, and
-/// with room, waits and takes what was queued.
-#[test]
-fn under_load_a_decision_waits_for_company_and_otherwise_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let signer = NoteSigner::generate("test-node");
-    let mut w = writer(&dir.path().join("audit.db"), &signer);
-    let full = w.cfg.batch_max;
-    let outcome = || Queued {
-        event: AuditEvent::new(Phase::Outcome, "r", "http.request"),
-        owes: false,
-        settles: Some("decision".into()),
-        durable: None,
-    };
-    let cases: [(&str, usize, usize, usize, usize); 6] = [
-        ("quiet: no wait", 0, 1, 0, 1),
-        ("below GROUP_MIN: no wait", GROUP_MIN - 1, 1, 0, 1),
-        ("under load: waits and takes the three", GROUP_MIN, 1, 0, 4),
-        ("under load, with an outcome", GROUP_MIN + 3, 2, 1, 6),
-        ("outcomes only: no sync, no wait", GROUP_MIN, 0, 2, 2),
-        ("a full batch: no wait", GROUP_MIN, full, 0, full),
-    ];
-    for (what, last, decisions, outcomes, want) in cases {
-        let (tx, rx) = sync_channel(16);
-        for m in batch(3) {
-            tx.send(Msg::Event(Box::new(m))).unwrap();
-        }
-        let mut taken = batch(decisions);
-        taken.extend((0..outcomes).map(|_| outcome()));
-        w.last_decisions = last;
-        let shutdown = w.gather(&rx, &mut taken, &mut Vec::new());
-        assert!(!shutdown, "{what}");
-        assert_eq!(taken.len(), want, "{what}");
-        if decisions > 0 {
-            assert_eq!(w.last_decisions, decisions, "{what}: the count kept");
-        }
-    }
-    // A shutdown queued meanwhile is reported, so that the loop still takes
-    // the outcomes handed over lazily before it stops.
-    let (tx, rx) = sync_channel(16);
-    tx.send(Msg::Shutdown).unwrap();
-    w.last_decisions = GROUP_MIN;
-    assert!(w.gather(&rx, &mut batch(1), &mut Vec::new()));
-}
-
 fn eventually(what: &str, done: impl Fn() -> bool) {
     let until = Instant::now() + Duration::from_secs(2);
     while !done() {
@@ -374,8 +326,8 @@ fn outcomes_are_written_whether_the_writer_is_about_to_wake_or_asleep() {
             .unwrap();
         rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
         if asleep {
-            // The decision is filled into the store `FILL_AGE` (2 ms) on;
-            // then the writer sleeps for the checkpoint interval.
+            // The decision is filled into the store 2 ms on; then the
+            // writer sleeps for the checkpoint interval.
             eventually("the writer sleeps long", || {
                 !shared.lazy_ok.load(Ordering::SeqCst)
             });
