@@ -138,15 +138,23 @@ fn server_requests_reach_only_a_client_that_can_answer_them() {
     // An answer cannot be replayed.
     assert_eq!(post(&gw, &auth, &sid, &answer).status, 400);
 
-    // Both relays are in the audit trail under the caller.
-    let events: Vec<Value> = gw
-        .store()
-        .tail(10_000)
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(&e.json).unwrap())
-        .filter(|e: &Value| e["kind"] == "mcp.server_request")
-        .collect();
+    // Both relays are in the audit trail under the caller (the store is
+    // filled from the journal shortly after each write: wait for both).
+    let relays = || -> Vec<Value> {
+        gw.store()
+            .tail(10_000)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str(&e.json).unwrap())
+            .filter(|e: &Value| e["kind"] == "mcp.server_request")
+            .collect()
+    };
+    wait_for(
+        "both relays in the store",
+        std::time::Duration::from_secs(10),
+        || relays().len() >= 2,
+    );
+    let events = relays();
     let decisions: Vec<(&str, &str, &str)> = events
         .iter()
         .map(|e| {
