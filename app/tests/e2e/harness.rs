@@ -416,6 +416,16 @@ impl Gateway {
         Store::open_read_only(&self.path("data/audit.db")).unwrap()
     }
 
+    /// The store's last `n` events, parsed.
+    pub fn recent_events(&self, n: usize) -> Vec<serde_json::Value> {
+        self.store()
+            .tail(n)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str(&e.json).unwrap())
+            .collect()
+    }
+
     /// All events of a request, once both its decision and outcome are written.
     pub fn events_of(&self, request_id: &str, expected: usize) -> Vec<AuditEvent> {
         let mut events = Vec::new();

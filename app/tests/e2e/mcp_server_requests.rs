@@ -141,12 +141,9 @@ fn server_requests_reach_only_a_client_that_can_answer_them() {
     // Both relays are in the audit trail under the caller (the store is
     // filled from the journal shortly after each write: wait for both).
     let relays = || -> Vec<Value> {
-        gw.store()
-            .tail(10_000)
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::from_str(&e.json).unwrap())
-            .filter(|e: &Value| e["kind"] == "mcp.server_request")
+        gw.recent_events(10_000)
+            .into_iter()
+            .filter(|e| e["kind"] == "mcp.server_request")
             .collect()
     };
     wait_for(

@@ -238,12 +238,9 @@ fn check_subscriptions(gw: &Gateway) {
     // Both decisions are audited under the watcher, as reads of the server
     // (recorded before the answer; written by the audit writer soon after).
     let kinds = || -> Vec<Value> {
-        gw.store()
-            .tail(10_000)
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::from_str(&e.json).unwrap())
-            .filter(|e: &Value| e["principal"] == "watcher" && e["phase"] == "decision")
+        gw.recent_events(10_000)
+            .into_iter()
+            .filter(|e| e["principal"] == "watcher" && e["phase"] == "decision")
             .map(|e| json!([e["kind"], e["decision"], e["action"]]))
             .collect()
     };
