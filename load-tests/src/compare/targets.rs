@@ -212,7 +212,8 @@ pub async fn start(
         }
         "agentgateway" | "litellm" => {
             let port = free_port()?;
-            let (bin, key, args) = peer_command(name, programs, &upstream.addr, dir, port)?;
+            let (bin, key, args) =
+                peer_command(name, route, programs, &upstream.addr, dir, port)?;
             let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
             let req = req(String::new(), headers);
             peer(name, &bin, &args, dir, port, Some(bearer(key)), req, path)?
@@ -228,6 +229,7 @@ pub async fn start(
 /// into `dir`).
 fn peer_command(
     name: &str,
+    route: Route,
     programs: &Programs,
     upstream: &str,
     dir: &Path,
@@ -244,7 +246,13 @@ fn peer_command(
             .clone()
             .context("pass --agentgateway PATH")?;
         let key = "bench-key-0123456789";
-        let conf = include_str!("../../peers/agentgateway.yaml")
+        // On the LLM route its AI backend, which parses each chat as
+        // Lattice's /v1 does (a bare proxy there would do less work).
+        let conf = match route {
+            Route::Http => include_str!("../../peers/agentgateway.yaml"),
+            Route::Llm => include_str!("../../peers/agentgateway-llm.yaml"),
+        };
+        let conf = conf
             .replace("{port}", &port.to_string())
             .replace("{upstream}", upstream)
             .replace("{key}", key);
