@@ -401,30 +401,25 @@ pub fn check_all<G: Kernels, C: Kernels>(
                 product_tol(rows, d),
             ));
         }
-        cases.push((
-            format!("matmul {} 3×100·100→50 (unaligned rows)", d.name()),
-            Op::Matmul {
-                dtype: d,
-                rows: 3,
-                inp: 100,
-                outs: 50,
-                bias: true,
-            },
-            1e-4,
-        ));
-        // Whole flights of GEMV_FLIGHT chunks, then a tail of one or two
-        // (1,320 = 5 × 256 + 40), at every scale.
-        cases.push((
-            format!("matmul {} 3×1320·1320→24 (flights and a tail)", d.name()),
-            Op::Matmul {
-                dtype: d,
-                rows: 3,
-                inp: 1320,
-                outs: 24,
-                bias: true,
-            },
-            product_tol(3, d),
-        ));
+        // Fixed shapes, at every scale: rows that are not whole 16-byte
+        // loads; whole flights of GEMV_FLIGHT chunks, then a tail of one
+        // or two (1,320 = 5 × 256 + 40).
+        for (inp, outs, what) in [
+            (100, 50, "unaligned rows"),
+            (1320, 24, "flights and a tail"),
+        ] {
+            cases.push((
+                format!("matmul {} 3×{inp}·{inp}→{outs} ({what})", d.name()),
+                Op::Matmul {
+                    dtype: d,
+                    rows: 3,
+                    inp,
+                    outs,
+                    bias: true,
+                },
+                1e-4,
+            ));
+        }
     }
     for d in [DType::F32, DType::BF16, DType::F16] {
         for (rows, three) in [(1, true), (5, true), (2, false), (9, true), (32, false)] {
