@@ -167,13 +167,34 @@ pub fn print_saturation(direct: (f64, usize), via: (f64, usize)) {
 /// Starts `lattice-mock-vllm` (beside the `lattice` binary) serving
 /// `bench-model` on a free port; returns its host:port.
 pub fn start_mock_vllm(lattice: &std::path::Path) -> anyhow::Result<(String, Proc)> {
+    start_mock(
+        lattice,
+        "lattice-mock-vllm",
+        &["--name", "bench", "--model", "bench-model"],
+    )
+}
+
+/// Starts `lattice-mock-mcp` (beside the `lattice` binary, one `echo`
+/// tool over streamable HTTP at `/mcp`) on a free port; returns its
+/// host:port.
+pub fn start_mock_mcp(lattice: &std::path::Path) -> anyhow::Result<(String, Proc)> {
+    start_mock(lattice, "lattice-mock-mcp", &["--listen", "127.0.0.1:0"])
+}
+
+/// Starts a mock built beside `lattice`; its first line of output ends with
+/// the address it listens on.
+fn start_mock(
+    lattice: &std::path::Path,
+    name: &str,
+    args: &[&str],
+) -> anyhow::Result<(String, Proc)> {
     use anyhow::Context;
     use std::io::BufRead;
-    let mut mock = Command::new(lattice.with_file_name("lattice-mock-vllm"))
-        .args(["--name", "bench", "--model", "bench-model"])
+    let mut mock = Command::new(lattice.with_file_name(name))
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .context("start lattice-mock-vllm (beside the lattice binary)")?;
+        .with_context(|| format!("start {name} (beside the lattice binary)"))?;
     let mut line = String::new();
     std::io::BufReader::new(mock.stdout.take().context("mock stdout")?).read_line(&mut line)?;
     let proc = Proc(mock);
@@ -182,7 +203,7 @@ pub fn start_mock_vllm(lattice: &std::path::Path) -> anyhow::Result<(String, Pro
         .rsplit(' ')
         .next()
         .filter(|a| !a.is_empty())
-        .context("the mock printed no address")?
+        .with_context(|| format!("{name} printed no address"))?
         .to_string();
     Ok((addr, proc))
 }

@@ -1,6 +1,6 @@
 //! The side-by-side harness in its smoke mode, in the normal test suite so it
 //! cannot rot: direct, nginx, bare Pingora and Lattice (the debug build) on
-//! the HTTP and LLM scenarios, one short round each. Its figures mean
+//! the HTTP, LLM and MCP scenarios, one short round each. Its figures mean
 //! nothing; that every target was started, checked, loaded and reported
 //! without errors does.
 
@@ -87,5 +87,11 @@ fn the_http_scenario_measures_direct_nginx_and_lattice_side_by_side() {
 #[test]
 fn the_llm_scenario_measures_direct_and_lattice_side_by_side() {
     let (report, _) = run("llm-chat.toml", "direct,lattice");
+    check(&report, &["direct", "lattice"]);
+}
+
+#[test]
+fn the_mcp_scenario_measures_direct_and_lattice_side_by_side() {
+    let (report, _) = run("mcp-call.toml", "direct,lattice");
     check(&report, &["direct", "lattice"]);
 }

@@ -20,6 +20,8 @@ pub struct Req {
     pub headers: Vec<(String, String)>,
     /// A body makes it a POST.
     pub body: Option<String>,
+    /// Text a 2xx answer's body must contain to count as a success.
+    pub expect: Option<String>,
 }
 
 impl Req {
@@ -35,12 +37,23 @@ impl Req {
     }
 
     /// Sends once and reads the whole answer: its status, or None on a
-    /// socket error.
+    /// socket error. A 2xx whose body lacks `expect` is reported as 502.
     pub async fn status(&self, client: &reqwest::Client) -> Option<u16> {
         let r = self.build(client).send().await.ok()?;
         let status = r.status().as_u16();
-        r.bytes().await.ok()?;
-        Some(status)
+        let body = r.bytes().await.ok()?;
+        Some(if (200..300).contains(&status) && !self.expected(&body) {
+            502
+        } else {
+            status
+        })
+    }
+
+    /// Whether an answer's body holds what the scenario expects.
+    fn expected(&self, body: &[u8]) -> bool {
+        self.expect
+            .as_deref()
+            .is_none_or(|e| String::from_utf8_lossy(body).contains(e))
     }
 
     /// The same request without its credentials.
@@ -59,6 +72,23 @@ impl Req {
         }
         for (k, v) in &self.headers {
             s.push_str(&format!("wrk.headers[\"{k}\"] = [==[{v}]==]\n"));
+        }
+        if let Some(e) = &self.expect {
+            // Each wrk thread counts in its own Lua state; `done` runs in
+            // the main one and sums them.
+            s.push_str(&format!(
+                "local threads = {{}}\n\
+                 function setup(thread) table.insert(threads, thread) end\n\
+                 function init(args) unexpected = 0 end\n\
+                 function response(status, headers, body)\n\
+                 \x20 if status >= 200 and status < 300 and not string.find(body, [==[{e}]==], 1, true) then unexpected = unexpected + 1 end\n\
+                 end\n\
+                 function done(summary, latency, requests)\n\
+                 \x20 local n = 0\n\
+                 \x20 for _, t in ipairs(threads) do n = n + t:get(\"unexpected\") end\n\
+                 \x20 io.write(string.format(\"Unexpected bodies: %d\\n\", n))\n\
+                 end\n"
+            ));
         }
         s
     }
@@ -111,6 +141,8 @@ pub fn parse_wrk(text: &str) -> Result<Saturation> {
     };
     let rate = number("Requests/sec:").context("wrk printed no Requests/sec")?;
     let mut errors = number("Non-2xx or 3xx responses:").unwrap_or(0.0) as u64;
+    // 2xx answers without the expected text (the scenario's `expect`).
+    errors += number("Unexpected bodies:").unwrap_or(0.0) as u64;
     if let Some(line) = text
         .lines()
         .find(|l| l.trim_start().starts_with("Socket errors:"))
@@ -223,8 +255,8 @@ async fn send_once(
         .send_request(b.body(http_body_util::Full::new(body))?)
         .await?;
     let ok = answer.status().is_success();
-    answer.into_body().collect().await?;
-    Ok(ok)
+    let body = answer.into_body().collect().await?.to_bytes();
+    Ok(ok && req.expected(&body))
 }
 
 #[cfg(test)]
@@ -248,6 +280,13 @@ Transfer/sec:    100.00KB
         let s = parse_wrk(REPORT).unwrap();
         assert_eq!(s.errors, 100);
         assert!((s.per_second - 900.0).abs() < 1e-6, "{}", s.per_second);
+        let unexpected = format!("{REPORT}Unexpected bodies: 400\n");
+        let s = parse_wrk(&unexpected).unwrap();
+        assert_eq!(
+            s.errors, 500,
+            "2xx answers without the expected text are failures"
+        );
+        assert!((s.per_second - 500.0).abs() < 1e-6, "{}", s.per_second);
         let clean = "  10 requests in 1.00s, 1KB read\nRequests/sec:     10.00\n";
         let s = parse_wrk(clean).unwrap();
         assert_eq!((s.errors, s.per_second), (0, 10.0));
@@ -256,15 +295,27 @@ Transfer/sec:    100.00KB
 
     #[test]
     fn the_lua_script_carries_method_body_and_headers() {
-        let r = Req {
+        let mut r = Req {
             url: "http://x".into(),
             headers: vec![("authorization".into(), "Bearer k".into())],
             body: Some("{\"a\":1}".into()),
+            expect: None,
         };
         let lua = r.lua();
         assert!(lua.contains("wrk.method = \"POST\""), "{lua}");
         assert!(lua.contains("wrk.body = [==[{\"a\":1}]==]"), "{lua}");
         assert!(lua.contains("wrk.headers[\"authorization\"] = [==[Bearer k]==]"));
+        assert!(!lua.contains("function response"), "{lua}");
         assert!(r.anonymous().headers.is_empty());
+        assert!(r.expected(b"anything"));
+        r.expect = Some("Echo: bench".into());
+        let lua = r.lua();
+        assert!(
+            lua.contains("string.find(body, [==[Echo: bench]==], 1, true)"),
+            "{lua}"
+        );
+        assert!(lua.contains("Unexpected bodies: %d"), "{lua}");
+        assert!(r.expected(b"{\"text\":\"Echo: bench\"}"));
+        assert!(!r.expected(b"{\"error\":{\"code\":-32601}}"));
     }
 }

@@ -24,6 +24,8 @@ use targets::{start, start_upstream, Programs, Started};
 pub enum Route {
     Http,
     Llm,
+    /// MCP `tools/call` over streamable HTTP to `lattice-mock-mcp`.
+    Mcp,
 }
 
 /// A scenario file.
@@ -36,6 +38,10 @@ pub struct Scenario {
     pub path: String,
     /// A JSON body makes the request a POST.
     pub body: Option<String>,
+    /// Text every successful answer's body must contain (a JSON-RPC error
+    /// comes back as 200 OK): an answer without it counts as an error, in
+    /// the check, the fixed rates and the saturation runs alike.
+    pub expect: Option<String>,
     pub targets: Vec<String>,
     /// Open-loop rates, requests/s.
     pub rates: Vec<u64>,
@@ -186,7 +192,7 @@ pub async fn run(
             name,
             scenario.route,
             &scenario.path,
-            scenario.body.as_deref(),
+            (scenario.body.as_deref(), scenario.expect.as_deref()),
             &upstream,
             programs,
             &dir.join(name),
@@ -430,7 +436,7 @@ mod tests {
 
     #[test]
     fn the_shipped_scenarios_parse_and_unknown_keys_are_refused() {
-        for f in ["http-tools.toml", "llm-chat.toml"] {
+        for f in ["http-tools.toml", "llm-chat.toml", "mcp-call.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("scenarios")
                 .join(f);

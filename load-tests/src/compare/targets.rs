@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::load::Req;
 use super::Route;
-use crate::{free_port, start_gateway, start_mock_vllm, Gateway, Proc};
+use crate::{free_port, start_gateway, start_mock_mcp, start_mock_vllm, Gateway, Proc};
 
 /// Where the programs under comparison are.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +51,10 @@ pub struct Started {
     pub audit_db: Option<PathBuf>,
     /// The target's own process (its exit is noticed while waiting for it).
     proc: Option<Proc>,
+    /// The target serves MCP only inside a session: `check` opens one
+    /// (`initialize`, then `notifications/initialized`) and every request
+    /// carries it.
+    mcp_session: bool,
     _gateway: Option<Gateway>,
 }
 
@@ -102,8 +106,8 @@ fn start_nginx(dir: &Path, upstream: Option<&str>) -> Result<(u16, Proc)> {
     Ok((port, proc))
 }
 
-/// The shared upstream: nginx answering 200 (HTTP route) or
-/// `lattice-mock-vllm` (LLM route).
+/// The shared upstream: nginx answering 200 (HTTP route),
+/// `lattice-mock-vllm` (LLM route) or `lattice-mock-mcp` (MCP route).
 pub fn start_upstream(route: Route, programs: &Programs, dir: &Path) -> Result<Upstream> {
     match route {
         Route::Http => {
@@ -117,6 +121,10 @@ pub fn start_upstream(route: Route, programs: &Programs, dir: &Path) -> Result<U
             let (addr, proc) = start_mock_vllm(&programs.lattice)?;
             Ok(Upstream { addr, _proc: proc })
         }
+        Route::Mcp => {
+            let (addr, proc) = start_mock_mcp(&programs.lattice)?;
+            Ok(Upstream { addr, _proc: proc })
+        }
     }
 }
 
@@ -125,7 +133,7 @@ pub async fn start(
     name: &str,
     route: Route,
     path: &str,
-    body: Option<&str>,
+    (body, expect): (Option<&str>, Option<&str>),
     upstream: &Upstream,
     programs: &Programs,
     dir: &Path,
@@ -135,10 +143,18 @@ pub async fn start(
     if body.is_some() {
         headers.push(("content-type".to_string(), "application/json".to_string()));
     }
+    if route == Route::Mcp {
+        // Streamable HTTP: the client takes a JSON answer or an event stream.
+        headers.push((
+            "accept".to_string(),
+            "application/json, text/event-stream".to_string(),
+        ));
+    }
     let req = |url: String, headers: Vec<(String, String)>| Req {
         url,
         headers,
         body: body.map(str::to_string),
+        expect: expect.map(str::to_string),
     };
     let bearer = |k: &str| ("authorization".to_string(), format!("Bearer {k}"));
     let started = match name {
@@ -149,6 +165,7 @@ pub async fn start(
             pid: None,
             audit_db: None,
             proc: None,
+            mcp_session: false,
             _gateway: None,
         },
         "nginx" => {
@@ -160,6 +177,7 @@ pub async fn start(
                 pid: Some(proc.0.id()),
                 audit_db: None,
                 proc: Some(proc),
+                mcp_session: false,
                 _gateway: None,
             }
         }
@@ -197,6 +215,16 @@ pub async fn start(
                     ),
                     path.to_string(),
                 ),
+                // One server's door, `/mcp/bench`: its tools under their own
+                // names, as the other targets serve them.
+                Route::Mcp => (
+                    "permit (principal in Lattice::Role::\"agent\", action == Lattice::Action::\"call_tool\", resource);\n".to_string(),
+                    format!(
+                        "[[mcp_servers]]\nname = \"bench\"\nurl = \"http://{}{path}\"\nallow_private_network = true\n",
+                        upstream.addr
+                    ),
+                    format!("{path}/bench"),
+                ),
             };
             let gw = start_gateway(bin, dir, &policy, &extra).await?;
             headers.push(("authorization".into(), gw.auth.clone()));
@@ -207,6 +235,7 @@ pub async fn start(
                 pid: Some(gw.pid()),
                 audit_db: Some(dir.join("data/audit.db")),
                 proc: None,
+                mcp_session: false,
                 _gateway: Some(gw),
             }
         }
@@ -216,7 +245,9 @@ pub async fn start(
                 peer_command(name, route, programs, &upstream.addr, dir, port)?;
             let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
             let req = req(String::new(), headers);
-            peer(name, &bin, &args, dir, port, Some(bearer(key)), req, path)?
+            let mut started = peer(name, &bin, &args, dir, port, Some(bearer(key)), req, path)?;
+            started.mcp_session = route == Route::Mcp;
+            started
         }
         other => bail!(
             "unknown target {other:?} (direct, nginx, pingora, lattice, baseline, agentgateway, litellm)"
@@ -251,6 +282,7 @@ fn peer_command(
         let conf = match route {
             Route::Http => include_str!("../../peers/agentgateway.yaml"),
             Route::Llm => include_str!("../../peers/agentgateway-llm.yaml"),
+            Route::Mcp => include_str!("../../peers/agentgateway-mcp.yaml"),
         };
         let conf = conf
             .replace("{port}", &port.to_string())
@@ -330,6 +362,7 @@ fn peer(
         pid: Some(proc.0.id()),
         audit_db: None,
         proc: Some(proc),
+        mcp_session: false,
         _gateway: None,
     })
 }
@@ -341,6 +374,7 @@ impl Started {
     pub async fn check(&mut self, client: &reqwest::Client) -> Result<()> {
         let since = Instant::now();
         let mut last = None;
+        let mut session_error = None;
         loop {
             if let Some(p) = self.proc.as_mut() {
                 if let Ok(Some(status)) = p.0.try_wait() {
@@ -350,15 +384,22 @@ impl Started {
                     );
                 }
             }
+            if self.mcp_session && !self.has_session() {
+                if let Err(e) = self.open_session(client).await {
+                    session_error = Some(e.to_string());
+                }
+            }
             last = match self.req.status(client).await {
                 Some(s) if (200..300).contains(&s) => break,
                 other => other.or(last),
             };
             if since.elapsed() > Duration::from_secs(180) {
                 bail!(
-                    "{}: never answered 2xx at {} (last status {last:?})",
+                    "{}: never answered 2xx at {} (last status {last:?}{})",
                     self.name,
-                    self.req.url
+                    self.req.url,
+                    session_error
+                        .map_or(String::new(), |e| format!("; opening an MCP session: {e}"))
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -372,6 +413,63 @@ impl Started {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    fn has_session(&self) -> bool {
+        self.req
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("mcp-session-id"))
+    }
+
+    /// Opens an MCP session with the target's credentials and adds it to
+    /// its request (the one session every connection of the load shares,
+    /// as one agent's calls would).
+    async fn open_session(&mut self, client: &reqwest::Client) -> Result<()> {
+        const VERSION: &str = "2025-06-18";
+        let post = |body: &'static str, session: Option<&str>| {
+            let mut r = client.post(&self.req.url).body(body);
+            for (k, v) in &self.req.headers {
+                r = r.header(k, v);
+            }
+            if let Some(s) = session {
+                r = r
+                    .header("mcp-session-id", s)
+                    .header("mcp-protocol-version", VERSION);
+            }
+            r
+        };
+        let init = post(
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"lattice-load-compare","version":"0"}}}"#,
+            None,
+        )
+        .send()
+        .await?;
+        let status = init.status();
+        let session = init
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = init.text().await?;
+        let session = match session {
+            Some(s) if status.is_success() => s,
+            _ => bail!("initialize answered {status} without a session: {text}"),
+        };
+        let done = post(
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            Some(&session),
+        )
+        .send()
+        .await?;
+        if !done.status().is_success() {
+            bail!("notifications/initialized answered {}", done.status());
+        }
+        self.req.headers.push(("mcp-session-id".into(), session));
+        self.req
+            .headers
+            .push(("mcp-protocol-version".into(), VERSION.into()));
         Ok(())
     }
 
