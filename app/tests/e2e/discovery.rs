@@ -148,7 +148,7 @@ impl Drop for Worker {
 }
 
 fn cluster_events(gw: &Gateway) -> Vec<AuditEvent> {
-    gw.store()
+    gw.filled_store()
         .tail(2000)
         .unwrap()
         .into_iter()

@@ -95,7 +95,7 @@ fn run_time_upstreams_reach_no_private_address_by_any_spelling_unless_the_operat
     );
     // Every refusal is in the audit trail, with its reason.
     let refused = gw
-        .store()
+        .filled_store()
         .events()
         .unwrap()
         .iter()

@@ -416,9 +416,31 @@ impl Gateway {
         Store::open_read_only(&self.path("data/audit.db")).unwrap()
     }
 
+    /// The store once it holds every event the audit journal has made
+    /// durable so far: the writer fills the store from its journal a few
+    /// milliseconds after a call (at once only under load), so a test that
+    /// reads right after a call's answer reads through this.
+    pub fn filled_store(&self) -> Store {
+        let db = self.path("data/audit.db");
+        let mut store = self.store();
+        wait_for(
+            "the audit store to hold every journaled event",
+            Duration::from_secs(10),
+            || {
+                store = self.store();
+                let journaled = lattice_audit::journaled(&db)
+                    .unwrap()
+                    .last()
+                    .map_or(0, |e| e.seq + 1);
+                store.log_size().unwrap() >= journaled
+            },
+        );
+        store
+    }
+
     /// The store's last `n` events, parsed.
     pub fn recent_events(&self, n: usize) -> Vec<serde_json::Value> {
-        self.store()
+        self.filled_store()
             .tail(n)
             .unwrap()
             .iter()

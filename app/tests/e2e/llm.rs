@@ -598,7 +598,7 @@ fn model_routes_change_at_run_time_through_the_cli_and_the_admin_api() {
     });
 
     // Every admin call is audited under its own kind.
-    let store = gw.store();
+    let store = gw.filled_store();
     let kinds: Vec<String> = store
         .tail(500)
         .unwrap()

@@ -519,7 +519,7 @@ fn a_tool_whose_definition_changes_is_quarantined_until_approved() {
     wait_for("the approval", std::time::Duration::from_secs(10), listed);
     assert_eq!(call().json()["result"]["content"][0]["text"], "hello");
     // The change and the approval are in the audit trail.
-    let store = gw.store();
+    let store = gw.filled_store();
     let kinds: Vec<String> = store
         .tail(10_000)
         .unwrap()

@@ -248,7 +248,7 @@ fn mcp_servers_are_registered_and_removed_at_run_time() {
     assert_eq!(r.status, 404, "{}", r.body);
     // Every admin call is audited.
     let kinds: Vec<String> = gw
-        .store()
+        .filled_store()
         .tail(300)
         .unwrap()
         .into_iter()

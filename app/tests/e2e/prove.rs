@@ -314,7 +314,7 @@ fn the_admin_api_shows_proved_invariants_and_checks_a_candidate_against_them_wit
     let live = gw.get("/admin/v1/policies", &admin);
     assert!(!live.body.contains("agents-call-tools"), "{}", live.body);
     let validated = gw
-        .store()
+        .filled_store()
         .events()
         .unwrap()
         .iter()

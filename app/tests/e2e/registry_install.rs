@@ -629,7 +629,7 @@ fn the_workbench_registry_page_installs_and_uninstalls_a_pack_in_a_real_browser(
     assert_eq!(e.principal, "human:alice");
     wait_event(&gw, "admin.registry.uninstalled", &format!("{PACK}@1.0.0"));
     let calls: Vec<(String, String)> = gw
-        .store()
+        .filled_store()
         .tail(1000)
         .unwrap()
         .into_iter()

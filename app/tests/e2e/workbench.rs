@@ -276,7 +276,7 @@ fn an_operator_drives_the_workbench_in_a_real_browser() {
 
     // The gateway's side: the human's calls are audited like any agent's.
     let events: Vec<Value> = gw
-        .store()
+        .filled_store()
         .tail(100_000)
         .unwrap()
         .iter()
