@@ -46,6 +46,7 @@ use tokio::sync::oneshot;
 mod handle;
 mod retention;
 mod rows;
+mod wal;
 pub use handle::{AuditHandle, Durable, OutcomeSlot, GAP};
 pub use retention::{Retention, PRUNED};
 use rows::{replay, store_rows, Pending};
@@ -127,7 +128,8 @@ pub(crate) struct Shared {
 pub struct AuditPipeline {
     handle: AuditHandle,
     thread: Option<JoinHandle<()>>,
-    /// Copies the WAL into the database file, off the writer's commits.
+    /// Copies the WAL into the database file, off the writer's commits
+    /// (`wal`).
     wal: Option<JoinHandle<()>>,
     shipper: Option<(Arc<ShipState>, JoinHandle<()>)>,
     recovered: usize,
@@ -175,7 +177,7 @@ impl AuditPipeline {
             }
             _ => None,
         };
-        let writer_db = cfg.db_path.clone();
+        let (kick, wal) = wal::start(cfg.db_path.clone(), shared.clone())?;
         let mut writer = Writer::new(
             cfg,
             (store, journal),
@@ -183,15 +185,11 @@ impl AuditPipeline {
             last_checkpoint,
             shared.clone(),
         );
+        writer.wal = Some(kick);
         let recovered = writer.recover()?;
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| AuditError::Io(e.to_string()))?;
-        let (db, st) = (writer_db, shared.clone());
-        let wal = std::thread::Builder::new()
-            .name("audit-wal".into())
-            .spawn(move || checkpoint_wal(&db, &st))
             .map_err(|e| AuditError::Io(e.to_string()))?;
         Ok(Self {
             handle: AuditHandle {
@@ -258,6 +256,8 @@ struct Writer {
     last_checkpoint_at: Instant,
     last_retention: Instant,
     shared: Arc<Shared>,
+    /// Tells the WAL checkpointer that the store was written.
+    wal: Option<wal::Kick>,
 }
 
 impl Writer {
@@ -283,6 +283,7 @@ impl Writer {
             last_checkpoint_at: Instant::now(),
             last_retention: Instant::now(),
             shared,
+            wal: None,
         }
     }
 
@@ -557,6 +558,9 @@ impl Writer {
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         self.shared.failing.store(false, Ordering::Release);
+        if let Some(wal) = &self.wal {
+            wal.wrote();
+        }
         if sync {
             self.journal.restart();
         }
@@ -621,26 +625,6 @@ impl Writer {
             }
         }
         self.last_checkpoint = size;
-    }
-}
-
-/// Copies the store's WAL into its database file every 200 ms (a passive
-/// checkpoint: it never waits for the writer), until the pipeline closes.
-/// The writer's own connection never does it, so no commit of a call's
-/// decision pays for it.
-fn checkpoint_wal(db: &std::path::Path, shared: &Shared) {
-    let conn = match rusqlite::Connection::open(db) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the audit store to checkpoint its WAL");
-            return;
-        }
-    };
-    while !shared.closed.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(200));
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "audit WAL checkpoint failed; retrying");
-        }
     }
 }
 

@@ -393,3 +393,31 @@ fn an_outcome_handed_over_lazily_follows_its_decision_in_the_log() {
     assert_eq!(decided.len(), 2_000);
     assert!(store.owed_decisions().unwrap().is_empty());
 }
+
+/// The WAL is copied into the database file soon after the writer fills
+/// the store (the writer's own connection never checkpoints: without the
+/// checkpointer the file would stay at its first pages while the WAL grew).
+#[test]
+fn the_checkpointer_copies_what_the_writer_filled_into_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let signer = NoteSigner::generate("test-node");
+    let pipeline = AuditPipeline::start(config(&db, &signer)).unwrap();
+    let audit = pipeline.handle();
+    let empty = std::fs::metadata(&db).unwrap().len();
+    for i in 0..2_000 {
+        audit
+            .record(AuditEvent::new(
+                Phase::Outcome,
+                &format!("r{i}"),
+                "http.request",
+            ))
+            .unwrap();
+    }
+    audit.flush().unwrap();
+    // 2,000 events of ~500 bytes of JSON each: at least 1 MB once copied.
+    eventually("the database file holds the events", || {
+        std::fs::metadata(&db).unwrap().len() > empty + 1_000_000
+    });
+    pipeline.shutdown().unwrap();
+}
