@@ -1,34 +1,29 @@
-//! The audit journal: an append-only file beside the store that makes a
-//! busy writer's batches durable with one write and one `fdatasync`, so
-//! the SQLite store can be filled behind in large transactions instead of
-//! one synced commit (six or more WAL pages and an `fsync`) per batch.
+//! The audit record format, shared by the segments (`segments`) and the
+//! legacy journal: `magic | length | crc32 | seq | flags | [owed event id] |
+//! [settled id] | canonical event JSON`. Reading stops at the first record
+//! that is torn (bad magic, length or CRC) or does not continue the
+//! sequence.
 //!
-//! The file is written full of zeros once (so later writes change no file
-//! metadata and `fdatasync` flushes data only) and reused: records are
-//! appended from the start, and once the store holds every record in a
-//! synced commit the writer starts again at offset 0. A record is
-//! `magic | length | crc32 | seq | flags | [owed event id] | [settled id] |
-//! canonical event JSON`. Reading stops at the first record that is torn
-//! (bad magic, length or CRC) or does not continue the sequence: records
-//! left from before a restart at offset 0 always have lower sequence
-//! numbers than the ones written over them, so they end the scan.
+//! Until 2026-12-05 the writer kept a reused 16 MiB `audit.journal` beside
+//! the store and copied every event's JSON into SQLite behind it; a store
+//! that still has one is replayed from it once at start (`read_path`),
+//! then the file is removed.
 //!
 //! Written by hand: the format is thirty lines, and no well-kept crate
-//! offers a preallocated, reusable, CRC-framed log with `fdatasync`.
+//! offers a CRC-framed record log with `fdatasync`.
 //!
-//! Must never: report a record durable before `fdatasync` returned, or
-//! return a record whose bytes do not match its CRC.
+//! Must never: return a record whose bytes do not match its CRC.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::AuditError;
 
-/// The journal's size: batches between two fills must fit in it.
-pub(crate) const SIZE: u64 = 16 << 20;
 const MAGIC: u32 = 0x4c41_4a31; // "LAJ1"
 const HEAD: usize = 12; // magic, length, crc
+/// No record is longer (a longer length is a torn or forged head).
+const MAX_LEN: usize = 64 << 20;
 const OWES: u8 = 1;
 const SETTLES: u8 = 2;
 
@@ -44,173 +39,69 @@ pub(crate) struct Entry {
     pub(crate) settles: Option<String>,
 }
 
-pub(crate) struct Journal {
-    file: File,
-    path: PathBuf,
-    size: u64,
-    /// Where the next record goes.
-    at: u64,
-}
-
 fn io(path: &Path, e: std::io::Error) -> AuditError {
     AuditError::Io(format!("audit journal {}: {e}", path.display()))
 }
 
-/// The journal of the store at `db`: `audit.db` → `audit.journal`.
+/// The legacy journal of the store at `db`: `audit.db` → `audit.journal`.
 pub(crate) fn path_of(db: &Path) -> PathBuf {
     db.with_extension("journal")
 }
 
-impl Journal {
-    /// Opens the journal, creating it (written full of zeros and synced)
-    /// when it is missing or shorter than `SIZE`. Writing starts at 0: call
-    /// `read` first to replay what it holds.
-    pub(crate) fn open(path: &Path) -> Result<Self, AuditError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io(path, e))?;
-        let len = file.metadata().map_err(|e| io(path, e))?.len();
-        if len < SIZE {
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = len;
-            while at < SIZE {
-                let n = (SIZE - at).min(zeros.len() as u64) as usize;
-                file.write_all_at(&zeros[..n], at)
-                    .map_err(|e| io(path, e))?;
-                at += n as u64;
-            }
-            file.sync_all().map_err(|e| io(path, e))?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io(path, e))?;
-            }
-        }
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-            size: len.max(SIZE),
-            at: 0,
-        })
-    }
-
-    /// Every record from the start while they are intact and continue the
-    /// sequence.
-    pub(crate) fn read(&self) -> Result<Vec<Entry>, AuditError> {
-        read_file(&self.file, self.size).map_err(|e| io(&self.path, e))
-    }
-
-    /// Appends the entries after the last ones, then, with `sync`, waits
-    /// for `fdatasync`. Returns false, writing nothing, when they do not fit
-    /// before the end (fill the store, `restart`, and append again).
-    pub(crate) fn append<'a>(
-        &mut self,
-        entries: impl Iterator<Item = &'a Entry>,
-        sync: bool,
-    ) -> Result<bool, AuditError> {
-        let mut buf = Vec::new();
-        for e in entries {
-            encode(e, &mut buf);
-        }
-        if self.at + buf.len() as u64 > self.size {
-            return Ok(false);
-        }
-        self.file
-            .write_all_at(&buf, self.at)
-            .map_err(|e| io(&self.path, e))?;
-        if sync {
-            self.file.sync_data().map_err(|e| io(&self.path, e))?;
-        }
-        self.at += buf.len() as u64;
-        Ok(true)
-    }
-
-    /// Starts writing at offset 0 again: the store now holds, synced,
-    /// everything journaled.
-    pub(crate) fn restart(&mut self) {
-        self.at = 0;
-    }
-
-    /// Whether nothing was appended since the last restart.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.at == 0
-    }
-}
-
-/// The journal's records at `path` (none when there is no journal), read
-/// one at a time; safe beside a running writer: a record being written
-/// fails its CRC and ends the read.
+/// The legacy journal's records at `path` (none when there is no journal),
+/// in order while they are intact and continue the sequence.
 pub(crate) fn read_path(path: &Path) -> Result<Vec<Entry>, AuditError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(path, e)),
     };
-    let size = file.metadata().map_err(|e| io(path, e))?.len();
-    read_file(&file, size).map_err(|e| io(path, e))
+    let (entries, _) = read_records(&file, 0).map_err(|e| io(path, e))?;
+    Ok(entries)
 }
 
-/// The events durable in the journal of the store at `db`, in log order:
-/// the newest ones a busy writer has not filled into the store yet (and
-/// some it already has). A restart writes those beyond the store into it.
-/// Read the journal before the store to see every durable event: the
-/// writer fills the store before it reuses the journal.
-pub fn journaled(db: &Path) -> Result<Vec<crate::store::StoredEvent>, AuditError> {
-    read_path(&path_of(db))?
-        .into_iter()
-        .map(|e| {
-            Ok(crate::store::StoredEvent {
-                seq: e.seq,
-                json: String::from_utf8(e.json).map_err(|e| AuditError::Encoding(e.to_string()))?,
-            })
-        })
-        .collect()
+/// The record at `at`, if one is there and intact, and where the next
+/// one starts.
+pub(crate) fn read_record(file: &File, at: u64) -> std::io::Result<Option<(Entry, u64)>> {
+    let mut head = [0u8; HEAD];
+    match file.read_exact_at(&mut head, at) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) != MAGIC {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if len > MAX_LEN {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; HEAD + len];
+    bytes[..HEAD].copy_from_slice(&head);
+    match file.read_exact_at(&mut bytes[HEAD..], at + HEAD as u64) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    Ok(decode(&bytes).map(|entry| (entry, at + (HEAD + len) as u64)))
 }
 
-/// The events durable in the journal of the store at `db` that the store
-/// does not hold (the gateway stopped before it wrote them in; its next
-/// start does), in log order.
-pub fn beyond_store(
-    db: &Path,
-    store: &crate::Store,
-) -> Result<Vec<crate::store::StoredEvent>, AuditError> {
-    let journaled = journaled(db)?;
-    let size = store.log_size()?;
-    Ok(journaled.into_iter().filter(|e| e.seq >= size).collect())
-}
-
-fn read_file(file: &File, size: u64) -> std::io::Result<Vec<Entry>> {
+/// The records from `at` on while they are intact and continue the
+/// sequence, and where the first one that is not would start. Safe beside
+/// a running writer: a record being written fails its CRC and ends the read.
+pub(crate) fn read_records(file: &File, mut at: u64) -> std::io::Result<(Vec<Entry>, u64)> {
     let mut out: Vec<Entry> = Vec::new();
-    let mut at = 0u64;
-    let mut bytes = Vec::new();
-    while at + HEAD as u64 <= size {
-        let mut head = [0u8; HEAD];
-        file.read_exact_at(&mut head, at)?;
-        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
-        if at + HEAD as u64 + len > size {
-            break;
-        }
-        bytes.clear();
-        bytes.extend_from_slice(&head);
-        bytes.resize(HEAD + len as usize, 0);
-        file.read_exact_at(&mut bytes[HEAD..], at + HEAD as u64)?;
-        let Some(entry) = decode(&bytes) else {
-            break;
-        };
+    while let Some((entry, next)) = read_record(file, at)? {
         if out.last().is_some_and(|last| entry.seq != last.seq + 1) {
             break;
         }
         out.push(entry);
-        at += HEAD as u64 + len;
+        at = next;
     }
-    Ok(out)
+    Ok((out, at))
 }
 
-fn encode(e: &Entry, buf: &mut Vec<u8>) {
+pub(crate) fn encode(e: &Entry, buf: &mut Vec<u8>) {
     let start = buf.len();
     buf.extend_from_slice(&MAGIC.to_le_bytes());
     buf.extend_from_slice(&[0; 8]); // length and crc, below
@@ -266,25 +157,18 @@ fn decode(record: &[u8]) -> Option<Entry> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use std::fs::OpenOptions;
 
     /// Overwrites bytes of the file, as a torn write would leave them.
-    fn scribble(path: &Path, at: u64, bytes: &[u8]) {
+    pub(crate) fn scribble(path: &Path, at: u64, bytes: &[u8]) {
         let f = OpenOptions::new().write(true).open(path).unwrap();
         f.write_all_at(bytes, at).unwrap();
     }
 
-    /// A new journal in a directory of its own (kept while the test runs).
-    fn new_journal() -> (tempfile::TempDir, PathBuf, Journal) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.journal");
-        let j = Journal::open(&path).unwrap();
-        (dir, path, j)
-    }
-
-    fn entry(seq: u64) -> Entry {
+    pub(crate) fn entry(seq: u64) -> Entry {
         Entry {
             seq,
             json: format!("{{\"seq\":{seq}}}").into_bytes(),
@@ -293,61 +177,55 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_come_back_as_written_across_a_reopen() {
-        let (_dir, path, mut j) = new_journal();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), SIZE);
-        assert!(j.read().unwrap().is_empty(), "a new journal holds nothing");
-        let written: Vec<Entry> = (7..20).map(entry).collect();
-        assert!(j.append(written[..5].iter(), true).unwrap());
-        assert!(j.append(written[5..].iter(), false).unwrap());
-        drop(j);
-        let j = Journal::open(&path).unwrap();
-        assert_eq!(j.read().unwrap(), written);
-    }
-
-    #[test]
-    fn a_torn_record_ends_the_replay_before_it() {
-        let (_dir, path, mut j) = new_journal();
-        let written: Vec<Entry> = (0..4).map(entry).collect();
-        j.append(written.iter(), true).unwrap();
-        let mut third = Vec::new();
-        for e in &written[..2] {
-            encode(e, &mut third);
+    /// A file holding the entries' records, then zeros.
+    fn written(entries: &[Entry]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records");
+        let mut buf = Vec::new();
+        for e in entries {
+            encode(e, &mut buf);
         }
+        buf.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &buf).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn records_come_back_as_written() {
+        let entries: Vec<Entry> = (7..20).map(entry).collect();
+        let (_dir, path) = written(&entries);
+        assert_eq!(read_path(&path).unwrap(), entries);
+        let file = File::open(&path).unwrap();
+        let (_, end) = read_records(&file, 0).unwrap();
+        let mut buf = Vec::new();
+        entries.iter().for_each(|e| encode(e, &mut buf));
+        assert_eq!(end, buf.len() as u64, "the read ends after the last record");
+    }
+
+    #[test]
+    fn a_torn_record_ends_the_read_before_it() {
+        let entries: Vec<Entry> = (0..4).map(entry).collect();
+        let (_dir, path) = written(&entries);
+        let mut two = Vec::new();
+        entries[..2].iter().for_each(|e| encode(e, &mut two));
         // One flipped byte in the third record's event.
-        scribble(&path, third.len() as u64 + HEAD as u64 + 20, b"X");
-        assert_eq!(j.read().unwrap(), written[..2].to_vec());
+        scribble(&path, two.len() as u64 + HEAD as u64 + 20, b"X");
+        assert_eq!(read_path(&path).unwrap(), entries[..2].to_vec());
+        let file = File::open(&path).unwrap();
+        assert_eq!(read_records(&file, 0).unwrap().1, two.len() as u64);
     }
 
     #[test]
-    fn after_a_restart_older_records_behind_the_new_ones_are_not_replayed() {
-        let (_dir, _, mut j) = new_journal();
-        let old: Vec<Entry> = (0..50).map(entry).collect();
-        j.append(old.iter(), true).unwrap();
-        j.restart();
-        assert!(j.is_empty());
-        let new: Vec<Entry> = (50..53).map(entry).collect();
-        j.append(new.iter(), true).unwrap();
-        assert_eq!(j.read().unwrap(), new);
+    fn a_record_out_of_sequence_ends_the_read() {
+        let mut entries: Vec<Entry> = (0..3).map(entry).collect();
+        entries.push(entry(9));
+        let (_dir, path) = written(&entries);
+        assert_eq!(read_path(&path).unwrap(), entries[..3].to_vec());
     }
 
     #[test]
-    fn a_batch_that_does_not_fit_is_refused_and_nothing_is_written() {
-        let (_dir, _, mut j) = new_journal();
-        let big = Entry {
-            seq: 0,
-            json: vec![b'x'; (SIZE / 2) as usize],
-            owes: None,
-            settles: None,
-        };
-        assert!(j.append([&big].into_iter(), false).unwrap());
-        let mut second = big.clone();
-        second.seq = 1;
-        assert!(!j.append([&second].into_iter(), false).unwrap());
-        assert_eq!(j.read().unwrap(), vec![big]);
-        j.restart();
-        assert!(j.append([&second].into_iter(), false).unwrap());
-        assert_eq!(j.read().unwrap(), vec![second]);
+    fn no_journal_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_path(&dir.path().join("missing")).unwrap().is_empty());
     }
 }

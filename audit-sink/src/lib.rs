@@ -18,6 +18,7 @@ pub mod export;
 mod journal;
 pub mod merkle;
 pub mod query;
+mod segments;
 pub mod store;
 pub mod testkit;
 pub mod verify;
@@ -26,7 +27,7 @@ mod writer;
 
 pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 pub use event::{now_us, AuditEvent, Phase};
-pub use journal::{beyond_store, journaled};
+pub use segments::beyond_store;
 pub use store::Store;
 pub use verify::{
     prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_log,

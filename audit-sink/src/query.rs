@@ -130,13 +130,10 @@ impl Store {
         let (w, mut args) = sqlite_where(q);
         args.push(rusqlite::types::Value::Integer(q.limit() as i64));
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT seq, event FROM events WHERE {w} ORDER BY seq DESC LIMIT ?"
+            "SELECT seq, event FROM ev WHERE {w} ORDER BY seq DESC LIMIT ?"
         ))?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(StoredEvent {
-                seq: r.get::<_, i64>(0)? as u64,
-                json: r.get(1)?,
-            })
+            crate::store::stored(r)
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -152,16 +149,20 @@ impl Store {
             Ok(rows.collect::<Result<_, _>>()?)
         };
         let (decision, principal) = (field("decision"), field("principal"));
-        let decided = format!("{w} AND json_extract(event, '$.phase') = 'decision'");
-        let outcome = format!("{w} AND json_extract(event, '$.phase') = 'outcome'");
+        // Each statement reads the matching events once (a materialized
+        // view: an event's JSON comes from its segment record, and each
+        // `json_extract` of the view's `event` would read it again).
+        let m = format!("WITH m AS MATERIALIZED (SELECT ts_us, event FROM ev WHERE {w})");
+        let decided = "json_extract(event, '$.phase') = 'decision'";
+        let outcome = "json_extract(event, '$.phase') = 'outcome'";
         let mut a = Aggregates {
-            decisions: pairs(format!("SELECT {decision} d, COUNT(*) FROM events WHERE {decided} GROUP BY d ORDER BY d"))?,
-            top_principals: pairs(format!("SELECT {principal} p, COUNT(*) c FROM events WHERE {decided} GROUP BY p ORDER BY c DESC, p LIMIT {TOP}"))?,
-            top_targets: pairs(format!("SELECT json_extract(event, '$.target') t, COUNT(*) c FROM events WHERE {decided} GROUP BY t ORDER BY c DESC, t LIMIT {TOP}"))?,
+            decisions: pairs(format!("{m} SELECT {decision} d, COUNT(*) FROM m WHERE {decided} GROUP BY d ORDER BY d"))?,
+            top_principals: pairs(format!("{m} SELECT {principal} p, COUNT(*) c FROM m WHERE {decided} GROUP BY p ORDER BY c DESC, p LIMIT {TOP}"))?,
+            top_targets: pairs(format!("{m} SELECT json_extract(event, '$.target') t, COUNT(*) c FROM m WHERE {decided} GROUP BY t ORDER BY c DESC, t LIMIT {TOP}"))?,
             ..Aggregates::default()
         };
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT (ts_us / 60000000) * 60000000 m, {decision} d, COUNT(*) FROM events WHERE {decided} GROUP BY m, d ORDER BY m, d"
+            "{m} SELECT (ts_us / 60000000) * 60000000 minute, {decision} d, COUNT(*) FROM m WHERE {decided} GROUP BY minute, d ORDER BY minute, d"
         ))?;
         a.per_minute = stmt
             .query_map(rusqlite::params_from_iter(args.clone()), |r| {
@@ -173,7 +174,7 @@ impl Store {
             })?
             .collect::<Result<_, _>>()?;
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT json_extract(event, '$.latency_us') l FROM events WHERE {outcome} AND l IS NOT NULL ORDER BY l"
+            "{m} SELECT json_extract(event, '$.latency_us') l FROM m WHERE {outcome} AND l IS NOT NULL ORDER BY l"
         ))?;
         let latencies: Vec<u64> = stmt
             .query_map(rusqlite::params_from_iter(args.clone()), |r| {
@@ -190,8 +191,8 @@ impl Store {
         (a.latency_p50_us, a.latency_p95_us, a.latency_p99_us) = (pct(0.5), pct(0.95), pct(0.99));
         let (tin, tout, n, errors): (i64, i64, i64, i64) = self.conn.query_row(
             &format!(
-                "SELECT COALESCE(SUM(json_extract(event, '$.tokens_in')), 0), COALESCE(SUM(json_extract(event, '$.tokens_out')), 0), \
-                 COUNT(*), COALESCE(SUM(json_extract(event, '$.status') >= 500), 0) FROM events WHERE {outcome}"
+                "{m} SELECT COALESCE(SUM(json_extract(event, '$.tokens_in')), 0), COALESCE(SUM(json_extract(event, '$.tokens_out')), 0), \
+                 COUNT(*), COALESCE(SUM(json_extract(event, '$.status') >= 500), 0) FROM m WHERE {outcome}"
             ),
             rusqlite::params_from_iter(args),
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),

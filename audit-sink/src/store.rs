@@ -1,14 +1,16 @@
-//! The embedded audit store: one SQLite file (WAL) in the data directory.
-//! `events` holds each event's canonical JSON (the only source of truth)
-//! beside the three columns its indexes need (`ts_us`, `tenant`,
+//! The embedded audit store: one SQLite file (WAL) in the data directory,
+//! beside its segments (`segments`, `<db stem>.segments/`), which hold the
+//! events' bytes. `events` holds, per event, where its record is (`seg`,
+//! `off`) beside the three columns its indexes need (`ts_us`, `tenant`,
 //! `request_id`: copies of the event's fields, written from the event
-//! itself). Nothing is generated from the JSON at insert: SQLite computes
-//! every generated column, virtual ones too, on each insert, and that JSON
-//! parsing cost a fifth of the writer's time; queries read other fields
-//! from the JSON instead. Stores made with generated columns are migrated
-//! once, at open. `log_leaves` holds the Merkle log, and
-//! `checkpoints` the signed checkpoint notes, `synced` the log size at the
-//! last commit synced only to make earlier ones durable, and `owed` the decisions
+//! itself); rows written before segments (and by `append` of `Row::of`)
+//! hold the canonical JSON inline in `event` instead. Reads go through the
+//! connection's view `ev`, whose `event` is the JSON either way (the SQL
+//! function `lattice_event` reads a segment record); queries read other
+//! fields from that JSON. Nothing is generated from the JSON at insert.
+//! Stores made with generated columns are migrated once, at open, and
+//! older stores gain the segment columns. `log_leaves` holds the Merkle
+//! log, `checkpoints` the signed checkpoint notes, and `owed` the decisions
 //! whose call's outcome is not written yet (kept in the same transactions
 //! as the events, so after a crash the gateway knows which calls were
 //! interrupted; not part of the signed log). Retention prunes the oldest
@@ -24,6 +26,7 @@ use std::path::Path;
 
 use crate::event::AuditEvent;
 use crate::merkle::{Frontier, Hash, PrunedLog};
+use crate::segments::{self, Loc};
 use crate::AuditError;
 use serde::Deserialize;
 
@@ -33,7 +36,9 @@ const EVENTS: &str = "(
     event TEXT NOT NULL,
     ts_us INTEGER NOT NULL,
     tenant TEXT NOT NULL,
-    request_id TEXT NOT NULL
+    request_id TEXT NOT NULL,
+    seg INTEGER,
+    off INTEGER
 )";
 
 const INDEXES: &str = "
@@ -60,10 +65,6 @@ CREATE TABLE IF NOT EXISTS pruned (
     size INTEGER NOT NULL,
     heads BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS synced (
-    id INTEGER PRIMARY KEY CHECK (id = 0),
-    size INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
     root BLOB NOT NULL,
@@ -71,20 +72,33 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 ";
 
-/// A `(seq, event)` row.
-fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+/// A `(seq, event)` row. An event whose segment record is missing or
+/// damaged reads as empty (it then matches no leaf: verify names it).
+pub(crate) fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
         seq: r.get::<_, i64>(0)? as u64,
-        json: r.get(1)?,
+        json: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
     })
 }
 
-/// One event row to append: its seq, canonical JSON and Merkle leaf, and
-/// the indexed columns of the event that JSON encodes.
+/// The events as read: `events` with each event's JSON from its segment
+/// record (rows written before segments hold it inline).
+const READ_VIEW: &str = "CREATE TEMP VIEW IF NOT EXISTS ev AS
+    SELECT seq, CASE WHEN seg IS NULL THEN event ELSE lattice_event(seg, off) END AS event,
+           ts_us, tenant, request_id FROM events";
+/// The same, for a store older than segments opened read-only.
+const READ_VIEW_INLINE: &str = "CREATE TEMP VIEW IF NOT EXISTS ev AS
+    SELECT seq, event, ts_us, tenant, request_id FROM events";
+
+/// One event row to append: its seq, its canonical JSON or where its
+/// segment record is, its Merkle leaf, and the indexed columns of the event.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub seq: u64,
+    /// The canonical JSON, stored inline when `loc` is `None`.
     pub json: Vec<u8>,
+    /// The event's record in the segments, which hold its JSON.
+    pub(crate) loc: Option<Loc>,
     pub leaf: Hash,
     pub columns: Columns,
 }
@@ -97,6 +111,7 @@ impl Row {
             seq: event.seq,
             leaf: crate::merkle::leaf_hash(&json),
             json,
+            loc: None,
             columns: Columns::of(event),
         }
     }
@@ -119,7 +134,7 @@ impl Columns {
         }
     }
 
-    /// Read from an event's JSON (entries replayed from the journal).
+    /// Read from an event's JSON (entries replayed from the segments).
     pub fn from_json(json: &[u8]) -> Result<Self, AuditError> {
         serde_json::from_slice(json)
             .map_err(|e| AuditError::Corrupt(format!("an audit event's indexed fields: {e}")))
@@ -127,7 +142,7 @@ impl Columns {
 }
 
 /// A connection to the store. A writing connection syncs every commit
-/// (`synchronous = FULL`) but the writer's fills of journaled events
+/// (`synchronous = FULL`) but the writer's fills of events the segments hold
 /// (`append_unsynced`).
 pub struct Store {
     pub(crate) conn: Connection,
@@ -156,7 +171,9 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS events {EVENTS};{SCHEMA}"
         ))?;
         migrate_generated_columns(&mut conn)?;
+        add_segment_columns(&conn)?;
         conn.execute_batch(INDEXES)?;
+        read_view(&conn, path, true)?;
         Ok(Self { conn, synced: true })
     }
 
@@ -189,6 +206,7 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        read_view(&conn, path, has_segment_columns(&conn)?)?;
         Ok(Self {
             conn,
             synced: false,
@@ -221,9 +239,8 @@ impl Store {
         self.insert(rows, owed, settled)
     }
 
-    /// As `append`, not synced: for events the audit journal already holds
-    /// durably (the writer syncs a later commit before the journal lets
-    /// them go).
+    /// As `append`, not synced: for events the segments already hold
+    /// durably (a start writes in again what a power cut lost).
     pub(crate) fn append_unsynced(
         &mut self,
         rows: &[Row],
@@ -232,17 +249,6 @@ impl Store {
     ) -> Result<(), AuditError> {
         self.sync_commits(false)?;
         self.insert(rows, owed, settled)
-    }
-
-    /// Makes every earlier commit durable: one synced commit recording the
-    /// log size (a synced WAL commit syncs every frame before it).
-    pub(crate) fn sync(&mut self, size: u64) -> Result<(), AuditError> {
-        self.sync_commits(true)?;
-        self.conn.execute(
-            "INSERT OR REPLACE INTO synced (id, size) VALUES (0, ?1)",
-            params![size as i64],
-        )?;
-        Ok(())
     }
 
     fn insert(
@@ -254,19 +260,24 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut ev = tx.prepare_cached(
-                "INSERT INTO events (seq, event, ts_us, tenant, request_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO events (seq, event, ts_us, tenant, request_id, seg, off) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut lf = tx.prepare_cached("INSERT INTO log_leaves (idx, hash) VALUES (?1, ?2)")?;
             for row in rows {
-                let text = std::str::from_utf8(&row.json)
-                    .map_err(|e| AuditError::Encoding(e.to_string()))?;
+                let text = match row.loc {
+                    Some(_) => "",
+                    None => std::str::from_utf8(&row.json)
+                        .map_err(|e| AuditError::Encoding(e.to_string()))?,
+                };
                 let c = &row.columns;
                 ev.execute(params![
                     row.seq as i64,
                     text,
                     c.ts_us as i64,
                     c.tenant,
-                    c.request_id
+                    c.request_id,
+                    row.loc.map(|l| l.seg as i64),
+                    row.loc.map(|l| l.off as i64),
                 ])?;
                 lf.execute(params![row.seq as i64, &row.leaf[..]])?;
             }
@@ -288,7 +299,7 @@ impl Store {
     /// between the two), in log order.
     pub fn owed_decisions(&self) -> Result<Vec<StoredEvent>, AuditError> {
         let mut stmt = self.conn.prepare(
-            "SELECT e.seq, e.event FROM owed o JOIN events e ON e.seq = o.seq ORDER BY e.seq",
+            "SELECT e.seq, e.event FROM owed o JOIN ev e ON e.seq = o.seq ORDER BY e.seq",
         )?;
         let rows = stmt.query_map([], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -363,7 +374,7 @@ impl Store {
     pub fn events(&self) -> Result<Vec<StoredEvent>, AuditError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, event FROM events ORDER BY seq")?;
+            .prepare("SELECT seq, event FROM ev ORDER BY seq")?;
         let rows = stmt.query_map([], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -375,11 +386,15 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(u64, String, Vec<u8>)>, AuditError> {
         let mut stmt = self.conn.prepare(
-            "SELECT e.seq, e.event, l.hash FROM events e JOIN log_leaves l ON l.idx = e.seq
+            "SELECT e.seq, e.event, l.hash FROM ev e JOIN log_leaves l ON l.idx = e.seq
              WHERE e.seq >= ?1 ORDER BY e.seq LIMIT ?2",
         )?;
         let rows = stmt.query_map([from as i64, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                r.get(2)?,
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -388,7 +403,7 @@ impl Store {
     pub fn tail(&self, n: usize) -> Result<Vec<StoredEvent>, AuditError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, event FROM events ORDER BY seq DESC LIMIT ?1")?;
+            .prepare("SELECT seq, event FROM ev ORDER BY seq DESC LIMIT ?1")?;
         let rows = stmt.query_map([n as i64], stored)?;
         let mut out: Vec<StoredEvent> = rows.collect::<Result<_, _>>()?;
         out.reverse();
@@ -399,7 +414,7 @@ impl Store {
     pub fn by_request(&self, request_id: &str) -> Result<Vec<StoredEvent>, AuditError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, event FROM events WHERE request_id = ?1 ORDER BY seq")?;
+            .prepare("SELECT seq, event FROM ev WHERE request_id = ?1 ORDER BY seq")?;
         let rows = stmt.query_map([request_id], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -576,6 +591,65 @@ impl Store {
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
         Ok(n as u64)
     }
+
+    /// The newest segment a kept event is in, if any is.
+    pub(crate) fn last_segment(&self) -> Result<Option<u64>, AuditError> {
+        let seg: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seg.map(|s| s as u64))
+    }
+
+    /// The oldest segment a kept event is in, if any is.
+    pub(crate) fn first_segment(&self) -> Result<Option<u64>, AuditError> {
+        let seg: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seg.map(|s| s as u64))
+    }
+}
+
+/// Whether `events` has the segment columns (stores from 2026-12-05 on).
+fn has_segment_columns(conn: &Connection) -> Result<bool, AuditError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'seg'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// Adds the segment columns to an older store (its rows keep their JSON
+/// inline, and read as before).
+fn add_segment_columns(conn: &Connection) -> Result<(), AuditError> {
+    if !has_segment_columns(conn)? {
+        conn.execute_batch(
+            "ALTER TABLE events ADD COLUMN seg INTEGER; ALTER TABLE events ADD COLUMN off INTEGER;",
+        )?;
+    }
+    Ok(())
+}
+
+/// Registers `lattice_event(seg, off)` (an event's JSON from its segment
+/// record) and creates the view reads go through, `ev`.
+fn read_view(conn: &Connection, db: &Path, segment_columns: bool) -> Result<(), AuditError> {
+    segments::register(conn, db)?;
+    conn.execute_batch(if segment_columns {
+        READ_VIEW
+    } else {
+        READ_VIEW_INLINE
+    })?;
+    Ok(())
 }
 
 /// Stores made with generated columns (before 2026-12-03) are rebuilt

@@ -1,7 +1,9 @@
 //! A throwaway local ClickHouse server for tests and benchmarks: Debian's
 //! `clickhouse-server` on free loopback ports with its own data directory,
 //! killed on drop; `free_port`; and `rebuild_signed`, the attack the
-//! witness exists for. `pipeline_config` for the crate's tests. Not used by the gateway itself.
+//! witness exists for; `copy_store` and `edit_event`, a store copied and
+//! one event edited as someone with the disk would. `pipeline_config` for
+//! the crate's tests. Not used by the gateway itself.
 //!
 //! Must never: be called by the gateway or the CLI.
 
@@ -273,4 +275,74 @@ pub fn rebuild_signed(
         forged.put_checkpoint(*size, &cp.root, &signer.sign(&cp))?;
     }
     Ok((sizes, cosignatures))
+}
+
+/// Copies the store at `from` (its database file and its segments) to
+/// `to`, for a test to tamper with the copy. The store must be closed.
+pub fn copy_store(from: &std::path::Path, to: &std::path::Path) -> Result<(), AuditError> {
+    let io = |e: std::io::Error| AuditError::Io(e.to_string());
+    std::fs::copy(from, to).map_err(io)?;
+    let (src, dst) = (crate::segments::dir_of(from), crate::segments::dir_of(to));
+    std::fs::create_dir_all(&dst).map_err(io)?;
+    for n in crate::segments::list(&src)? {
+        let name = crate::segments::file_name(n);
+        std::fs::copy(src.join(&name), dst.join(&name)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// What someone with write access to the data directory can do to one
+/// stored event: replace its JSON with `edit(json)`. A row holding its
+/// JSON inline is updated; an event in a segment has its record rewritten
+/// with a valid CRC (the records after it in that segment move, and their
+/// rows are updated to match), so only the signed log can tell.
+pub fn edit_event(
+    db: &std::path::Path,
+    seq: u64,
+    edit: impl FnOnce(&str) -> String,
+) -> Result<(), AuditError> {
+    use std::os::unix::fs::FileExt;
+    let io = |e: std::io::Error| AuditError::Io(e.to_string());
+    let conn = rusqlite::Connection::open(db)?;
+    let (json, seg): (String, Option<i64>) = conn.query_row(
+        "SELECT event, seg FROM events WHERE seq = ?1",
+        [seq as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(seg) = seg else {
+        conn.execute(
+            "UPDATE events SET event = ?1 WHERE seq = ?2",
+            rusqlite::params![edit(&json), seq as i64],
+        )?;
+        return Ok(());
+    };
+    let path = crate::segments::dir_of(db).join(crate::segments::file_name(seg as u64));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    let (mut entries, end) = crate::journal::read_records(&file, 0).map_err(io)?;
+    let entry = entries
+        .iter_mut()
+        .find(|e| e.seq == seq)
+        .ok_or_else(|| AuditError::Corrupt(format!("event #{seq} is not in {}", path.display())))?;
+    let text = String::from_utf8(std::mem::take(&mut entry.json))
+        .map_err(|e| AuditError::Encoding(e.to_string()))?;
+    entry.json = edit(&text).into_bytes();
+    let mut buf = Vec::new();
+    let mut moved = Vec::new();
+    for e in &entries {
+        moved.push((e.seq, buf.len() as u64));
+        crate::journal::encode(e, &mut buf);
+    }
+    buf.resize(buf.len().max(end as usize), 0);
+    file.write_all_at(&buf, 0).map_err(io)?;
+    for (seq, off) in moved {
+        conn.execute(
+            "UPDATE events SET off = ?1 WHERE seq = ?2",
+            [off as i64, seq as i64],
+        )?;
+    }
+    Ok(())
 }

@@ -36,10 +36,12 @@ fn events_of(db: &Path, request: &str) -> Vec<AuditEvent> {
         .collect()
 }
 
-/// The events of one request on stable storage: the journal's (read first:
-/// the writer fills the store before it reuses the journal) and the store's.
+/// The events of one request on stable storage: those the segments hold
+/// beyond the store (read first: the store only grows, so what it holds
+/// when read next covers everything before), and the store's.
 fn durable_events_of(db: &Path, request: &str) -> Vec<AuditEvent> {
-    let journaled: Vec<AuditEvent> = lattice_audit::journaled(db)
+    let store = Store::open_read_only(db).unwrap();
+    let journaled: Vec<AuditEvent> = lattice_audit::beyond_store(db, &store)
         .unwrap()
         .iter()
         .map(|s| parse_canonical(s.json.as_bytes()).unwrap())
@@ -71,7 +73,7 @@ async fn a_decision_is_durable_only_once_committed_and_one_commit_serves_many() 
                 let (slot, durable) = audit.record_decision(decision(&request)).unwrap();
                 durable.wait(Duration::from_secs(10)).await.unwrap();
                 // Durable means on stable storage: a separate reader finds it
-                // now, in the journal or already in the store.
+                // now, in the segments or already in the store.
                 let seen = tokio::task::spawn_blocking(move || durable_events_of(&db, &request))
                     .await
                     .unwrap();

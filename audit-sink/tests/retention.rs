@@ -211,13 +211,12 @@ fn tampering_with_a_pruned_store_is_still_caught() {
     .pruned_before;
     assert_eq!(base, 128);
 
-    let conn = rusqlite::Connection::open(&db).unwrap();
     // An edit of a kept event.
-    conn.execute(
-        "UPDATE events SET event = replace(event, '\"principal\":\"agent-a\"', '\"principal\":\"agent-b\"') WHERE seq = 140",
-        [],
-    )
+    lattice_audit::testkit::edit_event(&db, 140, |json| {
+        json.replace("\"principal\":\"agent-a\"", "\"principal\":\"agent-b\"")
+    })
     .unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
     let report = verify(
         &Store::open_read_only(&db).unwrap(),
         &signer.verifier(),

@@ -64,7 +64,7 @@ impl Trail {
     /// A copy of the store to tamper with.
     fn copy(&self, name: &str) -> PathBuf {
         let to = self.db.with_file_name(format!("{name}.db"));
-        std::fs::copy(&self.db, &to).unwrap();
+        lattice_audit::testkit::copy_store(&self.db, &to).unwrap();
         to
     }
 
@@ -118,47 +118,77 @@ fn an_untouched_trail_verifies_in_order_with_its_checkpoints() {
     );
 }
 
-/// (what the attacker does, SQL on a copy of the store, what verify must say)
-type Tamper = (&'static str, &'static str, fn(&Problem) -> bool);
+/// (what the attacker does, to a copy of the store, what verify must say)
+type Tamper = (&'static str, fn(&Path), fn(&Problem) -> bool);
 
 #[test]
 fn each_kind_of_tampering_is_named() {
     let trail = write_trail(6);
     let table: &[Tamper] = &[
         (
-            "edited: the deny becomes an allow",
-            "UPDATE events SET event = replace(event, '\"decision\":\"deny\"', '\"decision\":\"allow\"') WHERE seq = 4;",
+            "edited: the deny becomes an allow (its segment record rewritten, CRC and all)",
+            |db| {
+                lattice_audit::testkit::edit_event(db, 4, |json| {
+                    json.replace("\"decision\":\"deny\"", "\"decision\":\"allow\"")
+                })
+                .unwrap()
+            },
             |p| matches!(p, Problem::Edited { seq: 4, .. }),
         ),
         (
             "deleted",
-            "DELETE FROM events WHERE seq = 4;",
+            |db| sql(db, "DELETE FROM events WHERE seq = 4;"),
             |p| matches!(p, Problem::Deleted { seq: 4 }),
         ),
         (
             "reordered: two rows swapped",
-            "UPDATE events SET seq = -1 WHERE seq = 1; UPDATE events SET seq = 1 WHERE seq = 2; UPDATE events SET seq = 2 WHERE seq = -1;",
-            |p| matches!(p, Problem::Reordered { seq: 1, belongs_at: 2, .. }),
+            |db| {
+                sql(db, "UPDATE events SET seq = -1 WHERE seq = 1; UPDATE events SET seq = 1 WHERE seq = 2; UPDATE events SET seq = 2 WHERE seq = -1;")
+            },
+            |p| {
+                matches!(
+                    p,
+                    Problem::Reordered {
+                        seq: 1,
+                        belongs_at: 2,
+                        ..
+                    }
+                )
+            },
         ),
         (
             "inserted: an event the signed log never had",
-            "INSERT INTO events (seq, event, ts_us, tenant, request_id) SELECT 100, replace(event, 'r-0', 'r-forged'), ts_us, tenant, 'r-forged' FROM events WHERE seq = 0;",
+            |db| {
+                sql(db, "INSERT INTO events (seq, event, ts_us, tenant, request_id) SELECT 100, '{\"request_id\":\"r-forged\",\"seq\":100}', ts_us, tenant, 'r-forged' FROM events WHERE seq = 0;")
+            },
             |p| matches!(p, Problem::Inserted { seq: 100, .. }),
         ),
         (
             "a checkpoint's signature broken",
-            "UPDATE checkpoints SET note = replace(note, '— ', '— x') WHERE size = (SELECT min(size) FROM checkpoints);",
+            |db| {
+                sql(db, "UPDATE checkpoints SET note = replace(note, '— ', '— x') WHERE size = (SELECT min(size) FROM checkpoints);")
+            },
             |p| matches!(p, Problem::BadCheckpoint { .. }),
         ),
         (
             "a leaf of the log replaced",
-            "UPDATE log_leaves SET hash = zeroblob(32) WHERE idx = 3;",
-            |p| matches!(p, Problem::LogRewritten { .. } | Problem::Edited { seq: 3, .. }),
+            |db| {
+                sql(
+                    db,
+                    "UPDATE log_leaves SET hash = zeroblob(32) WHERE idx = 3;",
+                )
+            },
+            |p| {
+                matches!(
+                    p,
+                    Problem::LogRewritten { .. } | Problem::Edited { seq: 3, .. }
+                )
+            },
         ),
     ];
-    for (i, (what, statements, expected)) in table.iter().enumerate() {
+    for (i, (what, tamper, expected)) in table.iter().enumerate() {
         let db = trail.copy(&format!("tampered-{i}"));
-        sql(&db, statements);
+        tamper(&db);
         let report = trail.verify(&db);
         assert!(!report.ok(), "{what}: not detected");
         assert!(

@@ -212,7 +212,7 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             let db = config.load()?.audit.db_path;
             let store = Store::open_read_only(&db)?;
             // A gateway stopped by a crash may hold its newest events in
-            // the journal only: they are shown too.
+            // the segments only: they are shown too.
             let beyond = lattice_audit::beyond_store(&db, &store)?;
             let rows = match request {
                 Some(id) => {
@@ -362,7 +362,7 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             };
             if unfilled > 0 && !json {
                 println!(
-                    "({unfilled} newer events are durable in the audit journal, not in the store yet: the gateway stopped before it wrote them in; its next start does, and they are verified then)"
+                    "({unfilled} newer events are durable in the audit segments, not in the store yet: the gateway stopped before it wrote them in; its next start does, and they are verified then)"
                 );
             }
             if json {

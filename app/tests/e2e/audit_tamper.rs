@@ -88,8 +88,12 @@ fn verify_names_edited_deleted_reordered_events_and_the_witness_exposes_a_rebuil
     assert_eq!(proof["verified"], true);
     assert_eq!(proof["second_size"], *sizes.last().unwrap());
 
-    // 1. A row edited in the SQLite file: the deny becomes an allow.
-    sqlite(&gw, &format!("UPDATE events SET event = replace(event, '\"decision\":\"deny\"', '\"decision\":\"allow\"') WHERE seq = {deny_seq};"));
+    // 1. An event edited on disk: the deny becomes an allow.
+    //    (Its record in the segments rewritten, CRC and all.)
+    lattice_audit::testkit::edit_event(&gw.path("data/audit.db"), deny_seq, |json| {
+        json.replace("\"decision\":\"deny\"", "\"decision\":\"allow\"")
+    })
+    .unwrap();
     let (ok, text) = verify(&gw, &[]);
     assert!(!ok);
     assert!(

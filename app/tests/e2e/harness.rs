@@ -416,23 +416,19 @@ impl Gateway {
         Store::open_read_only(&self.path("data/audit.db")).unwrap()
     }
 
-    /// The store once it holds every event the audit journal has made
-    /// durable so far: the writer fills the store from its journal a few
+    /// The store once it holds every event the audit segments have made
+    /// durable so far: the writer fills the store from its segments a few
     /// milliseconds after a call (at once only under load), so a test that
     /// reads right after a call's answer reads through this.
     pub fn filled_store(&self) -> Store {
         let db = self.path("data/audit.db");
         let mut store = self.store();
         wait_for(
-            "the audit store to hold every journaled event",
+            "the audit store to hold every event in the segments",
             Duration::from_secs(10),
             || {
                 store = self.store();
-                let journaled = lattice_audit::journaled(&db)
-                    .unwrap()
-                    .last()
-                    .map_or(0, |e| e.seq + 1);
-                store.log_size().unwrap() >= journaled
+                lattice_audit::beyond_store(&db, &store).unwrap().is_empty()
             },
         );
         store

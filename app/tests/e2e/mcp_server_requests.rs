@@ -139,7 +139,7 @@ fn server_requests_reach_only_a_client_that_can_answer_them() {
     assert_eq!(post(&gw, &auth, &sid, &answer).status, 400);
 
     // Both relays are in the audit trail under the caller (the store is
-    // filled from the journal shortly after each write: wait for both).
+    // filled from the segments shortly after each write: wait for both).
     let relays = || -> Vec<Value> {
         gw.recent_events(10_000)
             .into_iter()

@@ -102,8 +102,17 @@ fn a_store_with_generated_columns_is_migrated_with_every_event_unchanged() {
     let plain = |n: &str| (n.to_string(), 0);
     assert_eq!(
         columns,
-        ["seq", "event", "ts_us", "tenant", "request_id"].map(plain),
-        "no generated column is left"
+        [
+            "seq",
+            "event",
+            "ts_us",
+            "tenant",
+            "request_id",
+            "seg",
+            "off"
+        ]
+        .map(plain),
+        "no generated column is left; the segment columns are added"
     );
     let stored: Vec<String> = store
         .events()

@@ -20,10 +20,16 @@
 //! writes an outcome for each first, saying the gateway stopped before the
 //! outcome was recorded.
 //!
-//! Must never: tell a decision it is durable before its batch is committed
-//! and synced (in the store or the journal), drop an event it accepted, or
-//! reuse the journal while it holds entries no synced commit of the store
-//! holds.
+//! Every batch is appended to the segments (`segments`), the store of
+//! record for the events' bytes: one write, and one `fdatasync` when a
+//! decision waits on it. The SQLite store is filled behind in chunks with
+//! where each event is, never before its segment record is synced (a row
+//! must not outlive the bytes it points at).
+//!
+//! Must never: tell a decision it is durable before its batch is synced
+//! in the segments, drop an event it accepted, write a store row for a
+//! segment record not yet synced, or remove a segment that holds an event
+//! the store still keeps.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -37,19 +43,21 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{Checkpoint, NoteSigner};
 use crate::clickhouse::{run_shipper, ClickHouseConfig, ShipState};
 use crate::event::AuditEvent;
-use crate::journal::{self, Entry, Journal};
+use crate::journal::Entry;
 use crate::merkle::{Frontier, Hash};
+use crate::segments::{self, Segments};
 use crate::store::{Columns, Store};
 use crate::AuditError;
 use tokio::sync::oneshot;
 
+mod fill;
 mod handle;
 mod retention;
 mod rows;
 mod wal;
 pub use handle::{AuditHandle, Durable, OutcomeSlot, GAP};
 pub use retention::{Retention, PRUNED};
-use rows::{replay, store_rows, Pending};
+use rows::{replay, Pending};
 
 /// Settings of the pipeline.
 pub struct PipelineConfig {
@@ -140,8 +148,12 @@ impl AuditPipeline {
     pub fn start(cfg: PipelineConfig) -> Result<Self, AuditError> {
         let mut store = Store::open(&cfg.db_path)?;
         store.no_auto_checkpoints()?;
-        let journal = Journal::open(&journal::path_of(&cfg.db_path))?;
-        replay(&mut store, &journal)?;
+        let segments = Segments::open(
+            &cfg.db_path,
+            segments::size_for(cfg.retention.max_bytes),
+            store.last_segment()?.unwrap_or(0),
+        )?;
+        replay(&mut store, &cfg.db_path)?;
         let log = store.log()?;
         let frontier = log.frontier();
         let pruned = log.prefix;
@@ -180,7 +192,7 @@ impl AuditPipeline {
         let (kick, wal) = wal::start(cfg.db_path.clone(), shared.clone())?;
         let mut writer = Writer::new(
             cfg,
-            (store, journal),
+            (store, segments),
             (frontier, pruned),
             last_checkpoint,
             shared.clone(),
@@ -242,11 +254,14 @@ impl AuditPipeline {
 struct Writer {
     cfg: PipelineConfig,
     store: Store,
-    journal: Journal,
-    /// Journaled entries not yet in the store, in order.
+    segments: Segments,
+    /// Entries in the segments not yet in the store, in order.
     pending: Vec<Pending>,
-    /// When the oldest pending entry was journaled.
+    /// When the oldest pending entry was appended.
     pending_since: Option<Instant>,
+    /// The log size up to which the segments are synced: store rows are
+    /// written only below it.
+    durable: u64,
     frontier: Frontier,
     /// The pruned prefix (empty when nothing was pruned).
     pruned: Frontier,
@@ -261,11 +276,11 @@ struct Writer {
 }
 
 impl Writer {
-    /// A writer over an opened store and journal, at the log's head
+    /// A writer over an opened store and segments, at the log's head
     /// (`frontier`, after the `pruned` prefix).
     fn new(
         cfg: PipelineConfig,
-        (store, journal): (Store, Journal),
+        (store, segments): (Store, Segments),
         (frontier, pruned): (Frontier, Frontier),
         last_checkpoint: u64,
         shared: Arc<Shared>,
@@ -273,9 +288,10 @@ impl Writer {
         Writer {
             cfg,
             store,
-            journal,
+            segments,
             pending: Vec::new(),
             pending_since: None,
+            durable: frontier.size(),
             frontier,
             pruned,
             held_back: false,
@@ -311,7 +327,7 @@ impl Writer {
             if self.shared.lazy.lock().is_empty() {
                 match rx.recv_timeout(wake) {
                     Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
-                    // Nothing queued: readers see journaled entries now, a
+                    // Nothing queued: readers see appended entries now, a
                     // chunk at a time so a call that arrives waits for one
                     // chunk at most.
                     Err(RecvTimeoutError::Timeout) => {
@@ -350,7 +366,7 @@ impl Writer {
                 let _ = w.send(());
             }
             if shutdown {
-                // Everything durable in the store: the journal is empty at the next start.
+                // Everything in the store, synced.
                 self.settle();
                 return;
             }
@@ -414,7 +430,7 @@ impl Writer {
 
     /// Makes the batch durable, retrying until it is (while it is not, the
     /// pipeline reports itself failing so new calls are refused), then
-    /// tells the decisions waiting. Every batch goes to the journal (one
+    /// tells the decisions waiting. Every batch goes to the segments (one
     /// write and one `fdatasync`: a synced SQLite commit writes several
     /// pages and costs more, even for one event); the store is filled
     /// behind it in chunks, while nothing is queued, and one chunk per
@@ -424,9 +440,9 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        // Only outcomes, journaled: nothing waits on them, so no sync of
-        // their own (the next synced write covers them; a crash before it
-        // leaves their calls owed, and the next start records them as
+        // Only outcomes: nothing waits on them, so no sync of their own
+        // (the next synced write covers them; a crash before it leaves
+        // their calls owed, and the next start records them as
         // interrupted).
         let sync = batch.iter().any(|q| q.settles.is_none());
         let start = self.frontier.size();
@@ -451,15 +467,18 @@ impl Writer {
                     tenant: std::mem::take(&mut e.tenant),
                     request_id: std::mem::take(&mut e.request_id),
                 };
-                (entry, leaf, columns)
+                (entry, leaf, columns, None)
             })
             .collect();
         let n = entries.len();
-        let leaves: Vec<Hash> = entries.iter().map(|(_, leaf, _)| *leaf).collect();
-        self.journal_append(entries, sync);
+        let leaves: Vec<Hash> = entries.iter().map(|(_, leaf, _, _)| *leaf).collect();
+        self.append(entries, sync);
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
         for leaf in leaves {
             self.frontier.push(leaf);
+        }
+        if sync {
+            self.durable = self.frontier.size();
         }
         for q in batch.iter_mut() {
             if let Some(tx) = q.durable.take() {
@@ -476,96 +495,6 @@ impl Writer {
         batch.clear();
         if self.pending.len() >= FILL_LAG {
             self.fill_chunk();
-        }
-    }
-
-    /// Appends to the journal (filling the store first when the journal
-    /// has no room) and keeps the entries pending.
-    fn journal_append(&mut self, entries: Vec<Pending>, sync: bool) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.journal.append(entries.iter().map(|(e, _, _)| e), sync) {
-                Ok(true) => break,
-                Ok(false) if !self.journal.is_empty() => self.settle(),
-                Ok(false) => {
-                    // Larger than the whole journal (which is empty
-                    // here): straight to the store in a synced commit.
-                    self.pending.extend(entries);
-                    self.settle();
-                    return;
-                }
-                Err(err) => {
-                    self.shared.failing.store(true, Ordering::Release);
-                    tracing::error!(error = %err, events = entries.len(), "audit journal write failed; refusing new calls until it recovers");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-        self.shared.failing.store(false, Ordering::Release);
-        self.pending_since.get_or_insert_with(Instant::now);
-        self.pending.extend(entries);
-    }
-
-    /// Writes every pending entry into the store in one commit, retrying
-    /// until the store accepts it. The journal holds them, durably, so the
-    /// commit is not synced (the page cache serves readers; a power cut
-    /// loses at most that unsynced tail, which the journal still holds and
-    /// the next start writes in again).
-    fn fill(&mut self) {
-        if !self.pending.is_empty() {
-            self.write_pending(self.pending.len(), false);
-        }
-    }
-
-    /// Fills the oldest pending entries, at most `FILL_CHUNK`, in one
-    /// unsynced commit.
-    fn fill_chunk(&mut self) {
-        if !self.pending.is_empty() {
-            self.write_pending(self.pending.len().min(FILL_CHUNK), false);
-        }
-    }
-
-    /// Makes everything in the journal durable in the store (the pending
-    /// entries in a synced commit, or a synced commit of the log size when
-    /// none are pending) and starts the journal again.
-    fn settle(&mut self) {
-        if !self.pending.is_empty() || !self.journal.is_empty() {
-            self.write_pending(self.pending.len(), true);
-        }
-    }
-
-    /// Writes the oldest `n` pending entries in one commit. A synced one
-    /// holds everything pending (`n` is all of it) and lets the journal
-    /// start again.
-    fn write_pending(&mut self, n: usize, sync: bool) {
-        let rest = self.pending.split_off(n);
-        let entries = std::mem::replace(&mut self.pending, rest);
-        debug_assert!(!sync || self.pending.is_empty());
-        let (rows, owed, settled) = store_rows(entries);
-        let size = self.frontier.size();
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let written = match (sync, rows.is_empty()) {
-                (true, true) => self.store.sync(size),
-                (true, false) => self.store.append(&rows, &owed, &settled),
-                (false, _) => self.store.append_unsynced(&rows, &owed, &settled),
-            };
-            let Err(err) = written else { break };
-            self.shared.failing.store(true, Ordering::Release);
-            tracing::error!(error = %err, events = rows.len(), "audit store write failed; refusing new calls until it recovers");
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-        self.shared.failing.store(false, Ordering::Release);
-        if let Some(wal) = &self.wal {
-            wal.wrote();
-        }
-        if sync {
-            self.journal.restart();
-        }
-        if self.pending.is_empty() {
-            self.pending_since = None;
         }
     }
 
@@ -616,9 +545,6 @@ impl Writer {
             tracing::error!(error = %e, size, "could not store audit checkpoint");
             return;
         }
-        // That commit was synced, and with it every fill before it: the
-        // journal holds nothing the store does not hold durably.
-        self.journal.restart();
         if let Some(path) = &self.cfg.witness_file {
             if let Err(e) = export(path, &self.cfg.signer, &note) {
                 tracing::error!(error = %e, path = %path.display(), "could not export audit checkpoint to the witness file");
@@ -630,7 +556,7 @@ impl Writer {
 
 /// How often retention looks at the store.
 const RETENTION_EVERY: Duration = Duration::from_millis(500);
-/// The store is filled from the journal in commits of at most this many
+/// The store is filled from the segments in commits of at most this many
 /// entries: when nothing is queued and this many are pending, or the
 /// oldest has waited `IDLE_FILL`; one chunk after each batch once
 /// `FILL_LAG` are pending (a writer that is never idle); and everything
@@ -640,7 +566,7 @@ const FILL_LAG: usize = 512;
 const IDLE_FILL: Duration = Duration::from_millis(2);
 /// An outcome is handed over without waking the writer only while the
 /// writer looks for it within this long by itself (at low rates: while
-/// journaled entries wait for their fill).
+/// appended entries wait for their fill).
 const LAZY_WAIT: Duration = IDLE_FILL;
 
 /// The reason an interrupted call's outcome carries.

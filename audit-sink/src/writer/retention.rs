@@ -11,6 +11,9 @@
 //! Each prune removes at most `STEP` events so the calls waiting on the
 //! next group commit never wait long behind it.
 //!
+//! The size counted is the store's pages in use plus its segments; a
+//! segment is removed once every event in it was pruned.
+//!
 //! Must never: prune an event not yet shipped (when shipping), a decision
 //! that still owes its outcome, or past the newest signed checkpoint.
 
@@ -50,7 +53,12 @@ impl Writer {
         self.cfg
             .retention
             .max_bytes
-            .is_some_and(|max| self.store.used_bytes().is_ok_and(|used| used > max))
+            .is_some_and(|max| self.used_bytes().is_ok_and(|used| used > max))
+    }
+
+    /// Bytes the store and its segments hold.
+    fn used_bytes(&self) -> Result<u64, AuditError> {
+        Ok(self.store.used_bytes()? + self.segments.used_bytes())
     }
 
     /// Prunes what retention allows now, if anything. Errors are logged by
@@ -71,7 +79,7 @@ impl Writer {
         }
         let mut file = None;
         if let Some(max) = r.max_bytes {
-            let used = self.store.used_bytes()?;
+            let used = self.used_bytes()?;
             if used > max {
                 let kept = size - pruned;
                 let keep = (kept as f64 * (max as f64 * 0.75 / used as f64)) as u64;
@@ -84,7 +92,8 @@ impl Writer {
             self.prune_upto(want, &why.join(", "))?;
         }
         if let Some(max) = file {
-            self.store.release_pages_over(max)?;
+            self.store
+                .release_pages_over(max.saturating_sub(self.segments.used_bytes()))?;
         }
         Ok(())
     }
@@ -144,6 +153,13 @@ impl Writer {
         }];
         self.write_batch(&mut batch, false);
         self.store.prune(&prefix)?;
+        // Segments whose events are all pruned go too (events not yet in
+        // the store are in the current one or later).
+        let first = self
+            .store
+            .first_segment()?
+            .unwrap_or(self.segments.current());
+        self.segments.remove_before(first)?;
         self.pruned = prefix;
         self.shared.pruned.store(at, Ordering::Release);
         tracing::info!(

@@ -1,14 +1,17 @@
-//! The journal's replay at start: what a writer made durable in the journal
-//! and never filled into the store (the process was killed) is in the store
-//! after the next start, in order, with the Merkle log and the owed
-//! decisions as if it had been written directly; a journal that does not
-//! continue the store stops the start with an error naming both ends. And
-//! the journal lets entries go only once a synced commit holds them.
+//! The segments' replay at start: what a writer made durable in the
+//! segments and never filled into the store (the process was killed) is in
+//! the store after the next start, in order, with the Merkle log and the
+//! owed decisions as if it had been written directly; so is what a legacy
+//! journal held (which is then removed); segments that do not continue the
+//! store stop the start with an error naming both ends. And the store gets
+//! a row only for a segment record that is synced.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
 use crate::event::{parse_canonical, Phase};
+use crate::store::Row;
+use rows::store_rows;
 
 fn config(db: &std::path::Path, signer: &NoteSigner) -> PipelineConfig {
     crate::testkit::pipeline_config(db, signer).unwrap()
@@ -27,12 +30,18 @@ fn store_with_one_call(db: &std::path::Path, signer: &NoteSigner) {
     pipeline.shutdown().unwrap();
 }
 
-/// An event as the writer journals it.
-fn journaled(seq: u64, phase: Phase, request: &str, settles: Option<&Entry>) -> Entry {
+/// An event as the writer numbers it.
+fn numbered(seq: u64, phase: Phase, request: &str) -> AuditEvent {
     let mut e = AuditEvent::new(phase, request, "http.request");
     e.node = "test-node".into();
     e.seq = seq;
     e.decision = "allow".into();
+    e
+}
+
+/// An event as the writer appends it.
+fn journaled(seq: u64, phase: Phase, request: &str, settles: Option<&Entry>) -> Entry {
+    let e = numbered(seq, phase, request);
     Entry {
         seq,
         json: e.canonical(),
@@ -41,32 +50,59 @@ fn journaled(seq: u64, phase: Phase, request: &str, settles: Option<&Entry>) -> 
     }
 }
 
-#[test]
-fn what_the_journal_holds_beyond_the_store_is_written_in_at_start() {
+/// Appends entries to the segments of the store at `db`, synced.
+fn append(db: &std::path::Path, entries: &[&Entry]) {
+    let store = Store::open_read_only(db).unwrap();
+    let after = store.last_segment().unwrap().unwrap_or(0);
+    drop(store);
+    let mut segments = Segments::open(db, segments::SIZE, after).unwrap();
+    segments.append(entries.iter().copied(), true).unwrap();
+}
+
+/// A store with one call, then a finished call and a call cut after its
+/// decision beyond it (in the segments, or in a legacy journal), started
+/// again: everything is in the store, the cut call recorded interrupted.
+fn replayed_at_start(legacy: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
     let signer = NoteSigner::generate("test-node");
-    store_with_one_call(&db, &signer);
+    if legacy {
+        // A store written before segments: its events' JSON inline.
+        let mut store = Store::open(&db).unwrap();
+        let first = [
+            numbered(0, Phase::Decision, "first"),
+            numbered(1, Phase::Outcome, "first"),
+        ];
+        store
+            .append(&first.iter().map(Row::of).collect::<Vec<_>>(), &[], &[])
+            .unwrap();
+    } else {
+        store_with_one_call(&db, &signer);
+    }
 
-    // A busy writer journaled three more events and was killed before it
+    // A busy writer appended three more events and was killed before it
     // filled them in: a finished call and a call cut after its decision.
     let done = journaled(2, Phase::Decision, "done", None);
     let done_outcome = journaled(3, Phase::Outcome, "done", Some(&done));
     let cut = journaled(4, Phase::Decision, "cut", None);
-    let mut journal = Journal::open(&journal::path_of(&db)).unwrap();
-    // Two already filled (as a fill leaves them before the journal is
-    // reused) and three not.
-    let old: Vec<Entry> = (0..2)
-        .map(|s| journaled(s, Phase::Decision, "old", None))
-        .collect();
-    journal
-        .append(old.iter().chain([&done, &done_outcome, &cut]), true)
-        .unwrap();
-    drop(journal);
+    if legacy {
+        // A journal of the writer before segments: it also holds events
+        // already filled (as a fill left them before it was reused).
+        let mut buf = Vec::new();
+        let old: Vec<Entry> = (0..2)
+            .map(|s| journaled(s, Phase::Decision, "old", None))
+            .collect();
+        for e in old.iter().chain([&done, &done_outcome, &cut]) {
+            crate::journal::encode(e, &mut buf);
+        }
+        std::fs::write(crate::journal::path_of(&db), &buf).unwrap();
+    } else {
+        append(&db, &[&done, &done_outcome, &cut]);
+    }
     let store = Store::open(&db).unwrap();
     assert_eq!(store.count().unwrap(), 2);
     // What the CLI shows of a stopped gateway: the store and, beyond it,
-    // the journal.
+    // the segments.
     let beyond: Vec<u64> = crate::beyond_store(&db, &store)
         .unwrap()
         .iter()
@@ -114,24 +150,50 @@ fn what_the_journal_holds_beyond_the_store_is_written_in_at_start() {
     assert_eq!(pipeline.recovered(), 0);
     pipeline.shutdown().unwrap();
     assert_eq!(Store::open_read_only(&db).unwrap().count().unwrap(), 6);
+    assert!(
+        !crate::journal::path_of(&db).exists(),
+        "a legacy journal is removed once replayed"
+    );
 }
 
 #[test]
-fn a_journal_that_does_not_continue_the_store_stops_the_start() {
+fn what_the_segments_hold_beyond_the_store_is_written_in_at_start() {
+    replayed_at_start(false);
+}
+
+#[test]
+fn what_a_legacy_journal_holds_beyond_the_store_is_written_in_at_start() {
+    replayed_at_start(true);
+}
+
+#[test]
+fn segments_that_do_not_continue_the_store_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
     let signer = NoteSigner::generate("test-node");
     store_with_one_call(&db, &signer);
-    let mut journal = Journal::open(&journal::path_of(&db)).unwrap();
+    // The store's own segment ends at event #1; a later one starts at #5.
+    let mut segments = Segments::open(&db, segments::SIZE, 1).unwrap();
     let ahead = journaled(5, Phase::Decision, "ahead", None);
-    journal.append([&ahead].into_iter(), true).unwrap();
-    drop(journal);
+    segments.rotate().unwrap();
+    segments.append([&ahead].into_iter(), true).unwrap();
+    drop(segments);
+    let err = AuditPipeline::start(config(&db, &signer))
+        .err()
+        .expect("the start fails");
+    assert!(
+        err.to_string()
+            .starts_with("audit store is corrupt: the audit segments jump from event #1 to #5 in "),
+        "{err}"
+    );
+    // Without the store's own segment, the first event beyond it is #5.
+    std::fs::remove_file(segments::dir_of(&db).join(segments::file_name(1))).unwrap();
     let err = AuditPipeline::start(config(&db, &signer))
         .err()
         .expect("the start fails");
     assert_eq!(
         err.to_string(),
-        "audit store is corrupt: the audit journal continues the log at 5 but the store ends at 2"
+        "audit store is corrupt: the audit segments continue the log at 5 but the store ends at 2"
     );
     assert_eq!(Store::open_read_only(&db).unwrap().count().unwrap(), 2);
 }
@@ -141,11 +203,11 @@ fn writer(db: &std::path::Path, signer: &NoteSigner) -> Writer {
     let cfg = config(db, signer);
     let store = Store::open(&cfg.db_path).unwrap();
     store.no_auto_checkpoints().unwrap();
-    let journal = Journal::open(&journal::path_of(&cfg.db_path)).unwrap();
+    let segments = Segments::open(&cfg.db_path, segments::SIZE, 0).unwrap();
     let frontier = store.log().unwrap().frontier();
     Writer::new(
         cfg,
-        (store, journal),
+        (store, segments),
         (frontier, Frontier::default()),
         0,
         Arc::new(Shared::default()),
@@ -171,66 +233,72 @@ fn synchronous(w: &Writer) -> i64 {
         .unwrap()
 }
 
-/// The journal lets entries go only once a synced commit holds them: a
-/// fill of journaled entries is not synced and the journal keeps them; a
-/// checkpoint (synced) or a commit of entries the journal never held
-/// (synced) restarts it; `settle` syncs even with nothing pending.
+/// Outcomes of the calls in `batch(n)`: nothing waits on them.
+fn outcomes(n: usize) -> Vec<Queued> {
+    (0..n)
+        .map(|i| Queued {
+            event: AuditEvent::new(Phase::Outcome, &format!("r{i}"), "http.request"),
+            owes: false,
+            settles: Some(format!("decision-{i}")),
+            durable: None,
+        })
+        .collect()
+}
+
+/// The store is filled behind the segments, never synced, and only with
+/// events whose segment records are synced: a batch of outcomes alone is
+/// appended unsynced, and a fill syncs the segments before it writes them.
 #[test]
-fn the_journal_keeps_what_no_synced_commit_holds_yet() {
+fn the_store_gets_rows_only_for_synced_segment_records() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
     let signer = NoteSigner::generate("test-node");
     let mut w = writer(&db, &signer);
 
-    // A busy batch: journaled, then filled without a sync.
+    // A busy batch of decisions: appended and synced, then filled unsynced.
     w.write_batch(&mut batch(5), false);
     assert_eq!((w.store.count().unwrap(), w.pending.len()), (0, 5));
+    assert_eq!(w.durable, 5, "a decision's batch is synced");
+    assert_eq!(crate::beyond_store(&db, &w.store).unwrap().len(), 5);
     w.fill();
     assert_eq!(w.store.count().unwrap(), 5);
-    assert_eq!(
-        synchronous(&w),
-        1,
-        "a fill of journaled entries is not synced"
-    );
-    assert!(!w.journal.is_empty(), "the journal still holds them");
-    assert_eq!(crate::journaled(&db).unwrap().len(), 5);
+    assert_eq!(synchronous(&w), 1, "a fill is not synced");
+    assert!(crate::beyond_store(&db, &w.store).unwrap().is_empty());
 
-    // A signed checkpoint is a synced commit: now the journal may restart.
+    // Outcomes alone: appended unsynced; the next fill syncs them first.
+    w.write_batch(&mut outcomes(2), false);
+    assert_eq!(w.durable, 5, "nothing waits on outcomes: no sync");
+    w.fill_chunk();
+    assert_eq!(w.durable, 7, "synced before the store got their rows");
+    assert_eq!(w.store.count().unwrap(), 7);
+
+    // Decisions behind unsynced outcomes: the chunk takes only what the
+    // sync covers, oldest first, `FILL_CHUNK` at most.
+    w.write_batch(&mut outcomes(1), false);
+    w.write_batch(&mut batch(FILL_CHUNK + 2), false);
+    assert_eq!(w.durable, 8 + FILL_CHUNK as u64 + 2);
+    w.fill_chunk();
+    assert_eq!(w.store.count().unwrap(), 7 + FILL_CHUNK as u64);
+    assert_eq!(w.pending.len(), 3);
+    assert_eq!(w.pending[0].0.seq, 7 + FILL_CHUNK as u64, "oldest first");
+    assert!(w.pending_since.is_some(), "the rest is still owed a fill");
+    w.write_batch(&mut outcomes(1), false);
+    w.fill_chunk();
+    assert_eq!(w.pending.len(), 1, "the unsynced outcome waits");
+    assert_eq!(synchronous(&w), 1, "chunks are not synced");
+
+    // A signed checkpoint syncs the segments, fills, and commits synced.
     w.checkpoint();
     assert_eq!(synchronous(&w), 2);
-    assert!(w.journal.is_empty());
-    assert_eq!(w.store.checkpoints().unwrap().last().map(|c| c.0), Some(5));
-
-    // A small batch is journaled too (a synced SQLite commit costs more
-    // than the journal's one write), and filled behind in chunks: the
-    // oldest `FILL_CHUNK` first, never synced.
-    w.write_batch(&mut batch(1), false);
-    assert_eq!((w.store.count().unwrap(), w.pending.len()), (5, 1));
-    w.write_batch(&mut batch(FILL_CHUNK + 2), false);
-    w.fill_chunk();
-    assert_eq!(w.store.count().unwrap(), 5 + FILL_CHUNK as u64);
-    assert_eq!(w.pending.len(), 3);
-    assert_eq!(w.pending[0].0.seq, 5 + FILL_CHUNK as u64, "oldest first");
-    assert!(w.pending_since.is_some(), "the rest is still owed a fill");
-    w.fill_chunk();
     assert!(w.pending.is_empty() && w.pending_since.is_none());
-    assert_eq!(synchronous(&w), 1, "chunks are not synced");
-    assert_eq!(crate::journaled(&db).unwrap().len(), FILL_CHUNK + 3);
-
-    // Journaled, filled unsynced, then settled with nothing pending: one
-    // synced commit of the log size.
-    w.write_batch(&mut batch(4), false);
-    w.fill();
-    assert_eq!(synchronous(&w), 1);
-    w.settle();
-    assert_eq!(synchronous(&w), 2);
-    assert!(w.journal.is_empty());
-    let synced: i64 = w
-        .store
-        .conn
-        .query_row("SELECT size FROM synced WHERE id = 0", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(synced, 5 + FILL_CHUNK as i64 + 3 + 4);
+    let size = 8 + FILL_CHUNK as u64 + 3;
+    assert_eq!(w.durable, size);
+    assert_eq!(
+        w.store.checkpoints().unwrap().last().map(|c| c.0),
+        Some(size)
+    );
+    let report = crate::verify(&w.store, &signer.verifier(), &[]).unwrap();
+    assert!(report.ok(), "{report:?}");
 }
 
 /// `store_rows` leaves out of `owed` and `settled` exactly the decisions
@@ -243,7 +311,7 @@ fn a_call_settled_in_the_same_commit_never_touches_owed() {
             .into_iter()
             .map(|e| {
                 let columns = Columns::from_json(&e.json).unwrap();
-                (e, [0; 32], columns)
+                (e, [0; 32], columns, None)
             })
             .collect()
     };
@@ -415,9 +483,10 @@ fn the_checkpointer_copies_what_the_writer_filled_into_the_database_file() {
             .unwrap();
     }
     audit.flush().unwrap();
-    // 2,000 events of ~500 bytes of JSON each: at least 1 MB once copied.
+    // 2,000 rows (where each event is, its indexed columns, its leaf) of
+    // well over 50 bytes each with their index entries, once copied.
     eventually("the database file holds the events", || {
-        std::fs::metadata(&db).unwrap().len() > empty + 1_000_000
+        std::fs::metadata(&db).unwrap().len() > empty + 100_000
     });
     pipeline.shutdown().unwrap();
 }

@@ -7,7 +7,7 @@
 //! every fill), at most once per `EVERY`, and once a second when nothing
 //! kicks it. Often and small on purpose: a checkpoint syncs the WAL and
 //! the database file, and one that flushed 200 ms of fills at once made the
-//! journal's `fdatasync` — the one a call's decision waits for — queue
+//! segments' `fdatasync` — the one a call's decision waits for — queue
 //! behind it on the disk: at 1,000 req/s the p99 a call waited fell from
 //! 2.9 to 1.5 ms when checkpoints came every 50 ms instead of every 200
 //! (docs/benchmarks.md, "Changes measured"; every second made it 3.9).

@@ -1,0 +1,547 @@
+//! The audit segments: the store of record for every event's bytes. Each
+//! batch is appended to the current segment with one write and, when a
+//! decision waits on it, one `fdatasync`; the SQLite store then holds only
+//! where each event is (`seg`, `off`) beside the columns its indexes need,
+//! so an event's bytes are written once instead of three times (journal,
+//! WAL, database file).
+//!
+//! Segments live in `<db stem>.segments/` as `NNNNNNNNNNNNNNNN.seg`,
+//! numbered from 1 in log order, each written full of zeros before its
+//! first record (so appends change no file metadata and `fdatasync` flushes
+//! data only). A spare is zeroed by a helper thread while the current one
+//! fills, so a rotation costs a rename, not a 16 MiB write. Records use the
+//! journal's format (`journal::encode`): CRC-framed, sequence numbered; a
+//! segment's valid records end at the first torn one, and the writer
+//! continues there after a restart. Retention removes whole segments once
+//! every event in them was pruned from the store.
+//!
+//! Written by hand, as the journal was: no well-kept crate offers a
+//! preallocated, CRC-framed segment log with `fdatasync`.
+//!
+//! Must never: report a record durable before `fdatasync` returned, reuse
+//! or rewrite a segment, or return bytes that do not match their CRC.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crate::journal::{self, Entry};
+use crate::AuditError;
+
+/// A segment's size (smaller when retention caps the store's size).
+pub(crate) const SIZE: u64 = 16 << 20;
+/// The smallest segment.
+const MIN_SIZE: u64 = 64 << 10;
+const SPARE: &str = "spare";
+
+/// Where a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub(crate) seg: u64,
+    pub(crate) off: u64,
+}
+
+/// The segments of the store at `db`: `audit.db` → `audit.segments/`.
+pub(crate) fn dir_of(db: &Path) -> PathBuf {
+    db.with_extension("segments")
+}
+
+/// The segment size for a store capped at `max_bytes`: an eighth of it,
+/// so retention can free space a segment at a time.
+pub(crate) fn size_for(max_bytes: Option<u64>) -> u64 {
+    max_bytes.map_or(SIZE, |m| (m / 8).clamp(MIN_SIZE, SIZE))
+}
+
+/// The file name of segment `seg`.
+pub(crate) fn file_name(seg: u64) -> String {
+    format!("{seg:016}.seg")
+}
+
+fn path(dir: &Path, seg: u64) -> PathBuf {
+    dir.join(file_name(seg))
+}
+
+fn io(path: &Path, e: std::io::Error) -> AuditError {
+    AuditError::Io(format!("audit segment {}: {e}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The numbers of the segments in `dir`, ascending (none when it is missing).
+pub(crate) fn list(dir: &Path) -> Result<Vec<u64>, AuditError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(|e| io(dir, e))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Writes `path` full of zeros (`size` bytes) under a temporary name,
+/// syncs it, and renames it into place.
+fn make_zeroed(path: &Path, size: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    let zeros = vec![0u8; (1 << 20).min(size as usize)];
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The segment log, open for appending.
+pub(crate) struct Segments {
+    dir: PathBuf,
+    size: u64,
+    file: File,
+    /// The current segment's number and length.
+    seg: u64,
+    len: u64,
+    /// Where the next record goes.
+    at: u64,
+    /// Bytes in the segments before the current one.
+    older: u64,
+    /// The helper zeroing the next spare.
+    spare: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Segments {
+    /// Opens the segments of the store at `db` at the end of the newest
+    /// one's valid records, creating one numbered after `after` (the
+    /// newest segment the store refers to) when there is none that new.
+    /// New segments are `size` bytes.
+    pub(crate) fn open(db: &Path, size: u64, after: u64) -> Result<Self, AuditError> {
+        let dir = dir_of(db);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).map_err(|e| io(&dir, e))?;
+            }
+        }
+        let segs = list(&dir)?;
+        let seg = match segs.last() {
+            Some(&n) if n >= after => n,
+            _ => {
+                make_zeroed(&path(&dir, after + 1), size).map_err(|e| io(&dir, e))?;
+                sync_dir(&dir).map_err(|e| io(&dir, e))?;
+                after + 1
+            }
+        };
+        let mut older = 0;
+        for &n in segs.iter().filter(|&&n| n != seg) {
+            let p = path(&dir, n);
+            older += std::fs::metadata(&p).map_err(|e| io(&p, e))?.len();
+        }
+        let p = path(&dir, seg);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .map_err(|e| io(&p, e))?;
+        let len = file.metadata().map_err(|e| io(&p, e))?.len();
+        let (_, at) = journal::read_records(&file, 0).map_err(|e| io(&p, e))?;
+        // What a killed process appended without a sync may be in the page
+        // cache only: synced before the store gets rows for it.
+        file.sync_data().map_err(|e| io(&p, e))?;
+        let mut s = Self {
+            dir,
+            size,
+            file,
+            seg,
+            len,
+            at,
+            older,
+            spare: None,
+        };
+        s.prepare_spare();
+        Ok(s)
+    }
+
+    /// Starts zeroing a spare segment unless one is ready.
+    fn prepare_spare(&mut self) {
+        let spare = self.dir.join(SPARE);
+        if spare.exists() && std::fs::metadata(&spare).is_ok_and(|m| m.len() == self.size) {
+            return;
+        }
+        let size = self.size;
+        self.spare = std::thread::Builder::new()
+            .name("audit-spare".into())
+            .spawn(move || make_zeroed(&spare, size))
+            .ok();
+    }
+
+    /// Appends the entries after the last ones (moving to a new segment
+    /// when they do not fit), then, with `sync`, waits for `fdatasync`.
+    /// Returns where each entry went.
+    pub(crate) fn append<'a>(
+        &mut self,
+        entries: impl Iterator<Item = &'a Entry>,
+        sync: bool,
+    ) -> Result<Vec<Loc>, AuditError> {
+        let mut buf = Vec::new();
+        let mut offsets = Vec::new();
+        for e in entries {
+            offsets.push(buf.len() as u64);
+            journal::encode(e, &mut buf);
+        }
+        if self.at > 0 && self.at + buf.len() as u64 > self.len {
+            self.rotate()?;
+        }
+        let p = path(&self.dir, self.seg);
+        self.file
+            .write_all_at(&buf, self.at)
+            .map_err(|e| io(&p, e))?;
+        if sync {
+            self.file.sync_data().map_err(|e| io(&p, e))?;
+        }
+        let (seg, at) = (self.seg, self.at);
+        self.at += buf.len() as u64;
+        self.len = self.len.max(self.at);
+        Ok(offsets
+            .into_iter()
+            .map(|o| Loc { seg, off: at + o })
+            .collect())
+    }
+
+    /// Syncs the current segment (the older ones were synced when it
+    /// became current).
+    pub(crate) fn sync(&self) -> Result<(), AuditError> {
+        self.file
+            .sync_data()
+            .map_err(|e| io(&path(&self.dir, self.seg), e))
+    }
+
+    /// Moves to the next segment: the current one synced, the spare (or,
+    /// when it is not ready, a new zeroed file) renamed into place.
+    pub(crate) fn rotate(&mut self) -> Result<(), AuditError> {
+        let old = path(&self.dir, self.seg);
+        self.file.sync_data().map_err(|e| io(&old, e))?;
+        let next = path(&self.dir, self.seg + 1);
+        let ready = self
+            .spare
+            .take()
+            .is_none_or(|h| h.join().is_ok_and(|r| r.is_ok()));
+        let spare = self.dir.join(SPARE);
+        let moved = ready
+            && std::fs::metadata(&spare).is_ok_and(|m| m.len() == self.size)
+            && std::fs::rename(&spare, &next).is_ok();
+        if !moved {
+            make_zeroed(&next, self.size).map_err(|e| io(&next, e))?;
+        }
+        sync_dir(&self.dir).map_err(|e| io(&next, e))?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&next)
+            .map_err(|e| io(&next, e))?;
+        self.older += self.len;
+        self.seg += 1;
+        self.len = self.size;
+        self.at = 0;
+        self.prepare_spare();
+        Ok(())
+    }
+
+    /// Bytes the segments hold: every older segment whole, the current
+    /// one up to its last record.
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.older + self.at
+    }
+
+    /// Removes every segment before `seg` (their events were all pruned
+    /// from the store); never the current one.
+    pub(crate) fn remove_before(&mut self, seg: u64) -> Result<(), AuditError> {
+        for n in list(&self.dir)? {
+            if n >= seg.min(self.seg) {
+                break;
+            }
+            let p = path(&self.dir, n);
+            let len = std::fs::metadata(&p).map_err(|e| io(&p, e))?.len();
+            std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+            self.older = self.older.saturating_sub(len);
+        }
+        Ok(())
+    }
+
+    /// The current segment's number.
+    pub(crate) fn current(&self) -> u64 {
+        self.seg
+    }
+}
+
+fn open_if_there(p: &Path) -> Result<Option<File>, AuditError> {
+    match File::open(p) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(p, e)),
+    }
+}
+
+/// Every record in the segments of the store at `db` with a sequence
+/// number of at least `from`, in log order, with where it is. Reads from
+/// the newest segment that starts at or before `from`; safe beside a
+/// running writer (a record being written fails its CRC and ends the read).
+pub(crate) fn read_from(db: &Path, from: u64) -> Result<Vec<(Entry, Loc)>, AuditError> {
+    let dir = dir_of(db);
+    let segs = list(&dir)?;
+    let mut start = 0;
+    for (i, &n) in segs.iter().enumerate().rev() {
+        let p = path(&dir, n);
+        // Retention may remove an old segment meanwhile.
+        let Some(file) = open_if_there(&p)? else {
+            continue;
+        };
+        match journal::read_record(&file, 0).map_err(|e| io(&p, e))? {
+            Some((first, _)) if first.seq <= from => {
+                start = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut last: Option<u64> = None;
+    for &n in &segs[start..] {
+        let p = path(&dir, n);
+        let Some(file) = open_if_there(&p)? else {
+            continue;
+        };
+        let mut at = 0;
+        while let Some((entry, next)) = journal::read_record(&file, at).map_err(|e| io(&p, e))? {
+            if let Some(l) = last.filter(|l| entry.seq != l + 1) {
+                return Err(AuditError::Corrupt(format!(
+                    "the audit segments jump from event #{l} to #{} in {}",
+                    entry.seq,
+                    p.display()
+                )));
+            }
+            last = Some(entry.seq);
+            let loc = Loc { seg: n, off: at };
+            at = next;
+            if entry.seq >= from {
+                out.push((entry, loc));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The events durable in the segments (or a legacy journal) of the store
+/// at `db` that the store does not hold yet (the writer fills the store
+/// behind the segments; a gateway that stopped first writes them in at its
+/// next start), in log order.
+pub fn beyond_store(
+    db: &Path,
+    store: &crate::Store,
+) -> Result<Vec<crate::store::StoredEvent>, AuditError> {
+    let size = store.log_size()?;
+    let legacy = journal::read_path(&journal::path_of(db))?;
+    let segments = read_from(db, size)?.into_iter().map(|(e, _)| e);
+    legacy
+        .into_iter()
+        .chain(segments)
+        .filter(|e| e.seq >= size)
+        .map(|e| {
+            Ok(crate::store::StoredEvent {
+                seq: e.seq,
+                json: String::from_utf8(e.json).map_err(|e| AuditError::Encoding(e.to_string()))?,
+            })
+        })
+        .collect()
+}
+
+/// The JSON of the record at `off` in `file`, if it is there and intact.
+fn read_json(file: &File, off: u64) -> Option<String> {
+    let (entry, _) = journal::read_record(file, off).ok()??;
+    String::from_utf8(entry.json).ok()
+}
+
+/// Registers the SQL function `lattice_event(seg, off)` on a connection to
+/// the store at `db`: the JSON of the event recorded there, or NULL when
+/// the record is missing or damaged. It keeps the last two segments it
+/// read open (a reader goes through the log in order; a segment retention
+/// removed is not held open for long).
+pub(crate) fn register(conn: &rusqlite::Connection, db: &Path) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let dir = dir_of(db);
+    let files: parking_lot::Mutex<Vec<(u64, File)>> = parking_lot::Mutex::new(Vec::new());
+    conn.create_scalar_function(
+        "lattice_event",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        move |ctx| {
+            let (Some(seg), Some(off)) = (ctx.get::<Option<i64>>(0)?, ctx.get::<Option<i64>>(1)?)
+            else {
+                return Ok(None);
+            };
+            let (seg, off) = (seg as u64, off as u64);
+            let mut files = files.lock();
+            if !files.iter().any(|(n, _)| *n == seg) {
+                let Ok(file) = File::open(path(&dir, seg)) else {
+                    return Ok(None);
+                };
+                if files.len() >= 2 {
+                    files.remove(0);
+                }
+                files.push((seg, file));
+            }
+            Ok(files
+                .iter()
+                .find(|(n, _)| *n == seg)
+                .and_then(|(_, f)| read_json(f, off)))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::journal::tests::{entry, scribble};
+
+    fn seqs(db: &Path, from: u64) -> Vec<u64> {
+        read_from(db, from)
+            .unwrap()
+            .iter()
+            .map(|(e, _)| e.seq)
+            .collect()
+    }
+
+    #[test]
+    fn records_come_back_as_written_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
+        assert_eq!(s.current(), 1);
+        assert_eq!(
+            std::fs::metadata(dir_of(&db).join(file_name(1)))
+                .unwrap()
+                .len(),
+            MIN_SIZE,
+            "written full of zeros up front"
+        );
+        let written: Vec<Entry> = (0..10).map(entry).collect();
+        let locs = s.append(written[..4].iter(), true).unwrap();
+        assert_eq!(locs[0], Loc { seg: 1, off: 0 });
+        s.append(written[4..7].iter(), false).unwrap();
+        drop(s);
+        // Reopened, it goes on after the last record.
+        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
+        s.append(written[7..].iter(), true).unwrap();
+        let read = read_from(&db, 0).unwrap();
+        assert_eq!(
+            read.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+            written
+        );
+        assert_eq!(seqs(&db, 6), [6, 7, 8, 9]);
+        assert_eq!(
+            s.used_bytes(),
+            read[9].1.off + {
+                let mut b = Vec::new();
+                journal::encode(&written[9], &mut b);
+                b.len() as u64
+            }
+        );
+    }
+
+    #[test]
+    fn a_torn_record_is_written_over_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
+        let locs = s
+            .append((0..3).map(entry).collect::<Vec<_>>().iter(), true)
+            .unwrap();
+        drop(s);
+        // The third record torn, as a crash mid-write leaves it.
+        scribble(&dir_of(&db).join(file_name(1)), locs[2].off + 20, b"XX");
+        assert_eq!(seqs(&db, 0), [0, 1]);
+        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
+        let again = s.append([entry(2)].iter(), true).unwrap();
+        assert_eq!(again[0], locs[2], "the torn record's place is reused");
+        assert_eq!(seqs(&db, 0), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_full_segment_moves_on_to_the_next_and_old_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
+        let big = |seq: u64| Entry {
+            seq,
+            json: vec![b'x'; 20 << 10],
+            owes: None,
+            settles: None,
+        };
+        let mut segs = Vec::new();
+        for seq in 0..7 {
+            segs.push(s.append([big(seq)].iter(), false).unwrap()[0].seg);
+        }
+        // Three 20 KiB records fit in 64 KiB.
+        assert_eq!(segs, [1, 1, 1, 2, 2, 2, 3]);
+        assert_eq!(list(&dir_of(&db)).unwrap(), [1, 2, 3]);
+        assert_eq!(seqs(&db, 0), (0..7).collect::<Vec<_>>());
+        assert_eq!(seqs(&db, 4), [4, 5, 6], "read from the segment holding #4");
+        assert_eq!(s.used_bytes(), 2 * MIN_SIZE + (20 << 10) + 12 + 9);
+        // A record larger than a whole segment goes into a new one of its own.
+        let huge = Entry {
+            json: vec![b'y'; MIN_SIZE as usize],
+            ..big(7)
+        };
+        assert_eq!(s.append([&huge].into_iter(), true).unwrap()[0].seg, 4);
+        assert_eq!(seqs(&db, 7), [7]);
+        s.remove_before(3).unwrap();
+        assert_eq!(list(&dir_of(&db)).unwrap(), [3, 4]);
+        s.remove_before(9).unwrap();
+        assert_eq!(list(&dir_of(&db)).unwrap(), [4], "never the current one");
+        assert_eq!(s.current(), 4);
+    }
+
+    #[test]
+    fn lattice_event_reads_a_record_and_null_for_a_damaged_or_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
+        let locs = s
+            .append((0..2).map(entry).collect::<Vec<_>>().iter(), true)
+            .unwrap();
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        register(&conn, &db).unwrap();
+        let read = |seg: u64, off: u64| -> Option<String> {
+            conn.query_row(
+                "SELECT lattice_event(?1, ?2)",
+                [seg as i64, off as i64],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(read(1, locs[1].off).as_deref(), Some("{\"seq\":1}"));
+        assert_eq!(read(1, locs[1].off + 1), None, "not where a record starts");
+        assert_eq!(read(7, 0), None, "no such segment");
+        scribble(&dir_of(&db).join(file_name(1)), locs[0].off + 22, b"X");
+        assert_eq!(read(1, locs[0].off), None, "its CRC fails");
+    }
+}

@@ -1,0 +1,127 @@
+//! The writer's two stores: appending a batch to the segments, and filling
+//! the SQLite store behind them — only with entries whose segment records
+//! are synced, in unsynced commits of at most `FILL_CHUNK` (a synced one at
+//! shutdown) — retrying each until it succeeds while the pipeline reports
+//! itself failing.
+//!
+//! Must never: write a store row for a segment record not yet synced, or
+//! drop or reorder a pending entry.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::rows::{store_rows, Pending};
+use super::{Writer, FILL_CHUNK};
+
+impl Writer {
+    /// Appends to the segments, retrying until they take the entries, and
+    /// keeps the entries pending (their JSON now in the segments only).
+    pub(super) fn append(&mut self, entries: Vec<Pending>, sync: bool) {
+        let mut backoff = Duration::from_millis(50);
+        let locs = loop {
+            match self
+                .segments
+                .append(entries.iter().map(|(e, _, _, _)| e), sync)
+            {
+                Ok(locs) => break locs,
+                Err(err) => {
+                    self.shared.failing.store(true, Ordering::Release);
+                    tracing::error!(error = %err, events = entries.len(), "audit segment write failed; refusing new calls until it recovers");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        self.shared.failing.store(false, Ordering::Release);
+        self.pending_since.get_or_insert_with(Instant::now);
+        for ((mut e, leaf, columns, _), loc) in entries.into_iter().zip(locs) {
+            e.json = Vec::new();
+            self.pending.push((e, leaf, columns, Some(loc)));
+        }
+    }
+
+    /// Syncs the segments if anything was appended unsynced, retrying
+    /// until it is (outcomes-only batches), so every pending entry may go
+    /// into the store.
+    pub(super) fn sync_segments(&mut self) {
+        let size = self.frontier.size();
+        if self.durable >= size {
+            return;
+        }
+        let mut backoff = Duration::from_millis(50);
+        while let Err(err) = self.segments.sync() {
+            self.shared.failing.store(true, Ordering::Release);
+            tracing::error!(error = %err, "audit segment sync failed; refusing new calls until it recovers");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        self.shared.failing.store(false, Ordering::Release);
+        self.durable = size;
+    }
+
+    /// Writes every pending entry into the store in one commit (their
+    /// segment records synced first), retrying until the store accepts it.
+    /// The commit is not synced: the segments hold the events durably, and
+    /// the next start writes in what a power cut lost.
+    pub(super) fn fill(&mut self) {
+        if !self.pending.is_empty() {
+            self.sync_segments();
+            self.write_pending(self.pending.len(), false);
+        }
+    }
+
+    /// Fills the oldest pending entries whose segment records are synced,
+    /// at most `FILL_CHUNK`, in one unsynced commit; when none is, syncs
+    /// the segments first (the writer is idle, or only outcomes came).
+    pub(super) fn fill_chunk(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut n = self
+            .pending
+            .iter()
+            .take(FILL_CHUNK)
+            .take_while(|(e, _, _, _)| e.seq < self.durable)
+            .count();
+        if n == 0 {
+            self.sync_segments();
+            n = self.pending.len().min(FILL_CHUNK);
+        }
+        self.write_pending(n, false);
+    }
+
+    /// Writes every pending entry into the store in a synced commit.
+    pub(super) fn settle(&mut self) {
+        if !self.pending.is_empty() {
+            self.sync_segments();
+            self.write_pending(self.pending.len(), true);
+        }
+    }
+
+    /// Writes the oldest `n` pending entries in one commit, synced or not.
+    pub(super) fn write_pending(&mut self, n: usize, sync: bool) {
+        let rest = self.pending.split_off(n);
+        let entries = std::mem::replace(&mut self.pending, rest);
+        let (rows, owed, settled) = store_rows(entries);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let written = if sync {
+                self.store.append(&rows, &owed, &settled)
+            } else {
+                self.store.append_unsynced(&rows, &owed, &settled)
+            };
+            let Err(err) = written else { break };
+            self.shared.failing.store(true, Ordering::Release);
+            tracing::error!(error = %err, events = rows.len(), "audit store write failed; refusing new calls until it recovers");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        self.shared.failing.store(false, Ordering::Release);
+        if let Some(wal) = &self.wal {
+            wal.wrote();
+        }
+        if self.pending.is_empty() {
+            self.pending_since = None;
+        }
+    }
+}
