@@ -126,6 +126,9 @@ pub(crate) struct Segments {
     older: u64,
     /// The helper zeroing the next spare.
     spare: Option<JoinHandle<std::io::Result<()>>>,
+    /// A batch an error cut short: its first sequence number and where
+    /// the entries written so far went.
+    partial: Option<(u64, Vec<Loc>)>,
 }
 
 impl Segments {
@@ -175,6 +178,7 @@ impl Segments {
             at,
             older,
             spare: None,
+            partial: None,
         };
         s.prepare_spare();
         Ok(s)
@@ -193,37 +197,67 @@ impl Segments {
             .ok();
     }
 
-    /// Appends the entries after the last ones (moving to a new segment
-    /// when they do not fit), then, with `sync`, waits for `fdatasync`.
-    /// Returns where each entry went.
+    /// Appends the entries after the last ones, moving to a new segment
+    /// whenever the next one does not fit (a record larger than a whole
+    /// segment gets one of its own), then, with `sync`, waits for
+    /// `fdatasync`. Returns where each entry went. Called again with the
+    /// same entries after an error, it goes on where it stopped: nothing is
+    /// written twice.
     pub(crate) fn append<'a>(
         &mut self,
         entries: impl Iterator<Item = &'a Entry>,
         sync: bool,
     ) -> Result<Vec<Loc>, AuditError> {
+        let entries: Vec<&Entry> = entries.collect();
+        let Some(first) = entries.first().map(|e| e.seq) else {
+            return Ok(Vec::new());
+        };
+        let mut locs = match self.partial.take() {
+            Some((seq, locs)) if seq == first => locs,
+            _ => Vec::new(),
+        };
+        let done =
+            self.write(&entries, &mut locs)
+                .and_then(|()| if sync { self.sync() } else { Ok(()) });
+        match done {
+            Ok(()) => Ok(locs),
+            Err(e) => {
+                self.partial = Some((first, locs));
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the entries after the first `locs.len()`, a segment's worth
+    /// at a time, adding where each went to `locs`.
+    fn write(&mut self, entries: &[&Entry], locs: &mut Vec<Loc>) -> Result<(), AuditError> {
         let mut buf = Vec::new();
-        let mut offsets = Vec::new();
-        for e in entries {
-            offsets.push(buf.len() as u64);
-            journal::encode(e, &mut buf);
+        while locs.len() < entries.len() {
+            buf.clear();
+            let mut offsets = Vec::new();
+            for e in &entries[locs.len()..] {
+                let start = buf.len();
+                journal::encode(e, &mut buf);
+                if self.at + buf.len() as u64 > self.len && (self.at > 0 || start > 0) {
+                    buf.truncate(start);
+                    break;
+                }
+                offsets.push(start as u64);
+            }
+            if offsets.is_empty() {
+                self.rotate()?;
+                continue;
+            }
+            let p = path(&self.dir, self.seg);
+            self.file
+                .write_all_at(&buf, self.at)
+                .map_err(|e| io(&p, e))?;
+            let (seg, at) = (self.seg, self.at);
+            locs.extend(offsets.into_iter().map(|o| Loc { seg, off: at + o }));
+            self.at += buf.len() as u64;
+            self.len = self.len.max(self.at);
         }
-        if self.at > 0 && self.at + buf.len() as u64 > self.len {
-            self.rotate()?;
-        }
-        let p = path(&self.dir, self.seg);
-        self.file
-            .write_all_at(&buf, self.at)
-            .map_err(|e| io(&p, e))?;
-        if sync {
-            self.file.sync_data().map_err(|e| io(&p, e))?;
-        }
-        let (seg, at) = (self.seg, self.at);
-        self.at += buf.len() as u64;
-        self.len = self.len.max(self.at);
-        Ok(offsets
-            .into_iter()
-            .map(|o| Loc { seg, off: at + o })
-            .collect())
+        Ok(())
     }
 
     /// Syncs the current segment (the older ones were synced when it
@@ -506,18 +540,23 @@ mod tests {
         assert_eq!(seqs(&db, 0), (0..7).collect::<Vec<_>>());
         assert_eq!(seqs(&db, 4), [4, 5, 6], "read from the segment holding #4");
         assert_eq!(s.used_bytes(), 2 * MIN_SIZE + (20 << 10) + 12 + 9);
+        // A batch that does not fit is split: what fits stays, the rest
+        // goes on in the next segment.
+        let batch: Vec<Entry> = (7..10).map(big).collect();
+        let locs = s.append(batch.iter(), true).unwrap();
+        assert_eq!(locs.iter().map(|l| l.seg).collect::<Vec<_>>(), [3, 3, 4]);
         // A record larger than a whole segment goes into a new one of its own.
         let huge = Entry {
             json: vec![b'y'; MIN_SIZE as usize],
-            ..big(7)
+            ..big(10)
         };
-        assert_eq!(s.append([&huge].into_iter(), true).unwrap()[0].seg, 4);
-        assert_eq!(seqs(&db, 7), [7]);
-        s.remove_before(3).unwrap();
-        assert_eq!(list(&dir_of(&db)).unwrap(), [3, 4]);
+        assert_eq!(s.append([&huge].into_iter(), true).unwrap()[0].seg, 5);
+        assert_eq!(seqs(&db, 8), [8, 9, 10]);
+        s.remove_before(4).unwrap();
+        assert_eq!(list(&dir_of(&db)).unwrap(), [4, 5]);
         s.remove_before(9).unwrap();
-        assert_eq!(list(&dir_of(&db)).unwrap(), [4], "never the current one");
-        assert_eq!(s.current(), 4);
+        assert_eq!(list(&dir_of(&db)).unwrap(), [5], "never the current one");
+        assert_eq!(s.current(), 5);
     }
 
     #[test]
