@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::rows::{store_rows, Pending};
-use super::{Writer, FILL_CHUNK};
+use super::{Writer, FILL_CHUNK, IDLE_FILL, UNSYNCED_WAIT};
 
 impl Writer {
     /// Appends to the segments, retrying until they take the entries, and
@@ -57,6 +57,7 @@ impl Writer {
         }
         self.shared.failing.store(false, Ordering::Release);
         self.durable = size;
+        self.unsynced_since = None;
     }
 
     /// Writes every pending entry into the store in one commit (their
@@ -71,8 +72,12 @@ impl Writer {
     }
 
     /// Fills the oldest pending entries whose segment records are synced,
-    /// at most `FILL_CHUNK`, in one unsynced commit; when none is, syncs
-    /// the segments first (the writer is idle, or only outcomes came).
+    /// at most `FILL_CHUNK`, in one unsynced commit. When the oldest is not
+    /// synced (outcomes alone since the last sync), it waits for the next
+    /// decision's sync to cover it, and syncs by itself only once
+    /// `UNSYNCED_WAIT` passed without one (an idle gateway): a sync of its
+    /// own at every fill doubled the syncs a busy gateway's calls queue
+    /// behind.
     pub(super) fn fill_chunk(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -84,10 +89,33 @@ impl Writer {
             .take_while(|(e, _, _, _)| e.seq < self.durable)
             .count();
         if n == 0 {
+            if self
+                .unsynced_since
+                .is_some_and(|t| t.elapsed() < UNSYNCED_WAIT)
+            {
+                return;
+            }
             self.sync_segments();
             n = self.pending.len().min(FILL_CHUNK);
         }
         self.write_pending(n, false);
+    }
+
+    /// How long until a fill is due, if anything is pending: at once when
+    /// a chunk's worth lags, `IDLE_FILL` after the oldest pending entry was
+    /// appended, and `UNSYNCED_WAIT` after the oldest unsynced one when
+    /// that is the oldest pending.
+    pub(super) fn fill_wait(&self) -> Option<Duration> {
+        let (head, _, _, _) = self.pending.first()?;
+        if head.seq >= self.durable {
+            let waited = self.unsynced_since.map_or(UNSYNCED_WAIT, |t| t.elapsed());
+            return Some(UNSYNCED_WAIT.saturating_sub(waited));
+        }
+        if self.pending.len() >= FILL_CHUNK {
+            return Some(Duration::ZERO);
+        }
+        let waited = self.pending_since.map_or(IDLE_FILL, |t| t.elapsed());
+        Some(IDLE_FILL.saturating_sub(waited))
     }
 
     /// Writes every pending entry into the store in a synced commit.

@@ -262,6 +262,8 @@ struct Writer {
     /// The log size up to which the segments are synced: store rows are
     /// written only below it.
     durable: u64,
+    /// When the oldest append not synced yet was made.
+    unsynced_since: Option<Instant>,
     frontier: Frontier,
     /// The pruned prefix (empty when nothing was pruned).
     pruned: Frontier,
@@ -292,6 +294,7 @@ impl Writer {
             pending: Vec::new(),
             pending_since: None,
             durable: frontier.size(),
+            unsynced_since: None,
             frontier,
             pruned,
             held_back: false,
@@ -309,11 +312,8 @@ impl Writer {
         let mut lazy: Vec<Queued> = Vec::new();
         loop {
             let mut shutdown = false;
-            let wake = if self.pending.len() >= FILL_CHUNK {
-                // Behind: a chunk now if nothing is queued.
-                Duration::ZERO
-            } else if let Some(since) = self.pending_since {
-                IDLE_FILL.saturating_sub(since.elapsed())
+            let wake = if let Some(wait) = self.fill_wait() {
+                wait
             } else if self.cfg.retention.is_set() {
                 self.cfg.checkpoint_interval.min(RETENTION_EVERY)
             } else {
@@ -479,6 +479,9 @@ impl Writer {
         }
         if sync {
             self.durable = self.frontier.size();
+            self.unsynced_since = None;
+        } else {
+            self.unsynced_since.get_or_insert_with(Instant::now);
         }
         for q in batch.iter_mut() {
             if let Some(tx) = q.durable.take() {
@@ -564,6 +567,9 @@ const RETENTION_EVERY: Duration = Duration::from_millis(500);
 const FILL_CHUNK: usize = 128;
 const FILL_LAG: usize = 512;
 const IDLE_FILL: Duration = Duration::from_millis(2);
+/// Outcomes appended without a sync are filled once the next decision's
+/// sync covers them, or after this long without one (`fill::fill_chunk`).
+const UNSYNCED_WAIT: Duration = Duration::from_millis(20);
 /// An outcome is handed over without waking the writer only while the
 /// writer looks for it within this long by itself (at low rates: while
 /// appended entries wait for their fill).

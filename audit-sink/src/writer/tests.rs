@@ -265,9 +265,19 @@ fn the_store_gets_rows_only_for_synced_segment_records() {
     assert_eq!(synchronous(&w), 1, "a fill is not synced");
     assert!(crate::beyond_store(&db, &w.store).unwrap().is_empty());
 
-    // Outcomes alone: appended unsynced; the next fill syncs them first.
+    // Outcomes alone: appended unsynced, and no row for them until a sync
+    // covers them: the next decision's, or after `UNSYNCED_WAIT` one of
+    // their own.
     w.write_batch(&mut outcomes(2), false);
     assert_eq!(w.durable, 5, "nothing waits on outcomes: no sync");
+    assert!(
+        w.fill_wait().unwrap() > IDLE_FILL,
+        "the fill waits for a sync"
+    );
+    w.fill_chunk();
+    assert_eq!((w.durable, w.store.count().unwrap()), (5, 5));
+    std::thread::sleep(UNSYNCED_WAIT);
+    assert_eq!(w.fill_wait(), Some(Duration::ZERO));
     w.fill_chunk();
     assert_eq!(w.durable, 7, "synced before the store got their rows");
     assert_eq!(w.store.count().unwrap(), 7);
