@@ -104,12 +104,14 @@ impl Writer {
     /// How long until a fill is due, if anything is pending: at once when
     /// a chunk's worth lags, `IDLE_FILL` after the oldest pending entry was
     /// appended, and `UNSYNCED_WAIT` after the oldest unsynced one when
-    /// that is the oldest pending.
+    /// that is the oldest pending (checked every `IDLE_FILL` meanwhile).
     pub(super) fn fill_wait(&self) -> Option<Duration> {
         let (head, _, _, _) = self.pending.first()?;
         if head.seq >= self.durable {
+            // Looked at again within `IDLE_FILL` all the same: while the
+            // writer does, outcomes are handed over without waking it.
             let waited = self.unsynced_since.map_or(UNSYNCED_WAIT, |t| t.elapsed());
-            return Some(UNSYNCED_WAIT.saturating_sub(waited));
+            return Some(UNSYNCED_WAIT.saturating_sub(waited).min(IDLE_FILL));
         }
         if self.pending.len() >= FILL_CHUNK {
             return Some(Duration::ZERO);
