@@ -104,14 +104,22 @@ impl Writer {
     /// How long until a fill is due, if anything is pending: at once when
     /// a chunk's worth lags, `IDLE_FILL` after the oldest pending entry was
     /// appended, and `UNSYNCED_WAIT` after the oldest unsynced one when
-    /// that is the oldest pending (checked every `IDLE_FILL` meanwhile).
+    /// that is the oldest pending (and once `IDLE_FILL` after it).
     pub(super) fn fill_wait(&self) -> Option<Duration> {
         let (head, _, _, _) = self.pending.first()?;
         if head.seq >= self.durable {
-            // Looked at again within `IDLE_FILL` all the same: while the
-            // writer does, outcomes are handed over without waking it.
+            // Looked at once more `IDLE_FILL` after the first unsynced
+            // append (while the writer looks within that, the next
+            // outcomes are handed over without waking it), then not before
+            // `UNSYNCED_WAIT` unless woken: waking every `IDLE_FILL` cost an
+            // idle gateway several wake-ups per call.
             let waited = self.unsynced_since.map_or(UNSYNCED_WAIT, |t| t.elapsed());
-            return Some(UNSYNCED_WAIT.saturating_sub(waited).min(IDLE_FILL));
+            let wait = if waited < IDLE_FILL {
+                IDLE_FILL - waited
+            } else {
+                UNSYNCED_WAIT.saturating_sub(waited)
+            };
+            return Some(wait);
         }
         if self.pending.len() >= FILL_CHUNK {
             return Some(Duration::ZERO);
