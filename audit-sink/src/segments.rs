@@ -607,6 +607,32 @@ mod tests {
     }
 
     #[test]
+    fn an_append_cut_short_by_an_error_goes_on_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
+        let big = |seq: u64| Entry {
+            seq,
+            json: vec![b'x'; 20 << 10],
+            owes: None,
+            settles: None,
+        };
+        s.append([big(0), big(1)].iter(), true).unwrap();
+        // The next segment's name is taken by a non-empty directory: the
+        // move to it fails after the batch's first record went in.
+        let blocker = dir_of(&db).join(file_name(2));
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        let batch: Vec<Entry> = (2..5).map(big).collect();
+        assert!(s.append(batch.iter(), true).is_err());
+        std::fs::remove_dir_all(&blocker).unwrap();
+        assert_eq!(seqs(&db, 0), [0, 1, 2], "the first record went in");
+        // Called again with the same batch: nothing is written twice.
+        let locs = s.append(batch.iter(), true).unwrap();
+        assert_eq!(locs.iter().map(|l| l.seg).collect::<Vec<_>>(), [1, 2, 2]);
+        assert_eq!(seqs(&db, 0), [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
     fn lattice_event_reads_a_record_and_null_for_a_damaged_or_missing_one() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("audit.db");
