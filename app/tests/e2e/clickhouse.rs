@@ -52,7 +52,9 @@ fn clickhouse_receives_every_event_and_replays_after_an_outage() {
     ));
     let key = gw.create_key("agent-ch", &["agent"]);
     let auth = bearer(&key);
-    let local_count = |gw: &Gateway| gw.store().count().unwrap();
+    // The store once it holds every durable event (an outcome is filled in
+    // up to 20 ms after it was written to the segments).
+    let local_count = |gw: &Gateway| gw.filled_store().count().unwrap();
     let remote = |ch: &ClickHouse| {
         ch.query(
             "SELECT count(), uniqExact(seq) FROM audit_events WHERE node = 'test-node' FORMAT TSV",
@@ -396,7 +398,7 @@ fn the_admin_api_reads_clickhouse_under_the_same_scope_and_says_when_it_is_down(
         assert_eq!(gw.get("/tools/echo/g", &globex).status, 200);
     }
     wait_for("events in ClickHouse", Duration::from_secs(20), || {
-        let local = gw.store().count().unwrap();
+        let local = gw.filled_store().count().unwrap();
         ch.query("SELECT count() FROM audit_events FORMAT TSV") == local.to_string()
     });
     let read = |path: &str, auth: &str| {
