@@ -503,6 +503,16 @@ mod tests {
     use super::*;
     use crate::journal::tests::{entry, scribble};
 
+    /// A record of about 20 KiB: three fit in a 64 KiB segment.
+    fn big(seq: u64) -> Entry {
+        Entry {
+            seq,
+            json: vec![b'x'; 20 << 10],
+            owes: None,
+            settles: None,
+        }
+    }
+
     fn seqs(db: &Path, from: u64) -> Vec<u64> {
         read_from(db, from)
             .unwrap()
@@ -571,12 +581,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("audit.db");
         let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
-        let big = |seq: u64| Entry {
-            seq,
-            json: vec![b'x'; 20 << 10],
-            owes: None,
-            settles: None,
-        };
         let mut segs = Vec::new();
         for seq in 0..7 {
             segs.push(s.append([big(seq)].iter(), false).unwrap()[0].seg);
@@ -611,12 +615,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("audit.db");
         let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
-        let big = |seq: u64| Entry {
-            seq,
-            json: vec![b'x'; 20 << 10],
-            owes: None,
-            settles: None,
-        };
         s.append([big(0), big(1)].iter(), true).unwrap();
         // The next segment's name is taken by a non-empty directory: the
         // move to it fails after the batch's first record went in.

@@ -594,23 +594,22 @@ impl Store {
 
     /// The newest segment a kept event is in, if any is.
     pub(crate) fn last_segment(&self) -> Result<Option<u64>, AuditError> {
-        let seg: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(seg.map(|s| s as u64))
+        self.segment_at("DESC")
     }
 
     /// The oldest segment a kept event is in, if any is.
     pub(crate) fn first_segment(&self) -> Result<Option<u64>, AuditError> {
+        self.segment_at("ASC")
+    }
+
+    /// The segment of the first event with one in `order` of `seq`.
+    fn segment_at(&self, order: &str) -> Result<Option<u64>, AuditError> {
         let seg: Option<i64> = self
             .conn
             .query_row(
-                "SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq LIMIT 1",
+                &format!(
+                    "SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq {order} LIMIT 1"
+                ),
                 [],
                 |r| r.get(0),
             )
