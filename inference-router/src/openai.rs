@@ -4,6 +4,8 @@
 //! for on every stream), usage, and errors in OpenAI's format.
 
 use bytes::Bytes;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Value};
 
 use crate::InferenceError;
@@ -179,21 +181,66 @@ pub fn check_request(endpoint: Endpoint, body: &[u8]) -> Result<Prepared, Infere
 impl Prepared {
     /// The body sent to a backend: the route's upstream model name, and on a
     /// stream `stream_options.include_usage = true` so usage is always known.
+    /// Always re-encoded from the parsed request (a duplicate key the
+    /// gateway read one way never reaches a backend that might read it
+    /// another), without copying it first.
     pub fn upstream_body(&self, upstream_model: &str) -> Bytes {
-        let mut body = self.body.clone();
-        body["model"] = json!(upstream_model);
-        if self.stream {
-            match body
-                .get_mut("stream_options")
-                .and_then(Value::as_object_mut)
-            {
-                Some(o) => {
-                    o.insert("include_usage".into(), json!(true));
-                }
-                None => body["stream_options"] = json!({"include_usage": true}),
+        let body = Upstream {
+            body: &self.body,
+            model: upstream_model,
+            usage: self.stream,
+        };
+        // Serializing parsed JSON values into memory cannot fail.
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+/// The request as sent upstream: `body` with `model` replaced and, when
+/// `usage`, `stream_options.include_usage` set (`stream_options` made an
+/// object when it was not one).
+struct Upstream<'a> {
+    body: &'a Value,
+    model: &'a str,
+    usage: bool,
+}
+
+impl Serialize for Upstream<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Some(obj) = self.body.as_object() else {
+            return self.body.serialize(s);
+        };
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in obj {
+            match k.as_str() {
+                "model" => map.serialize_entry(k, self.model)?,
+                "stream_options" if self.usage => map.serialize_entry(k, &WithUsage(v))?,
+                _ => map.serialize_entry(k, v)?,
             }
         }
-        Bytes::from(body.to_string())
+        if !obj.contains_key("model") {
+            map.serialize_entry("model", self.model)?;
+        }
+        if self.usage && !obj.contains_key("stream_options") {
+            map.serialize_entry("stream_options", &WithUsage(&Value::Null))?;
+        }
+        map.end()
+    }
+}
+
+/// `stream_options` with `include_usage: true` (its other options kept
+/// when it is an object).
+struct WithUsage<'a>(&'a Value);
+
+impl Serialize for WithUsage<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        if let Some(obj) = self.0.as_object() {
+            for (k, v) in obj.iter().filter(|(k, _)| *k != "include_usage") {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.serialize_entry("include_usage", &true)?;
+        map.end()
     }
 }
 
@@ -216,6 +263,60 @@ pub fn usage_of(v: &Value) -> Option<Usage> {
         prompt_tokens,
         completion_tokens,
     })
+}
+
+/// The usage of a whole (non-streamed) answer, read without building the
+/// rest of it: the other keys are checked as JSON and skipped. The last
+/// `usage` key counts, as for `serde_json::Value` (and most clients).
+pub fn usage_in(answer: &[u8]) -> Option<Usage> {
+    let LastUsage(usage) = serde_json::from_slice(answer).ok()?;
+    usage_of(&json!({ "usage": usage? }))
+}
+
+/// The value of an object's last `usage` key.
+struct LastUsage(Option<Value>);
+
+impl<'de> Deserialize<'de> for LastUsage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = LastUsage;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LastUsage, A::Error> {
+                let mut usage = None;
+                while let Some(IsUsage(is)) = map.next_key()? {
+                    if is {
+                        usage = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(LastUsage(usage))
+            }
+        }
+        d.deserialize_map(Keys)
+    }
+}
+
+/// Whether a key is `usage` (read without copying it).
+struct IsUsage(bool);
+
+impl<'de> Deserialize<'de> for IsUsage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl Visitor<'_> for Key {
+            type Value = IsUsage;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<IsUsage, E> {
+                Ok(IsUsage(k == "usage"))
+            }
+        }
+        d.deserialize_str(Key)
+    }
 }
 
 /// An error body in OpenAI's format:
@@ -329,6 +430,48 @@ mod tests {
     }
 
     #[test]
+    fn the_upstream_body_is_the_request_with_the_model_and_usage_rewritten() {
+        // The reference: the parsed request copied, then changed.
+        let reference = |body: &str, model: &str, stream: bool| -> Value {
+            let mut v: Value = serde_json::from_str(body).unwrap();
+            v["model"] = json!(model);
+            if stream {
+                match v.get_mut("stream_options").and_then(Value::as_object_mut) {
+                    Some(o) => {
+                        o.insert("include_usage".into(), json!(true));
+                    }
+                    None => v["stream_options"] = json!({"include_usage": true}),
+                }
+            }
+            v
+        };
+        let m = r#""messages":[{"role":"user","content":"hi \"there\" \u00e9"}]"#;
+        for body in [
+            format!(r#"{{"model":"alias",{m}}}"#),
+            format!(r#"{{"model":"alias","stream":false,"max_tokens":16,{m},"zzz":[1,2.5,null]}}"#),
+            format!(r#"{{"model":"alias","stream":true,{m}}}"#),
+            format!(
+                r#"{{"stream":true,"stream_options":{{"include_usage":false,"x":1}},"model":"alias",{m}}}"#
+            ),
+            format!(r#"{{"model":"alias","stream":true,"stream_options":null,{m}}}"#),
+            format!(r#"{{"model":"alias","stream":true,"stream_options":"odd",{m}}}"#),
+        ] {
+            let p = check(Endpoint::ChatCompletions, &body).unwrap();
+            let sent: Value = serde_json::from_slice(&p.upstream_body("real-model")).unwrap();
+            assert_eq!(sent, reference(&body, "real-model", p.stream), "{body}");
+        }
+        // A duplicate key reaches the backend once, as the gateway read it.
+        let p = check(
+            Endpoint::ChatCompletions,
+            &format!(r#"{{"model":"a","max_tokens":1,"max_tokens":9,{m}}}"#),
+        )
+        .unwrap();
+        let sent = String::from_utf8(p.upstream_body("real").to_vec()).unwrap();
+        assert_eq!(sent.matches("max_tokens").count(), 1, "{sent}");
+        assert!(sent.contains(r#""max_tokens":9"#), "{sent}");
+    }
+
+    #[test]
     fn usage_is_read() {
         let v = json!({"usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}});
         assert_eq!(
@@ -339,5 +482,32 @@ mod tests {
             })
         );
         assert_eq!(usage_of(&json!({"usage": null})), None);
+        // From a whole answer's bytes, as `usage_of` reads the parsed answer.
+        for answer in [
+            r#"{"id":"x","choices":[{"message":{"content":"a \"usage\": 1"}}],"usage":{"prompt_tokens":7,"completion_tokens":3}}"#,
+            r#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":7,"completion_tokens":3}}"#,
+            r#"{"u\u0073age":{"prompt_tokens":7,"completion_tokens":"3"}}"#,
+            r#"{"usage":{"prompt_tokens":7}}"#,
+            r#"{"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":"7"}}"#,
+            r#"{"choices":[]}"#,
+            r#"{"usage":{"prompt_tokens":7}} trailing"#,
+            r#"[1]"#,
+            "",
+        ] {
+            let whole = serde_json::from_str::<Value>(answer).ok();
+            assert_eq!(
+                usage_in(answer.as_bytes()),
+                whole.as_ref().and_then(usage_of),
+                "{answer}"
+            );
+        }
+        assert_eq!(
+            usage_in(br#"{"usage":{"prompt_tokens":7,"completion_tokens":3}}"#),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            })
+        );
     }
 }

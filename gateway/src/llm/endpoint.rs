@@ -18,12 +18,12 @@
 //! credentials.
 
 use bytes::Bytes;
-use lattice_inference_router::openai::{self, usage_of, Endpoint, Usage};
+use lattice_inference_router::openai::{self, Endpoint, Usage};
 use lattice_inference_router::{BackendState, InferenceError, Resolved, UsageFilter};
 use lattice_policy::{Action, AuthzRequest, Evaluation, Principal, RequestContext, Resource};
 use pingora::proxy::Session;
 use pingora::Result;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 
 use crate::call::Call;
@@ -427,9 +427,7 @@ async fn relay_whole(
             Some(Err(e)) => return Ok(Relayed::NothingSent(e)),
         }
     }
-    if let Ok(v) = serde_json::from_slice::<Value>(&answer) {
-        ctx.llm.usage = usage_of(&v);
-    }
+    ctx.llm.usage = openai::usage_in(&answer);
     let content_type = upstream.content_type.clone();
     crate::respond::bytes(
         session,
