@@ -11,6 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn run(scenario: &str, targets: &str) -> (Value, String) {
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(scenario);
+    run_file(&scenario, &["--smoke", "--targets", targets])
+}
+
+/// Runs the harness on a scenario file with `args`; its report and output.
+fn run_file(scenario: &Path, args: &[&str]) -> (Value, String) {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_lattice-load-compare"));
     let lattice = bin.with_file_name("lattice");
     assert!(
@@ -20,14 +28,12 @@ fn run(scenario: &str, targets: &str) -> (Value, String) {
     );
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scenarios")
-        .join(scenario);
     let out = Command::new(&bin)
-        .arg(&scenario)
+        .arg(scenario)
         .arg("--lattice")
         .arg(&lattice)
-        .args(["--smoke", "--targets", targets, "--json"])
+        .args(args)
+        .arg("--json")
         .arg(&json)
         .output()
         .unwrap();
@@ -94,4 +100,23 @@ fn the_llm_scenario_measures_direct_and_lattice_side_by_side() {
 fn the_mcp_scenario_measures_direct_and_lattice_side_by_side() {
     let (report, _) = run("mcp-call.toml", "direct,lattice");
     check(&report, &["direct", "lattice"]);
+}
+
+#[test]
+fn a_scenario_without_rates_measures_saturation_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("saturation.toml");
+    std::fs::write(
+        &scenario,
+        "route = \"http\"\npath = \"/\"\ntargets = [\"direct\"]\nrates = []\nfixed_seconds = 1\nsaturation_seconds = 1\nconnections = 4\nrounds = 1\n",
+    )
+    .unwrap();
+    let (report, _) = run_file(&scenario, &[]);
+    let measured = report["measured"].as_array().unwrap();
+    assert_eq!(measured.len(), 1, "{report}");
+    assert!(
+        measured[0]["saturation"][0].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert_eq!(measured[0]["fixed"], serde_json::json!([]), "{report}");
 }

@@ -43,7 +43,7 @@ pub struct Scenario {
     /// the check, the fixed rates and the saturation runs alike.
     pub expect: Option<String>,
     pub targets: Vec<String>,
-    /// Open-loop rates, requests/s.
+    /// Open-loop rates, requests/s (none: saturation only).
     pub rates: Vec<u64>,
     pub fixed_seconds: u64,
     pub saturation_seconds: u64,
@@ -200,7 +200,13 @@ pub async fn run(
         .await?;
         t.check(&client).await?;
         // Warm-up: connections, caches, the peer's lazy paths.
-        let _ = fixed_rate(&t.req, scenario.rates[0].min(500), 1, scenario.connections).await?;
+        let _ = fixed_rate(
+            &t.req,
+            scenario.rates.first().map_or(500, |r| (*r).min(500)),
+            1,
+            scenario.connections,
+        )
+        .await?;
         started.push(t);
     }
     let mut measured: Vec<Measured> = started
