@@ -594,25 +594,21 @@ impl Store {
 
     /// The newest segment a kept event is in, if any is.
     pub(crate) fn last_segment(&self) -> Result<Option<u64>, AuditError> {
-        self.segment_at("DESC")
+        self.segment_of(
+            "SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        )
     }
 
     /// The oldest segment a kept event is in, if any is.
     pub(crate) fn first_segment(&self) -> Result<Option<u64>, AuditError> {
-        self.segment_at("ASC")
+        self.segment_of("SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq ASC LIMIT 1")
     }
 
-    /// The segment of the first event with one in `order` of `seq`.
-    fn segment_at(&self, order: &str) -> Result<Option<u64>, AuditError> {
+    /// The segment one of the two queries above answers, if any.
+    fn segment_of(&self, sql: &'static str) -> Result<Option<u64>, AuditError> {
         let seg: Option<i64> = self
             .conn
-            .query_row(
-                &format!(
-                    "SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq {order} LIMIT 1"
-                ),
-                [],
-                |r| r.get(0),
-            )
+            .query_row(sql, [], |r| r.get(0))
             .optional()?;
         Ok(seg.map(|s| s as u64))
     }

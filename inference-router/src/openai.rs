@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::InferenceError;
 
@@ -61,7 +61,7 @@ pub struct Prepared {
     /// The agent did not ask for the usage chunk: the gateway asked for it
     /// and removes it from what the agent receives.
     pub strip_usage: bool,
-    body: Value,
+    body: Map<String, Value>,
 }
 
 const ROLES: [&str; 6] = [
@@ -88,7 +88,7 @@ pub fn check_request(endpoint: Endpoint, body: &[u8]) -> Result<Prepared, Infere
             None,
         )
     })?;
-    let Some(obj) = body.as_object() else {
+    let Value::Object(obj) = body else {
         return Err(bad("The request body must be a JSON object.", None));
     };
     let model = match obj.get("model") {
@@ -174,7 +174,7 @@ pub fn check_request(endpoint: Endpoint, body: &[u8]) -> Result<Prepared, Infere
         model,
         stream,
         strip_usage: stream && !asked_usage,
-        body,
+        body: obj,
     })
 }
 
@@ -199,28 +199,23 @@ impl Prepared {
 /// `usage`, `stream_options.include_usage` set (`stream_options` made an
 /// object when it was not one).
 struct Upstream<'a> {
-    body: &'a Value,
+    body: &'a Map<String, Value>,
     model: &'a str,
     usage: bool,
 }
 
 impl Serialize for Upstream<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let Some(obj) = self.body.as_object() else {
-            return self.body.serialize(s);
-        };
         let mut map = s.serialize_map(None)?;
-        for (k, v) in obj {
+        for (k, v) in self.body {
             match k.as_str() {
                 "model" => map.serialize_entry(k, self.model)?,
                 "stream_options" if self.usage => map.serialize_entry(k, &WithUsage(v))?,
                 _ => map.serialize_entry(k, v)?,
             }
         }
-        if !obj.contains_key("model") {
-            map.serialize_entry("model", self.model)?;
-        }
-        if self.usage && !obj.contains_key("stream_options") {
+        // `model` is always there: `check_request` requires it.
+        if self.usage && !self.body.contains_key("stream_options") {
             map.serialize_entry("stream_options", &WithUsage(&Value::Null))?;
         }
         map.end()
@@ -253,7 +248,12 @@ pub struct Usage {
 
 /// The `usage` object of a response or of a stream's usage chunk.
 pub fn usage_of(v: &Value) -> Option<Usage> {
-    let u = v.get("usage")?.as_object()?;
+    usage_from(v.get("usage")?)
+}
+
+/// A `usage` object's counts.
+fn usage_from(usage: &Value) -> Option<Usage> {
+    let u = usage.as_object()?;
     let prompt_tokens = u.get("prompt_tokens")?.as_u64()?;
     let completion_tokens = u
         .get("completion_tokens")
@@ -270,7 +270,7 @@ pub fn usage_of(v: &Value) -> Option<Usage> {
 /// `usage` key counts, as for `serde_json::Value` (and most clients).
 pub fn usage_in(answer: &[u8]) -> Option<Usage> {
     let LastUsage(usage) = serde_json::from_slice(answer).ok()?;
-    usage_of(&json!({ "usage": usage? }))
+    usage_from(&usage?)
 }
 
 /// The value of an object's last `usage` key.
