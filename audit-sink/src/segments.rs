@@ -1,14 +1,16 @@
 //! The audit segments: the store of record for every event's bytes. Each
-//! batch is appended to the current segment with one write and, when a
-//! decision waits on it, one `fdatasync`; the SQLite store then holds only
+//! batch is appended to the current segment and, when a decision waits on
+//! it, synced: one direct, synchronous write of what was appended since
+//! the last sync (`append`; where the filesystem refuses those, a buffered
+//! write per batch and an `fdatasync`); the SQLite store then holds only
 //! where each event is (`seg`, `off`) beside the columns its indexes need,
 //! so an event's bytes are written once instead of three times (journal,
 //! WAL, database file).
 //!
 //! Segments live in `<db stem>.segments/` as `NNNNNNNNNNNNNNNN.seg`,
 //! numbered from 1 in log order, each written full of zeros before its
-//! first record (so appends change no file metadata and `fdatasync` flushes
-//! data only). A spare is zeroed by a helper thread while the current one
+//! first record (so appends change no file metadata: a synchronous write
+//! or `fdatasync` flushes data only). A spare is zeroed by a helper thread while the current one
 //! fills, so a rotation costs a rename, not a 16 MiB write. Records use the
 //! journal's format (`journal::encode`): CRC-framed, sequence numbered; a
 //! segment's valid records end at the first torn one, and the writer
@@ -18,7 +20,7 @@
 //! Written by hand, as the journal was: no well-kept crate offers a
 //! preallocated, CRC-framed segment log with `fdatasync`.
 //!
-//! Must never: report a record durable before `fdatasync` returned, reuse
+//! Must never: report a record durable before the disk has it, reuse
 //! or rewrite a segment, or return bytes that do not match their CRC.
 
 use std::fs::{File, OpenOptions};
@@ -31,6 +33,11 @@ use std::time::Duration;
 
 use crate::journal::{self, Entry};
 use crate::AuditError;
+
+mod append;
+#[cfg(test)]
+mod tests;
+use append::{Appender, BLOCK};
 
 /// A segment's size (smaller when retention caps the store's size).
 pub(crate) const SIZE: u64 = 16 << 20;
@@ -51,9 +58,11 @@ pub(crate) fn dir_of(db: &Path) -> PathBuf {
 }
 
 /// The segment size for a store capped at `max_bytes`: an eighth of it,
-/// so retention can free space a segment at a time.
+/// so retention can free space a segment at a time; whole blocks.
 pub(crate) fn size_for(max_bytes: Option<u64>) -> u64 {
-    max_bytes.map_or(SIZE, |m| (m / 8).clamp(MIN_SIZE, SIZE))
+    max_bytes.map_or(SIZE, |m| {
+        (m / 8).clamp(MIN_SIZE, SIZE) / BLOCK as u64 * BLOCK as u64
+    })
 }
 
 /// The file name of segment `seg`.
@@ -160,7 +169,9 @@ fn write_back(file: &File, at: u64, len: usize) -> std::io::Result<()> {
 pub(crate) struct Segments {
     dir: PathBuf,
     size: u64,
-    file: File,
+    /// Direct writes are wanted (the filesystem may still refuse them).
+    direct: bool,
+    out: Appender,
     /// The current segment's number and length.
     seg: u64,
     len: u64,
@@ -181,6 +192,16 @@ impl Segments {
     /// newest segment the store refers to) when there is none that new.
     /// New segments are `size` bytes.
     pub(crate) fn open(db: &Path, size: u64, after: u64) -> Result<Self, AuditError> {
+        Self::open_with(db, size, after, true)
+    }
+
+    /// As `open`; `direct`: try direct writes (tests also run without).
+    pub(crate) fn open_with(
+        db: &Path,
+        size: u64,
+        after: u64,
+        direct: bool,
+    ) -> Result<Self, AuditError> {
         let dir = dir_of(db);
         if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
@@ -213,10 +234,12 @@ impl Segments {
         // What a killed process appended without a sync may be in the page
         // cache only: synced before the store gets rows for it.
         file.sync_data().map_err(|e| io(&p, e))?;
+        let out = Appender::open(&p, at, direct).map_err(|e| io(&p, e))?;
         let mut s = Self {
             dir,
             size,
-            file,
+            direct,
+            out,
             seg,
             len,
             at,
@@ -296,9 +319,7 @@ impl Segments {
                 continue;
             }
             let p = path(&self.dir, self.seg);
-            self.file
-                .write_all_at(&buf, self.at)
-                .map_err(|e| io(&p, e))?;
+            self.out.write(&buf, self.at).map_err(|e| io(&p, e))?;
             let (seg, at) = (self.seg, self.at);
             locs.extend(offsets.into_iter().map(|o| Loc { seg, off: at + o }));
             self.at += buf.len() as u64;
@@ -309,9 +330,9 @@ impl Segments {
 
     /// Syncs the current segment (the older ones were synced when it
     /// became current).
-    pub(crate) fn sync(&self) -> Result<(), AuditError> {
-        self.file
-            .sync_data()
+    pub(crate) fn sync(&mut self) -> Result<(), AuditError> {
+        self.out
+            .sync()
             .map_err(|e| io(&path(&self.dir, self.seg), e))
     }
 
@@ -319,7 +340,7 @@ impl Segments {
     /// when it is not ready, a new zeroed file) renamed into place.
     pub(crate) fn rotate(&mut self) -> Result<(), AuditError> {
         let old = path(&self.dir, self.seg);
-        self.file.sync_data().map_err(|e| io(&old, e))?;
+        self.out.sync().map_err(|e| io(&old, e))?;
         let next = path(&self.dir, self.seg + 1);
         let ready = self.spare.take().is_none_or(|(h, urgent)| {
             urgent.store(true, Ordering::Release);
@@ -333,11 +354,7 @@ impl Segments {
             make_zeroed(&next, self.size, None).map_err(|e| io(&next, e))?;
         }
         sync_dir(&self.dir).map_err(|e| io(&next, e))?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&next)
-            .map_err(|e| io(&next, e))?;
+        self.out = Appender::open(&next, 0, self.direct).map_err(|e| io(&next, e))?;
         self.older += self.len;
         self.seg += 1;
         self.len = self.size;
@@ -495,163 +512,4 @@ pub(crate) fn register(conn: &rusqlite::Connection, db: &Path) -> rusqlite::Resu
                 .and_then(|(_, f)| read_json(f, off)))
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-    use crate::journal::tests::{entry, scribble};
-
-    /// A record of about 20 KiB: three fit in a 64 KiB segment.
-    fn big(seq: u64) -> Entry {
-        Entry {
-            seq,
-            json: vec![b'x'; 20 << 10],
-            owes: None,
-            settles: None,
-        }
-    }
-
-    fn seqs(db: &Path, from: u64) -> Vec<u64> {
-        read_from(db, from)
-            .unwrap()
-            .iter()
-            .map(|(e, _)| e.seq)
-            .collect()
-    }
-
-    #[test]
-    fn records_come_back_as_written_across_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("audit.db");
-        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
-        assert_eq!(s.current(), 1);
-        assert_eq!(
-            std::fs::metadata(dir_of(&db).join(file_name(1)))
-                .unwrap()
-                .len(),
-            MIN_SIZE,
-            "written full of zeros up front"
-        );
-        let written: Vec<Entry> = (0..10).map(entry).collect();
-        let locs = s.append(written[..4].iter(), true).unwrap();
-        assert_eq!(locs[0], Loc { seg: 1, off: 0 });
-        s.append(written[4..7].iter(), false).unwrap();
-        drop(s);
-        // Reopened, it goes on after the last record.
-        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
-        s.append(written[7..].iter(), true).unwrap();
-        let read = read_from(&db, 0).unwrap();
-        assert_eq!(
-            read.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
-            written
-        );
-        assert_eq!(seqs(&db, 6), [6, 7, 8, 9]);
-        assert_eq!(
-            s.used_bytes(),
-            read[9].1.off + {
-                let mut b = Vec::new();
-                journal::encode(&written[9], &mut b);
-                b.len() as u64
-            }
-        );
-    }
-
-    #[test]
-    fn a_torn_record_is_written_over_after_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("audit.db");
-        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
-        let locs = s
-            .append((0..3).map(entry).collect::<Vec<_>>().iter(), true)
-            .unwrap();
-        drop(s);
-        // The third record torn, as a crash mid-write leaves it.
-        scribble(&dir_of(&db).join(file_name(1)), locs[2].off + 20, b"XX");
-        assert_eq!(seqs(&db, 0), [0, 1]);
-        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
-        let again = s.append([entry(2)].iter(), true).unwrap();
-        assert_eq!(again[0], locs[2], "the torn record's place is reused");
-        assert_eq!(seqs(&db, 0), [0, 1, 2]);
-    }
-
-    #[test]
-    fn a_full_segment_moves_on_to_the_next_and_old_ones_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("audit.db");
-        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
-        let mut segs = Vec::new();
-        for seq in 0..7 {
-            segs.push(s.append([big(seq)].iter(), false).unwrap()[0].seg);
-        }
-        // Three 20 KiB records fit in 64 KiB.
-        assert_eq!(segs, [1, 1, 1, 2, 2, 2, 3]);
-        assert_eq!(list(&dir_of(&db)).unwrap(), [1, 2, 3]);
-        assert_eq!(seqs(&db, 0), (0..7).collect::<Vec<_>>());
-        assert_eq!(seqs(&db, 4), [4, 5, 6], "read from the segment holding #4");
-        assert_eq!(s.used_bytes(), 2 * MIN_SIZE + (20 << 10) + 12 + 9);
-        // A batch that does not fit is split: what fits stays, the rest
-        // goes on in the next segment.
-        let batch: Vec<Entry> = (7..10).map(big).collect();
-        let locs = s.append(batch.iter(), true).unwrap();
-        assert_eq!(locs.iter().map(|l| l.seg).collect::<Vec<_>>(), [3, 3, 4]);
-        // A record larger than a whole segment goes into a new one of its own.
-        let huge = Entry {
-            json: vec![b'y'; MIN_SIZE as usize],
-            ..big(10)
-        };
-        assert_eq!(s.append([&huge].into_iter(), true).unwrap()[0].seg, 5);
-        assert_eq!(seqs(&db, 8), [8, 9, 10]);
-        s.remove_before(4).unwrap();
-        assert_eq!(list(&dir_of(&db)).unwrap(), [4, 5]);
-        s.remove_before(9).unwrap();
-        assert_eq!(list(&dir_of(&db)).unwrap(), [5], "never the current one");
-        assert_eq!(s.current(), 5);
-    }
-
-    #[test]
-    fn an_append_cut_short_by_an_error_goes_on_where_it_stopped() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("audit.db");
-        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
-        s.append([big(0), big(1)].iter(), true).unwrap();
-        // The next segment's name is taken by a non-empty directory: the
-        // move to it fails after the batch's first record went in.
-        let blocker = dir_of(&db).join(file_name(2));
-        std::fs::create_dir_all(blocker.join("x")).unwrap();
-        let batch: Vec<Entry> = (2..5).map(big).collect();
-        assert!(s.append(batch.iter(), true).is_err());
-        std::fs::remove_dir_all(&blocker).unwrap();
-        assert_eq!(seqs(&db, 0), [0, 1, 2], "the first record went in");
-        // Called again with the same batch: nothing is written twice.
-        let locs = s.append(batch.iter(), true).unwrap();
-        assert_eq!(locs.iter().map(|l| l.seg).collect::<Vec<_>>(), [1, 2, 2]);
-        assert_eq!(seqs(&db, 0), [0, 1, 2, 3, 4]);
-    }
-
-    #[test]
-    fn lattice_event_reads_a_record_and_null_for_a_damaged_or_missing_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("audit.db");
-        let mut s = Segments::open(&db, MIN_SIZE, 0).unwrap();
-        let locs = s
-            .append((0..2).map(entry).collect::<Vec<_>>().iter(), true)
-            .unwrap();
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        register(&conn, &db).unwrap();
-        let read = |seg: u64, off: u64| -> Option<String> {
-            conn.query_row(
-                "SELECT lattice_event(?1, ?2)",
-                [seg as i64, off as i64],
-                |r| r.get(0),
-            )
-            .unwrap()
-        };
-        assert_eq!(read(1, locs[1].off).as_deref(), Some("{\"seq\":1}"));
-        assert_eq!(read(1, locs[1].off + 1), None, "not where a record starts");
-        assert_eq!(read(7, 0), None, "no such segment");
-        scribble(&dir_of(&db).join(file_name(1)), locs[0].off + 22, b"X");
-        assert_eq!(read(1, locs[0].off), None, "its CRC fails");
-    }
 }

@@ -594,9 +594,7 @@ impl Store {
 
     /// The newest segment a kept event is in, if any is.
     pub(crate) fn last_segment(&self) -> Result<Option<u64>, AuditError> {
-        self.segment_of(
-            "SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq DESC LIMIT 1",
-        )
+        self.segment_of("SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq DESC LIMIT 1")
     }
 
     /// The oldest segment a kept event is in, if any is.
@@ -606,10 +604,7 @@ impl Store {
 
     /// The segment one of the two queries above answers, if any.
     fn segment_of(&self, sql: &'static str) -> Result<Option<u64>, AuditError> {
-        let seg: Option<i64> = self
-            .conn
-            .query_row(sql, [], |r| r.get(0))
-            .optional()?;
+        let seg: Option<i64> = self.conn.query_row(sql, [], |r| r.get(0)).optional()?;
         Ok(seg.map(|s| s as u64))
     }
 }
