@@ -127,7 +127,7 @@ fn main() -> Result<()> {
     let writer = thread_cpu("audit-writer").context("the audit writer thread is not running")?;
     p.shutdown()?;
     println!(
-        "| embedded store (segments, fdatasync per batch; SQLite filled behind) | {events} | {:.2} s | {:.0} | {:.1} µs |",
+        "| embedded store (segments, one synced write per batch; SQLite filled behind) | {events} | {:.2} s | {:.0} | {:.1} µs |",
         took.as_secs_f64(),
         rate(events, took),
         writer.as_secs_f64() * 1e6 / events as f64

@@ -2,7 +2,7 @@
 //! takes direct, synchronous writes (`O_DIRECT | O_DSYNC`), appends are
 //! held in memory and a sync is one `pwrite` of them, durable when it
 //! returns; otherwise appends are buffered writes and a sync `fdatasync`
-//! (tmpfs and some network filesystems refuse `O_DIRECT`). Either way
+//! (tmpfs before Linux 6.6 and some network filesystems refuse `O_DIRECT`). Either way
 //! nothing appended is durable before a sync; held in memory, an append a
 //! sync never followed is lost when the process is killed, not only when
 //! the machine stops (only outcomes are appended without a sync: nothing
