@@ -10,8 +10,9 @@
 //! Segments live in `<db stem>.segments/` as `NNNNNNNNNNNNNNNN.seg`,
 //! numbered from 1 in log order, each written full of zeros before its
 //! first record (so appends change no file metadata: a synchronous write
-//! or `fdatasync` flushes data only). A spare is zeroed by a helper thread while the current one
-//! fills, so a rotation costs a rename, not a 16 MiB write. Records use the
+//! or `fdatasync` flushes data only). A spare is zeroed by a helper thread
+//! while the current one fills, so a rotation costs a rename, not a 16 MiB
+//! write. Records use the
 //! journal's format (`journal::encode`): CRC-framed, sequence numbered; a
 //! segment's valid records end at the first torn one, and the writer
 //! continues there after a restart. Retention removes whole segments once

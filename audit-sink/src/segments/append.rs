@@ -2,8 +2,8 @@
 //! takes direct, synchronous writes (`O_DIRECT | O_DSYNC`), appends are
 //! held in memory and a sync is one `pwrite` of them, durable when it
 //! returns; otherwise appends are buffered writes and a sync `fdatasync`
-//! (tmpfs before Linux 6.6 and some network filesystems refuse `O_DIRECT`). Either way
-//! nothing appended is durable before a sync; held in memory, an append a
+//! (tmpfs before Linux 6.6 and some network filesystems refuse
+//! `O_DIRECT`). Either way nothing appended is durable before a sync; held in memory, an append a
 //! sync never followed is lost when the process is killed, not only when
 //! the machine stops (only outcomes are appended without a sync: nothing
 //! waits on them, and a decision left without one is reported as
@@ -66,7 +66,7 @@ impl Appender {
     pub(super) fn open(path: &Path, at: u64, direct: bool) -> std::io::Result<Self> {
         let mut a = Self {
             path: path.to_path_buf(),
-            file: OpenOptions::new().read(true).write(true).open(path)?,
+            file: buffered(path)?,
             direct: false,
             start: at,
             held: Vec::new(),
@@ -143,7 +143,7 @@ impl Appender {
             // A disk whose blocks are larger than `BLOCK`: buffered from now on.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(error = %e, "a direct write was refused: audit segments are written through the page cache and fdatasync from now on");
-                self.file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+                self.file = buffered(&self.path)?;
                 self.direct = false;
                 let rest = &self.held[self.durable..];
                 self.file
@@ -158,6 +158,11 @@ impl Appender {
         self.durable = self.held.len();
         Ok(())
     }
+}
+
+/// The segment at `path`, open for buffered reads and writes.
+fn buffered(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
 }
 
 /// A writer that stops without a sync (an error ended it) still writes
