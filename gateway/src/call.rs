@@ -158,15 +158,23 @@ impl Call {
     }
 
     /// Step 7: enqueues a decision event, reserving its outcome's place,
-    /// honouring `audit.on_full`. Err means refuse (503); Ok holds what says
-    /// when the decision is durable (none for a call let through unaudited).
+    /// honouring `audit.on_full`; a call that `waits` for it to be durable
+    /// writes it itself when the audit writer is free. Err means refuse
+    /// (503); Ok holds what says when the decision is durable (none for a
+    /// call let through unaudited).
     fn record(
         &mut self,
         node: &Shared,
         runtime: &Runtime,
         event: AuditEvent,
+        waits: bool,
     ) -> Result<Option<Durable>, Rejection> {
-        match node.audit.record_decision(event) {
+        let recorded = if waits {
+            node.audit.write_decision(event)
+        } else {
+            node.audit.record_decision(event)
+        };
+        match recorded {
             Ok((slot, durable)) => {
                 self.outcome_slot = Some(slot);
                 self.decided = true;
@@ -197,8 +205,9 @@ impl Call {
         event: AuditEvent,
     ) -> Result<(), Rejection> {
         self.enter(node, runtime, 7)?;
-        let durable = self.record(node, runtime, event)?;
-        if let (Some(d), Durability::Durable) = (durable, runtime.config.audit.durability) {
+        let waits = runtime.config.audit.durability == Durability::Durable;
+        let durable = self.record(node, runtime, event, waits)?;
+        if let (Some(d), true) = (durable, waits) {
             match d.wait(runtime.config.audit.durable_timeout).await {
                 Ok(()) => {}
                 // Queued, written once the store recovers.
@@ -254,7 +263,7 @@ impl Call {
         runtime: &Runtime,
         event: AuditEvent,
     ) -> Result<(), Rejection> {
-        self.record(node, runtime, event)?;
+        self.record(node, runtime, event, false)?;
         self.facts.decision = "deny";
         Ok(())
     }

@@ -1,22 +1,31 @@
-//! The writer's two stores: appending a batch to the segments, and filling
-//! the SQLite store behind them — only with entries whose segment records
-//! are synced, in unsynced commits of at most `FILL_CHUNK` (a synced one at
-//! shutdown) — retrying each until it succeeds while the pipeline reports
-//! itself failing.
+//! The writer's two stores: appending a batch to the segments (the writer
+//! thread retries until they take it; a leading call gives up after one
+//! refused write), and filling the SQLite store behind them — only with
+//! entries whose segment records are synced, in unsynced commits of at
+//! most `FILL_CHUNK` (a synced one at shutdown) — retrying until it
+//! succeeds. While either is refused the pipeline reports itself failing.
 //!
 //! Must never: write a store row for a segment record not yet synced, or
 //! drop or reorder a pending entry.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::rows::{store_rows, Pending};
 use super::{Writer, FILL_CHUNK, IDLE_FILL, UNSYNCED_WAIT};
+use crate::segments::Loc;
 
 impl Writer {
-    /// Appends to the segments, retrying until they take the entries, and
-    /// keeps the entries pending (their JSON now in the segments only).
-    pub(super) fn append(&mut self, entries: Vec<Pending>, sync: bool) {
+    /// Appends to the segments and returns where each entry went;
+    /// `patient`: retrying until they take the entries, otherwise giving up
+    /// (None) after one refused write. While a write is refused the
+    /// pipeline reports itself failing.
+    pub(super) fn append(
+        &mut self,
+        entries: &[Pending],
+        sync: bool,
+        patient: bool,
+    ) -> Option<Vec<Loc>> {
         let mut backoff = Duration::from_millis(50);
         let locs = loop {
             match self
@@ -27,17 +36,16 @@ impl Writer {
                 Err(err) => {
                     self.shared.failing.store(true, Ordering::Release);
                     tracing::error!(error = %err, events = entries.len(), "audit segment write failed; refusing new calls until it recovers");
+                    if !patient {
+                        return None;
+                    }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         };
         self.shared.failing.store(false, Ordering::Release);
-        self.pending_since.get_or_insert_with(Instant::now);
-        for ((mut e, leaf, columns, _), loc) in entries.into_iter().zip(locs) {
-            e.json = Vec::new();
-            self.pending.push((e, leaf, columns, Some(loc)));
-        }
+        Some(locs)
     }
 
     /// Syncs the segments if anything was appended unsynced, retrying

@@ -1,16 +1,19 @@
-//! The request path's side of the pipeline: `AuditHandle` (non-blocking
-//! enqueues, the reservation of an outcome's place, the `audit.gap` count of
-//! calls let through unaudited), `OutcomeSlot` and `Durable`.
+//! The request path's side of the pipeline: `AuditHandle` (enqueues, a
+//! decision written by its own call when the writer is free, the
+//! reservation of an outcome's place, the `audit.gap` count of calls let
+//! through unaudited), `OutcomeSlot` and `Durable`.
 //!
-//! Must never: block, or accept an event it cannot hand to the writer.
+//! Must never: wait for another call (a lock held by another writer is a
+//! reason to queue, never to wait), or accept an event it cannot hand to
+//! the writer.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-use super::{Msg, Queued, Shared};
+use super::{Core, Msg, Queued, Shared};
 use crate::event::AuditEvent;
 use crate::AuditError;
 
@@ -20,7 +23,7 @@ pub const GAP: &str = "audit.gap";
 /// The cloneable, non-blocking entry point used on the request path.
 #[derive(Clone)]
 pub struct AuditHandle {
-    pub(super) tx: SyncSender<Msg>,
+    pub(super) core: Core,
     pub(super) shared: Arc<Shared>,
     pub(super) capacity: usize,
 }
@@ -48,36 +51,31 @@ impl OutcomeSlot {
             durable: None,
         };
         let shared = &self.handle.shared;
-        if shared.lazy_ok.load(Ordering::SeqCst) {
-            shared.lazy.lock().push(queued);
-            if shared.lazy_ok.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            // The writer went to sleep for long meanwhile, and may not
-            // have seen it: wake it (a full queue wakes it anyway).
-            return match self.handle.tx.try_send(Msg::Wake) {
-                Err(TrySendError::Disconnected(_)) => Err(AuditError::Closed),
-                _ => Ok(()),
-            };
-        }
-        self.handle.send(queued).inspect_err(|_| {
+        shared.push(queued, false).inspect_err(|_| {
             shared.depth.fetch_sub(1, Ordering::AcqRel);
         })
     }
 }
 
-/// Resolves once a decision is on stable storage.
-pub struct Durable(oneshot::Receiver<()>);
+/// Resolves once a decision is on stable storage (at once for a decision
+/// its own call wrote).
+pub struct Durable(Option<oneshot::Receiver<()>>);
 
 impl Durable {
-    /// Waits (at most `within`) for the decision's batch to be committed
+    /// Waits (at most `within`) for the decision's batch to be appended
     /// and synced.
     pub async fn wait(self, within: Duration) -> Result<(), AuditError> {
-        match tokio::time::timeout(within, self.0).await {
+        let Some(rx) = self.0 else { return Ok(()) };
+        match tokio::time::timeout(within, rx).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(AuditError::Closed),
             Err(_) => Err(AuditError::NotDurable(within.as_millis() as u64)),
         }
+    }
+
+    /// True when the decision was durable as it was handed over.
+    pub fn already(&self) -> bool {
+        self.0.is_none()
     }
 }
 
@@ -117,14 +115,9 @@ impl AuditHandle {
         Ok(())
     }
 
-    /// Sends into an already reserved place.
+    /// Queues into an already reserved place, waking the writer thread.
     fn send(&self, queued: Queued) -> Result<(), AuditError> {
-        self.tx
-            .try_send(Msg::Event(Box::new(queued)))
-            .map_err(|e| match e {
-                TrySendError::Full(_) => AuditError::QueueFull,
-                TrySendError::Disconnected(_) => AuditError::Closed,
-            })
+        self.shared.push(queued, true)
     }
 
     /// Notes a call let through without its decision recorded (the
@@ -195,6 +188,20 @@ impl AuditHandle {
     /// Enqueues a decision event and reserves the place of its outcome;
     /// `Durable` says when the decision is on stable storage.
     pub fn record_decision(&self, event: AuditEvent) -> Result<(OutcomeSlot, Durable), AuditError> {
+        self.decide(event, false)
+    }
+
+    /// As `record_decision`, for a call that waits for its decision to be
+    /// durable: when no one else is writing, the call writes it itself
+    /// (with everything queued before it) and `Durable` is ready at once.
+    /// This blocks the calling thread for one synced write (the same wait
+    /// the call makes anyway, without the two thread switches); when
+    /// another writer holds the writer it queues instead, never waiting.
+    pub fn write_decision(&self, event: AuditEvent) -> Result<(OutcomeSlot, Durable), AuditError> {
+        self.decide(event, true)
+    }
+
+    fn decide(&self, event: AuditEvent, lead: bool) -> Result<(OutcomeSlot, Durable), AuditError> {
         self.close_gap();
         self.reserve(2)?;
         let slot = OutcomeSlot {
@@ -202,6 +209,19 @@ impl AuditHandle {
             used: false,
             decision: event.event_id.clone(),
         };
+        if lead {
+            if let Some(mut core) = self.core.try_lock() {
+                if let Some(w) = core.as_mut().filter(|w| w.may_lead()) {
+                    let own = Queued {
+                        event,
+                        owes: true,
+                        settles: None,
+                        durable: None,
+                    };
+                    return Ok((slot, Durable(w.lead(own).err())));
+                }
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let queued = Queued {
             event,
@@ -213,18 +233,13 @@ impl AuditHandle {
             self.shared.depth.fetch_sub(1, Ordering::AcqRel);
             return Err(e); // dropping the slot releases the other place
         }
-        Ok((slot, Durable(rx)))
+        Ok((slot, Durable(Some(rx))))
     }
 
     /// Hands verified witness co-signature lines of the checkpoint of
     /// `size` to the writer, which stores them beside the checkpoint.
     pub fn add_cosignatures(&self, size: u64, lines: Vec<String>) -> Result<(), AuditError> {
-        self.tx
-            .try_send(Msg::Cosignatures(size, lines))
-            .map_err(|e| match e {
-                TrySendError::Full(_) => AuditError::QueueFull,
-                TrySendError::Disconnected(_) => AuditError::Closed,
-            })
+        self.shared.ask(Msg::Cosignatures(size, lines))
     }
 
     /// Events accepted (or reserved for owed outcomes) but not yet written.
@@ -256,9 +271,7 @@ impl AuditHandle {
     /// checkpoint covers it. For the CLI and tests, never the request path.
     pub fn flush(&self) -> Result<(), AuditError> {
         let (tx, rx) = sync_channel(1);
-        self.tx
-            .send(Msg::Flush(tx))
-            .map_err(|_| AuditError::Closed)?;
+        self.shared.ask(Msg::Flush(tx))?;
         rx.recv().map_err(|_| AuditError::Closed)
     }
 }

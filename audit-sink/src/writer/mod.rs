@@ -1,18 +1,27 @@
 //! The audit pipeline: a bounded queue between the request path and one
-//! writer thread that assigns sequence numbers, appends events and leaves to
-//! the store in batches, advances the Merkle log and signs checkpoints.
+//! writer that assigns sequence numbers, appends events and leaves to the
+//! store in batches, advances the Merkle log and signs checkpoints.
 //!
-//! The request path only calls `AuditHandle::record` or `record_decision`, a
-//! non-blocking enqueue that fails when the queue is full, the pipeline is
-//! closed, or the writer cannot write: the caller refuses the call (fail
-//! closed). A decision comes with a `Durable`, which resolves once its batch
-//! is committed and synced: the caller forwards only then. The writer takes
-//! everything queued, writes it in one transaction and syncs once (group
-//! commit: one sync serves every call waiting, never one per call).
+//! The request path only calls `AuditHandle::record`, `record_decision` or
+//! `write_decision`, which never wait for another call: they fail when the
+//! queue is full, the pipeline is closed, or the writer cannot write, and
+//! the caller refuses the call (fail closed). A decision comes with a
+//! `Durable`, which resolves once its batch is appended and synced: the
+//! caller forwards only then. Whoever writes takes everything queued and
+//! syncs once (group commit: one sync serves every call waiting, never one
+//! per call).
 //!
-//! Nothing waits on an outcome: while the writer will look within
-//! `LAZY_WAIT` anyway, an outcome is handed over beside the queue without
-//! waking it (one thread switch less per call); otherwise through the queue.
+//! Who writes (leader and followers): the writer's state (`Writer`) sits
+//! behind one lock. A call that will wait for its decision and finds the
+//! lock free takes it and writes what is queued plus its own decision
+//! itself (`lead.rs`): durable when `write_decision` returns, with no
+//! thread woken and none to wake it. Otherwise it queues its decision and
+//! the writer thread, woken, writes it. The writer thread alone fills the
+//! SQLite store, signs checkpoints, prunes and retries failed writes.
+//!
+//! Nothing waits on an outcome: while the writer thread will look within
+//! `LAZY_WAIT` anyway, an outcome is queued without waking it (one thread
+//! switch less per call).
 //!
 //! A decision owes an outcome: the store keeps it in `owed` until its
 //! outcome is written, in the same transactions. A pipeline that starts on
@@ -21,21 +30,22 @@
 //! outcome was recorded.
 //!
 //! Every batch is appended to the segments (`segments`), the store of
-//! record for the events' bytes: one write, and one `fdatasync` when a
-//! decision waits on it. The SQLite store is filled behind in chunks with
-//! where each event is, never before its segment record is synced (a row
-//! must not outlive the bytes it points at).
+//! record for the events' bytes: one write, synced when a decision waits
+//! on it. The SQLite store is filled behind in chunks with where each
+//! event is, never before its segment record is synced (a row must not
+//! outlive the bytes it points at).
 //!
 //! Must never: tell a decision it is durable before its batch is synced
-//! in the segments, drop an event it accepted, write a store row for a
-//! segment record not yet synced, or remove a segment that holds an event
-//! the store still keeps.
+//! in the segments, drop an event it accepted, write events out of the
+//! order they were queued in, write a store row for a segment record not
+//! yet synced, or remove a segment that holds an event the store still
+//! keeps.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,7 +54,7 @@ use crate::checkpoint::{Checkpoint, NoteSigner};
 use crate::clickhouse::{run_shipper, ClickHouseConfig, ShipState};
 use crate::event::AuditEvent;
 use crate::journal::Entry;
-use crate::merkle::{Frontier, Hash};
+use crate::merkle::Frontier;
 use crate::segments::{self, Segments};
 use crate::store::{Columns, Store};
 use crate::AuditError;
@@ -52,8 +62,10 @@ use tokio::sync::oneshot;
 
 mod fill;
 mod handle;
+mod lead;
 mod retention;
 mod rows;
+mod run;
 mod wal;
 pub use handle::{AuditHandle, Durable, OutcomeSlot, GAP};
 pub use retention::{Retention, PRUNED};
@@ -93,15 +105,23 @@ pub(crate) struct Queued {
     pub(crate) durable: Option<oneshot::Sender<()>>,
 }
 
+/// What the writer thread is asked besides writing events.
 pub(crate) enum Msg {
-    Event(Box<Queued>),
     /// Witness co-signature lines of the checkpoint of a size (verified).
     Cosignatures(u64, Vec<String>),
     Flush(SyncSender<()>),
-    /// Outcomes wait in `Shared::lazy` and the writer went to sleep for
-    /// longer than `LAZY_WAIT` before it saw them.
-    Wake,
     Shutdown,
+}
+
+/// What waits for the writer, in the order it was handed over. Events and
+/// requests are taken together: a flush or a shutdown is handled after
+/// every event queued before it is written.
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub(crate) events: Vec<Queued>,
+    pub(crate) msgs: Vec<Msg>,
+    /// The writer thread stopped: nothing handed over now would be written.
+    pub(crate) gone: bool,
 }
 
 #[derive(Default)]
@@ -123,14 +143,52 @@ pub(crate) struct Shared {
     pub(crate) pruned: AtomicU64,
     /// With ClickHouse: the shipper's progress and the backlog bound.
     pub(crate) ship: Option<(Arc<ShipState>, u64)>,
-    /// Outcomes handed over without waking the writer: nothing waits on
-    /// an outcome, and waking the writer for each one cost a thread switch
-    /// per call. Used only while `lazy_ok` holds.
-    pub(crate) lazy: parking_lot::Mutex<Vec<Queued>>,
-    /// True while the writer looks at `lazy` within `LAZY_WAIT` by itself
-    /// (it is awake, or sleeps at most that long).
+    /// What waits for the writer; `ready` wakes the writer thread.
+    pub(crate) queue: parking_lot::Mutex<Queue>,
+    pub(crate) ready: parking_lot::Condvar,
+    /// True while the writer thread looks at the queue within `LAZY_WAIT`
+    /// by itself (it is awake, or sleeps at most that long): outcomes are
+    /// then queued without waking it (nothing waits on an outcome, and a
+    /// wake per call cost a thread switch per call).
     pub(crate) lazy_ok: AtomicBool,
 }
+
+impl Shared {
+    /// Queues an event; wakes the writer thread with `wake` (and always
+    /// when it may sleep longer than `LAZY_WAIT`).
+    pub(crate) fn push(&self, queued: Queued, wake: bool) -> Result<(), AuditError> {
+        {
+            let mut q = self.queue.lock();
+            if q.gone {
+                return Err(AuditError::Closed);
+            }
+            q.events.push(queued);
+        }
+        // Read after the push: a writer thread that went to sleep for long
+        // stored `false` before it last looked at the queue.
+        if wake || !self.lazy_ok.load(Ordering::SeqCst) {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Hands the writer thread a request and wakes it.
+    pub(crate) fn ask(&self, msg: Msg) -> Result<(), AuditError> {
+        {
+            let mut q = self.queue.lock();
+            if q.gone {
+                return Err(AuditError::Closed);
+            }
+            q.msgs.push(msg);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+}
+
+/// The writer, shared by the writer thread and the calls that lead a
+/// write; `None` once the writer thread stopped.
+pub(crate) type Core = Arc<parking_lot::Mutex<Option<Writer>>>;
 
 /// The running pipeline: owns the writer thread (and the ClickHouse shipper).
 pub struct AuditPipeline {
@@ -159,8 +217,6 @@ impl AuditPipeline {
         let pruned = log.prefix;
         let last_checkpoint = store.checkpoints()?.last().map(|(s, _)| *s).unwrap_or(0);
         let capacity = cfg.queue_capacity.max(2);
-        // Room for every reserved event plus control messages (flush, shutdown).
-        let (tx, rx) = sync_channel(capacity + 64);
         let ship_state = cfg.clickhouse.as_ref().map(|c| {
             let state = Arc::new(ShipState::default());
             // Until the shipper reports, count the backlog from now on.
@@ -199,13 +255,17 @@ impl AuditPipeline {
         );
         writer.wal = Some(kick);
         let recovered = writer.recover()?;
-        let thread = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| AuditError::Io(e.to_string()))?;
+        let core: Core = Arc::new(parking_lot::Mutex::new(Some(writer)));
+        let thread = {
+            let (core, shared) = (core.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || run::run(&core, &shared))
+                .map_err(|e| AuditError::Io(e.to_string()))?
+        };
         Ok(Self {
             handle: AuditHandle {
-                tx,
+                core,
                 shared,
                 capacity,
             },
@@ -230,8 +290,7 @@ impl AuditPipeline {
     /// checkpoint and joins the writer.
     pub fn shutdown(mut self) -> Result<(), AuditError> {
         self.handle.shared.closed.store(true, Ordering::Release);
-        // A blocking send: the writer is draining, so room appears.
-        let _ = self.handle.tx.send(Msg::Shutdown);
+        let _ = self.handle.shared.ask(Msg::Shutdown);
         if let Some(t) = self.thread.take() {
             t.join()
                 .map_err(|_| AuditError::Io("the audit writer panicked".into()))?;
@@ -251,7 +310,7 @@ impl AuditPipeline {
     }
 }
 
-struct Writer {
+pub(crate) struct Writer {
     cfg: PipelineConfig,
     store: Store,
     segments: Segments,
@@ -275,6 +334,21 @@ struct Writer {
     shared: Arc<Shared>,
     /// Tells the WAL checkpointer that the store was written.
     wal: Option<wal::Kick>,
+    /// A batch a leading call could not append (the segments refused the
+    /// write): the writer thread writes it before anything else.
+    unwritten: Option<Encoded>,
+    /// What was last taken from the queue (buffers kept for reuse).
+    inbox: (Vec<Queued>, Vec<Msg>),
+}
+
+/// A batch given its places in the log and encoded, not yet appended.
+pub(super) struct Encoded {
+    entries: Vec<Pending>,
+    /// The decisions waiting, told once the batch is synced.
+    told: Vec<oneshot::Sender<()>>,
+    sync: bool,
+    /// How many of its events hold places in the queue.
+    reserved: usize,
 }
 
 impl Writer {
@@ -303,153 +377,42 @@ impl Writer {
             last_retention: Instant::now(),
             shared,
             wal: None,
+            unwritten: None,
+            inbox: (Vec::new(), Vec::new()),
         }
-    }
-
-    fn run(&mut self, rx: Receiver<Msg>) {
-        let mut batch: Vec<Queued> = Vec::with_capacity(self.cfg.batch_max);
-        let mut waiters: Vec<SyncSender<()>> = Vec::new();
-        let mut lazy: Vec<Queued> = Vec::new();
-        loop {
-            let mut shutdown = false;
-            let wake = if let Some(wait) = self.fill_wait() {
-                wait
-            } else if self.cfg.retention.is_set() {
-                self.cfg.checkpoint_interval.min(RETENTION_EVERY)
-            } else {
-                self.cfg.checkpoint_interval
-            };
-            // Set before `lazy` is read: an outcome pushed there either is
-            // seen below, or its sender sees the flag down and wakes us.
-            self.shared
-                .lazy_ok
-                .store(wake <= LAZY_WAIT, Ordering::SeqCst);
-            if self.shared.lazy.lock().is_empty() {
-                match rx.recv_timeout(wake) {
-                    Ok(msg) => shutdown |= self.take(msg, &mut batch, &mut waiters),
-                    // Nothing queued: readers see appended entries now, a
-                    // chunk at a time so a call that arrives waits for one
-                    // chunk at most.
-                    Err(RecvTimeoutError::Timeout) => {
-                        if self.shared.lazy.lock().is_empty() {
-                            self.fill_chunk();
-                        }
-                    }
-                    Err(RecvTimeoutError::Disconnected) => shutdown = true,
-                }
-            }
-            // Outcomes handed over lazily go into the log after everything
-            // queued before they were taken: their decisions among it.
-            // Swapped with the writer's empty buffer, so the request path
-            // pushes into a vector that keeps its capacity.
-            std::mem::swap(&mut *self.shared.lazy.lock(), &mut lazy);
-            let all = shutdown || !lazy.is_empty();
-            shutdown |= self.drain(&rx, &mut batch, &mut waiters, all);
-            if shutdown {
-                // From here on an outcome's sender wakes a writer that is
-                // gone, and is told so.
-                self.shared.lazy_ok.store(false, Ordering::SeqCst);
-                let late = std::mem::take(&mut *self.shared.lazy.lock());
-                if !late.is_empty() {
-                    self.drain(&rx, &mut batch, &mut waiters, true);
-                    lazy.extend(late);
-                }
-            }
-            batch.append(&mut lazy);
-            self.write_batch(&mut batch, true);
-            let due = self.frontier.size() - self.last_checkpoint >= self.cfg.checkpoint_every
-                || self.last_checkpoint_at.elapsed() >= self.cfg.checkpoint_interval;
-            if due || shutdown || !waiters.is_empty() {
-                self.checkpoint();
-            }
-            for w in waiters.drain(..) {
-                let _ = w.send(());
-            }
-            if shutdown {
-                // Everything in the store, synced.
-                self.settle();
-                return;
-            }
-            if self.cfg.retention.is_set()
-                && (self.last_retention.elapsed() >= RETENTION_EVERY || self.over_size())
-            {
-                self.last_retention = Instant::now();
-                self.fill();
-                if let Err(e) = self.retain() {
-                    tracing::error!(error = %e, "audit retention could not prune; it retries");
-                }
-            }
-        }
-    }
-
-    /// Returns true on shutdown.
-    fn take(
-        &mut self,
-        msg: Msg,
-        batch: &mut Vec<Queued>,
-        waiters: &mut Vec<SyncSender<()>>,
-    ) -> bool {
-        match msg {
-            Msg::Event(q) => {
-                batch.push(*q);
-                false
-            }
-            Msg::Flush(w) => {
-                waiters.push(w);
-                false
-            }
-            Msg::Wake => false,
-            Msg::Cosignatures(size, lines) => {
-                if let Err(e) = self.store.put_cosignatures(size, &lines) {
-                    tracing::error!(error = %e, size, "could not store witness co-signatures");
-                }
-                false
-            }
-            Msg::Shutdown => true,
-        }
-    }
-
-    /// Takes what is queued: up to a batch, or everything (`all`).
-    /// Returns true on shutdown.
-    fn drain(
-        &mut self,
-        rx: &Receiver<Msg>,
-        batch: &mut Vec<Queued>,
-        waiters: &mut Vec<SyncSender<()>>,
-        all: bool,
-    ) -> bool {
-        let mut shutdown = false;
-        while all || shutdown || batch.len() < self.cfg.batch_max {
-            match rx.try_recv() {
-                Ok(msg) => shutdown |= self.take(msg, batch, waiters),
-                Err(_) => break,
-            }
-        }
-        shutdown
     }
 
     /// Makes the batch durable, retrying until it is (while it is not, the
     /// pipeline reports itself failing so new calls are refused), then
-    /// tells the decisions waiting. Every batch goes to the segments (one
-    /// write and one `fdatasync`: a synced SQLite commit writes several
-    /// pages and costs more, even for one event); the store is filled
-    /// behind it in chunks, while nothing is queued, and one chunk per
-    /// batch while it lags. `reserved`: the events hold places in the
-    /// queue.
+    /// tells the decisions waiting. `reserved`: the events hold places in
+    /// the queue.
     fn write_batch(&mut self, batch: &mut Vec<Queued>, reserved: bool) {
-        if batch.is_empty() {
-            return;
+        let encoded = self.encode(batch, reserved);
+        if let Err(e) = self.commit(encoded, true) {
+            // A patient commit retries until the segments take it.
+            self.unwritten = Some(e);
         }
-        // Only outcomes: nothing waits on them, so no sync of their own
-        // (the next synced write covers them; a crash before it leaves
-        // their calls owed, and the next start records them as
-        // interrupted).
+    }
+
+    /// Gives the batch its places in the log (after everything written and
+    /// `unwritten`, which must be empty) and encodes it; empties `batch`.
+    /// A batch with a decision is synced; outcomes alone are not: nothing
+    /// waits on them, and the next synced write covers them (a crash
+    /// before it leaves their calls owed, and the next start records them
+    /// as interrupted).
+    fn encode(&mut self, batch: &mut Vec<Queued>, reserved: bool) -> Encoded {
+        debug_assert!(
+            self.unwritten.is_none(),
+            "a batch placed after an unwritten one"
+        );
         let sync = batch.iter().any(|q| q.settles.is_none());
         let start = self.frontier.size();
+        let mut told = Vec::new();
         let entries: Vec<Pending> = batch
             .iter_mut()
             .enumerate()
             .map(|(i, q)| {
+                told.extend(q.durable.take());
                 let e = &mut q.event;
                 e.node.clone_from(&self.cfg.node);
                 e.seq = start + i as u64;
@@ -470,12 +433,42 @@ impl Writer {
                 (entry, leaf, columns, None)
             })
             .collect();
+        let reserved = if reserved { entries.len() } else { 0 };
+        batch.clear();
+        Encoded {
+            entries,
+            told,
+            sync,
+            reserved,
+        }
+    }
+
+    /// Appends an encoded batch to the segments (synced when a decision
+    /// waits on it), adds its leaves to the log and tells the decisions
+    /// waiting. `patient` (the writer thread): retries until the segments
+    /// take it, and fills a chunk of the store when it lags; otherwise (a
+    /// leading call) a refused write hands the batch back.
+    fn commit(&mut self, encoded: Encoded, patient: bool) -> Result<(), Encoded> {
+        if encoded.entries.is_empty() {
+            return Ok(());
+        }
+        let Some(locs) = self.append(&encoded.entries, encoded.sync, patient) else {
+            return Err(encoded);
+        };
+        let Encoded {
+            entries,
+            told,
+            sync,
+            reserved,
+        } = encoded;
         let n = entries.len();
-        let leaves: Vec<Hash> = entries.iter().map(|(_, leaf, _, _)| *leaf).collect();
-        self.append(entries, sync);
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
-        for leaf in leaves {
+        self.pending_since.get_or_insert_with(Instant::now);
+        for ((mut e, leaf, columns, _), loc) in entries.into_iter().zip(locs) {
             self.frontier.push(leaf);
+            // The JSON is in the segments now, and read from there.
+            e.json = Vec::new();
+            self.pending.push((e, leaf, columns, Some(loc)));
         }
         if sync {
             self.durable = self.frontier.size();
@@ -483,22 +476,18 @@ impl Writer {
         } else {
             self.unsynced_since.get_or_insert_with(Instant::now);
         }
-        for q in batch.iter_mut() {
-            if let Some(tx) = q.durable.take() {
-                let _ = tx.send(());
-            }
+        for tx in told {
+            let _ = tx.send(());
         }
-        if reserved {
-            self.shared.depth.fetch_sub(n, Ordering::AcqRel);
-        }
+        self.shared.depth.fetch_sub(reserved, Ordering::AcqRel);
         self.shared.written.fetch_add(n as u64, Ordering::AcqRel);
         self.shared
             .log_size
             .store(self.frontier.size(), Ordering::Release);
-        batch.clear();
-        if self.pending.len() >= FILL_LAG {
+        if patient && self.pending.len() >= FILL_LAG {
             self.fill_chunk();
         }
+        Ok(())
     }
 
     /// Writes an outcome for every decision the store still owes one (the
@@ -611,5 +600,7 @@ fn export(path: &std::path::Path, signer: &NoteSigner, note: &str) -> std::io::R
     f.sync_data()
 }
 
+#[cfg(test)]
+mod lead_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,210 @@
+//! Calls that write their own decision (`lead.rs`): durable as
+//! `write_decision` returns, after everything queued before them, queued
+//! instead when the writer is held; and a write the disk refuses to such a
+//! call is retried by the writer thread, with new calls refused meanwhile
+//! and nothing lost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::event::{parse_canonical, Phase};
+use std::time::Duration;
+
+fn start(db: &std::path::Path, signer: &NoteSigner) -> AuditPipeline {
+    AuditPipeline::start(crate::testkit::pipeline_config(db, signer).unwrap()).unwrap()
+}
+
+fn decision(call: &str) -> AuditEvent {
+    AuditEvent::new(Phase::Decision, call, "http.request")
+}
+
+fn outcome(call: &str) -> AuditEvent {
+    AuditEvent::new(Phase::Outcome, call, "http.request")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// The calls' events as stored, `(phase, request id)` in log order.
+fn logged(db: &std::path::Path) -> Vec<(Phase, String)> {
+    let store = Store::open_read_only(db).unwrap();
+    assert!(
+        store.owed_decisions().unwrap().is_empty(),
+        "every call settled"
+    );
+    store
+        .events()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let e = parse_canonical(s.json.as_bytes()).unwrap();
+            (e.phase, e.request_id)
+        })
+        .collect()
+}
+
+/// Waits (at most 5 s) until `done` holds.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "{what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A waiting call writes its decision itself when the writer is free (it is
+/// written and durable when `write_decision` returns), behind what was
+/// queued before it: here a refusal and its outcome, queued just before.
+/// With the writer held by another, it queues and the writer thread writes
+/// it.
+#[test]
+fn a_waiting_call_writes_its_own_decision_after_what_was_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let signer = NoteSigner::generate("test-node");
+    let pipeline = start(&db, &signer);
+    let audit = pipeline.handle();
+    let rt = runtime();
+
+    let held = audit.core.lock();
+    let (slot, durable) = audit.write_decision(decision("held")).unwrap();
+    assert!(!durable.already(), "the writer was held: queued");
+    drop(held);
+    rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
+    slot.record(outcome("held")).unwrap();
+
+    let mut led = 0;
+    for i in 0..200 {
+        let refused = format!("refused-{i}");
+        let (slot, _) = audit.record_decision(decision(&refused)).unwrap();
+        slot.record(outcome(&refused)).unwrap();
+        let before = audit.written();
+        let call = format!("call-{i}");
+        let (slot, durable) = audit.write_decision(decision(&call)).unwrap();
+        if durable.already() {
+            led += 1;
+            assert!(audit.written() > before, "{call}: durable means written");
+        }
+        rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
+        slot.record(outcome(&call)).unwrap();
+    }
+    assert!(led > 0, "no call found the writer free");
+    pipeline.shutdown().unwrap();
+
+    let log = logged(&db);
+    assert_eq!(log.len(), 2 + 4 * 200);
+    let at = |phase: Phase, id: &str| log.iter().position(|(p, r)| *p == phase && r == id);
+    for (_, id) in log.iter().filter(|(p, _)| *p == Phase::Outcome) {
+        assert!(
+            at(Phase::Decision, id) < at(Phase::Outcome, id),
+            "the outcome of {id} before its decision"
+        );
+    }
+    for i in 0..200 {
+        let (refused, call) = (format!("refused-{i}"), format!("call-{i}"));
+        assert!(
+            at(Phase::Outcome, &refused) < at(Phase::Decision, &call),
+            "{call}'s decision overtook what was queued before it"
+        );
+    }
+    let store = Store::open_read_only(&db).unwrap();
+    let report = crate::verify(&store, &signer.verifier(), &[]).unwrap();
+    assert!(report.ok(), "{report:?}");
+}
+
+/// Set in the child process the test below runs in: it limits the size of
+/// the files the process may write, which would fail every other test of
+/// the same process.
+const CHILD: &str = "LATTICE_AUDIT_FSIZE_CHILD";
+
+/// The file size limit (`RLIMIT_FSIZE`) of this process, soft part.
+fn limit_file_size(bytes: libc::rlim_t) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit read and write the struct passed, nothing else.
+    #[allow(unsafe_code)]
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim), 0);
+        lim.rlim_cur = bytes.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+}
+
+/// The disk refuses a leading call's write (the process may write no
+/// file beyond 0 bytes: every write fails with EFBIG): the call does not
+/// retry on the request path; its batch goes to the writer thread, the
+/// pipeline reports itself failing and refuses new calls with
+/// `WriterFailing`, and once writes are taken again the decision is
+/// durable, written once, in order.
+#[test]
+fn a_write_refused_to_a_leading_call_is_retried_by_the_writer_thread() {
+    if std::env::var_os(CHILD).is_none() {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "writer::lead_tests::a_write_refused_to_a_leading_call_is_retried_by_the_writer_thread",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success() && out.contains("1 passed"),
+            "the child process ({}): {out}{}",
+            child.status,
+            String::from_utf8_lossy(&child.stderr)
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let signer = NoteSigner::generate("test-node");
+    let pipeline = start(&db, &signer);
+    let audit = pipeline.handle();
+    let rt = runtime();
+    let (slot, durable) = audit.write_decision(decision("before")).unwrap();
+    rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
+    slot.record(outcome("before")).unwrap();
+    // The writer thread filled them and sleeps long: the writer is free.
+    eventually("the writer thread sleeps long", || {
+        !audit.shared.lazy_ok.load(Ordering::SeqCst) && audit.written() == 2
+    });
+
+    // SAFETY: ignoring SIGXFSZ makes a write past the limit fail with
+    // EFBIG instead of killing the process; nothing else handles it.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    limit_file_size(0);
+    let (slot, durable) = audit.write_decision(decision("refused write")).unwrap();
+    eventually("the pipeline reports itself failing", || !audit.healthy());
+    let meanwhile = audit.record_decision(decision("meanwhile")).err();
+    limit_file_size(libc::RLIM_INFINITY);
+
+    assert!(!durable.already(), "not durable while the disk refused it");
+    assert_eq!(
+        meanwhile.map(|e| e.to_string()),
+        Some(AuditError::WriterFailing.to_string()),
+        "a new call is refused while the writer cannot write"
+    );
+    rt.block_on(durable.wait(Duration::from_secs(5))).unwrap();
+    eventually("the pipeline recovers", || audit.healthy());
+    slot.record(outcome("refused write")).unwrap();
+    pipeline.shutdown().unwrap();
+    let expected = [
+        (Phase::Decision, "before"),
+        (Phase::Outcome, "before"),
+        (Phase::Decision, "refused write"),
+        (Phase::Outcome, "refused write"),
+    ]
+    .map(|(p, r)| (p, r.to_string()));
+    assert_eq!(logged(&db), expected);
+}

@@ -1,0 +1,145 @@
+//! The writer thread: sleeps until something is queued or a fill, a
+//! checkpoint or retention is due, then takes the writer's lock and writes
+//! what is queued, fills the store, signs checkpoints, answers flushes and
+//! prunes. It writes a batch a leading call could not append before
+//! anything else, and it alone retries failed writes.
+//!
+//! Must never: sleep while holding the writer's lock, or leave an event
+//! queued when it stops.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+
+use super::{Core, Msg, Shared, Writer, LAZY_WAIT, RETENTION_EVERY};
+
+/// The writer thread's loop, until a shutdown (or until nothing but this
+/// thread holds the writer: every handle and the pipeline are gone).
+pub(super) fn run(core: &Core, shared: &Shared) {
+    let mut waiters: Vec<SyncSender<()>> = Vec::new();
+    loop {
+        let wake = match core.lock().as_ref() {
+            Some(w) => w.wake_in(),
+            None => return,
+        };
+        // Stored before the queue is looked at: an outcome queued after
+        // that is either seen below, or its sender sees the flag down and
+        // wakes this thread.
+        shared.lazy_ok.store(wake <= LAZY_WAIT, Ordering::SeqCst);
+        let idle = {
+            let mut q = shared.queue.lock();
+            nothing_queued(&q)
+                && shared.ready.wait_for(&mut q, wake).timed_out()
+                && nothing_queued(&q)
+        };
+        let abandoned = std::sync::Arc::strong_count(core) == 1;
+        let mut guard = core.lock();
+        let Some(w) = guard.as_mut() else { return };
+        if w.step(idle, abandoned, &mut waiters) {
+            // Everything written and in the store: the files close here.
+            *guard = None;
+            return;
+        }
+    }
+}
+
+fn nothing_queued(q: &super::Queue) -> bool {
+    q.events.is_empty() && q.msgs.is_empty()
+}
+
+impl Writer {
+    /// How long the writer thread may sleep: at once with a batch left
+    /// unwritten, until the next fill is due, else until the next
+    /// checkpoint (or retention) is.
+    pub(super) fn wake_in(&self) -> Duration {
+        if self.unwritten.is_some() {
+            return Duration::ZERO;
+        }
+        if let Some(wait) = self.fill_wait() {
+            wait
+        } else if self.cfg.retention.is_set() {
+            self.cfg.checkpoint_interval.min(RETENTION_EVERY)
+        } else {
+            self.cfg.checkpoint_interval
+        }
+    }
+
+    /// Whether enough events or time passed since the last checkpoint.
+    fn checkpoint_due(&self) -> bool {
+        self.frontier.size() - self.last_checkpoint >= self.cfg.checkpoint_every
+            || self.last_checkpoint_at.elapsed() >= self.cfg.checkpoint_interval
+    }
+
+    /// One turn of the writer thread, under the writer's lock. `idle`:
+    /// it woke with nothing queued (a fill is due). Returns true once it
+    /// stopped (asked to shut down, or `abandoned`).
+    fn step(&mut self, idle: bool, abandoned: bool, waiters: &mut Vec<SyncSender<()>>) -> bool {
+        if let Some(encoded) = self.unwritten.take() {
+            if let Err(e) = self.commit(encoded, true) {
+                self.unwritten = Some(e);
+            }
+        }
+        if idle {
+            // Nothing queued: readers see appended entries now, a chunk at
+            // a time so a call that arrives waits for one chunk at most.
+            self.fill_chunk();
+        }
+        let mut shutdown = abandoned;
+        let (mut events, mut msgs) = std::mem::take(&mut self.inbox);
+        {
+            let mut q = self.shared.queue.lock();
+            std::mem::swap(&mut q.events, &mut events);
+            std::mem::swap(&mut q.msgs, &mut msgs);
+            if abandoned || msgs.iter().any(|m| matches!(m, Msg::Shutdown)) {
+                // Whatever is handed over from now on is refused.
+                shutdown = true;
+                q.gone = true;
+                self.shared.lazy_ok.store(false, Ordering::SeqCst);
+            }
+        }
+        // A batch at most `batch_max` events, each followed by the
+        // checkpoint it makes due.
+        while events.len() > self.cfg.batch_max {
+            let rest = events.split_off(self.cfg.batch_max);
+            self.write_batch(&mut events, true);
+            events = rest;
+            if self.checkpoint_due() {
+                self.checkpoint();
+            }
+        }
+        self.write_batch(&mut events, true);
+        for msg in msgs.drain(..) {
+            match msg {
+                Msg::Flush(w) => waiters.push(w),
+                Msg::Cosignatures(size, lines) => {
+                    if let Err(e) = self.store.put_cosignatures(size, &lines) {
+                        tracing::error!(error = %e, size, "could not store witness co-signatures");
+                    }
+                }
+                Msg::Shutdown => {}
+            }
+        }
+        self.inbox = (events, msgs);
+        if self.checkpoint_due() || shutdown || !waiters.is_empty() {
+            self.checkpoint();
+        }
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+        if shutdown {
+            // Everything in the store, synced.
+            self.settle();
+            return true;
+        }
+        if self.cfg.retention.is_set()
+            && (self.last_retention.elapsed() >= RETENTION_EVERY || self.over_size())
+        {
+            self.last_retention = Instant::now();
+            self.fill();
+            if let Err(e) = self.retain() {
+                tracing::error!(error = %e, "audit retention could not prune; it retries");
+            }
+        }
+        false
+    }
+}
