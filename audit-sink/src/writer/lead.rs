@@ -3,8 +3,9 @@
 //! waking the writer thread and being woken by it (two thread switches,
 //! each a wait for a core), it takes everything queued before it, appends
 //! that and its decision in one synced write, and goes on. Calls that come
-//! meanwhile queue theirs, and the next leader or the writer thread writes
-//! them together.
+//! meanwhile queue theirs without waking anyone (a writer holds the
+//! writer and looks again before it lets go): the leader writes them too,
+//! once, and hands what is queued after that to the writer thread.
 //!
 //! A leader runs on the request path, so it does only the append: the
 //! SQLite store, checkpoints and retention stay with the writer thread,
@@ -21,45 +22,66 @@ use tokio::sync::oneshot;
 
 use super::{Queued, Writer, FILL_CHUNK};
 
+/// How many batches a leading call writes at most: its own, and what was
+/// queued while it wrote it. Beyond that the writer thread takes over, so
+/// a request thread is never held by a stream of other calls' writes.
+const LEAD_ROUNDS: usize = 2;
+
+/// A batch with this many queued decisions waiting on it says calls come
+/// faster than a write takes: the next ones queue for the writer thread
+/// instead of leading (measured: leading under saturation cost 4-6% of
+/// the HTTP route's throughput; at 1,000 req/s it saves a fifth of the
+/// CPU per call). Leading resumes after a batch with fewer.
+pub(super) const CROWDED: usize = 3;
+
 impl Writer {
-    /// Whether a call may lead now: no batch waits to be retried and the
-    /// segments take writes.
+    /// Whether a call may lead now: no batch waits to be retried, the
+    /// segments take writes, and the last batch was not `crowded` (under
+    /// load the writer thread's group commits serve the waiting calls
+    /// without holding request threads).
     pub(super) fn may_lead(&self) -> bool {
-        self.unwritten.is_none() && !self.shared.failing.load(Ordering::Acquire)
+        self.unwritten.is_none() && !self.crowded && !self.shared.failing.load(Ordering::Acquire)
     }
 
     /// Writes everything queued and then `own` (a decision holding its
-    /// place in the queue), synced. Ok: `own` is durable. Err: the write
-    /// was refused; the writer thread writes the batch, and the receiver
-    /// says when.
+    /// place in the queue), synced; then, once, what was queued while it
+    /// wrote (those calls did not wake the writer thread: a writer held
+    /// the writer). Ok: `own` is durable. Err: the write was refused; the
+    /// writer thread writes the batch, and the receiver says when.
     pub(super) fn lead(&mut self, own: Queued) -> Result<(), oneshot::Receiver<()>> {
         let mut batch = std::mem::take(&mut self.inbox.0);
-        let asked = {
-            let mut q = self.shared.queue.lock();
-            std::mem::swap(&mut q.events, &mut batch);
-            !q.msgs.is_empty()
-        };
+        let mut asked = self.shared.take(&mut batch, None);
         batch.push(own);
-        let encoded = self.encode(&mut batch, true);
-        self.inbox.0 = batch;
-        let result = match self.commit(encoded, false) {
-            Ok(()) => Ok(()),
-            Err(mut encoded) => {
-                let (tx, rx) = oneshot::channel();
-                encoded.told.push(tx);
-                self.unwritten = Some(encoded);
-                Err(rx)
+        let mut result = Ok(());
+        for round in 0..LEAD_ROUNDS {
+            if round > 0 {
+                if !self.may_lead() || !self.shared.let_go() {
+                    break;
+                }
+                asked |= self.shared.take(&mut batch, None);
             }
-        };
-        // The writer thread sleeps on: wake it when it has something to do
-        // sooner than it looks by itself (a flush or shutdown queued, a
-        // batch to retry, a chunk's worth to fill, or entries to fill while
-        // it sleeps past `LAZY_WAIT`).
-        if asked
+            let encoded = self.encode(&mut batch, true);
+            if let Err(mut encoded) = self.commit(encoded, false) {
+                if round == 0 {
+                    let (tx, rx) = oneshot::channel();
+                    encoded.told.push(tx);
+                    result = Err(rx);
+                }
+                self.unwritten = Some(encoded);
+            }
+        }
+        self.inbox.0 = batch;
+        // Let go: what is still queued, and whatever the writer thread
+        // should do sooner than it looks by itself (a flush or shutdown
+        // queued, a batch to retry, a chunk's worth to fill, or entries to
+        // fill while it sleeps past `LAZY_WAIT`), wakes it.
+        if self.shared.let_go()
+            || asked
             || self.unwritten.is_some()
             || self.pending.len() >= FILL_CHUNK
             || !self.shared.lazy_ok.load(Ordering::SeqCst)
         {
+            self.shared.queue.lock().writing = false;
             self.shared.ready.notify_one();
         }
         result

@@ -10,8 +10,12 @@ use super::*;
 use crate::event::{parse_canonical, Phase};
 use std::time::Duration;
 
-fn start(db: &std::path::Path, signer: &NoteSigner) -> AuditPipeline {
-    AuditPipeline::start(crate::testkit::pipeline_config(db, signer).unwrap()).unwrap()
+/// A pipeline on a new store (`audit.db` in the directory).
+fn start() -> (tempfile::TempDir, NoteSigner, AuditPipeline) {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = NoteSigner::generate("test-node");
+    let cfg = crate::testkit::pipeline_config(&dir.path().join("audit.db"), &signer).unwrap();
+    (dir, signer, AuditPipeline::start(cfg).unwrap())
 }
 
 fn decision(call: &str) -> AuditEvent {
@@ -29,9 +33,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The calls' events as stored, `(phase, request id)` in log order.
-fn logged(db: &std::path::Path) -> Vec<(Phase, String)> {
+/// The calls' events as stored, `(phase, request id)` in log order, once
+/// the log is checked whole (leaves, checkpoints) and every call settled.
+fn logged(db: &std::path::Path, signer: &NoteSigner) -> Vec<(Phase, String)> {
     let store = Store::open_read_only(db).unwrap();
+    let report = crate::verify(&store, &signer.verifier(), &[]).unwrap();
+    assert!(report.ok(), "{report:?}");
     assert!(
         store.owed_decisions().unwrap().is_empty(),
         "every call settled"
@@ -63,12 +70,8 @@ fn eventually(what: &str, done: impl Fn() -> bool) {
 /// it.
 #[test]
 fn a_waiting_call_writes_its_own_decision_after_what_was_queued() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("audit.db");
-    let signer = NoteSigner::generate("test-node");
-    let pipeline = start(&db, &signer);
-    let audit = pipeline.handle();
-    let rt = runtime();
+    let (dir, signer, pipeline) = start();
+    let (db, audit, rt) = (dir.path().join("audit.db"), pipeline.handle(), runtime());
 
     let held = audit.core.lock();
     let (slot, durable) = audit.write_decision(decision("held")).unwrap();
@@ -95,7 +98,7 @@ fn a_waiting_call_writes_its_own_decision_after_what_was_queued() {
     assert!(led > 0, "no call found the writer free");
     pipeline.shutdown().unwrap();
 
-    let log = logged(&db);
+    let log = logged(&db, &signer);
     assert_eq!(log.len(), 2 + 4 * 200);
     let at = |phase: Phase, id: &str| log.iter().position(|(p, r)| *p == phase && r == id);
     for (_, id) in log.iter().filter(|(p, _)| *p == Phase::Outcome) {
@@ -111,9 +114,45 @@ fn a_waiting_call_writes_its_own_decision_after_what_was_queued() {
             "{call}'s decision overtook what was queued before it"
         );
     }
-    let store = Store::open_read_only(&db).unwrap();
-    let report = crate::verify(&store, &signer.verifier(), &[]).unwrap();
-    assert!(report.ok(), "{report:?}");
+}
+
+/// Calls from several threads at once, each waiting for its decision:
+/// whoever finds the writer free leads, the others queue — those that queue
+/// while a writer holds the writer wake no one, and are written by that
+/// writer before it lets go (or handed to the writer thread). None is left
+/// waiting (each is durable within 2 s; the writer thread would otherwise
+/// sleep for the test's hour-long checkpoint interval), and every call's
+/// events are in the log once, each outcome after its decision.
+#[test]
+fn calls_from_many_threads_are_all_made_durable_and_none_is_left_waiting() {
+    let (dir, signer, pipeline) = start();
+    let (db, audit) = (dir.path().join("audit.db"), pipeline.handle());
+    let (threads, calls) = (4, 500);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let audit = audit.clone();
+            scope.spawn(move || {
+                let rt = runtime();
+                for i in 0..calls {
+                    let call = format!("t{t}-{i}");
+                    let (slot, durable) = audit.write_decision(decision(&call)).unwrap();
+                    rt.block_on(durable.wait(Duration::from_secs(2)))
+                        .unwrap_or_else(|e| panic!("{call}: {e}"));
+                    slot.record(outcome(&call)).unwrap();
+                }
+            });
+        }
+    });
+    pipeline.shutdown().unwrap();
+    let log = logged(&db, &signer);
+    assert_eq!(log.len(), 2 * threads * calls);
+    let mut decided = std::collections::HashSet::new();
+    for (phase, id) in &log {
+        match phase {
+            Phase::Decision => assert!(decided.insert(id.clone()), "{id} twice"),
+            Phase::Outcome => assert!(decided.contains(id), "{id}: outcome first"),
+        }
+    }
 }
 
 /// Set in the child process the test below runs in: it limits the size of
@@ -163,12 +202,8 @@ fn a_write_refused_to_a_leading_call_is_retried_by_the_writer_thread() {
         );
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("audit.db");
-    let signer = NoteSigner::generate("test-node");
-    let pipeline = start(&db, &signer);
-    let audit = pipeline.handle();
-    let rt = runtime();
+    let (dir, signer, pipeline) = start();
+    let (db, audit, rt) = (dir.path().join("audit.db"), pipeline.handle(), runtime());
     let (slot, durable) = audit.write_decision(decision("before")).unwrap();
     rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
     slot.record(outcome("before")).unwrap();
@@ -206,5 +241,5 @@ fn a_write_refused_to_a_leading_call_is_retried_by_the_writer_thread() {
         (Phase::Outcome, "refused write"),
     ]
     .map(|(p, r)| (p, r.to_string()));
-    assert_eq!(logged(&db), expected);
+    assert_eq!(logged(&db, &signer), expected);
 }

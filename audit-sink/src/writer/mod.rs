@@ -120,6 +120,10 @@ pub(crate) enum Msg {
 pub(crate) struct Queue {
     pub(crate) events: Vec<Queued>,
     pub(crate) msgs: Vec<Msg>,
+    /// A writer (a leading call or the writer thread) holds the writer and
+    /// looks at the queue again before it lets go: what is queued meanwhile
+    /// needs no wake. Set and cleared under this lock, with the look.
+    pub(crate) writing: bool,
     /// The writer thread stopped: nothing handed over now would be written.
     pub(crate) gone: bool,
 }
@@ -154,22 +158,50 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Queues an event; wakes the writer thread with `wake` (and always
-    /// when it may sleep longer than `LAZY_WAIT`).
+    /// Queues an event; unless a writer will look at the queue before it
+    /// lets go, wakes the writer thread with `wake` (and always when it may
+    /// sleep longer than `LAZY_WAIT`).
     pub(crate) fn push(&self, queued: Queued, wake: bool) -> Result<(), AuditError> {
-        {
+        let writing = {
             let mut q = self.queue.lock();
             if q.gone {
                 return Err(AuditError::Closed);
             }
             q.events.push(queued);
-        }
+            q.writing
+        };
         // Read after the push: a writer thread that went to sleep for long
         // stored `false` before it last looked at the queue.
-        if wake || !self.lazy_ok.load(Ordering::SeqCst) {
+        if !writing && (wake || !self.lazy_ok.load(Ordering::SeqCst)) {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Takes what is queued for a writer that holds the writer, marking
+    /// that it will look again before it lets go. Returns whether requests
+    /// (flush, shutdown, co-signatures) wait for the writer thread.
+    pub(crate) fn take(&self, events: &mut Vec<Queued>, msgs: Option<&mut Vec<Msg>>) -> bool {
+        let mut q = self.queue.lock();
+        q.writing = true;
+        std::mem::swap(&mut q.events, events);
+        match msgs {
+            Some(m) => {
+                std::mem::swap(&mut q.msgs, m);
+                false
+            }
+            None => !q.msgs.is_empty(),
+        }
+    }
+
+    /// The writer's last look before it lets go: true when something was
+    /// queued meanwhile (it is still the writer's to take); otherwise what
+    /// is queued from now on wakes the writer thread again.
+    pub(crate) fn let_go(&self) -> bool {
+        let mut q = self.queue.lock();
+        let more = !q.events.is_empty() || !q.msgs.is_empty();
+        q.writing = more;
+        more
     }
 
     /// Hands the writer thread a request and wakes it.
@@ -337,6 +369,9 @@ pub(crate) struct Writer {
     /// A batch a leading call could not append (the segments refused the
     /// write): the writer thread writes it before anything else.
     unwritten: Option<Encoded>,
+    /// The last batch written had `lead::CROWDED` decisions or more
+    /// waiting on it (calls then queue instead of leading).
+    crowded: bool,
     /// What was last taken from the queue (buffers kept for reuse).
     inbox: (Vec<Queued>, Vec<Msg>),
 }
@@ -378,6 +413,7 @@ impl Writer {
             shared,
             wal: None,
             unwritten: None,
+            crowded: false,
             inbox: (Vec::new(), Vec::new()),
         }
     }
@@ -462,6 +498,7 @@ impl Writer {
             reserved,
         } = encoded;
         let n = entries.len();
+        self.crowded = told.len() >= lead::CROWDED;
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
         self.pending_since.get_or_insert_with(Instant::now);
         for ((mut e, leaf, columns, _), loc) in entries.into_iter().zip(locs) {

@@ -35,10 +35,19 @@ pub(super) fn run(core: &Core, shared: &Shared) {
         let abandoned = std::sync::Arc::strong_count(core) == 1;
         let mut guard = core.lock();
         let Some(w) = guard.as_mut() else { return };
-        if w.step(idle, abandoned, &mut waiters) {
-            // Everything written and in the store: the files close here.
-            *guard = None;
-            return;
+        let mut idle = idle;
+        // Until nothing was queued meanwhile: calls that queued while this
+        // thread wrote did not wake it.
+        loop {
+            if w.step(idle, abandoned, &mut waiters) {
+                // Everything written and in the store: the files close here.
+                *guard = None;
+                return;
+            }
+            if !shared.let_go() {
+                break;
+            }
+            idle = false;
         }
     }
 }
@@ -86,16 +95,16 @@ impl Writer {
         }
         let mut shutdown = abandoned;
         let (mut events, mut msgs) = std::mem::take(&mut self.inbox);
-        {
+        self.shared.take(&mut events, Some(&mut msgs));
+        if abandoned || msgs.iter().any(|m| matches!(m, Msg::Shutdown)) {
+            // Whatever is handed over from now on is refused; what was
+            // queued before is taken with it.
+            shutdown = true;
+            self.shared.lazy_ok.store(false, Ordering::SeqCst);
             let mut q = self.shared.queue.lock();
-            std::mem::swap(&mut q.events, &mut events);
-            std::mem::swap(&mut q.msgs, &mut msgs);
-            if abandoned || msgs.iter().any(|m| matches!(m, Msg::Shutdown)) {
-                // Whatever is handed over from now on is refused.
-                shutdown = true;
-                q.gone = true;
-                self.shared.lazy_ok.store(false, Ordering::SeqCst);
-            }
+            q.gone = true;
+            events.append(&mut q.events);
+            msgs.append(&mut q.msgs);
         }
         // A batch at most `batch_max` events, each followed by the
         // checkpoint it makes due.
