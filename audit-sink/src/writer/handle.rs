@@ -74,7 +74,8 @@ impl Durable {
     }
 
     /// True when the decision was durable as it was handed over.
-    pub fn already(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn already(&self) -> bool {
         self.0.is_none()
     }
 }
@@ -209,26 +210,21 @@ impl AuditHandle {
             used: false,
             decision: event.event_id.clone(),
         };
+        let mut queued = Queued {
+            event,
+            owes: true,
+            settles: None,
+            durable: None,
+        };
         if lead {
             if let Some(mut core) = self.core.try_lock() {
                 if let Some(w) = core.as_mut().filter(|w| w.may_lead()) {
-                    let own = Queued {
-                        event,
-                        owes: true,
-                        settles: None,
-                        durable: None,
-                    };
-                    return Ok((slot, Durable(w.lead(own).err())));
+                    return Ok((slot, Durable(w.lead(queued).err())));
                 }
             }
         }
         let (tx, rx) = oneshot::channel();
-        let queued = Queued {
-            event,
-            owes: true,
-            settles: None,
-            durable: Some(tx),
-        };
+        queued.durable = Some(tx);
         if let Err(e) = self.send(queued) {
             self.shared.depth.fetch_sub(1, Ordering::AcqRel);
             return Err(e); // dropping the slot releases the other place

@@ -22,11 +22,6 @@ use tokio::sync::oneshot;
 
 use super::{Queued, Writer, FILL_CHUNK};
 
-/// How many batches a leading call writes at most: its own, and what was
-/// queued while it wrote it. Beyond that the writer thread takes over, so
-/// a request thread is never held by a stream of other calls' writes.
-const LEAD_ROUNDS: usize = 2;
-
 /// A batch with this many queued decisions waiting on it says calls come
 /// faster than a write takes: the next ones queue for the writer thread
 /// instead of leading (measured: leading under saturation cost 4-6% of
@@ -46,44 +41,43 @@ impl Writer {
     /// Writes everything queued and then `own` (a decision holding its
     /// place in the queue), synced; then, once, what was queued while it
     /// wrote (those calls did not wake the writer thread: a writer held
-    /// the writer). Ok: `own` is durable. Err: the write was refused; the
+    /// the writer); what is queued after that goes to the writer thread,
+    /// so a request thread is never held by a stream of other calls'
+    /// writes. Ok: `own` is durable. Err: the write was refused; the
     /// writer thread writes the batch, and the receiver says when.
     pub(super) fn lead(&mut self, own: Queued) -> Result<(), oneshot::Receiver<()>> {
         let mut batch = std::mem::take(&mut self.inbox.0);
-        let mut asked = self.shared.take(&mut batch, None);
+        let mut asked = self.shared.take_events(&mut batch);
         batch.push(own);
         let mut result = Ok(());
-        for round in 0..LEAD_ROUNDS {
-            if round > 0 {
-                if !self.may_lead() || !self.shared.let_go() {
-                    break;
-                }
-                asked |= self.shared.take(&mut batch, None);
-            }
-            let encoded = self.encode(&mut batch, true);
-            if let Err(mut encoded) = self.commit(encoded, false) {
-                if round == 0 {
-                    let (tx, rx) = oneshot::channel();
-                    encoded.told.push(tx);
-                    result = Err(rx);
-                }
-                self.unwritten = Some(encoded);
-            }
+        if let Err(mut refused) = self.append_now(&mut batch) {
+            let (tx, rx) = oneshot::channel();
+            refused.told.push(tx);
+            self.unwritten = Some(refused);
+            result = Err(rx);
+        } else if self.may_lead() {
+            asked |= self.shared.take_events(&mut batch);
+            self.unwritten = self.append_now(&mut batch).err();
         }
         self.inbox.0 = batch;
-        // Let go: what is still queued, and whatever the writer thread
-        // should do sooner than it looks by itself (a flush or shutdown
-        // queued, a batch to retry, a chunk's worth to fill, or entries to
-        // fill while it sleeps past `LAZY_WAIT`), wakes it.
-        if self.shared.let_go()
+        // Let go, and wake the writer thread for what is still queued and
+        // whatever it should do sooner than it looks by itself (a flush or
+        // shutdown queued, a batch to retry, a chunk's worth to fill, or
+        // entries to fill while it sleeps past `LAZY_WAIT`).
+        if self.shared.hand_over()
             || asked
             || self.unwritten.is_some()
             || self.pending.len() >= FILL_CHUNK
             || !self.shared.lazy_ok.load(Ordering::SeqCst)
         {
-            self.shared.queue.lock().writing = false;
             self.shared.ready.notify_one();
         }
         result
+    }
+
+    /// Encodes and appends a batch (emptied) without retrying.
+    fn append_now(&mut self, batch: &mut Vec<Queued>) -> Result<(), super::Encoded> {
+        let encoded = self.encode(batch, true);
+        self.commit(encoded, false)
     }
 }

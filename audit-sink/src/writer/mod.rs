@@ -128,6 +128,12 @@ pub(crate) struct Queue {
     pub(crate) gone: bool,
 }
 
+impl Queue {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.msgs.is_empty()
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Shared {
     pub(crate) depth: AtomicUsize,
@@ -178,30 +184,41 @@ impl Shared {
         Ok(())
     }
 
-    /// Takes what is queued for a writer that holds the writer, marking
-    /// that it will look again before it lets go. Returns whether requests
-    /// (flush, shutdown, co-signatures) wait for the writer thread.
-    pub(crate) fn take(&self, events: &mut Vec<Queued>, msgs: Option<&mut Vec<Msg>>) -> bool {
+    /// Takes the queued events (into the empty `events`) for a writer that
+    /// holds the writer, marking that it will look again before it lets
+    /// go. Returns whether requests (flush, shutdown, co-signatures) wait
+    /// for the writer thread.
+    pub(crate) fn take_events(&self, events: &mut Vec<Queued>) -> bool {
         let mut q = self.queue.lock();
         q.writing = true;
         std::mem::swap(&mut q.events, events);
-        match msgs {
-            Some(m) => {
-                std::mem::swap(&mut q.msgs, m);
-                false
-            }
-            None => !q.msgs.is_empty(),
-        }
+        !q.msgs.is_empty()
     }
 
-    /// The writer's last look before it lets go: true when something was
-    /// queued meanwhile (it is still the writer's to take); otherwise what
-    /// is queued from now on wakes the writer thread again.
+    /// As `take_events`, with the requests too (the writer thread).
+    pub(crate) fn take_all(&self, events: &mut Vec<Queued>, msgs: &mut Vec<Msg>) {
+        let mut q = self.queue.lock();
+        q.writing = true;
+        std::mem::swap(&mut q.events, events);
+        std::mem::swap(&mut q.msgs, msgs);
+    }
+
+    /// The writer thread's last look before it lets go: true when
+    /// something was queued meanwhile (still its to take); otherwise what
+    /// is queued from now on wakes it again.
     pub(crate) fn let_go(&self) -> bool {
         let mut q = self.queue.lock();
-        let more = !q.events.is_empty() || !q.msgs.is_empty();
-        q.writing = more;
-        more
+        q.writing = !q.is_empty();
+        q.writing
+    }
+
+    /// A leading call lets go: what is queued from now on wakes the
+    /// writer thread. Returns whether something is queued already (then
+    /// the leader wakes it).
+    pub(crate) fn hand_over(&self) -> bool {
+        let mut q = self.queue.lock();
+        q.writing = false;
+        !q.is_empty()
     }
 
     /// Hands the writer thread a request and wakes it.
@@ -424,10 +441,8 @@ impl Writer {
     /// the queue.
     fn write_batch(&mut self, batch: &mut Vec<Queued>, reserved: bool) {
         let encoded = self.encode(batch, reserved);
-        if let Err(e) = self.commit(encoded, true) {
-            // A patient commit retries until the segments take it.
-            self.unwritten = Some(e);
-        }
+        // Patient: retried until the segments take it (never handed back).
+        self.unwritten = self.commit(encoded, true).err();
     }
 
     /// Gives the batch its places in the log (after everything written and

@@ -26,16 +26,13 @@ pub(super) fn run(core: &Core, shared: &Shared) {
         // that is either seen below, or its sender sees the flag down and
         // wakes this thread.
         shared.lazy_ok.store(wake <= LAZY_WAIT, Ordering::SeqCst);
-        let idle = {
+        let mut idle = {
             let mut q = shared.queue.lock();
-            nothing_queued(&q)
-                && shared.ready.wait_for(&mut q, wake).timed_out()
-                && nothing_queued(&q)
+            q.is_empty() && shared.ready.wait_for(&mut q, wake).timed_out() && q.is_empty()
         };
         let abandoned = std::sync::Arc::strong_count(core) == 1;
         let mut guard = core.lock();
         let Some(w) = guard.as_mut() else { return };
-        let mut idle = idle;
         // Until nothing was queued meanwhile: calls that queued while this
         // thread wrote did not wake it.
         loop {
@@ -50,10 +47,6 @@ pub(super) fn run(core: &Core, shared: &Shared) {
             idle = false;
         }
     }
-}
-
-fn nothing_queued(q: &super::Queue) -> bool {
-    q.events.is_empty() && q.msgs.is_empty()
 }
 
 impl Writer {
@@ -84,9 +77,7 @@ impl Writer {
     /// stopped (asked to shut down, or `abandoned`).
     fn step(&mut self, idle: bool, abandoned: bool, waiters: &mut Vec<SyncSender<()>>) -> bool {
         if let Some(encoded) = self.unwritten.take() {
-            if let Err(e) = self.commit(encoded, true) {
-                self.unwritten = Some(e);
-            }
+            self.unwritten = self.commit(encoded, true).err();
         }
         if idle {
             // Nothing queued: readers see appended entries now, a chunk at
@@ -95,7 +86,7 @@ impl Writer {
         }
         let mut shutdown = abandoned;
         let (mut events, mut msgs) = std::mem::take(&mut self.inbox);
-        self.shared.take(&mut events, Some(&mut msgs));
+        self.shared.take_all(&mut events, &mut msgs);
         if abandoned || msgs.iter().any(|m| matches!(m, Msg::Shutdown)) {
             // Whatever is handed over from now on is refused; what was
             // queued before is taken with it.
