@@ -9,7 +9,7 @@
 //! was given contradicts the signed log, or count pruned events as checked.
 
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::checkpoint::{Checkpoint, NoteVerifier};
 use crate::event::parse_canonical;
@@ -243,15 +243,26 @@ pub fn verify_log(
             break;
         }
     }
-    let end = base + log.len() as u64;
-    let position: HashMap<Hash, u64> = log
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (*h, base + i as u64))
-        .collect();
+    // Where the log ends: past its last leaf, or at the largest signed
+    // size when rows past the last leaf are gone (an event and its leaf
+    // deleted together, as one row of the embedded store).
+    let signed = data.checkpoints.iter().map(|(size, _)| *size).max();
+    let end = leaves
+        .last()
+        .map_or(base, |(idx, _)| idx + 1)
+        .max(base + log.len() as u64)
+        .max(signed.unwrap_or(0));
+    let position: HashMap<Hash, u64> = leaves.iter().map(|(idx, h)| (*h, *idx)).collect();
+    let has_leaf: HashSet<u64> = leaves.iter().map(|(idx, _)| *idx).collect();
+    let slot = |seq: u64| seq.checked_sub(base).map(|i| i as usize);
 
     // 1. Every event row against the log.
-    let mut present = vec![false; log.len()];
+    let mut present = vec![false; (end - base) as usize];
+    let mut mark = |seq: u64| {
+        if let Some(p) = slot(seq).and_then(|i| present.get_mut(i)) {
+            *p = true;
+        }
+    };
     for row in events.iter() {
         let bytes = row.json.as_bytes();
         let leaf = merkle::leaf_hash(bytes);
@@ -260,17 +271,26 @@ pub fn verify_log(
             .as_ref()
             .map(|e| e.event_id.clone())
             .unwrap_or_default();
+        // Where the event says it belongs (its own `seq`): rows moved with
+        // their leaves still say where they were written.
+        let says = event.as_ref().map_or(row.seq, |e| e.seq);
         match position.get(&leaf) {
-            Some(&i) if i == row.seq => {
-                present[(i - base) as usize] = true;
+            Some(&i) if i == row.seq && says != row.seq => {
+                problems.push(Problem::Reordered {
+                    seq: row.seq,
+                    event_id,
+                    belongs_at: says,
+                });
+                mark(says);
             }
+            Some(&i) if i == row.seq => mark(i),
             Some(&i) => {
                 problems.push(Problem::Reordered {
                     seq: row.seq,
                     event_id,
                     belongs_at: i,
                 });
-                present[(i - base) as usize] = true;
+                mark(i);
             }
             None if row.seq >= end || row.seq < base => {
                 problems.push(Problem::Inserted {
@@ -284,12 +304,15 @@ pub fn verify_log(
                     Ok(e) if e.seq != row.seq => {
                         format!("stored at #{} but says it is #{}", row.seq, e.seq)
                     }
+                    Ok(_) if !has_leaf.contains(&row.seq) => {
+                        "its leaf is missing from the log".into()
+                    }
                     Ok(_) => "its hash differs from the signed log".into(),
                 };
                 // A row whose content is not in the log, stored where another
                 // event is missing, is an edit of that event; present[] stays
                 // false only for truly absent ones.
-                present[(row.seq - base) as usize] = true;
+                mark(row.seq);
                 problems.push(Problem::Edited {
                     seq: row.seq,
                     event_id,

@@ -141,6 +141,11 @@ fn each_kind_of_tampering_is_named() {
             |p| matches!(p, Problem::Deleted { seq: 4 }),
         ),
         (
+            "the newest event deleted (no later leaf shows the gap; the last signed size does)",
+            |db| sql(db, "DELETE FROM events WHERE seq = 11;"),
+            |p| matches!(p, Problem::Deleted { seq: 11 }),
+        ),
+        (
             "reordered: two rows swapped",
             |db| {
                 sql(db, "UPDATE events SET seq = -1 WHERE seq = 1; UPDATE events SET seq = 1 WHERE seq = 2; UPDATE events SET seq = 2 WHERE seq = -1;")
@@ -172,12 +177,7 @@ fn each_kind_of_tampering_is_named() {
         ),
         (
             "a leaf of the log replaced",
-            |db| {
-                sql(
-                    db,
-                    "UPDATE log_leaves SET hash = zeroblob(32) WHERE idx = 3;",
-                )
-            },
+            |db| sql(db, "UPDATE events SET leaf = zeroblob(32) WHERE seq = 3;"),
             |p| {
                 matches!(
                     p,

@@ -446,7 +446,7 @@ fn audit_store_failure_fails_closed_with_503_and_loses_nothing() {
     // Break the store under the running gateway: its next write fails.
     let db = rusqlite::Connection::open(gw.path("data/audit.db")).unwrap();
     db.busy_timeout(Duration::from_secs(5)).unwrap();
-    db.execute_batch("ALTER TABLE log_leaves RENAME TO log_leaves_away;")
+    db.execute_batch("ALTER TABLE events RENAME TO events_away;")
         .unwrap();
     let mut allowed = Vec::new();
     let mut refused = None;
@@ -465,7 +465,7 @@ fn audit_store_failure_fails_closed_with_503_and_loses_nothing() {
     assert!(gw.metric("lattice_audit_refused_total") >= 1.0);
 
     // Repair it: the held batch is written, calls flow again, nothing was lost.
-    db.execute_batch("ALTER TABLE log_leaves_away RENAME TO log_leaves;")
+    db.execute_batch("ALTER TABLE events_away RENAME TO events;")
         .unwrap();
     drop(db);
     wait_for("recovery", Duration::from_secs(15), || {
@@ -517,7 +517,7 @@ fn with_on_full_allow_calls_go_through_counted_logged_and_the_trail_shows_the_ga
     // Break the store: calls keep going through, unaudited, counted.
     let db = rusqlite::Connection::open(gw.path("data/audit.db")).unwrap();
     db.busy_timeout(Duration::from_secs(5)).unwrap();
-    db.execute_batch("ALTER TABLE log_leaves RENAME TO log_leaves_away;")
+    db.execute_batch("ALTER TABLE events RENAME TO events_away;")
         .unwrap();
     wait_for(
         "calls let through unaudited",
@@ -530,7 +530,7 @@ fn with_on_full_allow_calls_go_through_counted_logged_and_the_trail_shows_the_ga
     assert!(gw.log().contains("UNAUDITED"), "each bypass is logged");
 
     // Repair: the next call's record is preceded by the gap's.
-    db.execute_batch("ALTER TABLE log_leaves_away RENAME TO log_leaves;")
+    db.execute_batch("ALTER TABLE events_away RENAME TO events;")
         .unwrap();
     drop(db);
     wait_for("recovery", Duration::from_secs(15), || {

@@ -1,5 +1,7 @@
 //! The store's indexed columns: written from the event, equal to what its
-//! JSON says, and the migration of stores whose columns were generated.
+//! JSON says; rows inserted many to a statement; and the migrations of
+//! stores whose columns were generated and of those that kept their leaves
+//! in a table of their own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
@@ -109,10 +111,11 @@ fn a_store_with_generated_columns_is_migrated_with_every_event_unchanged() {
             "tenant",
             "request_id",
             "seg",
-            "off"
+            "off",
+            "leaf"
         ]
         .map(plain),
-        "no generated column is left; the segment columns are added"
+        "no generated column is left; the segment and leaf columns are added"
     );
     let stored: Vec<String> = store
         .events()
@@ -148,4 +151,111 @@ fn a_store_with_generated_columns_is_migrated_with_every_event_unchanged() {
         ..Default::default()
     };
     assert_eq!(store.query(&q).unwrap().len(), 4);
+}
+
+/// Turns a store into the schema before 2026-12-07: leaves in
+/// `log_leaves`, no `leaf` column.
+fn with_leaf_table(path: &Path) {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE log_leaves (idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+         INSERT INTO log_leaves (idx, hash) SELECT seq, leaf FROM events;
+         ALTER TABLE events DROP COLUMN leaf;",
+    )
+    .unwrap();
+}
+
+#[test]
+fn rows_go_in_many_to_a_statement_and_read_back_each_with_its_leaf() {
+    // 16 + 16 + 5: two multi-row statements and five single ones.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("a.db")).unwrap();
+    let rows: Vec<Row> = (0..37)
+        .map(|i| Row::of(&event(i, "acme", &format!("r{i}"))))
+        .collect();
+    store.append(&rows, &[], &[]).unwrap();
+    let leaves = store.leaves().unwrap();
+    let expected: Vec<(u64, Hash)> = rows.iter().map(|r| (r.seq, r.leaf)).collect();
+    assert_eq!(leaves, expected);
+    let json: Vec<String> = store
+        .events()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.json)
+        .collect();
+    let written: Vec<String> = rows
+        .iter()
+        .map(|r| String::from_utf8(r.json.clone()).unwrap())
+        .collect();
+    assert_eq!(json, written);
+    assert_eq!(mismatches(&store), 0);
+    assert_eq!(store.log_size().unwrap(), 37);
+    assert_eq!(
+        store.leaf_range(30, 37).unwrap(),
+        expected[30..].iter().map(|l| l.1).collect::<Vec<_>>()
+    );
+    // A seq taken twice fails the whole transaction: nothing of it stays.
+    let again: Vec<Row> = (37..60)
+        .chain([40])
+        .map(|i| Row::of(&event(i, "acme", "x")))
+        .collect();
+    assert!(store.append(&again, &[], &[]).is_err());
+    assert_eq!(store.count().unwrap(), 37);
+}
+
+#[test]
+fn a_store_with_a_leaf_table_is_read_as_it_is_and_migrated_with_every_leaf_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let rows: Vec<Row> = (0..20)
+        .map(|i| Row::of(&event(i, "acme", &format!("r{i}"))))
+        .collect();
+    let mut store = Store::open(&path).unwrap();
+    store.append(&rows, &[], &[]).unwrap();
+    let log = store.log().unwrap().leaves;
+    drop(store);
+    with_leaf_table(&path);
+
+    // Read-only (the CLI, `lattice audit verify`): read where they are.
+    let reader = Store::open_read_only(&path).unwrap();
+    assert_eq!(reader.log().unwrap().leaves, log);
+    assert_eq!(reader.range(18, 5).unwrap().len(), 2);
+    drop(reader);
+
+    let mut store = Store::open(&path).unwrap();
+    assert!(!migrate::has_table(&store.conn, "log_leaves").unwrap());
+    assert_eq!(store.log().unwrap().leaves, log);
+    assert_eq!(store.events().unwrap().len(), 20);
+    store
+        .append(&[Row::of(&event(20, "acme", "r20"))], &[], &[])
+        .unwrap();
+    assert_eq!(store.log_size().unwrap(), 21);
+    drop(store);
+    // A second open is a no-op.
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.leaves().unwrap().len(), 21);
+}
+
+#[test]
+fn a_leaf_without_its_event_row_stops_the_migration_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let rows: Vec<Row> = (0..4).map(|i| Row::of(&event(i, "acme", "r"))).collect();
+    Store::open(&path).unwrap().append(&rows, &[], &[]).unwrap();
+    with_leaf_table(&path);
+    Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM events WHERE seq = 2", [])
+        .unwrap();
+    let err = Store::open(&path).err().expect("the migration refuses");
+    assert_eq!(
+        err.to_string(),
+        AuditError::Corrupt(
+            "log leaf 2 has no event row, so the leaves cannot move into the events; run `lattice audit verify`".into()
+        )
+        .to_string()
+    );
+    let conn = Connection::open(&path).unwrap();
+    assert!(migrate::has_table(&conn, "log_leaves").unwrap());
+    assert!(!migrate::has_column(&conn, "leaf").unwrap());
 }
