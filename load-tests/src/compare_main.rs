@@ -5,11 +5,14 @@
 //! `lattice-load-compare SCENARIO.toml --lattice target/release/lattice
 //!    [--agentgateway PATH] [--litellm PATH] [--baseline PATH]
 //!    [--targets a,b,c] [--rounds N]
-//!    [--smoke] [--out FILE.md] [--json FILE.json] [--profile DIR]`
+//!    [--smoke] [--out FILE.md] [--json FILE.json] [--profile DIR
+//!    [--profile-rate RATE]]`
 //!
 //! `--profile DIR`: `perf` records each target's process during its first
 //! saturation run (`DIR/<target>.perf.txt`, and `DIR/<target>.svg` when
-//! `inferno` is installed).
+//! `inferno` is installed); with `--profile-rate RATE`, during its first
+//! run at that fixed rate instead (one of the scenario's `rates`): where
+//! the CPU goes when calls come one at a time.
 //!
 //! `--baseline PATH`: another Lattice build, measured as the target
 //! `baseline` (name it in `--targets`): a change's before and after in one
@@ -21,7 +24,7 @@
 //! Must never: send traffic anywhere but loopback, or run unbounded.
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::compare::{markdown, run, targets::Programs, Scenario};
+use lattice_load_tests::compare::{markdown, run, targets::Programs, Profile, Scenario};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -61,6 +64,7 @@ async fn main() -> Result<()> {
     };
     let (mut scenario_path, mut smoke, mut out, mut json) = (None, false, None, None);
     let mut profile: Option<PathBuf> = None;
+    let mut profile_rate: Option<u64> = None;
     let (mut only, mut rounds): (Option<Vec<String>>, Option<usize>) = (None, None);
     let mut i = 0;
     while i < argv.len() {
@@ -80,6 +84,7 @@ async fn main() -> Result<()> {
             "--out" => out = Some(PathBuf::from(value()?)),
             "--json" => json = Some(PathBuf::from(value()?)),
             "--profile" => profile = Some(PathBuf::from(value()?)),
+            "--profile-rate" => profile_rate = Some(value()?.parse()?),
             s if !s.starts_with("--") && scenario_path.is_none() => {
                 scenario_path = Some(PathBuf::from(s));
                 i += 1;
@@ -100,8 +105,21 @@ async fn main() -> Result<()> {
     if smoke {
         scenario = scenario.smoke();
     }
+    let profile = match (profile, profile_rate) {
+        (Some(dir), rate) => {
+            if let Some(r) = rate.filter(|r| !scenario.rates.contains(r)) {
+                bail!(
+                    "--profile-rate {r} is not one of the scenario's rates {:?}",
+                    scenario.rates
+                );
+            }
+            Some(Profile { dir, rate })
+        }
+        (None, Some(_)) => bail!("--profile-rate needs --profile DIR"),
+        (None, None) => None,
+    };
     let dir = tempfile::tempdir()?;
-    let report = run(&scenario, &programs, dir.path(), profile.as_deref()).await?;
+    let report = run(&scenario, &programs, dir.path(), profile.as_ref()).await?;
     let date = first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let mut text = format!(
         "```\n{}\n```\n{date}; {}; {}; {}; {} rounds interleaved, {} connections, {} s saturation and {} s per fixed rate\n\n",

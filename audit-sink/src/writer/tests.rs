@@ -407,7 +407,7 @@ fn outcomes_are_written_whether_the_writer_is_about_to_wake_or_asleep() {
             .unwrap();
         rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
         if asleep {
-            // The decision is filled into the store 2 ms on; then the
+            // The decision is filled into the store `IDLE_FILL` on; then the
             // writer sleeps for the checkpoint interval.
             eventually("the writer sleeps long", || {
                 !shared.lazy_ok.load(Ordering::SeqCst)

@@ -14,7 +14,7 @@ pub mod targets;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use load::{fixed_rate, saturate, Saturation};
 use targets::{start, start_upstream, Programs, Started};
@@ -161,15 +161,23 @@ fn cpu_ticks() -> Option<(u64, u64)> {
     Some((*f.get(7)?, f.iter().take(8).sum()))
 }
 
+/// What to profile: into `dir`, the saturation run, or the run at `rate`.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub dir: PathBuf,
+    pub rate: Option<u64>,
+}
+
 /// Runs the scenario. A target whose program was not given is skipped
 /// (and said so); one that was given but fails its check fails the run.
-/// With `profile`, the first saturation run of each target that has a
-/// process is recorded by `perf` (call graphs) into that folder.
+/// With `profile`, the first saturation run (or first run at the profile's
+/// fixed rate) of each target that has a process is recorded by `perf`
+/// (call graphs) into its folder.
 pub async fn run(
     scenario: &Scenario,
     programs: &Programs,
     dir: &Path,
-    profile: Option<&Path>,
+    profile: Option<&Profile>,
 ) -> Result<Report> {
     let upstream = start_upstream(scenario.route, programs, dir)?;
     let client = reqwest::Client::builder()
@@ -236,15 +244,13 @@ pub async fn run(
             quiet_disk();
             let before = t.audit_events();
             let since = std::time::Instant::now();
-            let recorder = match (profile, t.pid) {
-                (Some(out), Some(pid)) if round == 0 => Some(profiler::record(
-                    out,
-                    &t.name,
-                    pid,
-                    scenario.saturation_seconds,
-                )?),
-                _ => None,
-            };
+            let recorder =
+                match (profile, t.pid) {
+                    (Some(p), Some(pid)) if round == 0 && p.rate.is_none() => Some(
+                        profiler::record(&p.dir, &t.name, pid, scenario.saturation_seconds)?,
+                    ),
+                    _ => None,
+                };
             let cpu_before = t.cpu_ticks();
             let Saturation { per_second, errors } = saturate(
                 &t.req,
@@ -273,9 +279,18 @@ pub async fn run(
             for f in m.fixed.iter_mut() {
                 t.settle().await;
                 quiet_disk();
+                let recorder = match (profile, t.pid) {
+                    (Some(p), Some(pid)) if round == 0 && p.rate == Some(f.rate) => Some(
+                        profiler::record(&p.dir, &t.name, pid, scenario.fixed_seconds)?,
+                    ),
+                    _ => None,
+                };
                 let cpu_before = t.cpu_ticks();
                 let r = fixed_rate(&t.req, f.rate, scenario.fixed_seconds, scenario.connections)
                     .await?;
+                if let Some(r) = recorder {
+                    r.finish()?;
+                }
                 if let (Some(b), Some(a)) = (cpu_before, t.cpu_ticks()) {
                     f.cpu_us.push(cpu_us_per_request(a - b, r.sent as f64));
                 }
