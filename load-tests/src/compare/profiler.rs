@@ -1,6 +1,7 @@
-//! Profiles a target while the harness saturates it: `perf record` with
-//! DWARF call graphs on the target's process for the saturation run, then
-//! the report (`<target>.perf.txt`, where the CPU goes, inclusive) and, when
+//! Profiles a target while the harness loads it: `perf record` with DWARF
+//! call graphs on the target's process for its saturation run (or, with
+//! `--profile-rate`, its run at that fixed rate), then the report
+//! (`<target>.perf.txt`, where the CPU goes, inclusive) and, when
 //! `inferno` is installed (`cargo install inferno`), a flame graph
 //! (`<target>.svg`).
 //!
