@@ -168,6 +168,23 @@ pub struct Profile {
     pub rate: Option<u64>,
 }
 
+/// Starts `perf` on `t` for the run about to start when the profile asks
+/// for it: the first round's run at `rate` (`None`: the saturation run).
+fn record(
+    profile: Option<&Profile>,
+    t: &Started,
+    round: usize,
+    rate: Option<u64>,
+    seconds: u64,
+) -> Result<Option<profiler::Recorder>> {
+    Ok(match (profile, t.pid) {
+        (Some(p), Some(pid)) if round == 0 && p.rate == rate => {
+            Some(profiler::record(&p.dir, &t.name, pid, seconds)?)
+        }
+        _ => None,
+    })
+}
+
 /// Runs the scenario. A target whose program was not given is skipped
 /// (and said so); one that was given but fails its check fails the run.
 /// With `profile`, the first saturation run (or first run at the profile's
@@ -244,13 +261,7 @@ pub async fn run(
             quiet_disk();
             let before = t.audit_events();
             let since = std::time::Instant::now();
-            let recorder =
-                match (profile, t.pid) {
-                    (Some(p), Some(pid)) if round == 0 && p.rate.is_none() => Some(
-                        profiler::record(&p.dir, &t.name, pid, scenario.saturation_seconds)?,
-                    ),
-                    _ => None,
-                };
+            let recorder = record(profile, t, round, None, scenario.saturation_seconds)?;
             let cpu_before = t.cpu_ticks();
             let Saturation { per_second, errors } = saturate(
                 &t.req,
@@ -279,12 +290,7 @@ pub async fn run(
             for f in m.fixed.iter_mut() {
                 t.settle().await;
                 quiet_disk();
-                let recorder = match (profile, t.pid) {
-                    (Some(p), Some(pid)) if round == 0 && p.rate == Some(f.rate) => Some(
-                        profiler::record(&p.dir, &t.name, pid, scenario.fixed_seconds)?,
-                    ),
-                    _ => None,
-                };
+                let recorder = record(profile, t, round, Some(f.rate), scenario.fixed_seconds)?;
                 let cpu_before = t.cpu_ticks();
                 let r = fixed_rate(&t.req, f.rate, scenario.fixed_seconds, scenario.connections)
                     .await?;
