@@ -3,7 +3,10 @@
 //! atomics: requests on any thread read and update them without locks.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::upstream::Upstream;
 
 /// What speaks at the other end. All of them speak the OpenAI API; they
 /// differ in how health and load can be read.
@@ -95,8 +98,12 @@ pub(crate) fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct BackendState {
     pub spec: BackendSpec,
-    /// A client pinned to `spec.pin` (none: the router's shared client).
+    /// A client pinned to `spec.pin` for health checks (none: the
+    /// router's shared one).
     pub(crate) client: Option<reqwest::Client>,
+    /// Where requests go, and the connections kept to it (set when the
+    /// route table is built).
+    pub(crate) upstream: Option<Arc<Upstream>>,
     outstanding: AtomicU64,
     /// The last active health check passed (true until one fails).
     healthy: AtomicBool,
@@ -117,6 +124,7 @@ impl BackendState {
         Self {
             spec,
             client: None,
+            upstream: None,
             outstanding: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             ejected_until_ms: AtomicU64::new(0),

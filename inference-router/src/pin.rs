@@ -86,16 +86,22 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
+fn config(verifier: Arc<Verifier>) -> Result<rustls::ClientConfig, InferenceError> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(verifier.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| InferenceError::Runtime(format!("TLS: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
+}
+
 fn client(
     verifier: Arc<Verifier>,
     timeout: Option<Duration>,
 ) -> Result<reqwest::Client, InferenceError> {
-    let tls = rustls::ClientConfig::builder_with_provider(verifier.provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| InferenceError::Runtime(format!("TLS: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+    let tls = config(verifier)?;
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .no_proxy()
@@ -119,6 +125,31 @@ fn verifier(pin: Option<String>) -> Arc<Verifier> {
 /// A client that accepts only the certificate with this fingerprint.
 pub fn pinned_client(fingerprint: &str) -> Result<reqwest::Client, InferenceError> {
     client(verifier(Some(fingerprint.to_string())), None)
+}
+
+/// The TLS configuration of a backend's request connections
+/// (`upstream`) that accepts only the certificate with this fingerprint.
+pub(crate) fn pinned_tls(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, InferenceError> {
+    let mut c = config(verifier(Some(fingerprint.to_string())))?;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// The TLS configuration of request connections to a backend on the web:
+/// the web's roots (webpki-roots, as reqwest's `rustls-tls` trusts).
+pub(crate) fn web_tls() -> Result<Arc<rustls::ClientConfig>, InferenceError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| InferenceError::Runtime(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
 }
 
 /// A client for one join: accepts any certificate and tells which one the

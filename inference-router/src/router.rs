@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{parse_vllm_load, BackendSpec, BackendState};
 use crate::openai::Endpoint;
 use crate::select::{choose, Strategy};
+use crate::upstream::{Resolver, Response, Upstream};
 use crate::InferenceError;
 
 /// A model name and its aliases → backends.
@@ -56,6 +57,7 @@ fn build_table(
     old: Option<&Table>,
     backends: &[BackendSpec],
     routes: &[ModelRoute],
+    dns: Option<&Resolver>,
 ) -> Result<Table, InferenceError> {
     let mut states: HashMap<String, Arc<BackendState>> = HashMap::new();
     let mut ordered = Vec::new();
@@ -73,6 +75,14 @@ fn build_table(
                 if let Some(pin) = &spec.pin {
                     b.client = Some(crate::pin::pinned_client(pin)?);
                 }
+                let tls = match (&spec.pin, spec.url.starts_with("https:")) {
+                    (_, false) => None,
+                    (Some(pin), true) => Some(crate::pin::pinned_tls(pin)?),
+                    (None, true) => Some(crate::pin::web_tls()?),
+                };
+                let upstream = Upstream::new(&spec.url, tls, dns.cloned())
+                    .map_err(|e| InferenceError::Config(format!("backend `{}`: {e}", spec.name)))?;
+                b.upstream = Some(Arc::new(upstream));
                 Arc::new(b)
             }
         };
@@ -127,7 +137,7 @@ fn build_table(
 
 /// Checks a route table without building live state (config validation).
 pub fn validate(backends: &[BackendSpec], routes: &[ModelRoute]) -> Result<(), InferenceError> {
-    build_table(None, backends, routes).map(|_| ())
+    build_table(None, backends, routes, None).map(|_| ())
 }
 
 /// A backend's response head and its body, chunk by chunk.
@@ -135,7 +145,7 @@ pub struct UpstreamResponse {
     pub status: u16,
     pub content_type: String,
     pub backend: Arc<BackendState>,
-    response: reqwest::Response,
+    response: Response,
     _in_flight: InFlight,
 }
 
@@ -146,7 +156,7 @@ impl UpstreamResponse {
         let next =
             match tokio::time::timeout(self.backend.spec.timeout, self.response.chunk()).await {
                 Err(_) => Err(timed_out(&self.backend)),
-                Ok(Err(e)) => Err(fault(&self.backend, describe(&e))),
+                Ok(Err(e)) => Err(fault(&self.backend, e)),
                 Ok(Ok(None)) => return None,
                 Ok(Ok(Some(c))) => Ok(c),
             };
@@ -172,7 +182,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The inference router.
 pub struct Router {
     table: Arc<ArcSwap<Table>>,
-    client: reqwest::Client,
+    /// Resolves backends' names for their request connections.
+    dns: Option<Resolver>,
     runtime: Option<tokio::runtime::Runtime>,
     turn: AtomicU64,
 }
@@ -194,7 +205,7 @@ impl Router {
     /// The same, resolving backend names with `dns` (the gateway's egress
     /// guard). The clients follow no redirect and use no proxy from the
     /// environment: either could lead past the resolver's checks.
-    pub fn start_with(dns: Option<Arc<dyn reqwest::dns::Resolve>>) -> Result<Self, InferenceError> {
+    pub fn start_with(dns: Option<Resolver>) -> Result<Self, InferenceError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("lattice-inference")
@@ -210,21 +221,16 @@ impl Router {
                 None => b,
             }
         };
-        let client = builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| InferenceError::Runtime(e.to_string()))?;
         let table: Arc<ArcSwap<Table>> = Arc::default();
-        // Health checks get their own client: a pooled connection is driven
-        // by the runtime that opened it, and requests should not hop runtimes.
+        // Requests go on their backend's own connections (`upstream`);
+        // reqwest serves the health checks, on the router's runtime.
         let health_client = builder()
             .build()
             .map_err(|e| InferenceError::Runtime(e.to_string()))?;
         runtime.spawn(health_loop(table.clone(), health_client));
         Ok(Self {
             table,
-            client,
+            dns,
             runtime: Some(runtime),
             turn: AtomicU64::new(0),
         })
@@ -238,7 +244,7 @@ impl Router {
         routes: &[ModelRoute],
     ) -> Result<(), InferenceError> {
         let old = self.table.load();
-        let table = build_table(Some(&old), backends, routes)?;
+        let table = build_table(Some(&old), backends, routes, self.dns.as_ref())?;
         self.table.store(Arc::new(table));
         Ok(())
     }
@@ -284,26 +290,24 @@ impl Router {
         headers: Vec<(&'static str, String)>,
     ) -> Result<UpstreamResponse, InferenceError> {
         let b = backend.clone();
-        let mut request = b
-            .client
-            .as_ref()
-            .unwrap_or(&self.client)
-            .post(format!("{}{}", b.spec.url, endpoint.path()))
-            .header("content-type", "application/json")
-            .body(body);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
+        let Some(upstream) = b.upstream.clone() else {
+            return Err(fault(
+                &b,
+                "no connection settings (not from a route table)".into(),
+            ));
+        };
+        let mut headers = headers;
         if let Some(key) = &b.spec.api_key {
-            request = request.bearer_auth(key);
+            headers.push(("authorization", format!("Bearer {key}")));
         }
         b.start_request();
         let in_flight = InFlight(b.clone());
         let timeout = b.spec.timeout;
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, request.send()).await {
+        let sent = upstream.request(endpoint.path(), headers, body);
+        let result = match tokio::time::timeout(timeout, sent).await {
             Err(_) => Err(timed_out(&b)),
-            Ok(Err(e)) => Err(fault(&b, describe(&e))),
+            Ok(Err(e)) => Err(fault(&b, e)),
             Ok(Ok(r)) => Ok(r),
         };
         let mut response = match result {
@@ -313,7 +317,7 @@ impl Router {
                 return Err(e);
             }
         };
-        let status = response.status().as_u16();
+        let status = response.status;
         if !(200..300).contains(&status) {
             let mut kept = Vec::new();
             while let Ok(Ok(Some(c))) = tokio::time::timeout(timeout, response.chunk()).await {
@@ -334,7 +338,7 @@ impl Router {
         }
         b.record_success(started.elapsed());
         let content_type = response
-            .headers()
+            .headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
@@ -363,18 +367,6 @@ fn timed_out(b: &BackendState) -> InferenceError {
     }
 }
 
-/// reqwest's error with its causes (the top level alone says little).
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 async fn health_loop(table: Arc<ArcSwap<Table>>, client: reqwest::Client) {
     let mut due: HashMap<String, Instant> = HashMap::new();
     loop {
@@ -383,6 +375,9 @@ async fn health_loop(table: Arc<ArcSwap<Table>>, client: reqwest::Client) {
         let current = table.load_full();
         due.retain(|name, _| current.backends.iter().any(|b| &b.spec.name == name));
         for b in &current.backends {
+            if let Some(u) = &b.upstream {
+                u.prune();
+            }
             if due.get(&b.spec.name).is_some_and(|t| *t > now) {
                 continue;
             }

@@ -1,0 +1,409 @@
+//! The connections a backend's requests travel on: HTTP/1.1 over TCP, or
+//! over TLS (the web's roots, or a discovered worker's pinned
+//! certificate), kept per backend (`Upstream`) and driven on the task of
+//! the call that uses them. A request checks out a connection (the most
+//! recently used idle one still open, or a new one), sends its head and
+//! body, and reads the response while polling the connection itself; a
+//! response read to its end hands the connection back.
+//!
+//! Why not reqwest here (it still serves health checks and joins): its
+//! pooled client runs every connection on a task of its own, so a request
+//! and its response each cross between two tasks (two wake-ups a call,
+//! each a wait for a core), and it adds URL, redirect and timeout layers
+//! the router does not use. hyper's connection, polled by the call that
+//! owns it, does the same HTTP/1.1 without the hops (the before and after
+//! are in `docs/benchmarks.md`).
+//!
+//! Must never: hand a connection back before its response was read to the
+//! end (or one the backend closed), send a request on a connection that is
+//! not idle, follow a redirect or a proxy from the environment, or resend a
+//! request that may have reached the backend.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use rustls::pki_types::ServerName;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Idle connections kept per backend (the most recently used are reused
+/// first; beyond this many, a returned connection is closed).
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Resolves a backend's host name (the gateway's egress guard).
+pub type Resolver = Arc<dyn reqwest::dns::Resolve>;
+
+/// Where a backend is and how to reach it: parsed once, when the route
+/// table is built.
+pub(crate) struct Upstream {
+    /// The `Host` header (the URL's host, and its port when it has one).
+    authority: String,
+    /// The URL's path, without a trailing `/` (requests append theirs).
+    prefix: String,
+    host: Host,
+    port: u16,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    dns: Option<Resolver>,
+    /// Idle connections, the most recently returned last.
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("authority", &self.authority)
+            .field("prefix", &self.prefix)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Upstream {
+    /// `url` is the backend's root (`http://10.0.0.5:8000`); `tls` the
+    /// client config for an `https` URL.
+    pub(crate) fn new(
+        url: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        dns: Option<Resolver>,
+    ) -> Result<Self, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad URL `{url}`: {e}"))?;
+        let https = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            other => return Err(format!("`{url}`: scheme `{other}` is not http or https")),
+        };
+        let (host, name) = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => (Host::Ip(ip.into()), ServerName::IpAddress(ip.into())),
+            Some(url::Host::Ipv6(ip)) => (Host::Ip(ip.into()), ServerName::IpAddress(ip.into())),
+            Some(url::Host::Domain(d)) => (
+                Host::Name(d.to_string()),
+                ServerName::try_from(d.to_string())
+                    .map_err(|e| format!("`{url}`: host `{d}`: {e}"))?,
+            ),
+            None => return Err(format!("`{url}` has no host")),
+        };
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| format!("`{url}` has no port"))?;
+        let mut authority = parsed.host_str().unwrap_or_default().to_string();
+        if let Some(p) = parsed.port() {
+            authority.push_str(&format!(":{p}"));
+        }
+        let tls = match (https, tls) {
+            (false, _) => None,
+            (true, Some(config)) => Some((TlsConnector::from(config), name)),
+            (true, None) => return Err(format!("`{url}`: no TLS configuration")),
+        };
+        Ok(Self {
+            authority,
+            prefix: parsed.path().trim_end_matches('/').to_string(),
+            host,
+            port,
+            tls,
+            dns,
+            idle: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// One request: a connection checked out (or opened), the request
+    /// written, the response head read. A reused connection that turns out
+    /// closed before the request left is replaced by a new one, once.
+    pub(crate) async fn request(
+        self: &Arc<Self>,
+        path: &str,
+        headers: Vec<(&'static str, String)>,
+        body: Bytes,
+    ) -> Result<Response, String> {
+        let build = || {
+            let mut req = hyper::Request::post(format!("{}{path}", self.prefix))
+                .header("host", &self.authority)
+                .header("content-type", "application/json");
+            for (name, value) in &headers {
+                req = req.header(*name, value);
+            }
+            req.body(Full::new(body.clone()))
+                .map_err(|e| format!("request: {e}"))
+        };
+        let (mut conn, reused) = match self.checkout().await {
+            Some(c) => (c, true),
+            None => (self.connect().await?, false),
+        };
+        let sent = conn.sender.send_request(build()?);
+        let head = match conn.driver.drive(sent).await {
+            Ok(Ok(head)) => head,
+            Err(e) | Ok(Err(e)) if reused && e.is_canceled() => {
+                conn = self.connect().await?;
+                let sent = conn.sender.send_request(build()?);
+                conn.driver
+                    .drive(sent)
+                    .await
+                    .and_then(|r| r)
+                    .map_err(describe)?
+            }
+            Err(e) | Ok(Err(e)) => return Err(describe(e)),
+        };
+        let (parts, body) = head.into_parts();
+        Ok(Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+            conn: Some(conn),
+            upstream: self.clone(),
+        })
+    }
+
+    /// The most recently used idle connection that is still open and
+    /// ready, closing the stale ones on the way.
+    async fn checkout(&self) -> Option<Conn> {
+        loop {
+            let (mut conn, since) = self.idle.lock().pop_back()?;
+            if since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
+            let ready = {
+                let Conn { sender, driver } = &mut conn;
+                driver
+                    .drive(std::future::poll_fn(|cx| sender.poll_ready(cx)))
+                    .await
+            };
+            if matches!(ready, Ok(Ok(()))) && !conn.driver.closed {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, String> {
+        let addrs: Vec<SocketAddr> = match &self.host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, self.port)],
+            Host::Name(name) => self.resolve(name).await?,
+        };
+        let mut last = format!("`{}` resolved to no address", self.authority);
+        let mut tcp = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = format!("connect {addr}: {e}"),
+            }
+        }
+        let tcp = tcp.ok_or(last)?;
+        tcp.set_nodelay(true)
+            .map_err(|e| format!("connect: nodelay: {e}"))?;
+        let io = match &self.tls {
+            None => Io::Plain(tcp),
+            Some((connector, name)) => Io::Tls(Box::new(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?,
+            )),
+        };
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(describe)?;
+        Ok(Conn {
+            sender,
+            driver: Driver {
+                conn: Box::pin(conn),
+                closed: false,
+            },
+        })
+    }
+
+    async fn resolve(&self, name: &str) -> Result<Vec<SocketAddr>, String> {
+        let refused = |e: &dyn std::fmt::Display| format!("resolve `{name}`: {e}");
+        match &self.dns {
+            Some(dns) => {
+                let n = name
+                    .parse::<reqwest::dns::Name>()
+                    .map_err(|e| refused(&e))?;
+                let addrs = dns.resolve(n).await.map_err(|e| refused(&e))?;
+                Ok(addrs.map(|a| SocketAddr::new(a.ip(), self.port)).collect())
+            }
+            None => Ok(tokio::net::lookup_host((name, self.port))
+                .await
+                .map_err(|e| refused(&e))?
+                .collect()),
+        }
+    }
+
+    fn checkin(&self, mut conn: Conn) {
+        // The response was read to its end: one poll lets the connection
+        // turn idle (or notice the backend closed it). A connection that
+        // is not ready at once is closed rather than kept.
+        let mut cx = Context::from_waker(Waker::noop());
+        let open = !conn.driver.closed && conn.driver.conn.as_mut().poll(&mut cx).is_pending();
+        if open && matches!(conn.sender.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+            let mut idle = self.idle.lock();
+            if idle.len() < MAX_IDLE {
+                idle.push_back((conn, Instant::now()));
+            }
+        }
+    }
+
+    /// Closes the connections idle longer than `IDLE_TIMEOUT` (the health
+    /// loop calls this, so a gateway that went quiet lets them go).
+    pub(crate) fn prune(&self) {
+        let mut idle = self.idle.lock();
+        while idle
+            .front()
+            .is_some_and(|(_, since)| since.elapsed() > IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+    }
+}
+
+/// A response head, and its body read on the connection it came on.
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: hyper::HeaderMap,
+    body: Incoming,
+    /// `None` once the body ended (the connection went back).
+    conn: Option<Conn>,
+    upstream: Arc<Upstream>,
+}
+
+impl Response {
+    /// The next piece of the body; `None` at its end (the connection then
+    /// goes back to its backend's idle ones). Dropping the response before
+    /// that closes the connection: the backend sees the cancel.
+    pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            match conn.driver.drive(self.body.frame()).await {
+                Err(e) | Ok(Some(Err(e))) => {
+                    self.conn = None;
+                    return Err(describe(e));
+                }
+                Ok(None) => {
+                    if let Some(conn) = self.conn.take() {
+                        self.upstream.checkin(conn);
+                    }
+                    return Ok(None);
+                }
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => return Ok(Some(data)),
+                    _ => continue, // trailers, or an empty piece
+                },
+            }
+        }
+    }
+}
+
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    driver: Driver,
+}
+
+/// The connection's own future (reads and writes the socket), polled by
+/// whoever waits on something that needs it.
+struct Driver {
+    conn: Pin<Box<Connection<TokioIo<Io>, Full<Bytes>>>>,
+    /// The connection ended (the backend closed it, or it failed).
+    closed: bool,
+}
+
+impl Driver {
+    /// Waits for `fut` while polling the connection: the IO `fut` waits
+    /// for happens in these polls, on this task.
+    async fn drive<F: Future>(&mut self, fut: F) -> Result<F::Output, hyper::Error> {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            if !self.closed {
+                match self.conn.as_mut().poll(cx) {
+                    Poll::Ready(Ok(())) => self.closed = true,
+                    Poll::Ready(Err(e)) => {
+                        self.closed = true;
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            fut.as_mut().poll(cx).map(Ok)
+        })
+        .await
+    }
+}
+
+/// hyper's error with its causes (the top level alone says little).
+fn describe(e: hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A backend connection's stream: TCP, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
