@@ -134,16 +134,7 @@ impl Upstream {
         headers: Vec<(&'static str, String)>,
         body: Bytes,
     ) -> Result<Response, String> {
-        let build = || {
-            let mut req = hyper::Request::post(format!("{}{path}", self.prefix))
-                .header("host", &self.authority)
-                .header("content-type", "application/json");
-            for (name, value) in &headers {
-                req = req.header(*name, value);
-            }
-            req.body(Full::new(body.clone()))
-                .map_err(|e| format!("request: {e}"))
-        };
+        let build = || self.head(path, &headers, body.clone());
         let (mut conn, reused) = match self.checkout().await {
             Some(c) => (c, true),
             None => (self.connect().await?, false),
@@ -170,6 +161,27 @@ impl Upstream {
             conn: Some(conn),
             upstream: self.clone(),
         })
+    }
+
+    /// The request as written: `Host`, the JSON body's type, the given
+    /// headers (a credential marked sensitive, so no debug print shows it).
+    fn head(
+        &self,
+        path: &str,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let mut req = hyper::Request::post(format!("{}{path}", self.prefix))
+            .header("host", &self.authority)
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            let mut value = hyper::header::HeaderValue::from_str(value)
+                .map_err(|_| format!("request: header `{name}` has a value no header can carry"))?;
+            value.set_sensitive(*name == "authorization");
+            req = req.header(*name, value);
+        }
+        req.body(Full::new(body))
+            .map_err(|e| format!("request: {e}"))
     }
 
     /// The most recently used idle connection that is still open and
@@ -405,5 +417,33 @@ impl AsyncWrite for Io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_head_hides_the_credential_and_refuses_a_broken_header() {
+        let up = Upstream::new("http://10.0.0.5:8000/base/", None, None).unwrap();
+        let headers = [
+            ("authorization", "Bearer sk-backend".to_string()),
+            ("traceparent", "00-abc-def-01".to_string()),
+        ];
+        let req = up
+            .head("/v1/chat/completions", &headers, Bytes::new())
+            .unwrap();
+        assert_eq!(req.uri(), "/base/v1/chat/completions");
+        assert_eq!(req.headers()["host"], "10.0.0.5:8000");
+        assert!(req.headers()["authorization"].is_sensitive());
+        assert!(!format!("{req:?}").contains("sk-backend"));
+        assert!(!req.headers()["traceparent"].is_sensitive());
+        let broken = [("x-trace", "a\nb".to_string())];
+        let err = up.head("/v1/x", &broken, Bytes::new()).unwrap_err();
+        assert_eq!(
+            err,
+            "request: header `x-trace` has a value no header can carry"
+        );
     }
 }
