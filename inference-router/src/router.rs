@@ -75,12 +75,7 @@ fn build_table(
                 if let Some(pin) = &spec.pin {
                     b.client = Some(crate::pin::pinned_client(pin)?);
                 }
-                let tls = match (&spec.pin, spec.url.starts_with("https:")) {
-                    (_, false) => None,
-                    (Some(pin), true) => Some(crate::pin::pinned_tls(pin)?),
-                    (None, true) => Some(crate::pin::web_tls()?),
-                };
-                let upstream = Upstream::new(&spec.url, tls, dns.cloned())
+                let upstream = Upstream::new(&spec.url, spec.pin.as_deref(), dns.cloned())
                     .map_err(|e| InferenceError::Config(format!("backend `{}`: {e}", spec.name)))?;
                 b.upstream = Some(Arc::new(upstream));
                 Arc::new(b)

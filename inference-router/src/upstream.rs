@@ -23,21 +23,22 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::header::HeaderValue;
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+use crate::pin::{pinned_tls, web_tls};
 
 /// Idle connections kept per backend (the most recently used are reused
 /// first; beyond this many, a returned connection is closed).
@@ -52,7 +53,7 @@ pub type Resolver = Arc<dyn reqwest::dns::Resolve>;
 /// table is built.
 pub(crate) struct Upstream {
     /// The `Host` header (the URL's host, and its port when it has one).
-    authority: String,
+    authority: HeaderValue,
     /// The URL's path, without a trailing `/` (requests append theirs).
     prefix: String,
     host: Host,
@@ -79,13 +80,10 @@ enum Host {
 }
 
 impl Upstream {
-    /// `url` is the backend's root (`http://10.0.0.5:8000`); `tls` the
-    /// client config for an `https` URL.
-    pub(crate) fn new(
-        url: &str,
-        tls: Option<Arc<rustls::ClientConfig>>,
-        dns: Option<Resolver>,
-    ) -> Result<Self, String> {
+    /// `url` is the backend's root (`http://10.0.0.5:8000`); over
+    /// `https` it is trusted by the web's roots, or by `pin` alone (a
+    /// discovered worker's certificate fingerprint).
+    pub(crate) fn new(url: &str, pin: Option<&str>, dns: Option<Resolver>) -> Result<Self, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad URL `{url}`: {e}"))?;
         let https = match parsed.scheme() {
             "http" => false,
@@ -109,10 +107,17 @@ impl Upstream {
         if let Some(p) = parsed.port() {
             authority.push_str(&format!(":{p}"));
         }
-        let tls = match (https, tls) {
-            (false, _) => None,
-            (true, Some(config)) => Some((TlsConnector::from(config), name)),
-            (true, None) => return Err(format!("`{url}`: no TLS configuration")),
+        let authority = HeaderValue::from_str(&authority)
+            .map_err(|_| format!("`{url}`: host `{authority}` cannot be a Host header"))?;
+        let tls = match https {
+            false => None,
+            true => {
+                let config = match pin {
+                    Some(fingerprint) => pinned_tls(fingerprint),
+                    None => web_tls(),
+                };
+                Some((TlsConnector::from(config.map_err(|e| e.to_string())?), name))
+            }
         };
         Ok(Self {
             authority,
@@ -134,24 +139,22 @@ impl Upstream {
         headers: Vec<(&'static str, String)>,
         body: Bytes,
     ) -> Result<Response, String> {
-        let build = || self.head(path, &headers, body.clone());
-        let (mut conn, reused) = match self.checkout().await {
+        let (mut conn, mut reused) = match self.checkout().await {
             Some(c) => (c, true),
             None => (self.connect().await?, false),
         };
-        let sent = conn.sender.send_request(build()?);
-        let head = match conn.driver.drive(sent).await {
-            Ok(Ok(head)) => head,
-            Err(e) | Ok(Err(e)) if reused && e.is_canceled() => {
-                conn = self.connect().await?;
-                let sent = conn.sender.send_request(build()?);
-                conn.driver
-                    .drive(sent)
-                    .await
-                    .and_then(|r| r)
-                    .map_err(describe)?
+        let head = loop {
+            let sent = conn
+                .sender
+                .send_request(self.head(path, &headers, body.clone())?);
+            match conn.driver.drive(sent).await.and_then(|r| r) {
+                Ok(head) => break head,
+                Err(e) if reused && e.is_canceled() => {
+                    conn = self.connect().await?;
+                    reused = false;
+                }
+                Err(e) => return Err(describe(e)),
             }
-            Err(e) | Ok(Err(e)) => return Err(describe(e)),
         };
         let (parts, body) = head.into_parts();
         Ok(Response {
@@ -172,10 +175,10 @@ impl Upstream {
         body: Bytes,
     ) -> Result<hyper::Request<Full<Bytes>>, String> {
         let mut req = hyper::Request::post(format!("{}{path}", self.prefix))
-            .header("host", &self.authority)
-            .header("content-type", "application/json");
+            .header("host", self.authority.clone())
+            .header("content-type", HeaderValue::from_static("application/json"));
         for (name, value) in headers {
-            let mut value = hyper::header::HeaderValue::from_str(value)
+            let mut value = HeaderValue::from_str(value)
                 .map_err(|_| format!("request: header `{name}` has a value no header can carry"))?;
             value.set_sensitive(*name == "authorization");
             req = req.header(*name, value);
@@ -209,7 +212,10 @@ impl Upstream {
             Host::Ip(ip) => vec![SocketAddr::new(*ip, self.port)],
             Host::Name(name) => self.resolve(name).await?,
         };
-        let mut last = format!("`{}` resolved to no address", self.authority);
+        let mut last = format!(
+            "`{}` resolved to no address",
+            String::from_utf8_lossy(self.authority.as_bytes())
+        );
         let mut tcp = None;
         for addr in addrs {
             match TcpStream::connect(addr).await {
@@ -223,16 +229,15 @@ impl Upstream {
         let tcp = tcp.ok_or(last)?;
         tcp.set_nodelay(true)
             .map_err(|e| format!("connect: nodelay: {e}"))?;
-        let io = match &self.tls {
-            None => Io::Plain(tcp),
-            Some((connector, name)) => Io::Tls(Box::new(
-                connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?,
-            )),
+        let io: Io = match &self.tls {
+            None => TokioIo::new(tcp).into(),
+            Some((connector, name)) => connector
+                .connect(name.clone(), TokioIo::new(TokioIo::new(tcp)))
+                .await
+                .map_err(|e| format!("TLS: {e}"))?
+                .into(),
         };
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(describe)?;
         Ok(Conn {
@@ -327,6 +332,9 @@ impl Response {
     }
 }
 
+/// A backend connection's stream: TCP, or TLS over it.
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
     driver: Driver,
@@ -335,7 +343,7 @@ struct Conn {
 /// The connection's own future (reads and writes the socket), polled by
 /// whoever waits on something that needs it.
 struct Driver {
-    conn: Pin<Box<Connection<TokioIo<Io>, Full<Bytes>>>>,
+    conn: Pin<Box<Connection<Io, Full<Bytes>>>>,
     /// The connection ended (the backend closed it, or it failed).
     closed: bool,
 }
@@ -372,52 +380,6 @@ fn describe(e: hyper::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// A backend connection's stream: TCP, or TLS over it.
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
 }
 
 #[cfg(test)]

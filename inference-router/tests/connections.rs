@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use lattice_inference_router::{
     BackendKind, BackendSpec, Endpoint, InferenceError, ModelRoute, Router, Strategy,
+    UpstreamResponse,
 };
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,6 +78,18 @@ async fn peer(answer: Answer) -> (String, Arc<Seen>) {
     (format!("http://{addr}"), seen)
 }
 
+/// Appends what the connection has to `buf`; false once it is closed.
+async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match conn.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
 async fn serve(mut conn: TcpStream, id: usize, answer: Answer, seen: Arc<Seen>) {
     let mut buf = Vec::new();
     loop {
@@ -85,10 +98,8 @@ async fn serve(mut conn: TcpStream, id: usize, answer: Answer, seen: Arc<Seen>) 
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            let mut chunk = [0u8; 4096];
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut conn, &mut buf).await {
+                return;
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
@@ -101,10 +112,8 @@ async fn serve(mut conn: TcpStream, id: usize, answer: Answer, seen: Arc<Seen>) 
             })
             .unwrap_or(0);
         while buf.len() < head_end + len {
-            let mut chunk = [0u8; 4096];
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut conn, &mut buf).await {
+                return;
             }
         }
         let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
@@ -163,17 +172,22 @@ fn router(url: &str, api_key: Option<&str>) -> Router {
     router
 }
 
-/// Sends one chat request and reads the whole answer.
-async fn call(router: &Router) -> Result<(u16, Vec<u8>), InferenceError> {
+/// Sends one chat request: the answer's head, its body still to read.
+async fn open(router: &Router) -> Result<UpstreamResponse, InferenceError> {
     let b = router.resolve("m").unwrap().backends[0].clone();
-    let mut r = router
+    router
         .send(
             &b,
             Endpoint::ChatCompletions,
             Bytes::from_static(b"{\"q\":1}"),
             vec![("x-trace", "t1".into())],
         )
-        .await?;
+        .await
+}
+
+/// Sends one chat request and reads the whole answer.
+async fn call(router: &Router) -> Result<(u16, Vec<u8>), InferenceError> {
+    let mut r = open(router).await?;
     let mut body = Vec::new();
     while let Some(c) = r.next_chunk().await {
         body.extend_from_slice(&c?);
@@ -198,16 +212,7 @@ async fn a_connection_read_to_its_end_serves_the_next_request() {
 async fn a_response_dropped_before_its_end_closes_its_connection() {
     let (url, seen) = peer(Answer::Ok { len: 1_000_000 }).await;
     let router = router(&url, None);
-    let b = router.resolve("m").unwrap().backends[0].clone();
-    let mut r = router
-        .send(
-            &b,
-            Endpoint::ChatCompletions,
-            Bytes::from_static(b"{}"),
-            vec![],
-        )
-        .await
-        .unwrap();
+    let mut r = open(&router).await.unwrap();
     assert!(r.next_chunk().await.unwrap().unwrap().len() < 1_000_000);
     drop(r);
     // The next request cannot reuse the half-read connection.
