@@ -100,7 +100,7 @@ async fn main() -> Result<()> {
         scenario.targets = t;
     }
     if let Some(r) = rounds {
-        scenario.rounds = r.clamp(1, 10);
+        scenario.rounds = r.clamp(1, 20);
     }
     if smoke {
         scenario = scenario.smoke();

@@ -3,12 +3,14 @@
 //! the same load generator and the same upstream, rounds interleaved (the
 //! order rotates each round, so drift on a shared machine hits all alike),
 //! reported as medians with their spread, ratios to nginx's bare proxying
-//! and the latency each target adds over the upstream.
+//! and the latency each target adds over the upstream, and Lattice against
+//! the build before and each peer round by round (`paired`).
 //!
 //! Must never: report a target that failed its check, or a figure without
 //! the number of errors beside it.
 
 pub mod load;
+pub mod paired;
 pub mod profiler;
 pub mod targets;
 
@@ -79,9 +81,9 @@ impl Scenario {
         if !(1..=60).contains(&self.timeout_seconds) {
             bail!("bounded scenario: timeout_seconds between 1 and 60");
         }
-        if self.rounds == 0 || self.rounds > 10 || self.connections == 0 || self.connections > 1024
+        if self.rounds == 0 || self.rounds > 20 || self.connections == 0 || self.connections > 1024
         {
-            bail!("bounded scenario: 1 to 10 rounds, 1 to 1,024 connections");
+            bail!("bounded scenario: 1 to 20 rounds, 1 to 1,024 connections");
         }
         if self.targets.is_empty() {
             bail!("a scenario names at least one target");
@@ -441,6 +443,7 @@ pub fn markdown(report: &Report) -> String {
             ));
         }
     }
+    s.push_str(&paired::markdown(report));
     for (name, why) in &report.skipped {
         s.push_str(&format!("\n{name}: not measured ({why})\n"));
     }

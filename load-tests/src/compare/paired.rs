@@ -1,0 +1,237 @@
+//! Lattice against each peer round by round: a run's rounds are measured
+//! back to back (each round every target once, in turn), so the two
+//! figures of one round share the machine's state of that moment, and
+//! their ratio moves less than either figure does from round to round. On
+//! a machine whose speed drifts ±15% between rounds, medians over a few
+//! rounds cannot tell a 5% change from noise; the rounds' ratios and how
+//! often one side is ahead can, once there are enough of them. Whether a
+//! side is shown ahead is a one-sided sign test on the rounds: the chance
+//! of at least that many wins out of that many fair coin flips.
+//!
+//! Must never: call a side ahead that the test cannot tell from chance (at
+//! 5%), or pair figures of different rounds.
+
+use super::{median, Measured, Report};
+
+/// The level below which a sign test's chance counts as shown.
+const SHOWN: f64 = 0.05;
+
+/// Targets compared with Lattice: the build before and the peers (direct,
+/// nginx and bare Pingora are reference points, not rivals).
+const RIVALS: [&str; 3] = ["baseline", "agentgateway", "litellm"];
+
+/// One measure compared round by round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paired {
+    /// Lattice's figure over the rival's, per round.
+    pub ratios: Vec<f64>,
+    /// Rounds where Lattice did better (higher throughput, less CPU).
+    pub ahead: usize,
+    /// Rounds where the rival did.
+    pub behind: usize,
+}
+
+impl Paired {
+    /// `higher_is_better`: throughput (true) or cost (false). Rounds where
+    /// either side has no figure are left out.
+    pub fn of(lattice: &[f64], rival: &[f64], higher_is_better: bool) -> Self {
+        let mut p = Paired {
+            ratios: Vec::new(),
+            ahead: 0,
+            behind: 0,
+        };
+        for (l, r) in lattice.iter().zip(rival) {
+            if !(l.is_finite() && r.is_finite() && *r > 0.0) {
+                continue;
+            }
+            p.ratios.push(l / r);
+            let better = if higher_is_better { l > r } else { l < r };
+            let worse = if higher_is_better { l < r } else { l > r };
+            p.ahead += usize::from(better);
+            p.behind += usize::from(worse);
+        }
+        p
+    }
+
+    /// What the rounds show, in words: ahead, behind, or not decided, with
+    /// the sign test's chance.
+    pub fn verdict(&self) -> String {
+        let n = self.ratios.len();
+        let ahead = sign_test(self.ahead, n);
+        let behind = sign_test(self.behind, n);
+        if ahead <= SHOWN {
+            format!("shown ahead (p = {ahead:.3})")
+        } else if behind <= SHOWN {
+            format!("shown behind (p = {behind:.3})")
+        } else {
+            format!(
+                "not decided (p = {:.3}; it takes {})",
+                ahead.min(behind),
+                needed(n).map_or_else(
+                    || "more rounds".to_string(),
+                    |k| format!("{k} rounds of {n}")
+                )
+            )
+        }
+    }
+}
+
+/// The chance of `k` or more heads in `n` fair coin flips (one-sided sign
+/// test); 1 when nothing was flipped.
+pub fn sign_test(k: usize, n: usize) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    // C(n, i) / 2^n summed for i in k..=n, in floating point (n stays small).
+    let mut c = 1.0_f64; // C(n, 0)
+    let mut sum = 0.0;
+    for i in 0..=n {
+        if i >= k {
+            sum += c;
+        }
+        c = c * (n - i) as f64 / (i + 1) as f64;
+    }
+    sum / 2f64.powi(n as i32)
+}
+
+/// The fewest wins out of `n` rounds that the test shows, if any.
+fn needed(n: usize) -> Option<usize> {
+    (0..=n).find(|k| sign_test(*k, n) <= SHOWN)
+}
+
+fn line(name: &str, p: &Paired, higher: &str) -> String {
+    let n = p.ratios.len();
+    let (lo, hi) = p
+        .ratios
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(*x), b.max(*x))
+        });
+    format!(
+        "{name} ×{:.2} [{lo:.2}–{hi:.2}], {higher} in {} of {n} rounds: {}",
+        median(&p.ratios),
+        p.ahead,
+        p.verdict()
+    )
+}
+
+/// The round-by-round comparison of Lattice with the build before and the
+/// peers measured in the run, as Markdown (empty when there is none).
+pub fn markdown(report: &Report) -> String {
+    let Some(lattice) = report.measured.iter().find(|m| m.target == "lattice") else {
+        return String::new();
+    };
+    let mut s = String::new();
+    for rival in report
+        .measured
+        .iter()
+        .filter(|m| RIVALS.contains(&m.target.as_str()))
+    {
+        s.push_str(&compare(lattice, rival));
+    }
+    s
+}
+
+fn compare(lattice: &Measured, rival: &Measured) -> String {
+    let sat = Paired::of(&lattice.saturation, &rival.saturation, true);
+    if sat.ratios.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "\nlattice against {}, round by round (each round's two figures measured back to back): {}",
+        rival.target,
+        line("saturation", &sat, "higher")
+    );
+    let cpu = Paired::of(&lattice.saturation_cpu_us, &rival.saturation_cpu_us, false);
+    if !cpu.ratios.is_empty() {
+        s.push_str(&format!("; {}", line("CPU per request", &cpu, "lower")));
+    }
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sign_test_is_the_binomial_tail() {
+        // (wins, rounds, chance): exact fractions of 2^n.
+        for (k, n, p) in [
+            (6, 6, 1.0 / 64.0),
+            (5, 6, 7.0 / 64.0),
+            (0, 6, 1.0),
+            (3, 3, 1.0 / 8.0),
+            (2, 3, 4.0 / 8.0),
+            (9, 10, 11.0 / 1024.0),
+            (0, 0, 1.0),
+        ] {
+            assert!((sign_test(k, n) - p).abs() < 1e-12, "{k} of {n}");
+        }
+        // Five rounds all won are the fewest that show anything at 5%.
+        assert_eq!(needed(4), None);
+        assert_eq!(needed(5), Some(5));
+        assert_eq!(needed(6), Some(6));
+        assert_eq!(needed(10), Some(9));
+    }
+
+    #[test]
+    fn rounds_pair_by_position_and_cost_counts_lower_as_ahead() {
+        let sat = Paired::of(&[110.0, 90.0, 100.0], &[100.0, 100.0, 100.0], true);
+        assert_eq!(sat.ratios, vec![1.1, 0.9, 1.0]);
+        assert_eq!((sat.ahead, sat.behind), (1, 1));
+        let cpu = Paired::of(&[80.0, 90.0, f64::NAN], &[100.0, 85.0, 70.0], false);
+        assert_eq!(cpu.ratios.len(), 2, "a round without a figure is left out");
+        assert_eq!((cpu.ahead, cpu.behind), (1, 1));
+    }
+
+    #[test]
+    fn verdicts_name_the_side_only_when_the_test_shows_it() {
+        let won = Paired::of(&[2.0; 6], &[1.0; 6], true);
+        assert_eq!(won.verdict(), "shown ahead (p = 0.016)");
+        let lost = Paired::of(&[1.0; 6], &[2.0; 6], true);
+        assert_eq!(lost.verdict(), "shown behind (p = 0.016)");
+        let mixed = Paired::of(&[2.0, 2.0, 2.0, 2.0, 2.0, 1.0], &[1.5; 6], true);
+        assert_eq!(
+            mixed.verdict(),
+            "not decided (p = 0.109; it takes 6 rounds of 6)"
+        );
+        let few = Paired::of(&[2.0; 3], &[1.0; 3], true);
+        assert_eq!(
+            few.verdict(),
+            "not decided (p = 0.125; it takes more rounds)"
+        );
+    }
+
+    #[test]
+    fn the_report_compares_lattice_with_the_build_before_and_the_peers_only() {
+        let m = |target: &str, sat: &[f64], cpu: &[f64]| Measured {
+            target: target.into(),
+            saturation: sat.to_vec(),
+            saturation_cpu_us: cpu.to_vec(),
+            ..Measured::default()
+        };
+        let report = Report {
+            measured: vec![
+                m("nginx", &[50.0; 6], &[10.0; 6]),
+                m("lattice", &[10.0, 11.0, 12.0, 13.0, 14.0, 15.0], &[90.0; 6]),
+                m(
+                    "baseline",
+                    &[9.0, 10.0, 11.0, 12.0, 13.0, 16.0],
+                    &[100.0; 6],
+                ),
+            ],
+            ..Report::default()
+        };
+        let md = markdown(&report);
+        assert!(!md.contains("nginx"), "{md}");
+        assert_eq!(
+            md.trim(),
+            "lattice against baseline, round by round (each round's two figures measured back to back): \
+             saturation ×1.09 [0.94–1.11], higher in 5 of 6 rounds: not decided (p = 0.109; it takes 6 rounds of 6); \
+             CPU per request ×0.90 [0.90–0.90], lower in 6 of 6 rounds: shown ahead (p = 0.016)"
+        );
+        assert_eq!(markdown(&Report::default()), "");
+    }
+}
