@@ -21,6 +21,10 @@
 //! `--smoke`: one round of one second at a low rate (the test suite runs it
 //! so the harness cannot rot; its figures mean nothing).
 //!
+//! `lattice-load-compare --pool RUN.json [RUN.json:swapped ...]`: no load;
+//! the build under test against the other over the rounds of several runs
+//! written with `--json` (`:swapped`: it ran as `--baseline` in that one).
+//!
 //! Must never: send traffic anywhere but loopback, or run unbounded.
 
 use anyhow::{bail, Context, Result};
@@ -55,9 +59,31 @@ fn machine() -> String {
     format!("{cores} cores ({cpu})")
 }
 
+/// `--pool`: prints the pooled round-by-round comparison of the runs named.
+fn pool(files: &[String]) -> Result<()> {
+    if files.is_empty() {
+        bail!("usage: lattice-load-compare --pool RUN.json [RUN.json:swapped ...]");
+    }
+    let mut runs = Vec::new();
+    for f in files {
+        let (path, swapped) = match f.strip_suffix(":swapped") {
+            Some(p) => (p, true),
+            None => (f.as_str(), false),
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+        runs.push((path.to_string(), text, swapped));
+    }
+    let line = lattice_load_tests::compare::paired::pool(&runs).map_err(anyhow::Error::msg)?;
+    print!("{line}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--pool") {
+        return pool(&argv[1..]);
+    }
     let mut programs = Programs {
         lattice: PathBuf::from("target/release/lattice"),
         ..Programs::default()

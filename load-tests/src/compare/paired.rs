@@ -8,8 +8,15 @@
 //! side is shown ahead is a one-sided sign test on the rounds: the chance
 //! of at least that many wins out of that many fair coin flips.
 //!
+//! `pool` does the same over several runs' JSON reports (`--pool`), each
+//! with the build under test in the `lattice` slot or, marked `:swapped`,
+//! in the `baseline` slot: a change's A/B in both slot orders, as one
+//! verdict.
+//!
 //! Must never: call a side ahead that the test cannot tell from chance (at
 //! 5%), or pair figures of different rounds.
+
+use serde::Deserialize;
 
 use super::{median, Measured, Report};
 
@@ -150,6 +157,59 @@ fn compare(lattice: &Measured, rival: &Measured) -> String {
     s
 }
 
+/// The figures `pool` reads from a run's JSON report (a figure that could
+/// not be measured is written as `null`).
+#[derive(Deserialize)]
+struct RunFile {
+    measured: Vec<Slot>,
+}
+
+#[derive(Deserialize)]
+struct Slot {
+    target: String,
+    saturation: Vec<Option<f64>>,
+    saturation_cpu_us: Vec<Option<f64>>,
+}
+
+fn figures(xs: &[Option<f64>]) -> Vec<f64> {
+    xs.iter().map(|x| x.unwrap_or(f64::NAN)).collect()
+}
+
+/// The build under test against the other build, over the rounds of
+/// several runs: `(name, JSON text, swapped)` per run, `swapped` when the
+/// build under test ran in the `baseline` slot.
+pub fn pool(runs: &[(String, String, bool)]) -> Result<String, String> {
+    let (mut sat, mut cpu) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for (name, text, swapped) in runs {
+        let run: RunFile =
+            serde_json::from_str(text).map_err(|e| format!("{name}: not a report: {e}"))?;
+        let slot = |target: &str| {
+            run.measured
+                .iter()
+                .find(|m| m.target == target)
+                .ok_or_else(|| format!("{name}: no `{target}` target in this run"))
+        };
+        let (mut test, mut other) = (slot("lattice")?, slot("baseline")?);
+        if *swapped {
+            std::mem::swap(&mut test, &mut other);
+        }
+        sat.0.extend(figures(&test.saturation));
+        sat.1.extend(figures(&other.saturation));
+        cpu.0.extend(figures(&test.saturation_cpu_us));
+        cpu.1.extend(figures(&other.saturation_cpu_us));
+    }
+    let swapped = runs.iter().filter(|r| r.2).count();
+    let sat = Paired::of(&sat.0, &sat.1, true);
+    let cpu = Paired::of(&cpu.0, &cpu.1, false);
+    Ok(format!(
+        "the build under test against the other, pooled over {} runs ({} rounds; in the `baseline` slot in {swapped} of the runs): {}; {}\n",
+        runs.len(),
+        sat.ratios.len(),
+        line("saturation", &sat, "higher"),
+        line("CPU per request", &cpu, "lower")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -233,5 +293,47 @@ mod tests {
              CPU per request ×0.90 [0.90–0.90], lower in 6 of 6 rounds: shown ahead (p = 0.016)"
         );
         assert_eq!(markdown(&Report::default()), "");
+    }
+
+    #[test]
+    fn runs_pool_with_the_swapped_ones_turned_round() {
+        let run = |l: &str, b: &str| {
+            format!(
+                r#"{{"measured":[{{"target":"lattice","saturation":{l},"saturation_cpu_us":[90.0,90.0,null]}},
+                {{"target":"baseline","saturation":{b},"saturation_cpu_us":[100.0,100.0,100.0]}}],"skipped":[]}}"#
+            )
+        };
+        // The build under test wins every round of both runs: in the
+        // `lattice` slot of the first, the `baseline` slot of the second.
+        let runs = vec![
+            (
+                "a.json".to_string(),
+                run("[11.0,12.0,13.0]", "[10.0,10.0,10.0]"),
+                false,
+            ),
+            (
+                "b.json".to_string(),
+                run("[10.0,10.0,10.0]", "[12.0,12.0,12.0]"),
+                true,
+            ),
+        ];
+        assert_eq!(
+            pool(&runs).unwrap(),
+            "the build under test against the other, pooled over 2 runs (6 rounds; in the `baseline` slot in 1 of the runs): \
+             saturation ×1.20 [1.10–1.30], higher in 6 of 6 rounds: shown ahead (p = 0.016); \
+             CPU per request ×1.01 [0.90–1.11], lower in 2 of 4 rounds: not decided (p = 0.688; it takes more rounds)\n"
+        );
+        let missing = vec![(
+            "c.json".to_string(),
+            r#"{"measured":[]}"#.to_string(),
+            false,
+        )];
+        assert_eq!(
+            pool(&missing).unwrap_err(),
+            "c.json: no `lattice` target in this run"
+        );
+        assert!(pool(&[("d.json".into(), "{".into(), false)])
+            .unwrap_err()
+            .starts_with("d.json: not a report: "));
     }
 }
