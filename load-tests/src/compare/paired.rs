@@ -18,7 +18,9 @@
 
 use serde::Deserialize;
 
-use super::{median, Measured, Report};
+use std::cmp::Ordering;
+
+use super::{median, spread, Measured, Report};
 
 /// The level below which a sign test's chance counts as shown.
 const SHOWN: f64 = 0.05;
@@ -52,10 +54,16 @@ impl Paired {
                 continue;
             }
             p.ratios.push(l / r);
-            let better = if higher_is_better { l > r } else { l < r };
-            let worse = if higher_is_better { l < r } else { l > r };
-            p.ahead += usize::from(better);
-            p.behind += usize::from(worse);
+            let lattice_vs_rival = if higher_is_better {
+                l.total_cmp(r)
+            } else {
+                r.total_cmp(l)
+            };
+            match lattice_vs_rival {
+                Ordering::Greater => p.ahead += 1,
+                Ordering::Less => p.behind += 1,
+                Ordering::Equal => {}
+            }
         }
         p
     }
@@ -107,19 +115,24 @@ fn needed(n: usize) -> Option<usize> {
 }
 
 fn line(name: &str, p: &Paired, higher: &str) -> String {
-    let n = p.ratios.len();
-    let (lo, hi) = p
-        .ratios
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-            (a.min(*x), b.max(*x))
-        });
     format!(
-        "{name} ×{:.2} [{lo:.2}–{hi:.2}], {higher} in {} of {n} rounds: {}",
+        "{name} ×{:.2}{}, {higher} in {} of {} rounds: {}",
         median(&p.ratios),
+        spread(&p.ratios),
         p.ahead,
+        p.ratios.len(),
         p.verdict()
     )
+}
+
+/// Saturation's line, then CPU per request's when there is one.
+fn lines(sat: &Paired, cpu: &Paired) -> String {
+    let mut s = line("saturation", sat, "higher");
+    if !cpu.ratios.is_empty() {
+        s.push_str("; ");
+        s.push_str(&line("CPU per request", cpu, "lower"));
+    }
+    s
 }
 
 /// The round-by-round comparison of Lattice with the build before and the
@@ -144,17 +157,12 @@ fn compare(lattice: &Measured, rival: &Measured) -> String {
     if sat.ratios.is_empty() {
         return String::new();
     }
-    let mut s = format!(
-        "\nlattice against {}, round by round (each round's two figures measured back to back): {}",
-        rival.target,
-        line("saturation", &sat, "higher")
-    );
     let cpu = Paired::of(&lattice.saturation_cpu_us, &rival.saturation_cpu_us, false);
-    if !cpu.ratios.is_empty() {
-        s.push_str(&format!("; {}", line("CPU per request", &cpu, "lower")));
-    }
-    s.push('\n');
-    s
+    format!(
+        "\nlattice against {}, round by round (each round's two figures measured back to back): {}\n",
+        rival.target,
+        lines(&sat, &cpu)
+    )
 }
 
 /// The figures `pool` reads from a run's JSON report (a figure that could
@@ -202,11 +210,10 @@ pub fn pool(runs: &[(String, String, bool)]) -> Result<String, String> {
     let sat = Paired::of(&sat.0, &sat.1, true);
     let cpu = Paired::of(&cpu.0, &cpu.1, false);
     Ok(format!(
-        "the build under test against the other, pooled over {} runs ({} rounds; in the `baseline` slot in {swapped} of the runs): {}; {}\n",
+        "the build under test against the other, pooled over {} runs ({} rounds; in the `baseline` slot in {swapped} of the runs): {}\n",
         runs.len(),
         sat.ratios.len(),
-        line("saturation", &sat, "higher"),
-        line("CPU per request", &cpu, "lower")
+        lines(&sat, &cpu)
     ))
 }
 
