@@ -217,6 +217,13 @@ impl Store {
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Statement journals in memory: a fill's `owed` statements and the
+        // pointer-map pages of `auto_vacuum` need one. On disk each went
+        // into a new temporary file (an open, an inode and a write pair per
+        // journaled page), and where no temporary directory is writable (a
+        // read-only root filesystem) the fill failed and every call after
+        // it was refused.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS events {EVENTS};{SCHEMA}"

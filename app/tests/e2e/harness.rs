@@ -210,6 +210,9 @@ pub struct Gateway {
     pub port: u16,
     /// Environment for the gateway process (after `LATTICE_LOG=info`).
     pub env: Vec<(String, String)>,
+    /// A command the gateway is started under (`lattice serve -c CONFIG`
+    /// appended to it), or none.
+    pub wrapper: Vec<String>,
     child: Option<Child>,
 }
 
@@ -239,6 +242,7 @@ impl Gateway {
             dir,
             port,
             env: Vec::new(),
+            wrapper: Vec::new(),
             child: None,
         }
     }
@@ -267,7 +271,15 @@ impl Gateway {
     /// waited for by its test).
     pub fn launch(&mut self) {
         let log = std::fs::File::create(self.path("gateway.log")).unwrap();
-        let child = Command::new(BIN)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["serve", "-c"])
             .arg(self.config())
             .env("LATTICE_LOG", "info")

@@ -21,6 +21,7 @@ mod mcp_registry;
 mod mcp_server_requests;
 mod mcp_subscriptions;
 mod prove;
+mod readonly_root;
 mod registry;
 mod registry_install;
 mod retention;

@@ -29,6 +29,20 @@ fn mismatches(store: &Store) -> i64 {
         .unwrap()
 }
 
+/// The writing connection keeps statement journals in memory: a fill's
+/// `owed` statements and `auto_vacuum`'s pointer-map pages need one, and on
+/// disk each transaction's was a new temporary file.
+#[test]
+fn the_writing_connection_journals_statements_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.db")).unwrap();
+    let temp_store: i64 = store
+        .conn
+        .query_row("PRAGMA temp_store", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(temp_store, 2, "2 is MEMORY");
+}
+
 #[test]
 fn the_indexed_columns_are_the_events_own_fields() {
     let dir = tempfile::tempdir().unwrap();
