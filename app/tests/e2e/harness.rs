@@ -258,11 +258,23 @@ impl Gateway {
     pub fn spawn(&mut self) {
         self.launch();
         let port = self.port;
-        wait_for("the gateway", Duration::from_secs(20), || {
-            http(port, "GET", "/healthz", &[], b"")
-                .map(|r| r.status == 200)
-                .unwrap_or(false)
-        });
+        let start = Instant::now();
+        while !http(port, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200) {
+            // A gateway (or its wrapper) that exited, or never answered:
+            // its log says why.
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(20) {
+                panic!(
+                    "the gateway did not come up ({}); its log:\n{}",
+                    exited.map_or("no answer in 20 s".into(), |s| s.to_string()),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let pid = self.child.as_ref().expect("launched").id();
         assert_thp_off(pid);
     }
