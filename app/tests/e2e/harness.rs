@@ -258,25 +258,17 @@ impl Gateway {
     pub fn spawn(&mut self) {
         self.launch();
         let port = self.port;
-        let start = Instant::now();
-        while !http(port, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200) {
-            // A gateway (or its wrapper) that exited, or never answered:
-            // its log says why.
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || start.elapsed() > Duration::from_secs(20) {
-                panic!(
-                    "the gateway did not come up ({}); its log:\n{}",
-                    exited.map_or("no answer in 20 s".into(), |s| s.to_string()),
-                    self.log()
-                );
+        let log = self.path("gateway.log");
+        let child = self.child.as_mut().expect("launched");
+        wait_for("the gateway", Duration::from_secs(20), || {
+            // A gateway (or its wrapper) that exited: its log says why.
+            if let Some(status) = child.try_wait().ok().flatten() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("the gateway exited before it answered ({status}); its log:\n{log}");
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let pid = self.child.as_ref().expect("launched").id();
-        assert_thp_off(pid);
+            http(port, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
+        });
+        assert_thp_off(child.id());
     }
 
     /// Starts the process without waiting for it (a TLS listener is
