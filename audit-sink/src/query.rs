@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Store, StoredEvent};
 use crate::AuditError;
 
+#[cfg(test)]
+mod store_tests;
+mod tally;
+
 /// Most rows one query returns.
 pub const MAX_LIMIT: usize = 10_000;
 
@@ -89,13 +93,25 @@ pub struct Aggregates {
     /// Outcome events, and those with a 5xx status (the error rate).
     pub outcomes: u64,
     pub server_errors: u64,
+    /// Events in the window whose record could not be read (a damaged
+    /// segment record), not counted above: `lattice audit verify` names
+    /// them. Embedded store only; absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unreadable: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 const TOP: usize = 10;
 
 // ---------- embedded ----------
 
-fn sqlite_where(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
+/// The SQL filter of a query. `event_fields`: also the filters on the
+/// event's JSON (the aggregates apply those while folding instead, each
+/// event read once).
+fn sqlite_where(q: &AuditQuery, event_fields: bool) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value;
     let mut clauses = vec!["1 = 1".to_string()];
     let mut args: Vec<Value> = Vec::new();
@@ -108,8 +124,10 @@ fn sqlite_where(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
         args.push(Value::Integer(t as i64));
     }
     for (col, v) in q.equalities() {
-        clauses.push(format!("{} = ?", field(col)));
-        args.push(Value::Text(v.to_string()));
+        if col == "tenant" || event_fields {
+            clauses.push(format!("{} = ?", field(col)));
+            args.push(Value::Text(v.to_string()));
+        }
     }
     (clauses.join(" AND "), args)
 }
@@ -127,7 +145,7 @@ fn field(name: &str) -> String {
 impl Store {
     /// Matching events, newest first.
     pub fn query(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>, AuditError> {
-        let (w, mut args) = sqlite_where(q);
+        let (w, mut args) = sqlite_where(q, true);
         args.push(rusqlite::types::Value::Integer(q.limit() as i64));
         let mut stmt = self.conn.prepare(&format!(
             "SELECT seq, event FROM ev WHERE {w} ORDER BY seq DESC LIMIT ?"
@@ -138,68 +156,23 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Aggregates of the matching events.
+    /// Aggregates of the matching events, in one pass (see `tally`).
     pub fn aggregate(&self, q: &AuditQuery) -> Result<Aggregates, AuditError> {
-        let (w, args) = sqlite_where(q);
-        let pairs = |sql: String| -> Result<Vec<(String, u64)>, AuditError> {
-            let mut stmt = self.conn.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args.clone()), |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        };
-        let (decision, principal) = (field("decision"), field("principal"));
-        // Each statement reads the matching events once (a materialized
-        // view: an event's JSON comes from its segment record, and each
-        // `json_extract` of the view's `event` would read it again).
-        let m = format!("WITH m AS MATERIALIZED (SELECT ts_us, event FROM ev WHERE {w})");
-        let decided = "json_extract(event, '$.phase') = 'decision'";
-        let outcome = "json_extract(event, '$.phase') = 'outcome'";
-        let mut a = Aggregates {
-            decisions: pairs(format!("{m} SELECT {decision} d, COUNT(*) FROM m WHERE {decided} GROUP BY d ORDER BY d"))?,
-            top_principals: pairs(format!("{m} SELECT {principal} p, COUNT(*) c FROM m WHERE {decided} GROUP BY p ORDER BY c DESC, p LIMIT {TOP}"))?,
-            top_targets: pairs(format!("{m} SELECT json_extract(event, '$.target') t, COUNT(*) c FROM m WHERE {decided} GROUP BY t ORDER BY c DESC, t LIMIT {TOP}"))?,
-            ..Aggregates::default()
-        };
-        let mut stmt = self.conn.prepare(&format!(
-            "{m} SELECT (ts_us / 60000000) * 60000000 minute, {decision} d, COUNT(*) FROM m WHERE {decided} GROUP BY minute, d ORDER BY minute, d"
-        ))?;
-        a.per_minute = stmt
-            .query_map(rusqlite::params_from_iter(args.clone()), |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        let mut stmt = self.conn.prepare(&format!(
-            "{m} SELECT json_extract(event, '$.latency_us') l FROM m WHERE {outcome} AND l IS NOT NULL ORDER BY l"
-        ))?;
-        let latencies: Vec<u64> = stmt
-            .query_map(rusqlite::params_from_iter(args.clone()), |r| {
-                Ok(r.get::<_, i64>(0)? as u64)
-            })?
-            .collect::<Result<_, _>>()?;
-        let pct = |p: f64| -> u64 {
-            if latencies.is_empty() {
-                return 0;
-            }
-            // ClickHouse's quantileExact: the element at floor(p * n).
-            latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
-        };
-        (a.latency_p50_us, a.latency_p95_us, a.latency_p99_us) = (pct(0.5), pct(0.95), pct(0.99));
-        let (tin, tout, n, errors): (i64, i64, i64, i64) = self.conn.query_row(
-            &format!(
-                "{m} SELECT COALESCE(SUM(json_extract(event, '$.tokens_in')), 0), COALESCE(SUM(json_extract(event, '$.tokens_out')), 0), \
-                 COUNT(*), COALESCE(SUM(json_extract(event, '$.status') >= 500), 0) FROM m WHERE {outcome}"
-            ),
-            rusqlite::params_from_iter(args),
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
-        (a.tokens_in, a.tokens_out) = (tin as u64, tout as u64);
-        (a.outcomes, a.server_errors) = (n as u64, errors as u64);
-        Ok(a)
+        let (w, args) = sqlite_where(q, false);
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT ts_us, event FROM ev WHERE {w}"))?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let mut tally = tally::Tally::default();
+        while let Some(row) = rows.next()? {
+            let ts_us = row.get::<_, i64>(0)? as u64;
+            let json = match row.get_ref(1)? {
+                rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).unwrap_or(""),
+                _ => "",
+            };
+            tally.add(q, ts_us, json);
+        }
+        Ok(tally.finish())
     }
 }
 

@@ -3,7 +3,8 @@
 //! keeps its audit trail under load: SQLite's temporary files (a
 //! statement journal that outgrows memory) have nowhere to go there, and
 //! the audit store's fills once failed with "disk I/O error" after a few
-//! seconds of load, every call refused with 503 from then on.
+//! seconds of load, every call refused with 503 from then on; and the
+//! operator's aggregates over the window failed the same way.
 //!
 //! Runs the gateway in a mount namespace of its own (`unshare -m`, which
 //! needs root): `/`, `/tmp` and `/var/tmp` mounted read-only there, the
@@ -88,6 +89,15 @@ fn a_read_only_root_filesystem_keeps_the_audit_trail_under_load() {
         "{}",
         gw.log()
     );
+    // The operator's overview reads the window's aggregates: hundreds of
+    // thousands of events, which SQLite's temporary tables and sorter once
+    // spilled to a temporary file ("disk I/O error", 503).
+    let admin = bearer(&gw.create_human_key("olga", "default", &["admin"]));
+    let r = gw.get("/admin/v1/stats?since=1h", &admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stats: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let outcomes = stats["overall"]["outcomes"].as_u64().unwrap();
+    assert!(outcomes > served, "{outcomes} outcomes for {served} calls");
 
     // Every call wrk saw answered is in the trail, decision and outcome.
     assert!(gw.stop().success());
