@@ -71,4 +71,11 @@ pub enum AuditError {
     Encoding(String),
     #[error("i/o: {0}")]
     Io(String),
+    #[error("the audit store still refused writes {secs} s into the shutdown ({error}): {unfilled} event(s) are durable in the audit segments but not in the store, and the next start writes them in and signs their checkpoint; {unwritten} event(s) were never written (decisions whose calls were refused, not forwarded; outcomes, whose calls the next start records as interrupted)")]
+    Incomplete {
+        secs: u64,
+        error: String,
+        unfilled: usize,
+        unwritten: usize,
+    },
 }

@@ -178,18 +178,21 @@ impl Call {
             Ok((slot, durable)) => {
                 self.outcome_slot = Some(slot);
                 self.decided = true;
+                if !waits {
+                    node.outages.audit_recorded();
+                }
                 Ok(Some(durable))
             }
             Err(e) if runtime.config.audit.on_full == OnFull::Allow => {
                 node.metrics.audit_bypassed.inc();
                 node.audit.note_bypassed();
-                tracing::error!(error = %e, "audit pipeline cannot accept an event; letting the call through UNAUDITED (audit.on_full = allow)");
+                node.outages.unaudited.log_hit(&e, "let through UNAUDITED");
                 self.decided = true;
                 Ok(None)
             }
             Err(e) => {
                 node.metrics.audit_refused.inc();
-                tracing::error!(error = %e, "audit pipeline cannot accept an event; refusing the call (fail closed)");
+                node.outages.audit.log_hit(&e, "refused (fail closed)");
                 Err(Rejection::AuditUnavailable)
             }
         }
@@ -209,14 +212,16 @@ impl Call {
         let durable = self.record(node, runtime, event, waits)?;
         if let (Some(d), true) = (durable, waits) {
             match d.wait(runtime.config.audit.durable_timeout).await {
-                Ok(()) => {}
+                Ok(()) => node.outages.audit_recorded(),
                 // Queued, written once the store recovers.
                 Err(e) if runtime.config.audit.on_full == OnFull::Allow => {
-                    tracing::error!(error = %e, "the decision is not on stable storage yet; forwarding the call anyway (audit.on_full = allow)");
+                    node.outages
+                        .not_durable
+                        .log_hit(&e, "forwarded before their decision was durable");
                 }
                 Err(e) => {
                     node.metrics.audit_refused.inc();
-                    tracing::error!(error = %e, "the decision is not on stable storage; refusing the call (fail closed)");
+                    node.outages.audit.log_hit(&e, "refused (fail closed)");
                     return Err(Rejection::AuditUnavailable);
                 }
             }
@@ -302,12 +307,18 @@ pub async fn admit(
 ) -> Result<(), (Rejection, String)> {
     let now = lattice_audit::now_us() / 1_000_000;
     match node.limiter.admit(limits, principal, kind, now).await {
-        Ok(Admitted { bypassed: None }) => Ok(()),
+        Ok(Admitted { bypassed: None }) => {
+            node.outages.limits.log_clear();
+            Ok(())
+        }
         Ok(Admitted {
             bypassed: Some((names, cause)),
         }) => {
             node.metrics.limits_bypassed.inc();
-            tracing::error!(limits = ?names, %cause, principal = %principal.id, "the shared limit counters cannot be reached; letting the call through UNCOUNTED (on_unavailable = allow)");
+            let cause = format!("{cause} (limits {names:?})");
+            node.outages
+                .limits
+                .log_hit(&cause, "let through UNCOUNTED (on_unavailable = allow)");
             Ok(())
         }
         Err(Refusal::Exceeded(e)) => {

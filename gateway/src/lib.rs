@@ -46,6 +46,7 @@ pub mod mcp;
 pub mod mcp_hub;
 pub mod metrics;
 pub mod otlp;
+pub mod outage;
 pub mod proxy;
 pub mod reload;
 pub mod respond;

@@ -276,8 +276,13 @@ impl ProxyHttp for Gateway {
             // The decision went unaudited (audit.on_full = allow): best effort.
             None => self.shared.audit.record(event),
         };
-        if let Err(e) = recorded {
-            tracing::error!(request_id = %ctx.facts.request_id, error = %e, "the outcome event of a call could not be recorded");
+        match recorded {
+            Ok(()) => self.shared.outages.outcome.log_clear(),
+            Err(e) => self
+                .shared
+                .outages
+                .outcome
+                .log_hit(&e, "answered without their outcome event"),
         }
     }
 }

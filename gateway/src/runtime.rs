@@ -204,6 +204,9 @@ pub struct Shared {
     pub keys: KeyCache,
     pub audit: AuditHandle,
     pub metrics: Metrics,
+    /// Conditions every call meets while they last, logged once and then
+    /// counted (not a line per call).
+    pub outages: crate::outage::Outages,
     /// MCP upstreams and their tools (kept in step with the config and the
     /// run-time registrations on every reload).
     pub mcp: Option<Arc<crate::mcp_hub::McpHub>>,

@@ -161,6 +161,7 @@ pub fn run_with(
         keys,
         audit: pipeline.handle(),
         metrics,
+        outages: Default::default(),
         // Always running: servers can be registered at run time.
         mcp: Some(Arc::new(crate::mcp_hub::McpHub::start(
             &runtime_mcp_servers,

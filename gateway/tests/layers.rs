@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("metrics", 0),
     ("demo", 0),
+    ("outage", 0),
     ("config", 1),
     ("state", 2),
     ("cluster", 2),

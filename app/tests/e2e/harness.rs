@@ -364,15 +364,36 @@ impl Gateway {
         let _ = child.wait();
     }
 
-    /// SIGTERM, then wait for exit.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
+    /// Sends SIGTERM; the process is the caller's to wait for.
+    fn terminate(&mut self) -> Child {
+        let child = self.child.take().expect("running");
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        child.wait().unwrap()
+        child
+    }
+
+    /// SIGTERM, then wait for exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.terminate().wait().unwrap()
+    }
+
+    /// SIGTERM, then wait for exit at most `limit` (None: still running,
+    /// then killed).
+    pub fn stop_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.terminate();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     pub fn lattice(&self, args: &[&str]) -> Output {
@@ -518,6 +539,48 @@ pub fn route(upstream_port: u16) -> String {
     format!(
         "[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{upstream_port}/base\"\nlabels = [\"demo\"]\ntimeout_ms = 3000\n[routes.credential]\nheader = \"x-upstream-key\"\nvalue = \"upstream-secret\"\n"
     )
+}
+
+/// What `wrk` saw: requests answered, and those not 2xx or 3xx.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub answered: u64,
+    pub not_2xx: u64,
+}
+
+impl Load {
+    pub fn ok(&self) -> u64 {
+        self.answered - self.not_2xx
+    }
+}
+
+/// `wrk` (installed by `scripts/setup`) against `GET path` with an
+/// `Authorization` header: `connections` for `seconds`.
+pub fn wrk(port: u16, path: &str, authorization: &str, connections: u32, seconds: u32) -> Load {
+    let out = Command::new("wrk")
+        .arg(format!("-c{connections}"))
+        .args(["-t1", &format!("-d{seconds}s"), "-H"])
+        .arg(format!("Authorization: {authorization}"))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("wrk (installed by scripts/setup)");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{report}");
+    let count = |after: &str| -> Option<u64> {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(after))
+            .and_then(|n| n.trim().parse().ok())
+    };
+    let answered = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count in: {report}"));
+    Load {
+        answered,
+        not_2xx: count("Non-2xx or 3xx responses:").unwrap_or(0),
+    }
 }
 
 pub fn bearer(key: &str) -> String {

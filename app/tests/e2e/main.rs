@@ -9,6 +9,7 @@ mod cluster;
 mod conformance;
 mod crash;
 mod discovery;
+mod disk_full;
 mod edge;
 mod egress;
 mod harness;

@@ -3,17 +3,32 @@
 //! refused write), and filling the SQLite store behind them — only with
 //! entries whose segment records are synced, in unsynced commits of at
 //! most `FILL_CHUNK` (a synced one at shutdown) — retrying until it
-//! succeeds. While either is refused the pipeline reports itself failing.
+//! succeeds — at shutdown for `SHUTDOWN_PATIENCE` at most, then it gives
+//! up, leaving what the segments hold to the next start. While either is
+//! refused the pipeline reports itself failing.
 //!
 //! Must never: write a store row for a segment record not yet synced, or
-//! drop or reorder a pending entry.
+//! drop or reorder a pending entry (one given up on stays in the segments).
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::rows::{store_rows, Pending};
 use super::{Writer, FILL_CHUNK, IDLE_FILL, UNSYNCED_WAIT};
 use crate::segments::Loc;
+
+/// How long a shutdown keeps retrying a write the disk refuses before it
+/// gives up, leaving what the store lacks to the next start.
+pub(crate) const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// What a shutdown that gave up left unwritten.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Incomplete {
+    /// Events durable in the segments, not in the store.
+    pub(crate) unfilled: usize,
+    /// Events never written anywhere.
+    pub(crate) unwritten: usize,
+}
 
 impl Writer {
     /// Appends to the segments and returns where each entry went;
@@ -26,6 +41,9 @@ impl Writer {
         sync: bool,
         patient: bool,
     ) -> Option<Vec<Loc>> {
+        if self.gave_up.is_some() {
+            return None;
+        }
         let mut backoff = Duration::from_millis(50);
         let locs = loop {
             match self
@@ -36,7 +54,8 @@ impl Writer {
                 Err(err) => {
                     self.shared.failing.store(true, Ordering::Release);
                     tracing::error!(error = %err, events = entries.len(), "audit segment write failed; refusing new calls until it recovers");
-                    if !patient {
+                    self.last_error = err.to_string();
+                    if !patient || !self.keep_trying() {
                         return None;
                     }
                     std::thread::sleep(backoff);
@@ -46,6 +65,20 @@ impl Writer {
         };
         self.shared.failing.store(false, Ordering::Release);
         Some(locs)
+    }
+
+    /// Whether a refused write is tried again: always, until
+    /// `SHUTDOWN_PATIENCE` after the pipeline was closed (the write being
+    /// retried may have begun long before); then the writer gives up for
+    /// good.
+    pub(super) fn keep_trying(&mut self) -> bool {
+        if self.give_up_at.is_none() && self.shared.closed.load(Ordering::Acquire) {
+            self.give_up_at = Some(Instant::now() + SHUTDOWN_PATIENCE);
+        }
+        if self.gave_up.is_none() && self.give_up_at.is_some_and(|t| Instant::now() >= t) {
+            self.gave_up = Some(Incomplete::default());
+        }
+        self.gave_up.is_none()
     }
 
     /// Syncs the segments if anything was appended unsynced, retrying
@@ -60,6 +93,10 @@ impl Writer {
         while let Err(err) = self.segments.sync() {
             self.shared.failing.store(true, Ordering::Release);
             tracing::error!(error = %err, "audit segment sync failed; refusing new calls until it recovers");
+            self.last_error = err.to_string();
+            if !self.keep_trying() {
+                return;
+            }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
@@ -146,6 +183,10 @@ impl Writer {
 
     /// Writes the oldest `n` pending entries in one commit, synced or not.
     pub(super) fn write_pending(&mut self, n: usize, sync: bool) {
+        if self.gave_up.is_some() {
+            // Neither out of order nor past an unsynced segment record.
+            return;
+        }
         let rest = self.pending.split_off(n);
         let entries = std::mem::replace(&mut self.pending, rest);
         let (rows, owed, settled) = store_rows(entries);
@@ -159,6 +200,14 @@ impl Writer {
             let Err(err) = written else { break };
             self.shared.failing.store(true, Ordering::Release);
             tracing::error!(error = %err, events = rows.len(), "audit store write failed; refusing new calls until it recovers");
+            self.last_error = err.to_string();
+            if !self.keep_trying() {
+                // Durable in the segments: the next start writes them in.
+                if let Some(lost) = &mut self.gave_up {
+                    lost.unfilled += rows.len();
+                }
+                return;
+            }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }

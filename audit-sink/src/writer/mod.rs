@@ -58,6 +58,7 @@ use crate::merkle::Frontier;
 use crate::segments::{self, Segments};
 use crate::store::{Columns, Store};
 use crate::AuditError;
+use fill::{Incomplete, SHUTDOWN_PATIENCE};
 use tokio::sync::oneshot;
 
 mod fill;
@@ -161,6 +162,9 @@ pub(crate) struct Shared {
     /// then queued without waking it (nothing waits on an outcome, and a
     /// wake per call cost a thread switch per call).
     pub(crate) lazy_ok: AtomicBool,
+    /// Set by a shutdown that gave up on a refused write: what the store
+    /// lacks, and the last error.
+    pub(crate) incomplete: parking_lot::Mutex<Option<(Incomplete, String)>>,
 }
 
 impl Shared {
@@ -344,6 +348,14 @@ impl AuditPipeline {
             t.join()
                 .map_err(|_| AuditError::Io("the audit writer panicked".into()))?;
         }
+        if let Some((lost, error)) = self.handle.shared.incomplete.lock().take() {
+            return Err(AuditError::Incomplete {
+                secs: SHUTDOWN_PATIENCE.as_secs(),
+                error,
+                unfilled: lost.unfilled,
+                unwritten: lost.unwritten,
+            });
+        }
         if let Some(t) = self.wal.take() {
             t.join()
                 .map_err(|_| AuditError::Io("the WAL checkpointer panicked".into()))?;
@@ -391,6 +403,13 @@ pub(crate) struct Writer {
     crowded: bool,
     /// What was last taken from the queue (buffers kept for reuse).
     inbox: (Vec<Queued>, Vec<Msg>),
+    /// `SHUTDOWN_PATIENCE` after the pipeline was closed: a write still
+    /// refused then is given up on (`fill::keep_trying`), so a full or
+    /// broken disk cannot hold the process forever.
+    give_up_at: Option<Instant>,
+    /// Given up: nothing more is written (`Incomplete` says what was not).
+    gave_up: Option<Incomplete>,
+    last_error: String, // the last write error, for the shutdown's report
 }
 
 /// A batch given its places in the log and encoded, not yet appended.
@@ -432,6 +451,9 @@ impl Writer {
             unwritten: None,
             crowded: false,
             inbox: (Vec::new(), Vec::new()),
+            give_up_at: None,
+            gave_up: None,
+            last_error: String::new(),
         }
     }
 
@@ -440,6 +462,12 @@ impl Writer {
     /// tells the decisions waiting. `reserved`: the events hold places in
     /// the queue.
     fn write_batch(&mut self, batch: &mut Vec<Queued>, reserved: bool) {
+        if let Some(lost) = &mut self.gave_up {
+            // Dropped: a decision's call learns it was not made durable.
+            lost.unwritten += batch.len();
+            batch.clear();
+            return;
+        }
         let encoded = self.encode(batch, reserved);
         // Patient: retried until the segments take it (never handed back).
         self.unwritten = self.commit(encoded, true).err();
@@ -574,6 +602,10 @@ impl Writer {
     /// every entry it covers.
     fn checkpoint(&mut self) {
         self.fill();
+        if self.gave_up.is_some() {
+            // The store lacks events: the next start signs them.
+            return;
+        }
         self.last_checkpoint_at = Instant::now();
         let size = self.frontier.size();
         if size == 0 || size == self.last_checkpoint {
@@ -645,14 +677,21 @@ fn interrupted(decision: &AuditEvent) -> AuditEvent {
 }
 
 /// Appends one checkpoint to the witness file as a JSON line and syncs it.
+/// A write the disk refuses part of (full) is cut back off: the file never
+/// keeps half a line (one made `lattice audit verify` fail on it).
 fn export(path: &std::path::Path, signer: &NoteSigner, note: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let line = serde_json::json!({ "vkey": signer.verifier().encoded(), "note": note });
+    let json = serde_json::json!({ "vkey": signer.verifier().encoded(), "note": note });
+    let line = format!("{json}\n");
     let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-    writeln!(f, "{line}")?;
-    f.sync_data()
+    let len = f.metadata()?.len();
+    let written = f.write_all(line.as_bytes()).and_then(|()| f.sync_data());
+    if written.is_err() {
+        let _ = f.set_len(len);
+    }
+    written
 }
 
 #[cfg(test)]

@@ -5,13 +5,14 @@
 //! anything else, and it alone retries failed writes.
 //!
 //! Must never: sleep while holding the writer's lock, or leave an event
-//! queued when it stops.
+//! queued when it stops (one it gave up on at shutdown is counted and
+//! reported).
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
-use super::{Core, Msg, Shared, Writer, LAZY_WAIT, RETENTION_EVERY};
+use super::{Core, Msg, Shared, Writer, LAZY_WAIT, RETENTION_EVERY, SHUTDOWN_PATIENCE};
 
 /// The writer thread's loop, until a shutdown (or until nothing but this
 /// thread holds the writer: every handle and the pipeline are gone).
@@ -127,8 +128,20 @@ impl Writer {
             let _ = w.send(());
         }
         if shutdown {
-            // Everything in the store, synced.
+            // Everything in the store, synced — or, given up, what is not.
             self.settle();
+            if let Some(mut lost) = self.gave_up.take() {
+                lost.unfilled += self.pending.len();
+                lost.unwritten += self.unwritten.take().map_or(0, |u| u.entries.len());
+                tracing::error!(
+                    unfilled = lost.unfilled,
+                    unwritten = lost.unwritten,
+                    error = %self.last_error,
+                    "the audit store could not be written before shutdown; gave up after {} s",
+                    SHUTDOWN_PATIENCE.as_secs()
+                );
+                *self.shared.incomplete.lock() = Some((lost, std::mem::take(&mut self.last_error)));
+            }
             return true;
         }
         if self.cfg.retention.is_set()
