@@ -32,36 +32,74 @@ pub fn log_origin(node_id: &str) -> String {
 /// key file beside it) on first start.
 pub fn load_or_create_signer(key_path: &Path, node_id: &str) -> Result<NoteSigner, GatewayError> {
     let io = |e: std::io::Error| GatewayError::io(key_path.display(), e);
-    if key_path.exists() {
+    let signer = if key_path.exists() {
         let text = std::fs::read_to_string(key_path).map_err(io)?;
-        return Ok(NoteSigner::from_encoded(&text)?);
+        NoteSigner::from_encoded(&text)?
+    } else {
+        if let Some(dir) = key_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let signer = NoteSigner::generate(&log_origin(node_id));
+        write_private(key_path, &signer.encoded()).map_err(io)?;
+        signer
+    };
+    // The verifier key beside it, written again whenever it is missing or
+    // not this key's (a start that could not finish writing it).
+    let vkey_path = key_path.with_extension("vkey");
+    let vkey = signer.verifier().encoded() + "\n";
+    if std::fs::read_to_string(&vkey_path).ok().as_deref() != Some(vkey.as_str()) {
+        write_atomically(&vkey_path, &vkey, 0o644, true)
+            .map_err(|e| GatewayError::io(vkey_path.display(), e))?;
     }
-    if let Some(dir) = key_path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let signer = NoteSigner::generate(&log_origin(node_id));
-    write_private(key_path, &signer.encoded()).map_err(io)?;
-    std::fs::write(
-        key_path.with_extension("vkey"),
-        signer.verifier().encoded() + "\n",
-    )
-    .map_err(io)?;
     Ok(signer)
 }
 
-/// Writes a new file readable only by its owner (keys).
-pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes a new file readable only by its owner (keys); never replaces an
+/// existing one. The file appears whole or not at all: a key cut short by
+/// a full disk once stopped every later start ("not a PRIVATE+KEY note
+/// signing key").
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    write_atomically(path, text, 0o600, false)
+}
+
+/// Writes `text` to a temporary file beside `path`, syncs it, then puts it
+/// in place: renamed over `path` (`replace`), or hard-linked only where
+/// nothing is (fails with `AlreadyExists` otherwise). The directory is
+/// synced after. On any error the temporary file is removed.
+fn write_atomically(path: &Path, text: &str, mode: u32, replace: bool) -> std::io::Result<()> {
     use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let put = || -> std::io::Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(mode);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        if replace {
+            std::fs::rename(&tmp, path)?;
+        } else {
+            std::fs::hard_link(&tmp, path)?;
+            std::fs::remove_file(&tmp)?;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    let done = put();
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let mut f = opts.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+    done
 }
 
 /// The key that signs MCP session ids: read, or created (32 random bytes, mode 0600) on first use.
@@ -299,5 +337,33 @@ mod tests {
         let b = Sessions::with_key(session_key(&path).unwrap());
         let token = a.issue(&agent(), "2025-11-25");
         assert!(b.verify(&token, &agent()).is_some());
+    }
+
+    #[test]
+    fn keys_are_written_whole_never_over_another_and_the_verifier_key_heals() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.key");
+        write_private(&key, "one").unwrap();
+        let err = write_private(&key, "two").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "one");
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temporary file is left behind, in either case.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        // A signing key whose verifier key was cut short: the next load
+        // writes it again.
+        let signing = dir.path().join("audit-signing.key");
+        let signer = load_or_create_signer(&signing, "n").unwrap();
+        let vkey = dir.path().join("audit-signing.vkey");
+        std::fs::write(&vkey, "n+").unwrap();
+        let again = load_or_create_signer(&signing, "n").unwrap();
+        assert_eq!(again.encoded(), signer.encoded());
+        assert_eq!(
+            std::fs::read_to_string(&vkey).unwrap(),
+            signer.verifier().encoded() + "\n"
+        );
     }
 }

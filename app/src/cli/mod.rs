@@ -14,7 +14,6 @@ pub mod up;
 pub mod witness;
 pub mod worker;
 
-use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -137,11 +136,34 @@ pub(crate) fn without_transparent_huge_pages() {
 pub fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     without_transparent_huge_pages();
     let config = lattice_gateway::config::load(path)?;
+    let data_dir = config.server.data_dir.clone();
     let registry: std::sync::Arc<dyn lattice_gateway::runtime::RegistryService> =
         std::sync::Arc::new(lattice_registry::service::Service);
-    lattice_gateway::server::run_with(config, Some(registry))
-        .context("the gateway stopped with an error")?;
-    Ok(ExitCode::SUCCESS)
+    match lattice_gateway::server::run_with(config, Some(registry)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            let e = anyhow::Error::new(e).context("the gateway stopped with an error");
+            // SQLite names a full disk only sometimes ("disk I/O error" when
+            // its shared-memory file cannot grow): say it.
+            Err(match full_filesystem(&data_dir) {
+                Some(full) => e.context(full),
+                None => e,
+            })
+        }
+    }
+}
+
+/// "... is full" when the data directory's filesystem has (nearly) no
+/// space left for the gateway.
+fn full_filesystem(dir: &Path) -> Option<String> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    (free < 1 << 20).then(|| {
+        format!(
+            "the filesystem of the data directory {} is full ({free} bytes free)",
+            dir.display()
+        )
+    })
 }
 
 pub fn demo_upstream(listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {

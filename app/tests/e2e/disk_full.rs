@@ -143,3 +143,32 @@ fn a_full_data_volume_refuses_calls_logs_the_outage_once_and_recovers_losing_not
     assert_eq!(store.oldest_owed().unwrap(), None, "an outcome is owed");
     gw.assert_verifies(&[]);
 }
+
+/// A new gateway whose data volume has no room at all exits at once with
+/// an error that says the disk is full (SQLite alone said "disk I/O error:
+/// Error code 4874" for the state store's shared-memory file), and starts
+/// once there is room.
+#[test]
+fn a_gateway_started_on_a_full_volume_says_the_disk_is_full() {
+    let mut gw = Gateway::prepare(&route(free_port()), STARTER_POLICY);
+    let Some(_mount) = mount_tmpfs(&gw.path("data"), "96m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    fill(&gw.path("data/filler"));
+    gw.launch();
+    let status = gw.exit_within(Duration::from_secs(30));
+    let log = gw.log();
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("the filesystem of the data directory")
+            && log.contains("is full (0 bytes free)"),
+        "{log}"
+    );
+    // Nothing half-written stays behind to stop the next start once there
+    // is room (a signing key cut short once did, for good).
+    std::fs::remove_file(gw.path("data/filler")).unwrap();
+    gw.spawn();
+    assert!(gw.stop().success(), "{}", gw.log());
+    gw.assert_verifies(&[]);
+}

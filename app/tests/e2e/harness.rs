@@ -383,17 +383,14 @@ impl Gateway {
     /// SIGTERM, then wait for exit at most `limit` (None: still running,
     /// then killed).
     pub fn stop_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.terminate();
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        let child = self.terminate();
+        exit_within(child, limit)
+    }
+
+    /// Waits for a launched gateway to exit by itself, at most `limit`
+    /// (None: still running, then killed).
+    pub fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        exit_within(self.child.take().expect("launched"), limit)
     }
 
     pub fn lattice(&self, args: &[&str]) -> Output {
@@ -510,6 +507,20 @@ impl Gateway {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     }
+}
+
+/// The child's exit status within `limit`; past it the child is killed.
+fn exit_within(mut child: Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 impl Drop for Gateway {
