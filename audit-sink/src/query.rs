@@ -158,21 +158,46 @@ impl Store {
 
     /// Aggregates of the matching events, in one pass (see `tally`).
     pub fn aggregate(&self, q: &AuditQuery) -> Result<Aggregates, AuditError> {
-        let (w, args) = sqlite_where(q, false);
+        let mut all = self.aggregate_all(std::slice::from_ref(q))?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// Aggregates of several queries, in order. Queries that share their
+    /// window and tenant (the workbench overview's: all calls, MCP tools,
+    /// models) are counted in one read of the window, each event read once
+    /// for all of them; others are read apart.
+    pub fn aggregate_all(&self, qs: &[AuditQuery]) -> Result<Vec<Aggregates>, AuditError> {
+        let Some(first) = qs.first() else {
+            return Ok(Vec::new());
+        };
+        let (w, args) = sqlite_where(first, false);
+        if qs
+            .iter()
+            .any(|q| sqlite_where(q, false) != (w.clone(), args.clone()))
+        {
+            return qs.iter().map(|q| self.aggregate(q)).collect();
+        }
         let mut stmt = self
             .conn
             .prepare(&format!("SELECT ts_us, event FROM ev WHERE {w}"))?;
         let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-        let mut tally = tally::Tally::default();
+        let mut tallies: Vec<tally::Tally> = qs.iter().map(|_| tally::Tally::default()).collect();
         while let Some(row) = rows.next()? {
             let ts_us = row.get::<_, i64>(0)? as u64;
             let json = match row.get_ref(1)? {
                 rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).unwrap_or(""),
                 _ => "",
             };
-            tally.add(q, ts_us, json);
+            match tally::parse(json) {
+                Some(f) => {
+                    for (q, t) in qs.iter().zip(&mut tallies) {
+                        t.add_fields(q, ts_us, &f);
+                    }
+                }
+                None => tallies.iter_mut().for_each(tally::Tally::add_unreadable),
+            }
         }
-        Ok(tally.finish())
+        Ok(tallies.into_iter().map(tally::Tally::finish).collect())
     }
 }
 

@@ -157,3 +157,45 @@ fn aggregates_agree_with_sqlite_for_every_kind_of_filter() {
     assert!(all.server_errors > 0 && all.tokens_in > 0 && all.latency_p99_us > 0);
     assert_eq!(all.unreadable, 0);
 }
+
+#[test]
+fn several_queries_over_one_window_are_counted_in_one_read_as_each_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    {
+        let mut store = Store::open(&path).unwrap();
+        let rows: Vec<Row> = events(1_000).iter().map(Row::of).collect();
+        store.append(&rows, &[], &[]).unwrap();
+    }
+    let store = Store::open_read_only(&path).unwrap();
+    let window = AuditQuery {
+        from_us: Some(1_700_000_000_000_000 + 200 * 1_700_000),
+        tenant: Some("acme".into()),
+        ..Default::default()
+    };
+    let narrowed = |f: fn(&mut AuditQuery)| {
+        let mut q = window.clone();
+        f(&mut q);
+        q
+    };
+    // The overview's three (sharing the window), then one that does not.
+    let queries = [
+        window.clone(),
+        narrowed(|q| q.target = Some("t2".into())),
+        narrowed(|q| q.principal = Some("p4".into())),
+        AuditQuery::default(),
+    ];
+    let alone: Vec<Aggregates> = queries
+        .iter()
+        .map(|q| store.aggregate(q).unwrap())
+        .collect();
+    // One read for the three that share the window; each read apart once
+    // one does not.
+    let together = store.aggregate_all(&queries[..3]).unwrap();
+    assert_eq!(together, alone[..3]);
+    assert_eq!(store.aggregate_all(&queries).unwrap(), alone);
+    assert_eq!(together[0], sqlite_answer(&store, &queries[0]));
+    assert_eq!(together[1], sqlite_answer(&store, &queries[1]));
+    assert!(together[1].outcomes > 0 && together[1].outcomes < together[0].outcomes);
+    assert!(store.aggregate_all(&[]).unwrap().is_empty());
+}

@@ -21,7 +21,7 @@ use super::{Aggregates, AuditQuery, TOP};
 /// The fields aggregates read from an event (the rest is skipped).
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Fields<'a> {
+pub(super) struct Fields<'a> {
     #[serde(borrow)]
     phase: Cow<'a, str>,
     #[serde(borrow)]
@@ -57,6 +57,11 @@ pub(super) struct Tally {
 
 const MINUTE_US: u64 = 60_000_000;
 
+/// An event's fields, or None when its JSON cannot be read.
+pub(super) fn parse(json: &str) -> Option<Fields<'_>> {
+    serde_json::from_str(json).ok()
+}
+
 fn bump(map: &mut HashMap<String, u64>, key: &str) {
     match map.get_mut(key) {
         Some(n) => *n += 1,
@@ -78,11 +83,22 @@ impl Tally {
     /// Counts one event (`ts_us`: the store's column) if it matches the
     /// query's event-field filters; the store has already applied the
     /// time window and the tenant.
+    #[cfg(test)]
     pub(super) fn add(&mut self, q: &AuditQuery, ts_us: u64, json: &str) {
-        let Ok(f) = serde_json::from_str::<Fields>(json) else {
-            self.unreadable += 1;
-            return;
-        };
+        match parse(json) {
+            Some(f) => self.add_fields(q, ts_us, &f),
+            None => self.add_unreadable(),
+        }
+    }
+
+    /// An event whose JSON could not be read.
+    pub(super) fn add_unreadable(&mut self) {
+        self.unreadable += 1;
+    }
+
+    /// `add`, with the event already read (`parse`): several tallies of
+    /// the same window read each event once.
+    pub(super) fn add_fields(&mut self, q: &AuditQuery, ts_us: u64, f: &Fields) {
         let wanted = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         if !(wanted(&q.principal, &f.principal)
             && wanted(&q.kind, &f.kind)

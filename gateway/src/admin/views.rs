@@ -459,11 +459,7 @@ pub(crate) async fn stats_view(runtime: &Runtime, scope: &AuditScope, query: &st
         _ => {
             let store = audit_store(runtime);
             tokio::task::spawn_blocking(move || {
-                let store = store?;
-                queries
-                    .iter()
-                    .map(|q| store.aggregate(q).map_err(|e| e.to_string()))
-                    .collect::<Result<Vec<_>, _>>()
+                store?.aggregate_all(&queries).map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| e.to_string())
