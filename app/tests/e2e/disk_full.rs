@@ -51,6 +51,25 @@ fn fill(path: &Path) {
 
 const OUTAGE: &str = "the audit trail cannot record decisions";
 
+/// Load in 2 s runs until at least `refused` calls were refused (space
+/// the store's files already hold — the segment, a WAL that grew before —
+/// takes some calls first, more on a busy machine), at most 30 runs.
+fn load_until_refused(gw: &Gateway, auth: &str, refused: u64) -> Load {
+    let mut all = Load {
+        answered: 0,
+        not_2xx: 0,
+    };
+    for _ in 0..30 {
+        let l = wrk(gw.port, "/tools/echo/full", auth, 8, 2);
+        all.answered += l.answered;
+        all.not_2xx += l.not_2xx;
+        if all.not_2xx >= refused {
+            break;
+        }
+    }
+    all
+}
+
 #[test]
 fn a_full_data_volume_refuses_calls_logs_the_outage_once_and_recovers_losing_nothing() {
     let upstream = Upstream::start();
@@ -74,9 +93,11 @@ fn a_full_data_volume_refuses_calls_logs_the_outage_once_and_recovers_losing_not
     // decisions, then the store's writes fail and calls are refused.
     let filler = gw.path("data/filler");
     fill(&filler);
-    let full = wrk(gw.port, path, &auth, 8, 4);
+    let loading = std::time::Instant::now();
+    let full = load_until_refused(&gw, &auth, 1_000);
+    let tens = loading.elapsed().as_secs() / 10;
     served += full.ok();
-    assert!(full.not_2xx > 1_000, "calls were not refused: {full:?}");
+    assert!(full.not_2xx >= 1_000, "calls were not refused: {full:?}");
     let r = gw.get(path, &auth);
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("\"audit_unavailable\""), "{}", r.body);
@@ -85,15 +106,17 @@ fn a_full_data_volume_refuses_calls_logs_the_outage_once_and_recovers_losing_not
         "every refusal is counted"
     );
     let log = gw.log();
-    let errors = log.matches("ERROR").count();
+    // Not a line per call: the writer's retries (one per 2 s at most) and
+    // the outage's start, then a count every 10 s.
+    let errors = log.matches("ERROR").count() as u64;
     assert!(
-        errors < 50,
+        errors < 50 + 10 * tens,
         "{errors} ERROR lines for {} refused calls",
         full.not_2xx
     );
-    let lines = log.matches(OUTAGE).count();
+    let lines = log.matches(OUTAGE).count() as u64;
     assert!(
-        (1..=2).contains(&lines),
+        (1..=2 + tens).contains(&lines),
         "{lines} log lines for {} refused calls:\n{}",
         full.not_2xx,
         &log[log.len().saturating_sub(4000)..]
@@ -120,7 +143,7 @@ fn a_full_data_volume_refuses_calls_logs_the_outage_once_and_recovers_losing_not
     // store after its patience (it once retried forever, the process never
     // exiting), says what the store lacks, and exits with an error.
     fill(&filler);
-    let again = wrk(gw.port, path, &auth, 8, 2);
+    let again = load_until_refused(&gw, &auth, 1);
     served += again.ok();
     assert!(again.not_2xx > 0, "{again:?}");
     let status = gw.stop_within(Duration::from_secs(30));
