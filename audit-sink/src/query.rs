@@ -170,13 +170,11 @@ impl Store {
         let Some(first) = qs.first() else {
             return Ok(Vec::new());
         };
-        let (w, args) = sqlite_where(first, false);
-        if qs
-            .iter()
-            .any(|q| sqlite_where(q, false) != (w.clone(), args.clone()))
-        {
+        let window = sqlite_where(first, false);
+        if qs.iter().any(|q| sqlite_where(q, false) != window) {
             return qs.iter().map(|q| self.aggregate(q)).collect();
         }
+        let (w, args) = window;
         let mut stmt = self
             .conn
             .prepare(&format!("SELECT ts_us, event FROM ev WHERE {w}"))?;

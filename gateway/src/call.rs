@@ -315,10 +315,11 @@ pub async fn admit(
             bypassed: Some((names, cause)),
         }) => {
             node.metrics.limits_bypassed.inc();
-            let cause = format!("{cause} (limits {names:?})");
-            node.outages
-                .limits
-                .log_hit(&cause, "let through UNCOUNTED (on_unavailable = allow)");
+            // Formatted only when it is logged: most calls of an outage are not.
+            node.outages.limits.log_hit(
+                &format_args!("{cause} (limits {names:?})"),
+                "let through UNCOUNTED (on_unavailable = allow)",
+            );
             Ok(())
         }
         Err(Refusal::Exceeded(e)) => {

@@ -41,8 +41,9 @@ pub(super) struct Fields<'a> {
 /// Aggregates being counted.
 #[derive(Default)]
 pub(super) struct Tally {
-    decisions: BTreeMap<String, u64>,
-    per_minute: BTreeMap<(u64, String), u64>,
+    decisions: HashMap<String, u64>,
+    /// Decisions by minute start (µs), then by decision.
+    per_minute: BTreeMap<u64, HashMap<String, u64>>,
     principals: HashMap<String, u64>,
     targets: HashMap<String, u64>,
     latencies: Vec<u64>,
@@ -69,6 +70,13 @@ fn bump(map: &mut HashMap<String, u64>, key: &str) {
             map.insert(key.to_string(), 1);
         }
     }
+}
+
+/// Every key with its count, by key.
+fn sorted(map: HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> = map.into_iter().collect();
+    all.sort_unstable();
+    all
 }
 
 /// The `TOP` keys by count, ties by key.
@@ -109,17 +117,9 @@ impl Tally {
         }
         match &*f.phase {
             "decision" => {
-                let d = &*f.decision;
-                match self.decisions.get_mut(d) {
-                    Some(n) => *n += 1,
-                    None => {
-                        self.decisions.insert(d.to_string(), 1);
-                    }
-                }
-                *self
-                    .per_minute
-                    .entry((ts_us / MINUTE_US * MINUTE_US, d.to_string()))
-                    .or_default() += 1;
+                bump(&mut self.decisions, &f.decision);
+                let minute = self.per_minute.entry(ts_us / MINUTE_US * MINUTE_US);
+                bump(minute.or_default(), &f.decision);
                 bump(&mut self.principals, &f.principal);
                 bump(&mut self.targets, &f.target);
             }
@@ -148,11 +148,11 @@ impl Tally {
             latency_p50_us: pct(0.5),
             latency_p95_us: pct(0.95),
             latency_p99_us: pct(0.99),
-            decisions: self.decisions.into_iter().collect(),
+            decisions: sorted(self.decisions),
             per_minute: self
                 .per_minute
                 .into_iter()
-                .map(|((m, d), n)| (m, d, n))
+                .flat_map(|(m, ds)| sorted(ds).into_iter().map(move |(d, n)| (m, d, n)))
                 .collect(),
             top_principals: top(self.principals),
             top_targets: top(self.targets),

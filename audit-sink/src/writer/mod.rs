@@ -348,14 +348,6 @@ impl AuditPipeline {
             t.join()
                 .map_err(|_| AuditError::Io("the audit writer panicked".into()))?;
         }
-        if let Some((lost, error)) = self.handle.shared.incomplete.lock().take() {
-            return Err(AuditError::Incomplete {
-                secs: SHUTDOWN_PATIENCE.as_secs(),
-                error,
-                unfilled: lost.unfilled,
-                unwritten: lost.unwritten,
-            });
-        }
         if let Some(t) = self.wal.take() {
             t.join()
                 .map_err(|_| AuditError::Io("the WAL checkpointer panicked".into()))?;
@@ -367,7 +359,17 @@ impl AuditPipeline {
             t.join()
                 .map_err(|_| AuditError::Io("the ClickHouse shipper panicked".into()))?;
         }
-        Ok(())
+        // A writer that gave up on the store (after every thread above has
+        // stopped, so none is left running): what the store lacks.
+        match self.handle.shared.incomplete.lock().take() {
+            Some((lost, error)) => Err(AuditError::Incomplete {
+                secs: SHUTDOWN_PATIENCE.as_secs(),
+                error,
+                unfilled: lost.unfilled,
+                unwritten: lost.unwritten,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
