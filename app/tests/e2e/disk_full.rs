@@ -122,6 +122,15 @@ fn a_full_data_volume_refuses_calls_logs_the_outage_once_and_recovers_losing_not
         &log[log.len().saturating_sub(4000)..]
     );
     assert!(log.contains("refused (fail closed)"), "{log}");
+    // The writer's checkpoints (one or more a second) refused by the full
+    // witness file: once at the start, a count every 10 s (14 ERROR lines
+    // in seconds before).
+    let witness = log.matches("export audit checkpoint").count() as u64;
+    assert!(
+        witness <= 2 + tens,
+        "{witness} lines of refused witness exports:\n{}",
+        &log[log.len().saturating_sub(4000)..]
+    );
 
     // Space is freed: calls are served again, no restart.
     std::fs::remove_file(&filler).unwrap();
@@ -192,6 +201,51 @@ fn a_gateway_started_on_a_full_volume_says_the_disk_is_full() {
     // is room (a signing key cut short once did, for good).
     std::fs::remove_file(gw.path("data/filler")).unwrap();
     gw.spawn();
+    assert!(gw.stop().success(), "{}", gw.log());
+    gw.assert_verifies(&[]);
+}
+
+/// The witness file's volume is full while the data volume is not: calls
+/// are served (the witness file is not on the request path), each refused
+/// export is not a line of its own (one per checkpoint before: 30 ERROR
+/// lines in 3 s at ten checkpoints a second), the end is logged once
+/// there is room, and the trail and the witness file verify.
+#[test]
+fn a_full_witness_volume_is_logged_once_and_calls_go_on() {
+    let upstream = Upstream::start();
+    let config = format!(
+        "{}\n[audit]\nwitness_file = \"witness/witness.jsonl\"\ncheckpoint_interval_ms = 100\ncheckpoint_every = 200\n",
+        route(upstream.port)
+    );
+    let mut gw = Gateway::prepare(&config, STARTER_POLICY);
+    let Some(_mount) = mount_tmpfs(&gw.path("witness"), "1m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    gw.spawn();
+    let key = gw.create_key("agent-witness", &["agent"]);
+    let auth = bearer(&key);
+    assert_eq!(gw.get("/tools/echo/w", &auth).status, 200);
+    let filler = gw.path("witness/filler");
+    fill(&filler);
+    let load = wrk(gw.port, "/tools/echo/w", &auth, 8, 3);
+    assert!(load.answered > 100 && load.not_2xx == 0, "{load:?}");
+    let log = gw.log();
+    let refused = log.matches("export audit checkpoint").count();
+    assert!(
+        (1..=2).contains(&refused),
+        "{refused} lines of refused witness exports:\n{}",
+        &log[log.len().saturating_sub(4000)..]
+    );
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(
+        "the witness file taken again",
+        Duration::from_secs(30),
+        || {
+            assert_eq!(gw.get("/tools/echo/w", &auth).status, 200);
+            gw.log().contains("reach the witness file again")
+        },
+    );
     assert!(gw.stop().success(), "{}", gw.log());
     gw.assert_verifies(&[]);
 }

@@ -41,8 +41,6 @@
 //! yet synced, or remove a segment that holds an event the store still
 //! keeps.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -50,7 +48,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::{Checkpoint, NoteSigner};
+use crate::checkpoint::NoteSigner;
 use crate::clickhouse::{run_shipper, ClickHouseConfig, ShipState};
 use crate::event::AuditEvent;
 use crate::journal::Entry;
@@ -67,6 +65,7 @@ mod lead;
 mod retention;
 mod rows;
 mod run;
+mod sign;
 mod wal;
 pub use handle::{AuditHandle, Durable, OutcomeSlot, GAP};
 pub use retention::{Retention, PRUNED};
@@ -412,6 +411,8 @@ pub(crate) struct Writer {
     /// Given up: nothing more is written (`Incomplete` says what was not).
     gave_up: Option<Incomplete>,
     last_error: String, // the last write error, for the shutdown's report
+    /// Checkpoints the store or the witness file refused, while they do.
+    refusals: sign::Refusals,
 }
 
 /// A batch given its places in the log and encoded, not yet appended.
@@ -456,6 +457,7 @@ impl Writer {
             give_up_at: None,
             gave_up: None,
             last_error: String::new(),
+            refusals: sign::Refusals::default(),
         }
     }
 
@@ -599,37 +601,6 @@ impl Writer {
         }
         Ok(n)
     }
-
-    /// Signs a checkpoint of the log as it is now, once the store holds
-    /// every entry it covers.
-    fn checkpoint(&mut self) {
-        self.fill();
-        if self.gave_up.is_some() {
-            // The store lacks events: the next start signs them.
-            return;
-        }
-        self.last_checkpoint_at = Instant::now();
-        let size = self.frontier.size();
-        if size == 0 || size == self.last_checkpoint {
-            return;
-        }
-        let cp = Checkpoint {
-            origin: self.cfg.origin.clone(),
-            size,
-            root: self.frontier.root(),
-        };
-        let note = self.cfg.signer.sign(&cp);
-        if let Err(e) = self.store.put_checkpoint(size, &cp.root, &note) {
-            tracing::error!(error = %e, size, "could not store audit checkpoint");
-            return;
-        }
-        if let Some(path) = &self.cfg.witness_file {
-            if let Err(e) = export(path, &self.cfg.signer, &note) {
-                tracing::error!(error = %e, path = %path.display(), "could not export audit checkpoint to the witness file");
-            }
-        }
-        self.last_checkpoint = size;
-    }
 }
 
 /// How often retention looks at the store.
@@ -676,24 +647,6 @@ fn interrupted(decision: &AuditEvent) -> AuditEvent {
     e.user_agent.clone_from(&decision.user_agent);
     e.reason = INTERRUPTED.to_string();
     e
-}
-
-/// Appends one checkpoint to the witness file as a JSON line and syncs it.
-/// A write the disk refuses part of (full) is cut back off: the file never
-/// keeps half a line (one made `lattice audit verify` fail on it).
-fn export(path: &std::path::Path, signer: &NoteSigner, note: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let json = serde_json::json!({ "vkey": signer.verifier().encoded(), "note": note });
-    let line = format!("{json}\n");
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-    let len = f.metadata()?.len();
-    let written = f.write_all(line.as_bytes()).and_then(|()| f.sync_data());
-    if written.is_err() {
-        let _ = f.set_len(len);
-    }
-    written
 }
 
 #[cfg(test)]
