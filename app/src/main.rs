@@ -6,7 +6,7 @@ mod cli;
 /// mimalloc, not glibc's malloc: on the request path allocation cost 8–10%
 /// of the gateway's CPU at saturation, partly futex contention when the
 /// audit writer frees what request threads allocated; mimalloc's
-/// thread-local free lists avoid both (figures in docs/benchmarks.md).
+/// thread-local free lists avoid both (figures in docs/benchmarks-log.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

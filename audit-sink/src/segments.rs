@@ -79,6 +79,48 @@ fn io(path: &Path, e: std::io::Error) -> AuditError {
     AuditError::Io(format!("audit segment {}: {e}", path.display()))
 }
 
+/// Beyond a spare segment, the room a volume should have for the store
+/// (the SQLite file and its WAL grow with every call) without warning.
+const ROOM_SLACK: u64 = 16 << 20;
+
+/// Warns when the filesystem of `dir` has less room than a spare segment
+/// of `size` bytes and `ROOM_SLACK`: at start and at each new segment, the
+/// operator hears of a filling disk before calls are refused for it.
+fn warn_if_cramped(dir: &Path, size: u64) {
+    let Some(free) = free_bytes(dir) else { return };
+    if free < size + ROOM_SLACK {
+        tracing::warn!(
+            dir = %dir.display(),
+            free_bytes = free,
+            "the audit segments' filesystem has {} MiB free: the next segment takes {} MiB, and the store grows with every call; once it is full, calls are refused (fail closed) until there is room",
+            free >> 20,
+            size >> 20
+        );
+    }
+}
+
+/// Bytes an unprivileged process may still write on the filesystem of
+/// `dir` (none when it cannot be asked).
+#[allow(unsafe_code)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string alive for the call, and
+    // `st` points to writable memory of the struct's size, which
+    // `statvfs` fills when it returns 0 (only then is it read).
+    let r = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: filled by the successful call above.
+    let st = unsafe { st.assume_init() };
+    // u64 on 64-bit Linux; narrower types widen where they are not.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Some(blocks.saturating_mul(size))
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -259,6 +301,7 @@ impl Segments {
             return;
         }
         let size = self.size;
+        warn_if_cramped(&self.dir, size);
         let urgent = Arc::new(AtomicBool::new(false));
         let flag = urgent.clone();
         self.spare = std::thread::Builder::new()

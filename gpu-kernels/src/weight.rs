@@ -95,7 +95,7 @@ pub enum Layout {
     /// in huge pages: 1.3–2.2× the products' rate at 4–32 activation rows
     /// on the gate and up shapes, 1.05–1.25× on the down shape, weights
     /// read from memory; a whole decode step of 1 to 64 sequences 8–33%
-    /// shorter, docs/benchmarks.md).
+    /// shorter, docs/benchmarks-log.md).
     Tiles,
 }
 

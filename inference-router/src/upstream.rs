@@ -12,7 +12,7 @@
 //! each a wait for a core), and it adds URL, redirect and timeout layers
 //! the router does not use. hyper's connection, polled by the call that
 //! owns it, does the same HTTP/1.1 without the hops (the before and after
-//! are in `docs/benchmarks.md`).
+//! are in `docs/benchmarks-log.md`, "Changes measured").
 //!
 //! Must never: hand a connection back before its response was read to the
 //! end (or one the backend closed), send a request on a connection that is

@@ -117,7 +117,7 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<ExitCode> {
 /// them off, and its time to first token 413–502 against 202–203 ms; in
 /// the gateway, two runs of the HTTP scenario (one per slot) gave RSS at
 /// saturation 64 → 50 and 59 → 50 MB and CPU per request at 1,000 req/s
-/// 425 → 372 and 377 → 349 µs (docs/benchmarks.md). The flag is the
+/// 425 → 372 and 377 → 349 µs (docs/benchmarks-log.md). The flag is the
 /// process's (children inherit it); what was already mapped keeps its
 /// pages: the worker sets it once its model is loaded and before its KV
 /// cache is, so that the weight matrices the CPU copied into tiles keep

@@ -88,6 +88,12 @@ fn a_full_data_volume_refuses_calls_logs_the_outage_once_and_recovers_losing_not
     let path = "/tools/echo/full";
     assert_eq!(gw.get(path, &auth).status, 200);
     let mut served = 1;
+    // Room at start: no warning of a cramped volume.
+    assert!(
+        !gw.log().contains("segments' filesystem has"),
+        "{}",
+        gw.log()
+    );
 
     // The volume fills: the segments' preallocated space takes a few more
     // decisions, then the store's writes fail and calls are refused.
@@ -248,4 +254,31 @@ fn a_full_witness_volume_is_logged_once_and_calls_go_on() {
     );
     assert!(gw.stop().success(), "{}", gw.log());
     gw.assert_verifies(&[]);
+}
+
+/// A gateway started with less room than its next audit segment needs
+/// warns at start (and calls are still served while the current segment
+/// has room); one with room does not (the first test's start).
+#[test]
+fn a_start_with_little_room_warns_before_calls_are_refused() {
+    let upstream = Upstream::start();
+    let mut gw = Gateway::prepare(&route(upstream.port), STARTER_POLICY);
+    let Some(_mount) = mount_tmpfs(&gw.path("data"), "64m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    // 24 MiB left: the current segment takes 16 of them, its spare would
+    // need 16 more.
+    let mut filler = std::fs::File::create(gw.path("data/filler")).unwrap();
+    filler.write_all(&vec![0u8; 40 << 20]).unwrap();
+    filler.sync_all().unwrap();
+    gw.spawn();
+    let key = gw.create_key("agent-cramped", &["agent"]);
+    assert_eq!(gw.get("/tools/echo/c", &bearer(&key)).status, 200);
+    let log = gw.log();
+    assert!(
+        log.contains("the audit segments' filesystem has")
+            && log.contains("MiB free: the next segment takes 16 MiB"),
+        "{log}"
+    );
 }

@@ -10,7 +10,7 @@
 //! segments' `fdatasync` — the one a call's decision waits for — queue
 //! behind it on the disk: at 1,000 req/s the p99 a call waited fell from
 //! 2.9 to 1.5 ms when checkpoints came every 50 ms instead of every 200
-//! (docs/benchmarks.md, "Changes measured"; every second made it 3.9).
+//! (docs/benchmarks-log.md, "Changes measured"; every second made it 3.9).
 //!
 //! Must never: wait for the writer, or keep running after the pipeline
 //! closed.

@@ -6,7 +6,7 @@
 //! and a model file's page cache is itself mapped in 2 MiB pages where the
 //! kernel can (`FilePmdMapped` in `/proc/PID/smaps_rollup`: 172 MB of the
 //! harness's model, kernel 6.18). Measured on the 2-core AMD EPYC of
-//! docs/benchmarks.md, one sequence's decode step
+//! docs/benchmarks-log.md, one sequence's decode step
 //! (`lattice-load-worker --batches`, four rounds, medians): the rows read
 //! from a copy in ordinary 4 KiB pages 15.2 ms, from the mapped file
 //! 12.4 ms; tiles in 4 KiB pages lost the same way, tiles in 2 MiB pages
