@@ -265,6 +265,10 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Whatever a query sorts or materializes stays in memory too: on a
+        // read-only root filesystem SQLite has nowhere to put a temporary
+        // file (the aggregates, which did, now count in one pass).
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         let segment_columns = migrate::has_column(&conn, "seg")?;
         let leaf_table = migrate::has_table(&conn, "log_leaves")?;
         read_view(&conn, path, segment_columns, leaf_table)?;

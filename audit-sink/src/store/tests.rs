@@ -29,18 +29,24 @@ fn mismatches(store: &Store) -> i64 {
         .unwrap()
 }
 
-/// The writing connection keeps statement journals in memory: a fill's
-/// `owed` statements and `auto_vacuum`'s pointer-map pages need one, and on
-/// disk each transaction's was a new temporary file.
+/// Both connections keep SQLite's temporary storage in memory: the
+/// writer's statement journals (a fill's `owed` statements and
+/// `auto_vacuum`'s pointer-map pages need one; on disk each transaction's
+/// was a new temporary file) and whatever a read sorts — on a read-only
+/// root filesystem there is nowhere else to put them.
 #[test]
-fn the_writing_connection_journals_statements_in_memory() {
+fn both_connections_keep_temporary_storage_in_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("a.db")).unwrap();
-    let temp_store: i64 = store
-        .conn
-        .query_row("PRAGMA temp_store", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(temp_store, 2, "2 is MEMORY");
+    let path = dir.path().join("a.db");
+    let writer = Store::open(&path).unwrap();
+    let reader = Store::open_read_only(&path).unwrap();
+    for (name, store) in [("writer", &writer), ("reader", &reader)] {
+        let temp_store: i64 = store
+            .conn
+            .query_row("PRAGMA temp_store", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(temp_store, 2, "{name}: 2 is MEMORY");
+    }
 }
 
 #[test]
