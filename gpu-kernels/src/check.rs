@@ -404,9 +404,13 @@ pub fn check_all<G: Kernels, C: Kernels>(
         // Fixed shapes, at every scale: rows that are not whole 16-byte
         // loads; whole flights of GEMV_FLIGHT chunks, then a tail of one
         // or two (1,320 = 5 × 256 + 40).
+        // On the emulator (one SM) the last three are split over 4, 2
+        // and 8 warps an output (`cuda::products::gemv_split`).
         for (inp, outs, what) in [
             (100, 50, "unaligned rows"),
             (1320, 24, "flights and a tail"),
+            (1000, 12, "unaligned rows over warps"),
+            (2048, 8, "a long row over warps"),
         ] {
             cases.push((
                 format!("matmul {} 3×{inp}·{inp}→{outs} ({what})", d.name()),
@@ -445,6 +449,24 @@ pub fn check_all<G: Kernels, C: Kernels>(
                 product_tol(rows, d),
             ));
         }
+    }
+    // Q, K and V fused with long rows: split over warps on the emulator
+    // (24 outputs of 2,048 inputs: 4 warps each).
+    for d in [DType::F32, DType::BF16, DType::F16] {
+        cases.push((
+            format!(
+                "matmul_many {} 3×2048: Q, K, V with biases over warps",
+                d.name()
+            ),
+            Op::MatmulMany {
+                dtype: d,
+                rows: 3,
+                inp: 2048,
+                outs: 16,
+                three: true,
+            },
+            1e-4,
+        ));
     }
     cases.push(("rope".into(), Op::Rope, 1e-4));
     // 64 and 128: the tiled prefill; 256: one warp per query row. A bf16

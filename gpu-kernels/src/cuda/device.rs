@@ -110,6 +110,9 @@ pub struct Cuda {
     pub(super) arch: String,
     pub(super) memo: Mutex<Memo>,
     pub(super) gemv_max_rows: usize,
+    /// Streaming multiprocessors: a GEMV launch is split so that it has a
+    /// warp for each of 64 × this many slots (`products::gemv_split`).
+    pub(super) sms: usize,
     /// Buffers kept from step to step, one per [`Scratch`] use (every user
     /// is ordered on the one stream).
     pub(super) scratch: Mutex<[Option<Arc<Mem>>; 2]>,
@@ -236,6 +239,11 @@ impl Cuda {
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         let gpu = ctx.name().map_err(|e| driver("device name", e))?;
         let memory = ctx.total_mem().map_err(|e| driver("memory", e))?;
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| driver("multiprocessor count", e))?;
         let include = include_dir()?;
         let wanted = kernel_names();
         let mut funcs = HashMap::new();
@@ -260,6 +268,7 @@ impl Cuda {
             arch: arch.to_string(),
             memo: Mutex::new(Memo::default()),
             gemv_max_rows: GEMV_MAX_ROWS,
+            sms: sms.max(1) as usize,
             scratch: Mutex::new([None, None]),
         })
     }
@@ -276,6 +285,8 @@ impl Cuda {
             arch: "emulated".into(),
             memo: Mutex::new(Memo::default()),
             gemv_max_rows: GEMV_MAX_ROWS,
+            // One: the checks' small products are split over warps too.
+            sms: 1,
             scratch: Mutex::new([None, None]),
         })
     }
