@@ -225,3 +225,50 @@ fn tokens_chosen_on_the_device_follow_the_documented_rule() {
     let e = gpu.pick(&mut act, &penalised[..2]).unwrap_err().to_string();
     assert_eq!(e, "shape mismatch in pick: 2 picks for 12 rows");
 }
+
+/// `outs × inp` f32 weights times `rows` activation rows on `k`.
+fn product<K: Kernels>(k: &K, w: &[f32], x: &[f32], rows: usize, inp: usize) -> Vec<f32> {
+    let outs = w.len() / inp;
+    let w = k
+        .weight(HostWeight::owned_f32("w", vec![outs, inp], w.to_vec()).unwrap())
+        .unwrap();
+    // Activations go in as the rows of a table, gathered.
+    let table = k
+        .weight(HostWeight::owned_f32("x", vec![rows, inp], x.to_vec()).unwrap())
+        .unwrap();
+    let mut xa = k.act(rows, inp).unwrap();
+    let ids: Vec<u32> = (0..rows as u32).collect();
+    k.embed(&table, &ids, &mut xa).unwrap();
+    let mut out = k.act(rows, outs).unwrap();
+    k.matmul(&xa, &w, None, &mut out).unwrap();
+    k.to_host(&out).unwrap()
+}
+
+/// Every split the GPU check can force (one warp per output, to measure
+/// the split's gain in the same run) gives the CPU path's product, as the
+/// split the device chooses does; a split that is not a power of two
+/// rounds down to one.
+#[test]
+fn every_forced_gemv_split_gives_the_cpu_paths_product() {
+    let gpu = emulated();
+    let cpu = Cpu::new(1).unwrap();
+    let (rows, inp, outs) = (3, 2048, 8);
+    let mut state = 7u32;
+    let mut next = || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+    };
+    let w: Vec<f32> = (0..outs * inp).map(|_| next()).collect();
+    let x: Vec<f32> = (0..rows * inp).map(|_| next()).collect();
+    let want = product(&cpu, &w, &x, rows, inp);
+    for split in [Some(1), Some(2), Some(3), Some(4), Some(8), Some(64), None] {
+        gpu.force_gemv_split(split);
+        let got = product(&gpu, &w, &x, rows, inp);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(err < 1e-3, "split {split:?}: max error {err}");
+    }
+}

@@ -113,6 +113,9 @@ pub struct Cuda {
     /// Streaming multiprocessors: a GEMV launch is split so that it has a
     /// warp for each of 64 × this many slots (`products::gemv_split`).
     pub(super) sms: usize,
+    /// Warps an output of every GEMV launch, when forced (0: chosen per
+    /// launch; `force_gemv_split`).
+    pub(super) forced_split: std::sync::atomic::AtomicUsize,
     /// Buffers kept from step to step, one per [`Scratch`] use (every user
     /// is ordered on the one stream).
     pub(super) scratch: Mutex<[Option<Arc<Mem>>; 2]>,
@@ -269,6 +272,7 @@ impl Cuda {
             memo: Mutex::new(Memo::default()),
             gemv_max_rows: GEMV_MAX_ROWS,
             sms: sms.max(1) as usize,
+            forced_split: Default::default(),
             scratch: Mutex::new([None, None]),
         })
     }
@@ -287,6 +291,7 @@ impl Cuda {
             gemv_max_rows: GEMV_MAX_ROWS,
             // One: the checks' small products are split over warps too.
             sms: 1,
+            forced_split: Default::default(),
             scratch: Mutex::new([None, None]),
         })
     }
@@ -300,6 +305,19 @@ impl Cuda {
     pub fn with_gemv_max_rows(mut self, rows: usize) -> Self {
         self.gemv_max_rows = rows;
         self
+    }
+
+    /// Every GEMV launch from now on with `split` warps an output (1, 2, 4
+    /// or 8; other values round down to one of them), or, with None, as
+    /// many as fill the GPU (the default). For measuring the split's gain
+    /// on one device (`lattice-gpu-check`).
+    pub fn force_gemv_split(&self, split: Option<usize>) {
+        let v = split.map_or(0, |n| {
+            let n = n.clamp(1, 8);
+            1 << n.ilog2()
+        });
+        self.forced_split
+            .store(v, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The architecture the kernels were compiled for (`sm_90`).

@@ -51,6 +51,14 @@ pub(crate) fn gemv_split(outs: usize, inp: usize, sms: usize) -> usize {
 }
 
 impl Cuda {
+    /// Warps an output for a GEMV launch: forced, or `gemv_split`'s.
+    fn split_of(&self, outs: usize, inp: usize) -> usize {
+        match self.forced_split.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => gemv_split(outs, inp, self.sms),
+            n => n,
+        }
+    }
+
     /// The GEMV kernels, in groups of up to 8 activation rows.
     fn gemv(
         &self,
@@ -60,7 +68,7 @@ impl Cuda {
         out: &mut CudaAct,
     ) -> Result<(), KernelError> {
         let (outs, inp) = (out.cols, x.cols);
-        let split = gemv_split(outs, inp, self.sms);
+        let split = self.split_of(outs, inp);
         let (outs_i, in_i, split_i) = (outs as i32, inp as i32, split as i32);
         let cfg = LaunchConfig {
             grid_dim: (outs.div_ceil(8 / split) as u32, 1, 1),
@@ -180,7 +188,7 @@ impl Cuda {
         // The kernel adds a bias where its address is not 0.
         let biases = biases.map(|b| b.unwrap_or(0));
         let total = n.iter().map(|&v| v as usize).sum::<usize>();
-        let split = gemv_split(total, x.cols, self.sms);
+        let split = self.split_of(total, x.cols);
         let split_i = split as i32;
         let cfg = LaunchConfig {
             grid_dim: (total.div_ceil(8 / split) as u32, 1, 1),

@@ -311,6 +311,35 @@ fn timed<K: Kernels>(
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Batch-1 decode tokens/s of `decode` steps after a `prompt`-token
+/// prompt in `blocks` (the first four steps warm up).
+fn batch1_rate(
+    model: &Model<Cuda>,
+    cache: &mut lattice_worker::model::KvCache<Cuda>,
+    blocks: &[u32],
+    prompt: usize,
+    decode: usize,
+) -> Result<f64> {
+    let mut total = 0.0;
+    for i in 0..decode {
+        let tok = [(i as u32 * 13) % 400];
+        let s = timed(
+            model,
+            cache,
+            &[Chunk {
+                tokens: &tok,
+                start: prompt + i,
+                blocks,
+                logits: true,
+            }],
+        )?;
+        if i >= 4 {
+            total += s;
+        }
+    }
+    Ok((decode - 4) as f64 / total)
+}
+
 /// One decode row per sequence: token `toks[s]` at `start` of `tables[s]`.
 fn decode_chunks<'a>(
     toks: &'a [[u32; 1]],
@@ -408,25 +437,13 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
             logits: false,
         }],
     )?;
-    let mut one = 0.0;
-    for i in 0..decode {
-        let tok = [(i as u32 * 13) % 400];
-        let s = timed(
-            &model,
-            &mut cache,
-            &[Chunk {
-                tokens: &tok,
-                start: prompt + i,
-                blocks: &b0,
-                logits: true,
-            }],
-        )?;
-        // The first steps warm up.
-        if i >= 4 {
-            one += s;
-        }
-    }
-    let batch1 = (decode - 4) as f64 / one;
+    let batch1 = batch1_rate(&model, &mut cache, &b0, prompt, decode)?;
+    // The same steps with one warp per GEMV output (the kernels before
+    // 2026-12-06): the split's gain, measured in the same run.
+    model.kernels().force_gemv_split(Some(1));
+    let one_warp = batch1_rate(&model, &mut cache, &b0, prompt, decode);
+    model.kernels().force_gemv_split(None);
+    let one_warp = one_warp?;
     // The profile's tables go after the figures.
     let mut prof = Report::new();
     prof.note("\n| a whole step, read nothing back (median of 8) | host | queue | finish |".into());
@@ -519,6 +536,11 @@ fn bench(r: &mut Report, dir: &Path, layers: usize) -> Result<()> {
         100.0 * batch1 * read / H200_PEAK,
         H200_PEAK / read,
         100.0 * batch1 * read / copy
+    ));
+    r.note(format!(
+        "| batch-1 decode, one warp per GEMV output (before 2026-12-06) | {one_warp:.1} tokens/s — {:.1}% of the HBM roofline; the split's gain ×{:.2} |",
+        100.0 * one_warp * read / H200_PEAK,
+        batch1 / one_warp
     ));
     r.note(format!(
         "| batch-32 decode, aggregate | {batch32:.1} tokens/s ({:.2}× batch 1) |",
