@@ -17,6 +17,7 @@ pub mod event;
 pub mod export;
 mod journal;
 pub mod merkle;
+pub mod outage;
 pub mod query;
 mod segments;
 pub mod store;
@@ -27,7 +28,7 @@ mod writer;
 
 pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 pub use event::{now_us, AuditEvent, Phase};
-pub use segments::beyond_store;
+pub use segments::{beyond_store, free_bytes};
 pub use store::Store;
 pub use verify::{
     prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_log,

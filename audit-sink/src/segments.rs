@@ -101,24 +101,9 @@ fn warn_if_cramped(dir: &Path, size: u64) {
 
 /// Bytes an unprivileged process may still write on the filesystem of
 /// `dir` (none when it cannot be asked).
-#[allow(unsafe_code)]
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a NUL-terminated string alive for the call, and
-    // `st` points to writable memory of the struct's size, which
-    // `statvfs` fills when it returns 0 (only then is it read).
-    let r = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
-    if r != 0 {
-        return None;
-    }
-    // SAFETY: filled by the successful call above.
-    let st = unsafe { st.assume_init() };
-    // u64 on 64-bit Linux; narrower types widen where they are not.
-    #[allow(clippy::useless_conversion)]
-    let (blocks, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
-    Some(blocks.saturating_mul(size))
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

@@ -156,8 +156,7 @@ pub fn serve(path: &Path) -> anyhow::Result<ExitCode> {
 /// "... is full" when the data directory's filesystem has (nearly) no
 /// space left for the gateway.
 fn full_filesystem(dir: &Path) -> Option<String> {
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let free = lattice_audit::free_bytes(dir)?;
     (free < 1 << 20).then(|| {
         format!(
             "the filesystem of the data directory {} is full ({free} bytes free)",
