@@ -102,18 +102,22 @@ fn wait_count(ch: &ClickHouseServer, n: u64) -> Result<()> {
     bail!("ClickHouse never reached {n} rows")
 }
 
+/// Arguments (`--help` lists them with their defaults).
+#[derive(clap::Parser)]
+#[command(
+    about = "Audit events/s through the pipeline alone: the embedded store, ClickHouse, both"
+)]
+struct Args {
+    /// Events each measurement writes.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Threads producing them.
+    #[arg(long, default_value_t = 2)]
+    producers: u64,
+}
+
 fn main() -> Result<()> {
-    let mut events: u64 = 200_000;
-    let mut producers: u64 = 2;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).context("missing value")?;
-        match pair[0].as_str() {
-            "--events" => events = value.parse()?,
-            "--producers" => producers = value.parse()?,
-            other => bail!("unknown argument {other}"),
-        }
-    }
+    let Args { events, producers } = clap::Parser::parse();
     if events > 5_000_000 || producers == 0 {
         bail!("bounded scenario: at most 5,000,000 events, at least one producer");
     }

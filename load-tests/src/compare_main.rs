@@ -61,9 +61,6 @@ fn machine() -> String {
 
 /// `--pool`: prints the pooled round-by-round comparison of the runs named.
 fn pool(files: &[String]) -> Result<()> {
-    if files.is_empty() {
-        bail!("usage: lattice-load-compare --pool RUN.json [RUN.json:swapped ...]");
-    }
     let mut runs = Vec::new();
     for f in files {
         let (path, swapped) = match f.strip_suffix(":swapped") {
@@ -78,48 +75,70 @@ fn pool(files: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Arguments (`--help` lists them; the module header explains each).
+#[derive(clap::Parser)]
+#[command(
+    about = "Runs a scenario file against every target side by side and prints one Markdown report"
+)]
+struct Args {
+    /// The scenario file (`load-tests/scenarios/*.toml`).
+    #[arg(required_unless_present = "pool")]
+    scenario: Option<PathBuf>,
+    /// The `lattice` binary to measure (a release build).
+    #[arg(long, default_value = "target/release/lattice")]
+    lattice: PathBuf,
+    /// agentgateway's binary (the target `agentgateway`).
+    #[arg(long, value_name = "PATH")]
+    agentgateway: Option<PathBuf>,
+    /// LiteLLM's `litellm` launcher (the target `litellm`).
+    #[arg(long, value_name = "PATH")]
+    litellm: Option<PathBuf>,
+    /// Another Lattice build, measured as the target `baseline`.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
+    /// Only these of the scenario's targets, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    targets: Option<Vec<String>>,
+    /// Rounds instead of the scenario's (1 to 20).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// One round of one second at a low rate (its figures mean nothing).
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the Markdown report here.
+    #[arg(long, value_name = "FILE.md")]
+    out: Option<PathBuf>,
+    /// Also write every round's figures here (for `--pool`).
+    #[arg(long, value_name = "FILE.json")]
+    json: Option<PathBuf>,
+    /// `perf` records each target during its first saturation run, into DIR.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
+    /// With `--profile`: during its first run at this fixed rate instead.
+    #[arg(long, value_name = "RATE", requires = "profile")]
+    profile_rate: Option<u64>,
+    /// No load: pools the rounds of runs written with `--json`
+    /// (`RUN.json:swapped`: the build under test ran as `--baseline` there).
+    #[arg(long, num_args = 1.., value_name = "RUN.json", exclusive = true)]
+    pool: Vec<String>,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.first().map(String::as_str) == Some("--pool") {
-        return pool(&argv[1..]);
+    let args = <Args as clap::Parser>::parse();
+    if !args.pool.is_empty() {
+        return pool(&args.pool);
     }
-    let mut programs = Programs {
-        lattice: PathBuf::from("target/release/lattice"),
-        ..Programs::default()
+    let programs = Programs {
+        lattice: args.lattice,
+        agentgateway: args.agentgateway,
+        litellm: args.litellm,
+        baseline: args.baseline,
     };
-    let (mut scenario_path, mut smoke, mut out, mut json) = (None, false, None, None);
-    let mut profile: Option<PathBuf> = None;
-    let mut profile_rate: Option<u64> = None;
-    let (mut only, mut rounds): (Option<Vec<String>>, Option<usize>) = (None, None);
-    let mut i = 0;
-    while i < argv.len() {
-        let value = || argv.get(i + 1).context("missing value");
-        match argv[i].as_str() {
-            "--smoke" => {
-                smoke = true;
-                i += 1;
-                continue;
-            }
-            "--lattice" => programs.lattice = PathBuf::from(value()?),
-            "--agentgateway" => programs.agentgateway = Some(PathBuf::from(value()?)),
-            "--litellm" => programs.litellm = Some(PathBuf::from(value()?)),
-            "--baseline" => programs.baseline = Some(PathBuf::from(value()?)),
-            "--targets" => only = Some(value()?.split(',').map(str::to_string).collect()),
-            "--rounds" => rounds = Some(value()?.parse()?),
-            "--out" => out = Some(PathBuf::from(value()?)),
-            "--json" => json = Some(PathBuf::from(value()?)),
-            "--profile" => profile = Some(PathBuf::from(value()?)),
-            "--profile-rate" => profile_rate = Some(value()?.parse()?),
-            s if !s.starts_with("--") && scenario_path.is_none() => {
-                scenario_path = Some(PathBuf::from(s));
-                i += 1;
-                continue;
-            }
-            other => bail!("unknown argument {other}"),
-        }
-        i += 2;
-    }
+    let (scenario_path, smoke, out, json) = (args.scenario, args.smoke, args.out, args.json);
+    let (profile, profile_rate) = (args.profile, args.profile_rate);
+    let (only, rounds) = (args.targets, args.rounds);
     let path = scenario_path.context("usage: lattice-load-compare SCENARIO.toml --lattice PATH")?;
     let mut scenario = Scenario::load(&path)?;
     if let Some(t) = only {

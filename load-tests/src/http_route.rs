@@ -18,39 +18,34 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Arguments (`--help` lists them with their defaults).
+#[derive(clap::Parser)]
+#[command(
+    about = "The latency the gateway adds on an HTTP tool route, and requests/s at saturation"
+)]
 struct Args {
+    /// The `lattice` binary to measure (a release build).
+    #[arg(long, default_value = "target/release/lattice")]
     lattice: PathBuf,
+    /// Also ship the audit to a local ClickHouse (Debian's server, started here).
+    #[arg(long, default_value = "no", value_parser = ["yes", "no"])]
+    clickhouse: String,
+    /// Requests/s of the fixed-rate runs.
+    #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Seconds of each fixed-rate run.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Seconds of each saturation run.
+    #[arg(long, default_value_t = 5)]
     saturation_seconds: u64,
+    /// Closed-loop clients at saturation.
+    #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    clickhouse: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        lattice: PathBuf::from("target/release/lattice"),
-        rate: 1000,
-        seconds: 10,
-        saturation_seconds: 5,
-        concurrency: 32,
-        clickhouse: false,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let value = argv.get(i + 1).context("missing value")?;
-        match argv[i].as_str() {
-            "--lattice" => a.lattice = PathBuf::from(value),
-            "--rate" => a.rate = value.parse()?,
-            "--seconds" => a.seconds = value.parse()?,
-            "--saturation-seconds" => a.saturation_seconds = value.parse()?,
-            "--concurrency" => a.concurrency = value.parse()?,
-            "--clickhouse" => a.clickhouse = value == "yes",
-            other => bail!("unknown argument {other}"),
-        }
-        i += 2;
-    }
+    let a = <Args as clap::Parser>::parse();
     if a.seconds > 120 || a.saturation_seconds > 120 || a.rate > 50_000 {
         bail!("bounded scenario: at most 120 s and 50,000 requests/s");
     }
@@ -74,7 +69,7 @@ async fn main() -> Result<()> {
         "[[routes]]\nname = \"echo\"\nupstream = \"http://127.0.0.1:{up_port}\"\nlabels = [\"demo\"]\n"
     );
     let ch_dir = tempfile::tempdir()?;
-    let clickhouse = match args.clickhouse {
+    let clickhouse = match args.clickhouse == "yes" {
         true => Some(lattice_audit::testkit::ClickHouseServer::start(
             ch_dir.path().to_path_buf(),
         )?),

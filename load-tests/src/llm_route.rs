@@ -17,46 +17,40 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Arguments (`--help` lists them with their defaults).
+#[derive(clap::Parser)]
+#[command(
+    about = "What the gateway adds to a streamed chat's time to first token and per chunk, and chats/s at saturation"
+)]
 struct Args {
+    /// The `lattice` binary to measure (a release build).
+    #[arg(long, default_value = "target/release/lattice")]
     lattice: PathBuf,
-    rate: u64,
-    seconds: u64,
-    chunks: usize,
-    streams: usize,
-    saturation_seconds: u64,
-    concurrency: usize,
     /// Keep the gateway's config and data (audit store) here for inspection.
+    #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    /// Streamed chats/s of the fixed-rate runs (time to first token).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of each fixed-rate run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Tokens of each sequential stream (time per chunk).
+    #[arg(long, default_value_t = 200)]
+    chunks: usize,
+    /// Sequential streams each way.
+    #[arg(long, default_value_t = 200)]
+    streams: usize,
+    /// Seconds of each saturation run.
+    #[arg(long, default_value_t = 5)]
+    saturation_seconds: u64,
+    /// Closed-loop clients at saturation.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        lattice: PathBuf::from("target/release/lattice"),
-        rate: 1000,
-        seconds: 10,
-        chunks: 200,
-        streams: 200,
-        saturation_seconds: 5,
-        concurrency: 32,
-        keep: None,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let value = argv.get(i + 1).context("missing value")?;
-        match argv[i].as_str() {
-            "--lattice" => a.lattice = PathBuf::from(value),
-            "--rate" => a.rate = value.parse()?,
-            "--seconds" => a.seconds = value.parse()?,
-            "--chunks" => a.chunks = value.parse()?,
-            "--streams" => a.streams = value.parse()?,
-            "--saturation-seconds" => a.saturation_seconds = value.parse()?,
-            "--concurrency" => a.concurrency = value.parse()?,
-            "--keep" => a.keep = Some(PathBuf::from(value)),
-            other => bail!("unknown argument {other}"),
-        }
-        i += 2;
-    }
+    let a = <Args as clap::Parser>::parse();
     if a.seconds > 120 || a.saturation_seconds > 120 || a.rate > 20_000 || a.streams > 10_000 {
         bail!("bounded scenario: at most 120 s, 20,000 requests/s, 10,000 streams");
     }

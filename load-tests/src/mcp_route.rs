@@ -19,39 +19,34 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Arguments (`--help` lists them with their defaults).
+#[derive(clap::Parser)]
+#[command(about = "The latency a tools/call gains through the gateway, and calls/s at saturation")]
 struct Args {
+    /// The `lattice` binary to measure (a release build).
+    #[arg(long, default_value = "target/release/lattice")]
     lattice: PathBuf,
+    /// The real `@modelcontextprotocol/server-everything` as the upstream
+    /// (its launcher, `test-peers/node_modules/.bin/mcp-server-everything`
+    /// after `scripts/setup`), instead of `lattice-mock-mcp`.
+    #[arg(long, value_name = "PATH")]
     everything: Option<PathBuf>,
+    /// Calls/s of the fixed-rate runs.
+    #[arg(long, default_value_t = 500)]
     rate: u64,
+    /// Seconds of each fixed-rate run.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Seconds of each saturation run.
+    #[arg(long, default_value_t = 5)]
     saturation_seconds: u64,
+    /// Closed-loop clients at saturation.
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        lattice: PathBuf::from("target/release/lattice"),
-        everything: None,
-        rate: 500,
-        seconds: 10,
-        saturation_seconds: 5,
-        concurrency: 16,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let value = argv.get(i + 1).context("missing value")?;
-        match argv[i].as_str() {
-            "--lattice" => a.lattice = PathBuf::from(value),
-            "--everything" => a.everything = Some(PathBuf::from(value)),
-            "--rate" => a.rate = value.parse()?,
-            "--seconds" => a.seconds = value.parse()?,
-            "--saturation-seconds" => a.saturation_seconds = value.parse()?,
-            "--concurrency" => a.concurrency = value.parse()?,
-            other => bail!("unknown argument {other}"),
-        }
-        i += 2;
-    }
+    let a = <Args as clap::Parser>::parse();
     if a.seconds > 120 || a.saturation_seconds > 120 || a.rate > 10_000 {
         bail!("bounded scenario: at most 120 s and 10,000 calls/s");
     }

@@ -16,39 +16,34 @@ use lattice_load_tests::{free_port, start_gateway, Gateway, Proc};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+/// Arguments (`--help` lists them with their defaults).
+#[derive(clap::Parser)]
+#[command(
+    about = "What exporting traces costs a call, and that a collector that is down costs it nothing"
+)]
 struct Args {
+    /// The `lattice` binary to measure (a release build).
+    #[arg(long, default_value = "target/release/lattice")]
     lattice: PathBuf,
+    /// Requests/s of the fixed-rate runs.
+    #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Seconds of each fixed-rate run.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Seconds of each saturation run.
+    #[arg(long, default_value_t = 5)]
     saturation_seconds: u64,
+    /// Closed-loop clients at saturation.
+    #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Rounds, interleaved.
+    #[arg(long, default_value_t = 2)]
     rounds: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        lattice: PathBuf::from("target/release/lattice"),
-        rate: 1000,
-        seconds: 10,
-        saturation_seconds: 5,
-        concurrency: 32,
-        rounds: 2,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let value = argv.get(i + 1).context("missing value")?;
-        match argv[i].as_str() {
-            "--lattice" => a.lattice = PathBuf::from(value),
-            "--rate" => a.rate = value.parse()?,
-            "--seconds" => a.seconds = value.parse()?,
-            "--saturation-seconds" => a.saturation_seconds = value.parse()?,
-            "--concurrency" => a.concurrency = value.parse()?,
-            "--rounds" => a.rounds = value.parse()?,
-            other => bail!("unknown argument {other}"),
-        }
-        i += 2;
-    }
+    let a = <Args as clap::Parser>::parse();
     if a.seconds > 60 || a.saturation_seconds > 60 || a.rate > 20_000 || a.rounds > 5 {
         bail!("bounded scenario: at most 60 s a phase, 20,000 requests/s, 5 rounds");
     }
