@@ -52,24 +52,61 @@ use std::time::{Duration, Instant};
 #[path = "worker/attention.rs"]
 mod attention;
 
+/// Arguments (`--help` lists them with their defaults; the module header
+/// says what each mode measures).
+#[derive(clap::Parser)]
+#[command(
+    about = "Lattice Inference on the CPU: bandwidth roofline, batch-1 prefill and decode, concurrent streams"
+)]
 struct Args {
+    /// Hidden size of the generated model.
+    #[arg(long, default_value_t = 1024)]
     hidden: usize,
+    /// Decoder layers.
+    #[arg(long, default_value_t = 16)]
     layers: usize,
+    /// MLP intermediate size.
+    #[arg(long, default_value_t = 2816)]
     intermediate: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 16)]
     heads: usize,
+    /// Key/value heads (grouped-query attention).
+    #[arg(long, default_value_t = 4)]
     kv_heads: usize,
+    /// Compute threads.
+    #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Prompt tokens.
+    #[arg(long, default_value_t = 128)]
     prompt: usize,
+    /// Tokens decoded after the prompt.
+    #[arg(long, default_value_t = 64)]
     decode: usize,
+    /// Tokens each concurrent stream generates through the HTTP API.
+    #[arg(long, default_value_t = 64)]
     stream_tokens: usize,
+    /// Leave candle-transformers' Llama out of the comparison.
+    #[arg(long = "skip-candle", action = clap::ArgAction::SetFalse)]
     candle: bool,
+    /// Measure the CPU device's matmul paths instead.
+    #[arg(long)]
     kernels: bool,
+    /// Only the engine alone (1, 4 and 16 requests in-process).
+    #[arg(long)]
     engine_only: bool,
+    /// Only one decode step's time by the number of sequences in it.
+    #[arg(long)]
     batches: bool,
+    /// Stop after batch-1 prefill and decode.
+    #[arg(long)]
     decode_only: bool,
+    /// Measure the attention kernel alone, by context length.
+    #[arg(long)]
     attention: bool,
     /// The worker's `--weights-in-place`: bf16 matrices left in the
     /// mapped file instead of tiled.
+    #[arg(long = "weights-in-place")]
     in_place: bool,
 }
 
@@ -81,77 +118,7 @@ impl Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        hidden: 1024,
-        layers: 16,
-        intermediate: 2816,
-        heads: 16,
-        kv_heads: 4,
-        threads: 2,
-        prompt: 128,
-        decode: 64,
-        stream_tokens: 64,
-        candle: true,
-        kernels: false,
-        engine_only: false,
-        batches: false,
-        decode_only: false,
-        attention: false,
-        in_place: false,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        if argv[i] == "--skip-candle" {
-            a.candle = false;
-            i += 1;
-            continue;
-        }
-        if argv[i] == "--kernels" {
-            a.kernels = true;
-            i += 1;
-            continue;
-        }
-        if argv[i] == "--batches" {
-            a.batches = true;
-            i += 1;
-            continue;
-        }
-        if argv[i] == "--weights-in-place" {
-            a.in_place = true;
-            i += 1;
-            continue;
-        }
-        if argv[i] == "--attention" {
-            a.attention = true;
-            i += 1;
-            continue;
-        }
-        if argv[i] == "--decode-only" {
-            a.decode_only = true;
-            i += 1;
-            continue;
-        }
-        if argv[i] == "--engine-only" {
-            a.engine_only = true;
-            i += 1;
-            continue;
-        }
-        let v: usize = argv.get(i + 1).context("missing value")?.parse()?;
-        match argv[i].as_str() {
-            "--hidden" => a.hidden = v,
-            "--layers" => a.layers = v,
-            "--intermediate" => a.intermediate = v,
-            "--heads" => a.heads = v,
-            "--kv-heads" => a.kv_heads = v,
-            "--threads" => a.threads = v,
-            "--prompt" => a.prompt = v,
-            "--decode" => a.decode = v,
-            "--stream-tokens" => a.stream_tokens = v,
-            other => bail!("unknown argument {other}"),
-        }
-        i += 2;
-    }
+    let a = <Args as clap::Parser>::parse();
     if a.prompt + a.decode > 1024 || a.stream_tokens > 512 || a.layers > 64 {
         bail!("bounded scenario: prompt + decode ≤ 1024, stream tokens ≤ 512, layers ≤ 64");
     }

@@ -6,7 +6,10 @@
 //! rounds cannot tell a 5% change from noise; the rounds' ratios and how
 //! often one side is ahead can, once there are enough of them. Whether a
 //! side is shown ahead is a one-sided sign test on the rounds: the chance
-//! of at least that many wins out of that many fair coin flips.
+//! of at least that many wins out of that many fair coin flips. Compared
+//! so: saturation (higher is ahead), CPU per request at saturation, and
+//! the p99 at each fixed rate (lower is ahead): a tail is the noisiest
+//! figure of all, and a latency change is decided only this way.
 //!
 //! `pool` does the same over several runs' JSON reports (`--pool`), each
 //! with the build under test in the `lattice` slot or, marked `:swapped`,
@@ -158,11 +161,25 @@ fn compare(lattice: &Measured, rival: &Measured) -> String {
         return String::new();
     }
     let cpu = Paired::of(&lattice.saturation_cpu_us, &rival.saturation_cpu_us, false);
+    let tails = lattice
+        .fixed
+        .iter()
+        .zip(&rival.fixed)
+        .filter(|(l, r)| l.rate == r.rate)
+        .map(|(l, r)| (l.rate, Paired::of(&l.p99, &r.p99, false)));
     format!(
         "\nlattice against {}, round by round (each round's two figures measured back to back): {}\n",
         rival.target,
-        lines(&sat, &cpu)
+        lines(&sat, &cpu) + &tail_lines(tails)
     )
+}
+
+/// The p99 at each fixed rate, compared like the rest: lower is ahead.
+fn tail_lines(tails: impl Iterator<Item = (u64, Paired)>) -> String {
+    tails
+        .filter(|(_, p)| !p.ratios.is_empty())
+        .map(|(rate, p)| format!("; {}", line(&format!("p99 at {rate}/s"), &p, "lower")))
+        .collect()
 }
 
 /// The figures `pool` reads from a run's JSON report (a figure that could
@@ -177,6 +194,14 @@ struct Slot {
     target: String,
     saturation: Vec<Option<f64>>,
     saturation_cpu_us: Vec<Option<f64>>,
+    #[serde(default)]
+    fixed: Vec<FixedSlot>,
+}
+
+#[derive(Deserialize)]
+struct FixedSlot {
+    rate: u64,
+    p99: Vec<Option<f64>>,
 }
 
 fn figures(xs: &[Option<f64>]) -> Vec<f64> {
@@ -188,6 +213,8 @@ fn figures(xs: &[Option<f64>]) -> Vec<f64> {
 /// build under test ran in the `baseline` slot.
 pub fn pool(runs: &[(String, String, bool)]) -> Result<String, String> {
     let (mut sat, mut cpu) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    // Per fixed rate: the build under test's p99s and the other's.
+    let mut tails: Vec<(u64, Vec<f64>, Vec<f64>)> = Vec::new();
     for (name, text, swapped) in runs {
         let run: RunFile =
             serde_json::from_str(text).map_err(|e| format!("{name}: not a report: {e}"))?;
@@ -205,15 +232,32 @@ pub fn pool(runs: &[(String, String, bool)]) -> Result<String, String> {
         sat.1.extend(figures(&other.saturation));
         cpu.0.extend(figures(&test.saturation_cpu_us));
         cpu.1.extend(figures(&other.saturation_cpu_us));
+        for (t, o) in test.fixed.iter().zip(&other.fixed) {
+            if t.rate != o.rate {
+                continue;
+            }
+            let at = match tails.iter().position(|(rate, _, _)| *rate == t.rate) {
+                Some(i) => i,
+                None => {
+                    tails.push((t.rate, Vec::new(), Vec::new()));
+                    tails.len() - 1
+                }
+            };
+            tails[at].1.extend(figures(&t.p99));
+            tails[at].2.extend(figures(&o.p99));
+        }
     }
     let swapped = runs.iter().filter(|r| r.2).count();
     let sat = Paired::of(&sat.0, &sat.1, true);
     let cpu = Paired::of(&cpu.0, &cpu.1, false);
+    let tails = tails
+        .into_iter()
+        .map(|(rate, t, o)| (rate, Paired::of(&t, &o, false)));
     Ok(format!(
         "the build under test against the other, pooled over {} runs ({} rounds; in the `baseline` slot in {swapped} of the runs): {}\n",
         runs.len(),
         sat.ratios.len(),
-        lines(&sat, &cpu)
+        lines(&sat, &cpu) + &tail_lines(tails)
     ))
 }
 
@@ -303,11 +347,42 @@ mod tests {
     }
 
     #[test]
+    fn the_tail_at_each_fixed_rate_is_compared_round_by_round() {
+        use super::super::FixedRuns;
+        let m = |target: &str, p99: &[f64]| Measured {
+            target: target.into(),
+            saturation: vec![10.0; 5],
+            fixed: vec![FixedRuns {
+                rate: 1000,
+                p99: p99.to_vec(),
+                ..FixedRuns::default()
+            }],
+            ..Measured::default()
+        };
+        let report = Report {
+            measured: vec![
+                m("lattice", &[0.9, 1.0, 1.1, 0.8, 1.0]),
+                m("baseline", &[1.0, 1.2, 1.3, 1.0, 1.1]),
+            ],
+            ..Report::default()
+        };
+        let md = markdown(&report);
+        assert!(
+            md.trim_end().ends_with(
+                "; p99 at 1000/s ×0.85 [0.80–0.91], lower in 5 of 5 rounds: shown ahead (p = 0.031)"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn runs_pool_with_the_swapped_ones_turned_round() {
         let run = |l: &str, b: &str| {
             format!(
-                r#"{{"measured":[{{"target":"lattice","saturation":{l},"saturation_cpu_us":[90.0,90.0,null]}},
-                {{"target":"baseline","saturation":{b},"saturation_cpu_us":[100.0,100.0,100.0]}}],"skipped":[]}}"#
+                r#"{{"measured":[{{"target":"lattice","saturation":{l},"saturation_cpu_us":[90.0,90.0,null],
+                "fixed":[{{"rate":1000,"p99":[1.0,1.0,1.0]}}]}},
+                {{"target":"baseline","saturation":{b},"saturation_cpu_us":[100.0,100.0,100.0],
+                "fixed":[{{"rate":1000,"p99":[2.0,2.0,null]}}]}}],"skipped":[]}}"#
             )
         };
         // The build under test wins every round of both runs: in the
@@ -328,7 +403,8 @@ mod tests {
             pool(&runs).unwrap(),
             "the build under test against the other, pooled over 2 runs (6 rounds; in the `baseline` slot in 1 of the runs): \
              saturation ×1.20 [1.10–1.30], higher in 6 of 6 rounds: shown ahead (p = 0.016); \
-             CPU per request ×1.01 [0.90–1.11], lower in 2 of 4 rounds: not decided (p = 0.688; it takes more rounds)\n"
+             CPU per request ×1.01 [0.90–1.11], lower in 2 of 4 rounds: not decided (p = 0.688; it takes more rounds); \
+             p99 at 1000/s ×1.25 [0.50–2.00], lower in 2 of 4 rounds: not decided (p = 0.688; it takes more rounds)\n"
         );
         let missing = vec![(
             "c.json".to_string(),
