@@ -36,6 +36,7 @@ use crate::journal::{self, Entry};
 use crate::AuditError;
 
 mod append;
+mod disk;
 #[cfg(test)]
 mod tests;
 use append::{Appender, BLOCK};
@@ -263,6 +264,7 @@ impl Segments {
         // cache only: synced before the store gets rows for it.
         file.sync_data().map_err(|e| io(&p, e))?;
         let out = Appender::open(&p, at, direct).map_err(|e| io(&p, e))?;
+        disk::say_sync_cost(&dir);
         let mut s = Self {
             dir,
             size,
