@@ -97,7 +97,7 @@ fn weight(name: &str, dtype: DType, shape: Vec<usize>, values: &[f32]) -> Result
 
 /// `values` as a `rows × cols` activation (the trait has no upload: an
 /// embedding gather of an f32 table does it on every device).
-fn upload<K: Kernels>(k: &K, values: &[f32], rows: usize, cols: usize) -> Result<K::Act> {
+pub fn upload<K: Kernels>(k: &K, values: &[f32], rows: usize, cols: usize) -> Result<K::Act> {
     let table = k.weight(weight("upload", DType::F32, vec![rows, cols], values)?)?;
     let mut a = k.act(rows, cols)?;
     let ids: Vec<u32> = (0..rows as u32).collect();

@@ -74,12 +74,7 @@ fn logits(
 ) -> (Vec<f32>, lattice_gpu_kernels::cuda::CudaAct) {
     let mut rng = lattice_gpu_kernels::check::Rng(seed);
     let values: Vec<f32> = (0..rows * vocab).map(|_| 4.0 * rng.uniform()).collect();
-    let table = gpu
-        .weight(HostWeight::owned_f32("logits", vec![rows, vocab], values.clone()).unwrap())
-        .unwrap();
-    let mut act = gpu.act(rows, vocab).unwrap();
-    let ids: Vec<u32> = (0..rows as u32).collect();
-    gpu.embed(&table, &ids, &mut act).unwrap();
+    let act = lattice_gpu_kernels::check::upload(gpu, &values, rows, vocab).unwrap();
     (values, act)
 }
 
@@ -232,13 +227,7 @@ fn product<K: Kernels>(k: &K, w: &[f32], x: &[f32], rows: usize, inp: usize) -> 
     let w = k
         .weight(HostWeight::owned_f32("w", vec![outs, inp], w.to_vec()).unwrap())
         .unwrap();
-    // Activations go in as the rows of a table, gathered.
-    let table = k
-        .weight(HostWeight::owned_f32("x", vec![rows, inp], x.to_vec()).unwrap())
-        .unwrap();
-    let mut xa = k.act(rows, inp).unwrap();
-    let ids: Vec<u32> = (0..rows as u32).collect();
-    k.embed(&table, &ids, &mut xa).unwrap();
+    let xa = lattice_gpu_kernels::check::upload(k, x, rows, inp).unwrap();
     let mut out = k.act(rows, outs).unwrap();
     k.matmul(&xa, &w, None, &mut out).unwrap();
     k.to_host(&out).unwrap()

@@ -136,32 +136,34 @@ async fn main() -> Result<()> {
         litellm: args.litellm,
         baseline: args.baseline,
     };
-    let (scenario_path, smoke, out, json) = (args.scenario, args.smoke, args.out, args.json);
-    let (profile, profile_rate) = (args.profile, args.profile_rate);
-    let (only, rounds) = (args.targets, args.rounds);
-    let path = scenario_path.context("usage: lattice-load-compare SCENARIO.toml --lattice PATH")?;
+    let path = args
+        .scenario
+        .context("usage: lattice-load-compare SCENARIO.toml --lattice PATH")?;
     let mut scenario = Scenario::load(&path)?;
-    if let Some(t) = only {
+    if let Some(t) = args.targets {
         scenario.targets = t;
     }
-    if let Some(r) = rounds {
+    if let Some(r) = args.rounds {
         scenario.rounds = r.clamp(1, 20);
     }
-    if smoke {
+    if args.smoke {
         scenario = scenario.smoke();
     }
-    let profile = match (profile, profile_rate) {
-        (Some(dir), rate) => {
-            if let Some(r) = rate.filter(|r| !scenario.rates.contains(r)) {
+    // `--profile-rate` without `--profile` is refused by the parser.
+    let profile = match args.profile {
+        Some(dir) => {
+            if let Some(r) = args.profile_rate.filter(|r| !scenario.rates.contains(r)) {
                 bail!(
                     "--profile-rate {r} is not one of the scenario's rates {:?}",
                     scenario.rates
                 );
             }
-            Some(Profile { dir, rate })
+            Some(Profile {
+                dir,
+                rate: args.profile_rate,
+            })
         }
-        (None, Some(_)) => bail!("--profile-rate needs --profile DIR"),
-        (None, None) => None,
+        None => None,
     };
     let dir = tempfile::tempdir()?;
     let report = run(&scenario, &programs, dir.path(), profile.as_ref()).await?;
@@ -182,10 +184,10 @@ async fn main() -> Result<()> {
     );
     text.push_str(&markdown(&report));
     print!("{text}");
-    if let Some(o) = out {
+    if let Some(o) = args.out {
         std::fs::write(&o, &text).with_context(|| format!("write {}", o.display()))?;
     }
-    if let Some(j) = json {
+    if let Some(j) = args.json {
         std::fs::write(&j, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())

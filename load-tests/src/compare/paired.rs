@@ -22,6 +22,7 @@
 use serde::Deserialize;
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use super::{median, spread, Measured, Report};
 
@@ -214,7 +215,7 @@ fn figures(xs: &[Option<f64>]) -> Vec<f64> {
 pub fn pool(runs: &[(String, String, bool)]) -> Result<String, String> {
     let (mut sat, mut cpu) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
     // Per fixed rate: the build under test's p99s and the other's.
-    let mut tails: Vec<(u64, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut tails: BTreeMap<u64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for (name, text, swapped) in runs {
         let run: RunFile =
             serde_json::from_str(text).map_err(|e| format!("{name}: not a report: {e}"))?;
@@ -236,15 +237,9 @@ pub fn pool(runs: &[(String, String, bool)]) -> Result<String, String> {
             if t.rate != o.rate {
                 continue;
             }
-            let at = match tails.iter().position(|(rate, _, _)| *rate == t.rate) {
-                Some(i) => i,
-                None => {
-                    tails.push((t.rate, Vec::new(), Vec::new()));
-                    tails.len() - 1
-                }
-            };
-            tails[at].1.extend(figures(&t.p99));
-            tails[at].2.extend(figures(&o.p99));
+            let (test_p99, other_p99) = tails.entry(t.rate).or_default();
+            test_p99.extend(figures(&t.p99));
+            other_p99.extend(figures(&o.p99));
         }
     }
     let swapped = runs.iter().filter(|r| r.2).count();
@@ -252,7 +247,7 @@ pub fn pool(runs: &[(String, String, bool)]) -> Result<String, String> {
     let cpu = Paired::of(&cpu.0, &cpu.1, false);
     let tails = tails
         .into_iter()
-        .map(|(rate, t, o)| (rate, Paired::of(&t, &o, false)));
+        .map(|(rate, (t, o))| (rate, Paired::of(&t, &o, false)));
     Ok(format!(
         "the build under test against the other, pooled over {} runs ({} rounds; in the `baseline` slot in {swapped} of the runs): {}\n",
         runs.len(),
