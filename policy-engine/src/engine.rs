@@ -125,15 +125,19 @@ struct Loaded {
 }
 
 /// The Cedar request and entities built from a Lattice request, or why not.
-type Prepared = Result<(Request, Entities), String>;
+type Prepared = Result<(Request, Arc<Entities>), String>;
 
-/// Whether the memo may answer: the only ways building a request can fail
-/// that its key does not decide are a context that names `time` or
-/// `client_ip` twice (the key always holds `client_ip`, whose parse as an
-/// address is the other way), so such requests always go to Cedar.
-fn memoizable(req: &AuthzRequest) -> bool {
+/// Whether the memo may answer: building a request fails only for a context
+/// that names `time` or `client_ip` among its other attributes, or an
+/// address Cedar's `ip` refuses (whose error names the address). Such
+/// requests always go to Cedar; for every other request building succeeds
+/// whatever the key's attributes, so the key need hold only what the
+/// policies read.
+fn memoizable(builder: &Builder, req: &AuthzRequest) -> bool {
     let extra = &req.context.extra;
-    !extra.contains_key("time") && !extra.contains_key("client_ip")
+    !extra.contains_key("time")
+        && !extra.contains_key("client_ip")
+        && builder.ip_builds(&req.context.client_ip)
 }
 
 impl Loaded {
@@ -297,14 +301,15 @@ impl PolicyEngine {
         prepared: &mut Option<Prepared>,
     ) -> Decision {
         let (set, reads) = loaded.for_request(req);
-        let memo = (!self.validate_requests && memoizable(req)).then_some(&loaded.memo);
-        if let Some(d) = memo.and_then(|m| m.get(req, reads)) {
+        let memo = (!self.validate_requests && memoizable(&self.builder, req))
+            .then(|| (&loaded.memo, loaded.memo.hash(req, reads)));
+        if let Some(d) = memo.and_then(|(m, h)| m.get(h, req, reads)) {
             return d;
         }
         let p = prepared.get_or_insert_with(|| self.prepare(req));
         let d = self.decide_with(p, set);
-        if let Some(m) = memo {
-            m.put(req, reads, &d);
+        if let Some((m, h)) = memo {
+            m.put(h, req, reads, &d);
         }
         d
     }
@@ -328,7 +333,7 @@ impl PolicyEngine {
             Some(&self.live)
         };
         match loaded {
-            Some(l) => self.decide_with(&self.prepare(req), &l.compiled.set),
+            Some(l) => self.decide_with(&self.prepare_by_cedar(req), &l.compiled.set),
             None => Decision::deny_with_error("no shadow set".into()),
         }
     }
@@ -337,6 +342,18 @@ impl PolicyEngine {
     #[cfg(test)]
     pub(crate) fn memo_len(&self) -> usize {
         self.live.memo.len()
+    }
+
+    /// As `prepare`, with the context built by Cedar's own evaluation:
+    /// what the engine is checked against.
+    #[cfg(test)]
+    fn prepare_by_cedar(&self, req: &AuthzRequest) -> Prepared {
+        let schema = self.validate_requests.then_some(&self.schema);
+        let context = crate::build::context_by_cedar(req)?;
+        Ok((
+            self.builder.request_with(req, context, schema)?,
+            self.builder.entities(&req.principal, &req.resource)?,
+        ))
     }
 
     fn prepare(&self, req: &AuthzRequest) -> Prepared {

@@ -7,12 +7,12 @@
 //! policies of a slice are read once at load (their JSON form): every
 //! `context.x` and `context has x` names the attribute `x`; any other use of
 //! `context` (compared or passed whole) makes the whole context part of the
-//! key. Building Cedar's request can itself fail (a `client_ip` that is not
-//! an address, an attribute named twice): the key always holds `client_ip`,
-//! and the engine sends requests that name `time` or `client_ip` among their
-//! other attributes to Cedar every time. Two requests with equal keys
-//! therefore get the same decision, reasons and errors; the memo returns the
-//! first one's.
+//! key. Building Cedar's request can itself fail (a `client_ip` Cedar's `ip`
+//! refuses, an attribute named twice): the engine sends such requests to
+//! Cedar every time (`engine::memoizable`), so for every request the memo
+//! sees building succeeds and the key need not hold the address unless a
+//! policy reads it. Two requests with equal keys therefore get the same
+//! decision, reasons and errors; the memo returns the first one's.
 //!
 //! Must never: serve a decision for a key that leaves out anything the
 //! policies could read (when in doubt the whole context is the key), outlive
@@ -22,9 +22,8 @@
 
 use cedar_policy::PolicySet;
 use serde_json::Value;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::RwLock;
 
 use crate::engine::Decision;
@@ -42,10 +41,9 @@ pub(crate) enum Reads {
     Whole,
 }
 
-/// The context attributes the policies of `set` read, and `client_ip`
-/// always: building a request parses it, which can fail (see the engine's `memoizable`).
+/// The context attributes the policies of `set` read.
 pub(crate) fn reads(set: &PolicySet) -> Reads {
-    let mut attrs = BTreeSet::from(["client_ip".to_string()]);
+    let mut attrs = BTreeSet::new();
     for policy in set.policies() {
         let Ok(json) = policy.to_json() else {
             return Reads::Whole;
@@ -137,7 +135,7 @@ impl Ref<'_> {
         }
     }
 
-    fn hash_into(self, h: &mut DefaultHasher) {
+    fn hash_into(self, h: &mut impl Hasher) {
         match self {
             Ref::Long(n) => (1u8, n).hash(h),
             Ref::Str(s) => (2u8, s).hash(h),
@@ -194,8 +192,8 @@ impl Key {
     }
 }
 
-fn hash(req: &AuthzRequest, reads: &Reads) -> u64 {
-    let mut h = DefaultHasher::new();
+fn hash(hasher: &impl BuildHasher, req: &AuthzRequest, reads: &Reads) -> u64 {
+    let mut h = hasher.build_hasher();
     req.action.hash(&mut h);
     req.principal.hash(&mut h);
     req.resource.hash(&mut h);
@@ -212,16 +210,24 @@ fn hash(req: &AuthzRequest, reads: &Reads) -> u64 {
 
 type Buckets = HashMap<u64, Vec<(Key, Decision)>>;
 
-/// Recent decisions of one policy set.
+/// Recent decisions of one policy set. Keys are hashed with foldhash,
+/// seeded per process (a keyed hash: requests cannot be shaped to share a
+/// bucket), several times cheaper than SipHash for these small keys.
 #[derive(Debug, Default)]
 pub(crate) struct Memo {
     decisions: RwLock<(Buckets, usize)>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Memo {
-    /// The decision of an earlier request with the same key, if kept.
-    pub(crate) fn get(&self, req: &AuthzRequest, reads: &Reads) -> Option<Decision> {
-        let h = hash(req, reads);
+    /// The hash of a request's key, for `get` and `put`.
+    pub(crate) fn hash(&self, req: &AuthzRequest, reads: &Reads) -> u64 {
+        hash(&self.hasher, req, reads)
+    }
+
+    /// The decision of an earlier request with the same key (whose `hash`
+    /// is `h`), if kept.
+    pub(crate) fn get(&self, h: u64, req: &AuthzRequest, reads: &Reads) -> Option<Decision> {
         let memo = self.decisions.read().ok()?;
         memo.0
             .get(&h)?
@@ -236,9 +242,8 @@ impl Memo {
         self.decisions.read().map(|m| m.1).unwrap_or_default()
     }
 
-    /// Keeps a decision Cedar made for `req`.
-    pub(crate) fn put(&self, req: &AuthzRequest, reads: &Reads, decision: &Decision) {
-        let h = hash(req, reads);
+    /// Keeps a decision Cedar made for `req` (whose `hash` is `h`).
+    pub(crate) fn put(&self, h: u64, req: &AuthzRequest, reads: &Reads, decision: &Decision) {
         if let Ok(mut memo) = self.decisions.write() {
             if memo.1 >= MEMO_MAX {
                 memo.0.clear();
@@ -265,7 +270,6 @@ mod tests {
     fn each_use_of_the_context_is_read_as_its_attributes_or_the_whole() {
         let attrs = |v: &[&str]| {
             let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-            v.push("client_ip".into());
             v.sort();
             v.dedup();
             Reads::Attrs(v)

@@ -152,8 +152,10 @@ proptest! {
     }
 }
 
-/// The memo answers a repeated request (its key: caller, route, method and
-/// address) even when an attribute no policy reads changes.
+/// The memo answers a repeated request (its key for the starter set:
+/// caller, route and method) even when an attribute no policy reads changes
+/// — the path, the client's address —; an address Cedar's `ip` refuses goes
+/// to Cedar every time, with Cedar's own error.
 #[test]
 fn a_repeated_request_is_answered_from_the_memo() {
     let e = PolicyEngine::new(&[PolicySource::new("starter.cedar", STARTER)], None)
@@ -167,6 +169,21 @@ fn a_repeated_request_is_answered_from_the_memo() {
     req.context = req.context.clone().with("path", "/elsewhere");
     assert_eq!(e.decide(&req), first);
     assert_eq!(e.memo_len(), 1);
+    // Nor the client's address (the request builds from both).
+    req.context.client_ip = "192.168.7.7".into();
+    assert_eq!(e.decide(&req), first);
+    assert_eq!(e.memo_len(), 1);
+    // An address Cedar refuses: denied with Cedar's error, never memoized.
+    req.context.client_ip = "not-an-ip".into();
+    let refused = e.decide(&req);
+    assert!(!refused.is_allow(), "{refused:?}");
+    assert_eq!(refused, e.decide_by_cedar(&req, false));
+    assert!(
+        refused.errors.iter().any(|m| m.contains("not-an-ip")),
+        "{refused:?}"
+    );
+    assert_eq!(e.memo_len(), 1);
+    req.context.client_ip = "10.0.0.1".into();
     // It reads the method: a new key, and Cedar's own answer.
     req.context = req.context.clone().with("method", "DELETE");
     let d = e.decide(&req);
