@@ -16,12 +16,14 @@
 //! Cedar's evaluation makes, checked equal to it by a table test. Wherever
 //! that evaluation could fail (an attribute named twice, an address `ip`
 //! refuses) the context is built Cedar's way, so errors are Cedar's own.
+//! A new pair's entity store is made the same way (`entities_of`), without
+//! the transitive closure, which adds nothing to these two entities.
 
 use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-    Schema,
+    Context, Entities, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema,
 };
 use cedar_policy_core::ast::{self, PartialValue, Value};
+use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -66,6 +68,71 @@ pub(crate) struct Builder {
 
 fn string_set(values: &[String]) -> RestrictedExpression {
     RestrictedExpression::new_set(values.iter().cloned().map(RestrictedExpression::new_string))
+}
+
+/// An entity attribute, before it is a Cedar value.
+enum Attr<'a> {
+    Str(&'a str),
+    Set(&'a [String]),
+    Bool(bool),
+}
+
+impl Attr<'_> {
+    /// The value Cedar evaluates `expression` to.
+    fn value(&self) -> Value {
+        match self {
+            Attr::Str(s) => Value::from(*s),
+            Attr::Set(items) => Value::set(items.iter().map(|s| Value::from(s.as_str())), None),
+            Attr::Bool(b) => Value::from(*b),
+        }
+    }
+
+    #[cfg(test)]
+    fn expression(&self) -> RestrictedExpression {
+        match self {
+            Attr::Str(s) => RestrictedExpression::new_string(s.to_string()),
+            Attr::Set(items) => string_set(items),
+            Attr::Bool(b) => RestrictedExpression::new_bool(*b),
+        }
+    }
+}
+
+/// An entity before it is one: its uid, attributes and parents.
+struct Parts<'a> {
+    uid: EntityUid,
+    attrs: Vec<(&'static str, Attr<'a>)>,
+    parents: HashSet<EntityUid>,
+}
+
+/// The entity store of a principal and a resource, their attributes made
+/// as values (not evaluated by Cedar, as `Entity::new` would) and no
+/// transitive closure computed (Cedar's took a fifth of building a new
+/// pair's store): the closure adds nothing here. Only the principal
+/// (its roles and tenant) and a tool (its server) have parents, and no
+/// parent is in the store with parents of its own — a `Tenant` resource,
+/// the one parent type a resource can be, has none — so each entity's
+/// ancestors are its parents. Checked equal to Cedar's own store, closure
+/// computed, by a table test.
+fn entities_of(parts: [Parts<'_>; 2]) -> Result<Entities, String> {
+    let entities = parts.into_iter().map(|p| {
+        ast::Entity::new_with_attr_partial_value(
+            p.uid.into(),
+            p.attrs
+                .iter()
+                .map(|(k, a)| ((*k).into(), PartialValue::Value(a.value()))),
+            HashSet::new(),
+            p.parents.into_iter().map(Into::into).collect(),
+            std::iter::empty(),
+        )
+    });
+    cedar_policy_core::entities::Entities::from_entities(
+        entities,
+        None::<&NoEntitiesSchema>,
+        TCComputation::AssumeAlreadyComputed,
+        Extensions::all_available(),
+    )
+    .map(Entities::from)
+    .map_err(|e| format!("entities: {e}"))
 }
 
 impl std::fmt::Debug for Builder {
@@ -153,16 +220,10 @@ impl Builder {
                 }
             }
         }
-        let entities = Arc::new(
-            Entities::from_entities(
-                [
-                    self.principal_entity(principal)?,
-                    self.resource_entity(resource)?,
-                ],
-                None,
-            )
-            .map_err(|e| format!("entities: {e}"))?,
-        );
+        let entities = Arc::new(entities_of([
+            self.principal_parts(principal)?,
+            self.resource_parts(resource)?,
+        ])?);
         if let Ok(mut cache) = self.entities.write() {
             if cache.len() >= CACHE_MAX {
                 cache.clear();
@@ -201,48 +262,29 @@ impl Builder {
         Some(v)
     }
 
-    fn entity(
-        &self,
-        type_name: &str,
-        id: &str,
-        attrs: Vec<(&str, RestrictedExpression)>,
-        parents: HashSet<EntityUid>,
-    ) -> Result<Entity, String> {
-        let attrs: HashMap<String, RestrictedExpression> =
-            attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        Entity::new(self.uid(type_name, id)?, attrs, parents)
-            .map_err(|e| format!("entity {id}: {e}"))
-    }
-
-    fn principal_entity(&self, p: &Principal) -> Result<Entity, String> {
+    fn principal_parts<'a>(&self, p: &'a Principal) -> Result<Parts<'a>, String> {
         let mut parents = HashSet::with_capacity(p.roles.len() + 1);
         for role in &p.roles {
             parents.insert(self.uid("Role", role)?);
         }
         parents.insert(self.uid("Tenant", &p.tenant)?);
-        let kind = p.kind.type_name();
-        self.entity(
-            kind,
-            &p.id,
-            vec![
-                ("tenant", RestrictedExpression::new_string(p.tenant.clone())),
-                ("labels", string_set(&p.labels)),
-                (
-                    "auth_method",
-                    RestrictedExpression::new_string(p.auth_method.clone()),
-                ),
+        Ok(Parts {
+            uid: self.uid(p.kind.type_name(), &p.id)?,
+            attrs: vec![
+                ("tenant", Attr::Str(&p.tenant)),
+                ("labels", Attr::Set(&p.labels)),
+                ("auth_method", Attr::Str(&p.auth_method)),
             ],
             parents,
-        )
+        })
     }
 
-    fn resource_entity(&self, r: &Resource) -> Result<Entity, String> {
-        let s = |v: &String| RestrictedExpression::new_string(v.clone());
+    fn resource_parts<'a>(&self, r: &'a Resource) -> Result<Parts<'a>, String> {
         let (attrs, parents) = match r {
             Resource::HttpRoute { id, labels }
             | Resource::McpServer { id, labels }
             | Resource::Model { id, labels } => (
-                vec![("name", s(id)), ("labels", string_set(labels))],
+                vec![("name", Attr::Str(id)), ("labels", Attr::Set(labels))],
                 HashSet::new(),
             ),
             Resource::Tool {
@@ -256,20 +298,53 @@ impl Builder {
                 open_world,
             } => (
                 vec![
-                    ("name", s(id)),
-                    ("server", s(server)),
-                    ("risk", s(risk)),
-                    ("labels", string_set(labels)),
-                    ("read_only", RestrictedExpression::new_bool(*read_only)),
-                    ("destructive", RestrictedExpression::new_bool(*destructive)),
-                    ("idempotent", RestrictedExpression::new_bool(*idempotent)),
-                    ("open_world", RestrictedExpression::new_bool(*open_world)),
+                    ("name", Attr::Str(id)),
+                    ("server", Attr::Str(server)),
+                    ("risk", Attr::Str(risk)),
+                    ("labels", Attr::Set(labels)),
+                    ("read_only", Attr::Bool(*read_only)),
+                    ("destructive", Attr::Bool(*destructive)),
+                    ("idempotent", Attr::Bool(*idempotent)),
+                    ("open_world", Attr::Bool(*open_world)),
                 ],
                 HashSet::from([self.uid("McpServer", server)?]),
             ),
             Resource::Gateway { .. } | Resource::Tenant { .. } => (Vec::new(), HashSet::new()),
         };
-        self.entity(r.type_name(), r.id(), attrs, parents)
+        Ok(Parts {
+            uid: self.uid(r.type_name(), r.id())?,
+            attrs,
+            parents,
+        })
+    }
+
+    /// The entity store of a (principal, resource) pair as Cedar builds it
+    /// from expressions, computing the transitive closure: what
+    /// `entities_of` is checked against.
+    #[cfg(test)]
+    pub(crate) fn entities_by_cedar(
+        &self,
+        principal: &Principal,
+        resource: &Resource,
+    ) -> Result<Arc<Entities>, String> {
+        let entity = |parts: Parts<'_>| {
+            let attrs: HashMap<String, RestrictedExpression> = parts
+                .attrs
+                .iter()
+                .map(|(k, a)| (k.to_string(), a.expression()))
+                .collect();
+            cedar_policy::Entity::new(parts.uid, attrs, parts.parents)
+                .map_err(|e| format!("entity: {e}"))
+        };
+        Entities::from_entities(
+            [
+                entity(self.principal_parts(principal)?)?,
+                entity(self.resource_parts(resource)?)?,
+            ],
+            None,
+        )
+        .map(Arc::new)
+        .map_err(|e| format!("entities: {e}"))
     }
 
     fn context(&self, req: &AuthzRequest) -> Result<Context, String> {
@@ -383,6 +458,70 @@ mod tests {
                 labels: vec![],
             },
             context,
+        }
+    }
+
+    /// The entity store made as values, without the transitive closure,
+    /// equals Cedar's own (attributes evaluated, closure computed) for every
+    /// kind of principal and resource — a tenant's principal against that
+    /// tenant as the resource included. A table.
+    #[test]
+    fn the_entity_store_as_values_is_what_cedar_builds() {
+        let principal = |kind: PrincipalKind, roles: &[&str], labels: &[&str]| Principal {
+            kind,
+            id: "p".into(),
+            tenant: "t1".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            auth_method: "jwt".into(),
+        };
+        let labels = vec!["demo".to_string(), "pii".to_string()];
+        let resources = [
+            Resource::HttpRoute {
+                id: "r".into(),
+                labels: labels.clone(),
+            },
+            Resource::McpServer {
+                id: "s".into(),
+                labels: vec![],
+            },
+            Resource::Model {
+                id: "m".into(),
+                labels: labels.clone(),
+            },
+            Resource::tool("pay", "bank", "high"),
+            Resource::Tool {
+                id: "read".into(),
+                server: "bank".into(),
+                risk: "low".into(),
+                labels,
+                read_only: true,
+                destructive: false,
+                idempotent: true,
+                open_world: false,
+            },
+            Resource::Tenant { id: "t1".into() },
+            Resource::Tenant { id: "t2".into() },
+            Resource::Gateway { id: "gw".into() },
+        ];
+        let principals = [
+            principal(PrincipalKind::Agent, &["agent"], &[]),
+            principal(PrincipalKind::Human, &["admin", "auditor"], &["ops"]),
+            principal(PrincipalKind::Agent, &[], &[]),
+        ];
+        let builder = Builder::new().unwrap();
+        for p in &principals {
+            for r in &resources {
+                let ours = builder.entities(p, r).unwrap();
+                let cedars = builder.entities_by_cedar(p, r).unwrap();
+                let core = |e: &Entities| -> cedar_policy_core::entities::Entities {
+                    AsRef::<cedar_policy_core::entities::Entities>::as_ref(e).clone()
+                };
+                assert!(
+                    core(&ours).deep_eq(&core(&cedars)),
+                    "{p:?} {r:?}:\n{ours:?}\nagainst Cedar's\n{cedars:?}"
+                );
+            }
         }
     }
 

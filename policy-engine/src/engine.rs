@@ -344,15 +344,16 @@ impl PolicyEngine {
         self.live.memo.len()
     }
 
-    /// As `prepare`, with the context built by Cedar's own evaluation:
-    /// what the engine is checked against.
+    /// As `prepare`, with the context and the entities built by Cedar's own
+    /// evaluation: what the engine is checked against.
     #[cfg(test)]
     fn prepare_by_cedar(&self, req: &AuthzRequest) -> Prepared {
         let schema = self.validate_requests.then_some(&self.schema);
         let context = crate::build::context_by_cedar(req)?;
         Ok((
             self.builder.request_with(req, context, schema)?,
-            self.builder.entities(&req.principal, &req.resource)?,
+            self.builder
+                .entities_by_cedar(&req.principal, &req.resource)?,
         ))
     }
 
