@@ -9,15 +9,19 @@
 //! The context is built as values, not as expressions for Cedar to evaluate
 //! (`context_values`): `RestrictedExpression::new_ip` parses the name `ip`
 //! with Cedar's grammar on every call, and evaluating the record walks
-//! Cedar's restricted evaluator — together three quarters of a decision the
+//! Cedar's restricted evaluator — together nearly half of a decision the
 //! memo had not seen (a profile of the `allow_new_client_ip` bench). It uses
 //! cedar-policy-core's `ast` values and the `ip` extension function directly,
-//! through cedar-policy's (doc-hidden) `From<ast::Context>`: the same values
+//! through cedar-policy's (doc-hidden) `From<ast::Context>` and
+//! `From<entities::Entities>`: the same values
 //! Cedar's evaluation makes, checked equal to it by a table test. Wherever
 //! that evaluation could fail (an attribute named twice, an address `ip`
 //! refuses) the context is built Cedar's way, so errors are Cedar's own.
 //! A new pair's entity store is made the same way (`entities_of`), without
 //! the transitive closure, which adds nothing to these two entities.
+//!
+//! Must never: make a value Cedar's own evaluation would not (the table
+//! tests compare both ways), or cache anything not derived from its key.
 
 use cedar_policy::{
     Context, Entities, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema,
