@@ -74,6 +74,11 @@ fn string_set(values: &[String]) -> RestrictedExpression {
     RestrictedExpression::new_set(values.iter().cloned().map(RestrictedExpression::new_string))
 }
 
+/// The value Cedar evaluates `string_set(values)` to.
+fn string_set_value(values: &[String]) -> Value {
+    Value::set(values.iter().map(|s| Value::from(s.as_str())), None)
+}
+
 /// An entity attribute, before it is a Cedar value.
 enum Attr<'a> {
     Str(&'a str),
@@ -86,7 +91,7 @@ impl Attr<'_> {
     fn value(&self) -> Value {
         match self {
             Attr::Str(s) => Value::from(*s),
-            Attr::Set(items) => Value::set(items.iter().map(|s| Value::from(s.as_str())), None),
+            Attr::Set(items) => string_set_value(items),
             Attr::Bool(b) => Value::from(*b),
         }
     }
@@ -407,7 +412,7 @@ fn plain_value(v: &ContextValue) -> Value {
         ContextValue::Bool(b) => Value::from(*b),
         ContextValue::Long(n) => Value::from(*n),
         ContextValue::String(s) => Value::from(s.as_str()),
-        ContextValue::Set(items) => Value::set(items.iter().map(|s| Value::from(s.as_str())), None),
+        ContextValue::Set(items) => string_set_value(items),
         ContextValue::Record(fields) => Value::record(
             fields.iter().map(|(k, v)| (k.as_str(), plain_value(v))),
             None,
