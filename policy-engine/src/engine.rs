@@ -10,6 +10,7 @@ use serde::Serialize;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::authorize::Conditions;
 use crate::build::Builder;
 use crate::memo::{Memo, Reads};
 use crate::request::AuthzRequest;
@@ -120,6 +121,8 @@ pub(crate) struct CompiledSet {
 #[derive(Debug, Clone)]
 struct Loaded {
     compiled: CompiledSet,
+    /// The conditions of the whole set, should a request have no slice.
+    whole: Conditions,
     slices: Slices,
     memo: Arc<Memo>,
 }
@@ -149,6 +152,7 @@ impl Loaded {
         let compiled = compile(schema, sources)?;
         let slices = Slices::new(schema, builder, &compiled.set)?;
         Ok(Self {
+            whole: Conditions::of(&compiled.set),
             compiled,
             slices,
             memo: Arc::default(),
@@ -157,10 +161,10 @@ impl Loaded {
 
     /// The policies that may decide this request (the whole set if no
     /// slice exists, which cannot happen: every action has one).
-    fn for_request(&self, req: &AuthzRequest) -> (&PolicySet, &Reads) {
+    fn for_request(&self, req: &AuthzRequest) -> (&Conditions, &Reads) {
         match self.slices.get(req.action, req.principal.kind) {
-            Some((set, reads)) => (set, reads),
-            None => (&self.compiled.set, &Reads::Whole),
+            Some((conditions, reads)) => (conditions, reads),
+            None => (&self.whole, &Reads::Whole),
         }
     }
 }
@@ -300,14 +304,17 @@ impl PolicyEngine {
         req: &AuthzRequest,
         prepared: &mut Option<Prepared>,
     ) -> Decision {
-        let (set, reads) = loaded.for_request(req);
+        let (conditions, reads) = loaded.for_request(req);
         let memo = (!self.validate_requests && memoizable(&self.builder, req))
             .then(|| (&loaded.memo, loaded.memo.hash(req, reads)));
         if let Some(d) = memo.and_then(|(m, h)| m.get(h, req, reads)) {
             return d;
         }
         let p = prepared.get_or_insert_with(|| self.prepare(req));
-        let d = self.decide_with(p, set);
+        let d = match p {
+            Ok((request, entities)) => conditions.decide(request, entities),
+            Err(e) => Decision::deny_with_error(e.clone()),
+        };
         if let Some((m, h)) = memo {
             m.put(h, req, reads, &d);
         }
@@ -333,7 +340,12 @@ impl PolicyEngine {
             Some(&self.live)
         };
         match loaded {
-            Some(l) => self.decide_with(&self.prepare_by_cedar(req), &l.compiled.set),
+            Some(l) => match self.prepare_by_cedar(req) {
+                Ok((request, entities)) => {
+                    crate::authorize::by_cedar(&l.compiled.set, &request, &entities)
+                }
+                Err(e) => Decision::deny_with_error(e),
+            },
             None => Decision::deny_with_error("no shadow set".into()),
         }
     }
@@ -363,33 +375,6 @@ impl PolicyEngine {
             self.builder.request(req, schema)?,
             self.builder.entities(&req.principal, &req.resource)?,
         ))
-    }
-
-    fn decide_with(&self, prepared: &Prepared, set: &PolicySet) -> Decision {
-        let (request, entities) = match prepared {
-            Ok(p) => p,
-            Err(e) => return Decision::deny_with_error(e.clone()),
-        };
-        let response = self.authorizer.is_authorized(request, set, entities);
-        let diagnostics = response.diagnostics();
-        let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
-        let mut policies: Vec<String> = diagnostics
-            .reason()
-            .map(|p| AsRef::<str>::as_ref(p).to_string())
-            .collect();
-        policies.sort();
-        // Cedar skips a policy whose evaluation errors; a skipped forbid could
-        // turn into an allow. Lattice denies on any error instead.
-        let outcome = if errors.is_empty() && response.decision() == cedar_policy::Decision::Allow {
-            Outcome::Allow
-        } else {
-            Outcome::Deny
-        };
-        Decision {
-            outcome,
-            policies,
-            errors,
-        }
     }
 }
 

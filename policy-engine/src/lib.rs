@@ -10,6 +10,7 @@
 //! is a context attribute), or turn an error into an allow — a request that
 //! fails validation or a policy that errors during evaluation yields a deny.
 
+mod authorize;
 mod build;
 mod cases;
 mod engine;

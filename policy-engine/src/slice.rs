@@ -15,6 +15,7 @@ use cedar_policy::{
 };
 use std::collections::HashSet;
 
+use crate::authorize::Conditions;
 use crate::build::Builder;
 use crate::memo::{reads, Reads};
 use crate::request::{Action, PrincipalKind};
@@ -22,11 +23,11 @@ use crate::PolicyError;
 
 const KINDS: [PrincipalKind; 2] = [PrincipalKind::Agent, PrincipalKind::Human];
 
-/// One policy set per (action, principal kind), indexed by `index`, with
-/// the context attributes its policies read.
+/// The conditions of one policy set per (action, principal kind), indexed
+/// by `index`, with the context attributes its policies read.
 #[derive(Debug, Clone)]
 pub(crate) struct Slices {
-    sets: Vec<(PolicySet, Reads)>,
+    sets: Vec<(Conditions, Reads)>,
 }
 
 fn index(action: Action, kind: PrincipalKind) -> usize {
@@ -71,15 +72,14 @@ impl Slices {
                             .map_err(|e| PolicyError::Schema(format!("policy slice: {e}")))?;
                     }
                 }
-                let r = reads(&slice);
-                sets.push((slice, r));
+                sets.push((Conditions::of(&slice), reads(&slice)));
             }
         }
         Ok(Self { sets })
     }
 
     /// The policies that may apply to a request of this action and principal kind.
-    pub(crate) fn get(&self, action: Action, kind: PrincipalKind) -> Option<&(PolicySet, Reads)> {
+    pub(crate) fn get(&self, action: Action, kind: PrincipalKind) -> Option<&(Conditions, Reads)> {
         self.sets.get(index(action, kind))
     }
 }
@@ -113,15 +113,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::str::FromStr;
-
-    fn ids(set: &PolicySet) -> Vec<String> {
-        let mut v: Vec<String> = set
-            .policies()
-            .map(|p| AsRef::<str>::as_ref(p.id()).to_string())
-            .collect();
-        v.sort();
-        v
-    }
 
     /// Each scope form, and the slices it lands in: a table.
     #[test]
@@ -173,7 +164,7 @@ mod tests {
         ];
         for (action, kind, want) in table {
             assert_eq!(
-                ids(&slices.get(action, kind).unwrap().0),
+                slices.get(action, kind).unwrap().0.ids(),
                 want.to_vec(),
                 "{action} {kind:?}"
             );
