@@ -8,8 +8,9 @@
 //! gateway needs (request checks, the body sent upstream with
 //! `stream_options.include_usage`, usage, the server-sent-events filter that
 //! reads and strips the usage chunk), the connections requests travel on to
-//! backends (`upstream`: pooled per backend, driven on the calling task),
-//! and the health checks (reqwest, on a runtime of its own).
+//! backends (`upstream`: pooled per backend, driven on the calling task;
+//! public, since lattice-mcp sends its streamable-HTTP POSTs on the same
+//! connections), and the health checks (reqwest, on a runtime of its own).
 //!
 //! It must never authorize, audit or rate-limit (the gateway does that before
 //! it calls here), never see or forward an agent's credentials (backends get
@@ -23,7 +24,7 @@ pub mod pin;
 pub mod router;
 pub mod select;
 pub mod sse;
-mod upstream;
+pub mod upstream;
 
 pub use backend::{BackendKind, BackendSpec, BackendState};
 pub use openai::{Endpoint, Prepared, Usage};

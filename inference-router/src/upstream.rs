@@ -4,7 +4,9 @@
 //! the call that uses them. A request checks out a connection (the most
 //! recently used idle one still open, or a new one), sends its head and
 //! body, and reads the response while polling the connection itself; a
-//! response read to its end hands the connection back.
+//! response read to its end hands the connection back. The same
+//! connections carry lattice-mcp's streamable-HTTP POSTs to MCP servers
+//! (`Upstream::send`, with that transport's own headers).
 //!
 //! Why not reqwest here (it still serves health checks and joins): its
 //! pooled client runs every connection on a task of its own, so a request
@@ -23,7 +25,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper::header::HeaderValue;
+pub use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -51,11 +53,13 @@ pub type Resolver = Arc<dyn reqwest::dns::Resolve>;
 
 /// Where a backend is and how to reach it: parsed once, when the route
 /// table is built.
-pub(crate) struct Upstream {
+pub struct Upstream {
     /// The `Host` header (the URL's host, and its port when it has one).
     authority: HeaderValue,
     /// The URL's path, without a trailing `/` (requests append theirs).
     prefix: String,
+    /// The URL's path and query as given (`post` sends to exactly this).
+    target: String,
     host: Host,
     port: u16,
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -83,7 +87,7 @@ impl Upstream {
     /// `url` is the backend's root (`http://10.0.0.5:8000`); over
     /// `https` it is trusted by the web's roots, or by `pin` alone (a
     /// discovered worker's certificate fingerprint).
-    pub(crate) fn new(url: &str, pin: Option<&str>, dns: Option<Resolver>) -> Result<Self, String> {
+    pub fn new(url: &str, pin: Option<&str>, dns: Option<Resolver>) -> Result<Self, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad URL `{url}`: {e}"))?;
         let https = match parsed.scheme() {
             "http" => false,
@@ -122,6 +126,10 @@ impl Upstream {
         Ok(Self {
             authority,
             prefix: parsed.path().trim_end_matches('/').to_string(),
+            target: match parsed.query() {
+                Some(q) => format!("{}?{q}", parsed.path()),
+                None => parsed.path().to_string(),
+            },
             host,
             port,
             tls,
@@ -130,13 +138,36 @@ impl Upstream {
         })
     }
 
-    /// One request: a connection checked out (or opened), the request
-    /// written, the response head read. A reused connection that turns out
-    /// closed before the request left is replaced by a new one, once.
+    /// One request with the router's headers (`authorization` marked
+    /// sensitive, so no debug print shows it); as `send`.
     pub(crate) async fn request(
         self: &Arc<Self>,
         path: &str,
         headers: Vec<(&'static str, String)>,
+        body: Bytes,
+    ) -> Result<Response, String> {
+        let uri = format!("{}{path}", self.prefix);
+        self.send(&uri, router_headers(headers)?, body).await
+    }
+
+    /// A POST of a JSON `body` to the URL exactly as given (its path and
+    /// query), with `headers`: what an MCP server's endpoint takes.
+    pub async fn post(
+        self: &Arc<Self>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, String> {
+        self.send(&self.target, headers, body).await
+    }
+
+    /// One POST of a JSON `body` to `uri`, with `headers` beside `Host` and
+    /// `Content-Type`: a connection checked out (or opened), the request
+    /// written, the response head read. A reused connection that turns out
+    /// closed before the request left is replaced by a new one, once.
+    async fn send(
+        self: &Arc<Self>,
+        uri: &str,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Result<Response, String> {
         let (mut conn, mut reused) = match self.checkout().await {
@@ -146,7 +177,7 @@ impl Upstream {
         let head = loop {
             let sent = conn
                 .sender
-                .send_request(self.head(path, &headers, body.clone())?);
+                .send_request(self.head(uri, &headers, body.clone())?);
             match conn.driver.drive(sent).await.and_then(|r| r) {
                 Ok(head) => break head,
                 Err(e) if reused && e.is_canceled() => {
@@ -167,21 +198,20 @@ impl Upstream {
     }
 
     /// The request as written: `Host`, the JSON body's type, the given
-    /// headers (a credential marked sensitive, so no debug print shows it).
+    /// headers.
     fn head(
         &self,
-        path: &str,
-        headers: &[(&'static str, String)],
+        uri: &str,
+        headers: &HeaderMap,
         body: Bytes,
     ) -> Result<hyper::Request<Full<Bytes>>, String> {
-        let mut req = hyper::Request::post(format!("{}{path}", self.prefix))
+        let mut req = hyper::Request::post(uri)
             .header("host", self.authority.clone())
             .header("content-type", HeaderValue::from_static("application/json"));
-        for (name, value) in headers {
-            let mut value = HeaderValue::from_str(value)
-                .map_err(|_| format!("request: header `{name}` has a value no header can carry"))?;
-            value.set_sensitive(*name == "authorization");
-            req = req.header(*name, value);
+        if let Some(h) = req.headers_mut() {
+            for (name, value) in headers {
+                h.append(name, value.clone());
+            }
         }
         req.body(Full::new(body))
             .map_err(|e| format!("request: {e}"))
@@ -282,7 +312,7 @@ impl Upstream {
 
     /// Closes the connections idle longer than `IDLE_TIMEOUT` (the health
     /// loop calls this, so a gateway that went quiet lets them go).
-    pub(crate) fn prune(&self) {
+    pub fn prune(&self) {
         let mut idle = self.idle.lock();
         while idle
             .front()
@@ -294,9 +324,9 @@ impl Upstream {
 }
 
 /// A response head, and its body read on the connection it came on.
-pub(crate) struct Response {
-    pub(crate) status: u16,
-    pub(crate) headers: hyper::HeaderMap,
+pub struct Response {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
     body: Incoming,
     /// `None` once the body ended (the connection went back).
     conn: Option<Conn>,
@@ -307,7 +337,7 @@ impl Response {
     /// The next piece of the body; `None` at its end (the connection then
     /// goes back to its backend's idle ones). Dropping the response before
     /// that closes the connection: the backend sees the cancel.
-    pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(None);
         };
@@ -370,6 +400,18 @@ impl Driver {
     }
 }
 
+/// The router's headers as sent; `authorization` marked sensitive.
+fn router_headers(headers: Vec<(&'static str, String)>) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("request: header `{name}` has a value no header can carry"))?;
+        value.set_sensitive(name == "authorization");
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
 /// hyper's error with its causes (the top level alone says little).
 fn describe(e: hyper::Error) -> String {
     let mut text = e.to_string();
@@ -386,23 +428,52 @@ fn describe(e: hyper::Error) -> String {
 mod tests {
     use super::*;
 
+    /// What `post` sends to, for each form of URL: a table.
+    #[test]
+    fn a_post_goes_to_the_url_exactly_as_given() {
+        let table = [
+            ("http://10.0.0.5:8000", "/", "10.0.0.5:8000"),
+            ("http://10.0.0.5:8000/mcp", "/mcp", "10.0.0.5:8000"),
+            ("http://10.0.0.5:8000/mcp/", "/mcp/", "10.0.0.5:8000"),
+            (
+                "http://mcp.example:80/a/b?key=k&x=1",
+                "/a/b?key=k&x=1",
+                "mcp.example",
+            ),
+            ("https://mcp.example/sse?k=v", "/sse?k=v", "mcp.example"),
+        ];
+        for (url, target, host) in table {
+            let up = Upstream::new(url, None, None).unwrap();
+            let req = up
+                .head(&up.target, &HeaderMap::new(), Bytes::new())
+                .unwrap();
+            assert_eq!(req.uri(), target, "{url}");
+            assert_eq!(req.headers()["host"], host, "{url}");
+        }
+    }
+
     #[test]
     fn the_request_head_hides_the_credential_and_refuses_a_broken_header() {
         let up = Upstream::new("http://10.0.0.5:8000/base/", None, None).unwrap();
-        let headers = [
+        let headers = router_headers(vec![
             ("authorization", "Bearer sk-backend".to_string()),
             ("traceparent", "00-abc-def-01".to_string()),
-        ];
+        ])
+        .unwrap();
         let req = up
-            .head("/v1/chat/completions", &headers, Bytes::new())
+            .head(
+                &format!("{}/v1/chat/completions", up.prefix),
+                &headers,
+                Bytes::new(),
+            )
             .unwrap();
         assert_eq!(req.uri(), "/base/v1/chat/completions");
         assert_eq!(req.headers()["host"], "10.0.0.5:8000");
         assert!(req.headers()["authorization"].is_sensitive());
         assert!(!format!("{req:?}").contains("sk-backend"));
         assert!(!req.headers()["traceparent"].is_sensitive());
-        let broken = [("x-trace", "a\nb".to_string())];
-        let err = up.head("/v1/x", &broken, Bytes::new()).unwrap_err();
+        let broken = vec![("x-trace", "a\nb".to_string())];
+        let err = router_headers(broken).unwrap_err();
         assert_eq!(
             err,
             "request: header `x-trace` has a value no header can carry"

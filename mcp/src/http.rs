@@ -13,9 +13,19 @@
 //! (measured in `tests/rmcp_fit.rs`) — a relaying gateway must pass the
 //! server's answer as sent.
 //!
-//! Must never: read an answer without a bound, or send an agent's
-//! credentials upstream.
+//! The POSTs travel on lattice-inference-router's upstream connections
+//! (hyper's HTTP/1.1 connection, pooled per server and driven by the task
+//! that sends the message), not reqwest's pooled client, which runs each
+//! connection on a task of its own: a message and its answer each crossed
+//! between two tasks (before and after in `docs/benchmarks-log.md`). The
+//! GET stream, held open for minutes, stays on reqwest.
+//!
+//! Must never: read an answer without a bound, send an agent's
+//! credentials upstream, follow a redirect, or take a proxy from the
+//! environment.
 
+use bytes::Bytes;
+use lattice_inference_router::upstream::{self as conns, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +100,13 @@ fn relay(call: &CallSink, token: &str, event: &str) {
 /// A connected streamable-HTTP server.
 pub struct HttpTransport {
     cfg: HttpConfig,
+    /// The GET stream's client.
     client: reqwest::Client,
+    /// The POSTs' connections.
+    conns: Arc<conns::Upstream>,
+    /// Sent with every POST: `Accept`, the protocol version, the
+    /// configured headers (credentials: marked sensitive).
+    headers: HeaderMap,
     session: Arc<Mutex<Option<String>>>,
     announced: Arc<Announced>,
     listener: arc_swap::ArcSwapOption<tokio::task::AbortHandle>,
@@ -199,12 +215,39 @@ pub async fn start(cfg: HttpConfig) -> Result<Upstream, McpError> {
     Upstream::connect(&name, timeout, Box::new(transport)).await
 }
 
+/// The headers of every POST.
+fn post_headers(cfg: &HttpConfig) -> Result<HeaderMap, McpError> {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "accept",
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    h.insert(
+        "mcp-protocol-version",
+        HeaderValue::from_static(PROTOCOL_VERSION),
+    );
+    for (k, v) in &cfg.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| err(cfg, format!("header `{k}`: not a header name")))?;
+        let mut value = HeaderValue::from_str(v)
+            .map_err(|_| err(cfg, format!("header `{k}` has a value no header can carry")))?;
+        value.set_sensitive(true);
+        h.append(name, value);
+    }
+    Ok(h)
+}
+
 impl HttpTransport {
     pub fn new(cfg: HttpConfig) -> Result<Self, McpError> {
         let client = client(&cfg)?;
+        let dns = cfg.dns.as_ref().map(|Dns(d)| d.clone());
+        let conns = conns::Upstream::new(&cfg.url, None, dns).map_err(|e| err(&cfg, e))?;
+        let headers = post_headers(&cfg)?;
         Ok(Self {
             cfg,
             client,
+            conns: Arc::new(conns),
+            headers,
             session: Arc::new(Mutex::new(None)),
             announced: Arc::default(),
             listener: arc_swap::ArcSwapOption::empty(),
@@ -217,11 +260,6 @@ impl HttpTransport {
         }
     }
 
-    /// A failed send or read: any transport error.
-    fn transport_err(&self, e: reqwest::Error) -> McpError {
-        err(&self.cfg, e.to_string())
-    }
-
     /// POSTs one message; returns (status, is SSE, body). With `call`, the
     /// events of an SSE answer that are that call's go to its sink as they
     /// arrive.
@@ -230,40 +268,37 @@ impl HttpTransport {
         message: &Value,
         call: Option<&CallSink>,
     ) -> Result<(u16, bool, String), McpError> {
-        let mut req = self
-            .client
-            .post(&self.cfg.url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", PROTOCOL_VERSION);
+        let mut headers = self.headers.clone();
         if let Some(s) = self.session.lock().await.as_ref() {
-            req = req.header("mcp-session-id", s);
+            let id = HeaderValue::from_str(s)
+                .map_err(|_| err(&self.cfg, "the session id cannot be a header"))?;
+            headers.insert("mcp-session-id", id);
         }
-        for (k, v) in &self.cfg.headers {
-            req = req.header(k, v);
-        }
-        let mut resp = req
-            .body(message.to_string())
-            .send()
+        self.conns.prune();
+        let mut resp = self
+            .conns
+            .post(headers, Bytes::from(message.to_string()))
             .await
-            .map_err(|e| self.transport_err(e))?;
+            .map_err(|e| err(&self.cfg, e))?;
         if let Some(s) = resp
-            .headers()
+            .headers
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
         {
             *self.session.lock().await = Some(s.to_string());
         }
-        let status = resp.status().as_u16();
+        let status = resp.status;
         let sse = resp
-            .headers()
+            .headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        if resp
-            .content_length()
-            .is_some_and(|n| n as usize > MAX_RESPONSE)
-        {
+        let length = resp
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if length.is_some_and(|n| n > MAX_RESPONSE as u64) {
             return Err(err(&self.cfg, "the answer is too large"));
         }
         // No token: no progress event is this call's.
@@ -273,7 +308,7 @@ impl HttpTransport {
             .unwrap_or_default();
         let mut body: Vec<u8> = Vec::new();
         let mut scanned = 0;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_err(e))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| err(&self.cfg, e))? {
             if sse {
                 // Events end with a blank line, `\n\n` or `\r\n\r\n`.
                 body.extend(chunk.iter().filter(|b| **b != b'\r'));
@@ -381,8 +416,48 @@ impl Transport for HttpTransport {
 
 #[cfg(test)]
 mod tests {
-    use super::{find_response, note};
+    use super::{find_response, note, post_headers, HttpConfig};
     use crate::transport::Announced;
+    use std::time::Duration;
+
+    fn config(headers: &[(&str, &str)]) -> HttpConfig {
+        HttpConfig {
+            name: "s".into(),
+            url: "http://127.0.0.1:9/mcp".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            timeout: Duration::from_secs(1),
+            dns: None,
+        }
+    }
+
+    /// Every POST's headers: the configured ones marked sensitive (no
+    /// debug print shows them), and a header the config cannot send named.
+    #[test]
+    fn the_configured_headers_go_with_every_post_as_credentials() {
+        let h = post_headers(&config(&[("x-api-key", "sk-upstream")])).unwrap();
+        assert_eq!(h["accept"], "application/json, text/event-stream");
+        assert_eq!(h["mcp-protocol-version"], crate::stdio::PROTOCOL_VERSION);
+        assert_eq!(h["x-api-key"], "sk-upstream");
+        assert!(h["x-api-key"].is_sensitive());
+        assert!(!format!("{h:?}").contains("sk-upstream"));
+        let table = [
+            (
+                ("bad name", "v"),
+                "upstream `s`: header `bad name`: not a header name",
+            ),
+            (
+                ("x-key", "a\nb"),
+                "upstream `s`: header `x-key` has a value no header can carry",
+            ),
+        ];
+        for ((k, v), want) in table {
+            let e = post_headers(&config(&[(k, v)])).unwrap_err();
+            assert_eq!(e.to_string(), want, "{k}");
+        }
+    }
 
     #[tokio::test]
     async fn the_get_stream_notes_list_changes_and_updates() {
