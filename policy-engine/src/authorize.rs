@@ -28,6 +28,9 @@ use cedar_policy_core::entities::Entities;
 use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::engine::{Decision, Outcome};
 
 /// One policy: its id, effect, condition and slot values.
@@ -39,20 +42,42 @@ struct Condition {
     env: SlotEnv,
 }
 
-/// The conditions of a policy set's policies, in the set's order.
+impl Condition {
+    fn of(p: &ast::Policy) -> Arc<Self> {
+        Arc::new(Self {
+            id: p.id().clone(),
+            effect: p.effect(),
+            expr: p.condition(),
+            env: p.env().clone(),
+        })
+    }
+}
+
+/// The conditions of a policy set's policies, in the set's order. A slice
+/// shares its conditions with the whole set's (`shared`): each policy's
+/// expression is built once, however many slices hold it.
 #[derive(Debug, Clone)]
-pub(crate) struct Conditions(Vec<Condition>);
+pub(crate) struct Conditions(Vec<Arc<Condition>>);
 
 impl Conditions {
     pub(crate) fn of(set: &cedar_policy::PolicySet) -> Self {
         let set: &ast::PolicySet = set.as_ref();
+        Self(set.policies().map(Condition::of).collect())
+    }
+
+    /// The conditions of `subset`'s policies (a slice of the set these are
+    /// the conditions of), in `subset`'s order, shared with these.
+    pub(crate) fn shared(&self, subset: &cedar_policy::PolicySet) -> Self {
+        let by_id: HashMap<&PolicyID, &Arc<Condition>> =
+            self.0.iter().map(|c| (&c.id, c)).collect();
+        let subset: &ast::PolicySet = subset.as_ref();
         Self(
-            set.policies()
-                .map(|p| Condition {
-                    id: p.id().clone(),
-                    effect: p.effect(),
-                    expr: p.condition(),
-                    env: p.env().clone(),
+            subset
+                .policies()
+                .map(|p| match by_id.get(p.id()) {
+                    Some(c) => Arc::clone(c),
+                    // Not of this set (no caller does this): built anew.
+                    None => Condition::of(p),
                 })
                 .collect(),
         )

@@ -117,3 +117,24 @@ fn each_case_of_the_rule_decides_as_cedars_authorizer() {
         assert_eq!(got.errors.len(), errors, "{policies:?}: {:?}", got.errors);
     }
 }
+
+/// A slice's conditions are the whole set's own (one expression per
+/// policy, however many slices hold it), in the slice's order; a policy
+/// the whole set lacks is built anew.
+#[test]
+fn a_slice_shares_the_whole_sets_conditions() {
+    let whole = Conditions::of(&set(&[("a", ALL), ("b", GET), ("c", FORBID)]));
+    let subset = set(&[("c", FORBID), ("a", ALL), ("z", POST)]);
+    let slice = whole.shared(&subset);
+    let core: &cedar_policy_core::ast::PolicySet = subset.as_ref();
+    let order: Vec<&str> = core.policies().map(|p| p.id().as_ref()).collect();
+    let ids: Vec<&str> = slice.0.iter().map(|c| c.id.as_ref()).collect();
+    assert_eq!(ids, order);
+    for c in &slice.0 {
+        let in_whole = whole.0.iter().find(|w| w.id == c.id);
+        match c.id.as_ref() {
+            "z" => assert!(in_whole.is_none()),
+            _ => assert!(std::sync::Arc::ptr_eq(c, in_whole.unwrap()), "{}", c.id),
+        }
+    }
+}

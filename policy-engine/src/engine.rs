@@ -150,9 +150,10 @@ impl Loaded {
         sources: &[PolicySource],
     ) -> Result<Self, PolicyError> {
         let compiled = compile(schema, sources)?;
-        let slices = Slices::new(schema, builder, &compiled.set)?;
+        let whole = Conditions::of(&compiled.set);
+        let slices = Slices::new(schema, builder, &compiled.set, &whole)?;
         Ok(Self {
-            whole: Conditions::of(&compiled.set),
+            whole,
             compiled,
             slices,
             memo: Arc::default(),

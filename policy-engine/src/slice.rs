@@ -43,10 +43,13 @@ fn index(action: Action, kind: PrincipalKind) -> usize {
 }
 
 impl Slices {
+    /// The slices of `set`, whose conditions `whole` holds (each slice
+    /// shares them).
     pub(crate) fn new(
         schema: &Schema,
         builder: &Builder,
         set: &PolicySet,
+        whole: &Conditions,
     ) -> Result<Self, PolicyError> {
         let actions = schema
             .action_entities()
@@ -72,7 +75,7 @@ impl Slices {
                             .map_err(|e| PolicyError::Schema(format!("policy slice: {e}")))?;
                     }
                 }
-                sets.push((Conditions::of(&slice), reads(&slice)));
+                sets.push((whole.shared(&slice), reads(&slice)));
             }
         }
         Ok(Self { sets })
@@ -133,7 +136,7 @@ mod tests {
         }
         let schema = crate::schema().unwrap();
         let builder = Builder::new().unwrap();
-        let slices = Slices::new(&schema, &builder, &set).unwrap();
+        let slices = Slices::new(&schema, &builder, &set, &Conditions::of(&set)).unwrap();
         let table: [(Action, PrincipalKind, &[&str]); 6] = [
             (
                 Action::HttpRequest,
