@@ -6,7 +6,7 @@
 //! body, and reads the response while polling the connection itself; a
 //! response read to its end hands the connection back. The same
 //! connections carry lattice-mcp's streamable-HTTP POSTs to MCP servers
-//! (`Upstream::send`, with that transport's own headers).
+//! (`Upstream::post`, with that transport's own headers).
 //!
 //! Why not reqwest here (it still serves health checks and joins): its
 //! pooled client runs every connection on a task of its own, so a request
