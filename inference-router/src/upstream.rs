@@ -218,13 +218,16 @@ impl Upstream {
     }
 
     /// The most recently used idle connection that is still open and
-    /// ready, closing the stale ones on the way.
+    /// ready, after closing those idle too long (so a caller that sends
+    /// now and then, an MCP server's, needs no pruning of its own) and
+    /// any found closed on the way.
     async fn checkout(&self) -> Option<Conn> {
         loop {
-            let (mut conn, since) = self.idle.lock().pop_back()?;
-            if since.elapsed() > IDLE_TIMEOUT {
-                continue;
-            }
+            let (mut conn, _) = {
+                let mut idle = self.idle.lock();
+                close_stale(&mut idle);
+                idle.pop_back()?
+            };
             let ready = {
                 let Conn { sender, driver } = &mut conn;
                 driver
@@ -312,14 +315,19 @@ impl Upstream {
 
     /// Closes the connections idle longer than `IDLE_TIMEOUT` (the health
     /// loop calls this, so a gateway that went quiet lets them go).
-    pub fn prune(&self) {
-        let mut idle = self.idle.lock();
-        while idle
-            .front()
-            .is_some_and(|(_, since)| since.elapsed() > IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
+    pub(crate) fn prune(&self) {
+        close_stale(&mut self.idle.lock());
+    }
+}
+
+/// Closes the connections idle longer than `IDLE_TIMEOUT` (the oldest
+/// returned are at the front).
+fn close_stale(idle: &mut VecDeque<(Conn, Instant)>) {
+    while idle
+        .front()
+        .is_some_and(|(_, since)| since.elapsed() > IDLE_TIMEOUT)
+    {
+        idle.pop_front();
     }
 }
 

@@ -274,7 +274,6 @@ impl HttpTransport {
                 .map_err(|_| err(&self.cfg, "the session id cannot be a header"))?;
             headers.insert("mcp-session-id", id);
         }
-        self.conns.prune();
         let mut resp = self
             .conns
             .post(headers, Bytes::from(message.to_string()))

@@ -10,9 +10,8 @@ use serde::Serialize;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::authorize::Conditions;
 use crate::build::Builder;
-use crate::memo::{Memo, Reads};
+use crate::memo::Memo;
 use crate::request::AuthzRequest;
 use crate::slice::Slices;
 use crate::PolicyError;
@@ -121,8 +120,6 @@ pub(crate) struct CompiledSet {
 #[derive(Debug, Clone)]
 struct Loaded {
     compiled: CompiledSet,
-    /// The conditions of the whole set, should a request have no slice.
-    whole: Conditions,
     slices: Slices,
     memo: Arc<Memo>,
 }
@@ -150,23 +147,12 @@ impl Loaded {
         sources: &[PolicySource],
     ) -> Result<Self, PolicyError> {
         let compiled = compile(schema, sources)?;
-        let whole = Conditions::of(&compiled.set);
-        let slices = Slices::new(schema, builder, &compiled.set, &whole)?;
+        let slices = Slices::new(schema, builder, &compiled.set)?;
         Ok(Self {
-            whole,
             compiled,
             slices,
             memo: Arc::default(),
         })
-    }
-
-    /// The policies that may decide this request (the whole set if no
-    /// slice exists, which cannot happen: every action has one).
-    fn for_request(&self, req: &AuthzRequest) -> (&Conditions, &Reads) {
-        match self.slices.get(req.action, req.principal.kind) {
-            Some((conditions, reads)) => (conditions, reads),
-            None => (&self.whole, &Reads::Whole),
-        }
     }
 }
 
@@ -305,7 +291,7 @@ impl PolicyEngine {
         req: &AuthzRequest,
         prepared: &mut Option<Prepared>,
     ) -> Decision {
-        let (conditions, reads) = loaded.for_request(req);
+        let (conditions, reads) = loaded.slices.get(req.action, req.principal.kind);
         let memo = (!self.validate_requests && memoizable(&self.builder, req))
             .then(|| (&loaded.memo, loaded.memo.hash(req, reads)));
         if let Some(d) = memo.and_then(|(m, h)| m.get(h, req, reads)) {

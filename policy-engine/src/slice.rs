@@ -24,10 +24,12 @@ use crate::PolicyError;
 const KINDS: [PrincipalKind; 2] = [PrincipalKind::Agent, PrincipalKind::Human];
 
 /// The conditions of one policy set per (action, principal kind), indexed
-/// by `index`, with the context attributes its policies read.
+/// by `index`, with the context attributes its policies read; and the whole
+/// set's, whose conditions every slice shares.
 #[derive(Debug, Clone)]
 pub(crate) struct Slices {
     sets: Vec<(Conditions, Reads)>,
+    whole: Conditions,
 }
 
 fn index(action: Action, kind: PrincipalKind) -> usize {
@@ -43,14 +45,12 @@ fn index(action: Action, kind: PrincipalKind) -> usize {
 }
 
 impl Slices {
-    /// The slices of `set`, whose conditions `whole` holds (each slice
-    /// shares them).
     pub(crate) fn new(
         schema: &Schema,
         builder: &Builder,
         set: &PolicySet,
-        whole: &Conditions,
     ) -> Result<Self, PolicyError> {
+        let whole = Conditions::of(set);
         let actions = schema
             .action_entities()
             .map_err(|e| PolicyError::Schema(format!("action entities: {e}")))?;
@@ -78,12 +78,17 @@ impl Slices {
                 sets.push((whole.shared(&slice), reads(&slice)));
             }
         }
-        Ok(Self { sets })
+        Ok(Self { sets, whole })
     }
 
-    /// The policies that may apply to a request of this action and principal kind.
-    pub(crate) fn get(&self, action: Action, kind: PrincipalKind) -> Option<&(Conditions, Reads)> {
-        self.sets.get(index(action, kind))
+    /// The policies that may apply to a request of this action and principal
+    /// kind (the whole set if no slice exists, which cannot happen: every
+    /// action has one).
+    pub(crate) fn get(&self, action: Action, kind: PrincipalKind) -> (&Conditions, &Reads) {
+        match self.sets.get(index(action, kind)) {
+            Some((conditions, reads)) => (conditions, reads),
+            None => (&self.whole, &Reads::Whole),
+        }
     }
 }
 
@@ -136,7 +141,7 @@ mod tests {
         }
         let schema = crate::schema().unwrap();
         let builder = Builder::new().unwrap();
-        let slices = Slices::new(&schema, &builder, &set, &Conditions::of(&set)).unwrap();
+        let slices = Slices::new(&schema, &builder, &set).unwrap();
         let table: [(Action, PrincipalKind, &[&str]); 6] = [
             (
                 Action::HttpRequest,
@@ -167,7 +172,7 @@ mod tests {
         ];
         for (action, kind, want) in table {
             assert_eq!(
-                slices.get(action, kind).unwrap().0.ids(),
+                slices.get(action, kind).0.ids(),
                 want.to_vec(),
                 "{action} {kind:?}"
             );
@@ -175,7 +180,7 @@ mod tests {
         // Every (action, kind) has its slice.
         for action in Action::ALL {
             for kind in KINDS {
-                assert!(slices.get(action, kind).is_some());
+                assert!(slices.sets.get(index(action, kind)).is_some());
             }
         }
     }
