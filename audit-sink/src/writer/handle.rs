@@ -218,8 +218,10 @@ impl AuditHandle {
         };
         if lead {
             if let Some(mut core) = self.core.try_lock() {
-                if let Some(w) = core.as_mut().filter(|w| w.may_lead()) {
-                    return Ok((slot, Durable(w.lead(queued).err())));
+                if let Some(w) = core.as_mut() {
+                    if w.may_lead() {
+                        return Ok((slot, Durable(w.lead(queued).err())));
+                    }
                 }
             }
         }

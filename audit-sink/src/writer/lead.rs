@@ -18,24 +18,48 @@
 //! sleep, or touch the SQLite store.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{Queued, Writer, FILL_CHUNK};
 
 /// A batch with this many queued decisions waiting on it says calls come
-/// faster than a write takes: the next ones queue for the writer thread
-/// instead of leading (measured: leading under saturation cost 4-6% of
-/// the HTTP route's throughput; at 1,000 req/s it saves a fifth of the
-/// CPU per call). Leading resumes after a batch with fewer.
+/// faster than a write takes: for `CROWDED_FOR` after it, calls queue for
+/// the writer thread instead of leading (at 1,000 req/s leading saves a
+/// fifth of the CPU per call; under saturation a leading call holds a
+/// request thread in a synced write while its other connections wait).
 pub(super) const CROWDED: usize = 3;
+
+/// How long calls queue for the writer thread after a crowded batch. When
+/// only the last batch counted, calls at saturation still led about half
+/// the synced writes (every batch that happened to be small let the next
+/// call lead); never leading then was x1.11 the HTTP route's saturation
+/// over 20 paired rounds, and this window x1.12 (CPU per request x0.86)
+/// over 12, the p99 at 1,000 and 5,000 req/s unchanged
+/// (`docs/benchmarks-log.md`, "Changes measured", 2026-12-07).
+pub(super) const CROWDED_FOR: Duration = Duration::from_millis(20);
 
 impl Writer {
     /// Whether a call may lead now: no batch waits to be retried, the
-    /// segments take writes, and the last batch was not `crowded` (under
-    /// load the writer thread's group commits serve the waiting calls
-    /// without holding request threads).
-    pub(super) fn may_lead(&self) -> bool {
-        self.unwritten.is_none() && !self.crowded && !self.shared.failing.load(Ordering::Acquire)
+    /// segments take writes, and no batch was crowded in the last
+    /// `CROWDED_FOR` (under load the writer thread's group commits serve
+    /// the waiting calls without holding request threads).
+    pub(super) fn may_lead(&mut self) -> bool {
+        self.unwritten.is_none() && !self.crowded() && !self.shared.failing.load(Ordering::Acquire)
+    }
+
+    /// Whether calls still come faster than a write takes: a batch with
+    /// `CROWDED` decisions or more waiting was written less than
+    /// `CROWDED_FOR` ago (the clock is read only then).
+    fn crowded(&mut self) -> bool {
+        match self.crowded_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                self.crowded_until = None;
+                false
+            }
+            None => false,
+        }
     }
 
     /// Writes everything queued and then `own` (a decision holding its

@@ -158,6 +158,74 @@ fn calls_from_many_threads_are_all_made_durable_and_none_is_left_waiting() {
     }
 }
 
+/// After a batch written with `CROWDED` decisions or more waiting on it,
+/// calls queue for the writer thread for `CROWDED_FOR` even when they find
+/// the writer free (under load a leading call holds a request thread in a
+/// synced write while its other connections wait); then they lead again.
+/// Only calls that returned inside the window are held to it, so a slow
+/// machine cannot fail the test: it tries again until a window holds one.
+#[test]
+fn calls_queue_for_a_while_after_a_crowded_batch_then_lead_again() {
+    use super::lead::{CROWDED, CROWDED_FOR};
+    let (_dir, _signer, pipeline) = start();
+    let (audit, rt) = (pipeline.handle(), runtime());
+    let mut checked = 0;
+    for attempt in 0..50 {
+        // A crowded batch: the writer held while CROWDED calls queue.
+        let held = audit.core.lock();
+        let queued: Vec<_> = (0..CROWDED)
+            .map(|i| {
+                let call = format!("crowd-{attempt}-{i}");
+                (audit.write_decision(decision(&call)).unwrap(), call)
+            })
+            .collect();
+        let released = std::time::Instant::now();
+        drop(held);
+        for ((slot, durable), call) in queued {
+            assert!(!durable.already(), "{call}: the writer was held");
+            rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
+            slot.record(outcome(&call)).unwrap();
+        }
+        // Calls that return before the window can have closed.
+        for i in 0.. {
+            let call = format!("after-{attempt}-{i}");
+            let (slot, durable) = audit.write_decision(decision(&call)).unwrap();
+            let led = durable.already();
+            let inside = released.elapsed() < CROWDED_FOR;
+            rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
+            slot.record(outcome(&call)).unwrap();
+            if !inside {
+                break;
+            }
+            assert!(
+                !led,
+                "a call led {:?} after a crowded batch",
+                released.elapsed()
+            );
+            checked += 1;
+        }
+        if checked > 0 {
+            break;
+        }
+    }
+    assert!(
+        checked > 0,
+        "no call returned inside the window in 50 tries"
+    );
+    // Past the window, a call that finds the writer free leads again.
+    std::thread::sleep(CROWDED_FOR);
+    let led = (0..1_000).any(|i| {
+        let call = format!("late-{i}");
+        let (slot, durable) = audit.write_decision(decision(&call)).unwrap();
+        let led = durable.already();
+        rt.block_on(durable.wait(Duration::from_secs(2))).unwrap();
+        slot.record(outcome(&call)).unwrap();
+        led
+    });
+    assert!(led, "no call led again after the window");
+    pipeline.shutdown().unwrap();
+}
+
 /// Set in the child process the test below runs in: it limits the size of
 /// the files the process may write, which would fail every other test of
 /// the same process.

@@ -399,9 +399,10 @@ pub(crate) struct Writer {
     /// A batch a leading call could not append (the segments refused the
     /// write): the writer thread writes it before anything else.
     unwritten: Option<Encoded>,
-    /// The last batch written had `lead::CROWDED` decisions or more
-    /// waiting on it (calls then queue instead of leading).
-    crowded: bool,
+    /// Until when calls queue instead of leading: `lead::CROWDED_FOR`
+    /// after the last batch written with `lead::CROWDED` decisions or more
+    /// waiting on it.
+    crowded_until: Option<Instant>,
     /// What was last taken from the queue (buffers kept for reuse).
     inbox: (Vec<Queued>, Vec<Msg>),
     /// `SHUTDOWN_PATIENCE` after the pipeline was closed: a write still
@@ -452,7 +453,7 @@ impl Writer {
             shared,
             wal: None,
             unwritten: None,
-            crowded: false,
+            crowded_until: None,
             inbox: (Vec::new(), Vec::new()),
             give_up_at: None,
             gave_up: None,
@@ -545,7 +546,9 @@ impl Writer {
             reserved,
         } = encoded;
         let n = entries.len();
-        self.crowded = told.len() >= lead::CROWDED;
+        if told.len() >= lead::CROWDED {
+            self.crowded_until = Some(Instant::now() + lead::CROWDED_FOR);
+        }
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
         self.pending_since.get_or_insert_with(Instant::now);
         for ((mut e, leaf, columns, _), loc) in entries.into_iter().zip(locs) {
