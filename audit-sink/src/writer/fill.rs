@@ -1,10 +1,10 @@
 //! The writer's two stores: appending a batch to the segments (the writer
-//! thread retries until they take it; a leading call gives up after one
-//! refused write), and filling the SQLite store behind them — only with
-//! entries whose segment records are synced, in unsynced commits of at
-//! most `FILL_CHUNK` (a synced one at shutdown) — retrying until it
-//! succeeds — at shutdown for `SHUTDOWN_PATIENCE` at most, then it gives
-//! up, leaving what the segments hold to the next start. While either is
+//! thread retries until they take it — at shutdown for `SHUTDOWN_PATIENCE`
+//! at most, then it gives up; a leading call gives up after one refused
+//! write), and filling the SQLite store behind them — only with entries
+//! whose segment records are synced, in unsynced commits of at most
+//! `FILL_CHUNK` (a synced one at shutdown), handed to the store thread
+//! (`store_thread`), which retries what the store refuses. While either is
 //! refused the pipeline reports itself failing.
 //!
 //! Must never: write a store row for a segment record not yet synced, or
@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::rows::{store_rows, Pending};
-use super::{Writer, FILL_CHUNK, IDLE_FILL, UNSYNCED_WAIT};
+use super::{Job, Writer, FILL_CHUNK, IDLE_FILL, UNSYNCED_WAIT};
 use crate::segments::Loc;
 
 /// How long a shutdown keeps retrying a write the disk refuses before it
@@ -52,7 +52,7 @@ impl Writer {
             {
                 Ok(locs) => break locs,
                 Err(err) => {
-                    self.shared.failing.store(true, Ordering::Release);
+                    self.shared.segments_failing.store(true, Ordering::Release);
                     tracing::error!(error = %err, events = entries.len(), "audit segment write failed; refusing new calls until it recovers");
                     self.last_error = err.to_string();
                     if !patient || !self.keep_trying() {
@@ -63,7 +63,7 @@ impl Writer {
                 }
             }
         };
-        self.shared.failing.store(false, Ordering::Release);
+        self.shared.segments_failing.store(false, Ordering::Release);
         Some(locs)
     }
 
@@ -91,7 +91,7 @@ impl Writer {
         }
         let mut backoff = Duration::from_millis(50);
         while let Err(err) = self.segments.sync() {
-            self.shared.failing.store(true, Ordering::Release);
+            self.shared.segments_failing.store(true, Ordering::Release);
             tracing::error!(error = %err, "audit segment sync failed; refusing new calls until it recovers");
             self.last_error = err.to_string();
             if !self.keep_trying() {
@@ -100,7 +100,7 @@ impl Writer {
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
-        self.shared.failing.store(false, Ordering::Release);
+        self.shared.segments_failing.store(false, Ordering::Release);
         self.durable = size;
         self.unsynced_since = None;
     }
@@ -181,7 +181,8 @@ impl Writer {
         }
     }
 
-    /// Writes the oldest `n` pending entries in one commit, synced or not.
+    /// Hands the oldest `n` pending entries to the store thread, as one
+    /// commit, synced or not (it retries what the store refuses).
     pub(super) fn write_pending(&mut self, n: usize, sync: bool) {
         if self.gave_up.is_some() {
             // Neither out of order nor past an unsynced segment record.
@@ -190,31 +191,12 @@ impl Writer {
         let rest = self.pending.split_off(n);
         let entries = std::mem::replace(&mut self.pending, rest);
         let (rows, owed, settled) = store_rows(entries);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let written = if sync {
-                self.store.append(&rows, &owed, &settled)
-            } else {
-                self.store.append_unsynced(&rows, &owed, &settled)
-            };
-            let Err(err) = written else { break };
-            self.shared.failing.store(true, Ordering::Release);
-            tracing::error!(error = %err, events = rows.len(), "audit store write failed; refusing new calls until it recovers");
-            self.last_error = err.to_string();
-            if !self.keep_trying() {
-                // Durable in the segments: the next start writes them in.
-                if let Some(lost) = &mut self.gave_up {
-                    lost.unfilled += rows.len();
-                }
-                return;
-            }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-        self.shared.failing.store(false, Ordering::Release);
-        if let Some(wal) = &self.wal {
-            wal.wrote();
-        }
+        self.store.send(Job::Rows {
+            rows,
+            owed,
+            settled,
+            sync,
+        });
         if self.pending.is_empty() {
             self.pending_since = None;
         }

@@ -95,7 +95,7 @@ impl AuditHandle {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(AuditError::Closed);
         }
-        if self.shared.failing.load(Ordering::Acquire) {
+        if self.shared.failing() {
             return Err(AuditError::WriterFailing);
         }
         if let Some((ship, max)) = &self.shared.ship {
@@ -262,7 +262,7 @@ impl AuditHandle {
 
     /// True while the pipeline accepts events.
     pub fn healthy(&self) -> bool {
-        !self.shared.closed.load(Ordering::Acquire) && !self.shared.failing.load(Ordering::Acquire)
+        !self.shared.closed.load(Ordering::Acquire) && !self.shared.failing()
     }
 
     /// Blocks until everything enqueued before this call is written and a

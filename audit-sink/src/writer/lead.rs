@@ -45,7 +45,7 @@ impl Writer {
     /// `CROWDED_FOR` (under load the writer thread's group commits serve
     /// the waiting calls without holding request threads).
     pub(super) fn may_lead(&mut self) -> bool {
-        self.unwritten.is_none() && !self.crowded() && !self.shared.failing.load(Ordering::Acquire)
+        self.unwritten.is_none() && !self.crowded() && !self.shared.failing()
     }
 
     /// Whether calls still come faster than a write takes: a batch with

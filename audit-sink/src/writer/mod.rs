@@ -16,8 +16,11 @@
 //! lock free takes it and writes what is queued plus its own decision
 //! itself (`lead.rs`): durable when `write_decision` returns, with no
 //! thread woken and none to wake it. Otherwise it queues its decision and
-//! the writer thread, woken, writes it. The writer thread alone fills the
-//! SQLite store, signs checkpoints, prunes and retries failed writes.
+//! the writer thread, woken, writes it. The writer thread alone decides
+//! the SQLite store's fills, signs checkpoints, prunes and retries failed
+//! appends; the store thread (`store_thread`) writes the fills and
+//! checkpoints into the store in order, off the writer's lock, so no
+//! decision waits behind a SQLite commit.
 //!
 //! Nothing waits on an outcome: while the writer thread will look within
 //! `LAZY_WAIT` anyway, an outcome is queued without waking it (one thread
@@ -33,7 +36,7 @@
 //! record for the events' bytes: one write, synced when a decision waits
 //! on it. The SQLite store is filled behind in chunks with where each
 //! event is, never before its segment record is synced (a row must not
-//! outlive the bytes it points at).
+//! outlive the bytes it points at), by the store thread.
 //!
 //! Must never: tell a decision it is durable before its batch is synced
 //! in the segments, drop an event it accepted, write events out of the
@@ -66,10 +69,12 @@ mod retention;
 mod rows;
 mod run;
 mod sign;
+mod store_thread;
 mod wal;
 pub use handle::{AuditHandle, Durable, OutcomeSlot, GAP};
 pub use retention::{Retention, PRUNED};
 use rows::{replay, Pending};
+use store_thread::{Job, StoreThread};
 
 /// Settings of the pipeline.
 pub struct PipelineConfig {
@@ -138,7 +143,10 @@ impl Queue {
 pub(crate) struct Shared {
     pub(crate) depth: AtomicUsize,
     pub(crate) closed: AtomicBool,
-    pub(crate) failing: AtomicBool,
+    /// The segments refuse writes.
+    pub(crate) segments_failing: AtomicBool,
+    /// The SQLite store refuses writes (`store_thread`).
+    pub(crate) store_failing: AtomicBool,
     pub(crate) written: AtomicU64,
     /// Transactions written (one sync each).
     pub(crate) commits: AtomicU64,
@@ -167,6 +175,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether the segments or the store refuse writes: new calls are
+    /// refused meanwhile.
+    pub(crate) fn failing(&self) -> bool {
+        self.segments_failing.load(Ordering::Acquire) || self.store_failing.load(Ordering::Acquire)
+    }
+
     /// Queues an event; unless a writer will look at the queue before it
     /// lets go, wakes the writer thread with `wake` (and always when it may
     /// sleep longer than `LAZY_WAIT`).
@@ -303,9 +317,8 @@ impl AuditPipeline {
             (store, segments),
             (frontier, pruned),
             last_checkpoint,
-            shared.clone(),
-        );
-        writer.wal = Some(kick);
+            (shared.clone(), Some(kick)),
+        )?;
         let recovered = writer.recover()?;
         let core: Core = Arc::new(parking_lot::Mutex::new(Some(writer)));
         let thread = {
@@ -374,7 +387,8 @@ impl AuditPipeline {
 
 pub(crate) struct Writer {
     cfg: PipelineConfig,
-    store: Store,
+    /// Writes the SQLite store, off the writer's lock (`store_thread`).
+    store: StoreThread,
     segments: Segments,
     /// Entries in the segments not yet in the store, in order.
     pending: Vec<Pending>,
@@ -394,8 +408,6 @@ pub(crate) struct Writer {
     last_checkpoint_at: Instant,
     last_retention: Instant,
     shared: Arc<Shared>,
-    /// Tells the WAL checkpointer that the store was written.
-    wal: Option<wal::Kick>,
     /// A batch a leading call could not append (the segments refused the
     /// write): the writer thread writes it before anything else.
     unwritten: Option<Encoded>,
@@ -412,8 +424,6 @@ pub(crate) struct Writer {
     /// Given up: nothing more is written (`Incomplete` says what was not).
     gave_up: Option<Incomplete>,
     last_error: String, // the last write error, for the shutdown's report
-    /// Checkpoints the store or the witness file refused, while they do.
-    refusals: sign::Refusals,
 }
 
 /// A batch given its places in the log and encoded, not yet appended.
@@ -428,15 +438,22 @@ pub(super) struct Encoded {
 
 impl Writer {
     /// A writer over an opened store and segments, at the log's head
-    /// (`frontier`, after the `pruned` prefix).
+    /// (`frontier`, after the `pruned` prefix); starts the store thread
+    /// (`wal`: kicked after each write to the store).
     fn new(
         cfg: PipelineConfig,
         (store, segments): (Store, Segments),
         (frontier, pruned): (Frontier, Frontier),
         last_checkpoint: u64,
-        shared: Arc<Shared>,
-    ) -> Self {
-        Writer {
+        (shared, wal): (Arc<Shared>, Option<wal::Kick>),
+    ) -> Result<Self, AuditError> {
+        let witness = cfg.witness_file.clone().map(|path| store_thread::Witness {
+            path,
+            vkey: cfg.signer.verifier().encoded(),
+        });
+        let track_bytes = cfg.retention.max_bytes.is_some();
+        let store = StoreThread::start(store, shared.clone(), wal, witness, track_bytes)?;
+        Ok(Writer {
             cfg,
             store,
             segments,
@@ -451,15 +468,13 @@ impl Writer {
             last_checkpoint_at: Instant::now(),
             last_retention: Instant::now(),
             shared,
-            wal: None,
             unwritten: None,
             crowded_until: None,
             inbox: (Vec::new(), Vec::new()),
             give_up_at: None,
             gave_up: None,
             last_error: String::new(),
-            refusals: sign::Refusals::default(),
-        }
+        })
     }
 
     /// Makes the batch durable, retrying until it is (while it is not, the
@@ -580,7 +595,7 @@ impl Writer {
     /// Writes an outcome for every decision the store still owes one (the
     /// gateway stopped between the two), before anything else is written.
     fn recover(&mut self) -> Result<usize, AuditError> {
-        let owed = self.store.owed_decisions()?;
+        let owed = self.store.store.lock().owed_decisions()?;
         let mut batch = Vec::with_capacity(owed.len());
         for stored in &owed {
             let decision = crate::event::parse_canonical(stored.json.as_bytes()).map_err(|e| {

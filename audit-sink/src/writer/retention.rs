@@ -48,21 +48,22 @@ impl Retention {
 
 impl Writer {
     /// Whether the store holds more than its size limit (checked after
-    /// every batch: three reads of the file's header).
+    /// every batch, with the store's size as of its last write).
     pub(super) fn over_size(&self) -> bool {
-        self.cfg
-            .retention
-            .max_bytes
-            .is_some_and(|max| self.used_bytes().is_ok_and(|used| used > max))
+        self.cfg.retention.max_bytes.is_some_and(|max| {
+            self.store.state.used_bytes.load(Ordering::Acquire) + self.segments.used_bytes() > max
+        })
     }
 
-    /// Bytes the store and its segments hold.
+    /// Bytes the store and its segments hold (the store thread has done
+    /// everything handed to it).
     fn used_bytes(&self) -> Result<u64, AuditError> {
-        Ok(self.store.used_bytes()? + self.segments.used_bytes())
+        Ok(self.store.store.lock().used_bytes()? + self.segments.used_bytes())
     }
 
-    /// Prunes what retention allows now, if anything. Errors are logged by
-    /// the caller; a failed prune leaves the store as it was.
+    /// Prunes what retention allows now, if anything (the store thread has
+    /// done everything handed to it). Errors are logged by the caller; a failed prune leaves the store as
+    /// it was.
     pub(super) fn retain(&mut self) -> Result<(), AuditError> {
         let r = self.cfg.retention.clone();
         let size = self.frontier.size();
@@ -71,7 +72,7 @@ impl Writer {
         let mut why = Vec::new();
         if let Some(age) = r.max_age {
             let cutoff = now_us().saturating_sub(age.as_micros() as u64);
-            let first = self.store.first_since(cutoff)?.unwrap_or(size);
+            let first = self.store.store.lock().first_since(cutoff)?.unwrap_or(size);
             if first > want {
                 want = first;
             }
@@ -93,6 +94,8 @@ impl Writer {
         }
         if let Some(max) = file {
             self.store
+                .store
+                .lock()
                 .release_pages_over(max.saturating_sub(self.segments.used_bytes()))?;
         }
         Ok(())
@@ -123,16 +126,20 @@ impl Writer {
                 self.held_back = false;
             }
         }
-        if let Some(owed) = self.store.oldest_owed()? {
-            bound = bound.min(owed);
-        }
-        let Some(at) = self.store.checkpoint_at_most(pruned, bound)? else {
-            return Ok(());
-        };
         let mut prefix = self.pruned.clone();
-        for leaf in self.store.leaf_range(pruned, at)? {
-            prefix.push(leaf);
-        }
+        let at = {
+            let store = self.store.store.lock();
+            if let Some(owed) = store.oldest_owed()? {
+                bound = bound.min(owed);
+            }
+            let Some(at) = store.checkpoint_at_most(pruned, bound)? else {
+                return Ok(());
+            };
+            for leaf in store.leaf_range(pruned, at)? {
+                prefix.push(leaf);
+            }
+            at
+        };
         let shipped = if self.shared.ship.is_some() {
             "they are in ClickHouse"
         } else {
@@ -152,13 +159,14 @@ impl Writer {
             durable: None,
         }];
         self.write_batch(&mut batch, false);
-        self.store.prune(&prefix)?;
-        // Segments whose events are all pruned go too (events not yet in
-        // the store are in the current one or later).
-        let first = self
-            .store
-            .first_segment()?
-            .unwrap_or(self.segments.current());
+        let first = {
+            let mut store = self.store.store.lock();
+            store.prune(&prefix)?;
+            // Segments whose events are all pruned go too (events not yet
+            // in the store are in the current one or later).
+            store.first_segment()?
+        }
+        .unwrap_or(self.segments.current());
         self.segments.remove_before(first)?;
         self.pruned = prefix;
         self.shared.pruned.store(at, Ordering::Release);

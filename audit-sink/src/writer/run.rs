@@ -1,8 +1,9 @@
 //! The writer thread: sleeps until something is queued or a fill, a
 //! checkpoint or retention is due, then takes the writer's lock and writes
-//! what is queued, fills the store, signs checkpoints, answers flushes and
-//! prunes. It writes a batch a leading call could not append before
-//! anything else, and it alone retries failed writes.
+//! what is queued, hands the store thread its fills, checkpoints and
+//! flushes (`store_thread`), and prunes. It writes a batch a leading call
+//! could not append before anything else, and it alone retries failed
+//! appends.
 //!
 //! Must never: sleep while holding the writer's lock, or leave an event
 //! queued when it stops (one it gave up on at shutdown is counted and
@@ -12,7 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
-use super::{Core, Msg, Shared, Writer, LAZY_WAIT, RETENTION_EVERY, SHUTDOWN_PATIENCE};
+use super::fill::Incomplete;
+use super::{Core, Job, Msg, Shared, Writer, LAZY_WAIT, RETENTION_EVERY, SHUTDOWN_PATIENCE};
 
 /// The writer thread's loop, until a shutdown (or until nothing but this
 /// thread holds the writer: every handle and the pipeline are gone).
@@ -113,9 +115,7 @@ impl Writer {
             match msg {
                 Msg::Flush(w) => waiters.push(w),
                 Msg::Cosignatures(size, lines) => {
-                    if let Err(e) = self.store.put_cosignatures(size, &lines) {
-                        tracing::error!(error = %e, size, "could not store witness co-signatures");
-                    }
+                    self.store.send(Job::Cosignatures(size, lines));
                 }
                 Msg::Shutdown => {}
             }
@@ -125,11 +125,21 @@ impl Writer {
             self.checkpoint();
         }
         for w in waiters.drain(..) {
-            let _ = w.send(());
+            // Told once the store thread wrote everything before it.
+            self.store.send(Job::Tell(w));
         }
         if shutdown {
             // Everything in the store, synced — or, given up, what is not.
             self.settle();
+            self.store.drain();
+            let state = &self.store.state;
+            if state.gave_up.load(Ordering::Acquire) {
+                let lost = self.gave_up.get_or_insert_with(Incomplete::default);
+                lost.unfilled += state.unfilled.swap(0, Ordering::AcqRel);
+                if self.last_error.is_empty() {
+                    self.last_error = std::mem::take(&mut *state.last_error.lock());
+                }
+            }
             if let Some(mut lost) = self.gave_up.take() {
                 lost.unfilled += self.pending.len();
                 lost.unwritten += self.unwritten.take().map_or(0, |u| u.entries.len());
@@ -149,6 +159,8 @@ impl Writer {
         {
             self.last_retention = Instant::now();
             self.fill();
+            // Retention reads and prunes the store itself.
+            self.store.drain();
             if let Err(e) = self.retain() {
                 tracing::error!(error = %e, "audit retention could not prune; it retries");
             }

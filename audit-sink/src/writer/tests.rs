@@ -12,6 +12,7 @@ use super::*;
 use crate::event::{parse_canonical, Phase};
 use crate::store::Row;
 use rows::store_rows;
+use store_thread::MAX_BACKLOG;
 
 fn config(db: &std::path::Path, signer: &NoteSigner) -> PipelineConfig {
     crate::testkit::pipeline_config(db, signer).unwrap()
@@ -198,7 +199,8 @@ fn segments_that_do_not_continue_the_store_stop_the_start() {
     assert_eq!(Store::open_read_only(&db).unwrap().count().unwrap(), 2);
 }
 
-/// A writer as `AuditPipeline::start` builds it, without its thread.
+/// A writer as `AuditPipeline::start` builds it, without its thread (with
+/// its store thread).
 fn writer(db: &std::path::Path, signer: &NoteSigner) -> Writer {
     let cfg = config(db, signer);
     let store = Store::open(&cfg.db_path).unwrap();
@@ -210,8 +212,15 @@ fn writer(db: &std::path::Path, signer: &NoteSigner) -> Writer {
         (store, segments),
         (frontier, Frontier::default()),
         0,
-        Arc::new(Shared::default()),
+        (Arc::new(Shared::default()), None),
     )
+    .unwrap()
+}
+
+/// The writer's store, once the store thread did everything handed to it.
+fn stored(w: &Writer) -> parking_lot::MutexGuard<'_, Store> {
+    w.store.drain();
+    w.store.store.lock()
 }
 
 fn batch(n: usize) -> Vec<Queued> {
@@ -227,7 +236,7 @@ fn batch(n: usize) -> Vec<Queued> {
 
 /// `PRAGMA synchronous` of the writer's connection: 2 is FULL, 1 NORMAL.
 fn synchronous(w: &Writer) -> i64 {
-    w.store
+    stored(w)
         .conn
         .query_row("PRAGMA synchronous", [], |r| r.get(0))
         .unwrap()
@@ -257,13 +266,13 @@ fn the_store_gets_rows_only_for_synced_segment_records() {
 
     // A busy batch of decisions: appended and synced, then filled unsynced.
     w.write_batch(&mut batch(5), false);
-    assert_eq!((w.store.count().unwrap(), w.pending.len()), (0, 5));
+    assert_eq!((stored(&w).count().unwrap(), w.pending.len()), (0, 5));
     assert_eq!(w.durable, 5, "a decision's batch is synced");
-    assert_eq!(crate::beyond_store(&db, &w.store).unwrap().len(), 5);
+    assert_eq!(crate::beyond_store(&db, &stored(&w)).unwrap().len(), 5);
     w.fill();
-    assert_eq!(w.store.count().unwrap(), 5);
+    assert_eq!(stored(&w).count().unwrap(), 5);
     assert_eq!(synchronous(&w), 1, "a fill is not synced");
-    assert!(crate::beyond_store(&db, &w.store).unwrap().is_empty());
+    assert!(crate::beyond_store(&db, &stored(&w)).unwrap().is_empty());
 
     // Outcomes alone: appended unsynced, and no row for them until a sync
     // covers them: the next decision's, or after `UNSYNCED_WAIT` one of
@@ -272,7 +281,7 @@ fn the_store_gets_rows_only_for_synced_segment_records() {
     assert_eq!(w.durable, 5, "nothing waits on outcomes: no sync");
     assert!(w.fill_wait().unwrap() <= IDLE_FILL, "looked at again soon");
     w.fill_chunk();
-    assert_eq!((w.durable, w.store.count().unwrap()), (5, 5));
+    assert_eq!((w.durable, stored(&w).count().unwrap()), (5, 5));
     std::thread::sleep(IDLE_FILL);
     let wait = w.fill_wait().unwrap();
     assert!(
@@ -283,7 +292,7 @@ fn the_store_gets_rows_only_for_synced_segment_records() {
     assert_eq!(w.fill_wait(), Some(Duration::ZERO));
     w.fill_chunk();
     assert_eq!(w.durable, 7, "synced before the store got their rows");
-    assert_eq!(w.store.count().unwrap(), 7);
+    assert_eq!(stored(&w).count().unwrap(), 7);
 
     // Decisions behind unsynced outcomes: the chunk takes only what the
     // sync covers, oldest first, `FILL_CHUNK` at most.
@@ -291,7 +300,7 @@ fn the_store_gets_rows_only_for_synced_segment_records() {
     w.write_batch(&mut batch(FILL_CHUNK + 2), false);
     assert_eq!(w.durable, 8 + FILL_CHUNK as u64 + 2);
     w.fill_chunk();
-    assert_eq!(w.store.count().unwrap(), 7 + FILL_CHUNK as u64);
+    assert_eq!(stored(&w).count().unwrap(), 7 + FILL_CHUNK as u64);
     assert_eq!(w.pending.len(), 3);
     assert_eq!(w.pending[0].0.seq, 7 + FILL_CHUNK as u64, "oldest first");
     assert!(w.pending_since.is_some(), "the rest is still owed a fill");
@@ -307,10 +316,10 @@ fn the_store_gets_rows_only_for_synced_segment_records() {
     let size = 8 + FILL_CHUNK as u64 + 3;
     assert_eq!(w.durable, size);
     assert_eq!(
-        w.store.checkpoints().unwrap().last().map(|c| c.0),
+        stored(&w).checkpoints().unwrap().last().map(|c| c.0),
         Some(size)
     );
-    let report = crate::verify(&w.store, &signer.verifier(), &[]).unwrap();
+    let report = crate::verify(&stored(&w), &signer.verifier(), &[]).unwrap();
     assert!(report.ok(), "{report:?}");
 }
 
@@ -501,5 +510,50 @@ fn the_checkpointer_copies_what_the_writer_filled_into_the_database_file() {
     eventually("the database file holds the events", || {
         std::fs::metadata(&db).unwrap().len() > empty + 100_000
     });
+    pipeline.shutdown().unwrap();
+}
+
+/// The store thread writes the store off the writer's lock: while the
+/// store is held (a slow disk, a long commit), decisions the writer thread
+/// writes are still made durable, until `MAX_BACKLOG` rows wait for the
+/// store; then the writer waits for it (memory stays bounded), a flush
+/// waits too, and once the store is free everything is in it.
+#[test]
+fn decisions_do_not_wait_for_the_store_until_its_backlog_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let signer = NoteSigner::generate("test-node");
+    let pipeline = AuditPipeline::start(config(&db, &signer)).unwrap();
+    let audit = pipeline.handle();
+    let store = audit.core.lock().as_ref().unwrap().store.store.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let held = store.lock();
+    let mut made = 0;
+    loop {
+        let event = AuditEvent::new(Phase::Decision, &format!("r{made}"), "http.request");
+        // Queued for the writer thread (never written by its own call).
+        let (_slot, durable) = audit.record_decision(event).unwrap();
+        if rt.block_on(durable.wait(Duration::from_secs(2))).is_err() {
+            break;
+        }
+        made += 1;
+        assert!(made <= MAX_BACKLOG + 2 * FILL_LAG, "the backlog is bounded");
+    }
+    assert!(
+        made >= MAX_BACKLOG,
+        "made durable with the store held: {made}"
+    );
+    let flushing = {
+        let audit = audit.clone();
+        std::thread::spawn(move || audit.flush())
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!flushing.is_finished(), "a flush waits for the store");
+    drop(held);
+    flushing.join().unwrap().unwrap();
+    assert_eq!(store.lock().count().unwrap(), made as u64 + 1);
     pipeline.shutdown().unwrap();
 }
