@@ -128,7 +128,9 @@ fn main() -> Result<()> {
     let db = dir.path().join("embedded.db");
     let p = pipeline(&db, None)?;
     let took = push(&p, events, producers)?;
-    let writer = thread_cpu("audit-writer").context("the audit writer thread is not running")?;
+    // The writer thread and the store thread it hands the SQLite store to.
+    let writer = thread_cpu("audit-writer").context("the audit writer thread is not running")?
+        + thread_cpu("audit-store").context("the audit store thread is not running")?;
     p.shutdown()?;
     println!(
         "| embedded store (segments, one synced write per batch; SQLite filled behind) | {events} | {:.2} s | {:.0} | {:.1} µs |",
