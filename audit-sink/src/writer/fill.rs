@@ -14,12 +14,22 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::rows::{store_rows, Pending};
-use super::{Job, Writer, FILL_CHUNK, IDLE_FILL, UNSYNCED_WAIT};
+use super::{Job, Shared, Writer, FILL_CHUNK, IDLE_FILL, UNSYNCED_WAIT};
 use crate::segments::Loc;
 
 /// How long a shutdown keeps retrying a write the disk refuses before it
 /// gives up, leaving what the store lacks to the next start.
 pub(crate) const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Whether a refused write has been retried for `SHUTDOWN_PATIENCE` since
+/// the pipeline was closed (`give_up_at` is set at the first look after
+/// the close): then it is given up on. Never while the pipeline is open.
+pub(super) fn patience_over(give_up_at: &mut Option<Instant>, shared: &Shared) -> bool {
+    if give_up_at.is_none() && shared.closed.load(Ordering::Acquire) {
+        *give_up_at = Some(Instant::now() + SHUTDOWN_PATIENCE);
+    }
+    give_up_at.is_some_and(|t| Instant::now() >= t)
+}
 
 /// What a shutdown that gave up left unwritten.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -72,10 +82,7 @@ impl Writer {
     /// retried may have begun long before); then the writer gives up for
     /// good.
     pub(super) fn keep_trying(&mut self) -> bool {
-        if self.give_up_at.is_none() && self.shared.closed.load(Ordering::Acquire) {
-            self.give_up_at = Some(Instant::now() + SHUTDOWN_PATIENCE);
-        }
-        if self.gave_up.is_none() && self.give_up_at.is_some_and(|t| Instant::now() >= t) {
+        if self.gave_up.is_none() && patience_over(&mut self.give_up_at, &self.shared) {
             self.gave_up = Some(Incomplete::default());
         }
         self.gave_up.is_none()

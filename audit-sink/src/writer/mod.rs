@@ -595,7 +595,7 @@ impl Writer {
     /// Writes an outcome for every decision the store still owes one (the
     /// gateway stopped between the two), before anything else is written.
     fn recover(&mut self) -> Result<usize, AuditError> {
-        let owed = self.store.store.lock().owed_decisions()?;
+        let owed = self.store.db.lock().owed_decisions()?;
         let mut batch = Vec::with_capacity(owed.len());
         for stored in &owed {
             let decision = crate::event::parse_canonical(stored.json.as_bytes()).map_err(|e| {

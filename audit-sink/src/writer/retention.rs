@@ -58,12 +58,12 @@ impl Writer {
     /// Bytes the store and its segments hold (the store thread has done
     /// everything handed to it).
     fn used_bytes(&self) -> Result<u64, AuditError> {
-        Ok(self.store.store.lock().used_bytes()? + self.segments.used_bytes())
+        Ok(self.store.db.lock().used_bytes()? + self.segments.used_bytes())
     }
 
     /// Prunes what retention allows now, if anything (the store thread has
-    /// done everything handed to it). Errors are logged by the caller; a failed prune leaves the store as
-    /// it was.
+    /// done everything handed to it). Errors are logged by the caller; a
+    /// failed prune leaves the store as it was.
     pub(super) fn retain(&mut self) -> Result<(), AuditError> {
         let r = self.cfg.retention.clone();
         let size = self.frontier.size();
@@ -72,7 +72,7 @@ impl Writer {
         let mut why = Vec::new();
         if let Some(age) = r.max_age {
             let cutoff = now_us().saturating_sub(age.as_micros() as u64);
-            let first = self.store.store.lock().first_since(cutoff)?.unwrap_or(size);
+            let first = self.store.db.lock().first_since(cutoff)?.unwrap_or(size);
             if first > want {
                 want = first;
             }
@@ -94,7 +94,7 @@ impl Writer {
         }
         if let Some(max) = file {
             self.store
-                .store
+                .db
                 .lock()
                 .release_pages_over(max.saturating_sub(self.segments.used_bytes()))?;
         }
@@ -128,7 +128,7 @@ impl Writer {
         }
         let mut prefix = self.pruned.clone();
         let at = {
-            let store = self.store.store.lock();
+            let store = self.store.db.lock();
             if let Some(owed) = store.oldest_owed()? {
                 bound = bound.min(owed);
             }
@@ -160,7 +160,7 @@ impl Writer {
         }];
         self.write_batch(&mut batch, false);
         let first = {
-            let mut store = self.store.store.lock();
+            let mut store = self.store.db.lock();
             store.prune(&prefix)?;
             // Segments whose events are all pruned go too (events not yet
             // in the store are in the current one or later).

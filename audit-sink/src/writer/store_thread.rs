@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::fill::SHUTDOWN_PATIENCE;
+use super::fill::patience_over;
 use super::wal::Kick;
 use super::Shared;
 use crate::merkle::Hash;
@@ -118,9 +118,9 @@ pub(super) struct Witness {
 pub(super) struct StoreThread {
     link: Arc<Link>,
     pub(super) state: Arc<StoreState>,
-    /// Locked by the thread for each job; by the writer only after `drain`
-    /// (retention, shutdown) and in tests.
-    pub(super) store: Arc<Mutex<Store>>,
+    /// The store: locked by the thread for each job; by the writer only
+    /// after `drain` (retention), at start and in tests.
+    pub(super) db: Arc<Mutex<Store>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -135,9 +135,9 @@ impl StoreThread {
     ) -> Result<Self, AuditError> {
         let link = Arc::new(Link::default());
         let state = Arc::new(StoreState::default());
-        let store = Arc::new(Mutex::new(store));
+        let db = Arc::new(Mutex::new(store));
         let mut worker = Worker {
-            store: store.clone(),
+            db: db.clone(),
             shared,
             state: state.clone(),
             wal,
@@ -157,7 +157,7 @@ impl StoreThread {
         Ok(Self {
             link,
             state,
-            store,
+            db,
             thread: Some(thread),
         })
     }
@@ -204,7 +204,7 @@ impl Drop for StoreThread {
 
 /// The thread's own state.
 struct Worker {
-    store: Arc<Mutex<Store>>,
+    db: Arc<Mutex<Store>>,
     shared: Arc<Shared>,
     state: Arc<StoreState>,
     /// Tells the WAL checkpointer that the store was written.
@@ -269,7 +269,7 @@ impl Worker {
                 0
             }
             Job::Cosignatures(size, lines) => {
-                if let Err(e) = self.store.lock().put_cosignatures(size, &lines) {
+                if let Err(e) = self.db.lock().put_cosignatures(size, &lines) {
                     tracing::error!(error = %e, size, "could not store witness co-signatures");
                 }
                 0
@@ -292,7 +292,7 @@ impl Worker {
         let mut backoff = Duration::from_millis(50);
         loop {
             let written = {
-                let mut store = self.store.lock();
+                let mut store = self.db.lock();
                 let written = if sync {
                     store.append(rows, owed, settled)
                 } else {
@@ -326,10 +326,7 @@ impl Worker {
     /// Whether a refused write is tried again: always, until
     /// `SHUTDOWN_PATIENCE` after the pipeline was closed; then never.
     fn keep_trying(&mut self) -> bool {
-        if self.give_up_at.is_none() && self.shared.closed.load(Ordering::Acquire) {
-            self.give_up_at = Some(Instant::now() + SHUTDOWN_PATIENCE);
-        }
-        if self.give_up_at.is_some_and(|t| Instant::now() >= t) {
+        if patience_over(&mut self.give_up_at, &self.shared) {
             self.state.gave_up.store(true, Ordering::Release);
         }
         !self.state.gave_up.load(Ordering::Acquire)
@@ -337,7 +334,7 @@ impl Worker {
 
     /// Stores a signed checkpoint, then exports it to the witness file.
     fn checkpoint(&mut self, size: u64, root: &Hash, note: &str) {
-        if let Err(e) = self.store.lock().put_checkpoint(size, root, note) {
+        if let Err(e) = self.db.lock().put_checkpoint(size, root, note) {
             self.state.checkpoint_lost.store(true, Ordering::Release);
             match self.refused.hit() {
                 Report::Started => {

@@ -220,7 +220,7 @@ fn writer(db: &std::path::Path, signer: &NoteSigner) -> Writer {
 /// The writer's store, once the store thread did everything handed to it.
 fn stored(w: &Writer) -> parking_lot::MutexGuard<'_, Store> {
     w.store.drain();
-    w.store.store.lock()
+    w.store.db.lock()
 }
 
 fn batch(n: usize) -> Vec<Queued> {
@@ -232,6 +232,13 @@ fn batch(n: usize) -> Vec<Queued> {
             durable: None,
         })
         .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
 }
 
 /// `PRAGMA synchronous` of the writer's connection: 2 is FULL, 1 NORMAL.
@@ -405,10 +412,7 @@ fn outcomes_are_written_whether_the_writer_is_about_to_wake_or_asleep() {
     let pipeline = AuditPipeline::start(config(&dir.path().join("audit.db"), &signer)).unwrap();
     let audit = pipeline.handle();
     let shared = audit.shared.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     for (call, asleep) in [("soon", false), ("asleep", true), ("soon again", false)] {
         let before = audit.written();
         let (slot, durable) = audit
@@ -445,10 +449,7 @@ fn an_outcome_handed_over_lazily_follows_its_decision_in_the_log() {
     let signer = NoteSigner::generate("test-node");
     let pipeline = AuditPipeline::start(config(&db, &signer)).unwrap();
     let audit = pipeline.handle();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mut lazy = 0;
     for i in 0..2_000 {
         let call = format!("call-{i}");
@@ -525,11 +526,8 @@ fn decisions_do_not_wait_for_the_store_until_its_backlog_is_full() {
     let signer = NoteSigner::generate("test-node");
     let pipeline = AuditPipeline::start(config(&db, &signer)).unwrap();
     let audit = pipeline.handle();
-    let store = audit.core.lock().as_ref().unwrap().store.store.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let store = audit.core.lock().as_ref().unwrap().store.db.clone();
+    let rt = runtime();
     let held = store.lock();
     let mut made = 0;
     loop {
