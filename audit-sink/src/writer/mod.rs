@@ -627,9 +627,15 @@ const RETENTION_EVERY: Duration = Duration::from_millis(500);
 /// entries: when nothing is queued and this many are pending, or the
 /// oldest has waited `IDLE_FILL`; one chunk after each batch once
 /// `FILL_LAG` are pending (a writer that is never idle); and everything
-/// before a checkpoint, retention and shutdown.
-const FILL_CHUNK: usize = 128;
-const FILL_LAG: usize = 512;
+/// before a checkpoint, retention and shutdown. A commit of 1,024 rows
+/// costs the store thread about a quarter less CPU per row than one of
+/// 128 (each page written once, not again at every commit): through the
+/// gateway, HTTP saturation x1.05 and CPU per request x0.92 over 12 paired
+/// rounds (`docs/benchmarks-log.md`, 2026-12-07). 128 was the better size
+/// while the writer thread wrote the fills itself and calls waited behind
+/// them; now no call does.
+const FILL_CHUNK: usize = 1024;
+const FILL_LAG: usize = 2048;
 /// At 1,000 calls/s a commit of about 16 entries every 8 ms: a commit's
 /// own cost is several rows' (2 ms, four entries a commit, cost 10% more
 /// CPU per call there, measured through the gateway on 2026-12-06).

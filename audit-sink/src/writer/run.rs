@@ -83,8 +83,8 @@ impl Writer {
             self.unwritten = self.commit(encoded, true).err();
         }
         if idle {
-            // Nothing queued: readers see appended entries now, a chunk at
-            // a time so a call that arrives waits for one chunk at most.
+            // Nothing queued: readers see appended entries soon, a chunk
+            // at a time (handed to the store thread, which writes it).
             self.fill_chunk();
         }
         let mut shutdown = abandoned;
