@@ -4,18 +4,23 @@
 //! never reached): one counts in memory, the other in a local
 //! `redis-server` (Debian's, started here with nothing persisted). Each is
 //! measured at a fixed rate and at saturation, interleaved memory, Redis,
-//! memory, Redis, so drift on a shared machine hits both alike.
+//! memory, Redis, so drift on a shared machine hits both alike; what
+//! Redis adds at p99 is judged round by round against the 0.1 ms budget
+//! (`http_get::added_p99`).
 //!
 //! `cargo run --release -p lattice-load-tests --bin lattice-load-limits --
 //!    --lattice target/release/lattice [--rate 1000] [--seconds 10]
-//!    [--saturation-seconds 5] [--concurrency 32] [--rounds 2]`
+//!    [--saturation-seconds 5] [--concurrency 32] [--rounds 10]`
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::http_get::{compare, Target};
+use lattice_load_tests::http_get::{added_p99, compare, Target};
 use lattice_load_tests::{free_port, start_gateway, Gateway, Proc};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// Issue #19's target: counting in Redis adds at most this at p99 (ms).
+const BUDGET_MS: f64 = 0.1;
 
 /// Arguments (`--help` lists them with their defaults).
 #[derive(clap::Parser)]
@@ -36,15 +41,16 @@ struct Args {
     /// Closed-loop clients at saturation.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Rounds, interleaved.
-    #[arg(long, default_value_t = 2)]
+    /// Rounds, interleaved (a p99 moves by more than the 0.1 ms budget
+    /// from round to round: ten rounds decide what two cannot).
+    #[arg(long, default_value_t = 10)]
     rounds: usize,
 }
 
 fn parse_args() -> Result<Args> {
     let a = <Args as clap::Parser>::parse();
-    if a.seconds > 60 || a.saturation_seconds > 60 || a.rate > 20_000 || a.rounds > 5 {
-        bail!("bounded scenario: at most 60 s a phase, 20,000 requests/s, 5 rounds");
+    if a.seconds > 60 || a.saturation_seconds > 60 || a.rate > 20_000 || a.rounds > 12 {
+        bail!("bounded scenario: at most 60 s a phase, 20,000 requests/s, 12 rounds");
     }
     Ok(a)
 }
@@ -106,8 +112,9 @@ async fn main() -> Result<()> {
         name: name.to_string(),
         url: format!("http://127.0.0.1:{}/tools/echo/bench", g.port),
         auth: g.auth.clone(),
+        pid: g.pid(),
     };
-    let p99 = compare(
+    let p99s = compare(
         &client,
         &[
             target("memory", &memory),
@@ -120,6 +127,9 @@ async fn main() -> Result<()> {
         args.rounds,
     )
     .await?;
-    println!("\nadded by Redis at p99: {:.3} ms", p99[1] - p99[0]);
+    println!(
+        "\nadded by Redis at p99, round by round: {}",
+        added_p99(&p99s[0], &p99s[1], Some(BUDGET_MS))
+    );
     Ok(())
 }

@@ -25,7 +25,7 @@ const SCENARIOS: &[(&str, bool, &[&str], &[&str])] = &[
     (env!("CARGO_BIN_EXE_lattice-load-limits"), true, &["--rounds"], &["--rate", "20001"]),
     (env!("CARGO_BIN_EXE_lattice-load-llm"), true, &["--chunks", "--streams", "--keep"], &["--streams", "10001"]),
     (env!("CARGO_BIN_EXE_lattice-load-mcp"), true, &["--everything"], &["--rate", "10001"]),
-    (env!("CARGO_BIN_EXE_lattice-load-traces"), true, &["--rounds"], &["--rounds", "6"]),
+    (env!("CARGO_BIN_EXE_lattice-load-traces"), true, &["--rounds"], &["--rounds", "13"]),
     (env!("CARGO_BIN_EXE_lattice-load-audit"), false, &["--events", "--producers"], &["--producers", "0"]),
     (env!("CARGO_BIN_EXE_lattice-load-worker"), false, &["--hidden", "--layers", "--kv-heads", "--skip-candle", "--weights-in-place", "--attention", "--stream-tokens"], &["--layers", "65"]),
 ];

@@ -505,23 +505,29 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 impl Started {
-    /// Waits (at most 60 s) until the target is idle — under 5% of a core
-    /// over half a second — so work it still has queued (a peer draining
-    /// a backlog after its saturation run) never runs during another
-    /// target's measurement.
+    /// Waits until the target is idle (`settle`).
     pub async fn settle(&self) {
-        let Some(pid) = self.pid else { return };
-        let since = Instant::now();
-        let mut last = tree_cpu_ticks(pid);
-        while since.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = tree_cpu_ticks(pid);
-            // Clock ticks are 1/100 s: 5% of 0.5 s is 2.5 ticks.
-            if now.saturating_sub(last) <= 2 {
-                return;
-            }
-            last = now;
+        if let Some(pid) = self.pid {
+            settle(pid).await;
         }
+    }
+}
+
+/// Waits (at most 60 s) until the process `pid` and its children are idle
+/// — under 5% of a core over half a second — so work it still has queued
+/// (a gateway draining its audit backlog after a saturation run) never
+/// runs during another target's measurement.
+pub async fn settle(pid: u32) {
+    let since = Instant::now();
+    let mut last = tree_cpu_ticks(pid);
+    while since.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = tree_cpu_ticks(pid);
+        // Clock ticks are 1/100 s: 5% of 0.5 s is 2.5 ticks.
+        if now.saturating_sub(last) <= 2 {
+            return;
+        }
+        last = now;
     }
 }
 
