@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::compare::{median, paired::sign_test, quiet_disk, targets::settle};
+use crate::compare::{median, paired::judge, quiet_disk, targets::settle};
 use crate::{closed_loop, open_loop, Fixed};
 
 pub async fn wait_ok(client: &reqwest::Client, url: &str, auth: Option<&str>) -> Result<()> {
@@ -183,17 +183,15 @@ pub fn added_p99(base: &[f64], other: &[f64], budget: Option<f64>) -> String {
         return figure;
     };
     let within = added.iter().filter(|a| **a <= budget).count();
-    let (p_within, p_over) = (sign_test(within, n), sign_test(n - within, n));
-    let verdict = if p_within <= 0.05 {
-        format!("shown within {budget} ms (p = {p_within:.3})")
-    } else if p_over <= 0.05 {
-        format!("shown over {budget} ms (p = {p_over:.3})")
-    } else {
-        format!(
-            "not decided against {budget} ms (p = {:.3})",
-            p_within.min(p_over)
-        )
-    };
+    let verdict = judge(
+        within,
+        n,
+        (
+            &format!("shown within {budget} ms"),
+            &format!("shown over {budget} ms"),
+            &format!("not decided against {budget} ms"),
+        ),
+    );
     format!("{figure}, within {budget} ms in {within} of {n}: {verdict}")
 }
 

@@ -55,6 +55,10 @@ pub struct Scenario {
     /// a failure. Two seconds (wrk's own default) unless the file says.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+    /// The share of nginx's bare-proxy saturation Lattice's must reach
+    /// (issue #20: 0.4 on the HTTP route), judged round by round.
+    #[serde(default)]
+    pub nginx_target: Option<f64>,
 }
 
 fn default_timeout() -> u64 {
@@ -146,6 +150,8 @@ pub struct Report {
     /// run (`steal` in /proc/stat), in percent: figures taken while it is
     /// high are not comparable with other runs' (only within the run).
     pub steal_percent: Option<f64>,
+    /// The scenario's `nginx_target`.
+    pub nginx_target: Option<f64>,
 }
 
 /// (steal, total) clock ticks of all CPUs so far.
@@ -202,7 +208,10 @@ pub async fn run(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .build()?;
-    let mut report = Report::default();
+    let mut report = Report {
+        nginx_target: scenario.nginx_target,
+        ..Report::default()
+    };
     let mut started: Vec<Started> = Vec::new();
     for name in &scenario.targets {
         let missing = match name.as_str() {
@@ -512,6 +521,7 @@ mod tests {
             ],
             skipped: vec![("agentgateway".into(), "pass --agentgateway PATH".into())],
             steal_percent: Some(12.4),
+            nginx_target: None,
         };
         let md = markdown(&report);
         assert!(

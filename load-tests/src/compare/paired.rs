@@ -113,6 +113,20 @@ pub fn sign_test(k: usize, n: usize) -> f64 {
     sum / 2f64.powi(n as i32)
 }
 
+/// Whether `met` rounds out of `n` show a target met (at 5%, one-sided),
+/// missed (the other rounds, the same test), or neither: `(met, missed,
+/// undecided)` are the words for each, each followed by the chance.
+pub fn judge(met: usize, n: usize, words: (&str, &str, &str)) -> String {
+    let (p_met, p_missed) = (sign_test(met, n), sign_test(n - met, n));
+    if p_met <= SHOWN {
+        format!("{} (p = {p_met:.3})", words.0)
+    } else if p_missed <= SHOWN {
+        format!("{} (p = {p_missed:.3})", words.1)
+    } else {
+        format!("{} (p = {:.3})", words.2, p_met.min(p_missed))
+    }
+}
+
 /// The fewest wins out of `n` rounds that the test shows, if any.
 fn needed(n: usize) -> Option<usize> {
     (0..=n).find(|k| sign_test(*k, n) <= SHOWN)
@@ -153,7 +167,36 @@ pub fn markdown(report: &Report) -> String {
     {
         s.push_str(&compare(lattice, rival));
     }
+    let nginx = report.measured.iter().find(|m| m.target == "nginx");
+    if let (Some(nginx), Some(target)) = (nginx, report.nginx_target) {
+        s.push_str(&against_nginx(lattice, nginx, target));
+    }
     s
+}
+
+/// Lattice's saturation over nginx's bare proxying, round by round,
+/// against the share a target asks of it.
+fn against_nginx(lattice: &Measured, nginx: &Measured, target: f64) -> String {
+    let p = Paired::of(&lattice.saturation, &nginx.saturation, true);
+    let n = p.ratios.len();
+    if n == 0 {
+        return String::new();
+    }
+    let met = p.ratios.iter().filter(|r| **r >= target).count();
+    format!(
+        "\nlattice over nginx's bare proxying, round by round: ×{:.2}{}, at or above the ×{target} target in {met} of {n} rounds: {}\n",
+        median(&p.ratios),
+        spread(&p.ratios),
+        judge(
+            met,
+            n,
+            (
+                &format!("shown at or above ×{target}"),
+                &format!("shown below ×{target}"),
+                &format!("not decided against ×{target}"),
+            )
+        )
+    )
 }
 
 fn compare(lattice: &Measured, rival: &Measured) -> String {
@@ -339,6 +382,45 @@ mod tests {
              CPU per request ×0.90 [0.90–0.90], lower in 6 of 6 rounds: shown ahead (p = 0.016)"
         );
         assert_eq!(markdown(&Report::default()), "");
+    }
+
+    /// Against nginx only with a target to judge, and then as a table of
+    /// rounds: met, missed, undecided.
+    #[test]
+    fn the_share_of_nginx_is_judged_against_the_scenarios_target() {
+        let m = |target: &str, sat: &[f64]| Measured {
+            target: target.into(),
+            saturation: sat.to_vec(),
+            ..Measured::default()
+        };
+        let report = |lattice: &[f64], target: Option<f64>| Report {
+            measured: vec![m("nginx", &[100.0; 6]), m("lattice", lattice)],
+            nginx_target: target,
+            ..Report::default()
+        };
+        assert_eq!(markdown(&report(&[41.0; 6], None)), "");
+        let table: [(&[f64], &str); 3] = [
+            (
+                &[41.0, 42.0, 40.0, 43.0, 44.0, 45.0],
+                "×0.42 [0.40–0.45], at or above the ×0.4 target in 6 of 6 rounds: shown at or above ×0.4 (p = 0.016)",
+            ),
+            (
+                &[38.0, 39.0, 37.0, 36.0, 39.5, 35.0],
+                "×0.38 [0.35–0.40], at or above the ×0.4 target in 0 of 6 rounds: shown below ×0.4 (p = 0.016)",
+            ),
+            (
+                &[38.0, 41.0, 37.0, 42.0, 39.5, 43.0],
+                "×0.40 [0.37–0.43], at or above the ×0.4 target in 3 of 6 rounds: not decided against ×0.4 (p = 0.656)",
+            ),
+        ];
+        for (lattice, want) in table {
+            let md = markdown(&report(lattice, Some(0.4)));
+            assert_eq!(
+                md.trim(),
+                format!("lattice over nginx's bare proxying, round by round: {want}"),
+                "{lattice:?}"
+            );
+        }
     }
 
     #[test]
