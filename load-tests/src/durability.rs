@@ -13,7 +13,7 @@
 //!    [--saturation-seconds 5] [--concurrency 32] [--rounds 3]`
 
 use anyhow::{bail, Context, Result};
-use lattice_load_tests::http_get::{fixed_rate, saturation, wait_ok};
+use lattice_load_tests::http_get::{fixed_rate, quiet, saturation, wait_ok};
 use lattice_load_tests::{free_port, percentile, start_gateway, Fixed, Proc};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -153,15 +153,22 @@ async fn main() -> Result<()> {
     }
     let data = durable_dir.path().join("data");
     let mut rounds = Vec::new();
+    // Every run starts with both gateways idle and the disk written back
+    // (`http_get::quiet`): neither's audit catching up after a saturation
+    // run lands in the other's figures.
+    let pids = [durable.pid(), asynchronous.pid()];
     for round in 1..=args.rounds {
+        quiet(&pids).await;
         let sync = sync_latency(&data, 500)?;
         let mut fixed = Vec::new();
         for (url, auth) in &targets {
+            quiet(&pids).await;
             let _ = fixed_rate(&client, url, auth.as_deref(), args.rate, 1).await; // warm-up
             fixed.push(fixed_rate(&client, url, auth.as_deref(), args.rate, args.seconds).await);
         }
         let mut saturated = [0.0; 3];
         for (i, (url, auth)) in targets.iter().enumerate() {
+            quiet(&pids).await;
             let (rps, errors) = saturation(
                 &client,
                 url,

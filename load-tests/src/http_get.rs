@@ -78,25 +78,26 @@ pub struct Target {
     pub pid: u32,
 }
 
-/// Before any measurement: every target idle and the disk written back,
-/// so what one gateway still does after its saturation run (its audit
-/// store's fill and checkpoints, a trace exporter's backlog) never lands
-/// in the next one's figures. Without it (2026-12-07, the trace export
-/// scenario, 8 rounds) two fixed-rate runs that followed another
-/// gateway's saturation run had p99s about 9 and 41 ms over the gateway
-/// without traces; with it, in 6 rounds, none more than 0.52 ms over.
-async fn quiet(targets: &[Target]) {
-    for t in targets {
-        settle(t.pid).await;
+/// Before any measurement: every gateway (`pids`) idle and the disk
+/// written back, so what one gateway still does after its saturation run
+/// (its audit store's fill and checkpoints, a trace exporter's backlog)
+/// never lands in the next one's figures. Without it (2026-12-07, the
+/// trace export scenario, 8 rounds) two fixed-rate runs that followed
+/// another gateway's saturation run had p99s about 9 and 41 ms over the
+/// gateway without traces; with it, in 6 rounds, none more than 0.52 ms
+/// over.
+pub async fn quiet(pids: &[u32]) {
+    for pid in pids {
+        settle(*pid).await;
     }
     quiet_disk();
 }
 
 /// Measures each target at a fixed rate, then at saturation, round after
 /// round interleaved (A, B, C, A, B, C...) so drift on a shared machine
-/// hits all alike, each measurement on a quiet machine (`quiet`); prints the medians of the rounds as a table. Returns
-/// each target's p99 (ms) at the fixed rate, round by round, in the order
-/// given.
+/// hits all alike, each measurement on a quiet machine (`quiet`); prints
+/// the medians of the rounds as a table. Returns each target's p99 (ms) at
+/// the fixed rate, round by round, in the order given.
 pub async fn compare(
     client: &reqwest::Client,
     targets: &[Target],
@@ -114,13 +115,14 @@ pub async fn compare(
     let mut fixed: Vec<Vec<Fixed>> = (0..n).map(|_| Vec::new()).collect();
     let mut sat: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut errors = vec![0usize; n];
+    let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
     for round in 0..rounds {
         for (i, t) in targets.iter().enumerate() {
-            quiet(targets).await;
+            quiet(&pids).await;
             let f = fixed_rate(client, &t.url, Some(&t.auth), rate, seconds).await;
             errors[i] += f.errors;
             fixed[i].push(f);
-            quiet(targets).await;
+            quiet(&pids).await;
             let (rps, errs) = saturation(
                 client,
                 &t.url,
