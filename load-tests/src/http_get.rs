@@ -83,7 +83,7 @@ pub struct Target {
 /// (its audit store's fill and checkpoints, a trace exporter's backlog)
 /// never lands in the next one's figures. Without it (2026-12-07, the
 /// trace export scenario, 8 rounds) two fixed-rate runs that followed
-/// another gateway's saturation run had p99s about 9 and 41 ms over the
+/// another gateway's saturation run had p99s near 10 and 41 ms over the
 /// gateway without traces; with it, in 6 rounds, none more than 0.52 ms
 /// over.
 pub async fn quiet(pids: &[u32]) {
