@@ -4,7 +4,7 @@
 //!
 //! `lattice-load-compare SCENARIO.toml --lattice target/release/lattice
 //!    [--agentgateway PATH] [--litellm PATH] [--baseline PATH]
-//!    [--targets a,b,c] [--rounds N]
+//!    [--targets a,b,c] [--rounds N] [--saturation-only]
 //!    [--smoke] [--out FILE.md] [--json FILE.json] [--profile DIR
 //!    [--profile-rate RATE]]`
 //!
@@ -17,6 +17,10 @@
 //! `--baseline PATH`: another Lattice build, measured as the target
 //! `baseline` (name it in `--targets`): a change's before and after in one
 //! interleaved run.
+//!
+//! `--saturation-only`: the scenario's fixed rates left out — the many
+//! paired rounds that decide a ratio (against a peer, or nginx's share
+//! with the scenario's `nginx_target`) in minutes rather than an hour.
 //!
 //! `--smoke`: one round of one second at a low rate (the test suite runs it
 //! so the harness cannot rot; its figures mean nothing).
@@ -102,6 +106,9 @@ struct Args {
     /// Rounds instead of the scenario's (1 to 20).
     #[arg(long)]
     rounds: Option<usize>,
+    /// No fixed rates: saturation runs only (many paired rounds in minutes).
+    #[arg(long)]
+    saturation_only: bool,
     /// One round of one second at a low rate (its figures mean nothing).
     #[arg(long)]
     smoke: bool,
@@ -145,6 +152,9 @@ async fn main() -> Result<()> {
     }
     if let Some(r) = args.rounds {
         scenario.rounds = r.clamp(1, 20);
+    }
+    if args.saturation_only {
+        scenario.rates.clear();
     }
     if args.smoke {
         scenario = scenario.smoke();

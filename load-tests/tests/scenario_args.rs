@@ -100,6 +100,7 @@ fn the_side_by_side_harness_explains_its_flags_and_refuses_a_mixed_command() {
         "--baseline",
         "--targets",
         "--rounds",
+        "--saturation-only",
         "--smoke",
         "--out",
         "--json",
