@@ -185,15 +185,7 @@ pub fn added_p99(base: &[f64], other: &[f64], budget: Option<f64>) -> String {
         return figure;
     };
     let within = added.iter().filter(|a| **a <= budget).count();
-    let verdict = judge(
-        within,
-        n,
-        (
-            &format!("shown within {budget} ms"),
-            &format!("shown over {budget} ms"),
-            &format!("not decided against {budget} ms"),
-        ),
-    );
+    let verdict = judge(within, n, ("within", "over"), &format!("{budget} ms"));
     format!("{figure}, within {budget} ms in {within} of {n}: {verdict}")
 }
 

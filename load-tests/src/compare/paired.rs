@@ -113,17 +113,22 @@ pub fn sign_test(k: usize, n: usize) -> f64 {
     sum / 2f64.powi(n as i32)
 }
 
-/// Whether `met` rounds out of `n` show a target met (at 5%, one-sided),
-/// missed (the other rounds, the same test), or neither: `(met, missed,
-/// undecided)` are the words for each, each followed by the chance.
-pub fn judge(met: usize, n: usize, words: (&str, &str, &str)) -> String {
+/// Whether `met` rounds out of `n` show the `target` met (at 5%,
+/// one-sided), missed (the other rounds, the same test), or neither, in
+/// words: `relation` says how a round stands to the target when it meets
+/// it and when it misses ("within" / "over"), each verdict followed by the
+/// chance.
+pub fn judge(met: usize, n: usize, relation: (&str, &str), target: &str) -> String {
     let (p_met, p_missed) = (sign_test(met, n), sign_test(n - met, n));
     if p_met <= SHOWN {
-        format!("{} (p = {p_met:.3})", words.0)
+        format!("shown {} {target} (p = {p_met:.3})", relation.0)
     } else if p_missed <= SHOWN {
-        format!("{} (p = {p_missed:.3})", words.1)
+        format!("shown {} {target} (p = {p_missed:.3})", relation.1)
     } else {
-        format!("{} (p = {:.3})", words.2, p_met.min(p_missed))
+        format!(
+            "not decided against {target} (p = {:.3})",
+            p_met.min(p_missed)
+        )
     }
 }
 
@@ -187,15 +192,7 @@ fn against_nginx(lattice: &Measured, nginx: &Measured, target: f64) -> String {
         "\nlattice over nginx's bare proxying, round by round: ×{:.2}{}, at or above the ×{target} target in {met} of {n} rounds: {}\n",
         median(&p.ratios),
         spread(&p.ratios),
-        judge(
-            met,
-            n,
-            (
-                &format!("shown at or above ×{target}"),
-                &format!("shown below ×{target}"),
-                &format!("not decided against ×{target}"),
-            )
-        )
+        judge(met, n, ("at or above", "below"), &format!("×{target}"))
     )
 }
 
