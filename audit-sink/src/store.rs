@@ -1,16 +1,17 @@
 //! The embedded audit store: one SQLite file (WAL) in the data directory,
 //! beside its segments (`segments`, `<db stem>.segments/`), which hold the
-//! events' bytes. `events` holds, per event, where its record is (`seg`,
-//! `off`), its Merkle leaf (`leaf`), and the three columns its indexes
-//! need (`ts_us`, `tenant`, `request_id`: copies of the event's fields,
-//! written from the event itself); rows written before segments (and by
-//! `append` of `Row::of`) hold the canonical JSON inline in `event`
-//! instead. Rows go in 16 to a statement. Reads go through the
-//! connection's views: `ev`, whose `event` is the JSON either way (the SQL
-//! function `lattice_event` reads a segment record), and `lv`, the leaves
-//! as `(idx, hash)`; queries read other fields from the JSON. Nothing is
-//! generated from the JSON at insert. Older stores are migrated once, at
-//! open (`migrate`). `checkpoints` holds the signed checkpoint notes, and
+//! events' bytes. The events the segments hold are indexed a block at a
+//! time (`blocks`: one row per run of consecutive events in one segment,
+//! with, per event, where its record is, its Merkle leaf and its time,
+//! tenant and request id; `blocks.rs`); `events` keeps a row per event for
+//! what was written before blocks and for events whose canonical JSON is
+//! inline (`append` of `Row::of`, a legacy journal's entries). Rows are
+//! written by `rows.rs`. Reads go through the connection's views over both
+//! (`lattice_log`, a virtual table, `vtab.rs`): `ev`, whose `event` is the
+//! JSON either way (the SQL function `lattice_event` reads a segment
+//! record), and `lv`, the leaves as `(idx, hash)`; queries read other
+//! fields from the JSON. Older stores are migrated once, at open
+//! (`migrate`). `checkpoints` holds the signed checkpoint notes, and
 //! `owed` the decisions whose call's outcome is not written yet (kept in
 //! the same transactions as the events, so after a crash the gateway knows
 //! which calls were interrupted; not part of the signed log). Retention
@@ -24,13 +25,11 @@
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
-use std::sync::LazyLock;
 
-use crate::event::AuditEvent;
 use crate::merkle::{Frontier, Hash, PrunedLog};
-use crate::segments::{self, Loc};
+use crate::segments;
 use crate::AuditError;
-use serde::Deserialize;
+pub use rows::{Columns, Row};
 
 /// The columns of `events`.
 const EVENTS: &str = "(
@@ -80,9 +79,14 @@ pub(crate) fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
-/// The events as read: `events` with each event's JSON from its segment
-/// record (rows written before segments hold it inline).
+/// The events as read: `lattice_log` (the rows of `events` and the events
+/// of `blocks`, `vtab.rs`) with each event's JSON from its segment record
+/// (rows written before segments hold it inline).
 const READ_VIEW: &str = "CREATE TEMP VIEW IF NOT EXISTS ev AS
+    SELECT seq, CASE WHEN seg IS NULL THEN event ELSE lattice_event(seg, off) END AS event,
+           ts_us, tenant, request_id FROM lattice_log";
+/// The same, for a store older than blocks opened read-only.
+const READ_VIEW_ROWS: &str = "CREATE TEMP VIEW IF NOT EXISTS ev AS
     SELECT seq, CASE WHEN seg IS NULL THEN event ELSE lattice_event(seg, off) END AS event,
            ts_us, tenant, request_id FROM events";
 /// The same, for a store older than segments opened read-only.
@@ -92,105 +96,14 @@ const READ_VIEW_INLINE: &str = "CREATE TEMP VIEW IF NOT EXISTS ev AS
 /// has one (a row inserted by hand without a leaf is not in the log, and
 /// `verify` names it).
 const LEAF_VIEW: &str = "CREATE TEMP VIEW IF NOT EXISTS lv AS
+    SELECT seq AS idx, leaf AS hash FROM lattice_log WHERE leaf IS NOT NULL";
+/// The same, for a store older than blocks opened read-only.
+const LEAF_VIEW_ROWS: &str = "CREATE TEMP VIEW IF NOT EXISTS lv AS
     SELECT seq AS idx, leaf AS hash FROM events WHERE leaf IS NOT NULL";
 /// The same, for a store that keeps them in their own table (before
 /// 2026-12-07) opened read-only.
 const LEAF_VIEW_TABLE: &str =
     "CREATE TEMP VIEW IF NOT EXISTS lv AS SELECT idx, hash FROM log_leaves";
-
-/// One event row to append: its seq, its canonical JSON or where its
-/// segment record is, its Merkle leaf, and the indexed columns of the event.
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub seq: u64,
-    /// The canonical JSON, stored inline when `loc` is `None`.
-    pub json: Vec<u8>,
-    /// The event's record in the segments, which hold its JSON.
-    pub(crate) loc: Option<Loc>,
-    pub leaf: Hash,
-    pub columns: Columns,
-}
-
-impl Row {
-    /// The row of an event (with its `seq` set).
-    pub fn of(event: &AuditEvent) -> Self {
-        let json = event.canonical();
-        Self {
-            seq: event.seq,
-            leaf: crate::merkle::leaf_hash(&json),
-            json,
-            loc: None,
-            columns: Columns::of(event),
-        }
-    }
-}
-
-/// Event rows per multi-row insert: one statement step (and one run of
-/// its program's setup) for this many rows, not one per row — measured
-/// (a fill of 128 rows into this schema): about a fifth less CPU per row.
-const ROWS_PER_INSERT: usize = 16;
-/// The columns an event row binds, in `insert_sql`'s order.
-const EVENT_COLUMNS: usize = 8;
-static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
-static INSERT_MANY: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
-
-/// `INSERT INTO events … VALUES (?1, …, ?8), (?9, …)` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
-    let values: Vec<String> = (0..rows)
-        .map(|r| {
-            let params: Vec<String> = (1..=EVENT_COLUMNS)
-                .map(|k| format!("?{}", r * EVENT_COLUMNS + k))
-                .collect();
-            format!("({})", params.join(", "))
-        })
-        .collect();
-    format!(
-        "INSERT INTO events (seq, event, ts_us, tenant, request_id, seg, off, leaf) VALUES {}",
-        values.join(", ")
-    )
-}
-
-/// Binds `row` to the parameters after `at` (its first is `at + 1`).
-fn bind_row(stmt: &mut rusqlite::Statement<'_>, at: usize, row: &Row) -> Result<(), AuditError> {
-    let text = match row.loc {
-        Some(_) => "",
-        None => std::str::from_utf8(&row.json).map_err(|e| AuditError::Encoding(e.to_string()))?,
-    };
-    let c = &row.columns;
-    stmt.raw_bind_parameter(at + 1, row.seq as i64)?;
-    stmt.raw_bind_parameter(at + 2, text)?;
-    stmt.raw_bind_parameter(at + 3, c.ts_us as i64)?;
-    stmt.raw_bind_parameter(at + 4, c.tenant.as_str())?;
-    stmt.raw_bind_parameter(at + 5, c.request_id.as_str())?;
-    stmt.raw_bind_parameter(at + 6, row.loc.map(|l| l.seg as i64))?;
-    stmt.raw_bind_parameter(at + 7, row.loc.map(|l| l.off as i64))?;
-    stmt.raw_bind_parameter(at + 8, &row.leaf[..])?;
-    Ok(())
-}
-
-/// The event fields the store indexes, written beside its JSON.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Columns {
-    pub ts_us: u64,
-    pub tenant: String,
-    pub request_id: String,
-}
-
-impl Columns {
-    pub fn of(event: &AuditEvent) -> Self {
-        Self {
-            ts_us: event.ts_us,
-            tenant: event.tenant.clone(),
-            request_id: event.request_id.clone(),
-        }
-    }
-
-    /// Read from an event's JSON (entries replayed from the segments).
-    pub fn from_json(json: &[u8]) -> Result<Self, AuditError> {
-        serde_json::from_slice(json)
-            .map_err(|e| AuditError::Corrupt(format!("an audit event's indexed fields: {e}")))
-    }
-}
 
 /// A connection to the store. A writing connection syncs every commit
 /// (`synchronous = FULL`) but the writer's fills of events the segments hold
@@ -232,7 +145,8 @@ impl Store {
         migrate::add_segment_columns(&conn)?;
         migrate::move_leaves_into_events(&mut conn)?;
         conn.execute_batch(INDEXES)?;
-        read_view(&conn, path, true, false)?;
+        conn.execute_batch(blocks::SCHEMA)?;
+        read_view(&conn, path, Layout::Blocks)?;
         Ok(Self { conn, synced: true })
     }
 
@@ -269,9 +183,18 @@ impl Store {
         // read-only root filesystem SQLite has nowhere to put a temporary
         // file (the aggregates, which did, now count in one pass).
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        let segment_columns = migrate::has_column(&conn, "seg")?;
-        let leaf_table = migrate::has_table(&conn, "log_leaves")?;
-        read_view(&conn, path, segment_columns, leaf_table)?;
+        let layout = if migrate::has_table(&conn, "log_leaves")? {
+            Layout::LeafTable {
+                segments: migrate::has_column(&conn, "seg")?,
+            }
+        } else if migrate::has_table(&conn, "blocks")? {
+            Layout::Blocks
+        } else if migrate::has_column(&conn, "seg")? {
+            Layout::Rows
+        } else {
+            Layout::Inline
+        };
+        read_view(&conn, path, layout)?;
         Ok(Self {
             conn,
             synced: false,
@@ -314,41 +237,6 @@ impl Store {
     ) -> Result<(), AuditError> {
         self.sync_commits(false)?;
         self.insert(rows, owed, settled)
-    }
-
-    fn insert(
-        &mut self,
-        rows: &[Row],
-        owed: &[(String, u64)],
-        settled: &[String],
-    ) -> Result<(), AuditError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut many = tx.prepare_cached(&INSERT_MANY)?;
-            let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
-            for chunk in &mut chunks {
-                for (i, row) in chunk.iter().enumerate() {
-                    bind_row(&mut many, i * EVENT_COLUMNS, row)?;
-                }
-                many.raw_execute()?;
-            }
-            let mut one = tx.prepare_cached(&INSERT_ONE)?;
-            for row in chunks.remainder() {
-                bind_row(&mut one, 0, row)?;
-                one.raw_execute()?;
-            }
-            let mut add =
-                tx.prepare_cached("INSERT OR REPLACE INTO owed (event_id, seq) VALUES (?1, ?2)")?;
-            for (id, seq) in owed {
-                add.execute(params![id, *seq as i64])?;
-            }
-            let mut settle = tx.prepare_cached("DELETE FROM owed WHERE event_id = ?1")?;
-            for id in settled {
-                settle.execute(params![id])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// The decisions whose outcome was never written (the gateway stopped
@@ -486,9 +374,12 @@ impl Store {
     pub fn log_size(&self) -> Result<u64, AuditError> {
         let n: Option<i64> = self
             .conn
-            .query_row("SELECT MAX(idx) + 1 FROM lv", [], |r| r.get(0))
-            .optional()?
-            .flatten();
+            .query_row(
+                "SELECT idx + 1 FROM lv ORDER BY idx DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
         let pruned = self.pruned()?.map_or(0, |f| f.size());
         Ok((n.unwrap_or(0) as u64).max(pruned))
     }
@@ -566,6 +457,7 @@ impl Store {
         self.sync_commits(true)?;
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM events WHERE seq < ?1", [size])?;
+        blocks::prune(&tx, size as u64)?;
         tx.execute("DELETE FROM checkpoints WHERE size < ?1", [size])?;
         tx.execute("DELETE FROM cosignatures WHERE size < ?1", [size])?;
         tx.execute(
@@ -611,7 +503,7 @@ impl Store {
         let seq: Option<i64> = self
             .conn
             .query_row(
-                "SELECT seq FROM events WHERE ts_us >= ?1 ORDER BY seq LIMIT 1",
+                "SELECT seq FROM lattice_log WHERE ts_us >= ?1 ORDER BY seq LIMIT 1",
                 [ts_us as i64],
                 |r| r.get(0),
             )
@@ -639,20 +531,26 @@ impl Store {
 
     /// Number of events (rows), for tests and status.
     pub fn count(&self) -> Result<u64, AuditError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+        let n: i64 = self.conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM events) + (SELECT IFNULL(SUM(n), 0) FROM blocks)",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(n as u64)
     }
 
     /// The newest segment a kept event is in, if any is.
     pub(crate) fn last_segment(&self) -> Result<Option<u64>, AuditError> {
-        self.segment_of("SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq DESC LIMIT 1")
+        self.segment_of(
+            "SELECT seg FROM lattice_log WHERE seg IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        )
     }
 
     /// The oldest segment a kept event is in, if any is.
     pub(crate) fn first_segment(&self) -> Result<Option<u64>, AuditError> {
-        self.segment_of("SELECT seg FROM events WHERE seg IS NOT NULL ORDER BY seq ASC LIMIT 1")
+        self.segment_of(
+            "SELECT seg FROM lattice_log WHERE seg IS NOT NULL ORDER BY seq ASC LIMIT 1",
+        )
     }
 
     /// The segment one of the two queries above answers, if any.
@@ -662,29 +560,44 @@ impl Store {
     }
 }
 
+/// Which tables a store keeps its events in (older stores opened
+/// read-only are read as they are).
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// `events` rows and `blocks` (this version's).
+    Blocks,
+    /// `events` rows with their leaves (2026-12-07, before blocks).
+    Rows,
+    /// `events` rows, leaves in `log_leaves`; `segments`: whether rows may
+    /// point into the segments.
+    LeafTable { segments: bool },
+    /// `events` rows with their JSON inline, without `log_leaves`.
+    Inline,
+}
+
 /// Registers `lattice_event(seg, off)` (an event's JSON from its segment
-/// record) and creates the views reads go through: `ev` (events) and `lv`
-/// (the log's leaves).
-fn read_view(
-    conn: &Connection,
-    db: &Path,
-    segment_columns: bool,
-    leaf_table: bool,
-) -> Result<(), AuditError> {
+/// record) and `lattice_log`, and creates the views reads go through: `ev`
+/// (events) and `lv` (the log's leaves).
+fn read_view(conn: &Connection, db: &Path, layout: Layout) -> Result<(), AuditError> {
     segments::register(conn, db)?;
-    conn.execute_batch(if segment_columns {
-        READ_VIEW
-    } else {
-        READ_VIEW_INLINE
-    })?;
-    conn.execute_batch(if leaf_table {
-        LEAF_VIEW_TABLE
-    } else {
-        LEAF_VIEW
-    })?;
+    vtab::register(conn)?;
+    let (events, leaves) = match layout {
+        Layout::Blocks => (READ_VIEW, LEAF_VIEW),
+        Layout::Rows => (READ_VIEW_ROWS, LEAF_VIEW_ROWS),
+        Layout::LeafTable { segments: true } => (READ_VIEW_ROWS, LEAF_VIEW_TABLE),
+        Layout::LeafTable { segments: false } => (READ_VIEW_INLINE, LEAF_VIEW_TABLE),
+        Layout::Inline => (READ_VIEW_INLINE, LEAF_VIEW_ROWS),
+    };
+    conn.execute_batch(events)?;
+    conn.execute_batch(leaves)?;
     Ok(())
 }
 
+pub(crate) mod blocks;
+#[cfg(test)]
+mod log_tests;
 mod migrate;
+mod rows;
 #[cfg(test)]
 mod tests;
+mod vtab;

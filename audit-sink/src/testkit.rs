@@ -294,8 +294,8 @@ pub fn copy_store(from: &std::path::Path, to: &std::path::Path) -> Result<(), Au
 /// What someone with write access to the data directory can do to one
 /// stored event: replace its JSON with `edit(json)`. A row holding its
 /// JSON inline is updated; an event in a segment has its record rewritten
-/// with a valid CRC (the records after it in that segment move, and their
-/// rows are updated to match), so only the signed log can tell.
+/// with a valid CRC (the records after it in that segment move, and the
+/// store is updated to match), so only the signed log can tell.
 pub fn edit_event(
     db: &std::path::Path,
     seq: u64,
@@ -303,9 +303,10 @@ pub fn edit_event(
 ) -> Result<(), AuditError> {
     use std::os::unix::fs::FileExt;
     let io = |e: std::io::Error| AuditError::Io(e.to_string());
-    let conn = rusqlite::Connection::open(db)?;
+    let store = crate::Store::open(db)?;
+    let conn = &store.conn;
     let (json, seg): (String, Option<i64>) = conn.query_row(
-        "SELECT event, seg FROM events WHERE seq = ?1",
+        "SELECT e.event, l.seg FROM ev e JOIN lattice_log l ON l.seq = e.seq WHERE e.seq = ?1",
         [seq as i64],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
@@ -339,10 +340,81 @@ pub fn edit_event(
     buf.resize(buf.len().max(end as usize), 0);
     file.write_all_at(&buf, 0).map_err(io)?;
     for (seq, off) in moved {
-        conn.execute(
+        let n = conn.execute(
             "UPDATE events SET off = ?1 WHERE seq = ?2",
             [off as i64, seq as i64],
         )?;
+        if n == 0 {
+            crate::store::blocks::update(conn, seq, |e, _| e.off = off)?;
+        }
+    }
+    Ok(())
+}
+
+/// What someone with write access to the store can do: delete the event
+/// `seq` (its row, or its entry in a block, with its leaf).
+pub fn delete_event(db: &std::path::Path, seq: u64) -> Result<(), AuditError> {
+    let store = crate::Store::open(db)?;
+    let gone = store
+        .conn
+        .execute("DELETE FROM events WHERE seq = ?1", [seq as i64])?;
+    if gone == 0 && !crate::store::blocks::remove(&store.conn, seq)? {
+        return Err(AuditError::Corrupt(format!("event #{seq} is not stored")));
+    }
+    Ok(())
+}
+
+/// What someone with write access to the store can do: swap the events
+/// `a` and `b` (each with its leaf and columns), in rows or in blocks.
+pub fn swap_events(db: &std::path::Path, a: u64, b: u64) -> Result<(), AuditError> {
+    use crate::store::blocks;
+    let store = crate::Store::open(db)?;
+    let conn = &store.conn;
+    let rows: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM events WHERE seq IN (?1, ?2)",
+        [a as i64, b as i64],
+        |r| r.get(0),
+    )?;
+    if rows == 2 {
+        conn.execute_batch(&format!(
+            "UPDATE events SET seq = -1 WHERE seq = {a}; UPDATE events SET seq = {a} WHERE seq = {b}; UPDATE events SET seq = {b} WHERE seq = -1;"
+        ))?;
+        return Ok(());
+    }
+    let mut taken = None;
+    blocks::update(conn, a, |e, t| taken = Some((e.clone(), t.clone())))?;
+    let (mut ea, ta) =
+        taken.ok_or_else(|| AuditError::Corrupt(format!("event #{a} is not in a block")))?;
+    let mut eb = None;
+    blocks::update(conn, b, |e, t| {
+        eb = Some((e.clone(), t.clone()));
+        let tenant = e.tenant;
+        *e = ea.clone();
+        e.tenant = tenant;
+        *t = ta.clone();
+    })?;
+    let (b_entry, tb) =
+        eb.ok_or_else(|| AuditError::Corrupt(format!("event #{b} is not in a block")))?;
+    ea = b_entry;
+    blocks::update(conn, a, |e, t| {
+        let tenant = e.tenant;
+        *e = ea;
+        e.tenant = tenant;
+        *t = tb;
+    })?;
+    Ok(())
+}
+
+/// What someone with write access to the store can do: overwrite the
+/// Merkle leaf stored for the event `seq` with zeros.
+pub fn zero_leaf(db: &std::path::Path, seq: u64) -> Result<(), AuditError> {
+    let store = crate::Store::open(db)?;
+    let n = store.conn.execute(
+        "UPDATE events SET leaf = zeroblob(32) WHERE seq = ?1",
+        [seq as i64],
+    )?;
+    if n == 0 && !crate::store::blocks::update(&store.conn, seq, |e, _| e.leaf = [0; 32])? {
+        return Err(AuditError::Corrupt(format!("event #{seq} is not stored")));
     }
     Ok(())
 }

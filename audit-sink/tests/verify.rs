@@ -137,19 +137,17 @@ fn each_kind_of_tampering_is_named() {
         ),
         (
             "deleted",
-            |db| sql(db, "DELETE FROM events WHERE seq = 4;"),
+            |db| lattice_audit::testkit::delete_event(db, 4).unwrap(),
             |p| matches!(p, Problem::Deleted { seq: 4 }),
         ),
         (
             "the newest event deleted (no later leaf shows the gap; the last signed size does)",
-            |db| sql(db, "DELETE FROM events WHERE seq = 11;"),
+            |db| lattice_audit::testkit::delete_event(db, 11).unwrap(),
             |p| matches!(p, Problem::Deleted { seq: 11 }),
         ),
         (
             "reordered: two rows swapped",
-            |db| {
-                sql(db, "UPDATE events SET seq = -1 WHERE seq = 1; UPDATE events SET seq = 1 WHERE seq = 2; UPDATE events SET seq = 2 WHERE seq = -1;")
-            },
+            |db| lattice_audit::testkit::swap_events(db, 1, 2).unwrap(),
             |p| {
                 matches!(
                     p,
@@ -164,7 +162,7 @@ fn each_kind_of_tampering_is_named() {
         (
             "inserted: an event the signed log never had",
             |db| {
-                sql(db, "INSERT INTO events (seq, event, ts_us, tenant, request_id) SELECT 100, '{\"request_id\":\"r-forged\",\"seq\":100}', ts_us, tenant, 'r-forged' FROM events WHERE seq = 0;")
+                sql(db, "INSERT INTO events (seq, event, ts_us, tenant, request_id) VALUES (100, '{\"request_id\":\"r-forged\",\"seq\":100}', 1, 'acme', 'r-forged');")
             },
             |p| matches!(p, Problem::Inserted { seq: 100, .. }),
         ),
@@ -177,7 +175,7 @@ fn each_kind_of_tampering_is_named() {
         ),
         (
             "a leaf of the log replaced",
-            |db| sql(db, "UPDATE events SET leaf = zeroblob(32) WHERE seq = 3;"),
+            |db| lattice_audit::testkit::zero_leaf(db, 3).unwrap(),
             |p| {
                 matches!(
                     p,

@@ -15,11 +15,6 @@ fn verify(gw: &Gateway, extra: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn sqlite(gw: &Gateway, sql: &str) {
-    let conn = rusqlite::Connection::open(gw.path("data/audit.db")).unwrap();
-    conn.execute_batch(sql).unwrap();
-}
-
 fn restore(gw: &Gateway) {
     let data = gw.path("data");
     std::fs::remove_dir_all(&data).unwrap();
@@ -103,7 +98,7 @@ fn verify_names_edited_deleted_reordered_events_and_the_witness_exposes_a_rebuil
     restore(&gw);
 
     // 2. A row deleted.
-    sqlite(&gw, &format!("DELETE FROM events WHERE seq = {deny_seq};"));
+    lattice_audit::testkit::delete_event(&gw.path("data/audit.db"), deny_seq).unwrap();
     let (ok, text) = verify(&gw, &[]);
     assert!(!ok);
     assert!(
@@ -113,7 +108,7 @@ fn verify_names_edited_deleted_reordered_events_and_the_witness_exposes_a_rebuil
     restore(&gw);
 
     // 3. Two rows swapped.
-    sqlite(&gw, "UPDATE events SET seq = -1 WHERE seq = 1; UPDATE events SET seq = 1 WHERE seq = 2; UPDATE events SET seq = 2 WHERE seq = -1;");
+    lattice_audit::testkit::swap_events(&gw.path("data/audit.db"), 1, 2).unwrap();
     let (ok, text) = verify(&gw, &[]);
     assert!(!ok);
     assert!(

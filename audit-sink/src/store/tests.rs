@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::event::Phase;
+use crate::event::{AuditEvent, Phase};
 
 fn event(seq: u64, tenant: &str, request: &str) -> AuditEvent {
     let mut e = AuditEvent::new(Phase::Decision, request, "http.request");
