@@ -114,6 +114,14 @@ pub struct Store {
     synced: bool,
 }
 
+/// The events with their leaves, `(seq, event, hash)`: over blocks one
+/// scan (a leaf is beside its event), otherwise the two views joined.
+const PAIRED_VIEW: &str = "CREATE TEMP VIEW IF NOT EXISTS evl AS
+    SELECT seq, CASE WHEN seg IS NULL THEN event ELSE lattice_event(seg, off) END AS event,
+           leaf AS hash FROM lattice_log WHERE leaf IS NOT NULL";
+const PAIRED_VIEW_JOIN: &str = "CREATE TEMP VIEW IF NOT EXISTS evl AS
+    SELECT e.seq AS seq, e.event AS event, l.hash AS hash FROM ev e JOIN lv l ON l.idx = e.seq";
+
 /// One stored event row, as read back (bytes unparsed, for verification).
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -327,10 +335,9 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, String, Vec<u8>)>, AuditError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT e.seq, e.event, l.hash FROM ev e JOIN lv l ON l.idx = e.seq
-             WHERE e.seq >= ?1 ORDER BY e.seq LIMIT ?2",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, event, hash FROM evl WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
         let rows = stmt.query_map([from as i64, limit as i64], |r| {
             Ok((
                 r.get::<_, i64>(0)? as u64,
@@ -577,7 +584,7 @@ enum Layout {
 
 /// Registers `lattice_event(seg, off)` (an event's JSON from its segment
 /// record) and `lattice_log`, and creates the views reads go through: `ev`
-/// (events) and `lv` (the log's leaves).
+/// (events), `lv` (the log's leaves) and `evl` (both, paired).
 fn read_view(conn: &Connection, db: &Path, layout: Layout) -> Result<(), AuditError> {
     segments::register(conn, db)?;
     vtab::register(conn)?;
@@ -590,6 +597,10 @@ fn read_view(conn: &Connection, db: &Path, layout: Layout) -> Result<(), AuditEr
     };
     conn.execute_batch(events)?;
     conn.execute_batch(leaves)?;
+    conn.execute_batch(match layout {
+        Layout::Blocks => PAIRED_VIEW,
+        _ => PAIRED_VIEW_JOIN,
+    })?;
     Ok(())
 }
 

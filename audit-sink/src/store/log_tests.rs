@@ -181,16 +181,30 @@ fn the_log_answers_every_constraint_and_order_as_a_scan_of_its_events_would() {
         let newest: Vec<LogRow> = expected.iter().rev().take(3).cloned().collect();
         assert_eq!(limited, newest, "{filter} ORDER BY seq DESC LIMIT 3");
     }
-    // A join looks events up one at a time.
-    let pairs: i64 = store
-        .conn
-        .query_row(
-            "SELECT COUNT(*) FROM lattice_log a JOIN lattice_log b ON b.seq = a.seq + 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(pairs, all.len() as i64 - 1);
+    // A join looks events up one at a time (mostly in the block read
+    // last), with and without other constraints on them.
+    for (on, expected) in [
+        ("", all.len() - 1),
+        (" AND b.ts_us >= 0", all.len() - 1),
+        (
+            " AND b.tenant = 'acme'",
+            all[1..]
+                .iter()
+                .filter(|r| r.columns.tenant == "acme")
+                .count(),
+        ),
+        (" AND b.ts_us < 5000", 100),
+    ] {
+        let pairs: i64 = store
+            .conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM lattice_log a JOIN lattice_log b ON b.seq = a.seq + 1{on}"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pairs as usize, expected, "joined on b.seq = a.seq + 1{on}");
+    }
     // The leaves and the views over both.
     let log = store.log().unwrap();
     assert_eq!(log.leaves, all.iter().map(|r| r.leaf).collect::<Vec<_>>());
@@ -199,6 +213,23 @@ fn the_log_answers_every_constraint_and_order_as_a_scan_of_its_events_would() {
         all[2490..2510].iter().map(|r| r.leaf).collect::<Vec<_>>()
     );
     assert_eq!(store.first_since(13_000).unwrap(), Some(3100));
+    // Events with their leaves, a page at a time (the ClickHouse shipper's
+    // read), across the rows, a segment's end and the last block.
+    for (from, limit) in [(0, 50), (2490, 20), (7030, 100)] {
+        let got: Vec<(u64, Vec<u8>)> = store
+            .range(from, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _, leaf)| (seq, leaf))
+            .collect();
+        let expected: Vec<(u64, Vec<u8>)> = all
+            .iter()
+            .skip(from as usize)
+            .take(limit)
+            .map(|r| (r.seq, r.leaf.to_vec()))
+            .collect();
+        assert_eq!(got, expected, "range({from}, {limit})");
+    }
 }
 
 #[test]

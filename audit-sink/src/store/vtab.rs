@@ -220,18 +220,6 @@ impl Plan {
             && (h.ts_max as i64) >= self.ts_lo
             && self.tenant.as_ref().is_none_or(|t| h.tenants.contains(t))
     }
-
-    fn matches(&self, r: &Rec) -> bool {
-        r.seq >= self.lo
-            && r.seq <= self.hi
-            && r.ts_us >= self.ts_lo
-            && r.ts_us <= self.ts_hi
-            && self.tenant.as_ref().is_none_or(|t| *t == r.tenant)
-            && self
-                .request_id
-                .as_ref()
-                .is_none_or(|id| *id == r.request_id)
-    }
 }
 
 /// One row.
@@ -343,22 +331,42 @@ impl Blocks {
                 Some(b) if b.first == head.first && b.entries.len() as u64 == head.n => b,
                 _ => blocks::load(conn, head.first)?,
             };
-            let mut recs: Vec<Rec> = block
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| Rec {
-                    seq: (block.first + i as u64) as i64,
+            // Only the entries in the seq range are looked at, and only
+            // those that match become rows (a join's lookup takes one).
+            let (first, n) = (block.first as i64, block.entries.len() as i64);
+            let from = plan.lo.saturating_sub(first).clamp(0, n) as usize;
+            let to = plan.hi.saturating_sub(first).saturating_add(1).clamp(0, n) as usize;
+            let tenant = match &plan.tenant {
+                None => None,
+                Some(t) => match block.tenants.iter().position(|x| x == t) {
+                    Some(i) => Some(i as u16),
+                    None => {
+                        self.cached = Some(block);
+                        continue;
+                    }
+                },
+            };
+            let mut recs: Vec<Rec> = Vec::new();
+            for (i, e) in block.entries.iter().enumerate().take(to).skip(from) {
+                let ts = e.ts_us as i64;
+                if ts < plan.ts_lo
+                    || ts > plan.ts_hi
+                    || tenant.is_some_and(|t| t != e.tenant)
+                    || plan.request_id.as_ref().is_some_and(|r| *r != e.request_id)
+                {
+                    continue;
+                }
+                recs.push(Rec {
+                    seq: first + i as i64,
                     event: None,
                     seg: Some(block.seg as i64),
                     off: Some(e.off as i64),
-                    ts_us: e.ts_us as i64,
+                    ts_us: ts,
                     tenant: block.tenant(e).to_string(),
                     request_id: e.request_id.clone(),
                     leaf: Some(e.leaf.to_vec()),
-                })
-                .filter(|r| plan.matches(r))
-                .collect();
+                });
+            }
             if plan.desc {
                 recs.reverse();
             }
@@ -457,7 +465,7 @@ unsafe impl VTabCursor for LogCursor<'_> {
                 first: b.first,
                 n: b.entries.len() as u64,
                 ts_min: 0,
-                ts_max: u64::MAX,
+                ts_max: i64::MAX as u64,
                 tenants: b.tenants.clone(),
             })
             .into_iter()
