@@ -381,27 +381,20 @@ pub fn swap_events(db: &std::path::Path, a: u64, b: u64) -> Result<(), AuditErro
         ))?;
         return Ok(());
     }
-    let mut taken = None;
-    blocks::update(conn, a, |e, t| taken = Some((e.clone(), t.clone())))?;
-    let (mut ea, ta) =
-        taken.ok_or_else(|| AuditError::Corrupt(format!("event #{a} is not in a block")))?;
-    let mut eb = None;
-    blocks::update(conn, b, |e, t| {
-        eb = Some((e.clone(), t.clone()));
-        let tenant = e.tenant;
-        *e = ea.clone();
-        e.tenant = tenant;
-        *t = ta.clone();
-    })?;
-    let (b_entry, tb) =
-        eb.ok_or_else(|| AuditError::Corrupt(format!("event #{b} is not in a block")))?;
-    ea = b_entry;
-    blocks::update(conn, a, |e, t| {
-        let tenant = e.tenant;
-        *e = ea;
-        e.tenant = tenant;
-        *t = tb;
-    })?;
+    // Each entry with its tenant (`update` files the tenant in its block).
+    let entry = |seq: u64| -> Result<(blocks::Entry, String), AuditError> {
+        let b = blocks::holding(conn, seq)?
+            .ok_or_else(|| AuditError::Corrupt(format!("event #{seq} is not in a block")))?;
+        let e = &b.entries[(seq - b.first) as usize];
+        Ok((e.clone(), b.tenant(e).to_string()))
+    };
+    let (ea, eb) = (entry(a)?, entry(b)?);
+    for (seq, (e, t)) in [(a, eb), (b, ea)] {
+        blocks::update(conn, seq, |entry, tenant| {
+            *entry = e;
+            *tenant = t;
+        })?;
+    }
     Ok(())
 }
 

@@ -32,8 +32,7 @@ pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS blocks (
     body BLOB NOT NULL
 )";
 
-/// Most events in one block: a block holding a given seq starts less than
-/// this many before it (the reads rely on it).
+/// Most events in one block.
 pub(crate) const MAX_EVENTS: u64 = 4096;
 /// The body's format.
 const VERSION: u8 = 1;
@@ -79,8 +78,8 @@ impl Block {
         }
     }
 
-    /// Adds the next event (`first + len`).
-    fn push(&mut self, off: u64, leaf: Hash, ts_us: u64, tenant: &str, request_id: &str) {
+    /// The index of `tenant` in `tenants`, added if it is not there.
+    fn tenant_index(&mut self, tenant: &str) -> u16 {
         let t = match self.tenants.iter().position(|t| t == tenant) {
             Some(t) => t,
             None => {
@@ -88,11 +87,17 @@ impl Block {
                 self.tenants.len() - 1
             }
         };
+        t as u16
+    }
+
+    /// Adds the next event (`first + len`).
+    fn push(&mut self, off: u64, leaf: Hash, ts_us: u64, tenant: &str, request_id: &str) {
+        let tenant = self.tenant_index(tenant);
         self.entries.push(Entry {
             off,
             leaf,
             ts_us,
-            tenant: t as u16,
+            tenant,
             request_id: request_id.to_string(),
         });
     }
@@ -176,7 +181,9 @@ impl Block {
     }
 
     /// Adds the block's row; refused when a stored event already has one
-    /// of its seqs.
+    /// of its seqs: a row of `events` in its range, or a block that ends
+    /// past its first (the last block starting before its end: blocks do
+    /// not overlap, so any block reaching into the range is that one).
     pub(crate) fn add(&self, conn: &Connection) -> Result<(), AuditError> {
         let (first, end) = (self.first as i64, self.end() as i64);
         let before: Option<i64> = conn
@@ -185,15 +192,11 @@ impl Block {
             )?
             .query_row([end], |r| r.get(0))
             .optional()?;
-        let starts_in: Option<i64> = conn
-            .prepare_cached("SELECT first FROM blocks WHERE first >= ?1 AND first < ?2 LIMIT 1")?
-            .query_row([first, end], |r| r.get(0))
-            .optional()?;
         let row: Option<i64> = conn
             .prepare_cached("SELECT seq FROM events WHERE seq >= ?1 AND seq < ?2 LIMIT 1")?
             .query_row([first, end], |r| r.get(0))
             .optional()?;
-        if before.is_some_and(|e| e > first) || starts_in.is_some() || row.is_some() {
+        if before.is_some_and(|e| e > first) || row.is_some() {
             return Err(AuditError::Corrupt(format!(
                 "audit events {first}..{end} overlap events already stored"
             )));
@@ -251,19 +254,24 @@ pub(crate) fn split(rows: &[Row]) -> (Vec<Block>, Vec<&Row>) {
     (blocks, inline)
 }
 
-/// The block holding `seq`, if one does.
+/// The block holding `seq`, if one does
+/// (the last block starting at or before it: blocks do not overlap).
 pub(crate) fn holding(conn: &Connection, seq: u64) -> Result<Option<Block>, AuditError> {
-    let row: Option<(i64, i64, String, Vec<u8>)> = conn
-        .query_row(
-            "SELECT first, seg, tenants, body FROM blocks
-             WHERE first <= ?1 AND first > ?1 - ?2 AND first + n > ?1
-             ORDER BY first DESC LIMIT 1",
-            params![seq as i64, MAX_EVENTS as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
+    let row: Option<(i64, i64, i64, String, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT first, n, seg, tenants, body FROM blocks
+             WHERE first <= ?1 ORDER BY first DESC LIMIT 1",
+        )?
+        .query_row([seq as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
-    row.map(|(first, seg, tenants, body)| Block::decode(first as u64, seg as u64, &tenants, &body))
-        .transpose()
+    match row {
+        Some((first, n, seg, tenants, body)) if (first + n) as u64 > seq => {
+            Block::decode(first as u64, seg as u64, &tenants, &body).map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Removes the events before `size` from the blocks: whole blocks, and
@@ -324,14 +332,7 @@ pub(crate) fn update(
     let k = (seq - b.first) as usize;
     let mut tenant = b.tenant(&b.entries[k]).to_string();
     edit(&mut b.entries[k], &mut tenant);
-    let t = match b.tenants.iter().position(|t| *t == tenant) {
-        Some(t) => t,
-        None => {
-            b.tenants.push(tenant);
-            b.tenants.len() - 1
-        }
-    };
-    b.entries[k].tenant = t as u16;
+    b.entries[k].tenant = b.tenant_index(&tenant);
     b.put(conn)?;
     Ok(true)
 }

@@ -235,29 +235,59 @@ struct Rec {
     leaf: Option<Vec<u8>>,
 }
 
-/// `events`' rows, a page at a time.
+/// What a source has left to read, a page at a time by the key it is
+/// ordered by: inclusive bounds, narrowed past each full page.
 #[derive(Default)]
-struct Legacy {
-    rows: VecDeque<Rec>,
-    /// The seq bounds left to read (inclusive).
+struct Keyset {
     lo: i64,
     hi: i64,
     done: bool,
 }
 
-impl Legacy {
-    fn fill(&mut self, conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
-        if !self.rows.is_empty() || self.done {
-            return Ok(());
-        }
+impl Keyset {
+    fn new(lo: i64, hi: i64, done: bool) -> Self {
+        Self { lo, hi, done }
+    }
+
+    /// The bounds to read, unless nothing is left.
+    fn next(&mut self) -> Option<(i64, i64)> {
         if self.lo > self.hi {
             self.done = true;
+        }
+        (!self.done).then_some((self.lo, self.hi))
+    }
+
+    /// After a page whose last key is `last`: a full page narrows the
+    /// bounds past it, a short one ends the source.
+    fn read(&mut self, last: Option<i64>, full: bool, desc: bool) {
+        match (last, full) {
+            (Some(last), true) if desc => self.hi = last.saturating_sub(1),
+            (Some(last), true) => self.lo = last.saturating_add(1),
+            _ => self.done = true,
+        }
+    }
+}
+
+/// `events`' rows, a page at a time.
+#[derive(Default)]
+struct Legacy {
+    rows: VecDeque<Rec>,
+    /// The seqs left to read.
+    keys: Keyset,
+}
+
+impl Legacy {
+    fn fill(&mut self, conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
+        if !self.rows.is_empty() {
             return Ok(());
         }
+        let Some((lo, hi)) = self.keys.next() else {
+            return Ok(());
+        };
         let mut sql = String::from(
             "SELECT seq, event, seg, off, ts_us, tenant, request_id, leaf FROM events WHERE seq >= ?1 AND seq <= ?2",
         );
-        let mut args: Vec<Value> = vec![Value::Integer(self.lo), Value::Integer(self.hi)];
+        let mut args: Vec<Value> = vec![Value::Integer(lo), Value::Integer(hi)];
         if plan.ts_lo > i64::MIN {
             args.push(Value::Integer(plan.ts_lo));
             sql.push_str(&format!(" AND ts_us >= ?{}", args.len()));
@@ -296,11 +326,8 @@ impl Legacy {
         for row in rows {
             self.rows.push_back(row?);
         }
-        match (self.rows.back(), self.rows.len() < PAGE) {
-            (Some(last), false) if plan.desc => self.hi = last.seq.saturating_sub(1),
-            (Some(last), false) => self.lo = last.seq.saturating_add(1),
-            _ => self.done = true,
-        }
+        let last = self.rows.back().map(|r| r.seq);
+        self.keys.read(last, self.rows.len() == PAGE, plan.desc);
         Ok(())
     }
 }
@@ -310,10 +337,8 @@ impl Legacy {
 struct Blocks {
     heads: VecDeque<Head>,
     rows: VecDeque<Rec>,
-    /// The bounds of `first` left to list (inclusive).
-    lo: i64,
-    hi: i64,
-    listed: bool,
+    /// The blocks' `first`s left to list.
+    keys: Keyset,
     /// The last block decoded (a join looks rows up one at a time).
     cached: Option<Block>,
 }
@@ -377,18 +402,13 @@ impl Blocks {
     }
 
     fn next_head(&mut self, conn: &Connection, plan: &Plan) -> Result<Option<Head>, AuditError> {
-        if self.heads.is_empty() && !self.listed {
-            if self.lo > self.hi {
-                self.listed = true;
-                return Ok(None);
+        if self.heads.is_empty() {
+            if let Some((lo, hi)) = self.keys.next() {
+                let page = blocks::heads(conn, lo, hi, plan.desc, HEADS)?;
+                let last = page.last().map(|h| h.first as i64);
+                self.keys.read(last, page.len() == HEADS, plan.desc);
+                self.heads.extend(page);
             }
-            let page = blocks::heads(conn, self.lo, self.hi, plan.desc, HEADS)?;
-            match (page.last(), page.len() < HEADS) {
-                (Some(last), false) if plan.desc => self.hi = last.first as i64 - 1,
-                (Some(last), false) => self.lo = last.first as i64 + 1,
-                _ => self.listed = true,
-            }
-            self.heads.extend(page);
         }
         Ok(self.heads.pop_front())
     }
@@ -479,16 +499,12 @@ unsafe impl VTabCursor for LogCursor<'_> {
         };
         let listed = plan.empty() || hit.is_some();
         self.legacy = Legacy {
-            lo: plan.lo,
-            hi: plan.hi,
-            done: plan.empty(),
+            keys: Keyset::new(plan.lo, plan.hi, plan.empty()),
             ..Legacy::default()
         };
         self.blocks = Blocks {
             heads,
-            lo: start,
-            hi: plan.hi,
-            listed,
+            keys: Keyset::new(start, plan.hi, listed),
             cached,
             ..Blocks::default()
         };
