@@ -154,6 +154,7 @@ impl Store {
         migrate::move_leaves_into_events(&mut conn)?;
         conn.execute_batch(INDEXES)?;
         conn.execute_batch(blocks::SCHEMA)?;
+        migrate::add_block_filters(&conn)?;
         read_view(&conn, path, Layout::Blocks)?;
         Ok(Self { conn, synced: true })
     }
@@ -605,6 +606,7 @@ fn read_view(conn: &Connection, db: &Path, layout: Layout) -> Result<(), AuditEr
 }
 
 pub(crate) mod blocks;
+mod ids;
 #[cfg(test)]
 mod log_tests;
 mod migrate;

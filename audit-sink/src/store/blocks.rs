@@ -3,8 +3,9 @@
 //! most `MAX_EVENTS`), not one row and two index entries per event. A
 //! block keeps, for each of its events in log order, where its record is,
 //! its Merkle leaf and the fields queries select on (time, tenant, request
-//! id), packed in one blob (`body`); beside it the block's time range and
-//! its tenants, so a query skips blocks without decoding them. Events are
+//! id), packed in one blob (`body`); beside it the block's time range, its
+//! tenants and a filter of its request ids (`ids.rs`), so a query skips
+//! blocks without decoding them. Events are
 //! read back through the `lattice_log` virtual table (`vtab.rs`).
 //!
 //! Why not a row per event: at saturation the B-tree inserts of those rows
@@ -17,7 +18,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::Row;
+use super::{ids, Row};
 use crate::merkle::Hash;
 use crate::AuditError;
 
@@ -29,7 +30,8 @@ pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS blocks (
     ts_min INTEGER NOT NULL,
     ts_max INTEGER NOT NULL,
     tenants TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    ids BLOB
 )";
 
 /// Most events in one block.
@@ -66,6 +68,9 @@ pub(crate) struct Head {
     pub(crate) ts_min: u64,
     pub(crate) ts_max: u64,
     pub(crate) tenants: Vec<String>,
+    /// The filter of its request ids (`ids.rs`), when the query has one
+    /// to look for and the block has a filter.
+    pub(crate) ids: Option<Vec<u8>>,
 }
 
 impl Block {
@@ -212,8 +217,8 @@ impl Block {
         let tenants = serde_json::to_string(&self.tenants)
             .map_err(|e| AuditError::Encoding(e.to_string()))?;
         conn.prepare_cached(
-            "INSERT OR REPLACE INTO blocks (first, n, seg, ts_min, ts_max, tenants, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR REPLACE INTO blocks (first, n, seg, ts_min, ts_max, tenants, body, ids)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             self.first as i64,
@@ -222,7 +227,8 @@ impl Block {
             lo.min(hi) as i64,
             hi as i64,
             tenants,
-            self.body()
+            self.body(),
+            ids::build(self.entries.iter().map(|e| e.request_id.as_str()))
         ])?;
         Ok(())
     }
@@ -338,22 +344,23 @@ pub(crate) fn update(
 }
 
 /// The blocks' heads with `first` in `lo..=hi`, `limit` at most, in seq
-/// order (descending when `desc`).
+/// order (descending when `desc`), with their filters of request ids when
+/// `ids`.
 pub(crate) fn heads(
     conn: &Connection,
     lo: i64,
     hi: i64,
     desc: bool,
     limit: usize,
+    ids: bool,
 ) -> Result<Vec<Head>, AuditError> {
-    let sql = if desc {
-        "SELECT first, n, ts_min, ts_max, tenants FROM blocks
-         WHERE first >= ?1 AND first <= ?2 ORDER BY first DESC LIMIT ?3"
-    } else {
-        "SELECT first, n, ts_min, ts_max, tenants FROM blocks
-         WHERE first >= ?1 AND first <= ?2 ORDER BY first ASC LIMIT ?3"
-    };
-    let mut stmt = conn.prepare_cached(sql)?;
+    let sql = format!(
+        "SELECT first, n, ts_min, ts_max, tenants, {} FROM blocks
+         WHERE first >= ?1 AND first <= ?2 ORDER BY first {} LIMIT ?3",
+        if ids { "ids" } else { "NULL" },
+        if desc { "DESC" } else { "ASC" }
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![lo, hi, limit as i64], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -361,11 +368,12 @@ pub(crate) fn heads(
             r.get::<_, i64>(2)?,
             r.get::<_, i64>(3)?,
             r.get::<_, String>(4)?,
+            r.get::<_, Option<Vec<u8>>>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (first, n, ts_min, ts_max, tenants) = row?;
+        let (first, n, ts_min, ts_max, tenants, ids) = row?;
         out.push(Head {
             first: first as u64,
             n: n as u64,
@@ -373,6 +381,7 @@ pub(crate) fn heads(
             ts_max: ts_max as u64,
             tenants: serde_json::from_str(&tenants)
                 .map_err(|e| AuditError::Corrupt(format!("audit block {first}: tenants: {e}")))?,
+            ids,
         });
     }
     Ok(out)

@@ -2,7 +2,8 @@
 //! writing: generated columns become plain ones (stores before
 //! 2026-12-03), the segment columns are added (before 2026-12-05), and the
 //! Merkle leaves move from their own table, `log_leaves`, into a column of
-//! `events` (before 2026-12-07: one B-tree insert per event fewer). Each
+//! `events` (before 2026-12-07: one B-tree insert per event fewer), and
+//! blocks get a column for their filters of request ids. Each
 //! runs in one transaction and is a no-op on a store that needs none.
 //!
 //! Must never: change an event's JSON, a leaf or a checkpoint, or leave a
@@ -25,12 +26,32 @@ pub(super) fn has_table(conn: &Connection, name: &str) -> Result<bool, AuditErro
 
 /// Whether `events` has a column named `name`.
 pub(super) fn has_column(conn: &Connection, name: &str) -> Result<bool, AuditError> {
+    table_has_column(conn, "events", name)
+}
+
+/// Whether the table `table` has a column named `name`.
+pub(super) fn table_has_column(
+    conn: &Connection,
+    table: &str,
+    name: &str,
+) -> Result<bool, AuditError> {
     let n: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = ?1",
-        [name],
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, name],
         |r| r.get(0),
     )?;
     Ok(n > 0)
+}
+
+/// Adds the column of request-id filters to the blocks of a store from
+/// before it (2026-12-07): its blocks keep no filter and are read whole
+/// by a lookup by request id, as they were; blocks written from now on
+/// have one.
+pub(super) fn add_block_filters(conn: &Connection) -> Result<(), AuditError> {
+    if !table_has_column(conn, "blocks", "ids")? {
+        conn.execute_batch("ALTER TABLE blocks ADD COLUMN ids BLOB")?;
+    }
+    Ok(())
 }
 
 /// Adds the segment columns to an older store (its rows keep their JSON

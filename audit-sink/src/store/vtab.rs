@@ -7,8 +7,9 @@
 //! `off`, `ts_us`, `tenant`, `request_id`, `leaf`.
 //!
 //! Constraints on `seq`, `ts_us`, `tenant` and `request_id` are used to
-//! skip what cannot match (a block outside the seq or time range, or
-//! without the tenant, is not decoded; `events` is read through its
+//! skip what cannot match (a block outside the seq or time range,
+//! without the tenant, or whose filter of request ids rules the id out
+//! (`ids.rs`) is not decoded; `events` is read through its
 //! indexes), and `ORDER BY seq` in either direction is produced without a
 //! sort; SQLite still checks every constraint on the rows returned. Both
 //! sources are read a page at a time and merged by `seq`.
@@ -36,6 +37,7 @@ use rusqlite::vtab::{
 use rusqlite::Connection;
 
 use super::blocks::{self, Block, Head};
+use super::ids;
 use crate::AuditError;
 
 /// Registers the table on a connection (usable as `lattice_log`).
@@ -59,6 +61,9 @@ struct LogTab {
     /// Base class. Must be first.
     base: ffi::sqlite3_vtab,
     db: *mut ffi::sqlite3,
+    /// Whether `blocks` has filters of request ids (a store from before
+    /// them, opened read-only, has not).
+    ids: bool,
 }
 
 unsafe impl<'vtab> VTab<'vtab> for LogTab {
@@ -73,11 +78,17 @@ unsafe impl<'vtab> VTab<'vtab> for LogTab {
         _table: &[u8],
         _args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
+        // SAFETY: the handle outlives the table (SQLite disconnects a
+        // table before it closes the connection).
+        let db = unsafe { db.handle() };
+        // SAFETY: as in `open`: a connection that closes nothing, used only
+        // here.
+        let conn = unsafe { Connection::from_handle(db)? };
+        let ids = super::migrate::table_has_column(&conn, "blocks", "ids").map_err(module_error)?;
         let tab = Self {
             base: ffi::sqlite3_vtab::default(),
-            // SAFETY: the handle outlives the table (SQLite disconnects a
-            // table before it closes the connection).
-            db: unsafe { db.handle() },
+            db,
+            ids,
         };
         Ok((
             Cow::Borrowed(
@@ -150,6 +161,7 @@ unsafe impl<'vtab> VTab<'vtab> for LogTab {
             plan: Plan::default(),
             legacy: Legacy::default(),
             blocks: Blocks::default(),
+            ids: self.ids,
             row: None,
             phantom: PhantomData,
         })
@@ -219,6 +231,11 @@ impl Plan {
             && (h.ts_min as i64) <= self.ts_hi
             && (h.ts_max as i64) >= self.ts_lo
             && self.tenant.as_ref().is_none_or(|t| h.tenants.contains(t))
+            && self
+                .request_id
+                .as_ref()
+                .zip(h.ids.as_ref())
+                .is_none_or(|(r, f)| ids::may_hold(f, r))
     }
 }
 
@@ -344,9 +361,9 @@ struct Blocks {
 }
 
 impl Blocks {
-    fn fill(&mut self, conn: &Connection, plan: &Plan) -> Result<(), AuditError> {
+    fn fill(&mut self, conn: &Connection, plan: &Plan, ids: bool) -> Result<(), AuditError> {
         while self.rows.is_empty() {
-            let Some(head) = self.next_head(conn, plan)? else {
+            let Some(head) = self.next_head(conn, plan, ids)? else {
                 return Ok(());
             };
             if !plan.may_hold(&head) {
@@ -401,10 +418,16 @@ impl Blocks {
         Ok(())
     }
 
-    fn next_head(&mut self, conn: &Connection, plan: &Plan) -> Result<Option<Head>, AuditError> {
+    fn next_head(
+        &mut self,
+        conn: &Connection,
+        plan: &Plan,
+        ids: bool,
+    ) -> Result<Option<Head>, AuditError> {
         if self.heads.is_empty() {
             if let Some((lo, hi)) = self.keys.next() {
-                let page = blocks::heads(conn, lo, hi, plan.desc, HEADS)?;
+                let with_ids = ids && plan.request_id.is_some();
+                let page = blocks::heads(conn, lo, hi, plan.desc, HEADS, with_ids)?;
                 let last = page.last().map(|h| h.first as i64);
                 self.keys.read(last, page.len() == HEADS, plan.desc);
                 self.heads.extend(page);
@@ -422,6 +445,8 @@ struct LogCursor<'vtab> {
     plan: Plan,
     legacy: Legacy,
     blocks: Blocks,
+    /// Whether blocks have filters of request ids.
+    ids: bool,
     row: Option<Rec>,
     phantom: PhantomData<&'vtab LogTab>,
 }
@@ -439,7 +464,7 @@ impl LogCursor<'_> {
     fn advance(&mut self) -> rusqlite::Result<()> {
         self.legacy.fill(&self.conn, &self.plan)?;
         self.blocks
-            .fill(&self.conn, &self.plan)
+            .fill(&self.conn, &self.plan, self.ids)
             .map_err(module_error)?;
         let take_legacy = match (self.legacy.rows.front(), self.blocks.rows.front()) {
             (Some(a), Some(b)) => (a.seq <= b.seq) != self.plan.desc || a.seq == b.seq,
@@ -487,6 +512,7 @@ unsafe impl VTabCursor for LogCursor<'_> {
                 ts_min: 0,
                 ts_max: i64::MAX as u64,
                 tenants: b.tenants.clone(),
+                ids: None,
             })
             .into_iter()
             .collect();
