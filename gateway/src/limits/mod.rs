@@ -10,11 +10,13 @@
 //! Where the counters live: by default in this process — they survive a
 //! config reload (a limit is identified by its name) but not a restart,
 //! and each replica counts for itself. With `[cluster] redis` they live in
-//! Redis (`shared.rs`: one Lua script, one round trip per check, windows
-//! on Redis's clock), shared by every replica and kept across restarts;
-//! when Redis cannot answer, a limit refuses the calls it applies to
-//! (`on_unavailable = "deny"`, the default) or lets them through uncounted
-//! (`"allow"`), and the caller says which.
+//! Redis (`shared.rs`: one Lua script per check, windows on Redis's
+//! clock), shared by every replica and kept across restarts; a replica
+//! leases slices of a request limit's window (`lease.rs`) and admits most
+//! calls from them without a round trip. When Redis cannot answer, a limit
+//! no lease covers refuses the calls it applies to (`on_unavailable =
+//! "deny"`, the default) or lets them through uncounted (`"allow"`), and
+//! the caller says which.
 //!
 //! Must never: admit a call that a limit applying to it has no room for,
 //! or that a fail-closed limit could not count.
@@ -27,6 +29,7 @@ use std::time::Duration;
 use crate::cluster::Redis;
 pub use crate::config::{CallKind, LimitSpec, OnUnavailable, Per};
 
+mod lease;
 mod shared;
 
 /// A refusal: which limit, and when to come back.
@@ -72,7 +75,7 @@ pub struct Limiter {
 
 enum Counters {
     Local(tokio::sync::Mutex<HashMap<(String, String), Window>>),
-    Shared(Arc<Redis>),
+    Shared(shared::SharedCounters),
 }
 
 impl Default for Limiter {
@@ -112,7 +115,7 @@ impl Limiter {
     /// Counters in Redis, shared with every replica that uses it.
     pub fn shared(redis: Arc<Redis>) -> Self {
         Self {
-            counters: Counters::Shared(redis),
+            counters: Counters::Shared(shared::SharedCounters::new(redis)),
         }
     }
 
@@ -140,13 +143,7 @@ impl Limiter {
         }
         let windows = match &self.counters {
             Counters::Local(w) => w,
-            Counters::Shared(redis) => {
-                return match shared::admit(redis, &applicable).await {
-                    Ok(None) => Ok(Admitted::default()),
-                    Ok(Some(e)) => Err(Refusal::Exceeded(e)),
-                    Err(cause) => unavailable(&applicable, cause),
-                }
-            }
+            Counters::Shared(shared) => return shared.admit(&applicable).await,
         };
         let mut windows = windows.lock().await;
         for (spec, id) in &applicable {
@@ -195,7 +192,7 @@ impl Limiter {
             return Ok(());
         }
         match &self.counters {
-            Counters::Shared(redis) => shared::charge(redis, &budgets, tokens).await,
+            Counters::Shared(shared) => shared::charge(&shared.redis, &budgets, tokens).await,
             Counters::Local(windows) => {
                 let mut windows = windows.lock().await;
                 for (spec, id) in budgets {
