@@ -12,8 +12,9 @@
 //! total admitted never passes the limit (Redis counts every unit it
 //! leased), and what can go unused is bounded: units a replica holds when
 //! the window turns, or when its calls stop, are not given to another one
-//! — at most one horizon of its own traffic, and once less than
-//! `2 × SHARE` is left of a window every call checks with Redis.
+//! — at most about two horizons of its own traffic (a lease at half, and
+//! the refill asked then), and once less than `2 × SHARE` is left of a
+//! window every call checks with Redis.
 //!
 //! When a lease ends: at the end of its window on Redis's clock, measured
 //! on this replica's clock from when the request that got it was sent (so
