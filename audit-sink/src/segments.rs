@@ -134,18 +134,27 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<u64>, AuditError> {
 }
 
 /// Writes `path` full of zeros (`size` bytes) under a temporary name,
-/// syncs it, and renames it into place. `gently`: a chunk at a time, each
+/// syncs it, and renames it into place; a failed attempt leaves nothing. `gently`: a chunk at a time, each
 /// written back before the next and followed by a pause (the spare, on
 /// its helper thread) until `urgent` is set (the writer waits for it):
 /// zeroed at once, a segment queued a 16 MiB write ahead of the
 /// `fdatasync` every call's decision waits for.
 fn make_zeroed(path: &Path, size: u64, gently: Option<&AtomicBool>) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
+    let made = zero_into(&tmp, size, gently).and_then(|()| std::fs::rename(&tmp, path));
+    if made.is_err() {
+        // What a failed attempt wrote (a disk that filled up) goes back.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
+}
+
+fn zero_into(tmp: &Path, size: u64, gently: Option<&AtomicBool>) -> std::io::Result<()> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)?;
+        .open(tmp)?;
     let chunk = if gently.is_some() {
         ZERO_CHUNK
     } else {
@@ -165,8 +174,7 @@ fn make_zeroed(path: &Path, size: u64, gently: Option<&AtomicBool>) -> std::io::
         }
         at += n as u64;
     }
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    file.sync_all()
 }
 
 /// The spare is zeroed `ZERO_CHUNK` bytes at a time, `ZERO_PAUSE` apart:
@@ -289,6 +297,12 @@ impl Segments {
         }
         let size = self.size;
         warn_if_cramped(&self.dir, size);
+        // A spare that cannot fit would only fill the disk's last bytes
+        // (the store's and the current segment's room) while it fails: the
+        // next segment is then made when it is needed, or refused then.
+        if free_bytes(&self.dir).is_some_and(|free| free < size) {
+            return;
+        }
         let urgent = Arc::new(AtomicBool::new(false));
         let flag = urgent.clone();
         self.spare = std::thread::Builder::new()
