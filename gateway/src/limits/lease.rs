@@ -121,10 +121,14 @@ impl Leases {
             .collect()
     }
 
-    /// Gives back units `take` took, to leases still in the same window.
-    pub(super) fn give_back(&self, units: &[(Key, u64)], now: Instant) {
+    /// Gives back the units `take` took (its answer for the same keys),
+    /// to leases still in the same window.
+    pub(super) fn give_back(&self, keys: &[Option<Key>], taken: &[Option<u64>], now: Instant) {
         let mut map = self.map.lock();
-        for (key, window) in units {
+        for (key, window) in keys.iter().zip(taken) {
+            let (Some(key), Some(window)) = (key, window) else {
+                continue;
+            };
             if let Some(lease) = map.get_mut(key) {
                 if lease.window == *window && lease.live(now) {
                     lease.left += 1;
@@ -259,13 +263,13 @@ mod tests {
         assert_eq!(l.take(&[key("a"), key("b")], t0), vec![Some(60), None]);
         assert_eq!(l.take(&[key("a")], t0), vec![Some(60)]);
         assert_eq!(l.take(&[key("a")], t0), vec![None], "spent");
-        l.give_back(&[("a".into(), 60)], t0);
+        l.give_back(&[key("a")], &[Some(60)], t0);
         assert_eq!(l.take(&[key("a")], t0), vec![Some(60)], "given back");
-        l.give_back(&[("a".into(), 59)], t0);
+        l.give_back(&[key("a")], &[Some(59)], t0);
         assert_eq!(l.left(&"a".into(), t0), 0, "not to another window");
         l.granted(&"a".into(), grant(60, 5, end), t0);
         assert_eq!(l.take(&[key("a")], end), vec![None], "the window ended");
-        l.give_back(&[("a".into(), 60)], end);
+        l.give_back(&[key("a")], &[Some(60)], end);
         assert_eq!(l.left(&"a".into(), end), 0);
     }
 

@@ -168,11 +168,6 @@ impl SharedCounters {
             .map(|(s, id)| leased(s).then(|| lease_key(&self.redis, s, id)))
             .collect();
         let taken = self.leases.take(&keys, now);
-        let held: Vec<(Key, u64)> = keys
-            .iter()
-            .zip(&taken)
-            .filter_map(|(k, w)| Some((k.clone()?, (*w)?)))
-            .collect();
         let ask: Vec<usize> = (0..applicable.len())
             .filter(|i| taken[*i].is_none())
             .collect();
@@ -196,7 +191,7 @@ impl SharedCounters {
                     }
                 }
                 Ok(Err(e)) => {
-                    self.leases.give_back(&held, Instant::now());
+                    self.leases.give_back(&keys, &taken, Instant::now());
                     return Err(Refusal::Exceeded(e));
                 }
                 Err(cause) => {
@@ -204,7 +199,7 @@ impl SharedCounters {
                         asked.iter().map(|(s, id, _)| (*s, *id)).collect();
                     let answer = unavailable(&uncounted, cause);
                     if answer.is_err() {
-                        self.leases.give_back(&held, Instant::now());
+                        self.leases.give_back(&keys, &taken, Instant::now());
                     }
                     return answer;
                 }
