@@ -72,6 +72,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 /// A `(seq, event)` row. An event whose segment record is missing or
 /// damaged reads as empty (it then matches no leaf: verify names it).
+/// Leaves `(index, hash)` as a store or another sink hands them out.
+pub type Leaves<'a> = dyn Iterator<Item = Result<(u64, Hash), AuditError>> + 'a;
+/// Event rows as a store or another sink hands them out.
+pub type Events<'a> = dyn Iterator<Item = Result<StoredEvent, AuditError>> + 'a;
+
 pub(crate) fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
         seq: r.get::<_, i64>(0)? as u64,
@@ -308,26 +313,45 @@ impl Store {
 
     /// All leaf hashes in index order, with their indexes.
     pub fn leaves(&self) -> Result<Vec<(u64, Hash)>, AuditError> {
-        let mut stmt = self.conn.prepare("SELECT idx, hash FROM lv ORDER BY idx")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (idx, hash) = row?;
-            let hash: Hash = hash
-                .try_into()
-                .map_err(|_| AuditError::Corrupt(format!("log leaf {idx} is not 32 bytes")))?;
-            out.push((idx as u64, hash));
-        }
-        Ok(out)
+        self.scan_leaves(|leaves| leaves.collect())
     }
 
     /// All event rows in `seq` order.
     pub fn events(&self) -> Result<Vec<StoredEvent>, AuditError> {
+        self.scan_events(|events| events.collect())
+    }
+
+    /// Hands `read` the leaves in index order, one at a time, read as it
+    /// asks for them (`verify` walks a log of any length in bounded
+    /// memory this way).
+    pub fn scan_leaves<T>(
+        &self,
+        read: impl FnOnce(&mut Leaves<'_>) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let mut stmt = self.conn.prepare("SELECT idx, hash FROM lv ORDER BY idx")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut leaves = rows.map(|row| {
+            let (idx, hash) = row?;
+            let hash: Hash = hash
+                .try_into()
+                .map_err(|_| AuditError::Corrupt(format!("log leaf {idx} is not 32 bytes")))?;
+            Ok((idx as u64, hash))
+        });
+        read(&mut leaves)
+    }
+
+    /// Hands `read` the event rows in `seq` order, one at a time, read as
+    /// it asks for them.
+    pub fn scan_events<T>(
+        &self,
+        read: impl FnOnce(&mut Events<'_>) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
         let mut stmt = self
             .conn
             .prepare("SELECT seq, event FROM ev ORDER BY seq")?;
         let rows = stmt.query_map([], stored)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut events = rows.map(|row| row.map_err(AuditError::from));
+        read(&mut events)
     }
 
     /// Up to `limit` events from `from` on, in order, with their leaf hashes.

@@ -9,10 +9,9 @@
 //! was given contradicts the signed log, or count pruned events as checked.
 
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::checkpoint::{Checkpoint, NoteVerifier};
-use crate::event::parse_canonical;
 use crate::merkle::{self, Frontier, Hash, Nodes};
 use crate::store::{Store, StoredEvent};
 use crate::AuditError;
@@ -162,19 +161,47 @@ pub fn read_witness(text: &str) -> Result<Vec<WitnessEntry>, AuditError> {
     Ok(entries)
 }
 
+mod walk;
+
 enum Expect {
     Own(Checkpoint),
     Witness(Checkpoint),
 }
 
-/// Verifies the whole store. `verifier` is the node's verifier key;
-/// `witness` the checkpoints an outside witness holds.
+/// Verifies the whole store, in one snapshot and bounded memory (the
+/// leaves and rows are read as they are checked, `walk.rs`). `verifier` is
+/// the node's verifier key; `witness` the checkpoints an outside witness
+/// holds.
 pub fn verify(
     store: &Store,
     verifier: &NoteVerifier,
     witness: &[WitnessEntry],
 ) -> Result<VerifyReport, AuditError> {
-    verify_log(&read_log(store)?, verifier, witness)
+    store.read_consistent(|s| {
+        let head = head(
+            s.pruned()?.unwrap_or_default(),
+            &s.checkpoints()?,
+            verifier,
+            witness,
+        );
+        let head = walk::Head {
+            duplicates: 0,
+            from_clickhouse: 0,
+            ..head
+        };
+        let mut rescan = |each: &mut dyn FnMut(u64, Hash)| {
+            s.scan_leaves(|leaves| {
+                for leaf in leaves {
+                    let (idx, hash) = leaf?;
+                    each(idx, hash);
+                }
+                Ok(())
+            })
+        };
+        s.scan_leaves(|leaves| {
+            s.scan_events(|events| walk::check(head, leaves, events, &mut rescan))
+        })
+    })
 }
 
 /// The store's log, read in one snapshot.
@@ -236,131 +263,58 @@ pub struct LogData {
     pub from_clickhouse: u64,
 }
 
-/// Verifies a log read from any sink.
+/// Verifies a log read from any sink (held in memory: ClickHouse's, or a
+/// pruned store completed from it).
 pub fn verify_log(
     data: &LogData,
     verifier: &NoteVerifier,
     witness: &[WitnessEntry],
 ) -> Result<VerifyReport, AuditError> {
-    let mut problems = Vec::new();
-    let (leaves, events) = (&data.leaves, &data.events);
-    let prefix = data.pruned.clone().unwrap_or_default();
-    let base = prefix.size();
-    let log: Vec<Hash> = leaves.iter().map(|(_, h)| *h).collect();
-    for (pos, (idx, _)) in leaves.iter().enumerate() {
-        let want = base + pos as u64;
-        if *idx != want {
-            problems.push(Problem::LogRewritten {
-                size: want,
-                detail: format!("log leaf {want} is missing"),
-            });
-            break;
-        }
-    }
-    // Where the log ends: past its last leaf, or at the largest signed
-    // size when rows past the last leaf are gone (an event and its leaf
-    // deleted together, as one row of the embedded store).
-    let signed = data.checkpoints.iter().map(|(size, _)| *size).max();
-    let end = leaves
-        .last()
-        .map_or(base, |(idx, _)| idx + 1)
-        .max(base + log.len() as u64)
-        .max(signed.unwrap_or(0));
-    let position: HashMap<Hash, u64> = leaves.iter().map(|(idx, h)| (*h, *idx)).collect();
-    let slot = |seq: u64| seq.checked_sub(base).map(|i| i as usize);
-    // Leaves are in index order (`LogData`).
-    let has_leaf = |seq: u64| leaves.binary_search_by_key(&seq, |(idx, _)| *idx).is_ok();
-
-    // 1. Every event row against the log.
-    let mut present = vec![false; (end - base) as usize];
-    let mut mark = |seq: u64| {
-        if let Some(p) = slot(seq).and_then(|i| present.get_mut(i)) {
-            *p = true;
-        }
+    let head = head(
+        data.pruned.clone().unwrap_or_default(),
+        &data.checkpoints,
+        verifier,
+        witness,
+    );
+    let head = walk::Head {
+        duplicates: data.duplicates,
+        from_clickhouse: data.from_clickhouse,
+        ..head
     };
-    for row in events.iter() {
-        let bytes = row.json.as_bytes();
-        let leaf = merkle::leaf_hash(bytes);
-        let event = parse_canonical(bytes);
-        let event_id = event
-            .as_ref()
-            .map(|e| e.event_id.clone())
-            .unwrap_or_default();
-        // Where the event says it belongs (its own `seq`): rows moved with
-        // their leaves still say where they were written.
-        let says = event.as_ref().map_or(row.seq, |e| e.seq);
-        match position.get(&leaf) {
-            Some(&i) if i == row.seq && says != row.seq => {
-                problems.push(Problem::Reordered {
-                    seq: row.seq,
-                    event_id,
-                    belongs_at: says,
-                });
-                mark(says);
-            }
-            Some(&i) if i == row.seq => mark(i),
-            Some(&i) => {
-                problems.push(Problem::Reordered {
-                    seq: row.seq,
-                    event_id,
-                    belongs_at: i,
-                });
-                mark(i);
-            }
-            None if row.seq >= end || row.seq < base => {
-                problems.push(Problem::Inserted {
-                    seq: row.seq,
-                    event_id,
-                });
-            }
-            None => {
-                let detail = match &event {
-                    Err(e) => e.clone(),
-                    Ok(e) if e.seq != row.seq => {
-                        format!("stored at #{} but says it is #{}", row.seq, e.seq)
-                    }
-                    Ok(_) if !has_leaf(row.seq) => "its leaf is missing from the log".into(),
-                    Ok(_) => "its hash differs from the signed log".into(),
-                };
-                // A row whose content is not in the log, stored where another
-                // event is missing, is an edit of that event; present[] stays
-                // false only for truly absent ones.
-                mark(row.seq);
-                problems.push(Problem::Edited {
-                    seq: row.seq,
-                    event_id,
-                    detail,
-                });
-            }
-        }
-    }
-    for (i, p) in present.iter().enumerate() {
-        if !p {
-            problems.push(Problem::Deleted {
-                seq: base + i as u64,
-            });
-        }
-    }
+    let mut leaves = data.leaves.iter().map(|leaf| Ok(*leaf));
+    let mut events = data.events.iter().map(|row| Ok(row.clone()));
+    let mut rescan = |each: &mut dyn FnMut(u64, Hash)| {
+        data.leaves.iter().for_each(|(idx, hash)| each(*idx, *hash));
+        Ok(())
+    };
+    walk::check(head, &mut leaves, &mut events, &mut rescan)
+}
 
-    // 2. The log against every signed checkpoint, in one pass.
+/// The checkpoints to check, own and witnessed, opened with the node's
+/// key; those that do not open are problems already.
+fn head(
+    prefix: Frontier,
+    checkpoints: &[(u64, String)],
+    verifier: &NoteVerifier,
+    witness: &[WitnessEntry],
+) -> walk::Head {
+    let mut problems = Vec::new();
     let mut expected: BTreeMap<u64, Vec<Expect>> = BTreeMap::new();
-    let mut own = 0;
-    for (size, note) in data.checkpoints.iter().cloned() {
-        match verifier.open(&note) {
-            Ok(cp) if cp.size == size => {
-                expected.entry(size).or_default().push(Expect::Own(cp));
+    for (size, note) in checkpoints {
+        match verifier.open(note) {
+            Ok(cp) if cp.size == *size => {
+                expected.entry(*size).or_default().push(Expect::Own(cp));
             }
             Ok(cp) => problems.push(Problem::BadCheckpoint {
-                size,
+                size: *size,
                 detail: format!("stored under size {size} but signs size {}", cp.size),
             }),
             Err(e) => problems.push(Problem::BadCheckpoint {
-                size,
+                size: *size,
                 detail: e.to_string(),
             }),
         }
     }
-    let mut witnessed = 0;
     for entry in witness {
         let opened = NoteVerifier::from_encoded(&entry.vkey).and_then(|v| {
             if v != *verifier {
@@ -384,71 +338,14 @@ pub fn verify_log(
             }),
         }
     }
-    let mut frontier = prefix;
-    let mut leaves_iter = log.iter();
-    let mut pruned_checkpoints = 0;
-    for (size, checks) in expected {
-        if size < base {
-            pruned_checkpoints += checks.len();
-            continue;
-        }
-        while frontier.size() < size {
-            match leaves_iter.next() {
-                Some(l) => frontier.push(*l),
-                None => break,
-            }
-        }
-        for check in checks {
-            let (cp, witness) = match &check {
-                Expect::Own(cp) => (cp, false),
-                Expect::Witness(cp) => (cp, true),
-            };
-            if witness {
-                witnessed += 1;
-            } else {
-                own += 1;
-            }
-            let detail = if frontier.size() < size {
-                Some(format!("the log has only {} leaves", frontier.size()))
-            } else if frontier.root() != cp.root {
-                Some(format!(
-                    "signed root {} but the log gives {}",
-                    hex::encode(cp.root),
-                    hex::encode(frontier.root())
-                ))
-            } else {
-                None
-            };
-            if let Some(detail) = detail {
-                problems.push(if witness {
-                    Problem::WitnessMismatch { size, detail }
-                } else {
-                    Problem::LogRewritten { size, detail }
-                });
-            }
-        }
-    }
-    problems.sort_by_key(|p| match p {
-        Problem::Edited { seq, .. }
-        | Problem::Deleted { seq }
-        | Problem::Inserted { seq, .. }
-        | Problem::Reordered { seq, .. } => (0, *seq),
-        Problem::BadCheckpoint { size, .. } => (1, *size),
-        Problem::LogRewritten { size, .. } => (2, *size),
-        Problem::WitnessMismatch { size, .. } => (3, *size),
-        Problem::NotWitnessed { size, .. } => (4, *size),
-    });
-    Ok(VerifyReport {
-        events: events.len() as u64,
-        log_size: end,
-        checkpoints_checked: own,
-        witness_checkpoints_checked: witnessed,
-        duplicates: data.duplicates,
-        pruned_before: base,
-        pruned_checkpoints,
-        from_clickhouse: data.from_clickhouse,
+    walk::Head {
+        prefix,
+        expected,
+        signed: checkpoints.iter().map(|(size, _)| *size).max(),
         problems,
-    })
+        duplicates: 0,
+        from_clickhouse: 0,
+    }
 }
 
 /// An inclusion proof of one event in a signed checkpoint.
@@ -506,12 +403,14 @@ pub fn prove_inclusion(
     }
     let path = merkle::inclusion_proof_in(&log, seq, cp.size)
         .ok_or_else(|| AuditError::Corrupt(format!("no event #{seq}")))?;
-    let event = store
-        .events()?
+    // The one row, not the whole store.
+    let json = store
+        .range(seq, 1)?
         .into_iter()
-        .find(|e| e.seq == seq)
+        .find(|(at, _, _)| *at == seq)
+        .map(|(_, json, _)| json)
         .ok_or_else(|| AuditError::Corrupt(format!("event #{seq} is not in the store")))?;
-    let leaf = merkle::leaf_hash(event.json.as_bytes());
+    let leaf = merkle::leaf_hash(json.as_bytes());
     let verified = merkle::verify_inclusion(&leaf, seq, cp.size, &path, &cp.root);
     Ok(InclusionProof {
         seq,

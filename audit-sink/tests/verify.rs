@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use lattice_audit::verify::{read_witness, verify, Problem, VerifyReport};
+use lattice_audit::verify::{read_log, read_witness, verify, verify_log, Problem, VerifyReport};
 use lattice_audit::{AuditEvent, AuditPipeline, NoteSigner, Phase, PipelineConfig, Store};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,14 +68,29 @@ impl Trail {
         to
     }
 
+    /// `verify` (the store read as it is checked), after checking that
+    /// the same log read whole into memory (as ClickHouse's is) reads the
+    /// same: both readers, one verdict.
     fn verify(&self, db: &Path) -> VerifyReport {
         let witness = read_witness(&std::fs::read_to_string(&self.witness).unwrap()).unwrap();
-        verify(
-            &Store::open_read_only(db).unwrap(),
+        let store = Store::open_read_only(db).unwrap();
+        let streamed = verify(&store, &self.signer.verifier(), &witness).unwrap();
+        let whole = verify_log(
+            &read_log(&store).unwrap(),
             &self.signer.verifier(),
             &witness,
         )
-        .unwrap()
+        .unwrap();
+        assert_eq!(streamed.problems, whole.problems, "{}", db.display());
+        assert_eq!(
+            (
+                streamed.events,
+                streamed.log_size,
+                streamed.checkpoints_checked
+            ),
+            (whole.events, whole.log_size, whole.checkpoints_checked)
+        );
+        streamed
     }
 }
 
@@ -246,5 +261,109 @@ fn a_closed_pipeline_refuses_decisions() {
     assert!(
         refused.is_err(),
         "a closed pipeline must refuse, never drop silently"
+    );
+}
+
+/// Where the test below keeps its store for the child it starts.
+const CHILD_STORE: &str = "LATTICE_TEST_VERIFY_STORE";
+
+fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The child of the test below: verifies the store it is given and prints
+/// how much its peak memory grew while it did (not run by itself).
+#[test]
+#[ignore = "run by a_long_log_is_verified_in_bounded_memory, in a process of its own"]
+fn verify_in_a_child_and_print_the_peak_growth() {
+    let db = PathBuf::from(std::env::var(CHILD_STORE).expect("started by its parent test"));
+    let verifier = lattice_audit::NoteVerifier::from_encoded(
+        &std::fs::read_to_string(db.with_file_name("vkey")).unwrap(),
+    )
+    .unwrap();
+    let store = Store::open_read_only(&db).unwrap();
+    let before = status_kb("VmRSS:");
+    let report = verify(&store, &verifier, &[]).unwrap();
+    let peak = status_kb("VmHWM:");
+    println!(
+        "verified={} events={} growth_kb={}",
+        report.ok(),
+        report.events,
+        peak.saturating_sub(before)
+    );
+}
+
+#[test]
+fn a_long_log_is_verified_in_bounded_memory() {
+    // 80,000 events of about 440 bytes: 35 MB of JSON, which a verify that
+    // read the log whole held at once (with its leaves and an index of
+    // them: over 40 MB); read as it is checked, a few MB.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let signer = NoteSigner::generate("test-node");
+    std::fs::write(dir.path().join("vkey"), signer.verifier().encoded()).unwrap();
+    let mut config = lattice_audit::testkit::pipeline_config(&db, &signer).unwrap();
+    config.queue_capacity = 8192;
+    config.checkpoint_every = 4096;
+    let pipeline = AuditPipeline::start(config).unwrap();
+    let audit = pipeline.handle();
+    for i in 0..40_000 {
+        let request = format!("r-{i}");
+        let mut decision = AuditEvent::new(Phase::Decision, &request, "http.request");
+        decision.principal = "agent-a".into();
+        decision.decision = "allow".into();
+        let (slot, durable) = loop {
+            match audit.record_decision(decision.clone()) {
+                Ok(recorded) => break recorded,
+                // The queue is full: the writer catches up.
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        drop(durable);
+        let mut outcome = AuditEvent::new(Phase::Outcome, &request, "http.request");
+        outcome.status = Some(200);
+        slot.record(outcome).unwrap();
+    }
+    pipeline.shutdown().unwrap();
+
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "verify_in_a_child_and_print_the_peak_growth",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_STORE, &db)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // libtest may print the test's name on the same line.
+    let line = stdout
+        .lines()
+        .find_map(|l| l.find("verified=").map(|at| &l[at..]))
+        .unwrap_or_else(|| panic!("the child said nothing: {stdout}"));
+    let field = |name: &str| -> String {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(field("verified="), "true", "{line}");
+    assert_eq!(field("events="), "80000", "{line}");
+    let growth_kb: u64 = field("growth_kb=").parse().unwrap();
+    assert!(
+        growth_kb < 16 * 1024,
+        "verifying 80,000 events raised the peak memory by {growth_kb} kB: {line}"
     );
 }

@@ -8,7 +8,7 @@ use lattice_audit::query::{self, AuditQuery, Scope};
 use lattice_audit::verify::Problem;
 use lattice_audit::witness::{first_not_cosigned, CosignatureVerifier};
 use lattice_audit::{
-    clickhouse, prove_consistency, prove_inclusion, read_log, read_witness, verify_log,
+    clickhouse, prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_log,
     with_pruned_from, NoteVerifier, Store,
 };
 use std::path::PathBuf;
@@ -289,11 +289,13 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             let t = keys.open()?;
             let mut report = match sink {
                 Sink::Embedded => {
-                    let local = read_log(&t.store()?)?;
-                    match (&local.pruned, &t.cfg.audit.clickhouse) {
+                    let store = t.store()?;
+                    match (store.pruned()?, &t.cfg.audit.clickhouse) {
                         // Retention pruned the oldest events: ClickHouse
-                        // holds them, and the whole log is verified.
+                        // holds them, and the whole log is verified (read
+                        // into memory, both parts).
                         (Some(_), Some(ch)) => {
+                            let local = read_log(&store)?;
                             let rt = tokio::runtime::Builder::new_current_thread()
                                 .enable_all()
                                 .build()?;
@@ -310,7 +312,8 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                                 })?;
                             verify_log(&with_pruned_from(local, remote), &t.verifier, &t.witness)?
                         }
-                        _ => verify_log(&local, &t.verifier, &t.witness)?,
+                        // Read as it is checked, in bounded memory.
+                        _ => verify(&store, &t.verifier, &t.witness)?,
                     }
                 }
                 Sink::Clickhouse if !keys.witness_keys.is_empty() => {
