@@ -158,16 +158,7 @@ impl Redis {
         args: Vec<String>,
     ) -> Result<T, String> {
         let mut conn = self.conn.clone();
-        let call = async move {
-            let mut call = script.prepare_invoke();
-            for k in &keys {
-                call.key(k);
-            }
-            for a in &args {
-                call.arg(a);
-            }
-            call.invoke_async::<T>(&mut conn).await
-        };
+        let call = async move { invoke::<T>(script, &keys, &args, &mut conn).await };
         match tokio::time::timeout(self.timeout, call).await {
             Err(_) => Err(format!(
                 "{}: no answer within {} ms",
@@ -180,7 +171,49 @@ impl Redis {
     }
 }
 
+/// Runs `script` with its keys and arguments on `conn` (EVALSHA, loaded
+/// again after a store restart).
+async fn invoke<T: FromRedisValue>(
+    script: &Script,
+    keys: &[String],
+    args: &[String],
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+) -> redis::RedisResult<T> {
+    let mut call = script.prepare_invoke();
+    for k in keys {
+        call.key(k);
+    }
+    for a in args {
+        call.arg(a);
+    }
+    call.invoke_async::<T>(conn).await
+}
+
 impl Redis {
+    /// `eval` from a thread outside any async runtime, on this store's own
+    /// runtime and a connection of its own (the shared one's driver lives
+    /// on the request path's runtime, which is gone at shutdown).
+    pub fn eval_blocking<T: FromRedisValue + Send + 'static>(
+        &self,
+        script: &'static Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, String> {
+        let Some(runtime) = &self.runtime else {
+            return Err(format!("{}: the connection is closed", self.shown));
+        };
+        let client = self.client.clone();
+        let call = async move {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            invoke::<T>(script, &keys, &args, &mut conn).await
+        };
+        match runtime.block_on(async { tokio::time::timeout(self.timeout * 4, call).await }) {
+            Err(_) => Err(format!("{}: no answer in time", self.shown)),
+            Ok(Err(e)) => Err(format!("{}: {e}", self.shown)),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
     /// Publishes a revocation and keeps it (a session for `ttl_s`, the
     /// life of its tokens; a key for good). Err: why it could not be
     /// shared (it holds on this replica regardless).

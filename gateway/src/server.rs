@@ -306,6 +306,13 @@ pub fn run_with(
     if let Some(d) = discovery {
         let _ = d.join();
     }
+    match shared.limiter.surrender_leases() {
+        Ok(0) => {}
+        Ok(units) => tracing::info!(units, "unused leased limit units given back"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not give back the leased limit units (they count until their window ends)")
+        }
+    }
     let written = shared.audit.written();
     drop(shared);
     pipeline.shutdown()?;

@@ -265,3 +265,41 @@ async fn while_redis_is_down_only_what_a_lease_covers_is_admitted() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_replica_that_stops_gives_back_the_units_it_leased_and_did_not_use() {
+    let redis = RedisServer::start();
+    let specs = limit(100_000, 31_536_000);
+    let replica = redis.replica();
+    let who = agent("agent-x");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let admitted = 2000;
+    rt.block_on(async {
+        for _ in 0..admitted {
+            replica
+                .admit(&specs, &who, CallKind::Http, now_s())
+                .await
+                .unwrap();
+        }
+        // Refills asked for in the background land.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let held: u64 = redis.counted().iter().sum();
+    assert!(
+        held > admitted,
+        "a lease is held: {held} counted for {admitted} admitted"
+    );
+    // As at shutdown: outside the runtime the calls ran on.
+    let units = replica.surrender_leases().unwrap();
+    assert_eq!(held - units, admitted, "{units} given back of {held}");
+    assert_eq!(redis.counted().iter().sum::<u64>(), admitted);
+    // Later calls ask Redis for themselves, one unit each.
+    rt.block_on(replica.admit(&specs, &who, CallKind::Http, now_s()))
+        .unwrap();
+    assert_eq!(redis.counted().iter().sum::<u64>(), admitted + 1);
+    assert_eq!(replica.surrender_leases().unwrap(), 0);
+}

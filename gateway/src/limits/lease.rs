@@ -16,6 +16,9 @@
 //! the refill asked then), and once less than `2 × SHARE` is left of a
 //! window every call checks with Redis.
 //!
+//! A replica that stops gracefully gives back what is left of its live
+//! leases (`surrender`; Redis uncounts it, never below zero).
+//!
 //! When a lease ends: at the end of its window on Redis's clock, measured
 //! on this replica's clock from when the request that got it was sent (so
 //! never after the window's true end).
@@ -197,6 +200,19 @@ impl Leases {
                 add(lease, grant, now);
             }
         }
+    }
+
+    /// Ends every lease and says what was left of each live one (key,
+    /// window, units) for Redis to uncount: a replica that stops gives
+    /// back the units it will never use. Calls after this ask Redis for
+    /// themselves.
+    pub(super) fn surrender(&self, now: Instant) -> Vec<(Key, u64, u64)> {
+        self.map
+            .lock()
+            .drain()
+            .filter(|(_, l)| l.live(now) && l.left > 0)
+            .map(|(key, l)| (key, l.window, l.left))
+            .collect()
     }
 
     /// Units left in `key`'s live lease (for tests and metrics).

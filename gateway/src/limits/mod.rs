@@ -119,6 +119,16 @@ impl Limiter {
         }
     }
 
+    /// At shutdown, outside any runtime: gives back the units this
+    /// replica leased and did not use, so the other replicas can admit
+    /// them in this window. Ok: how many (none without shared counters).
+    pub fn surrender_leases(&self) -> Result<u64, String> {
+        match &self.counters {
+            Counters::Shared(shared) => shared.surrender(),
+            Counters::Local(_) => Ok(0),
+        }
+    }
+
     /// Whether the counters are shared (Redis) rather than this process's.
     pub fn is_shared(&self) -> bool {
         matches!(self.counters, Counters::Shared(_))

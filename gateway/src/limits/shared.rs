@@ -7,7 +7,8 @@
 //! replica asks for a lease (`lease.rs`): the units past the call's own are
 //! admitted from memory, and a lease running low is topped up by a second
 //! script in the background. Tokens are charged after the call, one round
-//! trip each. Each window is a hash
+//! trip each. At shutdown the leases' unused units are uncounted
+//! (`surrender`). Each window is a hash
 //! `<prefix>:limit:<name>:<per>:<id length>:<id>:<window start>` with
 //! fields `r` (requests, leased ones included) and `t` (tokens), expiring
 //! a minute after its window ends.
@@ -102,6 +103,23 @@ end
 return out
 "
     ))
+});
+
+/// KEYS: each lease's base key. ARGV: per lease, its window's start and
+/// the units left. Uncounts them from that window (never below zero; a
+/// window that expired meanwhile is left alone).
+static RETURN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i = 1, #KEYS do
+  local key = KEYS[i] .. ':' .. ARGV[i * 2 - 1]
+  local r = tonumber(redis.call('HGET', key, 'r') or '0')
+  local n = math.min(tonumber(ARGV[i * 2]), r)
+  if n > 0 then redis.call('HINCRBY', key, 'r', -n) end
+end
+return 0
+",
+    )
 });
 
 /// KEYS: each budget's base key. ARGV: the tokens, then each budget's
@@ -207,6 +225,32 @@ impl SharedCounters {
         }
         self.refill(applicable, &keys);
         Ok(Admitted::default())
+    }
+
+    /// Gives back what is left of this replica's leases (at shutdown,
+    /// outside any runtime). Ok: how many units.
+    pub(super) fn surrender(&self) -> Result<u64, String> {
+        let left = self.leases.surrender(Instant::now());
+        if left.is_empty() {
+            return Ok(0);
+        }
+        let units = left.iter().map(|(_, _, n)| n).sum();
+        // A lease's key is its counter's base key and `:<window length>`.
+        let keys = left
+            .iter()
+            .map(|(key, ..)| {
+                key.rsplit_once(':')
+                    .map_or(key.as_str(), |(base, _)| base)
+                    .to_string()
+            })
+            .collect();
+        let args = left
+            .iter()
+            .flat_map(|(_, window, n)| [window.to_string(), n.to_string()])
+            .collect();
+        self.redis
+            .eval_blocking::<i64>(&RETURN, keys, args)
+            .map(|_| units)
     }
 
     /// Asks, in the background, for the next lease of each limit whose
