@@ -134,8 +134,8 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<u64>, AuditError> {
 }
 
 /// Writes `path` full of zeros (`size` bytes) under a temporary name,
-/// syncs it, and renames it into place; a failed attempt leaves nothing. `gently`: a chunk at a time, each
-/// written back before the next and followed by a pause (the spare, on
+/// syncs it, and renames it into place; a failed attempt leaves nothing.
+/// `gently`: a chunk at a time, each written back before the next and followed by a pause (the spare, on
 /// its helper thread) until `urgent` is set (the writer waits for it):
 /// zeroed at once, a segment queued a 16 MiB write ahead of the
 /// `fdatasync` every call's decision waits for.

@@ -70,13 +70,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 ";
 
-/// A `(seq, event)` row. An event whose segment record is missing or
-/// damaged reads as empty (it then matches no leaf: verify names it).
 /// Leaves `(index, hash)` as a store or another sink hands them out.
 pub type Leaves<'a> = dyn Iterator<Item = Result<(u64, Hash), AuditError>> + 'a;
 /// Event rows as a store or another sink hands them out.
 pub type Events<'a> = dyn Iterator<Item = Result<StoredEvent, AuditError>> + 'a;
 
+/// A `(seq, event)` row. An event whose segment record is missing or
+/// damaged reads as empty (it then matches no leaf: verify names it).
 pub(crate) fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
         seq: r.get::<_, i64>(0)? as u64,

@@ -16,6 +16,8 @@ use crate::merkle::{self, Frontier, Hash, Nodes};
 use crate::store::{Store, StoredEvent};
 use crate::AuditError;
 
+mod walk;
+
 /// One thing wrong with the trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
@@ -161,8 +163,6 @@ pub fn read_witness(text: &str) -> Result<Vec<WitnessEntry>, AuditError> {
     Ok(entries)
 }
 
-mod walk;
-
 enum Expect {
     Own(Checkpoint),
     Witness(Checkpoint),
@@ -184,11 +184,6 @@ pub fn verify(
             verifier,
             witness,
         );
-        let head = walk::Head {
-            duplicates: 0,
-            from_clickhouse: 0,
-            ..head
-        };
         let mut rescan = |each: &mut dyn FnMut(u64, Hash)| {
             s.scan_leaves(|leaves| {
                 for leaf in leaves {
@@ -291,7 +286,8 @@ pub fn verify_log(
 }
 
 /// The checkpoints to check, own and witnessed, opened with the node's
-/// key; those that do not open are problems already.
+/// key; those that do not open are problems already. A store's own log:
+/// no duplicate rows, nothing read from ClickHouse.
 fn head(
     prefix: Frontier,
     checkpoints: &[(u64, String)],

@@ -207,6 +207,7 @@ impl Redis {
             let mut conn = client.get_multiplexed_async_connection().await?;
             invoke::<T>(script, &keys, &args, &mut conn).await
         };
+        // A connection is made first: a few round trips, not one.
         match runtime.block_on(async { tokio::time::timeout(self.timeout * 4, call).await }) {
             Err(_) => Err(format!("{}: no answer in time", self.shown)),
             Ok(Err(e)) => Err(format!("{}: {e}", self.shown)),

@@ -216,23 +216,22 @@ pub(super) fn check(
         rows += 1;
         let bytes = row.json.as_bytes();
         let leaf = merkle::leaf_hash(bytes);
-        let event = parse_canonical(bytes);
-        let event_id = event
-            .as_ref()
-            .map(|e| e.event_id.clone())
-            .unwrap_or_default();
+        let (event_id, says) = match parse_canonical(bytes) {
+            Ok(e) => (e.event_id, Ok(e.seq)),
+            Err(e) => (String::new(), Err(e)),
+        };
         let at = walk.leaf_at(row.seq)?;
         if at == Some(leaf) {
             // Where the event says it belongs (its own `seq`): rows moved
             // with their leaves still say where they were written.
-            match &event {
-                Ok(e) if e.seq != row.seq => {
+            match says {
+                Ok(belongs_at) if belongs_at != row.seq => {
                     problems.push(Problem::Reordered {
                         seq: row.seq,
                         event_id,
-                        belongs_at: e.seq,
+                        belongs_at,
                     });
-                    later.push(e.seq);
+                    later.push(belongs_at);
                 }
                 _ if row.seq >= base => present.set(row.seq - base),
                 _ => {}
@@ -241,7 +240,7 @@ pub(super) fn check(
             set_aside.push(SetAside {
                 seq: row.seq,
                 event_id,
-                says: event.map(|e| e.seq),
+                says,
                 leaf,
                 has_leaf: at.is_some(),
             });

@@ -235,14 +235,9 @@ impl SharedCounters {
             return Ok(0);
         }
         let units = left.iter().map(|(_, _, n)| n).sum();
-        // A lease's key is its counter's base key and `:<window length>`.
         let keys = left
             .iter()
-            .map(|(key, ..)| {
-                key.rsplit_once(':')
-                    .map_or(key.as_str(), |(base, _)| base)
-                    .to_string()
-            })
+            .map(|(key, ..)| lease_base(key).to_string())
             .collect();
         let args = left
             .iter()
@@ -334,6 +329,11 @@ fn grants(answer: &[i64], n: usize) -> Option<Vec<Counted>> {
 /// that changes the window starts another lease).
 fn lease_key(redis: &Redis, spec: &LimitSpec, id: &str) -> Key {
     format!("{}:{}", base_key(redis, spec, id), window_s(spec))
+}
+
+/// The counter's base key of a `lease_key`.
+fn lease_base(key: &Key) -> &str {
+    key.rsplit_once(':').map_or(key.as_str(), |(base, _)| base)
 }
 
 /// Ok(Ok): admitted, with the units counted per limit. Ok(Err): the first
