@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 use crate::store::Store;
 use crate::AuditError;
 
+mod read;
+pub use read::RemoteLog;
+
 /// Where and how to ship.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClickHouseConfig {
@@ -463,61 +466,4 @@ async fn ship_once(
         insert.end().await.map_err(ch_err)?;
     }
     Ok(shipped + checkpoints.len())
-}
-
-#[derive(Row, Deserialize)]
-struct LogRow {
-    seq: u64,
-    leaf_hash: String,
-    event: String,
-}
-
-#[derive(Row, Deserialize)]
-struct NoteRow {
-    size: u64,
-    note: String,
-}
-
-/// Reads a node's log back from ClickHouse for verification. Identical
-/// duplicate rows (a retried insert) are dropped and counted; rows that
-/// share a `seq` but differ are all kept, so verification flags them.
-pub async fn load_log(client: &Client, node: &str) -> Result<crate::verify::LogData, AuditError> {
-    let rows: Vec<LogRow> = client
-        .query("SELECT seq, leaf_hash, event FROM audit_events WHERE node = ? ORDER BY seq")
-        .bind(node)
-        .fetch_all()
-        .await
-        .map_err(ch_err)?;
-    let mut data = crate::verify::LogData::default();
-    let mut last: Option<(u64, String, String)> = None;
-    for r in rows {
-        if let Some((seq, leaf, event)) = &last {
-            if *seq == r.seq && *leaf == r.leaf_hash && *event == r.event {
-                data.duplicates += 1;
-                continue;
-            }
-        }
-        let leaf: crate::merkle::Hash = hex::decode(&r.leaf_hash)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| {
-                AuditError::Corrupt(format!("row #{}: leaf_hash is not a SHA-256 hex", r.seq))
-            })?;
-        if data.leaves.last().map(|(s, _)| *s) != Some(r.seq) {
-            data.leaves.push((r.seq, leaf));
-        }
-        data.events.push(crate::store::StoredEvent {
-            seq: r.seq,
-            json: r.event.clone(),
-        });
-        last = Some((r.seq, r.leaf_hash, r.event));
-    }
-    let notes: Vec<NoteRow> = client
-        .query("SELECT size, any(note) AS note FROM audit_checkpoints WHERE node = ? GROUP BY size ORDER BY size")
-        .bind(node)
-        .fetch_all()
-        .await
-        .map_err(ch_err)?;
-    data.checkpoints = notes.into_iter().map(|n| (n.size, n.note)).collect();
-    Ok(data)
 }

@@ -31,8 +31,8 @@ pub use event::{now_us, AuditEvent, Phase};
 pub use segments::{beyond_store, free_bytes};
 pub use store::Store;
 pub use verify::{
-    prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_log,
-    with_pruned_from, LogData, Problem, VerifyReport,
+    prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_clickhouse,
+    verify_log, verify_pruned, LogData, Problem, VerifyReport,
 };
 pub use writer::{
     AuditHandle, AuditPipeline, Durable, OutcomeSlot, PipelineConfig, Retention, GAP, INTERRUPTED,

@@ -3,7 +3,9 @@
 //! every signed checkpoint (the store's own and a witness's), and names the
 //! first event that was edited, deleted, inserted or reordered. A store
 //! pruned by retention is verified from its pruned prefix on, or whole when
-//! the pruned events are read back from ClickHouse (`with_pruned_from`).
+//! the pruned events are read back from ClickHouse (`verify_pruned`); a
+//! log in ClickHouse is verified there (`verify_clickhouse`). Every one is
+//! read as it is checked, in bounded memory.
 //!
 //! Must never: report a trail as verified when a row, leaf or checkpoint it
 //! was given contradicts the signed log, or count pruned events as checked.
@@ -12,6 +14,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::checkpoint::{Checkpoint, NoteVerifier};
+use crate::clickhouse::RemoteLog;
 use crate::merkle::{self, Frontier, Hash, Nodes};
 use crate::store::{Store, StoredEvent};
 use crate::AuditError;
@@ -177,26 +180,104 @@ pub fn verify(
     verifier: &NoteVerifier,
     witness: &[WitnessEntry],
 ) -> Result<VerifyReport, AuditError> {
+    store.read_consistent(|s| walk_store(s, None, verifier, witness))
+}
+
+/// Verifies a store that retention pruned as one whole log: the pruned
+/// events, their leaves and checkpoints read back from ClickHouse (rows
+/// below the pruned size), the rest from the store, in one pass of bounded
+/// memory. The checkpoint the store keeps at the pruned size ties the two
+/// together. A store that was not pruned is verified as `verify` does.
+pub fn verify_pruned(
+    store: &Store,
+    rt: &tokio::runtime::Runtime,
+    clickhouse: &clickhouse::Client,
+    node: &str,
+    verifier: &NoteVerifier,
+    witness: &[WitnessEntry],
+) -> Result<VerifyReport, AuditError> {
     store.read_consistent(|s| {
-        let head = head(
-            s.pruned()?.unwrap_or_default(),
-            &s.checkpoints()?,
-            verifier,
-            witness,
-        );
-        let mut rescan = |each: &mut dyn FnMut(u64, Hash)| {
-            s.scan_leaves(|leaves| {
-                for leaf in leaves {
-                    let (idx, hash) = leaf?;
-                    each(idx, hash);
-                }
-                Ok(())
-            })
+        let Some(prefix) = s.pruned()? else {
+            return walk_store(s, None, verifier, witness);
         };
-        s.scan_leaves(|leaves| {
-            s.scan_events(|events| walk::check(head, leaves, events, &mut rescan))
-        })
+        let remote = RemoteLog::below(rt, clickhouse.clone(), node, prefix.size())?;
+        walk_store(s, Some(&remote), verifier, witness)
     })
+}
+
+/// Verifies a node's log as ClickHouse holds it, read as it is checked
+/// (two cursors, rows below the size seen when it was opened).
+pub fn verify_clickhouse(
+    remote: &RemoteLog<'_>,
+    verifier: &NoteVerifier,
+    witness: &[WitnessEntry],
+) -> Result<VerifyReport, AuditError> {
+    let head = head(Frontier::default(), remote.checkpoints(), verifier, witness);
+    let mut rescan = |each: &mut dyn FnMut(u64, Hash)| rescan_remote(remote, each);
+    let mut leaves = remote.leaves()?;
+    let mut events = remote.events()?;
+    let report = walk::check(head, &mut leaves, &mut events, &mut rescan)?;
+    Ok(VerifyReport {
+        duplicates: remote.duplicates(),
+        ..report
+    })
+}
+
+/// One snapshot of the store, its pruned prefix either taken on trust as
+/// its frontier (`remote` is `None`) or read from ClickHouse.
+fn walk_store(
+    s: &Store,
+    remote: Option<&RemoteLog<'_>>,
+    verifier: &NoteVerifier,
+    witness: &[WitnessEntry],
+) -> Result<VerifyReport, AuditError> {
+    let (prefix, mut checkpoints) = match remote {
+        Some(r) => (Frontier::default(), r.checkpoints().to_vec()),
+        None => (s.pruned()?.unwrap_or_default(), Vec::new()),
+    };
+    checkpoints.extend(s.checkpoints()?);
+    let head = head(prefix, &checkpoints, verifier, witness);
+    let mut rescan = |each: &mut dyn FnMut(u64, Hash)| {
+        if let Some(r) = remote {
+            rescan_remote(r, each)?;
+        }
+        s.scan_leaves(|leaves| {
+            for leaf in leaves {
+                let (idx, hash) = leaf?;
+                each(idx, hash);
+            }
+            Ok(())
+        })
+    };
+    let report = s.scan_leaves(|leaves| {
+        s.scan_events(|events| match remote {
+            None => walk::check(head, leaves, events, &mut rescan),
+            Some(r) => {
+                let mut leaves = r.leaves()?.chain(leaves);
+                let mut events = r.events()?.chain(events);
+                walk::check(head, &mut leaves, &mut events, &mut rescan)
+            }
+        })
+    })?;
+    Ok(match remote {
+        None => report,
+        Some(r) => VerifyReport {
+            duplicates: r.duplicates(),
+            from_clickhouse: r.events_read(),
+            ..report
+        },
+    })
+}
+
+fn rescan_remote(
+    remote: &RemoteLog<'_>,
+    each: &mut dyn FnMut(u64, Hash),
+) -> Result<(), AuditError> {
+    for leaf in remote.leaves()? {
+        let (idx, hash) = leaf?;
+        each(idx, hash);
+    }
+    Ok(())
 }
 
 /// The store's log, read in one snapshot.
@@ -206,60 +287,25 @@ pub fn read_log(store: &Store) -> Result<LogData, AuditError> {
             leaves: s.leaves()?,
             events: s.events()?,
             checkpoints: s.checkpoints()?,
-            duplicates: 0,
             pruned: s.pruned()?,
-            from_clickhouse: 0,
         })
     })
 }
 
-/// A pruned store's log completed with what another sink (ClickHouse)
-/// holds before the pruned size: its leaves, events and checkpoints there.
-/// The result is checked as one whole log: the kept checkpoint at the
-/// pruned size ties the two together.
-pub fn with_pruned_from(local: LogData, remote: LogData) -> LogData {
-    let Some(prefix) = &local.pruned else {
-        return local;
-    };
-    let p = prefix.size();
-    let mut leaves: Vec<(u64, Hash)> = remote.leaves.into_iter().filter(|(i, _)| *i < p).collect();
-    leaves.extend(local.leaves);
-    let mut events: Vec<StoredEvent> = remote.events.into_iter().filter(|e| e.seq < p).collect();
-    let from_clickhouse = events.len() as u64;
-    events.extend(local.events);
-    let mut checkpoints: Vec<(u64, String)> = remote
-        .checkpoints
-        .into_iter()
-        .filter(|(size, _)| *size < p)
-        .collect();
-    checkpoints.extend(local.checkpoints);
-    LogData {
-        leaves,
-        events,
-        checkpoints,
-        duplicates: remote.duplicates + local.duplicates,
-        pruned: None,
-        from_clickhouse,
-    }
-}
-
-/// A node's log as read from a sink: leaves and events in `seq` order and
-/// the signed checkpoints.
+/// A store's log held in memory: leaves and events in `seq` order and the
+/// signed checkpoints.
 #[derive(Debug, Default)]
 pub struct LogData {
     pub leaves: Vec<(u64, Hash)>,
     pub events: Vec<StoredEvent>,
     pub checkpoints: Vec<(u64, String)>,
-    /// Identical copies of rows dropped while reading (a retried insert).
-    pub duplicates: u64,
     /// The pruned prefix: leaves and events start at its size.
     pub pruned: Option<Frontier>,
-    /// How many of the events came from ClickHouse for a pruned range.
-    pub from_clickhouse: u64,
 }
 
-/// Verifies a log read from any sink (held in memory: ClickHouse's, or a
-/// pruned store completed from it).
+/// Verifies a log held in memory, whole (`read_log`): the same walk over
+/// vectors instead of cursors, what the tests compare the streamed
+/// verifications with.
 pub fn verify_log(
     data: &LogData,
     verifier: &NoteVerifier,
@@ -271,11 +317,6 @@ pub fn verify_log(
         verifier,
         witness,
     );
-    let head = walk::Head {
-        duplicates: data.duplicates,
-        from_clickhouse: data.from_clickhouse,
-        ..head
-    };
     let mut leaves = data.leaves.iter().map(|leaf| Ok(*leaf));
     let mut events = data.events.iter().map(|row| Ok(row.clone()));
     let mut rescan = |each: &mut dyn FnMut(u64, Hash)| {
@@ -286,8 +327,7 @@ pub fn verify_log(
 }
 
 /// The checkpoints to check, own and witnessed, opened with the node's
-/// key; those that do not open are problems already. A store's own log:
-/// no duplicate rows, nothing read from ClickHouse.
+/// key; those that do not open are problems already.
 fn head(
     prefix: Frontier,
     checkpoints: &[(u64, String)],
@@ -339,8 +379,6 @@ fn head(
         expected,
         signed: checkpoints.iter().map(|(size, _)| *size).max(),
         problems,
-        duplicates: 0,
-        from_clickhouse: 0,
     }
 }
 

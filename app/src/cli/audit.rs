@@ -3,13 +3,14 @@
 
 use anyhow::Context;
 use clap::Subcommand;
+use lattice_audit::clickhouse::RemoteLog;
 use lattice_audit::event::parse_canonical;
 use lattice_audit::query::{self, AuditQuery, Scope};
 use lattice_audit::verify::Problem;
 use lattice_audit::witness::{first_not_cosigned, CosignatureVerifier};
 use lattice_audit::{
-    clickhouse, prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_log,
-    with_pruned_from, NoteVerifier, Store,
+    clickhouse, prove_consistency, prove_inclusion, read_witness, verify, verify_clickhouse,
+    verify_pruned, NoteVerifier, Store,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -293,24 +294,25 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     match (store.pruned()?, &t.cfg.audit.clickhouse) {
                         // Retention pruned the oldest events: ClickHouse
                         // holds them, and the whole log is verified (read
-                        // into memory, both parts).
+                        // as it is checked, both parts).
                         (Some(_), Some(ch)) => {
-                            let local = read_log(&store)?;
                             let rt = tokio::runtime::Builder::new_current_thread()
                                 .enable_all()
                                 .build()?;
-                            let remote = rt
-                                .block_on(clickhouse::load_log(
-                                    &clickhouse::client(ch)?,
-                                    &t.cfg.server.node_id,
-                                ))
-                                .with_context(|| {
-                                    format!(
-                                        "the store was pruned by retention; reading the pruned events from ClickHouse at {}",
-                                        ch.url
-                                    )
-                                })?;
-                            verify_log(&with_pruned_from(local, remote), &t.verifier, &t.witness)?
+                            verify_pruned(
+                                &store,
+                                &rt,
+                                &clickhouse::client(ch)?,
+                                &t.cfg.server.node_id,
+                                &t.verifier,
+                                &t.witness,
+                            )
+                            .with_context(|| {
+                                format!(
+                                    "the store was pruned by retention; reading the pruned events from ClickHouse at {}",
+                                    ch.url
+                                )
+                            })?
                         }
                         // Read as it is checked, in bounded memory.
                         _ => verify(&store, &t.verifier, &t.witness)?,
@@ -329,15 +331,11 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    let data = rt
-                        .block_on(clickhouse::load_log(
-                            &clickhouse::client(ch)?,
-                            &t.cfg.server.node_id,
-                        ))
-                        .with_context(|| {
-                            format!("reading the log from ClickHouse at {}", ch.url)
-                        })?;
-                    verify_log(&data, &t.verifier, &t.witness)?
+                    let at = || format!("reading the log from ClickHouse at {}", ch.url);
+                    let remote =
+                        RemoteLog::open(&rt, clickhouse::client(ch)?, &t.cfg.server.node_id)
+                            .with_context(at)?;
+                    verify_clickhouse(&remote, &t.verifier, &t.witness).with_context(at)?
                 }
             };
             for key in &keys.witness_keys {

@@ -404,6 +404,52 @@ impl Gateway {
             .unwrap()
     }
 
+    /// `lattice ARGS -c CONFIG`, and the peak resident memory the command
+    /// reached (bytes), as the kernel accounted it when it was reaped.
+    // Reaped by wait4 below, which std's `Child` does not see.
+    #[allow(unsafe_code, clippy::zombie_processes)]
+    pub fn lattice_peak_rss(&self, args: &[&str]) -> (Output, u64) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut full: Vec<&str> = args.to_vec();
+        let config = self.config();
+        full.extend(["-c", config.to_str().unwrap()]);
+        let mut child = Command::new(BIN)
+            .args(&full)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let drain = |from: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                #[allow(clippy::disallowed_methods)]
+                from.take(64 << 20).read_to_end(&mut bytes).unwrap();
+                bytes
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().unwrap()));
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 fills it and `status`
+        // for our own child, which `child` is never waited for again.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+        assert_eq!(
+            pid,
+            child.id() as i32,
+            "wait4: {}",
+            std::io::Error::last_os_error()
+        );
+        let out = Output {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        };
+        // ru_maxrss is in KiB on Linux.
+        (out, usage.ru_maxrss as u64 * 1024)
+    }
+
     pub fn create_key(&self, agent: &str, roles: &[&str]) -> String {
         self.create_key_in(agent, "default", roles)
     }

@@ -28,8 +28,6 @@ pub(super) struct Head {
     pub signed: Option<u64>,
     /// What was wrong with the checkpoints themselves (a bad signature).
     pub problems: Vec<Problem>,
-    pub duplicates: u64,
-    pub from_clickhouse: u64,
 }
 
 /// Hands every leaf `(index, hash)` to the callback again, in order.
@@ -351,10 +349,10 @@ pub(super) fn check(
         log_size: end,
         checkpoints_checked: own,
         witness_checkpoints_checked: witnessed,
-        duplicates: head.duplicates,
+        duplicates: 0,
         pruned_before: base,
         pruned_checkpoints,
-        from_clickhouse: head.from_clickhouse,
+        from_clickhouse: 0,
         problems,
     })
 }
