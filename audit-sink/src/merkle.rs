@@ -181,21 +181,36 @@ impl Nodes for PrunedLog {
         if a >= b || b > self.size() {
             return None;
         }
-        if a >= p {
-            return Some(root(&self.leaves[(a - p) as usize..(b - p) as usize]));
-        }
-        if let Some(head) = self.prefix.piece(a, b) {
-            return Some(head);
-        }
-        if b - a == 1 {
-            return None; // a pruned leaf
-        }
-        let k = split((b - a) as usize) as u64;
-        Some(node_hash(
-            &self.range_root(a, a + k)?,
-            &self.range_root(a + k, b)?,
-        ))
+        range_root_after(&self.prefix, a, b, &mut |a, b| {
+            Some(root(&self.leaves[(a - p) as usize..(b - p) as usize]))
+        })
     }
+}
+
+/// MTH(D[a:b]) of a log whose leaves before `prefix.size()` were pruned
+/// (only the prefix's perfect subtrees are left of them): `kept(a, b)`
+/// gives the root of a range of kept leaves. `None` when the range needs a
+/// pruned leaf.
+pub fn range_root_after(
+    prefix: &Frontier,
+    a: u64,
+    b: u64,
+    kept: &mut dyn FnMut(u64, u64) -> Option<Hash>,
+) -> Option<Hash> {
+    if a >= prefix.size() {
+        return kept(a, b);
+    }
+    if let Some(head) = prefix.piece(a, b) {
+        return Some(head);
+    }
+    if b - a == 1 {
+        return None; // a pruned leaf
+    }
+    let k = split((b - a) as usize) as u64;
+    Some(node_hash(
+        &range_root_after(prefix, a, a + k, kept)?,
+        &range_root_after(prefix, a + k, b, kept)?,
+    ))
 }
 
 /// RFC 9162 §2.1.3.2: does `proof` show `leaf` at `index` in a tree of

@@ -18,7 +18,8 @@
 //! prunes the oldest events (with their leaves) and checkpoints up to a
 //! checkpointed size and keeps, in `pruned`, the heads of the perfect
 //! subtrees that covered them: enough to keep appending and to prove
-//! everything later (`merkle::PrunedLog`).
+//! everything later (`merkle::range_root_after`; the leaves are read in
+//! `store/leaves.rs`).
 //!
 //! Must never: change a stored event, leaf or checkpoint in place, or
 //! prune anything but a prefix of the log ending at a signed checkpoint.
@@ -26,7 +27,7 @@
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
-use crate::merkle::{Frontier, Hash, PrunedLog};
+use crate::merkle::{Frontier, Hash};
 use crate::segments;
 use crate::AuditError;
 pub use rows::{Columns, Row};
@@ -311,33 +312,9 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// All leaf hashes in index order, with their indexes.
-    pub fn leaves(&self) -> Result<Vec<(u64, Hash)>, AuditError> {
-        self.scan_leaves(|leaves| leaves.collect())
-    }
-
     /// All event rows in `seq` order.
     pub fn events(&self) -> Result<Vec<StoredEvent>, AuditError> {
         self.scan_events(|events| events.collect())
-    }
-
-    /// Hands `read` the leaves in index order, one at a time, read as it
-    /// asks for them (`verify` walks a log of any length in bounded
-    /// memory this way).
-    pub fn scan_leaves<T>(
-        &self,
-        read: impl FnOnce(&mut Leaves<'_>) -> Result<T, AuditError>,
-    ) -> Result<T, AuditError> {
-        let mut stmt = self.conn.prepare("SELECT idx, hash FROM lv ORDER BY idx")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
-        let mut leaves = rows.map(|row| {
-            let (idx, hash) = row?;
-            let hash: Hash = hash
-                .try_into()
-                .map_err(|_| AuditError::Corrupt(format!("log leaf {idx} is not 32 bytes")))?;
-            Ok((idx as u64, hash))
-        });
-        read(&mut leaves)
     }
 
     /// Hands `read` the event rows in `seq` order, one at a time, read as
@@ -402,20 +379,6 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The number of leaves in the log (pruned ones included).
-    pub fn log_size(&self) -> Result<u64, AuditError> {
-        let n: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT idx + 1 FROM lv ORDER BY idx DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let pruned = self.pruned()?.map_or(0, |f| f.size());
-        Ok((n.unwrap_or(0) as u64).max(pruned))
-    }
-
     /// The pruned prefix of the log, if retention pruned any: the frontier
     /// at the size pruned up to.
     pub fn pruned(&self) -> Result<Option<Frontier>, AuditError> {
@@ -441,43 +404,6 @@ impl Store {
                     heads.len()
                 ))
             })
-    }
-
-    /// The log as kept: the pruned prefix's heads and the leaves after it.
-    pub fn log(&self) -> Result<PrunedLog, AuditError> {
-        let prefix = self.pruned()?.unwrap_or_default();
-        let mut leaves = Vec::new();
-        for (idx, leaf) in self.leaves()? {
-            if idx != prefix.size() + leaves.len() as u64 {
-                return Err(AuditError::Corrupt(format!(
-                    "the audit log has a gap at leaf {}; run `lattice audit verify`",
-                    prefix.size() + leaves.len() as u64
-                )));
-            }
-            leaves.push(leaf);
-        }
-        Ok(PrunedLog { prefix, leaves })
-    }
-
-    /// Leaves `from..to`, in order.
-    pub fn leaf_range(&self, from: u64, to: u64) -> Result<Vec<Hash>, AuditError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT hash FROM lv WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
-        let rows = stmt.query_map([from as i64, to as i64], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(
-                row?.try_into()
-                    .map_err(|_| AuditError::Corrupt("a log leaf is not 32 bytes".into()))?,
-            );
-        }
-        if out.len() as u64 != to.saturating_sub(from) {
-            return Err(AuditError::Corrupt(format!(
-                "log leaves {from}..{to} are not all in the store"
-            )));
-        }
-        Ok(out)
     }
 
     /// Removes the events, leaves, checkpoints and co-signatures before
@@ -631,6 +557,7 @@ fn read_view(conn: &Connection, db: &Path, layout: Layout) -> Result<(), AuditEr
 
 pub(crate) mod blocks;
 mod ids;
+mod leaves;
 #[cfg(test)]
 mod log_tests;
 mod migrate;

@@ -11,6 +11,7 @@
 //! was given contradicts the signed log, or count pruned events as checked.
 
 use serde::Serialize;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::checkpoint::{Checkpoint, NoteVerifier};
@@ -425,35 +426,38 @@ pub fn prove_inclusion(
     verifier: &NoteVerifier,
     seq: u64,
 ) -> Result<InclusionProof, AuditError> {
-    let (cp, note) = signed_checkpoint(store, verifier, |size| size > seq)?;
-    let log = store.log()?;
-    if seq < log.prefix.size() {
-        return Err(AuditError::Pruned(format!("event #{seq}")));
-    }
-    if log.size() < cp.size {
-        return Err(AuditError::Corrupt(
-            "the log is shorter than its checkpoint".into(),
-        ));
-    }
-    let path = merkle::inclusion_proof_in(&log, seq, cp.size)
-        .ok_or_else(|| AuditError::Corrupt(format!("no event #{seq}")))?;
-    // The one row, not the whole store.
-    let json = store
-        .range(seq, 1)?
-        .into_iter()
-        .find(|(at, _, _)| *at == seq)
-        .map(|(_, json, _)| json)
-        .ok_or_else(|| AuditError::Corrupt(format!("event #{seq} is not in the store")))?;
-    let leaf = merkle::leaf_hash(json.as_bytes());
-    let verified = merkle::verify_inclusion(&leaf, seq, cp.size, &path, &cp.root);
-    Ok(InclusionProof {
-        seq,
-        tree_size: cp.size,
-        leaf_hash: hex::encode(leaf),
-        path: path.iter().map(hex::encode).collect(),
-        root: hex::encode(cp.root),
-        checkpoint: note,
-        verified,
+    store.read_consistent(|store| {
+        let (cp, note) = signed_checkpoint(store, verifier, |size| size > seq)?;
+        let log = StoredLog::open(store)?;
+        if seq < log.prefix.size() {
+            return Err(AuditError::Pruned(format!("event #{seq}")));
+        }
+        if log.size < cp.size {
+            return Err(AuditError::Corrupt(
+                "the log is shorter than its checkpoint".into(),
+            ));
+        }
+        let path = log
+            .read(merkle::inclusion_proof_in(&log, seq, cp.size))?
+            .ok_or_else(|| AuditError::Corrupt(format!("no event #{seq}")))?;
+        // The one row, not the whole store.
+        let json = store
+            .range(seq, 1)?
+            .into_iter()
+            .find(|(at, _, _)| *at == seq)
+            .map(|(_, json, _)| json)
+            .ok_or_else(|| AuditError::Corrupt(format!("event #{seq} is not in the store")))?;
+        let leaf = merkle::leaf_hash(json.as_bytes());
+        let verified = merkle::verify_inclusion(&leaf, seq, cp.size, &path, &cp.root);
+        Ok(InclusionProof {
+            seq,
+            tree_size: cp.size,
+            leaf_hash: hex::encode(leaf),
+            path: path.iter().map(hex::encode).collect(),
+            root: hex::encode(cp.root),
+            checkpoint: note,
+            verified,
+        })
     })
 }
 
@@ -465,30 +469,88 @@ pub fn prove_consistency(
     first: u64,
     second: Option<u64>,
 ) -> Result<ConsistencyProof, AuditError> {
-    let (a, _) = signed_checkpoint(store, verifier, |s| s == first)?;
-    let (b, _) = signed_checkpoint(store, verifier, |s| second.is_none_or(|want| s == want))?;
-    let log = store.log()?;
-    if log.size() < b.size {
-        return Err(AuditError::Corrupt(
-            "the log is shorter than its checkpoint".into(),
-        ));
-    }
-    if a.size > b.size {
-        return Err(AuditError::Checkpoint(
-            "the first checkpoint must not be larger than the second".into(),
-        ));
-    }
-    let path = merkle::consistency_proof_in(&log, a.size, b.size)
-        .ok_or_else(|| AuditError::Pruned(format!("the log before size {}", log.prefix.size())))?;
-    let verified = merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &path);
-    Ok(ConsistencyProof {
-        first_size: a.size,
-        second_size: b.size,
-        path: path.iter().map(hex::encode).collect(),
-        first_root: hex::encode(a.root),
-        second_root: hex::encode(b.root),
-        verified,
+    store.read_consistent(|store| {
+        let (a, _) = signed_checkpoint(store, verifier, |s| s == first)?;
+        let (b, _) = signed_checkpoint(store, verifier, |s| second.is_none_or(|want| s == want))?;
+        let log = StoredLog::open(store)?;
+        if log.size < b.size {
+            return Err(AuditError::Corrupt(
+                "the log is shorter than its checkpoint".into(),
+            ));
+        }
+        if a.size > b.size {
+            return Err(AuditError::Checkpoint(
+                "the first checkpoint must not be larger than the second".into(),
+            ));
+        }
+        let path = log
+            .read(merkle::consistency_proof_in(&log, a.size, b.size))?
+            .ok_or_else(|| {
+                AuditError::Pruned(format!("the log before size {}", log.prefix.size()))
+            })?;
+        let verified = merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &path);
+        Ok(ConsistencyProof {
+            first_size: a.size,
+            second_size: b.size,
+            path: path.iter().map(hex::encode).collect(),
+            first_root: hex::encode(a.root),
+            second_root: hex::encode(b.root),
+            verified,
+        })
     })
+}
+
+/// The store's log as a proof reads it: the pruned prefix's heads, and
+/// each range of kept leaves a proof asks for streamed into its root (a
+/// proof's ranges are disjoint: one pass over the leaves at most, none of
+/// them held).
+struct StoredLog<'a> {
+    store: &'a Store,
+    prefix: Frontier,
+    size: u64,
+    /// The first error reading a range (`Nodes` answers `None` for it).
+    error: RefCell<Option<AuditError>>,
+}
+
+impl<'a> StoredLog<'a> {
+    fn open(store: &'a Store) -> Result<Self, AuditError> {
+        Ok(Self {
+            store,
+            prefix: store.pruned()?.unwrap_or_default(),
+            size: store.log_size()?,
+            error: RefCell::new(None),
+        })
+    }
+
+    /// A proof built over it, or the error that stopped a range's read.
+    fn read<T>(&self, proof: Option<T>) -> Result<Option<T>, AuditError> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(proof),
+        }
+    }
+}
+
+impl Nodes for StoredLog<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn range_root(&self, a: u64, b: u64) -> Option<Hash> {
+        if a >= b || b > self.size {
+            return None;
+        }
+        merkle::range_root_after(&self.prefix, a, b, &mut |a, b| match self
+            .store
+            .leaf_range_root(a, b)
+        {
+            Ok(root) => Some(root),
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                None
+            }
+        })
+    }
 }
 
 #[cfg(test)]

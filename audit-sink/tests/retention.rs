@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use lattice_audit::event::parse_canonical;
+use lattice_audit::merkle::{consistency_proof_in, inclusion_proof_in};
 use lattice_audit::testkit::pipeline_config;
 use lattice_audit::verify::{prove_consistency, prove_inclusion, verify, Problem};
 use lattice_audit::{
@@ -134,6 +135,29 @@ fn a_size_limit_keeps_the_store_under_it_and_what_is_kept_still_verifies_and_pro
         prove_consistency(&store, &signer.verifier(), first_kept, None)
             .unwrap()
             .verified
+    );
+    // Read range by range, the pruned part from the prefix's heads: the
+    // same proofs as over the kept log read whole.
+    let log = store.log().unwrap();
+    let hex = |path: Vec<[u8; 32]>| path.into_iter().map(hex::encode).collect::<Vec<_>>();
+    for seq in [
+        first_kept,
+        first_kept + 1,
+        (first_kept + newest) / 2,
+        newest - 1,
+    ] {
+        let proof = prove_inclusion(&store, &signer.verifier(), seq).unwrap();
+        assert!(proof.verified, "#{seq}");
+        let whole = inclusion_proof_in(&log, seq, proof.tree_size).unwrap();
+        assert_eq!(proof.path, hex(whole), "#{seq}");
+    }
+    let proof = prove_consistency(&store, &signer.verifier(), first_kept, None).unwrap();
+    let whole = consistency_proof_in(&log, first_kept, proof.second_size).unwrap();
+    assert_eq!(proof.path, hex(whole));
+    let (frontier, prefix) = store.frontier().unwrap();
+    assert_eq!(
+        (frontier.root(), prefix.size()),
+        (log.frontier().root(), first_kept)
     );
     drop(store);
 

@@ -2,11 +2,16 @@
 //! (writer, store, Merkle log, signed checkpoints, witness file), then each
 //! row of a table tampers with a fresh copy of the store the way an
 //! attacker with write access to the disk would, and `verify` must name
-//! what was done. Also: the writer's sequence and a closed pipeline.
+//! what was done. Also: the writer's sequence, a closed pipeline, and proofs
+//! read range by range against the same proofs over the whole log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use lattice_audit::verify::{read_log, read_witness, verify, verify_log, Problem, VerifyReport};
+use lattice_audit::merkle::{consistency_proof_in, inclusion_proof_in};
+use lattice_audit::verify::{
+    prove_consistency, prove_inclusion, read_log, read_witness, verify, verify_log, Problem,
+    VerifyReport,
+};
 use lattice_audit::{AuditEvent, AuditPipeline, NoteSigner, Phase, PipelineConfig, Store};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -365,5 +370,53 @@ fn a_long_log_is_verified_in_bounded_memory() {
     assert!(
         growth_kb < 16 * 1024,
         "verifying 80,000 events raised the peak memory by {growth_kb} kB: {line}"
+    );
+}
+
+#[test]
+fn proofs_read_the_leaves_range_by_range_and_match_the_whole_log() {
+    // 60 events: the trail's queue holds 64 (nothing waits for them).
+    let trail = write_trail(30);
+    let verifier = trail.signer.verifier();
+    let store = Store::open_read_only(&trail.db).unwrap();
+    let log = store.log().unwrap();
+    let (frontier, prefix) = store.frontier().unwrap();
+    assert_eq!(
+        (frontier.size(), frontier.root(), prefix.size()),
+        (60, log.frontier().root(), 0)
+    );
+    let hex = |path: Vec<[u8; 32]>| path.into_iter().map(hex::encode).collect::<Vec<_>>();
+    for seq in 0..60 {
+        let proof = prove_inclusion(&store, &verifier, seq).unwrap();
+        assert!(proof.verified, "#{seq}");
+        let whole = inclusion_proof_in(&log, seq, proof.tree_size).unwrap();
+        assert_eq!(proof.path, hex(whole), "#{seq} in {}", proof.tree_size);
+    }
+    let sizes: Vec<u64> = store.checkpoints().unwrap().iter().map(|c| c.0).collect();
+    assert!(sizes.len() > 4, "{sizes:?}");
+    for &first in &sizes {
+        let proof = prove_consistency(&store, &verifier, first, None).unwrap();
+        assert!(proof.verified, "{first} -> {}", proof.second_size);
+        let whole = consistency_proof_in(&log, first, proof.second_size).unwrap();
+        assert_eq!(proof.path, hex(whole), "{first} -> {}", proof.second_size);
+    }
+
+    // A leaf missing from a range a proof reads is an error that says
+    // where, not a proof over a shorter log.
+    let db = trail.copy("gap");
+    lattice_audit::testkit::delete_event(&db, 4).unwrap();
+    let store = Store::open_read_only(&db).unwrap();
+    let gap = "the audit log has a gap at leaf 4; run `lattice audit verify`";
+    let err = prove_inclusion(&store, &verifier, 40).unwrap_err();
+    assert_eq!(err.to_string(), format!("audit store is corrupt: {gap}"));
+    // From a size between 16 and 32 to 60 reads the root of leaves 0..16
+    // (from 8 it does not: that first tree is a whole subtree of the
+    // second, and its proof stands).
+    let first = *sizes.iter().find(|&&s| s > 16 && s < 32).unwrap();
+    let err = prove_consistency(&store, &verifier, first, None).unwrap_err();
+    assert_eq!(err.to_string(), format!("audit store is corrupt: {gap}"));
+    assert_eq!(
+        store.frontier().unwrap_err().to_string(),
+        format!("audit store is corrupt: {gap}")
     );
 }
