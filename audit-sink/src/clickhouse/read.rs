@@ -123,7 +123,8 @@ impl<'a> RemoteLog<'a> {
         &self.checkpoints
     }
 
-    /// Identical copies of a row (a retried insert) dropped so far.
+    /// Identical copies of a row (a retried insert) dropped so far by the
+    /// last `events` cursor.
     pub fn duplicates(&self) -> u64 {
         self.duplicates.get()
     }
@@ -177,6 +178,7 @@ impl<'a> RemoteLog<'a> {
     ) -> Result<impl Iterator<Item = Result<StoredEvent, AuditError>> + '_, AuditError> {
         let mut cursor = self.cursor::<LogRow>("seq, leaf_hash, event", "seq, leaf_hash, event")?;
         self.events.set(0);
+        self.duplicates.set(0);
         let mut last: Option<LogRow> = None;
         Ok(std::iter::from_fn(move || loop {
             let row = match self.rt.block_on(cursor.next()) {
