@@ -55,6 +55,22 @@ fn retention_keeps_the_store_small_prunes_only_what_clickhouse_holds_and_verify_
         text.contains("that retention pruned from the store were read from ClickHouse"),
         "{text}"
     );
+    // The workbench's verification status (the admin API, inside the
+    // running gateway) checks the same whole log.
+    let admin = bearer(&gw.create_human_key("root", "default", &["admin"]));
+    let r = http(
+        gw.port,
+        "GET",
+        "/admin/v1/audit/verify",
+        &[("Authorization", &admin)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["pruned_before"], 0, "{report}");
+    assert!(report["from_clickhouse"].as_u64().unwrap() > 0, "{report}");
 
     // 2. ClickHouse down: the store grows past its limit rather than lose
     // an event that is not shipped.

@@ -388,9 +388,12 @@ pub(crate) async fn audit_view(runtime: &Runtime, scope: &AuditScope, query: &st
 }
 
 /// The embedded log verified against its signed checkpoints and the
-/// witness, as `lattice audit verify` does.
+/// witness, as `lattice audit verify` does: a store that retention pruned
+/// is verified whole, its pruned events read back from ClickHouse when
+/// `[audit.clickhouse]` is configured.
 pub(crate) async fn verify_view(runtime: &Runtime) -> Reply {
     let cfg = runtime.config.audit.clone();
+    let node = runtime.config.server.node_id.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Value, String> {
         let vkey_path = cfg.key_path.with_extension("vkey");
         let vkey = std::fs::read_to_string(&vkey_path)
@@ -405,8 +408,24 @@ pub(crate) async fn verify_view(runtime: &Runtime) -> Reply {
             _ => Vec::new(),
         };
         let store = Store::open_read_only(&cfg.db_path).map_err(|e| e.to_string())?;
-        let report =
-            lattice_audit::verify(&store, &verifier, &witness).map_err(|e| e.to_string())?;
+        let pruned = store.pruned().map_err(|e| e.to_string())?;
+        let report = match (pruned, &cfg.clickhouse) {
+            (Some(_), Some(ch)) => {
+                let why = |e: lattice_audit::AuditError| {
+                    format!("the store was pruned by retention; reading the pruned events from ClickHouse at {}: {e}", ch.url)
+                };
+                // This blocking thread's own runtime drives the two
+                // cursors (the walk asks for rows one at a time).
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let client = lattice_audit::clickhouse::client(ch).map_err(why)?;
+                lattice_audit::verify_pruned(&store, &rt, &client, &node, &verifier, &witness)
+                    .map_err(why)?
+            }
+            _ => lattice_audit::verify(&store, &verifier, &witness).map_err(|e| e.to_string())?,
+        };
         let mut v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
         v["ok"] = report.ok().into();
         Ok(v)
