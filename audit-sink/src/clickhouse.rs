@@ -31,7 +31,7 @@ use crate::store::Store;
 use crate::AuditError;
 
 mod read;
-pub use read::RemoteLog;
+pub(crate) use read::RemoteLog;
 
 /// Where and how to ship.
 #[derive(Debug, Clone, PartialEq)]

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::checkpoint::{Checkpoint, NoteVerifier};
-use crate::clickhouse::RemoteLog;
+use crate::clickhouse::{ClickHouseConfig, RemoteLog};
 use crate::merkle::{self, Frontier, Hash, Nodes};
 use crate::store::{Store, StoredEvent};
 use crate::AuditError;
@@ -184,37 +184,49 @@ pub fn verify(
     store.read_consistent(|s| walk_store(s, None, verifier, witness))
 }
 
-/// Verifies a store that retention pruned as one whole log: the pruned
-/// events, their leaves and checkpoints read back from ClickHouse (rows
-/// below the pruned size), the rest from the store, in one pass of bounded
-/// memory. The checkpoint the store keeps at the pruned size ties the two
-/// together. A store that was not pruned is verified as `verify` does.
+/// Verifies the store as `lattice audit verify` does: a store that
+/// retention pruned is verified as one whole log when `clickhouse` is
+/// configured, the pruned events, their leaves and checkpoints read back
+/// from it (rows below the pruned size), the rest from the store, in one
+/// pass of bounded memory (the checkpoint the store keeps at the pruned
+/// size ties the two together); otherwise as `verify` does.
 pub fn verify_pruned(
     store: &Store,
-    rt: &tokio::runtime::Runtime,
-    clickhouse: &clickhouse::Client,
+    clickhouse: Option<&ClickHouseConfig>,
     node: &str,
     verifier: &NoteVerifier,
     witness: &[WitnessEntry],
 ) -> Result<VerifyReport, AuditError> {
     store.read_consistent(|s| {
-        let Some(prefix) = s.pruned()? else {
+        let (Some(prefix), Some(ch)) = (s.pruned()?, clickhouse) else {
             return walk_store(s, None, verifier, witness);
         };
-        let remote = RemoteLog::below(rt, clickhouse.clone(), node, prefix.size())?;
-        walk_store(s, Some(&remote), verifier, witness)
+        let pruned_from = |e: AuditError| {
+            AuditError::ClickHouse(format!(
+                "the store was pruned by retention; reading the pruned events from ClickHouse at {}: {}",
+                ch.url,
+                match e {
+                    AuditError::ClickHouse(why) => why,
+                    other => other.to_string(),
+                }
+            ))
+        };
+        let remote = RemoteLog::below(ch, node, prefix.size()).map_err(pruned_from)?;
+        walk_store(s, Some(&remote), verifier, witness).map_err(pruned_from)
     })
 }
 
 /// Verifies a node's log as ClickHouse holds it, read as it is checked
 /// (two cursors, rows below the size seen when it was opened).
 pub fn verify_clickhouse(
-    remote: &RemoteLog<'_>,
+    clickhouse: &ClickHouseConfig,
+    node: &str,
     verifier: &NoteVerifier,
     witness: &[WitnessEntry],
 ) -> Result<VerifyReport, AuditError> {
+    let remote = RemoteLog::open(clickhouse, node)?;
     let head = head(Frontier::default(), remote.checkpoints(), verifier, witness);
-    let mut rescan = |each: &mut dyn FnMut(u64, Hash)| rescan_remote(remote, each);
+    let mut rescan = |each: &mut dyn FnMut(u64, Hash)| rescan_remote(&remote, each);
     let mut leaves = remote.leaves()?;
     let mut events = remote.events()?;
     let report = walk::check(head, &mut leaves, &mut events, &mut rescan)?;
@@ -228,7 +240,7 @@ pub fn verify_clickhouse(
 /// its frontier (`remote` is `None`) or read from ClickHouse.
 fn walk_store(
     s: &Store,
-    remote: Option<&RemoteLog<'_>>,
+    remote: Option<&RemoteLog>,
     verifier: &NoteVerifier,
     witness: &[WitnessEntry],
 ) -> Result<VerifyReport, AuditError> {
@@ -270,10 +282,7 @@ fn walk_store(
     })
 }
 
-fn rescan_remote(
-    remote: &RemoteLog<'_>,
-    each: &mut dyn FnMut(u64, Hash),
-) -> Result<(), AuditError> {
+fn rescan_remote(remote: &RemoteLog, each: &mut dyn FnMut(u64, Hash)) -> Result<(), AuditError> {
     for leaf in remote.leaves()? {
         let (idx, hash) = leaf?;
         each(idx, hash);

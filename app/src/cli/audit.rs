@@ -3,14 +3,13 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use lattice_audit::clickhouse::RemoteLog;
 use lattice_audit::event::parse_canonical;
 use lattice_audit::query::{self, AuditQuery, Scope};
 use lattice_audit::verify::Problem;
 use lattice_audit::witness::{first_not_cosigned, CosignatureVerifier};
 use lattice_audit::{
-    clickhouse, prove_consistency, prove_inclusion, read_witness, verify, verify_clickhouse,
-    verify_pruned, NoteVerifier, Store,
+    clickhouse, prove_consistency, prove_inclusion, read_witness, verify_clickhouse, verify_pruned,
+    NoteVerifier, Store,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -289,35 +288,16 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
         AuditCmd::Verify { keys, json, sink } => {
             let t = keys.open()?;
             let mut report = match sink {
-                Sink::Embedded => {
-                    let store = t.store()?;
-                    match (store.pruned()?, &t.cfg.audit.clickhouse) {
-                        // Retention pruned the oldest events: ClickHouse
-                        // holds them, and the whole log is verified (read
-                        // as it is checked, both parts).
-                        (Some(_), Some(ch)) => {
-                            let rt = tokio::runtime::Builder::new_current_thread()
-                                .enable_all()
-                                .build()?;
-                            verify_pruned(
-                                &store,
-                                &rt,
-                                &clickhouse::client(ch)?,
-                                &t.cfg.server.node_id,
-                                &t.verifier,
-                                &t.witness,
-                            )
-                            .with_context(|| {
-                                format!(
-                                    "the store was pruned by retention; reading the pruned events from ClickHouse at {}",
-                                    ch.url
-                                )
-                            })?
-                        }
-                        // Read as it is checked, in bounded memory.
-                        _ => verify(&store, &t.verifier, &t.witness)?,
-                    }
-                }
+                // Read as it is checked, in bounded memory; a store that
+                // retention pruned is verified whole when ClickHouse holds
+                // the pruned events.
+                Sink::Embedded => verify_pruned(
+                    &t.store()?,
+                    t.cfg.audit.clickhouse.as_ref(),
+                    &t.cfg.server.node_id,
+                    &t.verifier,
+                    &t.witness,
+                )?,
                 Sink::Clickhouse if !keys.witness_keys.is_empty() => {
                     anyhow::bail!("witness co-signatures are kept in the embedded store: verify it with --witness-key")
                 }
@@ -328,14 +308,8 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                         .clickhouse
                         .as_ref()
                         .context("no [audit.clickhouse] in the config")?;
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    let at = || format!("reading the log from ClickHouse at {}", ch.url);
-                    let remote =
-                        RemoteLog::open(&rt, clickhouse::client(ch)?, &t.cfg.server.node_id)
-                            .with_context(at)?;
-                    verify_clickhouse(&remote, &t.verifier, &t.witness).with_context(at)?
+                    verify_clickhouse(ch, &t.cfg.server.node_id, &t.verifier, &t.witness)
+                        .with_context(|| format!("reading the log from ClickHouse at {}", ch.url))?
                 }
             };
             for key in &keys.witness_keys {

@@ -19,7 +19,7 @@ use clickhouse::{Client, Row};
 use serde::Deserialize;
 use tokio::runtime::Runtime;
 
-use super::ch_err;
+use super::{ch_err, ClickHouseConfig};
 use crate::merkle::Hash;
 use crate::store::StoredEvent;
 use crate::AuditError;
@@ -53,8 +53,11 @@ struct Extent {
 }
 
 /// A node's log in ClickHouse, below a `seq` fixed when it was opened.
-pub struct RemoteLog<'a> {
-    rt: &'a Runtime,
+/// It drives its queries on a current-thread runtime of its own (only its
+/// `block_on` is used: the walk asks for rows one at a time), so it is
+/// read the same from the CLI and from a gateway's blocking thread.
+pub(crate) struct RemoteLog {
+    rt: Runtime,
     client: Client,
     node: String,
     below: u64,
@@ -63,19 +66,19 @@ pub struct RemoteLog<'a> {
     events: Cell<u64>,
 }
 
-impl<'a> RemoteLog<'a> {
-    /// The whole log as ClickHouse holds it now. `rt` drives the queries
-    /// (a current-thread runtime is enough: only its `block_on` is used).
+impl RemoteLog {
+    /// The whole log as ClickHouse holds it now.
     ///
     /// Its checkpoints are read first, all of them, then where the rows
     /// end: the shipper inserts a checkpoint only after the rows it signs,
     /// so every checkpoint read is covered by rows below the bound, and a
     /// checkpoint past the last row says the newest rows were deleted.
-    pub fn open(rt: &'a Runtime, client: Client, node: &str) -> Result<Self, AuditError> {
-        let checkpoints = notes(rt, &client, node, u64::MAX)?;
-        let extent: Extent = rt
+    pub(crate) fn open(cfg: &ClickHouseConfig, node: &str) -> Result<Self, AuditError> {
+        let mut log = Self::connect(cfg, node, u64::MAX)?;
+        let extent: Extent = log
+            .rt
             .block_on(
-                client
+                log.client
                     .query(
                         "SELECT count() AS rows, max(seq) AS last FROM audit_events WHERE node = ?",
                     )
@@ -83,31 +86,30 @@ impl<'a> RemoteLog<'a> {
                     .fetch_one(),
             )
             .map_err(ch_err)?;
-        let below = if extent.rows == 0 { 0 } else { extent.last + 1 };
-        Ok(Self::new(rt, client, node, below, checkpoints))
+        log.below = if extent.rows == 0 { 0 } else { extent.last + 1 };
+        Ok(log)
     }
 
     /// The rows before `below` only, and the checkpoints of smaller sizes
     /// (the part of a log that retention pruned from the embedded store,
     /// which keeps the checkpoint at `below` itself).
-    pub fn below(
-        rt: &'a Runtime,
-        client: Client,
+    pub(crate) fn below(
+        cfg: &ClickHouseConfig,
         node: &str,
         below: u64,
     ) -> Result<Self, AuditError> {
-        let checkpoints = notes(rt, &client, node, below)?;
-        Ok(Self::new(rt, client, node, below, checkpoints))
+        Self::connect(cfg, node, below)
     }
 
-    fn new(
-        rt: &'a Runtime,
-        client: Client,
-        node: &str,
-        below: u64,
-        checkpoints: Vec<(u64, String)>,
-    ) -> Self {
-        Self {
+    /// A client and its runtime, and the checkpoints of sizes below `below`.
+    fn connect(cfg: &ClickHouseConfig, node: &str, below: u64) -> Result<Self, AuditError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AuditError::Io(format!("a runtime for the ClickHouse client: {e}")))?;
+        let client = super::client(cfg)?;
+        let checkpoints = notes(&rt, &client, node, below)?;
+        Ok(Self {
             rt,
             client,
             node: node.to_string(),
@@ -115,22 +117,22 @@ impl<'a> RemoteLog<'a> {
             checkpoints,
             duplicates: Cell::new(0),
             events: Cell::new(0),
-        }
+        })
     }
 
     /// The signed checkpoints read when it was opened, one note per size.
-    pub fn checkpoints(&self) -> &[(u64, String)] {
+    pub(crate) fn checkpoints(&self) -> &[(u64, String)] {
         &self.checkpoints
     }
 
     /// Identical copies of a row (a retried insert) dropped so far by the
     /// last `events` cursor.
-    pub fn duplicates(&self) -> u64 {
+    pub(crate) fn duplicates(&self) -> u64 {
         self.duplicates.get()
     }
 
     /// Rows handed out so far by the last `events` cursor.
-    pub fn events_read(&self) -> u64 {
+    pub(crate) fn events_read(&self) -> u64 {
         self.events.get()
     }
 
@@ -151,7 +153,7 @@ impl<'a> RemoteLog<'a> {
     /// The log's leaves `(seq, hash)` in order, one per `seq`: where rows
     /// of one `seq` disagree on it, the smallest (the walk then finds the
     /// other rows' content is not that leaf).
-    pub fn leaves(
+    pub(crate) fn leaves(
         &self,
     ) -> Result<impl Iterator<Item = Result<(u64, Hash), AuditError>> + '_, AuditError> {
         let mut cursor = self.cursor::<LeafRow>("seq, leaf_hash", "seq, leaf_hash")?;
@@ -173,7 +175,7 @@ impl<'a> RemoteLog<'a> {
     /// The log's rows in `seq` order, identical copies of a row dropped
     /// and counted; rows that share a `seq` but differ are all handed out,
     /// so the walk names them.
-    pub fn events(
+    pub(crate) fn events(
         &self,
     ) -> Result<impl Iterator<Item = Result<StoredEvent, AuditError>> + '_, AuditError> {
         let mut cursor = self.cursor::<LogRow>("seq, leaf_hash, event", "seq, leaf_hash, event")?;

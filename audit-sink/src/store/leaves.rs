@@ -69,16 +69,7 @@ impl Store {
     pub fn frontier(&self) -> Result<(Frontier, Frontier), AuditError> {
         let prefix = self.pruned()?.unwrap_or_default();
         let mut frontier = prefix.clone();
-        self.scan_leaves(|leaves| {
-            for leaf in leaves {
-                let (idx, hash) = leaf?;
-                if idx != frontier.size() {
-                    return Err(gap(frontier.size()));
-                }
-                frontier.push(hash);
-            }
-            Ok(())
-        })?;
+        self.push_leaves(&mut frontier, prefix.size(), 0, i64::MAX as u64)?;
         Ok((frontier, prefix))
     }
 
@@ -86,20 +77,35 @@ impl Store {
     /// them is missing).
     pub fn leaf_range_root(&self, from: u64, to: u64) -> Result<Hash, AuditError> {
         let mut tree = Frontier::default();
-        self.scan_leaf_range(from, to, |leaves| {
-            for leaf in leaves {
-                let (idx, hash) = leaf?;
-                if idx != from + tree.size() {
-                    return Err(gap(from + tree.size()));
-                }
-                tree.push(hash);
-            }
-            Ok(())
-        })?;
-        if from + tree.size() != to {
-            return Err(gap(from + tree.size()));
+        let end = self.push_leaves(&mut tree, from, from, to)?;
+        if end != to {
+            return Err(gap(end));
         }
         Ok(tree.root())
+    }
+
+    /// Pushes the leaves with indexes `from..to` into `tree`; they must
+    /// follow one another from `first` on (an error names the first index
+    /// missing). Returns the index after the last one pushed.
+    fn push_leaves(
+        &self,
+        tree: &mut Frontier,
+        first: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<u64, AuditError> {
+        self.scan_leaf_range(from, to, |leaves| {
+            let mut next = first;
+            for leaf in leaves {
+                let (idx, hash) = leaf?;
+                if idx != next {
+                    return Err(gap(next));
+                }
+                tree.push(hash);
+                next += 1;
+            }
+            Ok(next)
+        })
     }
 
     /// The log as kept, whole in memory: the pruned prefix's heads and the
@@ -118,17 +124,9 @@ impl Store {
 
     /// Leaves `from..to`, in order.
     pub fn leaf_range(&self, from: u64, to: u64) -> Result<Vec<Hash>, AuditError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT hash FROM lv WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
-        let rows = stmt.query_map([from as i64, to as i64], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(
-                row?.try_into()
-                    .map_err(|_| AuditError::Corrupt("a log leaf is not 32 bytes".into()))?,
-            );
-        }
+        let out: Vec<Hash> = self.scan_leaf_range(from, to, |leaves| {
+            leaves.map(|leaf| leaf.map(|(_, hash)| hash)).collect()
+        })?;
         if out.len() as u64 != to.saturating_sub(from) {
             return Err(AuditError::Corrupt(format!(
                 "log leaves {from}..{to} are not all in the store"

@@ -408,24 +408,14 @@ pub(crate) async fn verify_view(runtime: &Runtime) -> Reply {
             _ => Vec::new(),
         };
         let store = Store::open_read_only(&cfg.db_path).map_err(|e| e.to_string())?;
-        let pruned = store.pruned().map_err(|e| e.to_string())?;
-        let report = match (pruned, &cfg.clickhouse) {
-            (Some(_), Some(ch)) => {
-                let why = |e: lattice_audit::AuditError| {
-                    format!("the store was pruned by retention; reading the pruned events from ClickHouse at {}: {e}", ch.url)
-                };
-                // This blocking thread's own runtime drives the two
-                // cursors (the walk asks for rows one at a time).
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let client = lattice_audit::clickhouse::client(ch).map_err(why)?;
-                lattice_audit::verify_pruned(&store, &rt, &client, &node, &verifier, &witness)
-                    .map_err(why)?
-            }
-            _ => lattice_audit::verify(&store, &verifier, &witness).map_err(|e| e.to_string())?,
-        };
+        let report = lattice_audit::verify_pruned(
+            &store,
+            cfg.clickhouse.as_ref(),
+            &node,
+            &verifier,
+            &witness,
+        )
+        .map_err(|e| e.to_string())?;
         let mut v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
         v["ok"] = report.ok().into();
         Ok(v)
