@@ -4,6 +4,8 @@
 
 use sha2::{Digest, Sha256};
 
+pub mod stored;
+
 /// A SHA-256 hash.
 pub type Hash = [u8; 32];
 

@@ -267,7 +267,7 @@ impl Segments {
             .open(&p)
             .map_err(|e| io(&p, e))?;
         let len = file.metadata().map_err(|e| io(&p, e))?.len();
-        let (_, at) = journal::read_records(&file, 0).map_err(|e| io(&p, e))?;
+        let at = journal::scan_records(&file, 0, &mut |_| {}).map_err(|e| io(&p, e))?;
         // What a killed process appended without a sync may be in the page
         // cache only: synced before the store gets rows for it.
         file.sync_data().map_err(|e| io(&p, e))?;

@@ -19,7 +19,9 @@
 //! checkpointed size and keeps, in `pruned`, the heads of the perfect
 //! subtrees that covered them: enough to keep appending and to prove
 //! everything later (`merkle::range_root_after`; the leaves are read in
-//! `store/leaves.rs`).
+//! `store/leaves.rs`). `nodes` keeps the roots of the log's aligned
+//! subtrees of 2^8, 2^16 … leaves, so a tree head or a proof reads
+//! O(log n) hashes (`store/nodes.rs`).
 //!
 //! Must never: change a stored event, leaf or checkpoint in place, or
 //! prune anything but a prefix of the log ending at a signed checkpoint.
@@ -118,6 +120,9 @@ pub struct Store {
     pub(crate) conn: Connection,
     /// Whether commits are synced now.
     synced: bool,
+    /// Whether it has the stored subtree roots (`nodes.rs`; a store older
+    /// than them opened read-only has not).
+    has_nodes: bool,
 }
 
 /// The events with their leaves, `(seq, event, hash)`: over blocks one
@@ -161,8 +166,16 @@ impl Store {
         conn.execute_batch(INDEXES)?;
         conn.execute_batch(blocks::SCHEMA)?;
         migrate::add_block_filters(&conn)?;
+        conn.execute_batch(nodes::SCHEMA)?;
         read_view(&conn, path, Layout::Blocks)?;
-        Ok(Self { conn, synced: true })
+        let store = Self {
+            conn,
+            synced: true,
+            has_nodes: true,
+        };
+        // A store older than its subtree roots gets them now, once.
+        store.extend_nodes(store.log_size()?)?;
+        Ok(store)
     }
 
     /// Synced commits (`FULL`) or not (`NORMAL`: in WAL mode still atomic
@@ -210,9 +223,11 @@ impl Store {
             Layout::Inline
         };
         read_view(&conn, path, layout)?;
+        let has_nodes = migrate::has_table(&conn, "nodes")?;
         Ok(Self {
             conn,
             synced: false,
+            has_nodes,
         })
     }
 
@@ -406,9 +421,9 @@ impl Store {
             })
     }
 
-    /// Removes the events, leaves, checkpoints and co-signatures before
-    /// `prefix.size()` (the frontier at that size, kept in their place) in
-    /// one transaction. The caller picks a size with a signed checkpoint.
+    /// Removes the events, leaves, checkpoints, co-signatures and subtree
+    /// roots before `prefix.size()` (the frontier at that size, kept in
+    /// their place) in one transaction. The caller picks a size with a signed checkpoint.
     pub fn prune(&mut self, prefix: &Frontier) -> Result<(), AuditError> {
         let size = prefix.size() as i64;
         let heads: Vec<u8> = prefix.heads().concat();
@@ -418,6 +433,8 @@ impl Store {
         blocks::prune(&tx, size as u64)?;
         tx.execute("DELETE FROM checkpoints WHERE size < ?1", [size])?;
         tx.execute("DELETE FROM cosignatures WHERE size < ?1", [size])?;
+        // Subtree roots wholly inside the prefix: its heads stand for them.
+        tx.execute("DELETE FROM nodes WHERE ((idx + 1) << level) <= ?1", [size])?;
         tx.execute(
             "INSERT OR REPLACE INTO pruned (id, size, heads) VALUES (0, ?1, ?2)",
             params![size, heads],
@@ -561,6 +578,7 @@ mod leaves;
 #[cfg(test)]
 mod log_tests;
 mod migrate;
+mod nodes;
 mod rows;
 #[cfg(test)]
 mod tests;

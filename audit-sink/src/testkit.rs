@@ -411,3 +411,43 @@ pub fn zero_leaf(db: &std::path::Path, seq: u64) -> Result<(), AuditError> {
     }
     Ok(())
 }
+
+/// What someone with write access to the store can do: overwrite a stored
+/// subtree root (`store/nodes.rs`) with `hash`.
+pub fn set_subtree_root(
+    db: &std::path::Path,
+    level: u32,
+    index: u64,
+    hash: &crate::merkle::Hash,
+) -> Result<(), AuditError> {
+    let store = crate::Store::open(db)?;
+    let n = store.conn.execute(
+        "UPDATE nodes SET hash = ?1 WHERE level = ?2 AND idx = ?3",
+        rusqlite::params![&hash[..], level, index as i64],
+    )?;
+    if n == 0 {
+        return Err(AuditError::Corrupt(format!(
+            "no subtree root {index} of level {level} is stored"
+        )));
+    }
+    Ok(())
+}
+
+/// A store as it was before it kept subtree roots: `nodes` emptied (the
+/// next open for writing computes them again).
+pub fn forget_subtree_roots(db: &std::path::Path) -> Result<(), AuditError> {
+    let conn = rusqlite::Connection::open(db)?;
+    conn.execute("DELETE FROM nodes", [])?;
+    Ok(())
+}
+
+/// How many subtree roots of 2^`level` leaves the store keeps.
+pub fn subtree_roots(db: &std::path::Path, level: u32) -> Result<u64, AuditError> {
+    let conn = rusqlite::Connection::open(db)?;
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM nodes WHERE level = ?1",
+        [level],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}

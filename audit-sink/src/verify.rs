@@ -20,6 +20,7 @@ use crate::merkle::{self, Frontier, Hash, Nodes};
 use crate::store::{Store, StoredEvent};
 use crate::AuditError;
 
+mod nodes;
 mod walk;
 
 /// One thing wrong with the trail.
@@ -60,6 +61,12 @@ pub enum Problem {
         size: u64,
         witness: String,
     },
+    /// A stored subtree root (`store/nodes.rs`) that is not the root of
+    /// the leaves under it: proofs read through it would not verify.
+    BadSubtreeRoot {
+        level: u32,
+        index: u64,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -99,6 +106,12 @@ impl std::fmt::Display for Problem {
             Problem::WitnessMismatch { size, detail } => write!(
                 f,
                 "the store does not match the witness checkpoint at size {size}: {detail}"
+            ),
+            Problem::BadSubtreeRoot { level, index } => write!(
+                f,
+                "the stored subtree root of leaves {}..{} does not match them (level {level}, #{index}): proofs through it would not verify",
+                index << level,
+                (index + 1) << level
             ),
             Problem::NotWitnessed { size, witness } => write!(
                 f,
@@ -263,14 +276,23 @@ fn walk_store(
         })
     };
     let report = s.scan_leaves(|leaves| {
-        s.scan_events(|events| match remote {
-            None => walk::check(head, leaves, events, &mut rescan),
+        // The stored subtree roots, each checked as its leaves go by.
+        let roots = RefCell::new(nodes::Check::new(s));
+        let mut leaves = leaves.inspect(|leaf| {
+            if let Ok((idx, hash)) = leaf {
+                roots.borrow_mut().push(*idx, *hash);
+            }
+        });
+        let mut report = s.scan_events(|events| match remote {
+            None => walk::check(head, &mut leaves, events, &mut rescan),
             Some(r) => {
-                let mut leaves = r.leaves()?.chain(leaves);
+                let mut leaves = r.leaves()?.chain(&mut leaves);
                 let mut events = r.events()?.chain(events);
                 walk::check(head, &mut leaves, &mut events, &mut rescan)
             }
-        })
+        })?;
+        report.problems.extend(roots.into_inner().finish()?);
+        Ok(report)
     })?;
     Ok(match remote {
         None => report,
@@ -549,16 +571,18 @@ impl Nodes for StoredLog<'_> {
         if a >= b || b > self.size {
             return None;
         }
-        merkle::range_root_after(&self.prefix, a, b, &mut |a, b| match self
-            .store
-            .leaf_range_root(a, b)
-        {
-            Ok(root) => Some(root),
-            Err(e) => {
-                self.error.borrow_mut().get_or_insert(e);
-                None
-            }
-        })
+        merkle::range_root_after(
+            &self.prefix,
+            a,
+            b,
+            &mut |a, b| match self.store.kept_root(a, b) {
+                Ok(root) => Some(root),
+                Err(e) => {
+                    self.error.borrow_mut().get_or_insert(e);
+                    None
+                }
+            },
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use lattice_audit::event::parse_canonical;
 use lattice_audit::{Phase, INTERRUPTED};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +23,15 @@ permit (
 );
 "#;
 
-/// One client's loop: the request ids of the calls answered 200, until the
-/// gateway goes away.
-fn client(port: u16, auth: String, kind: usize, stop: Arc<AtomicBool>) -> Vec<String> {
+/// One client's loop: the request ids of the calls answered 200 (counted
+/// in `count` as they come), until the gateway goes away.
+fn client(
+    port: u16,
+    auth: String,
+    kind: usize,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+) -> Vec<String> {
     let mut answered = Vec::new();
     let json_headers = |accept: &'static str| {
         vec![
@@ -55,7 +61,10 @@ fn client(port: u16, auth: String, kind: usize, stop: Arc<AtomicBool>) -> Vec<St
         };
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         match http(port, method, path, &headers, body.as_bytes()) {
-            Ok(r) if r.status == 200 => answered.push(r.request_id()),
+            Ok(r) if r.status == 200 => {
+                answered.push(r.request_id());
+                count.fetch_add(1, Ordering::Release);
+            }
             Ok(r) => panic!("{path} answered {}: {}", r.status, r.body),
             Err(_) => break, // the gateway is gone
         }
@@ -91,14 +100,21 @@ fn a_killed_gateway_loses_no_decision_of_an_answered_call() {
             client_once(gw.port, &auth)
         });
         let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = (0..9)
             .map(|n| {
-                let (auth, stop) = (auth.clone(), stop.clone());
+                let (auth, stop, count) = (auth.clone(), stop.clone(), count.clone());
                 let port = gw.port;
-                std::thread::spawn(move || client(port, auth, n % 3, stop))
+                std::thread::spawn(move || client(port, auth, n % 3, stop, count))
             })
             .collect();
+        // Under load for 1.5 s at least, and until 60 calls were answered
+        // (a loaded machine answers fewer a second), 30 s at most.
         std::thread::sleep(Duration::from_millis(1500));
+        let started = std::time::Instant::now();
+        while count.load(Ordering::Acquire) <= 60 && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         gw.crash();
         stop.store(true, Ordering::Release);
         let answered: BTreeSet<String> = workers

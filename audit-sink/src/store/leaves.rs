@@ -1,12 +1,14 @@
 //! The store's Merkle leaves as read: in index order through a cursor
-//! (`verify`'s walk, the gateway's start, the proofs' subtree roots), or
-//! whole in memory for tests and short ranges.
+//! (`verify`'s walk, the ranges no stored subtree root covers), or whole
+//! in memory for tests and short ranges; and the log's heads through the
+//! stored roots (`nodes.rs`).
 //!
 //! Must never: hand out leaves out of index order, or let a missing leaf
 //! pass as a shorter log where a whole range was asked for.
 
 use super::{Leaves, Store};
-use crate::merkle::{Frontier, Hash, PrunedLog};
+use crate::merkle::stored;
+use crate::merkle::{range_root_after, Frontier, Hash, PrunedLog};
 use crate::AuditError;
 use rusqlite::OptionalExtension;
 
@@ -63,14 +65,84 @@ impl Store {
         Ok((n.unwrap_or(0) as u64).max(pruned))
     }
 
-    /// The frontier of the whole log and its pruned prefix, the kept
-    /// leaves streamed into it (32 bytes a leaf are never held together:
-    /// the gateway's start reads a log of any length this way).
+    /// The frontier of the whole log and its pruned prefix, each head read
+    /// through the stored subtree roots (`nodes.rs`: O(log n) hashes, not
+    /// every leaf; the gateway's start).
     pub fn frontier(&self) -> Result<(Frontier, Frontier), AuditError> {
+        let prefix = self.pruned()?.unwrap_or_default();
+        let size = self.log_size()?;
+        let heads = stored::head_ranges(size)
+            .into_iter()
+            .map(|(a, b)| self.root_after(&prefix, a, b))
+            .collect::<Result<Vec<Hash>, AuditError>>()?;
+        let frontier = Frontier::from_heads(size, &heads)
+            .ok_or_else(|| AuditError::Corrupt("the log's heads do not fit its size".into()))?;
+        Ok((frontier, prefix))
+    }
+
+    /// `frontier`, checked against the newest signed checkpoint the log
+    /// covers (the gateway's start: it signs the roots it continues from).
+    /// Stored roots that disagree with it are set aside: the frontier is
+    /// then streamed from the leaves, and the error says to run `lattice
+    /// audit verify` (which names the root).
+    pub fn checked_frontier(&self) -> Result<(Frontier, Frontier), AuditError> {
+        let (frontier, prefix) = self.frontier()?;
+        let signed: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT size, root FROM checkpoints WHERE size <= ?1 ORDER BY size DESC LIMIT 1",
+                [frontier.size() as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((size, root)) = signed else {
+            return Ok((frontier, prefix));
+        };
+        let size = size as u64;
+        if size == 0 || size < prefix.size() {
+            return Ok((frontier, prefix));
+        }
+        let ours = if size == frontier.size() {
+            frontier.root()
+        } else {
+            self.root_after(&prefix, 0, size)?
+        };
+        if ours[..] == root[..] {
+            return Ok((frontier, prefix));
+        }
+        tracing::error!(
+            checkpoint = size,
+            "the audit store's subtree roots do not match its signed checkpoint; the log head is read from the leaves instead: run `lattice audit verify`"
+        );
+        self.frontier_from_leaves()
+    }
+
+    /// `frontier` with every kept leaf streamed into it (32 bytes a leaf
+    /// are never held together), none of the stored roots read.
+    pub fn frontier_from_leaves(&self) -> Result<(Frontier, Frontier), AuditError> {
         let prefix = self.pruned()?.unwrap_or_default();
         let mut frontier = prefix.clone();
         self.push_leaves(&mut frontier, prefix.size(), 0, i64::MAX as u64)?;
         Ok((frontier, prefix))
+    }
+
+    /// MTH(D[a:b]) of the log as kept: the pruned prefix's heads, the
+    /// stored subtree roots, the leaves.
+    pub fn root_after(&self, prefix: &Frontier, a: u64, b: u64) -> Result<Hash, AuditError> {
+        let mut error = None;
+        let root = range_root_after(prefix, a, b, &mut |a, b| {
+            self.kept_root(a, b)
+                .map_err(|e| error.get_or_insert(e))
+                .ok()
+        });
+        match (root, error) {
+            (_, Some(e)) => Err(e),
+            (Some(root), None) => Ok(root),
+            (None, None) => Err(AuditError::Pruned(format!(
+                "the log before size {}",
+                prefix.size()
+            ))),
+        }
     }
 
     /// MTH of the kept leaves `from..to`, streamed (an error when one of

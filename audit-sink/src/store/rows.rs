@@ -156,6 +156,14 @@ impl Store {
             }
         }
         tx.commit()?;
+        // The subtree roots these rows complete: derived from the rows just
+        // committed, so a failure is not the rows' (the next fill, or the
+        // next open, stores them).
+        if let Some(end) = rows.iter().map(|r| r.seq + 1).max() {
+            if let Err(e) = self.extend_nodes(end) {
+                tracing::warn!(error = %e, "could not store the audit log's subtree roots; the next write retries");
+            }
+        }
         Ok(())
     }
 }

@@ -343,6 +343,7 @@ pub(super) fn check(
         Problem::LogRewritten { size, .. } => (2, *size),
         Problem::WitnessMismatch { size, .. } => (3, *size),
         Problem::NotWitnessed { size, .. } => (4, *size),
+        Problem::BadSubtreeRoot { index, level } => (5, index << level),
     });
     Ok(VerifyReport {
         events: rows,

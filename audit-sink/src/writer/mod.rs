@@ -278,7 +278,7 @@ impl AuditPipeline {
             store.last_segment()?.unwrap_or(0),
         )?;
         replay(&mut store, &cfg.db_path)?;
-        let (frontier, pruned) = store.frontier()?;
+        let (frontier, pruned) = store.checked_frontier()?;
         let last_checkpoint = store.checkpoints()?.last().map(|(s, _)| *s).unwrap_or(0);
         let capacity = cfg.queue_capacity.max(2);
         let ship_state = cfg.clickhouse.as_ref().map(|c| {
