@@ -123,6 +123,9 @@ pub struct Store {
     /// Whether it has the stored subtree roots (`nodes.rs`; a store older
     /// than them opened read-only has not).
     has_nodes: bool,
+    /// The newest run of leaves not yet whole, as the fills bring them
+    /// (`nodes.rs`); `None` until read from the store.
+    tail: std::cell::RefCell<Option<nodes::Tail>>,
 }
 
 /// The events with their leaves, `(seq, event, hash)`: over blocks one
@@ -172,6 +175,7 @@ impl Store {
             conn,
             synced: true,
             has_nodes: true,
+            tail: Default::default(),
         };
         // A store older than its subtree roots gets them now, once.
         store.extend_nodes(store.log_size()?)?;
@@ -228,6 +232,7 @@ impl Store {
             conn,
             synced: false,
             has_nodes,
+            tail: Default::default(),
         })
     }
 

@@ -159,7 +159,7 @@ impl Store {
     /// Pushes the leaves with indexes `from..to` into `tree`; they must
     /// follow one another from `first` on (an error names the first index
     /// missing). Returns the index after the last one pushed.
-    fn push_leaves(
+    pub(super) fn push_leaves(
         &self,
         tree: &mut Frontier,
         first: u64,

@@ -159,10 +159,8 @@ impl Store {
         // The subtree roots these rows complete: derived from the rows just
         // committed, so a failure is not the rows' (the next fill, or the
         // next open, stores them).
-        if let Some(end) = rows.iter().map(|r| r.seq + 1).max() {
-            if let Err(e) = self.extend_nodes(end) {
-                tracing::warn!(error = %e, "could not store the audit log's subtree roots; the next write retries");
-            }
+        if let Err(e) = self.add_nodes(rows) {
+            tracing::warn!(error = %e, "could not store the audit log's subtree roots; the next write retries");
         }
         Ok(())
     }

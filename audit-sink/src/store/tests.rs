@@ -279,3 +279,36 @@ fn a_leaf_without_its_event_row_stops_the_migration_and_changes_nothing() {
     assert!(migrate::has_table(&conn, "log_leaves").unwrap());
     assert!(!migrate::has_column(&conn, "leaf").unwrap());
 }
+
+/// The stored roots of 256 leaves as fills bring the leaves: from the
+/// rows while they continue the last run, from the store when a fill
+/// skips a leaf (its run then has no root), and from the rows again after.
+#[test]
+fn subtree_roots_follow_the_fills_and_skip_a_run_with_a_leaf_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("a.db")).unwrap();
+    let rows: Vec<Row> = (0..1300).map(|i| Row::of(&event(i, "acme", "r"))).collect();
+    let leaves: Vec<Hash> = rows.iter().map(|r| r.leaf).collect();
+    // A fill per range; leaf 300 never comes.
+    for (a, b) in [(0, 100), (100, 300), (301, 1100), (1100, 1300)] {
+        store.append(&rows[a..b], &[], &[]).unwrap();
+    }
+    let stored: Vec<(i64, Vec<u8>)> = store
+        .conn
+        .prepare("SELECT idx, hash FROM nodes WHERE level = 8 ORDER BY idx")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let want: Vec<(i64, Vec<u8>)> = [0, 2, 3, 4]
+        .into_iter()
+        .map(|i: usize| {
+            (
+                i as i64,
+                crate::merkle::root(&leaves[i * 256..(i + 1) * 256]).to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(stored, want);
+}
