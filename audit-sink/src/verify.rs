@@ -468,9 +468,6 @@ pub fn prove_inclusion(
                 "the log is shorter than its checkpoint".into(),
             ));
         }
-        let path = log
-            .read(merkle::inclusion_proof_in(&log, seq, cp.size))?
-            .ok_or_else(|| AuditError::Corrupt(format!("no event #{seq}")))?;
         // The one row, not the whole store.
         let json = store
             .range(seq, 1)?
@@ -479,7 +476,12 @@ pub fn prove_inclusion(
             .map(|(_, json, _)| json)
             .ok_or_else(|| AuditError::Corrupt(format!("event #{seq} is not in the store")))?;
         let leaf = merkle::leaf_hash(json.as_bytes());
-        let verified = merkle::verify_inclusion(&leaf, seq, cp.size, &path, &cp.root);
+        let (path, verified) = log
+            .prove(
+                |log| merkle::inclusion_proof_in(log, seq, cp.size),
+                |path| merkle::verify_inclusion(&leaf, seq, cp.size, path, &cp.root),
+            )?
+            .ok_or_else(|| AuditError::Corrupt(format!("no event #{seq}")))?;
         Ok(InclusionProof {
             seq,
             tree_size: cp.size,
@@ -514,12 +516,14 @@ pub fn prove_consistency(
                 "the first checkpoint must not be larger than the second".into(),
             ));
         }
-        let path = log
-            .read(merkle::consistency_proof_in(&log, a.size, b.size))?
+        let (path, verified) = log
+            .prove(
+                |log| merkle::consistency_proof_in(log, a.size, b.size),
+                |path| merkle::verify_consistency(a.size, b.size, &a.root, &b.root, path),
+            )?
             .ok_or_else(|| {
                 AuditError::Pruned(format!("the log before size {}", log.prefix.size()))
             })?;
-        let verified = merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &path);
         Ok(ConsistencyProof {
             first_size: a.size,
             second_size: b.size,
@@ -532,13 +536,14 @@ pub fn prove_consistency(
 }
 
 /// The store's log as a proof reads it: the pruned prefix's heads, and
-/// each range of kept leaves a proof asks for streamed into its root (a
-/// proof's ranges are disjoint: one pass over the leaves at most, none of
-/// them held).
+/// each range of kept leaves a proof asks for read through the stored
+/// subtree roots (or, `through_roots` off, streamed from its leaves: a
+/// proof's ranges are disjoint, one pass over the leaves at most).
 struct StoredLog<'a> {
     store: &'a Store,
     prefix: Frontier,
     size: u64,
+    through_roots: std::cell::Cell<bool>,
     /// The first error reading a range (`Nodes` answers `None` for it).
     error: RefCell<Option<AuditError>>,
 }
@@ -549,7 +554,32 @@ impl<'a> StoredLog<'a> {
             store,
             prefix: store.pruned()?.unwrap_or_default(),
             size: store.log_size()?,
+            through_roots: std::cell::Cell::new(true),
             error: RefCell::new(None),
+        })
+    }
+
+    /// The proof `make` builds and whether `check` accepts it: through the
+    /// stored roots, and when that does not verify, from the leaves (a
+    /// wrong stored root, which `verify` names, must not fail a proof the
+    /// leaves make).
+    fn prove(
+        &self,
+        make: impl Fn(&Self) -> Option<Vec<Hash>>,
+        check: impl Fn(&[Hash]) -> bool,
+    ) -> Result<Option<(Vec<Hash>, bool)>, AuditError> {
+        let Some(path) = self.read(make(self))? else {
+            return Ok(None);
+        };
+        if check(&path) {
+            return Ok(Some((path, true)));
+        }
+        self.through_roots.set(false);
+        let again = self.read(make(self));
+        self.through_roots.set(true);
+        Ok(match again? {
+            Some(leaves) if check(&leaves) => Some((leaves, true)),
+            _ => Some((path, false)),
         })
     }
 
@@ -575,7 +605,11 @@ impl Nodes for StoredLog<'_> {
             &self.prefix,
             a,
             b,
-            &mut |a, b| match self.store.kept_root(a, b) {
+            &mut |a, b| match if self.through_roots.get() {
+                self.store.kept_root(a, b)
+            } else {
+                self.store.leaf_range_root(a, b)
+            } {
                 Ok(root) => Some(root),
                 Err(e) => {
                     self.error.borrow_mut().get_or_insert(e);

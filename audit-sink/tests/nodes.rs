@@ -2,9 +2,9 @@
 //! have two levels of them (66,600 events: 260 roots of 256 leaves, one of
 //! 65,536): the gateway's start and the proofs read through them and
 //! agree with the log read whole; a leaf deleted under a root no longer
-//! stops the start (`verify` names it); a root overwritten is
-//! named by `verify` and set aside by the start, which then reads the
-//! leaves; a store without them gets them when opened for writing.
+//! stops the start (`verify` names it); a root overwritten is named by
+//! `verify` and set aside by the start and the proofs, which then read
+//! the leaves; a store without them gets them when opened for writing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -105,7 +105,7 @@ fn the_start_and_the_proofs_read_through_the_stored_roots_and_verify_checks_them
 
     // Stored roots overwritten: verify names them; the start sets the
     // roots aside (the newest checkpoint's root does not match) and reads
-    // the leaves; a proof through one does not verify.
+    // the leaves, and so do proofs through them.
     let bad = dir.path().join("bad.db");
     copy_store(&db, &bad).unwrap();
     set_subtree_root(&bad, 8, 3, &[7; 32]).unwrap();
@@ -129,12 +129,15 @@ fn the_start_and_the_proofs_read_through_the_stored_roots_and_verify_checks_them
     assert_ne!(heads(&store, false).unwrap().1, whole.heads());
     let (checked, _) = store.checked_frontier().unwrap();
     assert_eq!(checked.heads(), whole.heads());
-    assert!(!prove_inclusion(&store, &verifier, 5).unwrap().verified);
-    assert!(
-        !prove_inclusion(&store, &verifier, EVENTS - 1)
-            .unwrap()
-            .verified
-    );
+    // A proof through them would not verify: the leaves make it instead.
+    for seq in [5, EVENTS - 1] {
+        let proof = prove_inclusion(&store, &verifier, seq).unwrap();
+        assert!(proof.verified, "#{seq}");
+        let want = inclusion_proof_in(&log, seq, proof.tree_size).unwrap();
+        assert_eq!(proof.path, hex(want), "#{seq}");
+    }
+    let proof = prove_consistency(&store, &verifier, sizes[0], None).unwrap();
+    assert!(proof.verified);
     drop(store);
     // A gateway started on it signs on from the leaves' head: its new
     // checkpoints are consistent with the old ones (only the two roots
