@@ -328,10 +328,9 @@ impl Frontier {
     /// perfect subtrees, largest first (what `heads` returns). `None` when
     /// their number does not fit `size`.
     pub fn from_heads(size: u64, heads: &[Hash]) -> Option<Self> {
-        let widths: Vec<u64> = (0..64)
-            .rev()
-            .map(|bit| 1u64 << bit)
-            .filter(|w| size & w != 0)
+        let widths: Vec<u64> = stored::head_ranges(size)
+            .into_iter()
+            .map(|(a, b)| b - a)
             .collect();
         (widths.len() == heads.len()).then(|| Self {
             size,

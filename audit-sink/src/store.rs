@@ -125,7 +125,7 @@ pub struct Store {
     has_nodes: bool,
     /// The newest run of leaves not yet whole, as the fills bring them
     /// (`nodes.rs`); `None` until read from the store.
-    tail: std::cell::RefCell<Option<nodes::Tail>>,
+    tail: std::cell::RefCell<Option<crate::merkle::stored::NodeBuilder>>,
 }
 
 /// The events with their leaves, `(seq, event, hash)`: over blocks one

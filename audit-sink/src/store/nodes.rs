@@ -1,8 +1,8 @@
 //! The log's stored subtree roots (`nodes`, `merkle::stored`): the root of
 //! every aligned run of 2^8 leaves, of 2^8 such roots, and so on, written
 //! after the fill that completes them, from the fills' own leaves (the
-//! newest run's kept in memory, `Tail`: reading the leaves back cost the
-//! store thread 1 µs an event); from the leaves in the store when a fill
+//! newest run's kept in memory, a `NodeBuilder`: reading the leaves back
+//! cost the store thread 1 µs an event); from the leaves in the store when a fill
 //! does not continue the tail, and once for a store older than them, when
 //! it is opened for writing. The gateway's start and the
 //! proofs read a range through them (O(log n) hashes, not every leaf);
@@ -14,8 +14,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Store;
-use crate::merkle::stored::{self, StoredNodes, STEP};
-use crate::merkle::{Frontier, Hash};
+use crate::merkle::stored::{self, NodeBuilder, StoredNodes, STEP};
+use crate::merkle::Hash;
 use crate::AuditError;
 
 pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS nodes (
@@ -27,65 +27,33 @@ pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS nodes (
 
 const WIDTH: u64 = 1 << STEP;
 
-/// The leaves after the last whole run, as the fills bring them: a run's
-/// root is computed from the rows inserted, not read back.
-#[derive(Debug)]
-pub(crate) struct Tail {
-    /// The index the next leaf must have.
-    next: u64,
-    run: Frontier,
-}
-
 impl Store {
-    /// Stores the roots that `rows` (just inserted) complete. From the
-    /// rows themselves while they continue the tail; otherwise from the
-    /// store (`extend_nodes`), and the tail is read again.
+    /// Stores the roots that `rows` (just inserted) complete: from the rows
+    /// themselves while they continue the newest run (`tail`, kept between
+    /// fills); otherwise from the store (`extend_nodes`), which gives the
+    /// tail back.
     pub(crate) fn add_nodes(&self, rows: &[super::Row]) -> Result<(), AuditError> {
         let Some(end) = rows.iter().map(|r| r.seq + 1).max() else {
             return Ok(());
         };
         let mut slot = self.tail.borrow_mut();
-        let mut whole = Vec::new();
-        if let Some(tail) = slot.as_mut() {
-            for row in rows {
-                if row.seq != tail.next {
-                    whole.clear();
-                    *slot = None;
-                    break;
+        let continues = |tail: &NodeBuilder| {
+            rows.iter()
+                .enumerate()
+                .all(|(i, r)| r.seq == tail.next() + i as u64)
+        };
+        // Taken: a failure below leaves no tail (the next fill reads the store).
+        let tail = match slot.take() {
+            Some(mut tail) if continues(&tail) => {
+                // A root every 2^8 leaves: each its own commit.
+                for row in rows {
+                    push(&self.conn, &mut tail, row.leaf)?;
                 }
-                tail.run.push(row.leaf);
-                tail.next += 1;
-                if tail.next.is_multiple_of(WIDTH) {
-                    whole.push((tail.next / WIDTH - 1, tail.run.root()));
-                    tail.run = Frontier::new();
-                }
+                tail
             }
-        }
-        if slot.is_some() {
-            if !whole.is_empty() {
-                let put_all = || -> Result<(), AuditError> {
-                    let tx = self.conn.unchecked_transaction()?;
-                    for (index, root) in &whole {
-                        put(&tx, STEP, *index, root)?;
-                    }
-                    tx.commit()?;
-                    Ok(())
-                };
-                if let Err(e) = put_all() {
-                    *slot = None;
-                    return Err(e);
-                }
-            }
-            return Ok(());
-        }
-        self.extend_nodes(end)?;
-        // The tail from the last whole run on (a leaf missing there: read
-        // again at the next fill).
-        let from = end / WIDTH * WIDTH;
-        let mut run = Frontier::new();
-        if self.push_leaves(&mut run, from, from, end).ok() == Some(end) {
-            *slot = Some(Tail { next: end, run });
-        }
+            _ => self.extend_nodes(end)?,
+        };
+        *slot = (tail.next() == end).then_some(tail);
         Ok(())
     }
 
@@ -93,7 +61,8 @@ impl Store {
     /// are not stored yet: the runs of 2^8 leaves after the last stored
     /// one (streamed from the leaves; a run with a leaf missing is left
     /// out), and above them each group of 2^8 stored roots made whole.
-    pub(crate) fn extend_nodes(&self, end: u64) -> Result<(), AuditError> {
+    /// Returns the builder after the last leaf read (the fills' tail).
+    pub(crate) fn extend_nodes(&self, end: u64) -> Result<NodeBuilder, AuditError> {
         let last: Option<i64> =
             self.conn
                 .query_row("SELECT max(idx) FROM nodes WHERE level = ?1", [STEP], |r| {
@@ -104,35 +73,22 @@ impl Store {
             // None yet: from the first run the store keeps whole.
             None => self.pruned()?.map_or(0, |p| p.size()).div_ceil(WIDTH),
         };
-        let stop = end / WIDTH;
-        if next >= stop {
-            return Ok(());
-        }
+        let mut tail = NodeBuilder::new(STEP, next * WIDTH);
         let tx = self.conn.unchecked_transaction()?;
-        self.scan_leaf_range(next * WIDTH, stop * WIDTH, |leaves| {
-            let mut run = Frontier::new();
-            let mut expect = next * WIDTH;
+        self.scan_leaf_range(next * WIDTH, end, |leaves| {
             for leaf in leaves {
                 let (idx, hash) = leaf?;
-                if idx != expect {
-                    // A leaf missing before `idx`: its run is not whole.
-                    run = Frontier::new();
-                    expect = idx.div_ceil(WIDTH) * WIDTH;
-                    if idx != expect {
-                        continue;
-                    }
+                if idx != tail.next() {
+                    // A leaf missing before `idx`: a builder started there
+                    // makes no root of the run it is in.
+                    tail = NodeBuilder::new(STEP, idx);
                 }
-                run.push(hash);
-                expect += 1;
-                if expect.is_multiple_of(WIDTH) {
-                    put(&tx, STEP, expect / WIDTH - 1, &run.root())?;
-                    run = Frontier::new();
-                }
+                push(&tx, &mut tail, hash)?;
             }
             Ok(())
         })?;
         tx.commit()?;
-        Ok(())
+        Ok(tail)
     }
 
     /// MTH(D[a:b]) of kept leaves, through the stored roots.
@@ -181,6 +137,22 @@ impl StoredNodes for Store {
 
     fn leaves_root(&self, a: u64, b: u64) -> Result<Hash, AuditError> {
         self.leaf_range_root(a, b)
+    }
+}
+
+/// Pushes a leaf into `tail`, storing the root of 2^8 leaves it makes
+/// whole (those above are lifted from the stored ones by `put`: a builder
+/// started after a group began makes none of that group's).
+fn push(conn: &Connection, tail: &mut NodeBuilder, leaf: Hash) -> Result<(), AuditError> {
+    let mut whole = None;
+    tail.push(leaf, &mut |level, index, root| {
+        if level == STEP {
+            whole = Some((index, root));
+        }
+    });
+    match whole {
+        Some((index, root)) => put(conn, STEP, index, &root),
+        None => Ok(()),
     }
 }
 
